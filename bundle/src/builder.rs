@@ -1,0 +1,248 @@
+//! Builds a bundle directory from item embeddings: hash-shards the items, builds one
+//! usearch HNSW index per shard with all cores, writes the catalog and the query
+//! model, and writes the manifest last.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::prelude::*;
+use usearch::Index;
+
+use crate::manifest::FORMAT_VERSION;
+use crate::{
+    BundleError, Catalog, IndexParams, ItemVectors, MANIFEST_FILE, Manifest, QueryModelSpec,
+    ShardEntry, UserTable, shard_of,
+};
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Index parameters of every shard.
+    pub params: IndexParams,
+    /// Number of hash shards.
+    pub shard_count: u32,
+    /// The bundle's version string.
+    pub version: String,
+    /// Where the items came from, recorded in the manifest.
+    pub source: String,
+    /// Threads for index construction; 0 means all cores.
+    pub threads: usize,
+}
+
+/// Progress of a build, for a progress bar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildEvent {
+    /// Construction of `shard` (holding `items`) begins.
+    ShardStarted {
+        /// The shard.
+        shard: u32,
+        /// Items it will hold.
+        items: u64,
+    },
+    /// `added` more items are in the index of the current shard.
+    ItemsAdded {
+        /// Items added since the previous event.
+        added: u64,
+    },
+    /// The shard's index file is written.
+    ShardSaved {
+        /// The shard.
+        shard: u32,
+    },
+}
+
+/// Relative path of shard `shard`'s index inside a bundle.
+pub fn shard_file(shard: u32) -> String {
+    format!("shards/shard-{shard}.usearch")
+}
+
+/// How often (in items) a build reports progress.
+const PROGRESS_EVERY: u64 = 4096;
+
+/// Writes a bundle into `dir` (created if missing). `users`, when given, becomes
+/// the query model that turns a `user_id` into a query embedding.
+pub fn build_bundle(
+    dir: &Path,
+    items: &ItemVectors,
+    users: Option<&UserTable>,
+    options: &BuildOptions,
+    progress: &(dyn Fn(BuildEvent) + Sync),
+) -> Result<Manifest, BundleError> {
+    if options.shard_count == 0 {
+        return Err(BundleError::invalid("shards", "must be at least 1"));
+    }
+    if let Some(users) = users
+        && users.dimensions() != items.dimensions
+    {
+        return Err(BundleError::invalid(
+            "users",
+            format!(
+                "user embeddings have {} dimensions, items {}",
+                users.dimensions(),
+                items.dimensions
+            ),
+        ));
+    }
+    if options.params.connectivity < 2 {
+        return Err(BundleError::invalid("connectivity", "must be at least 2"));
+    }
+    std::fs::create_dir_all(dir.join("shards")).map_err(|e| BundleError::io(dir, e))?;
+    // A stale manifest would describe the old shards while new ones are written.
+    let manifest_path = dir.join(MANIFEST_FILE);
+    if manifest_path.exists() {
+        std::fs::remove_file(&manifest_path).map_err(|e| BundleError::io(&manifest_path, e))?;
+    }
+
+    let mut rows_of_shard: Vec<Vec<usize>> = vec![Vec::new(); options.shard_count as usize];
+    for (row, id) in items.ids.iter().enumerate() {
+        rows_of_shard[shard_of(*id, options.shard_count) as usize].push(row);
+    }
+
+    let threads = if options.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        options.threads
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("bundle-build-{i}"))
+        .build()
+        .map_err(|e| BundleError::invalid("threads", e.to_string()))?;
+
+    let mut shards = Vec::with_capacity(rows_of_shard.len());
+    for (shard, rows) in rows_of_shard.iter().enumerate() {
+        let shard = shard as u32;
+        let file = shard_file(shard);
+        let path = dir.join(&file);
+        progress(BuildEvent::ShardStarted {
+            shard,
+            items: rows.len() as u64,
+        });
+        let index = Index::new(&options.params.usearch_options(items.dimensions))
+            .map_err(|e| BundleError::usearch(&path, e))?;
+        index
+            .reserve_capacity_and_threads(rows.len().max(1), threads)
+            .map_err(|e| BundleError::usearch(&path, e))?;
+        let pending = AtomicU64::new(0);
+        pool.install(|| {
+            rows.par_iter().try_for_each(|&row| {
+                index.add(items.ids[row], items.row(row)).map_err(|e| BundleError::usearch(&path, e))?;
+                if pending.fetch_add(1, Ordering::Relaxed) + 1 >= PROGRESS_EVERY {
+                    let added = pending.swap(0, Ordering::Relaxed);
+                    if added > 0 {
+                        progress(BuildEvent::ItemsAdded { added });
+                    }
+                }
+                Ok::<(), BundleError>(())
+            })
+        })?;
+        let rest = pending.swap(0, Ordering::Relaxed);
+        if rest > 0 {
+            progress(BuildEvent::ItemsAdded { added: rest });
+        }
+        let tmp = dir.join(format!("{file}.tmp"));
+        let tmp_str = tmp
+            .to_str()
+            .ok_or_else(|| BundleError::invalid("out", "bundle path is not valid UTF-8"))?;
+        index.save(tmp_str).map_err(|e| BundleError::usearch(&path, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| BundleError::io(&path, e))?;
+        progress(BuildEvent::ShardSaved { shard });
+        shards.push(ShardEntry {
+            shard,
+            file,
+            items: rows.len() as u64,
+        });
+    }
+
+    let catalog = match &items.names {
+        Some(names) => {
+            let file = "catalog.tsv".to_string();
+            Catalog::write(&dir.join(&file), &items.ids, names)?;
+            Some(file)
+        }
+        None => None,
+    };
+
+    let query_model = match users {
+        Some(users) => {
+            let spec = QueryModelSpec::EmbeddingTable {
+                file: "query_model.safetensors".into(),
+                tensor: "user_embedding".into(),
+                vocabulary: "vocab/user_id.txt".into(),
+            };
+            let QueryModelSpec::EmbeddingTable {
+                file,
+                tensor,
+                vocabulary,
+            } = &spec;
+            users.save(&dir.join(file), tensor, &dir.join(vocabulary))?;
+            Some(spec)
+        }
+        None => None,
+    };
+
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        version: options.version.clone(),
+        dimensions: items.dimensions,
+        index: options.params,
+        shard_count: options.shard_count,
+        shards,
+        items: items.len() as u64,
+        catalog,
+        query_model,
+        source: options.source.clone(),
+    };
+    manifest.save(dir)?;
+    tracing::info!(
+        dir = %dir.display(),
+        items = manifest.items,
+        shards = manifest.shard_count,
+        "bundle written"
+    );
+    Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synthetic::{SyntheticSpec, generate};
+
+    #[test]
+    fn builds_a_loadable_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = generate(&SyntheticSpec {
+            items: 2_000,
+            users: 20,
+            dimensions: 8,
+            clusters: 4,
+            seed: 3,
+        })
+        .unwrap();
+        let options = BuildOptions {
+            params: IndexParams::default(),
+            shard_count: 3,
+            version: "test-1".into(),
+            source: "synthetic".into(),
+            threads: 2,
+        };
+        let added = AtomicU64::new(0);
+        let manifest = build_bundle(dir.path(), &catalog.items, Some(&catalog.users), &options, &|event| {
+            if let BuildEvent::ItemsAdded { added: n } = event {
+                added.fetch_add(n, Ordering::Relaxed);
+            }
+        })
+        .unwrap();
+        assert_eq!(added.load(Ordering::Relaxed), 2_000);
+        assert_eq!(manifest.items, 2_000);
+        let loaded = Manifest::load(dir.path()).unwrap();
+        assert_eq!(loaded, manifest);
+        for entry in &loaded.shards {
+            let path = dir.path().join(&entry.file);
+            let index = Index::restore_view(path.to_str().unwrap()).unwrap();
+            assert_eq!(index.size() as u64, entry.items);
+            assert!(entry.items > 500, "shard {} is unbalanced", entry.shard);
+        }
+        assert!(dir.path().join("catalog.tsv").exists());
+    }
+}

@@ -1,0 +1,133 @@
+//! `manifest.json`: what a bundle holds and how its index was built.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{BundleError, IndexParams};
+
+/// File name of the manifest inside a bundle directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// The format version this build reads and writes; bumped on incompatible changes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// One hash shard of the item index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardEntry {
+    /// Shard number, `0..shard_count`.
+    pub shard: u32,
+    /// Path of the usearch file relative to the bundle directory.
+    pub file: String,
+    /// Items in the shard.
+    pub items: u64,
+}
+
+/// How the gateway turns a `user_id` into a query embedding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum QueryModelSpec {
+    /// A stored table of user embeddings (one row per known user). The trained
+    /// query tower replaces it with the trainer issue.
+    EmbeddingTable {
+        /// safetensors file holding the table.
+        file: String,
+        /// Name of the `[users, dimensions]` f32 tensor in it.
+        tensor: String,
+        /// Vocabulary file: line i is the user id of row i.
+        vocabulary: String,
+    },
+}
+
+/// The content of `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Bundle format, [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// Version of this bundle's content; nodes report it so mixed versions are visible.
+    pub version: String,
+    /// Embedding dimensions of items and queries.
+    pub dimensions: usize,
+    /// HNSW and metric parameters, the same for every shard.
+    pub index: IndexParams,
+    /// Number of hash shards.
+    pub shard_count: u32,
+    /// The shards, in shard order.
+    pub shards: Vec<ShardEntry>,
+    /// Items in all shards.
+    pub items: u64,
+    /// Item names, relative path; absent when items have no names.
+    pub catalog: Option<String>,
+    /// The query model, absent when only raw query embeddings are accepted.
+    pub query_model: Option<QueryModelSpec>,
+    /// Where the items came from (`synthetic`, a file name), for people reading the bundle.
+    pub source: String,
+}
+
+impl Manifest {
+    /// Reads and checks `dir/manifest.json`.
+    pub fn load(dir: &Path) -> Result<Self, BundleError> {
+        let path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| BundleError::io(&path, e))?;
+        let manifest: Manifest = serde_json::from_str(&text)
+            .map_err(|e| BundleError::corrupt(&path, format!("not a valid manifest: {e}")))?;
+        manifest.validate(&path)?;
+        Ok(manifest)
+    }
+
+    /// Writes `dir/manifest.json` through a temporary file, so readers never see half of it.
+    pub fn save(&self, dir: &Path) -> Result<(), BundleError> {
+        let path = dir.join(MANIFEST_FILE);
+        let tmp = dir.join(".manifest.json.tmp");
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|e| BundleError::corrupt(&path, format!("cannot encode manifest: {e}")))?;
+        std::fs::write(&tmp, text + "\n").map_err(|e| BundleError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| BundleError::io(&path, e))
+    }
+
+    /// The shard entry for `shard`.
+    pub fn shard(&self, shard: u32) -> Option<&ShardEntry> {
+        self.shards.iter().find(|entry| entry.shard == shard)
+    }
+
+    /// Absolute path of a file named in the manifest.
+    pub fn resolve(dir: &Path, relative: &str) -> PathBuf {
+        dir.join(relative)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), BundleError> {
+        let fail = |reason: String| Err(BundleError::corrupt(path, reason));
+        if self.format_version != FORMAT_VERSION {
+            return fail(format!(
+                "format_version {} is not supported (this build reads {FORMAT_VERSION})",
+                self.format_version
+            ));
+        }
+        if self.dimensions == 0 {
+            return fail("dimensions must be positive".into());
+        }
+        if self.shard_count == 0 || self.shards.len() != self.shard_count as usize {
+            return fail(format!(
+                "shard_count is {} but {} shards are listed",
+                self.shard_count,
+                self.shards.len()
+            ));
+        }
+        for (position, entry) in self.shards.iter().enumerate() {
+            if entry.shard as usize != position {
+                return fail(format!(
+                    "shard at position {position} has number {}",
+                    entry.shard
+                ));
+            }
+        }
+        let total: u64 = self.shards.iter().map(|entry| entry.items).sum();
+        if total != self.items {
+            return fail(format!(
+                "items is {} but the shards hold {total}",
+                self.items
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,153 @@
+//! The query model of a bundle: for now a table of user embeddings, the same thing
+//! a TFRS query tower with only a `user_id` feature computes (`StringLookup` then
+//! `Embedding`). The trained tower with features replaces it with the trainer issue.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+use crate::BundleError;
+use crate::vectors::read_lines;
+
+/// User embeddings by user id.
+#[derive(Debug, Clone)]
+pub struct UserTable {
+    dimensions: usize,
+    ids: Vec<String>,
+    rows: HashMap<String, usize>,
+    data: Vec<f32>,
+}
+
+impl UserTable {
+    /// A table from ids and row-major embeddings.
+    pub fn new(ids: Vec<String>, dimensions: usize, data: Vec<f32>) -> Result<Self, BundleError> {
+        if dimensions == 0 || data.len() != ids.len() * dimensions {
+            return Err(BundleError::invalid(
+                "user table",
+                format!(
+                    "{} values for {} users of {dimensions} dimensions",
+                    data.len(),
+                    ids.len()
+                ),
+            ));
+        }
+        let mut rows = HashMap::with_capacity(ids.len());
+        for (row, id) in ids.iter().enumerate() {
+            if rows.insert(id.clone(), row).is_some() {
+                return Err(BundleError::invalid("user table", format!("user {id:?} appears twice")));
+            }
+        }
+        Ok(Self {
+            dimensions,
+            ids,
+            rows,
+            data,
+        })
+    }
+
+    /// Embedding dimensions.
+    pub fn dimensions(&self) -> usize {
+        self.dimensions
+    }
+
+    /// Number of users.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// True when the table has no users.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// User ids in row order.
+    pub fn ids(&self) -> &[String] {
+        &self.ids
+    }
+
+    /// The embedding of `user_id`, or `None` for a user the table does not know.
+    pub fn embedding(&self, user_id: &str) -> Option<&[f32]> {
+        let row = *self.rows.get(user_id)?;
+        Some(&self.data[row * self.dimensions..(row + 1) * self.dimensions])
+    }
+
+    /// Writes the table as a safetensors file holding `tensor` and a vocabulary file.
+    pub fn save(&self, tensor_path: &Path, tensor: &str, vocabulary_path: &Path) -> Result<(), BundleError> {
+        let bytes: &[u8] = bytemuck::cast_slice(&self.data);
+        let view = TensorView::new(Dtype::F32, vec![self.ids.len(), self.dimensions], bytes)
+            .map_err(|e| BundleError::corrupt(tensor_path, e.to_string()))?;
+        safetensors::serialize_to_file([(tensor, view)], None, tensor_path)
+            .map_err(|e| BundleError::corrupt(tensor_path, e.to_string()))?;
+        if let Some(parent) = vocabulary_path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| BundleError::io(parent, e))?;
+        }
+        let mut vocabulary = self.ids.join("\n");
+        vocabulary.push('\n');
+        std::fs::write(vocabulary_path, vocabulary).map_err(|e| BundleError::io(vocabulary_path, e))
+    }
+
+    /// Reads a table written by [`UserTable::save`].
+    pub fn load(tensor_path: &Path, tensor: &str, vocabulary_path: &Path) -> Result<Self, BundleError> {
+        let bytes = std::fs::read(tensor_path).map_err(|e| BundleError::io(tensor_path, e))?;
+        let tensors = SafeTensors::deserialize(&bytes)
+            .map_err(|e| BundleError::corrupt(tensor_path, format!("not a valid safetensors file: {e}")))?;
+        let view = tensors
+            .tensor(tensor)
+            .map_err(|e| BundleError::corrupt(tensor_path, format!("tensor {tensor:?}: {e}")))?;
+        let (users, dimensions) = match (view.dtype(), view.shape()) {
+            (Dtype::F32, [users, dimensions]) => (*users, *dimensions),
+            (dtype, shape) => {
+                return Err(BundleError::corrupt(
+                    tensor_path,
+                    format!("tensor {tensor:?} is {dtype:?} {shape:?}, expected F32 [users, dimensions]"),
+                ));
+            }
+        };
+        // safetensors does not align tensor data, so copy rather than cast in place.
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let ids = read_lines(vocabulary_path)?;
+        if ids.len() != users {
+            return Err(BundleError::corrupt(
+                vocabulary_path,
+                format!("{} user ids for {users} rows of {}", ids.len(), tensor_path.display()),
+            ));
+        }
+        if let Some(position) = data.iter().position(|v| !v.is_finite()) {
+            return Err(BundleError::corrupt(
+                tensor_path,
+                format!("row {} holds a non-finite value", position / dimensions.max(1)),
+            ));
+        }
+        Self::new(ids, dimensions, data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_load_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = UserTable::new(vec!["a".into(), "b".into()], 2, vec![1., 2., 3., 4.]).unwrap();
+        let (tensor, vocab) = (dir.path().join("q.safetensors"), dir.path().join("vocab/u.txt"));
+        table.save(&tensor, "user_embedding", &vocab).unwrap();
+        let loaded = UserTable::load(&tensor, "user_embedding", &vocab).unwrap();
+        assert_eq!(loaded.embedding("b"), Some(&[3., 4.][..]));
+        assert_eq!(loaded.embedding("c"), None);
+    }
+
+    #[test]
+    fn corrupt_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let tensor = dir.path().join("q.safetensors");
+        std::fs::write(&tensor, b"garbage").unwrap();
+        let err = UserTable::load(&tensor, "t", &dir.path().join("v.txt")).unwrap_err().to_string();
+        assert!(err.contains("q.safetensors"), "{err}");
+    }
+}

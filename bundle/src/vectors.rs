@@ -1,0 +1,350 @@
+//! Item embeddings brought by the user: raw little-endian f32 rows or `.npy`
+//! files, with optional id and name files. This is the "bring your own
+//! embeddings" path TFRS users have with `BruteForce.index(candidates, ids)`.
+
+use std::collections::HashSet;
+use std::io::{BufRead, Read};
+use std::path::Path;
+
+use crate::BundleError;
+
+/// Row-major item embeddings with their ids and optional names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemVectors {
+    /// Embedding dimensions.
+    pub dimensions: usize,
+    /// `ids.len() * dimensions` values, row i belongs to `ids[i]`.
+    pub data: Vec<f32>,
+    /// Item ids, unique.
+    pub ids: Vec<u64>,
+    /// Display names parallel to `ids`, when known.
+    pub names: Option<Vec<String>>,
+}
+
+impl ItemVectors {
+    /// Number of items.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// True when there are no items.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The embedding of row `row`.
+    pub fn row(&self, row: usize) -> &[f32] {
+        &self.data[row * self.dimensions..(row + 1) * self.dimensions]
+    }
+
+    /// Builds from parts, checking shapes, finiteness and id uniqueness. `origin`
+    /// names the input in errors.
+    pub fn new(
+        origin: &Path,
+        dimensions: usize,
+        data: Vec<f32>,
+        ids: Option<Vec<u64>>,
+        names: Option<Vec<String>>,
+    ) -> Result<Self, BundleError> {
+        if dimensions == 0 {
+            return Err(BundleError::invalid("dim", "must be positive"));
+        }
+        if data.len() % dimensions != 0 {
+            return Err(BundleError::corrupt(
+                origin,
+                format!(
+                    "{} values are not a whole number of {dimensions}-dimensional rows",
+                    data.len()
+                ),
+            ));
+        }
+        let rows = data.len() / dimensions;
+        if rows == 0 {
+            return Err(BundleError::corrupt(origin, "holds no vectors"));
+        }
+        if let Some(position) = data.iter().position(|v| !v.is_finite()) {
+            return Err(BundleError::corrupt(
+                origin,
+                format!(
+                    "row {} column {} is {} (embeddings must be finite)",
+                    position / dimensions,
+                    position % dimensions,
+                    data[position]
+                ),
+            ));
+        }
+        let ids = ids.unwrap_or_else(|| (0..rows as u64).collect());
+        if ids.len() != rows {
+            return Err(BundleError::invalid(
+                "ids",
+                format!("{} ids for {rows} vectors", ids.len()),
+            ));
+        }
+        let mut seen = HashSet::with_capacity(ids.len());
+        if let Some(dup) = ids.iter().find(|id| !seen.insert(**id)) {
+            return Err(BundleError::invalid("ids", format!("id {dup} appears twice")));
+        }
+        if let Some(names) = &names
+            && names.len() != rows
+        {
+            return Err(BundleError::invalid(
+                "names",
+                format!("{} names for {rows} vectors", names.len()),
+            ));
+        }
+        Ok(Self {
+            dimensions,
+            data,
+            ids,
+            names,
+        })
+    }
+
+    /// Reads `path` as `.npy` when it ends so (its header gives the dimensions),
+    /// otherwise as raw little-endian f32 rows of `dimensions` values.
+    pub fn read(
+        path: &Path,
+        dimensions: Option<usize>,
+        ids: Option<&Path>,
+        names: Option<&Path>,
+    ) -> Result<Self, BundleError> {
+        let is_npy = path
+            .extension()
+            .is_some_and(|ext| ext.eq_ignore_ascii_case("npy"));
+        let (dims, data) = if is_npy {
+            let (dims, data) = read_npy(path)?;
+            if let Some(wanted) = dimensions
+                && wanted != dims
+            {
+                return Err(BundleError::invalid(
+                    "dim",
+                    format!("{wanted} given but {} has {dims} columns", path.display()),
+                ));
+            }
+            (dims, data)
+        } else {
+            let dims = dimensions.ok_or_else(|| {
+                BundleError::invalid("dim", "required for raw f32 files (only .npy carries a shape)")
+            })?;
+            (dims, read_raw_f32(path, dims)?)
+        };
+        let ids = ids.map(read_ids).transpose()?;
+        let names = names.map(read_lines).transpose()?;
+        Self::new(path, dims, data, ids, names)
+    }
+}
+
+/// Reads a raw little-endian f32 file whose length is a whole number of rows.
+pub fn read_raw_f32(path: &Path, dimensions: usize) -> Result<Vec<f32>, BundleError> {
+    let bytes = std::fs::read(path).map_err(|e| BundleError::io(path, e))?;
+    let row_bytes = dimensions * 4;
+    if bytes.len() % row_bytes != 0 {
+        return Err(BundleError::corrupt(
+            path,
+            format!(
+                "{} bytes are not a whole number of {dimensions}-dimensional f32 rows ({row_bytes} bytes each)",
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+/// Reads a 2-D `.npy` of f32 or f64 in C or Fortran order into row-major f32.
+///
+/// Fortran order matters in practice: the GloVe matrix that PyPI ships is stored
+/// column-major, and reading it as rows would silently scramble every vector.
+pub fn read_npy(path: &Path) -> Result<(usize, Vec<f32>), BundleError> {
+    let bytes = std::fs::read(path).map_err(|e| BundleError::io(path, e))?;
+    parse_npy(&bytes).map_err(|reason| BundleError::corrupt(path, reason))
+}
+
+/// Parses `.npy` bytes; the error is a lowercase reason without the path.
+pub fn parse_npy(bytes: &[u8]) -> Result<(usize, Vec<f32>), String> {
+    let npy = npyz::NpyFile::new(bytes).map_err(|e| format!("not a valid .npy file: {e}"))?;
+    let shape = npy.shape().to_vec();
+    let (rows, cols) = match shape.as_slice() {
+        [rows, cols] => (*rows as usize, *cols as usize),
+        other => return Err(format!("shape {other:?} is not 2-dimensional (rows, dimensions)")),
+    };
+    if cols == 0 {
+        return Err("has zero columns".into());
+    }
+    let order = npy.order();
+    let dtype = match npy.dtype() {
+        npyz::DType::Plain(ty) => ty.to_string(),
+        other => return Err(format!("dtype {} is not f4 or f8", other.descr())),
+    };
+    let expected = rows
+        .checked_mul(cols)
+        .ok_or_else(|| format!("shape ({rows}, {cols}) overflows"))?;
+    let flat: Vec<f32> = match dtype.as_str() {
+        "<f4" | ">f4" => npy.into_vec::<f32>(),
+        "<f8" | ">f8" => npy
+            .into_vec::<f64>()
+            .map(|v| v.into_iter().map(|x| x as f32).collect()),
+        other => return Err(format!("dtype {other} is not f4 or f8")),
+    }
+    .map_err(|e| format!("cannot read the data: {e}"))?;
+    if flat.len() != expected {
+        return Err(format!(
+            "holds {} values, shape ({rows}, {cols}) needs {expected}",
+            flat.len()
+        ));
+    }
+    Ok(match order {
+        npyz::Order::C => (cols, flat),
+        npyz::Order::Fortran => {
+            // Column-major: element (r, c) is at c * rows + r.
+            let mut out = vec![0.0f32; expected];
+            for c in 0..cols {
+                let column = &flat[c * rows..(c + 1) * rows];
+                for (r, value) in column.iter().enumerate() {
+                    out[r * cols + c] = *value;
+                }
+            }
+            (cols, out)
+        }
+    })
+}
+
+/// Reads one unsigned id per line.
+pub fn read_ids(path: &Path) -> Result<Vec<u64>, BundleError> {
+    read_lines(path)?
+        .iter()
+        .enumerate()
+        .map(|(number, line)| {
+            line.trim().parse::<u64>().map_err(|_| {
+                BundleError::corrupt(
+                    path,
+                    format!("line {}: {line:?} is not an unsigned 64-bit id", number + 1),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Reads the lines of a text file (a trailing newline does not make an empty last line).
+pub fn read_lines(path: &Path) -> Result<Vec<String>, BundleError> {
+    let file = std::fs::File::open(path).map_err(|e| BundleError::io(path, e))?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut raw = Vec::new();
+    reader
+        .read_to_end(&mut raw)
+        .map_err(|e| BundleError::io(path, e))?;
+    // Latin-1 and other legacy files (MovieLens titles) must not fail on one bad byte.
+    let text = String::from_utf8_lossy(&raw);
+    Ok(text.as_bytes().lines().map_while(Result::ok).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A minimal `.npy` writer for tests (format 1.0).
+    fn npy_bytes(descr: &str, fortran: bool, rows: usize, cols: usize, payload: &[u8]) -> Vec<u8> {
+        let mut header = format!(
+            "{{'descr': '{descr}', 'fortran_order': {}, 'shape': ({rows}, {cols}), }}",
+            if fortran { "True" } else { "False" }
+        );
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn f32_payload(values: &[f32]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn reads_c_and_fortran_order_alike() {
+        // The matrix [[1, 2, 3], [4, 5, 6]].
+        let c = npy_bytes("<f4", false, 2, 3, &f32_payload(&[1., 2., 3., 4., 5., 6.]));
+        let f = npy_bytes("<f4", true, 2, 3, &f32_payload(&[1., 4., 2., 5., 3., 6.]));
+        let expected = (3, vec![1., 2., 3., 4., 5., 6.]);
+        assert_eq!(parse_npy(&c).unwrap(), expected);
+        assert_eq!(parse_npy(&f).unwrap(), expected);
+    }
+
+    #[test]
+    fn reads_f64() {
+        let payload: Vec<u8> = [1.5f64, -2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes = npy_bytes("<f8", false, 1, 2, &payload);
+        assert_eq!(parse_npy(&bytes).unwrap(), (2, vec![1.5, -2.0]));
+    }
+
+    #[test]
+    fn rejects_wrong_rank_dtype_and_short_data() {
+        let one_d = npy_bytes("<f4", false, 2, 3, &[]).iter().copied().collect::<Vec<_>>();
+        assert!(parse_npy(&one_d).is_err());
+        let ints = npy_bytes("<i4", false, 1, 1, &[0, 0, 0, 0]);
+        assert!(parse_npy(&ints).unwrap_err().contains("dtype"));
+    }
+
+    #[test]
+    fn raw_file_must_hold_whole_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.f32");
+        std::fs::write(&path, f32_payload(&[1., 2., 3.])).unwrap();
+        let err = read_raw_f32(&path, 2).unwrap_err().to_string();
+        assert!(err.contains("v.f32") && err.contains("whole number"), "{err}");
+        assert_eq!(read_raw_f32(&path, 3).unwrap(), vec![1., 2., 3.]);
+    }
+
+    #[test]
+    fn rejects_non_finite_values_naming_the_row() {
+        let err = ItemVectors::new(Path::new("x"), 2, vec![0., 1., f32::NAN, 0.], None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("row 1 column 0"), "{err}");
+    }
+
+    #[test]
+    fn rejects_duplicate_ids_and_count_mismatch() {
+        let data = vec![0.0; 4];
+        assert!(ItemVectors::new(Path::new("x"), 2, data.clone(), Some(vec![5, 5]), None).is_err());
+        assert!(ItemVectors::new(Path::new("x"), 2, data, Some(vec![5]), None).is_err());
+    }
+
+    proptest! {
+        /// The parser never panics, whatever the bytes.
+        #[test]
+        fn parse_npy_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse_npy(&bytes);
+        }
+
+        /// Any header mangling of a valid file errors or parses, never panics.
+        #[test]
+        fn parse_npy_survives_corrupted_headers(position in 0usize..80, byte in any::<u8>()) {
+            let mut bytes = npy_bytes("<f4", false, 2, 2, &f32_payload(&[1., 2., 3., 4.]));
+            let position = position % bytes.len();
+            bytes[position] = byte;
+            let _ = parse_npy(&bytes);
+        }
+
+        /// Fortran and C layouts of the same matrix read identically.
+        #[test]
+        fn orders_agree(rows in 1usize..6, cols in 1usize..6, seed in any::<u32>()) {
+            let values: Vec<f32> = (0..rows * cols).map(|i| (i as u32 ^ seed) as f32).collect();
+            let mut column_major = vec![0f32; rows * cols];
+            for r in 0..rows {
+                for c in 0..cols {
+                    column_major[c * rows + r] = values[r * cols + c];
+                }
+            }
+            let c_order = parse_npy(&npy_bytes("<f4", false, rows, cols, &f32_payload(&values))).unwrap();
+            let f_order = parse_npy(&npy_bytes("<f4", true, rows, cols, &f32_payload(&column_major))).unwrap();
+            prop_assert_eq!(c_order, f_order);
+        }
+    }
+}

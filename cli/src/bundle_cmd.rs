@@ -1,0 +1,196 @@
+//! `recsys bundle`: builds a bundle, with a progress bar.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use recsys_bundle::synthetic::{SyntheticSpec, generate};
+use recsys_bundle::{BuildEvent, BuildOptions, IndexParams, ItemVectors, Manifest, Metric, Quantization, build_bundle};
+
+/// Options of `recsys bundle`.
+#[derive(Debug, Clone, Args)]
+pub struct BundleArgs {
+    /// Output directory.
+    #[arg(long, env = "RECSYS_BUNDLE_OUT")]
+    pub out: PathBuf,
+    /// Item embeddings: raw little-endian f32 rows (needs --dim) or .npy (C or Fortran order).
+    #[arg(long, conflicts_with = "synthetic")]
+    pub vectors: Option<PathBuf>,
+    /// Dimensions of a raw f32 file.
+    #[arg(long)]
+    pub dim: Option<usize>,
+    /// Item ids, one per line, parallel to the vectors (default: row numbers).
+    #[arg(long)]
+    pub ids: Option<PathBuf>,
+    /// Item names, one per line, parallel to the vectors.
+    #[arg(long)]
+    pub names: Option<PathBuf>,
+    /// Build a synthetic catalog with planted clusters instead.
+    #[arg(long)]
+    pub synthetic: bool,
+    #[command(flatten)]
+    pub synthetic_spec: SyntheticArgs,
+    #[command(flatten)]
+    pub index: IndexArgs,
+    /// Bundle version (default: derived from the source and the time).
+    #[arg(long)]
+    pub version: Option<String>,
+}
+
+/// Shape of a synthetic catalog.
+#[derive(Debug, Clone, Args)]
+pub struct SyntheticArgs {
+    /// Synthetic items.
+    #[arg(long, default_value_t = SyntheticSpec::default().items)]
+    pub items: usize,
+    /// Synthetic users (their ids are user-0, user-1, ...).
+    #[arg(long, default_value_t = SyntheticSpec::default().users)]
+    pub users: usize,
+    /// Synthetic embedding dimensions.
+    #[arg(long = "synthetic-dim", default_value_t = SyntheticSpec::default().dimensions)]
+    pub dimensions: usize,
+    /// Synthetic topics.
+    #[arg(long, default_value_t = SyntheticSpec::default().clusters)]
+    pub clusters: usize,
+    /// Seed of the synthetic catalog.
+    #[arg(long, default_value_t = SyntheticSpec::default().seed)]
+    pub seed: u64,
+}
+
+impl SyntheticArgs {
+    fn spec(&self) -> SyntheticSpec {
+        SyntheticSpec {
+            items: self.items,
+            users: self.users,
+            dimensions: self.dimensions,
+            clusters: self.clusters,
+            seed: self.seed,
+        }
+    }
+}
+
+/// Index parameters.
+#[derive(Debug, Clone, Args)]
+pub struct IndexArgs {
+    /// Hash shards.
+    #[arg(long, default_value_t = 2)]
+    pub shards: u32,
+    /// Metric: ip, cos or l2.
+    #[arg(long, default_value = "ip")]
+    pub metric: String,
+    /// Stored scalar type: f32, f16 or i8.
+    #[arg(long, default_value = "f32")]
+    pub quantization: String,
+    /// HNSW graph degree (M).
+    #[arg(long, default_value_t = IndexParams::default().connectivity)]
+    pub connectivity: usize,
+    /// HNSW beam width while building (efConstruction).
+    #[arg(long, default_value_t = IndexParams::default().expansion_add)]
+    pub expansion_add: usize,
+    /// HNSW beam width while searching (ef); nodes use at least k.
+    #[arg(long, default_value_t = IndexParams::default().expansion_search)]
+    pub expansion_search: usize,
+    /// Build threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+impl IndexArgs {
+    fn params(&self) -> anyhow::Result<IndexParams> {
+        Ok(IndexParams {
+            metric: Metric::parse(&self.metric)?,
+            quantization: Quantization::parse(&self.quantization)?,
+            connectivity: self.connectivity,
+            expansion_add: self.expansion_add,
+            expansion_search: self.expansion_search,
+        })
+    }
+}
+
+/// Builds the bundle `args` describe.
+pub fn run(args: BundleArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let manifest = if let Some(vectors) = &args.vectors {
+        eprintln!("reading {}", vectors.display());
+        let items = ItemVectors::read(vectors, args.dim, args.ids.as_deref(), args.names.as_deref())?;
+        let source = vectors.display().to_string();
+        build(&args.out, &items, None, &args.index, args.version.clone(), &source)?
+    } else if args.synthetic {
+        build_synthetic(&args.out, &args.synthetic_spec, &args.index, args.version.clone())?
+    } else {
+        anyhow::bail!("say what to index: --vectors FILE or --synthetic");
+    };
+    println!(
+        "bundle {} written to {}: {} items of {} dimensions in {} shards ({:.1} s)",
+        manifest.version,
+        args.out.display(),
+        manifest.items,
+        manifest.dimensions,
+        manifest.shard_count,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Builds a synthetic bundle.
+pub fn build_synthetic(
+    out: &Path,
+    spec: &SyntheticArgs,
+    index: &IndexArgs,
+    version: Option<String>,
+) -> anyhow::Result<Manifest> {
+    let spec = spec.spec();
+    eprintln!(
+        "generating {} synthetic items in {} topics, {} users ({} dimensions, seed {})",
+        spec.items, spec.clusters, spec.users, spec.dimensions, spec.seed
+    );
+    let catalog = generate(&spec)?;
+    let source = format!(
+        "synthetic items={} users={} dim={} clusters={} seed={}",
+        spec.items, spec.users, spec.dimensions, spec.clusters, spec.seed
+    );
+    build(out, &catalog.items, Some(&catalog.users), index, version, &source)
+}
+
+fn build(
+    out: &Path,
+    items: &ItemVectors,
+    users: Option<&recsys_bundle::UserTable>,
+    index: &IndexArgs,
+    version: Option<String>,
+    source: &str,
+) -> anyhow::Result<Manifest> {
+    let version = version.unwrap_or_else(default_version);
+    let options = BuildOptions {
+        params: index.params()?,
+        shard_count: index.shards,
+        version,
+        source: source.to_string(),
+        threads: index.threads,
+    };
+    let bar = ProgressBar::new(items.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} items ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let progress = |event: BuildEvent| match event {
+        BuildEvent::ShardStarted { shard, .. } => bar.set_message(format!("shard {shard}")),
+        BuildEvent::ItemsAdded { added } => bar.inc(added),
+        BuildEvent::ShardSaved { .. } => {}
+    };
+    let manifest = build_bundle(out, items, users, &options, &progress)
+        .with_context(|| format!("building the bundle in {}", out.display()))?;
+    bar.finish_and_clear();
+    Ok(manifest)
+}
+
+/// `v` and the build time in seconds since the epoch: unique enough to tell bundles apart.
+fn default_version() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("v{secs}")
+}

@@ -1,0 +1,165 @@
+//! `recsys demo` and `recsys serve`: a whole cluster in this process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use recsys_bundle::Manifest;
+use recsys_local_cluster::{LocalCluster, LocalClusterOptions};
+use recsys_proto::v1::{
+    RecommendRequest, gateway_service_client::GatewayServiceClient, recommend_request::Query,
+};
+
+use crate::bundle_cmd::{IndexArgs, SyntheticArgs, build_synthetic};
+use crate::query::print_response;
+
+/// Options of `recsys demo`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Where the gateway listens.
+    #[arg(long, env = "RECSYS_GATEWAY_ADDR", default_value = "127.0.0.1:50051")]
+    pub gateway_addr: SocketAddr,
+    /// Where the synthetic bundle is kept between runs.
+    #[arg(long, env = "RECSYS_DEMO_BUNDLE", default_value = "target/demo-bundle")]
+    pub bundle_dir: PathBuf,
+    /// Rebuild the bundle even if one is cached.
+    #[arg(long)]
+    pub rebuild: bool,
+    /// Replicas per shard.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
+    /// Print the samples and stop instead of serving (for scripts).
+    #[arg(long)]
+    pub no_serve: bool,
+    #[command(flatten)]
+    pub synthetic: SyntheticArgs,
+    #[command(flatten)]
+    pub index: IndexArgs,
+}
+
+/// Options of `recsys serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// The bundle to serve.
+    #[arg(long, env = "RECSYS_BUNDLE")]
+    pub bundle: PathBuf,
+    /// Where the gateway listens.
+    #[arg(long, env = "RECSYS_GATEWAY_ADDR", default_value = "127.0.0.1:50051")]
+    pub gateway_addr: SocketAddr,
+    /// Replicas per shard.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
+}
+
+/// Builds (or reuses) the synthetic bundle, starts the cluster, prints samples, serves.
+pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let wanted_source = format!(
+        "synthetic items={} users={} dim={} clusters={} seed={}",
+        args.synthetic.items,
+        args.synthetic.users,
+        args.synthetic.dimensions,
+        args.synthetic.clusters,
+        args.synthetic.seed
+    );
+    let cached = Manifest::load(&args.bundle_dir)
+        .ok()
+        .filter(|m| m.source == wanted_source && m.shard_count == args.index.shards);
+    match cached {
+        Some(manifest) if !args.rebuild => eprintln!(
+            "using the cached bundle {} in {} (--rebuild to build anew)",
+            manifest.version,
+            args.bundle_dir.display()
+        ),
+        _ => {
+            let (dir, synthetic, index) = (args.bundle_dir.clone(), args.synthetic.clone(), args.index.clone());
+            let started = std::time::Instant::now();
+            let manifest = tokio::task::spawn_blocking(move || {
+                build_synthetic(&dir, &synthetic, &index, Some("demo-1".into()))
+            })
+            .await??;
+            eprintln!(
+                "built bundle {}: {} items in {} shards ({:.1} s)",
+                manifest.version,
+                manifest.items,
+                manifest.shard_count,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    start_and_serve(args.bundle_dir, args.gateway_addr, args.replicas, !args.no_serve).await
+}
+
+/// Serves an existing bundle.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    start_and_serve(args.bundle, args.gateway_addr, args.replicas, true).await
+}
+
+async fn start_and_serve(
+    bundle_dir: PathBuf,
+    gateway_addr: SocketAddr,
+    replicas: usize,
+    keep_serving: bool,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let mut options = LocalClusterOptions::new(&bundle_dir);
+    options.gateway_addr = gateway_addr;
+    options.replicas = replicas;
+    let cluster = LocalCluster::start(options)
+        .await
+        .context("starting the local cluster")?;
+    let manifest = cluster.manifest().clone();
+    eprintln!(
+        "cluster up in {:.2} s: {} shards x {} replica(s), gateway on {}",
+        started.elapsed().as_secs_f64(),
+        manifest.shard_count,
+        replicas.max(1),
+        cluster.gateway_addr
+    );
+
+    let endpoint = format!("http://{}", cluster.gateway_addr);
+    let mut client = GatewayServiceClient::connect(endpoint).await?;
+    let users = sample_users(&bundle_dir, &manifest);
+    for user in &users {
+        println!("\nrecommendations for {user}:");
+        let mut request = tonic::Request::new(RecommendRequest {
+            query: Some(Query::UserId(user.clone())),
+            k: 5,
+            ..Default::default()
+        });
+        request.set_timeout(Duration::from_secs(1));
+        match client.recommend(request).await {
+            Ok(response) => print_response(&response.into_inner()),
+            Err(status) => println!("  failed: {}", status.message()),
+        }
+    }
+    if users.is_empty() {
+        println!("\nthe bundle has no query model: query it with embeddings of {} dimensions", manifest.dimensions);
+    }
+
+    let addr = cluster.gateway_addr;
+    let example_user = users.first().cloned().unwrap_or_else(|| "user-0".into());
+    println!("\nask it yourself:");
+    println!("  cargo run -q -p recsys-cli -- query --gateway {addr} --user-id {example_user} -k 10");
+    println!(
+        "  grpcurl -plaintext -d '{{\"user_id\": \"{example_user}\", \"k\": 10}}' {addr} recsys.v1.GatewayService/Recommend"
+    );
+    if keep_serving {
+        eprintln!("\nserving until Ctrl-C");
+        cluster.serve_until(recsys_server::shutdown::on_signal()).await;
+    } else {
+        cluster.shutdown().await;
+    }
+    Ok(())
+}
+
+/// A few user ids from the bundle's query model vocabulary.
+fn sample_users(dir: &std::path::Path, manifest: &Manifest) -> Vec<String> {
+    let Some(recsys_bundle::QueryModelSpec::EmbeddingTable { vocabulary, .. }) = &manifest.query_model else {
+        return Vec::new();
+    };
+    recsys_bundle::vectors::read_lines(&Manifest::resolve(dir, vocabulary))
+        .map(|ids| ids.into_iter().take(3).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,43 @@
+//! `recsys`: the front door. `demo` builds a synthetic bundle and serves it on a
+//! local cluster, `serve` does the same for an existing bundle, `bundle` builds
+//! bundles, `query` asks a gateway.
+
+mod bundle_cmd;
+mod demo;
+mod query;
+
+use clap::{Parser, Subcommand};
+
+/// Two-stage recommendations over a sharded embedding index.
+#[derive(Debug, Parser)]
+#[command(name = "recsys", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build a synthetic bundle (cached), start a local cluster, print sample recommendations, serve.
+    Demo(demo::DemoArgs),
+    /// Serve an existing bundle on a local cluster (every shard and a gateway in this process).
+    Serve(demo::ServeArgs),
+    /// Build a bundle from item embeddings (raw f32 or .npy) or a synthetic catalog.
+    Bundle(bundle_cmd::BundleArgs),
+    /// Ask a gateway for recommendations and print them as a table.
+    Query(query::QueryArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    recsys_server::telemetry::init();
+    match Cli::parse().command {
+        Command::Demo(args) => demo::demo(args).await,
+        Command::Serve(args) => demo::serve(args).await,
+        Command::Bundle(args) => {
+            tokio::task::spawn_blocking(move || bundle_cmd::run(args)).await??;
+            Ok(())
+        }
+        Command::Query(args) => query::run(args).await,
+    }
+}

@@ -1,0 +1,116 @@
+//! `recsys query`: asks a gateway and prints a table.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use recsys_proto::v1::{
+    QueryEmbedding, RecommendOptions, RecommendRequest, RecommendResponse,
+    gateway_service_client::GatewayServiceClient, recommend_request::Query,
+};
+
+/// Options of `recsys query`.
+#[derive(Debug, Clone, Args)]
+pub struct QueryArgs {
+    /// Gateway address.
+    #[arg(long, env = "RECSYS_GATEWAY", default_value = "127.0.0.1:50051")]
+    pub gateway: String,
+    /// Recommend for this user (known to the bundle's query model).
+    #[arg(long, conflicts_with = "vector")]
+    pub user_id: Option<String>,
+    /// Recommend for this query embedding: comma-separated floats.
+    #[arg(long, allow_hyphen_values = true)]
+    pub vector: Option<String>,
+    /// Items to return.
+    #[arg(long, short, default_value_t = 10)]
+    pub k: u32,
+    /// Candidates to retrieve before ranking (0 = k).
+    #[arg(long, default_value_t = 0)]
+    pub retrieve_k: u32,
+    /// Item ids never to return, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub exclude: Vec<u64>,
+    /// Brute-force search instead of HNSW.
+    #[arg(long)]
+    pub exact: bool,
+    /// Deadline in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub timeout_ms: u64,
+}
+
+/// Runs the query and prints the answer.
+pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
+    let query = match (&args.user_id, &args.vector) {
+        (Some(user), None) => Query::UserId(user.clone()),
+        (None, Some(vector)) => Query::QueryEmbedding(QueryEmbedding {
+            values: vector
+                .split(',')
+                .map(|v| v.trim().parse::<f32>())
+                .collect::<Result<_, _>>()
+                .context("--vector takes comma-separated numbers")?,
+        }),
+        _ => anyhow::bail!("say who to recommend for: --user-id ID or --vector 0.1,0.2,..."),
+    };
+    let request = RecommendRequest {
+        query: Some(query),
+        k: args.k,
+        retrieve_k: args.retrieve_k,
+        exclude_item_ids: args.exclude.clone(),
+        options: Some(RecommendOptions {
+            exact: args.exact,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let endpoint = if args.gateway.contains("://") {
+        args.gateway.clone()
+    } else {
+        format!("http://{}", args.gateway)
+    };
+    let mut client = GatewayServiceClient::connect(endpoint.clone())
+        .await
+        .with_context(|| format!("cannot reach the gateway at {endpoint}"))?;
+    let mut grpc_request = tonic::Request::new(request);
+    grpc_request.set_timeout(Duration::from_millis(args.timeout_ms));
+    let response = client
+        .recommend(grpc_request)
+        .await
+        .map_err(|status| anyhow::anyhow!("{:?}: {}", status.code(), status.message()))?
+        .into_inner();
+    print_response(&response);
+    Ok(())
+}
+
+/// Prints items as a table, then coverage and timings.
+pub fn print_response(response: &RecommendResponse) {
+    println!("{:>4}  {:>10}  {:>9}  name", "rank", "item_id", "score");
+    for item in &response.items {
+        println!(
+            "{:>4}  {:>10}  {:>9.4}  {}",
+            item.retrieval_rank + 1,
+            item.item_id,
+            item.ranking_score.unwrap_or(item.retrieval_score),
+            item.name
+        );
+    }
+    if let Some(coverage) = &response.coverage {
+        print!(
+            "coverage: {}/{} shards, {} of {} items searched",
+            coverage.shards_answered, coverage.shards_asked, coverage.items_searched, coverage.items_total
+        );
+        if coverage.degraded {
+            print!(" (degraded:");
+            for reason in &coverage.reasons {
+                print!(" [{} shard {}: {}]", reason.stage, reason.shard.unwrap_or_default(), reason.reason);
+            }
+            print!(")");
+        }
+        println!();
+    }
+    if let Some(t) = &response.timings {
+        println!(
+            "timings: encode {} us, retrieval {} us, total {} us; bundle {}",
+            t.encode_us, t.retrieval_us, t.total_us, response.bundle_version
+        );
+    }
+}

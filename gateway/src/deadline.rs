@@ -1,0 +1,83 @@
+//! The request deadline, from the `grpc-timeout` header the client sends.
+//!
+//! tonic only enforces server-side timeouts it is configured with; the client's own
+//! deadline arrives as a header (`grpc-timeout: 250m`, gRPC over HTTP/2 spec:
+//! at most 8 digits and a unit H, M, S, m, u or n), so the gateway reads it to
+//! budget the retrieval stage and answer with what arrived before the client gives up.
+
+use std::time::Duration;
+
+/// Parses a `grpc-timeout` value; `None` when it is malformed.
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// The time the request may take: the client's deadline, else `default`.
+pub fn request_timeout(metadata: &tonic::metadata::MetadataMap, default: Duration) -> Duration {
+    metadata
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .unwrap_or(default)
+}
+
+/// The part of `timeout` retrieval may use: what is left after reserving time to
+/// merge and answer (a tenth, at least 1 ms and at most 20 ms), so a slow shard
+/// turns into partial coverage rather than a `DEADLINE_EXCEEDED` at the client.
+pub fn retrieval_budget(timeout: Duration) -> Duration {
+    let reserve = (timeout / 10).clamp(Duration::from_millis(1), Duration::from_millis(20));
+    timeout.saturating_sub(reserve)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_every_unit() {
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("1S"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(parse_grpc_timeout("9n"), Some(Duration::from_nanos(9)));
+    }
+
+    #[test]
+    fn rejects_malformed_values() {
+        for bad in ["", "m", "10", "10x", "-1m", "123456789m", "1.5S", " 1S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn budget_keeps_a_reserve() {
+        assert_eq!(retrieval_budget(Duration::from_millis(100)), Duration::from_millis(90));
+        assert_eq!(retrieval_budget(Duration::from_secs(10)), Duration::from_millis(9_980));
+        assert_eq!(retrieval_budget(Duration::from_micros(500)), Duration::ZERO);
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(value in "\\PC{0,12}") {
+            let _ = parse_grpc_timeout(&value);
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Errors of the gateway and their one mapping to gRPC statuses.
+
+use recsys_bundle::BundleError;
+
+/// What can stop the gateway from answering.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The request breaks a limit; the message names the field and the limit.
+    #[error("{field}: {reason}")]
+    InvalidArgument {
+        /// The request field.
+        field: &'static str,
+        /// What is wrong and what the limit is.
+        reason: String,
+    },
+    /// The user id is not in the query model's vocabulary.
+    #[error("user_id {0:?} is not known to the bundle's query model; send a query_embedding instead")]
+    UnknownUser(String),
+    /// The bundle has no query model, so only embeddings are accepted.
+    #[error("user_id: the bundle has no query model; send a query_embedding instead")]
+    NoQueryModel,
+    /// The gateway has not loaded its bundle.
+    #[error("gateway not ready: {0}")]
+    NotReady(String),
+    /// Not one shard answered, so there is no partial answer to give.
+    #[error("no shard answered: {0}")]
+    NoShardAnswered(String),
+    /// Loading the bundle failed.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// The membership description is unusable.
+    #[error(transparent)]
+    Discovery(#[from] recsys_discovery::DiscoveryError),
+    /// The gRPC server failed.
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The reflection service could not be built.
+    #[error("reflection: {0}")]
+    Reflection(#[from] recsys_server::grpc::ReflectionError),
+}
+
+impl GatewayError {
+    /// An invalid request field.
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<GatewayError> for tonic::Status {
+    fn from(error: GatewayError) -> Self {
+        let message = error.to_string();
+        match error {
+            GatewayError::InvalidArgument { .. } => tonic::Status::invalid_argument(message),
+            GatewayError::UnknownUser(_) => tonic::Status::not_found(message),
+            GatewayError::NoQueryModel => tonic::Status::failed_precondition(message),
+            GatewayError::NotReady(_) | GatewayError::NoShardAnswered(_) => {
+                tonic::Status::unavailable(message)
+            }
+            GatewayError::Bundle(_)
+            | GatewayError::Discovery(_)
+            | GatewayError::Transport(_)
+            | GatewayError::Reflection(_) => tonic::Status::internal(message),
+        }
+    }
+}

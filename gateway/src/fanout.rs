@@ -1,0 +1,138 @@
+//! One shard's search: pick a replica, send, retry once on another replica after an
+//! error, never after a timeout (Quickwit's leaf retry policy; a timed-out shard
+//! would only time out again and the budget is spent).
+
+use recsys_discovery::NodeRecord;
+use recsys_proto::v1::{SearchRequest, SearchResponse, retrieval_service_client::RetrievalServiceClient};
+use tokio::time::Instant;
+use tonic::Code;
+
+use crate::shard_clients::ShardClients;
+
+/// The outcome of asking one shard.
+#[derive(Debug)]
+pub struct ShardAnswer {
+    /// The shard asked.
+    pub shard: u32,
+    /// The answer, or why there is none (lowercase, for coverage).
+    pub outcome: Result<SearchResponse, String>,
+}
+
+/// Asks `shard` through its replicas until one answers, the retry is spent, or
+/// `deadline` passes.
+pub async fn search_shard(
+    clients: &ShardClients,
+    shard: u32,
+    replicas: &[NodeRecord],
+    request: SearchRequest,
+    deadline: Instant,
+) -> ShardAnswer {
+    let outcome = search_replicas(clients, shard, replicas, request, deadline).await;
+    ShardAnswer { shard, outcome }
+}
+
+async fn search_replicas(
+    clients: &ShardClients,
+    shard: u32,
+    replicas: &[NodeRecord],
+    request: SearchRequest,
+    deadline: Instant,
+) -> Result<SearchResponse, String> {
+    let order = clients.replica_order(replicas);
+    if order.is_empty() {
+        return Err("no replica available".into());
+    }
+    let mut last_error = String::new();
+    for replica in order.into_iter().take(2) {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err("deadline exceeded".into());
+        }
+        let channel = clients.channel(&replica.addr)?;
+        let mut client = RetrievalServiceClient::new(channel);
+        let mut grpc_request = tonic::Request::new(request.clone());
+        grpc_request.set_timeout(remaining);
+        match tokio::time::timeout_at(deadline, client.search(grpc_request)).await {
+            Err(_) => return Err("deadline exceeded".into()),
+            Ok(Ok(response)) => return check(response.into_inner()),
+            Ok(Err(status)) => {
+                tracing::warn!(shard, replica = %replica.addr, code = ?status.code(), message = status.message(), "shard search failed");
+                let reason = format!("{}: {}", code_name(status.code()), status.message());
+                // Retrying cannot fix a spent deadline or a request the node rejects.
+                if matches!(status.code(), Code::DeadlineExceeded | Code::InvalidArgument | Code::Cancelled) {
+                    return Err(reason);
+                }
+                last_error = reason;
+            }
+        }
+    }
+    Err(last_error)
+}
+
+/// Rejects answers whose parallel arrays disagree; drops non-finite scores.
+fn check(mut response: SearchResponse) -> Result<SearchResponse, String> {
+    if response.item_ids.len() != response.scores.len() {
+        return Err(format!(
+            "malformed answer: {} ids and {} scores",
+            response.item_ids.len(),
+            response.scores.len()
+        ));
+    }
+    if response.scores.iter().any(|s| !s.is_finite()) {
+        let (ids, scores) = response
+            .item_ids
+            .iter()
+            .zip(&response.scores)
+            .filter(|(_, s)| s.is_finite())
+            .map(|(id, s)| (*id, *s))
+            .unzip();
+        response.item_ids = ids;
+        response.scores = scores;
+    }
+    Ok(response)
+}
+
+/// Lowercase gRPC code names for coverage reasons.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid argument",
+        Code::DeadlineExceeded => "deadline exceeded",
+        Code::NotFound => "not found",
+        Code::AlreadyExists => "already exists",
+        Code::PermissionDenied => "permission denied",
+        Code::ResourceExhausted => "resource exhausted",
+        Code::FailedPrecondition => "failed precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out of range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_answers_are_refused_and_nan_dropped() {
+        let bad = SearchResponse {
+            item_ids: vec![1, 2],
+            scores: vec![0.5],
+            ..Default::default()
+        };
+        assert!(check(bad).unwrap_err().contains("2 ids and 1 scores"));
+        let nan = SearchResponse {
+            item_ids: vec![1, 2, 3],
+            scores: vec![0.5, f32::NAN, 0.1],
+            ..Default::default()
+        };
+        let ok = check(nan).unwrap();
+        assert_eq!(ok.item_ids, vec![1, 3]);
+    }
+}

@@ -1,0 +1,23 @@
+//! Gateway: the public entry point of a recsys cluster.
+//!
+//! A `Recommend` request is validated, its query encoded (the bundle's query model
+//! for a `user_id`, or the given embedding), and sent to every shard at once; each
+//! shard's top-k' is folded into a bounded top-k heap the moment it arrives
+//! ([`merge`]). Slow or failed shards turn into coverage, not errors: when the
+//! deadline's retrieval budget is spent the gateway answers with what it has.
+
+pub mod bundle_state;
+pub mod deadline;
+pub mod error;
+pub mod fanout;
+pub mod merge;
+pub mod server;
+pub mod service;
+pub mod shard_clients;
+pub mod shard_k;
+pub mod validate;
+
+pub use error::GatewayError;
+pub use server::{GatewayConfig, run};
+pub use service::RequestPolicy;
+pub use validate::RecommendLimits;

@@ -1,0 +1,72 @@
+//! `gateway`: the public entry point of a recsys cluster.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use recsys_discovery::{StaticMembership, StaticSpec};
+use recsys_gateway::{GatewayConfig, RecommendLimits, RequestPolicy, run};
+
+/// Fans recommendation requests out to the retrieval shards and merges their answers.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Bundle directory (manifest, catalog, query model).
+    #[arg(long, env = "RECSYS_BUNDLE")]
+    bundle: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "RECSYS_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Static membership file (JSON: {"shards": [["addr", ...], ...], "ranking": [...]}).
+    #[arg(long = "static", env = "RECSYS_STATIC", conflicts_with = "shard")]
+    static_file: Option<PathBuf>,
+    /// Static membership as flags: N=addr[,addr...] per shard, repeatable.
+    #[arg(long, env = "RECSYS_SHARDS", value_delimiter = ' ')]
+    shard: Vec<String>,
+    /// Largest k.
+    #[arg(long, env = "RECSYS_MAX_K", default_value_t = RecommendLimits::default().max_k)]
+    max_k: u32,
+    /// Largest retrieve_k.
+    #[arg(long, env = "RECSYS_MAX_RETRIEVE_K", default_value_t = RecommendLimits::default().max_retrieve_k)]
+    max_retrieve_k: u32,
+    /// Most excluded ids per request.
+    #[arg(long, env = "RECSYS_MAX_EXCLUSIONS", default_value_t = RecommendLimits::default().max_exclusions)]
+    max_exclusions: usize,
+    /// Deadline (ms) for requests that carry none.
+    #[arg(long, env = "RECSYS_DEFAULT_TIMEOUT_MS", default_value_t = 2000)]
+    default_timeout_ms: u64,
+    /// Per-shard probability of not truncating the global top-k (Vespa's top-k-probability).
+    #[arg(long, env = "RECSYS_TOP_K_PROBABILITY", default_value_t = 0.9999)]
+    top_k_probability: f64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    recsys_server::telemetry::init();
+    let args = Args::parse();
+    let spec = match &args.static_file {
+        Some(path) => StaticSpec::from_file(path)?,
+        None => StaticSpec::from_shard_flags(&args.shard, &[])
+            .context("give the shards' addresses with --static FILE or --shard N=addr")?,
+    };
+    let membership = Arc::new(StaticMembership::new(&spec)?);
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let config = GatewayConfig {
+        bundle_dir: args.bundle,
+        policy: RequestPolicy {
+            limits: RecommendLimits {
+                max_k: args.max_k,
+                max_retrieve_k: args.max_retrieve_k,
+                max_exclusions: args.max_exclusions,
+            },
+            default_timeout: Duration::from_millis(args.default_timeout_ms),
+            top_k_probability: args.top_k_probability,
+        },
+        connect_timeout: Duration::from_secs(1),
+    };
+    run(listener, config, membership, recsys_server::shutdown::on_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! The `recsys.v1.GatewayService` implementation: validate, encode, fan out to every
+//! shard at once, fold answers into the top-k as they arrive, report coverage.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use recsys_bundle::shard_of;
+use recsys_discovery::ClusterView;
+use recsys_proto::v1::{
+    Coverage, DegradedReason, RecommendRequest, RecommendResponse, RecommendStreamResponse,
+    RecommendedItem, SearchRequest, StageTimings, gateway_service_server::GatewayService,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::bundle_state::BundleState;
+use crate::deadline::{request_timeout, retrieval_budget};
+use crate::fanout::search_shard;
+use crate::merge::{Candidate, TopK};
+use crate::shard_clients::ShardClients;
+use crate::shard_k::per_shard_k;
+use crate::validate::{RecommendLimits, validate};
+use crate::GatewayError;
+
+/// Tunables of request handling.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RequestPolicy {
+    /// Request limits.
+    pub limits: RecommendLimits,
+    /// Deadline for requests that carry none.
+    pub default_timeout: Duration,
+    /// Default per-shard top-k probability for approximate searches (see `shard_k`).
+    pub top_k_probability: f64,
+}
+
+impl Default for RequestPolicy {
+    fn default() -> Self {
+        Self {
+            limits: RecommendLimits::default(),
+            default_timeout: Duration::from_secs(2),
+            top_k_probability: 0.9999,
+        }
+    }
+}
+
+/// State shared by every request.
+#[derive(Debug)]
+pub struct GatewayShared {
+    /// The bundle, once loaded.
+    pub bundle: ArcSwapOption<BundleState>,
+    /// The latest cluster view.
+    pub view: watch::Receiver<Arc<ClusterView>>,
+    /// Channels to retrieval nodes.
+    pub clients: ShardClients,
+    /// Tunables.
+    pub policy: RequestPolicy,
+}
+
+/// The gRPC service.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    shared: Arc<GatewayShared>,
+}
+
+type StreamSender = mpsc::Sender<Result<RecommendStreamResponse, Status>>;
+
+impl Gateway {
+    /// A gateway over `shared`.
+    pub fn new(shared: Arc<GatewayShared>) -> Self {
+        Self { shared }
+    }
+
+    /// The whole request path; `partial` receives the running top-k after each shard.
+    pub async fn recommend(
+        &self,
+        request: RecommendRequest,
+        timeout: Duration,
+        partial: Option<&StreamSender>,
+    ) -> Result<RecommendResponse, GatewayError> {
+        let started = Instant::now();
+        let bundle = self
+            .shared
+            .bundle
+            .load_full()
+            .ok_or_else(|| GatewayError::NotReady("the bundle is still loading".into()))?;
+        let manifest = &bundle.manifest;
+        let checked = validate(&request, manifest.dimensions, &self.shared.policy.limits)?;
+        let query = request
+            .query
+            .as_ref()
+            .ok_or_else(|| GatewayError::invalid("query", "empty request"))?;
+        let embedding = bundle.encode(query)?;
+        let encode_us = started.elapsed().as_micros() as u64;
+
+        let options = request.options.unwrap_or_default();
+        let probability = if options.exact {
+            1.0
+        } else if options.top_k_probability > 0.0 {
+            f64::from(options.top_k_probability)
+        } else {
+            self.shared.policy.top_k_probability
+        };
+        let shard_count = manifest.shard_count;
+        let shard_k = per_shard_k(checked.retrieve_k, shard_count, probability);
+
+        // Each shard only needs the exclusions that hash to it.
+        let mut exclusions = vec![Vec::new(); shard_count as usize];
+        for id in &request.exclude_item_ids {
+            exclusions[shard_of(*id, shard_count) as usize].push(*id);
+        }
+
+        let view = self.shared.view.borrow().clone();
+        let retrieval_started = Instant::now();
+        let deadline = retrieval_started + retrieval_budget(timeout.saturating_sub(started.elapsed()));
+        let no_replicas = Vec::new();
+        let mut pending: FuturesUnordered<_> = exclusions
+            .into_iter()
+            .enumerate()
+            .map(|(shard, exclude_item_ids)| {
+                let replicas = view.shards.get(shard).unwrap_or(&no_replicas);
+                let search = SearchRequest {
+                    query: embedding.clone(),
+                    k: shard_k,
+                    exclude_item_ids,
+                    exact: options.exact,
+                };
+                search_shard(&self.shared.clients, shard as u32, replicas, search, deadline)
+            })
+            .collect();
+
+        let mut top = TopK::new(checked.retrieve_k as usize);
+        let mut coverage = Coverage {
+            shards_asked: shard_count,
+            items_total: manifest.items,
+            ..Default::default()
+        };
+        while let Some(answer) = pending.next().await {
+            match answer.outcome {
+                Ok(response) => {
+                    top.merge_sorted(
+                        response
+                            .item_ids
+                            .iter()
+                            .zip(&response.scores)
+                            .map(|(&item_id, &score)| Candidate { item_id, score }),
+                    );
+                    coverage.shards_answered += 1;
+                    coverage.items_searched += response.items_searched;
+                    if let Some(sender) = partial {
+                        let running = RecommendStreamResponse {
+                            r#final: false,
+                            items: to_items(&top.sorted(), checked.k, &bundle),
+                            coverage: Some(finish(coverage.clone())),
+                            bundle_version: manifest.version.clone(),
+                            ..Default::default()
+                        };
+                        // A client that went away only loses the partial results.
+                        let _ = sender.send(Ok(running)).await;
+                    }
+                }
+                Err(reason) => coverage.reasons.push(DegradedReason {
+                    stage: "retrieval".into(),
+                    shard: Some(answer.shard),
+                    reason,
+                }),
+            }
+        }
+        let retrieval_us = retrieval_started.elapsed().as_micros() as u64;
+        if coverage.shards_answered == 0 {
+            let reasons: Vec<String> = coverage
+                .reasons
+                .iter()
+                .map(|r| format!("shard {}: {}", r.shard.unwrap_or_default(), r.reason))
+                .collect();
+            return Err(GatewayError::NoShardAnswered(reasons.join("; ")));
+        }
+        let coverage = finish(coverage);
+        if coverage.degraded {
+            tracing::debug!(
+                answered = coverage.shards_answered,
+                asked = coverage.shards_asked,
+                "partial retrieval"
+            );
+        }
+        Ok(RecommendResponse {
+            items: to_items(&top.into_sorted(), checked.k, &bundle),
+            coverage: Some(coverage),
+            timings: Some(StageTimings {
+                encode_us,
+                retrieval_us,
+                ranking_us: 0,
+                total_us: started.elapsed().as_micros() as u64,
+            }),
+            bundle_version: manifest.version.clone(),
+            model_version: String::new(),
+            ranked: false,
+        })
+    }
+}
+
+/// Marks the coverage degraded when anything fell short.
+fn finish(mut coverage: Coverage) -> Coverage {
+    coverage.degraded = !coverage.reasons.is_empty() || coverage.shards_answered < coverage.shards_asked;
+    coverage
+}
+
+/// The first `k` merged candidates as response items, with catalog names.
+fn to_items(merged: &[Candidate], k: u32, bundle: &BundleState) -> Vec<RecommendedItem> {
+    merged
+        .iter()
+        .take(k as usize)
+        .enumerate()
+        .map(|(rank, candidate)| RecommendedItem {
+            item_id: candidate.item_id,
+            name: bundle.catalog.name(candidate.item_id).unwrap_or_default().to_string(),
+            retrieval_score: candidate.score,
+            retrieval_rank: rank as u32,
+            ranking_score: None,
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl GatewayService for Gateway {
+    async fn recommend(
+        &self,
+        request: Request<RecommendRequest>,
+    ) -> Result<Response<RecommendResponse>, Status> {
+        let timeout = request_timeout(request.metadata(), self.shared.policy.default_timeout);
+        let response = Gateway::recommend(self, request.into_inner(), timeout, None).await?;
+        Ok(Response::new(response))
+    }
+
+    type RecommendStreamStream = ReceiverStream<Result<RecommendStreamResponse, Status>>;
+
+    async fn recommend_stream(
+        &self,
+        request: Request<RecommendRequest>,
+    ) -> Result<Response<Self::RecommendStreamStream>, Status> {
+        let timeout = request_timeout(request.metadata(), self.shared.policy.default_timeout);
+        let request = request.into_inner();
+        let capacity = self
+            .shared
+            .bundle
+            .load()
+            .as_ref()
+            .map_or(1, |b| b.manifest.shard_count as usize)
+            + 1;
+        let (sender, receiver) = mpsc::channel(capacity);
+        let gateway = self.clone();
+        tokio::spawn(async move {
+            let message = match gateway.recommend(request, timeout, Some(&sender)).await {
+                Ok(done) => Ok(RecommendStreamResponse {
+                    r#final: true,
+                    items: done.items,
+                    coverage: done.coverage,
+                    timings: done.timings,
+                    bundle_version: done.bundle_version,
+                    model_version: done.model_version,
+                    ranked: done.ranked,
+                }),
+                Err(error) => Err(Status::from(error)),
+            };
+            let _ = sender.send(message).await;
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}

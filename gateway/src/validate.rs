@@ -1,0 +1,167 @@
+//! Request validation: every limit is named in the error, and nothing invalid
+//! reaches a shard.
+
+use recsys_proto::v1::{RecommendRequest, recommend_request::Query};
+
+use crate::GatewayError;
+
+/// Limits on `Recommend` requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecommendLimits {
+    /// Largest `k`.
+    pub max_k: u32,
+    /// Largest `retrieve_k`.
+    pub max_retrieve_k: u32,
+    /// Most `exclude_item_ids`.
+    pub max_exclusions: usize,
+}
+
+impl Default for RecommendLimits {
+    fn default() -> Self {
+        Self {
+            max_k: 1_000,
+            max_retrieve_k: 10_000,
+            max_exclusions: 10_000,
+        }
+    }
+}
+
+/// What a valid request asks for, with defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checked {
+    /// Items to return.
+    pub k: u32,
+    /// Candidates to retrieve (at least `k`).
+    pub retrieve_k: u32,
+}
+
+/// Checks `request` for a bundle of `dimensions`.
+pub fn validate(
+    request: &RecommendRequest,
+    dimensions: usize,
+    limits: &RecommendLimits,
+) -> Result<Checked, GatewayError> {
+    match &request.query {
+        None => {
+            return Err(GatewayError::invalid(
+                "query",
+                "empty request: set user_id or query_embedding",
+            ));
+        }
+        Some(Query::UserId(user_id)) if user_id.is_empty() => {
+            return Err(GatewayError::invalid("user_id", "is empty"));
+        }
+        Some(Query::UserId(user_id)) if user_id.len() > 1024 => {
+            return Err(GatewayError::invalid(
+                "user_id",
+                format!("is {} bytes, the limit is 1024", user_id.len()),
+            ));
+        }
+        Some(Query::QueryEmbedding(embedding)) => {
+            let values = &embedding.values;
+            if values.len() != dimensions {
+                return Err(GatewayError::invalid(
+                    "query_embedding",
+                    format!("has {} values, the bundle's dimension is {dimensions}", values.len()),
+                ));
+            }
+            if let Some(position) = values.iter().position(|v| !v.is_finite()) {
+                return Err(GatewayError::invalid(
+                    "query_embedding",
+                    format!("value {position} is {}, values must be finite", values[position]),
+                ));
+            }
+        }
+        Some(Query::UserId(_)) => {}
+    }
+    if request.k == 0 || request.k > limits.max_k {
+        return Err(GatewayError::invalid(
+            "k",
+            format!("is {}, must be between 1 and {}", request.k, limits.max_k),
+        ));
+    }
+    let retrieve_k = if request.retrieve_k == 0 {
+        request.k
+    } else {
+        request.retrieve_k
+    };
+    if retrieve_k < request.k || retrieve_k > limits.max_retrieve_k {
+        return Err(GatewayError::invalid(
+            "retrieve_k",
+            format!(
+                "is {retrieve_k}, must be between k ({}) and {}",
+                request.k, limits.max_retrieve_k
+            ),
+        ));
+    }
+    if request.exclude_item_ids.len() > limits.max_exclusions {
+        return Err(GatewayError::invalid(
+            "exclude_item_ids",
+            format!(
+                "has {} ids, the limit is {}",
+                request.exclude_item_ids.len(),
+                limits.max_exclusions
+            ),
+        ));
+    }
+    if let Some(options) = &request.options {
+        let p = options.top_k_probability;
+        if !(0.0..=1.0).contains(&p) {
+            return Err(GatewayError::invalid(
+                "options.top_k_probability",
+                format!("is {p}, must be between 0 and 1 (0 means the default)"),
+            ));
+        }
+    }
+    Ok(Checked {
+        k: request.k,
+        retrieve_k,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use recsys_proto::v1::{QueryEmbedding, RecommendOptions};
+
+    fn embedding(values: Vec<f32>, k: u32) -> RecommendRequest {
+        RecommendRequest {
+            query: Some(Query::QueryEmbedding(QueryEmbedding { values })),
+            k,
+            ..Default::default()
+        }
+    }
+
+    fn message(request: RecommendRequest) -> String {
+        validate(&request, 2, &RecommendLimits::default())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn names_field_and_limit() {
+        assert!(message(RecommendRequest { k: 1, ..Default::default() }).contains("empty request"));
+        assert!(message(embedding(vec![1.0], 1)).contains("query_embedding: has 1 values, the bundle's dimension is 2"));
+        assert!(message(embedding(vec![1.0, f32::NAN], 1)).contains("value 1 is NaN"));
+        assert!(message(embedding(vec![f32::NEG_INFINITY, 0.0], 1)).contains("value 0 is -inf"));
+        assert!(message(embedding(vec![1.0, 0.0], 0)).contains("k: is 0, must be between 1 and 1000"));
+        assert!(message(embedding(vec![1.0, 0.0], 1001)).contains("between 1 and 1000"));
+        let mut r = embedding(vec![1.0, 0.0], 10);
+        r.retrieve_k = 5;
+        assert!(message(r).contains("retrieve_k: is 5, must be between k (10) and 10000"));
+        let mut r = embedding(vec![1.0, 0.0], 10);
+        r.exclude_item_ids = (0..10_001).collect();
+        assert!(message(r).contains("exclude_item_ids: has 10001 ids, the limit is 10000"));
+        let mut r = embedding(vec![1.0, 0.0], 10);
+        r.options = Some(RecommendOptions { top_k_probability: 1.5, ..Default::default() });
+        assert!(message(r).contains("top_k_probability"));
+        let r = RecommendRequest { query: Some(Query::UserId(String::new())), k: 1, ..Default::default() };
+        assert!(message(r).contains("user_id: is empty"));
+    }
+
+    #[test]
+    fn retrieve_k_defaults_to_k() {
+        let checked = validate(&embedding(vec![1.0, 0.0], 7), 2, &RecommendLimits::default()).unwrap();
+        assert_eq!(checked, Checked { k: 7, retrieve_k: 7 });
+    }
+}

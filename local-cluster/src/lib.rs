@@ -1,0 +1,264 @@
+//! A whole cluster in one process: every shard of a bundle (with any number of
+//! replicas) and a gateway, each a real gRPC server on its own loopback port, wired
+//! by static membership. `recsys demo`, `recsys serve` and the integration tests
+//! all start clusters this way, so what the tests exercise is what users run.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use recsys_bundle::{BundleError, Manifest};
+use recsys_discovery::{StaticMembership, StaticSpec};
+use recsys_gateway::{GatewayConfig, GatewayError, RequestPolicy};
+use recsys_retrieval_node::{NodeConfig, NodeError, SearchLimits};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+/// Why a local cluster could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The bundle could not be read.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// A port could not be bound.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The membership is unusable.
+    #[error(transparent)]
+    Discovery(#[from] recsys_discovery::DiscoveryError),
+    /// A server did not report SERVING in time.
+    #[error("{what} at {addr} did not become SERVING within {waited:?}: {detail}")]
+    NotServing {
+        /// Which server.
+        what: String,
+        /// Its address.
+        addr: SocketAddr,
+        /// How long we waited.
+        waited: Duration,
+        /// The last thing health checks said.
+        detail: String,
+    },
+}
+
+/// How to start a local cluster.
+#[derive(Debug, Clone)]
+pub struct LocalClusterOptions {
+    /// The bundle every node loads.
+    pub bundle_dir: PathBuf,
+    /// Replicas per shard.
+    pub replicas: usize,
+    /// Searches at once per retrieval node (0 = one per core).
+    pub search_threads: usize,
+    /// Where the gateway listens; port 0 picks a free one.
+    pub gateway_addr: SocketAddr,
+    /// Gateway request tunables.
+    pub policy: RequestPolicy,
+    /// How long to wait for every server to report SERVING.
+    pub ready_timeout: Duration,
+}
+
+impl LocalClusterOptions {
+    /// One replica per shard, gateway on a free loopback port.
+    pub fn new(bundle_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            bundle_dir: bundle_dir.into(),
+            replicas: 1,
+            search_threads: 0,
+            gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            policy: RequestPolicy::default(),
+            ready_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One running server of the cluster.
+#[derive(Debug)]
+pub struct ServerHandle<E> {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    token: CancellationToken,
+    task: JoinHandle<Result<(), E>>,
+}
+
+impl<E> ServerHandle<E> {
+    /// Stops the server gracefully and waits for it to end.
+    pub async fn stop(self) {
+        self.token.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// A running cluster.
+#[derive(Debug)]
+pub struct LocalCluster {
+    /// The gateway's address.
+    pub gateway_addr: SocketAddr,
+    /// `nodes[shard][replica]`; a stopped node's slot is `None`.
+    nodes: Vec<Vec<Option<ServerHandle<NodeError>>>>,
+    gateway: ServerHandle<GatewayError>,
+    manifest: Manifest,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ClusterError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ClusterError::Bind { addr, source })
+}
+
+impl LocalCluster {
+    /// Starts every shard and the gateway, and returns once all report SERVING.
+    pub async fn start(options: LocalClusterOptions) -> Result<Self, ClusterError> {
+        let manifest = Manifest::load(&options.bundle_dir)?;
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut nodes = Vec::with_capacity(manifest.shard_count as usize);
+        for shard in 0..manifest.shard_count {
+            let mut replicas = Vec::with_capacity(options.replicas);
+            for _ in 0..options.replicas.max(1) {
+                let listener = bind(loopback).await?;
+                let addr = listener
+                    .local_addr()
+                    .map_err(|source| ClusterError::Bind { addr: loopback, source })?;
+                let token = CancellationToken::new();
+                let config = NodeConfig {
+                    bundle_dir: options.bundle_dir.clone(),
+                    shard,
+                    search_threads: options.search_threads,
+                    limits: SearchLimits::default(),
+                };
+                let task = tokio::spawn(recsys_retrieval_node::run(listener, config, token.clone()));
+                replicas.push(Some(ServerHandle { addr, token, task }));
+            }
+            nodes.push(replicas);
+        }
+        for (shard, replicas) in nodes.iter().enumerate() {
+            for handle in replicas.iter().flatten() {
+                wait_until_serving(handle.addr, options.ready_timeout)
+                    .await
+                    .map_err(|(waited, detail)| ClusterError::NotServing {
+                        what: format!("retrieval node for shard {shard}"),
+                        addr: handle.addr,
+                        waited,
+                        detail,
+                    })?;
+            }
+        }
+
+        let spec = StaticSpec {
+            shards: nodes
+                .iter()
+                .map(|replicas| replicas.iter().flatten().map(|h| h.addr.to_string()).collect())
+                .collect(),
+            ranking: Vec::new(),
+        };
+        let membership = Arc::new(StaticMembership::new(&spec)?);
+        let listener = bind(options.gateway_addr).await?;
+        let gateway_addr = listener
+            .local_addr()
+            .map_err(|source| ClusterError::Bind { addr: options.gateway_addr, source })?;
+        let token = CancellationToken::new();
+        let config = GatewayConfig {
+            bundle_dir: options.bundle_dir.clone(),
+            policy: options.policy,
+            connect_timeout: Duration::from_secs(1),
+        };
+        let task = tokio::spawn(recsys_gateway::run(listener, config, membership, token.clone()));
+        let gateway = ServerHandle {
+            addr: gateway_addr,
+            token,
+            task,
+        };
+        wait_until_serving(gateway_addr, options.ready_timeout)
+            .await
+            .map_err(|(waited, detail)| ClusterError::NotServing {
+                what: "gateway".into(),
+                addr: gateway_addr,
+                waited,
+                detail,
+            })?;
+        Ok(Self {
+            gateway_addr,
+            nodes,
+            gateway,
+            manifest,
+        })
+    }
+
+    /// The bundle's manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Address of a retrieval node, if it runs.
+    pub fn node_addr(&self, shard: usize, replica: usize) -> Option<SocketAddr> {
+        self.nodes.get(shard)?.get(replica)?.as_ref().map(|h| h.addr)
+    }
+
+    /// Stops one retrieval node, as a crash of that machine would.
+    pub async fn stop_node(&mut self, shard: usize, replica: usize) {
+        if let Some(handle) = self
+            .nodes
+            .get_mut(shard)
+            .and_then(|replicas| replicas.get_mut(replica))
+            .and_then(Option::take)
+        {
+            handle.stop().await;
+        }
+    }
+
+    /// Waits until Ctrl-C or `token` is cancelled, then stops everything.
+    pub async fn serve_until(self, token: CancellationToken) {
+        token.cancelled().await;
+        self.shutdown().await;
+    }
+
+    /// Stops the gateway, then every node.
+    pub async fn shutdown(self) {
+        self.gateway.stop().await;
+        for handle in self.nodes.into_iter().flatten().flatten() {
+            handle.stop().await;
+        }
+    }
+}
+
+/// Polls `grpc.health.v1` at `addr` until it says SERVING; on failure returns how
+/// long it waited and the last answer. Polls rather than sleeps: a node that loads
+/// fast is used at once.
+pub async fn wait_until_serving(addr: SocketAddr, timeout: Duration) -> Result<(), (Duration, String)> {
+    let started = tokio::time::Instant::now();
+    let mut detail = String::from("no answer yet");
+    let mut delay = Duration::from_millis(2);
+    while started.elapsed() < timeout {
+        match check_health(addr).await {
+            Ok(ServingStatus::Serving) => return Ok(()),
+            Ok(status) => detail = format!("health is {status:?}"),
+            Err(error) => detail = error,
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(100));
+    }
+    Err((started.elapsed(), detail))
+}
+
+async fn check_health(addr: SocketAddr) -> Result<ServingStatus, String> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .map_err(|status| format!("health check failed: {}", status.message()))?;
+    Ok(response.into_inner().status())
+}

@@ -1,0 +1,58 @@
+//! Errors of the retrieval node and their one mapping to gRPC statuses.
+
+use recsys_bundle::BundleError;
+
+/// What can go wrong while loading the shard or answering a search.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The request breaks a limit; the message names the field and the limit.
+    #[error("{field}: {reason}")]
+    InvalidArgument {
+        /// The request field.
+        field: &'static str,
+        /// What is wrong and what the limit is.
+        reason: String,
+    },
+    /// The shard is not loaded (yet, or ever: the message says which file failed).
+    #[error("shard not ready: {0}")]
+    NotReady(String),
+    /// The bundle could not be loaded.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// usearch failed during a search.
+    #[error("search failed: {0}")]
+    Search(String),
+    /// The search pool is gone (the node is shutting down).
+    #[error("search pool closed")]
+    PoolClosed,
+    /// The gRPC server failed.
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The reflection service could not be built.
+    #[error("reflection: {0}")]
+    Reflection(#[from] recsys_server::grpc::ReflectionError),
+}
+
+impl NodeError {
+    /// An invalid request field.
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<NodeError> for tonic::Status {
+    fn from(error: NodeError) -> Self {
+        let message = error.to_string();
+        match error {
+            NodeError::InvalidArgument { .. } => tonic::Status::invalid_argument(message),
+            NodeError::NotReady(_) | NodeError::PoolClosed => tonic::Status::unavailable(message),
+            NodeError::Bundle(_) => tonic::Status::failed_precondition(message),
+            NodeError::Search(_) | NodeError::Transport(_) | NodeError::Reflection(_) => {
+                tonic::Status::internal(message)
+            }
+        }
+    }
+}

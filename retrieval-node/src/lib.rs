@@ -1,0 +1,15 @@
+//! Retrieval node: serves one shard of the item-embedding index.
+//!
+//! The node memory-maps its shard's usearch file from the bundle (`view`, so a
+//! 390k-item shard is ready in milliseconds), answers `Search` with the shard-local
+//! top-k, and applies exclusions inside the graph traversal so excluded items never
+//! take a slot. Searches run on a sized blocking pool, never on the async workers.
+
+pub mod error;
+pub mod server;
+pub mod service;
+pub mod shard_index;
+
+pub use error::NodeError;
+pub use server::{NodeConfig, SearchLimits, run};
+pub use shard_index::ShardIndex;

@@ -1,0 +1,49 @@
+//! `retrieval-node`: serves one shard of a bundle.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use recsys_retrieval_node::{NodeConfig, SearchLimits, run};
+
+/// Serves one shard of a recsys bundle over gRPC.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Bundle directory (holds manifest.json).
+    #[arg(long, env = "RECSYS_BUNDLE")]
+    bundle: PathBuf,
+    /// Shard number to serve.
+    #[arg(long, env = "RECSYS_SHARD")]
+    shard: u32,
+    /// Address to listen on.
+    #[arg(long, env = "RECSYS_LISTEN", default_value = "127.0.0.1:50061")]
+    listen: SocketAddr,
+    /// Searches running at once (0 = one per core).
+    #[arg(long, env = "RECSYS_SEARCH_THREADS", default_value_t = 0)]
+    search_threads: usize,
+    /// Largest k a search may ask for.
+    #[arg(long, env = "RECSYS_MAX_K", default_value_t = SearchLimits::default().max_k)]
+    max_k: u32,
+    /// Most excluded ids per search.
+    #[arg(long, env = "RECSYS_MAX_EXCLUSIONS", default_value_t = SearchLimits::default().max_exclusions)]
+    max_exclusions: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    recsys_server::telemetry::init();
+    let args = Args::parse();
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let config = NodeConfig {
+        bundle_dir: args.bundle,
+        shard: args.shard,
+        search_threads: args.search_threads,
+        limits: SearchLimits {
+            max_k: args.max_k,
+            max_exclusions: args.max_exclusions,
+        },
+    };
+    run(listener, config, recsys_server::shutdown::on_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! The `recsys.v1.RetrievalService` implementation: validation, then the search on
+//! the blocking pool.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use recsys_proto::v1::{
+    InfoRequest, InfoResponse, SearchRequest, SearchResponse,
+    retrieval_service_server::RetrievalService,
+};
+use tokio::sync::Semaphore;
+use tonic::{Request, Response, Status};
+
+use crate::{NodeError, SearchLimits, ShardIndex};
+
+/// Where loading the shard stands.
+#[derive(Debug)]
+pub enum LoadState {
+    /// The index is being mapped.
+    Loading,
+    /// Serving searches.
+    Ready(Arc<ShardIndex>),
+    /// Loading failed; the message names the file.
+    Failed(String),
+}
+
+/// The gRPC service of one retrieval node.
+#[derive(Debug, Clone)]
+pub struct RetrievalNodeService {
+    state: Arc<ArcSwap<LoadState>>,
+    pool: Arc<Semaphore>,
+    limits: SearchLimits,
+}
+
+impl RetrievalNodeService {
+    /// A service answering from `state`, at most `pool` searches at a time.
+    pub fn new(state: Arc<ArcSwap<LoadState>>, pool: Arc<Semaphore>, limits: SearchLimits) -> Self {
+        Self {
+            state,
+            pool,
+            limits,
+        }
+    }
+
+    fn ready(&self) -> Result<Arc<ShardIndex>, NodeError> {
+        match self.state.load().as_ref() {
+            LoadState::Ready(index) => Ok(index.clone()),
+            LoadState::Loading => Err(NodeError::NotReady("the shard is still loading".into())),
+            LoadState::Failed(reason) => Err(NodeError::NotReady(reason.clone())),
+        }
+    }
+
+    async fn search(&self, request: SearchRequest) -> Result<SearchResponse, NodeError> {
+        let index = self.ready()?;
+        validate(&request, index.dimensions(), &self.limits)?;
+        let SearchRequest {
+            query,
+            k,
+            mut exclude_item_ids,
+            exact,
+        } = request;
+        exclude_item_ids.sort_unstable();
+        exclude_item_ids.dedup();
+        let permit = self
+            .pool
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| NodeError::PoolClosed)?;
+        let searcher = index.clone();
+        let (hits, elapsed) = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let started = std::time::Instant::now();
+            let hits = searcher.search(&query, k as usize, &exclude_item_ids, exact);
+            (hits, started.elapsed())
+        })
+        .await
+        .map_err(|e| NodeError::Search(format!("search task failed: {e}")))?;
+        let hits = hits?;
+        let (item_ids, scores) = hits.into_iter().unzip();
+        Ok(SearchResponse {
+            item_ids,
+            scores,
+            shard: index.shard(),
+            items_searched: index.items(),
+            bundle_version: index.bundle_version().to_string(),
+            search_us: elapsed.as_micros() as u64,
+        })
+    }
+}
+
+/// Checks a request against the index and the limits; errors name the field and the limit.
+pub fn validate(request: &SearchRequest, dimensions: usize, limits: &SearchLimits) -> Result<(), NodeError> {
+    if request.query.is_empty() {
+        return Err(NodeError::invalid(
+            "query",
+            format!("is empty, expected {dimensions} values"),
+        ));
+    }
+    if request.query.len() != dimensions {
+        return Err(NodeError::invalid(
+            "query",
+            format!("has {} values, expected {dimensions}", request.query.len()),
+        ));
+    }
+    if let Some(position) = request.query.iter().position(|v| !v.is_finite()) {
+        return Err(NodeError::invalid(
+            "query",
+            format!("value {position} is {}, values must be finite", request.query[position]),
+        ));
+    }
+    if request.k == 0 || request.k > limits.max_k {
+        return Err(NodeError::invalid(
+            "k",
+            format!("is {}, must be between 1 and {}", request.k, limits.max_k),
+        ));
+    }
+    if request.exclude_item_ids.len() > limits.max_exclusions {
+        return Err(NodeError::invalid(
+            "exclude_item_ids",
+            format!(
+                "has {} ids, the limit is {}",
+                request.exclude_item_ids.len(),
+                limits.max_exclusions
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl RetrievalService for RetrievalNodeService {
+    async fn search(&self, request: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
+        let response = RetrievalNodeService::search(self, request.into_inner()).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        let response = match self.state.load().as_ref() {
+            LoadState::Ready(index) => InfoResponse {
+                shard: index.shard(),
+                shard_count: index.shard_count(),
+                items: index.items(),
+                dimensions: index.dimensions() as u32,
+                metric: index.metric().as_str().into(),
+                bundle_version: index.bundle_version().into(),
+                quantization: index.quantization().as_str().into(),
+                state: "serving".into(),
+                load_error: String::new(),
+            },
+            LoadState::Loading => InfoResponse {
+                state: "loading".into(),
+                ..Default::default()
+            },
+            LoadState::Failed(reason) => InfoResponse {
+                state: "failed".into(),
+                load_error: reason.clone(),
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(query: Vec<f32>, k: u32, excluded: usize) -> SearchRequest {
+        SearchRequest {
+            query,
+            k,
+            exclude_item_ids: (0..excluded as u64).collect(),
+            exact: false,
+        }
+    }
+
+    #[test]
+    fn validation_names_field_and_limit() {
+        let limits = SearchLimits {
+            max_k: 100,
+            max_exclusions: 3,
+        };
+        let message = |r: SearchRequest| validate(&r, 2, &limits).unwrap_err().to_string();
+        assert!(message(request(vec![], 1, 0)).contains("query: is empty, expected 2"));
+        assert!(message(request(vec![1.0], 1, 0)).contains("query: has 1 values, expected 2"));
+        assert!(message(request(vec![1.0, f32::NAN], 1, 0)).contains("value 1 is NaN"));
+        assert!(message(request(vec![1.0, f32::INFINITY], 1, 0)).contains("finite"));
+        assert!(message(request(vec![1.0, 0.0], 0, 0)).contains("k: is 0, must be between 1 and 100"));
+        assert!(message(request(vec![1.0, 0.0], 101, 0)).contains("between 1 and 100"));
+        assert!(message(request(vec![1.0, 0.0], 1, 4)).contains("the limit is 3"));
+        assert!(validate(&request(vec![1.0, 0.0], 100, 3), 2, &limits).is_ok());
+    }
+}

@@ -1,0 +1,46 @@
+//! Health, reflection and the accepted-connection stream.
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::{Stream, StreamExt, wrappers::TcpListenerStream};
+use tonic::transport::Server;
+use tonic::transport::server::Router;
+use tonic_health::server::HealthReporter;
+
+/// A server router that already offers `grpc.health.v1` and reflection over the
+/// recsys and health protos (so `grpcurl` needs no `.proto` files), and the
+/// reporter that flips health statuses; every status starts unknown.
+pub fn standard_router() -> Result<(HealthReporter, Router), ReflectionError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection_service = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(recsys_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let router = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_service);
+    Ok((health, router))
+}
+
+/// Connections accepted on `listener`, with Nagle's algorithm off: responses are
+/// small and latency-bound, and a delayed ACK would add 40 ms to a hop.
+pub fn incoming(listener: TcpListener) -> impl Stream<Item = std::io::Result<TcpStream>> {
+    TcpListenerStream::new(listener).map(|stream| {
+        let stream = stream?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
+}
+
+/// Sets both the named service and the whole server (`""`) to `status`, since
+/// clients and orchestrators probe either.
+pub async fn set_health(
+    reporter: &HealthReporter,
+    service_name: &str,
+    status: tonic_health::ServingStatus,
+) {
+    reporter.set_service_status(service_name, status).await;
+    reporter.set_service_status("", status).await;
+}
+
+/// Error of building the reflection service.
+pub use tonic_reflection::server::Error as ReflectionError;

@@ -1,0 +1,11 @@
+//! What every recsys gRPC server shares.
+//!
+//! Each node binary is `main` → [`telemetry::init`] → bind → the node's own
+//! `run(listener, config, shutdown)` (mini-redis's shape), and each `run` builds its
+//! tonic router from [`grpc::standard_services`] plus its own service. Keeping
+//! these here means health, reflection and TCP settings cannot drift apart between
+//! the gateway, retrieval and ranking nodes.
+
+pub mod grpc;
+pub mod shutdown;
+pub mod telemetry;
