@@ -13,9 +13,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={proto}");
     }
     if std::env::var_os("PROTOC").is_none() && which_protoc().is_none() {
-        return Err("protoc not found: run `make deps` or install Debian's protobuf-compiler \
+        return Err(
+            "protoc not found: run `make deps` or install Debian's protobuf-compiler \
              (apt-get install protobuf-compiler), or set PROTOC to its path"
-            .into());
+                .into(),
+        );
     }
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()

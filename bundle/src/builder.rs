@@ -126,7 +126,9 @@ pub fn build_bundle(
         let pending = AtomicU64::new(0);
         pool.install(|| {
             rows.par_iter().try_for_each(|&row| {
-                index.add(items.ids[row], items.row(row)).map_err(|e| BundleError::usearch(&path, e))?;
+                index
+                    .add(items.ids[row], items.row(row))
+                    .map_err(|e| BundleError::usearch(&path, e))?;
                 if pending.fetch_add(1, Ordering::Relaxed) + 1 >= PROGRESS_EVERY {
                     let added = pending.swap(0, Ordering::Relaxed);
                     if added > 0 {
@@ -144,7 +146,9 @@ pub fn build_bundle(
         let tmp_str = tmp
             .to_str()
             .ok_or_else(|| BundleError::invalid("out", "bundle path is not valid UTF-8"))?;
-        index.save(tmp_str).map_err(|e| BundleError::usearch(&path, e))?;
+        index
+            .save(tmp_str)
+            .map_err(|e| BundleError::usearch(&path, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| BundleError::io(&path, e))?;
         progress(BuildEvent::ShardSaved { shard });
         shards.push(ShardEntry {
@@ -227,11 +231,17 @@ mod tests {
             threads: 2,
         };
         let added = AtomicU64::new(0);
-        let manifest = build_bundle(dir.path(), &catalog.items, Some(&catalog.users), &options, &|event| {
-            if let BuildEvent::ItemsAdded { added: n } = event {
-                added.fetch_add(n, Ordering::Relaxed);
-            }
-        })
+        let manifest = build_bundle(
+            dir.path(),
+            &catalog.items,
+            Some(&catalog.users),
+            &options,
+            &|event| {
+                if let BuildEvent::ItemsAdded { added: n } = event {
+                    added.fetch_add(n, Ordering::Relaxed);
+                }
+            },
+        )
         .unwrap();
         assert_eq!(added.load(Ordering::Relaxed), 2_000);
         assert_eq!(manifest.items, 2_000);

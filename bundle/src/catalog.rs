@@ -66,7 +66,13 @@ impl Catalog {
         for (id, name) in ids.iter().zip(names) {
             let clean: String = name
                 .chars()
-                .map(|c| if matches!(c, '\t' | '\n' | '\r') { ' ' } else { c })
+                .map(|c| {
+                    if matches!(c, '\t' | '\n' | '\r') {
+                        ' '
+                    } else {
+                        c
+                    }
+                })
                 .collect();
             writeln!(out, "{id}\t{clean}").map_err(|e| BundleError::io(path, e))?;
         }
@@ -82,7 +88,12 @@ mod tests {
     fn round_trips_and_sanitizes_names() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("catalog.tsv");
-        Catalog::write(&path, &[7, 9], &["Toy Story (1995)".into(), "a\tb\nc".into()]).unwrap();
+        Catalog::write(
+            &path,
+            &[7, 9],
+            &["Toy Story (1995)".into(), "a\tb\nc".into()],
+        )
+        .unwrap();
         let catalog = Catalog::load(&path).unwrap();
         assert_eq!(catalog.name(7), Some("Toy Story (1995)"));
         assert_eq!(catalog.name(9), Some("a b c"));
@@ -95,6 +106,9 @@ mod tests {
         let path = dir.path().join("catalog.tsv");
         std::fs::write(&path, "1\tok\nx\tbad\n").unwrap();
         let err = Catalog::load(&path).unwrap_err().to_string();
-        assert!(err.contains("catalog.tsv") && err.contains("line 2"), "{err}");
+        assert!(
+            err.contains("catalog.tsv") && err.contains("line 2"),
+            "{err}"
+        );
     }
 }

@@ -35,7 +35,10 @@ impl UserTable {
         let mut rows = HashMap::with_capacity(ids.len());
         for (row, id) in ids.iter().enumerate() {
             if rows.insert(id.clone(), row).is_some() {
-                return Err(BundleError::invalid("user table", format!("user {id:?} appears twice")));
+                return Err(BundleError::invalid(
+                    "user table",
+                    format!("user {id:?} appears twice"),
+                ));
             }
         }
         Ok(Self {
@@ -73,7 +76,12 @@ impl UserTable {
     }
 
     /// Writes the table as a safetensors file holding `tensor` and a vocabulary file.
-    pub fn save(&self, tensor_path: &Path, tensor: &str, vocabulary_path: &Path) -> Result<(), BundleError> {
+    pub fn save(
+        &self,
+        tensor_path: &Path,
+        tensor: &str,
+        vocabulary_path: &Path,
+    ) -> Result<(), BundleError> {
         let bytes: &[u8] = bytemuck::cast_slice(&self.data);
         let view = TensorView::new(Dtype::F32, vec![self.ids.len(), self.dimensions], bytes)
             .map_err(|e| BundleError::corrupt(tensor_path, e.to_string()))?;
@@ -88,10 +96,15 @@ impl UserTable {
     }
 
     /// Reads a table written by [`UserTable::save`].
-    pub fn load(tensor_path: &Path, tensor: &str, vocabulary_path: &Path) -> Result<Self, BundleError> {
+    pub fn load(
+        tensor_path: &Path,
+        tensor: &str,
+        vocabulary_path: &Path,
+    ) -> Result<Self, BundleError> {
         let bytes = std::fs::read(tensor_path).map_err(|e| BundleError::io(tensor_path, e))?;
-        let tensors = SafeTensors::deserialize(&bytes)
-            .map_err(|e| BundleError::corrupt(tensor_path, format!("not a valid safetensors file: {e}")))?;
+        let tensors = SafeTensors::deserialize(&bytes).map_err(|e| {
+            BundleError::corrupt(tensor_path, format!("not a valid safetensors file: {e}"))
+        })?;
         let view = tensors
             .tensor(tensor)
             .map_err(|e| BundleError::corrupt(tensor_path, format!("tensor {tensor:?}: {e}")))?;
@@ -100,7 +113,9 @@ impl UserTable {
             (dtype, shape) => {
                 return Err(BundleError::corrupt(
                     tensor_path,
-                    format!("tensor {tensor:?} is {dtype:?} {shape:?}, expected F32 [users, dimensions]"),
+                    format!(
+                        "tensor {tensor:?} is {dtype:?} {shape:?}, expected F32 [users, dimensions]"
+                    ),
                 ));
             }
         };
@@ -114,13 +129,20 @@ impl UserTable {
         if ids.len() != users {
             return Err(BundleError::corrupt(
                 vocabulary_path,
-                format!("{} user ids for {users} rows of {}", ids.len(), tensor_path.display()),
+                format!(
+                    "{} user ids for {users} rows of {}",
+                    ids.len(),
+                    tensor_path.display()
+                ),
             ));
         }
         if let Some(position) = data.iter().position(|v| !v.is_finite()) {
             return Err(BundleError::corrupt(
                 tensor_path,
-                format!("row {} holds a non-finite value", position / dimensions.max(1)),
+                format!(
+                    "row {} holds a non-finite value",
+                    position / dimensions.max(1)
+                ),
             ));
         }
         Self::new(ids, dimensions, data)
@@ -135,7 +157,10 @@ mod tests {
     fn save_load_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let table = UserTable::new(vec!["a".into(), "b".into()], 2, vec![1., 2., 3., 4.]).unwrap();
-        let (tensor, vocab) = (dir.path().join("q.safetensors"), dir.path().join("vocab/u.txt"));
+        let (tensor, vocab) = (
+            dir.path().join("q.safetensors"),
+            dir.path().join("vocab/u.txt"),
+        );
         table.save(&tensor, "user_embedding", &vocab).unwrap();
         let loaded = UserTable::load(&tensor, "user_embedding", &vocab).unwrap();
         assert_eq!(loaded.embedding("b"), Some(&[3., 4.][..]));
@@ -147,7 +172,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tensor = dir.path().join("q.safetensors");
         std::fs::write(&tensor, b"garbage").unwrap();
-        let err = UserTable::load(&tensor, "t", &dir.path().join("v.txt")).unwrap_err().to_string();
+        let err = UserTable::load(&tensor, "t", &dir.path().join("v.txt"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("q.safetensors"), "{err}");
     }
 }

@@ -164,6 +164,9 @@ mod tests {
                 .filter(|(_, row)| catalog.item_cluster[*row] == catalog.user_cluster[u])
                 .count();
         }
-        assert!(hits as f64 / (16.0 * 20.0) > 0.9, "only {hits} of 320 in cluster");
+        assert!(
+            hits as f64 / (16.0 * 20.0) > 0.9,
+            "only {hits} of 320 in cluster"
+        );
     }
 }

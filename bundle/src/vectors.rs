@@ -49,7 +49,7 @@ impl ItemVectors {
         if dimensions == 0 {
             return Err(BundleError::invalid("dim", "must be positive"));
         }
-        if data.len() % dimensions != 0 {
+        if !data.len().is_multiple_of(dimensions) {
             return Err(BundleError::corrupt(
                 origin,
                 format!(
@@ -82,7 +82,10 @@ impl ItemVectors {
         }
         let mut seen = HashSet::with_capacity(ids.len());
         if let Some(dup) = ids.iter().find(|id| !seen.insert(**id)) {
-            return Err(BundleError::invalid("ids", format!("id {dup} appears twice")));
+            return Err(BundleError::invalid(
+                "ids",
+                format!("id {dup} appears twice"),
+            ));
         }
         if let Some(names) = &names
             && names.len() != rows
@@ -124,7 +127,10 @@ impl ItemVectors {
             (dims, data)
         } else {
             let dims = dimensions.ok_or_else(|| {
-                BundleError::invalid("dim", "required for raw f32 files (only .npy carries a shape)")
+                BundleError::invalid(
+                    "dim",
+                    "required for raw f32 files (only .npy carries a shape)",
+                )
             })?;
             (dims, read_raw_f32(path, dims)?)
         };
@@ -138,7 +144,7 @@ impl ItemVectors {
 pub fn read_raw_f32(path: &Path, dimensions: usize) -> Result<Vec<f32>, BundleError> {
     let bytes = std::fs::read(path).map_err(|e| BundleError::io(path, e))?;
     let row_bytes = dimensions * 4;
-    if bytes.len() % row_bytes != 0 {
+    if !bytes.len().is_multiple_of(row_bytes) {
         return Err(BundleError::corrupt(
             path,
             format!(
@@ -168,7 +174,11 @@ pub fn parse_npy(bytes: &[u8]) -> Result<(usize, Vec<f32>), String> {
     let shape = npy.shape().to_vec();
     let (rows, cols) = match shape.as_slice() {
         [rows, cols] => (*rows as usize, *cols as usize),
-        other => return Err(format!("shape {other:?} is not 2-dimensional (rows, dimensions)")),
+        other => {
+            return Err(format!(
+                "shape {other:?} is not 2-dimensional (rows, dimensions)"
+            ));
+        }
     };
     if cols == 0 {
         return Err("has zero columns".into());
@@ -278,15 +288,18 @@ mod tests {
 
     #[test]
     fn reads_f64() {
-        let payload: Vec<u8> = [1.5f64, -2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let payload: Vec<u8> = [1.5f64, -2.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         let bytes = npy_bytes("<f8", false, 1, 2, &payload);
         assert_eq!(parse_npy(&bytes).unwrap(), (2, vec![1.5, -2.0]));
     }
 
     #[test]
     fn rejects_wrong_rank_dtype_and_short_data() {
-        let one_d = npy_bytes("<f4", false, 2, 3, &[]).iter().copied().collect::<Vec<_>>();
-        assert!(parse_npy(&one_d).is_err());
+        let short = npy_bytes("<f4", false, 2, 3, &[]);
+        assert!(parse_npy(&short).is_err());
         let ints = npy_bytes("<i4", false, 1, 1, &[0, 0, 0, 0]);
         assert!(parse_npy(&ints).unwrap_err().contains("dtype"));
     }
@@ -297,7 +310,10 @@ mod tests {
         let path = dir.path().join("v.f32");
         std::fs::write(&path, f32_payload(&[1., 2., 3.])).unwrap();
         let err = read_raw_f32(&path, 2).unwrap_err().to_string();
-        assert!(err.contains("v.f32") && err.contains("whole number"), "{err}");
+        assert!(
+            err.contains("v.f32") && err.contains("whole number"),
+            "{err}"
+        );
         assert_eq!(read_raw_f32(&path, 3).unwrap(), vec![1., 2., 3.]);
     }
 

@@ -7,7 +7,10 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use recsys_bundle::synthetic::{SyntheticSpec, generate};
-use recsys_bundle::{BuildEvent, BuildOptions, IndexParams, ItemVectors, Manifest, Metric, Quantization, build_bundle};
+use recsys_bundle::{
+    BuildEvent, BuildOptions, IndexParams, ItemVectors, Manifest, Metric, Quantization,
+    build_bundle,
+};
 
 /// Options of `recsys bundle`.
 #[derive(Debug, Clone, Args)]
@@ -114,11 +117,28 @@ pub fn run(args: BundleArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let manifest = if let Some(vectors) = &args.vectors {
         eprintln!("reading {}", vectors.display());
-        let items = ItemVectors::read(vectors, args.dim, args.ids.as_deref(), args.names.as_deref())?;
+        let items = ItemVectors::read(
+            vectors,
+            args.dim,
+            args.ids.as_deref(),
+            args.names.as_deref(),
+        )?;
         let source = vectors.display().to_string();
-        build(&args.out, &items, None, &args.index, args.version.clone(), &source)?
+        build(
+            &args.out,
+            &items,
+            None,
+            &args.index,
+            args.version.clone(),
+            &source,
+        )?
     } else if args.synthetic {
-        build_synthetic(&args.out, &args.synthetic_spec, &args.index, args.version.clone())?
+        build_synthetic(
+            &args.out,
+            &args.synthetic_spec,
+            &args.index,
+            args.version.clone(),
+        )?
     } else {
         anyhow::bail!("say what to index: --vectors FILE or --synthetic");
     };
@@ -151,7 +171,14 @@ pub fn build_synthetic(
         "synthetic items={} users={} dim={} clusters={} seed={}",
         spec.items, spec.users, spec.dimensions, spec.clusters, spec.seed
     );
-    build(out, &catalog.items, Some(&catalog.users), index, version, &source)
+    build(
+        out,
+        &catalog.items,
+        Some(&catalog.users),
+        index,
+        version,
+        &source,
+    )
 }
 
 fn build(
@@ -172,9 +199,11 @@ fn build(
     };
     let bar = ProgressBar::new(items.len() as u64);
     bar.set_style(
-        ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} items ({per_sec}, eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg:>12} [{bar:40}] {pos}/{len} items ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     let progress = |event: BuildEvent| match event {
         BuildEvent::ShardStarted { shard, .. } => bar.set_message(format!("shard {shard}")),

@@ -73,7 +73,11 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             args.bundle_dir.display()
         ),
         _ => {
-            let (dir, synthetic, index) = (args.bundle_dir.clone(), args.synthetic.clone(), args.index.clone());
+            let (dir, synthetic, index) = (
+                args.bundle_dir.clone(),
+                args.synthetic.clone(),
+                args.index.clone(),
+            );
             let started = std::time::Instant::now();
             let manifest = tokio::task::spawn_blocking(move || {
                 build_synthetic(&dir, &synthetic, &index, Some("demo-1".into()))
@@ -88,7 +92,13 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             );
         }
     }
-    start_and_serve(args.bundle_dir, args.gateway_addr, args.replicas, !args.no_serve).await
+    start_and_serve(
+        args.bundle_dir,
+        args.gateway_addr,
+        args.replicas,
+        !args.no_serve,
+    )
+    .await
 }
 
 /// Serves an existing bundle.
@@ -135,19 +145,26 @@ async fn start_and_serve(
         }
     }
     if users.is_empty() {
-        println!("\nthe bundle has no query model: query it with embeddings of {} dimensions", manifest.dimensions);
+        println!(
+            "\nthe bundle has no query model: query it with embeddings of {} dimensions",
+            manifest.dimensions
+        );
     }
 
     let addr = cluster.gateway_addr;
     let example_user = users.first().cloned().unwrap_or_else(|| "user-0".into());
     println!("\nask it yourself:");
-    println!("  cargo run -q -p recsys-cli -- query --gateway {addr} --user-id {example_user} -k 10");
+    println!(
+        "  cargo run -q -p recsys-cli -- query --gateway {addr} --user-id {example_user} -k 10"
+    );
     println!(
         "  grpcurl -plaintext -d '{{\"user_id\": \"{example_user}\", \"k\": 10}}' {addr} recsys.v1.GatewayService/Recommend"
     );
     if keep_serving {
         eprintln!("\nserving until Ctrl-C");
-        cluster.serve_until(recsys_server::shutdown::on_signal()).await;
+        cluster
+            .serve_until(recsys_server::shutdown::on_signal())
+            .await;
     } else {
         cluster.shutdown().await;
     }
@@ -156,7 +173,9 @@ async fn start_and_serve(
 
 /// A few user ids from the bundle's query model vocabulary.
 fn sample_users(dir: &std::path::Path, manifest: &Manifest) -> Vec<String> {
-    let Some(recsys_bundle::QueryModelSpec::EmbeddingTable { vocabulary, .. }) = &manifest.query_model else {
+    let Some(recsys_bundle::QueryModelSpec::EmbeddingTable { vocabulary, .. }) =
+        &manifest.query_model
+    else {
         return Vec::new();
     };
     recsys_bundle::vectors::read_lines(&Manifest::resolve(dir, vocabulary))

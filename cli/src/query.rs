@@ -96,12 +96,20 @@ pub fn print_response(response: &RecommendResponse) {
     if let Some(coverage) = &response.coverage {
         print!(
             "coverage: {}/{} shards, {} of {} items searched",
-            coverage.shards_answered, coverage.shards_asked, coverage.items_searched, coverage.items_total
+            coverage.shards_answered,
+            coverage.shards_asked,
+            coverage.items_searched,
+            coverage.items_total
         );
         if coverage.degraded {
             print!(" (degraded:");
             for reason in &coverage.reasons {
-                print!(" [{} shard {}: {}]", reason.stage, reason.shard.unwrap_or_default(), reason.reason);
+                print!(
+                    " [{} shard {}: {}]",
+                    reason.stage,
+                    reason.shard.unwrap_or_default(),
+                    reason.reason
+                );
             }
             print!(")");
         }

@@ -68,8 +68,9 @@ impl StaticSpec {
             .into_iter()
             .enumerate()
             .map(|(shard, replicas)| {
-                replicas
-                    .ok_or_else(|| DiscoveryError::Invalid(format!("no address given for shard {shard}")))
+                replicas.ok_or_else(|| {
+                    DiscoveryError::Invalid(format!("no address given for shard {shard}"))
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let spec = Self {
@@ -86,7 +87,9 @@ impl StaticSpec {
             return Err(DiscoveryError::Invalid("no shards listed".into()));
         }
         if let Some(shard) = self.shards.iter().position(Vec::is_empty) {
-            return Err(DiscoveryError::Invalid(format!("shard {shard} has no replica")));
+            return Err(DiscoveryError::Invalid(format!(
+                "shard {shard} has no replica"
+            )));
         }
         Ok(())
     }
@@ -94,17 +97,24 @@ impl StaticSpec {
     /// The view this list describes, every node taken as serving.
     pub fn view(&self) -> ClusterView {
         let shard_count = self.shards.len() as u32;
-        let retrieval = self.shards.iter().enumerate().flat_map(|(shard, replicas)| {
-            replicas.iter().enumerate().map(move |(replica, addr)| NodeRecord {
-                node_id: format!("shard-{shard}-replica-{replica}"),
-                addr: addr.clone(),
-                role: Role::Retrieval,
-                shard: Some(shard as u32),
-                shard_count: Some(shard_count),
-                bundle_version: String::new(),
-                state: NodeState::Serving,
-            })
-        });
+        let retrieval = self
+            .shards
+            .iter()
+            .enumerate()
+            .flat_map(|(shard, replicas)| {
+                replicas
+                    .iter()
+                    .enumerate()
+                    .map(move |(replica, addr)| NodeRecord {
+                        node_id: format!("shard-{shard}-replica-{replica}"),
+                        addr: addr.clone(),
+                        role: Role::Retrieval,
+                        shard: Some(shard as u32),
+                        shard_count: Some(shard_count),
+                        bundle_version: String::new(),
+                        state: NodeState::Serving,
+                    })
+            });
         let ranking = self.ranking.iter().enumerate().map(|(i, addr)| NodeRecord {
             node_id: format!("ranking-{i}"),
             addr: addr.clone(),
@@ -145,11 +155,9 @@ mod tests {
 
     #[test]
     fn parses_shard_flags() {
-        let spec = StaticSpec::from_shard_flags(
-            &["1=b:1".into(), "0=a:1, a:2".into()],
-            &["r:1".into()],
-        )
-        .unwrap();
+        let spec =
+            StaticSpec::from_shard_flags(&["1=b:1".into(), "0=a:1, a:2".into()], &["r:1".into()])
+                .unwrap();
         assert_eq!(spec.shards, vec![vec!["a:1", "a:2"], vec!["b:1"]]);
         let view = spec.view();
         assert_eq!(view.shard_count, 2);

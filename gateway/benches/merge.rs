@@ -1,1 +1,2 @@
+//! Placeholder, replaced by the merge benchmark.
 fn main() {}

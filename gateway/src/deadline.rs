@@ -69,8 +69,14 @@ mod tests {
 
     #[test]
     fn budget_keeps_a_reserve() {
-        assert_eq!(retrieval_budget(Duration::from_millis(100)), Duration::from_millis(90));
-        assert_eq!(retrieval_budget(Duration::from_secs(10)), Duration::from_millis(9_980));
+        assert_eq!(
+            retrieval_budget(Duration::from_millis(100)),
+            Duration::from_millis(90)
+        );
+        assert_eq!(
+            retrieval_budget(Duration::from_secs(10)),
+            Duration::from_millis(9_980)
+        );
         assert_eq!(retrieval_budget(Duration::from_micros(500)), Duration::ZERO);
     }
 

@@ -14,7 +14,9 @@ pub enum GatewayError {
         reason: String,
     },
     /// The user id is not in the query model's vocabulary.
-    #[error("user_id {0:?} is not known to the bundle's query model; send a query_embedding instead")]
+    #[error(
+        "user_id {0:?} is not known to the bundle's query model; send a query_embedding instead"
+    )]
     UnknownUser(String),
     /// The bundle has no query model, so only embeddings are accepted.
     #[error("user_id: the bundle has no query model; send a query_embedding instead")]

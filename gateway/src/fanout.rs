@@ -3,7 +3,9 @@
 //! would only time out again and the budget is spent).
 
 use recsys_discovery::NodeRecord;
-use recsys_proto::v1::{SearchRequest, SearchResponse, retrieval_service_client::RetrievalServiceClient};
+use recsys_proto::v1::{
+    SearchRequest, SearchResponse, retrieval_service_client::RetrievalServiceClient,
+};
 use tokio::time::Instant;
 use tonic::Code;
 
@@ -59,7 +61,10 @@ async fn search_replicas(
                 tracing::warn!(shard, replica = %replica.addr, code = ?status.code(), message = status.message(), "shard search failed");
                 let reason = format!("{}: {}", code_name(status.code()), status.message());
                 // Retrying cannot fix a spent deadline or a request the node rejects.
-                if matches!(status.code(), Code::DeadlineExceeded | Code::InvalidArgument | Code::Cancelled) {
+                if matches!(
+                    status.code(),
+                    Code::DeadlineExceeded | Code::InvalidArgument | Code::Cancelled
+                ) {
                     return Err(reason);
                 }
                 last_error = reason;

@@ -67,6 +67,12 @@ async fn main() -> anyhow::Result<()> {
         },
         connect_timeout: Duration::from_secs(1),
     };
-    run(listener, config, membership, recsys_server::shutdown::on_signal()).await?;
+    run(
+        listener,
+        config,
+        membership,
+        recsys_server::shutdown::on_signal(),
+    )
+    .await?;
     Ok(())
 }

@@ -125,10 +125,15 @@ impl TopK {
     pub fn merge_sorted(&mut self, answer: impl IntoIterator<Item = Candidate>) {
         let mut previous: Option<Candidate> = None;
         for candidate in answer {
-            let sorted_so_far = previous.is_none_or(|p| p.rank_cmp(&candidate) != Ordering::Greater);
+            let sorted_so_far =
+                previous.is_none_or(|p| p.rank_cmp(&candidate) != Ordering::Greater);
             previous = Some(candidate);
             let entered = self.push(candidate);
-            if !entered && sorted_so_far && self.heap.len() == self.k && !self.scores.contains_key(&candidate.item_id) {
+            if !entered
+                && sorted_so_far
+                && self.heap.len() == self.k
+                && !self.scores.contains_key(&candidate.item_id)
+            {
                 break;
             }
         }
@@ -143,7 +148,11 @@ impl TopK {
 
     /// The kept candidates, best first, consuming the collector.
     pub fn into_sorted(self) -> Vec<Candidate> {
-        self.heap.into_sorted_vec().into_iter().map(|w| w.0).collect()
+        self.heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|w| w.0)
+            .collect()
     }
 }
 

@@ -13,10 +13,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 
+use crate::GatewayError;
 use crate::bundle_state::BundleState;
 use crate::service::{Gateway, GatewayShared, RequestPolicy};
 use crate::shard_clients::ShardClients;
-use crate::GatewayError;
 
 /// How to run a gateway.
 #[derive(Debug, Clone)]

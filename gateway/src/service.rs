@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::GatewayError;
 use crate::bundle_state::BundleState;
 use crate::deadline::{request_timeout, retrieval_budget};
 use crate::fanout::search_shard;
@@ -25,7 +26,6 @@ use crate::merge::{Candidate, TopK};
 use crate::shard_clients::ShardClients;
 use crate::shard_k::per_shard_k;
 use crate::validate::{RecommendLimits, validate};
-use crate::GatewayError;
 
 /// Tunables of request handling.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -116,7 +116,8 @@ impl Gateway {
 
         let view = self.shared.view.borrow().clone();
         let retrieval_started = Instant::now();
-        let deadline = retrieval_started + retrieval_budget(timeout.saturating_sub(started.elapsed()));
+        let deadline =
+            retrieval_started + retrieval_budget(timeout.saturating_sub(started.elapsed()));
         let no_replicas = Vec::new();
         let mut pending: FuturesUnordered<_> = exclusions
             .into_iter()
@@ -129,7 +130,13 @@ impl Gateway {
                     exclude_item_ids,
                     exact: options.exact,
                 };
-                search_shard(&self.shared.clients, shard as u32, replicas, search, deadline)
+                search_shard(
+                    &self.shared.clients,
+                    shard as u32,
+                    replicas,
+                    search,
+                    deadline,
+                )
             })
             .collect();
 
@@ -205,7 +212,8 @@ impl Gateway {
 
 /// Marks the coverage degraded when anything fell short.
 fn finish(mut coverage: Coverage) -> Coverage {
-    coverage.degraded = !coverage.reasons.is_empty() || coverage.shards_answered < coverage.shards_asked;
+    coverage.degraded =
+        !coverage.reasons.is_empty() || coverage.shards_answered < coverage.shards_asked;
     coverage
 }
 
@@ -217,7 +225,11 @@ fn to_items(merged: &[Candidate], k: u32, bundle: &BundleState) -> Vec<Recommend
         .enumerate()
         .map(|(rank, candidate)| RecommendedItem {
             item_id: candidate.item_id,
-            name: bundle.catalog.name(candidate.item_id).unwrap_or_default().to_string(),
+            name: bundle
+                .catalog
+                .name(candidate.item_id)
+                .unwrap_or_default()
+                .to_string(),
             retrieval_score: candidate.score,
             retrieval_rank: rank as u32,
             ranking_score: None,

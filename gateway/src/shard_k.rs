@@ -10,7 +10,7 @@
 ///
 /// `p >= 1`, one shard, or an exact search (callers pass `p = 1`) give `k`.
 pub fn per_shard_k(k: u32, shards: u32, p: f64) -> u32 {
-    if k == 0 || shards <= 1 || !(p < 1.0) || p.is_nan() {
+    if k == 0 || shards <= 1 || p.is_nan() || p >= 1.0 {
         return k;
     }
     let q = 1.0 / f64::from(shards);

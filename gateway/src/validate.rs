@@ -62,13 +62,19 @@ pub fn validate(
             if values.len() != dimensions {
                 return Err(GatewayError::invalid(
                     "query_embedding",
-                    format!("has {} values, the bundle's dimension is {dimensions}", values.len()),
+                    format!(
+                        "has {} values, the bundle's dimension is {dimensions}",
+                        values.len()
+                    ),
                 ));
             }
             if let Some(position) = values.iter().position(|v| !v.is_finite()) {
                 return Err(GatewayError::invalid(
                     "query_embedding",
-                    format!("value {position} is {}, values must be finite", values[position]),
+                    format!(
+                        "value {position} is {}, values must be finite",
+                        values[position]
+                    ),
                 ));
             }
         }
@@ -140,11 +146,22 @@ mod tests {
 
     #[test]
     fn names_field_and_limit() {
-        assert!(message(RecommendRequest { k: 1, ..Default::default() }).contains("empty request"));
-        assert!(message(embedding(vec![1.0], 1)).contains("query_embedding: has 1 values, the bundle's dimension is 2"));
+        assert!(
+            message(RecommendRequest {
+                k: 1,
+                ..Default::default()
+            })
+            .contains("empty request")
+        );
+        assert!(
+            message(embedding(vec![1.0], 1))
+                .contains("query_embedding: has 1 values, the bundle's dimension is 2")
+        );
         assert!(message(embedding(vec![1.0, f32::NAN], 1)).contains("value 1 is NaN"));
         assert!(message(embedding(vec![f32::NEG_INFINITY, 0.0], 1)).contains("value 0 is -inf"));
-        assert!(message(embedding(vec![1.0, 0.0], 0)).contains("k: is 0, must be between 1 and 1000"));
+        assert!(
+            message(embedding(vec![1.0, 0.0], 0)).contains("k: is 0, must be between 1 and 1000")
+        );
         assert!(message(embedding(vec![1.0, 0.0], 1001)).contains("between 1 and 1000"));
         let mut r = embedding(vec![1.0, 0.0], 10);
         r.retrieve_k = 5;
@@ -153,15 +170,33 @@ mod tests {
         r.exclude_item_ids = (0..10_001).collect();
         assert!(message(r).contains("exclude_item_ids: has 10001 ids, the limit is 10000"));
         let mut r = embedding(vec![1.0, 0.0], 10);
-        r.options = Some(RecommendOptions { top_k_probability: 1.5, ..Default::default() });
+        r.options = Some(RecommendOptions {
+            top_k_probability: 1.5,
+            ..Default::default()
+        });
         assert!(message(r).contains("top_k_probability"));
-        let r = RecommendRequest { query: Some(Query::UserId(String::new())), k: 1, ..Default::default() };
+        let r = RecommendRequest {
+            query: Some(Query::UserId(String::new())),
+            k: 1,
+            ..Default::default()
+        };
         assert!(message(r).contains("user_id: is empty"));
     }
 
     #[test]
     fn retrieve_k_defaults_to_k() {
-        let checked = validate(&embedding(vec![1.0, 0.0], 7), 2, &RecommendLimits::default()).unwrap();
-        assert_eq!(checked, Checked { k: 7, retrieve_k: 7 });
+        let checked = validate(
+            &embedding(vec![1.0, 0.0], 7),
+            2,
+            &RecommendLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            checked,
+            Checked {
+                k: 7,
+                retrieve_k: 7
+            }
+        );
     }
 }

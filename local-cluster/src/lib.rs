@@ -15,7 +15,9 @@ use recsys_retrieval_node::{NodeConfig, NodeError, SearchLimits};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 /// Why a local cluster could not start.
 #[derive(Debug, thiserror::Error)]
@@ -123,9 +125,10 @@ impl LocalCluster {
             let mut replicas = Vec::with_capacity(options.replicas);
             for _ in 0..options.replicas.max(1) {
                 let listener = bind(loopback).await?;
-                let addr = listener
-                    .local_addr()
-                    .map_err(|source| ClusterError::Bind { addr: loopback, source })?;
+                let addr = listener.local_addr().map_err(|source| ClusterError::Bind {
+                    addr: loopback,
+                    source,
+                })?;
                 let token = CancellationToken::new();
                 let config = NodeConfig {
                     bundle_dir: options.bundle_dir.clone(),
@@ -133,7 +136,8 @@ impl LocalCluster {
                     search_threads: options.search_threads,
                     limits: SearchLimits::default(),
                 };
-                let task = tokio::spawn(recsys_retrieval_node::run(listener, config, token.clone()));
+                let task =
+                    tokio::spawn(recsys_retrieval_node::run(listener, config, token.clone()));
                 replicas.push(Some(ServerHandle { addr, token, task }));
             }
             nodes.push(replicas);
@@ -154,22 +158,34 @@ impl LocalCluster {
         let spec = StaticSpec {
             shards: nodes
                 .iter()
-                .map(|replicas| replicas.iter().flatten().map(|h| h.addr.to_string()).collect())
+                .map(|replicas| {
+                    replicas
+                        .iter()
+                        .flatten()
+                        .map(|h| h.addr.to_string())
+                        .collect()
+                })
                 .collect(),
             ranking: Vec::new(),
         };
         let membership = Arc::new(StaticMembership::new(&spec)?);
         let listener = bind(options.gateway_addr).await?;
-        let gateway_addr = listener
-            .local_addr()
-            .map_err(|source| ClusterError::Bind { addr: options.gateway_addr, source })?;
+        let gateway_addr = listener.local_addr().map_err(|source| ClusterError::Bind {
+            addr: options.gateway_addr,
+            source,
+        })?;
         let token = CancellationToken::new();
         let config = GatewayConfig {
             bundle_dir: options.bundle_dir.clone(),
             policy: options.policy,
             connect_timeout: Duration::from_secs(1),
         };
-        let task = tokio::spawn(recsys_gateway::run(listener, config, membership, token.clone()));
+        let task = tokio::spawn(recsys_gateway::run(
+            listener,
+            config,
+            membership,
+            token.clone(),
+        ));
         let gateway = ServerHandle {
             addr: gateway_addr,
             token,
@@ -198,7 +214,11 @@ impl LocalCluster {
 
     /// Address of a retrieval node, if it runs.
     pub fn node_addr(&self, shard: usize, replica: usize) -> Option<SocketAddr> {
-        self.nodes.get(shard)?.get(replica)?.as_ref().map(|h| h.addr)
+        self.nodes
+            .get(shard)?
+            .get(replica)?
+            .as_ref()
+            .map(|h| h.addr)
     }
 
     /// Stops one retrieval node, as a crash of that machine would.
@@ -231,7 +251,10 @@ impl LocalCluster {
 /// Polls `grpc.health.v1` at `addr` until it says SERVING; on failure returns how
 /// long it waited and the last answer. Polls rather than sleeps: a node that loads
 /// fast is used at once.
-pub async fn wait_until_serving(addr: SocketAddr, timeout: Duration) -> Result<(), (Duration, String)> {
+pub async fn wait_until_serving(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(), (Duration, String)> {
     let started = tokio::time::Instant::now();
     let mut detail = String::from("no answer yet");
     let mut delay = Duration::from_millis(2);

@@ -79,7 +79,8 @@ pub async fn run(
     let loading_shutdown = shutdown.clone();
     tokio::spawn(async move {
         let started = std::time::Instant::now();
-        let loaded = tokio::task::spawn_blocking(move || ShardIndex::open(&bundle_dir, shard)).await;
+        let loaded =
+            tokio::task::spawn_blocking(move || ShardIndex::open(&bundle_dir, shard)).await;
         match loaded {
             Ok(Ok(index)) => {
                 tracing::info!(
@@ -99,7 +100,9 @@ pub async fn run(
             }
             Err(error) => {
                 tracing::error!(shard, %error, "shard loader panicked");
-                loader_state.store(Arc::new(LoadState::Failed(format!("loader failed: {error}"))));
+                loader_state.store(Arc::new(LoadState::Failed(format!(
+                    "loader failed: {error}"
+                ))));
             }
         }
     });

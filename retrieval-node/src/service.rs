@@ -90,7 +90,11 @@ impl RetrievalNodeService {
 }
 
 /// Checks a request against the index and the limits; errors name the field and the limit.
-pub fn validate(request: &SearchRequest, dimensions: usize, limits: &SearchLimits) -> Result<(), NodeError> {
+pub fn validate(
+    request: &SearchRequest,
+    dimensions: usize,
+    limits: &SearchLimits,
+) -> Result<(), NodeError> {
     if request.query.is_empty() {
         return Err(NodeError::invalid(
             "query",
@@ -106,7 +110,10 @@ pub fn validate(request: &SearchRequest, dimensions: usize, limits: &SearchLimit
     if let Some(position) = request.query.iter().position(|v| !v.is_finite()) {
         return Err(NodeError::invalid(
             "query",
-            format!("value {position} is {}, values must be finite", request.query[position]),
+            format!(
+                "value {position} is {}, values must be finite",
+                request.query[position]
+            ),
         ));
     }
     if request.k == 0 || request.k > limits.max_k {
@@ -130,7 +137,10 @@ pub fn validate(request: &SearchRequest, dimensions: usize, limits: &SearchLimit
 
 #[tonic::async_trait]
 impl RetrievalService for RetrievalNodeService {
-    async fn search(&self, request: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
+    async fn search(
+        &self,
+        request: Request<SearchRequest>,
+    ) -> Result<Response<SearchResponse>, Status> {
         let response = RetrievalNodeService::search(self, request.into_inner()).await?;
         Ok(Response::new(response))
     }
@@ -186,7 +196,9 @@ mod tests {
         assert!(message(request(vec![1.0], 1, 0)).contains("query: has 1 values, expected 2"));
         assert!(message(request(vec![1.0, f32::NAN], 1, 0)).contains("value 1 is NaN"));
         assert!(message(request(vec![1.0, f32::INFINITY], 1, 0)).contains("finite"));
-        assert!(message(request(vec![1.0, 0.0], 0, 0)).contains("k: is 0, must be between 1 and 100"));
+        assert!(
+            message(request(vec![1.0, 0.0], 0, 0)).contains("k: is 0, must be between 1 and 100")
+        );
         assert!(message(request(vec![1.0, 0.0], 101, 0)).contains("between 1 and 100"));
         assert!(message(request(vec![1.0, 0.0], 1, 4)).contains("the limit is 3"));
         assert!(validate(&request(vec![1.0, 0.0], 100, 3), 2, &limits).is_ok());

@@ -69,7 +69,10 @@ impl ShardIndex {
         if meta.metric != params.metric.usearch_kind() {
             return Err(BundleError::corrupt(
                 &path,
-                format!("index metric differs from the manifest's {}", params.metric.as_str()),
+                format!(
+                    "index metric differs from the manifest's {}",
+                    params.metric.as_str()
+                ),
             ));
         }
         if meta.quantization != params.quantization.usearch_kind() {
@@ -101,7 +104,10 @@ impl ShardIndex {
         if file_len < minimum {
             return Err(BundleError::corrupt(
                 &path,
-                format!("file is {file_len} bytes, too short for {} vectors", entry.items),
+                format!(
+                    "file is {file_len} bytes, too short for {} vectors",
+                    entry.items
+                ),
             ));
         }
         let index = Index::new(&params.usearch_options(manifest.dimensions))
@@ -112,7 +118,11 @@ impl ShardIndex {
         if index.size() as u64 != entry.items {
             return Err(BundleError::corrupt(
                 &path,
-                format!("index maps {} items, the manifest says {}", index.size(), entry.items),
+                format!(
+                    "index maps {} items, the manifest says {}",
+                    index.size(),
+                    entry.items
+                ),
             ));
         }
         index.change_expansion_search(params.expansion_search);
@@ -176,7 +186,11 @@ impl ShardIndex {
         if query.len() != self.dimensions {
             return Err(NodeError::invalid(
                 "query",
-                format!("has {} dimensions, the index has {}", query.len(), self.dimensions),
+                format!(
+                    "has {} dimensions, the index has {}",
+                    query.len(),
+                    self.dimensions
+                ),
             ));
         }
         if k == 0 || self.items == 0 {

@@ -1,1 +1,181 @@
-//! placeholder
+//! Harness for the integration tests: builds synthetic bundles in temporary
+//! directories and talks to real clusters through the gateway.
+//!
+//! The tests themselves live in `tests/tests/*.rs`; every server they use is a real
+//! gRPC server on a `127.0.0.1:0` port, started with the same code as the binaries.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use recsys_bundle::synthetic::{SyntheticCatalog, SyntheticSpec, generate};
+use recsys_bundle::{BuildOptions, IndexParams, Metric, build_bundle};
+use recsys_proto::v1::{
+    QueryEmbedding, RecommendOptions, RecommendRequest, RecommendResponse,
+    gateway_service_client::GatewayServiceClient, recommend_request::Query,
+};
+use tonic::transport::Channel;
+
+/// A synthetic bundle on disk and the catalog it was built from.
+pub struct TestBundle {
+    pub dir: tempfile::TempDir,
+    pub catalog: SyntheticCatalog,
+    pub metric: Metric,
+}
+
+impl TestBundle {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Brute-force reference: every item scored in f64 against `query`, best first,
+    /// minus `excluded`.
+    pub fn reference(&self, query: &[f32], excluded: &[u64]) -> Vec<(u64, f64)> {
+        let items = &self.catalog.items;
+        let mut scored: Vec<(u64, f64)> = (0..items.len())
+            .filter(|&row| !excluded.contains(&items.ids[row]))
+            .map(|row| {
+                let dot: f64 = query
+                    .iter()
+                    .zip(items.row(row))
+                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                    .sum();
+                (items.ids[row], dot)
+            })
+            .collect();
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        scored
+    }
+}
+
+/// Builds a synthetic bundle with inner-product scoring.
+pub fn synthetic_bundle(
+    items: usize,
+    users: usize,
+    dimensions: usize,
+    shards: u32,
+    seed: u64,
+) -> TestBundle {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = generate(&SyntheticSpec {
+        items,
+        users,
+        dimensions,
+        clusters: 32,
+        seed,
+    })
+    .unwrap();
+    let options = BuildOptions {
+        params: IndexParams::default(),
+        shard_count: shards,
+        version: format!("test-{seed}"),
+        source: "synthetic".into(),
+        threads: 0,
+    };
+    build_bundle(
+        dir.path(),
+        &catalog.items,
+        Some(&catalog.users),
+        &options,
+        &|_| {},
+    )
+    .unwrap();
+    TestBundle {
+        dir,
+        catalog,
+        metric: Metric::Ip,
+    }
+}
+
+pub async fn gateway_client(addr: SocketAddr) -> GatewayServiceClient<Channel> {
+    GatewayServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+/// A request for `k` items by embedding.
+pub fn by_embedding(values: Vec<f32>, k: u32, exact: bool) -> RecommendRequest {
+    RecommendRequest {
+        query: Some(Query::QueryEmbedding(QueryEmbedding { values })),
+        k,
+        options: Some(RecommendOptions {
+            exact,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A request for `k` items by user id.
+pub fn by_user(user: &str, k: u32, exact: bool) -> RecommendRequest {
+    RecommendRequest {
+        query: Some(Query::UserId(user.into())),
+        k,
+        options: Some(RecommendOptions {
+            exact,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Sends `request` with a deadline.
+pub async fn recommend(
+    client: &mut GatewayServiceClient<Channel>,
+    request: RecommendRequest,
+    timeout: Duration,
+) -> Result<RecommendResponse, tonic::Status> {
+    let mut request = tonic::Request::new(request);
+    request.set_timeout(timeout);
+    client
+        .recommend(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Item ids of a response, in order.
+pub fn ids(response: &RecommendResponse) -> Vec<u64> {
+    response.items.iter().map(|item| item.item_id).collect()
+}
+
+/// A bundle built once per test process under `root` (an integration test passes
+/// cargo's `CARGO_TARGET_TMPDIR` and a name of its own), rebuilt every run (never stale) and overwritten by the next one (never
+/// piling up). Callers keep it in a `OnceLock`.
+pub fn shared_bundle(root: &Path, items: usize, shards: u32, seed: u64) -> TestBundle {
+    let _ = std::fs::remove_dir_all(root);
+    std::fs::create_dir_all(root).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("bundle-")
+        .tempdir_in(root)
+        .unwrap();
+    let catalog = generate(&SyntheticSpec {
+        items,
+        users: 200,
+        dimensions: 32,
+        clusters: 32,
+        seed,
+    })
+    .unwrap();
+    let options = BuildOptions {
+        params: IndexParams::default(),
+        shard_count: shards,
+        version: format!("test-{seed}"),
+        source: "synthetic".into(),
+        threads: 0,
+    };
+    build_bundle(
+        dir.path(),
+        &catalog.items,
+        Some(&catalog.users),
+        &options,
+        &|_| {},
+    )
+    .unwrap();
+    TestBundle {
+        dir,
+        catalog,
+        metric: Metric::Ip,
+    }
+}

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Ask a recsys gateway for recommendations from Python.
+
+    python3 -m venv .venv && .venv/bin/pip install grpcio grpcio-tools
+    .venv/bin/python examples/python/recommend.py --gateway 127.0.0.1:50051 --user-id user-0
+
+The stubs are generated from proto/ at start-up (grpc_tools), so nothing generated
+is committed and the client always matches the protos of this checkout.
+"""
+import argparse
+import importlib
+import pathlib
+import sys
+import tempfile
+
+import grpc
+from grpc_tools import protoc
+
+PROTO_ROOT = pathlib.Path(__file__).resolve().parents[2] / "proto"
+
+
+def load_stubs():
+    out = tempfile.mkdtemp(prefix="recsys-stubs-")
+    protos = [str(p.relative_to(PROTO_ROOT)) for p in sorted((PROTO_ROOT / "recsys" / "v1").glob("*.proto"))]
+    import grpc_tools
+
+    include = pathlib.Path(grpc_tools.__file__).parent / "_proto"
+    code = protoc.main(["protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={out}", f"--grpc_python_out={out}", *protos])
+    if code != 0:
+        sys.exit(f"protoc failed on {protos}")
+    sys.path.insert(0, out)
+    return importlib.import_module("recsys.v1.gateway_pb2"), importlib.import_module("recsys.v1.gateway_pb2_grpc")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gateway", default="127.0.0.1:50051")
+    parser.add_argument("--user-id")
+    parser.add_argument("--vector", help="comma-separated query embedding")
+    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--exact", action="store_true")
+    args = parser.parse_args()
+    pb, rpc = load_stubs()
+
+    request = pb.RecommendRequest(k=args.k, options=pb.RecommendOptions(exact=args.exact))
+    if args.user_id:
+        request.user_id = args.user_id
+    elif args.vector:
+        request.query_embedding.values.extend(float(v) for v in args.vector.split(","))
+    else:
+        sys.exit("give --user-id or --vector")
+
+    with grpc.insecure_channel(args.gateway) as channel:
+        try:
+            response = rpc.GatewayServiceStub(channel).Recommend(request, timeout=2.0)
+        except grpc.RpcError as error:
+            sys.exit(f"{error.code().name}: {error.details()}")
+    for item in response.items:
+        print(f"{item.retrieval_rank + 1:>4}  {item.item_id:>10}  {item.retrieval_score:>8.4f}  {item.name}")
+    c = response.coverage
+    print(f"coverage {c.shards_answered}/{c.shards_asked} shards, degraded={c.degraded}")
+
+
+if __name__ == "__main__":
+    main()

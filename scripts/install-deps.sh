@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what building and testing recsys needs and is not a Rust crate:
+#   protoc (Debian's protobuf-compiler) for the gRPC code generation.
+# Uses apt-get (with sudo when not root); elsewhere it says exactly what to install.
+set -euo pipefail
+
+need=()
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "recsys needs a Rust toolchain (cargo, rustc >= 1.88): install it with rustup (https://rustup.rs)" >&2
+  exit 1
+fi
+
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+
+echo "installing: ${need[*]}" >&2
+if command -v apt-get >/dev/null 2>&1; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+      echo "not root and no sudo: run 'apt-get install -y ${need[*]}' as root" >&2; exit 1
+    fi
+  fi
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+else
+  echo "no apt-get here: install ${need[*]} with your package manager" >&2
+  echo "(protoc: 'brew install protobuf' on macOS, 'dnf install protobuf-compiler' on Fedora)" >&2
+  exit 1
+fi

@@ -1,0 +1,201 @@
+//! Faults: a shard that never answers, and bundle files that are missing or corrupt.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use recsys_discovery::{StaticMembership, StaticSpec};
+use recsys_gateway::{GatewayConfig, RequestPolicy};
+use recsys_local_cluster::wait_until_serving;
+use recsys_proto::v1::{InfoRequest, retrieval_service_client::RetrievalServiceClient};
+use recsys_retrieval_node::{NodeConfig, SearchLimits};
+use recsys_tests::*;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+async fn start_node(bundle: &std::path::Path, shard: u32, token: &CancellationToken) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = NodeConfig {
+        bundle_dir: bundle.to_path_buf(),
+        shard,
+        search_threads: 1,
+        limits: SearchLimits::default(),
+    };
+    tokio::spawn(recsys_retrieval_node::run(listener, config, token.clone()));
+    addr
+}
+
+/// A peer that accepts TCP connections and never says a word: a hung machine.
+async fn black_hole(token: &CancellationToken) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let token = token.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((socket, _)) => held.push(socket),
+                    Err(_) => break,
+                },
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_shard_turns_into_coverage_at_the_deadline() {
+    let bundle = synthetic_bundle(4_000, 20, 16, 4, 21);
+    let token = CancellationToken::new();
+    let mut shards = Vec::new();
+    for shard in 0..3 {
+        let addr = start_node(bundle.path(), shard, &token).await;
+        wait_until_serving(addr, Duration::from_secs(30))
+            .await
+            .unwrap();
+        shards.push(vec![addr.to_string()]);
+    }
+    shards.push(vec![black_hole(&token).await.to_string()]);
+    let membership = Arc::new(
+        StaticMembership::new(&StaticSpec {
+            shards,
+            ranking: vec![],
+        })
+        .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway_addr = listener.local_addr().unwrap();
+    let config = GatewayConfig {
+        bundle_dir: bundle.path().to_path_buf(),
+        policy: RequestPolicy::default(),
+        connect_timeout: Duration::from_secs(1),
+    };
+    tokio::spawn(recsys_gateway::run(
+        listener,
+        config,
+        membership,
+        token.clone(),
+    ));
+    wait_until_serving(gateway_addr, Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    let mut client = gateway_client(gateway_addr).await;
+    let deadline = Duration::from_millis(300);
+    let started = Instant::now();
+    let response = recommend(&mut client, by_user("user-1", 10, false), deadline)
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert!(elapsed < deadline, "answered after {elapsed:?}");
+    let coverage = response.coverage.unwrap();
+    assert_eq!((coverage.shards_asked, coverage.shards_answered), (4, 3));
+    assert_eq!(coverage.reasons[0].shard, Some(3));
+    assert_eq!(coverage.reasons[0].reason, "deadline exceeded");
+    assert_eq!(response.items.len(), 10);
+    token.cancel();
+}
+
+async fn node_info(addr: SocketAddr) -> recsys_proto::v1::InfoResponse {
+    let mut client = RetrievalServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    client.info(InfoRequest {}).await.unwrap().into_inner()
+}
+
+/// Polls `Info` until the node leaves the loading state.
+async fn settled_info(addr: SocketAddr) -> recsys_proto::v1::InfoResponse {
+    let started = Instant::now();
+    loop {
+        let info = node_info(addr).await;
+        if info.state != "loading" || started.elapsed() > Duration::from_secs(30) {
+            return info;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn health(addr: SocketAddr) -> i32 {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    client
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_or_missing_shard_files_keep_the_node_not_serving() {
+    let bundle = synthetic_bundle(2_000, 10, 16, 3, 22);
+    let token = CancellationToken::new();
+    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+
+    // Garbage in shard 0's file.
+    std::fs::write(
+        bundle.path().join("shards/shard-0.usearch"),
+        b"not an index at all",
+    )
+    .unwrap();
+    // Shard 1's file cut in half.
+    let path = bundle.path().join("shards/shard-1.usearch");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    // Shard 2's file gone.
+    std::fs::remove_file(bundle.path().join("shards/shard-2.usearch")).unwrap();
+
+    for shard in 0..3 {
+        let addr = start_node(bundle.path(), shard, &token).await;
+        let info = settled_info(addr).await;
+        assert_eq!(info.state, "failed", "shard {shard}");
+        let file = format!("shard-{shard}.usearch");
+        assert!(
+            info.load_error.contains(&file),
+            "shard {shard}: {:?}",
+            info.load_error
+        );
+        assert_eq!(health(addr).await, not_serving);
+        let mut client = RetrievalServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let status = client
+            .search(recsys_proto::v1::SearchRequest {
+                query: vec![0.0; 16],
+                k: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains(&file));
+    }
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_manifest_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = CancellationToken::new();
+    let addr = start_node(dir.path(), 0, &token).await;
+    let info = settled_info(addr).await;
+    assert_eq!(info.state, "failed");
+    assert!(
+        info.load_error.contains("manifest.json"),
+        "{}",
+        info.load_error
+    );
+    token.cancel();
+}
