@@ -6,7 +6,10 @@
 //! answers `UNIMPLEMENTED` saying so, and the gateway returns retrieval order
 //! (`ranked: false`).
 
-use recsys_proto::v1::{RankRequest, RankResponse, ranking_service_server::{RankingService, RankingServiceServer}};
+use recsys_proto::v1::{
+    RankRequest, RankResponse,
+    ranking_service_server::{RankingService, RankingServiceServer},
+};
 use recsys_server::grpc::{incoming, set_health, standard_router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
