@@ -9,7 +9,8 @@ use std::time::Duration;
 
 /// Parses a `grpc-timeout` value; `None` when it is malformed.
 pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    if value.len() < 2 || value.len() > 9 {
+    // ASCII only: slicing by bytes below must not split a character.
+    if !value.is_ascii() || value.len() < 2 || value.len() > 9 {
         return None;
     }
     let (digits, unit) = value.split_at(value.len() - 1);

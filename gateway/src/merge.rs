@@ -119,18 +119,15 @@ impl TopK {
         true
     }
 
-    /// Folds one shard's answer, which shards send best first. Once the heap is full
-    /// and an entry does not beat the worst kept one, no later entry can, so the rest
-    /// is skipped; an unsorted answer is still merged correctly, only slower.
-    pub fn merge_sorted(&mut self, answer: impl IntoIterator<Item = Candidate>) {
-        let mut previous: Option<Candidate> = None;
+    /// Folds one shard's answer. Shards send answers best first; when this one is
+    /// (checked in one pass), the fold stops at the first entry that cannot enter a
+    /// full heap, since no later entry can. An unsorted answer is merged whole.
+    pub fn merge(&mut self, answer: &[Candidate]) {
+        let sorted = answer.is_sorted_by(|a, b| a.rank_cmp(b) != Ordering::Greater);
         for candidate in answer {
-            let sorted_so_far =
-                previous.is_none_or(|p| p.rank_cmp(&candidate) != Ordering::Greater);
-            previous = Some(candidate);
-            let entered = self.push(candidate);
-            if !entered
-                && sorted_so_far
+            let entered = self.push(*candidate);
+            if sorted
+                && !entered
                 && self.heap.len() == self.k
                 && !self.scores.contains_key(&candidate.item_id)
             {
@@ -183,23 +180,23 @@ mod tests {
     #[test]
     fn ties_break_by_smaller_id() {
         let mut top = TopK::new(2);
-        top.merge_sorted([c(9, 1.0), c(3, 1.0)]);
-        top.merge_sorted([c(5, 1.0)]);
+        top.merge(&[c(9, 1.0), c(3, 1.0)]);
+        top.merge(&[c(5, 1.0)]);
         assert_eq!(top.into_sorted(), vec![c(3, 1.0), c(5, 1.0)]);
     }
 
     #[test]
     fn duplicate_keeps_the_higher_score() {
         let mut top = TopK::new(3);
-        top.merge_sorted([c(1, 0.5), c(2, 0.4)]);
-        top.merge_sorted([c(2, 0.9), c(1, 0.1)]);
+        top.merge(&[c(1, 0.5), c(2, 0.4)]);
+        top.merge(&[c(2, 0.9), c(1, 0.1)]);
         assert_eq!(top.into_sorted(), vec![c(2, 0.9), c(1, 0.5)]);
     }
 
     #[test]
     fn zero_k_keeps_nothing() {
         let mut top = TopK::new(0);
-        top.merge_sorted([c(1, 1.0)]);
+        top.merge(&[c(1, 1.0)]);
         assert!(top.is_empty());
     }
 
@@ -219,7 +216,7 @@ mod tests {
                 if sort {
                     list.sort_by(Candidate::rank_cmp);
                 }
-                top.merge_sorted(list);
+                top.merge(&list);
             }
             let all: Vec<Candidate> = lists.concat();
             prop_assert_eq!(top.sorted(), reference(&all, k));
@@ -235,14 +232,14 @@ mod tests {
                 l
             }).collect();
             let mut forward = TopK::new(k);
-            sorted.iter().for_each(|l| forward.merge_sorted(l.iter().copied()));
+            sorted.iter().for_each(|l| forward.merge(l));
             let mut rotated = sorted.clone();
             if !rotated.is_empty() {
                 let n = rotated.len();
                 rotated.rotate_left(rotate % n);
             }
             let mut other = TopK::new(k);
-            rotated.iter().rev().for_each(|l| other.merge_sorted(l.iter().copied()));
+            rotated.iter().rev().for_each(|l| other.merge(l));
             prop_assert_eq!(forward.into_sorted(), other.into_sorted());
         }
     }

@@ -149,13 +149,13 @@ impl Gateway {
         while let Some(answer) = pending.next().await {
             match answer.outcome {
                 Ok(response) => {
-                    top.merge_sorted(
-                        response
-                            .item_ids
-                            .iter()
-                            .zip(&response.scores)
-                            .map(|(&item_id, &score)| Candidate { item_id, score }),
-                    );
+                    let answer: Vec<Candidate> = response
+                        .item_ids
+                        .iter()
+                        .zip(&response.scores)
+                        .map(|(&item_id, &score)| Candidate { item_id, score })
+                        .collect();
+                    top.merge(&answer);
                     coverage.shards_answered += 1;
                     coverage.items_searched += response.items_searched;
                     if let Some(sender) = partial {

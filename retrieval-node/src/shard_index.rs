@@ -138,6 +138,17 @@ impl ShardIndex {
         })
     }
 
+    /// Overrides the HNSW search beam width (`ef`) the manifest set; searches use at
+    /// least `k` whatever this is.
+    pub fn set_expansion_search(&self, expansion: usize) {
+        self.index.change_expansion_search(expansion);
+    }
+
+    /// usearch's description of the SIMD kernels in use, for benchmark reports.
+    pub fn hardware_acceleration(&self) -> String {
+        self.index.hardware_acceleration()
+    }
+
     /// The shard number.
     pub fn shard(&self) -> u32 {
         self.shard

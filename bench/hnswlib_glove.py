@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""The peer of `recsys-bench retrieval`: hnswlib on exactly the same task.
+
+Reads the same GloVe rows, L2-normalizes them the same way, uses the items, queries
+and exact ground truth that recsys-bench wrote, builds with the same M and
+ef_construction, and queries one thread at a time. Prints one JSON line per ef.
+"""
+import argparse
+import json
+import pathlib
+import time
+
+import hnswlib
+import numpy as np
+
+K = 100
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--work", default="target/bench-glove")
+    p.add_argument("--items", type=int, default=390_000)
+    p.add_argument("--queries", type=int, default=1_000)
+    p.add_argument("--M", type=int, default=16)
+    p.add_argument("--ef-construction", type=int, default=128)
+    p.add_argument("--ef", default="100,128,160,200,256,320")
+    p.add_argument("--build-threads", type=int, default=2)
+    a = p.parse_args()
+
+    work = pathlib.Path(a.work)
+    vectors = np.fromfile(pathlib.Path(a.data) / "glove-6B-50d" / "vectors.f32", dtype="<f4").reshape(-1, 50)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = vectors / np.where(norms > 0, norms, 1)
+    items = np.ascontiguousarray(vectors[: a.items], dtype=np.float32)
+    queries = np.fromfile(work / f"queries-{a.items}-{a.queries}.f32", dtype="<f4").reshape(-1, 50)
+    truth = np.fromfile(work / f"truth-{a.items}-{a.queries}.u32", dtype="<u4").reshape(-1, K)
+
+    index = hnswlib.Index(space="ip", dim=50)
+    index.init_index(max_elements=len(items), M=a.M, ef_construction=a.ef_construction, random_seed=100)
+    index.set_num_threads(a.build_threads)
+    started = time.perf_counter()
+    index.add_items(items, np.arange(len(items)))
+    build_s = time.perf_counter() - started
+    print(json.dumps({"engine": "hnswlib", "event": "index", "version": getattr(hnswlib, "__version__", "?"),
+                      "items": len(items), "M": a.M, "ef_construction": a.ef_construction, "build_s": build_s}))
+    index.set_num_threads(1)
+    for ef in (int(e) for e in a.ef.split(",")):
+        index.set_ef(ef)
+        index.knn_query(queries[:200], k=K)  # warm-up, as on the recsys side
+        started = time.perf_counter()
+        labels, _ = index.knn_query(queries, k=K)
+        seconds = time.perf_counter() - started
+        found = sum(len(set(row.tolist()) & set(t.tolist())) for row, t in zip(labels, truth))
+        print(json.dumps({"engine": "hnswlib", "ef": ef, "recall_at_100": found / truth.size,
+                          "qps_one_thread": len(queries) / seconds}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Retrieval node search path vs hnswlib on GloVe-50, same task, same run, one core each.
+#   bench/retrieval_vs_hnswlib.sh DATA_DIR [extra recsys-bench retrieval flags]
+# DATA_DIR is what ../shared/data/fetch.sh wrote. Output: JSON lines, recsys then hnswlib.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data="${1:?usage: bench/retrieval_vs_hnswlib.sh DATA_DIR [flags]}"; shift
+venv=target/bench-venv
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check hnswlib numpy
+fi
+scripts/install-deps.sh
+cargo build -q --release -p recsys-bench
+echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+target/release/recsys-bench retrieval --data "$data" "$@"
+"$venv/bin/python" bench/hnswlib_glove.py --data "$data"

@@ -1,0 +1,200 @@
+//! Retrieval on GloVe-50 through [`ShardIndex::search`], the node's own search path.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use rayon::prelude::*;
+use recsys_bundle::{BuildOptions, IndexParams, ItemVectors, Metric, Quantization, build_bundle};
+use recsys_retrieval_node::ShardIndex;
+
+/// Options of `recsys-bench retrieval`.
+#[derive(Debug, Clone, Args)]
+pub struct RetrievalArgs {
+    /// Directory written by shared/data/fetch.sh (holds glove-6B-50d/).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Where to keep the bundle, ground truth and queries.
+    #[arg(long, default_value = "target/bench-glove")]
+    pub work: PathBuf,
+    /// Rows used as items (the rest are held out as queries).
+    #[arg(long, default_value_t = 390_000)]
+    pub items: usize,
+    /// Held-out queries.
+    #[arg(long, default_value_t = 1_000)]
+    pub queries: usize,
+    /// HNSW graph degree.
+    #[arg(long, default_value_t = 16)]
+    pub connectivity: usize,
+    /// HNSW construction beam.
+    #[arg(long, default_value_t = 128)]
+    pub expansion_add: usize,
+    /// Stored scalar type.
+    #[arg(long, default_value = "f32")]
+    pub quantization: String,
+    /// Search beams to measure.
+    #[arg(long, value_delimiter = ',', default_value = "100,128,160,200,256,320")]
+    pub ef: Vec<usize>,
+    /// Rebuild the index even if one with the same parameters exists.
+    #[arg(long)]
+    pub rebuild: bool,
+}
+
+const K: usize = 100;
+
+/// Reads GloVe and L2-normalizes every row: GloVe is compared by angle
+/// (ann-benchmarks' glove-50-angular), which on unit vectors is inner product.
+fn load_glove(data: &Path) -> anyhow::Result<(usize, Vec<f32>)> {
+    let dir = data.join("glove-6B-50d");
+    let mut vectors = recsys_bundle::vectors::read_raw_f32(&dir.join("vectors.f32"), 50)
+        .with_context(|| format!("run shared/data/fetch.sh {} first", data.display()))?;
+    vectors.par_chunks_mut(50).for_each(|row| {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if norm > 0.0 {
+            row.iter_mut().for_each(|v| *v /= norm);
+        }
+    });
+    Ok((50, vectors))
+}
+
+/// Exact top-100 ids of every query by inner product, with all cores.
+fn ground_truth(items: &[f32], queries: &[f32], dim: usize) -> Vec<Vec<u32>> {
+    queries
+        .par_chunks(dim)
+        .map(|query| {
+            let mut scored: Vec<(f32, u32)> = items
+                .chunks_exact(dim)
+                .enumerate()
+                .map(|(row, item)| (Metric::Ip.score(query, item), row as u32))
+                .collect();
+            scored.select_nth_unstable_by(K, |a, b| b.0.total_cmp(&a.0));
+            let mut top: Vec<(f32, u32)> = scored[..K].to_vec();
+            top.sort_by(|a, b| b.0.total_cmp(&a.0));
+            top.into_iter().map(|(_, id)| id).collect()
+        })
+        .collect()
+}
+
+fn write_u32(path: &Path, values: impl IntoIterator<Item = u32>) -> anyhow::Result<()> {
+    let bytes: Vec<u8> = values.into_iter().flat_map(u32::to_le_bytes).collect();
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+fn write_f32(path: &Path, values: &[f32]) -> anyhow::Result<()> {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Runs the benchmark and prints one JSON line per ef.
+pub fn run(args: RetrievalArgs) -> anyhow::Result<()> {
+    let (dim, all) = load_glove(&args.data)?;
+    let rows = all.len() / dim;
+    anyhow::ensure!(
+        args.items + args.queries <= rows,
+        "{} items + {} queries exceed the {rows} GloVe rows",
+        args.items,
+        args.queries
+    );
+    let items = &all[..args.items * dim];
+    let queries = &all[args.items * dim..(args.items + args.queries) * dim];
+    std::fs::create_dir_all(&args.work)?;
+
+    let truth_path = args
+        .work
+        .join(format!("truth-{}-{}.u32", args.items, args.queries));
+    let truth: Vec<Vec<u32>> = if truth_path.exists() {
+        std::fs::read(&truth_path)?
+            .chunks_exact(4 * K)
+            .map(|row| {
+                row.chunks_exact(4)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect()
+            })
+            .collect()
+    } else {
+        eprintln!(
+            "computing exact top-{K} of {} queries over {} items",
+            args.queries, args.items
+        );
+        let truth = ground_truth(items, queries, dim);
+        write_u32(&truth_path, truth.iter().flatten().copied())?;
+        truth
+    };
+    write_f32(
+        &args
+            .work
+            .join(format!("queries-{}-{}.f32", args.items, args.queries)),
+        queries,
+    )?;
+
+    let quantization = Quantization::parse(&args.quantization)?;
+    let bundle = args.work.join(format!(
+        "bundle-{}-m{}-efc{}-{}",
+        args.items,
+        args.connectivity,
+        args.expansion_add,
+        quantization.as_str()
+    ));
+    let mut build_seconds = None;
+    if args.rebuild || recsys_bundle::Manifest::load(&bundle).is_err() {
+        let vectors = ItemVectors::new(Path::new("glove"), dim, items.to_vec(), None, None)?;
+        let options = BuildOptions {
+            params: IndexParams {
+                metric: Metric::Ip,
+                quantization,
+                connectivity: args.connectivity,
+                expansion_add: args.expansion_add,
+                expansion_search: 64,
+            },
+            shard_count: 1,
+            version: "glove".into(),
+            source: "glove-6B-50d normalized".into(),
+            threads: 0,
+        };
+        eprintln!("building the index of {} items", args.items);
+        let started = Instant::now();
+        build_bundle(&bundle, &vectors, None, &options, &|_| {})?;
+        build_seconds = Some(started.elapsed().as_secs_f64());
+    }
+
+    let started = Instant::now();
+    let index = ShardIndex::open(&bundle, 0)?;
+    let open_ms = started.elapsed().as_secs_f64() * 1e3;
+    eprintln!("simd: {}", index.hardware_acceleration());
+    println!(
+        "{}",
+        serde_json::json!({"engine": "recsys-usearch", "event": "index", "items": args.items,
+            "connectivity": args.connectivity, "expansion_add": args.expansion_add,
+            "quantization": quantization.as_str(), "build_s": build_seconds, "open_ms": open_ms})
+    );
+    for &ef in &args.ef {
+        index.set_expansion_search(ef);
+        // One warm-up pass so page faults of the memory-mapped file are not timed.
+        for query in queries.chunks_exact(dim).take(200) {
+            index.search(query, K, &[], false)?;
+        }
+        let started = Instant::now();
+        let answers = queries
+            .chunks_exact(dim)
+            .map(|query| index.search(query, K, &[], false))
+            .collect::<Result<Vec<_>, _>>()?;
+        let seconds = started.elapsed().as_secs_f64();
+        let found: usize = answers
+            .iter()
+            .zip(&truth)
+            .map(|(hits, truth)| {
+                hits.iter()
+                    .filter(|(id, _)| truth.contains(&(*id as u32)))
+                    .count()
+            })
+            .sum();
+        println!(
+            "{}",
+            serde_json::json!({"engine": "recsys-usearch", "ef": ef,
+                "recall_at_100": found as f64 / (truth.len() * K) as f64,
+                "qps_one_thread": args.queries as f64 / seconds})
+        );
+    }
+    Ok(())
+}

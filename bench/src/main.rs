@@ -1,0 +1,45 @@
+//! `recsys-bench`: the measurements behind docs/benchmarks.md.
+//!
+//! - `retrieval`: one shard of GloVe-50 (first 390k rows as items, held-out rows as
+//!   queries) through the retrieval node's search path, one thread, recall@100 and
+//!   queries per second per `ef`; writes the ground truth and queries so that
+//!   `bench/hnswlib_glove.py` measures hnswlib on exactly the same task.
+//! - `cold-start`: time from start to SERVING of a retrieval node on a bundle.
+//! - `overhead`: gateway latency beyond the slowest shard, on a local cluster.
+
+mod glove;
+mod overhead;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "recsys-bench", about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Retrieval on GloVe-50: recall@100 and single-thread QPS per ef.
+    Retrieval(glove::RetrievalArgs),
+    /// Time for a retrieval node to reach SERVING on an existing bundle.
+    ColdStart(overhead::ColdStartArgs),
+    /// Gateway latency beyond the slowest shard.
+    Overhead(overhead::OverheadArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Retrieval(args) => glove::run(args),
+        Command::ColdStart(args) => runtime()?.block_on(overhead::cold_start(args)),
+        Command::Overhead(args) => runtime()?.block_on(overhead::overhead(args)),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}

@@ -1,0 +1,168 @@
+//! Cold start of a retrieval node, and the gateway's latency beyond the slowest shard.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use futures_util::future::join_all;
+use recsys_local_cluster::{LocalCluster, LocalClusterOptions, wait_until_serving};
+use recsys_proto::v1::{
+    QueryEmbedding, RecommendRequest, SearchRequest, gateway_service_client::GatewayServiceClient,
+    recommend_request::Query, retrieval_service_client::RetrievalServiceClient,
+};
+use recsys_retrieval_node::{NodeConfig, SearchLimits};
+use tokio_util::sync::CancellationToken;
+
+/// Options of `recsys-bench cold-start`.
+#[derive(Debug, Clone, Args)]
+pub struct ColdStartArgs {
+    /// The bundle.
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// The shard to serve.
+    #[arg(long, default_value_t = 0)]
+    pub shard: u32,
+    /// Repetitions.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+}
+
+/// Starts a node `runs` times and reports the time from bind to SERVING.
+pub async fn cold_start(args: ColdStartArgs) -> anyhow::Result<()> {
+    for run in 0..args.runs {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let token = CancellationToken::new();
+        let config = NodeConfig {
+            bundle_dir: args.bundle.clone(),
+            shard: args.shard,
+            search_threads: 1,
+            limits: SearchLimits::default(),
+        };
+        let started = Instant::now();
+        let task = tokio::spawn(recsys_retrieval_node::run(listener, config, token.clone()));
+        wait_until_serving(addr, Duration::from_secs(60))
+            .await
+            .map_err(|(waited, detail)| {
+                anyhow::anyhow!("not serving after {waited:?}: {detail}")
+            })?;
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        println!(
+            "{}",
+            serde_json::json!({"event": "cold_start", "run": run, "ms_to_serving": ms})
+        );
+        token.cancel();
+        let _ = task.await;
+    }
+    Ok(())
+}
+
+/// Options of `recsys-bench overhead`.
+#[derive(Debug, Clone, Args)]
+pub struct OverheadArgs {
+    /// The bundle (the demo's: target/demo-bundle).
+    #[arg(long, default_value = "target/demo-bundle")]
+    pub bundle: PathBuf,
+    /// Requests measured (after 200 warm-up requests).
+    #[arg(long, default_value_t = 2_000)]
+    pub requests: usize,
+    /// Items per request.
+    #[arg(long, default_value_t = 100)]
+    pub k: u32,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[((values.len() as f64 - 1.0) * p) as usize]
+}
+
+/// For each query, times (a) the same per-shard searches the gateway would send,
+/// sent by the client directly to every shard at once, and (b) the gateway's
+/// `Recommend`. Overhead = (b) − (a): the gateway hop, validation, encoding, merge.
+pub async fn overhead(args: OverheadArgs) -> anyhow::Result<()> {
+    let cluster = LocalCluster::start(LocalClusterOptions::new(&args.bundle)).await?;
+    let manifest = cluster.manifest().clone();
+    let shard_addrs: Vec<SocketAddr> = (0..manifest.shard_count as usize)
+        .filter_map(|s| cluster.node_addr(s, 0))
+        .collect();
+    let mut shards = Vec::new();
+    for addr in &shard_addrs {
+        shards.push(RetrievalServiceClient::connect(format!("http://{addr}")).await?);
+    }
+    let mut gateway =
+        GatewayServiceClient::connect(format!("http://{}", cluster.gateway_addr)).await?;
+    let dim = manifest.dimensions;
+    let shard_k = if manifest.shard_count > 1 {
+        // What the gateway asks each shard for at its default probability.
+        recsys_gateway_shard_k(args.k, manifest.shard_count)
+    } else {
+        args.k
+    };
+    let (mut direct, mut through_gateway) = (Vec::new(), Vec::new());
+    for i in 0..args.requests + 200 {
+        let query: Vec<f32> = (0..dim)
+            .map(|d| (((i * 31 + d * 17) % 97) as f32 / 97.0) - 0.5)
+            .collect();
+        let started = Instant::now();
+        let calls = shards.iter_mut().map(|client| {
+            client.search(SearchRequest {
+                query: query.clone(),
+                k: shard_k,
+                exclude_item_ids: vec![],
+                exact: false,
+            })
+        });
+        for result in join_all(calls).await {
+            result?;
+        }
+        let direct_us = started.elapsed().as_secs_f64() * 1e6;
+        let started = Instant::now();
+        gateway
+            .recommend(RecommendRequest {
+                query: Some(Query::QueryEmbedding(QueryEmbedding { values: query })),
+                k: args.k,
+                ..Default::default()
+            })
+            .await?;
+        let gateway_us = started.elapsed().as_secs_f64() * 1e6;
+        if i >= 200 {
+            direct.push(direct_us);
+            through_gateway.push(gateway_us);
+        }
+    }
+    let overhead: Vec<f64> = through_gateway
+        .iter()
+        .zip(&direct)
+        .map(|(g, d)| g - d)
+        .collect();
+    println!(
+        "{}",
+        serde_json::json!({
+            "event": "gateway_overhead", "shards": manifest.shard_count, "items": manifest.items,
+            "k": args.k, "shard_k": shard_k, "requests": args.requests,
+            "direct_all_shards_median_us": median(direct.clone()),
+            "gateway_median_us": median(through_gateway.clone()),
+            "overhead_median_us": median(overhead.clone()),
+            "overhead_p90_us": percentile(overhead, 0.9),
+            "direct_p90_us": percentile(direct, 0.9),
+            "gateway_p90_us": percentile(through_gateway, 0.9),
+        })
+    );
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// The gateway's per-shard k at its default top-k probability.
+fn recsys_gateway_shard_k(k: u32, shards: u32) -> u32 {
+    recsys_gateway::shard_k::per_shard_k(
+        k,
+        shards,
+        recsys_gateway::RequestPolicy::default().top_k_probability,
+    )
+}
