@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use rayon::prelude::*;
 use recsys_bundle::{BuildOptions, IndexParams, ItemVectors, Metric, Quantization, build_bundle};
-use recsys_retrieval_node::ShardIndex;
+use recsys_retrieval_node::{LoadMode, ShardIndex};
 
 /// Options of `recsys-bench retrieval`.
 #[derive(Debug, Clone, Args)]
@@ -36,6 +36,12 @@ pub struct RetrievalArgs {
     /// Search beams to measure.
     #[arg(long, value_delimiter = ',', default_value = "100,128,160,200,256,320")]
     pub ef: Vec<usize>,
+    /// How the node opens the index: view (memory-mapped, the default) or load.
+    #[arg(long, default_value = "view")]
+    pub mode: String,
+    /// Measurement passes per ef (the first also warms the page cache).
+    #[arg(long, default_value_t = 1)]
+    pub passes: usize,
     /// Rebuild the index even if one with the same parameters exists.
     #[arg(long)]
     pub rebuild: bool,
@@ -159,7 +165,12 @@ pub fn run(args: RetrievalArgs) -> anyhow::Result<()> {
     }
 
     let started = Instant::now();
-    let index = ShardIndex::open(&bundle, 0)?;
+    let mode = match args.mode.as_str() {
+        "view" => LoadMode::View,
+        "load" => LoadMode::Load,
+        other => anyhow::bail!("--mode {other:?} is not view or load"),
+    };
+    let index = ShardIndex::open_with(&bundle, 0, mode)?;
     let open_ms = started.elapsed().as_secs_f64() * 1e3;
     eprintln!("simd: {}", index.hardware_acceleration());
     println!(
@@ -168,7 +179,11 @@ pub fn run(args: RetrievalArgs) -> anyhow::Result<()> {
             "connectivity": args.connectivity, "expansion_add": args.expansion_add,
             "quantization": quantization.as_str(), "build_s": build_seconds, "open_ms": open_ms})
     );
-    for &ef in &args.ef {
+    for &ef in args
+        .ef
+        .iter()
+        .flat_map(|ef| std::iter::repeat_n(ef, args.passes.max(1)))
+    {
         index.set_expansion_search(ef);
         // One warm-up pass so page faults of the memory-mapped file are not timed.
         for query in queries.chunks_exact(dim).take(200) {
@@ -191,7 +206,7 @@ pub fn run(args: RetrievalArgs) -> anyhow::Result<()> {
             .sum();
         println!(
             "{}",
-            serde_json::json!({"engine": "recsys-usearch", "ef": ef,
+            serde_json::json!({"engine": "recsys-usearch", "ef": ef, "mode": args.mode,
                 "recall_at_100": found as f64 / (truth.len() * K) as f64,
                 "qps_one_thread": args.queries as f64 / seconds})
         );

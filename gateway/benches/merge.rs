@@ -34,8 +34,8 @@ fn merge(c: &mut Criterion) {
             |b, lists| {
                 b.iter(|| {
                     let mut top = TopK::new(k);
-                    for list in lists {
-                        top.merge(list);
+                    for (shard, list) in lists.iter().enumerate() {
+                        top.merge(shard as u32, list);
                     }
                     top.into_sorted()
                 })

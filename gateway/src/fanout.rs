@@ -2,6 +2,7 @@
 //! error, never after a timeout (Quickwit's leaf retry policy; a timed-out shard
 //! would only time out again and the budget is spent).
 
+use recsys_bundle::shard_of;
 use recsys_discovery::NodeRecord;
 use recsys_proto::v1::{
     SearchRequest, SearchResponse, retrieval_service_client::RetrievalServiceClient,
@@ -20,26 +21,39 @@ pub struct ShardAnswer {
     pub outcome: Result<SearchResponse, String>,
 }
 
-/// Asks `shard` through its replicas until one answers, the retry is spent, or
+/// Which shard to ask, out of how many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardTarget {
+    /// The shard.
+    pub shard: u32,
+    /// Shards in the bundle, to check that answers hold only this shard's items.
+    pub shard_count: u32,
+}
+
+/// Asks a shard through its replicas until one answers, the retry is spent, or
 /// `deadline` passes.
 pub async fn search_shard(
     clients: &ShardClients,
-    shard: u32,
+    target: ShardTarget,
     replicas: &[NodeRecord],
     request: SearchRequest,
     deadline: Instant,
 ) -> ShardAnswer {
-    let outcome = search_replicas(clients, shard, replicas, request, deadline).await;
-    ShardAnswer { shard, outcome }
+    let outcome = search_replicas(clients, target, replicas, request, deadline).await;
+    ShardAnswer {
+        shard: target.shard,
+        outcome,
+    }
 }
 
 async fn search_replicas(
     clients: &ShardClients,
-    shard: u32,
+    target: ShardTarget,
     replicas: &[NodeRecord],
     request: SearchRequest,
     deadline: Instant,
 ) -> Result<SearchResponse, String> {
+    let shard = target.shard;
     let order = clients.replica_order(replicas);
     if order.is_empty() {
         return Err("no replica available".into());
@@ -56,7 +70,7 @@ async fn search_replicas(
         grpc_request.set_timeout(remaining);
         match tokio::time::timeout_at(deadline, client.search(grpc_request)).await {
             Err(_) => return Err("deadline exceeded".into()),
-            Ok(Ok(response)) => return check(response.into_inner()),
+            Ok(Ok(response)) => return check(response.into_inner(), target),
             Ok(Err(status)) => {
                 tracing::warn!(shard, replica = %replica.addr, code = ?status.code(), message = status.message(), "shard search failed");
                 let reason = format!("{}: {}", code_name(status.code()), status.message());
@@ -74,13 +88,26 @@ async fn search_replicas(
     Err(last_error)
 }
 
-/// Rejects answers whose parallel arrays disagree; drops non-finite scores.
-fn check(mut response: SearchResponse) -> Result<SearchResponse, String> {
+/// Rejects answers whose parallel arrays disagree or that hold items of another
+/// shard (a node serving the wrong shard or bundle; the merge relies on shards
+/// holding disjoint ids); drops non-finite scores.
+fn check(mut response: SearchResponse, target: ShardTarget) -> Result<SearchResponse, String> {
     if response.item_ids.len() != response.scores.len() {
         return Err(format!(
             "malformed answer: {} ids and {} scores",
             response.item_ids.len(),
             response.scores.len()
+        ));
+    }
+    if let Some(stray) = response
+        .item_ids
+        .iter()
+        .find(|id| shard_of(**id, target.shard_count) != target.shard)
+    {
+        return Err(format!(
+            "answer holds item {stray}, which belongs to shard {} of {}: the node serves another shard or bundle",
+            shard_of(*stray, target.shard_count),
+            target.shard_count
         ));
     }
     if response.scores.iter().any(|s| !s.is_finite()) {
@@ -124,6 +151,11 @@ fn code_name(code: Code) -> &'static str {
 mod tests {
     use super::*;
 
+    const ONE_SHARD: ShardTarget = ShardTarget {
+        shard: 0,
+        shard_count: 1,
+    };
+
     #[test]
     fn malformed_answers_are_refused_and_nan_dropped() {
         let bad = SearchResponse {
@@ -131,13 +163,35 @@ mod tests {
             scores: vec![0.5],
             ..Default::default()
         };
-        assert!(check(bad).unwrap_err().contains("2 ids and 1 scores"));
+        assert!(
+            check(bad, ONE_SHARD)
+                .unwrap_err()
+                .contains("2 ids and 1 scores")
+        );
         let nan = SearchResponse {
             item_ids: vec![1, 2, 3],
             scores: vec![0.5, f32::NAN, 0.1],
             ..Default::default()
         };
-        let ok = check(nan).unwrap();
+        let ok = check(nan, ONE_SHARD).unwrap();
         assert_eq!(ok.item_ids, vec![1, 3]);
+    }
+
+    #[test]
+    fn items_of_another_shard_are_refused() {
+        let target = ShardTarget {
+            shard: 1,
+            shard_count: 4,
+        };
+        let foreign = (0..100u64).find(|id| shard_of(*id, 4) != 1).unwrap();
+        let own = (0..100u64).find(|id| shard_of(*id, 4) == 1).unwrap();
+        let answer = |ids: Vec<u64>| SearchResponse {
+            scores: vec![0.5; ids.len()],
+            item_ids: ids,
+            ..Default::default()
+        };
+        assert!(check(answer(vec![own]), target).is_ok());
+        let err = check(answer(vec![own, foreign]), target).unwrap_err();
+        assert!(err.contains("another shard"), "{err}");
     }
 }

@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status};
 use crate::GatewayError;
 use crate::bundle_state::BundleState;
 use crate::deadline::{request_timeout, retrieval_budget};
-use crate::fanout::search_shard;
+use crate::fanout::{ShardTarget, search_shard};
 use crate::merge::{Candidate, TopK};
 use crate::shard_clients::ShardClients;
 use crate::shard_k::per_shard_k;
@@ -130,13 +130,11 @@ impl Gateway {
                     exclude_item_ids,
                     exact: options.exact,
                 };
-                search_shard(
-                    &self.shared.clients,
-                    shard as u32,
-                    replicas,
-                    search,
-                    deadline,
-                )
+                let target = ShardTarget {
+                    shard: shard as u32,
+                    shard_count,
+                };
+                search_shard(&self.shared.clients, target, replicas, search, deadline)
             })
             .collect();
 
@@ -149,13 +147,13 @@ impl Gateway {
         while let Some(answer) = pending.next().await {
             match answer.outcome {
                 Ok(response) => {
-                    let answer: Vec<Candidate> = response
+                    let candidates: Vec<Candidate> = response
                         .item_ids
                         .iter()
                         .zip(&response.scores)
                         .map(|(&item_id, &score)| Candidate { item_id, score })
                         .collect();
-                    top.merge(&answer);
+                    top.merge(answer.shard, &candidates);
                     coverage.shards_answered += 1;
                     coverage.items_searched += response.items_searched;
                     if let Some(sender) = partial {

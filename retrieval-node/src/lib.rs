@@ -12,4 +12,4 @@ pub mod shard_index;
 
 pub use error::NodeError;
 pub use server::{NodeConfig, SearchLimits, run};
-pub use shard_index::ShardIndex;
+pub use shard_index::{LoadMode, ShardIndex};

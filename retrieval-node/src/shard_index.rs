@@ -29,6 +29,15 @@ impl std::fmt::Debug for ShardIndex {
     }
 }
 
+/// How a shard's file becomes an index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadMode {
+    /// Memory-map the file: ready at once, pages fault in on first use.
+    View,
+    /// Read the whole file into memory: slower to start, no page faults afterwards.
+    Load,
+}
+
 /// One result: item id and score (higher is better).
 pub type Hit = (u64, f32);
 
@@ -36,6 +45,11 @@ impl ShardIndex {
     /// Opens shard `shard` of the bundle in `dir`, checking the file against the
     /// manifest so a mismatched or truncated file is refused with its name.
     pub fn open(dir: &Path, shard: u32) -> Result<Self, BundleError> {
+        Self::open_with(dir, shard, LoadMode::View)
+    }
+
+    /// Opens shard `shard` of the bundle in `dir`, mapping or copying the file.
+    pub fn open_with(dir: &Path, shard: u32, mode: LoadMode) -> Result<Self, BundleError> {
         let manifest = Manifest::load(dir)?;
         let entry = manifest.shard(shard).ok_or_else(|| {
             BundleError::invalid(
@@ -112,9 +126,11 @@ impl ShardIndex {
         }
         let index = Index::new(&params.usearch_options(manifest.dimensions))
             .map_err(|e| BundleError::usearch(&path, e))?;
-        index
-            .view(path_str)
-            .map_err(|e| BundleError::corrupt(&path, format!("cannot map the index: {e}")))?;
+        match mode {
+            LoadMode::View => index.view(path_str),
+            LoadMode::Load => index.load(path_str),
+        }
+        .map_err(|e| BundleError::corrupt(&path, format!("cannot open the index: {e}")))?;
         if index.size() as u64 != entry.items {
             return Err(BundleError::corrupt(
                 &path,
