@@ -1,0 +1,286 @@
+//! DCN-V2: cross layers, a deep MLP, and a head, in candle.
+//!
+//! The cross layer is `tfrs.layers.dcn.Cross` (TFRS 0.7.7, `dcn.py` l.170-186):
+//!
+//! ```text
+//! prod    = act(W x + b)              full rank: one Dense(dim)
+//!         = act(V (U x) + b)          low rank: U is Dense(r) without bias, V is Dense(dim)
+//! prod   += diag_scale * x            when diag_scale > 0, after the activation
+//! x_next  = x0 ⊙ prod + x
+//! ```
+//!
+//! `use_bias` applies to W (full rank) or V (low rank); U never has a bias. The
+//! activation is TFRS's `preactivation`, applied to the Dense output.
+//!
+//! Weights are stored in candle's `Linear` layout, `(out, in)` (Keras stores
+//! `(in, out)`; [`crate::keras`] converts). Tensor names:
+//!
+//! | tensor | shape |
+//! |---|---|
+//! | `cross.{i}.weight` (full rank) | `(dim, dim)` |
+//! | `cross.{i}.u`, `cross.{i}.v` (low rank) | `(r, dim)`, `(dim, r)` |
+//! | `cross.{i}.bias` (when `use_bias`) | `(dim)` |
+//! | `deep.{j}.weight`, `deep.{j}.bias` | `(units_j, in_j)`, `(units_j)` |
+//! | `head.weight`, `head.bias` | `(1, in)`, `(1)` |
+
+use candle_core::{Module, Tensor};
+use candle_nn::{Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::ModelError;
+
+/// Element-wise activations the configs may name (Keras names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// Identity (Keras `linear` or `None`).
+    Linear,
+    /// `max(x, 0)`.
+    Relu,
+    /// Hyperbolic tangent.
+    Tanh,
+    /// Logistic sigmoid.
+    Sigmoid,
+}
+
+impl Activation {
+    /// Applies the activation.
+    pub fn apply(self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Linear => Ok(xs.clone()),
+            Self::Relu => xs.relu(),
+            Self::Tanh => xs.tanh(),
+            Self::Sigmoid => candle_nn::ops::sigmoid(xs),
+        }
+    }
+}
+
+/// How the cross and deep parts are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Structure {
+    /// Cross layers, then the deep MLP on their output, then the head.
+    Stacked,
+    /// Cross layers and the deep MLP both on x0; the head sees `[cross, deep]`.
+    Parallel,
+}
+
+/// What the head's single output means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Head {
+    /// A raw value (a rating, MSE-trained).
+    Regression,
+    /// A logit; scores are its sigmoid.
+    Logit,
+}
+
+/// Shape of a DCN-V2 model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DcnConfig {
+    /// Width of x0.
+    pub input_dim: usize,
+    /// Number of cross layers.
+    pub cross_layers: usize,
+    /// Rank of the low-rank cross weight; `None` for full rank.
+    pub projection_dim: Option<usize>,
+    /// Weight of the `x` term added inside the product (TFRS `diag_scale`, ≥ 0).
+    #[serde(default)]
+    pub diag_scale: f64,
+    /// Whether cross layers have a bias.
+    #[serde(default = "default_true")]
+    pub use_bias: bool,
+    /// TFRS `preactivation` of the cross layers.
+    #[serde(default = "default_linear")]
+    pub cross_activation: Activation,
+    /// How cross and deep parts combine.
+    pub structure: Structure,
+    /// Units of each deep layer (may be empty).
+    #[serde(default)]
+    pub deep_units: Vec<usize>,
+    /// Activation of the deep layers.
+    #[serde(default = "default_relu")]
+    pub deep_activation: Activation,
+    /// What the output means.
+    #[serde(default = "default_head")]
+    pub head: Head,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_linear() -> Activation {
+    Activation::Linear
+}
+fn default_relu() -> Activation {
+    Activation::Relu
+}
+fn default_head() -> Head {
+    Head::Regression
+}
+
+impl DcnConfig {
+    /// Checks the numbers that candle cannot check from shapes alone.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if self.input_dim == 0 {
+            return Err(ModelError::Config("input_dim must be positive".into()));
+        }
+        if self.projection_dim == Some(0) {
+            return Err(ModelError::Config("projection_dim must be positive".into()));
+        }
+        if self.diag_scale.is_nan() || self.diag_scale < 0.0 {
+            return Err(ModelError::Config(format!(
+                "diag_scale is {}, must be >= 0 (as in TFRS)",
+                self.diag_scale
+            )));
+        }
+        if self.deep_units.contains(&0) {
+            return Err(ModelError::Config(
+                "deep layers need at least one unit".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The product part of a cross layer.
+#[derive(Debug, Clone)]
+enum Projection {
+    Full(Linear),
+    LowRank { u: Linear, v: Linear },
+}
+
+/// One `tfrs.layers.dcn.Cross` layer.
+#[derive(Debug, Clone)]
+pub struct CrossLayer {
+    projection: Projection,
+    diag_scale: f64,
+    activation: Activation,
+}
+
+impl CrossLayer {
+    /// Loads a cross layer of `cfg` from `vb` (prefixed `cross.{i}`).
+    pub fn new(cfg: &DcnConfig, vb: VarBuilder) -> Result<Self, ModelError> {
+        let dim = cfg.input_dim;
+        let bias = if cfg.use_bias {
+            Some(vb.get(dim, "bias")?)
+        } else {
+            None
+        };
+        let projection = match cfg.projection_dim {
+            None => Projection::Full(Linear::new(vb.get((dim, dim), "weight")?, bias)),
+            Some(rank) => Projection::LowRank {
+                u: Linear::new(vb.get((rank, dim), "u")?, None),
+                v: Linear::new(vb.get((dim, rank), "v")?, bias),
+            },
+        };
+        Ok(Self {
+            projection,
+            diag_scale: cfg.diag_scale,
+            activation: cfg.cross_activation,
+        })
+    }
+
+    /// `x0 ⊙ (act(W x + b) + diag_scale·x) + x`.
+    pub fn forward(&self, x0: &Tensor, x: &Tensor) -> candle_core::Result<Tensor> {
+        let projected = match &self.projection {
+            Projection::Full(w) => w.forward(x)?,
+            Projection::LowRank { u, v } => v.forward(&u.forward(x)?)?,
+        };
+        let mut prod = self.activation.apply(&projected)?;
+        if self.diag_scale != 0.0 {
+            prod = (prod + (x * self.diag_scale)?)?;
+        }
+        x0.mul(&prod)? + x
+    }
+}
+
+/// A DCN-V2 model: cross layers, deep MLP, head.
+#[derive(Debug, Clone)]
+pub struct DcnV2 {
+    cfg: DcnConfig,
+    cross: Vec<CrossLayer>,
+    deep: Vec<Linear>,
+    head: Linear,
+}
+
+impl DcnV2 {
+    /// Loads the model of `cfg` from `vb`; a weight whose shape does not match the
+    /// config fails with candle's message naming the tensor and both shapes.
+    pub fn new(cfg: &DcnConfig, vb: VarBuilder) -> Result<Self, ModelError> {
+        cfg.validate()?;
+        let cross = (0..cfg.cross_layers)
+            .map(|i| CrossLayer::new(cfg, vb.pp("cross").pp(i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut deep = Vec::with_capacity(cfg.deep_units.len());
+        let mut width = cfg.input_dim;
+        for (j, &units) in cfg.deep_units.iter().enumerate() {
+            let vb = vb.pp("deep").pp(j);
+            deep.push(Linear::new(
+                vb.get((units, width), "weight")?,
+                Some(vb.get(units, "bias")?),
+            ));
+            width = units;
+        }
+        let head_in = match cfg.structure {
+            Structure::Stacked => width,
+            Structure::Parallel => {
+                cfg.input_dim + if cfg.deep_units.is_empty() { 0 } else { width }
+            }
+        };
+        let vb_head = vb.pp("head");
+        let head = Linear::new(
+            vb_head.get((1, head_in), "weight")?,
+            Some(vb_head.get(1, "bias")?),
+        );
+        Ok(Self {
+            cfg: cfg.clone(),
+            cross,
+            deep,
+            head,
+        })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &DcnConfig {
+        &self.cfg
+    }
+
+    /// The cross stack alone: `x_L` for input `x0` of shape `(batch, input_dim)`.
+    pub fn cross_forward(&self, x0: &Tensor) -> candle_core::Result<Tensor> {
+        let mut x = x0.clone();
+        for layer in &self.cross {
+            x = layer.forward(x0, &x)?;
+        }
+        Ok(x)
+    }
+
+    fn deep_forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let mut x = xs.clone();
+        for layer in &self.deep {
+            x = self.cfg.deep_activation.apply(&layer.forward(&x)?)?;
+        }
+        Ok(x)
+    }
+
+    /// Raw head output `(batch, 1)`: the rating, or the logit.
+    pub fn forward_raw(&self, x0: &Tensor) -> candle_core::Result<Tensor> {
+        let (_batch, _dim) = x0.dims2()?;
+        let cross = self.cross_forward(x0)?;
+        let features = match self.cfg.structure {
+            Structure::Stacked => self.deep_forward(&cross)?,
+            Structure::Parallel if self.deep.is_empty() => cross,
+            Structure::Parallel => Tensor::cat(&[&cross, &self.deep_forward(x0)?], 1)?,
+        };
+        self.head.forward(&features)
+    }
+
+    /// Scores `(batch,)`: the raw output for regression, its sigmoid for a logit head.
+    pub fn score(&self, x0: &Tensor) -> candle_core::Result<Tensor> {
+        let raw = self.forward_raw(x0)?.squeeze(1)?;
+        match self.cfg.head {
+            Head::Regression => Ok(raw),
+            Head::Logit => candle_nn::ops::sigmoid(&raw),
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! Models served by recsys, built on candle.
+//!
+//! [`dcn_v2`] is the Deep & Cross Network V2 ranker (Wang et al. 2020,
+//! arXiv:2008.13535) with a cross layer that matches `tfrs.layers.dcn.Cross`
+//! exactly; `tests/tfrs_parity.rs` checks it against outputs produced by TFRS
+//! itself. [`keras`] maps Keras weight names and layouts onto ours.
+
+pub mod dcn_v2;
+pub mod error;
+pub mod keras;
+
+pub use dcn_v2::{Activation, CrossLayer, DcnConfig, DcnV2, Structure};
+pub use error::ModelError;
