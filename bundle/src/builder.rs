@@ -195,6 +195,7 @@ pub fn build_bundle(
         items: items.len() as u64,
         catalog,
         query_model,
+        ranker: None,
         source: options.source.clone(),
     };
     manifest.save(dir)?;

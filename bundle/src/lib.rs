@@ -10,6 +10,7 @@
 //!   query_model.safetensors    user embedding table (the query model for now)
 //!   vocab/user_id.txt          row i of the table belongs to line i
 //!   shards/shard-N.usearch     one HNSW index per hash shard
+//!   ranker/                    ranking model (recsys_model::ranker), when present
 //! ```
 //!
 //! The manifest is written last, so a directory without one is an unfinished build.
@@ -28,7 +29,7 @@ pub use builder::{BuildEvent, BuildOptions, build_bundle};
 pub use catalog::Catalog;
 pub use error::BundleError;
 pub use index_params::{IndexParams, Metric, Quantization};
-pub use manifest::{MANIFEST_FILE, Manifest, QueryModelSpec, ShardEntry};
+pub use manifest::{MANIFEST_FILE, Manifest, QueryModelSpec, RankerSpec, ShardEntry};
 pub use query_model::UserTable;
 pub use sharding::shard_of;
 pub use vectors::ItemVectors;

@@ -39,6 +39,17 @@ pub enum QueryModelSpec {
     },
 }
 
+/// The ranking model's files, relative to the bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RankerSpec {
+    /// `RankerConfig` JSON.
+    pub config: String,
+    /// safetensors weights.
+    pub weights: String,
+    /// Item feature table.
+    pub item_features: String,
+}
+
 /// The content of `manifest.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -60,6 +71,9 @@ pub struct Manifest {
     pub catalog: Option<String>,
     /// The query model, absent when only raw query embeddings are accepted.
     pub query_model: Option<QueryModelSpec>,
+    /// The ranking model, absent when the bundle only supports retrieval.
+    #[serde(default)]
+    pub ranker: Option<RankerSpec>,
     /// Where the items came from (`synthetic`, a file name), for people reading the bundle.
     pub source: String,
 }
@@ -88,6 +102,16 @@ impl Manifest {
     /// The shard entry for `shard`.
     pub fn shard(&self, shard: u32) -> Option<&ShardEntry> {
         self.shards.iter().find(|entry| entry.shard == shard)
+    }
+
+    /// The ranker's files as absolute paths, when the bundle has a ranker.
+    pub fn ranker_files(&self, dir: &Path) -> Option<recsys_model::RankerFiles> {
+        self.ranker.as_ref().map(|spec| recsys_model::RankerFiles {
+            bundle_dir: dir.to_path_buf(),
+            config: dir.join(&spec.config),
+            weights: dir.join(&spec.weights),
+            item_features: dir.join(&spec.item_features),
+        })
     }
 
     /// Absolute path of a file named in the manifest.

@@ -64,6 +64,11 @@ impl UserTable {
         self.ids.is_empty()
     }
 
+    /// Row-major embeddings, row order of [`UserTable::ids`].
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
+
     /// User ids in row order.
     pub fn ids(&self) -> &[String] {
         &self.ids

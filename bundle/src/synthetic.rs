@@ -5,10 +5,16 @@
 //! answer for a user is therefore dominated by items of the user's cluster, which
 //! lets tests check that answers make sense, not only that they arrive.
 
+use std::path::Path;
+
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, StandardNormal};
+use recsys_model::planted::{self, QUALITY_BUCKETS};
 
-use crate::{BundleError, ItemVectors, UserTable};
+use crate::{
+    BuildEvent, BuildOptions, BundleError, ItemVectors, Manifest, RankerSpec, UserTable,
+    build_bundle,
+};
 
 /// Shape of a synthetic catalog.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +50,9 @@ pub struct SyntheticCatalog {
     pub items: ItemVectors,
     /// Cluster of each item, parallel to `items.ids`.
     pub item_cluster: Vec<u32>,
+    /// Planted quality bucket of each item (`0..planted::QUALITY_BUCKETS`), which
+    /// the ranker sees and the retrieval embeddings do not.
+    pub item_quality: Vec<u8>,
     /// User embeddings; ids are `user-N`.
     pub users: UserTable,
     /// Preferred cluster of each user, parallel to `users.ids()`.
@@ -74,6 +83,7 @@ pub fn generate(spec: &SyntheticSpec) -> Result<SyntheticCatalog, BundleError> {
 
     let mut data = Vec::with_capacity(spec.items * dims);
     let mut item_cluster = Vec::with_capacity(spec.items);
+    let mut item_quality = Vec::with_capacity(spec.items);
     let mut names = Vec::with_capacity(spec.items);
     for id in 0..spec.items {
         let cluster = rng.random_range(0..spec.clusters);
@@ -83,8 +93,10 @@ pub fn generate(spec: &SyntheticSpec) -> Result<SyntheticCatalog, BundleError> {
                 .iter()
                 .map(|c| c + gaussian(&mut rng) * scale * ITEM_SPREAD),
         );
+        let quality = rng.random_range(0..QUALITY_BUCKETS);
         item_cluster.push(cluster as u32);
-        names.push(format!("item {id} (topic {cluster})"));
+        item_quality.push(quality);
+        names.push(format!("item {id} (topic {cluster}, quality {quality})"));
     }
 
     let mut user_data = Vec::with_capacity(spec.users * dims);
@@ -114,9 +126,45 @@ pub fn generate(spec: &SyntheticSpec) -> Result<SyntheticCatalog, BundleError> {
     Ok(SyntheticCatalog {
         items,
         item_cluster,
+        item_quality,
         users,
         user_cluster,
     })
+}
+
+/// Weight of planted quality against user-item affinity in the synthetic ranker.
+pub const QUALITY_WEIGHT: f32 = 0.3;
+
+/// Generates the catalog of `spec` and writes a complete bundle into `dir`: the
+/// sharded index, the catalog, the user table as query model, and the planted
+/// ranker (`recsys_model::planted`), whose scores are `u·i + Σu + 0.3·quality`.
+pub fn build_synthetic(
+    dir: &Path,
+    spec: &SyntheticSpec,
+    options: &BuildOptions,
+    progress: &(dyn Fn(BuildEvent) + Sync),
+) -> Result<(SyntheticCatalog, Manifest), BundleError> {
+    let catalog = generate(spec)?;
+    let mut manifest = build_bundle(dir, &catalog.items, Some(&catalog.users), options, progress)?;
+    let inputs = planted::PlantedInputs {
+        dim: spec.dimensions,
+        user_ids: catalog.users.ids(),
+        user_vectors: catalog.users.data(),
+        item_ids: &catalog.items.ids,
+        item_vectors: &catalog.items.data,
+        item_quality: &catalog.item_quality,
+        quality_weight: QUALITY_WEIGHT,
+    };
+    let version = format!("planted-{}", options.version);
+    planted::write(dir, &inputs, &version)
+        .map_err(|e| BundleError::invalid("ranker", e.to_string()))?;
+    manifest.ranker = Some(RankerSpec {
+        config: planted::CONFIG_FILE.into(),
+        weights: planted::WEIGHTS_FILE.into(),
+        item_features: planted::ITEM_FEATURES_FILE.into(),
+    });
+    manifest.save(dir)?;
+    Ok((catalog, manifest))
 }
 
 #[cfg(test)]

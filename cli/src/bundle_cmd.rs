@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use recsys_bundle::synthetic::{SyntheticSpec, generate};
+use recsys_bundle::synthetic::{SyntheticSpec, build_synthetic as build_synthetic_bundle};
 use recsys_bundle::{
     BuildEvent, BuildOptions, IndexParams, ItemVectors, Manifest, Metric, Quantization,
     build_bundle,
@@ -166,19 +166,17 @@ pub fn build_synthetic(
         "generating {} synthetic items in {} topics, {} users ({} dimensions, seed {})",
         spec.items, spec.clusters, spec.users, spec.dimensions, spec.seed
     );
-    let catalog = generate(&spec)?;
     let source = format!(
         "synthetic items={} users={} dim={} clusters={} seed={}",
         spec.items, spec.users, spec.dimensions, spec.clusters, spec.seed
     );
-    build(
-        out,
-        &catalog.items,
-        Some(&catalog.users),
-        index,
-        version,
-        &source,
-    )
+    let options = build_options(index, version, &source)?;
+    let bar = progress_bar(spec.items as u64);
+    let progress = |event: BuildEvent| on_event(&bar, event);
+    let (_, manifest) = build_synthetic_bundle(out, &spec, &options, &progress)
+        .with_context(|| format!("building the bundle in {}", out.display()))?;
+    bar.finish_and_clear();
+    Ok(manifest)
 }
 
 fn build(
@@ -189,15 +187,31 @@ fn build(
     version: Option<String>,
     source: &str,
 ) -> anyhow::Result<Manifest> {
-    let version = version.unwrap_or_else(default_version);
-    let options = BuildOptions {
+    let options = build_options(index, version, source)?;
+    let bar = progress_bar(items.len() as u64);
+    let progress = |event: BuildEvent| on_event(&bar, event);
+    let manifest = build_bundle(out, items, users, &options, &progress)
+        .with_context(|| format!("building the bundle in {}", out.display()))?;
+    bar.finish_and_clear();
+    Ok(manifest)
+}
+
+fn build_options(
+    index: &IndexArgs,
+    version: Option<String>,
+    source: &str,
+) -> anyhow::Result<BuildOptions> {
+    Ok(BuildOptions {
         params: index.params()?,
         shard_count: index.shards,
-        version,
+        version: version.unwrap_or_else(default_version),
         source: source.to_string(),
         threads: index.threads,
-    };
-    let bar = ProgressBar::new(items.len() as u64);
+    })
+}
+
+fn progress_bar(items: u64) -> ProgressBar {
+    let bar = ProgressBar::new(items);
     bar.set_style(
         ProgressStyle::with_template(
             "{msg:>12} [{bar:40}] {pos}/{len} items ({per_sec}, eta {eta})",
@@ -205,15 +219,15 @@ fn build(
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
-    let progress = |event: BuildEvent| match event {
+    bar
+}
+
+fn on_event(bar: &ProgressBar, event: BuildEvent) {
+    match event {
         BuildEvent::ShardStarted { shard, .. } => bar.set_message(format!("shard {shard}")),
         BuildEvent::ItemsAdded { added } => bar.inc(added),
         BuildEvent::ShardSaved { .. } => {}
-    };
-    let manifest = build_bundle(out, items, users, &options, &progress)
-        .with_context(|| format!("building the bundle in {}", out.display()))?;
-    bar.finish_and_clear();
-    Ok(manifest)
+    }
 }
 
 /// `v` and the build time in seconds since the epoch: unique enough to tell bundles apart.

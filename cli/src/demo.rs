@@ -121,10 +121,11 @@ async fn start_and_serve(
         .context("starting the local cluster")?;
     let manifest = cluster.manifest().clone();
     eprintln!(
-        "cluster up in {:.2} s: {} shards x {} replica(s), gateway on {}",
+        "cluster up in {:.2} s: {} shards x {} replica(s), {} ranking node(s), gateway on {}",
         started.elapsed().as_secs_f64(),
         manifest.shard_count,
         replicas.max(1),
+        cluster.ranking_nodes(),
         cluster.gateway_addr
     );
 
@@ -136,6 +137,7 @@ async fn start_and_serve(
         let mut request = tonic::Request::new(RecommendRequest {
             query: Some(Query::UserId(user.clone())),
             k: 5,
+            retrieve_k: 100,
             ..Default::default()
         });
         request.set_timeout(Duration::from_secs(1));

@@ -83,13 +83,21 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
 
 /// Prints items as a table, then coverage and timings.
 pub fn print_response(response: &RecommendResponse) {
-    println!("{:>4}  {:>10}  {:>9}  name", "rank", "item_id", "score");
-    for item in &response.items {
+    println!(
+        "{:>4}  {:>10}  {:>9}  {:>9}  {:>8}  name",
+        "rank", "item_id", "ranking", "retrieval", "ret.rank"
+    );
+    for (rank, item) in response.items.iter().enumerate() {
+        let ranking = item
+            .ranking_score
+            .map_or_else(|| "-".to_string(), |s| format!("{s:.4}"));
         println!(
-            "{:>4}  {:>10}  {:>9.4}  {}",
-            item.retrieval_rank + 1,
+            "{:>4}  {:>10}  {:>9}  {:>9.4}  {:>8}  {}",
+            rank + 1,
             item.item_id,
-            item.ranking_score.unwrap_or(item.retrieval_score),
+            ranking,
+            item.retrieval_score,
+            item.retrieval_rank + 1,
             item.name
         );
     }
@@ -117,8 +125,17 @@ pub fn print_response(response: &RecommendResponse) {
     }
     if let Some(t) = &response.timings {
         println!(
-            "timings: encode {} us, retrieval {} us, total {} us; bundle {}",
-            t.encode_us, t.retrieval_us, t.total_us, response.bundle_version
+            "timings: encode {} us, retrieval {} us, ranking {} us, total {} us; bundle {}, ranker {}",
+            t.encode_us,
+            t.retrieval_us,
+            t.ranking_us,
+            t.total_us,
+            response.bundle_version,
+            if response.ranked {
+                response.model_version.as_str()
+            } else {
+                "none (retrieval order)"
+            }
         );
     }
 }

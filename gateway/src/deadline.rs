@@ -38,12 +38,34 @@ pub fn request_timeout(metadata: &tonic::metadata::MetadataMap, default: Duratio
         .unwrap_or(default)
 }
 
-/// The part of `timeout` retrieval may use: what is left after reserving time to
-/// merge and answer (a tenth, at least 1 ms and at most 20 ms), so a slow shard
-/// turns into partial coverage rather than a `DEADLINE_EXCEEDED` at the client.
-pub fn retrieval_budget(timeout: Duration) -> Duration {
+/// When each stage must be done, measured from the request's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Shards that have not answered by then become coverage reasons.
+    pub retrieval: Duration,
+    /// Ranking that has not answered by then falls back to retrieval order.
+    pub ranking: Duration,
+}
+
+/// Share of the usable time retrieval gets when a ranking stage follows.
+const RETRIEVAL_SHARE_WITH_RANKING: f64 = 0.6;
+
+/// Splits `timeout`: a reserve to merge and answer (a tenth, at least 1 ms and at
+/// most 20 ms) comes off the end, so a slow shard or ranker turns into a degraded
+/// answer rather than a `DEADLINE_EXCEEDED` at the client; with ranking,
+/// retrieval gets 60 % of the rest.
+pub fn plan(timeout: Duration, with_ranking: bool) -> Budget {
     let reserve = (timeout / 10).clamp(Duration::from_millis(1), Duration::from_millis(20));
-    timeout.saturating_sub(reserve)
+    let usable = timeout.saturating_sub(reserve);
+    let retrieval = if with_ranking {
+        usable.mul_f64(RETRIEVAL_SHARE_WITH_RANKING)
+    } else {
+        usable
+    };
+    Budget {
+        retrieval,
+        ranking: usable,
+    }
 }
 
 #[cfg(test)]
@@ -69,16 +91,16 @@ mod tests {
     }
 
     #[test]
-    fn budget_keeps_a_reserve() {
+    fn budget_keeps_a_reserve_and_splits_for_ranking() {
+        let ms = Duration::from_millis;
+        let both = |retrieval, ranking| Budget { retrieval, ranking };
+        assert_eq!(plan(ms(100), false), both(ms(90), ms(90)));
+        assert_eq!(plan(ms(100), true), both(ms(54), ms(90)));
+        assert_eq!(plan(Duration::from_secs(10), false).retrieval, ms(9_980));
         assert_eq!(
-            retrieval_budget(Duration::from_millis(100)),
-            Duration::from_millis(90)
+            plan(Duration::from_micros(500), true).ranking,
+            Duration::ZERO
         );
-        assert_eq!(
-            retrieval_budget(Duration::from_secs(10)),
-            Duration::from_millis(9_980)
-        );
-        assert_eq!(retrieval_budget(Duration::from_micros(500)), Duration::ZERO);
     }
 
     proptest! {

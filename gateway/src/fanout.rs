@@ -1,6 +1,5 @@
-//! One shard's search: pick a replica, send, retry once on another replica after an
-//! error, never after a timeout (Quickwit's leaf retry policy; a timed-out shard
-//! would only time out again and the budget is spent).
+//! Calls to nodes: one shard's search, and the replica retry policy that searches
+//! and ranking calls share.
 
 use recsys_bundle::shard_of;
 use recsys_discovery::NodeRecord;
@@ -10,7 +9,7 @@ use recsys_proto::v1::{
 use tokio::time::Instant;
 use tonic::Code;
 
-use crate::shard_clients::ShardClients;
+use crate::node_channels::NodeChannels;
 
 /// The outcome of asking one shard.
 #[derive(Debug)]
@@ -33,7 +32,7 @@ pub struct ShardTarget {
 /// Asks a shard through its replicas until one answers, the retry is spent, or
 /// `deadline` passes.
 pub async fn search_shard(
-    clients: &ShardClients,
+    clients: &NodeChannels,
     target: ShardTarget,
     replicas: &[NodeRecord],
     request: SearchRequest,
@@ -47,13 +46,41 @@ pub async fn search_shard(
 }
 
 async fn search_replicas(
-    clients: &ShardClients,
+    clients: &NodeChannels,
     target: ShardTarget,
     replicas: &[NodeRecord],
     request: SearchRequest,
     deadline: Instant,
 ) -> Result<SearchResponse, String> {
-    let shard = target.shard;
+    let response = call_replicas(clients, replicas, deadline, |channel, remaining| {
+        let mut grpc_request = tonic::Request::new(request.clone());
+        grpc_request.set_timeout(remaining);
+        async move {
+            RetrievalServiceClient::new(channel)
+                .search(grpc_request)
+                .await
+        }
+    })
+    .await
+    .inspect_err(|reason| tracing::debug!(shard = target.shard, %reason, "shard gave no answer"))?;
+    check(response, target)
+}
+
+/// Calls `replicas` in rotated order until one answers: one retry on another
+/// replica after an error, none after a timeout, a cancellation or a request the
+/// node rejects as invalid (Quickwit's leaf retry policy: a timed-out node would
+/// only time out again and the budget is spent). The error is a lowercase reason
+/// for coverage.
+pub async fn call_replicas<T, F, Fut>(
+    clients: &NodeChannels,
+    replicas: &[NodeRecord],
+    deadline: Instant,
+    mut call: F,
+) -> Result<T, String>
+where
+    F: FnMut(tonic::transport::Channel, std::time::Duration) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
     let order = clients.replica_order(replicas);
     if order.is_empty() {
         return Err("no replica available".into());
@@ -65,16 +92,15 @@ async fn search_replicas(
             return Err("deadline exceeded".into());
         }
         let channel = clients.channel(&replica.addr)?;
-        let mut client = RetrievalServiceClient::new(channel);
-        let mut grpc_request = tonic::Request::new(request.clone());
-        grpc_request.set_timeout(remaining);
-        match tokio::time::timeout_at(deadline, client.search(grpc_request)).await {
+        match tokio::time::timeout_at(deadline, call(channel, remaining)).await {
             Err(_) => return Err("deadline exceeded".into()),
-            Ok(Ok(response)) => return check(response.into_inner(), target),
+            Ok(Ok(response)) => return Ok(response.into_inner()),
+            // tonic enforces the grpc-timeout we set too, and may win the race
+            // against ours with CANCELLED "Timeout expired": the clock decides.
+            Ok(Err(_)) if Instant::now() >= deadline => return Err("deadline exceeded".into()),
             Ok(Err(status)) => {
-                tracing::warn!(shard, replica = %replica.addr, code = ?status.code(), message = status.message(), "shard search failed");
+                tracing::warn!(replica = %replica.addr, code = ?status.code(), message = status.message(), "node call failed");
                 let reason = format!("{}: {}", code_name(status.code()), status.message());
-                // Retrying cannot fix a spent deadline or a request the node rejects.
                 if matches!(
                     status.code(),
                     Code::DeadlineExceeded | Code::InvalidArgument | Code::Cancelled

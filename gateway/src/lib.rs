@@ -11,9 +11,9 @@ pub mod deadline;
 pub mod error;
 pub mod fanout;
 pub mod merge;
+pub mod node_channels;
 pub mod server;
 pub mod service;
-pub mod shard_clients;
 pub mod shard_k;
 pub mod validate;
 

@@ -15,8 +15,8 @@ use tonic_health::ServingStatus;
 
 use crate::GatewayError;
 use crate::bundle_state::BundleState;
+use crate::node_channels::NodeChannels;
 use crate::service::{Gateway, GatewayShared, RequestPolicy};
-use crate::shard_clients::ShardClients;
 
 /// How to run a gateway.
 #[derive(Debug, Clone)]
@@ -44,7 +44,7 @@ pub async fn run(
     let shared = Arc::new(GatewayShared {
         bundle: ArcSwapOption::empty(),
         view: membership.subscribe(),
-        clients: ShardClients::new(config.connect_timeout),
+        clients: NodeChannels::new(config.connect_timeout),
         policy: config.policy,
     });
 

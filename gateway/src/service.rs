@@ -10,8 +10,10 @@ use futures_util::stream::FuturesUnordered;
 use recsys_bundle::shard_of;
 use recsys_discovery::ClusterView;
 use recsys_proto::v1::{
-    Coverage, DegradedReason, RecommendRequest, RecommendResponse, RecommendStreamResponse,
-    RecommendedItem, SearchRequest, StageTimings, gateway_service_server::GatewayService,
+    Coverage, DegradedReason, RankRequest, RankResponse, RecommendRequest, RecommendResponse,
+    RecommendStreamResponse, RecommendedItem, SearchRequest, StageTimings,
+    gateway_service_server::GatewayService, ranking_service_client::RankingServiceClient,
+    recommend_request::Query,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -20,10 +22,10 @@ use tonic::{Request, Response, Status};
 
 use crate::GatewayError;
 use crate::bundle_state::BundleState;
-use crate::deadline::{request_timeout, retrieval_budget};
-use crate::fanout::{ShardTarget, search_shard};
+use crate::deadline::{plan, request_timeout};
+use crate::fanout::{ShardTarget, call_replicas, search_shard};
 use crate::merge::{Candidate, TopK};
-use crate::shard_clients::ShardClients;
+use crate::node_channels::NodeChannels;
 use crate::shard_k::per_shard_k;
 use crate::validate::{RecommendLimits, validate};
 
@@ -56,7 +58,7 @@ pub struct GatewayShared {
     /// The latest cluster view.
     pub view: watch::Receiver<Arc<ClusterView>>,
     /// Channels to retrieval nodes.
-    pub clients: ShardClients,
+    pub clients: NodeChannels,
     /// Tunables.
     pub policy: RequestPolicy,
 }
@@ -115,9 +117,10 @@ impl Gateway {
         }
 
         let view = self.shared.view.borrow().clone();
+        let with_ranking = !options.skip_ranking && !view.ranking.is_empty();
+        let budget = plan(timeout, with_ranking);
         let retrieval_started = Instant::now();
-        let deadline =
-            retrieval_started + retrieval_budget(timeout.saturating_sub(started.elapsed()));
+        let deadline = started + budget.retrieval;
         let no_replicas = Vec::new();
         let mut pending: FuturesUnordered<_> = exclusions
             .into_iter()
@@ -184,28 +187,128 @@ impl Gateway {
                 .collect();
             return Err(GatewayError::NoShardAnswered(reasons.join("; ")));
         }
+        let merged = top.into_sorted();
+        let ranking_started = Instant::now();
+        let mut ranked = None;
+        if with_ranking {
+            let user_id = match query {
+                Query::UserId(user_id) => user_id.clone(),
+                Query::QueryEmbedding(_) => String::new(),
+            };
+            let rank = RankRequest {
+                user_id,
+                user_features: request.user_features.clone(),
+                item_ids: merged.iter().map(|c| c.item_id).collect(),
+            };
+            match self.rank(&view, rank, started + budget.ranking).await {
+                Ok(response) if response.scores.len() == merged.len() => ranked = Some(response),
+                Ok(response) => coverage.reasons.push(ranking_reason(format!(
+                    "malformed answer: {} scores for {} candidates",
+                    response.scores.len(),
+                    merged.len()
+                ))),
+                Err(reason) => coverage.reasons.push(ranking_reason(reason)),
+            }
+        }
+        let ranking_us = if with_ranking {
+            ranking_started.elapsed().as_micros() as u64
+        } else {
+            0
+        };
         let coverage = finish(coverage);
         if coverage.degraded {
             tracing::debug!(
                 answered = coverage.shards_answered,
                 asked = coverage.shards_asked,
-                "partial retrieval"
+                reasons = coverage.reasons.len(),
+                "degraded answer"
             );
         }
+        let (items, model_version) = match &ranked {
+            Some(response) => (
+                ranked_items(&merged, &response.scores, checked.k, &bundle),
+                response.model_version.clone(),
+            ),
+            None => (to_items(&merged, checked.k, &bundle), String::new()),
+        };
         Ok(RecommendResponse {
-            items: to_items(&top.into_sorted(), checked.k, &bundle),
+            items,
             coverage: Some(coverage),
             timings: Some(StageTimings {
                 encode_us,
                 retrieval_us,
-                ranking_us: 0,
+                ranking_us,
                 total_us: started.elapsed().as_micros() as u64,
             }),
             bundle_version: manifest.version.clone(),
-            model_version: String::new(),
-            ranked: false,
+            model_version,
+            ranked: ranked.is_some(),
         })
     }
+
+    /// Scores the candidates on the ranking pool, retrying once on another node.
+    async fn rank(
+        &self,
+        view: &ClusterView,
+        request: RankRequest,
+        deadline: Instant,
+    ) -> Result<RankResponse, String> {
+        call_replicas(
+            &self.shared.clients,
+            &view.ranking,
+            deadline,
+            |channel, remaining| {
+                let mut grpc_request = tonic::Request::new(request.clone());
+                grpc_request.set_timeout(remaining);
+                async move { RankingServiceClient::new(channel).rank(grpc_request).await }
+            },
+        )
+        .await
+    }
+}
+
+fn ranking_reason(reason: String) -> DegradedReason {
+    tracing::warn!(%reason, "ranking failed, answering in retrieval order");
+    DegradedReason {
+        stage: "ranking".into(),
+        shard: None,
+        reason,
+    }
+}
+
+/// The `k` candidates with the best ranking scores (ties: better retrieval rank),
+/// with both scores and the retrieval rank.
+fn ranked_items(
+    merged: &[Candidate],
+    scores: &[f32],
+    k: u32,
+    bundle: &BundleState,
+) -> Vec<RecommendedItem> {
+    let mut order: Vec<usize> = (0..merged.len()).collect();
+    // A non-finite score (a broken model) ranks last rather than first.
+    let key = |i: usize| {
+        if scores[i].is_finite() {
+            scores[i]
+        } else {
+            f32::NEG_INFINITY
+        }
+    };
+    order.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
+    order
+        .into_iter()
+        .take(k as usize)
+        .map(|i| RecommendedItem {
+            item_id: merged[i].item_id,
+            name: bundle
+                .catalog
+                .name(merged[i].item_id)
+                .unwrap_or_default()
+                .to_string(),
+            retrieval_score: merged[i].score,
+            retrieval_rank: i as u32,
+            ranking_score: Some(scores[i]),
+        })
+        .collect()
 }
 
 /// Marks the coverage degraded when anything fell short.

@@ -1,5 +1,5 @@
 //! A whole cluster in one process: every shard of a bundle (with any number of
-//! replicas) and a gateway, each a real gRPC server on its own loopback port, wired
+//! replicas), ranking nodes when the bundle has a ranker, and a gateway, each a real gRPC server on its own loopback port, wired
 //! by static membership. `recsys demo`, `recsys serve` and the integration tests
 //! all start clusters this way, so what the tests exercise is what users run.
 
@@ -11,6 +11,7 @@ use std::time::Duration;
 use recsys_bundle::{BundleError, Manifest};
 use recsys_discovery::{StaticMembership, StaticSpec};
 use recsys_gateway::{GatewayConfig, GatewayError, RequestPolicy};
+use recsys_ranking_node::{RankingConfig, RankingError};
 use recsys_retrieval_node::{NodeConfig, NodeError, SearchLimits};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -59,6 +60,8 @@ pub struct LocalClusterOptions {
     pub replicas: usize,
     /// Searches at once per retrieval node (0 = one per core).
     pub search_threads: usize,
+    /// Ranking nodes; `None` starts one when the bundle has a ranker.
+    pub ranking_nodes: Option<usize>,
     /// Where the gateway listens; port 0 picks a free one.
     pub gateway_addr: SocketAddr,
     /// Gateway request tunables.
@@ -74,6 +77,7 @@ impl LocalClusterOptions {
             bundle_dir: bundle_dir.into(),
             replicas: 1,
             search_threads: 0,
+            ranking_nodes: None,
             gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             policy: RequestPolicy::default(),
             ready_timeout: Duration::from_secs(60),
@@ -105,6 +109,8 @@ pub struct LocalCluster {
     pub gateway_addr: SocketAddr,
     /// `nodes[shard][replica]`; a stopped node's slot is `None`.
     nodes: Vec<Vec<Option<ServerHandle<NodeError>>>>,
+    /// Ranking nodes; a stopped node's slot is `None`.
+    rankers: Vec<Option<ServerHandle<RankingError>>>,
     gateway: ServerHandle<GatewayError>,
     manifest: Manifest,
 }
@@ -155,6 +161,32 @@ impl LocalCluster {
             }
         }
 
+        let ranking_nodes = options
+            .ranking_nodes
+            .unwrap_or(usize::from(manifest.ranker.is_some()));
+        let mut rankers = Vec::with_capacity(ranking_nodes);
+        for _ in 0..ranking_nodes {
+            let listener = bind(loopback).await?;
+            let addr = listener.local_addr().map_err(|source| ClusterError::Bind {
+                addr: loopback,
+                source,
+            })?;
+            let token = CancellationToken::new();
+            let config = RankingConfig::new(&options.bundle_dir);
+            let task = tokio::spawn(recsys_ranking_node::run(listener, config, token.clone()));
+            rankers.push(Some(ServerHandle { addr, token, task }));
+        }
+        for handle in rankers.iter().flatten() {
+            wait_until_serving(handle.addr, options.ready_timeout)
+                .await
+                .map_err(|(waited, detail)| ClusterError::NotServing {
+                    what: "ranking node".into(),
+                    addr: handle.addr,
+                    waited,
+                    detail,
+                })?;
+        }
+
         let spec = StaticSpec {
             shards: nodes
                 .iter()
@@ -166,7 +198,11 @@ impl LocalCluster {
                         .collect()
                 })
                 .collect(),
-            ranking: Vec::new(),
+            ranking: rankers
+                .iter()
+                .flatten()
+                .map(|h| h.addr.to_string())
+                .collect(),
         };
         let membership = Arc::new(StaticMembership::new(&spec)?);
         let listener = bind(options.gateway_addr).await?;
@@ -202,6 +238,7 @@ impl LocalCluster {
         Ok(Self {
             gateway_addr,
             nodes,
+            rankers,
             gateway,
             manifest,
         })
@@ -233,6 +270,23 @@ impl LocalCluster {
         }
     }
 
+    /// Address of a ranking node, if it runs.
+    pub fn ranking_addr(&self, index: usize) -> Option<SocketAddr> {
+        self.rankers.get(index)?.as_ref().map(|h| h.addr)
+    }
+
+    /// Ranking nodes started.
+    pub fn ranking_nodes(&self) -> usize {
+        self.rankers.len()
+    }
+
+    /// Stops one ranking node.
+    pub async fn stop_ranking_node(&mut self, index: usize) {
+        if let Some(handle) = self.rankers.get_mut(index).and_then(Option::take) {
+            handle.stop().await;
+        }
+    }
+
     /// Waits until Ctrl-C or `token` is cancelled, then stops everything.
     pub async fn serve_until(self, token: CancellationToken) {
         token.cancelled().await;
@@ -243,6 +297,9 @@ impl LocalCluster {
     pub async fn shutdown(self) {
         self.gateway.stop().await;
         for handle in self.nodes.into_iter().flatten().flatten() {
+            handle.stop().await;
+        }
+        for handle in self.rankers.into_iter().flatten() {
             handle.stop().await;
         }
     }

@@ -1,21 +1,30 @@
-//! Ranking node: scores retrieval candidates for one user.
+//! Ranking node: scores retrieval candidates for one user with the bundle's
+//! DCN-V2 ranker.
 //!
-//! The service, its health and its place in the cluster exist now so clients and
-//! deployments can be written against the final protocol. The DCN-V2 scorer lands
-//! with the ranking issue; until then the node reports `NOT_SERVING` and `Rank`
-//! answers `UNIMPLEMENTED` saying so, and the gateway returns retrieval order
-//! (`ranked: false`).
+//! The gateway sends ids, not vectors: the node looks up item features in its
+//! bundle and user features from the request, assembles x0 and scores all
+//! candidates in one batched forward pass on a sized blocking pool. Health is
+//! `NOT_SERVING` until the ranker is loaded; a ranker whose files disagree with
+//! its config (a tensor of the wrong shape, say) keeps the node there, and
+//! `Rank` says which tensor and which shapes.
 
-use recsys_proto::v1::{
-    RankRequest, RankResponse,
-    ranking_service_server::{RankingService, RankingServiceServer},
-};
+pub mod service;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use recsys_bundle::Manifest;
+use recsys_model::Ranker;
+use recsys_proto::v1::ranking_service_server::RankingServiceServer;
 use recsys_server::grpc::{incoming, set_health, standard_router};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
-use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
+
+use crate::service::{LoadState, RankingNodeService};
 
 /// Errors of running the ranking node.
 #[derive(Debug, thiserror::Error)]
@@ -28,27 +37,100 @@ pub enum RankingError {
     Reflection(#[from] recsys_server::grpc::ReflectionError),
 }
 
-/// The ranking service before a model exists.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NoModel;
+/// How to run a ranking node.
+#[derive(Debug, Clone)]
+pub struct RankingConfig {
+    /// The bundle directory.
+    pub bundle_dir: PathBuf,
+    /// Forward passes at once (0 = one per core).
+    pub threads: usize,
+    /// Most candidates one `Rank` may carry.
+    pub max_candidates: usize,
+    /// Score unknown item ids with out-of-vocabulary features instead of refusing them.
+    pub allow_unknown_items: bool,
+}
 
-#[tonic::async_trait]
-impl RankingService for NoModel {
-    async fn rank(&self, _request: Request<RankRequest>) -> Result<Response<RankResponse>, Status> {
-        Err(Status::unimplemented(
-            "this build has no ranking model yet (DCN-V2 arrives with the ranking stage)",
-        ))
+impl RankingConfig {
+    /// Defaults for `bundle_dir`: one pass per core, 10 000 candidates, unknown items refused.
+    pub fn new(bundle_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            bundle_dir: bundle_dir.into(),
+            threads: 0,
+            max_candidates: 10_000,
+            allow_unknown_items: false,
+        }
     }
 }
 
-/// Serves the ranking service on `listener` until `shutdown` is cancelled.
-pub async fn run(listener: TcpListener, shutdown: CancellationToken) -> Result<(), RankingError> {
+fn load(dir: &std::path::Path) -> Result<Ranker, String> {
+    let manifest = Manifest::load(dir).map_err(|e| e.to_string())?;
+    let files = manifest.ranker_files(dir).ok_or_else(|| {
+        format!(
+            "{}: the bundle has no ranker",
+            dir.join("manifest.json").display()
+        )
+    })?;
+    Ranker::load(&files).map_err(|e| e.to_string())
+}
+
+/// Serves ranking on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    listener: TcpListener,
+    config: RankingConfig,
+    shutdown: CancellationToken,
+) -> Result<(), RankingError> {
     let (health, router) = standard_router()?;
-    let name = <RankingServiceServer<NoModel> as NamedService>::NAME;
+    let name = <RankingServiceServer<RankingNodeService> as NamedService>::NAME;
     set_health(&health, name, ServingStatus::NotServing).await;
-    tracing::info!(addr = ?listener.local_addr().ok(), "ranking node listening (no model: not serving)");
+    let state = Arc::new(ArcSwap::from_pointee(LoadState::Loading));
+    let threads = if config.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        config.threads
+    };
+    let service =
+        RankingNodeService::new(state.clone(), Arc::new(Semaphore::new(threads)), &config);
+
+    let loader_health = health.clone();
+    let dir = config.bundle_dir.clone();
+    let loading_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        match tokio::task::spawn_blocking(move || load(&dir)).await {
+            Ok(Ok(ranker)) => {
+                tracing::info!(
+                    version = ranker.version(),
+                    items = ranker.items(),
+                    load_ms = started.elapsed().as_millis() as u64,
+                    "ranker loaded"
+                );
+                state.store(Arc::new(LoadState::Ready(Arc::new(ranker))));
+                if !loading_shutdown.is_cancelled() {
+                    set_health(&loader_health, name, ServingStatus::Serving).await;
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::error!(%error, "ranker failed to load");
+                state.store(Arc::new(LoadState::Failed(error)));
+            }
+            Err(error) => {
+                tracing::error!(%error, "ranker loader panicked");
+                state.store(Arc::new(LoadState::Failed(format!(
+                    "loader failed: {error}"
+                ))));
+            }
+        }
+    });
+    let stop = shutdown.clone();
+    let stop_health = health.clone();
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        set_health(&stop_health, name, ServingStatus::NotServing).await;
+    });
+
+    tracing::info!(addr = ?listener.local_addr().ok(), "ranking node listening");
     router
-        .add_service(RankingServiceServer::new(NoModel))
+        .add_service(RankingServiceServer::new(service))
         .serve_with_incoming_shutdown(incoming(listener), shutdown.cancelled_owned())
         .await?;
     Ok(())

@@ -1,16 +1,30 @@
-//! `ranking-node`: scores retrieval candidates (the model arrives with the ranking stage).
+//! `ranking-node`: scores retrieval candidates with the bundle's DCN-V2 ranker.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::Parser;
+use recsys_ranking_node::RankingConfig;
 
 /// Scores retrieval candidates for a user over gRPC.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    /// Bundle directory (holds manifest.json and ranker/).
+    #[arg(long, env = "RECSYS_BUNDLE")]
+    bundle: PathBuf,
     /// Address to listen on.
     #[arg(long, env = "RECSYS_LISTEN", default_value = "127.0.0.1:50071")]
     listen: SocketAddr,
+    /// Forward passes at once (0 = one per core).
+    #[arg(long, env = "RECSYS_RANK_THREADS", default_value_t = 0)]
+    threads: usize,
+    /// Most candidates per request.
+    #[arg(long, env = "RECSYS_MAX_CANDIDATES", default_value_t = 10_000)]
+    max_candidates: usize,
+    /// Score unknown item ids with out-of-vocabulary features instead of refusing them.
+    #[arg(long, env = "RECSYS_ALLOW_UNKNOWN_ITEMS")]
+    allow_unknown_items: bool,
 }
 
 #[tokio::main]
@@ -18,6 +32,12 @@ async fn main() -> anyhow::Result<()> {
     recsys_server::telemetry::init();
     let args = Args::parse();
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    recsys_ranking_node::run(listener, recsys_server::shutdown::on_signal()).await?;
+    let config = RankingConfig {
+        bundle_dir: args.bundle,
+        threads: args.threads,
+        max_candidates: args.max_candidates,
+        allow_unknown_items: args.allow_unknown_items,
+    };
+    recsys_ranking_node::run(listener, config, recsys_server::shutdown::on_signal()).await?;
     Ok(())
 }

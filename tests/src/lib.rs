@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use recsys_bundle::synthetic::{SyntheticCatalog, SyntheticSpec, generate};
-use recsys_bundle::{BuildOptions, IndexParams, Metric, build_bundle};
+use recsys_bundle::synthetic::{SyntheticCatalog, SyntheticSpec, build_synthetic};
+use recsys_bundle::{BuildOptions, IndexParams, Metric};
 use recsys_proto::v1::{
     QueryEmbedding, RecommendOptions, RecommendRequest, RecommendResponse,
     gateway_service_client::GatewayServiceClient, recommend_request::Query,
@@ -50,7 +50,32 @@ impl TestBundle {
     }
 }
 
-/// Builds a synthetic bundle with inner-product scoring.
+fn options(shards: u32, seed: u64) -> BuildOptions {
+    BuildOptions {
+        params: IndexParams::default(),
+        shard_count: shards,
+        version: format!("test-{seed}"),
+        source: "synthetic".into(),
+        threads: 0,
+    }
+}
+
+/// The planted ranker's score of item row `row` for user row `user`
+/// (`recsys_model::planted`): `u·i + Σu + 0.3·quality/9`.
+pub fn planted_score(catalog: &SyntheticCatalog, user: usize, row: usize) -> f64 {
+    let users = &catalog.users;
+    let u = &users.data()[user * users.dimensions()..(user + 1) * users.dimensions()];
+    let i = catalog.items.row(row);
+    let dot: f64 = u
+        .iter()
+        .zip(i)
+        .map(|(a, b)| f64::from(*a) * f64::from(*b))
+        .sum();
+    let sum: f64 = u.iter().map(|a| f64::from(*a)).sum();
+    dot + sum + 0.3 * f64::from(catalog.item_quality[row]) / 9.0
+}
+
+/// Builds a synthetic bundle (inner product, planted ranker).
 pub fn synthetic_bundle(
     items: usize,
     users: usize,
@@ -59,29 +84,14 @@ pub fn synthetic_bundle(
     seed: u64,
 ) -> TestBundle {
     let dir = tempfile::tempdir().unwrap();
-    let catalog = generate(&SyntheticSpec {
+    let spec = SyntheticSpec {
         items,
         users,
         dimensions,
         clusters: 32,
         seed,
-    })
-    .unwrap();
-    let options = BuildOptions {
-        params: IndexParams::default(),
-        shard_count: shards,
-        version: format!("test-{seed}"),
-        source: "synthetic".into(),
-        threads: 0,
     };
-    build_bundle(
-        dir.path(),
-        &catalog.items,
-        Some(&catalog.users),
-        &options,
-        &|_| {},
-    )
-    .unwrap();
+    let (catalog, _) = build_synthetic(dir.path(), &spec, &options(shards, seed), &|_| {}).unwrap();
     TestBundle {
         dir,
         catalog,
@@ -95,28 +105,40 @@ pub async fn gateway_client(addr: SocketAddr) -> GatewayServiceClient<Channel> {
         .unwrap()
 }
 
-/// A request for `k` items by embedding.
+/// A retrieval-only request (`skip_ranking`) for `k` items by embedding.
 pub fn by_embedding(values: Vec<f32>, k: u32, exact: bool) -> RecommendRequest {
     RecommendRequest {
         query: Some(Query::QueryEmbedding(QueryEmbedding { values })),
         k,
         options: Some(RecommendOptions {
             exact,
+            skip_ranking: true,
             ..Default::default()
         }),
         ..Default::default()
     }
 }
 
-/// A request for `k` items by user id.
+/// A retrieval-only request (`skip_ranking`) for `k` items by user id.
 pub fn by_user(user: &str, k: u32, exact: bool) -> RecommendRequest {
     RecommendRequest {
         query: Some(Query::UserId(user.into())),
         k,
         options: Some(RecommendOptions {
             exact,
+            skip_ranking: true,
             ..Default::default()
         }),
+        ..Default::default()
+    }
+}
+
+/// A two-stage request: retrieve `retrieve_k` candidates, return the best `k` by ranking.
+pub fn ranked(user: &str, k: u32, retrieve_k: u32) -> RecommendRequest {
+    RecommendRequest {
+        query: Some(Query::UserId(user.into())),
+        k,
+        retrieve_k,
         ..Default::default()
     }
 }
@@ -150,29 +172,14 @@ pub fn shared_bundle(root: &Path, items: usize, shards: u32, seed: u64) -> TestB
         .prefix("bundle-")
         .tempdir_in(root)
         .unwrap();
-    let catalog = generate(&SyntheticSpec {
+    let spec = SyntheticSpec {
         items,
         users: 200,
         dimensions: 32,
         clusters: 32,
         seed,
-    })
-    .unwrap();
-    let options = BuildOptions {
-        params: IndexParams::default(),
-        shard_count: shards,
-        version: format!("test-{seed}"),
-        source: "synthetic".into(),
-        threads: 0,
     };
-    build_bundle(
-        dir.path(),
-        &catalog.items,
-        Some(&catalog.users),
-        &options,
-        &|_| {},
-    )
-    .unwrap();
+    let (catalog, _) = build_synthetic(dir.path(), &spec, &options(shards, seed), &|_| {}).unwrap();
     TestBundle {
         dir,
         catalog,

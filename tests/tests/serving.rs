@@ -354,14 +354,33 @@ async fn stream_final_list_equals_recommend() {
         assert_eq!(answered, vec![1, 2, 3, 4]);
         let final_ids: Vec<u64> = last.items.iter().map(|i| i.item_id).collect();
         assert_eq!(final_ids, ids(&unary));
-        assert_eq!(
-            partials[3]
-                .items
-                .iter()
-                .map(|i| i.item_id)
-                .collect::<Vec<_>>(),
-            final_ids
-        );
+        // Retrieval only: the last running top-k is the final list.
+        let last_partial: Vec<u64> = partials[3].items.iter().map(|i| i.item_id).collect();
+        assert_eq!(last_partial, final_ids);
     }
+    // Two-stage: the final message is the ranked list, the partials are retrieval order.
+    let unary = recommend(
+        &mut client,
+        ranked("user-5", 10, 100),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let mut stream = client
+        .recommend_stream(ranked("user-5", 10, 100))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut messages = Vec::new();
+    while let Some(message) = stream.next().await {
+        messages.push(message.unwrap());
+    }
+    let last = messages.last().unwrap();
+    assert!(last.r#final && last.ranked && unary.ranked);
+    assert!(messages[..messages.len() - 1].iter().all(|m| !m.ranked));
+    assert_eq!(
+        last.items.iter().map(|i| i.item_id).collect::<Vec<_>>(),
+        ids(&unary)
+    );
     cluster.shutdown().await;
 }

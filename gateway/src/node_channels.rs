@@ -1,5 +1,5 @@
-//! gRPC channels to retrieval nodes, one per address, created lazily and reused;
-//! and the order in which a shard's replicas are tried.
+//! gRPC channels to nodes (retrieval and ranking), one per address, created lazily and reused;
+//! and the order in which the replicas of a shard or the ranking pool are tried.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,13 +11,13 @@ use tonic::transport::{Channel, Endpoint};
 
 /// Channels by node address.
 #[derive(Debug)]
-pub struct ShardClients {
+pub struct NodeChannels {
     channels: Mutex<FxHashMap<String, Channel>>,
     next: AtomicUsize,
     connect_timeout: Duration,
 }
 
-impl ShardClients {
+impl NodeChannels {
     /// An empty pool whose connections give up after `connect_timeout`.
     pub fn new(connect_timeout: Duration) -> Self {
         Self {

@@ -1,0 +1,131 @@
+//! The `recsys.v1.RankingService` implementation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use recsys_model::{RankError, Ranker, UserContext};
+use recsys_proto::v1::{
+    FeatureValue, RankRequest, RankResponse, feature_value::Kind,
+    ranking_service_server::RankingService,
+};
+use tokio::sync::Semaphore;
+use tonic::{Request, Response, Status};
+
+use crate::RankingConfig;
+
+/// Where loading the ranker stands.
+#[derive(Debug)]
+pub enum LoadState {
+    /// Being read.
+    Loading,
+    /// Scoring.
+    Ready(Arc<Ranker>),
+    /// Loading failed; the message names the file and, for shape errors, the tensor.
+    Failed(String),
+}
+
+/// The gRPC service of one ranking node.
+#[derive(Debug, Clone)]
+pub struct RankingNodeService {
+    state: Arc<ArcSwap<LoadState>>,
+    pool: Arc<Semaphore>,
+    max_candidates: usize,
+    allow_unknown_items: bool,
+}
+
+impl RankingNodeService {
+    /// A service scoring with `state`, at most `pool` forward passes at a time.
+    pub fn new(
+        state: Arc<ArcSwap<LoadState>>,
+        pool: Arc<Semaphore>,
+        config: &RankingConfig,
+    ) -> Self {
+        Self {
+            state,
+            pool,
+            max_candidates: config.max_candidates,
+            allow_unknown_items: config.allow_unknown_items,
+        }
+    }
+}
+
+/// Categorical values of the request's user features; lists are not supported yet.
+fn user_features(
+    features: &HashMap<String, FeatureValue>,
+) -> Result<HashMap<String, String>, Status> {
+    features
+        .iter()
+        .filter_map(|(name, value)| {
+            let text = match value.kind.as_ref()? {
+                Kind::StringValue(s) => Ok(s.clone()),
+                Kind::IntValue(i) => Ok(i.to_string()),
+                Kind::FloatValue(f) => Err(Status::invalid_argument(format!(
+                    "user_features[{name}]: float {f} given, the ranker's features are categorical"
+                ))),
+                Kind::StringList(_) => Err(Status::invalid_argument(format!(
+                    "user_features[{name}]: lists are not supported by this ranker"
+                ))),
+            };
+            Some(text.map(|t| (name.clone(), t)))
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl RankingService for RankingNodeService {
+    async fn rank(&self, request: Request<RankRequest>) -> Result<Response<RankResponse>, Status> {
+        let ranker = match self.state.load().as_ref() {
+            LoadState::Ready(ranker) => ranker.clone(),
+            LoadState::Loading => return Err(Status::unavailable("ranker still loading")),
+            LoadState::Failed(reason) => {
+                return Err(Status::unavailable(format!("ranker not loaded: {reason}")));
+            }
+        };
+        let request = request.into_inner();
+        if request.item_ids.len() > self.max_candidates {
+            return Err(Status::invalid_argument(format!(
+                "item_ids: has {} ids, the limit is {}",
+                request.item_ids.len(),
+                self.max_candidates
+            )));
+        }
+        if request.user_id.len() > 1024 {
+            return Err(Status::invalid_argument(format!(
+                "user_id: is {} bytes, the limit is 1024",
+                request.user_id.len()
+            )));
+        }
+        let user = UserContext {
+            user_id: request.user_id,
+            features: user_features(&request.user_features)?,
+        };
+        let items = request.item_ids;
+        let allow_unknown = self.allow_unknown_items;
+        let permit = self
+            .pool
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable("ranking pool closed"))?;
+        let scored = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            ranker
+                .score(&user, &items, allow_unknown)
+                .map(|s| (s, ranker))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("scoring task failed: {e}")))?;
+        match scored {
+            Ok((scores, ranker)) => Ok(Response::new(RankResponse {
+                scores: scores.scores,
+                model_version: ranker.version().to_string(),
+                user_out_of_vocabulary: scores.user_out_of_vocabulary,
+            })),
+            Err(error @ RankError::UnknownItems(_)) => {
+                Err(Status::invalid_argument(error.to_string()))
+            }
+            Err(error) => Err(Status::internal(error.to_string())),
+        }
+    }
+}
