@@ -7,7 +7,9 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use recsys_discovery::Membership;
 use recsys_proto::v1::gateway_service_server::GatewayServiceServer;
-use recsys_server::grpc::{incoming, set_health, standard_router};
+use recsys_server::grpc::{
+    incoming, not_serving_on_shutdown, set_health, spawn_loader, standard_router,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
@@ -49,34 +51,25 @@ pub async fn run(
     });
 
     let loader = shared.clone();
-    let loader_health = health.clone();
     let bundle_dir = config.bundle_dir.clone();
-    let loading_shutdown = shutdown.clone();
-    tokio::spawn(async move {
-        match tokio::task::spawn_blocking(move || BundleState::load(&bundle_dir)).await {
-            Ok(Ok(state)) => {
-                tracing::info!(
-                    version = %state.manifest.version,
-                    shards = state.manifest.shard_count,
-                    users = state.users.as_ref().map_or(0, |u| u.len()),
-                    "gateway bundle loaded"
-                );
-                loader.bundle.store(Some(Arc::new(state)));
-                if !loading_shutdown.is_cancelled() {
-                    set_health(&loader_health, name, ServingStatus::Serving).await;
-                }
-            }
-            Ok(Err(error)) => tracing::error!(%error, "gateway bundle failed to load"),
-            Err(error) => tracing::error!(%error, "gateway bundle loader panicked"),
-        }
-    });
-
-    let stop = shutdown.clone();
-    let stop_health = health.clone();
-    tokio::spawn(async move {
-        stop.cancelled().await;
-        set_health(&stop_health, name, ServingStatus::NotServing).await;
-    });
+    spawn_loader(
+        health.clone(),
+        name,
+        shutdown.clone(),
+        "gateway bundle",
+        move || BundleState::load(&bundle_dir).map_err(|e| e.to_string()),
+        move |state: BundleState| {
+            tracing::info!(
+                version = %state.manifest.version,
+                shards = state.manifest.shard_count,
+                users = state.users.as_ref().map_or(0, |u| u.len()),
+                "gateway bundle ready"
+            );
+            loader.bundle.store(Some(Arc::new(state)));
+        },
+        |_| {},
+    );
+    not_serving_on_shutdown(health, name, shutdown.clone());
 
     tracing::info!(addr = ?listener.local_addr().ok(), "gateway listening");
     router

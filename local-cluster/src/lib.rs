@@ -115,14 +115,36 @@ pub struct LocalCluster {
     manifest: Manifest,
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, ClusterError> {
-    TcpListener::bind(addr)
+/// Binds `addr` and runs one server on it with its own shutdown token.
+async fn spawn<E, F, Fut>(addr: SocketAddr, run: F) -> Result<ServerHandle<E>, ClusterError>
+where
+    F: FnOnce(TcpListener, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: Send + 'static,
+{
+    let bind_error = |source| ClusterError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let addr = listener.local_addr().map_err(bind_error)?;
+    let token = CancellationToken::new();
+    let task = tokio::spawn(run(listener, token.clone()));
+    Ok(ServerHandle { addr, token, task })
+}
+
+/// Waits for `what` at `addr` to report SERVING.
+async fn ready(addr: SocketAddr, what: String, timeout: Duration) -> Result<(), ClusterError> {
+    wait_until_serving(addr, timeout)
         .await
-        .map_err(|source| ClusterError::Bind { addr, source })
+        .map_err(|(waited, detail)| ClusterError::NotServing {
+            what,
+            addr,
+            waited,
+            detail,
+        })
 }
 
 impl LocalCluster {
-    /// Starts every shard and the gateway, and returns once all report SERVING.
+    /// Starts every shard, the ranking nodes and the gateway, and returns once all
+    /// report SERVING.
     pub async fn start(options: LocalClusterOptions) -> Result<Self, ClusterError> {
         let manifest = Manifest::load(&options.bundle_dir)?;
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -130,61 +152,40 @@ impl LocalCluster {
         for shard in 0..manifest.shard_count {
             let mut replicas = Vec::with_capacity(options.replicas);
             for _ in 0..options.replicas.max(1) {
-                let listener = bind(loopback).await?;
-                let addr = listener.local_addr().map_err(|source| ClusterError::Bind {
-                    addr: loopback,
-                    source,
-                })?;
-                let token = CancellationToken::new();
                 let config = NodeConfig {
                     bundle_dir: options.bundle_dir.clone(),
                     shard,
                     search_threads: options.search_threads,
                     limits: SearchLimits::default(),
                 };
-                let task =
-                    tokio::spawn(recsys_retrieval_node::run(listener, config, token.clone()));
-                replicas.push(Some(ServerHandle { addr, token, task }));
+                let handle = spawn(loopback, |listener, token| {
+                    recsys_retrieval_node::run(listener, config, token)
+                })
+                .await?;
+                replicas.push(Some(handle));
             }
             nodes.push(replicas);
         }
-        for (shard, replicas) in nodes.iter().enumerate() {
-            for handle in replicas.iter().flatten() {
-                wait_until_serving(handle.addr, options.ready_timeout)
-                    .await
-                    .map_err(|(waited, detail)| ClusterError::NotServing {
-                        what: format!("retrieval node for shard {shard}"),
-                        addr: handle.addr,
-                        waited,
-                        detail,
-                    })?;
-            }
-        }
-
         let ranking_nodes = options
             .ranking_nodes
             .unwrap_or(usize::from(manifest.ranker.is_some()));
         let mut rankers = Vec::with_capacity(ranking_nodes);
         for _ in 0..ranking_nodes {
-            let listener = bind(loopback).await?;
-            let addr = listener.local_addr().map_err(|source| ClusterError::Bind {
-                addr: loopback,
-                source,
-            })?;
-            let token = CancellationToken::new();
             let config = RankingConfig::new(&options.bundle_dir);
-            let task = tokio::spawn(recsys_ranking_node::run(listener, config, token.clone()));
-            rankers.push(Some(ServerHandle { addr, token, task }));
+            let handle = spawn(loopback, |listener, token| {
+                recsys_ranking_node::run(listener, config, token)
+            })
+            .await?;
+            rankers.push(Some(handle));
+        }
+        for (shard, replicas) in nodes.iter().enumerate() {
+            for handle in replicas.iter().flatten() {
+                let what = format!("retrieval node for shard {shard}");
+                ready(handle.addr, what, options.ready_timeout).await?;
+            }
         }
         for handle in rankers.iter().flatten() {
-            wait_until_serving(handle.addr, options.ready_timeout)
-                .await
-                .map_err(|(waited, detail)| ClusterError::NotServing {
-                    what: "ranking node".into(),
-                    addr: handle.addr,
-                    waited,
-                    detail,
-                })?;
+            ready(handle.addr, "ranking node".into(), options.ready_timeout).await?;
         }
 
         let spec = StaticSpec {
@@ -205,38 +206,18 @@ impl LocalCluster {
                 .collect(),
         };
         let membership = Arc::new(StaticMembership::new(&spec)?);
-        let listener = bind(options.gateway_addr).await?;
-        let gateway_addr = listener.local_addr().map_err(|source| ClusterError::Bind {
-            addr: options.gateway_addr,
-            source,
-        })?;
-        let token = CancellationToken::new();
         let config = GatewayConfig {
             bundle_dir: options.bundle_dir.clone(),
             policy: options.policy,
             connect_timeout: Duration::from_secs(1),
         };
-        let task = tokio::spawn(recsys_gateway::run(
-            listener,
-            config,
-            membership,
-            token.clone(),
-        ));
-        let gateway = ServerHandle {
-            addr: gateway_addr,
-            token,
-            task,
-        };
-        wait_until_serving(gateway_addr, options.ready_timeout)
-            .await
-            .map_err(|(waited, detail)| ClusterError::NotServing {
-                what: "gateway".into(),
-                addr: gateway_addr,
-                waited,
-                detail,
-            })?;
+        let gateway = spawn(options.gateway_addr, |listener, token| {
+            recsys_gateway::run(listener, config, membership, token)
+        })
+        .await?;
+        ready(gateway.addr, "gateway".into(), options.ready_timeout).await?;
         Ok(Self {
-            gateway_addr,
+            gateway_addr: gateway.addr,
             nodes,
             rankers,
             gateway,

@@ -17,7 +17,9 @@ use arc_swap::ArcSwap;
 use recsys_bundle::Manifest;
 use recsys_model::Ranker;
 use recsys_proto::v1::ranking_service_server::RankingServiceServer;
-use recsys_server::grpc::{incoming, set_health, standard_router};
+use recsys_server::grpc::{
+    incoming, not_serving_on_shutdown, set_health, spawn_loader, standard_router,
+};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -91,42 +93,25 @@ pub async fn run(
     let service =
         RankingNodeService::new(state.clone(), Arc::new(Semaphore::new(threads)), &config);
 
-    let loader_health = health.clone();
+    let (ready_state, failed_state) = (state.clone(), state.clone());
     let dir = config.bundle_dir.clone();
-    let loading_shutdown = shutdown.clone();
-    tokio::spawn(async move {
-        let started = std::time::Instant::now();
-        match tokio::task::spawn_blocking(move || load(&dir)).await {
-            Ok(Ok(ranker)) => {
-                tracing::info!(
-                    version = ranker.version(),
-                    items = ranker.items(),
-                    load_ms = started.elapsed().as_millis() as u64,
-                    "ranker loaded"
-                );
-                state.store(Arc::new(LoadState::Ready(Arc::new(ranker))));
-                if !loading_shutdown.is_cancelled() {
-                    set_health(&loader_health, name, ServingStatus::Serving).await;
-                }
-            }
-            Ok(Err(error)) => {
-                tracing::error!(%error, "ranker failed to load");
-                state.store(Arc::new(LoadState::Failed(error)));
-            }
-            Err(error) => {
-                tracing::error!(%error, "ranker loader panicked");
-                state.store(Arc::new(LoadState::Failed(format!(
-                    "loader failed: {error}"
-                ))));
-            }
-        }
-    });
-    let stop = shutdown.clone();
-    let stop_health = health.clone();
-    tokio::spawn(async move {
-        stop.cancelled().await;
-        set_health(&stop_health, name, ServingStatus::NotServing).await;
-    });
+    spawn_loader(
+        health.clone(),
+        name,
+        shutdown.clone(),
+        "ranker",
+        move || load(&dir),
+        move |ranker: Ranker| {
+            tracing::info!(
+                version = ranker.version(),
+                items = ranker.items(),
+                "ranker ready"
+            );
+            ready_state.store(Arc::new(LoadState::Ready(Arc::new(ranker))));
+        },
+        move |error| failed_state.store(Arc::new(LoadState::Failed(error))),
+    );
+    not_serving_on_shutdown(health, name, shutdown.clone());
 
     tracing::info!(addr = ?listener.local_addr().ok(), "ranking node listening");
     router

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use recsys_proto::v1::retrieval_service_server::RetrievalServiceServer;
-use recsys_server::grpc::{incoming, set_health, standard_router};
+use recsys_server::grpc::{
+    incoming, not_serving_on_shutdown, set_health, spawn_loader, standard_router,
+};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -73,45 +75,21 @@ pub async fn run(
         config.limits,
     );
 
-    let loader_health = health.clone();
-    let loader_state = state.clone();
+    let (ready_state, failed_state) = (state.clone(), state.clone());
     let (bundle_dir, shard) = (config.bundle_dir.clone(), config.shard);
-    let loading_shutdown = shutdown.clone();
-    tokio::spawn(async move {
-        let started = std::time::Instant::now();
-        let loaded =
-            tokio::task::spawn_blocking(move || ShardIndex::open(&bundle_dir, shard)).await;
-        match loaded {
-            Ok(Ok(index)) => {
-                tracing::info!(
-                    shard = index.shard(),
-                    items = index.items(),
-                    load_ms = started.elapsed().as_millis() as u64,
-                    "shard loaded"
-                );
-                loader_state.store(Arc::new(LoadState::Ready(Arc::new(index))));
-                if !loading_shutdown.is_cancelled() {
-                    set_health(&loader_health, name, ServingStatus::Serving).await;
-                }
-            }
-            Ok(Err(error)) => {
-                tracing::error!(shard, %error, "shard failed to load");
-                loader_state.store(Arc::new(LoadState::Failed(error.to_string())));
-            }
-            Err(error) => {
-                tracing::error!(shard, %error, "shard loader panicked");
-                loader_state.store(Arc::new(LoadState::Failed(format!(
-                    "loader failed: {error}"
-                ))));
-            }
-        }
-    });
-
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        stop.cancelled().await;
-        set_health(&health, name, ServingStatus::NotServing).await;
-    });
+    spawn_loader(
+        health.clone(),
+        name,
+        shutdown.clone(),
+        "shard",
+        move || ShardIndex::open(&bundle_dir, shard).map_err(|e| e.to_string()),
+        move |index| {
+            tracing::info!(shard = index.shard(), items = index.items(), "shard ready");
+            ready_state.store(Arc::new(LoadState::Ready(Arc::new(index))));
+        },
+        move |error| failed_state.store(Arc::new(LoadState::Failed(error))),
+    );
+    not_serving_on_shutdown(health, name, shutdown.clone());
 
     tracing::info!(addr = ?listener.local_addr().ok(), shard = config.shard, "retrieval node listening");
     router

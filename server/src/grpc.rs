@@ -44,3 +44,64 @@ pub async fn set_health(
 
 /// Error of building the reflection service.
 pub use tonic_reflection::server::Error as ReflectionError;
+
+/// Loads a server's data on the blocking pool while the server already answers
+/// health checks: on success hands the value to `ready` and reports `SERVING`
+/// (unless shutdown has begun); on failure logs and hands the message to
+/// `failed`, and health stays `NOT_SERVING`. `what` names the data in logs.
+pub fn spawn_loader<T, L, R, F>(
+    health: HealthReporter,
+    service_name: &'static str,
+    shutdown: tokio_util::sync::CancellationToken,
+    what: &'static str,
+    load: L,
+    ready: R,
+    failed: F,
+) where
+    T: Send + 'static,
+    L: FnOnce() -> Result<T, String> + Send + 'static,
+    R: FnOnce(T) + Send + 'static,
+    F: FnOnce(String) + Send + 'static,
+{
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let outcome = tokio::task::spawn_blocking(load)
+            .await
+            .unwrap_or_else(|e| Err(format!("loader failed: {e}")));
+        match outcome {
+            Ok(value) => {
+                tracing::info!(
+                    what,
+                    load_ms = started.elapsed().as_millis() as u64,
+                    "loaded"
+                );
+                ready(value);
+                if !shutdown.is_cancelled() {
+                    set_health(&health, service_name, tonic_health::ServingStatus::Serving).await;
+                }
+            }
+            Err(error) => {
+                tracing::error!(what, %error, "failed to load, not serving");
+                failed(error);
+            }
+        }
+    });
+}
+
+/// Reports `NOT_SERVING` as soon as shutdown begins, so load balancers and the
+/// gateway stop routing here while in-flight requests finish.
+pub fn not_serving_on_shutdown(
+    health: HealthReporter,
+    service_name: &'static str,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        set_health(
+            &health,
+            service_name,
+            tonic_health::ServingStatus::NotServing,
+        )
+        .await;
+    });
+}

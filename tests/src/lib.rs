@@ -105,10 +105,10 @@ pub async fn gateway_client(addr: SocketAddr) -> GatewayServiceClient<Channel> {
         .unwrap()
 }
 
-/// A retrieval-only request (`skip_ranking`) for `k` items by embedding.
-pub fn by_embedding(values: Vec<f32>, k: u32, exact: bool) -> RecommendRequest {
+/// A retrieval-only request (`skip_ranking`) for `k` items.
+fn retrieval_only(query: Query, k: u32, exact: bool) -> RecommendRequest {
     RecommendRequest {
-        query: Some(Query::QueryEmbedding(QueryEmbedding { values })),
+        query: Some(query),
         k,
         options: Some(RecommendOptions {
             exact,
@@ -119,18 +119,14 @@ pub fn by_embedding(values: Vec<f32>, k: u32, exact: bool) -> RecommendRequest {
     }
 }
 
-/// A retrieval-only request (`skip_ranking`) for `k` items by user id.
+/// A retrieval-only request for `k` items by embedding.
+pub fn by_embedding(values: Vec<f32>, k: u32, exact: bool) -> RecommendRequest {
+    retrieval_only(Query::QueryEmbedding(QueryEmbedding { values }), k, exact)
+}
+
+/// A retrieval-only request for `k` items by user id.
 pub fn by_user(user: &str, k: u32, exact: bool) -> RecommendRequest {
-    RecommendRequest {
-        query: Some(Query::UserId(user.into())),
-        k,
-        options: Some(RecommendOptions {
-            exact,
-            skip_ranking: true,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    retrieval_only(Query::UserId(user.into()), k, exact)
 }
 
 /// A two-stage request: retrieve `retrieve_k` candidates, return the best `k` by ranking.
