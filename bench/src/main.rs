@@ -6,9 +6,12 @@
 //!   `bench/hnswlib_glove.py` measures hnswlib on exactly the same task.
 //! - `cold-start`: time from start to SERVING of a retrieval node on a bundle.
 //! - `overhead`: gateway latency beyond the slowest shard, on a local cluster.
+//! - `ranking`: scoring latency of the TFRS DCN tutorial ranker, against
+//!   `bench/tfrs_dcn_timing.py` in the same run.
 
 mod glove;
 mod overhead;
+mod ranking;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +30,8 @@ enum Command {
     ColdStart(overhead::ColdStartArgs),
     /// Gateway latency beyond the slowest shard.
     Overhead(overhead::OverheadArgs),
+    /// Ranking latency of the TFRS DCN tutorial ranker (run with RAYON_NUM_THREADS=1).
+    Ranking(ranking::RankingArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         Command::Retrieval(args) => glove::run(args),
         Command::ColdStart(args) => runtime()?.block_on(overhead::cold_start(args)),
         Command::Overhead(args) => runtime()?.block_on(overhead::overhead(args)),
+        Command::Ranking(args) => ranking::run(args),
     }
 }
 
