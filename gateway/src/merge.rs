@@ -163,8 +163,8 @@ impl TopK {
     }
 
     /// The kept candidates, best first.
-    pub fn sorted(&self) -> Vec<Candidate> {
-        self.kept.clone()
+    pub fn sorted(&self) -> &[Candidate] {
+        &self.kept
     }
 
     /// The kept candidates, best first, consuming the collector.
@@ -251,8 +251,9 @@ mod tests {
                 top.merge(*shard, &list);
             }
             let all: Vec<Candidate> = answers.iter().flat_map(|(_, l)| l.clone()).collect();
-            prop_assert_eq!(top.sorted(), reference(&all, k));
-            prop_assert_eq!(top.into_sorted(), reference(&all, k));
+            let want = reference(&all, k);
+            prop_assert_eq!(top.sorted(), want.as_slice());
+            prop_assert_eq!(top.into_sorted(), want);
         }
 
         /// The arrival order of shard answers does not change the result.

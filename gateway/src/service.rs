@@ -162,7 +162,7 @@ impl Gateway {
                     if let Some(sender) = partial {
                         let running = RecommendStreamResponse {
                             r#final: false,
-                            items: to_items(&top.sorted(), checked.k, &bundle),
+                            items: to_items(top.sorted(), checked.k, &bundle),
                             coverage: Some(finish(coverage.clone())),
                             bundle_version: manifest.version.clone(),
                             ..Default::default()

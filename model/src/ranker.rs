@@ -223,11 +223,15 @@ impl Ranker {
         items: &[u64],
         allow_unknown_items: bool,
     ) -> Result<Scores, RankError> {
+        // One look-up per candidate, shared by the unknown-item check and x0.
+        let candidate_rows: Vec<Option<&Vec<u32>>> =
+            items.iter().map(|id| self.item_rows.get(id)).collect();
         if !allow_unknown_items {
             let unknown: Vec<u64> = items
                 .iter()
-                .copied()
-                .filter(|id| !self.item_rows.contains_key(id))
+                .zip(&candidate_rows)
+                .filter(|(_, rows)| rows.is_none())
+                .map(|(id, _)| *id)
                 .collect();
             if !unknown.is_empty() {
                 return Err(RankError::UnknownItems(unknown));
@@ -266,8 +270,8 @@ impl Ranker {
             .collect();
         let dim = self.config.dcn.input_dim;
         let mut x0 = Vec::with_capacity(items.len() * dim);
-        for item in items {
-            let mut item_rows = self.item_rows.get(item).unwrap_or(&unknown_item).iter();
+        for rows in &candidate_rows {
+            let mut item_rows = rows.unwrap_or(&unknown_item).iter();
             for (feature, user_row) in self.features.iter().zip(&user_rows) {
                 let row = match feature.spec.side {
                     Side::User => *user_row,

@@ -84,6 +84,18 @@ pub fn synthetic_bundle(
     seed: u64,
 ) -> TestBundle {
     let dir = tempfile::tempdir().unwrap();
+    build_into(dir, items, users, dimensions, shards, seed)
+}
+
+/// Builds a synthetic bundle (32 topics) into `dir`, which the bundle then owns.
+fn build_into(
+    dir: tempfile::TempDir,
+    items: usize,
+    users: usize,
+    dimensions: usize,
+    shards: u32,
+    seed: u64,
+) -> TestBundle {
     let spec = SyntheticSpec {
         items,
         users,
@@ -168,17 +180,5 @@ pub fn shared_bundle(root: &Path, items: usize, shards: u32, seed: u64) -> TestB
         .prefix("bundle-")
         .tempdir_in(root)
         .unwrap();
-    let spec = SyntheticSpec {
-        items,
-        users: 200,
-        dimensions: 32,
-        clusters: 32,
-        seed,
-    };
-    let (catalog, _) = build_synthetic(dir.path(), &spec, &options(shards, seed), &|_| {}).unwrap();
-    TestBundle {
-        dir,
-        catalog,
-        metric: Metric::Ip,
-    }
+    build_into(dir, items, 200, 32, shards, seed)
 }
