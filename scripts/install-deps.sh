@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what building and testing recsys needs and is not a Rust crate:
-#   protoc (Debian's protobuf-compiler) for the gRPC code generation.
+#   protoc (Debian's protobuf-compiler) for the gRPC code generation;
+#   etcd (Debian's etcd-server) which the discovery tests start on loopback.
 # Uses apt-get (with sudo when not root); elsewhere it says exactly what to install.
 set -euo pipefail
 
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || need+=(etcd-server)
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "recsys needs a Rust toolchain (cargo, rustc >= 1.88): install it with rustup (https://rustup.rs)" >&2
@@ -28,6 +30,7 @@ if command -v apt-get >/dev/null 2>&1; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 else
   echo "no apt-get here: install ${need[*]} with your package manager" >&2
-  echo "(protoc: 'brew install protobuf' on macOS, 'dnf install protobuf-compiler' on Fedora)" >&2
+  echo "(protoc: 'brew install protobuf' on macOS, 'dnf install protobuf-compiler' on Fedora;" >&2
+  echo " etcd: 'brew install etcd', or a release binary on PATH; any etcd >= 3.4 works)" >&2
   exit 1
 fi

@@ -21,6 +21,9 @@ pub struct DemoArgs {
     /// Where the gateway listens.
     #[arg(long, env = "RECSYS_GATEWAY_ADDR", default_value = "127.0.0.1:50051")]
     pub gateway_addr: SocketAddr,
+    /// Where Prometheus metrics of the whole cluster are served (http://ADDR/metrics).
+    #[arg(long, env = "RECSYS_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: SocketAddr,
     /// Where the synthetic bundle is kept between runs.
     #[arg(long, env = "RECSYS_DEMO_BUNDLE", default_value = "target/demo-bundle")]
     pub bundle_dir: PathBuf,
@@ -48,6 +51,9 @@ pub struct ServeArgs {
     /// Where the gateway listens.
     #[arg(long, env = "RECSYS_GATEWAY_ADDR", default_value = "127.0.0.1:50051")]
     pub gateway_addr: SocketAddr,
+    /// Where Prometheus metrics of the whole cluster are served (http://ADDR/metrics).
+    #[arg(long, env = "RECSYS_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: SocketAddr,
     /// Replicas per shard.
     #[arg(long, default_value_t = 1)]
     pub replicas: usize,
@@ -92,25 +98,26 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             );
         }
     }
-    start_and_serve(
-        args.bundle_dir,
-        args.gateway_addr,
-        args.replicas,
-        !args.no_serve,
-    )
-    .await
+    let serving = (!args.no_serve).then_some(args.metrics_addr);
+    start_and_serve(args.bundle_dir, args.gateway_addr, args.replicas, serving).await
 }
 
 /// Serves an existing bundle.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    start_and_serve(args.bundle, args.gateway_addr, args.replicas, true).await
+    start_and_serve(
+        args.bundle,
+        args.gateway_addr,
+        args.replicas,
+        Some(args.metrics_addr),
+    )
+    .await
 }
 
 async fn start_and_serve(
     bundle_dir: PathBuf,
     gateway_addr: SocketAddr,
     replicas: usize,
-    keep_serving: bool,
+    keep_serving: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let mut options = LocalClusterOptions::new(&bundle_dir);
@@ -162,11 +169,12 @@ async fn start_and_serve(
     println!(
         "  grpcurl -plaintext -d '{{\"user_id\": \"{example_user}\", \"k\": 10}}' {addr} recsys.v1.GatewayService/Recommend"
     );
-    if keep_serving {
+    if let Some(metrics_addr) = keep_serving {
+        let shutdown = recsys_server::shutdown::on_signal();
+        recsys_server::metrics::spawn(metrics_addr, shutdown.clone()).await;
+        println!("  curl -s http://{metrics_addr}/metrics | grep ^recsys_");
         eprintln!("\nserving until Ctrl-C");
-        cluster
-            .serve_until(recsys_server::shutdown::on_signal())
-            .await;
+        cluster.serve_until(shutdown).await;
     } else {
         cluster.shutdown().await;
     }

@@ -1,6 +1,8 @@
 //! Calls to nodes: one shard's search, and the replica retry policy that searches
 //! and ranking calls share.
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use recsys_bundle::shard_of;
 use recsys_discovery::NodeRecord;
 use recsys_proto::v1::{
@@ -37,8 +39,11 @@ pub async fn search_shard(
     replicas: &[NodeRecord],
     request: SearchRequest,
     deadline: Instant,
+    hedge_after: Option<std::time::Duration>,
 ) -> ShardAnswer {
-    let outcome = search_replicas(clients, target, replicas, request, deadline).await;
+    let started = Instant::now();
+    let outcome = search_replicas(clients, target, replicas, request, deadline, hedge_after).await;
+    crate::metrics::shard_answer(target.shard, outcome.is_ok(), started.elapsed());
     ShardAnswer {
         shard: target.shard,
         outcome,
@@ -51,30 +56,41 @@ async fn search_replicas(
     replicas: &[NodeRecord],
     request: SearchRequest,
     deadline: Instant,
+    hedge_after: Option<std::time::Duration>,
 ) -> Result<SearchResponse, String> {
-    let response = call_replicas(clients, replicas, deadline, |channel, remaining| {
-        let mut grpc_request = tonic::Request::new(request.clone());
-        grpc_request.set_timeout(remaining);
-        async move {
-            RetrievalServiceClient::new(channel)
-                .search(grpc_request)
-                .await
-        }
-    })
+    let response = call_replicas(
+        clients,
+        replicas,
+        deadline,
+        hedge_after,
+        |channel, remaining| {
+            let mut grpc_request = tonic::Request::new(request.clone());
+            grpc_request.set_timeout(remaining);
+            async move {
+                RetrievalServiceClient::new(channel)
+                    .search(grpc_request)
+                    .await
+            }
+        },
+    )
     .await
     .inspect_err(|reason| tracing::debug!(shard = target.shard, %reason, "shard gave no answer"))?;
     check(response, target)
 }
 
-/// Calls `replicas` in rotated order until one answers: one retry on another
-/// replica after an error, none after a timeout, a cancellation or a request the
-/// node rejects as invalid (Quickwit's leaf retry policy: a timed-out node would
-/// only time out again and the budget is spent). The error is a lowercase reason
-/// for coverage.
+/// Calls `replicas` in the order [`NodeChannels::replica_order`] gives until one
+/// answers. One more attempt goes to another replica: as a retry after an error,
+/// or as a hedge when the first has not answered after `hedge_after` (the first
+/// answer of the two wins, the other is dropped and so cancelled). No retry after a
+/// timeout, a cancellation or a request the node rejects as invalid (Quickwit's
+/// leaf retry policy: a timed-out node would only time out again and the budget is
+/// spent). A transport failure (`UNAVAILABLE`) also leaves the node out of routing
+/// until a health check passes. The error is a lowercase reason for coverage.
 pub async fn call_replicas<T, F, Fut>(
     clients: &NodeChannels,
     replicas: &[NodeRecord],
     deadline: Instant,
+    hedge_after: Option<std::time::Duration>,
     mut call: F,
 ) -> Result<T, String>
 where
@@ -82,36 +98,95 @@ where
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
     let order = clients.replica_order(replicas);
-    if order.is_empty() {
+    let mut order = order.into_iter().take(2);
+    let Some(first) = order.next() else {
         return Err("no replica available".into());
-    }
-    let mut last_error = String::new();
-    for replica in order.into_iter().take(2) {
+    };
+    let mut spare = order.next();
+    let mut attempt = |replica: &NodeRecord| {
+        let node = clients.node(&replica.addr);
         let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err("deadline exceeded".into());
+        let addr = replica.addr.clone();
+        let call = node.map(|node| (node.start_call(), call(node.channel.clone(), remaining)));
+        async move {
+            let (in_flight, call) = call?;
+            let outcome = call.await;
+            drop(in_flight);
+            outcome
+                .map_err(|status| (addr, status))
+                .map_err(Attempt::Failed)
         }
-        let channel = clients.channel(&replica.addr)?;
-        match tokio::time::timeout_at(deadline, call(channel, remaining)).await {
-            Err(_) => return Err("deadline exceeded".into()),
-            Ok(Ok(response)) => return Ok(response.into_inner()),
-            // tonic enforces the grpc-timeout we set too, and may win the race
-            // against ours with CANCELLED "Timeout expired": the clock decides.
-            Ok(Err(_)) if Instant::now() >= deadline => return Err("deadline exceeded".into()),
-            Ok(Err(status)) => {
-                tracing::warn!(replica = %replica.addr, code = ?status.code(), message = status.message(), "node call failed");
-                let reason = format!("{}: {}", code_name(status.code()), status.message());
-                if matches!(
-                    status.code(),
-                    Code::DeadlineExceeded | Code::InvalidArgument | Code::Cancelled
-                ) {
-                    return Err(reason);
+    };
+    let mut attempts = FuturesUnordered::new();
+    attempts.push(Box::pin(attempt(first)));
+    let never = Instant::now() + std::time::Duration::from_secs(86_400);
+    let hedge_at = hedge_after.map_or(never, |after| Instant::now() + after);
+    let mut last_error = String::new();
+    loop {
+        let hedge_ready = spare.is_some() && hedge_at < deadline;
+        tokio::select! {
+            biased;
+            next = attempts.next() => {
+                let Some(outcome) = next else {
+                    return Err(last_error);
+                };
+                match outcome {
+                    Ok(response) => return Ok(response.into_inner()),
+                    Err(Attempt::Setup(reason)) => last_error = reason,
+                    // tonic enforces the grpc-timeout we set too, and may win the
+                    // race against ours with CANCELLED "Timeout expired": the clock decides.
+                    Err(Attempt::Failed(_)) if Instant::now() >= deadline => {
+                        crate::metrics::node_call_failed("timeout");
+                        return Err("deadline exceeded".into());
+                    }
+                    Err(Attempt::Failed((addr, status))) => {
+                        crate::metrics::node_call_failed(code_name(status.code()));
+                        tracing::warn!(replica = %addr, code = ?status.code(), message = status.message(), "node call failed");
+                        let reason = format!("{}: {}", code_name(status.code()), status.message());
+                        if matches!(
+                            status.code(),
+                            Code::DeadlineExceeded | Code::InvalidArgument | Code::Cancelled
+                        ) {
+                            return Err(reason);
+                        }
+                        if status.code() == Code::Unavailable {
+                            clients.mark_unhealthy(&addr);
+                        }
+                        last_error = reason;
+                    }
                 }
-                last_error = reason;
+                match spare.take() {
+                    Some(replica) => attempts.push(Box::pin(attempt(replica))),
+                    None if attempts.is_empty() => return Err(last_error),
+                    None => {}
+                }
+            }
+            _ = tokio::time::sleep_until(hedge_at), if hedge_ready => {
+                if let Some(replica) = spare.take() {
+                    crate::metrics::hedged();
+                    attempts.push(Box::pin(attempt(replica)));
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                crate::metrics::node_call_failed("timeout");
+                return Err("deadline exceeded".into());
             }
         }
     }
-    Err(last_error)
+}
+
+/// Why one attempt gave no answer.
+enum Attempt {
+    /// The call could not be made (a bad address).
+    Setup(String),
+    /// The node (or the transport to it) answered with an error.
+    Failed((String, tonic::Status)),
+}
+
+impl From<String> for Attempt {
+    fn from(reason: String) -> Self {
+        Attempt::Setup(reason)
+    }
 }
 
 /// Rejects answers whose parallel arrays disagree or that hold items of another

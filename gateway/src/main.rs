@@ -20,6 +20,9 @@ struct Args {
     /// Address to listen on.
     #[arg(long, env = "RECSYS_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
+    /// Serve Prometheus metrics on http://ADDR/metrics (off when not given).
+    #[arg(long, env = "RECSYS_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Static membership file (JSON: {"shards": [["addr", ...], ...], "ranking": [...]}).
     #[arg(long = "static", env = "RECSYS_STATIC", conflicts_with = "shard")]
     static_file: Option<PathBuf>,
@@ -41,6 +44,12 @@ struct Args {
     /// Per-shard probability of not truncating the global top-k (Vespa's top-k-probability).
     #[arg(long, env = "RECSYS_TOP_K_PROBABILITY", default_value_t = 0.9999)]
     top_k_probability: f64,
+    /// Hedge a node call to a second replica after this many ms without an answer (0: off).
+    #[arg(long, env = "RECSYS_HEDGE_AFTER_MS", default_value_t = 0)]
+    hedge_after_ms: u64,
+    /// How often each node's grpc.health.v1 is checked (ms).
+    #[arg(long, env = "RECSYS_HEALTH_INTERVAL_MS", default_value_t = 1000)]
+    health_interval_ms: u64,
 }
 
 #[tokio::main]
@@ -64,15 +73,16 @@ async fn main() -> anyhow::Result<()> {
             },
             default_timeout: Duration::from_millis(args.default_timeout_ms),
             top_k_probability: args.top_k_probability,
+            hedge_after: (args.hedge_after_ms > 0)
+                .then(|| Duration::from_millis(args.hedge_after_ms)),
         },
         connect_timeout: Duration::from_secs(1),
+        health_interval: Duration::from_millis(args.health_interval_ms),
     };
-    run(
-        listener,
-        config,
-        membership,
-        recsys_server::shutdown::on_signal(),
-    )
-    .await?;
+    let shutdown = recsys_server::shutdown::on_signal();
+    if let Some(addr) = args.metrics_listen {
+        recsys_server::metrics::spawn(addr, shutdown.clone()).await;
+    }
+    run(listener, config, membership, shutdown).await?;
     Ok(())
 }

@@ -1,19 +1,71 @@
-//! gRPC channels to nodes (retrieval and ranking), one per address, created lazily and reused;
-//! and the order in which the replicas of a shard or the ranking pool are tried.
+//! gRPC channels to nodes (retrieval and ranking), one per address, created lazily
+//! and reused; each node's in-flight calls and health; and the order in which the
+//! replicas of a shard or the ranking pool are tried.
+//!
+//! Replica choice is the power of two choices on in-flight calls (Mitzenmacher;
+//! what Finagle and linkerd do): two random replicas, the less busy first, the
+//! other as the retry or hedge target. Nodes that failed a call at the transport
+//! level or a health check are left out until a health check passes again
+//! (`health_check`), unless every replica is out, in which case all are tried,
+//! since a stale verdict must not cost an answer.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use recsys_discovery::NodeRecord;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use tonic::transport::{Channel, Endpoint};
 
-/// Channels by node address.
+/// What the gateway knows of one node address.
+#[derive(Debug)]
+pub struct NodeHandle {
+    /// The shared channel.
+    pub channel: Channel,
+    in_flight: AtomicUsize,
+    healthy: AtomicBool,
+}
+
+impl NodeHandle {
+    /// Calls currently outstanding on this node.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Whether the last health verdict was good (nodes start healthy).
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Records a health verdict; returns whether it changed.
+    pub fn set_healthy(&self, healthy: bool) -> bool {
+        self.healthy.swap(healthy, Ordering::Relaxed) != healthy
+    }
+
+    /// Counts a call as in flight until the guard drops.
+    pub fn start_call(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { node: self.clone() }
+    }
+}
+
+/// An outstanding call; dropping it (answer, error or cancellation) ends it.
+#[derive(Debug)]
+pub struct InFlight {
+    node: Arc<NodeHandle>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.node.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Channels and per-node state by node address.
 #[derive(Debug)]
 pub struct NodeChannels {
-    channels: Mutex<FxHashMap<String, Channel>>,
-    next: AtomicUsize,
+    nodes: Mutex<FxHashMap<String, Arc<NodeHandle>>>,
+    seed: AtomicUsize,
     connect_timeout: Duration,
 }
 
@@ -21,22 +73,22 @@ impl NodeChannels {
     /// An empty pool whose connections give up after `connect_timeout`.
     pub fn new(connect_timeout: Duration) -> Self {
         Self {
-            channels: Mutex::new(FxHashMap::default()),
-            next: AtomicUsize::new(0),
+            nodes: Mutex::new(FxHashMap::default()),
+            seed: AtomicUsize::new(0x9e37_79b9),
             connect_timeout,
         }
     }
 
-    /// The channel to `addr` (`host:port`), created on first use. Connection
-    /// happens on the first request, so a dead node fails that request quickly
-    /// instead of blocking this call.
-    pub fn channel(&self, addr: &str) -> Result<Channel, String> {
-        let mut channels = self
-            .channels
+    /// The node at `addr` (`host:port`), its channel created on first use.
+    /// Connection happens on the first request, so a dead node fails that request
+    /// quickly instead of blocking this call.
+    pub fn node(&self, addr: &str) -> Result<Arc<NodeHandle>, String> {
+        let mut nodes = self
+            .nodes
             .lock()
             .map_err(|_| "channel pool poisoned".to_string())?;
-        if let Some(channel) = channels.get(addr) {
-            return Ok(channel.clone());
+        if let Some(node) = nodes.get(addr) {
+            return Ok(node.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| format!("bad node address {addr:?}: {e}"))?
@@ -44,18 +96,146 @@ impl NodeChannels {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_while_idle(true);
-        let channel = endpoint.connect_lazy();
-        channels.insert(addr.to_string(), channel.clone());
-        Ok(channel)
+        let node = Arc::new(NodeHandle {
+            channel: endpoint.connect_lazy(),
+            in_flight: AtomicUsize::new(0),
+            healthy: AtomicBool::new(true),
+        });
+        nodes.insert(addr.to_string(), node.clone());
+        Ok(node)
     }
 
-    /// The replicas of one shard in the order to try them: rotated per request so
-    /// load spreads, the second entry being the retry target.
-    pub fn replica_order<'a>(&self, replicas: &'a [NodeRecord]) -> Vec<&'a NodeRecord> {
-        if replicas.is_empty() {
-            return Vec::new();
+    /// The channel to `addr`.
+    pub fn channel(&self, addr: &str) -> Result<Channel, String> {
+        self.node(addr).map(|node| node.channel.clone())
+    }
+
+    /// Marks `addr` unhealthy after a transport failure, until a health check passes.
+    pub fn mark_unhealthy(&self, addr: &str) {
+        if let Ok(node) = self.node(addr)
+            && node.set_healthy(false)
+        {
+            tracing::warn!(
+                node = addr,
+                "node left out of routing until a health check passes"
+            );
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % replicas.len();
-        replicas[start..].iter().chain(&replicas[..start]).collect()
+    }
+
+    /// Drops the channels of addresses no longer in the cluster, so churn does not
+    /// leak connections.
+    pub fn retain(&self, live: &FxHashSet<&str>) {
+        if let Ok(mut nodes) = self.nodes.lock() {
+            nodes.retain(|addr, _| live.contains(addr.as_str()));
+        }
+    }
+
+    /// A cheap per-call pseudo-random number (splitmix64 over a counter): replica
+    /// choice needs spread, not quality, and no lock.
+    fn random(&self) -> usize {
+        let mut z = (self
+            .seed
+            .fetch_add(0x9e37_79b9_7f4a_7c15_u64 as usize, Ordering::Relaxed)
+            as u64)
+            .wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) as usize
+    }
+
+    /// The replicas of one shard (or the ranking pool) in the order to try them:
+    /// the less busy of two random healthy replicas first, the other second (the
+    /// retry or hedge target), then the rest. Unhealthy replicas come last, and only
+    /// matter when no healthy one is left.
+    pub fn replica_order<'a>(&self, replicas: &'a [NodeRecord]) -> Vec<&'a NodeRecord> {
+        let mut healthy = Vec::with_capacity(replicas.len());
+        let mut unhealthy = Vec::new();
+        for replica in replicas {
+            let node = self.node(&replica.addr).ok();
+            match node {
+                Some(node) if !node.is_healthy() => unhealthy.push((replica, 0)),
+                Some(node) => healthy.push((replica, node.in_flight())),
+                None => unhealthy.push((replica, 0)),
+            }
+        }
+        if healthy.len() >= 2 {
+            let n = healthy.len();
+            let a = self.random() % n;
+            let b = (a + 1 + self.random() % (n - 1)) % n;
+            let (first, second) = if healthy[b].1 < healthy[a].1 {
+                (b, a)
+            } else {
+                (a, b)
+            };
+            let rest = (0..n).filter(|&i| i != first && i != second);
+            healthy = [first, second]
+                .into_iter()
+                .chain(rest)
+                .map(|i| healthy[i])
+                .collect();
+        }
+        healthy
+            .into_iter()
+            .chain(unhealthy)
+            .map(|(replica, _)| replica)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use recsys_discovery::{NodeState, Role};
+
+    fn replica(addr: &str) -> NodeRecord {
+        NodeRecord {
+            node_id: addr.into(),
+            addr: addr.into(),
+            role: Role::Retrieval,
+            shard: Some(0),
+            shard_count: Some(1),
+            bundle_version: String::new(),
+            state: NodeState::Serving,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_less_busy_of_two_goes_first_and_unhealthy_last() {
+        let pool = NodeChannels::new(Duration::from_secs(1));
+        let replicas = [replica("127.0.0.1:1"), replica("127.0.0.1:2")];
+        let busy = pool.node("127.0.0.1:1").unwrap();
+        let _calls: Vec<_> = (0..3).map(|_| busy.start_call()).collect();
+        for _ in 0..20 {
+            let order = pool.replica_order(&replicas);
+            assert_eq!(order[0].addr, "127.0.0.1:2");
+            assert_eq!(order.len(), 2);
+        }
+        drop(_calls);
+        assert_eq!(busy.in_flight(), 0);
+        pool.mark_unhealthy("127.0.0.1:2");
+        for _ in 0..20 {
+            let order = pool.replica_order(&replicas);
+            assert_eq!(order[0].addr, "127.0.0.1:1");
+            assert_eq!(order[1].addr, "127.0.0.1:2");
+        }
+    }
+
+    #[tokio::test]
+    async fn every_replica_is_listed_once_and_load_spreads() {
+        let pool = NodeChannels::new(Duration::from_secs(1));
+        let replicas: Vec<_> = (1..=4)
+            .map(|i| replica(&format!("127.0.0.1:{i}")))
+            .collect();
+        let mut firsts = FxHashMap::default();
+        for _ in 0..400 {
+            let order = pool.replica_order(&replicas);
+            let mut addrs: Vec<_> = order.iter().map(|r| r.addr.clone()).collect();
+            *firsts.entry(addrs[0].clone()).or_insert(0) += 1;
+            addrs.sort();
+            addrs.dedup();
+            assert_eq!(addrs.len(), 4);
+        }
+        assert_eq!(firsts.len(), 4, "{firsts:?}");
+        assert!(firsts.values().all(|&n| n > 40), "{firsts:?}");
     }
 }

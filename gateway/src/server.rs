@@ -29,6 +29,8 @@ pub struct GatewayConfig {
     pub policy: RequestPolicy,
     /// How long to wait for a TCP connection to a node.
     pub connect_timeout: Duration,
+    /// How often every node's health is checked.
+    pub health_interval: Duration,
 }
 
 /// Serves the gateway on `listener` until `shutdown` is cancelled, routing by
@@ -46,7 +48,7 @@ pub async fn run(
     let shared = Arc::new(GatewayShared {
         bundle: ArcSwapOption::empty(),
         view: membership.subscribe(),
-        clients: NodeChannels::new(config.connect_timeout),
+        clients: Arc::new(NodeChannels::new(config.connect_timeout)),
         policy: config.policy,
     });
 
@@ -70,6 +72,12 @@ pub async fn run(
         |_| {},
     );
     not_serving_on_shutdown(health, name, shutdown.clone());
+    crate::health_check::spawn(
+        shared.clients.clone(),
+        membership.subscribe(),
+        config.health_interval,
+        shutdown.clone(),
+    );
 
     tracing::info!(addr = ?listener.local_addr().ok(), "gateway listening");
     router

@@ -38,6 +38,11 @@ pub struct RequestPolicy {
     pub default_timeout: Duration,
     /// Default per-shard top-k probability for approximate searches (see `shard_k`).
     pub top_k_probability: f64,
+    /// Send a node call to a second replica when the first has not answered after
+    /// this long (`None`: only retry after an error). Off by default: a hedge adds
+    /// load exactly when nodes are slow, so it is for replicated clusters with
+    /// headroom, set near the shard latency's p95.
+    pub hedge_after: Option<Duration>,
 }
 
 impl Default for RequestPolicy {
@@ -46,6 +51,7 @@ impl Default for RequestPolicy {
             limits: RecommendLimits::default(),
             default_timeout: Duration::from_secs(2),
             top_k_probability: 0.9999,
+            hedge_after: None,
         }
     }
 }
@@ -57,8 +63,8 @@ pub struct GatewayShared {
     pub bundle: ArcSwapOption<BundleState>,
     /// The latest cluster view.
     pub view: watch::Receiver<Arc<ClusterView>>,
-    /// Channels to retrieval nodes.
-    pub clients: NodeChannels,
+    /// Channels to nodes, with their load and health.
+    pub clients: Arc<NodeChannels>,
     /// Tunables.
     pub policy: RequestPolicy,
 }
@@ -137,7 +143,14 @@ impl Gateway {
                     shard: shard as u32,
                     shard_count,
                 };
-                search_shard(&self.shared.clients, target, replicas, search, deadline)
+                search_shard(
+                    &self.shared.clients,
+                    target,
+                    replicas,
+                    search,
+                    deadline,
+                    self.shared.policy.hedge_after,
+                )
             })
             .collect();
 
@@ -216,6 +229,16 @@ impl Gateway {
             0
         };
         let coverage = finish(coverage);
+        crate::metrics::stage("encode", Duration::from_micros(encode_us));
+        crate::metrics::stage("retrieval", Duration::from_micros(retrieval_us));
+        if with_ranking {
+            crate::metrics::stage("ranking", Duration::from_micros(ranking_us));
+        }
+        if coverage.shards_answered < coverage.shards_asked {
+            crate::metrics::degraded("retrieval");
+        } else if coverage.degraded {
+            crate::metrics::degraded("ranking");
+        }
         if coverage.degraded {
             tracing::debug!(
                 answered = coverage.shards_answered,
@@ -231,6 +254,8 @@ impl Gateway {
             ),
             None => (to_items(&merged, checked.k, &bundle), String::new()),
         };
+        let total = started.elapsed();
+        crate::metrics::stage("total", total);
         Ok(RecommendResponse {
             items,
             coverage: Some(coverage),
@@ -238,7 +263,7 @@ impl Gateway {
                 encode_us,
                 retrieval_us,
                 ranking_us,
-                total_us: started.elapsed().as_micros() as u64,
+                total_us: total.as_micros() as u64,
             }),
             bundle_version: manifest.version.clone(),
             model_version,
@@ -257,6 +282,7 @@ impl Gateway {
             &self.shared.clients,
             &view.ranking,
             deadline,
+            self.shared.policy.hedge_after,
             |channel, remaining| {
                 let mut grpc_request = tonic::Request::new(request.clone());
                 grpc_request.set_timeout(remaining);

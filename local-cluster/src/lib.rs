@@ -210,6 +210,7 @@ impl LocalCluster {
             bundle_dir: options.bundle_dir.clone(),
             policy: options.policy,
             connect_timeout: Duration::from_secs(1),
+            health_interval: Duration::from_secs(1),
         };
         let gateway = spawn(options.gateway_addr, |listener, token| {
             recsys_gateway::run(listener, config, membership, token)

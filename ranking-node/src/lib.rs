@@ -8,6 +8,7 @@
 //! its config (a tensor of the wrong shape, say) keeps the node there, and
 //! `Rank` says which tensor and which shapes.
 
+pub mod metrics;
 pub mod service;
 
 use std::path::PathBuf;

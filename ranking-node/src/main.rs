@@ -16,6 +16,9 @@ struct Args {
     /// Address to listen on.
     #[arg(long, env = "RECSYS_LISTEN", default_value = "127.0.0.1:50071")]
     listen: SocketAddr,
+    /// Serve Prometheus metrics on http://ADDR/metrics (off when not given).
+    #[arg(long, env = "RECSYS_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Forward passes at once (0 = one per core).
     #[arg(long, env = "RECSYS_RANK_THREADS", default_value_t = 0)]
     threads: usize,
@@ -38,6 +41,10 @@ async fn main() -> anyhow::Result<()> {
         max_candidates: args.max_candidates,
         allow_unknown_items: args.allow_unknown_items,
     };
-    recsys_ranking_node::run(listener, config, recsys_server::shutdown::on_signal()).await?;
+    let shutdown = recsys_server::shutdown::on_signal();
+    if let Some(addr) = args.metrics_listen {
+        recsys_server::metrics::spawn(addr, shutdown.clone()).await;
+    }
+    recsys_ranking_node::run(listener, config, shutdown).await?;
     Ok(())
 }

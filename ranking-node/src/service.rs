@@ -110,9 +110,16 @@ impl RankingService for RankingNodeService {
             .map_err(|_| Status::unavailable("ranking pool closed"))?;
         let scored = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            ranker
-                .score(&user, &items, allow_unknown)
-                .map(|s| (s, ranker))
+            let started = std::time::Instant::now();
+            let scored = ranker.score(&user, &items, allow_unknown);
+            if let Ok(scores) = &scored {
+                crate::metrics::scored(
+                    items.len(),
+                    started.elapsed(),
+                    scores.user_out_of_vocabulary,
+                );
+            }
+            scored.map(|s| (s, ranker))
         })
         .await
         .map_err(|e| Status::internal(format!("scoring task failed: {e}")))?;

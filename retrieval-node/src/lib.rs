@@ -6,6 +6,7 @@
 //! take a slot. Searches run on a sized blocking pool, never on the async workers.
 
 pub mod error;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod shard_index;

@@ -19,6 +19,9 @@ struct Args {
     /// Address to listen on.
     #[arg(long, env = "RECSYS_LISTEN", default_value = "127.0.0.1:50061")]
     listen: SocketAddr,
+    /// Serve Prometheus metrics on http://ADDR/metrics (off when not given).
+    #[arg(long, env = "RECSYS_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Searches running at once (0 = one per core).
     #[arg(long, env = "RECSYS_SEARCH_THREADS", default_value_t = 0)]
     search_threads: usize,
@@ -44,6 +47,10 @@ async fn main() -> anyhow::Result<()> {
             max_exclusions: args.max_exclusions,
         },
     };
-    run(listener, config, recsys_server::shutdown::on_signal()).await?;
+    let shutdown = recsys_server::shutdown::on_signal();
+    if let Some(addr) = args.metrics_listen {
+        recsys_server::metrics::spawn(addr, shutdown.clone()).await;
+    }
+    run(listener, config, shutdown).await?;
     Ok(())
 }

@@ -61,12 +61,14 @@ impl RetrievalNodeService {
         } = request;
         exclude_item_ids.sort_unstable();
         exclude_item_ids.dedup();
+        let queued = std::time::Instant::now();
         let permit = self
             .pool
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| NodeError::PoolClosed)?;
+        let queued = queued.elapsed();
         let searcher = index.clone();
         let (hits, elapsed) = tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -76,6 +78,7 @@ impl RetrievalNodeService {
         })
         .await
         .map_err(|e| NodeError::Search(format!("search task failed: {e}")))?;
+        crate::metrics::search(index.shard(), exact, queued, elapsed);
         let hits = hits?;
         let (item_ids, scores) = hits.into_iter().unzip();
         Ok(SearchResponse {

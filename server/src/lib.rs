@@ -7,5 +7,6 @@
 //! the gateway, retrieval and ranking nodes.
 
 pub mod grpc;
+pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;

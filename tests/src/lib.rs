@@ -6,6 +6,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod load;
+pub mod processes;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;

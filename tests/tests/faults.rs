@@ -75,6 +75,7 @@ async fn a_hung_shard_turns_into_coverage_at_the_deadline() {
         bundle_dir: bundle.path().to_path_buf(),
         policy: RequestPolicy::default(),
         connect_timeout: Duration::from_secs(1),
+        health_interval: Duration::from_secs(1),
     };
     tokio::spawn(recsys_gateway::run(
         listener,

@@ -1,0 +1,126 @@
+//! The gateway's Prometheus series: per-stage latency, per-shard answers, degraded
+//! responses and failed node calls. The `/metrics` endpoint and the per-call gRPC
+//! series are `recsys_server::metrics`'.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus::{HistogramVec, IntCounter, IntCounterVec, Opts};
+use recsys_server::metrics::{latency_opts, register};
+
+#[allow(clippy::expect_used)]
+static STAGE_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(
+        HistogramVec::new(
+            latency_opts(
+                "recsys_gateway_stage_seconds",
+                "time spent per Recommend stage: encode, retrieval, ranking, total",
+            ),
+            &["stage"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+#[allow(clippy::expect_used)]
+static SHARD_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(
+        HistogramVec::new(
+            latency_opts(
+                "recsys_gateway_shard_seconds",
+                "time until a shard answered or gave up, retries included",
+            ),
+            &["shard"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+#[allow(clippy::expect_used)]
+static SHARD_ANSWERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "recsys_gateway_shard_answers_total",
+                "shard searches by outcome: answered, or missing from the merge",
+            ),
+            &["shard", "outcome"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+#[allow(clippy::expect_used)]
+static DEGRADED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "recsys_gateway_degraded_total",
+                "answers that fell short, by the first stage that did: retrieval (a shard missing) or ranking (retrieval order returned)",
+            ),
+            &["stage"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+#[allow(clippy::expect_used)]
+static NODE_CALL_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "recsys_gateway_node_call_failures_total",
+                "failed calls to retrieval or ranking nodes, by gRPC code or timeout; a retry follows unless the code forbids it",
+            ),
+            &["code"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+#[allow(clippy::expect_used)]
+static HEDGES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "recsys_gateway_hedged_calls_total",
+            "node calls that were sent to a second replica because the first was slow",
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// A call was hedged to a second replica.
+pub fn hedged() {
+    HEDGES.inc();
+}
+
+/// A Recommend stage took `elapsed`.
+pub fn stage(stage: &'static str, elapsed: Duration) {
+    STAGE_SECONDS
+        .with_label_values(&[stage])
+        .observe(elapsed.as_secs_f64());
+}
+
+/// Shard `shard` answered (or not) after `elapsed`.
+pub fn shard_answer(shard: u32, answered: bool, elapsed: Duration) {
+    let shard = shard.to_string();
+    SHARD_SECONDS
+        .with_label_values(&[shard.as_str()])
+        .observe(elapsed.as_secs_f64());
+    SHARD_ANSWERS
+        .with_label_values(&[
+            shard.as_str(),
+            if answered { "answered" } else { "missing" },
+        ])
+        .inc();
+}
+
+/// An answer was marked degraded at `stage`.
+pub fn degraded(stage: &'static str) {
+    DEGRADED.with_label_values(&[stage]).inc();
+}
+
+/// A call to a node failed with `code` (a lowercase gRPC code name or `timeout`).
+pub fn node_call_failed(code: &'static str) {
+    NODE_CALL_FAILURES.with_label_values(&[code]).inc();
+}

@@ -1,0 +1,255 @@
+//! Prometheus metrics: the `/metrics` endpoint and a gRPC layer that counts and
+//! times every call.
+//!
+//! Every server of the process records into the `prometheus` crate's default
+//! registry, so one endpoint per process shows them all (the local cluster runs
+//! several nodes in one process; their gRPC metrics are told apart by `service`, and
+//! the nodes' own metrics carry a `shard` label). Node-specific metrics live in the
+//! crate that records them (`recsys_gateway_*`, `recsys_retrieval_*`,
+//! `recsys_ranking_*`); what is here is shared by all of them.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::LazyLock;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use prometheus::{HistogramVec, IntCounterVec, TextEncoder};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Latency buckets in seconds, from 100 µs (a shard search on a small shard) to 5 s
+/// (past any sane deadline); shared so that dashboards can put the stages side by side.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// gRPC services whose calls get their own label values; anything else is counted
+/// under `other`, so a client sending random paths cannot blow up the label set.
+const KNOWN_SERVICES: &[&str] = &[
+    "recsys.v1.GatewayService",
+    "recsys.v1.RetrievalService",
+    "recsys.v1.RankingService",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+];
+
+/// Defines a metric in the default registry. The names and labels are constants,
+/// so the only failure is a programming error (a duplicate name), which the first
+/// scrape in the tests would show; panicking at first use is the honest outcome.
+#[allow(clippy::expect_used)]
+pub fn register<M: prometheus::core::Collector + Clone + 'static>(metric: M) -> M {
+    prometheus::register(Box::new(metric.clone())).expect("metric names are unique constants");
+    metric
+}
+
+/// Builds histogram options with [`LATENCY_BUCKETS`].
+pub fn latency_opts(name: &str, help: &str) -> prometheus::HistogramOpts {
+    prometheus::HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec())
+}
+
+#[allow(clippy::expect_used)]
+static GRPC_CALLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            prometheus::Opts::new(
+                "recsys_grpc_server_handled_total",
+                "gRPC calls answered, by service, method and status code",
+            ),
+            &["service", "method", "code"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+#[allow(clippy::expect_used)]
+static GRPC_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(
+        HistogramVec::new(
+            latency_opts(
+                "recsys_grpc_server_handling_seconds",
+                "time from a gRPC call's arrival to its response headers (for unary calls, the whole handler)",
+            ),
+            &["service", "method"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// The metrics of every series registered so far, in Prometheus' text format.
+pub fn render() -> String {
+    // Touch the shared series so that a scrape before the first call still lists them.
+    LazyLock::force(&GRPC_CALLS);
+    LazyLock::force(&GRPC_SECONDS);
+    TextEncoder::new()
+        .encode_to_string(&prometheus::gather())
+        .unwrap_or_else(|e| format!("# metrics encoding failed: {e}\n"))
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                render(),
+            )
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// Binds `addr` and serves metrics there in the background; logs and carries on
+/// when it cannot bind, since metrics are never a reason not to serve.
+pub async fn spawn(addr: std::net::SocketAddr, shutdown: CancellationToken) {
+    match TcpListener::bind(addr).await {
+        Ok(listener) => {
+            let bound = listener.local_addr().map_or(addr, |a| a);
+            tracing::info!(addr = %bound, "serving metrics on /metrics");
+            tokio::spawn(async move {
+                if let Err(error) = serve(listener, shutdown).await {
+                    tracing::warn!(%error, "metrics server stopped");
+                }
+            });
+        }
+        Err(error) => tracing::warn!(%addr, %error, "cannot bind the metrics address, no metrics"),
+    }
+}
+
+/// Tower layer that counts and times every gRPC call of a server.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrpcMetricsLayer;
+
+impl<S> tower_layer::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcMetrics { inner }
+    }
+}
+
+/// The service [`GrpcMetricsLayer`] wraps around a server's routes.
+#[derive(Debug, Clone)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+}
+
+impl<S, B, RB> tower_service::Service<http::Request<B>> for GrpcMetrics<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let (service, method) = labels(request.uri().path());
+        let started = Instant::now();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            let code = match &response {
+                Ok(response) => status_code(response.headers()),
+                Err(_) => "Transport",
+            };
+            GRPC_SECONDS
+                .with_label_values(&[service, method.as_str()])
+                .observe(started.elapsed().as_secs_f64());
+            GRPC_CALLS
+                .with_label_values(&[service, method.as_str(), code])
+                .inc();
+            response
+        })
+    }
+}
+
+/// `(service, method)` of a gRPC path `/package.Service/Method`, with unknown
+/// services folded into `other`.
+fn labels(path: &str) -> (&'static str, String) {
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let service = parts.next().unwrap_or_default();
+    let method = parts.next().unwrap_or_default();
+    match KNOWN_SERVICES.iter().find(|known| **known == service) {
+        Some(known) => (known, method.chars().take(64).collect()),
+        None => ("other", "other".to_string()),
+    }
+}
+
+/// The status of a response as far as its headers tell: an error answered before
+/// any message puts `grpc-status` in the headers (trailers-only); a success puts it
+/// in the trailers, which a layer cannot wait for without holding the body, so a
+/// response without it in the headers counts as `Ok`. Errors in the middle of a
+/// stream are therefore counted as `Ok` here.
+fn status_code(headers: &http::HeaderMap) -> &'static str {
+    let Some(value) = headers.get("grpc-status") else {
+        return "Ok";
+    };
+    let code = tonic::Code::from_bytes(value.as_bytes());
+    code_name(code)
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "Ok",
+        Code::Cancelled => "Cancelled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_fold_unknown_services() {
+        assert_eq!(
+            labels("/recsys.v1.GatewayService/Recommend"),
+            ("recsys.v1.GatewayService", "Recommend".to_string())
+        );
+        assert_eq!(labels("/evil.Service/x"), ("other", "other".to_string()));
+        assert_eq!(labels(""), ("other", "other".to_string()));
+    }
+
+    #[test]
+    fn status_comes_from_trailers_only_headers() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(status_code(&headers), "Ok");
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+        assert_eq!(status_code(&headers), "InvalidArgument");
+    }
+
+    #[test]
+    fn render_lists_the_shared_series() {
+        GRPC_CALLS
+            .with_label_values(&["recsys.v1.GatewayService", "Recommend", "Ok"])
+            .inc();
+        let text = render();
+        assert!(text.contains("recsys_grpc_server_handled_total"), "{text}");
+    }
+}

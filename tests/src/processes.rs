@@ -1,0 +1,124 @@
+//! Nodes as real processes, for the tests that need what only a process can
+//! suffer: `kill -9` (no goodbye, no lease revoke, sockets reset by the kernel) and
+//! `SIGTERM` (the binary's own drain).
+//!
+//! The binaries are the workspace's own (`retrieval-node`, `ranking-node`,
+//! `gateway`), next to the test executable in cargo's target directory; when they
+//! are missing (a plain `cargo test -p recsys-tests`), they are built first.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The path of a workspace binary, built if needed.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILD: Mutex<()> = Mutex::new(());
+    let _one_build_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps");
+    let path = dir.join(name);
+    if !path.exists() {
+        let package = match name {
+            "retrieval-node" => "recsys-retrieval-node",
+            "ranking-node" => "recsys-ranking-node",
+            "gateway" => "recsys-gateway",
+            other => panic!("unknown binary {other}"),
+        };
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "-p", package, "--bin", name]);
+        if dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "cargo build of {name} failed");
+    }
+    path
+}
+
+/// A free loopback port: bind port 0, read it, let go. Another process could take
+/// it in between; the callers' readiness checks would then fail loudly, not hang.
+pub fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr")
+}
+
+/// A node process, killed when dropped.
+#[derive(Debug)]
+pub struct NodeProcess {
+    /// Its gRPC address.
+    pub addr: SocketAddr,
+    /// A name for messages.
+    pub name: String,
+    child: Option<Child>,
+}
+
+impl NodeProcess {
+    /// Starts `binary` with `args` (which must make it listen on `addr`), logs to
+    /// stderr of the test with the node's name in front only when it fails.
+    pub fn spawn(name: &str, binary_name: &str, addr: SocketAddr, args: &[String]) -> Self {
+        let child = Command::new(binary(binary_name))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {binary_name}: {e}"));
+        Self {
+            addr,
+            name: name.to_string(),
+            child: Some(child),
+        }
+    }
+
+    /// `kill -9`: the process vanishes without a word.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `kill -TERM` and wait (at most `timeout`) for the process to exit by itself;
+    /// returns whether it did.
+    pub async fn terminate(&mut self, timeout: Duration) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

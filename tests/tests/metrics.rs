@@ -1,0 +1,102 @@
+//! Prometheus metrics: after real requests through the gateway, a scrape of
+//! `/metrics` shows the gRPC calls by code, the per-shard answers and the stages.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use recsys_local_cluster::{LocalCluster, LocalClusterOptions};
+use recsys_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// `GET /metrics` over plain HTTP/1.0, as Prometheus' scraper would.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    assert!(text.contains("text/plain; version=0.0.4"), "{text}");
+    text
+}
+
+/// The value of the series whose line starts with `series` (name and labels).
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series))
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_calls_codes_shards_and_stages() {
+    let bundle = synthetic_bundle(3_000, 10, 8, 2, 41);
+    let cluster = LocalCluster::start(LocalClusterOptions::new(bundle.path()))
+        .await
+        .unwrap();
+    let token = CancellationToken::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = listener.local_addr().unwrap();
+    tokio::spawn(recsys_server::metrics::serve(listener, token.clone()));
+
+    let mut client = gateway_client(cluster.gateway_addr).await;
+    let user = bundle.catalog.users.ids()[0].clone();
+    for _ in 0..3 {
+        recommend(&mut client, ranked(&user, 5, 50), Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+    let status = recommend(
+        &mut client,
+        by_user(&user, 0, false),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    let text = scrape(metrics_addr).await;
+    // Other tests of this binary share the registry, hence the lower bounds.
+    let ok = value(
+        &text,
+        r#"recsys_grpc_server_handled_total{code="Ok",method="Recommend",service="recsys.v1.GatewayService"}"#,
+    );
+    assert!(ok >= 3.0, "{ok}");
+    let invalid = value(
+        &text,
+        r#"recsys_grpc_server_handled_total{code="InvalidArgument",method="Recommend",service="recsys.v1.GatewayService"}"#,
+    );
+    assert!(invalid >= 1.0, "{invalid}");
+    let searches = value(
+        &text,
+        r#"recsys_grpc_server_handled_total{code="Ok",method="Search",service="recsys.v1.RetrievalService"}"#,
+    );
+    assert!(searches >= 6.0, "two shards, three requests: {searches}");
+    for shard in ["0", "1"] {
+        let answered = value(
+            &text,
+            &format!(r#"recsys_gateway_shard_answers_total{{outcome="answered",shard="{shard}"}}"#),
+        );
+        assert!(answered >= 3.0, "shard {shard}: {answered}");
+        let searched = value(
+            &text,
+            &format!(r#"recsys_retrieval_search_seconds_count{{mode="hnsw",shard="{shard}"}}"#),
+        );
+        assert!(searched >= 3.0, "shard {shard}: {searched}");
+    }
+    let ranked_calls = value(&text, "recsys_ranking_score_seconds_count");
+    assert!(ranked_calls >= 3.0, "{ranked_calls}");
+    let total = value(
+        &text,
+        r#"recsys_gateway_stage_seconds_count{stage="total"}"#,
+    );
+    assert!(total >= 3.0, "{total}");
+
+    token.cancel();
+    cluster.shutdown().await;
+}
