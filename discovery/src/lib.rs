@@ -3,20 +3,37 @@
 //! The gateway routes from a [`ClusterView`], a snapshot that a [`Membership`]
 //! publishes on a `tokio::sync::watch` channel whenever it changes. Two
 //! implementations share the trait: [`StaticMembership`], a fixed list that is the
-//! embedded default for one machine, and etcd (the discovery issue), where nodes
-//! register under `/recsys/{cluster}/nodes/{role}/{node_id}`.
+//! embedded default for one machine, and [`EtcdMembership`], which lists and watches
+//! the registrations under `/recsys/{cluster}/nodes/` ([`etcd`] holds the layout).
+//! Nodes write those registrations with a [`Registration`]: a key on a lease kept
+//! alive in the background, put again whenever the lease is lost.
+//!
+//! The `test-support` feature adds `EtcdServer`, a throwaway real etcd for
+//! integration tests.
 
+mod backoff;
+pub mod etcd;
+pub mod etcd_membership;
+#[cfg(feature = "test-support")]
+pub mod etcd_server;
 pub mod node;
+pub mod registration;
 pub mod static_membership;
 pub mod view;
 
+pub use etcd::{node_key, nodes_prefix};
+pub use etcd_membership::{EtcdMembership, EtcdOptions};
+#[cfg(feature = "test-support")]
+pub use etcd_server::EtcdServer;
 pub use node::{NodeRecord, NodeState, Role};
+pub use registration::{DEFAULT_LEASE_TTL, Registration, RegistrationOptions};
 pub use static_membership::{StaticMembership, StaticSpec};
 pub use view::ClusterView;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-/// Errors of reading membership.
+/// Errors of reading membership, registering, and (tests) running etcd.
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
     /// A static membership file could not be read.
@@ -30,6 +47,80 @@ pub enum DiscoveryError {
     /// A membership description is malformed.
     #[error("invalid membership: {0}")]
     Invalid(String),
+    /// An etcd call failed.
+    #[error("etcd {operation} failed: {source}")]
+    Etcd {
+        /// The call, e.g. `get` or `lease grant`.
+        operation: &'static str,
+        /// The client's error.
+        source: etcd_client::Error,
+    },
+    /// An etcd call did not answer in time.
+    #[error("etcd {operation} timed out after {after:?}")]
+    Timeout {
+        /// The call.
+        operation: &'static str,
+        /// How long it was given.
+        after: Duration,
+    },
+    /// etcd answered without the response header that carries the revision.
+    #[error("etcd {operation} response has no header")]
+    MissingHeader {
+        /// The call.
+        operation: &'static str,
+    },
+    /// etcd canceled a watch because the revisions it needs were compacted away.
+    #[error("etcd compacted the watched revisions up to {revision}")]
+    Compacted {
+        /// The compaction revision etcd reported.
+        revision: i64,
+    },
+    /// etcd canceled a watch for another reason.
+    #[error("etcd canceled the watch: {reason}")]
+    WatchCanceled {
+        /// Why, as far as etcd told.
+        reason: String,
+    },
+    /// etcd closed a watch or keepalive stream.
+    #[error("etcd closed the {operation} stream")]
+    StreamClosed {
+        /// The stream's call.
+        operation: &'static str,
+    },
+    /// A lease expired or was revoked, e.g. etcd lost its data.
+    #[error("etcd lease {lease:x} is gone")]
+    LeaseLost {
+        /// The lease id.
+        lease: i64,
+    },
+    /// The node holds no lease right now; its record is remembered and put on the
+    /// next registration.
+    #[error("not registered with etcd")]
+    NotRegistered,
+    /// A record could not be encoded.
+    #[error("node record encoding failed: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// No etcd binary to start for tests.
+    #[error(
+        "etcd not found at /usr/bin/etcd nor on PATH; install it with `apt-get install etcd-server` or `make deps`"
+    )]
+    EtcdMissing,
+    /// A test etcd did not become ready.
+    #[error("etcd did not start after {attempts} attempts: {log}")]
+    EtcdStart {
+        /// Start attempts, each on fresh ports.
+        attempts: u32,
+        /// The reason and the tail of etcd's log.
+        log: String,
+    },
+    /// A test etcd's process or data directory could not be handled.
+    #[error("etcd test server {operation} failed: {source}")]
+    EtcdProcess {
+        /// What was being done.
+        operation: &'static str,
+        /// The underlying error.
+        source: std::io::Error,
+    },
 }
 
 /// A source of cluster views.

@@ -12,6 +12,22 @@ pub enum Role {
     Ranking,
 }
 
+impl Role {
+    /// The lowercase name used in JSON and in etcd keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Retrieval => "retrieval",
+            Self::Ranking => "ranking",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Whether a node takes new requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -39,4 +55,17 @@ pub struct NodeRecord {
     pub bundle_version: String,
     /// Whether to route to it.
     pub state: NodeState,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_names_match_json() {
+        for role in [Role::Retrieval, Role::Ranking] {
+            let json = serde_json::to_string(&role).unwrap();
+            assert_eq!(json, format!("\"{}\"", role.as_str()));
+        }
+    }
 }

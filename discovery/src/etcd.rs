@@ -1,0 +1,76 @@
+//! How this crate talks to etcd: where registrations live and how clients connect.
+//!
+//! Every node registers one key, `/recsys/{cluster}/nodes/{role}/{node_id}`, whose value
+//! is its [`NodeRecord`](crate::NodeRecord) as JSON, on a lease of its own. The
+//! gateway lists and watches [`nodes_prefix`]; nodes write [`node_key`]. Both sides
+//! connect with `connect` and bound every unary call with `request`, because the
+//! client's own calls wait as long as a half-open connection lets them.
+
+use std::future::Future;
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions};
+
+use crate::{DiscoveryError, Role};
+
+/// Longest wait for one unary etcd call (get, put, grant, revoke, keepalive handshake).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Longest wait for a TCP connection to an etcd endpoint.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// HTTP/2 pings on open streams, so a watch over a dead connection fails instead of
+/// waiting forever. etcd answers pings closer than 5 s apart (its
+/// `--grpc-keepalive-min-time`) with GOAWAY `too_many_pings`, so stay above it.
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The prefix under which every node of `cluster` registers: `/recsys/{cluster}/nodes/`.
+pub fn nodes_prefix(cluster: &str) -> String {
+    format!("/recsys/{cluster}/nodes/")
+}
+
+/// The key of one node: `/recsys/{cluster}/nodes/{role}/{node_id}`.
+pub fn node_key(cluster: &str, role: Role, node_id: &str) -> String {
+    format!("{}{role}/{node_id}", nodes_prefix(cluster))
+}
+
+/// A client for `endpoints`. Connecting is lazy: this fails only on a malformed
+/// endpoint, and an etcd that is down shows up as errors of the later calls.
+pub(crate) async fn connect(endpoints: &[String]) -> Result<Client, DiscoveryError> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(CONNECT_TIMEOUT)
+        .with_keep_alive(HTTP2_KEEPALIVE_INTERVAL, HTTP2_KEEPALIVE_TIMEOUT);
+    request("connect", Client::connect(endpoints, Some(options))).await
+}
+
+/// Runs one etcd call, failing it after [`REQUEST_TIMEOUT`].
+pub(crate) async fn request<T>(
+    operation: &'static str,
+    call: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, DiscoveryError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(source)) => Err(DiscoveryError::Etcd { operation, source }),
+        Err(_) => Err(DiscoveryError::Timeout {
+            operation,
+            after: REQUEST_TIMEOUT,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_live_under_the_prefix() {
+        let key = node_key("prod", Role::Retrieval, "r-0");
+        assert_eq!(key, "/recsys/prod/nodes/retrieval/r-0");
+        assert!(key.starts_with(&nodes_prefix("prod")));
+        assert_eq!(
+            node_key("prod", Role::Ranking, "k-1"),
+            "/recsys/prod/nodes/ranking/k-1"
+        );
+    }
+}

@@ -1,0 +1,274 @@
+//! A throwaway real etcd for integration tests (feature `test-support`).
+//!
+//! [`EtcdServer::start`] runs the system's etcd binary as a one-member cluster on
+//! free loopback ports with a temporary data dir, and returns once a linearizable
+//! read succeeds. Tests then stop, restart (same ports and data) or wipe it
+//! (same ports, empty data: every lease is gone) to play etcd outages, and compact
+//! it to break watches. The process is killed when the value drops.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use etcd_client::{Client, CompactionOptions};
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::DiscoveryError;
+
+/// Start attempts, each on fresh ports, before giving up.
+const START_ATTEMPTS: u32 = 3;
+/// How long one start may take until etcd answers reads; generous for a slow VM.
+const READY_DEADLINE: Duration = Duration::from_secs(20);
+/// Pause between readiness probes.
+const PROBE_INTERVAL: Duration = Duration::from_millis(20);
+/// Member name in `--initial-cluster`.
+const MEMBER: &str = "recsys-test";
+
+/// A running single-member etcd with its own data dir.
+#[derive(Debug)]
+pub struct EtcdServer {
+    // Declared before `dir` so the process dies before its data dir is removed.
+    child: Option<Child>,
+    binary: PathBuf,
+    dir: TempDir,
+    client_port: u16,
+    peer_port: u16,
+}
+
+impl EtcdServer {
+    /// Starts etcd on free loopback ports and waits until it serves reads.
+    pub async fn start() -> Result<Self, DiscoveryError> {
+        let binary = find_etcd()?;
+        let dir = tempfile::Builder::new()
+            .prefix("recsys-etcd-")
+            .tempdir()
+            .map_err(|source| DiscoveryError::EtcdProcess {
+                operation: "create temp dir",
+                source,
+            })?;
+        let (client_port, peer_port) = free_ports()?;
+        let mut server = Self {
+            child: None,
+            binary,
+            dir,
+            client_port,
+            peer_port,
+        };
+        let mut reason = String::new();
+        for attempt in 1..=START_ATTEMPTS {
+            match server.launch().await {
+                Ok(()) => return Ok(server),
+                Err(why) => reason = why,
+            }
+            debug!(
+                attempt,
+                reason, "test etcd did not start, trying other ports"
+            );
+            server.wipe_data()?;
+            (server.client_port, server.peer_port) = free_ports()?;
+        }
+        Err(DiscoveryError::EtcdStart {
+            attempts: START_ATTEMPTS,
+            log: reason,
+        })
+    }
+
+    /// The client URL, `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// A client connected to this server.
+    pub async fn client(&self) -> Result<Client, DiscoveryError> {
+        Client::connect([self.endpoint()], None)
+            .await
+            .map_err(|source| DiscoveryError::Etcd {
+                operation: "connect",
+                source,
+            })
+    }
+
+    /// Kills etcd (SIGKILL, as a crash) and waits for it to exit. The data stays.
+    pub async fn stop(&mut self) -> Result<(), DiscoveryError> {
+        if let Some(mut child) = self.child.take() {
+            child
+                .kill()
+                .await
+                .map_err(|source| DiscoveryError::EtcdProcess {
+                    operation: "kill",
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Starts etcd again on the same ports with the same data, stopping it first if
+    /// it runs; leases survive.
+    pub async fn restart(&mut self) -> Result<(), DiscoveryError> {
+        self.stop().await?;
+        self.relaunch().await
+    }
+
+    /// Starts etcd again on the same ports with an empty data dir: every key and
+    /// lease is gone and revisions count from 1 again.
+    pub async fn restart_wiped(&mut self) -> Result<(), DiscoveryError> {
+        self.stop().await?;
+        self.wipe_data()?;
+        self.relaunch().await
+    }
+
+    /// Compacts the key space up to the current revision and returns it; watches
+    /// from an earlier revision are then canceled.
+    pub async fn compact_to_latest(&self) -> Result<i64, DiscoveryError> {
+        let mut client = self.client().await?;
+        let etcd = |operation| move |source| DiscoveryError::Etcd { operation, source };
+        let revision = client
+            .get("/", None)
+            .await
+            .map_err(etcd("get"))?
+            .header()
+            .ok_or(DiscoveryError::MissingHeader { operation: "get" })?
+            .revision();
+        client
+            .compact(revision, Some(CompactionOptions::new().with_physical()))
+            .await
+            .map_err(etcd("compact"))?;
+        Ok(revision)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn log_file(&self) -> PathBuf {
+        self.dir.path().join("etcd.log")
+    }
+
+    fn wipe_data(&self) -> Result<(), DiscoveryError> {
+        match std::fs::remove_dir_all(self.data_dir()) {
+            Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+                Err(DiscoveryError::EtcdProcess {
+                    operation: "wipe data dir",
+                    source,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn relaunch(&mut self) -> Result<(), DiscoveryError> {
+        self.launch()
+            .await
+            .map_err(|log| DiscoveryError::EtcdStart { attempts: 1, log })
+    }
+
+    /// Spawns etcd and waits until a linearizable read succeeds, which needs the
+    /// member to have elected itself leader. On failure, kills it and returns why
+    /// with the tail of its log.
+    async fn launch(&mut self) -> Result<(), String> {
+        let client_url = self.endpoint();
+        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("--name")
+            .arg(MEMBER)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("{MEMBER}={peer_url}")])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", MEMBER])
+            // One member has no peers to hear from: a short election timeout only
+            // makes it lead sooner (about 0.1 s instead of 1 s).
+            .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
+            .args(["--logger", "zap", "--log-level", "error", "--log-outputs"])
+            .arg(self.log_file())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        let child = command
+            .spawn()
+            .map_err(|e| format!("spawning {}: {e}", self.binary.display()))?;
+        let child = self.child.insert(child);
+        let deadline = Instant::now() + READY_DEADLINE;
+        let reason = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break format!("etcd exited with {status}"),
+                Ok(None) => {}
+                Err(e) => break format!("waiting for etcd: {e}"),
+            }
+            if ready(&client_url).await {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                break format!("etcd not ready after {READY_DEADLINE:?}");
+            }
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        };
+        if let Some(mut child) = self.child.take() {
+            // Already exited, or hung: either way it must not hold the ports.
+            let _ = child.kill().await;
+        }
+        Err(format!("{reason}; log: {}", log_tail(&self.log_file())))
+    }
+}
+
+/// Whether etcd at `url` answers a linearizable read within half a second.
+async fn ready(url: &str) -> bool {
+    let probe = async {
+        let mut client = Client::connect([url], None).await?;
+        client.get("/", None).await
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), probe).await,
+        Ok(Ok(_))
+    )
+}
+
+/// `/usr/bin/etcd`, else the first `etcd` on `PATH`.
+fn find_etcd() -> Result<PathBuf, DiscoveryError> {
+    let system = PathBuf::from("/usr/bin/etcd");
+    if system.is_file() {
+        return Ok(system);
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("etcd"))
+        .find(|candidate| candidate.is_file())
+        .ok_or(DiscoveryError::EtcdMissing)
+}
+
+/// Two loopback ports free right now. Both listeners are open at once so the ports
+/// differ; they are closed before etcd binds them, a race the start retries cover.
+fn free_ports() -> Result<(u16, u16), DiscoveryError> {
+    let bind = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| Ok((listener.local_addr()?.port(), listener)))
+            .map_err(|source| DiscoveryError::EtcdProcess {
+                operation: "pick a free port",
+                source,
+            })
+    };
+    let (client, _client_listener) = bind()?;
+    let (peer, _peer_listener) = bind()?;
+    Ok((client, peer))
+}
+
+/// The last lines of etcd's log, for start failures.
+fn log_tail(path: &Path) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(log) => {
+            let lines: Vec<&str> = log.lines().collect();
+            lines[lines.len().saturating_sub(10)..].join("\n")
+        }
+        Err(e) => format!("no log at {}: {e}", path.display()),
+    }
+}
