@@ -39,6 +39,7 @@ pub async fn cold_start(args: ColdStartArgs) -> anyhow::Result<()> {
             shard: args.shard,
             search_threads: 1,
             limits: SearchLimits::default(),
+            announce: None,
         };
         let started = Instant::now();
         let task = tokio::spawn(recsys_retrieval_node::run(listener, config, token.clone()));

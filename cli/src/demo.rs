@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use recsys_bundle::Manifest;
-use recsys_local_cluster::{LocalCluster, LocalClusterOptions};
+use recsys_local_cluster::{EtcdCluster, LocalCluster, LocalClusterOptions};
 use recsys_proto::v1::{
     RecommendRequest, gateway_service_client::GatewayServiceClient, recommend_request::Query,
 };
@@ -24,6 +24,12 @@ pub struct DemoArgs {
     /// Where Prometheus metrics of the whole cluster are served (http://ADDR/metrics).
     #[arg(long, env = "RECSYS_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
+    /// Discover through etcd (client URLs) instead of a static list; nodes register there.
+    #[arg(long, env = "RECSYS_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// Cluster name in etcd.
+    #[arg(long, env = "RECSYS_CLUSTER", default_value = "demo")]
+    pub cluster: String,
     /// Where the synthetic bundle is kept between runs.
     #[arg(long, env = "RECSYS_DEMO_BUNDLE", default_value = "target/demo-bundle")]
     pub bundle_dir: PathBuf,
@@ -54,6 +60,12 @@ pub struct ServeArgs {
     /// Where Prometheus metrics of the whole cluster are served (http://ADDR/metrics).
     #[arg(long, env = "RECSYS_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
+    /// Discover through etcd (client URLs) instead of a static list; nodes register there.
+    #[arg(long, env = "RECSYS_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// Cluster name in etcd.
+    #[arg(long, env = "RECSYS_CLUSTER", default_value = "demo")]
+    pub cluster: String,
     /// Replicas per shard.
     #[arg(long, default_value_t = 1)]
     pub replicas: usize,
@@ -99,30 +111,57 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         }
     }
     let serving = (!args.no_serve).then_some(args.metrics_addr);
-    start_and_serve(args.bundle_dir, args.gateway_addr, args.replicas, serving).await
+    let etcd = etcd_cluster(&args.etcd, &args.cluster);
+    start_and_serve(
+        args.bundle_dir,
+        args.gateway_addr,
+        args.replicas,
+        etcd,
+        serving,
+    )
+    .await
 }
 
 /// Serves an existing bundle.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let etcd = etcd_cluster(&args.etcd, &args.cluster);
     start_and_serve(
         args.bundle,
         args.gateway_addr,
         args.replicas,
+        etcd,
         Some(args.metrics_addr),
     )
     .await
+}
+
+fn etcd_cluster(endpoints: &[String], cluster: &str) -> Option<EtcdCluster> {
+    (!endpoints.is_empty()).then(|| EtcdCluster {
+        endpoints: endpoints.to_vec(),
+        cluster: cluster.to_string(),
+        lease_ttl: recsys_discovery::DEFAULT_LEASE_TTL,
+    })
 }
 
 async fn start_and_serve(
     bundle_dir: PathBuf,
     gateway_addr: SocketAddr,
     replicas: usize,
+    etcd: Option<EtcdCluster>,
     keep_serving: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let mut options = LocalClusterOptions::new(&bundle_dir);
     options.gateway_addr = gateway_addr;
     options.replicas = replicas;
+    if let Some(etcd) = &etcd {
+        eprintln!(
+            "nodes register in etcd {} under /recsys/{}/nodes/",
+            etcd.endpoints.join(","),
+            etcd.cluster
+        );
+    }
+    options.etcd = etcd;
     let cluster = LocalCluster::start(options)
         .await
         .context("starting the local cluster")?;

@@ -6,21 +6,26 @@
 //! embedded default for one machine, and [`EtcdMembership`], which lists and watches
 //! the registrations under `/recsys/{cluster}/nodes/` ([`etcd`] holds the layout).
 //! Nodes write those registrations with a [`Registration`]: a key on a lease kept
-//! alive in the background, put again whenever the lease is lost.
+//! alive in the background, put again whenever the lease is lost; an [`Announcer`]
+//! is how a node's `run` drives it (register when ready, drain on shutdown).
 //!
 //! The `test-support` feature adds `EtcdServer`, a throwaway real etcd for
 //! integration tests.
 
+pub mod announce;
 mod backoff;
 pub mod etcd;
 pub mod etcd_membership;
 #[cfg(feature = "test-support")]
 pub mod etcd_server;
+#[cfg(feature = "flags")]
+pub mod flags;
 pub mod node;
 pub mod registration;
 pub mod static_membership;
 pub mod view;
 
+pub use announce::{AnnounceOptions, Announcer, serve_and_drain};
 pub use etcd::{node_key, nodes_prefix};
 pub use etcd_membership::{EtcdMembership, EtcdOptions};
 #[cfg(feature = "test-support")]

@@ -82,10 +82,11 @@ async fn search_replicas(
 /// answers. One more attempt goes to another replica: as a retry after an error,
 /// or as a hedge when the first has not answered after `hedge_after` (the first
 /// answer of the two wins, the other is dropped and so cancelled). No retry after a
-/// timeout, a cancellation or a request the node rejects as invalid (Quickwit's
-/// leaf retry policy: a timed-out node would only time out again and the budget is
-/// spent). A transport failure (`UNAVAILABLE`) also leaves the node out of routing
-/// until a health check passes. The error is a lowercase reason for coverage.
+/// timeout or a request the node rejects as invalid (Quickwit's leaf retry policy:
+/// a timed-out node would only time out again and the budget is spent). A
+/// transport failure (`UNAVAILABLE`, or `CANCELLED`/`UNKNOWN` from a connection
+/// that broke mid-call) also leaves the node out of routing until a health check
+/// passes. The error is a lowercase reason for coverage.
 pub async fn call_replicas<T, F, Fut>(
     clients: &NodeChannels,
     replicas: &[NodeRecord],
@@ -143,13 +144,15 @@ where
                         crate::metrics::node_call_failed(code_name(status.code()));
                         tracing::warn!(replica = %addr, code = ?status.code(), message = status.message(), "node call failed");
                         let reason = format!("{}: {}", code_name(status.code()), status.message());
-                        if matches!(
-                            status.code(),
-                            Code::DeadlineExceeded | Code::InvalidArgument | Code::Cancelled
-                        ) {
+                        // CANCELLED before the deadline is a connection that broke
+                        // mid-call (a node killed): worth the retry.
+                        if matches!(status.code(), Code::DeadlineExceeded | Code::InvalidArgument) {
                             return Err(reason);
                         }
-                        if status.code() == Code::Unavailable {
+                        if matches!(
+                            status.code(),
+                            Code::Unavailable | Code::Cancelled | Code::Unknown
+                        ) {
                             clients.mark_unhealthy(&addr);
                         }
                         last_error = reason;

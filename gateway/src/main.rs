@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use recsys_discovery::{StaticMembership, StaticSpec};
+use recsys_discovery::{EtcdMembership, EtcdOptions, Membership, StaticMembership, StaticSpec};
 use recsys_gateway::{GatewayConfig, RecommendLimits, RequestPolicy, run};
 
 /// Fans recommendation requests out to the retrieval shards and merges their answers.
@@ -24,8 +24,19 @@ struct Args {
     #[arg(long, env = "RECSYS_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
     /// Static membership file (JSON: {"shards": [["addr", ...], ...], "ranking": [...]}).
-    #[arg(long = "static", env = "RECSYS_STATIC", conflicts_with = "shard")]
+    #[arg(long = "static", env = "RECSYS_STATIC", conflicts_with_all = ["shard", "etcd"])]
     static_file: Option<PathBuf>,
+    /// Discover nodes in etcd (comma-separated client URLs) instead of a static list.
+    #[arg(
+        long,
+        env = "RECSYS_ETCD",
+        value_delimiter = ',',
+        conflicts_with = "shard"
+    )]
+    etcd: Vec<String>,
+    /// Cluster name in etcd: nodes are read from /recsys/{cluster}/nodes/.
+    #[arg(long, env = "RECSYS_CLUSTER", default_value = "default")]
+    cluster: String,
     /// Static membership as flags: N=addr[,addr...] per shard, repeatable.
     #[arg(long, env = "RECSYS_SHARDS", value_delimiter = ' ')]
     shard: Vec<String>,
@@ -56,12 +67,20 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     recsys_server::telemetry::init();
     let args = Args::parse();
-    let spec = match &args.static_file {
-        Some(path) => StaticSpec::from_file(path)?,
-        None => StaticSpec::from_shard_flags(&args.shard, &[])
-            .context("give the shards' addresses with --static FILE or --shard N=addr")?,
+    let membership: Arc<dyn Membership> = if !args.etcd.is_empty() {
+        tracing::info!(etcd = ?args.etcd, cluster = %args.cluster, "discovering nodes in etcd");
+        Arc::new(EtcdMembership::start(EtcdOptions::new(
+            args.etcd.clone(),
+            args.cluster.clone(),
+        )))
+    } else {
+        let spec = match &args.static_file {
+            Some(path) => StaticSpec::from_file(path)?,
+            None => StaticSpec::from_shard_flags(&args.shard, &[])
+                .context("give the nodes with --etcd URL, --static FILE or --shard N=addr")?,
+        };
+        Arc::new(StaticMembership::new(&spec)?)
     };
-    let membership = Arc::new(StaticMembership::new(&spec)?);
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let config = GatewayConfig {
         bundle_dir: args.bundle,

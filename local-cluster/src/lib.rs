@@ -1,7 +1,8 @@
 //! A whole cluster in one process: every shard of a bundle (with any number of
 //! replicas), ranking nodes when the bundle has a ranker, and a gateway, each a real gRPC server on its own loopback port, wired
-//! by static membership. `recsys demo`, `recsys serve` and the integration tests
-//! all start clusters this way, so what the tests exercise is what users run.
+//! by static membership, or by etcd when given one (nodes register, the gateway
+//! watches). `recsys demo`, `recsys serve` and the integration tests all start
+//! clusters this way, so what the tests exercise is what users run.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use recsys_bundle::{BundleError, Manifest};
-use recsys_discovery::{StaticMembership, StaticSpec};
+use recsys_discovery::{
+    AnnounceOptions, EtcdMembership, EtcdOptions, Membership, StaticMembership, StaticSpec,
+};
 use recsys_gateway::{GatewayConfig, GatewayError, RequestPolicy};
 use recsys_ranking_node::{RankingConfig, RankingError};
 use recsys_retrieval_node::{NodeConfig, NodeError, SearchLimits};
@@ -68,6 +71,36 @@ pub struct LocalClusterOptions {
     pub policy: RequestPolicy,
     /// How long to wait for every server to report SERVING.
     pub ready_timeout: Duration,
+    /// Discover through etcd instead of a static list: nodes register under
+    /// this cluster name and the gateway watches it.
+    pub etcd: Option<EtcdCluster>,
+}
+
+/// An etcd to register in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdCluster {
+    /// etcd client URLs.
+    pub endpoints: Vec<String>,
+    /// The cluster name in `/recsys/{cluster}/nodes/`.
+    pub cluster: String,
+    /// Lease TTL of the nodes' registrations.
+    pub lease_ttl: Duration,
+}
+
+impl LocalClusterOptions {
+    /// How a node listening on `listener` announces itself, if the cluster uses etcd.
+    fn announce(&self, role: &str, listener: &TcpListener) -> Option<AnnounceOptions> {
+        let etcd = self.etcd.as_ref()?;
+        let addr = listener.local_addr().ok()?;
+        let mut options = AnnounceOptions::new(
+            etcd.endpoints.clone(),
+            etcd.cluster.clone(),
+            format!("{role}@{addr}"),
+            addr.to_string(),
+        );
+        options.lease_ttl = etcd.lease_ttl;
+        Some(options)
+    }
 }
 
 impl LocalClusterOptions {
@@ -81,6 +114,7 @@ impl LocalClusterOptions {
             gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             policy: RequestPolicy::default(),
             ready_timeout: Duration::from_secs(60),
+            etcd: None,
         }
     }
 }
@@ -152,13 +186,15 @@ impl LocalCluster {
         for shard in 0..manifest.shard_count {
             let mut replicas = Vec::with_capacity(options.replicas);
             for _ in 0..options.replicas.max(1) {
-                let config = NodeConfig {
+                let mut config = NodeConfig {
                     bundle_dir: options.bundle_dir.clone(),
                     shard,
                     search_threads: options.search_threads,
                     limits: SearchLimits::default(),
+                    announce: None,
                 };
                 let handle = spawn(loopback, |listener, token| {
+                    config.announce = options.announce(&format!("retrieval-{shard}"), &listener);
                     recsys_retrieval_node::run(listener, config, token)
                 })
                 .await?;
@@ -171,8 +207,9 @@ impl LocalCluster {
             .unwrap_or(usize::from(manifest.ranker.is_some()));
         let mut rankers = Vec::with_capacity(ranking_nodes);
         for _ in 0..ranking_nodes {
-            let config = RankingConfig::new(&options.bundle_dir);
+            let mut config = RankingConfig::new(&options.bundle_dir);
             let handle = spawn(loopback, |listener, token| {
+                config.announce = options.announce("ranking", &listener);
                 recsys_ranking_node::run(listener, config, token)
             })
             .await?;
@@ -205,13 +242,23 @@ impl LocalCluster {
                 .map(|h| h.addr.to_string())
                 .collect(),
         };
-        let membership = Arc::new(StaticMembership::new(&spec)?);
+        let membership: Arc<dyn Membership> = match &options.etcd {
+            Some(etcd) => Arc::new(EtcdMembership::start(EtcdOptions::new(
+                etcd.endpoints.clone(),
+                etcd.cluster.clone(),
+            ))),
+            None => Arc::new(StaticMembership::new(&spec)?),
+        };
         let config = GatewayConfig {
             bundle_dir: options.bundle_dir.clone(),
             policy: options.policy,
             connect_timeout: Duration::from_secs(1),
             health_interval: Duration::from_secs(1),
         };
+        if options.etcd.is_some() {
+            let expected = (manifest.shard_count, spec.ranking.len());
+            wait_for_view(membership.as_ref(), expected, options.ready_timeout).await?;
+        }
         let gateway = spawn(options.gateway_addr, |listener, token| {
             recsys_gateway::run(listener, config, membership, token)
         })
@@ -284,6 +331,32 @@ impl LocalCluster {
         for handle in self.rankers.into_iter().flatten() {
             handle.stop().await;
         }
+    }
+}
+
+/// Waits until `membership` shows every shard with a replica and `ranking` ranking
+/// nodes: with etcd, registration follows loading, so SERVING nodes may not be
+/// registered yet.
+async fn wait_for_view(
+    membership: &dyn Membership,
+    (shards, ranking): (u32, usize),
+    timeout: Duration,
+) -> Result<(), ClusterError> {
+    let mut view = membership.subscribe();
+    let complete = |v: &recsys_discovery::ClusterView| {
+        v.shard_count == shards
+            && v.shards.iter().all(|replicas| !replicas.is_empty())
+            && v.ranking.len() >= ranking
+    };
+    let waited = tokio::time::timeout(timeout, view.wait_for(|v| complete(v))).await;
+    match waited {
+        Ok(Ok(_)) => Ok(()),
+        _ => Err(ClusterError::NotServing {
+            what: "etcd membership".into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            waited: timeout,
+            detail: format!("the view never showed {shards} shards and {ranking} ranking nodes"),
+        }),
     }
 }
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use recsys_bundle::Manifest;
+use recsys_discovery::{AnnounceOptions, Announcer, Role, serve_and_drain};
 use recsys_model::Ranker;
 use recsys_proto::v1::ranking_service_server::RankingServiceServer;
 use recsys_server::grpc::{
@@ -51,6 +52,8 @@ pub struct RankingConfig {
     pub max_candidates: usize,
     /// Score unknown item ids with out-of-vocabulary features instead of refusing them.
     pub allow_unknown_items: bool,
+    /// Registration in etcd (`None`: static membership).
+    pub announce: Option<AnnounceOptions>,
 }
 
 impl RankingConfig {
@@ -61,6 +64,7 @@ impl RankingConfig {
             threads: 0,
             max_candidates: 10_000,
             allow_unknown_items: false,
+            announce: None,
         }
     }
 }
@@ -76,7 +80,9 @@ fn load(dir: &std::path::Path) -> Result<Ranker, String> {
     Ranker::load(&files).map_err(|e| e.to_string())
 }
 
-/// Serves ranking on `listener` until `shutdown` is cancelled.
+/// Serves ranking on `listener` until `shutdown` is cancelled; with
+/// `config.announce`, registers in etcd once the ranker is loaded and drains
+/// before stopping.
 pub async fn run(
     listener: TcpListener,
     config: RankingConfig,
@@ -94,6 +100,8 @@ pub async fn run(
     let service =
         RankingNodeService::new(state.clone(), Arc::new(Semaphore::new(threads)), &config);
 
+    let announcer = Announcer::new(config.announce.clone());
+    let ready_announcer = announcer.clone();
     let (ready_state, failed_state) = (state.clone(), state.clone());
     let dir = config.bundle_dir.clone();
     spawn_loader(
@@ -108,6 +116,7 @@ pub async fn run(
                 items = ranker.items(),
                 "ranker ready"
             );
+            ready_announcer.register(Role::Ranking, None, None, ranker.version());
             ready_state.store(Arc::new(LoadState::Ready(Arc::new(ranker))));
         },
         move |error| failed_state.store(Arc::new(LoadState::Failed(error))),
@@ -115,9 +124,10 @@ pub async fn run(
     not_serving_on_shutdown(health, name, shutdown.clone());
 
     tracing::info!(addr = ?listener.local_addr().ok(), "ranking node listening");
-    router
+    let stop = announcer.server_stop(shutdown);
+    let serve = router
         .add_service(RankingServiceServer::new(service))
-        .serve_with_incoming_shutdown(incoming(listener), shutdown.cancelled_owned())
-        .await?;
+        .serve_with_incoming_shutdown(incoming(listener), stop.clone().cancelled_owned());
+    serve_and_drain(&announcer, &stop, serve).await?;
     Ok(())
 }

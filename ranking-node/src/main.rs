@@ -19,6 +19,8 @@ struct Args {
     /// Serve Prometheus metrics on http://ADDR/metrics (off when not given).
     #[arg(long, env = "RECSYS_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    etcd: recsys_discovery::flags::EtcdFlags,
     /// Forward passes at once (0 = one per core).
     #[arg(long, env = "RECSYS_RANK_THREADS", default_value_t = 0)]
     threads: usize,
@@ -40,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
         threads: args.threads,
         max_candidates: args.max_candidates,
         allow_unknown_items: args.allow_unknown_items,
+        announce: args.etcd.announce("ranking", listener.local_addr()?)?,
     };
     let shutdown = recsys_server::shutdown::on_signal();
     if let Some(addr) = args.metrics_listen {

@@ -22,6 +22,8 @@ struct Args {
     /// Serve Prometheus metrics on http://ADDR/metrics (off when not given).
     #[arg(long, env = "RECSYS_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    etcd: recsys_discovery::flags::EtcdFlags,
     /// Searches running at once (0 = one per core).
     #[arg(long, env = "RECSYS_SEARCH_THREADS", default_value_t = 0)]
     search_threads: usize,
@@ -46,6 +48,9 @@ async fn main() -> anyhow::Result<()> {
             max_k: args.max_k,
             max_exclusions: args.max_exclusions,
         },
+        announce: args
+            .etcd
+            .announce(&format!("retrieval-{}", args.shard), listener.local_addr()?)?,
     };
     let shutdown = recsys_server::shutdown::on_signal();
     if let Some(addr) = args.metrics_listen {

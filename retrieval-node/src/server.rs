@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use recsys_discovery::{AnnounceOptions, Announcer, Role, serve_and_drain};
 use recsys_proto::v1::retrieval_service_server::RetrievalServiceServer;
 use recsys_server::grpc::{
     incoming, not_serving_on_shutdown, set_health, spawn_loader, standard_router,
@@ -47,9 +48,13 @@ pub struct NodeConfig {
     pub search_threads: usize,
     /// Request limits.
     pub limits: SearchLimits,
+    /// Registration in etcd (`None`: static membership, nothing to announce).
+    pub announce: Option<AnnounceOptions>,
 }
 
-/// Serves `config.shard` on `listener` until `shutdown` is cancelled.
+/// Serves `config.shard` on `listener` until `shutdown` is cancelled; with
+/// `config.announce`, registers in etcd once the shard is loaded and drains before
+/// stopping (see `recsys_discovery::announce`).
 ///
 /// The server answers health checks at once (`NOT_SERVING`) while the shard loads
 /// in the background, and turns `SERVING` when it is mapped. A shard that fails to
@@ -75,7 +80,9 @@ pub async fn run(
         config.limits,
     );
 
+    let announcer = Announcer::new(config.announce.clone());
     let (ready_state, failed_state) = (state.clone(), state.clone());
+    let ready_announcer = announcer.clone();
     let (bundle_dir, shard) = (config.bundle_dir.clone(), config.shard);
     spawn_loader(
         health.clone(),
@@ -85,6 +92,12 @@ pub async fn run(
         move || ShardIndex::open(&bundle_dir, shard).map_err(|e| e.to_string()),
         move |index| {
             tracing::info!(shard = index.shard(), items = index.items(), "shard ready");
+            ready_announcer.register(
+                Role::Retrieval,
+                Some(index.shard()),
+                Some(index.shard_count()),
+                index.bundle_version(),
+            );
             ready_state.store(Arc::new(LoadState::Ready(Arc::new(index))));
         },
         move |error| failed_state.store(Arc::new(LoadState::Failed(error))),
@@ -92,9 +105,10 @@ pub async fn run(
     not_serving_on_shutdown(health, name, shutdown.clone());
 
     tracing::info!(addr = ?listener.local_addr().ok(), shard = config.shard, "retrieval node listening");
-    router
+    let stop = announcer.server_stop(shutdown);
+    let serve = router
         .add_service(RetrievalServiceServer::new(service))
-        .serve_with_incoming_shutdown(incoming(listener), shutdown.cancelled_owned())
-        .await?;
+        .serve_with_incoming_shutdown(incoming(listener), stop.clone().cancelled_owned());
+    serve_and_drain(&announcer, &stop, serve).await?;
     Ok(())
 }

@@ -185,3 +185,24 @@ pub fn shared_bundle(root: &Path, items: usize, shards: u32, seed: u64) -> TestB
         .unwrap();
     build_into(dir, items, 200, 32, shards, seed)
 }
+
+/// `GET /metrics` over plain HTTP/1.0, as Prometheus' scraper would; the whole
+/// response, status line and headers included.
+pub async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    text
+}
+
+/// The value of the series whose line starts with `series` (name and labels).
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series))
+        .and_then(|rest| rest.trim().parse().ok())
+}

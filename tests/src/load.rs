@@ -22,7 +22,7 @@ pub struct LoadReport {
     pub failed: u64,
     /// Answered requests whose coverage was not full (a shard missing).
     pub partial: u64,
-    /// The first failure messages, for the assertion message.
+    /// The first failure messages and partial answers' reasons, for the assertion message.
     pub errors: Vec<String>,
 }
 
@@ -67,6 +67,11 @@ impl Load {
                             let coverage = response.coverage.unwrap_or_default();
                             if coverage.shards_answered < coverage.shards_asked {
                                 counters.partial.fetch_add(1, Ordering::Relaxed);
+                                if let Ok(mut errors) = counters.errors.lock()
+                                    && errors.len() < 5
+                                {
+                                    errors.push(format!("partial: {:?}", coverage.reasons));
+                                }
                             }
                         }
                         Err(status) => {

@@ -65,7 +65,7 @@ impl NodeProcess {
     pub fn spawn(name: &str, binary_name: &str, addr: SocketAddr, args: &[String]) -> Self {
         let child = Command::new(binary(binary_name))
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "error")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -24,6 +24,7 @@ async fn start_node(bundle: &std::path::Path, shard: u32, token: &CancellationTo
         shard,
         search_threads: 1,
         limits: SearchLimits::default(),
+        announce: None,
     };
     tokio::spawn(recsys_retrieval_node::run(listener, config, token.clone()));
     addr

@@ -7,30 +7,12 @@ use std::time::Duration;
 
 use recsys_local_cluster::{LocalCluster, LocalClusterOptions};
 use recsys_tests::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// `GET /metrics` over plain HTTP/1.0, as Prometheus' scraper would.
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.unwrap();
-    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
-    assert!(text.contains("text/plain; version=0.0.4"), "{text}");
-    text
-}
-
-/// The value of the series whose line starts with `series` (name and labels).
+/// The value of `series`, which must be there.
 fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series))
-        .and_then(|rest| rest.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+    metric_value(text, series).unwrap_or_else(|| panic!("no series {series} in\n{text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,6 +43,8 @@ async fn metrics_count_calls_codes_shards_and_stages() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
 
     let text = scrape(metrics_addr).await;
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    assert!(text.contains("text/plain; version=0.0.4"), "{text}");
     // Other tests of this binary share the registry, hence the lower bounds.
     let ok = value(
         &text,

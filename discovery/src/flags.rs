@@ -1,0 +1,72 @@
+//! The etcd flags every node binary takes, in one place (feature `flags`, for
+//! binaries only: the libraries take [`AnnounceOptions`] and never see clap).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::{AnnounceOptions, DiscoveryError};
+
+/// `--etcd URL --cluster NAME` and the registration tunables.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EtcdFlags {
+    /// etcd client URLs (comma-separated); registers the node there when given.
+    #[arg(long, env = "RECSYS_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// Cluster name: nodes register under /recsys/{cluster}/nodes/.
+    #[arg(long, env = "RECSYS_CLUSTER", default_value = "default")]
+    pub cluster: String,
+    /// Unique node id in the cluster [default: {role}@{advertise-addr}].
+    #[arg(long, env = "RECSYS_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Address other nodes reach this one at [default: the listen address, which
+    /// then must not be 0.0.0.0 or [::]].
+    #[arg(long, env = "RECSYS_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    /// Lease TTL in seconds: how long a crashed node stays registered.
+    #[arg(long, env = "RECSYS_LEASE_TTL", default_value_t = 10)]
+    pub lease_ttl: u64,
+    /// Milliseconds between announcing `draining` and refusing new calls.
+    #[arg(long, env = "RECSYS_DRAIN_GRACE_MS", default_value_t = 500)]
+    pub drain_grace_ms: u64,
+    /// Longest wait (seconds) for in-flight calls when stopping.
+    #[arg(long, env = "RECSYS_DRAIN_TIMEOUT", default_value_t = 10)]
+    pub drain_timeout: u64,
+}
+
+impl EtcdFlags {
+    /// The announce options of a `role` node listening on `listen`, or `None`
+    /// without `--etcd`.
+    pub fn announce(
+        &self,
+        role: &str,
+        listen: SocketAddr,
+    ) -> Result<Option<AnnounceOptions>, DiscoveryError> {
+        if self.etcd.is_empty() {
+            return Ok(None);
+        }
+        if self.lease_ttl == 0 {
+            return Err(DiscoveryError::Invalid(
+                "--lease-ttl must be at least 1 second".into(),
+            ));
+        }
+        let advertise = match &self.advertise_addr {
+            Some(addr) => addr.clone(),
+            None if listen.ip().is_unspecified() => {
+                return Err(DiscoveryError::Invalid(format!(
+                    "listening on {listen}: give --advertise-addr host:port so that other nodes can reach this one"
+                )));
+            }
+            None => listen.to_string(),
+        };
+        let node_id = self
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("{role}@{advertise}"));
+        let mut options =
+            AnnounceOptions::new(self.etcd.clone(), self.cluster.clone(), node_id, advertise);
+        options.lease_ttl = Duration::from_secs(self.lease_ttl);
+        options.drain_grace = Duration::from_millis(self.drain_grace_ms);
+        options.drain_timeout = Duration::from_secs(self.drain_timeout);
+        Ok(Some(options))
+    }
+}

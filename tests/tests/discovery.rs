@@ -1,0 +1,356 @@
+//! Discovery through a real etcd: nodes register and the gateway routes to them;
+//! replicas killed with `kill -9`, stopped with SIGTERM, and etcd itself going
+//! away under a steady load cost no request.
+//!
+//! Retrieval nodes here are real processes of the `retrieval-node` binary (only a
+//! process can be killed with `-9`); the gateway runs in the test process with the
+//! same `run` as its binary and an [`EtcdMembership`].
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use recsys_discovery::{ClusterView, EtcdMembership, EtcdOptions, EtcdServer, Membership};
+use recsys_gateway::{GatewayConfig, RequestPolicy};
+use recsys_local_cluster::{EtcdCluster, LocalCluster, LocalClusterOptions, wait_until_serving};
+use recsys_proto::v1::RecommendRequest;
+use recsys_tests::load::Load;
+use recsys_tests::processes::{NodeProcess, free_addr};
+use recsys_tests::*;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+const SHARDS: u32 = 2;
+/// Short leases keep the kill -9 test short; the default is 10 s.
+const LEASE_TTL_S: u64 = 2;
+
+fn bundle() -> &'static TestBundle {
+    static BUNDLE: OnceLock<TestBundle> = OnceLock::new();
+    BUNDLE.get_or_init(|| {
+        let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("discovery-4k");
+        shared_bundle(&root, 4_000, SHARDS, 51)
+    })
+}
+
+/// A `retrieval-node` process for `shard`, registered in `etcd` under `cluster`,
+/// with its metrics on `metrics`.
+fn node_process(etcd: &EtcdServer, cluster: &str, shard: u32, name: &str) -> NodeProcess {
+    node_process_with_metrics(etcd, cluster, shard, name, free_addr())
+}
+
+fn node_process_with_metrics(
+    etcd: &EtcdServer,
+    cluster: &str,
+    shard: u32,
+    name: &str,
+    metrics: std::net::SocketAddr,
+) -> NodeProcess {
+    let addr = free_addr();
+    let args: Vec<String> = [
+        "--metrics-listen",
+        &metrics.to_string(),
+        "--bundle",
+        bundle().path().to_str().unwrap(),
+        "--shard",
+        &shard.to_string(),
+        "--listen",
+        &addr.to_string(),
+        "--search-threads",
+        "1",
+        "--etcd",
+        &etcd.endpoint(),
+        "--cluster",
+        cluster,
+        "--node-id",
+        name,
+        "--lease-ttl",
+        &LEASE_TTL_S.to_string(),
+        "--drain-grace-ms",
+        "300",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    NodeProcess::spawn(name, "retrieval-node", addr, &args)
+}
+
+/// Waits until `view` satisfies `done`, at most `timeout`; returns how long it took.
+async fn wait_view(
+    view: &mut watch::Receiver<Arc<ClusterView>>,
+    timeout: Duration,
+    done: impl Fn(&ClusterView) -> bool,
+) -> Duration {
+    let started = Instant::now();
+    let reached = tokio::time::timeout(timeout, view.wait_for(|v| done(v)))
+        .await
+        .map(|_| ());
+    if reached.is_err() {
+        panic!("view not reached within {timeout:?}: {:?}", *view.borrow());
+    }
+    started.elapsed()
+}
+
+fn replicas(view: &ClusterView, shard: usize) -> Vec<String> {
+    view.shards
+        .get(shard)
+        .map(|r| r.iter().map(|n| n.node_id.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// A gateway in this process discovering through etcd.
+async fn gateway(
+    etcd: &EtcdServer,
+    cluster: &str,
+    token: &CancellationToken,
+) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let membership = Arc::new(EtcdMembership::start(EtcdOptions::new(
+        vec![etcd.endpoint()],
+        cluster,
+    )));
+    let config = GatewayConfig {
+        bundle_dir: bundle().path().to_path_buf(),
+        policy: RequestPolicy::default(),
+        connect_timeout: Duration::from_secs(1),
+        health_interval: Duration::from_millis(500),
+    };
+    tokio::spawn(recsys_gateway::run(
+        listener,
+        config,
+        membership,
+        token.clone(),
+    ));
+    wait_until_serving(addr, Duration::from_secs(30))
+        .await
+        .unwrap();
+    addr
+}
+
+fn request(i: u64) -> RecommendRequest {
+    let users = bundle().catalog.users.ids();
+    by_user(&users[i as usize % users.len()], 10, false)
+}
+
+/// Two replicas of each shard as processes, all registered and SERVING.
+async fn replicated_nodes(
+    etcd: &EtcdServer,
+    cluster: &str,
+    view: &mut watch::Receiver<Arc<ClusterView>>,
+) -> Vec<Vec<NodeProcess>> {
+    let mut nodes = Vec::new();
+    for shard in 0..SHARDS {
+        let pair: Vec<NodeProcess> = ["a", "b"]
+            .iter()
+            .map(|r| node_process(etcd, cluster, shard, &format!("s{shard}{r}")))
+            .collect();
+        nodes.push(pair);
+    }
+    for node in nodes.iter().flatten() {
+        wait_until_serving(node.addr, Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("{} not serving: {e:?}", node.name));
+    }
+    wait_view(view, Duration::from_secs(10), |v| {
+        v.shard_count == SHARDS && v.shards.iter().all(|r| r.len() == 2)
+    })
+    .await;
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_node_is_routed_to_and_a_deregistered_one_is_not() {
+    let etcd = EtcdServer::start().await.unwrap();
+    let mut options = LocalClusterOptions::new(bundle().path());
+    options.etcd = Some(EtcdCluster {
+        endpoints: vec![etcd.endpoint()],
+        cluster: "routing".into(),
+        lease_ttl: Duration::from_secs(LEASE_TTL_S),
+    });
+    let mut cluster = LocalCluster::start(options).await.unwrap();
+    let mut client = gateway_client(cluster.gateway_addr).await;
+    let full = recommend(&mut client, request(0), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(full.coverage.unwrap().shards_answered, SHARDS);
+
+    // A graceful stop deregisters: shard 0 then has no replica, which the
+    // gateway reports as coverage (not a connection error to a dead address).
+    cluster.stop_node(0, 0).await;
+    let membership = EtcdMembership::start(EtcdOptions::new(vec![etcd.endpoint()], "routing"));
+    let mut view = membership.subscribe();
+    wait_view(&mut view, Duration::from_secs(5), |v| {
+        replicas(v, 0).is_empty()
+    })
+    .await;
+    let partial = recommend(&mut client, request(1), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let coverage = partial.coverage.unwrap();
+    assert_eq!(coverage.shards_answered, SHARDS - 1);
+    assert!(
+        coverage.reasons[0].reason.contains("no replica"),
+        "{:?}",
+        coverage.reasons
+    );
+
+    // A new node for shard 0 is routed to within a second of being SERVING.
+    let mut node = node_process(&etcd, "routing", 0, "late-s0");
+    wait_until_serving(node.addr, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let serving = Instant::now();
+    loop {
+        let answer = recommend(&mut client, request(2), Duration::from_secs(5))
+            .await
+            .unwrap();
+        if answer.coverage.unwrap().shards_answered == SHARDS {
+            break;
+        }
+        assert!(
+            serving.elapsed() < Duration::from_secs(1),
+            "the new node was not routed to within 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!(
+        "registration → first routed request: {:?} after SERVING",
+        serving.elapsed()
+    );
+    assert!(node.terminate(Duration::from_secs(15)).await);
+    wait_view(&mut view, Duration::from_secs(5), |v| {
+        replicas(v, 0).is_empty()
+    })
+    .await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_replica_per_shard_under_load_fails_nothing() {
+    let etcd = EtcdServer::start().await.unwrap();
+    let membership = EtcdMembership::start(EtcdOptions::new(vec![etcd.endpoint()], "kill"));
+    let mut view = membership.subscribe();
+    let mut nodes = replicated_nodes(&etcd, "kill", &mut view).await;
+    let token = CancellationToken::new();
+    let gateway = gateway(&etcd, "kill", &token).await;
+
+    let load = Load::start(gateway, 4, Duration::from_secs(2), request).await;
+    assert!(load.wait_for_answers(50, Duration::from_secs(30)).await);
+    let killed = Instant::now();
+    for pair in &mut nodes {
+        pair[0].kill9();
+    }
+    let removed = wait_view(&mut view, Duration::from_secs(LEASE_TTL_S * 5), |v| {
+        v.shards.iter().all(|r| r.len() == 1)
+    })
+    .await;
+    eprintln!("kill -9 → removed from routing: {removed:?} (lease TTL {LEASE_TTL_S} s)");
+    assert!(load.wait_for_answers(50, Duration::from_secs(30)).await);
+    let report = load.stop().await;
+    eprintln!(
+        "kill -9 under load: {report:?}, {:?} after the kill",
+        killed.elapsed()
+    );
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(report.partial, 0, "{report:?}");
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_of_a_replica_per_shard_under_load_fails_nothing() {
+    let etcd = EtcdServer::start().await.unwrap();
+    let membership = EtcdMembership::start(EtcdOptions::new(vec![etcd.endpoint()], "term"));
+    let mut view = membership.subscribe();
+    let mut nodes = replicated_nodes(&etcd, "term", &mut view).await;
+    let token = CancellationToken::new();
+    let gateway = gateway(&etcd, "term", &token).await;
+
+    let load = Load::start(gateway, 4, Duration::from_secs(2), request).await;
+    assert!(load.wait_for_answers(50, Duration::from_secs(30)).await);
+    for pair in &mut nodes {
+        let stopped = Instant::now();
+        assert!(
+            pair[0].terminate(Duration::from_secs(15)).await,
+            "{} did not exit",
+            pair[0].name
+        );
+        eprintln!(
+            "{} drained and exited in {:?}",
+            pair[0].name,
+            stopped.elapsed()
+        );
+    }
+    wait_view(&mut view, Duration::from_secs(5), |v| {
+        v.shards.iter().all(|r| r.len() == 1)
+    })
+    .await;
+    assert!(load.wait_for_answers(50, Duration::from_secs(30)).await);
+    let report = load.stop().await;
+    eprintln!("SIGTERM under load: {report:?}");
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(report.partial, 0, "{report:?}");
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_down_under_load_fails_nothing_and_a_node_added_meanwhile_is_used() {
+    let mut etcd = EtcdServer::start().await.unwrap();
+    let membership = EtcdMembership::start(EtcdOptions::new(vec![etcd.endpoint()], "outage"));
+    let mut view = membership.subscribe();
+    let _nodes = replicated_nodes(&etcd, "outage", &mut view).await;
+    let token = CancellationToken::new();
+    let gateway = gateway(&etcd, "outage", &token).await;
+
+    let load = Load::start(gateway, 4, Duration::from_secs(2), request).await;
+    assert!(load.wait_for_answers(50, Duration::from_secs(30)).await);
+    etcd.stop().await.unwrap();
+    let outage = Duration::from_secs(
+        std::env::var("RECSYS_TEST_ETCD_OUTAGE_S")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(30),
+    );
+    // A third replica of shard 0 starts while etcd is away: it serves but cannot
+    // register until etcd returns.
+    let late_metrics = free_addr();
+    let late = node_process_with_metrics(&etcd, "outage", 0, "late-s0", late_metrics);
+    wait_until_serving(late.addr, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let outage_started = Instant::now();
+    while outage_started.elapsed() < outage {
+        // The load runs all along; this only paces the outage.
+        assert!(load.wait_for_answers(1, Duration::from_secs(10)).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    etcd.restart().await.unwrap();
+    let caught_up = wait_view(&mut view, Duration::from_secs(10), |v| {
+        replicas(v, 0).iter().any(|id| id == "late-s0")
+    })
+    .await;
+    eprintln!("etcd back → node added during the outage in the view: {caught_up:?}");
+    // The gateway routes to it: its own Search counter moves.
+    let searched = || async {
+        metric_value(
+            &scrape(late_metrics).await,
+            r#"recsys_grpc_server_handled_total{code="Ok",method="Search",service="recsys.v1.RetrievalService"}"#,
+        )
+        .unwrap_or(0.0)
+    };
+    let before = searched().await;
+    assert!(load.wait_for_answers(50, Duration::from_secs(30)).await);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while searched().await <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never routed to the node added during the outage"
+        );
+        assert!(load.wait_for_answers(10, Duration::from_secs(10)).await);
+    }
+    let report = load.stop().await;
+    eprintln!("etcd down {outage:?} under load: {report:?}");
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(report.partial, 0, "{report:?}");
+    token.cancel();
+}
