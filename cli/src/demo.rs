@@ -15,12 +15,9 @@ use recsys_proto::v1::{
 use crate::bundle_cmd::{IndexArgs, SyntheticArgs, build_synthetic};
 use crate::query::print_response;
 
-/// Options of `recsys demo`.
+/// What `recsys demo` and `recsys serve` share: metrics and discovery.
 #[derive(Debug, Clone, Args)]
-pub struct DemoArgs {
-    /// Where the gateway listens.
-    #[arg(long, env = "RECSYS_GATEWAY_ADDR", default_value = "127.0.0.1:50051")]
-    pub gateway_addr: SocketAddr,
+pub struct ClusterFlags {
     /// Where Prometheus metrics of the whole cluster are served (http://ADDR/metrics).
     #[arg(long, env = "RECSYS_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
@@ -30,6 +27,26 @@ pub struct DemoArgs {
     /// Cluster name in etcd.
     #[arg(long, env = "RECSYS_CLUSTER", default_value = "demo")]
     pub cluster: String,
+}
+
+impl ClusterFlags {
+    fn etcd(&self) -> Option<EtcdCluster> {
+        (!self.etcd.is_empty()).then(|| EtcdCluster {
+            endpoints: self.etcd.clone(),
+            cluster: self.cluster.clone(),
+            lease_ttl: recsys_discovery::DEFAULT_LEASE_TTL,
+        })
+    }
+}
+
+/// Options of `recsys demo`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Where the gateway listens.
+    #[arg(long, env = "RECSYS_GATEWAY_ADDR", default_value = "127.0.0.1:50051")]
+    pub gateway_addr: SocketAddr,
+    #[command(flatten)]
+    pub cluster: ClusterFlags,
     /// Where the synthetic bundle is kept between runs.
     #[arg(long, env = "RECSYS_DEMO_BUNDLE", default_value = "target/demo-bundle")]
     pub bundle_dir: PathBuf,
@@ -57,15 +74,8 @@ pub struct ServeArgs {
     /// Where the gateway listens.
     #[arg(long, env = "RECSYS_GATEWAY_ADDR", default_value = "127.0.0.1:50051")]
     pub gateway_addr: SocketAddr,
-    /// Where Prometheus metrics of the whole cluster are served (http://ADDR/metrics).
-    #[arg(long, env = "RECSYS_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
-    pub metrics_addr: SocketAddr,
-    /// Discover through etcd (client URLs) instead of a static list; nodes register there.
-    #[arg(long, env = "RECSYS_ETCD", value_delimiter = ',')]
-    pub etcd: Vec<String>,
-    /// Cluster name in etcd.
-    #[arg(long, env = "RECSYS_CLUSTER", default_value = "demo")]
-    pub cluster: String,
+    #[command(flatten)]
+    pub cluster: ClusterFlags,
     /// Replicas per shard.
     #[arg(long, default_value_t = 1)]
     pub replicas: usize,
@@ -110,8 +120,8 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let serving = (!args.no_serve).then_some(args.metrics_addr);
-    let etcd = etcd_cluster(&args.etcd, &args.cluster);
+    let serving = (!args.no_serve).then_some(args.cluster.metrics_addr);
+    let etcd = args.cluster.etcd();
     start_and_serve(
         args.bundle_dir,
         args.gateway_addr,
@@ -124,23 +134,14 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
 /// Serves an existing bundle.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let etcd = etcd_cluster(&args.etcd, &args.cluster);
     start_and_serve(
         args.bundle,
         args.gateway_addr,
         args.replicas,
-        etcd,
-        Some(args.metrics_addr),
+        args.cluster.etcd(),
+        Some(args.cluster.metrics_addr),
     )
     .await
-}
-
-fn etcd_cluster(endpoints: &[String], cluster: &str) -> Option<EtcdCluster> {
-    (!endpoints.is_empty()).then(|| EtcdCluster {
-        endpoints: endpoints.to_vec(),
-        cluster: cluster.to_string(),
-        lease_ttl: recsys_discovery::DEFAULT_LEASE_TTL,
-    })
 }
 
 async fn start_and_serve(

@@ -226,17 +226,45 @@ async fn a_registered_node_is_routed_to_and_a_deregistered_one_is_not() {
     cluster.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_of_a_replica_per_shard_under_load_fails_nothing() {
-    let etcd = EtcdServer::start().await.unwrap();
-    let membership = EtcdMembership::start(EtcdOptions::new(vec![etcd.endpoint()], "kill"));
-    let mut view = membership.subscribe();
-    let mut nodes = replicated_nodes(&etcd, "kill", &mut view).await;
-    let token = CancellationToken::new();
-    let gateway = gateway(&etcd, "kill", &token).await;
+/// etcd, two replicas per shard, a gateway and a steady load already answering.
+struct Loaded {
+    etcd: EtcdServer,
+    membership: EtcdMembership,
+    view: watch::Receiver<Arc<ClusterView>>,
+    nodes: Vec<Vec<NodeProcess>>,
+    token: CancellationToken,
+    load: Load,
+}
 
+async fn loaded(cluster: &str) -> Loaded {
+    let etcd = EtcdServer::start().await.unwrap();
+    let membership = EtcdMembership::start(EtcdOptions::new(vec![etcd.endpoint()], cluster));
+    let mut view = membership.subscribe();
+    let nodes = replicated_nodes(&etcd, cluster, &mut view).await;
+    let token = CancellationToken::new();
+    let gateway = gateway(&etcd, cluster, &token).await;
     let load = Load::start(gateway, 4, Duration::from_secs(2), request).await;
     assert!(load.wait_for_answers(50, Duration::from_secs(30)).await);
+    Loaded {
+        etcd,
+        membership,
+        view,
+        nodes,
+        token,
+        load,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_replica_per_shard_under_load_fails_nothing() {
+    let Loaded {
+        etcd: _etcd,
+        membership: _membership,
+        mut view,
+        mut nodes,
+        token,
+        load,
+    } = loaded("kill").await;
     let killed = Instant::now();
     for pair in &mut nodes {
         pair[0].kill9();
@@ -259,15 +287,14 @@ async fn kill_9_of_a_replica_per_shard_under_load_fails_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_of_a_replica_per_shard_under_load_fails_nothing() {
-    let etcd = EtcdServer::start().await.unwrap();
-    let membership = EtcdMembership::start(EtcdOptions::new(vec![etcd.endpoint()], "term"));
-    let mut view = membership.subscribe();
-    let mut nodes = replicated_nodes(&etcd, "term", &mut view).await;
-    let token = CancellationToken::new();
-    let gateway = gateway(&etcd, "term", &token).await;
-
-    let load = Load::start(gateway, 4, Duration::from_secs(2), request).await;
-    assert!(load.wait_for_answers(50, Duration::from_secs(30)).await);
+    let Loaded {
+        etcd: _etcd,
+        membership: _membership,
+        mut view,
+        mut nodes,
+        token,
+        load,
+    } = loaded("term").await;
     for pair in &mut nodes {
         let stopped = Instant::now();
         assert!(
@@ -295,15 +322,14 @@ async fn sigterm_of_a_replica_per_shard_under_load_fails_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_down_under_load_fails_nothing_and_a_node_added_meanwhile_is_used() {
-    let mut etcd = EtcdServer::start().await.unwrap();
-    let membership = EtcdMembership::start(EtcdOptions::new(vec![etcd.endpoint()], "outage"));
-    let mut view = membership.subscribe();
-    let _nodes = replicated_nodes(&etcd, "outage", &mut view).await;
-    let token = CancellationToken::new();
-    let gateway = gateway(&etcd, "outage", &token).await;
-
-    let load = Load::start(gateway, 4, Duration::from_secs(2), request).await;
-    assert!(load.wait_for_answers(50, Duration::from_secs(30)).await);
+    let Loaded {
+        mut etcd,
+        membership: _membership,
+        mut view,
+        nodes: _nodes,
+        token,
+        load,
+    } = loaded("outage").await;
     etcd.stop().await.unwrap();
     let outage = Duration::from_secs(
         std::env::var("RECSYS_TEST_ETCD_OUTAGE_S")
