@@ -1,6 +1,8 @@
 //! Calls to nodes: one shard's search, and the replica retry policy that searches
 //! and ranking calls share.
 
+use std::sync::Arc;
+
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use recsys_bundle::shard_of;
@@ -11,7 +13,7 @@ use recsys_proto::v1::{
 use tokio::time::Instant;
 use tonic::Code;
 
-use crate::node_channels::NodeChannels;
+use crate::node_channels::{NodeChannels, NodeHandle};
 
 /// The outcome of asking one shard.
 #[derive(Debug)]
@@ -104,27 +106,28 @@ where
         return Err("no replica available".into());
     };
     let mut spare = order.next();
-    let mut attempt = |replica: &NodeRecord| {
-        let node = clients.node(&replica.addr);
+    let mut attempt = |replica: Result<Arc<NodeHandle>, String>| {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let addr = replica.addr.clone();
-        let call = node.map(|node| (node.start_call(), call(node.channel.clone(), remaining)));
+        let call = replica.map(|node| {
+            let call = call(node.channel.clone(), remaining);
+            (node, call)
+        });
         async move {
-            let (in_flight, call) = call?;
+            let (node, call) = call.map_err(Attempt::Setup)?;
+            let in_flight = node.start_call();
             let outcome = call.await;
             drop(in_flight);
-            outcome
-                .map_err(|status| (addr, status))
-                .map_err(Attempt::Failed)
+            outcome.map_err(|status| Attempt::Failed(node, status))
         }
     };
     let mut attempts = FuturesUnordered::new();
     attempts.push(Box::pin(attempt(first)));
-    let never = Instant::now() + std::time::Duration::from_secs(86_400);
-    let hedge_at = hedge_after.map_or(never, |after| Instant::now() + after);
+    let hedge_at = hedge_after
+        .map(|after| Instant::now() + after)
+        .filter(|at| *at < deadline);
     let mut last_error = String::new();
     loop {
-        let hedge_ready = spare.is_some() && hedge_at < deadline;
+        let hedge_ready = spare.is_some() && hedge_at.is_some();
         tokio::select! {
             biased;
             next = attempts.next() => {
@@ -136,13 +139,13 @@ where
                     Err(Attempt::Setup(reason)) => last_error = reason,
                     // tonic enforces the grpc-timeout we set too, and may win the
                     // race against ours with CANCELLED "Timeout expired": the clock decides.
-                    Err(Attempt::Failed(_)) if Instant::now() >= deadline => {
+                    Err(Attempt::Failed(..)) if Instant::now() >= deadline => {
                         crate::metrics::node_call_failed("timeout");
                         return Err("deadline exceeded".into());
                     }
-                    Err(Attempt::Failed((addr, status))) => {
+                    Err(Attempt::Failed(node, status)) => {
                         crate::metrics::node_call_failed(code_name(status.code()));
-                        tracing::warn!(replica = %addr, code = ?status.code(), message = status.message(), "node call failed");
+                        tracing::warn!(replica = %node.addr, code = ?status.code(), message = status.message(), "node call failed");
                         let reason = format!("{}: {}", code_name(status.code()), status.message());
                         // CANCELLED before the deadline is a connection that broke
                         // mid-call (a node killed): worth the retry.
@@ -153,7 +156,7 @@ where
                             status.code(),
                             Code::Unavailable | Code::Cancelled | Code::Unknown
                         ) {
-                            clients.mark_unhealthy(&addr);
+                            node.mark_unhealthy();
                         }
                         last_error = reason;
                     }
@@ -164,7 +167,7 @@ where
                     None => {}
                 }
             }
-            _ = tokio::time::sleep_until(hedge_at), if hedge_ready => {
+            _ = tokio::time::sleep_until(hedge_at.unwrap_or(deadline)), if hedge_ready => {
                 if let Some(replica) = spare.take() {
                     crate::metrics::hedged();
                     attempts.push(Box::pin(attempt(replica)));
@@ -183,13 +186,7 @@ enum Attempt {
     /// The call could not be made (a bad address).
     Setup(String),
     /// The node (or the transport to it) answered with an error.
-    Failed((String, tonic::Status)),
-}
-
-impl From<String> for Attempt {
-    fn from(reason: String) -> Self {
-        Attempt::Setup(reason)
-    }
+    Failed(Arc<NodeHandle>, tonic::Status),
 }
 
 /// Rejects answers whose parallel arrays disagree or that hold items of another

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::node_channels::NodeChannels;
+use crate::node_channels::{NodeChannels, NodeHandle};
 
 /// Probes every node of the current view each `interval` until `shutdown`, and
 /// whenever the view changes; forgets channels of nodes that left the view.
@@ -50,19 +50,20 @@ async fn check_all(clients: &NodeChannels, view: &ClusterView, interval: Duratio
     let timeout = interval.min(Duration::from_secs(1));
     let mut checks: FuturesUnordered<_> = addrs
         .iter()
-        .map(|addr| async move { (*addr, check(clients, addr, timeout).await) })
+        .filter_map(|addr| clients.node(addr).ok())
+        .map(|node| async move {
+            let verdict = check(&node, timeout).await;
+            (node, verdict)
+        })
         .collect();
-    while let Some((addr, verdict)) = checks.next().await {
-        let Ok(node) = clients.node(addr) else {
-            continue;
-        };
+    while let Some((node, verdict)) = checks.next().await {
         if node.set_healthy(verdict.is_ok()) {
             match verdict {
                 Ok(()) => {
-                    tracing::info!(node = addr, "node passes its health check, routing to it")
+                    tracing::info!(node = %node.addr, "node passes its health check, routing to it")
                 }
                 Err(reason) => {
-                    tracing::warn!(node = addr, %reason, "node fails its health check, not routing to it")
+                    tracing::warn!(node = %node.addr, %reason, "node fails its health check, not routing to it")
                 }
             }
         }
@@ -70,16 +71,18 @@ async fn check_all(clients: &NodeChannels, view: &ClusterView, interval: Duratio
 }
 
 /// `Ok` when the node says `SERVING` within `timeout`.
-async fn check(clients: &NodeChannels, addr: &str, timeout: Duration) -> Result<(), String> {
-    let channel = clients.channel(addr)?;
+async fn check(node: &NodeHandle, timeout: Duration) -> Result<(), String> {
     let mut request = tonic::Request::new(HealthCheckRequest {
         service: String::new(),
     });
     request.set_timeout(timeout);
-    let answer = tokio::time::timeout(timeout, HealthClient::new(channel).check(request))
-        .await
-        .map_err(|_| "health check timed out".to_string())?
-        .map_err(|status| format!("health check failed: {}", status.message()))?;
+    let answer = tokio::time::timeout(
+        timeout,
+        HealthClient::new(node.channel.clone()).check(request),
+    )
+    .await
+    .map_err(|_| "health check timed out".to_string())?
+    .map_err(|status| format!("health check failed: {}", status.message()))?;
     match answer.into_inner().status() {
         ServingStatus::Serving => Ok(()),
         other => Err(format!("node reports {}", other.as_str_name())),

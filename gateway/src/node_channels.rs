@@ -10,7 +10,7 @@
 //! since a stale verdict must not cost an answer.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use recsys_discovery::NodeRecord;
@@ -20,6 +20,8 @@ use tonic::transport::{Channel, Endpoint};
 /// What the gateway knows of one node address.
 #[derive(Debug)]
 pub struct NodeHandle {
+    /// The node's `host:port`.
+    pub addr: String,
     /// The shared channel.
     pub channel: Channel,
     in_flight: AtomicUsize,
@@ -40,6 +42,17 @@ impl NodeHandle {
     /// Records a health verdict; returns whether it changed.
     pub fn set_healthy(&self, healthy: bool) -> bool {
         self.healthy.swap(healthy, Ordering::Relaxed) != healthy
+    }
+
+    /// Leaves the node out of routing after a transport failure, until a health
+    /// check passes.
+    pub fn mark_unhealthy(&self) {
+        if self.set_healthy(false) {
+            tracing::warn!(
+                node = %self.addr,
+                "node left out of routing until a health check passes"
+            );
+        }
     }
 
     /// Counts a call as in flight until the guard drops.
@@ -83,10 +96,21 @@ impl NodeChannels {
     /// Connection happens on the first request, so a dead node fails that request
     /// quickly instead of blocking this call.
     pub fn node(&self, addr: &str) -> Result<Arc<NodeHandle>, String> {
-        let mut nodes = self
-            .nodes
+        let mut nodes = self.lock()?;
+        self.lookup(&mut nodes, addr)
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, FxHashMap<String, Arc<NodeHandle>>>, String> {
+        self.nodes
             .lock()
-            .map_err(|_| "channel pool poisoned".to_string())?;
+            .map_err(|_| "channel pool poisoned".to_string())
+    }
+
+    fn lookup(
+        &self,
+        nodes: &mut FxHashMap<String, Arc<NodeHandle>>,
+        addr: &str,
+    ) -> Result<Arc<NodeHandle>, String> {
         if let Some(node) = nodes.get(addr) {
             return Ok(node.clone());
         }
@@ -97,29 +121,13 @@ impl NodeChannels {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_while_idle(true);
         let node = Arc::new(NodeHandle {
+            addr: addr.to_string(),
             channel: endpoint.connect_lazy(),
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
         });
         nodes.insert(addr.to_string(), node.clone());
         Ok(node)
-    }
-
-    /// The channel to `addr`.
-    pub fn channel(&self, addr: &str) -> Result<Channel, String> {
-        self.node(addr).map(|node| node.channel.clone())
-    }
-
-    /// Marks `addr` unhealthy after a transport failure, until a health check passes.
-    pub fn mark_unhealthy(&self, addr: &str) {
-        if let Ok(node) = self.node(addr)
-            && node.set_healthy(false)
-        {
-            tracing::warn!(
-                node = addr,
-                "node left out of routing until a health check passes"
-            );
-        }
     }
 
     /// Drops the channels of addresses no longer in the cluster, so churn does not
@@ -143,26 +151,30 @@ impl NodeChannels {
         (z ^ (z >> 31)) as usize
     }
 
-    /// The replicas of one shard (or the ranking pool) in the order to try them:
-    /// the less busy of two random healthy replicas first, the other second (the
-    /// retry or hedge target), then the rest. Unhealthy replicas come last, and only
-    /// matter when no healthy one is left.
-    pub fn replica_order<'a>(&self, replicas: &'a [NodeRecord]) -> Vec<&'a NodeRecord> {
+    /// The replicas of one shard (or the ranking pool) in the order to try them,
+    /// with their handles (one lock for all of them): the less busy of two random
+    /// healthy replicas first, the other second (the retry or hedge target), then
+    /// the rest. Unhealthy replicas, and those whose address is unusable, come
+    /// last and only matter when no healthy one is left.
+    pub fn replica_order(&self, replicas: &[NodeRecord]) -> Vec<Result<Arc<NodeHandle>, String>> {
         let mut healthy = Vec::with_capacity(replicas.len());
         let mut unhealthy = Vec::new();
-        for replica in replicas {
-            let node = self.node(&replica.addr).ok();
-            match node {
-                Some(node) if !node.is_healthy() => unhealthy.push((replica, 0)),
-                Some(node) => healthy.push((replica, node.in_flight())),
-                None => unhealthy.push((replica, 0)),
+        match self.lock() {
+            Ok(mut nodes) => {
+                for replica in replicas {
+                    match self.lookup(&mut nodes, &replica.addr) {
+                        Ok(node) if node.is_healthy() => healthy.push(node),
+                        other => unhealthy.push(other),
+                    }
+                }
             }
+            Err(poisoned) => unhealthy.extend(replicas.iter().map(|_| Err(poisoned.clone()))),
         }
         if healthy.len() >= 2 {
             let n = healthy.len();
             let a = self.random() % n;
             let b = (a + 1 + self.random() % (n - 1)) % n;
-            let (first, second) = if healthy[b].1 < healthy[a].1 {
+            let (first, second) = if healthy[b].in_flight() < healthy[a].in_flight() {
                 (b, a)
             } else {
                 (a, b)
@@ -171,14 +183,10 @@ impl NodeChannels {
             healthy = [first, second]
                 .into_iter()
                 .chain(rest)
-                .map(|i| healthy[i])
+                .map(|i| healthy[i].clone())
                 .collect();
         }
-        healthy
-            .into_iter()
-            .chain(unhealthy)
-            .map(|(replica, _)| replica)
-            .collect()
+        healthy.into_iter().map(Ok).chain(unhealthy).collect()
     }
 }
 
@@ -199,6 +207,13 @@ mod tests {
         }
     }
 
+    fn addrs(pool: &NodeChannels, replicas: &[NodeRecord]) -> Vec<String> {
+        pool.replica_order(replicas)
+            .into_iter()
+            .map(|node| node.unwrap().addr.clone())
+            .collect()
+    }
+
     #[tokio::test]
     async fn the_less_busy_of_two_goes_first_and_unhealthy_last() {
         let pool = NodeChannels::new(Duration::from_secs(1));
@@ -206,17 +221,17 @@ mod tests {
         let busy = pool.node("127.0.0.1:1").unwrap();
         let _calls: Vec<_> = (0..3).map(|_| busy.start_call()).collect();
         for _ in 0..20 {
-            let order = pool.replica_order(&replicas);
-            assert_eq!(order[0].addr, "127.0.0.1:2");
+            let order = addrs(&pool, &replicas);
+            assert_eq!(order[0], "127.0.0.1:2");
             assert_eq!(order.len(), 2);
         }
         drop(_calls);
         assert_eq!(busy.in_flight(), 0);
-        pool.mark_unhealthy("127.0.0.1:2");
+        pool.node("127.0.0.1:2").unwrap().mark_unhealthy();
         for _ in 0..20 {
-            let order = pool.replica_order(&replicas);
-            assert_eq!(order[0].addr, "127.0.0.1:1");
-            assert_eq!(order[1].addr, "127.0.0.1:2");
+            let order = addrs(&pool, &replicas);
+            assert_eq!(order[0], "127.0.0.1:1");
+            assert_eq!(order[1], "127.0.0.1:2");
         }
     }
 
@@ -228,8 +243,7 @@ mod tests {
             .collect();
         let mut firsts = FxHashMap::default();
         for _ in 0..400 {
-            let order = pool.replica_order(&replicas);
-            let mut addrs: Vec<_> = order.iter().map(|r| r.addr.clone()).collect();
+            let mut addrs = addrs(&pool, &replicas);
             *firsts.entry(addrs[0].clone()).or_insert(0) += 1;
             addrs.sort();
             addrs.dedup();
