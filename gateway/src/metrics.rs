@@ -5,87 +5,53 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use prometheus::{HistogramVec, IntCounter, IntCounterVec, Opts};
-use recsys_server::metrics::{latency_opts, register};
+use prometheus::{HistogramVec, IntCounter, IntCounterVec};
+use recsys_server::metrics::{counter, counter_vec, latency_histogram_vec};
 
-#[allow(clippy::expect_used)]
 static STAGE_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
-    register(
-        HistogramVec::new(
-            latency_opts(
-                "recsys_gateway_stage_seconds",
-                "time spent per Recommend stage: encode, retrieval, ranking, total",
-            ),
-            &["stage"],
-        )
-        .expect("valid metric"),
+    latency_histogram_vec(
+        "recsys_gateway_stage_seconds",
+        "time spent per Recommend stage: encode, retrieval, ranking, total",
+        &["stage"],
     )
 });
 
-#[allow(clippy::expect_used)]
 static SHARD_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
-    register(
-        HistogramVec::new(
-            latency_opts(
-                "recsys_gateway_shard_seconds",
-                "time until a shard answered or gave up, retries included",
-            ),
-            &["shard"],
-        )
-        .expect("valid metric"),
+    latency_histogram_vec(
+        "recsys_gateway_shard_seconds",
+        "time until a shard answered or gave up, retries included",
+        &["shard"],
     )
 });
 
-#[allow(clippy::expect_used)]
 static SHARD_ANSWERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register(
-        IntCounterVec::new(
-            Opts::new(
-                "recsys_gateway_shard_answers_total",
-                "shard searches by outcome: answered, or missing from the merge",
-            ),
-            &["shard", "outcome"],
-        )
-        .expect("valid metric"),
+    counter_vec(
+        "recsys_gateway_shard_answers_total",
+        "shard searches by outcome: answered, or missing from the merge",
+        &["shard", "outcome"],
     )
 });
 
-#[allow(clippy::expect_used)]
 static DEGRADED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register(
-        IntCounterVec::new(
-            Opts::new(
-                "recsys_gateway_degraded_total",
-                "answers that fell short, by the first stage that did: retrieval (a shard missing) or ranking (retrieval order returned)",
-            ),
-            &["stage"],
-        )
-        .expect("valid metric"),
+    counter_vec(
+        "recsys_gateway_degraded_total",
+        "answers that fell short, by the first stage that did: retrieval (a shard missing) or ranking (retrieval order returned)",
+        &["stage"],
     )
 });
 
-#[allow(clippy::expect_used)]
 static NODE_CALL_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register(
-        IntCounterVec::new(
-            Opts::new(
-                "recsys_gateway_node_call_failures_total",
-                "failed calls to retrieval or ranking nodes, by gRPC code or timeout; a retry follows unless the code forbids it",
-            ),
-            &["code"],
-        )
-        .expect("valid metric"),
+    counter_vec(
+        "recsys_gateway_node_call_failures_total",
+        "failed calls to retrieval or ranking nodes, by gRPC code or timeout; a retry follows unless the code forbids it",
+        &["code"],
     )
 });
 
-#[allow(clippy::expect_used)]
 static HEDGES: LazyLock<IntCounter> = LazyLock::new(|| {
-    register(
-        IntCounter::new(
-            "recsys_gateway_hedged_calls_total",
-            "node calls that were sent to a second replica because the first was slow",
-        )
-        .expect("valid metric"),
+    counter(
+        "recsys_gateway_hedged_calls_total",
+        "node calls that were sent to a second replica because the first was slow",
     )
 });
 

@@ -6,43 +6,31 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use prometheus::{Histogram, HistogramOpts, IntCounter};
-use recsys_server::metrics::{latency_opts, register};
+use recsys_server::metrics::{counter, histogram, latency_histogram};
 
-#[allow(clippy::expect_used)]
 static SCORE_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
-    register(
-        Histogram::with_opts(latency_opts(
-            "recsys_ranking_score_seconds",
-            "time of one batched forward pass, feature look-up included",
-        ))
-        .expect("valid metric"),
+    latency_histogram(
+        "recsys_ranking_score_seconds",
+        "time of one batched forward pass, feature look-up included",
     )
 });
 
-#[allow(clippy::expect_used)]
 static CANDIDATES: LazyLock<Histogram> = LazyLock::new(|| {
-    register(
-        Histogram::with_opts(
-            HistogramOpts::new(
-                "recsys_ranking_candidates",
-                "candidates scored per Rank call",
-            )
-            .buckets(vec![
-                1.0, 10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
-            ]),
+    histogram(
+        HistogramOpts::new(
+            "recsys_ranking_candidates",
+            "candidates scored per Rank call",
         )
-        .expect("valid metric"),
+        .buckets(vec![
+            1.0, 10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+        ]),
     )
 });
 
-#[allow(clippy::expect_used)]
 static OOV_USERS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register(
-        IntCounter::new(
-            "recsys_ranking_out_of_vocabulary_users_total",
-            "Rank calls whose user the ranker did not know (scored with the out-of-vocabulary row)",
-        )
-        .expect("valid metric"),
+    counter(
+        "recsys_ranking_out_of_vocabulary_users_total",
+        "Rank calls whose user the ranker did not know (scored with the out-of-vocabulary row)",
     )
 });
 

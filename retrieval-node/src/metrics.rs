@@ -5,33 +5,21 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use prometheus::HistogramVec;
-use recsys_server::metrics::{latency_opts, register};
+use recsys_server::metrics::latency_histogram_vec;
 
-#[allow(clippy::expect_used)]
 static SEARCH_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
-    register(
-        HistogramVec::new(
-            latency_opts(
-                "recsys_retrieval_search_seconds",
-                "time of one index search on the search pool, by shard and mode (hnsw or exact)",
-            ),
-            &["shard", "mode"],
-        )
-        .expect("valid metric"),
+    latency_histogram_vec(
+        "recsys_retrieval_search_seconds",
+        "time of one index search on the search pool, by shard and mode (hnsw or exact)",
+        &["shard", "mode"],
     )
 });
 
-#[allow(clippy::expect_used)]
 static QUEUE_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
-    register(
-        HistogramVec::new(
-            latency_opts(
-                "recsys_retrieval_queue_seconds",
-                "time a search waited for a slot on the search pool: the node's saturation",
-            ),
-            &["shard"],
-        )
-        .expect("valid metric"),
+    latency_histogram_vec(
+        "recsys_retrieval_queue_seconds",
+        "time a search waited for a slot on the search pool: the node's saturation",
+        &["shard"],
     )
 });
 

@@ -14,7 +14,9 @@ use std::sync::LazyLock;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use prometheus::{HistogramVec, IntCounterVec, TextEncoder};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, TextEncoder,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -34,45 +36,61 @@ const KNOWN_SERVICES: &[&str] = &[
     "grpc.reflection.v1.ServerReflection",
 ];
 
-/// Defines a metric in the default registry. The names and labels are constants,
-/// so the only failure is a programming error (a duplicate name), which the first
-/// scrape in the tests would show; panicking at first use is the honest outcome.
+// Metrics are defined in `LazyLock` statics from constant names, labels and
+// buckets, so the only ways to fail are programming errors (an invalid or duplicate
+// name), which the first scrape in the tests shows; panicking at first use is the
+// honest outcome. The constructors below are the one place that says so.
+
+/// Registers `metric` in the default registry and returns it.
 #[allow(clippy::expect_used)]
-pub fn register<M: prometheus::core::Collector + Clone + 'static>(metric: M) -> M {
+fn register<M: prometheus::core::Collector + Clone + 'static>(metric: M) -> M {
     prometheus::register(Box::new(metric.clone())).expect("metric names are unique constants");
     metric
 }
 
-/// Builds histogram options with [`LATENCY_BUCKETS`].
-pub fn latency_opts(name: &str, help: &str) -> prometheus::HistogramOpts {
-    prometheus::HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec())
+/// A registered latency histogram with [`LATENCY_BUCKETS`], one series per label set.
+#[allow(clippy::expect_used)]
+pub fn latency_histogram_vec(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    register(HistogramVec::new(opts, labels).expect("constant metric definition"))
 }
 
+/// A registered histogram without labels.
 #[allow(clippy::expect_used)]
+pub fn histogram(opts: HistogramOpts) -> Histogram {
+    register(Histogram::with_opts(opts).expect("constant metric definition"))
+}
+
+/// A registered latency histogram with [`LATENCY_BUCKETS`] and no labels.
+pub fn latency_histogram(name: &str, help: &str) -> Histogram {
+    histogram(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
+}
+
+/// A registered counter, one series per label set.
+#[allow(clippy::expect_used)]
+pub fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(IntCounterVec::new(Opts::new(name, help), labels).expect("constant metric definition"))
+}
+
+/// A registered counter without labels.
+#[allow(clippy::expect_used)]
+pub fn counter(name: &str, help: &str) -> IntCounter {
+    register(IntCounter::new(name, help).expect("constant metric definition"))
+}
+
 static GRPC_CALLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register(
-        IntCounterVec::new(
-            prometheus::Opts::new(
-                "recsys_grpc_server_handled_total",
-                "gRPC calls answered, by service, method and status code",
-            ),
-            &["service", "method", "code"],
-        )
-        .expect("valid metric"),
+    counter_vec(
+        "recsys_grpc_server_handled_total",
+        "gRPC calls answered, by service, method and status code",
+        &["service", "method", "code"],
     )
 });
 
-#[allow(clippy::expect_used)]
 static GRPC_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
-    register(
-        HistogramVec::new(
-            latency_opts(
-                "recsys_grpc_server_handling_seconds",
-                "time from a gRPC call's arrival to its response headers (for unary calls, the whole handler)",
-            ),
-            &["service", "method"],
-        )
-        .expect("valid metric"),
+    latency_histogram_vec(
+        "recsys_grpc_server_handling_seconds",
+        "time from a gRPC call's arrival to its response headers (for unary calls, the whole handler)",
+        &["service", "method"],
     )
 });
 
