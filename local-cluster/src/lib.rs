@@ -52,6 +52,18 @@ pub enum ClusterError {
         /// The last thing health checks said.
         detail: String,
     },
+    /// The etcd membership never showed every node.
+    #[error(
+        "the etcd membership did not show {shards} shards and {ranking} ranking nodes within {waited:?}"
+    )]
+    MembershipIncomplete {
+        /// Shards expected.
+        shards: u32,
+        /// Ranking nodes expected.
+        ranking: usize,
+        /// How long we waited.
+        waited: Duration,
+    },
 }
 
 /// How to start a local cluster.
@@ -351,11 +363,10 @@ async fn wait_for_view(
     let waited = tokio::time::timeout(timeout, view.wait_for(|v| complete(v))).await;
     match waited {
         Ok(Ok(_)) => Ok(()),
-        _ => Err(ClusterError::NotServing {
-            what: "etcd membership".into(),
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        _ => Err(ClusterError::MembershipIncomplete {
+            shards,
+            ranking,
             waited: timeout,
-            detail: format!("the view never showed {shards} shards and {ranking} ranking nodes"),
         }),
     }
 }

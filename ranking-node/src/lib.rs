@@ -20,7 +20,7 @@ use recsys_discovery::{AnnounceOptions, Announcer, Role, serve_and_drain};
 use recsys_model::Ranker;
 use recsys_proto::v1::ranking_service_server::RankingServiceServer;
 use recsys_server::grpc::{
-    incoming, not_serving_on_shutdown, set_health, spawn_loader, standard_router,
+    incoming, not_serving_on_shutdown, pool_size, set_health, spawn_loader, standard_router,
 };
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -92,11 +92,7 @@ pub async fn run(
     let name = <RankingServiceServer<RankingNodeService> as NamedService>::NAME;
     set_health(&health, name, ServingStatus::NotServing).await;
     let state = Arc::new(ArcSwap::from_pointee(LoadState::Loading));
-    let threads = if config.threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        config.threads
-    };
+    let threads = pool_size(config.threads);
     let service =
         RankingNodeService::new(state.clone(), Arc::new(Semaphore::new(threads)), &config);
 

@@ -15,15 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::RankingConfig;
 
 /// Where loading the ranker stands.
-#[derive(Debug)]
-pub enum LoadState {
-    /// Being read.
-    Loading,
-    /// Scoring.
-    Ready(Arc<Ranker>),
-    /// Loading failed; the message names the file and, for shape errors, the tensor.
-    Failed(String),
-}
+pub type LoadState = recsys_server::grpc::LoadState<Ranker>;
 
 /// The gRPC service of one ranking node.
 #[derive(Debug, Clone)]

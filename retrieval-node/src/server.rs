@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use recsys_discovery::{AnnounceOptions, Announcer, Role, serve_and_drain};
 use recsys_proto::v1::retrieval_service_server::RetrievalServiceServer;
 use recsys_server::grpc::{
-    incoming, not_serving_on_shutdown, set_health, spawn_loader, standard_router,
+    incoming, not_serving_on_shutdown, pool_size, set_health, spawn_loader, standard_router,
 };
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -69,11 +69,7 @@ pub async fn run(
     set_health(&health, name, ServingStatus::NotServing).await;
 
     let state = Arc::new(ArcSwap::from_pointee(LoadState::Loading));
-    let threads = if config.search_threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        config.search_threads
-    };
+    let threads = pool_size(config.search_threads);
     let service = RetrievalNodeService::new(
         state.clone(),
         Arc::new(Semaphore::new(threads)),

@@ -14,15 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::{NodeError, SearchLimits, ShardIndex};
 
 /// Where loading the shard stands.
-#[derive(Debug)]
-pub enum LoadState {
-    /// The index is being mapped.
-    Loading,
-    /// Serving searches.
-    Ready(Arc<ShardIndex>),
-    /// Loading failed; the message names the file.
-    Failed(String),
-}
+pub type LoadState = recsys_server::grpc::LoadState<ShardIndex>;
 
 /// The gRPC service of one retrieval node.
 #[derive(Debug, Clone)]

@@ -111,3 +111,24 @@ pub fn not_serving_on_shutdown(
         .await;
     });
 }
+
+/// Where loading a node's data (a shard, a ranker) stands; services read it per
+/// call and answer `UNAVAILABLE` until it is `Ready`.
+#[derive(Debug)]
+pub enum LoadState<T> {
+    /// Being loaded.
+    Loading,
+    /// Loaded and serving.
+    Ready(std::sync::Arc<T>),
+    /// Loading failed; the message names the file (and, for a ranker, the tensor).
+    Failed(String),
+}
+
+/// Size of a node's blocking work pool: `configured`, or one per core when 0.
+pub fn pool_size(configured: usize) -> usize {
+    if configured == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        configured
+    }
+}

@@ -229,7 +229,8 @@ async fn a_registered_node_is_routed_to_and_a_deregistered_one_is_not() {
 /// etcd, two replicas per shard, a gateway and a steady load already answering.
 struct Loaded {
     etcd: EtcdServer,
-    membership: EtcdMembership,
+    /// Kept alive: dropping it stops the watch that feeds `view`.
+    _membership: EtcdMembership,
     view: watch::Receiver<Arc<ClusterView>>,
     nodes: Vec<Vec<NodeProcess>>,
     token: CancellationToken,
@@ -247,7 +248,7 @@ async fn loaded(cluster: &str) -> Loaded {
     assert!(load.wait_for_answers(50, Duration::from_secs(30)).await);
     Loaded {
         etcd,
-        membership,
+        _membership: membership,
         view,
         nodes,
         token,
@@ -257,45 +258,31 @@ async fn loaded(cluster: &str) -> Loaded {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_a_replica_per_shard_under_load_fails_nothing() {
-    let Loaded {
-        etcd: _etcd,
-        membership: _membership,
-        mut view,
-        mut nodes,
-        token,
-        load,
-    } = loaded("kill").await;
+    let mut c = loaded("kill").await;
     let killed = Instant::now();
-    for pair in &mut nodes {
+    for pair in &mut c.nodes {
         pair[0].kill9();
     }
-    let removed = wait_view(&mut view, Duration::from_secs(LEASE_TTL_S * 5), |v| {
+    let removed = wait_view(&mut c.view, Duration::from_secs(LEASE_TTL_S * 5), |v| {
         v.shards.iter().all(|r| r.len() == 1)
     })
     .await;
     eprintln!("kill -9 → removed from routing: {removed:?} (lease TTL {LEASE_TTL_S} s)");
-    assert!(load.wait_for_answers(50, Duration::from_secs(30)).await);
-    let report = load.stop().await;
+    assert!(c.load.wait_for_answers(50, Duration::from_secs(30)).await);
+    let report = c.load.stop().await;
     eprintln!(
         "kill -9 under load: {report:?}, {:?} after the kill",
         killed.elapsed()
     );
     assert_eq!(report.failed, 0, "{report:?}");
     assert_eq!(report.partial, 0, "{report:?}");
-    token.cancel();
+    c.token.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_of_a_replica_per_shard_under_load_fails_nothing() {
-    let Loaded {
-        etcd: _etcd,
-        membership: _membership,
-        mut view,
-        mut nodes,
-        token,
-        load,
-    } = loaded("term").await;
-    for pair in &mut nodes {
+    let mut c = loaded("term").await;
+    for pair in &mut c.nodes {
         let stopped = Instant::now();
         assert!(
             pair[0].terminate(Duration::from_secs(15)).await,
@@ -308,29 +295,22 @@ async fn sigterm_of_a_replica_per_shard_under_load_fails_nothing() {
             stopped.elapsed()
         );
     }
-    wait_view(&mut view, Duration::from_secs(5), |v| {
+    wait_view(&mut c.view, Duration::from_secs(5), |v| {
         v.shards.iter().all(|r| r.len() == 1)
     })
     .await;
-    assert!(load.wait_for_answers(50, Duration::from_secs(30)).await);
-    let report = load.stop().await;
+    assert!(c.load.wait_for_answers(50, Duration::from_secs(30)).await);
+    let report = c.load.stop().await;
     eprintln!("SIGTERM under load: {report:?}");
     assert_eq!(report.failed, 0, "{report:?}");
     assert_eq!(report.partial, 0, "{report:?}");
-    token.cancel();
+    c.token.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_down_under_load_fails_nothing_and_a_node_added_meanwhile_is_used() {
-    let Loaded {
-        mut etcd,
-        membership: _membership,
-        mut view,
-        nodes: _nodes,
-        token,
-        load,
-    } = loaded("outage").await;
-    etcd.stop().await.unwrap();
+    let mut c = loaded("outage").await;
+    c.etcd.stop().await.unwrap();
     let outage = Duration::from_secs(
         std::env::var("RECSYS_TEST_ETCD_OUTAGE_S")
             .ok()
@@ -340,18 +320,18 @@ async fn etcd_down_under_load_fails_nothing_and_a_node_added_meanwhile_is_used()
     // A third replica of shard 0 starts while etcd is away: it serves but cannot
     // register until etcd returns.
     let late_metrics = free_addr();
-    let late = node_process_with_metrics(&etcd, "outage", 0, "late-s0", late_metrics);
+    let late = node_process_with_metrics(&c.etcd, "outage", 0, "late-s0", late_metrics);
     wait_until_serving(late.addr, Duration::from_secs(60))
         .await
         .unwrap();
     let outage_started = Instant::now();
     while outage_started.elapsed() < outage {
         // The load runs all along; this only paces the outage.
-        assert!(load.wait_for_answers(1, Duration::from_secs(10)).await);
+        assert!(c.load.wait_for_answers(1, Duration::from_secs(10)).await);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    etcd.restart().await.unwrap();
-    let caught_up = wait_view(&mut view, Duration::from_secs(10), |v| {
+    c.etcd.restart().await.unwrap();
+    let caught_up = wait_view(&mut c.view, Duration::from_secs(10), |v| {
         replicas(v, 0).iter().any(|id| id == "late-s0")
     })
     .await;
@@ -365,18 +345,18 @@ async fn etcd_down_under_load_fails_nothing_and_a_node_added_meanwhile_is_used()
         .unwrap_or(0.0)
     };
     let before = searched().await;
-    assert!(load.wait_for_answers(50, Duration::from_secs(30)).await);
+    assert!(c.load.wait_for_answers(50, Duration::from_secs(30)).await);
     let deadline = Instant::now() + Duration::from_secs(10);
     while searched().await <= before {
         assert!(
             Instant::now() < deadline,
             "the gateway never routed to the node added during the outage"
         );
-        assert!(load.wait_for_answers(10, Duration::from_secs(10)).await);
+        assert!(c.load.wait_for_answers(10, Duration::from_secs(10)).await);
     }
-    let report = load.stop().await;
+    let report = c.load.stop().await;
     eprintln!("etcd down {outage:?} under load: {report:?}");
     assert_eq!(report.failed, 0, "{report:?}");
     assert_eq!(report.partial, 0, "{report:?}");
-    token.cancel();
+    c.token.cancel();
 }

@@ -201,6 +201,11 @@ async fn bad_requests_get_invalid_argument_naming_field_and_limit() {
     let cluster = start(&bundle).await;
     let mut client = gateway_client(cluster.gateway_addr).await;
     let good = bundle.catalog.items.row(0).to_vec();
+    let poisoned = |at: usize, value: f32| {
+        let mut query = good.clone();
+        query[at] = value;
+        query
+    };
     let cases: Vec<(recsys_proto::v1::RecommendRequest, Code, &str)> = vec![
         (
             by_embedding(vec![0.5; 15], 10, false),
@@ -208,28 +213,12 @@ async fn bad_requests_get_invalid_argument_naming_field_and_limit() {
             "query_embedding: has 15 values, the bundle's dimension is 16",
         ),
         (
-            by_embedding(
-                {
-                    let mut v = good.clone();
-                    v[3] = f32::NAN;
-                    v
-                },
-                10,
-                false,
-            ),
+            by_embedding(poisoned(3, f32::NAN), 10, false),
             Code::InvalidArgument,
             "value 3 is NaN",
         ),
         (
-            by_embedding(
-                {
-                    let mut v = good.clone();
-                    v[0] = f32::INFINITY;
-                    v
-                },
-                10,
-                false,
-            ),
+            by_embedding(poisoned(0, f32::INFINITY), 10, false),
             Code::InvalidArgument,
             "value 0 is inf",
         ),
