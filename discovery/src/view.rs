@@ -48,6 +48,30 @@ impl ClusterView {
             ranking,
         }
     }
+
+    /// Every node in the view: the replicas of each shard, then the ranking pool.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeRecord> {
+        self.shards.iter().flatten().chain(&self.ranking)
+    }
+
+    /// The nodes that serve bundle `version` cut into `shard_count` shards, and
+    /// those left out. A node of another bundle would answer from other items or
+    /// another model (a rolling upgrade half done, a node pointed at the wrong
+    /// directory), so routing to it would mix results silently. Nodes that report
+    /// no version (static membership) are kept.
+    pub fn for_bundle(&self, version: &str, shard_count: u32) -> (Self, Vec<NodeRecord>) {
+        let (kept, left_out): (Vec<&NodeRecord>, Vec<&NodeRecord>) =
+            self.nodes().partition(|node| {
+                let version_ok = node.bundle_version.is_empty() || node.bundle_version == version;
+                let shards_ok = node.role != Role::Retrieval
+                    || node.shard_count.is_none_or(|count| count == shard_count);
+                version_ok && shards_ok
+            });
+        (
+            Self::from_nodes(kept.into_iter().cloned()),
+            left_out.into_iter().cloned().collect(),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -79,5 +103,29 @@ mod tests {
         assert_eq!(ids, ["a", "b"]);
         assert!(view.shards[1].is_empty());
         assert_eq!(view.ranking.len(), 1);
+    }
+
+    #[test]
+    fn nodes_of_another_bundle_are_left_out() {
+        let mut other = node("x", Role::Retrieval, Some(1), NodeState::Serving);
+        other.bundle_version = "w".into();
+        let mut resharded = node("y", Role::Retrieval, Some(0), NodeState::Serving);
+        resharded.shard_count = Some(3);
+        let mut unversioned = node("z", Role::Ranking, None, NodeState::Serving);
+        unversioned.bundle_version.clear();
+        let view = ClusterView::from_nodes([
+            node("a", Role::Retrieval, Some(0), NodeState::Serving),
+            node("b", Role::Retrieval, Some(1), NodeState::Serving),
+            other,
+            resharded,
+            unversioned,
+        ]);
+        assert_eq!(view.shard_count, 3);
+        let (kept, left_out) = view.for_bundle("v", 2);
+        assert_eq!(kept.shard_count, 2);
+        let ids: Vec<_> = kept.nodes().map(|n| n.node_id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "z"]);
+        let ids: Vec<_> = left_out.iter().map(|n| n.node_id.as_str()).collect();
+        assert_eq!(ids, ["y", "x"]);
     }
 }

@@ -6,6 +6,7 @@
 //! ([`merge`]). Slow or failed shards turn into coverage, not errors: when the
 //! deadline's retrieval budget is spent the gateway answers with what it has.
 
+pub mod bundle_filter;
 pub mod bundle_state;
 pub mod deadline;
 pub mod error;

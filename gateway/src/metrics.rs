@@ -5,8 +5,8 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use prometheus::{HistogramVec, IntCounter, IntCounterVec};
-use recsys_server::metrics::{counter, counter_vec, latency_histogram_vec};
+use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge};
+use recsys_server::metrics::{counter, counter_vec, gauge, latency_histogram_vec};
 
 static STAGE_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     latency_histogram_vec(
@@ -54,6 +54,18 @@ static HEDGES: LazyLock<IntCounter> = LazyLock::new(|| {
         "node calls that were sent to a second replica because the first was slow",
     )
 });
+
+static MISMATCHED_NODES: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "recsys_gateway_mismatched_nodes",
+        "nodes in the membership that serve another bundle version or shard count, and are not routed to",
+    )
+});
+
+/// `count` nodes are left out for serving another bundle.
+pub fn mismatched_nodes(count: usize) {
+    MISMATCHED_NODES.set(i64::try_from(count).unwrap_or(i64::MAX));
+}
 
 /// A call was hedged to a second replica.
 pub fn hedged() {

@@ -11,11 +11,13 @@ use recsys_server::grpc::{
     incoming, not_serving_on_shutdown, set_health, spawn_loader, standard_router,
 };
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 
 use crate::GatewayError;
+use crate::bundle_filter::BundleId;
 use crate::bundle_state::BundleState;
 use crate::node_channels::NodeChannels;
 use crate::service::{Gateway, GatewayShared, RequestPolicy};
@@ -45,9 +47,11 @@ pub async fn run(
     let name = <GatewayServiceServer<Gateway> as NamedService>::NAME;
     set_health(&health, name, ServingStatus::NotServing).await;
 
+    let (bundle_id, own_bundle) = watch::channel(None);
+    let routed = crate::bundle_filter::spawn(membership.subscribe(), own_bundle, shutdown.clone());
     let shared = Arc::new(GatewayShared {
         bundle: ArcSwapOption::empty(),
-        view: membership.subscribe(),
+        view: routed.clone(),
         clients: Arc::new(NodeChannels::new(config.connect_timeout)),
         policy: config.policy,
     });
@@ -67,6 +71,10 @@ pub async fn run(
                 users = state.users.as_ref().map_or(0, |u| u.len()),
                 "gateway bundle ready"
             );
+            bundle_id.send_replace(Some(BundleId {
+                version: state.manifest.version.clone(),
+                shard_count: state.manifest.shard_count,
+            }));
             loader.bundle.store(Some(Arc::new(state)));
         },
         |_| {},
@@ -74,7 +82,7 @@ pub async fn run(
     not_serving_on_shutdown(health, name, shutdown.clone());
     crate::health_check::spawn(
         shared.clients.clone(),
-        membership.subscribe(),
+        routed,
         config.health_interval,
         shutdown.clone(),
     );

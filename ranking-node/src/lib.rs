@@ -69,7 +69,9 @@ impl RankingConfig {
     }
 }
 
-fn load(dir: &std::path::Path) -> Result<Ranker, String> {
+/// The ranker, and the version of the bundle it came in (what the node registers
+/// as, so the gateway can tell it apart from nodes of another bundle).
+fn load(dir: &std::path::Path) -> Result<(Ranker, String), String> {
     let manifest = Manifest::load(dir).map_err(|e| e.to_string())?;
     let files = manifest.ranker_files(dir).ok_or_else(|| {
         format!(
@@ -77,7 +79,8 @@ fn load(dir: &std::path::Path) -> Result<Ranker, String> {
             dir.join("manifest.json").display()
         )
     })?;
-    Ranker::load(&files).map_err(|e| e.to_string())
+    let ranker = Ranker::load(&files).map_err(|e| e.to_string())?;
+    Ok((ranker, manifest.version))
 }
 
 /// Serves ranking on `listener` until `shutdown` is cancelled; with
@@ -106,13 +109,14 @@ pub async fn run(
         shutdown.clone(),
         "ranker",
         move || load(&dir),
-        move |ranker: Ranker| {
+        move |(ranker, bundle_version): (Ranker, String)| {
             tracing::info!(
                 version = ranker.version(),
+                bundle_version,
                 items = ranker.items(),
                 "ranker ready"
             );
-            ready_announcer.register(Role::Ranking, None, None, ranker.version());
+            ready_announcer.register(Role::Ranking, None, None, &bundle_version);
             ready_state.store(Arc::new(LoadState::Ready(Arc::new(ranker))));
         },
         move |error| failed_state.store(Arc::new(LoadState::Failed(error))),

@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, TextEncoder,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -76,6 +76,12 @@ pub fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
 #[allow(clippy::expect_used)]
 pub fn counter(name: &str, help: &str) -> IntCounter {
     register(IntCounter::new(name, help).expect("constant metric definition"))
+}
+
+/// A registered gauge without labels.
+#[allow(clippy::expect_used)]
+pub fn gauge(name: &str, help: &str) -> IntGauge {
+    register(IntGauge::new(name, help).expect("constant metric definition"))
 }
 
 static GRPC_CALLS: LazyLock<IntCounterVec> = LazyLock::new(|| {

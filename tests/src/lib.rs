@@ -200,6 +200,16 @@ pub async fn scrape(addr: SocketAddr) -> String {
     text
 }
 
+/// The number of `Search` calls the retrieval node whose metrics are at `metrics`
+/// answered.
+pub async fn searches(metrics: SocketAddr) -> f64 {
+    metric_value(
+        &scrape(metrics).await,
+        r#"recsys_grpc_server_handled_total{code="Ok",method="Search",service="recsys.v1.RetrievalService"}"#,
+    )
+    .unwrap_or(0.0)
+}
+
 /// The value of the series whose line starts with `series` (name and labels).
 pub fn metric_value(text: &str, series: &str) -> Option<f64> {
     text.lines()

@@ -7,7 +7,7 @@
 //! are missing (a plain `cargo test -p recsys-tests`), they are built first.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -49,6 +49,25 @@ pub fn free_addr() -> SocketAddr {
     listener.local_addr().expect("local addr")
 }
 
+/// How to start a `retrieval-node` process that registers in etcd.
+#[derive(Debug, Clone)]
+pub struct RetrievalProcess<'a> {
+    /// The bundle it serves.
+    pub bundle: &'a Path,
+    /// etcd's client URL.
+    pub etcd: String,
+    /// The cluster it registers in.
+    pub cluster: &'a str,
+    /// The shard it serves.
+    pub shard: u32,
+    /// Its node id.
+    pub name: &'a str,
+    /// Where it serves `/metrics`.
+    pub metrics: SocketAddr,
+    /// Its lease TTL in seconds (short leases keep kill -9 tests short).
+    pub lease_ttl_s: u64,
+}
+
 /// A node process, killed when dropped.
 #[derive(Debug)]
 pub struct NodeProcess {
@@ -60,6 +79,37 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
+    /// A `retrieval-node` process on a free port, one search thread, a 300 ms drain grace.
+    pub fn retrieval(node: &RetrievalProcess<'_>) -> Self {
+        let addr = free_addr();
+        let args: Vec<String> = [
+            "--metrics-listen",
+            &node.metrics.to_string(),
+            "--bundle",
+            &node.bundle.display().to_string(),
+            "--shard",
+            &node.shard.to_string(),
+            "--listen",
+            &addr.to_string(),
+            "--search-threads",
+            "1",
+            "--etcd",
+            &node.etcd,
+            "--cluster",
+            node.cluster,
+            "--node-id",
+            node.name,
+            "--lease-ttl",
+            &node.lease_ttl_s.to_string(),
+            "--drain-grace-ms",
+            "300",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        Self::spawn(node.name, "retrieval-node", addr, &args)
+    }
+
     /// Starts `binary` with `args` (which must make it listen on `addr`), logs to
     /// stderr of the test with the node's name in front only when it fails.
     pub fn spawn(name: &str, binary_name: &str, addr: SocketAddr, args: &[String]) -> Self {

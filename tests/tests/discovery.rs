@@ -16,7 +16,7 @@ use recsys_gateway::{GatewayConfig, RequestPolicy};
 use recsys_local_cluster::{EtcdCluster, LocalCluster, LocalClusterOptions, wait_until_serving};
 use recsys_proto::v1::RecommendRequest;
 use recsys_tests::load::Load;
-use recsys_tests::processes::{NodeProcess, free_addr};
+use recsys_tests::processes::{NodeProcess, RetrievalProcess, free_addr};
 use recsys_tests::*;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -46,33 +46,15 @@ fn node_process_with_metrics(
     name: &str,
     metrics: std::net::SocketAddr,
 ) -> NodeProcess {
-    let addr = free_addr();
-    let args: Vec<String> = [
-        "--metrics-listen",
-        &metrics.to_string(),
-        "--bundle",
-        bundle().path().to_str().unwrap(),
-        "--shard",
-        &shard.to_string(),
-        "--listen",
-        &addr.to_string(),
-        "--search-threads",
-        "1",
-        "--etcd",
-        &etcd.endpoint(),
-        "--cluster",
+    NodeProcess::retrieval(&RetrievalProcess {
+        bundle: bundle().path(),
+        etcd: etcd.endpoint(),
         cluster,
-        "--node-id",
+        shard,
         name,
-        "--lease-ttl",
-        &LEASE_TTL_S.to_string(),
-        "--drain-grace-ms",
-        "300",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    NodeProcess::spawn(name, "retrieval-node", addr, &args)
+        metrics,
+        lease_ttl_s: LEASE_TTL_S,
+    })
 }
 
 /// Waits until `view` satisfies `done`, at most `timeout`; returns how long it took.
@@ -337,13 +319,7 @@ async fn etcd_down_under_load_fails_nothing_and_a_node_added_meanwhile_is_used()
     .await;
     eprintln!("etcd back → node added during the outage in the view: {caught_up:?}");
     // The gateway routes to it: its own Search counter moves.
-    let searched = || async {
-        metric_value(
-            &scrape(late_metrics).await,
-            r#"recsys_grpc_server_handled_total{code="Ok",method="Search",service="recsys.v1.RetrievalService"}"#,
-        )
-        .unwrap_or(0.0)
-    };
+    let searched = || searches(late_metrics);
     let before = searched().await;
     assert!(c.load.wait_for_answers(50, Duration::from_secs(30)).await);
     let deadline = Instant::now() + Duration::from_secs(10);
