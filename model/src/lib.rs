@@ -4,15 +4,19 @@
 //! arXiv:2008.13535) with a cross layer that matches `tfrs.layers.dcn.Cross`
 //! exactly; `tests/tfrs_parity.rs` checks it against outputs produced by TFRS
 //! itself. [`keras`] maps Keras weight names and layouts onto ours. [`ranker`]
-//! assembles x0 from feature vocabularies and embedding tables and scores
+//! assembles x0 from [`features`] (categorical, multi-hot, numeric) and scores
 //! candidates; [`planted`] writes a hand-set ranker for synthetic bundles.
 
+pub mod dcn_mix;
 pub mod dcn_v2;
 pub mod error;
+pub mod features;
 pub mod keras;
 pub mod planted;
 pub mod ranker;
 
+pub use dcn_mix::{MixConfig, MixCrossLayer};
 pub use dcn_v2::{Activation, CrossLayer, DcnConfig, DcnV2, Structure};
 pub use error::ModelError;
+pub use features::{FeatureInput, FeatureKind, FeatureSpec, Normalization, Pooling, Side};
 pub use ranker::{RankError, Ranker, RankerConfig, RankerFiles, Scores, UserContext};

@@ -135,11 +135,8 @@ pub fn write(
     }
     candle_core::safetensors::save(&tensors, &weights)?;
 
-    let feature = |name: &str, side, dim| FeatureSpec {
-        name: name.into(),
-        side,
-        vocabulary: format!("ranker/vocab/{name}.txt"),
-        dim,
+    let feature = |name: &str, side, dim| {
+        FeatureSpec::categorical(name, side, &format!("ranker/vocab/{name}.txt"), dim)
     };
     let config = RankerConfig {
         version: version.to_string(),
@@ -154,6 +151,7 @@ pub fn write(
             deep_units: Vec::new(),
             deep_activation: Activation::Relu,
             head: Head::Regression,
+            experts: None,
         },
         features: vec![
             feature("user_id", Side::User, d),

@@ -9,10 +9,14 @@
 //!                             and the DCN-V2 tensors (see dcn_v2)
 //! ranker/vocab/{feature}.txt  line i is the value of row i + 1
 //! ranker/item_features.tsv    header "item_id<TAB>feature...", one item per line
+//!                             (multi-hot cells list values separated by "|")
 //! ```
 //!
-//! Unknown values map to row 0, as Keras `StringLookup(num_oov_indices=1)` does, so
-//! a user the ranker has never seen is still scored, and the answer says so.
+//! Features are categorical, multi-hot or numeric ([`crate::features`]). Unknown
+//! values map to row 0, as Keras `StringLookup(num_oov_indices=1)` does, so a
+//! user the ranker has never seen is still scored, and the answer says so. The
+//! item side of x0 is assembled once per item at load; a request only adds its
+//! user side.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,30 +25,10 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use crate::features::{Feature, ItemTable};
 use crate::{DcnConfig, DcnV2, ModelError};
 
-/// Which side of the request a feature comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Side {
-    /// From the request (`user_id`, `user_features`).
-    User,
-    /// From the bundle's item feature table.
-    Item,
-}
-
-/// One categorical feature.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FeatureSpec {
-    /// Name: `user_id` and `item_id` are the ids themselves; others are looked up.
-    pub name: String,
-    /// Where its value comes from.
-    pub side: Side,
-    /// Vocabulary file, relative to the bundle.
-    pub vocabulary: String,
-    /// Embedding width.
-    pub dim: usize,
-}
+pub use crate::features::{FeatureInput, FeatureKind, FeatureSpec, Normalization, Pooling, Side};
 
 /// `ranker/config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,7 +60,7 @@ pub struct UserContext {
     /// The user id, matched against the `user_id` feature.
     pub user_id: String,
     /// Other user-side features by name.
-    pub features: HashMap<String, String>,
+    pub features: HashMap<String, FeatureInput>,
 }
 
 /// Scores for one request.
@@ -94,6 +78,9 @@ pub enum RankError {
     /// Candidates the bundle has no features for.
     #[error("item_ids: {} unknown item(s): {}", .0.len(), preview(.0))]
     UnknownItems(Vec<u64>),
+    /// A request feature whose value does not fit the feature's kind.
+    #[error("{0}")]
+    BadFeature(String),
     /// The model failed.
     #[error(transparent)]
     Model(#[from] ModelError),
@@ -108,19 +95,13 @@ fn preview(ids: &[u64]) -> String {
     }
 }
 
-struct Feature {
-    spec: FeatureSpec,
-    rows: HashMap<String, u32>,
-    table: Vec<f32>,
-}
-
 /// A loaded ranker.
 pub struct Ranker {
     config: RankerConfig,
     model: DcnV2,
     features: Vec<Feature>,
-    /// Row of each item feature for every item, in feature order of the item side.
-    item_rows: HashMap<u64, Vec<u32>>,
+    /// The item side of x0, per item.
+    items: ItemTable,
     device: Device,
 }
 
@@ -128,7 +109,7 @@ impl std::fmt::Debug for Ranker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ranker")
             .field("version", &self.config.version)
-            .field("items", &self.item_rows.len())
+            .field("items", &self.items.len())
             .finish_non_exhaustive()
     }
 }
@@ -156,6 +137,16 @@ impl Ranker {
             .map_err(|e| ModelError::Weights(format!("{}: {e}", files.weights.display())))?;
         let mut features = Vec::with_capacity(config.features.len());
         for spec in &config.features {
+            spec.validate()
+                .map_err(|why| ModelError::Config(format!("{}: {why}", files.config.display())))?;
+            if spec.kind == FeatureKind::Numeric {
+                features.push(Feature {
+                    spec: spec.clone(),
+                    rows: HashMap::new(),
+                    table: Vec::new(),
+                });
+                continue;
+            }
             let vocabulary = read(&files.bundle_dir.join(&spec.vocabulary))?;
             let rows: HashMap<String, u32> = vocabulary
                 .lines()
@@ -189,12 +180,12 @@ impl Ranker {
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
         let model = DcnV2::new(&config.dcn, vb)
             .map_err(|e| ModelError::Weights(format!("{}: {e}", files.weights.display())))?;
-        let item_rows = load_item_features(&files.item_features, &features)?;
+        let items = ItemTable::load(&files.item_features, &features)?;
         Ok(Self {
             config,
             model,
             features,
-            item_rows,
+            items,
             device,
         })
     }
@@ -206,12 +197,12 @@ impl Ranker {
 
     /// Items with features.
     pub fn items(&self) -> usize {
-        self.item_rows.len()
+        self.items.len()
     }
 
     /// True when `item_id` has features.
     pub fn knows_item(&self, item_id: u64) -> bool {
-        self.item_rows.contains_key(&item_id)
+        self.items.get(item_id).is_some()
     }
 
     /// Scores `items` for `user` in one batched forward pass. Blocking CPU work.
@@ -224,61 +215,58 @@ impl Ranker {
         allow_unknown_items: bool,
     ) -> Result<Scores, RankError> {
         // One look-up per candidate, shared by the unknown-item check and x0.
-        let candidate_rows: Vec<Option<&Vec<u32>>> =
-            items.iter().map(|id| self.item_rows.get(id)).collect();
+        let candidates: Vec<Option<&[f32]>> = items.iter().map(|&id| self.items.get(id)).collect();
         if !allow_unknown_items {
             let unknown: Vec<u64> = items
                 .iter()
-                .zip(&candidate_rows)
-                .filter(|(_, rows)| rows.is_none())
+                .zip(&candidates)
+                .filter(|(_, row)| row.is_none())
                 .map(|(id, _)| *id)
                 .collect();
             if !unknown.is_empty() {
                 return Err(RankError::UnknownItems(unknown));
             }
         }
-        let unknown_item: Vec<u32> = Vec::new();
         if items.is_empty() {
             return Ok(Scores {
                 scores: Vec::new(),
                 user_out_of_vocabulary: false,
             });
         }
-        // User-side rows are the same for every candidate: resolve them once.
+        // The user side is the same for every candidate: encode it once, as
+        // (offset in x0, values) runs between the item-side slices.
         let mut user_oov = false;
-        let user_rows: Vec<u32> = self
-            .features
-            .iter()
-            .map(|feature| {
-                if feature.spec.side == Side::Item {
-                    return 0;
-                }
-                let value = if feature.spec.name == "user_id" {
-                    Some(user.user_id.as_str())
-                } else {
-                    user.features.get(&feature.spec.name).map(String::as_str)
-                };
-                let row = value
-                    .and_then(|v| feature.rows.get(v))
-                    .copied()
-                    .unwrap_or(0);
-                if feature.spec.name == "user_id" && row == 0 {
-                    user_oov = true;
-                }
-                row
-            })
-            .collect();
+        let mut user_side = Vec::new();
+        for feature in self.features.iter().filter(|f| f.spec.side == Side::User) {
+            let input = if feature.spec.name == "user_id" {
+                Some(FeatureInput::Value(user.user_id.clone()))
+            } else {
+                user.features.get(&feature.spec.name).cloned()
+            };
+            let oov = feature
+                .encode_input(input.as_ref(), &mut user_side)
+                .map_err(RankError::BadFeature)?;
+            if feature.spec.name == "user_id" && oov {
+                user_oov = true;
+            }
+        }
         let dim = self.config.dcn.input_dim;
         let mut x0 = Vec::with_capacity(items.len() * dim);
-        for rows in &candidate_rows {
-            let mut item_rows = rows.unwrap_or(&unknown_item).iter();
-            for (feature, user_row) in self.features.iter().zip(&user_rows) {
-                let row = match feature.spec.side {
-                    Side::User => *user_row,
-                    Side::Item => item_rows.next().copied().unwrap_or(0),
-                };
-                let start = row as usize * feature.spec.dim;
-                x0.extend_from_slice(&feature.table[start..start + feature.spec.dim]);
+        for row in &candidates {
+            let item_side = row.unwrap_or(self.items.unknown());
+            let (mut user_at, mut item_at) = (0, 0);
+            for feature in &self.features {
+                let width = feature.spec.dim;
+                match feature.spec.side {
+                    Side::User => {
+                        x0.extend_from_slice(&user_side[user_at..user_at + width]);
+                        user_at += width;
+                    }
+                    Side::Item => {
+                        x0.extend_from_slice(&item_side[item_at..item_at + width]);
+                        item_at += width;
+                    }
+                }
             }
         }
         let x0 =
@@ -293,51 +281,4 @@ impl Ranker {
             user_out_of_vocabulary: user_oov,
         })
     }
-}
-
-/// Reads `item_id<TAB>value...` rows into embedding rows of the item features.
-fn load_item_features(
-    path: &Path,
-    features: &[Feature],
-) -> Result<HashMap<u64, Vec<u32>>, ModelError> {
-    let text = read(path)?;
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap_or_default().split('\t').collect();
-    let item_features: Vec<&Feature> = features
-        .iter()
-        .filter(|f| f.spec.side == Side::Item)
-        .collect();
-    let expected: Vec<&str> = std::iter::once("item_id")
-        .chain(item_features.iter().map(|f| f.spec.name.as_str()))
-        .collect();
-    if header != expected {
-        return Err(ModelError::Weights(format!(
-            "{}: header is {header:?}, the config needs {expected:?}",
-            path.display()
-        )));
-    }
-    let mut rows = HashMap::new();
-    for (number, line) in lines.enumerate() {
-        let fields: Vec<&str> = line.split('\t').collect();
-        let bad = |why: &str| {
-            ModelError::Weights(format!("{}: line {}: {why}", path.display(), number + 2))
-        };
-        if fields.len() != expected.len() {
-            return Err(bad(&format!(
-                "{} fields, expected {}",
-                fields.len(),
-                expected.len()
-            )));
-        }
-        let id: u64 = fields[0]
-            .parse()
-            .map_err(|_| bad("item_id is not an unsigned integer"))?;
-        let feature_rows = item_features
-            .iter()
-            .zip(&fields[1..])
-            .map(|(feature, value)| feature.rows.get(*value).copied().unwrap_or(0))
-            .collect();
-        rows.insert(id, feature_rows);
-    }
-    Ok(rows)
 }

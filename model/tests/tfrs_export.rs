@@ -42,7 +42,7 @@ fn user(request: &Value) -> UserContext {
             .as_object()
             .unwrap()
             .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().into()))
             .collect::<HashMap<_, _>>(),
     }
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use recsys_model::{RankError, Ranker, UserContext};
+use recsys_model::{FeatureInput, RankError, Ranker, UserContext};
 use recsys_proto::v1::{
     FeatureValue, RankRequest, RankResponse, feature_value::Kind,
     ranking_service_server::RankingService,
@@ -42,24 +42,31 @@ impl RankingNodeService {
     }
 }
 
-/// Categorical values of the request's user features; lists are not supported yet.
+/// Most values in one list-valued user feature.
+const MAX_LIST_VALUES: usize = 1024;
+
+/// The request's user features as the ranker takes them. Integers are values of a
+/// categorical feature (ids, buckets) or numbers, whichever the feature is; the
+/// ranker checks each value against its feature's kind.
 fn user_features(
     features: &HashMap<String, FeatureValue>,
-) -> Result<HashMap<String, String>, Status> {
+) -> Result<HashMap<String, FeatureInput>, Status> {
     features
         .iter()
         .filter_map(|(name, value)| {
-            let text = match value.kind.as_ref()? {
-                Kind::StringValue(s) => Ok(s.clone()),
-                Kind::IntValue(i) => Ok(i.to_string()),
-                Kind::FloatValue(f) => Err(Status::invalid_argument(format!(
-                    "user_features[{name}]: float {f} given, the ranker's features are categorical"
-                ))),
-                Kind::StringList(_) => Err(Status::invalid_argument(format!(
-                    "user_features[{name}]: lists are not supported by this ranker"
-                ))),
+            let input = match value.kind.as_ref()? {
+                Kind::StringValue(s) => Ok(FeatureInput::Value(s.clone())),
+                Kind::IntValue(i) => Ok(FeatureInput::Value(i.to_string())),
+                Kind::FloatValue(f) => Ok(FeatureInput::Number(f64::from(*f))),
+                Kind::StringList(list) if list.values.len() > MAX_LIST_VALUES => {
+                    Err(Status::invalid_argument(format!(
+                        "user_features[{name}]: has {} values, the limit is {MAX_LIST_VALUES}",
+                        list.values.len()
+                    )))
+                }
+                Kind::StringList(list) => Ok(FeatureInput::Values(list.values.clone())),
             };
-            Some(text.map(|t| (name.clone(), t)))
+            Some(input.map(|input| (name.clone(), input)))
         })
         .collect()
 }
@@ -121,7 +128,7 @@ impl RankingService for RankingNodeService {
                 model_version: ranker.version().to_string(),
                 user_out_of_vocabulary: scores.user_out_of_vocabulary,
             })),
-            Err(error @ RankError::UnknownItems(_)) => {
+            Err(error @ (RankError::UnknownItems(_) | RankError::BadFeature(_))) => {
                 Err(Status::invalid_argument(error.to_string()))
             }
             Err(error) => Err(Status::internal(error.to_string())),

@@ -127,17 +127,6 @@ async fn rank_validates_its_input() {
             .contains("item_ids: has 10001 ids, the limit is 10000")
     );
 
-    let mut with_float = request("user-1", vec![1]);
-    with_float.user_features.insert(
-        "age".into(),
-        FeatureValue {
-            kind: Some(Kind::FloatValue(3.5)),
-        },
-    );
-    let status = client.rank(with_float).await.unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("user_features[age]"));
-
     let known = client
         .rank(request("user-1", vec![1, 2, 3]))
         .await
@@ -145,6 +134,17 @@ async fn rank_validates_its_input() {
         .into_inner();
     assert_eq!(known.scores.len(), 3);
     assert!(!known.user_out_of_vocabulary);
+    // Features the ranker does not take are left alone (they may be the query
+    // tower's), as Keras ignores extra inputs: the scores do not move.
+    let mut with_extra = request("user-1", vec![1, 2, 3]);
+    with_extra.user_features.insert(
+        "age".into(),
+        FeatureValue {
+            kind: Some(Kind::FloatValue(3.5)),
+        },
+    );
+    let extra = client.rank(with_extra).await.unwrap().into_inner();
+    assert_eq!(extra.scores, known.scores);
     let stranger = client
         .rank(request("nobody", vec![1, 2, 3]))
         .await
