@@ -7,6 +7,13 @@
 //! movies of one user through `Ranker::score`, feature lookup included.
 //! Run with `RAYON_NUM_THREADS=1` so candle's matmuls use one thread, as TFRS's
 //! side uses one intra-op thread.
+//!
+//! `--grpc` measures the same calls through a ranking node's `Rank`: the ranker
+//! goes into a bundle with `attach_ranker` (the path an exported TFRS ranker
+//! takes), a ranking node serves it on loopback in this process with one scoring
+//! thread, and a client sends the calls one after another; the time is the
+//! client's, protobuf and HTTP/2 included. `--concurrency` adds runs with that
+//! many clients at once, for throughput.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -33,6 +40,15 @@ pub struct RankingArgs {
     /// Timed calls per batch size (after 20 warm-up calls).
     #[arg(long, default_value_t = 300)]
     pub calls: usize,
+    /// Through a ranking node's gRPC `Rank` instead of in-process.
+    #[arg(long)]
+    pub grpc: bool,
+    /// With --grpc: clients at once (each runs --calls calls per batch size).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub concurrency: Vec<usize>,
+    /// With --grpc: the node's scoring threads.
+    #[arg(long, default_value_t = 1)]
+    pub node_threads: usize,
 }
 
 /// (name, side, vocabulary size) of the tutorial's features.
@@ -62,12 +78,12 @@ fn write_ranker(work: &std::path::Path) -> anyhow::Result<RankerFiles> {
             format!("embedding.{name}"),
             Tensor::randn(0f32, 0.05, (size + 1, DIM), &device)?,
         );
-        features.push(FeatureSpec {
-            name: name.into(),
+        features.push(FeatureSpec::categorical(
+            name,
             side,
-            vocabulary: format!("vocab/{name}.txt"),
-            dim: DIM,
-        });
+            &format!("vocab/{name}.txt"),
+            DIM,
+        ));
     }
     let width = DIM * FEATURES.len();
     let dense = |out: usize, inp: usize| {
@@ -104,6 +120,7 @@ fn write_ranker(work: &std::path::Path) -> anyhow::Result<RankerFiles> {
             deep_units: vec![192, 192],
             deep_activation: Activation::Relu,
             head: Head::Regression,
+            experts: None,
         },
         features,
     };
@@ -112,7 +129,7 @@ fn write_ranker(work: &std::path::Path) -> anyhow::Result<RankerFiles> {
         serde_json::to_string_pretty(&config)?,
     )?;
     let mut items = String::from("item_id\tmovie_id\n");
-    for movie in 1..=1682 {
+    for movie in 1..=MOVIES {
         items.push_str(&format!("{movie}\tmovie_id-{movie}\n"));
     }
     std::fs::write(work.join("item_features.tsv"), items)?;
@@ -128,21 +145,38 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p) as usize]
 }
 
+/// The user of every call.
+const USER: [(&str, &str); 4] = [
+    ("user_gender", "user_gender-1"),
+    ("user_zip_code", "user_zip_code-100"),
+    ("user_occupation_text", "user_occupation_text-5"),
+    ("bucketized_user_age", "bucketized_user_age-3"),
+];
+const USER_ID: &str = "user_id-42";
+
+/// `batch` candidate ids, cycling through the catalogue.
+fn candidates(batch: usize) -> Vec<u64> {
+    (1..=batch as u64).map(|i| (i - 1) % MOVIES + 1).collect()
+}
+
+const MOVIES: u64 = 1682;
+
 /// Runs the benchmark and prints one JSON line per batch size.
 pub fn run(args: RankingArgs) -> anyhow::Result<()> {
-    let files = write_ranker(&args.work).context("writing the benchmark ranker")?;
+    let files = write_ranker(&args.work.join("ranker")).context("writing the benchmark ranker")?;
+    if args.grpc {
+        return tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(run_grpc(args, files));
+    }
     let ranker = Ranker::load(&files)?;
     let user = UserContext {
-        user_id: "user_id-42".into(),
-        features: [
-            ("user_gender", "user_gender-1"),
-            ("user_zip_code", "user_zip_code-100"),
-            ("user_occupation_text", "user_occupation_text-5"),
-            ("bucketized_user_age", "bucketized_user_age-3"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect(),
+        user_id: USER_ID.into(),
+        features: USER
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.into()))
+            .collect(),
     };
     println!(
         "{}",
@@ -150,7 +184,7 @@ pub fn run(args: RankingArgs) -> anyhow::Result<()> {
             "threads": candle_core::utils::get_num_threads()})
     );
     for &batch in &args.batch {
-        let items: Vec<u64> = (1..=batch as u64).map(|i| (i - 1) % 1682 + 1).collect();
+        let items = candidates(batch);
         for _ in 0..20 {
             ranker.score(&user, &items, false)?;
         }
@@ -161,13 +195,129 @@ pub fn run(args: RankingArgs) -> anyhow::Result<()> {
             times.push(started.elapsed().as_secs_f64() * 1e3);
             anyhow::ensure!(scores.scores.len() == batch, "wrong number of scores");
         }
-        let mean = times.iter().sum::<f64>() / times.len() as f64;
-        times.sort_by(f64::total_cmp);
-        println!(
-            "{}",
-            serde_json::json!({"engine": "recsys", "batch": batch, "calls": args.calls,
-                "median_ms": percentile(&times, 0.5), "p90_ms": percentile(&times, 0.9), "mean_ms": mean})
+        report(
+            serde_json::json!({"engine": "recsys", "batch": batch}),
+            &mut times,
         );
     }
+    Ok(())
+}
+
+/// Prints `fields` with the median, p90 and mean of `times` (ms).
+fn report(mut fields: serde_json::Value, times: &mut [f64]) {
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    times.sort_by(f64::total_cmp);
+    fields["calls"] = times.len().into();
+    fields["median_ms"] = percentile(times, 0.5).into();
+    fields["p90_ms"] = percentile(times, 0.9).into();
+    fields["mean_ms"] = mean.into();
+    println!("{fields}");
+}
+
+/// A bundle of the catalogue's movies (tiny vectors: only the ranker matters here)
+/// with the benchmark ranker attached.
+fn write_bundle(work: &std::path::Path, ranker: &RankerFiles) -> anyhow::Result<PathBuf> {
+    let dir = work.join("bundle");
+    let _ = std::fs::remove_dir_all(&dir);
+    let ids: Vec<u64> = (1..=MOVIES).collect();
+    let data: Vec<f32> = ids
+        .iter()
+        .flat_map(|&id| (0..4).map(move |d| ((id * 4 + d) as f32).sin()))
+        .collect();
+    let items = recsys_bundle::ItemVectors::new(&dir, 4, data, Some(ids.clone()), None)?;
+    let options = recsys_bundle::BuildOptions {
+        params: recsys_bundle::IndexParams::default(),
+        shard_count: 1,
+        version: "bench-ranking".into(),
+        source: "bench".into(),
+        threads: 1,
+    };
+    recsys_bundle::build_bundle(&dir, &items, None, &options, &|_| {})?;
+    let ranker_dir = ranker
+        .config
+        .parent()
+        .context("the ranker config has no directory")?;
+    recsys_bundle::attach_ranker(&dir, ranker_dir, &ids)?;
+    Ok(dir)
+}
+
+async fn run_grpc(args: RankingArgs, files: RankerFiles) -> anyhow::Result<()> {
+    use recsys_proto::v1::ranking_service_client::RankingServiceClient;
+    use recsys_proto::v1::{FeatureValue, RankRequest, feature_value::Kind};
+
+    let bundle = write_bundle(&args.work, &files)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let mut config = recsys_ranking_node::RankingConfig::new(&bundle);
+    config.threads = args.node_threads;
+    let token = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(recsys_ranking_node::run(listener, config, token.clone()));
+    recsys_local_cluster::wait_until_serving(addr, std::time::Duration::from_secs(60))
+        .await
+        .map_err(|(waited, why)| {
+            anyhow::anyhow!("ranking node not serving after {waited:?}: {why}")
+        })?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    println!(
+        "{}",
+        serde_json::json!({"engine": "recsys-grpc", "event": "model", "x0_dim": DIM * FEATURES.len(),
+            "node_threads": args.node_threads, "rayon_threads": candle_core::utils::get_num_threads()})
+    );
+    let request = |batch: usize| RankRequest {
+        user_id: USER_ID.into(),
+        user_features: USER
+            .into_iter()
+            .map(|(k, v)| {
+                let value = FeatureValue {
+                    kind: Some(Kind::StringValue(v.into())),
+                };
+                (k.to_string(), value)
+            })
+            .collect(),
+        item_ids: candidates(batch),
+    };
+    for &batch in &args.batch {
+        for &clients in &args.concurrency {
+            let mut tasks = Vec::with_capacity(clients);
+            for _ in 0..clients {
+                let mut client = RankingServiceClient::new(channel.clone());
+                let request = request(batch);
+                let calls = args.calls;
+                tasks.push(tokio::spawn(async move {
+                    for _ in 0..20 {
+                        client.rank(request.clone()).await?;
+                    }
+                    let mut times = Vec::with_capacity(calls);
+                    let timed = Instant::now();
+                    for _ in 0..calls {
+                        let call = Instant::now();
+                        let scores = client.rank(request.clone()).await?.into_inner().scores;
+                        times.push(call.elapsed().as_secs_f64() * 1e3);
+                        anyhow::ensure!(scores.len() == batch, "wrong number of scores");
+                    }
+                    anyhow::Ok((times, timed.elapsed().as_secs_f64()))
+                }));
+            }
+            // Throughput over the longest client's timed calls (warm-up left out).
+            let mut times = Vec::new();
+            let mut seconds = 0f64;
+            for task in tasks {
+                let (client_times, client_seconds) = task.await??;
+                times.extend(client_times);
+                seconds = seconds.max(client_seconds);
+            }
+            let calls_per_s = times.len() as f64 / seconds;
+            report(
+                serde_json::json!({"engine": "recsys-grpc", "batch": batch, "clients": clients,
+                    "calls_per_s": calls_per_s, "candidates_per_s": calls_per_s * batch as f64}),
+                &mut times,
+            );
+        }
+    }
+    token.cancel();
+    server.await??;
     Ok(())
 }

@@ -15,6 +15,7 @@
 //!
 //! The manifest is written last, so a directory without one is an unfinished build.
 
+pub mod attach_ranker;
 pub mod builder;
 pub mod catalog;
 pub mod error;
@@ -25,6 +26,7 @@ pub mod sharding;
 pub mod synthetic;
 pub mod vectors;
 
+pub use attach_ranker::{AttachedRanker, attach_ranker};
 pub use builder::{BuildEvent, BuildOptions, build_bundle};
 pub use catalog::Catalog;
 pub use error::BundleError;

@@ -37,6 +37,10 @@ pub struct BundleArgs {
     pub synthetic_spec: SyntheticArgs,
     #[command(flatten)]
     pub index: IndexArgs,
+    /// A ranker directory to serve with the bundle, as `tools/tfrs_export` writes
+    /// it (config.json, weights.safetensors, vocab/, item_features.tsv).
+    #[arg(long, conflicts_with = "synthetic")]
+    pub ranker: Option<PathBuf>,
     /// Bundle version (default: derived from the source and the time).
     #[arg(long)]
     pub version: Option<String>,
@@ -124,14 +128,18 @@ pub fn run(args: BundleArgs) -> anyhow::Result<()> {
             args.names.as_deref(),
         )?;
         let source = vectors.display().to_string();
-        build(
+        let manifest = build(
             &args.out,
             &items,
             None,
             &args.index,
             args.version.clone(),
             &source,
-        )?
+        )?;
+        match &args.ranker {
+            Some(ranker) => attach(&args.out, ranker, &items.ids)?,
+            None => manifest,
+        }
     } else if args.synthetic {
         build_synthetic(
             &args.out,
@@ -152,6 +160,25 @@ pub fn run(args: BundleArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Adds the ranker in `ranker` to the bundle in `out`; returns the new manifest.
+fn attach(out: &Path, ranker: &Path, items: &[u64]) -> anyhow::Result<Manifest> {
+    let attached = recsys_bundle::attach_ranker(out, ranker, items)
+        .with_context(|| format!("adding the ranker in {}", ranker.display()))?;
+    eprintln!(
+        "ranker {} added: features for {} items",
+        attached.version, attached.ranker_items
+    );
+    if attached.unknown_items > 0 {
+        eprintln!(
+            "warning: the ranker has no features for {} of the {} items; ranking nodes refuse them \
+             unless started with --allow-unknown-items",
+            attached.unknown_items,
+            items.len()
+        );
+    }
+    Ok(Manifest::load(out)?)
 }
 
 /// Builds a synthetic bundle.

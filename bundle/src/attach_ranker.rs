@@ -1,0 +1,133 @@
+//! Puts a ranker made elsewhere into a bundle: the "train in TFRS, serve here"
+//! path. `tools/tfrs_export` writes a ranker directory (`config.json`,
+//! `weights.safetensors`, `vocab/`, `item_features.tsv`); this copies it under the
+//! bundle's `ranker/`, rewrites the vocabulary paths to be relative to the bundle
+//! (as the manifest's paths are), loads it once to prove it is whole, and names it
+//! in the manifest.
+
+use std::path::{Path, PathBuf};
+
+use recsys_model::{Ranker, RankerConfig, RankerFiles};
+
+use crate::{BundleError, Manifest, RankerSpec};
+
+/// The ranker's directory inside a bundle.
+pub const RANKER_DIR: &str = "ranker";
+
+/// What [`attach_ranker`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedRanker {
+    /// The ranker's model version.
+    pub version: String,
+    /// Items the ranker has features for.
+    pub ranker_items: usize,
+    /// Of the bundle's items given, those the ranker has no features for: ranking
+    /// nodes refuse them unless told to score them as out of vocabulary.
+    pub unknown_items: usize,
+}
+
+/// Copies the ranker in `source` into the bundle at `bundle_dir` and records it in
+/// the manifest; counts which of `items` (the bundle's item ids) it does not know.
+/// Fails, naming the file, when the ranker does not load.
+pub fn attach_ranker(
+    bundle_dir: &Path,
+    source: &Path,
+    items: &[u64],
+) -> Result<AttachedRanker, BundleError> {
+    let config_path = source.join("config.json");
+    let text =
+        std::fs::read_to_string(&config_path).map_err(|e| BundleError::io(&config_path, e))?;
+    let mut config: RankerConfig = serde_json::from_str(&text)
+        .map_err(|e| BundleError::corrupt(&config_path, format!("not a ranker config: {e}")))?;
+    let target = bundle_dir.join(RANKER_DIR);
+    std::fs::create_dir_all(&target).map_err(|e| BundleError::io(&target, e))?;
+    // The exporter may have written straight into the bundle: copying a file onto
+    // itself would truncate it.
+    let in_place = same_file(source, &target);
+    if !in_place {
+        for file in ["weights.safetensors", "item_features.tsv"] {
+            copy(&source.join(file), &target.join(file))?;
+        }
+    }
+    let vocab_dir = target.join("vocab");
+    std::fs::create_dir_all(&vocab_dir).map_err(|e| BundleError::io(&vocab_dir, e))?;
+    for feature in config
+        .features
+        .iter_mut()
+        .filter(|f| !f.vocabulary.is_empty())
+    {
+        let from = vocabulary_file(source, &feature.vocabulary).ok_or_else(|| {
+            BundleError::corrupt(
+                &config_path,
+                format!(
+                    "feature {}: vocabulary {} is neither in {} nor in its parent",
+                    feature.name,
+                    feature.vocabulary,
+                    source.display()
+                ),
+            )
+        })?;
+        let name = format!("vocab/{}.txt", feature.name);
+        let to = target.join(&name);
+        if !(in_place && same_file(&from, &to)) {
+            copy(&from, &to)?;
+        }
+        feature.vocabulary = format!("{RANKER_DIR}/{name}");
+    }
+    let config_out = target.join("config.json");
+    let text = serde_json::to_string_pretty(&config)
+        .map_err(|e| BundleError::corrupt(&config_out, format!("cannot encode: {e}")))?;
+    std::fs::write(&config_out, text + "\n").map_err(|e| BundleError::io(&config_out, e))?;
+
+    let spec = RankerSpec {
+        config: format!("{RANKER_DIR}/config.json"),
+        weights: format!("{RANKER_DIR}/weights.safetensors"),
+        item_features: format!("{RANKER_DIR}/item_features.tsv"),
+    };
+    let files = RankerFiles {
+        bundle_dir: bundle_dir.to_path_buf(),
+        config: config_out,
+        weights: bundle_dir.join(&spec.weights),
+        item_features: bundle_dir.join(&spec.item_features),
+    };
+    let ranker = Ranker::load(&files).map_err(|e| BundleError::Invalid {
+        field: "ranker",
+        reason: e.to_string(),
+    })?;
+    let mut manifest = Manifest::load(bundle_dir)?;
+    manifest.ranker = Some(spec);
+    manifest.save(bundle_dir)?;
+    Ok(AttachedRanker {
+        version: ranker.version().to_string(),
+        ranker_items: ranker.items(),
+        unknown_items: items.iter().filter(|&&id| !ranker.knows_item(id)).count(),
+    })
+}
+
+/// Where a config's vocabulary path points: relative to the ranker directory, or
+/// (as `tools/tfrs_export` writes it, `ranker/vocab/...`) to the bundle it was
+/// meant for: the ranker directory's parent, or the ranker directory itself once
+/// the leading bundle path is dropped (a ranker directory that was moved). Paths
+/// that climb out are refused.
+fn vocabulary_file(source: &Path, vocabulary: &str) -> Option<PathBuf> {
+    let relative = Path::new(vocabulary);
+    if relative.is_absolute() || relative.components().any(|c| c.as_os_str() == "..") {
+        return None;
+    }
+    let components: Vec<_> = relative.components().collect();
+    let from_source = |skip: usize| source.join(components[skip..].iter().collect::<PathBuf>());
+    std::iter::once(from_source(0))
+        .chain(source.parent().map(|parent| parent.join(relative)))
+        .chain((1..components.len()).map(from_source))
+        .find(|path| path.is_file())
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
+}
+
+fn copy(from: &Path, to: &Path) -> Result<(), BundleError> {
+    std::fs::copy(from, to)
+        .map(|_| ())
+        .map_err(|e| BundleError::io(from, e))
+}
