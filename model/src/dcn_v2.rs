@@ -22,12 +22,15 @@
 //! | `cross.{i}.bias` (when `use_bias`) | `(dim)` |
 //! | `deep.{j}.weight`, `deep.{j}.bias` | `(units_j, in_j)`, `(units_j)` |
 //! | `head.weight`, `head.bias` | `(1, in)`, `(1)` |
+//!
+//! With `experts` set, every cross layer is a DCN-Mix layer ([`crate::dcn_mix`]).
 
 use candle_core::{Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
+use crate::dcn_mix::{MixConfig, MixCrossLayer};
 
 /// Element-wise activations the configs may name (Keras names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +107,10 @@ pub struct DcnConfig {
     /// What the output means.
     #[serde(default = "default_head")]
     pub head: Head,
+    /// DCN-Mix: each cross layer a mixture of `projection_dim`-rank experts
+    /// ([`crate::dcn_mix`]) instead of one `Cross`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experts: Option<MixConfig>,
 }
 
 fn default_true() -> bool {
@@ -133,6 +140,21 @@ impl DcnConfig {
                 "diag_scale is {}, must be >= 0 (as in TFRS)",
                 self.diag_scale
             )));
+        }
+        if let Some(mix) = self.experts {
+            if mix.experts == 0 {
+                return Err(ModelError::Config("experts must be at least 1".into()));
+            }
+            if self.projection_dim.is_none() {
+                return Err(ModelError::Config(
+                    "DCN-Mix experts are low rank: set projection_dim".into(),
+                ));
+            }
+            if self.diag_scale != 0.0 || self.cross_activation != Activation::Linear {
+                return Err(ModelError::Config(
+                    "DCN-Mix layers take neither diag_scale nor cross_activation (experts.activation is theirs)".into(),
+                ));
+            }
         }
         if self.deep_units.contains(&0) {
             return Err(ModelError::Config(
@@ -195,11 +217,27 @@ impl CrossLayer {
     }
 }
 
+/// A cross layer of either kind.
+#[derive(Debug, Clone)]
+enum Cross {
+    Single(CrossLayer),
+    Mix(MixCrossLayer),
+}
+
+impl Cross {
+    fn forward(&self, x0: &Tensor, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Single(layer) => layer.forward(x0, x),
+            Self::Mix(layer) => layer.forward(x0, x),
+        }
+    }
+}
+
 /// A DCN-V2 model: cross layers, deep MLP, head.
 #[derive(Debug, Clone)]
 pub struct DcnV2 {
     cfg: DcnConfig,
-    cross: Vec<CrossLayer>,
+    cross: Vec<Cross>,
     deep: Vec<Linear>,
     head: Linear,
 }
@@ -210,8 +248,14 @@ impl DcnV2 {
     pub fn new(cfg: &DcnConfig, vb: VarBuilder) -> Result<Self, ModelError> {
         cfg.validate()?;
         let cross = (0..cfg.cross_layers)
-            .map(|i| CrossLayer::new(cfg, vb.pp("cross").pp(i)))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|i| {
+                let vb = vb.pp("cross").pp(i);
+                Ok(match cfg.experts {
+                    None => Cross::Single(CrossLayer::new(cfg, vb)?),
+                    Some(mix) => Cross::Mix(MixCrossLayer::new(cfg, mix, vb)?),
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
         let mut deep = Vec::with_capacity(cfg.deep_units.len());
         let mut width = cfg.input_dim;
         for (j, &units) in cfg.deep_units.iter().enumerate() {
