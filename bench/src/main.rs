@@ -9,6 +9,9 @@
 //! - `ranking`: scoring latency of the TFRS DCN tutorial ranker, against
 //!   `bench/tfrs_dcn_timing.py` in the same run.
 
+#[global_allocator]
+static ALLOCATOR: recsys_server::allocator::Allocator = recsys_server::allocator::Allocator;
+
 mod glove;
 mod overhead;
 mod ranking;

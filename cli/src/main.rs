@@ -2,6 +2,9 @@
 //! local cluster, `serve` does the same for an existing bundle, `bundle` builds
 //! bundles, `query` asks a gateway.
 
+#[global_allocator]
+static ALLOCATOR: recsys_server::allocator::Allocator = recsys_server::allocator::Allocator;
+
 mod bundle_cmd;
 mod demo;
 mod query;

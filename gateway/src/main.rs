@@ -1,5 +1,8 @@
 //! `gateway`: the public entry point of a recsys cluster.
 
+#[global_allocator]
+static ALLOCATOR: recsys_server::allocator::Allocator = recsys_server::allocator::Allocator;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

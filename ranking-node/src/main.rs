@@ -1,5 +1,8 @@
 //! `ranking-node`: scores retrieval candidates with the bundle's DCN-V2 ranker.
 
+#[global_allocator]
+static ALLOCATOR: recsys_server::allocator::Allocator = recsys_server::allocator::Allocator;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 

@@ -1,5 +1,8 @@
 //! `retrieval-node`: serves one shard of a bundle.
 
+#[global_allocator]
+static ALLOCATOR: recsys_server::allocator::Allocator = recsys_server::allocator::Allocator;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 

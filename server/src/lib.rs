@@ -6,6 +6,7 @@
 //! these here means health, reflection and TCP settings cannot drift apart between
 //! the gateway, retrieval and ranking nodes.
 
+pub mod allocator;
 pub mod grpc;
 pub mod metrics;
 pub mod shutdown;
