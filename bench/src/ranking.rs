@@ -46,6 +46,10 @@ pub struct RankingArgs {
     /// With --grpc: clients at once (each runs --calls calls per batch size).
     #[arg(long, value_delimiter = ',', default_value = "1")]
     pub concurrency: Vec<usize>,
+    /// In-process: compute the first cross product from x0 in every call, as
+    /// without the per-item precomputation.
+    #[arg(long)]
+    pub no_precompute: bool,
     /// With --grpc: the node's scoring threads.
     #[arg(long, default_value_t = 1)]
     pub node_threads: usize,
@@ -170,7 +174,10 @@ pub fn run(args: RankingArgs) -> anyhow::Result<()> {
             .build()?
             .block_on(run_grpc(args, files));
     }
-    let ranker = Ranker::load(&files)?;
+    let mut ranker = Ranker::load(&files)?;
+    if args.no_precompute {
+        ranker = ranker.without_precomputation();
+    }
     let user = UserContext {
         user_id: USER_ID.into(),
         features: USER
@@ -181,7 +188,7 @@ pub fn run(args: RankingArgs) -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({"engine": "recsys", "event": "model", "x0_dim": DIM * FEATURES.len(),
-            "threads": candle_core::utils::get_num_threads()})
+            "threads": candle_core::utils::get_num_threads(), "precomputed": ranker.precomputed()})
     );
     for &batch in &args.batch {
         let items = candidates(batch);

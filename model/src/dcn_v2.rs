@@ -205,9 +205,36 @@ impl CrossLayer {
 
     /// `x0 ⊙ (act(W x + b) + diag_scale·x) + x`.
     pub fn forward(&self, x0: &Tensor, x: &Tensor) -> candle_core::Result<Tensor> {
+        let first = match &self.projection {
+            Projection::Full(w) => x.matmul(&w.weight().t()?)?,
+            Projection::LowRank { u, .. } => u.forward(x)?,
+        };
+        self.forward_from(x0, x, &first)
+    }
+
+    /// The weight of the first product with `x`: `W` `(dim, dim)` at full rank, `U`
+    /// `(r, dim)` at low rank. It is linear in `x`, so a caller may split it by
+    /// columns and compute parts of it ahead of time.
+    pub fn first_weight(&self) -> &Tensor {
+        match &self.projection {
+            Projection::Full(w) => w.weight(),
+            Projection::LowRank { u, .. } => u.weight(),
+        }
+    }
+
+    /// The layer given `first = x · first_weight()ᵀ`, computed by the caller.
+    pub fn forward_from(
+        &self,
+        x0: &Tensor,
+        x: &Tensor,
+        first: &Tensor,
+    ) -> candle_core::Result<Tensor> {
         let projected = match &self.projection {
-            Projection::Full(w) => w.forward(x)?,
-            Projection::LowRank { u, v } => v.forward(&u.forward(x)?)?,
+            Projection::Full(w) => match w.bias() {
+                Some(bias) => first.broadcast_add(bias)?,
+                None => first.clone(),
+            },
+            Projection::LowRank { v, .. } => v.forward(first)?,
         };
         let mut prod = self.activation.apply(&projected)?;
         if self.diag_scale != 0.0 {
@@ -299,6 +326,28 @@ impl DcnV2 {
         Ok(x)
     }
 
+    /// The first cross layer when it is a plain `Cross`: its first product with x0
+    /// may then be computed by the caller ([`DcnV2::score_from`]).
+    pub fn first_cross(&self) -> Option<&CrossLayer> {
+        match self.cross.first() {
+            Some(Cross::Single(layer)) => Some(layer),
+            _ => None,
+        }
+    }
+
+    fn cross_forward_from(&self, x0: &Tensor, first: &Tensor) -> candle_core::Result<Tensor> {
+        let Some(Cross::Single(layer)) = self.cross.first() else {
+            return Err(candle_core::Error::Msg(
+                "the first cross layer is not a plain Cross".into(),
+            ));
+        };
+        let mut x = layer.forward_from(x0, x0, first)?;
+        for layer in &self.cross[1..] {
+            x = layer.forward(x0, &x)?;
+        }
+        Ok(x)
+    }
+
     fn deep_forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let mut x = xs.clone();
         for layer in &self.deep {
@@ -311,6 +360,10 @@ impl DcnV2 {
     pub fn forward_raw(&self, x0: &Tensor) -> candle_core::Result<Tensor> {
         let (_batch, _dim) = x0.dims2()?;
         let cross = self.cross_forward(x0)?;
+        self.head_forward(x0, cross)
+    }
+
+    fn head_forward(&self, x0: &Tensor, cross: Tensor) -> candle_core::Result<Tensor> {
         let features = match self.cfg.structure {
             Structure::Stacked => self.deep_forward(&cross)?,
             Structure::Parallel if self.deep.is_empty() => cross,
@@ -322,6 +375,18 @@ impl DcnV2 {
     /// Scores `(batch,)`: the raw output for regression, its sigmoid for a logit head.
     pub fn score(&self, x0: &Tensor) -> candle_core::Result<Tensor> {
         let raw = self.forward_raw(x0)?.squeeze(1)?;
+        self.finish(raw)
+    }
+
+    /// [`DcnV2::score`] given `first = x0 · first_cross().first_weight()ᵀ`,
+    /// computed by the caller (the ranker precomputes its item-side part).
+    pub fn score_from(&self, x0: &Tensor, first: &Tensor) -> candle_core::Result<Tensor> {
+        let cross = self.cross_forward_from(x0, first)?;
+        let raw = self.head_forward(x0, cross)?.squeeze(1)?;
+        self.finish(raw)
+    }
+
+    fn finish(&self, raw: Tensor) -> candle_core::Result<Tensor> {
         match self.cfg.head {
             Head::Regression => Ok(raw),
             Head::Logit => candle_nn::ops::sigmoid(&raw),

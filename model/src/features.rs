@@ -383,12 +383,25 @@ impl ItemTable {
         self.index.len()
     }
 
-    /// The item's row, `None` when the table lacks it.
-    pub fn get(&self, item_id: u64) -> Option<&[f32]> {
-        self.index.get(&item_id).map(|&row| {
-            let start = row as usize * self.width;
-            &self.values[start..start + self.width]
-        })
+    /// The item's row number, `None` when the table lacks it.
+    pub fn position(&self, item_id: u64) -> Option<usize> {
+        self.index.get(&item_id).map(|&row| row as usize)
+    }
+
+    /// Row `position`'s values.
+    pub fn row(&self, position: usize) -> &[f32] {
+        let start = position * self.width;
+        &self.values[start..start + self.width]
+    }
+
+    /// Every row, row-major: `[len, width]`.
+    pub fn values(&self) -> &[f32] {
+        &self.values
+    }
+
+    /// The item side's width.
+    pub fn width(&self) -> usize {
+        self.width
     }
 
     /// The row used for items the table lacks.

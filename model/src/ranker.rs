@@ -102,6 +102,8 @@ pub struct Ranker {
     features: Vec<Feature>,
     /// The item side of x0, per item.
     items: ItemTable,
+    /// The item side of the first cross product, per item, when precomputed.
+    first: Option<FirstProduct>,
     device: Device,
 }
 
@@ -181,13 +183,27 @@ impl Ranker {
         let model = DcnV2::new(&config.dcn, vb)
             .map_err(|e| ModelError::Weights(format!("{}: {e}", files.weights.display())))?;
         let items = ItemTable::load(&files.item_features, &features)?;
+        let first = FirstProduct::new(&model, &features, &items)?;
         Ok(Self {
             config,
             model,
             features,
             items,
+            first,
             device,
         })
+    }
+
+    /// The same ranker computing the first cross product from x0 in every request,
+    /// as without the per-item precomputation: for measuring what it saves.
+    pub fn without_precomputation(mut self) -> Self {
+        self.first = None;
+        self
+    }
+
+    /// Whether the item side of the first cross product is precomputed.
+    pub fn precomputed(&self) -> bool {
+        self.first.is_some()
     }
 
     /// The model version.
@@ -202,7 +218,7 @@ impl Ranker {
 
     /// True when `item_id` has features.
     pub fn knows_item(&self, item_id: u64) -> bool {
-        self.items.get(item_id).is_some()
+        self.items.position(item_id).is_some()
     }
 
     /// Scores `items` for `user` in one batched forward pass. Blocking CPU work.
@@ -215,7 +231,8 @@ impl Ranker {
         allow_unknown_items: bool,
     ) -> Result<Scores, RankError> {
         // One look-up per candidate, shared by the unknown-item check and x0.
-        let candidates: Vec<Option<&[f32]>> = items.iter().map(|&id| self.items.get(id)).collect();
+        let candidates: Vec<Option<usize>> =
+            items.iter().map(|&id| self.items.position(id)).collect();
         if !allow_unknown_items {
             let unknown: Vec<u64> = items
                 .iter()
@@ -252,8 +269,8 @@ impl Ranker {
         }
         let dim = self.config.dcn.input_dim;
         let mut x0 = Vec::with_capacity(items.len() * dim);
-        for row in &candidates {
-            let item_side = row.unwrap_or(self.items.unknown());
+        for position in &candidates {
+            let item_side = position.map_or(self.items.unknown(), |p| self.items.row(p));
             let (mut user_at, mut item_at) = (0, 0);
             for feature in &self.features {
                 let width = feature.spec.dim;
@@ -271,14 +288,126 @@ impl Ranker {
         }
         let x0 =
             Tensor::from_vec(x0, (items.len(), dim), &self.device).map_err(ModelError::from)?;
-        let scores = self
-            .model
-            .score(&x0)
-            .and_then(|s| s.to_vec1::<f32>())
-            .map_err(ModelError::from)?;
+        let scores = match &self.first {
+            Some(first) => {
+                let product = first.for_request(&user_side, &candidates, &self.device)?;
+                self.model.score_from(&x0, &product)
+            }
+            None => self.model.score(&x0),
+        }
+        .and_then(|s| s.to_vec1::<f32>())
+        .map_err(ModelError::from)?;
         Ok(Scores {
             scores,
             user_out_of_vocabulary: user_oov,
         })
+    }
+}
+
+/// Largest precomputed first product kept per ranker; a bigger catalogue scores
+/// without it.
+const FIRST_PRODUCT_BUDGET_BYTES: usize = 512 << 20;
+
+/// The first cross layer's first product split by x0's columns. The product
+/// (`W x0` at full rank, `U x0` at low rank) is linear, so
+/// `W x0 = W_user x0_user + W_item x0_item`: the item term is computed once per
+/// item at load and the user term once per request, which leaves the request a
+/// gather and an add where it had an `(n, dim) × (dim, out)` matmul (the hint of
+/// the ranking issue; one of the model's three largest matmuls in the TFRS
+/// tutorial).
+#[derive(Debug)]
+struct FirstProduct {
+    /// `[items, out]`, rows parallel to the item table's.
+    items: Vec<f32>,
+    /// The row of an item the table lacks.
+    unknown: Vec<f32>,
+    out: usize,
+    /// The product's weight on the user-side columns, `(out, user width)`; `None`
+    /// when every feature is the item's.
+    user_weight: Option<Tensor>,
+}
+
+impl FirstProduct {
+    fn new(
+        model: &DcnV2,
+        features: &[Feature],
+        items: &ItemTable,
+    ) -> Result<Option<Self>, ModelError> {
+        let Some(layer) = model.first_cross() else {
+            return Ok(None);
+        };
+        let weight = layer.first_weight();
+        let (out, _dim) = weight.dims2()?;
+        if (items.len() + 1).saturating_mul(out).saturating_mul(4) > FIRST_PRODUCT_BUDGET_BYTES {
+            return Ok(None);
+        }
+        let (mut user_cols, mut item_cols) = (Vec::new(), Vec::new());
+        let mut column = 0u32;
+        for feature in features {
+            let cols = column..column + feature.spec.dim as u32;
+            match feature.spec.side {
+                Side::User => user_cols.extend(cols),
+                Side::Item => item_cols.extend(cols),
+            }
+            column += feature.spec.dim as u32;
+        }
+        let device = weight.device();
+        let columns = |cols: Vec<u32>| -> candle_core::Result<Option<Tensor>> {
+            if cols.is_empty() {
+                return Ok(None);
+            }
+            let n = cols.len();
+            let picked = weight.index_select(&Tensor::from_vec(cols, n, device)?, 1)?;
+            Ok(Some(picked))
+        };
+        let user_weight = columns(user_cols)?.map(|w| w.contiguous()).transpose()?;
+        let item_weight_t = columns(item_cols)?
+            .map(|w| w.t().and_then(|t| t.contiguous()))
+            .transpose()?;
+        let width = items.width();
+        let project = |values: &[f32], rows: usize| -> candle_core::Result<Vec<f32>> {
+            match &item_weight_t {
+                Some(w) if rows > 0 => Tensor::from_slice(values, (rows, width), device)?
+                    .matmul(w)?
+                    .flatten_all()?
+                    .to_vec1::<f32>(),
+                _ => Ok(vec![0.0; rows * out]),
+            }
+        };
+        Ok(Some(Self {
+            items: project(items.values(), items.len())?,
+            unknown: project(items.unknown(), 1)?,
+            out,
+            user_weight,
+        }))
+    }
+
+    /// `[candidates, out]`: each candidate's item term plus the request's user term.
+    fn for_request(
+        &self,
+        user_side: &[f32],
+        candidates: &[Option<usize>],
+        device: &Device,
+    ) -> Result<Tensor, ModelError> {
+        let user_term = match &self.user_weight {
+            None => vec![0.0; self.out],
+            Some(weight) => {
+                let user = Tensor::from_slice(user_side, (user_side.len(), 1), device)?;
+                weight.matmul(&user)?.flatten_all()?.to_vec1::<f32>()?
+            }
+        };
+        let mut product = Vec::with_capacity(candidates.len() * self.out);
+        for position in candidates {
+            let item_term = match position {
+                Some(p) => &self.items[p * self.out..(p + 1) * self.out],
+                None => &self.unknown[..],
+            };
+            product.extend(item_term.iter().zip(&user_term).map(|(i, u)| i + u));
+        }
+        Ok(Tensor::from_vec(
+            product,
+            (candidates.len(), self.out),
+            device,
+        )?)
     }
 }
