@@ -53,6 +53,9 @@ pub struct RankingArgs {
     /// With --grpc: the node's scoring threads.
     #[arg(long, default_value_t = 1)]
     pub node_threads: usize,
+    /// With --grpc: the node's --max-batch-rows (0 = one request per pass).
+    #[arg(long, default_value_t = recsys_ranking_node::RankingConfig::new("").max_batch_rows)]
+    pub max_batch_rows: usize,
 }
 
 /// (name, side, vocabulary size) of the tutorial's features.
@@ -257,6 +260,7 @@ async fn run_grpc(args: RankingArgs, files: RankerFiles) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let mut config = recsys_ranking_node::RankingConfig::new(&bundle);
     config.threads = args.node_threads;
+    config.max_batch_rows = args.max_batch_rows;
     let token = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(recsys_ranking_node::run(listener, config, token.clone()));
     recsys_local_cluster::wait_until_serving(addr, std::time::Duration::from_secs(60))
@@ -271,7 +275,7 @@ async fn run_grpc(args: RankingArgs, files: RankerFiles) -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({"engine": "recsys-grpc", "event": "model", "x0_dim": DIM * FEATURES.len(),
-            "node_threads": args.node_threads, "rayon_threads": candle_core::utils::get_num_threads()})
+            "node_threads": args.node_threads, "max_batch_rows": args.max_batch_rows, "rayon_threads": candle_core::utils::get_num_threads()})
     );
     let request = |batch: usize| RankRequest {
         user_id: USER_ID.into(),

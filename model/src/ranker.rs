@@ -230,6 +230,65 @@ impl Ranker {
         items: &[u64],
         allow_unknown_items: bool,
     ) -> Result<Scores, RankError> {
+        let mut batch = Batch::default();
+        let user_oov = self.encode(user, items, allow_unknown_items, &mut batch)?;
+        let scores = self.forward(batch)?;
+        Ok(Scores {
+            scores,
+            user_out_of_vocabulary: user_oov,
+        })
+    }
+
+    /// Scores several requests in one forward pass: concurrent small requests cost
+    /// one pass's fixed overhead instead of one each. A request that cannot be
+    /// scored (unknown items, a bad feature value) gets its own error and leaves
+    /// the others alone.
+    pub fn score_batch(
+        &self,
+        requests: &[(&UserContext, &[u64])],
+        allow_unknown_items: bool,
+    ) -> Vec<Result<Scores, RankError>> {
+        let mut batch = Batch::default();
+        let mut encoded = Vec::with_capacity(requests.len());
+        for (user, items) in requests {
+            let before = batch.rows;
+            match self.encode(user, items, allow_unknown_items, &mut batch) {
+                Ok(oov) => encoded.push(Ok((before, items.len(), oov))),
+                Err(error) => encoded.push(Err(error)),
+            }
+        }
+        let scores = match self.forward(batch) {
+            Ok(scores) => scores,
+            Err(error) => {
+                let reason = error.to_string();
+                return encoded
+                    .into_iter()
+                    .map(|e| {
+                        e.and_then(|_| Err(RankError::Model(ModelError::Weights(reason.clone()))))
+                    })
+                    .collect();
+            }
+        };
+        encoded
+            .into_iter()
+            .map(|e| {
+                e.map(|(start, n, oov)| Scores {
+                    scores: scores[start..start + n].to_vec(),
+                    user_out_of_vocabulary: oov,
+                })
+            })
+            .collect()
+    }
+
+    /// Appends the rows of `items` for `user` to `batch` (nothing on error);
+    /// returns whether the user id was out of vocabulary.
+    fn encode(
+        &self,
+        user: &UserContext,
+        items: &[u64],
+        allow_unknown_items: bool,
+        batch: &mut Batch,
+    ) -> Result<bool, RankError> {
         // One look-up per candidate, shared by the unknown-item check and x0.
         let candidates: Vec<Option<usize>> =
             items.iter().map(|&id| self.items.position(id)).collect();
@@ -244,14 +303,8 @@ impl Ranker {
                 return Err(RankError::UnknownItems(unknown));
             }
         }
-        if items.is_empty() {
-            return Ok(Scores {
-                scores: Vec::new(),
-                user_out_of_vocabulary: false,
-            });
-        }
-        // The user side is the same for every candidate: encode it once, as
-        // (offset in x0, values) runs between the item-side slices.
+        // The user side is the same for every candidate: encode it once, and copy
+        // it between the item-side slices.
         let mut user_oov = false;
         let mut user_side = Vec::new();
         for feature in self.features.iter().filter(|f| f.spec.side == Side::User) {
@@ -267,8 +320,10 @@ impl Ranker {
                 user_oov = true;
             }
         }
-        let dim = self.config.dcn.input_dim;
-        let mut x0 = Vec::with_capacity(items.len() * dim);
+        if items.is_empty() {
+            return Ok(user_oov);
+        }
+        batch.x0.reserve(items.len() * self.config.dcn.input_dim);
         for position in &candidates {
             let item_side = position.map_or(self.items.unknown(), |p| self.items.row(p));
             let (mut user_at, mut item_at) = (0, 0);
@@ -276,32 +331,57 @@ impl Ranker {
                 let width = feature.spec.dim;
                 match feature.spec.side {
                     Side::User => {
-                        x0.extend_from_slice(&user_side[user_at..user_at + width]);
+                        batch
+                            .x0
+                            .extend_from_slice(&user_side[user_at..user_at + width]);
                         user_at += width;
                     }
                     Side::Item => {
-                        x0.extend_from_slice(&item_side[item_at..item_at + width]);
+                        batch
+                            .x0
+                            .extend_from_slice(&item_side[item_at..item_at + width]);
                         item_at += width;
                     }
                 }
             }
         }
-        let x0 =
-            Tensor::from_vec(x0, (items.len(), dim), &self.device).map_err(ModelError::from)?;
+        if let Some(first) = &self.first {
+            let before = batch.first.len();
+            if let Err(error) = first.append(&user_side, &candidates, &mut batch.first) {
+                // Leave the batch as it was, so the other requests in it still score.
+                batch.first.truncate(before);
+                batch.x0.truncate(batch.rows * self.config.dcn.input_dim);
+                return Err(error.into());
+            }
+        }
+        batch.rows += items.len();
+        Ok(user_oov)
+    }
+
+    /// One forward pass over every row of `batch`.
+    fn forward(&self, batch: Batch) -> Result<Vec<f32>, ModelError> {
+        if batch.rows == 0 {
+            return Ok(Vec::new());
+        }
+        let dim = self.config.dcn.input_dim;
+        let x0 = Tensor::from_vec(batch.x0, (batch.rows, dim), &self.device)?;
         let scores = match &self.first {
             Some(first) => {
-                let product = first.for_request(&user_side, &candidates, &self.device)?;
-                self.model.score_from(&x0, &product)
+                let product = Tensor::from_vec(batch.first, (batch.rows, first.out), &self.device)?;
+                self.model.score_from(&x0, &product)?
             }
-            None => self.model.score(&x0),
-        }
-        .and_then(|s| s.to_vec1::<f32>())
-        .map_err(ModelError::from)?;
-        Ok(Scores {
-            scores,
-            user_out_of_vocabulary: user_oov,
-        })
+            None => self.model.score(&x0)?,
+        };
+        Ok(scores.to_vec1::<f32>()?)
     }
+}
+
+/// Rows of one forward pass: x0 and, when precomputed, the first cross product.
+#[derive(Debug, Default)]
+struct Batch {
+    rows: usize,
+    x0: Vec<f32>,
+    first: Vec<f32>,
 }
 
 /// Largest precomputed first product kept per ranker; a bigger catalogue scores
@@ -382,32 +462,91 @@ impl FirstProduct {
         }))
     }
 
-    /// `[candidates, out]`: each candidate's item term plus the request's user term.
-    fn for_request(
+    /// Appends `[candidates, out]` to `out`: each candidate's item term plus the
+    /// request's user term.
+    fn append(
         &self,
         user_side: &[f32],
         candidates: &[Option<usize>],
-        device: &Device,
-    ) -> Result<Tensor, ModelError> {
+        out: &mut Vec<f32>,
+    ) -> Result<(), ModelError> {
         let user_term = match &self.user_weight {
             None => vec![0.0; self.out],
             Some(weight) => {
-                let user = Tensor::from_slice(user_side, (user_side.len(), 1), device)?;
+                let user = Tensor::from_slice(user_side, (user_side.len(), 1), weight.device())?;
                 weight.matmul(&user)?.flatten_all()?.to_vec1::<f32>()?
             }
         };
-        let mut product = Vec::with_capacity(candidates.len() * self.out);
+        out.reserve(candidates.len() * self.out);
         for position in candidates {
             let item_term = match position {
                 Some(p) => &self.items[p * self.out..(p + 1) * self.out],
                 None => &self.unknown[..],
             };
-            product.extend(item_term.iter().zip(&user_term).map(|(i, u)| i + u));
+            out.extend(item_term.iter().zip(&user_term).map(|(i, u)| i + u));
         }
-        Ok(Tensor::from_vec(
-            product,
-            (candidates.len(), self.out),
-            device,
-        )?)
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::planted::{self, PlantedInputs};
+
+    fn planted_ranker(dir: &Path) -> Ranker {
+        let inputs = PlantedInputs {
+            dim: 2,
+            user_ids: &["u1".into(), "u2".into()],
+            user_vectors: &[1.0, 0.0, 0.0, 1.0],
+            item_ids: &[10, 20, 30],
+            item_vectors: &[1.0, 0.0, 0.0, 1.0, 0.6, 0.8],
+            item_quality: &[9, 0, 3],
+            quality_weight: 0.3,
+        };
+        planted::write(dir, &inputs, "batch-test").unwrap();
+        Ranker::load(&RankerFiles {
+            bundle_dir: dir.to_path_buf(),
+            config: dir.join(planted::CONFIG_FILE),
+            weights: dir.join(planted::WEIGHTS_FILE),
+            item_features: dir.join(planted::ITEM_FEATURES_FILE),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_batch_scores_as_its_requests_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let ranker = planted_ranker(dir.path());
+        let user = |id: &str| UserContext {
+            user_id: id.into(),
+            ..Default::default()
+        };
+        let (u1, u2, stranger) = (user("u1"), user("u2"), user("nobody"));
+        let requests: Vec<(&UserContext, &[u64])> = vec![
+            (&u1, &[10, 20, 30]),
+            (&u2, &[30, 99]),
+            (&stranger, &[20]),
+            (&u2, &[]),
+            (&u1, &[30, 10]),
+        ];
+        let batch = ranker.score_batch(&requests, false);
+        assert_eq!(batch.len(), requests.len());
+        for ((user, items), batched) in requests.iter().zip(&batch) {
+            match (ranker.score(user, items, false), batched) {
+                (Ok(alone), Ok(batched)) => {
+                    // Rows of a bigger matmul may round differently, nothing more.
+                    assert_eq!(alone.scores.len(), batched.scores.len());
+                    for (a, b) in alone.scores.iter().zip(&batched.scores) {
+                        assert!((a - b).abs() < 1e-5, "{alone:?} vs {batched:?}");
+                    }
+                    assert_eq!(alone.user_out_of_vocabulary, batched.user_out_of_vocabulary);
+                }
+                (Err(alone), Err(batched)) => assert_eq!(alone.to_string(), batched.to_string()),
+                (alone, batched) => panic!("{alone:?} vs {batched:?}"),
+            }
+        }
+        assert!(matches!(&batch[1], Err(RankError::UnknownItems(ids)) if ids == &[99]));
+        assert!(batch[2].as_ref().unwrap().user_out_of_vocabulary);
     }
 }

@@ -3,11 +3,13 @@
 //!
 //! The gateway sends ids, not vectors: the node looks up item features in its
 //! bundle and user features from the request, assembles x0 and scores all
-//! candidates in one batched forward pass on a sized blocking pool. Health is
+//! candidates in one batched forward pass on its own scoring threads, which also
+//! batch concurrent requests together ([`batcher`]). Health is
 //! `NOT_SERVING` until the ranker is loaded; a ranker whose files disagree with
 //! its config (a tensor of the wrong shape, say) keeps the node there, and
 //! `Rank` says which tensor and which shapes.
 
+pub mod batcher;
 pub mod metrics;
 pub mod service;
 
@@ -23,11 +25,11 @@ use recsys_server::grpc::{
     incoming, not_serving_on_shutdown, pool_size, set_health, spawn_loader, standard_router,
 };
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 
+use crate::batcher::{Batcher, BatcherConfig};
 use crate::service::{LoadState, RankingNodeService};
 
 /// Errors of running the ranking node.
@@ -36,6 +38,9 @@ pub enum RankingError {
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The scoring threads could not be started.
+    #[error("scoring threads: {0}")]
+    Threads(std::io::Error),
     /// The reflection service could not be built.
     #[error("reflection: {0}")]
     Reflection(#[from] recsys_server::grpc::ReflectionError),
@@ -46,8 +51,14 @@ pub enum RankingError {
 pub struct RankingConfig {
     /// The bundle directory.
     pub bundle_dir: PathBuf,
-    /// Forward passes at once (0 = one per core).
+    /// Scoring threads, each running one forward pass at a time (0 = one per core).
     pub threads: usize,
+    /// Most candidates one forward pass takes from concurrent requests (0 = one
+    /// request per pass); see [`batcher`].
+    pub max_batch_rows: usize,
+    /// Most requests waiting for a scoring thread; more are refused with
+    /// `RESOURCE_EXHAUSTED`.
+    pub max_queue: usize,
     /// Most candidates one `Rank` may carry.
     pub max_candidates: usize,
     /// Score unknown item ids with out-of-vocabulary features instead of refusing them.
@@ -57,11 +68,15 @@ pub struct RankingConfig {
 }
 
 impl RankingConfig {
-    /// Defaults for `bundle_dir`: one pass per core, 10 000 candidates, unknown items refused.
+    /// Defaults for `bundle_dir`: one scoring thread per core, batches of up to
+    /// 1024 candidates, 1024 waiting requests, 10 000 candidates per request,
+    /// unknown items refused.
     pub fn new(bundle_dir: impl Into<PathBuf>) -> Self {
         Self {
             bundle_dir: bundle_dir.into(),
             threads: 0,
+            max_batch_rows: 1024,
+            max_queue: 1024,
             max_candidates: 10_000,
             allow_unknown_items: false,
             announce: None,
@@ -95,9 +110,14 @@ pub async fn run(
     let name = <RankingServiceServer<RankingNodeService> as NamedService>::NAME;
     set_health(&health, name, ServingStatus::NotServing).await;
     let state = Arc::new(ArcSwap::from_pointee(LoadState::Loading));
-    let threads = pool_size(config.threads);
-    let service =
-        RankingNodeService::new(state.clone(), Arc::new(Semaphore::new(threads)), &config);
+    let batcher = Batcher::start(BatcherConfig {
+        threads: pool_size(config.threads),
+        max_queue: config.max_queue,
+        max_batch_rows: config.max_batch_rows,
+        allow_unknown_items: config.allow_unknown_items,
+    })
+    .map_err(RankingError::Threads)?;
+    let service = RankingNodeService::new(state.clone(), Arc::new(batcher), &config);
 
     let announcer = Announcer::new(config.announce.clone());
     let ready_announcer = announcer.clone();

@@ -24,9 +24,15 @@ struct Args {
     metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     etcd: recsys_discovery::flags::EtcdFlags,
-    /// Forward passes at once (0 = one per core).
+    /// Scoring threads, one forward pass each at a time (0 = one per core).
     #[arg(long, env = "RECSYS_RANK_THREADS", default_value_t = 0)]
     threads: usize,
+    /// Most candidates one forward pass takes from concurrent requests (0 = one request per pass).
+    #[arg(long, env = "RECSYS_MAX_BATCH_ROWS", default_value_t = RankingConfig::new("").max_batch_rows)]
+    max_batch_rows: usize,
+    /// Most requests waiting for a scoring thread; more get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "RECSYS_MAX_QUEUE", default_value_t = RankingConfig::new("").max_queue)]
+    max_queue: usize,
     /// Most candidates per request.
     #[arg(long, env = "RECSYS_MAX_CANDIDATES", default_value_t = 10_000)]
     max_candidates: usize,
@@ -43,6 +49,8 @@ async fn main() -> anyhow::Result<()> {
     let config = RankingConfig {
         bundle_dir: args.bundle,
         threads: args.threads,
+        max_batch_rows: args.max_batch_rows,
+        max_queue: args.max_queue,
         max_candidates: args.max_candidates,
         allow_unknown_items: args.allow_unknown_items,
         announce: args.etcd.announce("ranking", listener.local_addr()?)?,

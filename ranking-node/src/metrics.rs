@@ -1,5 +1,5 @@
-//! The ranking node's Prometheus series: candidates per call, scoring time, and
-//! users scored through the out-of-vocabulary row. Scraped through
+//! The ranking node's Prometheus series: candidates per call, time and requests
+//! per forward pass, and users scored through the out-of-vocabulary row. Scraped through
 //! `recsys_server::metrics`.
 
 use std::sync::LazyLock;
@@ -11,7 +11,17 @@ use recsys_server::metrics::{counter, histogram, latency_histogram};
 static SCORE_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     latency_histogram(
         "recsys_ranking_score_seconds",
-        "time of one batched forward pass, feature look-up included",
+        "time of one forward pass over one or more batched requests, feature look-up included",
+    )
+});
+
+static REQUESTS_PER_PASS: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        HistogramOpts::new(
+            "recsys_ranking_requests_per_pass",
+            "Rank requests scored together in one forward pass",
+        )
+        .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
     )
 });
 
@@ -34,9 +44,14 @@ static OOV_USERS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
-/// One call scored `candidates` items in `elapsed`.
-pub fn scored(candidates: usize, elapsed: Duration, user_out_of_vocabulary: bool) {
+/// One forward pass scored `requests` requests, `rows` candidates in all, in `elapsed`.
+pub fn pass(requests: usize, _rows: usize, elapsed: Duration) {
     SCORE_SECONDS.observe(elapsed.as_secs_f64());
+    REQUESTS_PER_PASS.observe(requests as f64);
+}
+
+/// One call had `candidates` items scored.
+pub fn scored(candidates: usize, user_out_of_vocabulary: bool) {
     CANDIDATES.observe(candidates as f64);
     if user_out_of_vocabulary {
         OOV_USERS.inc();

@@ -9,10 +9,10 @@ use recsys_proto::v1::{
     FeatureValue, RankRequest, RankResponse, feature_value::Kind,
     ranking_service_server::RankingService,
 };
-use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use crate::RankingConfig;
+use crate::batcher::{Batcher, QueueError};
 
 /// Where loading the ranker stands.
 pub type LoadState = recsys_server::grpc::LoadState<Ranker>;
@@ -21,23 +21,21 @@ pub type LoadState = recsys_server::grpc::LoadState<Ranker>;
 #[derive(Debug, Clone)]
 pub struct RankingNodeService {
     state: Arc<ArcSwap<LoadState>>,
-    pool: Arc<Semaphore>,
+    batcher: Arc<Batcher>,
     max_candidates: usize,
-    allow_unknown_items: bool,
 }
 
 impl RankingNodeService {
-    /// A service scoring with `state`, at most `pool` forward passes at a time.
+    /// A service scoring with `state` on `batcher`'s threads.
     pub fn new(
         state: Arc<ArcSwap<LoadState>>,
-        pool: Arc<Semaphore>,
+        batcher: Arc<Batcher>,
         config: &RankingConfig,
     ) -> Self {
         Self {
             state,
-            pool,
+            batcher,
             max_candidates: config.max_candidates,
-            allow_unknown_items: config.allow_unknown_items,
         }
     }
 }
@@ -100,30 +98,18 @@ impl RankingService for RankingNodeService {
             features: user_features(&request.user_features)?,
         };
         let items = request.item_ids;
-        let allow_unknown = self.allow_unknown_items;
-        let permit = self
-            .pool
-            .clone()
-            .acquire_owned()
+        let answer =
+            self.batcher
+                .submit(ranker.clone(), user, items)
+                .map_err(|error| match error {
+                    QueueError::Full(_) => Status::resource_exhausted(error.to_string()),
+                    QueueError::Closed => Status::unavailable(error.to_string()),
+                })?;
+        let scored = answer
             .await
-            .map_err(|_| Status::unavailable("ranking pool closed"))?;
-        let scored = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let started = std::time::Instant::now();
-            let scored = ranker.score(&user, &items, allow_unknown);
-            if let Ok(scores) = &scored {
-                crate::metrics::scored(
-                    items.len(),
-                    started.elapsed(),
-                    scores.user_out_of_vocabulary,
-                );
-            }
-            scored.map(|s| (s, ranker))
-        })
-        .await
-        .map_err(|e| Status::internal(format!("scoring task failed: {e}")))?;
+            .map_err(|_| Status::internal("scoring thread ended without an answer"))?;
         match scored {
-            Ok((scores, ranker)) => Ok(Response::new(RankResponse {
+            Ok(scores) => Ok(Response::new(RankResponse {
                 scores: scores.scores,
                 model_version: ranker.version().to_string(),
                 user_out_of_vocabulary: scores.user_out_of_vocabulary,
