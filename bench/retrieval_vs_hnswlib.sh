@@ -13,5 +13,5 @@ fi
 scripts/install-deps.sh
 cargo build -q --release -p recsys-bench
 echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-target/release/recsys-bench retrieval --data "$data" "$@"
+"${CARGO_TARGET_DIR:-target}/release/recsys-bench" retrieval --data "$data" "$@"
 "$venv/bin/python" bench/hnswlib_glove.py --data "$data"
