@@ -8,8 +8,9 @@ use clap::Args;
 use futures_util::future::join_all;
 use recsys_local_cluster::{LocalCluster, LocalClusterOptions, wait_until_serving};
 use recsys_proto::v1::{
-    QueryEmbedding, RecommendRequest, SearchRequest, gateway_service_client::GatewayServiceClient,
-    recommend_request::Query, retrieval_service_client::RetrievalServiceClient,
+    QueryEmbedding, RecommendOptions, RecommendRequest, SearchRequest,
+    gateway_service_client::GatewayServiceClient, recommend_request::Query,
+    retrieval_service_client::RetrievalServiceClient,
 };
 use recsys_retrieval_node::{NodeConfig, SearchLimits};
 use tokio_util::sync::CancellationToken;
@@ -128,6 +129,11 @@ pub async fn overhead(args: OverheadArgs) -> anyhow::Result<()> {
             .recommend(RecommendRequest {
                 query: Some(Query::QueryEmbedding(QueryEmbedding { values: query })),
                 k: args.k,
+                // The retrieval path only: the direct side does no ranking either.
+                options: Some(RecommendOptions {
+                    skip_ranking: true,
+                    ..Default::default()
+                }),
                 ..Default::default()
             })
             .await?;
