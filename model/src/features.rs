@@ -192,13 +192,22 @@ impl Feature {
         }
     }
 
-    fn number(&self, value: Option<f64>, out: &mut Vec<f32>) {
+    /// Pushes the standardized number; a value that does not fit in f32 once
+    /// standardized (1e300, say) is refused: it would turn every score into NaN.
+    fn number(&self, value: Option<f64>, out: &mut Vec<f32>) -> Result<(), String> {
         let standardized = match (value, self.spec.normalization) {
             (None, _) => 0.0,
             (Some(v), Some(n)) => (v - n.mean) / n.std,
             (Some(v), None) => v,
-        };
-        out.push(standardized as f32);
+        } as f32;
+        if !standardized.is_finite() {
+            return Err(format!(
+                "{} is out of range: standardized it does not fit in f32",
+                value.unwrap_or_default()
+            ));
+        }
+        out.push(standardized);
+        Ok(())
     }
 
     /// Appends this feature's slice for a request value; `Ok(true)` when a
@@ -240,16 +249,18 @@ impl Feature {
                 describe(other)
             )),
             (FeatureKind::Numeric, None) => {
-                self.number(None, out);
+                self.number(None, out)?;
                 Ok(false)
             }
             (FeatureKind::Numeric, Some(FeatureInput::Number(x))) if x.is_finite() => {
-                self.number(Some(*x), out);
+                self.number(Some(*x), out)
+                    .map_err(|why| format!("user_features[{name}]: {why}"))?;
                 Ok(false)
             }
             (FeatureKind::Numeric, Some(FeatureInput::Value(v))) => match v.parse::<f64>() {
                 Ok(x) if x.is_finite() => {
-                    self.number(Some(x), out);
+                    self.number(Some(x), out)
+                        .map_err(|why| format!("user_features[{name}]: {why}"))?;
                     Ok(false)
                 }
                 _ => Err(format!(
@@ -288,7 +299,8 @@ impl Feature {
                         }
                     },
                 };
-                self.number(value, out);
+                self.number(value, out)
+                    .map_err(|why| format!("{}: {why}", self.spec.name))?;
             }
         }
         Ok(())
@@ -412,6 +424,8 @@ impl ItemTable {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn feature(kind: FeatureKind, dim: usize, pooling: Option<Pooling>) -> Feature {
@@ -493,6 +507,70 @@ mod tests {
             error,
             "user_features[f]: a list given, the feature is categorical (one value)"
         );
+    }
+
+    fn any_input() -> impl Strategy<Value = FeatureInput> {
+        prop_oneof![
+            ".{0,12}".prop_map(FeatureInput::Value),
+            proptest::collection::vec("[a-c|]{0,3}", 0..5).prop_map(FeatureInput::Values),
+            any::<f64>().prop_map(FeatureInput::Number),
+        ]
+    }
+
+    fn any_kind() -> impl Strategy<Value = (FeatureKind, usize)> {
+        prop_oneof![
+            (1usize..4).prop_map(|dim| (FeatureKind::Categorical, dim)),
+            (1usize..4).prop_map(|dim| (FeatureKind::MultiHot, dim)),
+            Just((FeatureKind::Numeric, 1)),
+        ]
+    }
+
+    proptest! {
+        /// Whatever a request sends, encoding never panics, adds exactly the
+        /// feature's width on success and nothing on failure, and never yields a
+        /// non-finite value.
+        #[test]
+        fn request_values_encode_whole_or_not_at_all(
+            (kind, dim) in any_kind(),
+            input in proptest::option::of(any_input()),
+        ) {
+            let f = feature(kind, dim, None);
+            let mut out = vec![7.0];
+            match f.encode_input(input.as_ref(), &mut out) {
+                Ok(_) => {
+                    prop_assert_eq!(out.len(), 1 + dim);
+                    prop_assert!(out.iter().all(|x| x.is_finite()));
+                }
+                Err(message) => {
+                    prop_assert_eq!(out.len(), 1);
+                    prop_assert!(message.starts_with("user_features[f]: "), "{}", message);
+                }
+            }
+        }
+
+        /// Item table lines of any content load or fail with the file and line,
+        /// never panic; loaded rows are as wide as the item features.
+        #[test]
+        fn item_tables_load_or_name_the_line(
+            lines in proptest::collection::vec("[0-9a-c|\t.e-]{0,16}", 0..6),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("items.tsv");
+            let mut numeric = feature(FeatureKind::Numeric, 1, None);
+            numeric.spec.name = "n".into();
+            let features = [feature(FeatureKind::MultiHot, 2, None), numeric];
+            std::fs::write(&path, format!("item_id\tf\tn\n{}", lines.join("\n"))).unwrap();
+            match ItemTable::load(&path, &features) {
+                Ok(table) => {
+                    prop_assert_eq!(table.values().len(), table.len() * 3);
+                    prop_assert!(table.values().iter().all(|x| x.is_finite()));
+                }
+                Err(error) => {
+                    let text = error.to_string();
+                    prop_assert!(text.contains("items.tsv: line "), "{}", text);
+                }
+            }
+        }
     }
 
     #[test]
