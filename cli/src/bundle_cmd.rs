@@ -44,6 +44,11 @@ pub struct BundleArgs {
     /// Bundle version (default: derived from the source and the time).
     #[arg(long)]
     pub version: Option<String>,
+    /// Leave a complete bundle already in --out alone instead of rebuilding it: for
+    /// one-shot jobs (docker compose, Kubernetes) that run again on every start
+    /// while nodes may be serving from that directory.
+    #[arg(long)]
+    pub if_missing: bool,
 }
 
 /// Shape of a synthetic catalog.
@@ -119,6 +124,16 @@ impl IndexArgs {
 /// Builds the bundle `args` describe.
 pub fn run(args: BundleArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    if args.if_missing
+        && let Ok(manifest) = Manifest::load(&args.out)
+    {
+        println!(
+            "bundle {} already in {}: not rebuilt (--if-missing)",
+            manifest.version,
+            args.out.display()
+        );
+        return Ok(());
+    }
     let manifest = if let Some(vectors) = &args.vectors {
         eprintln!("reading {}", vectors.display());
         let items = ItemVectors::read(

@@ -1,12 +1,13 @@
 //! `recsys`: the front door. `demo` builds a synthetic bundle and serves it on a
 //! local cluster, `serve` does the same for an existing bundle, `bundle` builds
-//! bundles, `query` asks a gateway.
+//! bundles, `query` asks a gateway, `health` asks any server whether it is serving.
 
 #[global_allocator]
 static ALLOCATOR: recsys_server::allocator::Allocator = recsys_server::allocator::Allocator;
 
 mod bundle_cmd;
 mod demo;
+mod health;
 mod query;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,8 @@ enum Command {
     Bundle(bundle_cmd::BundleArgs),
     /// Ask a gateway for recommendations and print them as a table.
     Query(query::QueryArgs),
+    /// Ask a server's grpc.health.v1 whether it is SERVING (exit 0) or not (exit 1).
+    Health(health::HealthArgs),
 }
 
 #[tokio::main]
@@ -42,5 +45,13 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Query(args) => query::run(args).await,
+        Command::Health(args) => {
+            // One line a probe log can show, never a backtrace.
+            if let Err(error) = health::run(args).await {
+                eprintln!("{error:#}");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }
