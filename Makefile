@@ -3,7 +3,7 @@ CARGO ?= cargo
 # Extra flags for `recsys demo`, e.g. make demo ARGS="--items 500000 --shards 4".
 ARGS ?=
 
-.PHONY: deps demo test lint fmt bench bench-merge clean-demo
+.PHONY: deps demo test lint fmt bench bench-merge clean-demo images images-offline compose-up compose-down compose-test k8s-render
 
 deps:
 	@scripts/install-deps.sh
@@ -29,3 +29,32 @@ bench-merge: deps
 
 clean-demo:
 	rm -rf target/demo-bundle
+
+## Container images: IMAGES=offline (default; binaries built here plus the libraries
+## they link, `docker import`, no registry needed), docker (deploy/Dockerfile,
+## multi-stage, pulls rust and debian images) or none (use the images present).
+IMAGES ?= offline
+export IMAGES
+
+images: deps
+	deploy/compose.sh images
+
+## docker compose cluster (deploy/docker-compose.yml): etcd, 2 shards x 2 replicas,
+## 2 ranking nodes, gateway on 127.0.0.1:$(RECSYS_GATEWAY_PORT).
+RECSYS_GATEWAY_PORT ?= 50051
+export RECSYS_GATEWAY_PORT
+
+compose-up: deps
+	deploy/compose.sh up
+
+compose-down:
+	deploy/compose.sh down
+
+## Up, the compose tests through the published gateway (stopping and starting
+## containers under load), down.
+compose-test: deps
+	deploy/compose.sh test
+
+## The Kubernetes manifests as kubectl applies them.
+k8s-render:
+	kubectl kustomize deploy/k8s

@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod compose;
 pub mod load;
 pub mod processes;
 
@@ -36,21 +37,27 @@ impl TestBundle {
     /// Brute-force reference: every item scored in f64 against `query`, best first,
     /// minus `excluded`.
     pub fn reference(&self, query: &[f32], excluded: &[u64]) -> Vec<(u64, f64)> {
-        let items = &self.catalog.items;
-        let mut scored: Vec<(u64, f64)> = (0..items.len())
-            .filter(|&row| !excluded.contains(&items.ids[row]))
-            .map(|row| {
-                let dot: f64 = query
-                    .iter()
-                    .zip(items.row(row))
-                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
-                    .sum();
-                (items.ids[row], dot)
-            })
-            .collect();
-        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        scored
+        brute_force(&self.catalog, query, excluded)
     }
+}
+
+/// Every item of `catalog` scored in f64 (inner product) against `query`, best
+/// first (ties by smaller id), minus `excluded`.
+pub fn brute_force(catalog: &SyntheticCatalog, query: &[f32], excluded: &[u64]) -> Vec<(u64, f64)> {
+    let items = &catalog.items;
+    let mut scored: Vec<(u64, f64)> = (0..items.len())
+        .filter(|&row| !excluded.contains(&items.ids[row]))
+        .map(|row| {
+            let dot: f64 = query
+                .iter()
+                .zip(items.row(row))
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum();
+            (items.ids[row], dot)
+        })
+        .collect();
+    scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    scored
 }
 
 fn options(shards: u32, seed: u64) -> BuildOptions {

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Drives deploy/docker-compose.yml for the Makefile's compose-* targets.
+#
+#   deploy/compose.sh images   build the images (IMAGES=offline|docker|none)
+#   deploy/compose.sh up       images, `up -d`, then wait until every server is healthy
+#   deploy/compose.sh down     stop and remove the cluster and its bundle volume
+#   deploy/compose.sh test     up, the compose tests (tests/tests/compose.rs) through
+#                              the published gateway, down (also when they fail)
+#
+# env: IMAGES (offline: deploy/offline-images.sh, the default, needs no registry;
+#      docker: docker build of deploy/Dockerfile and deploy/etcd.Dockerfile;
+#      none: use the images present), COMPOSE (default `docker compose` when
+#      present, else docker-compose), COMPOSE_PROJECT (recsys),
+#      RECSYS_GATEWAY_PORT (50051), RECSYS_UP_TIMEOUT (seconds, 600).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${COMPOSE:-}" ]; then
+  if docker compose version >/dev/null 2>&1; then COMPOSE="docker compose"
+  elif command -v docker-compose >/dev/null 2>&1; then COMPOSE=docker-compose
+  else echo "compose: neither 'docker compose' nor docker-compose is installed" >&2; exit 1
+  fi
+fi
+project=${COMPOSE_PROJECT:-recsys}
+file=$PWD/deploy/docker-compose.yml
+export RECSYS_GATEWAY_PORT=${RECSYS_GATEWAY_PORT:-50051}
+dc() { $COMPOSE -f "$file" -p "$project" "$@"; }
+
+images() {
+  case ${IMAGES:-offline} in
+    offline) deploy/offline-images.sh all ;;
+    docker)
+      docker build -f deploy/Dockerfile -t "${RECSYS_IMAGE:-recsys:latest}" .
+      docker build -f deploy/etcd.Dockerfile -t "${RECSYS_ETCD_IMAGE:-recsys-etcd:latest}" deploy ;;
+    none) ;;
+    *) echo "compose: IMAGES is offline, docker or none, not ${IMAGES}" >&2; exit 2 ;;
+  esac
+}
+
+now() { date +%s.%N; }
+seconds_since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+
+# Polls every container of the project until each server's healthcheck says
+# healthy (each runs `recsys health`, grpc.health.v1) and the bundle job has
+# exited 0; fails at once when a container exits otherwise, at the deadline else.
+wait_healthy() {
+  local started=$1 deadline=$(( $(date +%s) + ${RECSYS_UP_TIMEOUT:-600} ))
+  local states pending failed
+  while true; do
+    states=$(docker inspect -f '{{.Name}} {{.State.Status}} {{.State.ExitCode}} {{if .State.Health}}{{.State.Health.Status}}{{else}}-{{end}}' $(dc ps -q))
+    pending=$(awk '$4 == "-" { if (!($2 == "exited" && $3 == 0)) print $1; next } $4 != "healthy" { print $1 }' <<<"$states")
+    failed=$(awk '$2 == "exited" && ($3 != 0 || $4 != "-") { print $1 }' <<<"$states")
+    if [ -n "$failed" ]; then
+      echo "compose: exited: $failed" >&2
+      dc logs --tail=40 >&2
+      return 1
+    fi
+    if [ -z "$pending" ]; then
+      echo "compose: $(grep -c ' healthy$' <<<"$states") servers healthy (SERVING) $(seconds_since "$started") s after 'up'"
+      return 0
+    fi
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      echo "compose: not healthy after ${RECSYS_UP_TIMEOUT:-600} s:" $pending >&2
+      echo "$states" >&2
+      dc logs --tail=40 >&2
+      return 1
+    fi
+    sleep 0.5
+  done
+}
+
+up() {
+  images
+  local started
+  started=$(now)
+  dc up -d
+  wait_healthy "$started"
+  dc logs bundle | grep -E 'bundle .* (written|already)' || true
+  echo "compose: gateway on 127.0.0.1:$RECSYS_GATEWAY_PORT"
+}
+
+down() {
+  dc down --volumes --remove-orphans --timeout 20
+}
+
+test_cluster() {
+  trap down EXIT
+  up
+  RECSYS_TEST_GATEWAY=127.0.0.1:$RECSYS_GATEWAY_PORT \
+  RECSYS_COMPOSE="$COMPOSE -f $file -p $project" \
+    cargo test -p recsys-tests --test compose -- --test-threads=1 --nocapture
+}
+
+case ${1:-} in
+  images) images ;;
+  up) up ;;
+  down) down ;;
+  test) test_cluster ;;
+  *) echo "usage: $0 images|up|down|test" >&2; exit 2 ;;
+esac

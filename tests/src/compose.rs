@@ -1,0 +1,119 @@
+//! The compose cluster of `deploy/docker-compose.yml` seen from the tests: where
+//! its gateway is published and how to stop and start its containers.
+//!
+//! `make compose-test` (deploy/compose.sh) brings the cluster up and sets
+//! `RECSYS_TEST_GATEWAY` (`host:port` of the published gateway) and
+//! `RECSYS_COMPOSE` (the compose command with its file and project, e.g.
+//! `docker compose -f /abs/deploy/docker-compose.yml -p recsys`); without them the
+//! compose tests skip.
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+/// Variable naming the published gateway.
+pub const GATEWAY_VAR: &str = "RECSYS_TEST_GATEWAY";
+/// Variable holding the compose command line, split on whitespace.
+pub const COMPOSE_VAR: &str = "RECSYS_COMPOSE";
+
+/// The published gateway, or `None` (and a skip message naming `test`) when
+/// `RECSYS_TEST_GATEWAY` is unset.
+pub fn gateway(test: &str) -> Option<SocketAddr> {
+    match std::env::var(GATEWAY_VAR) {
+        Ok(addr) => Some(
+            addr.parse()
+                .unwrap_or_else(|e| panic!("{GATEWAY_VAR}={addr} is not host:port: {e}")),
+        ),
+        Err(_) => {
+            eprintln!(
+                "skipped {test}: {GATEWAY_VAR} is not set (make compose-test starts the compose cluster and sets it)"
+            );
+            None
+        }
+    }
+}
+
+/// A compose project that the tests can stop and start services of.
+#[derive(Debug, Clone)]
+pub struct Compose {
+    command: Vec<String>,
+}
+
+impl Compose {
+    /// From `RECSYS_COMPOSE`, or `None` (and a skip message naming `test`).
+    pub fn from_env(test: &str) -> Option<Self> {
+        match std::env::var(COMPOSE_VAR) {
+            Ok(line) if !line.trim().is_empty() => Some(Self {
+                command: line.split_whitespace().map(String::from).collect(),
+            }),
+            _ => {
+                eprintln!(
+                    "skipped {test}: {COMPOSE_VAR} is not set (the compose command with -f and -p; make compose-test sets it)"
+                );
+                None
+            }
+        }
+    }
+
+    /// `compose stop SERVICE...`: SIGTERM, so each node drains, then waits for the
+    /// containers to exit.
+    pub fn stop(&self, services: &[&str]) {
+        self.run("stop", services);
+    }
+
+    /// `compose start SERVICE...`: starts the stopped containers again.
+    pub fn start(&self, services: &[&str]) {
+        self.run("start", services);
+    }
+
+    /// A guard that starts `services` again when dropped, so that a failing test
+    /// leaves the cluster whole for the tests after it.
+    pub fn start_on_drop(&self, services: &[&str]) -> StartOnDrop {
+        StartOnDrop {
+            compose: self.clone(),
+            services: services.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn run(&self, verb: &str, services: &[&str]) {
+        let (program, args) = self.command.split_first().expect("a compose command");
+        let status = Command::new(program)
+            .args(args)
+            .arg(verb)
+            .args(services)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+        assert!(
+            status.success(),
+            "{} {verb} {services:?} failed: {status}",
+            self.command.join(" ")
+        );
+    }
+}
+
+/// Starts its services again on drop; see [`Compose::start_on_drop`].
+#[derive(Debug)]
+pub struct StartOnDrop {
+    compose: Compose,
+    services: Vec<String>,
+}
+
+impl Drop for StartOnDrop {
+    fn drop(&mut self) {
+        let services: Vec<&str> = self.services.iter().map(String::as_str).collect();
+        if std::thread::panicking() {
+            // No second panic while unwinding: a failed start shows in the output.
+            let (program, args) = self
+                .compose
+                .command
+                .split_first()
+                .expect("a compose command");
+            let _ = Command::new(program)
+                .args(args)
+                .arg("start")
+                .args(&services)
+                .status();
+        } else {
+            self.compose.start(&services);
+        }
+    }
+}
