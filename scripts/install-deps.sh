@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
 # Installs what building and testing recsys needs and is not a Rust crate:
 #   protoc (Debian's protobuf-compiler) for the gRPC code generation;
-#   etcd (Debian's etcd-server) which the discovery tests start on loopback.
+#   etcd (Debian's etcd-server) which the discovery tests start on loopback;
+#   etcdctl (etcd-client), which the offline etcd image carries for its healthcheck;
+#   kubectl (kubernetes-client) whose `kubectl kustomize` the manifest test renders with;
+#   docker-compose where a Docker engine has no compose plugin (make compose-test).
 # Uses apt-get (with sudo when not root); elsewhere it says exactly what to install.
 set -euo pipefail
 
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || need+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || [ -x /usr/bin/etcdctl ] || need+=(etcd-client)
+command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
+if command -v docker >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1 \
+  && ! command -v docker-compose >/dev/null 2>&1; then
+  need+=(docker-compose)
+fi
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "recsys needs a Rust toolchain (cargo, rustc >= 1.88): install it with rustup (https://rustup.rs)" >&2
@@ -31,6 +40,7 @@ if command -v apt-get >/dev/null 2>&1; then
 else
   echo "no apt-get here: install ${need[*]} with your package manager" >&2
   echo "(protoc: 'brew install protobuf' on macOS, 'dnf install protobuf-compiler' on Fedora;" >&2
-  echo " etcd: 'brew install etcd', or a release binary on PATH; any etcd >= 3.4 works)" >&2
+  echo " etcd: 'brew install etcd', or a release binary on PATH; any etcd >= 3.4 works;" >&2
+  echo " kubectl: any kubectl >= 1.20, for 'kubectl kustomize')" >&2
   exit 1
 fi

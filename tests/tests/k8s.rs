@@ -1,0 +1,255 @@
+//! The Kubernetes manifests (deploy/k8s) as `kubectl kustomize` renders them:
+//! the objects exist with their names and namespace, each shard is a StatefulSet
+//! of replicas behind a headless Service with a PodDisruptionBudget, every server
+//! is probed through grpc.health.v1 on the port it listens on and asks for
+//! resources, and every pod builds the same bundle and finds the same etcd.
+//! Skips with a message where kubectl is not installed (scripts/install-deps.sh
+//! installs Debian's kubernetes-client).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+const NAMESPACE: &str = "recsys";
+const SHARDS: u32 = 2;
+
+/// The rendered objects by (kind, name), or `None` without kubectl.
+fn render() -> Option<BTreeMap<(String, String), Value>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/k8s");
+    let output = match Command::new("kubectl").arg("kustomize").arg(&dir).output() {
+        Ok(output) => output,
+        Err(error) => {
+            eprintln!("skipped: cannot run kubectl ({error}); scripts/install-deps.sh installs it");
+            return None;
+        }
+    };
+    assert!(
+        output.status.success(),
+        "kubectl kustomize {} failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    let mut objects = BTreeMap::new();
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let object = Value::deserialize(document).unwrap();
+        let kind = object["kind"].as_str().unwrap().to_string();
+        let name = object["metadata"]["name"].as_str().unwrap().to_string();
+        assert!(
+            objects
+                .insert((kind.clone(), name.clone()), object)
+                .is_none(),
+            "{kind} {name} twice"
+        );
+    }
+    Some(objects)
+}
+
+fn get<'a>(objects: &'a BTreeMap<(String, String), Value>, kind: &str, name: &str) -> &'a Value {
+    objects
+        .get(&(kind.to_string(), name.to_string()))
+        .unwrap_or_else(|| panic!("no {kind} {name} in {:?}", objects.keys()))
+}
+
+/// Whether every label of `selector` is on `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    let selector = selector.as_object().expect("a selector map");
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn env<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str())
+}
+
+fn containers(workload: &Value) -> impl Iterator<Item = &Value> {
+    workload["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+}
+
+/// Every container's probes check grpc.health.v1 on its `grpc` port, which is the
+/// port of RECSYS_LISTEN, and every container and init container asks for cpu and
+/// memory.
+fn check_probes_and_resources(kind: &str, name: &str, workload: &Value) {
+    let pod = &workload["spec"]["template"]["spec"];
+    for container in containers(workload) {
+        let what = format!("{kind} {name}, container {}", container["name"]);
+        let ports = container["ports"].as_array().expect("ports");
+        let grpc = ports
+            .iter()
+            .find(|p| p["name"] == "grpc" || p["name"] == "client")
+            .unwrap_or_else(|| panic!("{what}: no grpc port"))["containerPort"]
+            .as_u64()
+            .unwrap();
+        if let Some(listen) = env(container, "RECSYS_LISTEN") {
+            assert_eq!(listen, format!("0.0.0.0:{grpc}"), "{what}");
+        }
+        for probe in ["readinessProbe", "livenessProbe"] {
+            assert_eq!(
+                container[probe]["grpc"]["port"].as_u64(),
+                Some(grpc),
+                "{what}: {probe} is not grpc health on port {grpc}"
+            );
+        }
+        for resource in ["cpu", "memory"] {
+            assert!(
+                container["resources"]["requests"][resource].is_string(),
+                "{what}: no {resource} request"
+            );
+        }
+    }
+    for init in pod["initContainers"].as_array().into_iter().flatten() {
+        assert!(
+            init["resources"]["requests"]["cpu"].is_string(),
+            "{kind} {name}: init container without requests"
+        );
+    }
+}
+
+#[test]
+fn kustomize_renders_the_cluster() {
+    let Some(objects) = render() else {
+        return;
+    };
+    let mut want: Vec<(&str, String)> = vec![
+        ("Namespace", NAMESPACE.into()),
+        ("Service", "etcd".into()),
+        ("StatefulSet", "etcd".into()),
+        ("Service", "ranking".into()),
+        ("Deployment", "ranking".into()),
+        ("Service", "gateway".into()),
+        ("Deployment", "gateway".into()),
+        ("PodDisruptionBudget", "gateway".into()),
+    ];
+    for shard in 0..SHARDS {
+        for kind in ["Service", "StatefulSet", "PodDisruptionBudget"] {
+            want.push((kind, format!("retrieval-{shard}")));
+        }
+    }
+    let mut want: Vec<(String, String)> = want
+        .into_iter()
+        .map(|(kind, name)| (kind.to_string(), name))
+        .collect();
+    want.sort();
+    let have: Vec<(String, String)> = objects.keys().cloned().collect();
+    assert_eq!(have, want);
+    for ((kind, name), object) in &objects {
+        if kind != "Namespace" {
+            assert_eq!(object["metadata"]["namespace"], NAMESPACE, "{kind} {name}");
+        }
+    }
+
+    let mut bundle_commands = Vec::new();
+    let mut etcd_urls = Vec::new();
+    let mut clusters = Vec::new();
+    for ((kind, name), workload) in &objects {
+        if kind != "StatefulSet" && kind != "Deployment" {
+            continue;
+        }
+        let labels = &workload["spec"]["template"]["metadata"]["labels"];
+        assert!(
+            selects(&workload["spec"]["selector"]["matchLabels"], labels),
+            "{kind} {name}: selector does not select its pods"
+        );
+        check_probes_and_resources(kind, name, workload);
+        let pod = &workload["spec"]["template"]["spec"];
+        for init in pod["initContainers"].as_array().into_iter().flatten() {
+            bundle_commands.push(init["command"].clone());
+        }
+        for container in containers(workload) {
+            etcd_urls.extend(env(container, "RECSYS_ETCD").map(String::from));
+            clusters.extend(env(container, "RECSYS_CLUSTER").map(String::from));
+        }
+    }
+
+    // Every pod that reads a bundle builds the same one, with as many shards as
+    // there are shard StatefulSets.
+    assert_eq!(bundle_commands.len(), SHARDS as usize + 2);
+    assert!(bundle_commands.iter().all(|c| *c == bundle_commands[0]));
+    assert!(
+        bundle_commands[0]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from(format!("--shards={SHARDS}")))
+    );
+    // Every server finds the one etcd under one cluster name.
+    assert_eq!(etcd_urls.len(), SHARDS as usize + 2);
+    assert!(etcd_urls.iter().all(|u| u == "http://etcd:2379"));
+    assert!(clusters.iter().all(|c| *c == clusters[0]));
+    let etcd_service = get(&objects, "Service", "etcd");
+    assert_eq!(etcd_service["spec"]["ports"][0]["port"], 2379);
+    let etcd = get(&objects, "StatefulSet", "etcd");
+    assert_eq!(etcd["spec"]["replicas"], 1);
+    assert!(selects(
+        &etcd_service["spec"]["selector"],
+        &etcd["spec"]["template"]["metadata"]["labels"]
+    ));
+
+    // One StatefulSet of 2 replicas per shard behind a headless Service, and a
+    // PodDisruptionBudget that selects that shard's pods and only those.
+    for shard in 0..SHARDS {
+        let name = format!("retrieval-{shard}");
+        let set = get(&objects, "StatefulSet", &name);
+        assert_eq!(set["spec"]["replicas"], 2, "{name}");
+        assert_eq!(set["spec"]["serviceName"], name.as_str());
+        let labels = &set["spec"]["template"]["metadata"]["labels"];
+        let container = containers(set).next().unwrap();
+        assert_eq!(
+            env(container, "RECSYS_SHARD"),
+            Some(shard.to_string().as_str())
+        );
+        assert_eq!(container["command"][0], "retrieval-node");
+        let service = get(&objects, "Service", &name);
+        assert_eq!(
+            service["spec"]["clusterIP"], "None",
+            "{name} is not headless"
+        );
+        assert!(selects(&service["spec"]["selector"], labels));
+        let budget = get(&objects, "PodDisruptionBudget", &name);
+        assert_eq!(budget["spec"]["minAvailable"], 1);
+        assert!(selects(&budget["spec"]["selector"]["matchLabels"], labels));
+        for other in (0..SHARDS).filter(|other| *other != shard) {
+            let other_set = get(&objects, "StatefulSet", &format!("retrieval-{other}"));
+            assert!(
+                !selects(
+                    &budget["spec"]["selector"]["matchLabels"],
+                    &other_set["spec"]["template"]["metadata"]["labels"]
+                ),
+                "the budget of {name} also covers shard {other}"
+            );
+        }
+    }
+
+    let ranking = get(&objects, "Deployment", "ranking");
+    assert_eq!(ranking["spec"]["replicas"], 2);
+    assert_eq!(
+        containers(ranking).next().unwrap()["command"][0],
+        "ranking-node"
+    );
+    let gateway = get(&objects, "Deployment", "gateway");
+    assert!(gateway["spec"]["replicas"].as_u64().unwrap() >= 1);
+    let gateway_container = containers(gateway).next().unwrap();
+    assert_eq!(gateway_container["command"][0], "gateway");
+    let service = get(&objects, "Service", "gateway");
+    assert_eq!(service["spec"]["ports"][0]["port"], 50051);
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "grpc");
+    assert!(selects(
+        &service["spec"]["selector"],
+        &gateway["spec"]["template"]["metadata"]["labels"]
+    ));
+    let budget = get(&objects, "PodDisruptionBudget", "gateway");
+    assert!(selects(
+        &budget["spec"]["selector"]["matchLabels"],
+        &gateway["spec"]["template"]["metadata"]["labels"]
+    ));
+}
