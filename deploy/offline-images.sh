@@ -79,6 +79,8 @@ import_image() {
   local change=()
   for c in "$@"; do change+=(--change "$c"); done
   docker import "${change[@]}" "$tarball" "$tag" >/dev/null
+  # The image this tag named before is now dangling: drop it (and only such).
+  docker image prune -f --filter label=recsys.image.build=offline >/dev/null
   echo "offline-images: $tag $(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.1f MB", $1/1e6}')"
 }
 
