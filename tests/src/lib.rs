@@ -2,7 +2,9 @@
 //! directories and talks to real clusters through the gateway.
 //!
 //! The tests themselves live in `tests/tests/*.rs`; every server they use is a real
-//! gRPC server on a `127.0.0.1:0` port, started with the same code as the binaries.
+//! gRPC server on a `127.0.0.1:0` port, started with the same code as the binaries,
+//! except `compose.rs`, which talks to the docker compose cluster's published
+//! gateway ([`compose`]), and `k8s.rs`, which reads the rendered manifests.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
