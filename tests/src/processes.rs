@@ -3,8 +3,9 @@
 //! `SIGTERM` (the binary's own drain).
 //!
 //! The binaries are the workspace's own (`retrieval-node`, `ranking-node`,
-//! `gateway`), next to the test executable in cargo's target directory; when they
-//! are missing (a plain `cargo test -p recsys-tests`), they are built first.
+//! `gateway`, `recsys`), next to the test executable in cargo's target directory;
+//! when they are missing (a plain `cargo test -p recsys-tests`), they are built
+//! first.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,7 @@ pub fn binary(name: &str) -> PathBuf {
             "retrieval-node" => "recsys-retrieval-node",
             "ranking-node" => "recsys-ranking-node",
             "gateway" => "recsys-gateway",
+            "recsys" => "recsys-cli",
             other => panic!("unknown binary {other}"),
         };
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
