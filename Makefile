@@ -13,7 +13,10 @@ demo: deps
 	$(CARGO) run -q -p recsys-cli -- demo $(ARGS)
 
 ## Everything CI checks: formatting, lints, unit, property and integration tests.
+# The node binaries first: the process tests start them, and one left from an
+# older build would be tested instead of this tree's.
 test: deps lint
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
 lint: deps

@@ -5,7 +5,9 @@
 //! The binaries are the workspace's own (`retrieval-node`, `ranking-node`,
 //! `gateway`, `recsys`), next to the test executable in cargo's target directory;
 //! when they are missing (a plain `cargo test -p recsys-tests`), they are built
-//! first.
+//! first. A binary that exists is used as it is, even if older than the tree:
+//! `make test` builds them all before testing; by hand, run
+//! `cargo build --workspace --bins` after changing a node.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
