@@ -120,6 +120,22 @@ fn write_ranker(dir: &Path) {
     .unwrap();
 }
 
+/// A one-shard bundle of `ids` with `dim`-wide `vectors`, no ranker yet.
+fn bundle_of(ids: &[u64], dim: usize, vectors: Vec<f32>) -> tempfile::TempDir {
+    let bundle = tempfile::tempdir().unwrap();
+    let items =
+        ItemVectors::new(Path::new("test"), dim, vectors, Some(ids.to_vec()), None).unwrap();
+    let options = BuildOptions {
+        params: IndexParams::default(),
+        shard_count: 1,
+        version: "kinds".into(),
+        source: "test".into(),
+        threads: 1,
+    };
+    build_bundle(bundle.path(), &items, None, &options, &|_| {}).unwrap();
+    bundle
+}
+
 async fn ranking_node(bundle: &Path, token: &CancellationToken) -> RankingServiceClient<Channel> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -169,24 +185,8 @@ fn list(values: &[&str]) -> Kind {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_hot_and_numeric_features_score_as_worked_out() {
-    let bundle = tempfile::tempdir().unwrap();
     let ids = vec![1u64, 2, 3];
-    let items = ItemVectors::new(
-        Path::new("test"),
-        2,
-        vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0],
-        Some(ids.clone()),
-        None,
-    )
-    .unwrap();
-    let options = BuildOptions {
-        params: IndexParams::default(),
-        shard_count: 1,
-        version: "kinds".into(),
-        source: "test".into(),
-        threads: 1,
-    };
-    build_bundle(bundle.path(), &items, None, &options, &|_| {}).unwrap();
+    let bundle = bundle_of(&ids, 2, vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
     let source = tempfile::tempdir().unwrap();
     write_ranker(source.path());
     let attached = attach_ranker(bundle.path(), source.path(), &ids).unwrap();
@@ -267,16 +267,7 @@ async fn multi_hot_and_numeric_features_score_as_worked_out() {
 
 #[test]
 fn a_malformed_numeric_cell_is_named_with_its_line() {
-    let bundle = tempfile::tempdir().unwrap();
-    let items = ItemVectors::new(Path::new("test"), 1, vec![1.0], Some(vec![1]), None).unwrap();
-    let options = BuildOptions {
-        params: IndexParams::default(),
-        shard_count: 1,
-        version: "kinds".into(),
-        source: "test".into(),
-        threads: 1,
-    };
-    build_bundle(bundle.path(), &items, None, &options, &|_| {}).unwrap();
+    let bundle = bundle_of(&[1], 1, vec![1.0]);
     let source = tempfile::tempdir().unwrap();
     write_ranker(source.path());
     std::fs::write(
