@@ -225,13 +225,13 @@ pub fn build_tables(
         let Some(item) = items.get(id.as_str()) else {
             continue;
         };
-        if choice.title_tokens {
-            if let Some(title) = &item.title {
-                tokens[row] = title_tokens(title)
-                    .iter()
-                    .map(|t| vocab.title_token.lookup(t))
-                    .collect();
-            }
+        if choice.title_tokens
+            && let Some(title) = &item.title
+        {
+            tokens[row] = title_tokens(title)
+                .iter()
+                .map(|t| vocab.title_token.lookup(t))
+                .collect();
         }
         if choice.genres {
             genres[row] = item.genres.iter().map(|g| vocab.genre.lookup(g)).collect();

@@ -65,9 +65,12 @@ fn movielens_100k_reads_ratings_users_and_items() {
     assert_eq!(by_title.interactions[0].item, "Misérables, Les (1995)");
 }
 
+/// u.data, u.user and u.item bytes, and what the error must say.
+type Case<'a> = (&'a [u8], &'a [u8], Vec<u8>, &'a str);
+
 #[test]
 fn movielens_100k_errors_name_file_line_and_field() {
-    let cases: [(&[u8], &[u8], Vec<u8>, &str); 7] = [
+    let cases: [Case<'_>; 7] = [
         (
             b"1\t2\t5\t1\n1\t1\tfive\t2\n",
             GOOD_USERS,
