@@ -1,6 +1,6 @@
 //! `recsys`: the front door. `demo` builds a synthetic bundle and serves it on a
 //! local cluster, `serve` does the same for an existing bundle, `bundle` builds
-//! bundles, `query` asks a gateway.
+//! bundles, `query` asks a gateway, `train` trains a retrieval model on MovieLens.
 
 #[global_allocator]
 static ALLOCATOR: recsys_server::allocator::Allocator = recsys_server::allocator::Allocator;
@@ -8,6 +8,7 @@ static ALLOCATOR: recsys_server::allocator::Allocator = recsys_server::allocator
 mod bundle_cmd;
 mod demo;
 mod query;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +30,8 @@ enum Command {
     Bundle(bundle_cmd::BundleArgs),
     /// Ask a gateway for recommendations and print them as a table.
     Query(query::QueryArgs),
+    /// Train the two-tower retrieval model on MovieLens and print its top-k accuracies.
+    Train(train::TrainArgs),
 }
 
 #[tokio::main]
@@ -42,5 +45,6 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Query(args) => query::run(args).await,
+        Command::Train(args) => tokio::task::spawn_blocking(move || train::run(args)).await?,
     }
 }
