@@ -19,7 +19,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, InplaceOp1, Layout, Tensor};
 use rayon::prelude::*;
 
 use crate::error::Result;
@@ -33,86 +33,107 @@ pub struct LossOptions {
     pub remove_accidental_hits: bool,
 }
 
+/// A batch's loss and a tensor whose gradient is the loss's.
+#[derive(Debug)]
+pub struct BatchLoss {
+    /// The summed cross-entropy.
+    pub loss: f32,
+    /// `Σ q ⊙ ∂L/∂q + Σ c ⊙ ∂L/∂c` with both gradients detached: its backward
+    /// pass hands the towers exactly the loss's gradients. Its value means nothing.
+    pub surrogate: Tensor,
+}
+
 /// The summed in-batch softmax cross-entropy of queries `q` and their positive
 /// candidates `c` (both `[batch, dim]`). `candidate_ids` are the candidates'
 /// ids (for accidental hits); `sampling_probability`, when given, is each
 /// candidate's probability of appearing in a batch (for the log-Q correction).
 ///
-/// Everything after `Q Cᵀ` is one fused kernel ([`SoftmaxCrossEntropy`]): at
-/// TFRS's batch of 8192 the logits are 268 MB, and composing candle ops
-/// (scale, shift, exp, sum, log, gather, and their gradients) allocated and
-/// walked a fresh copy per op, single-threaded; the kernel reads the logits
-/// once, writes the softmax once and turns it into the gradient in place.
-pub fn in_batch_softmax_loss(
+/// The gradient is computed here rather than by candle's autograd: at TFRS's
+/// batch of 8192 the logits are 268 MB, and autograd through composed ops
+/// allocated and walked a fresh copy per op, per gradient and per gradient
+/// accumulation, single-threaded. Instead the logits are turned in place into
+/// `∂L/∂logits = scale · (softmax − I)` by one kernel (rayon over rows), then
+/// `∂L/∂Q = G C` and `∂L/∂C = Gᵀ Q`; autograd takes over from `q` and `c`
+/// through [`BatchLoss::surrogate`]. One batch × batch buffer per step.
+pub fn in_batch_softmax(
     q: &Tensor,
     c: &Tensor,
     candidate_ids: &[u32],
     sampling_probability: Option<&[f32]>,
     options: &LossOptions,
-) -> Result<Tensor> {
-    let logits = q.matmul(&c.t()?)?;
-    let op = SoftmaxCrossEntropy {
+) -> Result<BatchLoss> {
+    let (q0, c0) = (q.detach(), c.detach());
+    let grad = q0.matmul(&c0.t()?)?;
+    let kernel = SoftmaxCrossEntropy {
         scale: options.temperature.map_or(1.0, |t| 1.0 / t),
         log_q: sampling_probability
             .map(|p| p.iter().map(|&p| p.max(f32::MIN_POSITIVE).ln()).collect()),
         ids: options
             .remove_accidental_hits
             .then(|| candidate_ids.to_vec()),
-        probabilities: Mutex::new(None),
+        loss: Mutex::new(f64::NAN),
     };
-    Ok(logits.apply_op1(op)?)
+    grad.inplace_op1(&kernel)?;
+    let loss = *kernel
+        .loss
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("loss poisoned".into()))?;
+    let grad_q = grad.matmul(&c0)?;
+    let grad_c = grad.t()?.matmul(&q0)?;
+    let surrogate = ((q * grad_q)?.sum_all()? + (c * grad_c)?.sum_all()?)?;
+    Ok(BatchLoss {
+        loss: loss as f32,
+        surrogate,
+    })
 }
 
-/// `Σ_i logsumexp_j a_ij − a_ii` with `a_ij = scale · x_ij − log_q_j`, and
-/// `a_ij` left out where candidate j has row i's positive id (j ≠ i). The
-/// gradient is `scale · (softmax(a) − I)`, built from the softmax the forward
-/// pass keeps.
+/// Turns logits `x` into `∂L/∂x` in place and records
+/// `L = Σ_i logsumexp_j a_ij − a_ii`, with `a_ij = scale · x_ij − log_q_j` and
+/// `a_ij = −∞` where candidate j has row i's positive id (j ≠ i).
 struct SoftmaxCrossEntropy {
     scale: f32,
     log_q: Option<Vec<f32>>,
     ids: Option<Vec<u32>>,
-    probabilities: Mutex<Option<Vec<f32>>>,
+    loss: Mutex<f64>,
 }
 
 impl SoftmaxCrossEntropy {
-    /// One row: writes its softmax into `p` and returns its loss.
-    fn row(&self, i: usize, x: &[f32], p: &mut [f32]) -> f64 {
-        let masked = |j: usize| {
-            self.ids
-                .as_ref()
-                .is_some_and(|ids| j != i && ids[j] == ids[i])
-        };
-        let mut max = f32::NEG_INFINITY;
-        for (j, (pj, &xj)) in p.iter_mut().zip(x).enumerate() {
-            let a = self.scale * xj - self.log_q.as_ref().map_or(0.0, |l| l[j]);
-            *pj = a;
-            if !masked(j) {
-                max = max.max(a);
+    /// One row, in place; returns its loss.
+    fn row(&self, i: usize, a: &mut [f32]) -> f64 {
+        match &self.log_q {
+            Some(log_q) => a
+                .iter_mut()
+                .zip(log_q)
+                .for_each(|(v, l)| *v = self.scale * *v - l),
+            None => a.iter_mut().for_each(|v| *v *= self.scale),
+        }
+        if let Some(ids) = &self.ids {
+            for (j, v) in a.iter_mut().enumerate() {
+                if j != i && ids[j] == ids[i] {
+                    *v = f32::NEG_INFINITY;
+                }
             }
         }
-        let positive = p[i];
+        let positive = a[i];
+        let max = a.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0f64;
-        for (j, pj) in p.iter_mut().enumerate() {
-            let e = if masked(j) { 0.0 } else { (*pj - max).exp() };
-            *pj = e;
-            sum += f64::from(e);
+        for v in a.iter_mut() {
+            *v = (*v - max).exp();
+            sum += f64::from(*v);
         }
-        let inv = (1.0 / sum) as f32;
-        p.iter_mut().for_each(|pj| *pj *= inv);
+        let norm = self.scale / sum as f32;
+        a.iter_mut().for_each(|v| *v *= norm);
+        a[i] -= self.scale;
         f64::from(max) + sum.ln() - f64::from(positive)
     }
 }
 
-impl CustomOp1 for SoftmaxCrossEntropy {
+impl InplaceOp1 for SoftmaxCrossEntropy {
     fn name(&self) -> &'static str {
         "in-batch-softmax-cross-entropy"
     }
 
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
         let (rows, cols) = layout.shape().dims2()?;
         let Some((start, end)) = layout.contiguous_offsets() else {
             candle_core::bail!("{} needs contiguous logits", self.name());
@@ -120,42 +141,20 @@ impl CustomOp1 for SoftmaxCrossEntropy {
         if rows != cols {
             candle_core::bail!("{} needs square logits, got {rows}x{cols}", self.name());
         }
-        let x = &storage.as_slice::<f32>()?[start..end];
-        let mut p = vec![0.0f32; rows * cols];
-        let losses: Vec<f64> = p
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("{} needs f32 logits", self.name());
+        };
+        let losses: Vec<f64> = data[start..end]
             .par_chunks_mut(cols)
-            .zip(x.par_chunks(cols))
             .enumerate()
-            .map(|(i, (p, x))| self.row(i, x, p))
+            .map(|(i, row)| self.row(i, row))
             .collect();
         // Summed in row order, so the result does not depend on the thread count.
-        let loss: f64 = losses.iter().sum();
         *self
-            .probabilities
+            .loss
             .lock()
-            .map_err(|_| candle_core::Error::Msg("softmax buffer poisoned".into()))? = Some(p);
-        Ok((CpuStorage::F32(vec![loss as f32]), Shape::from(())))
-    }
-
-    fn bwd(
-        &self,
-        arg: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        let (rows, cols) = arg.dims2()?;
-        let mut p = self
-            .probabilities
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("softmax buffer poisoned".into()))?
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg("backward ran twice".into()))?;
-        let g = grad_res.to_scalar::<f32>()? * self.scale;
-        p.par_chunks_mut(cols).enumerate().for_each(|(i, row)| {
-            row[i] -= 1.0;
-            row.iter_mut().for_each(|v| *v *= g);
-        });
-        Ok(Some(Tensor::from_vec(p, (rows, cols), arg.device())?))
+            .map_err(|_| candle_core::Error::Msg("loss poisoned".into()))? = losses.iter().sum();
+        Ok(())
     }
 }
 
@@ -181,8 +180,7 @@ mod tests {
         let dev = Device::Cpu;
         let qt = Tensor::from_vec(q.concat(), (q.len(), 2), &dev).unwrap();
         let ct = Tensor::from_vec(c.concat(), (c.len(), 2), &dev).unwrap();
-        let loss = in_batch_softmax_loss(&qt, &ct, ids, p, &o).unwrap();
-        f64::from(loss.to_scalar::<f32>().unwrap())
+        f64::from(in_batch_softmax(&qt, &ct, ids, p, &o).unwrap().loss)
     }
 
     const Q: [[f32; 2]; 3] = [[1.0, 0.5], [-0.3, 2.0], [0.7, -1.1]];
@@ -259,8 +257,8 @@ mod tests {
             temperature: Some(0.5),
             remove_accidental_hits: true,
         };
-        let fused = in_batch_softmax_loss(&q, &c, &ids, Some(&p), &options).unwrap();
-        let fused_grads = fused.backward().unwrap();
+        let fused = in_batch_softmax(&q, &c, &ids, Some(&p), &options).unwrap();
+        let fused_grads = fused.surrogate.backward().unwrap();
 
         let log_q =
             Tensor::from_vec(p.iter().map(|p| p.ln()).collect::<Vec<_>>(), (1, 4), &dev).unwrap();
@@ -280,7 +278,9 @@ mod tests {
             let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-4)
         };
-        assert!(close(&fused, &plain));
+        assert!(
+            (f64::from(fused.loss) - f64::from(plain.to_scalar::<f32>().unwrap())).abs() < 1e-4
+        );
         for v in [&q, &c] {
             assert!(close(
                 fused_grads.get(v).unwrap(),

@@ -19,7 +19,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::adagrad::{Adagrad, AdagradConfig};
 use crate::dataset::Interaction;
 use crate::error::{Result, TrainerError};
-use crate::in_batch_softmax::{LossOptions, in_batch_softmax_loss};
+use crate::in_batch_softmax::{LossOptions, in_batch_softmax};
 use crate::two_tower::TwoTower;
 
 /// The optimizer and its step size.
@@ -176,9 +176,9 @@ pub fn train(
             let p: Option<Vec<f32>> = probability
                 .as_ref()
                 .map(|p| items.iter().map(|&i| p[i as usize]).collect());
-            let loss = in_batch_softmax_loss(&q, &c, &items, p.as_deref(), &config.loss)?;
-            optimizer.backward_step(&loss)?;
-            let loss = loss.to_scalar::<f32>()?;
+            let batch = in_batch_softmax(&q, &c, &items, p.as_deref(), &config.loss)?;
+            optimizer.backward_step(&batch.surrogate)?;
+            let loss = batch.loss;
             if !loss.is_finite() {
                 return Err(TrainerError::InvalidConfig {
                     field: "learning_rate",
