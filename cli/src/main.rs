@@ -1,6 +1,7 @@
 //! `recsys`: the front door. `demo` builds a synthetic bundle and serves it on a
 //! local cluster, `serve` does the same for an existing bundle, `bundle` builds
-//! bundles, `query` asks a gateway, `health` asks any server whether it is serving.
+//! bundles, `query` asks a gateway, `health` asks any server whether it is serving,
+//! `train` trains a retrieval model on MovieLens.
 
 #[global_allocator]
 static ALLOCATOR: recsys_server::allocator::Allocator = recsys_server::allocator::Allocator;
@@ -9,6 +10,7 @@ mod bundle_cmd;
 mod demo;
 mod health;
 mod query;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -32,6 +34,8 @@ enum Command {
     Query(query::QueryArgs),
     /// Ask a server's grpc.health.v1 whether it is SERVING (exit 0) or not (exit 1).
     Health(health::HealthArgs),
+    /// Train the two-tower retrieval model on MovieLens and print its top-k accuracies.
+    Train(train::TrainArgs),
 }
 
 #[tokio::main]
@@ -53,5 +57,6 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Train(args) => tokio::task::spawn_blocking(move || train::run(args)).await?,
     }
 }

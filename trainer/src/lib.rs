@@ -1,0 +1,39 @@
+//! Trains recsys's models from interaction data, the way TensorFlow Recommenders'
+//! tutorials do, on candle.
+//!
+//! Data comes from [`movielens`] (100K, 1M) or [`interactions_csv`] into a
+//! [`Dataset`]; [`split`] divides it; [`features`] builds the [`Vocabulary`]s
+//! (row 0 out of vocabulary) and feature tables; [`two_tower`] is the retrieval
+//! model, trained by [`train`] with the in-batch softmax of [`in_batch_softmax`]
+//! (`tfrs.tasks.Retrieval`) and [`adagrad`] or Adam, and measured by
+//! [`evaluate`] (`tfrs.metrics.FactorizedTopK`, exact). [`synthetic`] plants
+//! preferences for tests.
+//!
+//! Not here yet: the DCN-V2 ranker's training and the export to a bundle.
+
+pub mod adagrad;
+pub mod dataset;
+pub mod error;
+pub mod evaluate;
+pub mod features;
+pub mod in_batch_softmax;
+pub mod interactions_csv;
+pub mod movielens;
+pub mod split;
+pub mod synthetic;
+mod text_file;
+pub mod train;
+pub mod two_tower;
+pub mod vocabulary;
+
+pub use dataset::{Dataset, Interaction, Item, User};
+pub use error::{Result, TrainerError};
+pub use evaluate::{TopKAccuracy, factorized_top_k};
+pub use features::FeatureChoice;
+pub use interactions_csv::load_interactions_csv;
+pub use movielens::{load_movielens_1m, load_movielens_100k};
+pub use split::{Split, last_n_per_user, random_split, time_cutoff};
+pub use text_file::Encoding;
+pub use train::{EpochReport, OptimizerChoice, TrainConfig, TrainEvent, train};
+pub use two_tower::{TwoTower, TwoTowerConfig};
+pub use vocabulary::Vocabulary;
