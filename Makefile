@@ -2,6 +2,9 @@
 CARGO ?= cargo
 # Extra flags for `recsys demo`, e.g. make demo ARGS="--items 500000 --shards 4".
 ARGS ?=
+# MovieLens 100K (../shared/data/fetch.sh DIR fills DIR/ml-100k): make demo DATA=DIR
+# trains on it and serves the trained model instead of the synthetic bundle.
+DATA ?=
 
 .PHONY: deps demo test lint fmt bench bench-merge clean-demo images images-offline compose-up compose-down compose-test k8s-render
 
@@ -10,7 +13,7 @@ deps:
 
 ## Build a synthetic bundle, start a local cluster on loopback, print samples, serve until Ctrl-C.
 demo: deps
-	$(CARGO) run -q -p recsys-cli -- demo $(ARGS)
+	$(CARGO) run -q -p recsys-cli -- demo $(if $(DATA),--data $(DATA)) $(ARGS)
 
 ## Everything CI checks: formatting, lints, unit, property and integration tests.
 # The node binaries first: the process tests start them, and one left from an

@@ -169,18 +169,17 @@ pub fn build_bundle(
 
     let query_model = match users {
         Some(users) => {
-            let spec = QueryModelSpec::EmbeddingTable {
-                file: "query_model.safetensors".into(),
-                tensor: "user_embedding".into(),
-                vocabulary: "vocab/user_id.txt".into(),
-            };
-            let QueryModelSpec::EmbeddingTable {
-                file,
-                tensor,
-                vocabulary,
-            } = &spec;
+            let (file, tensor, vocabulary) = (
+                "query_model.safetensors",
+                "user_embedding",
+                "vocab/user_id.txt",
+            );
             users.save(&dir.join(file), tensor, &dir.join(vocabulary))?;
-            Some(spec)
+            Some(QueryModelSpec::EmbeddingTable {
+                file: file.into(),
+                tensor: tensor.into(),
+                vocabulary: vocabulary.into(),
+            })
         }
         None => None,
     };

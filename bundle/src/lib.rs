@@ -7,7 +7,8 @@
 //! bundle/
 //!   manifest.json              version, dimensions, metric, index parameters, shards
 //!   catalog.tsv                item id <TAB> name
-//!   query_model.safetensors    user embedding table (the query model for now)
+//!   query_model.safetensors    user embedding table (synthetic bundles), or
+//!   query_tower/               a trained query tower (crate::query_tower)
 //!   vocab/user_id.txt          row i of the table belongs to line i
 //!   shards/shard-N.usearch     one HNSW index per hash shard
 //!   ranker/                    ranking model (recsys_model::ranker), when present
@@ -22,6 +23,7 @@ pub mod error;
 pub mod index_params;
 pub mod manifest;
 pub mod query_model;
+pub mod query_tower;
 pub mod sharding;
 pub mod synthetic;
 pub mod vectors;
@@ -32,6 +34,7 @@ pub use catalog::Catalog;
 pub use error::BundleError;
 pub use index_params::{IndexParams, Metric, Quantization};
 pub use manifest::{MANIFEST_FILE, Manifest, QueryModelSpec, RankerSpec, ShardEntry};
-pub use query_model::UserTable;
+pub use query_model::{QueryModel, UserTable};
+pub use query_tower::{QueryTower, TowerParts, TowerSpec};
 pub use sharding::shard_of;
 pub use vectors::ItemVectors;

@@ -27,8 +27,8 @@ pub struct ShardEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum QueryModelSpec {
-    /// A stored table of user embeddings (one row per known user). The trained
-    /// query tower replaces it with the trainer issue.
+    /// A stored table of user embeddings (one row per known user): synthetic
+    /// bundles, and embeddings computed elsewhere.
     EmbeddingTable {
         /// safetensors file holding the table.
         file: String,
@@ -37,6 +37,10 @@ pub enum QueryModelSpec {
         /// Vocabulary file: line i is the user id of row i.
         vocabulary: String,
     },
+    /// A trained query tower (`crate::query_tower`): user id and user feature
+    /// embeddings summed, then optional dense layers; unknown users fall back to
+    /// out-of-vocabulary rows.
+    Tower(crate::query_tower::TowerSpec),
 }
 
 /// The ranking model's files, relative to the bundle.

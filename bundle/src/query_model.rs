@@ -1,14 +1,73 @@
-//! The query model of a bundle: for now a table of user embeddings, the same thing
-//! a TFRS query tower with only a `user_id` feature computes (`StringLookup` then
-//! `Embedding`). The trained tower with features replaces it with the trainer issue.
+//! The query model of a bundle: either a table of user embeddings (what a TFRS
+//! query tower with only a `user_id` feature computes, `StringLookup` then
+//! `Embedding`; synthetic bundles have one) or a trained [`QueryTower`].
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
-use crate::BundleError;
+use crate::query_tower::{EncodeError, QueryTower};
 use crate::vectors::read_lines;
+use crate::{BundleError, Manifest, QueryModelSpec};
+
+/// What turns a `user_id` (and user features) into a query embedding.
+#[derive(Debug, Clone)]
+pub enum QueryModel {
+    /// One stored embedding per known user; features are not read.
+    Table(UserTable),
+    /// A trained tower over the user id and user features.
+    Tower(QueryTower),
+}
+
+impl QueryModel {
+    /// Loads the query model `spec` names from `dir`.
+    pub fn load(dir: &Path, spec: &QueryModelSpec) -> Result<Self, BundleError> {
+        Ok(match spec {
+            QueryModelSpec::EmbeddingTable {
+                file,
+                tensor,
+                vocabulary,
+            } => Self::Table(UserTable::load(
+                &Manifest::resolve(dir, file),
+                tensor,
+                &Manifest::resolve(dir, vocabulary),
+            )?),
+            QueryModelSpec::Tower(spec) => Self::Tower(QueryTower::load(dir, spec)?),
+        })
+    }
+
+    /// Output dimensions.
+    pub fn dimensions(&self) -> usize {
+        match self {
+            Self::Table(t) => t.dimensions(),
+            Self::Tower(t) => t.dimensions(),
+        }
+    }
+
+    /// Number of users with their own row.
+    pub fn known_users(&self) -> usize {
+        match self {
+            Self::Table(t) => t.len(),
+            Self::Tower(t) => t.known_users(),
+        }
+    }
+
+    /// The query embedding of `user_id` with the request's categorical features.
+    pub fn encode(
+        &self,
+        user_id: &str,
+        features: &HashMap<String, String>,
+    ) -> Result<Vec<f32>, EncodeError> {
+        match self {
+            Self::Table(t) => t
+                .embedding(user_id)
+                .map(<[f32]>::to_vec)
+                .ok_or_else(|| EncodeError::UnknownUser(user_id.to_string())),
+            Self::Tower(t) => t.encode(user_id, features),
+        }
+    }
+}
 
 /// User embeddings by user id.
 #[derive(Debug, Clone)]

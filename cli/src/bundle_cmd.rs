@@ -110,7 +110,7 @@ pub struct IndexArgs {
 }
 
 impl IndexArgs {
-    fn params(&self) -> anyhow::Result<IndexParams> {
+    pub(crate) fn params(&self) -> anyhow::Result<IndexParams> {
         Ok(IndexParams {
             metric: Metric::parse(&self.metric)?,
             quantization: Quantization::parse(&self.quantization)?,
@@ -178,7 +178,7 @@ pub fn run(args: BundleArgs) -> anyhow::Result<()> {
 }
 
 /// Adds the ranker in `ranker` to the bundle in `out`; returns the new manifest.
-fn attach(out: &Path, ranker: &Path, items: &[u64]) -> anyhow::Result<Manifest> {
+pub(crate) fn attach(out: &Path, ranker: &Path, items: &[u64]) -> anyhow::Result<Manifest> {
     let attached = recsys_bundle::attach_ranker(out, ranker, items)
         .with_context(|| format!("adding the ranker in {}", ranker.display()))?;
     eprintln!(
@@ -252,7 +252,7 @@ fn build_options(
     })
 }
 
-fn progress_bar(items: u64) -> ProgressBar {
+pub(crate) fn progress_bar(items: u64) -> ProgressBar {
     let bar = ProgressBar::new(items);
     bar.set_style(
         ProgressStyle::with_template(
@@ -264,7 +264,7 @@ fn progress_bar(items: u64) -> ProgressBar {
     bar
 }
 
-fn on_event(bar: &ProgressBar, event: BuildEvent) {
+pub(crate) fn on_event(bar: &ProgressBar, event: BuildEvent) {
     match event {
         BuildEvent::ShardStarted { shard, .. } => bar.set_message(format!("shard {shard}")),
         BuildEvent::ItemsAdded { added } => bar.inc(added),
@@ -273,7 +273,7 @@ fn on_event(bar: &ProgressBar, event: BuildEvent) {
 }
 
 /// `v` and the build time in seconds since the epoch: unique enough to tell bundles apart.
-fn default_version() -> String {
+pub(crate) fn default_version() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

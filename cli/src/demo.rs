@@ -50,6 +50,17 @@ pub struct DemoArgs {
     /// Where the synthetic bundle is kept between runs.
     #[arg(long, env = "RECSYS_DEMO_BUNDLE", default_value = "target/demo-bundle")]
     pub bundle_dir: PathBuf,
+    /// A MovieLens 100K directory (u.data, u.item, u.user): train the two-tower
+    /// model on it, export it and serve that instead of the synthetic bundle.
+    #[arg(long, env = "RECSYS_DEMO_DATA")]
+    pub data: Option<PathBuf>,
+    /// Where the bundle trained from --data is kept between runs.
+    #[arg(
+        long,
+        env = "RECSYS_DEMO_TRAINED_BUNDLE",
+        default_value = "target/demo-movielens"
+    )]
+    pub trained_bundle_dir: PathBuf,
     /// Rebuild the bundle even if one is cached.
     #[arg(long)]
     pub rebuild: bool,
@@ -81,8 +92,12 @@ pub struct ServeArgs {
     pub replicas: usize,
 }
 
-/// Builds (or reuses) the synthetic bundle, starts the cluster, prints samples, serves.
+/// Builds (or reuses) the synthetic bundle, or trains one from `--data`, starts
+/// the cluster, prints samples, serves.
 pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    if let Some(data) = &args.data {
+        return demo_trained(&args, data).await;
+    }
     let wanted_source = format!(
         "synthetic items={} users={} dim={} clusters={} seed={}",
         args.synthetic.items,
@@ -127,6 +142,49 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         args.gateway_addr,
         args.replicas,
         etcd,
+        serving,
+    )
+    .await
+}
+
+/// Trains on MovieLens (or reuses the bundle trained before), then serves it.
+async fn demo_trained(args: &DemoArgs, data: &std::path::Path) -> anyhow::Result<()> {
+    // fetch.sh DIR writes DIR/ml-100k: take either directory.
+    let data = if !data.join("u.data").exists() && data.join("ml-100k/u.data").exists() {
+        data.join("ml-100k")
+    } else {
+        data.to_path_buf()
+    };
+    let data = data
+        .canonicalize()
+        .with_context(|| format!("the data directory {}", data.display()))?;
+    let dir = args.trained_bundle_dir.clone();
+    let cached = Manifest::load(&dir)
+        .ok()
+        .filter(|m| m.source == crate::train::trained_source(&data));
+    match cached {
+        Some(manifest) if !args.rebuild => eprintln!(
+            "using the bundle {} trained before in {} (--rebuild to train anew)",
+            manifest.version,
+            dir.display()
+        ),
+        _ => {
+            eprintln!(
+                "training on {} with recsys train's defaults, then exporting to {}",
+                data.display(),
+                dir.display()
+            );
+            let (data, out) = (data.clone(), dir.clone());
+            tokio::task::spawn_blocking(move || crate::train::train_for_demo(&data, &out))
+                .await??;
+        }
+    }
+    let serving = (!args.no_serve).then_some(args.cluster.metrics_addr);
+    start_and_serve(
+        dir,
+        args.gateway_addr,
+        args.replicas,
+        args.cluster.etcd(),
         serving,
     )
     .await
@@ -223,10 +281,13 @@ async fn start_and_serve(
 
 /// A few user ids from the bundle's query model vocabulary.
 fn sample_users(dir: &std::path::Path, manifest: &Manifest) -> Vec<String> {
-    let Some(recsys_bundle::QueryModelSpec::EmbeddingTable { vocabulary, .. }) =
-        &manifest.query_model
-    else {
-        return Vec::new();
+    let vocabulary = match &manifest.query_model {
+        Some(recsys_bundle::QueryModelSpec::EmbeddingTable { vocabulary, .. }) => vocabulary,
+        Some(recsys_bundle::QueryModelSpec::Tower(tower)) => match tower.features.first() {
+            Some(feature) => &feature.vocabulary,
+            None => return Vec::new(),
+        },
+        None => return Vec::new(),
     };
     recsys_bundle::vectors::read_lines(&Manifest::resolve(dir, vocabulary))
         .map(|ids| ids.into_iter().take(3).collect())

@@ -11,6 +11,7 @@ mod demo;
 mod health;
 mod query;
 mod train;
+mod train_export;
 
 use clap::{Parser, Subcommand};
 
@@ -39,9 +40,18 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     recsys_server::telemetry::init();
-    match Cli::parse().command {
+    // A command-line error is one readable line (with its causes), never a
+    // backtrace, whatever RUST_BACKTRACE says.
+    if let Err(error) = run(Cli::parse().command).await {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Demo(args) => demo::demo(args).await,
         Command::Serve(args) => demo::serve(args).await,
         Command::Bundle(args) => {
@@ -49,14 +59,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Query(args) => query::run(args).await,
-        Command::Health(args) => {
-            // One line a probe log can show, never a backtrace.
-            if let Err(error) = health::run(args).await {
-                eprintln!("{error:#}");
-                std::process::exit(1);
-            }
-            Ok(())
-        }
+        Command::Health(args) => health::run(args).await,
         Command::Train(args) => tokio::task::spawn_blocking(move || train::run(args)).await?,
     }
 }

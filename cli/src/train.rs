@@ -18,6 +18,8 @@ use recsys_trainer::{
     TwoTowerConfig, factorized_top_k, random_split,
 };
 
+use crate::train_export::ExportArgs;
+
 /// Options of `recsys train`.
 #[derive(Debug, Clone, Args)]
 pub struct TrainArgs {
@@ -69,6 +71,8 @@ pub struct TrainArgs {
     /// Write the trained model here (config.json, weights.safetensors, features.safetensors, vocab/).
     #[arg(long, env = "RECSYS_TRAIN_OUT")]
     pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub export: ExportArgs,
 }
 
 /// Supported data sets.
@@ -164,6 +168,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             .with_context(|| format!("saving the model to {}", out.display()))?;
         println!("model written to {}", out.display());
     }
+    if let Some(out) = &args.export.bundle_out {
+        let raw = load_raw(&args)?;
+        let data = args
+            .data
+            .canonicalize()
+            .unwrap_or_else(|_| args.data.clone());
+        let source = trained_source(&data);
+        crate::train_export::export(&model, &raw, &source, &args.export, out)?;
+    }
     println!(
         "training {:.2}s, evaluation {:.2}s, total {:.2}s",
         training.as_secs_f64(),
@@ -173,12 +186,41 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load(args: &TrainArgs) -> anyhow::Result<Dataset> {
-    let data = match args.format {
+/// The manifest's `source` of a bundle trained on `data`: `recsys demo --data`
+/// reuses a bundle whose source matches.
+pub fn trained_source(data: &std::path::Path) -> String {
+    format!("trained on {}", data.display())
+}
+
+/// `recsys train --data DATA --bundle-out OUT` with every other option at its
+/// default: what `recsys demo --data` serves.
+pub fn train_for_demo(data: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    #[derive(Debug, clap::Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        args: TrainArgs,
+    }
+    let parsed = <Defaults as clap::Parser>::try_parse_from([
+        std::ffi::OsStr::new("train"),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--bundle-out".as_ref(),
+        out.as_os_str(),
+    ])?;
+    run(parsed.args)
+}
+
+/// The data set as the loader reads it, keyed by item id.
+fn load_raw(args: &TrainArgs) -> anyhow::Result<Dataset> {
+    match args.format {
         Format::Ml100k => recsys_trainer::load_movielens_100k(&args.data),
         Format::Ml1m => recsys_trainer::load_movielens_1m(&args.data),
     }
-    .with_context(|| format!("loading {}", args.data.display()))?;
+    .with_context(|| format!("loading {}", args.data.display()))
+}
+
+fn load(args: &TrainArgs) -> anyhow::Result<Dataset> {
+    let data = load_raw(args)?;
     Ok(match args.item_key {
         ItemKey::Title => data.keyed_by_title(),
         ItemKey::Id => data,

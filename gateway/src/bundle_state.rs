@@ -1,10 +1,13 @@
 //! What the gateway loads from the bundle: dimensions and shard count to validate
 //! and route, the query model to encode users, and the catalog to name items.
 
+use std::collections::HashMap;
 use std::path::Path;
 
-use recsys_bundle::{BundleError, Catalog, Manifest, QueryModelSpec, UserTable};
-use recsys_proto::v1::recommend_request::Query;
+use recsys_bundle::query_tower::EncodeError;
+use recsys_bundle::{BundleError, Catalog, Manifest, QueryModel};
+use recsys_proto::v1::feature_value::Kind;
+use recsys_proto::v1::{FeatureValue, recommend_request::Query};
 
 use crate::GatewayError;
 
@@ -16,7 +19,7 @@ pub struct BundleState {
     /// Item names; empty when the bundle has none.
     pub catalog: Catalog,
     /// The query model, when the bundle has one.
-    pub users: Option<UserTable>,
+    pub query_model: Option<QueryModel>,
 }
 
 impl BundleState {
@@ -27,26 +30,19 @@ impl BundleState {
             Some(file) => Catalog::load(&Manifest::resolve(dir, file))?,
             None => Catalog::default(),
         };
-        let users = match &manifest.query_model {
-            Some(QueryModelSpec::EmbeddingTable {
-                file,
-                tensor,
-                vocabulary,
-            }) => Some(UserTable::load(
-                &Manifest::resolve(dir, file),
-                tensor,
-                &Manifest::resolve(dir, vocabulary),
-            )?),
-            None => None,
-        };
-        if let Some(users) = &users
-            && users.dimensions() != manifest.dimensions
+        let query_model = manifest
+            .query_model
+            .as_ref()
+            .map(|spec| QueryModel::load(dir, spec))
+            .transpose()?;
+        if let Some(model) = &query_model
+            && model.dimensions() != manifest.dimensions
         {
             return Err(BundleError::corrupt(
                 dir.join("manifest.json"),
                 format!(
                     "query model has {} dimensions, items {}",
-                    users.dimensions(),
+                    model.dimensions(),
                     manifest.dimensions
                 ),
             ));
@@ -54,21 +50,59 @@ impl BundleState {
         Ok(Self {
             manifest,
             catalog,
-            users,
+            query_model,
         })
     }
 
     /// The query embedding for a validated request.
-    pub fn encode(&self, query: &Query) -> Result<Vec<f32>, GatewayError> {
+    pub fn encode(
+        &self,
+        query: &Query,
+        user_features: &HashMap<String, FeatureValue>,
+    ) -> Result<Vec<f32>, GatewayError> {
         match query {
             Query::QueryEmbedding(embedding) => Ok(embedding.values.clone()),
             Query::UserId(user_id) => {
-                let users = self.users.as_ref().ok_or(GatewayError::NoQueryModel)?;
-                users
-                    .embedding(user_id)
-                    .map(<[f32]>::to_vec)
-                    .ok_or_else(|| GatewayError::UnknownUser(user_id.clone()))
+                let model = self
+                    .query_model
+                    .as_ref()
+                    .ok_or(GatewayError::NoQueryModel)?;
+                let features = categorical_features(model, user_features)?;
+                model.encode(user_id, &features).map_err(|e| match e {
+                    EncodeError::UnknownUser(user) => GatewayError::UnknownUser(user),
+                })
             }
         }
     }
+}
+
+/// The request's values of the features the query tower reads, as the strings
+/// its vocabularies hold. Other features (the ranker's) pass through untouched.
+fn categorical_features(
+    model: &QueryModel,
+    user_features: &HashMap<String, FeatureValue>,
+) -> Result<HashMap<String, String>, GatewayError> {
+    let QueryModel::Tower(tower) = model else {
+        return Ok(HashMap::new());
+    };
+    let mut out = HashMap::new();
+    for name in tower.feature_names() {
+        let Some(kind) = user_features.get(name).and_then(|v| v.kind.as_ref()) else {
+            continue;
+        };
+        let value = match kind {
+            Kind::StringValue(s) => s.clone(),
+            Kind::IntValue(i) => i.to_string(),
+            Kind::FloatValue(_) | Kind::StringList(_) => {
+                return Err(GatewayError::invalid(
+                    "user_features",
+                    format!(
+                        "{name} is a categorical feature of the query tower: send a string_value or an int_value"
+                    ),
+                ));
+            }
+        };
+        out.insert(name.to_string(), value);
+    }
+    Ok(out)
 }

@@ -13,9 +13,10 @@ pub enum GatewayError {
         /// What is wrong and what the limit is.
         reason: String,
     },
-    /// The user id is not in the query model's vocabulary.
+    /// The user id is not in the query model's vocabulary and the request has no
+    /// user feature the model reads.
     #[error(
-        "user_id {0:?} is not known to the bundle's query model; send a query_embedding instead"
+        "user_id {0:?} is not known to the bundle's query model; send user_features or a query_embedding instead"
     )]
     UnknownUser(String),
     /// The bundle has no query model, so only embeddings are accepted.

@@ -68,7 +68,7 @@ pub async fn run(
             tracing::info!(
                 version = %state.manifest.version,
                 shards = state.manifest.shard_count,
-                users = state.users.as_ref().map_or(0, |u| u.len()),
+                users = state.query_model.as_ref().map_or(0, |m| m.known_users()),
                 "gateway bundle ready"
             );
             bundle_id.send_replace(Some(BundleId {

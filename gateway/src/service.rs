@@ -102,7 +102,7 @@ impl Gateway {
             .query
             .as_ref()
             .ok_or_else(|| GatewayError::invalid("query", "empty request"))?;
-        let embedding = bundle.encode(query)?;
+        let embedding = bundle.encode(query, &request.user_features)?;
         let encode_us = started.elapsed().as_micros() as u64;
 
         let options = request.options.unwrap_or_default();

@@ -93,6 +93,9 @@ pub enum TrainerError {
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),
+    /// Writing the exported bundle failed.
+    #[error("bundle export: {0}")]
+    Bundle(#[from] recsys_bundle::BundleError),
 }
 
 /// Shorthand for the trainer's results.

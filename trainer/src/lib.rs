@@ -9,12 +9,15 @@
 //! [`evaluate`] (`tfrs.metrics.FactorizedTopK`, exact). [`synthetic`] plants
 //! preferences for tests.
 //!
-//! Not here yet: the DCN-V2 ranker's training and the export to a bundle.
+//! [`export`] writes a trained model as a bundle the cluster serves.
+//!
+//! Not here yet: the DCN-V2 ranker's training.
 
 pub mod adagrad;
 pub mod dataset;
 pub mod error;
 pub mod evaluate;
+pub mod export;
 pub mod features;
 pub mod in_batch_softmax;
 pub mod interactions_csv;
@@ -29,6 +32,7 @@ pub mod vocabulary;
 pub use dataset::{Dataset, Interaction, Item, User};
 pub use error::{Result, TrainerError};
 pub use evaluate::{TopKAccuracy, factorized_top_k};
+pub use export::{CatalogIds, ExportOptions, catalog_ids, export_bundle};
 pub use features::FeatureChoice;
 pub use interactions_csv::load_interactions_csv;
 pub use movielens::{load_movielens_1m, load_movielens_100k};

@@ -184,6 +184,16 @@ impl TwoTower {
             .collect())
     }
 
+    /// The stored features of every user row, for exporting the query tower.
+    pub fn user_table(&self) -> &UserTable {
+        &self.users
+    }
+
+    /// A trained table by tensor name (`user.id`, `user.feature.{name}`, …).
+    pub fn tensor(&self, name: &str) -> Result<Tensor> {
+        Ok(self.var(name)?.as_tensor().clone())
+    }
+
     fn lookup(&self, name: &str, rows: &[u32]) -> Result<Tensor> {
         let table = self.var(name)?;
         let ids = Tensor::from_slice(rows, rows.len(), &self.device)?;

@@ -1,0 +1,194 @@
+//! From a trained two-tower model to a bundle the cluster serves: the item tower's
+//! embeddings of the whole catalog go into hash-sharded usearch indexes (inner
+//! product, the score the model trained on), the query tower and the stored user
+//! features into `query_tower/` (`recsys_bundle::query_tower`), titles into the
+//! catalog. A ranker is attached afterwards with `recsys_bundle::attach_ranker`.
+//!
+//! Items travel as `u64` ids on the wire while the trainer keys them by string:
+//! [`catalog_ids`] keeps numeric ids as they are (MovieLens movie ids), maps a
+//! title key back to the smallest movie id carrying that title (so a ranker keyed
+//! by movie id knows it), and hashes anything else.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use recsys_bundle::query_tower::{TableParts, TowerParts, USER_ID_FEATURE};
+use recsys_bundle::{
+    BuildEvent, BuildOptions, IndexParams, ItemVectors, Manifest, Metric, QueryModelSpec,
+    QueryTower,
+};
+
+use crate::dataset::Dataset;
+use crate::error::{Result, TrainerError};
+use crate::two_tower::TwoTower;
+
+/// How to write the bundle.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// Hash shards.
+    pub shards: u32,
+    /// HNSW parameters; the metric is forced to inner product.
+    pub params: IndexParams,
+    /// The bundle's version string.
+    pub version: String,
+    /// Where the data came from, for the manifest.
+    pub source: String,
+    /// Index construction threads; 0 for all cores.
+    pub threads: usize,
+}
+
+/// The wire id and display name of each catalog row of a model (row `r + 1` is
+/// entry `r`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogIds {
+    /// `u64` item ids, unique.
+    pub ids: Vec<u64>,
+    /// Display names (titles where known).
+    pub names: Vec<String>,
+}
+
+impl CatalogIds {
+    /// The wire id of the item the model keys as `key`.
+    pub fn id_of(&self, keys: &[String], key: &str) -> Option<u64> {
+        keys.iter().position(|k| k == key).map(|at| self.ids[at])
+    }
+}
+
+/// Wire ids and names for the model's item keys `keys` (the item vocabulary's
+/// values), given the data set as loaded (keyed by item id, before any re-keying
+/// by title).
+pub fn catalog_ids(keys: &[String], data: &Dataset) -> Result<CatalogIds> {
+    let by_id: HashMap<&str, &crate::dataset::Item> =
+        data.items.iter().map(|i| (i.id.as_str(), i)).collect();
+    let mut by_title: HashMap<&str, u64> = HashMap::new();
+    for item in &data.items {
+        if let (Some(title), Ok(id)) = (item.title.as_deref(), item.id.parse::<u64>()) {
+            let entry = by_title.entry(title).or_insert(id);
+            *entry = (*entry).min(id);
+        }
+    }
+    let mut ids = Vec::with_capacity(keys.len());
+    let mut names = Vec::with_capacity(keys.len());
+    let mut seen = HashSet::with_capacity(keys.len());
+    for key in keys {
+        let (id, name) = if let Ok(id) = key.parse::<u64>() {
+            let name = by_id
+                .get(key.as_str())
+                .and_then(|i| i.title.clone())
+                .unwrap_or_else(|| key.clone());
+            (id, name)
+        } else if let Some(&id) = by_title.get(key.as_str()) {
+            (id, key.clone())
+        } else {
+            (fnv1a(key), key.clone())
+        };
+        if !seen.insert(id) {
+            return Err(TrainerError::InvalidConfig {
+                field: "item ids",
+                reason: format!("item {key:?} maps to id {id}, which another item has"),
+            });
+        }
+        ids.push(id);
+        names.push(name);
+    }
+    Ok(CatalogIds { ids, names })
+}
+
+/// A stable 64-bit hash for item keys that are not numbers.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The query tower of `model` in the bundle's form.
+pub fn tower_parts(model: &TwoTower) -> Result<TowerParts> {
+    let vocab = model.vocabularies();
+    let width = model.config().dim;
+    let table = |name: &str, tensor: &str, values: &[String]| -> Result<TableParts> {
+        Ok(TableParts {
+            name: name.to_string(),
+            values: values.to_vec(),
+            data: model.tensor(tensor)?.flatten_all()?.to_vec1::<f32>()?,
+        })
+    };
+    let users = model.user_table();
+    let mut tables = vec![table(USER_ID_FEATURE, "user.id", vocab.user_id.values())?];
+    for name in &users.names {
+        let values = vocab
+            .user_features
+            .get(name)
+            .map_or(&[][..], |v| v.values());
+        tables.push(table(name, &format!("user.feature.{name}"), values)?);
+    }
+    let mut stored = Vec::new();
+    if !users.names.is_empty() {
+        for (r, user) in vocab.user_id.values().iter().enumerate() {
+            let row = [r as u32 + 1];
+            let values = users
+                .names
+                .iter()
+                .enumerate()
+                .map(|(f, name)| {
+                    let feature_row = users.column(f, &row)[0];
+                    vocab.user_features[name]
+                        .value(feature_row)
+                        .map(str::to_string)
+                })
+                .collect();
+            stored.push((user.clone(), values));
+        }
+    }
+    Ok(TowerParts {
+        width,
+        tables,
+        users: stored,
+        layers: Vec::new(),
+        l2_normalize: false,
+    })
+}
+
+/// Writes `model` as a bundle into `dir`: item embeddings into `options.shards`
+/// usearch files, the query tower, the catalog, and the manifest last.
+pub fn export_bundle(
+    model: &TwoTower,
+    catalog: &CatalogIds,
+    dir: &Path,
+    options: &ExportOptions,
+    progress: &(dyn Fn(BuildEvent) + Sync),
+) -> Result<Manifest> {
+    let embeddings = model.catalog_embeddings()?;
+    let (rows, dimensions) = embeddings.dims2()?;
+    if rows != catalog.ids.len() {
+        return Err(TrainerError::InvalidConfig {
+            field: "catalog",
+            reason: format!(
+                "{} item ids for a catalog of {rows} embeddings",
+                catalog.ids.len()
+            ),
+        });
+    }
+    let items = ItemVectors {
+        dimensions,
+        data: embeddings.flatten_all()?.to_vec1::<f32>()?,
+        ids: catalog.ids.clone(),
+        names: Some(catalog.names.clone()),
+    };
+    let build = BuildOptions {
+        params: IndexParams {
+            metric: Metric::Ip,
+            ..options.params
+        },
+        shard_count: options.shards,
+        version: options.version.clone(),
+        source: options.source.clone(),
+        threads: options.threads,
+    };
+    // The tower first: a failure then leaves no manifest, so no half bundle loads.
+    std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
+    let spec = QueryTower::write(dir, &tower_parts(model)?)?;
+    let mut manifest = recsys_bundle::build_bundle(dir, &items, None, &build, progress)?;
+    manifest.query_model = Some(QueryModelSpec::Tower(spec));
+    manifest.save(dir)?;
+    Ok(manifest)
+}
