@@ -1,9 +1,11 @@
 //! `recsys train`: trains the two-tower retrieval model on MovieLens and prints
 //! TFRS's factorized top-k accuracies for the training and test sets.
 //!
-//! The defaults are TFRS's basic retrieval tutorial: movie titles as item ids,
-//! ids only, 32 dimensions, batch 8192, Adagrad 0.1, 3 epochs, a random 80/20
-//! split with seed 42 (our own shuffle; see `recsys_trainer::split`).
+//! Settings start from a preset: `recsys` (the default) or `tfrs-basic`, TFRS's
+//! basic retrieval tutorial (movie titles as item ids, ids only, 32 dimensions,
+//! batch 8192, Adagrad 0.1, 3 epochs); flags override single settings. Both
+//! split at random 80/20 with seed 42 (our own shuffle; see
+//! `recsys_trainer::split`).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -12,10 +14,9 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use recsys_trainer::evaluate::TFRS_KS;
-use recsys_trainer::in_batch_softmax::LossOptions;
 use recsys_trainer::{
     Dataset, FeatureChoice, OptimizerChoice, TopKAccuracy, TrainConfig, TrainEvent, TwoTower,
-    TwoTowerConfig, factorized_top_k, random_split,
+    TwoTowerConfig, factorized_top_k, popularity_top_k, random_split,
 };
 
 use crate::train_export::ExportArgs;
@@ -29,50 +30,141 @@ pub struct TrainArgs {
     /// The data set's format.
     #[arg(long, value_enum, default_value_t = Format::Ml100k, env = "RECSYS_TRAIN_FORMAT")]
     pub format: Format,
+    /// Starting settings; every flag below that is given overrides its value.
+    #[arg(long, value_enum, default_value_t = Preset::Recsys, env = "RECSYS_TRAIN_PRESET")]
+    pub preset: Preset,
     /// Passes over the training set.
-    #[arg(long, default_value_t = 3, env = "RECSYS_TRAIN_EPOCHS")]
-    pub epochs: usize,
+    #[arg(long, env = "RECSYS_TRAIN_EPOCHS")]
+    pub epochs: Option<usize>,
     /// Interactions per batch (and in-batch candidates).
-    #[arg(long, default_value_t = 8192, env = "RECSYS_TRAIN_BATCH_SIZE")]
-    pub batch_size: usize,
+    #[arg(long, env = "RECSYS_TRAIN_BATCH_SIZE")]
+    pub batch_size: Option<usize>,
     /// Learning rate.
-    #[arg(long, default_value_t = 0.1, env = "RECSYS_TRAIN_LR")]
-    pub lr: f64,
+    #[arg(long, env = "RECSYS_TRAIN_LR")]
+    pub lr: Option<f64>,
     /// Embedding dimensions.
-    #[arg(long, default_value_t = 32, env = "RECSYS_TRAIN_DIM")]
-    pub dim: usize,
+    #[arg(long, env = "RECSYS_TRAIN_DIM")]
+    pub dim: Option<usize>,
     /// Seeds the split, the initial weights and the batch order.
     #[arg(long, default_value_t = 42, env = "RECSYS_TRAIN_SEED")]
     pub seed: u64,
     /// Optimizer.
-    #[arg(long, value_enum, default_value_t = OptimizerArg::Adagrad, env = "RECSYS_TRAIN_OPTIMIZER")]
-    pub optimizer: OptimizerArg,
+    #[arg(long, value_enum, env = "RECSYS_TRAIN_OPTIMIZER")]
+    pub optimizer: Option<OptimizerArg>,
     /// What identifies an item: the title (TFRS's tutorial) or the MovieLens id.
     #[arg(long, value_enum, default_value_t = ItemKey::Title, env = "RECSYS_TRAIN_ITEM_KEY")]
     pub item_key: ItemKey,
-    /// Add user features and title tokens, genres and year to the towers.
-    #[arg(long, env = "RECSYS_TRAIN_FEATURES")]
-    pub features: bool,
-    /// Softmax temperature.
+    /// Add user features and title tokens, genres and year to the towers (`--features false` to drop them).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", env = "RECSYS_TRAIN_FEATURES")]
+    pub features: Option<bool>,
+    /// Softmax temperature (1 for none).
     #[arg(long, env = "RECSYS_TRAIN_TEMPERATURE")]
     pub temperature: Option<f32>,
-    /// Correct logits by each candidate's training frequency (log-Q).
-    #[arg(long, env = "RECSYS_TRAIN_LOG_Q")]
-    pub log_q: bool,
+    /// Correct logits by each candidate's training frequency (log-Q; `--log-q false` to drop it).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", env = "RECSYS_TRAIN_LOG_Q")]
+    pub log_q: Option<bool>,
     /// Mask in-batch negatives that are the positive item.
-    #[arg(long, env = "RECSYS_TRAIN_REMOVE_ACCIDENTAL_HITS")]
-    pub remove_accidental_hits: bool,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", env = "RECSYS_TRAIN_REMOVE_ACCIDENTAL_HITS")]
+    pub remove_accidental_hits: Option<bool>,
     /// Draw a new batch order every epoch (TFRS's tutorial keeps one).
-    #[arg(long, env = "RECSYS_TRAIN_RESHUFFLE")]
-    pub reshuffle: bool,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", env = "RECSYS_TRAIN_RESHUFFLE")]
+    pub reshuffle: Option<bool>,
     /// Share of interactions used for training.
     #[arg(long, default_value_t = 0.8, env = "RECSYS_TRAIN_FRACTION")]
     pub train_fraction: f64,
+    /// Hold out this share of the training set as a validation set: train on
+    /// the rest and report validation instead of test figures, for choosing
+    /// settings without looking at the test set.
+    #[arg(long, env = "RECSYS_TRAIN_VALIDATION_FRACTION")]
+    pub validation_fraction: Option<f64>,
     /// Write the trained model here (config.json, weights.safetensors, features.safetensors, vocab/).
     #[arg(long, env = "RECSYS_TRAIN_OUT")]
     pub out: Option<PathBuf>,
     #[command(flatten)]
     pub export: ExportArgs,
+}
+
+/// Named starting points for the model and training settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Preset {
+    /// Our defaults: the tutorial's model and optimizer with the log-Q
+    /// correction (docs/quality.md has the measurements that chose them).
+    Recsys,
+    /// TFRS's basic retrieval tutorial: ids only, 32 dimensions, Adagrad 0.1,
+    /// batch 8192, 3 epochs, no log-Q correction.
+    #[value(name = "tfrs-basic")]
+    TfrsBasic,
+}
+
+/// A preset's model shape and training settings.
+struct Settings {
+    model: TwoTowerConfig,
+    train: TrainConfig,
+}
+
+impl Preset {
+    fn settings(self, seed: u64) -> Settings {
+        let tutorial = TwoTowerConfig {
+            dim: 32,
+            features: FeatureChoice::IDS_ONLY,
+        };
+        match self {
+            Preset::Recsys => Settings {
+                model: tutorial,
+                train: TrainConfig::recsys_retrieval(seed),
+            },
+            Preset::TfrsBasic => Settings {
+                model: tutorial,
+                train: TrainConfig::tfrs_basic_retrieval(seed),
+            },
+        }
+    }
+}
+
+impl TrainArgs {
+    /// The preset's settings with every given flag applied over them.
+    fn settings(&self) -> Settings {
+        let Settings {
+            mut model,
+            mut train,
+        } = self.preset.settings(self.seed);
+        if let Some(dim) = self.dim {
+            model.dim = dim;
+        }
+        if let Some(features) = self.features {
+            model.features = if features {
+                FeatureChoice::ALL
+            } else {
+                FeatureChoice::IDS_ONLY
+            };
+        }
+        train.epochs = self.epochs.unwrap_or(train.epochs);
+        train.batch_size = self.batch_size.unwrap_or(train.batch_size);
+        let (kind, preset_lr) = match train.optimizer {
+            OptimizerChoice::Adagrad { learning_rate } => (OptimizerArg::Adagrad, learning_rate),
+            OptimizerChoice::Adam { learning_rate } => (OptimizerArg::Adam, learning_rate),
+        };
+        let kind = self.optimizer.unwrap_or(kind);
+        // A different optimizer without --lr starts from that optimizer's usual step.
+        let lr = self.lr.unwrap_or(match (kind, self.optimizer) {
+            (OptimizerArg::Adam, Some(_)) => 0.001,
+            (OptimizerArg::Adagrad, Some(_)) => 0.1,
+            _ => preset_lr,
+        });
+        train.optimizer = match kind {
+            OptimizerArg::Adagrad => OptimizerChoice::Adagrad { learning_rate: lr },
+            OptimizerArg::Adam => OptimizerChoice::Adam { learning_rate: lr },
+        };
+        if let Some(t) = self.temperature {
+            train.loss.temperature = (t != 1.0).then_some(t);
+        }
+        if let Some(r) = self.remove_accidental_hits {
+            train.loss.remove_accidental_hits = r;
+        }
+        train.log_q_correction = self.log_q.unwrap_or(train.log_q_correction);
+        train.reshuffle_each_epoch = self.reshuffle.unwrap_or(train.reshuffle_each_epoch);
+        Settings { model, train }
+    }
 }
 
 /// Supported data sets.
@@ -108,22 +200,19 @@ pub enum ItemKey {
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let data = load(&args)?;
-    let split = random_split(&data.interactions, args.train_fraction, args.seed)?;
-    let features = if args.features {
-        FeatureChoice::ALL
-    } else {
-        FeatureChoice::IDS_ONLY
+    let mut split = random_split(&data.interactions, args.train_fraction, args.seed)?;
+    let held_out = match args.validation_fraction {
+        // The training set's own split; the test set is dropped unseen.
+        Some(fraction) => {
+            split = random_split(&split.train, 1.0 - fraction, args.seed)?;
+            "validation"
+        }
+        None => "test",
     };
-    let model = TwoTower::new(
-        TwoTowerConfig {
-            dim: args.dim,
-            features,
-        },
-        &data,
-        args.seed,
-    )?;
+    let settings = args.settings();
+    let model = TwoTower::new(settings.model, &data, args.seed)?;
     println!(
-        "{} interactions ({} train, {} test), {} users, {} items, loaded in {:.2?}",
+        "{} interactions ({} train, {} {held_out}), {} users, {} items, loaded in {:.2?}",
         data.interactions.len(),
         split.train.len(),
         split.test.len(),
@@ -132,27 +221,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         started.elapsed()
     );
 
-    let config = TrainConfig {
-        epochs: args.epochs,
-        batch_size: args.batch_size,
-        seed: args.seed,
-        optimizer: match args.optimizer {
-            OptimizerArg::Adagrad => OptimizerChoice::Adagrad {
-                learning_rate: args.lr,
-            },
-            OptimizerArg::Adam => OptimizerChoice::Adam {
-                learning_rate: args.lr,
-            },
-        },
-        loss: LossOptions {
-            temperature: args.temperature,
-            remove_accidental_hits: args.remove_accidental_hits,
-        },
-        log_q_correction: args.log_q,
-        reshuffle_each_epoch: args.reshuffle,
-    };
+    let config = settings.train;
     let training = Instant::now();
-    let mut progress = Progress::new(args.epochs);
+    let mut progress = Progress::new(config.epochs);
     recsys_trainer::train(&model, &split.train, &config, &mut |e| progress.on(e))?;
     let training = training.elapsed();
 
@@ -160,7 +231,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let train_acc = factorized_top_k(&model, &split.train, &TFRS_KS, 4096)?;
     let test_acc = factorized_top_k(&model, &split.test, &TFRS_KS, 4096)?;
     let evaluation = evaluation.elapsed();
-    print_table(&[("train", &train_acc), ("test", &test_acc)]);
+    let popularity = popularity_top_k(&split.train, &split.test, &TFRS_KS);
+    print_table(&[
+        ("train", &train_acc),
+        (held_out, &test_acc),
+        ("popularity", &popularity),
+    ]);
 
     if let Some(out) = &args.out {
         model
@@ -287,13 +363,13 @@ fn seconds(d: Duration) -> String {
 }
 
 fn print_table(rows: &[(&str, &TopKAccuracy)]) {
-    print!("{:<16}", "factorized top-k");
+    print!("{:<20}", "factorized top-k");
     for k in TFRS_KS {
         print!("{:>9}", format!("top-{k}"));
     }
     println!();
     for (name, acc) in rows {
-        print!("{:<16}", format!("{name} ({})", acc.count));
+        print!("{:<20}", format!("{name} ({})", acc.count));
         for a in &acc.accuracy {
             print!("{a:>9.4}");
         }

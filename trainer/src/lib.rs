@@ -31,7 +31,7 @@ pub mod vocabulary;
 
 pub use dataset::{Dataset, Interaction, Item, User};
 pub use error::{Result, TrainerError};
-pub use evaluate::{TopKAccuracy, factorized_top_k};
+pub use evaluate::{TopKAccuracy, factorized_top_k, popularity_top_k};
 pub use export::{CatalogIds, ExportOptions, catalog_ids, export_bundle};
 pub use features::FeatureChoice;
 pub use interactions_csv::load_interactions_csv;
