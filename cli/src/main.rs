@@ -1,7 +1,7 @@
 //! `recsys`: the front door. `demo` builds a synthetic bundle and serves it on a
 //! local cluster, `serve` does the same for an existing bundle, `bundle` builds
 //! bundles, `query` asks a gateway, `health` asks any server whether it is serving,
-//! `train` trains a retrieval model on MovieLens.
+//! `train` trains a retrieval model or the DCN-V2 ranker on MovieLens.
 
 #[global_allocator]
 static ALLOCATOR: recsys_server::allocator::Allocator = recsys_server::allocator::Allocator;
@@ -11,6 +11,7 @@ mod demo;
 mod health;
 mod query;
 mod train;
+mod train_ranking;
 
 use clap::{Parser, Subcommand};
 
@@ -34,7 +35,7 @@ enum Command {
     Query(query::QueryArgs),
     /// Ask a server's grpc.health.v1 whether it is SERVING (exit 0) or not (exit 1).
     Health(health::HealthArgs),
-    /// Train the two-tower retrieval model on MovieLens and print its top-k accuracies.
+    /// Train the two-tower retrieval model (top-k accuracies) or, with --task ranking, the DCN-V2 ranker (RMSE) on MovieLens.
     Train(train::TrainArgs),
 }
 

@@ -69,6 +69,21 @@ pub struct TrainArgs {
     /// Write the trained model here (config.json, weights.safetensors, features.safetensors, vocab/).
     #[arg(long, env = "RECSYS_TRAIN_OUT")]
     pub out: Option<PathBuf>,
+    /// What to train: the retrieval model or the DCN-V2 ranker.
+    #[arg(long, value_enum, default_value_t = Task::Retrieval, env = "RECSYS_TRAIN_TASK")]
+    pub task: Task,
+    /// The ranker's flags (`--task ranking`).
+    #[command(flatten)]
+    pub ranking: crate::train_ranking::RankingArgs,
+}
+
+/// What `recsys train` trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Task {
+    /// The two-tower retrieval model.
+    Retrieval,
+    /// The DCN-V2 ranker on ratings (crate::train_ranking).
+    Ranking,
 }
 
 /// Supported data sets.
@@ -102,6 +117,9 @@ pub enum ItemKey {
 
 /// Loads, splits, trains, evaluates, prints.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    if args.task == Task::Ranking {
+        return crate::train_ranking::run(&args, &args.ranking);
+    }
     let started = Instant::now();
     let data = load(&args)?;
     let split = random_split(&data.interactions, args.train_fraction, args.seed)?;
