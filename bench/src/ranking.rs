@@ -145,6 +145,7 @@ fn write_ranker(work: &std::path::Path) -> anyhow::Result<RankerFiles> {
         config: work.join("config.json"),
         weights: work.join("weights.safetensors"),
         item_features: work.join("item_features.tsv"),
+        user_features: None,
     })
 }
 

@@ -1,6 +1,7 @@
 //! Puts a ranker made elsewhere into a bundle: the "train in TFRS, serve here"
 //! path. `tools/tfrs_export` writes a ranker directory (`config.json`,
-//! `weights.safetensors`, `vocab/`, `item_features.tsv`); this copies it under the
+//! `weights.safetensors`, `vocab/`, `item_features.tsv`), and `recsys train --task
+//! ranking` the same plus `user_features.tsv`; this copies it under the
 //! bundle's `ranker/`, rewrites the vocabulary paths to be relative to the bundle
 //! (as the manifest's paths are), loads it once to prove it is whole, and names it
 //! in the manifest.
@@ -13,6 +14,9 @@ use crate::{BundleError, Manifest, RankerSpec};
 
 /// The ranker's directory inside a bundle.
 pub const RANKER_DIR: &str = "ranker";
+
+/// The optional table of stored user-side feature values in a ranker directory.
+pub const USER_FEATURES_FILE: &str = "user_features.tsv";
 
 /// What [`attach_ranker`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,9 +48,17 @@ pub fn attach_ranker(
     // The exporter may have written straight into the bundle: copying a file onto
     // itself would truncate it.
     let in_place = same_file(source, &target);
+    // A trained ranker stores its users' features; a TFRS export has none.
+    let user_features = source.join(USER_FEATURES_FILE).is_file();
     if !in_place {
         for file in ["weights.safetensors", "item_features.tsv"] {
             copy(&source.join(file), &target.join(file))?;
+        }
+        if user_features {
+            copy(
+                &source.join(USER_FEATURES_FILE),
+                &target.join(USER_FEATURES_FILE),
+            )?;
         }
     }
     let vocab_dir = target.join("vocab");
@@ -83,12 +95,17 @@ pub fn attach_ranker(
         config: format!("{RANKER_DIR}/config.json"),
         weights: format!("{RANKER_DIR}/weights.safetensors"),
         item_features: format!("{RANKER_DIR}/item_features.tsv"),
+        user_features: user_features.then(|| format!("{RANKER_DIR}/{USER_FEATURES_FILE}")),
     };
     let files = RankerFiles {
         bundle_dir: bundle_dir.to_path_buf(),
         config: config_out,
         weights: bundle_dir.join(&spec.weights),
         item_features: bundle_dir.join(&spec.item_features),
+        user_features: spec
+            .user_features
+            .as_ref()
+            .map(|path| bundle_dir.join(path)),
     };
     let ranker = Ranker::load(&files).map_err(|e| BundleError::Invalid {
         field: "ranker",

@@ -52,6 +52,10 @@ pub struct RankerSpec {
     pub weights: String,
     /// Item feature table.
     pub item_features: String,
+    /// Stored user-side feature values (`user_features.tsv`), absent in rankers
+    /// that take user features from the request only (and in older manifests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_features: Option<String>,
 }
 
 /// The content of `manifest.json`.
@@ -115,6 +119,7 @@ impl Manifest {
             config: dir.join(&spec.config),
             weights: dir.join(&spec.weights),
             item_features: dir.join(&spec.item_features),
+            user_features: spec.user_features.as_ref().map(|path| dir.join(path)),
         })
     }
 

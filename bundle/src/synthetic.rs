@@ -162,6 +162,7 @@ pub fn build_synthetic(
         config: planted::CONFIG_FILE.into(),
         weights: planted::WEIGHTS_FILE.into(),
         item_features: planted::ITEM_FEATURES_FILE.into(),
+        user_features: None,
     });
     manifest.save(dir)?;
     Ok((catalog, manifest))

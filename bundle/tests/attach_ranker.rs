@@ -137,3 +137,71 @@ fn a_missing_vocabulary_is_named() {
         .to_string();
     assert!(error.contains("user_zip_code"), "{error}");
 }
+
+#[test]
+fn stored_user_features_come_along_and_stand_in_for_the_request() {
+    // The fixture's first request, with its user features stored instead of sent.
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap())
+            .unwrap();
+    let request = &expected["models"][0]["requests"][0];
+    let user_id = request["user_id"].as_str().unwrap();
+    let features = request["user_features"].as_object().unwrap();
+    let source = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures().join("tutorial/ranker"), source.path());
+    let names: Vec<&str> = features.keys().map(String::as_str).collect();
+    let cells: Vec<&str> = features.values().map(|v| v.as_str().unwrap()).collect();
+    std::fs::write(
+        source.path().join("user_features.tsv"),
+        format!(
+            "user_id\t{}\n{user_id}\t{}\n",
+            names.join("\t"),
+            cells.join("\t")
+        ),
+    )
+    .unwrap();
+
+    let ids: Vec<u64> = (1..=8).collect();
+    let dir = bundle(&ids);
+    attach_ranker(dir.path(), source.path(), &ids).unwrap();
+    let manifest = Manifest::load(dir.path()).unwrap();
+    assert_eq!(
+        manifest.ranker.as_ref().unwrap().user_features.as_deref(),
+        Some("ranker/user_features.tsv")
+    );
+    assert!(dir.path().join("ranker/user_features.tsv").is_file());
+    let ranker = Ranker::load(&manifest.ranker_files(dir.path()).unwrap()).unwrap();
+    assert_eq!(ranker.stored_users(), 1);
+    let items: Vec<u64> = request["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let only_id = UserContext {
+        user_id: user_id.into(),
+        ..Default::default()
+    };
+    let scores = ranker.score(&only_id, &items, false).unwrap();
+    for (ours, theirs) in scores
+        .scores
+        .iter()
+        .zip(request["scores"].as_array().unwrap())
+    {
+        assert!((ours - theirs.as_f64().unwrap() as f32).abs() <= 1e-5);
+    }
+
+    // A table naming a feature the ranker does not take fails the attach.
+    std::fs::write(
+        source.path().join("user_features.tsv"),
+        "user_id\tshoe_size\nu\t42\n",
+    )
+    .unwrap();
+    let error = attach_ranker(dir.path(), source.path(), &ids)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("column shoe_size is not a user-side feature"),
+        "{error}"
+    );
+}

@@ -161,7 +161,7 @@ async fn demo_trained(args: &DemoArgs, data: &std::path::Path) -> anyhow::Result
     let dir = args.trained_bundle_dir.clone();
     let cached = Manifest::load(&dir)
         .ok()
-        .filter(|m| m.source == crate::train::trained_source(&data));
+        .filter(|m| m.source == crate::train::trained_source(&data) && m.ranker.is_some());
     match cached {
         Some(manifest) if !args.rebuild => eprintln!(
             "using the bundle {} trained before in {} (--rebuild to train anew)",
@@ -170,7 +170,7 @@ async fn demo_trained(args: &DemoArgs, data: &std::path::Path) -> anyhow::Result
         ),
         _ => {
             eprintln!(
-                "training on {} with recsys train's defaults, then exporting to {}",
+                "training a ranker and a retrieval model on {} with recsys train's defaults, then exporting to {}",
                 data.display(),
                 dir.display()
             );

@@ -1,7 +1,7 @@
 //! `recsys`: the front door. `demo` builds a synthetic bundle and serves it on a
 //! local cluster, `serve` does the same for an existing bundle, `bundle` builds
 //! bundles, `query` asks a gateway, `health` asks any server whether it is serving,
-//! `train` trains a retrieval model on MovieLens.
+//! `train` trains a retrieval model or the DCN-V2 ranker on MovieLens.
 
 #[global_allocator]
 static ALLOCATOR: recsys_server::allocator::Allocator = recsys_server::allocator::Allocator;
@@ -12,6 +12,7 @@ mod health;
 mod query;
 mod train;
 mod train_export;
+mod train_ranking;
 
 use clap::{Parser, Subcommand};
 
@@ -35,7 +36,7 @@ enum Command {
     Query(query::QueryArgs),
     /// Ask a server's grpc.health.v1 whether it is SERVING (exit 0) or not (exit 1).
     Health(health::HealthArgs),
-    /// Train the two-tower retrieval model on MovieLens and print its top-k accuracies.
+    /// Train the two-tower retrieval model (top-k accuracies) or, with --task ranking, the DCN-V2 ranker (RMSE) on MovieLens.
     Train(train::TrainArgs),
 }
 
@@ -61,5 +62,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Query(args) => query::run(args).await,
         Command::Health(args) => health::run(args).await,
         Command::Train(args) => tokio::task::spawn_blocking(move || train::run(args)).await?,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks (two flags with one id, defaults that do not
+    /// parse, …) run only in debug builds and only when a command is built: build
+    /// them all here rather than at a user's first run.
+    #[test]
+    fn every_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

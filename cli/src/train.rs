@@ -82,6 +82,21 @@ pub struct TrainArgs {
     pub out: Option<PathBuf>,
     #[command(flatten)]
     pub export: ExportArgs,
+    /// What to train: the retrieval model or the DCN-V2 ranker.
+    #[arg(long, value_enum, default_value_t = Task::Retrieval, env = "RECSYS_TRAIN_TASK")]
+    pub task: Task,
+    /// The ranker's flags (`--task ranking`).
+    #[command(flatten)]
+    pub ranking: crate::train_ranking::RankingArgs,
+}
+
+/// What `recsys train` trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Task {
+    /// The two-tower retrieval model.
+    Retrieval,
+    /// The DCN-V2 ranker on ratings (crate::train_ranking).
+    Ranking,
 }
 
 /// Named starting points for the model and training settings.
@@ -198,6 +213,9 @@ pub enum ItemKey {
 
 /// Loads, splits, trains, evaluates, prints.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    if args.task == Task::Ranking {
+        return crate::train_ranking::run(&args, &args.ranking);
+    }
     let started = Instant::now();
     let data = load(&args)?;
     let mut split = random_split(&data.interactions, args.train_fraction, args.seed)?;
@@ -268,22 +286,37 @@ pub fn trained_source(data: &std::path::Path) -> String {
     format!("trained on {}", data.display())
 }
 
-/// `recsys train --data DATA --bundle-out OUT` with every other option at its
-/// default: what `recsys demo --data` serves.
+/// What `recsys demo --data` serves: the ranker trained with `recsys train
+/// --task ranking` defaults, then the retrieval model with `recsys train`
+/// defaults exported into `out` with that ranker attached.
 pub fn train_for_demo(data: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
     #[derive(Debug, clap::Parser)]
     struct Defaults {
         #[command(flatten)]
         args: TrainArgs,
     }
-    let parsed = <Defaults as clap::Parser>::try_parse_from([
-        std::ffi::OsStr::new("train"),
-        "--data".as_ref(),
-        data.as_os_str(),
+    let parse = |extra: &[&std::ffi::OsStr]| -> anyhow::Result<TrainArgs> {
+        let mut argv: Vec<&std::ffi::OsStr> =
+            vec!["train".as_ref(), "--data".as_ref(), data.as_os_str()];
+        argv.extend_from_slice(extra);
+        Ok(<Defaults as clap::Parser>::try_parse_from(argv)?.args)
+    };
+    let mut ranker = out.as_os_str().to_owned();
+    ranker.push("-ranker");
+    println!("\n== the ranker (recsys train --task ranking)");
+    run(parse(&[
+        "--task".as_ref(),
+        "ranking".as_ref(),
+        "--ranker-out".as_ref(),
+        &ranker,
+    ])?)?;
+    println!("\n== the retrieval model (recsys train), exported with the ranker");
+    run(parse(&[
         "--bundle-out".as_ref(),
         out.as_os_str(),
-    ])?;
-    run(parsed.args)
+        "--ranker".as_ref(),
+        &ranker,
+    ])?)
 }
 
 /// The data set as the loader reads it, keyed by item id.

@@ -5,7 +5,8 @@
 //! exactly; `tests/tfrs_parity.rs` checks it against outputs produced by TFRS
 //! itself. [`keras`] maps Keras weight names and layouts onto ours. [`ranker`]
 //! assembles x0 from [`features`] (categorical, multi-hot, numeric) and scores
-//! candidates; [`planted`] writes a hand-set ranker for synthetic bundles.
+//! candidates, with the user-side values stored in `user_table` as request
+//! defaults; [`planted`] writes a hand-set ranker for synthetic bundles.
 
 pub mod dcn_mix;
 pub mod dcn_v2;
@@ -14,6 +15,7 @@ pub mod features;
 pub mod keras;
 pub mod planted;
 pub mod ranker;
+mod user_table;
 
 pub use dcn_mix::{MixConfig, MixCrossLayer};
 pub use dcn_v2::{Activation, CrossLayer, DcnConfig, DcnV2, Structure};

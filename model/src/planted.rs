@@ -211,6 +211,7 @@ mod tests {
             config: dir.path().join(CONFIG_FILE),
             weights: dir.path().join(WEIGHTS_FILE),
             item_features: dir.path().join(ITEM_FEATURES_FILE),
+            user_features: None,
         })
         .unwrap();
         let user = UserContext {

@@ -10,6 +10,8 @@
 //! ranker/vocab/{feature}.txt  line i is the value of row i + 1
 //! ranker/item_features.tsv    header "item_id<TAB>feature...", one item per line
 //!                             (multi-hot cells list values separated by "|")
+//! ranker/user_features.tsv    optional: header "user_id<TAB>feature...", the stored
+//!                             user-side values a request may leave out (crate::user_table)
 //! ```
 //!
 //! Features are categorical, multi-hot or numeric ([`crate::features`]). Unknown
@@ -26,6 +28,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::features::{Feature, ItemTable};
+use crate::user_table::UserTable;
 use crate::{DcnConfig, DcnV2, ModelError};
 
 pub use crate::features::{FeatureInput, FeatureKind, FeatureSpec, Normalization, Pooling, Side};
@@ -52,6 +55,9 @@ pub struct RankerFiles {
     pub weights: PathBuf,
     /// `item_features.tsv`.
     pub item_features: PathBuf,
+    /// `user_features.tsv`, when the ranker stores user-side values (rankers
+    /// trained on user features do, so that a request needs only the user id).
+    pub user_features: Option<PathBuf>,
 }
 
 /// The request side of a ranking call.
@@ -102,6 +108,8 @@ pub struct Ranker {
     features: Vec<Feature>,
     /// The item side of x0, per item.
     items: ItemTable,
+    /// Stored user-side values, the defaults of request features.
+    users: UserTable,
     /// The item side of the first cross product, per item, when precomputed.
     first: Option<FirstProduct>,
     device: Device,
@@ -183,12 +191,17 @@ impl Ranker {
         let model = DcnV2::new(&config.dcn, vb)
             .map_err(|e| ModelError::Weights(format!("{}: {e}", files.weights.display())))?;
         let items = ItemTable::load(&files.item_features, &features)?;
+        let users = match &files.user_features {
+            Some(path) => UserTable::load(path, &config.features)?,
+            None => UserTable::default(),
+        };
         let first = FirstProduct::new(&model, &features, &items)?;
         Ok(Self {
             config,
             model,
             features,
             items,
+            users,
             first,
             device,
         })
@@ -214,6 +227,11 @@ impl Ranker {
     /// Items with features.
     pub fn items(&self) -> usize {
         self.items.len()
+    }
+
+    /// Users with stored user-side values.
+    pub fn stored_users(&self) -> usize {
+        self.users.len()
     }
 
     /// True when `item_id` has features.
@@ -308,13 +326,19 @@ impl Ranker {
         let mut user_oov = false;
         let mut user_side = Vec::new();
         for feature in self.features.iter().filter(|f| f.spec.side == Side::User) {
-            let input = if feature.spec.name == "user_id" {
-                Some(FeatureInput::Value(user.user_id.clone()))
+            let id;
+            let name = feature.spec.name.as_str();
+            // A value in the request wins over the stored one.
+            let input = if name == "user_id" {
+                id = FeatureInput::Value(user.user_id.clone());
+                Some(&id)
             } else {
-                user.features.get(&feature.spec.name).cloned()
+                user.features
+                    .get(name)
+                    .or_else(|| self.users.get(&user.user_id, name))
             };
             let oov = feature
-                .encode_input(input.as_ref(), &mut user_side)
+                .encode_input(input, &mut user_side)
                 .map_err(RankError::BadFeature)?;
             if feature.spec.name == "user_id" && oov {
                 user_oov = true;
@@ -510,6 +534,7 @@ mod tests {
             config: dir.join(planted::CONFIG_FILE),
             weights: dir.join(planted::WEIGHTS_FILE),
             item_features: dir.join(planted::ITEM_FEATURES_FILE),
+            user_features: None,
         })
         .unwrap()
     }

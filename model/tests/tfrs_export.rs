@@ -30,6 +30,7 @@ fn load(model: &Value) -> Ranker {
         config: file("config"),
         weights: file("weights"),
         item_features: file("item_features"),
+        user_features: None,
         bundle_dir: bundle_dir.clone(),
     })
     .unwrap_or_else(|e| panic!("{}: {e}", model["name"]))

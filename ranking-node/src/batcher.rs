@@ -221,6 +221,7 @@ mod tests {
                 config: dir.join(planted::CONFIG_FILE),
                 weights: dir.join(planted::WEIGHTS_FILE),
                 item_features: dir.join(planted::ITEM_FEATURES_FILE),
+                user_features: None,
             })
             .unwrap(),
         )

@@ -90,6 +90,20 @@ pub enum TrainerError {
         /// What is wrong.
         reason: String,
     },
+    /// A chosen feature the data set cannot provide.
+    #[error("feature {feature}: {reason}")]
+    MissingFeature {
+        /// The feature's name.
+        feature: &'static str,
+        /// What it needs and what is missing.
+        reason: String,
+    },
+    /// A ranking model needs ratings and an interaction has none.
+    #[error("interaction {index} has no rating and the ranker is trained on ratings")]
+    MissingRating {
+        /// Index of the interaction in its set.
+        index: usize,
+    },
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),

@@ -9,9 +9,13 @@
 //! [`evaluate`] (`tfrs.metrics.FactorizedTopK`, exact). [`synthetic`] plants
 //! preferences for tests.
 //!
-//! [`export`] writes a trained model as a bundle the cluster serves.
+//! [`export`] writes a trained retrieval model as a bundle the cluster serves.
 //!
-//! Not here yet: the DCN-V2 ranker's training.
+//! The ranker: [`ranking_features`] turns the data set into the ranker's feature
+//! columns, [`ranking_model`] is `recsys_model::DcnV2` over trainable
+//! embeddings, fitted to ratings by [`ranking_train`] (MSE, RMSE reported) from
+//! a [`ranking_preset`], and written in the served ranker layout by
+//! [`ranking_export`]. [`synthetic_ratings`] plants a rating function for tests.
 
 pub mod adagrad;
 pub mod dataset;
@@ -22,8 +26,14 @@ pub mod features;
 pub mod in_batch_softmax;
 pub mod interactions_csv;
 pub mod movielens;
+pub mod ranking_export;
+pub mod ranking_features;
+pub mod ranking_model;
+pub mod ranking_preset;
+pub mod ranking_train;
 pub mod split;
 pub mod synthetic;
+pub mod synthetic_ratings;
 mod text_file;
 pub mod train;
 pub mod two_tower;
@@ -36,6 +46,13 @@ pub use export::{CatalogIds, ExportOptions, catalog_ids, export_bundle};
 pub use features::FeatureChoice;
 pub use interactions_csv::load_interactions_csv;
 pub use movielens::{load_movielens_1m, load_movielens_100k};
+pub use ranking_features::RankingFeature;
+pub use ranking_model::{FeatureWidth, RankingModel, RankingModelConfig};
+pub use ranking_preset::RankingPreset;
+pub use ranking_train::{
+    RankingEpoch, RankingEvent, RankingOptimizer, RankingReport, RankingTrainConfig, rmse,
+    train_ranking,
+};
 pub use split::{Split, last_n_per_user, random_split, time_cutoff};
 pub use text_file::Encoding;
 pub use train::{EpochReport, OptimizerChoice, TrainConfig, TrainEvent, train};

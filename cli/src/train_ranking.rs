@@ -1,0 +1,305 @@
+//! `recsys train --task ranking`: trains the DCN-V2 ranker on MovieLens ratings
+//! from a preset (`--ranker-preset recsys`, the default; `tfrs-dcn`; `tfrs-basic-ranking`),
+//! prints per-epoch and final RMSE, and with `--ranker-out` writes the ranker
+//! layout that `recsys bundle --ranker DIR` puts into a bundle.
+//!
+//! `--ranker-*` flags override single settings of the preset; the data, format,
+//! seed and split fraction are `recsys train`'s own flags.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use recsys_trainer::{
+    Dataset, RankingEvent, RankingFeature, RankingModel, RankingOptimizer, RankingPreset,
+    random_split, rmse, train_ranking,
+};
+
+use crate::train::{Format, TrainArgs};
+
+/// The ranking presets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Preset {
+    /// recsys's default (tuned on a validation slice of the training set).
+    Recsys,
+    /// TFRS's DCN tutorial (MovieLens part).
+    TfrsDcn,
+    /// TFRS's basic ranking tutorial.
+    TfrsBasicRanking,
+}
+
+/// Flags of `recsys train --task ranking`.
+#[derive(Debug, Clone, Args)]
+pub struct RankingArgs {
+    /// The ranking preset (`--preset` is the retrieval model's).
+    #[arg(
+        long,
+        value_enum,
+        default_value_t = Preset::Recsys,
+        env = "RECSYS_TRAIN_RANKER_PRESET"
+    )]
+    pub ranker_preset: Preset,
+    /// Write the trained ranker here (config.json, weights.safetensors, vocab/, item_features.tsv, user_features.tsv).
+    #[arg(long, env = "RECSYS_TRAIN_RANKER_OUT")]
+    pub ranker_out: Option<PathBuf>,
+    /// Version recorded in the exported ranker (default: recsys-<preset>-seed<seed>).
+    #[arg(long, env = "RECSYS_TRAIN_RANKER_VERSION")]
+    pub ranker_version: Option<String>,
+    /// Override the preset's most epochs.
+    #[arg(long, env = "RECSYS_TRAIN_RANKER_EPOCHS")]
+    pub ranker_epochs: Option<usize>,
+    /// Override the preset's batch size.
+    #[arg(long, env = "RECSYS_TRAIN_RANKER_BATCH_SIZE")]
+    pub ranker_batch_size: Option<usize>,
+    /// Override the preset's learning rate.
+    #[arg(long, env = "RECSYS_TRAIN_RANKER_LR")]
+    pub ranker_lr: Option<f64>,
+    /// Adam's decoupled weight decay (Adam presets only).
+    #[arg(long, env = "RECSYS_TRAIN_RANKER_WEIGHT_DECAY")]
+    pub ranker_weight_decay: Option<f64>,
+    /// Share of the training set held out for validation and early stopping (0: none).
+    #[arg(long, env = "RECSYS_TRAIN_RANKER_VALIDATION")]
+    pub ranker_validation: Option<f64>,
+    /// Epochs without a better validation RMSE before stopping (0: never stop early).
+    #[arg(long, env = "RECSYS_TRAIN_RANKER_PATIENCE")]
+    pub ranker_patience: Option<usize>,
+    /// Features in x0 order, comma-separated (movie_id, movie_title, movie_genres, movie_year, user_id, user_gender, user_zip_code, user_occupation_text, bucketized_user_age).
+    #[arg(long, value_delimiter = ',', env = "RECSYS_TRAIN_RANKER_FEATURES")]
+    pub ranker_features: Option<Vec<String>>,
+    /// Embedding width of every categorical and multi-hot feature.
+    #[arg(long, env = "RECSYS_TRAIN_RANKER_DIM")]
+    pub ranker_dim: Option<usize>,
+    /// Cross layers.
+    #[arg(long, env = "RECSYS_TRAIN_RANKER_CROSS_LAYERS")]
+    pub ranker_cross_layers: Option<usize>,
+    /// Rank of the cross weights (0: full rank).
+    #[arg(long, env = "RECSYS_TRAIN_RANKER_PROJECTION_DIM")]
+    pub ranker_projection_dim: Option<usize>,
+    /// Deep layer widths, comma-separated (empty: none).
+    #[arg(long, value_delimiter = ',', env = "RECSYS_TRAIN_RANKER_DEEP")]
+    pub ranker_deep: Option<Vec<usize>>,
+    /// Parallel instead of stacked cross and deep parts.
+    #[arg(long, env = "RECSYS_TRAIN_RANKER_PARALLEL")]
+    pub ranker_parallel: Option<bool>,
+    /// Draw a new batch order every epoch.
+    #[arg(long, env = "RECSYS_TRAIN_RANKER_RESHUFFLE")]
+    pub ranker_reshuffle: Option<bool>,
+}
+
+impl Preset {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Recsys => "recsys",
+            Self::TfrsDcn => "tfrs-dcn",
+            Self::TfrsBasicRanking => "tfrs-basic-ranking",
+        }
+    }
+}
+
+/// The preset with the flags' overrides.
+fn preset(args: &TrainArgs, r: &RankingArgs) -> anyhow::Result<RankingPreset> {
+    let mut p = RankingPreset::named(r.ranker_preset.name(), args.seed)
+        .with_context(|| format!("no preset {}", r.ranker_preset.name()))?;
+    let t = &mut p.train;
+    if let Some(epochs) = r.ranker_epochs {
+        t.epochs = epochs;
+    }
+    if let Some(batch) = r.ranker_batch_size {
+        t.batch_size = batch;
+    }
+    match &mut t.optimizer {
+        RankingOptimizer::Adagrad { learning_rate } => {
+            if let Some(lr) = r.ranker_lr {
+                *learning_rate = lr;
+            }
+            anyhow::ensure!(
+                r.ranker_weight_decay.is_none(),
+                "--ranker-weight-decay needs an Adam preset"
+            );
+        }
+        RankingOptimizer::Adam {
+            learning_rate,
+            weight_decay,
+        } => {
+            if let Some(lr) = r.ranker_lr {
+                *learning_rate = lr;
+            }
+            if let Some(wd) = r.ranker_weight_decay {
+                *weight_decay = wd;
+            }
+        }
+    }
+    if let Some(v) = r.ranker_validation {
+        t.validation_fraction = v;
+    }
+    if let Some(patience) = r.ranker_patience {
+        t.patience = (patience > 0).then_some(patience);
+    }
+    if let Some(reshuffle) = r.ranker_reshuffle {
+        t.reshuffle_each_epoch = reshuffle;
+    }
+    let m = &mut p.model;
+    if let Some(names) = &r.ranker_features {
+        m.features = names
+            .iter()
+            .map(|name| {
+                let feature: RankingFeature =
+                    serde_json::from_value(serde_json::Value::from(name.trim()))
+                        .map_err(|_| anyhow::anyhow!("--ranker-features: no feature {name}"))?;
+                Ok(recsys_trainer::FeatureWidth { feature, dim: 32 })
+            })
+            .collect::<anyhow::Result<_>>()?;
+    }
+    if let Some(dim) = r.ranker_dim {
+        m.features.iter_mut().for_each(|f| f.dim = dim);
+    }
+    if let Some(layers) = r.ranker_cross_layers {
+        m.cross_layers = layers;
+    }
+    if let Some(rank) = r.ranker_projection_dim {
+        m.projection_dim = (rank > 0).then_some(rank);
+    }
+    if let Some(deep) = &r.ranker_deep {
+        m.deep_units = deep.clone();
+    }
+    if let Some(parallel) = r.ranker_parallel {
+        m.structure = if parallel {
+            recsys_model::Structure::Parallel
+        } else {
+            recsys_model::Structure::Stacked
+        };
+    }
+    Ok(p)
+}
+
+/// Loads, splits, trains, evaluates, prints, exports.
+pub fn run(args: &TrainArgs, r: &RankingArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let data = load(args)?;
+    let split = random_split(&data.interactions, args.train_fraction, args.seed)?;
+    let preset = preset(args, r)?;
+    let model = RankingModel::new(preset.model.clone(), &data, args.seed)?;
+    println!(
+        "{} ratings ({} train, {} test), {} users, {} items, preset {}, loaded in {:.2?}",
+        data.interactions.len(),
+        split.train.len(),
+        split.test.len(),
+        model.tables().users.values().len(),
+        model.tables().items.values().len(),
+        r.ranker_preset.name(),
+        started.elapsed()
+    );
+    println!(
+        "model {}",
+        serde_json::to_string(&preset).unwrap_or_default()
+    );
+    let training = Instant::now();
+    let mut progress = Progress::new(preset.train.epochs);
+    let report = train_ranking(&model, &split.train, &preset.train, &mut |e| progress.on(e))?;
+    let training = training.elapsed();
+    if report.validated_on > 0 {
+        println!(
+            "kept epoch {} of {} (best validation RMSE on {} held-out training ratings)",
+            report.best_epoch + 1,
+            report.epochs.len(),
+            report.validated_on
+        );
+    }
+    let evaluation = Instant::now();
+    let train_rmse = rmse(&model, &split.train, 8192)?;
+    let test_rmse = rmse(&model, &split.test, 8192)?;
+    let evaluation = evaluation.elapsed();
+    println!("RMSE train {train_rmse:.4} test {test_rmse:.4}");
+    if let Some(out) = &r.ranker_out {
+        let version = r
+            .ranker_version
+            .clone()
+            .unwrap_or_else(|| format!("recsys-{}-seed{}", r.ranker_preset.name(), args.seed));
+        model
+            .export(out, &version)
+            .with_context(|| format!("writing the ranker to {}", out.display()))?;
+        println!("ranker {version} written to {}", out.display());
+    }
+    println!(
+        "training {:.2}s, evaluation {:.2}s, total {:.2}s",
+        training.as_secs_f64(),
+        evaluation.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The ranker keys items by MovieLens id (titles are a feature).
+fn load(args: &TrainArgs) -> anyhow::Result<Dataset> {
+    match args.format {
+        Format::Ml100k => recsys_trainer::load_movielens_100k(&args.data),
+        Format::Ml1m => recsys_trainer::load_movielens_1m(&args.data),
+    }
+    .with_context(|| format!("loading {}", args.data.display()))
+}
+
+/// One bar per epoch: batches done, the running RMSE, time.
+struct Progress {
+    epochs: usize,
+    bar: Option<ProgressBar>,
+    squared: (f64, usize),
+}
+
+impl Progress {
+    fn new(epochs: usize) -> Self {
+        Self {
+            epochs,
+            bar: None,
+            squared: (0.0, 0),
+        }
+    }
+
+    fn on(&mut self, event: RankingEvent) {
+        match event {
+            RankingEvent::EpochStarted { epoch, steps } => {
+                let bar = ProgressBar::new(steps as u64);
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{prefix} [{bar:30}] {pos}/{len} batches {msg} ({elapsed_precise})",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                );
+                bar.set_prefix(format!("epoch {}/{}", epoch + 1, self.epochs));
+                self.bar = Some(bar);
+                self.squared = (0.0, 0);
+            }
+            RankingEvent::Step { loss } => {
+                self.squared.0 += f64::from(loss);
+                self.squared.1 += 1;
+                if let Some(bar) = &self.bar {
+                    let mse = self.squared.0 / self.squared.1 as f64;
+                    bar.set_message(format!("loss {mse:.4} RMSE {:.4}", mse.sqrt()));
+                    bar.inc(1);
+                }
+            }
+            RankingEvent::EpochFinished(report) => {
+                if let Some(bar) = self.bar.take() {
+                    bar.finish_and_clear();
+                }
+                let validation = report
+                    .validation_rmse
+                    .map(|v| format!(", validation RMSE {v:.4}"))
+                    .unwrap_or_default();
+                println!(
+                    "epoch {}/{}: train RMSE {:.4}{validation}, {}",
+                    report.epoch + 1,
+                    self.epochs,
+                    report.train_rmse,
+                    seconds(report.elapsed)
+                );
+            }
+        }
+    }
+}
+
+fn seconds(d: Duration) -> String {
+    format!("{:.2}s", d.as_secs_f64())
+}
