@@ -8,6 +8,7 @@ static ALLOCATOR: recsys_server::allocator::Allocator = recsys_server::allocator
 
 mod bundle_cmd;
 mod demo;
+mod epoch_bar;
 mod health;
 mod query;
 mod train;

@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
 use recsys_trainer::evaluate::TFRS_KS;
 use recsys_trainer::{
     Dataset, FeatureChoice, OptimizerChoice, TopKAccuracy, TrainConfig, TrainEvent, TwoTower,
     TwoTowerConfig, factorized_top_k, popularity_top_k, random_split,
 };
 
+use crate::epoch_bar::EpochBar;
 use crate::train_export::ExportArgs;
 
 /// Options of `recsys train`.
@@ -320,7 +320,7 @@ pub fn train_for_demo(data: &std::path::Path, out: &std::path::Path) -> anyhow::
 }
 
 /// The data set as the loader reads it, keyed by item id.
-fn load_raw(args: &TrainArgs) -> anyhow::Result<Dataset> {
+pub(crate) fn load_raw(args: &TrainArgs) -> anyhow::Result<Dataset> {
     match args.format {
         Format::Ml100k => recsys_trainer::load_movielens_100k(&args.data),
         Format::Ml1m => recsys_trainer::load_movielens_1m(&args.data),
@@ -336,53 +336,24 @@ fn load(args: &TrainArgs) -> anyhow::Result<Dataset> {
     })
 }
 
-/// One bar per epoch: batches done, the running mean loss, time.
-struct Progress {
-    epochs: usize,
-    bar: Option<ProgressBar>,
-    losses: (f64, usize),
-}
+/// `recsys train`'s progress: the batches' summed loss, then a line per epoch.
+struct Progress(EpochBar);
 
 impl Progress {
     fn new(epochs: usize) -> Self {
-        Self {
-            epochs,
-            bar: None,
-            losses: (0.0, 0),
-        }
+        Self(EpochBar::new(epochs))
     }
 
     fn on(&mut self, event: TrainEvent) {
         match event {
-            TrainEvent::EpochStarted { epoch, steps } => {
-                let bar = ProgressBar::new(steps as u64);
-                bar.set_style(
-                    ProgressStyle::with_template(
-                        "{prefix} [{bar:30}] {pos}/{len} batches {msg} ({elapsed_precise})",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> "),
-                );
-                bar.set_prefix(format!("epoch {}/{}", epoch + 1, self.epochs));
-                self.bar = Some(bar);
-                self.losses = (0.0, 0);
-            }
-            TrainEvent::Step { loss } => {
-                self.losses.0 += f64::from(loss);
-                self.losses.1 += 1;
-                if let Some(bar) = &self.bar {
-                    bar.set_message(format!("loss {:.1}", self.losses.0 / self.losses.1 as f64));
-                    bar.inc(1);
-                }
-            }
+            TrainEvent::EpochStarted { epoch, steps } => self.0.start(epoch, steps),
+            TrainEvent::Step { loss } => self.0.step(loss, |mean| format!("loss {mean:.1}")),
             TrainEvent::EpochFinished(report) => {
-                if let Some(bar) = self.bar.take() {
-                    bar.finish_and_clear();
-                }
+                self.0.finish();
                 println!(
                     "epoch {}/{}: loss {:.1}, {}",
                     report.epoch + 1,
-                    self.epochs,
+                    self.0.epochs(),
                     report.mean_batch_loss,
                     seconds(report.elapsed)
                 );
@@ -391,7 +362,7 @@ impl Progress {
     }
 }
 
-fn seconds(d: Duration) -> String {
+pub(crate) fn seconds(d: Duration) -> String {
     format!("{:.2}s", d.as_secs_f64())
 }
 

@@ -7,17 +7,17 @@
 //! seed and split fraction are `recsys train`'s own flags.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
 use recsys_trainer::{
     Dataset, RankingEvent, RankingFeature, RankingModel, RankingOptimizer, RankingPreset,
     random_split, rmse, train_ranking,
 };
 
-use crate::train::{Format, TrainArgs};
+use crate::epoch_bar::EpochBar;
+use crate::train::{TrainArgs, load_raw, seconds};
 
 /// The ranking presets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -233,57 +233,25 @@ pub fn run(args: &TrainArgs, r: &RankingArgs) -> anyhow::Result<()> {
 
 /// The ranker keys items by MovieLens id (titles are a feature).
 fn load(args: &TrainArgs) -> anyhow::Result<Dataset> {
-    match args.format {
-        Format::Ml100k => recsys_trainer::load_movielens_100k(&args.data),
-        Format::Ml1m => recsys_trainer::load_movielens_1m(&args.data),
-    }
-    .with_context(|| format!("loading {}", args.data.display()))
+    load_raw(args)
 }
 
-/// One bar per epoch: batches done, the running RMSE, time.
-struct Progress {
-    epochs: usize,
-    bar: Option<ProgressBar>,
-    squared: (f64, usize),
-}
+/// The ranker's progress: the running RMSE per batch, then a line per epoch.
+struct Progress(EpochBar);
 
 impl Progress {
     fn new(epochs: usize) -> Self {
-        Self {
-            epochs,
-            bar: None,
-            squared: (0.0, 0),
-        }
+        Self(EpochBar::new(epochs))
     }
 
     fn on(&mut self, event: RankingEvent) {
         match event {
-            RankingEvent::EpochStarted { epoch, steps } => {
-                let bar = ProgressBar::new(steps as u64);
-                bar.set_style(
-                    ProgressStyle::with_template(
-                        "{prefix} [{bar:30}] {pos}/{len} batches {msg} ({elapsed_precise})",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> "),
-                );
-                bar.set_prefix(format!("epoch {}/{}", epoch + 1, self.epochs));
-                self.bar = Some(bar);
-                self.squared = (0.0, 0);
-            }
-            RankingEvent::Step { loss } => {
-                self.squared.0 += f64::from(loss);
-                self.squared.1 += 1;
-                if let Some(bar) = &self.bar {
-                    let mse = self.squared.0 / self.squared.1 as f64;
-                    bar.set_message(format!("loss {mse:.4} RMSE {:.4}", mse.sqrt()));
-                    bar.inc(1);
-                }
-            }
+            RankingEvent::EpochStarted { epoch, steps } => self.0.start(epoch, steps),
+            RankingEvent::Step { loss } => self
+                .0
+                .step(loss, |mse| format!("loss {mse:.4} RMSE {:.4}", mse.sqrt())),
             RankingEvent::EpochFinished(report) => {
-                if let Some(bar) = self.bar.take() {
-                    bar.finish_and_clear();
-                }
+                self.0.finish();
                 let validation = report
                     .validation_rmse
                     .map(|v| format!(", validation RMSE {v:.4}"))
@@ -291,15 +259,11 @@ impl Progress {
                 println!(
                     "epoch {}/{}: train RMSE {:.4}{validation}, {}",
                     report.epoch + 1,
-                    self.epochs,
+                    self.0.epochs(),
                     report.train_rmse,
                     seconds(report.elapsed)
                 );
             }
         }
     }
-}
-
-fn seconds(d: Duration) -> String {
-    format!("{:.2}s", d.as_secs_f64())
 }

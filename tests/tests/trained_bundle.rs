@@ -119,6 +119,22 @@ fn assert_same_top_k(got: &[(u64, f32)], want: &[(u64, f32)], what: &str) {
     }
 }
 
+/// (id, retrieval score) of each item `request` gets back.
+async fn scored(
+    client: &mut recsys_proto::v1::gateway_service_client::GatewayServiceClient<
+        tonic::transport::Channel,
+    >,
+    request: recsys_proto::v1::RecommendRequest,
+) -> Vec<(u64, f32)> {
+    recommend(client, request, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|i| (i.item_id, i.retrieval_score))
+        .collect()
+}
+
 fn feature(value: &str) -> FeatureValue {
     FeatureValue {
         kind: Some(Kind::StringValue(value.into())),
@@ -227,14 +243,7 @@ async fn served_bundle_answers_as_the_trainer() {
         .collect();
     let mut request = by_user("newcomer", k as u32, true);
     request.user_features = HashMap::from([("segment".to_string(), feature("s2"))]);
-    let response = recommend(&mut client, request, Duration::from_secs(5))
-        .await
-        .unwrap();
-    let got: Vec<(u64, f32)> = response
-        .items
-        .iter()
-        .map(|i| (i.item_id, i.retrieval_score))
-        .collect();
+    let got = scored(&mut client, request).await;
     assert_same_top_k(&got, &brute_force(&model, &catalog, &q, k), "newcomer");
 
     // A known user whose request overrides the stored segment.
@@ -246,14 +255,7 @@ async fn served_bundle_answers_as_the_trainer() {
         .collect();
     let mut request = by_user("u1", k as u32, true);
     request.user_features = HashMap::from([("segment".to_string(), feature("s2"))]);
-    let response = recommend(&mut client, request, Duration::from_secs(5))
-        .await
-        .unwrap();
-    let got: Vec<(u64, f32)> = response
-        .items
-        .iter()
-        .map(|i| (i.item_id, i.retrieval_score))
-        .collect();
+    let got = scored(&mut client, request).await;
     assert_same_top_k(&got, &brute_force(&model, &catalog, &q, k), "u1 as s2");
 
     // Unknown and featureless: nothing to encode.

@@ -26,6 +26,7 @@ pub mod features;
 pub mod in_batch_softmax;
 pub mod interactions_csv;
 pub mod movielens;
+mod optimizer;
 pub mod ranking_export;
 pub mod ranking_features;
 pub mod ranking_model;

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::adagrad::{Adagrad, AdagradConfig};
 use crate::dataset::Interaction;
 use crate::error::{Result, TrainerError};
+use crate::optimizer::Stepper;
 use crate::ranking_model::{Encoded, RankingModel};
 
 /// The optimizer and its settings.
@@ -108,20 +109,6 @@ pub struct RankingReport {
     pub trained_on: usize,
     /// Interactions in the validation slice.
     pub validated_on: usize,
-}
-
-enum Stepper {
-    Adagrad(Adagrad),
-    Adam(AdamW),
-}
-
-impl Stepper {
-    fn backward_step(&mut self, loss: &candle_core::Tensor) -> candle_core::Result<()> {
-        match self {
-            Self::Adagrad(o) => o.backward_step(loss),
-            Self::Adam(o) => o.backward_step(loss),
-        }
-    }
 }
 
 /// Trains `model` on the rated interactions `train`, calling `on_event` as it goes.

@@ -20,6 +20,7 @@ use crate::adagrad::{Adagrad, AdagradConfig};
 use crate::dataset::Interaction;
 use crate::error::{Result, TrainerError};
 use crate::in_batch_softmax::{LossOptions, in_batch_softmax};
+use crate::optimizer::Stepper;
 use crate::two_tower::TwoTower;
 
 /// The optimizer and its step size.
@@ -116,20 +117,6 @@ pub struct EpochReport {
     pub mean_batch_loss: f64,
     /// Wall time of the epoch.
     pub elapsed: Duration,
-}
-
-enum Stepper {
-    Adagrad(Adagrad),
-    Adam(AdamW),
-}
-
-impl Stepper {
-    fn backward_step(&mut self, loss: &candle_core::Tensor) -> candle_core::Result<()> {
-        match self {
-            Self::Adagrad(o) => o.backward_step(loss),
-            Self::Adam(o) => o.backward_step(loss),
-        }
-    }
 }
 
 /// Trains `model` on `train`, calling `on_event` as it goes.
