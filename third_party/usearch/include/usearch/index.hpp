@@ -4289,6 +4289,15 @@ class index_gt {
     }
 
     inline node_t node_at_(std::size_t idx) const noexcept { return nodes_[idx]; }
+
+    /// @brief Prefetches a node's key, level and base-layer links (recsys patch).
+    inline void prefetch_node_(std::size_t idx) const noexcept {
+        byte_t const* tape = nodes_[idx].tape();
+        std::uintptr_t first = reinterpret_cast<std::uintptr_t>(tape);
+        std::uintptr_t last = first + node_head_bytes_() + pre_.neighbors_base_bytes - 1;
+        for (std::uintptr_t line = first & ~std::uintptr_t(63); line <= last; line += 64)
+            usearch_prefetch_m(line);
+    }
     inline neighbors_ref_t neighbors_base_(node_t node) const noexcept { return {node.neighbors_tape()}; }
 
     inline neighbors_ref_t neighbors_non_base_(node_t node, level_t level) const noexcept {
@@ -4763,6 +4772,10 @@ class index_gt {
             if (!is_dummy<prefetch_at>()) {
                 candidates_range_t missing_candidates{*this, candidate_neighbors, visits};
                 prefetch(missing_candidates.begin(), missing_candidates.end());
+                // recsys patch: the best remaining candidate is most often the next one expanded;
+                // start loading its links now, while this candidate's neighbours are measured.
+                if (!next.empty())
+                    prefetch_node_(next.top().slot);
             }
 
             // Assume the worst-case when reserving memory

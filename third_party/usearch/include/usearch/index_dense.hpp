@@ -455,6 +455,26 @@ class index_dense_gt {
         inline distance_t f(byte_t const* a, byte_t const* b) const noexcept { return index_->metric_(a, b); }
     };
 
+    /// @brief Prefetches the vectors of the members a search is about to measure (recsys patch):
+    ///        the graph and the vectors live apart, so without it every distance waits on memory.
+    class vectors_prefetch_t {
+        index_dense_gt const* index_ = nullptr;
+
+      public:
+        vectors_prefetch_t(index_dense_gt const& index) noexcept : index_(&index) {}
+
+        template <typename member_citerator_like_at>
+        inline void operator()(member_citerator_like_at begin, member_citerator_like_at end) const noexcept {
+            std::size_t const bytes = index_->metric_.bytes_per_vector();
+            for (; begin != end; ++begin) {
+                std::uintptr_t first = reinterpret_cast<std::uintptr_t>(index_->vectors_lookup_[get_slot(begin)]);
+                std::uintptr_t last = first + bytes - 1;
+                for (std::uintptr_t line = first & ~std::uintptr_t(63); line <= last; line += 64)
+                    usearch_prefetch_m(line);
+            }
+        }
+    };
+
     index_dense_config_t config_;
     index_t* typed_ = nullptr;
 
@@ -2260,17 +2280,30 @@ class index_dense_gt {
         search_config.exact = exact;
 
         vector_key_t free_key_copy = free_key_;
+        // recsys patch: with no removed member, no key can equal `free_key_`, so an unfiltered
+        // search skips the check, which reads every admitted member's node (a cache miss each).
+        bool has_free_slots = true;
         if (std::is_same<typename std::decay<predicate_at>::type, dummy_predicate_t>::value) {
+            std::unique_lock<std::mutex> free_lock(free_keys_mutex_);
+            has_free_slots = free_keys_.size() != 0;
+        }
+        if (std::is_same<typename std::decay<predicate_at>::type, dummy_predicate_t>::value && !has_free_slots) {
+            auto typed_result = typed_->search(vector_data, wanted, metric_proxy_t{*this}, search_config,
+                                               dummy_predicate_t{}, vectors_prefetch_t{*this});
+            return search_result_t{std::move(typed_result), std::move(lock)};
+        } else if (std::is_same<typename std::decay<predicate_at>::type, dummy_predicate_t>::value) {
             auto allow = [free_key_copy](member_cref_t const& member) noexcept {
                 return (vector_key_t)member.key != free_key_copy;
             };
-            auto typed_result = typed_->search(vector_data, wanted, metric_proxy_t{*this}, search_config, allow);
+            auto typed_result = typed_->search(vector_data, wanted, metric_proxy_t{*this}, search_config, allow,
+                                               vectors_prefetch_t{*this});
             return search_result_t{std::move(typed_result), std::move(lock)};
         } else {
             auto allow = [free_key_copy, &predicate](member_cref_t const& member) noexcept {
                 return (vector_key_t)member.key != free_key_copy && predicate(member.key);
             };
-            auto typed_result = typed_->search(vector_data, wanted, metric_proxy_t{*this}, search_config, allow);
+            auto typed_result = typed_->search(vector_data, wanted, metric_proxy_t{*this}, search_config, allow,
+                                               vectors_prefetch_t{*this});
             return search_result_t{std::move(typed_result), std::move(lock)};
         }
     }
