@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Retrieval node search path vs hnswlib on GloVe-50, same task, same run, one core each.
 #   bench/retrieval_vs_hnswlib.sh DATA_DIR [extra recsys-bench retrieval flags]
+# --connectivity, --expansion-add, --ef and --passes (space-separated form) are passed
+# on to hnswlib as --M, --ef-construction, --ef and --passes.
 # DATA_DIR is what ../shared/data/fetch.sh wrote. Output: JSON lines, recsys then hnswlib.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,5 +15,16 @@ fi
 scripts/install-deps.sh
 cargo build -q --release -p recsys-bench
 echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+# hnswlib gets the same graph parameters, beams and passes as recsys.
+peer=()
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  case "${args[i]}" in
+    --connectivity) peer+=(--M "${args[i + 1]}") ;;
+    --expansion-add) peer+=(--ef-construction "${args[i + 1]}") ;;
+    --ef) peer+=(--ef "${args[i + 1]}") ;;
+    --passes) peer+=(--passes "${args[i + 1]}") ;;
+  esac
+done
 "${CARGO_TARGET_DIR:-target}/release/recsys-bench" retrieval --data "$data" "$@"
-"$venv/bin/python" bench/hnswlib_glove.py --data "$data"
+"$venv/bin/python" bench/hnswlib_glove.py --data "$data" "${peer[@]}"

@@ -248,3 +248,95 @@ impl ShardIndex {
         Ok(hits)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use recsys_bundle::{BuildOptions, IndexParams, ItemVectors, build_bundle};
+
+    const DIM: usize = 24;
+    const ITEMS: usize = 3_000;
+
+    /// Deterministic pseudo-random unit vectors (a 64-bit LCG), so a failure reproduces.
+    fn unit_vectors(rows: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed;
+        let mut data: Vec<f32> = (0..rows * DIM)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect();
+        for row in data.chunks_mut(DIM) {
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            row.iter_mut().for_each(|v| *v /= norm);
+        }
+        data
+    }
+
+    fn bundle(dir: &Path) -> Vec<f32> {
+        let data = unit_vectors(ITEMS, 7);
+        let items = ItemVectors::new(Path::new("test"), DIM, data.clone(), None, None).unwrap();
+        let options = BuildOptions {
+            params: IndexParams::default(),
+            shard_count: 1,
+            version: "test".into(),
+            source: "unit vectors".into(),
+            threads: 1,
+        };
+        build_bundle(dir, &items, None, &options, &|_| {}).unwrap();
+        data
+    }
+
+    /// The vendored usearch addresses a memory-mapped file's vectors by arithmetic and a
+    /// loaded one's through its pointer table: both must give the same answers, with
+    /// scores that are the exact inner products and a recall close to the exact scan's.
+    #[test]
+    fn viewed_and_loaded_shards_answer_alike_with_exact_scores() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = bundle(dir.path());
+        let viewed = ShardIndex::open_with(dir.path(), 0, LoadMode::View).unwrap();
+        let loaded = ShardIndex::open_with(dir.path(), 0, LoadMode::Load).unwrap();
+        let (mut found, mut wanted) = (0usize, 0usize);
+        for query in unit_vectors(40, 11).chunks(DIM) {
+            let from_view = viewed.search(query, 20, &[], false).unwrap();
+            let from_load = loaded.search(query, 20, &[], false).unwrap();
+            assert_eq!(from_view, from_load);
+            for (id, score) in &from_view {
+                let row = &data[*id as usize * DIM..(*id as usize + 1) * DIM];
+                let exact = Metric::Ip.score(query, row);
+                assert!(
+                    (score - exact).abs() < 1e-4,
+                    "item {id}: {score} vs {exact}"
+                );
+            }
+            let truth = viewed.search(query, 20, &[], true).unwrap();
+            found += from_view
+                .iter()
+                .filter(|hit| truth.iter().any(|t| t.0 == hit.0))
+                .count();
+            wanted += truth.len();
+        }
+        assert!(found as f64 >= 0.9 * wanted as f64, "{found} of {wanted}");
+    }
+
+    /// An excluded item never comes back, on the path that keeps usearch's predicate.
+    #[test]
+    fn exclusions_hold_on_a_viewed_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        bundle(dir.path());
+        let viewed = ShardIndex::open(dir.path(), 0).unwrap();
+        let query = unit_vectors(1, 3);
+        let first = viewed.search(&query, 10, &[], false).unwrap();
+        let mut excluded: Vec<u64> = first.iter().take(5).map(|hit| hit.0).collect();
+        excluded.sort_unstable();
+        let second = viewed.search(&query, 10, &excluded, false).unwrap();
+        assert_eq!(second.len(), 10);
+        assert!(
+            second
+                .iter()
+                .all(|hit| excluded.binary_search(&hit.0).is_err())
+        );
+    }
+}
