@@ -26,7 +26,7 @@ use crate::fanout::{ShardTarget, call_replicas, search_shard};
 use crate::merge::{Candidate, TopK};
 use crate::node_channels::NodeChannels;
 use crate::response_items::{ranked_items, retrieval_items};
-use crate::shard_k::per_shard_k;
+use crate::shard_k::per_shard_k_cached;
 use crate::validate::{RecommendLimits, validate};
 
 /// Tunables of request handling.
@@ -114,7 +114,7 @@ impl Gateway {
             self.shared.policy.top_k_probability
         };
         let shard_count = manifest.shard_count;
-        let shard_k = per_shard_k(checked.retrieve_k, shard_count, probability);
+        let shard_k = per_shard_k_cached(checked.retrieve_k, shard_count, probability);
 
         // Each shard only needs the exclusions that hash to it.
         let mut exclusions = vec![Vec::new(); shard_count as usize];
