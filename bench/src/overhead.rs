@@ -87,6 +87,7 @@ fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
 /// For each query, times (a) the same per-shard searches the gateway would send,
 /// sent by the client directly to every shard at once, and (b) the gateway's
 /// `Recommend`. Overhead = (b) − (a): the gateway hop, validation, encoding, merge.
+/// Then times health checks to the gateway: the hop's own floor.
 pub async fn overhead(args: OverheadArgs) -> anyhow::Result<()> {
     let cluster = LocalCluster::start(LocalClusterOptions::new(&args.bundle)).await?;
     let manifest = cluster.manifest().clone();
@@ -143,6 +144,23 @@ pub async fn overhead(args: OverheadArgs) -> anyhow::Result<()> {
             through_gateway.push(gateway_us);
         }
     }
+    // The floor of the extra hop: a `grpc.health.v1` check to the gateway, on a
+    // channel like the client's, timed the same way (no validation, fan-out,
+    // merge or items).
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.gateway_addr))?
+            .connect()
+            .await?;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let check = tonic_health::pb::HealthCheckRequest::default();
+    let mut hop = Vec::with_capacity(args.requests);
+    for i in 0..args.requests + 200 {
+        let started = Instant::now();
+        health.check(check.clone()).await?;
+        if i >= 200 {
+            hop.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+    }
     let overhead: Vec<f64> = through_gateway
         .iter()
         .zip(&direct)
@@ -159,6 +177,7 @@ pub async fn overhead(args: OverheadArgs) -> anyhow::Result<()> {
             "overhead_p90_us": percentile(overhead, 0.9),
             "direct_p90_us": percentile(direct, 0.9),
             "gateway_p90_us": percentile(through_gateway, 0.9),
+            "gateway_health_rtt_median_us": median(hop),
         })
     );
     cluster.shutdown().await;

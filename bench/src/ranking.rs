@@ -12,8 +12,9 @@
 //! goes into a bundle with `attach_ranker` (the path an exported TFRS ranker
 //! takes), a ranking node serves it on loopback in this process with one scoring
 //! thread, and a client sends the calls one after another; the time is the
-//! client's, protobuf and HTTP/2 included. `--concurrency` adds runs with that
-//! many clients at once, for throughput.
+//! client's, protobuf and HTTP/2 included. A `grpc.health.v1` check on the same
+//! channel, timed first, gives the floor of any call. `--concurrency` adds runs
+//! with that many clients at once, for throughput.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -252,6 +253,22 @@ fn write_bundle(work: &std::path::Path, ranker: &RankerFiles) -> anyhow::Result<
     Ok(dir)
 }
 
+/// Forward passes the node in this process has run, and their total seconds (its
+/// `recsys_ranking_score_seconds` histogram), to tell the node's compute from the
+/// transport around it. Warm-up calls are counted too.
+fn node_passes() -> (f64, f64) {
+    let text = recsys_server::metrics::render();
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        value("recsys_ranking_score_seconds_count"),
+        value("recsys_ranking_score_seconds_sum"),
+    )
+}
+
 async fn run_grpc(args: RankingArgs, files: RankerFiles) -> anyhow::Result<()> {
     use recsys_proto::v1::ranking_service_client::RankingServiceClient;
     use recsys_proto::v1::{FeatureValue, RankRequest, feature_value::Kind};
@@ -291,6 +308,23 @@ async fn run_grpc(args: RankingArgs, files: RankerFiles) -> anyhow::Result<()> {
             .collect(),
         item_ids: candidates(batch),
     };
+    // The floor of any call on this channel: a `grpc.health.v1` check (no
+    // payload, no hand-off to a scoring thread), timed the same way.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let check = tonic_health::pb::HealthCheckRequest::default();
+    for _ in 0..20 {
+        health.check(check.clone()).await?;
+    }
+    let mut times = Vec::with_capacity(args.calls);
+    for _ in 0..args.calls {
+        let call = Instant::now();
+        health.check(check.clone()).await?;
+        times.push(call.elapsed().as_secs_f64() * 1e3);
+    }
+    report(
+        serde_json::json!({"engine": "recsys-grpc", "event": "health_rtt"}),
+        &mut times,
+    );
     for &batch in &args.batch {
         for &clients in &args.concurrency {
             let mut tasks = Vec::with_capacity(clients);
@@ -313,6 +347,7 @@ async fn run_grpc(args: RankingArgs, files: RankerFiles) -> anyhow::Result<()> {
                     anyhow::Ok((times, timed.elapsed().as_secs_f64()))
                 }));
             }
+            let passes_before = node_passes();
             // Throughput over the longest client's timed calls (warm-up left out).
             let mut times = Vec::new();
             let mut seconds = 0f64;
@@ -322,9 +357,13 @@ async fn run_grpc(args: RankingArgs, files: RankerFiles) -> anyhow::Result<()> {
                 seconds = seconds.max(client_seconds);
             }
             let calls_per_s = times.len() as f64 / seconds;
+            let (passes, pass_seconds) = node_passes();
+            let node_pass_mean_ms =
+                (pass_seconds - passes_before.1) * 1e3 / (passes - passes_before.0).max(1.0);
             report(
                 serde_json::json!({"engine": "recsys-grpc", "batch": batch, "clients": clients,
-                    "calls_per_s": calls_per_s, "candidates_per_s": calls_per_s * batch as f64}),
+                    "calls_per_s": calls_per_s, "candidates_per_s": calls_per_s * batch as f64,
+                    "node_pass_mean_ms": node_pass_mean_ms}),
                 &mut times,
             );
         }

@@ -15,6 +15,7 @@ pub mod health_check;
 pub mod merge;
 pub mod metrics;
 pub mod node_channels;
+pub mod response_items;
 pub mod server;
 pub mod service;
 pub mod shard_k;

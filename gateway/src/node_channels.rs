@@ -17,6 +17,17 @@ use recsys_discovery::NodeRecord;
 use rustc_hash::{FxHashMap, FxHashSet};
 use tonic::transport::{Channel, Endpoint};
 
+/// HTTP/2 receive window per call on node channels. The protocol's default, 64 KiB,
+/// is less than one shard answer at a large `retrieve_k` (10 000 hits take 70–140
+/// KB: a varint id and a 4-byte score each): the node would stop part-way and wait
+/// a round trip for a `WINDOW_UPDATE`.
+const STREAM_WINDOW_BYTES: u32 = 1 << 20;
+
+/// HTTP/2 receive window per node connection, shared by every concurrent call to
+/// that node: at the 64 KiB default, a few large answers in flight at once would
+/// wait on each other's flow control.
+const CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
+
 /// What the gateway knows of one node address.
 #[derive(Debug)]
 pub struct NodeHandle {
@@ -118,6 +129,8 @@ impl NodeChannels {
             .map_err(|e| format!("bad node address {addr:?}: {e}"))?
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_while_idle(true);
         let node = Arc::new(NodeHandle {

@@ -11,9 +11,8 @@ use recsys_bundle::shard_of;
 use recsys_discovery::ClusterView;
 use recsys_proto::v1::{
     Coverage, DegradedReason, RankRequest, RankResponse, RecommendRequest, RecommendResponse,
-    RecommendStreamResponse, RecommendedItem, SearchRequest, StageTimings,
-    gateway_service_server::GatewayService, ranking_service_client::RankingServiceClient,
-    recommend_request::Query,
+    RecommendStreamResponse, SearchRequest, StageTimings, gateway_service_server::GatewayService,
+    ranking_service_client::RankingServiceClient, recommend_request::Query,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -26,7 +25,8 @@ use crate::deadline::{plan, request_timeout};
 use crate::fanout::{ShardTarget, call_replicas, search_shard};
 use crate::merge::{Candidate, TopK};
 use crate::node_channels::NodeChannels;
-use crate::shard_k::per_shard_k;
+use crate::response_items::{ranked_items, retrieval_items};
+use crate::shard_k::per_shard_k_cached;
 use crate::validate::{RecommendLimits, validate};
 
 /// Tunables of request handling.
@@ -114,7 +114,7 @@ impl Gateway {
             self.shared.policy.top_k_probability
         };
         let shard_count = manifest.shard_count;
-        let shard_k = per_shard_k(checked.retrieve_k, shard_count, probability);
+        let shard_k = per_shard_k_cached(checked.retrieve_k, shard_count, probability);
 
         // Each shard only needs the exclusions that hash to it.
         let mut exclusions = vec![Vec::new(); shard_count as usize];
@@ -175,7 +175,7 @@ impl Gateway {
                     if let Some(sender) = partial {
                         let running = RecommendStreamResponse {
                             r#final: false,
-                            items: to_items(top.sorted(), checked.k, &bundle),
+                            items: retrieval_items(top.sorted(), checked.k, &bundle.catalog),
                             coverage: Some(finish(coverage.clone())),
                             bundle_version: manifest.version.clone(),
                             ..Default::default()
@@ -249,10 +249,13 @@ impl Gateway {
         }
         let (items, model_version) = match &ranked {
             Some(response) => (
-                ranked_items(&merged, &response.scores, checked.k, &bundle),
+                ranked_items(&merged, &response.scores, checked.k, &bundle.catalog),
                 response.model_version.clone(),
             ),
-            None => (to_items(&merged, checked.k, &bundle), String::new()),
+            None => (
+                retrieval_items(&merged, checked.k, &bundle.catalog),
+                String::new(),
+            ),
         };
         let total = started.elapsed();
         crate::metrics::stage("total", total);
@@ -302,66 +305,11 @@ fn ranking_reason(reason: String) -> DegradedReason {
     }
 }
 
-/// The `k` candidates with the best ranking scores (ties: better retrieval rank),
-/// with both scores and the retrieval rank.
-fn ranked_items(
-    merged: &[Candidate],
-    scores: &[f32],
-    k: u32,
-    bundle: &BundleState,
-) -> Vec<RecommendedItem> {
-    let mut order: Vec<usize> = (0..merged.len()).collect();
-    // A non-finite score (a broken model) ranks last rather than first.
-    let key = |i: usize| {
-        if scores[i].is_finite() {
-            scores[i]
-        } else {
-            f32::NEG_INFINITY
-        }
-    };
-    order.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
-    order
-        .into_iter()
-        .take(k as usize)
-        .map(|i| RecommendedItem {
-            item_id: merged[i].item_id,
-            name: bundle
-                .catalog
-                .name(merged[i].item_id)
-                .unwrap_or_default()
-                .to_string(),
-            retrieval_score: merged[i].score,
-            retrieval_rank: i as u32,
-            ranking_score: Some(scores[i]),
-        })
-        .collect()
-}
-
 /// Marks the coverage degraded when anything fell short.
 fn finish(mut coverage: Coverage) -> Coverage {
     coverage.degraded =
         !coverage.reasons.is_empty() || coverage.shards_answered < coverage.shards_asked;
     coverage
-}
-
-/// The first `k` merged candidates as response items, with catalog names.
-fn to_items(merged: &[Candidate], k: u32, bundle: &BundleState) -> Vec<RecommendedItem> {
-    merged
-        .iter()
-        .take(k as usize)
-        .enumerate()
-        .map(|(rank, candidate)| RecommendedItem {
-            item_id: candidate.item_id,
-            name: bundle
-                .catalog
-                .name(candidate.item_id)
-                .unwrap_or_default()
-                .to_string(),
-            retrieval_score: candidate.score,
-            retrieval_rank: rank as u32,
-            ranking_score: None,
-        })
-        .collect()
 }
 
 #[tonic::async_trait]

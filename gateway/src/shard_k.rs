@@ -5,6 +5,42 @@
 //! that distribution instead of all `k` cuts shard work and bytes with a bounded
 //! risk of truncation: Vespa's `top-k-probability` (see Vespa's "Sizing search"
 //! guide and `TopKEstimator`). The probability is per shard, as in Vespa.
+//!
+//! The quantile is a walk up the CDF, one `exp` and two `ln` per step: 68 steps
+//! for k = 100 over 2 shards (3 µs of each request in `perf`), over 5 000 for
+//! k = 10 000. A gateway sees few distinct `(k, shards, p)`, so requests take it
+//! from [`per_shard_k_cached`].
+
+use std::sync::{LazyLock, Mutex};
+
+use rustc_hash::FxHashMap;
+
+/// Most remembered `(k, shards, p)`; past it the memory starts over, so that
+/// clients sending ever new `k` or `p` cannot grow it.
+const MAX_REMEMBERED: usize = 4096;
+
+/// `(k, shards, p as bits)` → k'.
+type Remembered = FxHashMap<(u32, u32, u64), u32>;
+
+static REMEMBERED: LazyLock<Mutex<Remembered>> =
+    LazyLock::new(|| Mutex::new(Remembered::default()));
+
+/// [`per_shard_k`], computed once per distinct `(k, shards, p)` in the process.
+pub fn per_shard_k_cached(k: u32, shards: u32, p: f64) -> u32 {
+    let key = (k, shards, p.to_bits());
+    // A poisoned lock only means a panic elsewhere: the map is still valid.
+    let lock = || REMEMBERED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&kp) = lock().get(&key) {
+        return kp;
+    }
+    let kp = per_shard_k(k, shards, p);
+    let mut remembered = lock();
+    if remembered.len() >= MAX_REMEMBERED {
+        remembered.clear();
+    }
+    remembered.insert(key, kp);
+    kp
+}
 
 /// Per-shard `k'` for a global `k` over `shards` shards at probability `p`.
 ///
@@ -61,6 +97,30 @@ mod tests {
             last = kp;
         }
         assert!(per_shard_k(200, 4, 0.99) <= per_shard_k(400, 4, 0.99));
+    }
+
+    #[test]
+    fn remembered_values_are_the_computed_ones() {
+        for (k, shards, p) in [
+            (100, 2, 0.9999),
+            (1000, 8, 0.99),
+            (100, 1, 0.5),
+            (7, 3, 0.9),
+        ] {
+            let computed = per_shard_k(k, shards, p);
+            assert_eq!(per_shard_k_cached(k, shards, p), computed);
+            assert_eq!(per_shard_k_cached(k, shards, p), computed);
+        }
+        // Past the bound the memory starts over, and answers stay right (one
+        // shard: cheap values to fill it with).
+        for k in 1..=(MAX_REMEMBERED as u32 + 10) {
+            assert_eq!(per_shard_k_cached(k, 1, 0.9), k);
+        }
+        assert_eq!(
+            per_shard_k_cached(100, 2, 0.9999),
+            per_shard_k(100, 2, 0.9999)
+        );
+        assert!(REMEMBERED.lock().unwrap().len() <= MAX_REMEMBERED);
     }
 
     #[test]
