@@ -8,7 +8,7 @@ use std::path::Path;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use crate::query_tower::{EncodeError, QueryTower};
-use crate::vectors::read_lines;
+use crate::vectors::{f32_from_le_bytes, read_lines, write_lines};
 use crate::{BundleError, Manifest, QueryModelSpec};
 
 /// What turns a `user_id` (and user features) into a query embedding.
@@ -151,12 +151,7 @@ impl UserTable {
             .map_err(|e| BundleError::corrupt(tensor_path, e.to_string()))?;
         safetensors::serialize_to_file([(tensor, view)], None, tensor_path)
             .map_err(|e| BundleError::corrupt(tensor_path, e.to_string()))?;
-        if let Some(parent) = vocabulary_path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| BundleError::io(parent, e))?;
-        }
-        let mut vocabulary = self.ids.join("\n");
-        vocabulary.push('\n');
-        std::fs::write(vocabulary_path, vocabulary).map_err(|e| BundleError::io(vocabulary_path, e))
+        write_lines(vocabulary_path, &self.ids)
     }
 
     /// Reads a table written by [`UserTable::save`].
@@ -183,12 +178,7 @@ impl UserTable {
                 ));
             }
         };
-        // safetensors does not align tensor data, so copy rather than cast in place.
-        let data: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let data = f32_from_le_bytes(view.data());
         let ids = read_lines(vocabulary_path)?;
         if ids.len() != users {
             return Err(BundleError::corrupt(

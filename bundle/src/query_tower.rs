@@ -30,7 +30,7 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::BundleError;
-use crate::vectors::read_lines;
+use crate::vectors::{f32_from_le_bytes, read_lines, write_lines};
 
 /// The tower's directory inside a bundle.
 pub const QUERY_TOWER_DIR: &str = "query_tower";
@@ -288,12 +288,7 @@ impl QueryTower {
                     format!("tensor {name:?} is {:?}, expected F32", view.dtype()),
                 ));
             }
-            // safetensors does not align tensor data, so copy rather than cast in place.
-            let data: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
+            let data = f32_from_le_bytes(view.data());
             if let Some(at) = data.iter().position(|v| !v.is_finite()) {
                 return Err(BundleError::corrupt(
                     &weights_path,
@@ -421,15 +416,6 @@ fn check_parts(parts: &TowerParts) -> Result<(), BundleError> {
 /// Tabs and line breaks would break the table; values never hold them in practice.
 fn clean_cell(value: &str) -> String {
     value.replace(['\t', '\n', '\r'], " ")
-}
-
-fn write_lines(path: &Path, lines: &[String]) -> Result<(), BundleError> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| BundleError::io(parent, e))?;
-    }
-    let mut text = lines.join("\n");
-    text.push('\n');
-    std::fs::write(path, text).map_err(|e| BundleError::io(path, e))
 }
 
 fn read_users(path: &Path, tables: &[Table]) -> Result<HashMap<String, Vec<u32>>, BundleError> {

@@ -153,10 +153,17 @@ pub fn read_raw_f32(path: &Path, dimensions: usize) -> Result<Vec<f32>, BundleEr
             ),
         ));
     }
-    Ok(bytes
+    Ok(f32_from_le_bytes(&bytes))
+}
+
+/// Little-endian f32 values of `bytes` (a trailing partial value is dropped).
+/// Copied rather than cast in place: neither raw files nor safetensors data are
+/// aligned for f32.
+pub fn f32_from_le_bytes(bytes: &[u8]) -> Vec<f32> {
+    bytes
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect())
+        .collect()
 }
 
 /// Reads a 2-D `.npy` of f32 or f64 in C or Fortran order into row-major f32.
@@ -235,6 +242,17 @@ pub fn read_ids(path: &Path) -> Result<Vec<u64>, BundleError> {
             })
         })
         .collect()
+}
+
+/// Writes `lines` one per line with a final newline, creating the parent directory:
+/// the inverse of [`read_lines`].
+pub fn write_lines(path: &Path, lines: &[String]) -> Result<(), BundleError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| BundleError::io(parent, e))?;
+    }
+    let mut text = lines.join("\n");
+    text.push('\n');
+    std::fs::write(path, text).map_err(|e| BundleError::io(path, e))
 }
 
 /// Reads the lines of a text file (a trailing newline does not make an empty last line).

@@ -7,6 +7,7 @@
 //! split at random 80/20 with seed 42 (our own shuffle; see
 //! `recsys_trainer::split`).
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -217,7 +218,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         return crate::train_ranking::run(&args, &args.ranking);
     }
     let started = Instant::now();
-    let data = load(&args)?;
+    // The export needs the items' own ids, so keep the data as loaded.
+    let raw = load_raw(&args)?;
+    let data = match args.item_key {
+        ItemKey::Title => Cow::Owned(raw.keyed_by_title()),
+        ItemKey::Id => Cow::Borrowed(&raw),
+    };
     let mut split = random_split(&data.interactions, args.train_fraction, args.seed)?;
     let held_out = match args.validation_fraction {
         // The training set's own split; the test set is dropped unseen.
@@ -263,12 +269,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         println!("model written to {}", out.display());
     }
     if let Some(out) = &args.export.bundle_out {
-        let raw = load_raw(&args)?;
-        let data = args
+        let path = args
             .data
             .canonicalize()
             .unwrap_or_else(|_| args.data.clone());
-        let source = trained_source(&data);
+        let source = trained_source(&path);
         crate::train_export::export(&model, &raw, &source, &args.export, out)?;
     }
     println!(
@@ -326,14 +331,6 @@ pub(crate) fn load_raw(args: &TrainArgs) -> anyhow::Result<Dataset> {
         Format::Ml1m => recsys_trainer::load_movielens_1m(&args.data),
     }
     .with_context(|| format!("loading {}", args.data.display()))
-}
-
-fn load(args: &TrainArgs) -> anyhow::Result<Dataset> {
-    let data = load_raw(args)?;
-    Ok(match args.item_key {
-        ItemKey::Title => data.keyed_by_title(),
-        ItemKey::Id => data,
-    })
 }
 
 /// `recsys train`'s progress: the batches' summed loss, then a line per epoch.

@@ -164,6 +164,7 @@ async fn served_bundle_answers_as_the_trainer() {
         .copied()
         .zip(model.vocabularies().item_id.values())
         .collect();
+    let key_to_id: HashMap<&String, u64> = id_to_key.iter().map(|(&id, &key)| (key, id)).collect();
     let mut in_cluster = 0usize;
     let mut hnsw_found = 0usize;
     let k = 20;
@@ -173,14 +174,7 @@ async fn served_bundle_answers_as_the_trainer() {
             .recommend(&user, k)
             .unwrap()
             .into_iter()
-            .map(|(key, score)| {
-                (
-                    catalog
-                        .id_of(model.vocabularies().item_id.values(), &key)
-                        .unwrap(),
-                    score,
-                )
-            })
+            .map(|(key, score)| (key_to_id[&key], score))
             .collect();
         for exact in [true, false] {
             let response = recommend(

@@ -47,13 +47,6 @@ pub struct CatalogIds {
     pub names: Vec<String>,
 }
 
-impl CatalogIds {
-    /// The wire id of the item the model keys as `key`.
-    pub fn id_of(&self, keys: &[String], key: &str) -> Option<u64> {
-        keys.iter().position(|k| k == key).map(|at| self.ids[at])
-    }
-}
-
 /// Wire ids and names for the model's item keys `keys` (the item vocabulary's
 /// values), given the data set as loaded (keyed by item id, before any re-keying
 /// by title).

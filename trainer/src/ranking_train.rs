@@ -15,13 +15,11 @@
 
 use std::time::{Duration, Instant};
 
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::adagrad::{Adagrad, AdagradConfig};
 use crate::dataset::Interaction;
 use crate::error::{Result, TrainerError};
 use crate::optimizer::Stepper;
@@ -136,26 +134,13 @@ pub fn train_ranking(
         return Err(TrainerError::Empty("no training interactions"));
     }
     let mut optimizer = match config.optimizer {
-        RankingOptimizer::Adagrad { learning_rate } => Stepper::Adagrad(Adagrad::new(
-            model.vars(),
-            AdagradConfig {
-                learning_rate,
-                ..AdagradConfig::default()
-            },
-        )?),
+        RankingOptimizer::Adagrad { learning_rate } => {
+            Stepper::adagrad(model.vars(), learning_rate)?
+        }
         RankingOptimizer::Adam {
             learning_rate,
             weight_decay,
-        } => Stepper::Adam(AdamW::new(
-            model.vars(),
-            ParamsAdamW {
-                lr: learning_rate,
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-7,
-                weight_decay,
-            },
-        )?),
+        } => Stepper::adam(model.vars(), learning_rate, weight_decay)?,
     };
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     rng.set_stream(1);

@@ -11,12 +11,10 @@
 
 use std::time::{Duration, Instant};
 
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use crate::adagrad::{Adagrad, AdagradConfig};
 use crate::dataset::Interaction;
 use crate::error::{Result, TrainerError};
 use crate::in_batch_softmax::{LossOptions, in_batch_softmax};
@@ -140,23 +138,10 @@ pub fn train(
         .log_q_correction
         .then(|| candidate_frequency(&pairs, model.catalog_len()));
     let mut optimizer = match config.optimizer {
-        OptimizerChoice::Adagrad { learning_rate } => Stepper::Adagrad(Adagrad::new(
-            model.vars(),
-            AdagradConfig {
-                learning_rate,
-                ..AdagradConfig::default()
-            },
-        )?),
-        OptimizerChoice::Adam { learning_rate } => Stepper::Adam(AdamW::new(
-            model.vars(),
-            ParamsAdamW {
-                lr: learning_rate,
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-7,
-                weight_decay: 0.0,
-            },
-        )?),
+        OptimizerChoice::Adagrad { learning_rate } => {
+            Stepper::adagrad(model.vars(), learning_rate)?
+        }
+        OptimizerChoice::Adam { learning_rate } => Stepper::adam(model.vars(), learning_rate, 0.0)?,
     };
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     // Stream 0 of a seed initializes models; batches draw from stream 1.
