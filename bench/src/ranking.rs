@@ -51,6 +51,10 @@ pub struct RankingArgs {
     /// without the per-item precomputation.
     #[arg(long)]
     pub no_precompute: bool,
+    /// In-process: keep the precomputed first product but not the fold of the cross
+    /// layer into the first deep layer.
+    #[arg(long)]
+    pub no_fold: bool,
     /// With --grpc: the node's scoring threads.
     #[arg(long, default_value_t = 1)]
     pub node_threads: usize,
@@ -183,6 +187,9 @@ pub fn run(args: RankingArgs) -> anyhow::Result<()> {
     if args.no_precompute {
         ranker = ranker.without_precomputation();
     }
+    if args.no_fold {
+        ranker = ranker.without_fold();
+    }
     let user = UserContext {
         user_id: USER_ID.into(),
         features: USER
@@ -193,7 +200,8 @@ pub fn run(args: RankingArgs) -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({"engine": "recsys", "event": "model", "x0_dim": DIM * FEATURES.len(),
-            "threads": candle_core::utils::get_num_threads(), "precomputed": ranker.precomputed()})
+            "threads": candle_core::utils::get_num_threads(), "precomputed": ranker.precomputed(),
+            "folded": ranker.folded()})
     );
     for &batch in &args.batch {
         let items = candidates(batch);

@@ -222,6 +222,33 @@ impl CrossLayer {
         }
     }
 
+    /// The whole product weight `(dim, dim)`: `W` at full rank, `V·U` at low rank.
+    pub fn product_weight(&self) -> candle_core::Result<Tensor> {
+        match &self.projection {
+            Projection::Full(w) => Ok(w.weight().clone()),
+            Projection::LowRank { u, v } => v.weight().matmul(u.weight()),
+        }
+    }
+
+    /// The product's bias `(dim)`, when the layer has one.
+    pub fn product_bias(&self) -> Option<&Tensor> {
+        match &self.projection {
+            Projection::Full(w) => w.bias(),
+            Projection::LowRank { v, .. } => v.bias(),
+        }
+    }
+
+    /// TFRS `diag_scale`.
+    pub fn diag_scale(&self) -> f64 {
+        self.diag_scale
+    }
+
+    /// True when the product has no activation, so the layer is a quadratic form
+    /// of x0 that callers may expand.
+    pub fn is_linear(&self) -> bool {
+        self.activation == Activation::Linear
+    }
+
     /// The layer given `first = x · first_weight()ᵀ`, computed by the caller.
     pub fn forward_from(
         &self,
@@ -333,6 +360,41 @@ impl DcnV2 {
             Some(Cross::Single(layer)) => Some(layer),
             _ => None,
         }
+    }
+
+    /// The one plain, linear cross layer and the first deep layer, when the model is
+    /// stacked in just that order (the TFRS DCN tutorial's shape): the deep layer's
+    /// input is then a quadratic form of x0 that [`crate::ranker`] expands so most
+    /// of it is computed once per item or once per request.
+    pub fn single_cross_then_deep(&self) -> Option<(&CrossLayer, &Linear)> {
+        match (self.cfg.structure, self.cross.as_slice(), self.deep.first()) {
+            (Structure::Stacked, [Cross::Single(layer)], Some(deep)) if layer.is_linear() => {
+                Some((layer, deep))
+            }
+            _ => None,
+        }
+    }
+
+    /// The first deep layer's output before its activation, given x0 and
+    /// `first = x0 · first_cross().first_weight()ᵀ`. Stacked models only.
+    pub fn first_deep_from(&self, x0: &Tensor, first: &Tensor) -> candle_core::Result<Tensor> {
+        let (Structure::Stacked, Some(deep)) = (self.cfg.structure, self.deep.first()) else {
+            return Err(candle_core::Error::Msg(
+                "first_deep_from needs a stacked model with a deep layer".into(),
+            ));
+        };
+        deep.forward(&self.cross_forward_from(x0, first)?)
+    }
+
+    /// Scores `(batch,)` given the first deep layer's output before its activation
+    /// (from [`DcnV2::first_deep_from`] or an expansion of it). Stacked models only.
+    pub fn score_from_first_deep(&self, pre: &Tensor) -> candle_core::Result<Tensor> {
+        let mut x = self.cfg.deep_activation.apply(pre)?;
+        for layer in self.deep.iter().skip(1) {
+            x = self.cfg.deep_activation.apply(&layer.forward(&x)?)?;
+        }
+        let raw = self.head.forward(&x)?.squeeze(1)?;
+        self.finish(raw)
     }
 
     fn cross_forward_from(&self, x0: &Tensor, first: &Tensor) -> candle_core::Result<Tensor> {

@@ -8,6 +8,7 @@
 //! candidates, with the user-side values stored in `user_table` as request
 //! defaults; [`planted`] writes a hand-set ranker for synthetic bundles.
 
+mod cross_fold;
 pub mod dcn_mix;
 pub mod dcn_v2;
 pub mod error;

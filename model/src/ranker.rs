@@ -27,6 +27,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use crate::cross_fold::CrossFold;
 use crate::features::{Feature, ItemTable};
 use crate::user_table::UserTable;
 use crate::{DcnConfig, DcnV2, ModelError};
@@ -112,6 +113,9 @@ pub struct Ranker {
     users: UserTable,
     /// The item side of the first cross product, per item, when precomputed.
     first: Option<FirstProduct>,
+    /// The first cross layer folded into the first deep layer, when the model has
+    /// that shape and the per-item table fits.
+    fold: Option<CrossFold>,
     device: Device,
 }
 
@@ -195,7 +199,19 @@ impl Ranker {
             Some(path) => UserTable::load(path, &config.features)?,
             None => UserTable::default(),
         };
-        let first = FirstProduct::new(&model, &features, &items)?;
+        let (user_cols, item_cols) = columns_by_side(&features);
+        let first = FirstProduct::new(&model, &user_cols, &item_cols, &items)?;
+        let first_bytes = first.as_ref().map_or(0, |f| f.items.len() * 4);
+        let fold = match CrossFold::table_bytes(&model, items.len()) {
+            Some(bytes) if first_bytes + bytes <= FIRST_PRODUCT_BUDGET_BYTES => CrossFold::new(
+                &model,
+                &user_cols,
+                &item_cols,
+                items.values(),
+                items.unknown(),
+            )?,
+            _ => None,
+        };
         Ok(Self {
             config,
             model,
@@ -203,6 +219,7 @@ impl Ranker {
             items,
             users,
             first,
+            fold,
             device,
         })
     }
@@ -211,12 +228,26 @@ impl Ranker {
     /// as without the per-item precomputation: for measuring what it saves.
     pub fn without_precomputation(mut self) -> Self {
         self.first = None;
+        self.fold = None;
+        self
+    }
+
+    /// The same ranker without the fold of the cross layer into the first deep
+    /// layer (the precomputed first product stays): for measuring the fold, and
+    /// for checking it against the plain forward pass.
+    pub fn without_fold(mut self) -> Self {
+        self.fold = None;
         self
     }
 
     /// Whether the item side of the first cross product is precomputed.
     pub fn precomputed(&self) -> bool {
         self.first.is_some()
+    }
+
+    /// Whether large requests take the folded path ([`crate::cross_fold`]).
+    pub fn folded(&self) -> bool {
+        self.fold.is_some()
     }
 
     /// The model version.
@@ -347,45 +378,111 @@ impl Ranker {
         if items.is_empty() {
             return Ok(user_oov);
         }
-        batch.x0.reserve(items.len() * self.config.dcn.input_dim);
-        for position in &candidates {
-            let item_side = position.map_or(self.items.unknown(), |p| self.items.row(p));
+        let result = match &self.fold {
+            Some(fold) => {
+                let before = batch.pre.len();
+                let result = if fold.pays_for(items.len()) {
+                    let mut rows = Vec::with_capacity(items.len() * self.items.width());
+                    for position in &candidates {
+                        rows.extend_from_slice(self.item_side(*position));
+                    }
+                    fold.append(&user_side, rows, &candidates, &mut batch.pre)
+                } else {
+                    self.unfolded_first_deep(&user_side, &candidates, &mut batch.pre)
+                };
+                if result.is_err() {
+                    batch.pre.truncate(before);
+                }
+                result
+            }
+            None => {
+                self.x0_rows(&user_side, &candidates, &mut batch.x0);
+                let mut result = Ok(());
+                if let Some(first) = &self.first {
+                    let before = batch.first.len();
+                    result = first.append(&user_side, &candidates, &mut batch.first);
+                    if result.is_err() {
+                        batch.first.truncate(before);
+                    }
+                }
+                if result.is_err() {
+                    // Leave the batch as it was, so the other requests in it still score.
+                    batch.x0.truncate(batch.rows * self.config.dcn.input_dim);
+                }
+                result
+            }
+        };
+        result?;
+        batch.rows += items.len();
+        Ok(user_oov)
+    }
+
+    /// The item side of x0 at a table position (`None`: the unknown row).
+    fn item_side(&self, position: Option<usize>) -> &[f32] {
+        position.map_or(self.items.unknown(), |p| self.items.row(p))
+    }
+
+    /// Appends the x0 rows of `candidates` to `x0`: the user side and each
+    /// candidate's item side, interleaved in feature order.
+    fn x0_rows(&self, user_side: &[f32], candidates: &[Option<usize>], x0: &mut Vec<f32>) {
+        x0.reserve(candidates.len() * self.config.dcn.input_dim);
+        for position in candidates {
+            let item_side = self.item_side(*position);
             let (mut user_at, mut item_at) = (0, 0);
             for feature in &self.features {
                 let width = feature.spec.dim;
                 match feature.spec.side {
                     Side::User => {
-                        batch
-                            .x0
-                            .extend_from_slice(&user_side[user_at..user_at + width]);
+                        x0.extend_from_slice(&user_side[user_at..user_at + width]);
                         user_at += width;
                     }
                     Side::Item => {
-                        batch
-                            .x0
-                            .extend_from_slice(&item_side[item_at..item_at + width]);
+                        x0.extend_from_slice(&item_side[item_at..item_at + width]);
                         item_at += width;
                     }
                 }
             }
         }
-        if let Some(first) = &self.first {
-            let before = batch.first.len();
-            if let Err(error) = first.append(&user_side, &candidates, &mut batch.first) {
-                // Leave the batch as it was, so the other requests in it still score.
-                batch.first.truncate(before);
-                batch.x0.truncate(batch.rows * self.config.dcn.input_dim);
-                return Err(error.into());
+    }
+
+    /// The first deep layer's pre-activation for a request too small to fold, by
+    /// the plain forward pass (with the precomputed first product when there is one).
+    fn unfolded_first_deep(
+        &self,
+        user_side: &[f32],
+        candidates: &[Option<usize>],
+        out: &mut Vec<f32>,
+    ) -> Result<(), ModelError> {
+        let dim = self.config.dcn.input_dim;
+        let mut x0 = Vec::new();
+        self.x0_rows(user_side, candidates, &mut x0);
+        let x0 = Tensor::from_vec(x0, (candidates.len(), dim), &self.device)?;
+        let first = match (&self.first, self.model.first_cross()) {
+            (Some(first), _) => {
+                let mut product = Vec::new();
+                first.append(user_side, candidates, &mut product)?;
+                Tensor::from_vec(product, (candidates.len(), first.out), &self.device)?
             }
-        }
-        batch.rows += items.len();
-        Ok(user_oov)
+            (None, Some(layer)) => x0.matmul(&layer.first_weight().t()?)?,
+            (None, None) => {
+                return Err(ModelError::Config(
+                    "a folded ranker has a plain first cross layer".into(),
+                ));
+            }
+        };
+        let pre = self.model.first_deep_from(&x0, &first)?;
+        out.extend(pre.flatten_all()?.to_vec1::<f32>()?);
+        Ok(())
     }
 
     /// One forward pass over every row of `batch`.
     fn forward(&self, batch: Batch) -> Result<Vec<f32>, ModelError> {
         if batch.rows == 0 {
             return Ok(Vec::new());
+        }
+        if let Some(fold) = &self.fold {
+            let pre = Tensor::from_vec(batch.pre, (batch.rows, fold.units()), &self.device)?;
+            return Ok(self.model.score_from_first_deep(&pre)?.to_vec1::<f32>()?);
         }
         let dim = self.config.dcn.input_dim;
         let x0 = Tensor::from_vec(batch.x0, (batch.rows, dim), &self.device)?;
@@ -400,12 +497,29 @@ impl Ranker {
     }
 }
 
-/// Rows of one forward pass: x0 and, when precomputed, the first cross product.
+/// Rows of one forward pass: x0 and, when precomputed, the first cross product;
+/// or, for a folded ranker, the first deep layer's pre-activation.
 #[derive(Debug, Default)]
 struct Batch {
     rows: usize,
     x0: Vec<f32>,
     first: Vec<f32>,
+    pre: Vec<f32>,
+}
+
+/// x0's column indices of the user-side and of the item-side features.
+fn columns_by_side(features: &[Feature]) -> (Vec<u32>, Vec<u32>) {
+    let (mut user_cols, mut item_cols) = (Vec::new(), Vec::new());
+    let mut column = 0u32;
+    for feature in features {
+        let cols = column..column + feature.spec.dim as u32;
+        match feature.spec.side {
+            Side::User => user_cols.extend(cols),
+            Side::Item => item_cols.extend(cols),
+        }
+        column += feature.spec.dim as u32;
+    }
+    (user_cols, item_cols)
 }
 
 /// Largest precomputed first product kept per ranker; a bigger catalogue scores
@@ -434,7 +548,8 @@ struct FirstProduct {
 impl FirstProduct {
     fn new(
         model: &DcnV2,
-        features: &[Feature],
+        user_cols: &[u32],
+        item_cols: &[u32],
         items: &ItemTable,
     ) -> Result<Option<Self>, ModelError> {
         let Some(layer) = model.first_cross() else {
@@ -445,23 +560,13 @@ impl FirstProduct {
         if (items.len() + 1).saturating_mul(out).saturating_mul(4) > FIRST_PRODUCT_BUDGET_BYTES {
             return Ok(None);
         }
-        let (mut user_cols, mut item_cols) = (Vec::new(), Vec::new());
-        let mut column = 0u32;
-        for feature in features {
-            let cols = column..column + feature.spec.dim as u32;
-            match feature.spec.side {
-                Side::User => user_cols.extend(cols),
-                Side::Item => item_cols.extend(cols),
-            }
-            column += feature.spec.dim as u32;
-        }
         let device = weight.device();
-        let columns = |cols: Vec<u32>| -> candle_core::Result<Option<Tensor>> {
+        let columns = |cols: &[u32]| -> candle_core::Result<Option<Tensor>> {
             if cols.is_empty() {
                 return Ok(None);
             }
             let n = cols.len();
-            let picked = weight.index_select(&Tensor::from_vec(cols, n, device)?, 1)?;
+            let picked = weight.index_select(&Tensor::from_slice(cols, n, device)?, 1)?;
             Ok(Some(picked))
         };
         let user_weight = columns(user_cols)?.map(|w| w.contiguous()).transpose()?;
