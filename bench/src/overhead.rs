@@ -12,7 +12,7 @@ use recsys_proto::v1::{
     gateway_service_client::GatewayServiceClient, recommend_request::Query,
     retrieval_service_client::RetrievalServiceClient,
 };
-use recsys_retrieval_node::{NodeConfig, SearchLimits};
+use recsys_retrieval_node::{LoadMode, NodeConfig, SearchLimits};
 use tokio_util::sync::CancellationToken;
 
 /// Options of `recsys-bench cold-start`.
@@ -27,6 +27,9 @@ pub struct ColdStartArgs {
     /// Repetitions.
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
+    /// How the node opens the shard file.
+    #[arg(long, value_enum, default_value_t = LoadMode::default())]
+    pub load_mode: LoadMode,
 }
 
 /// Starts a node `runs` times and reports the time from bind to SERVING.
@@ -40,6 +43,7 @@ pub async fn cold_start(args: ColdStartArgs) -> anyhow::Result<()> {
             shard: args.shard,
             search_threads: 1,
             limits: SearchLimits::default(),
+            load_mode: LoadMode::default(),
             announce: None,
         };
         let started = Instant::now();
@@ -52,7 +56,8 @@ pub async fn cold_start(args: ColdStartArgs) -> anyhow::Result<()> {
         let ms = started.elapsed().as_secs_f64() * 1e3;
         println!(
             "{}",
-            serde_json::json!({"event": "cold_start", "run": run, "ms_to_serving": ms})
+            serde_json::json!({"event": "cold_start", "run": run, "ms_to_serving": ms,
+                "load_mode": format!("{:?}", args.load_mode)})
         );
         token.cancel();
         let _ = task.await;

@@ -15,7 +15,7 @@ use recsys_discovery::{
 };
 use recsys_gateway::{GatewayConfig, GatewayError, RequestPolicy};
 use recsys_ranking_node::{RankingConfig, RankingError};
-use recsys_retrieval_node::{NodeConfig, NodeError, SearchLimits};
+use recsys_retrieval_node::{LoadMode, NodeConfig, NodeError, SearchLimits};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -203,6 +203,7 @@ impl LocalCluster {
                     shard,
                     search_threads: options.search_threads,
                     limits: SearchLimits::default(),
+                    load_mode: LoadMode::default(),
                     announce: None,
                 };
                 let handle = spawn(loopback, |listener, token| {

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use recsys_retrieval_node::{NodeConfig, SearchLimits, run};
+use recsys_retrieval_node::{LoadMode, NodeConfig, SearchLimits, run};
 
 /// Serves one shard of a recsys bundle over gRPC.
 #[derive(Debug, Parser)]
@@ -36,6 +36,11 @@ struct Args {
     /// Most excluded ids per search.
     #[arg(long, env = "RECSYS_MAX_EXCLUSIONS", default_value_t = SearchLimits::default().max_exclusions)]
     max_exclusions: usize,
+    /// How to open the shard file: `hugepages` copies it into huge-page memory
+    /// (fastest searches), `view` memory-maps it (memory shared with the page
+    /// cache and other nodes on the host), `load` reads it into the heap.
+    #[arg(long, env = "RECSYS_LOAD_MODE", value_enum, default_value_t = LoadMode::default())]
+    load_mode: LoadMode,
 }
 
 #[tokio::main]
@@ -51,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
             max_k: args.max_k,
             max_exclusions: args.max_exclusions,
         },
+        load_mode: args.load_mode,
         announce: args
             .etcd
             .announce(&format!("retrieval-{}", args.shard), listener.local_addr()?)?,

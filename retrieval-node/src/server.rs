@@ -17,7 +17,7 @@ use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 
 use crate::service::{LoadState, RetrievalNodeService};
-use crate::{NodeError, ShardIndex};
+use crate::{LoadMode, NodeError, ShardIndex};
 
 /// Request limits; requests beyond them get `INVALID_ARGUMENT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +48,8 @@ pub struct NodeConfig {
     pub search_threads: usize,
     /// Request limits.
     pub limits: SearchLimits,
+    /// How the shard file is opened.
+    pub load_mode: LoadMode,
     /// Registration in etcd (`None`: static membership, nothing to announce).
     pub announce: Option<AnnounceOptions>,
 }
@@ -79,15 +81,20 @@ pub async fn run(
     let announcer = Announcer::new(config.announce.clone());
     let (ready_state, failed_state) = (state.clone(), state.clone());
     let ready_announcer = announcer.clone();
-    let (bundle_dir, shard) = (config.bundle_dir.clone(), config.shard);
+    let (bundle_dir, shard, mode) = (config.bundle_dir.clone(), config.shard, config.load_mode);
     spawn_loader(
         health.clone(),
         name,
         shutdown.clone(),
         "shard",
-        move || ShardIndex::open(&bundle_dir, shard).map_err(|e| e.to_string()),
+        move || ShardIndex::open_with(&bundle_dir, shard, mode).map_err(|e| e.to_string()),
         move |index| {
-            tracing::info!(shard = index.shard(), items = index.items(), "shard ready");
+            tracing::info!(
+                shard = index.shard(),
+                items = index.items(),
+                mode = ?mode,
+                "shard ready"
+            );
             ready_announcer.register(
                 Role::Retrieval,
                 Some(index.shard()),

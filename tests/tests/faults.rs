@@ -10,7 +10,7 @@ use recsys_discovery::{StaticMembership, StaticSpec};
 use recsys_gateway::{GatewayConfig, RequestPolicy};
 use recsys_local_cluster::wait_until_serving;
 use recsys_proto::v1::{InfoRequest, retrieval_service_client::RetrievalServiceClient};
-use recsys_retrieval_node::{NodeConfig, SearchLimits};
+use recsys_retrieval_node::{LoadMode, NodeConfig, SearchLimits};
 use recsys_tests::*;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +24,7 @@ async fn start_node(bundle: &std::path::Path, shard: u32, token: &CancellationTo
         shard,
         search_threads: 1,
         limits: SearchLimits::default(),
+        load_mode: LoadMode::default(),
         announce: None,
     };
     tokio::spawn(recsys_retrieval_node::run(listener, config, token.clone()));

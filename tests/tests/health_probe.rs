@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use recsys_local_cluster::wait_until_serving;
-use recsys_retrieval_node::{NodeConfig, SearchLimits};
+use recsys_retrieval_node::{LoadMode, NodeConfig, SearchLimits};
 use recsys_tests::processes::{binary, free_addr};
 use recsys_tests::*;
 use tokio::net::TcpListener;
@@ -44,6 +44,7 @@ async fn recsys_health_exits_zero_only_for_serving() {
         shard: 0,
         search_threads: 1,
         limits: SearchLimits::default(),
+        load_mode: LoadMode::default(),
         announce: None,
     };
     tokio::spawn(recsys_retrieval_node::run(listener, config, token.clone()));
