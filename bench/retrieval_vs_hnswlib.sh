@@ -3,7 +3,9 @@
 #   bench/retrieval_vs_hnswlib.sh DATA_DIR [extra recsys-bench retrieval flags]
 # --connectivity, --expansion-add, --ef and --passes (space-separated form) are passed
 # on to hnswlib as --M, --ef-construction, --ef and --passes.
-# DATA_DIR is what ../shared/data/fetch.sh wrote. Output: JSON lines, recsys then hnswlib.
+# DATA_DIR is what ../shared/data/fetch.sh wrote. ROUNDS=N (default 1) alternates the
+# two engines N times, so a noisy machine shows up as spread rather than bias.
+# Output: JSON lines, recsys then hnswlib, each tagged with its round.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data="${1:?usage: bench/retrieval_vs_hnswlib.sh DATA_DIR [flags]}"; shift
@@ -26,5 +28,9 @@ for ((i = 0; i < ${#args[@]}; i++)); do
     --passes) peer+=(--passes "${args[i + 1]}") ;;
   esac
 done
-"${CARGO_TARGET_DIR:-target}/release/recsys-bench" retrieval --data "$data" "$@"
-"$venv/bin/python" bench/hnswlib_glove.py --data "$data" "${peer[@]}"
+for round in $(seq "${ROUNDS:-1}"); do
+  "${CARGO_TARGET_DIR:-target}/release/recsys-bench" retrieval --data "$data" "$@" |
+    sed "s/^{/{\"round\":$round,/"
+  "$venv/bin/python" bench/hnswlib_glove.py --data "$data" "${peer[@]}" |
+    sed "s/^{/{\"round\":$round,/"
+done

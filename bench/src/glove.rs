@@ -36,9 +36,9 @@ pub struct RetrievalArgs {
     /// Search beams to measure.
     #[arg(long, value_delimiter = ',', default_value = "100,128,160,200,256,320")]
     pub ef: Vec<usize>,
-    /// How the node opens the index: view (memory-mapped, the default) or load.
-    #[arg(long, default_value = "view")]
-    pub mode: String,
+    /// How the node opens the index (the node's default: hugepages).
+    #[arg(long, value_enum, default_value_t = LoadMode::default())]
+    pub mode: LoadMode,
     /// Measurement passes per ef (the first also warms the page cache).
     #[arg(long, default_value_t = 1)]
     pub passes: usize,
@@ -150,8 +150,9 @@ pub fn run(args: RetrievalArgs) -> anyhow::Result<()> {
     )?;
 
     let quantization = Quantization::parse(&args.quantization)?;
+    // "-local": built in the bundle builder's locality order (older bundles were not).
     let bundle = args.work.join(format!(
-        "bundle-{}-m{}-efc{}-{}",
+        "bundle-{}-m{}-efc{}-{}-local",
         args.items,
         args.connectivity,
         args.expansion_add,
@@ -180,12 +181,7 @@ pub fn run(args: RetrievalArgs) -> anyhow::Result<()> {
     }
 
     let started = Instant::now();
-    let mode = match args.mode.as_str() {
-        "view" => LoadMode::View,
-        "load" => LoadMode::Load,
-        other => anyhow::bail!("--mode {other:?} is not view or load"),
-    };
-    let index = ShardIndex::open_with(&bundle, 0, mode)?;
+    let index = ShardIndex::open_with(&bundle, 0, args.mode)?;
     let open_ms = started.elapsed().as_secs_f64() * 1e3;
     eprintln!("simd: {}", index.hardware_acceleration());
     println!(
@@ -223,7 +219,7 @@ pub fn run(args: RetrievalArgs) -> anyhow::Result<()> {
             .sum();
         println!(
             "{}",
-            serde_json::json!({"engine": "recsys-usearch", "ef": ef, "mode": args.mode,
+            serde_json::json!({"engine": "recsys-usearch", "ef": ef, "mode": format!("{:?}", args.mode),
                 "recall_at_100": found as f64 / (truth.len() * K) as f64,
                 "qps_one_thread": args.queries as f64 / seconds,
                 "qps_per_cpu_second": args.queries as f64 / cpu_seconds})

@@ -123,6 +123,10 @@ pub fn build_bundle(
         index
             .reserve_capacity_and_threads(rows.len().max(1), threads)
             .map_err(|e| BundleError::usearch(&path, e))?;
+        // Near vectors in near slots: faster searches, a higher recall at the same
+        // beam, and a build that runs 3-4x faster (crate::locality, docs/benchmarks.md).
+        let rows =
+            pool.install(|| crate::locality::locality_order(&items.data, items.dimensions, rows));
         let pending = AtomicU64::new(0);
         pool.install(|| {
             rows.par_iter().try_for_each(|&row| {

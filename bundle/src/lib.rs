@@ -21,6 +21,7 @@ pub mod builder;
 pub mod catalog;
 pub mod error;
 pub mod index_params;
+pub mod locality;
 pub mod manifest;
 pub mod query_model;
 pub mod query_tower;
