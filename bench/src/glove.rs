@@ -24,17 +24,21 @@ pub struct RetrievalArgs {
     /// Held-out queries.
     #[arg(long, default_value_t = 1_000)]
     pub queries: usize,
-    /// HNSW graph degree.
-    #[arg(long, default_value_t = 16)]
+    /// HNSW graph degree (default: the bundle builder's).
+    #[arg(long, default_value_t = IndexParams::default().connectivity)]
     pub connectivity: usize,
-    /// HNSW construction beam.
-    #[arg(long, default_value_t = 128)]
+    /// HNSW construction beam (default: the bundle builder's).
+    #[arg(long, default_value_t = IndexParams::default().expansion_add)]
     pub expansion_add: usize,
     /// Stored scalar type.
     #[arg(long, default_value = "f32")]
     pub quantization: String,
     /// Search beams to measure.
-    #[arg(long, value_delimiter = ',', default_value = "100,128,160,200,256,320")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "100,128,144,160,200,256,320"
+    )]
     pub ef: Vec<usize>,
     /// How the node opens the index (the node's default: hugepages).
     #[arg(long, value_enum, default_value_t = LoadMode::default())]

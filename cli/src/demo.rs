@@ -106,9 +106,11 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         args.synthetic.clusters,
         args.synthetic.seed
     );
-    let cached = Manifest::load(&args.bundle_dir)
-        .ok()
-        .filter(|m| m.source == wanted_source && m.shard_count == args.index.shards);
+    let cached = Manifest::load(&args.bundle_dir).ok().filter(|m| {
+        m.source == wanted_source
+            && m.shard_count == args.index.shards
+            && args.index.params().is_ok_and(|params| params == m.index)
+    });
     match cached {
         Some(manifest) if !args.rebuild => eprintln!(
             "using the cached bundle {} in {} (--rebuild to build anew)",
