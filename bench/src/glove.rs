@@ -49,6 +49,11 @@ pub struct RetrievalArgs {
     /// Rebuild the index even if one with the same parameters exists.
     #[arg(long)]
     pub rebuild: bool,
+    /// Also write the builder's locality order of the items (u32 rows, little
+    /// endian) here, for giving hnswlib the same insertion order
+    /// (`bench/hnswlib_glove.py --order`).
+    #[arg(long)]
+    pub write_order: Option<PathBuf>,
 }
 
 const K: usize = 100;
@@ -153,6 +158,11 @@ pub fn run(args: RetrievalArgs) -> anyhow::Result<()> {
         queries,
     )?;
 
+    if let Some(path) = &args.write_order {
+        let rows: Vec<usize> = (0..args.items).collect();
+        let order = recsys_bundle::locality::locality_order(items, dim, &rows);
+        write_u32(path, order.into_iter().map(|row| row as u32))?;
+    }
     let quantization = Quantization::parse(&args.quantization)?;
     // "-local": built in the bundle builder's locality order (older bundles were not).
     let bundle = args.work.join(format!(
