@@ -35,6 +35,22 @@ fn bundle(ids: &[u64]) -> tempfile::TempDir {
     dir
 }
 
+/// `ranker` scores the fixture `request`'s items for `user` as TFRS did, within 1e-5.
+fn assert_scores_as_in_tfrs(ranker: &Ranker, user: &UserContext, request: &Value) {
+    let items: Vec<u64> = request["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let scores = ranker.score(user, &items, false).unwrap();
+    let expected = request["scores"].as_array().unwrap();
+    assert_eq!(scores.scores.len(), expected.len());
+    for (ours, theirs) in scores.scores.iter().zip(expected) {
+        assert!((ours - theirs.as_f64().unwrap() as f32).abs() <= 1e-5);
+    }
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -74,20 +90,7 @@ fn an_exported_ranker_scores_in_the_bundle_as_in_tfrs() {
             .map(|(k, v)| (k.clone(), v.as_str().unwrap().into()))
             .collect(),
     };
-    let items: Vec<u64> = request["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
-    let scores = ranker.score(&user, &items, false).unwrap();
-    for (ours, theirs) in scores
-        .scores
-        .iter()
-        .zip(request["scores"].as_array().unwrap())
-    {
-        assert!((ours - theirs.as_f64().unwrap() as f32).abs() <= 1e-5);
-    }
+    assert_scores_as_in_tfrs(&ranker, &user, request);
 }
 
 #[test]
@@ -172,24 +175,11 @@ fn stored_user_features_come_along_and_stand_in_for_the_request() {
     assert!(dir.path().join("ranker/user_features.tsv").is_file());
     let ranker = Ranker::load(&manifest.ranker_files(dir.path()).unwrap()).unwrap();
     assert_eq!(ranker.stored_users(), 1);
-    let items: Vec<u64> = request["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
     let only_id = UserContext {
         user_id: user_id.into(),
         ..Default::default()
     };
-    let scores = ranker.score(&only_id, &items, false).unwrap();
-    for (ours, theirs) in scores
-        .scores
-        .iter()
-        .zip(request["scores"].as_array().unwrap())
-    {
-        assert!((ours - theirs.as_f64().unwrap() as f32).abs() <= 1e-5);
-    }
+    assert_scores_as_in_tfrs(&ranker, &only_id, request);
 
     // A table naming a feature the ranker does not take fails the attach.
     std::fs::write(

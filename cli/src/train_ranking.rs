@@ -12,8 +12,8 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use recsys_trainer::{
-    Dataset, RankingEvent, RankingFeature, RankingModel, RankingOptimizer, RankingPreset,
-    random_split, rmse, train_ranking,
+    RankingEvent, RankingFeature, RankingModel, RankingOptimizer, RankingPreset, random_split,
+    rmse, train_ranking,
 };
 
 use crate::epoch_bar::EpochBar;
@@ -177,7 +177,8 @@ fn preset(args: &TrainArgs, r: &RankingArgs) -> anyhow::Result<RankingPreset> {
 /// Loads, splits, trains, evaluates, prints, exports.
 pub fn run(args: &TrainArgs, r: &RankingArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let data = load(args)?;
+    // The ranker keys items by MovieLens id (titles are a feature).
+    let data = load_raw(args)?;
     let split = random_split(&data.interactions, args.train_fraction, args.seed)?;
     let preset = preset(args, r)?;
     let model = RankingModel::new(preset.model.clone(), &data, args.seed)?;
@@ -229,11 +230,6 @@ pub fn run(args: &TrainArgs, r: &RankingArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// The ranker keys items by MovieLens id (titles are a feature).
-fn load(args: &TrainArgs) -> anyhow::Result<Dataset> {
-    load_raw(args)
 }
 
 /// The ranker's progress: the running RMSE per batch, then a line per epoch.

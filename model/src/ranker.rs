@@ -378,41 +378,31 @@ impl Ranker {
         if items.is_empty() {
             return Ok(user_oov);
         }
-        let result = match &self.fold {
-            Some(fold) => {
-                let before = batch.pre.len();
-                let result = if fold.pays_for(items.len()) {
-                    let mut rows = Vec::with_capacity(items.len() * self.items.width());
-                    for position in &candidates {
-                        rows.extend_from_slice(self.item_side(*position));
-                    }
-                    fold.append(&user_side, rows, &candidates, &mut batch.pre)
-                } else {
-                    self.unfolded_first_deep(&user_side, &candidates, &mut batch.pre)
-                };
-                if result.is_err() {
-                    batch.pre.truncate(before);
+        // On error the batch is put back as it was, so the other requests in it
+        // still score.
+        let lengths = (batch.x0.len(), batch.first.len(), batch.pre.len());
+        let result = match (&self.fold, &self.first) {
+            (Some(fold), _) if fold.pays_for(items.len()) => {
+                let mut rows = Vec::with_capacity(items.len() * self.items.width());
+                for position in &candidates {
+                    rows.extend_from_slice(self.item_side(*position));
                 }
-                result
+                fold.append(&user_side, rows, &candidates, &mut batch.pre)
             }
-            None => {
+            (Some(_), _) => self.unfolded_first_deep(&user_side, &candidates, &mut batch.pre),
+            (None, first) => {
                 self.x0_rows(&user_side, &candidates, &mut batch.x0);
-                let mut result = Ok(());
-                if let Some(first) = &self.first {
-                    let before = batch.first.len();
-                    result = first.append(&user_side, &candidates, &mut batch.first);
-                    if result.is_err() {
-                        batch.first.truncate(before);
-                    }
-                }
-                if result.is_err() {
-                    // Leave the batch as it was, so the other requests in it still score.
-                    batch.x0.truncate(batch.rows * self.config.dcn.input_dim);
-                }
-                result
+                first.as_ref().map_or(Ok(()), |first| {
+                    first.append(&user_side, &candidates, &mut batch.first)
+                })
             }
         };
-        result?;
+        if let Err(error) = result {
+            batch.x0.truncate(lengths.0);
+            batch.first.truncate(lengths.1);
+            batch.pre.truncate(lengths.2);
+            return Err(error.into());
+        }
         batch.rows += items.len();
         Ok(user_oov)
     }

@@ -28,6 +28,19 @@ pub struct TopKAccuracy {
 }
 
 impl TopKAccuracy {
+    /// `hits[j]` of `count` interactions ranked within `ks[j]` (an empty set
+    /// counts as accuracy 0).
+    fn from_hits(ks: &[usize], hits: &[usize], count: usize) -> Self {
+        Self {
+            ks: ks.to_vec(),
+            accuracy: hits
+                .iter()
+                .map(|&h| h as f64 / count.max(1) as f64)
+                .collect(),
+            count,
+        }
+    }
+
     /// The accuracy at `k`, if it was measured.
     pub fn at(&self, k: usize) -> Option<f64> {
         self.ks
@@ -61,15 +74,7 @@ pub fn factorized_top_k(
             }
         }
     }
-    let count = pairs.len();
-    Ok(TopKAccuracy {
-        ks: ks.to_vec(),
-        accuracy: hits
-            .iter()
-            .map(|&h| h as f64 / count.max(1) as f64)
-            .collect(),
-        count,
-    })
+    Ok(TopKAccuracy::from_hits(ks, &hits, pairs.len()))
 }
 
 /// The popularity baseline: everyone gets the same list, the catalog's items in
@@ -102,15 +107,7 @@ pub fn popularity_top_k(
             *h += usize::from(r < k);
         }
     }
-    let count = interactions.len();
-    TopKAccuracy {
-        ks: ks.to_vec(),
-        accuracy: hits
-            .iter()
-            .map(|&h| h as f64 / count.max(1) as f64)
-            .collect(),
-        count,
-    }
+    TopKAccuracy::from_hits(ks, &hits, interactions.len())
 }
 
 #[cfg(test)]
