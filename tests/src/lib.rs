@@ -177,6 +177,36 @@ pub async fn recommend(
         .map(tonic::Response::into_inner)
 }
 
+/// Polls `gateway` with `request` until an answer satisfies `ready`, at most
+/// `timeout`. A gateway is SERVING once its bundle is loaded, but it learns its
+/// nodes from discovery and health-checks them afterwards, so a test that counts
+/// failures must wait for this before it starts.
+pub async fn wait_for_answer(
+    gateway: SocketAddr,
+    request: RecommendRequest,
+    ready: impl Fn(&RecommendResponse) -> bool,
+    timeout: Duration,
+) {
+    let mut client = gateway_client(gateway).await;
+    let started = std::time::Instant::now();
+    let mut last = String::from("no answer yet");
+    while started.elapsed() < timeout {
+        match recommend(&mut client, request.clone(), Duration::from_secs(2)).await {
+            Ok(response) if ready(&response) => return,
+            Ok(response) => last = format!("{:?} ranked={}", response.coverage, response.ranked),
+            Err(status) => last = format!("{:?}: {}", status.code(), status.message()),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no ready answer through {gateway} within {timeout:?}: {last}");
+}
+
+/// True when every one of `shards` shards was asked and answered.
+pub fn full_coverage(response: &RecommendResponse, shards: u32) -> bool {
+    let coverage = response.coverage.clone().unwrap_or_default();
+    coverage.shards_asked == shards && coverage.shards_answered == shards
+}
+
 /// Item ids of a response, in order.
 pub fn ids(response: &RecommendResponse) -> Vec<u64> {
     response.items.iter().map(|item| item.item_id).collect()

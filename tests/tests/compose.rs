@@ -47,31 +47,14 @@ fn user_embedding(row: usize) -> Vec<f32> {
 }
 
 fn full(response: &RecommendResponse) -> bool {
-    let coverage = response.coverage.clone().unwrap_or_default();
-    coverage.shards_asked == SHARDS && coverage.shards_answered == SHARDS
+    full_coverage(response, SHARDS)
 }
 
-/// Polls until the gateway answers with every shard (it learns the nodes from
-/// etcd and health-checks them each second), at most `timeout`.
+/// Polls until the gateway answers ranked with every shard (it learns the nodes
+/// from etcd and health-checks them each second), at most `timeout`.
 async fn wait_full_coverage(gateway: SocketAddr, timeout: Duration) {
-    let mut client = gateway_client(gateway).await;
-    let started = Instant::now();
-    let mut last = String::from("no answer yet");
-    while started.elapsed() < timeout {
-        match recommend(
-            &mut client,
-            ranked("user-0", 10, 100),
-            Duration::from_secs(2),
-        )
-        .await
-        {
-            Ok(response) if full(&response) && response.ranked => return,
-            Ok(response) => last = format!("{:?} ranked={}", response.coverage, response.ranked),
-            Err(status) => last = format!("{:?}: {}", status.code(), status.message()),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no full coverage through {gateway} within {timeout:?}: {last}");
+    let request = ranked("user-0", 10, 100);
+    wait_for_answer(gateway, request, |r| full(r) && r.ranked, timeout).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use recsys_discovery::{ClusterView, EtcdMembership, EtcdOptions, EtcdServer, Membership};
 use recsys_gateway::{GatewayConfig, RequestPolicy};
 use recsys_local_cluster::{EtcdCluster, LocalCluster, LocalClusterOptions, wait_until_serving};
-use recsys_proto::v1::RecommendRequest;
+use recsys_proto::v1::{RecommendRequest, RecommendResponse};
 use recsys_tests::load::Load;
 use recsys_tests::processes::{NodeProcess, RetrievalProcess, free_addr};
 use recsys_tests::*;
@@ -226,6 +226,10 @@ async fn loaded(cluster: &str) -> Loaded {
     let nodes = replicated_nodes(&etcd, cluster, &mut view).await;
     let token = CancellationToken::new();
     let gateway = gateway(&etcd, cluster, &token).await;
+    // The load counts every failure, so it starts once the gateway has found the
+    // nodes in etcd, not merely once it is SERVING.
+    let full = |r: &RecommendResponse| full_coverage(r, SHARDS);
+    wait_for_answer(gateway, request(0), full, Duration::from_secs(30)).await;
     let load = Load::start(gateway, 4, Duration::from_secs(2), request).await;
     assert!(load.wait_for_answers(50, Duration::from_secs(30)).await);
     Loaded {
