@@ -8,6 +8,7 @@ ef_construction, and queries one thread at a time. Prints one JSON line per ef.
 import argparse
 import json
 import pathlib
+import sys
 import time
 
 import hnswlib
@@ -29,6 +30,8 @@ def main():
     p.add_argument("--rebuild", action="store_true", help="build even if a saved index exists")
     p.add_argument("--passes", type=int, default=1, help="measurement passes per ef")
     p.add_argument("--order", help="insert items in this order (u32 rows, as recsys-bench --write-order writes)")
+    p.add_argument("--stdin", action="store_true",
+                   help="print a ready line, then measure one pass per ef read from stdin (bench/interleave.py)")
     a = p.parse_args()
 
     work = pathlib.Path(a.work)
@@ -62,7 +65,12 @@ def main():
                       "items": len(items), "M": a.M, "ef_construction": a.ef_construction, "build_s": build_s,
                       "ordered": bool(a.order)}))
     index.set_num_threads(1)
-    for ef in (int(e) for e in a.ef.split(",") for _ in range(a.passes)):
+    if a.stdin:
+        print(json.dumps({"engine": "hnswlib", "event": "ready"}), flush=True)
+        efs = (int(line) for line in sys.stdin)
+    else:
+        efs = (int(e) for e in a.ef.split(",") for _ in range(a.passes))
+    for ef in efs:
         index.set_ef(ef)
         index.knn_query(queries[:200], k=K)  # warm-up, as on the recsys side
         # One search thread runs in the calling thread, so thread_time() is its CPU time.
@@ -74,7 +82,7 @@ def main():
         found = sum(len(set(row.tolist()) & set(t.tolist())) for row, t in zip(labels, truth))
         print(json.dumps({"engine": "hnswlib", "ef": ef, "recall_at_100": found / truth.size,
                           "qps_one_thread": len(queries) / seconds,
-                          "qps_per_cpu_second": len(queries) / cpu_seconds}))
+                          "qps_per_cpu_second": len(queries) / cpu_seconds}), flush=True)
 
 
 if __name__ == "__main__":

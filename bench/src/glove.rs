@@ -40,7 +40,7 @@ pub struct RetrievalArgs {
         default_value = "100,128,144,160,200,256,320"
     )]
     pub ef: Vec<usize>,
-    /// How the node opens the index (the node's default: hugepages).
+    /// How the node opens the index (the node's default: packed).
     #[arg(long, value_enum, default_value_t = LoadMode::default())]
     pub mode: LoadMode,
     /// Measurement passes per ef (the first also warms the page cache).
@@ -54,6 +54,11 @@ pub struct RetrievalArgs {
     /// (`bench/hnswlib_glove.py --order`).
     #[arg(long)]
     pub write_order: Option<PathBuf>,
+    /// After setting up, print `{"event":"ready"}` and measure one pass per ef
+    /// read from stdin (one per line) until it closes, instead of `--ef`:
+    /// `bench/interleave.py` alternates engines pass by pass this way.
+    #[arg(long)]
+    pub stdin: bool,
 }
 
 const K: usize = 100;
@@ -204,11 +209,27 @@ pub fn run(args: RetrievalArgs) -> anyhow::Result<()> {
             "connectivity": args.connectivity, "expansion_add": args.expansion_add,
             "quantization": quantization.as_str(), "build_s": build_seconds, "open_ms": open_ms})
     );
-    for &ef in args
-        .ef
-        .iter()
-        .flat_map(|ef| std::iter::repeat_n(ef, args.passes.max(1)))
-    {
+    let efs: Box<dyn Iterator<Item = anyhow::Result<usize>>> = if args.stdin {
+        println!(
+            "{}",
+            serde_json::json!({"engine": "recsys-usearch", "event": "ready"})
+        );
+        Box::new(std::io::stdin().lines().map(|line| {
+            let line = line.context("reading an ef from stdin")?;
+            line.trim()
+                .parse()
+                .with_context(|| format!("ef {line:?} is not a number"))
+        }))
+    } else {
+        Box::new(
+            args.ef
+                .iter()
+                .flat_map(|&ef| std::iter::repeat_n(ef, args.passes.max(1)))
+                .map(Ok),
+        )
+    };
+    for ef in efs {
+        let ef = ef?;
         index.set_expansion_search(ef);
         // One warm-up pass so page faults of the memory-mapped file are not timed.
         for query in queries.chunks_exact(dim).take(200) {

@@ -36,9 +36,11 @@ struct Args {
     /// Most excluded ids per search.
     #[arg(long, env = "RECSYS_MAX_EXCLUSIONS", default_value_t = SearchLimits::default().max_exclusions)]
     max_exclusions: usize,
-    /// How to open the shard file: `hugepages` copies it into huge-page memory
-    /// (fastest searches), `view` memory-maps it (memory shared with the page
-    /// cache and other nodes on the host), `load` reads it into the heap.
+    /// How to open the shard file: `packed` memory-maps it and copies vectors and
+    /// base-layer links into one huge-page block per item (fastest searches),
+    /// `hugepages` copies the file into huge-page memory, `view` memory-maps it
+    /// (memory shared with the page cache and other nodes on the host), `load`
+    /// reads it into the heap.
     #[arg(long, env = "RECSYS_LOAD_MODE", value_enum, default_value_t = LoadMode::default())]
     load_mode: LoadMode,
 }

@@ -42,12 +42,21 @@ pub enum LoadMode {
     /// Copy the file into anonymous memory backed by transparent huge pages and
     /// view it there: a search touches a few hundred random vectors and nodes
     /// across the whole file, and with 4 KiB pages most of those touches also miss
-    /// the TLB. The default: 10-15 % more searches per CPU-second than `view` on
-    /// GloVe-50 (docs/benchmarks.md) for a copy at start-up that takes tens of
+    /// the TLB: 10-15 % more searches per CPU-second than `view` on GloVe-50
+    /// (docs/benchmarks.md) for a copy at start-up that takes tens of
     /// milliseconds; the memory is the node's own rather than shared page cache.
-    #[default]
     #[value(name = "hugepages")]
     HugePages,
+    /// Memory-map the file, then copy each item's vector and base-layer links
+    /// into one block per item in huge-page memory (hnswlib's layout; the
+    /// vendored usearch's `pack_base_layer`): a search then finds an expanded
+    /// node's links by arithmetic instead of through usearch's pointer table,
+    /// beside the vector it measured. Costs about the size of the vectors plus
+    /// the links on top of the page cache. The default: 6-9 % more searches per
+    /// CPU-second than `hugepages` on GloVe-50 (docs/benchmarks.md), for about
+    /// 200 ms more at start-up on a 390k-item shard.
+    #[default]
+    Packed,
 }
 
 /// The bytes of `path` in anonymous memory advised to use transparent huge pages
@@ -169,6 +178,10 @@ impl ShardIndex {
         let mut memory = None;
         match mode {
             LoadMode::View => index.view(path_str).map_err(|e| e.to_string()),
+            LoadMode::Packed => index
+                .view(path_str)
+                .and_then(|()| index.pack_base_layer())
+                .map_err(|e| e.to_string()),
             LoadMode::Load => index.load(path_str).map_err(|e| e.to_string()),
             LoadMode::HugePages => {
                 view_copy(&index, memory.insert(huge_page_copy(&path, file_len)?))
@@ -350,6 +363,7 @@ mod tests {
         let viewed = ShardIndex::open_with(dir.path(), 0, LoadMode::View).unwrap();
         let loaded = ShardIndex::open_with(dir.path(), 0, LoadMode::Load).unwrap();
         let copied = ShardIndex::open_with(dir.path(), 0, LoadMode::HugePages).unwrap();
+        let packed = ShardIndex::open_with(dir.path(), 0, LoadMode::Packed).unwrap();
         assert!(copied.copied_to_huge_pages() && !viewed.copied_to_huge_pages());
         let (mut found, mut wanted) = (0usize, 0usize);
         for query in unit_vectors(40, 11).chunks(DIM) {
@@ -357,6 +371,11 @@ mod tests {
             let from_load = loaded.search(query, 20, &[], false).unwrap();
             assert_eq!(from_view, from_load);
             assert_eq!(from_view, copied.search(query, 20, &[], false).unwrap());
+            assert_eq!(from_view, packed.search(query, 20, &[], false).unwrap());
+            assert_eq!(
+                viewed.search(query, 20, &[1, 2, 3], false).unwrap(),
+                packed.search(query, 20, &[1, 2, 3], false).unwrap()
+            );
             for (id, score) in &from_view {
                 let row = &data[*id as usize * DIM..(*id as usize + 1) * DIM];
                 let exact = Metric::Ip.score(query, row);

@@ -131,6 +131,7 @@ class NativeIndex {
     void save_to_buffer(rust::Slice<uint8_t> buffer) const;
     void load_from_buffer(rust::Slice<uint8_t const> buffer) const;
     void view_from_buffer(rust::Slice<uint8_t const> buffer) const;
+    void pack_base_layer() const; // recsys patch
 
   private:
     std::unique_ptr<index_dense_t> index_;

@@ -566,6 +566,7 @@ pub mod ffi {
         pub fn save_to_buffer(self: &NativeIndex, buffer: &mut [u8]) -> Result<()>;
         pub fn load_from_buffer(self: &NativeIndex, buffer: &[u8]) -> Result<()>;
         pub fn view_from_buffer(self: &NativeIndex, buffer: &[u8]) -> Result<()>;
+        pub fn pack_base_layer(self: &NativeIndex) -> Result<()>;
     }
 }
 
@@ -1829,6 +1830,16 @@ impl Index {
     /// The above example would result in use-after-free and undefined behavior.
     pub unsafe fn view_from_buffer(self: &Index, buffer: &[u8]) -> Result<(), cxx::Exception> {
         self.inner.view_from_buffer(buffer)
+    }
+
+    /// recsys patch: copies a viewed index's vectors and base-layer links into one block per
+    /// member, hnswlib's layout, so searches find a member's links without a pointer table.
+    /// Results are unchanged; memory grows by about the size of the vectors plus the links.
+    /// Only a viewed index can be packed; `reset`, `view` and `load` undo it.
+    ///
+    /// Not thread-safe: call it before the index is shared with searching threads.
+    pub fn pack_base_layer(self: &Index) -> Result<(), cxx::Exception> {
+        self.inner.pack_base_layer()
     }
 }
 

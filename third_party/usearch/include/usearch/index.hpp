@@ -1120,8 +1120,23 @@ class sorted_buffer_gt {
         return true;
     }
 
+    /// @brief recsys patch: `std::lower_bound` without branches. The result list of a search
+    ///        takes an insert per admitted candidate, and the branchy binary search
+    ///        mispredicts about half of its steps; here each step is a conditional move.
+    inline std::size_t lower_bound_(element_t const& element) const noexcept {
+        if (!size_)
+            return 0;
+        element_t const* base = elements_;
+        for (std::size_t length = size_; length > 1;) {
+            std::size_t half = length / 2;
+            base = less(base[half], element) ? base + half : base;
+            length -= half;
+        }
+        return static_cast<std::size_t>(base - elements_) + less(*base, element);
+    }
+
     inline void insert_reserved(element_t&& element) noexcept {
-        std::size_t slot = size_ ? std::lower_bound(elements_, elements_ + size_, element, &less) - elements_ : 0;
+        std::size_t slot = lower_bound_(element);
         std::size_t to_move = size_ - slot;
         element_t* source = elements_ + size_ - 1;
         for (; to_move; --to_move, --source)
@@ -1134,7 +1149,7 @@ class sorted_buffer_gt {
      *  @return `true` if the entry was added, `false` if it wasn't relevant enough.
      */
     inline bool insert(element_t&& element, std::size_t limit) noexcept {
-        std::size_t slot = size_ ? std::lower_bound(elements_, elements_ + size_, element, &less) - elements_ : 0;
+        std::size_t slot = lower_bound_(element);
         if (slot == limit)
             return false;
         std::size_t to_move = size_ - slot - (size_ == limit);
@@ -1473,6 +1488,110 @@ class growing_hash_set_gt {
         capacity_ = new_capacity;
         count_ = new_count;
         return true;
+    }
+};
+
+/**
+ *  @brief  recsys patch: the visited set of a query's base-layer search, one bit per slot.
+ *
+ *  The hash set above hashes a `std::uint32_t` slot with `std::hash`, which is the identity
+ *  in libstdc++, and probes linearly: the neighbours of a node are often consecutive slots
+ *  (indexes built in locality order), so they fill runs of buckets and every miss walks the
+ *  run. A bitset of the whole index (48 KB at 390k members) needs no hashing and no probing,
+ *  and neighbouring slots share a word. `clear` zeroes only the words that were touched, so
+ *  a query costs what it visits, not what the index holds.
+ */
+template <typename allocator_at = std::allocator<char>> //
+class visits_bitset_gt {
+    using allocator_t = allocator_at;
+    using byte_t = typename allocator_t::value_type;
+    static_assert(sizeof(byte_t) == 1, "Allocator must allocate separate addressable bytes");
+    using word_t = std::uint64_t;
+    using word_index_t = std::uint32_t;
+
+    word_t* words_{};
+    /// @brief Indices of the words that hold a set bit, each once.
+    word_index_t* touched_{};
+    std::size_t words_count_{};
+    std::size_t touched_count_{};
+    std::size_t count_{};
+
+    static std::size_t bytes_for_(std::size_t words) noexcept {
+        return words * (sizeof(word_t) + sizeof(word_index_t));
+    }
+
+  public:
+    visits_bitset_gt() noexcept {}
+    ~visits_bitset_gt() noexcept { reset(); }
+    visits_bitset_gt(visits_bitset_gt const&) = delete;
+    visits_bitset_gt& operator=(visits_bitset_gt const&) = delete;
+    visits_bitset_gt(visits_bitset_gt&& other) noexcept
+        : words_(exchange(other.words_, nullptr)), touched_(exchange(other.touched_, nullptr)),
+          words_count_(exchange(other.words_count_, 0)), touched_count_(exchange(other.touched_count_, 0)),
+          count_(exchange(other.count_, 0)) {}
+    visits_bitset_gt& operator=(visits_bitset_gt&& other) noexcept {
+        std::swap(words_, other.words_);
+        std::swap(touched_, other.touched_);
+        std::swap(words_count_, other.words_count_);
+        std::swap(touched_count_, other.touched_count_);
+        std::swap(count_, other.count_);
+        return *this;
+    }
+
+    std::size_t size() const noexcept { return count_; }
+
+    void reset() noexcept {
+        if (words_)
+            allocator_t{}.deallocate((byte_t*)words_, bytes_for_(words_count_));
+        words_ = nullptr;
+        touched_ = nullptr;
+        words_count_ = touched_count_ = count_ = 0;
+    }
+
+    /// @brief Makes room for slots `[0, universe)` and empties the set.
+    /// @return `false` if the memory could not be allocated.
+    bool reserve_universe(std::size_t universe) noexcept {
+        std::size_t words = (universe + 63) / 64;
+        if (words > std::size_t(word_index_t(-1)))
+            return false;
+        if (words <= words_count_) {
+            clear();
+            return true;
+        }
+        reset();
+        byte_t* bytes = allocator_t{}.allocate(bytes_for_(words));
+        if (!bytes)
+            return false;
+        words_ = (word_t*)bytes;
+        touched_ = (word_index_t*)(bytes + words * sizeof(word_t));
+        words_count_ = words;
+        std::memset((void*)words_, 0, words * sizeof(word_t));
+        return true;
+    }
+
+    void clear() noexcept {
+        if (touched_count_ * 8 > words_count_)
+            std::memset((void*)words_, 0, words_count_ * sizeof(word_t));
+        else
+            for (std::size_t i = 0; i != touched_count_; ++i)
+                words_[touched_[i]] = 0;
+        touched_count_ = 0;
+        count_ = 0;
+    }
+
+    inline bool test(std::size_t slot) const noexcept { return (words_[slot / 64] >> (slot % 64)) & 1u; }
+
+    /// @return Whether the slot was already in the set, as `growing_hash_set_gt::set`.
+    inline bool set(std::size_t slot) noexcept {
+        word_t& word = words_[slot / 64];
+        word_t const mask = word_t(1) << (slot % 64);
+        if (word & mask)
+            return true;
+        if (!word)
+            touched_[touched_count_++] = static_cast<word_index_t>(slot / 64);
+        word |= mask;
+        ++count_;
+        return false;
     }
 };
 
@@ -2392,6 +2511,7 @@ class index_gt {
     using nodes_mutexes_t = striped_locks_gt<dynamic_allocator_t>;
 
     using visits_hash_set_t = growing_hash_set_gt<compressed_slot_t, hash_gt<compressed_slot_t>, dynamic_allocator_t>;
+    using visits_bitset_t = visits_bitset_gt<dynamic_allocator_t>; // recsys patch
 
     struct precomputed_constants_t {
         double inverse_log_connectivity{};
@@ -2509,6 +2629,8 @@ class index_gt {
         top_candidates_t top_for_refine{};
         next_candidates_t next_candidates{};
         visits_hash_set_t visits{};
+        /// @brief recsys patch: the visited set of `search_to_find_in_base_`, sized to the index.
+        visits_bitset_t visited_slots{};
         splitmix64_t level_generator{};
         std::size_t iteration_cycles{};
         std::size_t computed_distances{};
@@ -2556,6 +2678,14 @@ class index_gt {
 
     /// @brief  Number of "slots" available for `node_t` objects. Equals to @b `limits_.members`.
     mutable std::atomic<std::size_t> nodes_capacity_{};
+
+    /// @brief recsys patch: an optional copy of every node's base-layer links at a fixed
+    ///        stride, usually beside the node's vector (see `index_dense_gt::pack_base_layer`),
+    ///        so the query search finds them by arithmetic, not through `nodes_`. Not owned;
+    ///        only set on an immutable (viewed) index, whose links cannot change.
+    byte_t const* packed_base_ = nullptr;
+    std::size_t packed_base_stride_ = 0;
+    std::size_t packed_base_rows_ = 0;
 
     /// @brief  Number of "slots" already storing non-null nodes.
     mutable std::atomic<std::size_t> nodes_count_{};
@@ -2608,6 +2738,24 @@ class index_gt {
     index_config_t const& config() const noexcept { return config_; }
     index_limits_t const& limits() const noexcept { return limits_; }
     bool is_immutable() const noexcept { return bool(viewed_file_); }
+
+    /// @brief recsys patch: copies slot's base-layer neighbours list to `out`.
+    void copy_neighbors_base(std::size_t slot, byte_t* out) const noexcept {
+        std::memcpy(out, node_at_(slot).neighbors_tape(), pre_.neighbors_base_bytes);
+    }
+
+    /// @brief recsys patch: makes the query search read base-layer links from `packed`, which
+    ///        holds slot `i`'s list at `packed + i * stride` for `i < rows`, as `copy_neighbors_base`
+    ///        writes it. The caller keeps `packed` alive and unchanged; a null `packed` turns it off.
+    /// @return `false`, and nothing changes, unless the index is immutable and `rows` is its size.
+    bool use_packed_base_layer(byte_t const* packed, std::size_t stride, std::size_t rows) noexcept {
+        if (packed && (!is_immutable() || rows != size() || stride < pre_.neighbors_base_bytes))
+            return false;
+        packed_base_ = packed;
+        packed_base_stride_ = packed ? stride : 0;
+        packed_base_rows_ = packed ? rows : 0;
+        return true;
+    }
     explicit operator bool() const noexcept { return config_.is_valid(); }
 
     /**
@@ -2868,6 +3016,7 @@ class index_gt {
         nodes_count_ = 0;
         max_level_ = -1;
         entry_slot_ = 0u;
+        use_packed_base_layer(nullptr, 0, 0); // recsys patch
     }
 
     /**
@@ -2904,6 +3053,9 @@ class index_gt {
         std::swap(nodes_, other.nodes_);
         std::swap(nodes_mutexes_, other.nodes_mutexes_);
         std::swap(contexts_, other.contexts_);
+        std::swap(packed_base_, other.packed_base_); // recsys patch
+        std::swap(packed_base_stride_, other.packed_base_stride_);
+        std::swap(packed_base_rows_, other.packed_base_rows_);
 
         // Non-atomic parts.
         std::size_t capacity_copy = nodes_capacity_;
@@ -4290,11 +4442,23 @@ class index_gt {
 
     inline node_t node_at_(std::size_t idx) const noexcept { return nodes_[idx]; }
 
-    /// @brief Prefetches a node's key, level and base-layer links (recsys patch).
+    /// @brief recsys patch: a slot's base-layer links, from the packed copy when there is one.
+    inline neighbors_ref_t neighbors_base_at_(std::size_t idx) const noexcept {
+        return idx < packed_base_rows_ ? neighbors_ref_t{(byte_t*)packed_base_ + idx * packed_base_stride_}
+                                       : neighbors_base_(node_at_(idx));
+    }
+
+    /// @brief Prefetches a node's base-layer links (recsys patch): from the packed copy when
+    ///        there is one, else the node's key, level and links.
     inline void prefetch_node_(std::size_t idx) const noexcept {
-        byte_t const* tape = nodes_[idx].tape();
-        std::uintptr_t first = reinterpret_cast<std::uintptr_t>(tape);
-        std::uintptr_t last = first + node_head_bytes_() + pre_.neighbors_base_bytes - 1;
+        std::uintptr_t first, last;
+        if (idx < packed_base_rows_) {
+            first = reinterpret_cast<std::uintptr_t>(packed_base_ + idx * packed_base_stride_);
+            last = first + pre_.neighbors_base_bytes - 1;
+        } else {
+            first = reinterpret_cast<std::uintptr_t>(nodes_[idx].tape());
+            last = first + node_head_bytes_() + pre_.neighbors_base_bytes - 1;
+        }
         for (std::uintptr_t line = first & ~std::uintptr_t(63); line <= last; line += 64)
             usearch_prefetch_m(line);
     }
@@ -4439,13 +4603,16 @@ class index_gt {
         return static_cast<level_t>(-std::log(uniform) * pre_.inverse_log_connectivity);
     }
 
-    struct candidates_range_t;
-    class candidates_iterator_t {
-        friend struct candidates_range_t;
+    // recsys patch: the iterator and range are templates over the visited set, so the query
+    // search can use `visits_bitset_t` and the build keeps `visits_hash_set_t`.
+    template <typename visits_at> struct candidates_range_gt;
+    template <typename visits_at> class candidates_iterator_gt {
+        friend struct candidates_range_gt<visits_at>;
+        using candidates_iterator_t = candidates_iterator_gt;
 
         index_gt const& index_;
         neighbors_ref_t neighbors_;
-        visits_hash_set_t& visits_;
+        visits_at& visits_;
         std::size_t current_;
 
         candidates_iterator_t& skip_missing() noexcept {
@@ -4470,8 +4637,8 @@ class index_gt {
         using reference = misaligned_ref_gt<element_t>;
 
         value_type operator*() const noexcept { return neighbors_[current_]; }
-        candidates_iterator_t(index_gt const& index, neighbors_ref_t neighbors, visits_hash_set_t& visits,
-                              std::size_t progress) noexcept
+        candidates_iterator_gt(index_gt const& index, neighbors_ref_t neighbors, visits_at& visits,
+                               std::size_t progress) noexcept
             : index_(index), neighbors_(neighbors), visits_(visits), current_(progress) {}
         candidates_iterator_t operator++(int) noexcept {
             candidates_iterator_t old(index_, neighbors_, visits_, current_);
@@ -4492,16 +4659,19 @@ class index_gt {
         friend inline vector_key_t get_key(candidates_iterator_t const& it) noexcept { return it.key(); }
     };
 
-    struct candidates_range_t {
+    template <typename visits_at> struct candidates_range_gt {
+        using candidates_iterator_t = candidates_iterator_gt<visits_at>;
         index_gt const& index;
         neighbors_ref_t neighbors;
-        visits_hash_set_t& visits;
+        visits_at& visits;
 
         candidates_iterator_t begin() const noexcept {
             return candidates_iterator_t{index, neighbors, visits, 0}.skip_missing();
         }
         candidates_iterator_t end() const noexcept { return {index, neighbors, visits, neighbors.size()}; }
     };
+    using candidates_iterator_t = candidates_iterator_gt<visits_hash_set_t>;
+    using candidates_range_t = candidates_range_gt<visits_hash_set_t>;
 
     template <typename value_at, typename metric_at, typename prefetch_at = dummy_prefetch_t>
     compressed_slot_t search_for_one_(                                //
@@ -4730,15 +4900,14 @@ class index_gt {
         value_at&& query, metric_at&& metric, predicate_at&& predicate, prefetch_at&& prefetch, //
         compressed_slot_t start_slot, std::size_t expansion, context_t& context) const usearch_noexcept_m {
 
-        visits_hash_set_t& visits = context.visits;
+        visits_bitset_t& visits = context.visited_slots;
         next_candidates_t& next = context.next_candidates; // pop min, push
         top_candidates_t& top = context.top_candidates;    // pop max, push
         std::size_t const top_limit = expansion;
 
-        visits.clear();
         next.clear();
         top.clear();
-        if (!visits.reserve(config_.connectivity_base + 1u))
+        if (!visits.reserve_universe(capacity()))
             return false;
 
         // Optional prefetching
@@ -4766,21 +4935,17 @@ class index_gt {
             next.pop();
             context.iteration_cycles++;
 
-            neighbors_ref_t candidate_neighbors = neighbors_base_(node_at_(candidate.slot));
+            neighbors_ref_t candidate_neighbors = neighbors_base_at_(candidate.slot);
 
             // Optional prefetching
             if (!is_dummy<prefetch_at>()) {
-                candidates_range_t missing_candidates{*this, candidate_neighbors, visits};
+                candidates_range_gt<visits_bitset_t> missing_candidates{*this, candidate_neighbors, visits};
                 prefetch(missing_candidates.begin(), missing_candidates.end());
                 // recsys patch: the best remaining candidate is most often the next one expanded;
                 // start loading its links now, while this candidate's neighbours are measured.
                 if (!next.empty())
                     prefetch_node_(next.top().slot);
             }
-
-            // Assume the worst-case when reserving memory
-            if (!visits.reserve(visits.size() + candidate_neighbors.size()))
-                return false;
 
             for (compressed_slot_t successor_slot : candidate_neighbors) {
                 if (visits.set(successor_slot))

@@ -504,6 +504,62 @@ class index_dense_gt {
     std::size_t vectors_matrix_rows_ = 0;
     std::size_t vectors_matrix_stride_ = 0;
 
+    /// @brief recsys patch: owns the packed base layer of `pack_base_layer`, anonymous memory
+    ///        aligned to 2 MiB and, on Linux, advised for transparent huge pages.
+    class packed_base_buffer_t {
+        byte_t* data_ = nullptr;
+        std::size_t bytes_ = 0;
+
+      public:
+        packed_base_buffer_t() = default;
+        packed_base_buffer_t(packed_base_buffer_t const&) = delete;
+        packed_base_buffer_t& operator=(packed_base_buffer_t const&) = delete;
+        packed_base_buffer_t(packed_base_buffer_t&& other) noexcept
+            : data_(exchange(other.data_, nullptr)), bytes_(exchange(other.bytes_, 0)) {}
+        packed_base_buffer_t& operator=(packed_base_buffer_t&& other) noexcept {
+            std::swap(data_, other.data_);
+            std::swap(bytes_, other.bytes_);
+            return *this;
+        }
+        ~packed_base_buffer_t() noexcept { reset(); }
+        byte_t* data() const noexcept { return data_; }
+        void reset() noexcept {
+            if (data_)
+                aligned_allocator_gt<byte_t, 64>{}.deallocate(data_, bytes_);
+            data_ = nullptr;
+            bytes_ = 0;
+        }
+        bool allocate(std::size_t bytes) noexcept {
+            reset();
+            std::size_t const huge_page = std::size_t(1) << 21;
+            bytes = (bytes + huge_page - 1) / huge_page * huge_page;
+#if defined(USEARCH_DEFINED_WINDOWS)
+            data_ = aligned_allocator_gt<byte_t, 64>{}.allocate(bytes);
+#else
+            void* memory = nullptr;
+            data_ = posix_memalign(&memory, huge_page, bytes) == 0 ? (byte_t*)memory : nullptr;
+#endif
+            if (!data_)
+                return false;
+            bytes_ = bytes;
+#if defined(USEARCH_DEFINED_LINUX) && defined(MADV_HUGEPAGE)
+            madvise(data_, bytes_, MADV_HUGEPAGE); // advice only: without THP the copy still works
+#endif
+            return true;
+        }
+    };
+    packed_base_buffer_t packed_base_;
+
+    /// @brief recsys patch: drops the packed base layer; the vectors are addressed as before.
+    void unpack_base_layer_() noexcept {
+        if (!packed_base_.data())
+            return;
+        if (typed_)
+            typed_->use_packed_base_layer(nullptr, 0, 0);
+        vectors_matrix_rows_ = 0;
+        packed_base_.reset();
+    }
+
     inline byte_t const* vector_at_(std::size_t slot) const noexcept {
         return slot < vectors_matrix_rows_ ? vectors_matrix_ + slot * vectors_matrix_stride_ : vectors_lookup_[slot];
     }
@@ -629,6 +685,7 @@ class index_dense_gt {
           vectors_matrix_(exchange(other.vectors_matrix_, nullptr)),         //
           vectors_matrix_rows_(exchange(other.vectors_matrix_rows_, 0)),     //
           vectors_matrix_stride_(exchange(other.vectors_matrix_stride_, 0)), //
+          packed_base_(std::move(other.packed_base_)),                       // recsys patch
 
           available_threads_(std::move(other.available_threads_)), //
           slot_lookup_(std::move(other.slot_lookup_)),             //
@@ -657,6 +714,7 @@ class index_dense_gt {
         std::swap(vectors_matrix_, other.vectors_matrix_);
         std::swap(vectors_matrix_rows_, other.vectors_matrix_rows_);
         std::swap(vectors_matrix_stride_, other.vectors_matrix_stride_);
+        std::swap(packed_base_, other.packed_base_); // recsys patch
 
         std::swap(available_threads_, other.available_threads_);
         std::swap(slot_lookup_, other.slot_lookup_);
@@ -1151,6 +1209,7 @@ class index_dense_gt {
         slot_lookup_.clear();
         // Tape pointers are about to be invalidated by the reset below.
         std::fill(vectors_lookup_.begin(), vectors_lookup_.end(), nullptr);
+        unpack_base_layer_(); // recsys patch
         vectors_matrix_rows_ = 0;
         free_keys_.clear();
         vectors_tape_allocator_.reset();
@@ -1173,6 +1232,7 @@ class index_dense_gt {
             typed_->reset();
         slot_lookup_.clear();
         vectors_lookup_.reset();
+        unpack_base_layer_(); // recsys patch
         vectors_matrix_rows_ = 0;
         free_keys_.clear();
         vectors_tape_allocator_.reset();
@@ -1913,6 +1973,45 @@ class index_dense_gt {
     };
 
     /**
+     *  @brief recsys patch: copies a viewed index's vectors and base-layer links into one block
+     *         per slot, `[vector | links]` at a fixed stride rounded up to cache lines, the layout
+     *         hnswlib uses. A query's base-layer search then finds a node's links by arithmetic
+     *         instead of through the `nodes_` pointer table, and its links sit next to the vector
+     *         that was measured when the node was found. Results do not change. Costs one more
+     *         `size() * stride` bytes; undone by `reset`, `clear`, `isolate`, `compact` and `view`.
+     *  @return An error if the index is not viewed, holds no vectors, or memory runs out.
+     */
+    serialization_result_t pack_base_layer() {
+        serialization_result_t result;
+        if (!typed_ || !typed_->is_immutable())
+            return result.failed("Only a viewed index can be packed");
+        std::size_t const rows = typed_->size();
+        if (config_.exclude_vectors || vectors_matrix_rows_ != rows || !rows)
+            return result.failed("The viewed index holds no vectors to pack");
+        if (packed_base_.data())
+            return result;
+
+        std::size_t const vector_bytes = metric_.bytes_per_vector();
+        std::size_t const links_bytes = typed_->neighbors_base_bytes();
+        std::size_t const stride = (vector_bytes + links_bytes + 63) / 64 * 64;
+        packed_base_buffer_t packed;
+        if (!packed.allocate(rows * stride))
+            return result.failed("Out of memory for the packed base layer");
+        byte_t* block = packed.data();
+        for (std::size_t slot = 0; slot != rows; ++slot, block += stride) {
+            std::memcpy(block, vector_at_(slot), vector_bytes);
+            std::memset(block + vector_bytes, 0, stride - vector_bytes);
+            typed_->copy_neighbors_base(slot, block + vector_bytes);
+        }
+        if (!typed_->use_packed_base_layer(packed.data() + vector_bytes, stride, rows))
+            return result.failed("The index changed while it was packed");
+        packed_base_ = std::move(packed);
+        vectors_matrix_ = packed_base_.data();
+        vectors_matrix_stride_ = stride;
+        return result;
+    }
+
+    /**
      *  @brief Performs compaction on the index, pruning links to removed entries.
      *  @param executor The executor parallel processing. Default ::dummy_executor_t single-threaded.
      *  @param progress The progress tracker instance to use. Default ::dummy_progress_t reports nothing.
@@ -1923,6 +2022,7 @@ class index_dense_gt {
     template <typename executor_at = dummy_executor_t, typename progress_at = dummy_progress_t>
     compaction_result_t isolate(executor_at&& executor = executor_at{}, progress_at&& progress = progress_at{}) {
         compaction_result_t result;
+        unpack_base_layer_(); // recsys patch: links are pruned
         std::atomic<std::size_t> pruned_edges;
         auto allow = [&](member_cref_t const& member) noexcept {
             bool freed = member.key == free_key_;
@@ -1954,7 +2054,8 @@ class index_dense_gt {
     template <typename executor_at = dummy_executor_t, typename progress_at = dummy_progress_t>
     compaction_result_t compact(executor_at&& executor = executor_at{}, progress_at&& progress = progress_at{}) {
         compaction_result_t result;
-        vectors_matrix_rows_ = 0; // recsys patch: slots move, `vectors_lookup_` stays the truth
+        unpack_base_layer_();     // recsys patch: slots move, `vectors_lookup_` stays the truth
+        vectors_matrix_rows_ = 0;
 
         vectors_lookup_t new_vectors_lookup(vectors_lookup_.size());
         if (!new_vectors_lookup)
