@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use futures_util::future::join_all;
-use recsys_local_cluster::{LocalCluster, LocalClusterOptions, wait_until_serving};
+use recsys_local_cluster::{LocalCluster, LocalClusterOptions, wait_until_serving_polling};
 use recsys_proto::v1::{
     QueryEmbedding, RecommendOptions, RecommendRequest, SearchRequest,
     gateway_service_client::GatewayServiceClient, recommend_request::Query,
@@ -43,12 +43,14 @@ pub async fn cold_start(args: ColdStartArgs) -> anyhow::Result<()> {
             shard: args.shard,
             search_threads: 1,
             limits: SearchLimits::default(),
-            load_mode: LoadMode::default(),
+            load_mode: args.load_mode,
             announce: None,
         };
         let started = Instant::now();
         let task = tokio::spawn(recsys_retrieval_node::run(listener, config, token.clone()));
-        wait_until_serving(addr, Duration::from_secs(60))
+        // Polled every millisecond: the default backoff would round start-ups up to
+        // its next poll (126 ms, then 226 ms, ...).
+        wait_until_serving_polling(addr, Duration::from_secs(60), Duration::from_millis(1))
             .await
             .map_err(|(waited, detail)| {
                 anyhow::anyhow!("not serving after {waited:?}: {detail}")
