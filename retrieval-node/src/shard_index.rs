@@ -394,6 +394,25 @@ mod tests {
         assert!(found as f64 >= 0.9 * wanted as f64, "{found} of {wanted}");
     }
 
+    /// Packing copies links out of a read-only view; an index that can still change
+    /// (built or loaded into the heap) must refuse, or its copy would go stale.
+    #[test]
+    fn only_a_viewed_index_is_packed() {
+        let dir = tempfile::tempdir().unwrap();
+        bundle(dir.path());
+        let loaded = ShardIndex::open_with(dir.path(), 0, LoadMode::Load).unwrap();
+        let refused = loaded.index.pack_base_layer().unwrap_err();
+        assert!(
+            refused.what().contains("Only a viewed index"),
+            "{}",
+            refused.what()
+        );
+        let viewed = ShardIndex::open_with(dir.path(), 0, LoadMode::View).unwrap();
+        viewed.index.pack_base_layer().unwrap();
+        // Packing twice keeps the first copy.
+        viewed.index.pack_base_layer().unwrap();
+    }
+
     /// An excluded item never comes back, on the path that keeps usearch's predicate.
     #[test]
     fn exclusions_hold_on_a_viewed_shard() {
