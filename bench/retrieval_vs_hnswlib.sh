@@ -6,6 +6,9 @@
 # DATA_DIR is what ../shared/data/fetch.sh wrote. ROUNDS=N (default 1) alternates the
 # two engines N times, so a noisy machine shows up as spread rather than bias.
 # Output: JSON lines, recsys then hnswlib, each tagged with its round.
+# INTERLEAVE=N instead alternates the engines pass by pass for N rounds
+# (bench/interleave.py; the method for a noisy VM) and ends with a summary of
+# per-round ratios. Then --ef must be given, and --passes is not used.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data="${1:?usage: bench/retrieval_vs_hnswlib.sh DATA_DIR [flags]}"; shift
@@ -28,6 +31,18 @@ for ((i = 0; i < ${#args[@]}; i++)); do
     --passes) peer+=(--passes "${args[i + 1]}") ;;
   esac
 done
+if [ -n "${INTERLEAVE:-}" ]; then
+  efs=""
+  for ((i = 0; i < ${#args[@]}; i++)); do
+    [ "${args[i]}" = --ef ] && efs="${args[i + 1]}"
+  done
+  [ -n "$efs" ] || { echo "INTERLEAVE needs --ef" >&2; exit 2; }
+  quoted=$(printf ' %q' "$@")
+  peer_quoted=$(printf ' %q' "${peer[@]}")
+  exec bench/interleave.py --rounds "$INTERLEAVE" --ef "$efs" \
+    "recsys=${CARGO_TARGET_DIR:-target}/release/recsys-bench retrieval --data $(printf %q "$data")$quoted --stdin" \
+    "hnswlib=$venv/bin/python bench/hnswlib_glove.py --data $(printf %q "$data")$peer_quoted --stdin"
+fi
 for round in $(seq "${ROUNDS:-1}"); do
   "${CARGO_TARGET_DIR:-target}/release/recsys-bench" retrieval --data "$data" "$@" |
     sed "s/^{/{\"round\":$round,/"
