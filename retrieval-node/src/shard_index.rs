@@ -177,11 +177,7 @@ impl ShardIndex {
             .map_err(|e| BundleError::usearch(&path, e))?;
         let mut memory = None;
         match mode {
-            LoadMode::View => index.view(path_str).map_err(|e| e.to_string()),
-            LoadMode::Packed => index
-                .view(path_str)
-                .and_then(|()| index.pack_base_layer())
-                .map_err(|e| e.to_string()),
+            LoadMode::View | LoadMode::Packed => index.view(path_str).map_err(|e| e.to_string()),
             LoadMode::Load => index.load(path_str).map_err(|e| e.to_string()),
             LoadMode::HugePages => {
                 view_copy(&index, memory.insert(huge_page_copy(&path, file_len)?))
@@ -197,6 +193,12 @@ impl ShardIndex {
                     entry.items
                 ),
             ));
+        }
+        if mode == LoadMode::Packed {
+            // The file is fine by now; what can fail here is memory, not the bundle.
+            index
+                .pack_base_layer()
+                .map_err(|e| BundleError::usearch(&path, format!("packing the base layer: {e}")))?;
         }
         index.change_expansion_search(params.expansion_search);
         Ok(Self {
