@@ -53,8 +53,8 @@ pub enum LoadMode {
     /// node's links by arithmetic instead of through usearch's pointer table,
     /// beside the vector it measured. Costs about the size of the vectors plus
     /// the links on top of the page cache. The default: 6-9 % more searches per
-    /// CPU-second than `hugepages` on GloVe-50 (docs/benchmarks.md), for about
-    /// 200 ms more at start-up on a 390k-item shard.
+    /// CPU-second than `hugepages` on GloVe-50 (docs/benchmarks.md); a
+    /// 390k-item shard still reaches SERVING in 80-240 ms.
     #[default]
     Packed,
 }

@@ -504,50 +504,9 @@ class index_dense_gt {
     std::size_t vectors_matrix_rows_ = 0;
     std::size_t vectors_matrix_stride_ = 0;
 
-    /// @brief recsys patch: owns the packed base layer of `pack_base_layer`, anonymous memory
-    ///        aligned to 2 MiB and, on Linux, advised for transparent huge pages.
-    class packed_base_buffer_t {
-        byte_t* data_ = nullptr;
-        std::size_t bytes_ = 0;
-
-      public:
-        packed_base_buffer_t() = default;
-        packed_base_buffer_t(packed_base_buffer_t const&) = delete;
-        packed_base_buffer_t& operator=(packed_base_buffer_t const&) = delete;
-        packed_base_buffer_t(packed_base_buffer_t&& other) noexcept
-            : data_(exchange(other.data_, nullptr)), bytes_(exchange(other.bytes_, 0)) {}
-        packed_base_buffer_t& operator=(packed_base_buffer_t&& other) noexcept {
-            std::swap(data_, other.data_);
-            std::swap(bytes_, other.bytes_);
-            return *this;
-        }
-        ~packed_base_buffer_t() noexcept { reset(); }
-        byte_t* data() const noexcept { return data_; }
-        void reset() noexcept {
-            if (data_)
-                aligned_allocator_gt<byte_t, 64>{}.deallocate(data_, bytes_);
-            data_ = nullptr;
-            bytes_ = 0;
-        }
-        bool allocate(std::size_t bytes) noexcept {
-            reset();
-            std::size_t const huge_page = std::size_t(1) << 21;
-            bytes = (bytes + huge_page - 1) / huge_page * huge_page;
-#if defined(USEARCH_DEFINED_WINDOWS)
-            data_ = aligned_allocator_gt<byte_t, 64>{}.allocate(bytes);
-#else
-            void* memory = nullptr;
-            data_ = posix_memalign(&memory, huge_page, bytes) == 0 ? (byte_t*)memory : nullptr;
-#endif
-            if (!data_)
-                return false;
-            bytes_ = bytes;
-#if defined(USEARCH_DEFINED_LINUX) && defined(MADV_HUGEPAGE)
-            madvise(data_, bytes_, MADV_HUGEPAGE); // advice only: without THP the copy still works
-#endif
-            return true;
-        }
-    };
+    /// @brief recsys patch: owns the packed base layer of `pack_base_layer`, aligned to 2 MiB so
+    ///        that, advised on Linux, it can be backed by transparent huge pages.
+    using packed_base_buffer_t = buffer_gt<byte_t, aligned_allocator_gt<byte_t, std::size_t(1) << 21>>;
     packed_base_buffer_t packed_base_;
 
     /// @brief recsys patch: drops the packed base layer; the vectors are addressed as before.
@@ -1994,14 +1953,17 @@ class index_dense_gt {
         std::size_t const vector_bytes = metric_.bytes_per_vector();
         std::size_t const links_bytes = typed_->neighbors_base_bytes();
         std::size_t const stride = (vector_bytes + links_bytes + 63) / 64 * 64;
-        packed_base_buffer_t packed;
-        if (!packed.allocate(rows * stride))
+        packed_base_buffer_t packed(rows * stride);
+        if (!packed)
             return result.failed("Out of memory for the packed base layer");
+#if defined(USEARCH_DEFINED_LINUX) && defined(MADV_HUGEPAGE)
+        madvise(packed.data(), packed.size(), MADV_HUGEPAGE); // advice only: without THP the copy still works
+#endif
         byte_t* block = packed.data();
         for (std::size_t slot = 0; slot != rows; ++slot, block += stride) {
             std::memcpy(block, vector_at_(slot), vector_bytes);
-            std::memset(block + vector_bytes, 0, stride - vector_bytes);
             typed_->copy_neighbors_base(slot, block + vector_bytes);
+            std::memset(block + vector_bytes + links_bytes, 0, stride - vector_bytes - links_bytes);
         }
         if (!typed_->use_packed_base_layer(packed.data() + vector_bytes, stride, rows))
             return result.failed("The index changed while it was packed");
