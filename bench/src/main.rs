@@ -6,6 +6,8 @@
 //!   `bench/hnswlib_glove.py` measures hnswlib on exactly the same task.
 //! - `cold-start`: time from start to SERVING of a retrieval node on a bundle.
 //! - `overhead`: gateway latency beyond the slowest shard, on a local cluster.
+//! - `load`: closed-loop load through a gateway, QPS and latency percentiles per
+//!   number of requests in flight.
 //! - `ranking`: scoring latency of the TFRS DCN tutorial ranker, against
 //!   `bench/tfrs_dcn_timing.py` in the same run.
 
@@ -13,6 +15,7 @@
 static ALLOCATOR: recsys_server::allocator::Allocator = recsys_server::allocator::Allocator;
 
 mod glove;
+mod load;
 mod overhead;
 mod ranking;
 
@@ -23,6 +26,8 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    runtime: recsys_server::runtime::RuntimeFlags,
 }
 
 #[derive(Debug, Subcommand)]
@@ -33,6 +38,8 @@ enum Command {
     ColdStart(overhead::ColdStartArgs),
     /// Gateway latency beyond the slowest shard.
     Overhead(overhead::OverheadArgs),
+    /// Closed-loop load through a gateway: QPS and latency per concurrency.
+    Load(load::LoadArgs),
     /// Ranking latency of the TFRS DCN tutorial ranker (run with RAYON_NUM_THREADS=1).
     Ranking(ranking::RankingArgs),
 }
@@ -41,14 +48,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Retrieval(args) => glove::run(args),
-        Command::ColdStart(args) => runtime()?.block_on(overhead::cold_start(args)),
-        Command::Overhead(args) => runtime()?.block_on(overhead::overhead(args)),
+        Command::ColdStart(args) => cli.runtime.build()?.block_on(overhead::cold_start(args)),
+        Command::Overhead(args) => cli.runtime.build()?.block_on(overhead::overhead(args)),
+        Command::Load(args) => cli.runtime.build()?.block_on(load::load(args)),
         Command::Ranking(args) => ranking::run(args),
     }
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
 }

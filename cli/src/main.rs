@@ -23,6 +23,8 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    runtime: recsys_server::runtime::RuntimeFlags,
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,12 +43,17 @@ enum Command {
     Train(train::TrainArgs),
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     recsys_server::telemetry::init();
+    let cli = Cli::parse();
     // A command-line error is one readable line (with its causes), never a
     // backtrace, whatever RUST_BACKTRACE says.
-    if let Err(error) = run(Cli::parse().command).await {
+    let outcome = cli
+        .runtime
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run(cli.command)));
+    if let Err(error) = outcome {
         eprintln!("error: {error:#}");
         std::process::exit(1);
     }

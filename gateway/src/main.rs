@@ -64,12 +64,17 @@ struct Args {
     /// How often each node's grpc.health.v1 is checked (ms).
     #[arg(long, env = "RECSYS_HEALTH_INTERVAL_MS", default_value_t = 1000)]
     health_interval_ms: u64,
+    #[command(flatten)]
+    runtime: recsys_server::runtime::RuntimeFlags,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     recsys_server::telemetry::init();
     let args = Args::parse();
+    args.runtime.build()?.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
     let membership: Arc<dyn Membership> = if !args.etcd.is_empty() {
         tracing::info!(etcd = ?args.etcd, cluster = %args.cluster, "discovering nodes in etcd");
         Arc::new(EtcdMembership::start(EtcdOptions::new(

@@ -39,12 +39,17 @@ struct Args {
     /// Score unknown item ids with out-of-vocabulary features instead of refusing them.
     #[arg(long, env = "RECSYS_ALLOW_UNKNOWN_ITEMS")]
     allow_unknown_items: bool,
+    #[command(flatten)]
+    runtime: recsys_server::runtime::RuntimeFlags,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     recsys_server::telemetry::init();
     let args = Args::parse();
+    args.runtime.build()?.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let config = RankingConfig {
         bundle_dir: args.bundle,

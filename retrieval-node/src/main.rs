@@ -43,12 +43,17 @@ struct Args {
     /// reads it into the heap.
     #[arg(long, env = "RECSYS_LOAD_MODE", value_enum, default_value_t = LoadMode::default())]
     load_mode: LoadMode,
+    #[command(flatten)]
+    runtime: recsys_server::runtime::RuntimeFlags,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     recsys_server::telemetry::init();
     let args = Args::parse();
+    args.runtime.build()?.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let config = NodeConfig {
         bundle_dir: args.bundle,

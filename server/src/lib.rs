@@ -9,5 +9,6 @@
 pub mod allocator;
 pub mod grpc;
 pub mod metrics;
+pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;

@@ -3,7 +3,7 @@
 //! `SIGTERM` (the binary's own drain).
 //!
 //! The binaries are the workspace's own (`retrieval-node`, `ranking-node`,
-//! `gateway`, `recsys`), next to the test executable in cargo's target directory;
+//! `gateway`, `recsys`, `recsys-bench`), next to the test executable in cargo's target directory;
 //! when they are missing (a plain `cargo test -p recsys-tests`), they are built
 //! first. A binary that exists is used as it is, even if older than the tree:
 //! `make test` builds them all before testing; by hand, run
@@ -32,6 +32,7 @@ pub fn binary(name: &str) -> PathBuf {
             "ranking-node" => "recsys-ranking-node",
             "gateway" => "recsys-gateway",
             "recsys" => "recsys-cli",
+            "recsys-bench" => "recsys-bench",
             other => panic!("unknown binary {other}"),
         };
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -96,6 +97,9 @@ impl NodeProcess {
             "--listen",
             &addr.to_string(),
             "--search-threads",
+            "1",
+            // One I/O thread, as small hosts run them: also keeps the flag tested.
+            "--io-threads",
             "1",
             "--etcd",
             &node.etcd,

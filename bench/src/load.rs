@@ -1,0 +1,179 @@
+//! Closed-loop load through a gateway: throughput and latency at a given number of
+//! requests in flight, the way vespa-fbench or Milvus' benchmark drive a cluster.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use recsys_local_cluster::{LocalCluster, LocalClusterOptions};
+use recsys_proto::v1::{
+    QueryEmbedding, RecommendOptions, RecommendRequest,
+    gateway_service_client::GatewayServiceClient, recommend_request::Query,
+};
+use tonic::transport::{Channel, Endpoint};
+
+/// Options of `recsys-bench load`.
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// Start a local cluster (static membership, one process) on this bundle.
+    #[arg(long, conflicts_with = "gateway", required_unless_present = "gateway")]
+    pub bundle: Option<PathBuf>,
+    /// Drive a running gateway (`host:port`) instead; needs `--dim`.
+    #[arg(long, requires = "dim")]
+    pub gateway: Option<String>,
+    /// Query embedding dimensions (read from the bundle when `--bundle` is given).
+    #[arg(long)]
+    pub dim: Option<usize>,
+    /// Requests in flight, one level after the other (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    pub concurrency: Vec<usize>,
+    /// Measured seconds per level, after one second of warm-up.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Items per request.
+    #[arg(long, default_value_t = 100)]
+    pub k: u32,
+    /// HTTP/2 connections to the gateway, shared round-robin by the clients.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Also rank (the default asks for retrieval only).
+    #[arg(long)]
+    pub rank: bool,
+}
+
+/// What one client saw at one level.
+#[derive(Debug, Default)]
+struct ClientTally {
+    latencies_us: Vec<f64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// Runs each concurrency level and prints one JSON line per level.
+pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
+    let mut cluster = None;
+    let (addr, dim) = match (&args.bundle, &args.gateway) {
+        (Some(bundle), _) => {
+            let started = LocalCluster::start(LocalClusterOptions::new(bundle)).await?;
+            let addr = started.gateway_addr.to_string();
+            let dim = started.manifest().dimensions;
+            cluster = Some(started);
+            (addr, dim)
+        }
+        (None, Some(gateway)) => (
+            gateway.clone(),
+            args.dim
+                .ok_or_else(|| anyhow::anyhow!("--gateway needs --dim"))?,
+        ),
+        (None, None) => anyhow::bail!("give --bundle DIR or --gateway ADDR --dim D"),
+    };
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        channels.push(
+            Endpoint::from_shared(format!("http://{addr}"))?
+                .tcp_nodelay(true)
+                .connect()
+                .await?,
+        );
+    }
+    let args = Arc::new(args);
+    for &concurrency in &args.concurrency {
+        let concurrency = concurrency.max(1);
+        let warm_until = Instant::now() + Duration::from_secs(1);
+        let stop_at = warm_until + Duration::from_secs_f64(args.seconds);
+        let clients: Vec<_> = (0..concurrency)
+            .map(|client| {
+                let channel = channels[client % channels.len()].clone();
+                tokio::spawn(run_client(
+                    channel,
+                    args.clone(),
+                    dim,
+                    client,
+                    warm_until,
+                    stop_at,
+                ))
+            })
+            .collect();
+        let mut latencies = Vec::new();
+        let (mut errors, mut first_error) = (0, None);
+        for client in clients {
+            let tally = client.await?;
+            latencies.extend(tally.latencies_us);
+            errors += tally.errors;
+            first_error = first_error.or(tally.first_error);
+        }
+        latencies.sort_by(f64::total_cmp);
+        let at = |p: f64| {
+            latencies
+                .get(((latencies.len() as f64 - 1.0) * p) as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        println!(
+            "{}",
+            serde_json::json!({
+                "event": "load", "gateway": addr, "concurrency": concurrency,
+                "connections": channels.len(), "k": args.k, "rank": args.rank,
+                "seconds": args.seconds, "requests": latencies.len(),
+                "qps": latencies.len() as f64 / args.seconds,
+                "p50_us": at(0.5), "p90_us": at(0.9), "p99_us": at(0.99),
+                "errors": errors, "first_error": first_error,
+            })
+        );
+    }
+    if let Some(cluster) = cluster {
+        cluster.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Asks one request after the other until `stop_at`; counts those that end after
+/// `warm_until`.
+async fn run_client(
+    channel: Channel,
+    args: Arc<LoadArgs>,
+    dim: usize,
+    client: usize,
+    warm_until: Instant,
+    stop_at: Instant,
+) -> ClientTally {
+    let mut gateway = GatewayServiceClient::new(channel);
+    let mut tally = ClientTally::default();
+    let mut i = client * 1_000_003;
+    while Instant::now() < stop_at {
+        i += 1;
+        // The overhead benchmark's query pattern: cheap, deterministic, varied.
+        let values = (0..dim)
+            .map(|d| (((i * 31 + d * 17) % 97) as f32 / 97.0) - 0.5)
+            .collect();
+        let request = RecommendRequest {
+            query: Some(Query::QueryEmbedding(QueryEmbedding { values })),
+            k: args.k,
+            options: Some(RecommendOptions {
+                skip_ranking: !args.rank,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let outcome = gateway.recommend(request).await;
+        let done = Instant::now();
+        if done < warm_until {
+            continue;
+        }
+        if done > stop_at {
+            break;
+        }
+        match outcome {
+            Ok(_) => tally
+                .latencies_us
+                .push((done - started).as_secs_f64() * 1e6),
+            Err(status) => {
+                tally.errors += 1;
+                tally.first_error.get_or_insert_with(|| status.to_string());
+            }
+        }
+    }
+    tally
+}
