@@ -34,8 +34,7 @@ fn load_reports_every_level_with_answers_and_ordered_percentiles() {
         assert!(requests > 0, "{level}");
         let qps = level["qps"].as_f64().unwrap();
         assert!((qps - requests as f64 / 0.5).abs() < 1e-6, "{level}");
-        let [p50, p90, p99] =
-            ["p50_us", "p90_us", "p99_us"].map(|p| level[p].as_f64().unwrap());
+        let [p50, p90, p99] = ["p50_us", "p90_us", "p99_us"].map(|p| level[p].as_f64().unwrap());
         assert!(0.0 < p50 && p50 <= p90 && p90 <= p99, "{level}");
     }
 }
