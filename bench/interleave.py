@@ -32,7 +32,7 @@ def main():
     a = p.parse_args()
     efs = [int(e) for e in a.ef.split(",")]
 
-    labels, procs, engine_efs = [], [], []
+    labels, commands, procs, engine_efs = [], [], [], []
     for spec in a.engines:
         label, sep, command = spec.partition("=")
         if not sep or not command:
@@ -43,8 +43,13 @@ def main():
             p.error(f"engine {label} has {len(own_efs)} beams, --ef has {len(efs)}")
         engine_efs.append(own_efs)
         labels.append(label)
-        procs.append(subprocess.Popen(command, shell=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
-    for label, proc in zip(labels, procs):
+        commands.append(command)
+    # Set up one engine after the other, in the order given: the first
+    # (`recsys-bench retrieval`) writes the queries and ground truth the others read,
+    # and index builds measured side by side would share the cores.
+    for label, command in zip(labels, commands):
+        proc = subprocess.Popen(command, shell=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
         while True:  # setup lines (index events) come before the ready line
             line = proc.stdout.readline()
             if not line:
