@@ -5,8 +5,9 @@
 //! fastest. When all servers of a local cluster share one process, every loopback
 //! hop between them that lands on a sleeping worker wakes it on another core, and
 //! on small VMs that wake costs tens of microseconds (docs/benchmarks.md, "Gateway
-//! overhead": one I/O thread cut the gateway's overhead from ~140 µs to ~80 µs on
-//! 2 vCPUs, at the price of 9–13 % of throughput with 16 requests in flight).
+//! overhead": one I/O thread cut the gateway's median overhead from 124–242 µs to
+//! 45–160 µs on 2 vCPUs, at the price of 9–13 % of throughput with 16 requests in
+//! flight).
 
 /// `--io-threads N`: the runtime's worker threads.
 #[derive(Debug, Clone, Copy, clap::Args)]
