@@ -52,6 +52,9 @@ struct ClientTally {
 
 /// Runs each concurrency level and prints one JSON line per level.
 pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
+    if !(args.seconds.is_finite() && args.seconds > 0.0) {
+        anyhow::bail!("--seconds must be a positive number, not {}", args.seconds);
+    }
     let mut cluster = None;
     let (addr, dim) = match (&args.bundle, &args.gateway) {
         (Some(bundle), _) => {
@@ -68,6 +71,15 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
         ),
         (None, None) => anyhow::bail!("give --bundle DIR or --gateway ADDR --dim D"),
     };
+    let outcome = run_levels(args, addr, dim).await;
+    if let Some(cluster) = cluster {
+        cluster.shutdown().await;
+    }
+    outcome
+}
+
+/// Connects, then measures every level against the gateway at `addr`.
+async fn run_levels(args: LoadArgs, addr: String, dim: usize) -> anyhow::Result<()> {
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
         channels.push(
@@ -122,9 +134,6 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
             })
         );
     }
-    if let Some(cluster) = cluster {
-        cluster.shutdown().await;
-    }
     Ok(())
 }
 
@@ -140,12 +149,16 @@ async fn run_client(
 ) -> ClientTally {
     let mut gateway = GatewayServiceClient::new(channel);
     let mut tally = ClientTally::default();
-    let mut i = client * 1_000_003;
+    let mut i = (client as u64) << 32;
     while Instant::now() < stop_at {
         i += 1;
-        // The overhead benchmark's query pattern: cheap, deterministic, varied.
-        let values = (0..dim)
-            .map(|d| (((i * 31 + d * 17) % 97) as f32 / 97.0) - 0.5)
+        // A fresh pseudo-random query each time (values in [-0.5, 0.5)), so that
+        // repeated queries do not find their answers' cache lines warm.
+        let values = (0..dim as u64)
+            .map(|d| {
+                (splitmix64(i.wrapping_mul(0x1_0000_01b3) ^ d) >> 40) as f32 / (1u64 << 24) as f32
+                    - 0.5
+            })
             .collect();
         let request = RecommendRequest {
             query: Some(Query::QueryEmbedding(QueryEmbedding { values })),
@@ -176,4 +189,12 @@ async fn run_client(
         }
     }
     tally
+}
+
+/// SplitMix64's output function: a cheap, well-mixed hash of a counter.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }

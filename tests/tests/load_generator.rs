@@ -10,7 +10,7 @@ use recsys_tests::processes::binary;
 use recsys_tests::synthetic_bundle;
 
 #[test]
-fn load_reports_every_level_with_answers_and_ordered_percentiles() {
+fn load_reports_every_level_with_answers_from_every_client() {
     let bundle = synthetic_bundle(3_000, 20, 16, 2, 9);
     let out = Command::new(binary("recsys-bench"))
         .args(["--io-threads", "1", "load", "--bundle"])
@@ -30,11 +30,32 @@ fn load_reports_every_level_with_answers_and_ordered_percentiles() {
         assert_eq!(level["event"], "load");
         assert_eq!(level["concurrency"], concurrency);
         assert_eq!(level["errors"], 0, "{level}");
+        // Every client answered within the window (none stalled or was never started).
         let requests = level["requests"].as_u64().unwrap();
-        assert!(requests > 0, "{level}");
-        let qps = level["qps"].as_f64().unwrap();
-        assert!((qps - requests as f64 / 0.5).abs() < 1e-6, "{level}");
-        let [p50, p90, p99] = ["p50_us", "p90_us", "p99_us"].map(|p| level[p].as_f64().unwrap());
-        assert!(0.0 < p50 && p50 <= p90 && p90 <= p99, "{level}");
+        assert!(requests >= concurrency, "{level}");
+        assert!(level["qps"].as_f64().unwrap() > 0.0, "{level}");
+        assert!(level["p50_us"].as_f64().unwrap() > 0.0, "{level}");
     }
+}
+
+#[test]
+fn load_refuses_a_window_that_is_not_positive() {
+    let out = Command::new(binary("recsys-bench"))
+        .args([
+            "load",
+            "--gateway",
+            "127.0.0.1:1",
+            "--dim",
+            "4",
+            "--seconds",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--seconds must be a positive number"),
+        "{stderr}"
+    );
 }

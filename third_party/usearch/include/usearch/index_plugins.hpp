@@ -13,7 +13,8 @@
 
 // recsys patch: f32 kernels for AVX-512 hosts, chosen at run time (see `configure_with_autovec`),
 // so that binaries built for x86-64-v3 still use 512-bit registers where the CPU has them.
-#if !defined(USEARCH_RECSYS_AVX512) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if !defined(USEARCH_RECSYS_AVX512) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(_MSC_VER)
 #define USEARCH_RECSYS_AVX512 1
 #include <immintrin.h>
 #endif
@@ -3272,7 +3273,7 @@ class metric_punned_t {
         }
 #if USEARCH_RECSYS_AVX512
         // recsys patch: the same distances, four 512-bit FMAs and a masked tail for 50
-        // dimensions instead of six 256-bit ones and two scalar ones (+4-5 % queries per
+        // dimensions instead of six 256-bit ones and two scalar ones (+3-12 % queries per
         // second on GloVe-50, docs/benchmarks.md). Sums are associated differently, so
         // distances may differ from the generic loop in the last bits.
         if (scalar_kind_ == scalar_kind_t::f32_k && __builtin_cpu_supports("avx512f")) {
