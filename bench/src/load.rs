@@ -116,12 +116,7 @@ async fn run_levels(args: LoadArgs, addr: String, dim: usize) -> anyhow::Result<
             first_error = first_error.or(tally.first_error);
         }
         latencies.sort_by(f64::total_cmp);
-        let at = |p: f64| {
-            latencies
-                .get(((latencies.len() as f64 - 1.0) * p) as usize)
-                .copied()
-                .unwrap_or(f64::NAN)
-        };
+        let at = |p: f64| crate::stats::percentile(&latencies, p);
         println!(
             "{}",
             serde_json::json!({

@@ -18,6 +18,7 @@ mod glove;
 mod load;
 mod overhead;
 mod ranking;
+mod stats;
 
 use clap::{Parser, Subcommand};
 

@@ -88,7 +88,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
     values.sort_by(f64::total_cmp);
-    values[((values.len() as f64 - 1.0) * p) as usize]
+    crate::stats::percentile(&values, p)
 }
 
 /// For each query, times (a) the same per-shard searches the gateway would send,

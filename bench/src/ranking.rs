@@ -29,6 +29,8 @@ use recsys_model::{
     Activation, DcnConfig, Ranker, RankerConfig, RankerFiles, Structure, UserContext,
 };
 
+use crate::stats::percentile;
+
 /// Options of `recsys-bench ranking`.
 #[derive(Debug, Clone, Args)]
 pub struct RankingArgs {
@@ -152,10 +154,6 @@ fn write_ranker(work: &std::path::Path) -> anyhow::Result<RankerFiles> {
         item_features: work.join("item_features.tsv"),
         user_features: None,
     })
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p) as usize]
 }
 
 /// The user of every call.
