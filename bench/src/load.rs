@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use recsys_local_cluster::{LocalCluster, LocalClusterOptions};
 use recsys_proto::v1::{
     QueryEmbedding, RecommendOptions, RecommendRequest,
     gateway_service_client::GatewayServiceClient, recommend_request::Query,
 };
 use tonic::transport::{Channel, Endpoint};
+
+use crate::process_cluster::{BenchCluster, ClusterShape};
 
 /// Options of `recsys-bench load`.
 #[derive(Debug, Clone, Args)]
@@ -19,6 +20,9 @@ pub struct LoadArgs {
     /// Start a local cluster (static membership, one process) on this bundle.
     #[arg(long, conflicts_with = "gateway", required_unless_present = "gateway")]
     pub bundle: Option<PathBuf>,
+    /// With `--bundle`: where the servers run.
+    #[command(flatten)]
+    pub shape: ClusterShape,
     /// Drive a running gateway (`host:port`) instead; needs `--dim`.
     #[arg(long, requires = "dim")]
     pub gateway: Option<String>,
@@ -50,19 +54,23 @@ struct ClientTally {
     first_error: Option<String>,
 }
 
-/// Runs each concurrency level and prints one JSON line per level.
-pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
+/// Runs each concurrency level and prints one JSON line per level. `io_threads`
+/// sizes the servers' runtimes when they run as processes.
+pub async fn load(args: LoadArgs, io_threads: usize) -> anyhow::Result<()> {
     if !(args.seconds.is_finite() && args.seconds > 0.0) {
         anyhow::bail!("--seconds must be a positive number, not {}", args.seconds);
     }
     let mut cluster = None;
     let (addr, dim) = match (&args.bundle, &args.gateway) {
         (Some(bundle), _) => {
-            let started = LocalCluster::start(LocalClusterOptions::new(bundle)).await?;
-            let addr = started.gateway_addr.to_string();
+            let started = BenchCluster::start(bundle, &args.shape, io_threads).await?;
+            let addr = started.gateway_addr().to_string();
             let dim = started.manifest().dimensions;
             cluster = Some(started);
             (addr, dim)
+        }
+        (None, Some(_)) if args.shape.processes => {
+            anyhow::bail!("--processes starts its own cluster: give --bundle DIR, not --gateway")
         }
         (None, Some(gateway)) => (
             gateway.clone(),
@@ -120,7 +128,7 @@ async fn run_levels(args: LoadArgs, addr: String, dim: usize) -> anyhow::Result<
         println!(
             "{}",
             serde_json::json!({
-                "event": "load", "gateway": addr, "concurrency": concurrency,
+                "event": "load", "gateway": addr, "processes": args.shape.processes, "concurrency": concurrency,
                 "connections": channels.len(), "k": args.k, "rank": args.rank,
                 "seconds": args.seconds, "requests": latencies.len(),
                 "qps": latencies.len() as f64 / args.seconds,

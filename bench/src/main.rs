@@ -5,7 +5,8 @@
 //!   queries per second per `ef`; writes the ground truth and queries so that
 //!   `bench/hnswlib_glove.py` measures hnswlib on exactly the same task.
 //! - `cold-start`: time from start to SERVING of a retrieval node on a bundle.
-//! - `overhead`: gateway latency beyond the slowest shard, on a local cluster.
+//! - `overhead`: gateway latency beyond the slowest shard, on a local cluster (in
+//!   this process, or with `--processes` each server a process of its own).
 //! - `load`: closed-loop load through a gateway, QPS and latency percentiles per
 //!   number of requests in flight.
 //! - `ranking`: scoring latency of the TFRS DCN tutorial ranker, against
@@ -17,10 +18,12 @@ static ALLOCATOR: recsys_server::allocator::Allocator = recsys_server::allocator
 mod glove;
 mod load;
 mod overhead;
+mod process_cluster;
 mod ranking;
 mod stats;
 
 use clap::{Parser, Subcommand};
+use recsys_server::runtime::IoRole;
 
 #[derive(Debug, Parser)]
 #[command(name = "recsys-bench", about)]
@@ -49,9 +52,18 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Retrieval(args) => glove::run(args),
-        Command::ColdStart(args) => cli.runtime.build()?.block_on(overhead::cold_start(args)),
-        Command::Overhead(args) => cli.runtime.build()?.block_on(overhead::overhead(args)),
-        Command::Load(args) => cli.runtime.build()?.block_on(load::load(args)),
+        Command::ColdStart(args) => cli
+            .runtime
+            .build(IoRole::WithComputePools)?
+            .block_on(overhead::cold_start(args)),
+        Command::Overhead(args) => cli
+            .runtime
+            .build(IoRole::WithComputePools)?
+            .block_on(overhead::overhead(args, cli.runtime.io_threads)),
+        Command::Load(args) => cli
+            .runtime
+            .build(IoRole::WithComputePools)?
+            .block_on(load::load(args, cli.runtime.io_threads)),
         Command::Ranking(args) => ranking::run(args),
     }
 }

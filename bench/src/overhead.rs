@@ -1,18 +1,19 @@
 //! Cold start of a retrieval node, and the gateway's latency beyond the slowest shard.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use futures_util::future::join_all;
-use recsys_local_cluster::{LocalCluster, LocalClusterOptions, wait_until_serving_polling};
+use recsys_local_cluster::wait_until_serving_polling;
 use recsys_proto::v1::{
     QueryEmbedding, RecommendOptions, RecommendRequest, SearchRequest,
     gateway_service_client::GatewayServiceClient, recommend_request::Query,
     retrieval_service_client::RetrievalServiceClient,
 };
 use recsys_retrieval_node::{LoadMode, NodeConfig, SearchLimits};
+
+use crate::process_cluster::{BenchCluster, ClusterShape};
 use tokio_util::sync::CancellationToken;
 
 /// Options of `recsys-bench cold-start`.
@@ -79,6 +80,9 @@ pub struct OverheadArgs {
     /// Items per request.
     #[arg(long, default_value_t = 100)]
     pub k: u32,
+    /// Where the servers run.
+    #[command(flatten)]
+    pub shape: ClusterShape,
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -94,46 +98,32 @@ fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
 /// For each query, times (a) the same per-shard searches the gateway would send,
 /// sent by the client directly to every shard at once, and (b) the gateway's
 /// `Recommend`. Overhead = (b) − (a): the gateway hop, validation, encoding, merge.
-/// Then times health checks to the gateway: the hop's own floor.
-pub async fn overhead(args: OverheadArgs) -> anyhow::Result<()> {
-    let cluster = LocalCluster::start(LocalClusterOptions::new(&args.bundle)).await?;
+/// Also reports the gateway's own timings (its handler, and the fan-out in it), to
+/// split the overhead into the hop and the handler. Then times health checks to
+/// the gateway, the hop's own floor: back to back, and each after a direct round
+/// as the `Recommend`s are (servers that slept through the shards' searches wake
+/// more slowly). `io_threads` sizes the servers' runtimes when they run as
+/// processes.
+pub async fn overhead(args: OverheadArgs, io_threads: usize) -> anyhow::Result<()> {
+    let cluster = BenchCluster::start(&args.bundle, &args.shape, io_threads).await?;
     let manifest = cluster.manifest().clone();
-    let shard_addrs: Vec<SocketAddr> = (0..manifest.shard_count as usize)
-        .filter_map(|s| cluster.node_addr(s, 0))
-        .collect();
-    let mut shards = Vec::new();
-    for addr in &shard_addrs {
-        shards.push(RetrievalServiceClient::connect(format!("http://{addr}")).await?);
-    }
+    let mut direct_round = DirectRound::connect(&cluster, args.k).await?;
     let mut gateway =
-        GatewayServiceClient::connect(format!("http://{}", cluster.gateway_addr)).await?;
+        GatewayServiceClient::connect(format!("http://{}", cluster.gateway_addr())).await?;
     let dim = manifest.dimensions;
-    let shard_k = if manifest.shard_count > 1 {
-        // What the gateway asks each shard for at its default probability.
-        recsys_gateway_shard_k(args.k, manifest.shard_count)
-    } else {
-        args.k
+    let query = |i: usize| -> Vec<f32> {
+        (0..dim)
+            .map(|d| (((i * 31 + d * 17) % 97) as f32 / 97.0) - 0.5)
+            .collect()
     };
     let (mut direct, mut through_gateway) = (Vec::new(), Vec::new());
-    for i in 0..args.requests + 200 {
-        let query: Vec<f32> = (0..dim)
-            .map(|d| (((i * 31 + d * 17) % 97) as f32 / 97.0) - 0.5)
-            .collect();
+    // What the gateway itself reports: its whole handler, and the fan-out in it.
+    let (mut handler, mut fan_out) = (Vec::new(), Vec::new());
+    for i in 0..args.requests + WARM_UP {
+        let query = query(i);
+        let direct_us = direct_round.run(&query).await?;
         let started = Instant::now();
-        let calls = shards.iter_mut().map(|client| {
-            client.search(SearchRequest {
-                query: query.clone(),
-                k: shard_k,
-                exclude_item_ids: vec![],
-                exact: false,
-            })
-        });
-        for result in join_all(calls).await {
-            result?;
-        }
-        let direct_us = started.elapsed().as_secs_f64() * 1e6;
-        let started = Instant::now();
-        gateway
+        let response = gateway
             .recommend(RecommendRequest {
                 query: Some(Query::QueryEmbedding(QueryEmbedding { values: query })),
                 k: args.k,
@@ -146,26 +136,34 @@ pub async fn overhead(args: OverheadArgs) -> anyhow::Result<()> {
             })
             .await?;
         let gateway_us = started.elapsed().as_secs_f64() * 1e6;
-        if i >= 200 {
+        if i >= WARM_UP {
             direct.push(direct_us);
             through_gateway.push(gateway_us);
+            let timings = response.into_inner().timings.unwrap_or_default();
+            handler.push(timings.total_us as f64);
+            fan_out.push(timings.retrieval_us as f64);
         }
     }
     // The floor of the extra hop: a `grpc.health.v1` check to the gateway, on a
     // channel like the client's, timed the same way (no validation, fan-out,
     // merge or items).
     let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.gateway_addr))?
+        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.gateway_addr()))?
             .connect()
             .await?;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let check = tonic_health::pb::HealthCheckRequest::default();
-    let mut hop = Vec::with_capacity(args.requests);
-    for i in 0..args.requests + 200 {
+    let (mut hop, mut hop_after_direct) = (Vec::new(), Vec::new());
+    for i in 0..args.requests + WARM_UP {
         let started = Instant::now();
         health.check(check.clone()).await?;
-        if i >= 200 {
-            hop.push(started.elapsed().as_secs_f64() * 1e6);
+        let back_to_back_us = started.elapsed().as_secs_f64() * 1e6;
+        direct_round.run(&query(i)).await?;
+        let started = Instant::now();
+        health.check(check.clone()).await?;
+        if i >= WARM_UP {
+            hop.push(back_to_back_us);
+            hop_after_direct.push(started.elapsed().as_secs_f64() * 1e6);
         }
     }
     let overhead: Vec<f64> = through_gateway
@@ -176,19 +174,69 @@ pub async fn overhead(args: OverheadArgs) -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "event": "gateway_overhead", "shards": manifest.shard_count, "items": manifest.items,
-            "k": args.k, "shard_k": shard_k, "requests": args.requests,
+            "event": "gateway_overhead", "processes": args.shape.processes,
+            "gateway_io_threads": args.shape.gateway_io_threads,
+            "shards": manifest.shard_count, "items": manifest.items,
+            "k": args.k, "shard_k": direct_round.shard_k, "requests": args.requests,
             "direct_all_shards_median_us": median(direct.clone()),
             "gateway_median_us": median(through_gateway.clone()),
             "overhead_median_us": median(overhead.clone()),
             "overhead_p90_us": percentile(overhead, 0.9),
             "direct_p90_us": percentile(direct, 0.9),
             "gateway_p90_us": percentile(through_gateway, 0.9),
+            "gateway_handler_median_us": median(handler),
+            "gateway_fan_out_median_us": median(fan_out),
             "gateway_health_rtt_median_us": median(hop),
+            "gateway_health_rtt_after_direct_median_us": median(hop_after_direct),
         })
     );
     cluster.shutdown().await;
     Ok(())
+}
+
+/// Requests before the measured ones.
+const WARM_UP: usize = 200;
+
+/// The searches the gateway would send for one query, sent by the client itself
+/// to every shard at once.
+struct DirectRound {
+    shards: Vec<RetrievalServiceClient<tonic::transport::Channel>>,
+    shard_k: u32,
+}
+
+impl DirectRound {
+    async fn connect(cluster: &BenchCluster, k: u32) -> anyhow::Result<Self> {
+        let mut shards = Vec::new();
+        for addr in cluster.shard_addrs() {
+            shards.push(RetrievalServiceClient::connect(format!("http://{addr}")).await?);
+        }
+        let shard_count = cluster.manifest().shard_count;
+        let shard_k = if shard_count > 1 {
+            // What the gateway asks each shard for at its default probability.
+            recsys_gateway_shard_k(k, shard_count)
+        } else {
+            k
+        };
+        Ok(Self { shards, shard_k })
+    }
+
+    /// Sends the round and returns its time in µs.
+    async fn run(&mut self, query: &[f32]) -> anyhow::Result<f64> {
+        let started = Instant::now();
+        let k = self.shard_k;
+        let calls = self.shards.iter_mut().map(|client| {
+            client.search(SearchRequest {
+                query: query.to_vec(),
+                k,
+                exclude_item_ids: vec![],
+                exact: false,
+            })
+        });
+        for result in join_all(calls).await {
+            result?;
+        }
+        Ok(started.elapsed().as_secs_f64() * 1e6)
+    }
 }
 
 /// The gateway's per-shard k at its default top-k probability.

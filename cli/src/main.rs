@@ -48,9 +48,10 @@ fn main() {
     let cli = Cli::parse();
     // A command-line error is one readable line (with its causes), never a
     // backtrace, whatever RUST_BACKTRACE says.
+    // `demo` and `serve` hold every node's search and ranking pools.
     let outcome = cli
         .runtime
-        .build()
+        .build(recsys_server::runtime::IoRole::WithComputePools)
         .map_err(anyhow::Error::from)
         .and_then(|runtime| runtime.block_on(run(cli.command)));
     if let Err(error) = outcome {

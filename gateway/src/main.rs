@@ -71,7 +71,9 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     recsys_server::telemetry::init();
     let args = Args::parse();
-    args.runtime.build()?.block_on(serve(args))
+    args.runtime
+        .build(recsys_server::runtime::IoRole::IoOnly)?
+        .block_on(serve(args))
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {

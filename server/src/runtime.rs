@@ -1,33 +1,92 @@
 //! The tokio runtime every binary serves on, and the flag that sizes it.
 //!
-//! Why a flag: the runtime's threads only carry gRPC I/O (searches and ranking run
-//! on their own pools), and tokio's default, one worker per core, is not always the
-//! fastest. When all servers of a local cluster share one process, every loopback
-//! hop between them that lands on a sleeping worker wakes it on another core, and
-//! on small VMs that wake costs tens of microseconds (docs/benchmarks.md, "Gateway
-//! overhead": one I/O thread cut the gateway's median overhead from 124–242 µs to
-//! 45–160 µs on 2 vCPUs, at the price of 9–13 % of throughput with 16 requests in
-//! flight).
+//! Why a flag, and why the default depends on the process: the runtime's threads
+//! only carry gRPC I/O. A retrieval or ranking node does its real work (searches,
+//! scoring) on pools of its own sized to the cores, and a single-process cluster
+//! (`recsys demo`/`serve`, the benchmarks) holds those pools too; one I/O worker
+//! per core on top of them puts two runnable threads on every core under load, and
+//! at low load a loopback hop that lands on a sleeping worker wakes it on another
+//! core, which on small VMs costs tens of microseconds. Measured on 2 vCPUs
+//! (docs/benchmarks.md, "Gateway overhead"): half the cores (one thread) gave
+//! 7–25 % more QPS at one request in flight and a lower median gateway overhead,
+//! both in a single-process cluster and with one process per server; at 16–32 in
+//! flight a few percent less throughput in one process, more in separate ones.
+//! The gateway does nothing but I/O, so it keeps one worker per core.
 
 /// `--io-threads N`: the runtime's worker threads.
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub struct RuntimeFlags {
-    /// Threads for gRPC I/O (0 = one per core). Searches and ranking have their own
-    /// pools; 1 gives the lowest latency at low load on small machines, more give
-    /// more throughput under load.
+    /// Threads for gRPC I/O (0 = the process's default: one per core for the
+    /// gateway, half the cores for nodes and single-process clusters, whose
+    /// searches and ranking have pools of their own).
     #[arg(long, env = "RECSYS_IO_THREADS", default_value_t = 0, global = true)]
     pub io_threads: usize,
 }
 
+/// What a process does besides gRPC I/O, which decides its default I/O threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoRole {
+    /// Only I/O (the gateway): one worker per core.
+    IoOnly,
+    /// Compute on pools of its own (nodes, single-process clusters): half the
+    /// cores, at least one.
+    WithComputePools,
+}
+
 impl RuntimeFlags {
-    /// A multi-threaded runtime with I/O and timers, `io_threads` workers (0: one
-    /// per core, or `TOKIO_WORKER_THREADS` when set).
-    pub fn build(&self) -> std::io::Result<tokio::runtime::Runtime> {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.enable_all();
+    /// The worker threads a runtime gets: `io_threads` when set, else
+    /// `TOKIO_WORKER_THREADS` when set, else the role's default for `cores`.
+    pub fn worker_threads(&self, role: IoRole, cores: usize) -> usize {
         if self.io_threads > 0 {
-            builder.worker_threads(self.io_threads);
+            return self.io_threads;
         }
-        builder.build()
+        if let Some(n) = std::env::var("TOKIO_WORKER_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|n| *n > 0)
+        {
+            return n;
+        }
+        let cores = cores.max(1);
+        match role {
+            IoRole::IoOnly => cores,
+            IoRole::WithComputePools => cores.div_ceil(2),
+        }
+    }
+
+    /// A multi-threaded runtime with I/O and timers, sized by
+    /// [`worker_threads`](Self::worker_threads) for the cores this process may use
+    /// (cgroup quotas included).
+    pub fn build(&self, role: IoRole) -> std::io::Result<tokio::runtime::Runtime> {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let threads = self.worker_threads(role, cores);
+        tracing::debug!(io_threads = threads, ?role, "starting the runtime");
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .worker_threads(threads)
+            .build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_role_and_an_explicit_count_wins() {
+        // Assumes TOKIO_WORKER_THREADS is not set in the test environment, as in CI.
+        if std::env::var_os("TOKIO_WORKER_THREADS").is_some() {
+            return;
+        }
+        let default = RuntimeFlags { io_threads: 0 };
+        assert_eq!(default.worker_threads(IoRole::IoOnly, 8), 8);
+        assert_eq!(default.worker_threads(IoRole::WithComputePools, 8), 4);
+        assert_eq!(default.worker_threads(IoRole::WithComputePools, 2), 1);
+        assert_eq!(default.worker_threads(IoRole::WithComputePools, 3), 2);
+        assert_eq!(default.worker_threads(IoRole::WithComputePools, 1), 1);
+        assert_eq!(default.worker_threads(IoRole::IoOnly, 0), 1);
+        let explicit = RuntimeFlags { io_threads: 3 };
+        assert_eq!(explicit.worker_threads(IoRole::WithComputePools, 8), 3);
+        assert_eq!(explicit.worker_threads(IoRole::IoOnly, 1), 3);
     }
 }

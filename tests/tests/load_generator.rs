@@ -1,6 +1,7 @@
 //! `recsys-bench load`, the load generator docs/benchmarks.md quotes, run as a user
 //! runs it: its own local cluster on a bundle, one I/O thread (`--io-threads`, the
-//! flag every binary shares), a JSON line per concurrency level.
+//! flag every binary shares), a JSON line per concurrency level; and `recsys-bench
+//! overhead --processes`, which starts the server binaries as processes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -58,4 +59,45 @@ fn load_refuses_a_window_that_is_not_positive() {
         stderr.contains("--seconds must be a positive number"),
         "{stderr}"
     );
+}
+
+#[test]
+fn overhead_runs_every_server_as_a_process_and_splits_the_time() {
+    let bundle = synthetic_bundle(3_000, 20, 16, 2, 10);
+    // `--processes` starts the binaries next to recsys-bench: make sure they exist.
+    for server in ["gateway", "retrieval-node", "ranking-node"] {
+        binary(server);
+    }
+    let out = Command::new(binary("recsys-bench"))
+        .args(["--io-threads", "1", "overhead", "--bundle"])
+        .arg(bundle.path())
+        .args(["--requests", "20", "--k", "10", "--processes"])
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "recsys-bench overhead failed: {stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["event"], "gateway_overhead");
+    assert_eq!(report["processes"], true);
+    assert_eq!(report["shards"], 2);
+    for field in [
+        "direct_all_shards_median_us",
+        "gateway_median_us",
+        "gateway_handler_median_us",
+        "gateway_fan_out_median_us",
+        "gateway_health_rtt_median_us",
+        "gateway_health_rtt_after_direct_median_us",
+    ] {
+        let us = report[field].as_f64().unwrap_or(0.0);
+        assert!(us > 0.0, "{field} in {report}");
+    }
+    // The gateway's own handler holds its fan-out and fits in what the client saw.
+    let handler = report["gateway_handler_median_us"].as_f64().unwrap();
+    assert!(report["gateway_fan_out_median_us"].as_f64().unwrap() <= handler);
+    assert!(handler < report["gateway_median_us"].as_f64().unwrap());
 }

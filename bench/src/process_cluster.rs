@@ -1,0 +1,252 @@
+//! A local cluster of real processes: one `retrieval-node` per shard, a
+//! `ranking-node` when the bundle has a ranker, and a `gateway` with static
+//! membership, on loopback.
+//!
+//! Why next to the in-process [`recsys_local_cluster::LocalCluster`]: there, the
+//! benchmark's client, the gateway and the shards share one tokio runtime, so a
+//! hop between two of them can land on a worker that sleeps on the other core,
+//! and what is measured mixes their scheduling. Deployments (docker-compose,
+//! Kubernetes) run each server in its own process with its own runtime; this is
+//! that shape on one machine.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use recsys_bundle::Manifest;
+use recsys_local_cluster::{LocalCluster, LocalClusterOptions, wait_until_serving_polling};
+
+/// How `overhead` and `load` run the servers.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterShape {
+    /// Run the gateway and each node as its own process (the `gateway`,
+    /// `retrieval-node` and `ranking-node` binaries next to this one), as
+    /// deployments do, instead of all in this process on one shared runtime.
+    #[arg(long)]
+    pub processes: bool,
+    /// With `--processes`: the gateway's I/O threads (default: `--io-threads`).
+    #[arg(long, requires = "processes")]
+    pub gateway_io_threads: Option<usize>,
+}
+
+/// The cluster a benchmark drives: in its own process, or as processes of their own.
+#[derive(Debug)]
+pub enum BenchCluster {
+    /// Every server on the benchmark's runtime.
+    InProcess(LocalCluster),
+    /// Every server a process.
+    Processes(ProcessCluster),
+}
+
+impl BenchCluster {
+    /// Starts a cluster on `bundle`: as processes when `shape.processes`, else in
+    /// this process on its runtime.
+    pub async fn start(
+        bundle: &Path,
+        shape: &ClusterShape,
+        io_threads: usize,
+    ) -> anyhow::Result<Self> {
+        Ok(if shape.processes {
+            let gateway_io_threads = shape.gateway_io_threads.unwrap_or(io_threads);
+            Self::Processes(ProcessCluster::start(bundle, io_threads, gateway_io_threads).await?)
+        } else {
+            Self::InProcess(LocalCluster::start(LocalClusterOptions::new(bundle)).await?)
+        })
+    }
+
+    /// The bundle's manifest.
+    pub fn manifest(&self) -> &Manifest {
+        match self {
+            Self::InProcess(c) => c.manifest(),
+            Self::Processes(c) => &c.manifest,
+        }
+    }
+
+    /// Where the gateway listens.
+    pub fn gateway_addr(&self) -> SocketAddr {
+        match self {
+            Self::InProcess(c) => c.gateway_addr,
+            Self::Processes(c) => c.gateway_addr,
+        }
+    }
+
+    /// One node address per shard.
+    pub fn shard_addrs(&self) -> Vec<SocketAddr> {
+        match self {
+            Self::InProcess(c) => (0..c.manifest().shard_count as usize)
+                .filter_map(|s| c.node_addr(s, 0))
+                .collect(),
+            Self::Processes(c) => c.shard_addrs.clone(),
+        }
+    }
+
+    /// Stops every server.
+    pub async fn shutdown(self) {
+        match self {
+            Self::InProcess(c) => c.shutdown().await,
+            Self::Processes(c) => drop(c),
+        }
+    }
+}
+
+/// The running processes; killed when dropped.
+#[derive(Debug)]
+pub struct ProcessCluster {
+    /// The gateway's address.
+    pub gateway_addr: SocketAddr,
+    /// Each shard's node address, by shard.
+    pub shard_addrs: Vec<SocketAddr>,
+    /// The bundle's manifest.
+    pub manifest: Manifest,
+    children: Vec<Child>,
+    static_file: PathBuf,
+}
+
+impl ProcessCluster {
+    /// Starts the nodes and the gateway on `bundle`, the nodes with `io_threads`
+    /// I/O threads and the gateway with `gateway_io_threads` (0: one per core), and
+    /// waits until all report SERVING.
+    pub async fn start(
+        bundle: &Path,
+        io_threads: usize,
+        gateway_io_threads: usize,
+    ) -> anyhow::Result<Self> {
+        let manifest = Manifest::load(bundle)
+            .with_context(|| format!("reading the bundle at {}", bundle.display()))?;
+        let static_file =
+            std::env::temp_dir().join(format!("recsys-bench-static-{}.json", std::process::id()));
+        let mut cluster = Self {
+            gateway_addr: free_addr()?,
+            shard_addrs: Vec::new(),
+            manifest,
+            children: Vec::new(),
+            static_file,
+        };
+        let bundle_arg = bundle.display().to_string();
+        let io_arg = io_threads.to_string();
+        for shard in 0..cluster.manifest.shard_count {
+            let addr = free_addr()?;
+            let shard_arg = shard.to_string();
+            let listen = addr.to_string();
+            cluster.spawn(
+                "retrieval-node",
+                &[
+                    "--bundle",
+                    &bundle_arg,
+                    "--shard",
+                    &shard_arg,
+                    "--listen",
+                    &listen,
+                    "--io-threads",
+                    &io_arg,
+                ],
+            )?;
+            cluster.shard_addrs.push(addr);
+        }
+        let mut ranking = Vec::new();
+        if cluster.manifest.ranker.is_some() {
+            let addr = free_addr()?;
+            let listen = addr.to_string();
+            cluster.spawn(
+                "ranking-node",
+                &[
+                    "--bundle",
+                    &bundle_arg,
+                    "--listen",
+                    &listen,
+                    "--io-threads",
+                    &io_arg,
+                ],
+            )?;
+            ranking.push(addr);
+        }
+        // The gateway last, once the nodes serve: it would otherwise mark them
+        // down at its first health check and log it.
+        wait_serving(cluster.shard_addrs.iter().chain(&ranking)).await?;
+        let spec = serde_json::json!({
+            "shards": cluster.shard_addrs.iter().map(|a| vec![a.to_string()]).collect::<Vec<_>>(),
+            "ranking": ranking.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        });
+        std::fs::write(&cluster.static_file, spec.to_string())
+            .with_context(|| format!("writing {}", cluster.static_file.display()))?;
+        let static_arg = cluster.static_file.display().to_string();
+        let listen = cluster.gateway_addr.to_string();
+        let io_arg = gateway_io_threads.to_string();
+        cluster.spawn(
+            "gateway",
+            &[
+                "--bundle",
+                &bundle_arg,
+                "--static",
+                &static_arg,
+                "--listen",
+                &listen,
+                "--io-threads",
+                &io_arg,
+            ],
+        )?;
+        wait_serving(&[cluster.gateway_addr]).await?;
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, binary: &str, args: &[&str]) -> anyhow::Result<()> {
+        let path = sibling_binary(binary)?;
+        let child = Command::new(&path)
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", path.display()))?;
+        self.children.push(child);
+        Ok(())
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.static_file);
+    }
+}
+
+/// Waits until every server at `addrs` reports SERVING.
+async fn wait_serving(addrs: impl IntoIterator<Item = &SocketAddr>) -> anyhow::Result<()> {
+    for addr in addrs {
+        wait_until_serving_polling(*addr, Duration::from_secs(60), Duration::from_millis(5))
+            .await
+            .map_err(|(waited, detail)| {
+                anyhow::anyhow!("{addr} not serving after {waited:?}: {detail}")
+            })?;
+    }
+    Ok(())
+}
+
+/// A workspace binary in the directory of this one (target/release/).
+fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding recsys-bench's own path")?;
+    let path = exe.with_file_name(name);
+    anyhow::ensure!(
+        path.exists(),
+        "{} is missing: build the servers first \
+         (cargo build --release -p recsys-gateway -p recsys-retrieval-node -p recsys-ranking-node)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// A free loopback port: bind port 0, read it, let go (another process could take
+/// it in between; the readiness wait would then fail with the address).
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}
