@@ -17,14 +17,15 @@ use crate::process_cluster::{BenchCluster, ClusterShape};
 /// Options of `recsys-bench load`.
 #[derive(Debug, Clone, Args)]
 pub struct LoadArgs {
-    /// Start a local cluster (static membership, one process) on this bundle.
+    /// Start a local cluster (static membership; in this process unless
+    /// `--processes`) on this bundle.
     #[arg(long, conflicts_with = "gateway", required_unless_present = "gateway")]
     pub bundle: Option<PathBuf>,
     /// With `--bundle`: where the servers run.
     #[command(flatten)]
     pub shape: ClusterShape,
     /// Drive a running gateway (`host:port`) instead; needs `--dim`.
-    #[arg(long, requires = "dim")]
+    #[arg(long, requires = "dim", conflicts_with = "processes")]
     pub gateway: Option<String>,
     /// Query embedding dimensions (read from the bundle when `--bundle` is given).
     #[arg(long)]
@@ -69,9 +70,6 @@ pub async fn load(args: LoadArgs, io_threads: usize) -> anyhow::Result<()> {
             cluster = Some(started);
             (addr, dim)
         }
-        (None, Some(_)) if args.shape.processes => {
-            anyhow::bail!("--processes starts its own cluster: give --bundle DIR, not --gateway")
-        }
         (None, Some(gateway)) => (
             gateway.clone(),
             args.dim
@@ -79,7 +77,7 @@ pub async fn load(args: LoadArgs, io_threads: usize) -> anyhow::Result<()> {
         ),
         (None, None) => anyhow::bail!("give --bundle DIR or --gateway ADDR --dim D"),
     };
-    let outcome = run_levels(args, addr, dim).await;
+    let outcome = run_levels(args, addr, dim, io_threads).await;
     if let Some(cluster) = cluster {
         cluster.shutdown().await;
     }
@@ -87,7 +85,12 @@ pub async fn load(args: LoadArgs, io_threads: usize) -> anyhow::Result<()> {
 }
 
 /// Connects, then measures every level against the gateway at `addr`.
-async fn run_levels(args: LoadArgs, addr: String, dim: usize) -> anyhow::Result<()> {
+async fn run_levels(
+    args: LoadArgs,
+    addr: String,
+    dim: usize,
+    io_threads: usize,
+) -> anyhow::Result<()> {
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
         channels.push(
@@ -128,7 +131,7 @@ async fn run_levels(args: LoadArgs, addr: String, dim: usize) -> anyhow::Result<
         println!(
             "{}",
             serde_json::json!({
-                "event": "load", "gateway": addr, "processes": args.shape.processes, "concurrency": concurrency,
+                "event": "load", "gateway": addr, "processes": args.shape.processes, "io_threads": io_threads, "concurrency": concurrency,
                 "connections": channels.len(), "k": args.k, "rank": args.rank,
                 "seconds": args.seconds, "requests": latencies.len(),
                 "qps": latencies.len() as f64 / args.seconds,

@@ -12,9 +12,9 @@ use recsys_proto::v1::{
     retrieval_service_client::RetrievalServiceClient,
 };
 use recsys_retrieval_node::{LoadMode, NodeConfig, SearchLimits};
+use tokio_util::sync::CancellationToken;
 
 use crate::process_cluster::{BenchCluster, ClusterShape};
-use tokio_util::sync::CancellationToken;
 
 /// Options of `recsys-bench cold-start`.
 #[derive(Debug, Clone, Args)]
@@ -75,7 +75,8 @@ pub struct OverheadArgs {
     #[arg(long, default_value = "target/demo-bundle")]
     pub bundle: PathBuf,
     /// Requests measured (after 200 warm-up requests).
-    #[arg(long, default_value_t = 2_000)]
+    #[arg(long, default_value_t = 2_000,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub requests: usize,
     /// Items per request.
     #[arg(long, default_value_t = 100)]
@@ -85,9 +86,8 @@ pub struct OverheadArgs {
     pub shape: ClusterShape,
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+fn median(values: Vec<f64>) -> f64 {
+    percentile(values, 0.5)
 }
 
 fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
@@ -98,8 +98,8 @@ fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
 /// For each query, times (a) the same per-shard searches the gateway would send,
 /// sent by the client directly to every shard at once, and (b) the gateway's
 /// `Recommend`. Overhead = (b) − (a): the gateway hop, validation, encoding, merge.
-/// Also reports the gateway's own timings (its handler, and the fan-out in it), to
-/// split the overhead into the hop and the handler. Then times health checks to
+/// Also reports the gateway's own timings (its handler, and the fan-out and merge
+/// in it), to split the overhead into the hop and the handler. Then times health checks to
 /// the gateway, the hop's own floor: back to back, and each after a direct round
 /// as the `Recommend`s are (servers that slept through the shards' searches wake
 /// more slowly). `io_threads` sizes the servers' runtimes when they run as
@@ -117,7 +117,8 @@ pub async fn overhead(args: OverheadArgs, io_threads: usize) -> anyhow::Result<(
             .collect()
     };
     let (mut direct, mut through_gateway) = (Vec::new(), Vec::new());
-    // What the gateway itself reports: its whole handler, and the fan-out in it.
+    // What the gateway itself reports: its whole handler, and the fan-out in it
+    // (the shard calls and the merge of their answers as they arrive).
     let (mut handler, mut fan_out) = (Vec::new(), Vec::new());
     for i in 0..args.requests + WARM_UP {
         let query = query(i);
@@ -136,10 +137,20 @@ pub async fn overhead(args: OverheadArgs, io_threads: usize) -> anyhow::Result<(
             })
             .await?;
         let gateway_us = started.elapsed().as_secs_f64() * 1e6;
+        let response = response.into_inner();
+        let coverage = response.coverage.unwrap_or_default();
+        // A shard that did not answer would make the gateway look fast.
+        anyhow::ensure!(
+            !coverage.degraded && coverage.shards_answered == coverage.shards_asked,
+            "degraded answer ({} of {} shards): {:?}",
+            coverage.shards_answered,
+            coverage.shards_asked,
+            coverage.reasons
+        );
         if i >= WARM_UP {
             direct.push(direct_us);
             through_gateway.push(gateway_us);
-            let timings = response.into_inner().timings.unwrap_or_default();
+            let timings = response.timings.unwrap_or_default();
             handler.push(timings.total_us as f64);
             fan_out.push(timings.retrieval_us as f64);
         }
@@ -174,8 +185,12 @@ pub async fn overhead(args: OverheadArgs, io_threads: usize) -> anyhow::Result<(
     println!(
         "{}",
         serde_json::json!({
-            "event": "gateway_overhead", "processes": args.shape.processes,
-            "gateway_io_threads": args.shape.gateway_io_threads,
+            "event": "gateway_overhead",
+            "processes": matches!(cluster, BenchCluster::Processes(_)),
+            "server_pids": cluster.pids(),
+            // 0: each binary's own default.
+            "io_threads": io_threads,
+            "gateway_io_threads": args.shape.gateway_io_threads.unwrap_or(io_threads),
             "shards": manifest.shard_count, "items": manifest.items,
             "k": args.k, "shard_k": direct_round.shard_k, "requests": args.requests,
             "direct_all_shards_median_us": median(direct.clone()),

@@ -26,7 +26,8 @@ pub struct ClusterShape {
     /// deployments do, instead of all in this process on one shared runtime.
     #[arg(long)]
     pub processes: bool,
-    /// With `--processes`: the gateway's I/O threads (default: `--io-threads`).
+    /// With `--processes`: the gateway's I/O threads (default: `--io-threads`; 0:
+    /// the gateway's own default, one per core).
     #[arg(long, requires = "processes")]
     pub gateway_io_threads: Option<usize>,
 }
@@ -82,6 +83,14 @@ impl BenchCluster {
         }
     }
 
+    /// The server processes' ids (none when in this process).
+    pub fn pids(&self) -> Vec<u32> {
+        match self {
+            Self::InProcess(_) => Vec::new(),
+            Self::Processes(c) => c.pids(),
+        }
+    }
+
     /// Stops every server.
     pub async fn shutdown(self) {
         match self {
@@ -100,14 +109,15 @@ pub struct ProcessCluster {
     pub shard_addrs: Vec<SocketAddr>,
     /// The bundle's manifest.
     pub manifest: Manifest,
-    children: Vec<Child>,
+    /// Each server's name (for messages) and process.
+    children: Vec<(String, Child)>,
     static_file: PathBuf,
 }
 
 impl ProcessCluster {
     /// Starts the nodes and the gateway on `bundle`, the nodes with `io_threads`
-    /// I/O threads and the gateway with `gateway_io_threads` (0: one per core), and
-    /// waits until all report SERVING.
+    /// I/O threads and the gateway with `gateway_io_threads` (0: each binary's own
+    /// default), and waits until all report SERVING.
     pub async fn start(
         bundle: &Path,
         io_threads: usize,
@@ -164,7 +174,13 @@ impl ProcessCluster {
         }
         // The gateway last, once the nodes serve: it would otherwise mark them
         // down at its first health check and log it.
-        wait_serving(cluster.shard_addrs.iter().chain(&ranking)).await?;
+        let nodes: Vec<SocketAddr> = cluster
+            .shard_addrs
+            .iter()
+            .chain(&ranking)
+            .copied()
+            .collect();
+        cluster.wait_serving(&nodes).await?;
         let spec = serde_json::json!({
             "shards": cluster.shard_addrs.iter().map(|a| vec![a.to_string()]).collect::<Vec<_>>(),
             "ranking": ranking.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
@@ -187,13 +203,64 @@ impl ProcessCluster {
                 &io_arg,
             ],
         )?;
-        wait_serving(&[cluster.gateway_addr]).await?;
+        cluster.wait_serving(&[cluster.gateway_addr]).await?;
+        // A server that could not bind its port exits; its port may then answer
+        // for another server, so check that none has gone.
+        cluster.check_running()?;
         Ok(cluster)
+    }
+
+    /// The children's process ids, in start order (nodes, then the gateway).
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|(_, child)| child.id()).collect()
+    }
+
+    /// Waits until every server at `addrs` reports SERVING, failing at once when
+    /// one of the processes has exited instead.
+    async fn wait_serving(&mut self, addrs: &[SocketAddr]) -> anyhow::Result<()> {
+        const TIMEOUT: Duration = Duration::from_secs(60);
+        for addr in addrs {
+            let started = std::time::Instant::now();
+            loop {
+                let slice = Duration::from_millis(250);
+                match wait_until_serving_polling(*addr, slice, Duration::from_millis(5)).await {
+                    Ok(()) => break,
+                    Err((_, detail)) => {
+                        self.check_running()?;
+                        if started.elapsed() >= TIMEOUT {
+                            anyhow::bail!("{addr} not serving after {TIMEOUT:?}: {detail}");
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails when a server process has exited.
+    fn check_running(&mut self) -> anyhow::Result<()> {
+        for (name, child) in &mut self.children {
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!(
+                    "{name} exited ({status}) before the cluster was up; its stderr is above"
+                );
+            }
+        }
+        Ok(())
     }
 
     fn spawn(&mut self, binary: &str, args: &[&str]) -> anyhow::Result<()> {
         let path = sibling_binary(binary)?;
-        let child = Command::new(&path)
+        let mut command = Command::new(&path);
+        // Only the flags configure the servers: a `RECSYS_*` variable of the
+        // caller's shell (etcd, a metrics port, another top-k probability) would
+        // reach every one of them and change what is measured.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("RECSYS_") {
+                command.env_remove(key);
+            }
+        }
+        let child = command
             .args(args)
             .env(
                 "RUST_LOG",
@@ -204,31 +271,21 @@ impl ProcessCluster {
             .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("starting {}", path.display()))?;
-        self.children.push(child);
+        self.children
+            .push((format!("{binary} (pid {})", child.id()), child));
         Ok(())
     }
 }
 
 impl Drop for ProcessCluster {
     fn drop(&mut self) {
-        for child in &mut self.children {
+        // The gateway first, so that it does not log the nodes going away.
+        for (_, child) in self.children.iter_mut().rev() {
             let _ = child.kill();
             let _ = child.wait();
         }
         let _ = std::fs::remove_file(&self.static_file);
     }
-}
-
-/// Waits until every server at `addrs` reports SERVING.
-async fn wait_serving(addrs: impl IntoIterator<Item = &SocketAddr>) -> anyhow::Result<()> {
-    for addr in addrs {
-        wait_until_serving_polling(*addr, Duration::from_secs(60), Duration::from_millis(5))
-            .await
-            .map_err(|(waited, detail)| {
-                anyhow::anyhow!("{addr} not serving after {waited:?}: {detail}")
-            })?;
-    }
-    Ok(())
 }
 
 /// A workspace binary in the directory of this one (target/release/).

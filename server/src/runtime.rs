@@ -8,10 +8,12 @@
 //! at low load a loopback hop that lands on a sleeping worker wakes it on another
 //! core, which on small VMs costs tens of microseconds. Measured on 2 vCPUs
 //! (docs/benchmarks.md, "Gateway overhead"): half the cores (one thread) gave
-//! 7–25 % more QPS at one request in flight and a lower median gateway overhead,
-//! both in a single-process cluster and with one process per server; at 16–32 in
-//! flight a few percent less throughput in one process, more in separate ones.
-//! The gateway does nothing but I/O, so it keeps one worker per core.
+//! 7–21 % more QPS at one request in flight, in a single-process cluster and with
+//! one process per server; the same at 4–16 in flight; at 32, between 11 % less
+//! and 2 % more in one process, and 2 % less to 7 % more with processes. The
+//! gateway's work is almost all I/O (its query encoding and merge are small), so
+//! it keeps one worker per core: a gateway with fewer could not use a bigger
+//! host, although one thread was faster on the 2-vCPU VM.
 
 /// `--io-threads N`: the runtime's worker threads.
 #[derive(Debug, Clone, Copy, clap::Args)]
@@ -35,13 +37,18 @@ pub enum IoRole {
 
 impl RuntimeFlags {
     /// The worker threads a runtime gets: `io_threads` when set, else
-    /// `TOKIO_WORKER_THREADS` when set, else the role's default for `cores`.
-    pub fn worker_threads(&self, role: IoRole, cores: usize) -> usize {
+    /// `tokio_worker_threads` (the `TOKIO_WORKER_THREADS` variable) when it is a
+    /// positive number, else the role's default for `cores`.
+    pub fn worker_threads(
+        &self,
+        role: IoRole,
+        cores: usize,
+        tokio_worker_threads: Option<&str>,
+    ) -> usize {
         if self.io_threads > 0 {
             return self.io_threads;
         }
-        if let Some(n) = std::env::var("TOKIO_WORKER_THREADS")
-            .ok()
+        if let Some(n) = tokio_worker_threads
             .and_then(|v| v.trim().parse::<usize>().ok())
             .filter(|n| *n > 0)
         {
@@ -59,7 +66,14 @@ impl RuntimeFlags {
     /// (cgroup quotas included).
     pub fn build(&self, role: IoRole) -> std::io::Result<tokio::runtime::Runtime> {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let threads = self.worker_threads(role, cores);
+        let env = std::env::var("TOKIO_WORKER_THREADS").ok();
+        if let Some(value) = &env
+            && self.io_threads == 0
+            && !value.trim().parse::<usize>().is_ok_and(|n| n > 0)
+        {
+            tracing::warn!(%value, "TOKIO_WORKER_THREADS is not a positive number: ignored");
+        }
+        let threads = self.worker_threads(role, cores, env.as_deref());
         tracing::debug!(io_threads = threads, ?role, "starting the runtime");
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -74,19 +88,30 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_role_and_an_explicit_count_wins() {
-        // Assumes TOKIO_WORKER_THREADS is not set in the test environment, as in CI.
-        if std::env::var_os("TOKIO_WORKER_THREADS").is_some() {
-            return;
-        }
         let default = RuntimeFlags { io_threads: 0 };
-        assert_eq!(default.worker_threads(IoRole::IoOnly, 8), 8);
-        assert_eq!(default.worker_threads(IoRole::WithComputePools, 8), 4);
-        assert_eq!(default.worker_threads(IoRole::WithComputePools, 2), 1);
-        assert_eq!(default.worker_threads(IoRole::WithComputePools, 3), 2);
-        assert_eq!(default.worker_threads(IoRole::WithComputePools, 1), 1);
-        assert_eq!(default.worker_threads(IoRole::IoOnly, 0), 1);
+        let threads = |role, cores| default.worker_threads(role, cores, None);
+        assert_eq!(threads(IoRole::IoOnly, 8), 8);
+        assert_eq!(threads(IoRole::WithComputePools, 8), 4);
+        assert_eq!(threads(IoRole::WithComputePools, 2), 1);
+        assert_eq!(threads(IoRole::WithComputePools, 3), 2);
+        assert_eq!(threads(IoRole::WithComputePools, 1), 1);
+        assert_eq!(threads(IoRole::IoOnly, 0), 1);
         let explicit = RuntimeFlags { io_threads: 3 };
-        assert_eq!(explicit.worker_threads(IoRole::WithComputePools, 8), 3);
-        assert_eq!(explicit.worker_threads(IoRole::IoOnly, 1), 3);
+        assert_eq!(
+            explicit.worker_threads(IoRole::WithComputePools, 8, None),
+            3
+        );
+        assert_eq!(explicit.worker_threads(IoRole::IoOnly, 1, Some("5")), 3);
+    }
+
+    #[test]
+    fn tokio_worker_threads_sizes_the_default_when_it_is_a_positive_number() {
+        let default = RuntimeFlags { io_threads: 0 };
+        let role = IoRole::WithComputePools;
+        assert_eq!(default.worker_threads(role, 8, Some("6")), 6);
+        assert_eq!(default.worker_threads(role, 8, Some(" 2 ")), 2);
+        // Not a positive number: the role's default, as if it were unset.
+        assert_eq!(default.worker_threads(role, 8, Some("0")), 4);
+        assert_eq!(default.worker_threads(role, 8, Some("many")), 4);
     }
 }

@@ -85,6 +85,21 @@ fn overhead_runs_every_server_as_a_process_and_splits_the_time() {
     assert_eq!(report["event"], "gateway_overhead");
     assert_eq!(report["processes"], true);
     assert_eq!(report["shards"], 2);
+    // Two retrieval nodes and a gateway (and a ranking node if the bundle has a
+    // ranker) ran as processes of their own, and none outlived the benchmark.
+    let pids: Vec<u64> = report["server_pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    assert!(pids.len() >= 3, "{report}");
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "server process {pid} outlived recsys-bench"
+        );
+    }
     for field in [
         "direct_all_shards_median_us",
         "gateway_median_us",
