@@ -50,20 +50,15 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Only the commands that start servers need a runtime; they hold the nodes'
+    // search pools too.
+    let runtime = || cli.runtime.build(IoRole::WithComputePools);
+    let io_threads = cli.runtime.io_threads;
     match cli.command {
         Command::Retrieval(args) => glove::run(args),
-        Command::ColdStart(args) => cli
-            .runtime
-            .build(IoRole::WithComputePools)?
-            .block_on(overhead::cold_start(args)),
-        Command::Overhead(args) => cli
-            .runtime
-            .build(IoRole::WithComputePools)?
-            .block_on(overhead::overhead(args, cli.runtime.io_threads)),
-        Command::Load(args) => cli
-            .runtime
-            .build(IoRole::WithComputePools)?
-            .block_on(load::load(args, cli.runtime.io_threads)),
+        Command::ColdStart(args) => runtime()?.block_on(overhead::cold_start(args)),
+        Command::Overhead(args) => runtime()?.block_on(overhead::overhead(args, io_threads)),
+        Command::Load(args) => runtime()?.block_on(load::load(args, io_threads)),
         Command::Ranking(args) => ranking::run(args),
     }
 }

@@ -225,13 +225,9 @@ impl DirectRound {
         for addr in cluster.shard_addrs() {
             shards.push(RetrievalServiceClient::connect(format!("http://{addr}")).await?);
         }
-        let shard_count = cluster.manifest().shard_count;
-        let shard_k = if shard_count > 1 {
-            // What the gateway asks each shard for at its default probability.
-            recsys_gateway_shard_k(k, shard_count)
-        } else {
-            k
-        };
+        // What the gateway asks each shard for at its default probability (k
+        // itself for one shard).
+        let shard_k = recsys_gateway_shard_k(k, cluster.manifest().shard_count);
         Ok(Self { shards, shard_k })
     }
 

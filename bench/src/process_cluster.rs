@@ -301,9 +301,7 @@ fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// A free loopback port: bind port 0, read it, let go (another process could take
-/// it in between; the readiness wait would then fail with the address).
+/// A free loopback port for a server process.
 fn free_addr() -> anyhow::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-    Ok(listener.local_addr()?)
+    recsys_local_cluster::free_loopback_addr().context("binding 127.0.0.1:0")
 }

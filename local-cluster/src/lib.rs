@@ -372,6 +372,13 @@ async fn wait_for_view(
     }
 }
 
+/// A free loopback address for a server started in another process: binds port 0,
+/// reads it, lets go. Another process could take it in between; callers' readiness
+/// checks then fail loudly rather than hang.
+pub fn free_loopback_addr() -> std::io::Result<SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
 /// Polls `grpc.health.v1` at `addr` until it says SERVING; on failure returns how
 /// long it waited and the last answer. Polls rather than sleeps: a node that loads
 /// fast is used at once.

@@ -48,10 +48,7 @@ impl RuntimeFlags {
         if self.io_threads > 0 {
             return self.io_threads;
         }
-        if let Some(n) = tokio_worker_threads
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|n| *n > 0)
-        {
+        if let Some(n) = tokio_worker_threads.and_then(positive) {
             return n;
         }
         let cores = cores.max(1);
@@ -69,7 +66,7 @@ impl RuntimeFlags {
         let env = std::env::var("TOKIO_WORKER_THREADS").ok();
         if let Some(value) = &env
             && self.io_threads == 0
-            && !value.trim().parse::<usize>().is_ok_and(|n| n > 0)
+            && positive(value).is_none()
         {
             tracing::warn!(%value, "TOKIO_WORKER_THREADS is not a positive number: ignored");
         }
@@ -80,6 +77,11 @@ impl RuntimeFlags {
             .worker_threads(threads)
             .build()
     }
+}
+
+/// `value` as a positive thread count, if it is one.
+fn positive(value: &str) -> Option<usize> {
+    value.trim().parse::<usize>().ok().filter(|n| *n > 0)
 }
 
 #[cfg(test)]

@@ -47,11 +47,9 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A free loopback port: bind port 0, read it, let go. Another process could take
-/// it in between; the callers' readiness checks would then fail loudly, not hang.
+/// A free loopback port ([`recsys_local_cluster::free_loopback_addr`]).
 pub fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr")
+    recsys_local_cluster::free_loopback_addr().expect("bind 127.0.0.1:0")
 }
 
 /// How to start a `retrieval-node` process that registers in etcd.
