@@ -6,7 +6,8 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use rayon::prelude::*;
-use recsys_bundle::{BuildOptions, IndexParams, ItemVectors, Metric, Quantization, build_bundle};
+use recsys_bundle::{IndexParams, Metric, Quantization};
+use recsys_bundle_builder::{BuildOptions, ItemVectors, build_bundle};
 use recsys_retrieval_node::{LoadMode, ShardIndex};
 
 /// Options of `recsys-bench retrieval`.
@@ -67,7 +68,7 @@ const K: usize = 100;
 /// (ann-benchmarks' glove-50-angular), which on unit vectors is inner product.
 fn load_glove(data: &Path) -> anyhow::Result<(usize, Vec<f32>)> {
     let dir = data.join("glove-6B-50d");
-    let mut vectors = recsys_bundle::vectors::read_raw_f32(&dir.join("vectors.f32"), 50)
+    let mut vectors = recsys_bundle_builder::vectors::read_raw_f32(&dir.join("vectors.f32"), 50)
         .with_context(|| format!("run shared/data/fetch.sh {} first", data.display()))?;
     vectors.par_chunks_mut(50).for_each(|row| {
         let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
@@ -165,7 +166,7 @@ pub fn run(args: RetrievalArgs) -> anyhow::Result<()> {
 
     if let Some(path) = &args.write_order {
         let rows: Vec<usize> = (0..args.items).collect();
-        let order = recsys_bundle::locality::locality_order(items, dim, &rows);
+        let order = recsys_bundle_builder::locality::locality_order(items, dim, &rows);
         write_u32(path, order.into_iter().map(|row| row as u32))?;
     }
     let quantization = Quantization::parse(&args.quantization)?;

@@ -242,20 +242,20 @@ fn write_bundle(work: &std::path::Path, ranker: &RankerFiles) -> anyhow::Result<
         .iter()
         .flat_map(|&id| (0..4).map(move |d| ((id * 4 + d) as f32).sin()))
         .collect();
-    let items = recsys_bundle::ItemVectors::new(&dir, 4, data, Some(ids.clone()), None)?;
-    let options = recsys_bundle::BuildOptions {
+    let items = recsys_bundle_builder::ItemVectors::new(&dir, 4, data, Some(ids.clone()), None)?;
+    let options = recsys_bundle_builder::BuildOptions {
         params: recsys_bundle::IndexParams::default(),
         shard_count: 1,
         version: "bench-ranking".into(),
         source: "bench".into(),
         threads: 1,
     };
-    recsys_bundle::build_bundle(&dir, &items, None, &options, &|_| {})?;
+    recsys_bundle_builder::build_bundle(&dir, &items, None, &options, &|_| {})?;
     let ranker_dir = ranker
         .config
         .parent()
         .context("the ranker config has no directory")?;
-    recsys_bundle::attach_ranker(&dir, ranker_dir, &ids)?;
+    recsys_bundle_builder::attach_ranker(&dir, ranker_dir, &ids)?;
     Ok(dir)
 }
 

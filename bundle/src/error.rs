@@ -30,12 +30,12 @@ pub enum BundleError {
         /// What is wrong, lowercase.
         reason: String,
     },
-    /// usearch refused an operation.
+    /// The index library refused an operation on an index file.
     #[error("{path}: usearch: {message}")]
     Index {
         /// The index file concerned.
         path: PathBuf,
-        /// usearch's own message.
+        /// The library's own message.
         message: String,
     },
 }
@@ -57,8 +57,8 @@ impl BundleError {
         }
     }
 
-    /// An error usearch raised while working on `path`.
-    pub fn usearch(path: impl Into<PathBuf>, error: impl std::fmt::Display) -> Self {
+    /// An error the index library raised while working on `path`.
+    pub fn index(path: impl Into<PathBuf>, error: impl std::fmt::Display) -> Self {
         Self::Index {
             path: path.into(),
             message: error.to_string(),

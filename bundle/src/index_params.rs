@@ -1,11 +1,10 @@
-//! Index parameters stored in the manifest and their usearch equivalents.
+//! Index parameters stored in the manifest, as plain data (`recsys-index` turns
+//! them into usearch's options).
 //!
 //! Scores on the wire are similarities (higher is better) whatever the metric, so
-//! that the gateway can merge shards without knowing the metric. usearch returns
-//! distances; [`Metric::score_from_distance`] converts.
+//! that the gateway can merge shards without knowing the metric.
 
 use serde::{Deserialize, Serialize};
-use usearch::{IndexOptions, MetricKind, ScalarKind};
 
 use crate::BundleError;
 
@@ -41,25 +40,6 @@ impl Metric {
             Self::Ip => "ip",
             Self::Cos => "cos",
             Self::L2 => "l2",
-        }
-    }
-
-    /// usearch's metric kind.
-    pub fn usearch_kind(self) -> MetricKind {
-        match self {
-            Self::Ip => MetricKind::IP,
-            Self::Cos => MetricKind::Cos,
-            Self::L2 => MetricKind::L2sq,
-        }
-    }
-
-    /// Converts a usearch distance into a score where higher is better.
-    ///
-    /// usearch defines `ip = 1 - a·b` and `cos = 1 - cos(a, b)`.
-    pub fn score_from_distance(self, distance: f32) -> f32 {
-        match self {
-            Self::Ip | Self::Cos => 1.0 - distance,
-            Self::L2 => -distance,
         }
     }
 
@@ -121,15 +101,6 @@ impl Quantization {
             Self::I8 => "i8",
         }
     }
-
-    /// usearch's scalar kind.
-    pub fn usearch_kind(self) -> ScalarKind {
-        match self {
-            Self::F32 => ScalarKind::F32,
-            Self::F16 => ScalarKind::F16,
-            Self::I8 => ScalarKind::I8,
-        }
-    }
 }
 
 /// HNSW parameters of every shard of a bundle.
@@ -163,21 +134,6 @@ impl Default for IndexParams {
     }
 }
 
-impl IndexParams {
-    /// usearch options for an index of `dimensions`.
-    pub fn usearch_options(&self, dimensions: usize) -> IndexOptions {
-        IndexOptions {
-            dimensions,
-            metric: self.metric.usearch_kind(),
-            quantization: self.quantization.usearch_kind(),
-            connectivity: self.connectivity,
-            expansion_add: self.expansion_add,
-            expansion_search: self.expansion_search,
-            multi: false,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,52 +147,6 @@ mod tests {
             assert_eq!(Quantization::parse(q.as_str()).unwrap(), q);
         }
         assert!(Metric::parse("manhattan").is_err());
-    }
-
-    /// usearch's distance kernel (on x86 hosts with AVX-512 the vendored patch's
-    /// 512-bit one, with a masked tail; the test checks that it is the one in use)
-    /// agrees with the plain reference at 16 widths from 1 to 100, around its 16-
-    /// and 32-lane steps, for each metric, zero items included.
-    #[test]
-    fn usearch_distances_match_the_reference_at_every_width() {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let items = 20;
-        for metric in [Metric::Ip, Metric::Cos, Metric::L2] {
-            for dims in [1, 2, 7, 15, 16, 17, 31, 32, 33, 47, 48, 49, 50, 64, 65, 100] {
-                let params = IndexParams {
-                    metric,
-                    ..IndexParams::default()
-                };
-                let index = usearch::Index::new(&params.usearch_options(dims)).unwrap();
-                #[cfg(target_arch = "x86_64")]
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    assert_eq!(index.hardware_acceleration(), "avx512f", "{metric:?}");
-                }
-                index.reserve(items).unwrap();
-                let mut rows = Vec::new();
-                for key in 0..items as u64 {
-                    let row: Vec<f32> = if key == 0 {
-                        vec![0.0; dims]
-                    } else {
-                        (0..dims).map(|_| rng.random_range(-1.0..1.0)).collect()
-                    };
-                    index.add(key, &row).unwrap();
-                    rows.push(row);
-                }
-                let query: Vec<f32> = (0..dims).map(|_| rng.random_range(-1.0..1.0)).collect();
-                let found = index.exact_search(&query, items).unwrap();
-                assert_eq!(found.keys.len(), items, "{metric:?} dims {dims}");
-                for (key, distance) in found.keys.iter().zip(&found.distances) {
-                    let expected = metric.score(&query, &rows[*key as usize]);
-                    let got = metric.score_from_distance(*distance);
-                    assert!(
-                        (got - expected).abs() <= 1e-4 * (1.0 + expected.abs()),
-                        "{metric:?} dims {dims} item {key}: {got} against {expected}"
-                    );
-                }
-            }
-        }
     }
 
     #[test]

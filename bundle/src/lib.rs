@@ -1,7 +1,8 @@
-//! Bundles: the versioned directory every node loads.
+//! Bundles: the versioned, read-only directory every node loads.
 //!
-//! A bundle is written once (by `recsys bundle`, later by the trainer) and read by
-//! every retrieval node, ranking node and gateway of a cluster:
+//! A bundle is written once (by `recsys-bundle-builder`: `recsys bundle`, the
+//! trainer's exports, the synthetic catalogs) and read by every retrieval node,
+//! ranking node and gateway of a cluster:
 //!
 //! ```text
 //! bundle/
@@ -10,32 +11,33 @@
 //!   query_model.safetensors    user embedding table (synthetic bundles), or
 //!   query_tower/               a trained query tower (crate::query_tower)
 //!   vocab/user_id.txt          row i of the table belongs to line i
-//!   shards/shard-N.usearch     one HNSW index per hash shard
-//!   ranker/                    ranking model (recsys_model::ranker), when present
+//!   shards/shard-N.usearch     one HNSW index per hash shard (opened by recsys-index)
+//!   ranker/                    ranking model (layout: crate::layout), when present
 //! ```
 //!
-//! The manifest is written last, so a directory without one is an unfinished build.
+//! This crate is the format only: paths, the manifest, the catalog, sharding, the
+//! index parameters as plain data and the query model's inference (plain Rust, a
+//! few microseconds). It links no index library and no tensor library, so the
+//! gateway that reads it stays small. The manifest is written last, so a
+//! directory without one is an unfinished build.
 
-pub mod attach_ranker;
-pub mod builder;
 pub mod catalog;
 pub mod error;
 pub mod index_params;
-pub mod locality;
+pub mod layout;
+pub mod lines;
 pub mod manifest;
 pub mod query_model;
 pub mod query_tower;
 pub mod sharding;
-pub mod synthetic;
-pub mod vectors;
 
-pub use attach_ranker::{AttachedRanker, attach_ranker};
-pub use builder::{BuildEvent, BuildOptions, build_bundle};
 pub use catalog::Catalog;
 pub use error::BundleError;
 pub use index_params::{IndexParams, Metric, Quantization};
-pub use manifest::{MANIFEST_FILE, Manifest, QueryModelSpec, RankerSpec, ShardEntry};
+pub use layout::{RankerFiles, shard_file};
+pub use manifest::{
+    FORMAT_VERSION, MANIFEST_FILE, Manifest, QueryModelSpec, RankerSpec, ShardEntry,
+};
 pub use query_model::{QueryModel, UserTable};
 pub use query_tower::{QueryTower, TowerParts, TowerSpec};
 pub use sharding::shard_of;
-pub use vectors::ItemVectors;

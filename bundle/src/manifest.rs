@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::layout::{RANKER_DIR, RankerFiles, ranker_file};
 use crate::{BundleError, IndexParams};
 
 /// File name of the manifest inside a bundle directory.
@@ -56,6 +57,31 @@ pub struct RankerSpec {
     /// that take user features from the request only (and in older manifests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_features: Option<String>,
+}
+
+impl RankerSpec {
+    /// The spec of a ranker directory attached under the bundle's
+    /// [`RANKER_DIR`], with or without stored user features.
+    pub fn attached(user_features: bool) -> Self {
+        let path = |file: &str| format!("{RANKER_DIR}/{file}");
+        Self {
+            config: path(ranker_file::CONFIG),
+            weights: path(ranker_file::WEIGHTS),
+            item_features: path(ranker_file::ITEM_FEATURES),
+            user_features: user_features.then(|| path(ranker_file::USER_FEATURES)),
+        }
+    }
+
+    /// The files as absolute paths inside the bundle at `dir`.
+    pub fn files(&self, dir: &Path) -> RankerFiles {
+        RankerFiles {
+            bundle_dir: dir.to_path_buf(),
+            config: dir.join(&self.config),
+            weights: dir.join(&self.weights),
+            item_features: dir.join(&self.item_features),
+            user_features: self.user_features.as_ref().map(|path| dir.join(path)),
+        }
+    }
 }
 
 /// The content of `manifest.json`.
@@ -113,14 +139,8 @@ impl Manifest {
     }
 
     /// The ranker's files as absolute paths, when the bundle has a ranker.
-    pub fn ranker_files(&self, dir: &Path) -> Option<recsys_model::RankerFiles> {
-        self.ranker.as_ref().map(|spec| recsys_model::RankerFiles {
-            bundle_dir: dir.to_path_buf(),
-            config: dir.join(&spec.config),
-            weights: dir.join(&spec.weights),
-            item_features: dir.join(&spec.item_features),
-            user_features: spec.user_features.as_ref().map(|path| dir.join(path)),
-        })
+    pub fn ranker_files(&self, dir: &Path) -> Option<RankerFiles> {
+        self.ranker.as_ref().map(|spec| spec.files(dir))
     }
 
     /// Absolute path of a file named in the manifest.

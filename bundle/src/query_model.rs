@@ -7,8 +7,8 @@ use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
+use crate::lines::{f32_from_le_bytes, read_lines, write_lines};
 use crate::query_tower::{EncodeError, QueryTower};
-use crate::vectors::{f32_from_le_bytes, read_lines, write_lines};
 use crate::{BundleError, Manifest, QueryModelSpec};
 
 /// What turns a `user_id` (and user features) into a query embedding.

@@ -30,7 +30,7 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::BundleError;
-use crate::vectors::{f32_from_le_bytes, read_lines, write_lines};
+use crate::lines::{f32_from_le_bytes, read_lines, write_lines};
 
 /// The tower's directory inside a bundle.
 pub const QUERY_TOWER_DIR: &str = "query_tower";

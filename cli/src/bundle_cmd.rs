@@ -6,11 +6,9 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use recsys_bundle::synthetic::{SyntheticSpec, build_synthetic as build_synthetic_bundle};
-use recsys_bundle::{
-    BuildEvent, BuildOptions, IndexParams, ItemVectors, Manifest, Metric, Quantization,
-    build_bundle,
-};
+use recsys_bundle::{IndexParams, Manifest, Metric, Quantization};
+use recsys_bundle_builder::synthetic::{SyntheticSpec, build_synthetic as build_synthetic_bundle};
+use recsys_bundle_builder::{BuildEvent, BuildOptions, ItemVectors, build_bundle};
 
 /// Options of `recsys bundle`.
 #[derive(Debug, Clone, Args)]
@@ -179,7 +177,7 @@ pub fn run(args: BundleArgs) -> anyhow::Result<()> {
 
 /// Adds the ranker in `ranker` to the bundle in `out`; returns the new manifest.
 pub(crate) fn attach(out: &Path, ranker: &Path, items: &[u64]) -> anyhow::Result<Manifest> {
-    let attached = recsys_bundle::attach_ranker(out, ranker, items)
+    let attached = recsys_bundle_builder::attach_ranker(out, ranker, items)
         .with_context(|| format!("adding the ranker in {}", ranker.display()))?;
     eprintln!(
         "ranker {} added: features for {} items",

@@ -291,7 +291,7 @@ fn sample_users(dir: &std::path::Path, manifest: &Manifest) -> Vec<String> {
         },
         None => return Vec::new(),
     };
-    recsys_bundle::vectors::read_lines(&Manifest::resolve(dir, vocabulary))
+    recsys_bundle::lines::read_lines(&Manifest::resolve(dir, vocabulary))
         .map(|ids| ids.into_iter().take(3).collect())
         .unwrap_or_default()
 }

@@ -19,6 +19,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
+use recsys_bundle::RankerSpec;
+use recsys_bundle::layout::{RANKER_DIR, ranker_file};
 
 use crate::dcn_v2::Head;
 use crate::ranker::{FeatureSpec, RankerConfig, Side};
@@ -45,13 +47,6 @@ pub struct PlantedInputs<'a> {
     /// Weight of quality against affinity (α).
     pub quality_weight: f32,
 }
-
-/// Relative paths of the files [`write`] produces.
-pub const CONFIG_FILE: &str = "ranker/config.json";
-/// Relative path of the weights.
-pub const WEIGHTS_FILE: &str = "ranker/weights.safetensors";
-/// Relative path of the item feature table.
-pub const ITEM_FEATURES_FILE: &str = "ranker/item_features.tsv";
 
 fn io(path: &Path, e: std::io::Error) -> ModelError {
     ModelError::Weights(format!("{}: {e}", path.display()))
@@ -129,15 +124,16 @@ pub fn write(
         "head.bias".into(),
         Tensor::zeros(1, candle_core::DType::F32, &device)?,
     );
-    let weights = bundle_dir.join(WEIGHTS_FILE);
+    let files = RankerSpec::attached(false).files(bundle_dir);
+    let vocabulary = |name: &str| format!("{RANKER_DIR}/{}", ranker_file::vocabulary(name));
+    let weights = files.weights;
     if let Some(parent) = weights.parent() {
         std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
     }
     candle_core::safetensors::save(&tensors, &weights)?;
 
-    let feature = |name: &str, side, dim| {
-        FeatureSpec::categorical(name, side, &format!("ranker/vocab/{name}.txt"), dim)
-    };
+    let feature =
+        |name: &str, side, dim| FeatureSpec::categorical(name, side, &vocabulary(name), dim);
     let config = RankerConfig {
         version: version.to_string(),
         dcn: DcnConfig {
@@ -161,32 +157,32 @@ pub fn write(
     };
     let config_text = serde_json::to_string_pretty(&config)
         .map_err(|e| ModelError::Config(format!("cannot encode the ranker config: {e}")))?;
-    write_text(&bundle_dir.join(CONFIG_FILE), &(config_text + "\n"))?;
+    write_text(&files.config, &(config_text + "\n"))?;
     write_text(
-        &bundle_dir.join("ranker/vocab/user_id.txt"),
+        &bundle_dir.join(vocabulary("user_id")),
         &(inputs.user_ids.join("\n") + "\n"),
     )?;
     let item_vocab: Vec<String> = inputs.item_ids.iter().map(u64::to_string).collect();
     write_text(
-        &bundle_dir.join("ranker/vocab/item_id.txt"),
+        &bundle_dir.join(vocabulary("item_id")),
         &(item_vocab.join("\n") + "\n"),
     )?;
     let buckets: Vec<String> = (0..QUALITY_BUCKETS).map(|b| b.to_string()).collect();
     write_text(
-        &bundle_dir.join("ranker/vocab/quality.txt"),
+        &bundle_dir.join(vocabulary("quality")),
         &(buckets.join("\n") + "\n"),
     )?;
     let mut table = String::from("item_id\titem_id\tquality\n");
     for (id, q) in inputs.item_ids.iter().zip(inputs.item_quality) {
         table.push_str(&format!("{id}\t{id}\t{q}\n"));
     }
-    write_text(&bundle_dir.join(ITEM_FEATURES_FILE), &table)
+    write_text(&files.item_features, &table)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Ranker, RankerFiles, UserContext};
+    use crate::{Ranker, UserContext};
 
     #[test]
     fn scores_are_affinity_plus_quality() {
@@ -206,14 +202,7 @@ mod tests {
             quality_weight: 0.3,
         };
         write(dir.path(), &inputs, "planted-test").unwrap();
-        let ranker = Ranker::load(&RankerFiles {
-            bundle_dir: dir.path().to_path_buf(),
-            config: dir.path().join(CONFIG_FILE),
-            weights: dir.path().join(WEIGHTS_FILE),
-            item_features: dir.path().join(ITEM_FEATURES_FILE),
-            user_features: None,
-        })
-        .unwrap();
+        let ranker = Ranker::load(&RankerSpec::attached(false).files(dir.path())).unwrap();
         let user = UserContext {
             user_id: "u1".into(),
             ..Default::default()
@@ -221,6 +210,7 @@ mod tests {
         let scored = ranker.score(&user, &[10, 20, 30], false).unwrap();
         // u1 = (1, 0): u·i = 1, 0, 0.6; Σu = 1; q = 0, 1, 1/3.
         let expected = [1.0 + 1.0, 0.0 + 1.0 + 0.3, 0.6 + 1.0 + 0.1];
+        assert_eq!(scored.scores.len(), expected.len());
         for (got, want) in scored.scores.iter().zip(expected) {
             assert!((got - want).abs() < 1e-6, "{got} vs {want}");
         }

@@ -21,7 +21,7 @@
 //! user side.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -45,21 +45,8 @@ pub struct RankerConfig {
     pub features: Vec<FeatureSpec>,
 }
 
-/// Where a ranker's files are.
-#[derive(Debug, Clone)]
-pub struct RankerFiles {
-    /// The bundle directory (vocabulary paths are relative to it).
-    pub bundle_dir: PathBuf,
-    /// `config.json`.
-    pub config: PathBuf,
-    /// `weights.safetensors`.
-    pub weights: PathBuf,
-    /// `item_features.tsv`.
-    pub item_features: PathBuf,
-    /// `user_features.tsv`, when the ranker stores user-side values (rankers
-    /// trained on user features do, so that a request needs only the user id).
-    pub user_features: Option<PathBuf>,
-}
+/// Where a ranker's files are (the layout is the bundle format's).
+pub use recsys_bundle::RankerFiles;
 
 /// The request side of a ranking call.
 #[derive(Debug, Clone, Default)]
@@ -624,14 +611,7 @@ mod tests {
             quality_weight: 0.3,
         };
         planted::write(dir, &inputs, "batch-test").unwrap();
-        Ranker::load(&RankerFiles {
-            bundle_dir: dir.to_path_buf(),
-            config: dir.join(planted::CONFIG_FILE),
-            weights: dir.join(planted::WEIGHTS_FILE),
-            item_features: dir.join(planted::ITEM_FEATURES_FILE),
-            user_features: None,
-        })
-        .unwrap()
+        Ranker::load(&recsys_bundle::RankerSpec::attached(false).files(dir)).unwrap()
     }
 
     #[test]

@@ -201,7 +201,6 @@ fn score(batch: Vec<Job>, allow_unknown_items: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use recsys_model::RankerFiles;
     use recsys_model::planted::{self, PlantedInputs};
 
     fn ranker(dir: &std::path::Path) -> Arc<Ranker> {
@@ -215,16 +214,7 @@ mod tests {
             quality_weight: 0.0,
         };
         planted::write(dir, &inputs, "t").unwrap();
-        Arc::new(
-            Ranker::load(&RankerFiles {
-                bundle_dir: dir.to_path_buf(),
-                config: dir.join(planted::CONFIG_FILE),
-                weights: dir.join(planted::WEIGHTS_FILE),
-                item_features: dir.join(planted::ITEM_FEATURES_FILE),
-                user_features: None,
-            })
-            .unwrap(),
-        )
+        Arc::new(Ranker::load(&recsys_bundle::RankerSpec::attached(false).files(dir)).unwrap())
     }
 
     fn job(ranker: &Arc<Ranker>, rows: usize) -> Job {

@@ -33,6 +33,17 @@ pub enum NodeError {
     Reflection(#[from] recsys_server::grpc::ReflectionError),
 }
 
+impl From<recsys_index::SearchError> for NodeError {
+    fn from(error: recsys_index::SearchError) -> Self {
+        match error {
+            recsys_index::SearchError::Dimensions { .. } => {
+                Self::invalid("query", error.to_string())
+            }
+            recsys_index::SearchError::Usearch(message) => Self::Search(message),
+        }
+    }
+}
+
 impl NodeError {
     /// An invalid request field.
     pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {

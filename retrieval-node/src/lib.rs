@@ -9,8 +9,7 @@ pub mod error;
 pub mod metrics;
 pub mod server;
 pub mod service;
-pub mod shard_index;
 
 pub use error::NodeError;
+pub use recsys_index::{LoadMode, ShardIndex};
 pub use server::{NodeConfig, SearchLimits, run};
-pub use shard_index::{LoadMode, ShardIndex};

@@ -16,8 +16,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use recsys_bundle::synthetic::{SyntheticCatalog, SyntheticSpec, build_synthetic};
-use recsys_bundle::{BuildOptions, IndexParams, Metric};
+use recsys_bundle::{IndexParams, Metric};
+use recsys_bundle_builder::BuildOptions;
+use recsys_bundle_builder::synthetic::{SyntheticCatalog, SyntheticSpec, build_synthetic};
 use recsys_proto::v1::{
     QueryEmbedding, RecommendOptions, RecommendRequest, RecommendResponse,
     gateway_service_client::GatewayServiceClient, recommend_request::Query,

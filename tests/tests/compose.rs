@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use recsys_bundle::synthetic::{SyntheticCatalog, SyntheticSpec, generate};
+use recsys_bundle_builder::synthetic::{SyntheticCatalog, SyntheticSpec, generate};
 use recsys_proto::v1::{RecommendRequest, RecommendResponse};
 use recsys_tests::compose::{Compose, gateway};
 use recsys_tests::load::{Load, LoadReport};

@@ -11,7 +11,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use candle_core::{Device, Tensor};
-use recsys_bundle::{BuildOptions, IndexParams, ItemVectors, attach_ranker, build_bundle};
+use recsys_bundle::IndexParams;
+use recsys_bundle_builder::{BuildOptions, ItemVectors, attach_ranker, build_bundle};
 use recsys_local_cluster::wait_until_serving;
 use recsys_model::dcn_v2::Head;
 use recsys_model::{

@@ -2,7 +2,7 @@
 //! embeddings of the whole catalog go into hash-sharded usearch indexes (inner
 //! product, the score the model trained on), the query tower and the stored user
 //! features into `query_tower/` (`recsys_bundle::query_tower`), titles into the
-//! catalog. A ranker is attached afterwards with `recsys_bundle::attach_ranker`.
+//! catalog. A ranker is attached afterwards with `recsys_bundle_builder::attach_ranker`.
 //!
 //! Items travel as `u64` ids on the wire while the trainer keys them by string:
 //! [`catalog_ids`] keeps numeric ids as they are (MovieLens movie ids), maps a
@@ -13,10 +13,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use recsys_bundle::query_tower::{TableParts, TowerParts, USER_ID_FEATURE};
-use recsys_bundle::{
-    BuildEvent, BuildOptions, IndexParams, ItemVectors, Manifest, Metric, QueryModelSpec,
-    QueryTower,
-};
+use recsys_bundle::{IndexParams, Manifest, Metric, QueryModelSpec, QueryTower};
+use recsys_bundle_builder::{BuildEvent, BuildOptions, ItemVectors};
 
 use crate::dataset::Dataset;
 use crate::error::{Result, TrainerError};
@@ -180,7 +178,7 @@ pub fn export_bundle(
     // The tower first: a failure then leaves no manifest, so no half bundle loads.
     std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
     let spec = QueryTower::write(dir, &tower_parts(model)?)?;
-    let mut manifest = recsys_bundle::build_bundle(dir, &items, None, &build, progress)?;
+    let mut manifest = recsys_bundle_builder::build_bundle(dir, &items, None, &build, progress)?;
     manifest.query_model = Some(QueryModelSpec::Tower(spec));
     manifest.save(dir)?;
     Ok(manifest)

@@ -1,5 +1,5 @@
 //! Writes a trained [`RankingModel`] in the ranker layout that
-//! `recsys_model::Ranker::load` reads and `recsys_bundle::attach_ranker` puts
+//! `recsys_model::Ranker::load` reads and `recsys_bundle_builder::attach_ranker` puts
 //! into a bundle:
 //!
 //! ```text

@@ -3,10 +3,10 @@
 //! embeddings" path TFRS users have with `BruteForce.index(candidates, ids)`.
 
 use std::collections::HashSet;
-use std::io::{BufRead, Read};
 use std::path::Path;
 
-use crate::BundleError;
+use recsys_bundle::BundleError;
+use recsys_bundle::lines::{f32_from_le_bytes, read_lines};
 
 /// Row-major item embeddings with their ids and optional names.
 #[derive(Debug, Clone, PartialEq)]
@@ -156,16 +156,6 @@ pub fn read_raw_f32(path: &Path, dimensions: usize) -> Result<Vec<f32>, BundleEr
     Ok(f32_from_le_bytes(&bytes))
 }
 
-/// Little-endian f32 values of `bytes` (a trailing partial value is dropped).
-/// Copied rather than cast in place: neither raw files nor safetensors data are
-/// aligned for f32.
-pub fn f32_from_le_bytes(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
 /// Reads a 2-D `.npy` of f32 or f64 in C or Fortran order into row-major f32.
 ///
 /// Fortran order matters in practice: the GloVe matrix that PyPI ships is stored
@@ -242,30 +232,6 @@ pub fn read_ids(path: &Path) -> Result<Vec<u64>, BundleError> {
             })
         })
         .collect()
-}
-
-/// Writes `lines` one per line with a final newline, creating the parent directory:
-/// the inverse of [`read_lines`].
-pub fn write_lines(path: &Path, lines: &[String]) -> Result<(), BundleError> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| BundleError::io(parent, e))?;
-    }
-    let mut text = lines.join("\n");
-    text.push('\n');
-    std::fs::write(path, text).map_err(|e| BundleError::io(path, e))
-}
-
-/// Reads the lines of a text file (a trailing newline does not make an empty last line).
-pub fn read_lines(path: &Path) -> Result<Vec<String>, BundleError> {
-    let file = std::fs::File::open(path).map_err(|e| BundleError::io(path, e))?;
-    let mut reader = std::io::BufReader::new(file);
-    let mut raw = Vec::new();
-    reader
-        .read_to_end(&mut raw)
-        .map_err(|e| BundleError::io(path, e))?;
-    // Latin-1 and other legacy files (MovieLens titles) must not fail on one bad byte.
-    let text = String::from_utf8_lossy(&raw);
-    Ok(text.as_bytes().lines().map_while(Result::ok).collect())
 }
 
 #[cfg(test)]

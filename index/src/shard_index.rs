@@ -1,11 +1,13 @@
-//! One shard's usearch index, memory-mapped from the bundle, with HNSW and exact search.
+//! One shard's usearch index, opened from a bundle for serving, with HNSW and
+//! exact search.
 
 use std::path::Path;
 
 use recsys_bundle::{BundleError, Manifest, Metric, Quantization};
 use usearch::Index;
 
-use crate::NodeError;
+use crate::SearchError;
+use crate::options::{metric_kind, scalar_kind, score_from_distance, usearch_options};
 
 /// A loaded shard.
 pub struct ShardIndex {
@@ -33,7 +35,8 @@ impl std::fmt::Debug for ShardIndex {
 }
 
 /// How a shard's file becomes an index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "flags", derive(clap::ValueEnum))]
 pub enum LoadMode {
     /// Memory-map the file: ready at once, pages fault in on first use.
     View,
@@ -45,7 +48,7 @@ pub enum LoadMode {
     /// the TLB: 10-15 % more searches per CPU-second than `view` on GloVe-50
     /// (docs/benchmarks.md) for a copy at start-up that takes tens of
     /// milliseconds; the memory is the node's own rather than shared page cache.
-    #[value(name = "hugepages")]
+    #[cfg_attr(feature = "flags", value(name = "hugepages"))]
     HugePages,
     /// Memory-map the file, then copy each item's vector and base-layer links
     /// into one block per item in huge-page memory (hnswlib's layout; the
@@ -129,7 +132,7 @@ impl ShardIndex {
                 ),
             ));
         }
-        if meta.metric != params.metric.usearch_kind() {
+        if meta.metric != metric_kind(params.metric) {
             return Err(BundleError::corrupt(
                 &path,
                 format!(
@@ -138,7 +141,7 @@ impl ShardIndex {
                 ),
             ));
         }
-        if meta.quantization != params.quantization.usearch_kind() {
+        if meta.quantization != scalar_kind(params.quantization) {
             return Err(BundleError::corrupt(
                 &path,
                 format!(
@@ -173,8 +176,8 @@ impl ShardIndex {
                 ),
             ));
         }
-        let index = Index::new(&params.usearch_options(manifest.dimensions))
-            .map_err(|e| BundleError::usearch(&path, e))?;
+        let index = Index::new(&usearch_options(&params, manifest.dimensions))
+            .map_err(|e| BundleError::index(&path, e))?;
         let mut memory = None;
         match mode {
             LoadMode::View | LoadMode::Packed => index.view(path_str).map_err(|e| e.to_string()),
@@ -198,7 +201,7 @@ impl ShardIndex {
             // The file is fine by now; what can fail here is memory, not the bundle.
             index
                 .pack_base_layer()
-                .map_err(|e| BundleError::usearch(&path, format!("packing the base layer: {e}")))?;
+                .map_err(|e| BundleError::index(&path, format!("packing the base layer: {e}")))?;
         }
         index.change_expansion_search(params.expansion_search);
         Ok(Self {
@@ -274,16 +277,12 @@ impl ShardIndex {
         k: usize,
         excluded: &[u64],
         exact: bool,
-    ) -> Result<Vec<Hit>, NodeError> {
+    ) -> Result<Vec<Hit>, SearchError> {
         if query.len() != self.dimensions {
-            return Err(NodeError::invalid(
-                "query",
-                format!(
-                    "has {} dimensions, the index has {}",
-                    query.len(),
-                    self.dimensions
-                ),
-            ));
+            return Err(SearchError::Dimensions {
+                expected: self.dimensions,
+                actual: query.len(),
+            });
         }
         if k == 0 || self.items == 0 {
             return Ok(Vec::new());
@@ -300,13 +299,13 @@ impl ShardIndex {
             self.index
                 .filtered_search(query, k, |key| excluded.binary_search(&key).is_err())
         }
-        .map_err(|e| NodeError::Search(e.to_string()))?;
+        .map_err(|e| SearchError::Usearch(e.to_string()))?;
         let mut hits: Vec<Hit> = matches
             .keys
             .iter()
             .zip(&matches.distances)
             .filter(|(key, _)| excluded.binary_search(key).is_err())
-            .map(|(key, distance)| (*key, self.metric.score_from_distance(*distance)))
+            .map(|(key, distance)| (*key, score_from_distance(self.metric, *distance)))
             .collect();
         hits.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         hits.truncate(k);
@@ -317,7 +316,7 @@ impl ShardIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use recsys_bundle::{BuildOptions, IndexParams, ItemVectors, build_bundle};
+    use recsys_bundle::{FORMAT_VERSION, IndexParams, ShardEntry, shard_file};
 
     const DIM: usize = 24;
     const ITEMS: usize = 3_000;
@@ -340,17 +339,49 @@ mod tests {
         data
     }
 
+    /// A one-shard bundle of unit vectors (ids = rows), written the way the bundle
+    /// builder writes one: the index file, then the manifest.
     fn bundle(dir: &Path) -> Vec<f32> {
         let data = unit_vectors(ITEMS, 7);
-        let items = ItemVectors::new(Path::new("test"), DIM, data.clone(), None, None).unwrap();
-        let options = BuildOptions {
-            params: IndexParams::default(),
-            shard_count: 1,
+        let params = IndexParams::default();
+        let file = shard_file(0);
+        std::fs::create_dir_all(dir.join("shards")).unwrap();
+        let ids: Vec<u64> = (0..ITEMS as u64).collect();
+        let order: Vec<usize> = (0..ITEMS).collect();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        crate::build_shard(
+            &dir.join(&file),
+            &params,
+            DIM,
+            &data,
+            &ids,
+            &order,
+            &pool,
+            &|_| {},
+        )
+        .unwrap();
+        Manifest {
+            format_version: FORMAT_VERSION,
             version: "test".into(),
+            dimensions: DIM,
+            index: params,
+            shard_count: 1,
+            shards: vec![ShardEntry {
+                shard: 0,
+                file,
+                items: ITEMS as u64,
+            }],
+            items: ITEMS as u64,
+            catalog: None,
+            query_model: None,
+            ranker: None,
             source: "unit vectors".into(),
-            threads: 1,
-        };
-        build_bundle(dir, &items, None, &options, &|_| {}).unwrap();
+        }
+        .save(dir)
+        .unwrap();
         data
     }
 

@@ -1,18 +1,15 @@
 //! Builds a bundle directory from item embeddings: hash-shards the items, builds one
-//! usearch HNSW index per shard with all cores, writes the catalog and the query
+//! HNSW index per shard with all cores (`recsys_index::build_shard`), writes the catalog and the query
 //! model, and writes the manifest last.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use rayon::prelude::*;
-use usearch::Index;
-
-use crate::manifest::FORMAT_VERSION;
-use crate::{
-    BundleError, Catalog, IndexParams, ItemVectors, MANIFEST_FILE, Manifest, QueryModelSpec,
-    ShardEntry, UserTable, shard_of,
+use recsys_bundle::{
+    BundleError, Catalog, FORMAT_VERSION, IndexParams, MANIFEST_FILE, Manifest, QueryModelSpec,
+    ShardEntry, UserTable, shard_file, shard_of,
 };
+
+use crate::ItemVectors;
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -50,14 +47,6 @@ pub enum BuildEvent {
         shard: u32,
     },
 }
-
-/// Relative path of shard `shard`'s index inside a bundle.
-pub fn shard_file(shard: u32) -> String {
-    format!("shards/shard-{shard}.usearch")
-}
-
-/// How often (in items) a build reports progress.
-const PROGRESS_EVERY: u64 = 4096;
 
 /// Writes a bundle into `dir` (created if missing). `users`, when given, becomes
 /// the query model that turns a `user_id` into a query embedding.
@@ -118,42 +107,20 @@ pub fn build_bundle(
             shard,
             items: rows.len() as u64,
         });
-        let index = Index::new(&options.params.usearch_options(items.dimensions))
-            .map_err(|e| BundleError::usearch(&path, e))?;
-        index
-            .reserve_capacity_and_threads(rows.len().max(1), threads)
-            .map_err(|e| BundleError::usearch(&path, e))?;
         // Near vectors in near slots: faster searches, a higher recall at the same
         // beam, and a build that runs 3-4x faster (crate::locality, docs/benchmarks.md).
-        let rows =
+        let order =
             pool.install(|| crate::locality::locality_order(&items.data, items.dimensions, rows));
-        let pending = AtomicU64::new(0);
-        pool.install(|| {
-            rows.par_iter().try_for_each(|&row| {
-                index
-                    .add(items.ids[row], items.row(row))
-                    .map_err(|e| BundleError::usearch(&path, e))?;
-                if pending.fetch_add(1, Ordering::Relaxed) + 1 >= PROGRESS_EVERY {
-                    let added = pending.swap(0, Ordering::Relaxed);
-                    if added > 0 {
-                        progress(BuildEvent::ItemsAdded { added });
-                    }
-                }
-                Ok::<(), BundleError>(())
-            })
-        })?;
-        let rest = pending.swap(0, Ordering::Relaxed);
-        if rest > 0 {
-            progress(BuildEvent::ItemsAdded { added: rest });
-        }
-        let tmp = dir.join(format!("{file}.tmp"));
-        let tmp_str = tmp
-            .to_str()
-            .ok_or_else(|| BundleError::invalid("out", "bundle path is not valid UTF-8"))?;
-        index
-            .save(tmp_str)
-            .map_err(|e| BundleError::usearch(&path, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| BundleError::io(&path, e))?;
+        recsys_index::build_shard(
+            &path,
+            &options.params,
+            items.dimensions,
+            &items.data,
+            &items.ids,
+            &order,
+            &pool,
+            &|added| progress(BuildEvent::ItemsAdded { added }),
+        )?;
         progress(BuildEvent::ShardSaved { shard });
         shards.push(ShardEntry {
             shard,
@@ -213,6 +180,8 @@ pub fn build_bundle(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
     use super::*;
     use crate::synthetic::{SyntheticSpec, generate};
 
@@ -252,9 +221,8 @@ mod tests {
         let loaded = Manifest::load(dir.path()).unwrap();
         assert_eq!(loaded, manifest);
         for entry in &loaded.shards {
-            let path = dir.path().join(&entry.file);
-            let index = Index::restore_view(path.to_str().unwrap()).unwrap();
-            assert_eq!(index.size() as u64, entry.items);
+            let index = recsys_index::ShardIndex::open(dir.path(), entry.shard).unwrap();
+            assert_eq!(index.items(), entry.items);
             assert!(entry.items > 500, "shard {} is unbalanced", entry.shard);
         }
         assert!(dir.path().join("catalog.tsv").exists());

@@ -11,10 +11,9 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, StandardNormal};
 use recsys_model::planted::{self, QUALITY_BUCKETS};
 
-use crate::{
-    BuildEvent, BuildOptions, BundleError, ItemVectors, Manifest, RankerSpec, UserTable,
-    build_bundle,
-};
+use recsys_bundle::{BundleError, Manifest, RankerSpec, UserTable};
+
+use crate::{BuildEvent, BuildOptions, ItemVectors, build_bundle};
 
 /// Shape of a synthetic catalog.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,12 +157,7 @@ pub fn build_synthetic(
     let version = format!("planted-{}", options.version);
     planted::write(dir, &inputs, &version)
         .map_err(|e| BundleError::invalid("ranker", e.to_string()))?;
-    manifest.ranker = Some(RankerSpec {
-        config: planted::CONFIG_FILE.into(),
-        weights: planted::WEIGHTS_FILE.into(),
-        item_features: planted::ITEM_FEATURES_FILE.into(),
-        user_features: None,
-    });
+    manifest.ranker = Some(RankerSpec::attached(false));
     manifest.save(dir)?;
     Ok((catalog, manifest))
 }
@@ -171,7 +165,7 @@ pub fn build_synthetic(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Metric;
+    use recsys_bundle::Metric;
 
     #[test]
     fn deterministic_for_a_seed() {

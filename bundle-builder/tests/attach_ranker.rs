@@ -6,9 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use recsys_bundle::{
-    BuildOptions, IndexParams, ItemVectors, Manifest, attach_ranker, build_bundle,
-};
+use recsys_bundle::{IndexParams, Manifest};
+use recsys_bundle_builder::{BuildOptions, ItemVectors, attach_ranker, build_bundle};
 use recsys_model::{Ranker, UserContext};
 use serde_json::Value;
 

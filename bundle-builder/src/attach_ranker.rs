@@ -8,15 +8,9 @@
 
 use std::path::{Path, PathBuf};
 
-use recsys_model::{Ranker, RankerConfig, RankerFiles};
-
-use crate::{BundleError, Manifest, RankerSpec};
-
-/// The ranker's directory inside a bundle.
-pub const RANKER_DIR: &str = "ranker";
-
-/// The optional table of stored user-side feature values in a ranker directory.
-pub const USER_FEATURES_FILE: &str = "user_features.tsv";
+use recsys_bundle::layout::{RANKER_DIR, ranker_file};
+use recsys_bundle::{BundleError, Manifest, RankerSpec};
+use recsys_model::{Ranker, RankerConfig};
 
 /// What [`attach_ranker`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +32,7 @@ pub fn attach_ranker(
     source: &Path,
     items: &[u64],
 ) -> Result<AttachedRanker, BundleError> {
-    let config_path = source.join("config.json");
+    let config_path = source.join(ranker_file::CONFIG);
     let text =
         std::fs::read_to_string(&config_path).map_err(|e| BundleError::io(&config_path, e))?;
     let mut config: RankerConfig = serde_json::from_str(&text)
@@ -49,15 +43,15 @@ pub fn attach_ranker(
     // itself would truncate it.
     let in_place = same_file(source, &target);
     // A trained ranker stores its users' features; a TFRS export has none.
-    let user_features = source.join(USER_FEATURES_FILE).is_file();
+    let user_features = source.join(ranker_file::USER_FEATURES).is_file();
     if !in_place {
-        for file in ["weights.safetensors", "item_features.tsv"] {
+        for file in [ranker_file::WEIGHTS, ranker_file::ITEM_FEATURES] {
             copy(&source.join(file), &target.join(file))?;
         }
         if user_features {
             copy(
-                &source.join(USER_FEATURES_FILE),
-                &target.join(USER_FEATURES_FILE),
+                &source.join(ranker_file::USER_FEATURES),
+                &target.join(ranker_file::USER_FEATURES),
             )?;
         }
     }
@@ -79,35 +73,20 @@ pub fn attach_ranker(
                 ),
             )
         })?;
-        let name = format!("vocab/{}.txt", feature.name);
+        let name = ranker_file::vocabulary(&feature.name);
         let to = target.join(&name);
         if !(in_place && same_file(&from, &to)) {
             copy(&from, &to)?;
         }
         feature.vocabulary = format!("{RANKER_DIR}/{name}");
     }
-    let config_out = target.join("config.json");
+    let config_out = target.join(ranker_file::CONFIG);
     let text = serde_json::to_string_pretty(&config)
         .map_err(|e| BundleError::corrupt(&config_out, format!("cannot encode: {e}")))?;
     std::fs::write(&config_out, text + "\n").map_err(|e| BundleError::io(&config_out, e))?;
 
-    let spec = RankerSpec {
-        config: format!("{RANKER_DIR}/config.json"),
-        weights: format!("{RANKER_DIR}/weights.safetensors"),
-        item_features: format!("{RANKER_DIR}/item_features.tsv"),
-        user_features: user_features.then(|| format!("{RANKER_DIR}/{USER_FEATURES_FILE}")),
-    };
-    let files = RankerFiles {
-        bundle_dir: bundle_dir.to_path_buf(),
-        config: config_out,
-        weights: bundle_dir.join(&spec.weights),
-        item_features: bundle_dir.join(&spec.item_features),
-        user_features: spec
-            .user_features
-            .as_ref()
-            .map(|path| bundle_dir.join(path)),
-    };
-    let ranker = Ranker::load(&files).map_err(|e| BundleError::Invalid {
+    let spec = RankerSpec::attached(user_features);
+    let ranker = Ranker::load(&spec.files(bundle_dir)).map_err(|e| BundleError::Invalid {
         field: "ranker",
         reason: e.to_string(),
     })?;

@@ -1,0 +1,18 @@
+//! Writes bundles (the read-only format of `recsys-bundle`).
+//!
+//! Every producer of a bundle goes through here: `recsys bundle` with the user's
+//! own vectors (`.npy` or raw f32, [`ItemVectors`]), the synthetic catalogs of the
+//! demo, the tests and the benchmarks ([`synthetic`]), the trainer's exports, and
+//! a ranker trained elsewhere ([`attach_ranker`]). The shards' indexes are built
+//! by `recsys-index`, in a locality order ([`locality`]). Serving processes never
+//! link this crate: the gateway reads bundles with `recsys-bundle` alone.
+
+mod attach_ranker;
+mod builder;
+pub mod locality;
+pub mod synthetic;
+pub mod vectors;
+
+pub use attach_ranker::{AttachedRanker, attach_ranker};
+pub use builder::{BuildEvent, BuildOptions, build_bundle};
+pub use vectors::ItemVectors;
