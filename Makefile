@@ -15,7 +15,8 @@ deps:
 demo: deps
 	$(CARGO) run -q -p recsys-cli -- demo $(if $(DATA),--data $(DATA)) $(ARGS)
 
-## Everything CI checks: formatting, lints, unit, property and integration tests.
+## Everything CI checks: the vendored usearch is upstream plus its patch series,
+## formatting, lints, unit, property and integration tests.
 # The node binaries first: the process tests start them, and one left from an
 # older build would be tested instead of this tree's.
 test: deps lint
@@ -23,6 +24,7 @@ test: deps lint
 	$(CARGO) test --workspace
 
 lint: deps
+	third_party/usearch/scripts/apply-patches.sh --check
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 

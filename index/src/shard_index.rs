@@ -176,7 +176,7 @@ impl ShardIndex {
                 ),
             ));
         }
-        let index = Index::new(&usearch_options(&params, manifest.dimensions))
+        let mut index = Index::new(&usearch_options(&params, manifest.dimensions))
             .map_err(|e| BundleError::index(&path, e))?;
         let mut memory = None;
         match mode {
@@ -433,14 +433,14 @@ mod tests {
     fn only_a_viewed_index_is_packed() {
         let dir = tempfile::tempdir().unwrap();
         bundle(dir.path());
-        let loaded = ShardIndex::open_with(dir.path(), 0, LoadMode::Load).unwrap();
+        let mut loaded = ShardIndex::open_with(dir.path(), 0, LoadMode::Load).unwrap();
         let refused = loaded.index.pack_base_layer().unwrap_err();
         assert!(
             refused.what().contains("Only a viewed index"),
             "{}",
             refused.what()
         );
-        let viewed = ShardIndex::open_with(dir.path(), 0, LoadMode::View).unwrap();
+        let mut viewed = ShardIndex::open_with(dir.path(), 0, LoadMode::View).unwrap();
         viewed.index.pack_base_layer().unwrap();
         // Packing twice keeps the first copy.
         viewed.index.pack_base_layer().unwrap();

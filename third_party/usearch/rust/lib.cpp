@@ -308,7 +308,7 @@ void NativeIndex::view_from_buffer(rust::Slice<uint8_t const> buffer) const {
     index_->view(memory_mapped_file_t((byte_t*)buffer.data(), buffer.size())).error.raise();
 }
 
-void NativeIndex::pack_base_layer() const { index_->pack_base_layer().error.raise(); } // recsys patch
+void NativeIndex::pack_base_layer() { index_->pack_base_layer().error.raise(); } // recsys patch
 
 std::unique_ptr<NativeIndex> wrap(index_t&& index) {
     std::unique_ptr<index_t> punned_ptr;

@@ -131,7 +131,7 @@ class NativeIndex {
     void save_to_buffer(rust::Slice<uint8_t> buffer) const;
     void load_from_buffer(rust::Slice<uint8_t const> buffer) const;
     void view_from_buffer(rust::Slice<uint8_t const> buffer) const;
-    void pack_base_layer() const; // recsys patch
+    void pack_base_layer(); // recsys patch: not `const`, Rust calls it with `&mut Index`
 
   private:
     std::unique_ptr<index_dense_t> index_;

@@ -566,7 +566,7 @@ pub mod ffi {
         pub fn save_to_buffer(self: &NativeIndex, buffer: &mut [u8]) -> Result<()>;
         pub fn load_from_buffer(self: &NativeIndex, buffer: &[u8]) -> Result<()>;
         pub fn view_from_buffer(self: &NativeIndex, buffer: &[u8]) -> Result<()>;
-        pub fn pack_base_layer(self: &NativeIndex) -> Result<()>;
+        pub fn pack_base_layer(self: Pin<&mut NativeIndex>) -> Result<()>;
     }
 }
 
@@ -1835,11 +1835,13 @@ impl Index {
     /// recsys patch: copies a viewed index's vectors and base-layer links into one block per
     /// member, hnswlib's layout, so searches find a member's links without a pointer table.
     /// Results are unchanged; memory grows by about the size of the vectors plus the links.
-    /// Only a viewed index can be packed; `reset`, `view` and `load` undo it.
+    /// Only a viewed index can be packed; packing twice keeps the first copy; `reset`, `view`
+    /// and `load` undo it.
     ///
-    /// Not thread-safe: call it before the index is shared with searching threads.
-    pub fn pack_base_layer(self: &Index) -> Result<(), cxx::Exception> {
-        self.inner.pack_base_layer()
+    /// Packing swaps the tables a search reads, so it takes the index exclusively: `&mut self`
+    /// means no search can run while it does (`Index` is `Sync`, every search takes `&self`).
+    pub fn pack_base_layer(&mut self) -> Result<(), cxx::Exception> {
+        self.inner.pin_mut().pack_base_layer()
     }
 }
 
