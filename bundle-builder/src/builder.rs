@@ -6,7 +6,7 @@ use std::path::Path;
 
 use recsys_bundle::{
     BundleError, Catalog, FORMAT_VERSION, IndexParams, MANIFEST_FILE, Manifest, QueryModelSpec,
-    ShardEntry, UserTable, shard_file, shard_of,
+    ShardEntry, UserEmbeddings, shard_file, shard_of,
 };
 
 use crate::ItemVectors;
@@ -53,7 +53,7 @@ pub enum BuildEvent {
 pub fn build_bundle(
     dir: &Path,
     items: &ItemVectors,
-    users: Option<&UserTable>,
+    users: Option<&UserEmbeddings>,
     options: &BuildOptions,
     progress: &(dyn Fn(BuildEvent) + Sync),
 ) -> Result<Manifest, BundleError> {

@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, StandardNormal};
 use recsys_model::planted::{self, QUALITY_BUCKETS};
 
-use recsys_bundle::{BundleError, Manifest, RankerSpec, UserTable};
+use recsys_bundle::{BundleError, Manifest, RankerSpec, UserEmbeddings};
 
 use crate::{BuildEvent, BuildOptions, ItemVectors, build_bundle};
 
@@ -53,7 +53,7 @@ pub struct SyntheticCatalog {
     /// the ranker sees and the retrieval embeddings do not.
     pub item_quality: Vec<u8>,
     /// User embeddings; ids are `user-N`.
-    pub users: UserTable,
+    pub users: UserEmbeddings,
     /// Preferred cluster of each user, parallel to `users.ids()`.
     pub user_cluster: Vec<u32>,
 }
@@ -121,7 +121,7 @@ pub fn generate(spec: &SyntheticSpec) -> Result<SyntheticCatalog, BundleError> {
         Some(ids),
         Some(names),
     )?;
-    let users = UserTable::new(user_ids, dims, user_data)?;
+    let users = UserEmbeddings::new(user_ids, dims, user_data)?;
     Ok(SyntheticCatalog {
         items,
         item_cluster,

@@ -30,6 +30,7 @@ pub mod manifest;
 pub mod query_model;
 pub mod query_tower;
 pub mod sharding;
+pub mod vocabulary;
 
 pub use catalog::Catalog;
 pub use error::BundleError;
@@ -38,6 +39,7 @@ pub use layout::{RankerFiles, shard_file};
 pub use manifest::{
     FORMAT_VERSION, MANIFEST_FILE, Manifest, QueryModelSpec, RankerSpec, ShardEntry,
 };
-pub use query_model::{QueryModel, UserTable};
+pub use query_model::{QueryModel, UserEmbeddings};
 pub use query_tower::{QueryTower, TowerParts, TowerSpec};
 pub use sharding::shard_of;
+pub use vocabulary::Vocabulary;

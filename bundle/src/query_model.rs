@@ -15,7 +15,7 @@ use crate::{BundleError, Manifest, QueryModelSpec};
 #[derive(Debug, Clone)]
 pub enum QueryModel {
     /// One stored embedding per known user; features are not read.
-    Table(UserTable),
+    Table(UserEmbeddings),
     /// A trained tower over the user id and user features.
     Tower(QueryTower),
 }
@@ -28,7 +28,7 @@ impl QueryModel {
                 file,
                 tensor,
                 vocabulary,
-            } => Self::Table(UserTable::load(
+            } => Self::Table(UserEmbeddings::load(
                 &Manifest::resolve(dir, file),
                 tensor,
                 &Manifest::resolve(dir, vocabulary),
@@ -71,14 +71,14 @@ impl QueryModel {
 
 /// User embeddings by user id.
 #[derive(Debug, Clone)]
-pub struct UserTable {
+pub struct UserEmbeddings {
     dimensions: usize,
     ids: Vec<String>,
     rows: HashMap<String, usize>,
     data: Vec<f32>,
 }
 
-impl UserTable {
+impl UserEmbeddings {
     /// A table from ids and row-major embeddings.
     pub fn new(ids: Vec<String>, dimensions: usize, data: Vec<f32>) -> Result<Self, BundleError> {
         if dimensions == 0 || data.len() != ids.len() * dimensions {
@@ -123,7 +123,7 @@ impl UserTable {
         self.ids.is_empty()
     }
 
-    /// Row-major embeddings, row order of [`UserTable::ids`].
+    /// Row-major embeddings, row order of [`UserEmbeddings::ids`].
     pub fn data(&self) -> &[f32] {
         &self.data
     }
@@ -154,7 +154,7 @@ impl UserTable {
         write_lines(vocabulary_path, &self.ids)
     }
 
-    /// Reads a table written by [`UserTable::save`].
+    /// Reads a table written by [`UserEmbeddings::save`].
     pub fn load(
         tensor_path: &Path,
         tensor: &str,
@@ -210,13 +210,13 @@ mod tests {
     #[test]
     fn save_load_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let table = UserTable::new(vec!["a".into(), "b".into()], 2, vec![1., 2., 3., 4.]).unwrap();
+        let table = UserEmbeddings::new(vec!["a".into(), "b".into()], 2, vec![1., 2., 3., 4.]).unwrap();
         let (tensor, vocab) = (
             dir.path().join("q.safetensors"),
             dir.path().join("vocab/u.txt"),
         );
         table.save(&tensor, "user_embedding", &vocab).unwrap();
-        let loaded = UserTable::load(&tensor, "user_embedding", &vocab).unwrap();
+        let loaded = UserEmbeddings::load(&tensor, "user_embedding", &vocab).unwrap();
         assert_eq!(loaded.embedding("b"), Some(&[3., 4.][..]));
         assert_eq!(loaded.embedding("c"), None);
     }
@@ -226,7 +226,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tensor = dir.path().join("q.safetensors");
         std::fs::write(&tensor, b"garbage").unwrap();
-        let err = UserTable::load(&tensor, "t", &dir.path().join("v.txt"))
+        let err = UserEmbeddings::load(&tensor, "t", &dir.path().join("v.txt"))
             .unwrap_err()
             .to_string();
         assert!(err.contains("q.safetensors"), "{err}");

@@ -29,7 +29,7 @@ use std::path::Path;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
-use crate::BundleError;
+use crate::{BundleError, Vocabulary};
 use crate::lines::{f32_from_le_bytes, read_lines, write_lines};
 
 /// The tower's directory inside a bundle.
@@ -104,7 +104,7 @@ pub struct TowerParts {
 #[derive(Debug, Clone)]
 struct Table {
     name: String,
-    rows: HashMap<String, u32>,
+    vocabulary: Vocabulary,
     data: Vec<f32>,
 }
 
@@ -146,7 +146,7 @@ impl QueryTower {
 
     /// Users whose features are stored, or whose id has a row.
     pub fn known_users(&self) -> usize {
-        self.tables.first().map_or(0, |t| t.rows.len())
+        self.tables.first().map_or(0, |t| t.vocabulary.len())
     }
 
     /// Names of the user features the tower reads from requests.
@@ -166,9 +166,9 @@ impl QueryTower {
         let stored = self.stored.get(user_id);
         for (f, table) in self.tables.iter().enumerate() {
             let row = if f == 0 {
-                table.rows.get(user_id).copied()
+                table.vocabulary.get(user_id)
             } else if let Some(value) = features.get(&table.name) {
-                table.rows.get(value).copied()
+                table.vocabulary.get(value)
             } else {
                 stored.map(|rows| rows[f - 1]).filter(|&r| r > 0)
             };
@@ -312,7 +312,8 @@ impl QueryTower {
             let name = format!("embedding.{}", feature.name);
             let (shape, data) = tensor(&name)?;
             let vocab_path = bundle_dir.join(&feature.vocabulary);
-            let values = read_lines(&vocab_path)?;
+            let vocabulary = Vocabulary::read(&vocab_path)?;
+            let values = vocabulary.values();
             let expected_width = *width.get_or_insert(shape.get(1).copied().unwrap_or(0));
             if shape != [values.len() + 1, expected_width] || expected_width == 0 {
                 return Err(BundleError::corrupt(
@@ -325,14 +326,9 @@ impl QueryTower {
                     ),
                 ));
             }
-            let rows = values
-                .into_iter()
-                .enumerate()
-                .map(|(i, v)| (v, i as u32 + 1))
-                .collect();
             tables.push(Table {
                 name: feature.name.clone(),
-                rows,
+                vocabulary,
                 data,
             });
         }
@@ -451,7 +447,7 @@ fn read_users(path: &Path, tables: &[Table]) -> Result<HashMap<String, Vec<u32>>
         let rows = cells[1..]
             .iter()
             .zip(&tables[1..])
-            .map(|(cell, table)| table.rows.get(*cell).copied().unwrap_or(0))
+            .map(|(cell, table)| table.vocabulary.lookup(cell))
             .collect();
         stored.insert(cells[0].to_string(), rows);
     }

@@ -222,7 +222,7 @@ pub fn build_synthetic(
 fn build(
     out: &Path,
     items: &ItemVectors,
-    users: Option<&recsys_bundle::UserTable>,
+    users: Option<&recsys_bundle::UserEmbeddings>,
     index: &IndexArgs,
     version: Option<String>,
     source: &str,

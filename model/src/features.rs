@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use recsys_bundle::Vocabulary;
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
@@ -163,8 +164,9 @@ impl From<&str> for FeatureInput {
 #[derive(Debug)]
 pub(crate) struct Feature {
     pub spec: FeatureSpec,
-    /// Value → embedding row (rows start at 1; 0 is out of vocabulary).
-    pub rows: HashMap<String, u32>,
+    /// Value → embedding row (rows start at 1; 0 is out of vocabulary); empty
+    /// for numeric features.
+    pub vocabulary: Vocabulary,
     /// `[vocabulary + 1, dim]`, row-major; empty for numeric features.
     pub table: Vec<f32>,
 }
@@ -180,7 +182,7 @@ impl Feature {
         out.resize(start + self.spec.dim, 0.0);
         let mut count = 0usize;
         for value in values {
-            let row = self.rows.get(value).copied().unwrap_or(0);
+            let row = self.vocabulary.lookup(value);
             for (sum, x) in out[start..].iter_mut().zip(self.row(row)) {
                 *sum += x;
             }
@@ -224,7 +226,7 @@ impl Feature {
                 Ok(true)
             }
             (FeatureKind::Categorical, Some(FeatureInput::Value(v))) => {
-                let row = self.rows.get(v).copied().unwrap_or(0);
+                let row = self.vocabulary.lookup(v);
                 out.extend_from_slice(self.row(row));
                 Ok(row == 0)
             }
@@ -279,7 +281,7 @@ impl Feature {
     fn encode_cell(&self, cell: Option<&str>, out: &mut Vec<f32>) -> Result<(), String> {
         match self.spec.kind {
             FeatureKind::Categorical => {
-                let row = cell.and_then(|v| self.rows.get(v)).copied().unwrap_or(0);
+                let row = cell.map_or(0, |v| self.vocabulary.lookup(v));
                 out.extend_from_slice(self.row(row));
             }
             FeatureKind::MultiHot => {
@@ -432,15 +434,16 @@ mod tests {
         let mut spec = FeatureSpec::categorical("f", Side::Item, "vocab/f.txt", dim);
         spec.kind = kind;
         spec.pooling = pooling;
-        let rows = [("a", 1), ("b", 2)]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
+        let vocabulary = Vocabulary::new(["a", "b"]);
         // Row r holds r + column / 10.
         let table = (0..3)
             .flat_map(|r| (0..dim).map(move |c| r as f32 + c as f32 / 10.0))
             .collect();
-        Feature { spec, rows, table }
+        Feature {
+            spec,
+            vocabulary,
+            table,
+        }
     }
 
     fn close(got: &[f32], want: &[f32]) {

@@ -5,7 +5,7 @@
 //! exactly; `tests/tfrs_parity.rs` checks it against outputs produced by TFRS
 //! itself. [`keras`] maps Keras weight names and layouts onto ours. [`ranker`]
 //! assembles x0 from [`features`] (categorical, multi-hot, numeric) and scores
-//! candidates, with the user-side values stored in `user_table` as request
+//! candidates, with the user-side values stored in `stored_user_features` as request
 //! defaults; [`planted`] writes a hand-set ranker for synthetic bundles.
 
 mod cross_fold;
@@ -16,7 +16,7 @@ pub mod features;
 pub mod keras;
 pub mod planted;
 pub mod ranker;
-mod user_table;
+mod stored_user_features;
 
 pub use dcn_mix::{MixConfig, MixCrossLayer};
 pub use dcn_v2::{Activation, CrossLayer, DcnConfig, DcnV2, Structure};

@@ -11,7 +11,7 @@
 //! ranker/item_features.tsv    header "item_id<TAB>feature...", one item per line
 //!                             (multi-hot cells list values separated by "|")
 //! ranker/user_features.tsv    optional: header "user_id<TAB>feature...", the stored
-//!                             user-side values a request may leave out (crate::user_table)
+//!                             user-side values a request may leave out (crate::stored_user_features)
 //! ```
 //!
 //! Features are categorical, multi-hot or numeric ([`crate::features`]). Unknown
@@ -25,11 +25,12 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use recsys_bundle::Vocabulary;
 use serde::{Deserialize, Serialize};
 
 use crate::cross_fold::CrossFold;
 use crate::features::{Feature, ItemTable};
-use crate::user_table::UserTable;
+use crate::stored_user_features::StoredUserFeatures;
 use crate::{DcnConfig, DcnV2, ModelError};
 
 pub use crate::features::{FeatureInput, FeatureKind, FeatureSpec, Normalization, Pooling, Side};
@@ -97,7 +98,7 @@ pub struct Ranker {
     /// The item side of x0, per item.
     items: ItemTable,
     /// Stored user-side values, the defaults of request features.
-    users: UserTable,
+    users: StoredUserFeatures,
     /// The item side of the first cross product, per item, when precomputed.
     first: Option<FirstProduct>,
     /// The first cross layer folded into the first deep layer, when the model has
@@ -143,22 +144,18 @@ impl Ranker {
             if spec.kind == FeatureKind::Numeric {
                 features.push(Feature {
                     spec: spec.clone(),
-                    rows: HashMap::new(),
+                    vocabulary: Vocabulary::default(),
                     table: Vec::new(),
                 });
                 continue;
             }
-            let vocabulary = read(&files.bundle_dir.join(&spec.vocabulary))?;
-            let rows: HashMap<String, u32> = vocabulary
-                .lines()
-                .enumerate()
-                .map(|(i, value)| (value.to_string(), i as u32 + 1))
-                .collect();
+            let vocabulary = Vocabulary::read(&files.bundle_dir.join(&spec.vocabulary))
+                .map_err(|e| ModelError::Weights(e.to_string()))?;
             let name = format!("embedding.{}", spec.name);
             let table = tensors.get(&name).ok_or_else(|| {
                 ModelError::Weights(format!("{}: no tensor {name}", files.weights.display()))
             })?;
-            let expected = (rows.len() + 1, spec.dim);
+            let expected = (vocabulary.rows(), spec.dim);
             if table.dims() != [expected.0, expected.1] {
                 return Err(ModelError::Weights(format!(
                     "{}: tensor {name} is {:?}, the vocabulary and config need [{}, {}]",
@@ -174,7 +171,7 @@ impl Ranker {
                 .to_vec1::<f32>()?;
             features.push(Feature {
                 spec: spec.clone(),
-                rows,
+                vocabulary,
                 table,
             });
         }
@@ -183,8 +180,8 @@ impl Ranker {
             .map_err(|e| ModelError::Weights(format!("{}: {e}", files.weights.display())))?;
         let items = ItemTable::load(&files.item_features, &features)?;
         let users = match &files.user_features {
-            Some(path) => UserTable::load(path, &config.features)?,
-            None => UserTable::default(),
+            Some(path) => StoredUserFeatures::load(path, &config.features)?,
+            None => StoredUserFeatures::default(),
         };
         let (user_cols, item_cols) = columns_by_side(&features);
         let first = FirstProduct::new(&model, &user_cols, &item_cols, &items)?;

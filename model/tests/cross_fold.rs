@@ -142,14 +142,7 @@ fn write_ranker(dir: &Path, shape: &Shape, seed: u64) -> Ranker {
         ));
     }
     std::fs::write(dir.join("item_features.tsv"), table).unwrap();
-    Ranker::load(&RankerFiles {
-        bundle_dir: dir.to_path_buf(),
-        config: dir.join("config.json"),
-        weights: dir.join("weights.safetensors"),
-        item_features: dir.join("item_features.tsv"),
-        user_features: None,
-    })
-    .unwrap()
+    Ranker::load(&RankerFiles::in_dir(dir)).unwrap()
 }
 
 fn user(id: &str, age: f64) -> UserContext {

@@ -103,7 +103,7 @@ pub fn tower_parts(model: &TwoTower) -> Result<TowerParts> {
             data: model.tensor(tensor)?.flatten_all()?.to_vec1::<f32>()?,
         })
     };
-    let users = model.user_table();
+    let users = model.user_feature_rows();
     let mut tables = vec![table(USER_ID_FEATURE, "user.id", vocab.user_id.values())?];
     for name in &users.names {
         let values = vocab

@@ -190,14 +190,14 @@ pub struct ItemTable {
 
 /// User features by user row: `users × features` rows, features in name order.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct UserTable {
+pub struct UserFeatureRows {
     /// Feature names, in the order of the columns.
     pub names: Vec<String>,
     /// Row-major `users × names.len()`.
     pub rows: Vec<u32>,
 }
 
-impl UserTable {
+impl UserFeatureRows {
     /// The feature rows of `users` for column `f`.
     pub fn column(&self, f: usize, users: &[u32]) -> Vec<u32> {
         let width = self.names.len();
@@ -213,7 +213,7 @@ pub fn build_tables(
     data: &Dataset,
     vocab: &Vocabularies,
     choice: &FeatureChoice,
-) -> (ItemTable, UserTable) {
+) -> (ItemTable, UserFeatureRows) {
     let items: HashMap<&str, &crate::dataset::Item> =
         data.items.iter().map(|i| (i.id.as_str(), i)).collect();
     let item_rows = vocab.item_id.rows();
@@ -263,7 +263,7 @@ pub fn build_tables(
                 .map_or(0, |v| vocab.user_features[name].lookup(v));
         }
     }
-    (item_table, UserTable { names, rows })
+    (item_table, UserFeatureRows { names, rows })
 }
 
 #[cfg(test)]

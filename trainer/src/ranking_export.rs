@@ -20,17 +20,13 @@ use std::path::Path;
 use recsys_model::{FeatureKind, FeatureSpec, Normalization, Pooling, RankerConfig, Side};
 
 use crate::error::{Result, TrainerError};
-use crate::ranking_features::{Column, ColumnValues, FeatureSide, ValueKind};
+use crate::ranking_features::{Column, ColumnValues};
 use crate::ranking_model::RankingModel;
 
-/// `config.json`.
-pub const CONFIG_FILE: &str = "config.json";
-/// `weights.safetensors`.
-pub const WEIGHTS_FILE: &str = "weights.safetensors";
-/// `item_features.tsv`.
-pub const ITEM_FEATURES_FILE: &str = "item_features.tsv";
-/// `user_features.tsv`.
-pub const USER_FEATURES_FILE: &str = "user_features.tsv";
+use recsys_bundle::layout::ranker_file::{
+    CONFIG as CONFIG_FILE, ITEM_FEATURES as ITEM_FEATURES_FILE,
+    USER_FEATURES as USER_FEATURES_FILE, WEIGHTS as WEIGHTS_FILE, vocabulary as vocabulary_file,
+};
 
 /// Writes `model` to `dir` (created when missing) as ranker `version`.
 pub fn export(model: &RankingModel, dir: &Path, version: &str) -> Result<()> {
@@ -55,7 +51,7 @@ pub fn export(model: &RankingModel, dir: &Path, version: &str) -> Result<()> {
     write(&config_path, json + "\n")?;
     for column in &tables.columns {
         // Multi-hot cells are split on `|`, so no value may hold one.
-        if column.feature.kind() == ValueKind::MultiHot
+        if column.feature.kind() == FeatureKind::MultiHot
             && let Some(value) = column.vocabulary.values().iter().find(|v| v.contains('|'))
         {
             return Err(TrainerError::ModelFile {
@@ -63,7 +59,7 @@ pub fn export(model: &RankingModel, dir: &Path, version: &str) -> Result<()> {
                 reason: format!("{} value {value:?} holds a |", column.feature.name()),
             });
         }
-        if column.feature.kind() != ValueKind::Numeric {
+        if column.feature.kind() != FeatureKind::Numeric {
             column
                 .vocabulary
                 .write(&vocab_dir.join(format!("{}.txt", column.feature.name())))?;
@@ -82,7 +78,7 @@ pub fn export(model: &RankingModel, dir: &Path, version: &str) -> Result<()> {
         items.push((id, r + 1));
     }
     items.sort_unstable();
-    let item_columns: Vec<&Column> = side(model, FeatureSide::Item);
+    let item_columns: Vec<&Column> = side(model, Side::Item);
     let text = table(
         &item_path,
         "item_id",
@@ -91,7 +87,7 @@ pub fn export(model: &RankingModel, dir: &Path, version: &str) -> Result<()> {
     )?;
     write(&item_path, text)?;
 
-    let user_columns: Vec<&Column> = side(model, FeatureSide::User)
+    let user_columns: Vec<&Column> = side(model, Side::User)
         .into_iter()
         .filter(|c| c.feature.name() != "user_id")
         .collect();
@@ -114,7 +110,7 @@ pub fn export(model: &RankingModel, dir: &Path, version: &str) -> Result<()> {
     Ok(())
 }
 
-fn side(model: &RankingModel, side: FeatureSide) -> Vec<&Column> {
+fn side(model: &RankingModel, side: Side) -> Vec<&Column> {
     model
         .tables()
         .columns
@@ -125,11 +121,8 @@ fn side(model: &RankingModel, side: FeatureSide) -> Vec<&Column> {
 
 fn spec(column: &Column, dim: usize) -> FeatureSpec {
     let name = column.feature.name();
-    let side = match column.feature.side() {
-        FeatureSide::User => Side::User,
-        FeatureSide::Item => Side::Item,
-    };
-    let vocabulary = format!("vocab/{name}.txt");
+    let side = column.feature.side();
+    let vocabulary = vocabulary_file(name);
     match &column.values {
         ColumnValues::Rows(_) => FeatureSpec::categorical(name, side, &vocabulary, dim),
         ColumnValues::Lists(_) => FeatureSpec {

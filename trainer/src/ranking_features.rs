@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 
+use recsys_model::{FeatureKind, Side};
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::{Dataset, Item, User};
@@ -45,26 +46,6 @@ pub enum RankingFeature {
     BucketizedUserAge,
 }
 
-/// Which side of a request a feature is on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FeatureSide {
-    /// The user (request) side.
-    User,
-    /// The item (catalog) side.
-    Item,
-}
-
-/// How a feature's values become numbers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ValueKind {
-    /// One value, one embedding row.
-    Categorical,
-    /// A list of values, rows mean-pooled.
-    MultiHot,
-    /// A standardized number.
-    Numeric,
-}
-
 impl RankingFeature {
     /// The served name (a column of the ranker's feature tables).
     pub fn name(self) -> &'static str {
@@ -82,21 +63,21 @@ impl RankingFeature {
     }
 
     /// The side it belongs to.
-    pub fn side(self) -> FeatureSide {
+    pub fn side(self) -> Side {
         match self {
             Self::MovieId | Self::MovieTitle | Self::MovieGenres | Self::MovieYear => {
-                FeatureSide::Item
+                Side::Item
             }
-            _ => FeatureSide::User,
+            _ => Side::User,
         }
     }
 
     /// Its kind.
-    pub fn kind(self) -> ValueKind {
+    pub fn kind(self) -> FeatureKind {
         match self {
-            Self::MovieGenres => ValueKind::MultiHot,
-            Self::MovieYear => ValueKind::Numeric,
-            _ => ValueKind::Categorical,
+            Self::MovieGenres => FeatureKind::MultiHot,
+            Self::MovieYear => FeatureKind::Numeric,
+            _ => FeatureKind::Categorical,
         }
     }
 
@@ -250,7 +231,7 @@ impl FeatureTables {
             }
             // Per entity row (row 0 first): the feature's values.
             let values: Vec<Vec<String>> = match feature.side() {
-                FeatureSide::User => std::iter::once(Vec::new())
+                Side::User => std::iter::once(Vec::new())
                     .chain(users.values().iter().map(|id| {
                         match feature {
                             RankingFeature::UserId => vec![id.clone()],
@@ -262,7 +243,7 @@ impl FeatureTables {
                         }
                     }))
                     .collect(),
-                FeatureSide::Item => std::iter::once(Vec::new())
+                Side::Item => std::iter::once(Vec::new())
                     .chain(items.values().iter().map(|id| {
                         match feature {
                             RankingFeature::MovieId => vec![id.clone()],
@@ -294,13 +275,13 @@ impl FeatureTables {
 
 fn missing(feature: RankingFeature, data: &Dataset) -> TrainerError {
     let reason = match (feature.side(), feature.user_field()) {
-        (FeatureSide::User, Some(field)) if data.users.is_empty() => {
+        (Side::User, Some(field)) if data.users.is_empty() => {
             format!("needs the user field {field} and the data set has no user file")
         }
-        (FeatureSide::User, Some(field)) => {
+        (Side::User, Some(field)) => {
             format!("needs the user field {field} and no user in the user file has it")
         }
-        (FeatureSide::Item, _) if data.items.is_empty() => {
+        (Side::Item, _) if data.items.is_empty() => {
             "needs the item file and the data set has none".to_string()
         }
         _ => {
@@ -320,7 +301,7 @@ fn missing(feature: RankingFeature, data: &Dataset) -> TrainerError {
 
 fn column(feature: RankingFeature, values: &[Vec<String>]) -> Result<Column> {
     let column = match feature.kind() {
-        ValueKind::Categorical => {
+        FeatureKind::Categorical => {
             let vocabulary = Vocabulary::new(values.iter().flatten().cloned());
             let rows = values
                 .iter()
@@ -332,7 +313,7 @@ fn column(feature: RankingFeature, values: &[Vec<String>]) -> Result<Column> {
                 values: ColumnValues::Rows(rows),
             }
         }
-        ValueKind::MultiHot => {
+        FeatureKind::MultiHot => {
             let vocabulary = Vocabulary::new(values.iter().flatten().cloned());
             let lists: Vec<Vec<u32>> = values
                 .iter()
@@ -344,7 +325,7 @@ fn column(feature: RankingFeature, values: &[Vec<String>]) -> Result<Column> {
                 values: ColumnValues::Lists(Padded::new(&lists)),
             }
         }
-        ValueKind::Numeric => {
+        FeatureKind::Numeric => {
             let raw: Vec<Option<f64>> = values
                 .iter()
                 .map(|v| v.first().and_then(|x| x.parse::<f64>().ok()))

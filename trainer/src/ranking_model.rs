@@ -29,7 +29,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataset::{Dataset, Interaction};
 use crate::error::{Result, TrainerError};
-use crate::ranking_features::{ColumnValues, FeatureTables, RankingFeature, ValueKind};
+use crate::ranking_features::{ColumnValues, FeatureTables, RankingFeature};
+use recsys_model::{FeatureKind, Side};
 
 /// A feature and the width of its slice of x0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,7 +60,7 @@ impl RankingModelConfig {
     /// Width of each feature's slice.
     fn width(f: &FeatureWidth) -> usize {
         match f.feature.kind() {
-            ValueKind::Numeric => 1,
+            FeatureKind::Numeric => 1,
             _ => f.dim,
         }
     }
@@ -159,7 +160,7 @@ impl RankingModel {
         let mut embeddings = Vec::with_capacity(tables.columns.len());
         for (column, width) in tables.columns.iter().zip(&config.features) {
             embeddings.push(match column.feature.kind() {
-                ValueKind::Numeric => None,
+                FeatureKind::Numeric => None,
                 _ => Some(vb.get(
                     (column.vocabulary.rows(), width.dim),
                     &format!("embedding.{}", column.feature.name()),
@@ -248,8 +249,8 @@ impl RankingModel {
         let mut parts = Vec::with_capacity(self.tables.columns.len());
         for (column, embedding) in self.tables.columns.iter().zip(&self.embeddings) {
             let entities = match column.feature.side() {
-                crate::ranking_features::FeatureSide::User => users,
-                crate::ranking_features::FeatureSide::Item => items,
+                Side::User => users,
+                Side::Item => items,
             };
             let part = match (&column.values, embedding) {
                 (ColumnValues::Rows(rows), Some(table)) => {

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataset::{Dataset, Interaction};
 use crate::error::{Result, TrainerError};
-use crate::features::{FeatureChoice, ItemTable, Padded, UserTable, Vocabularies, build_tables};
+use crate::features::{FeatureChoice, ItemTable, Padded, UserFeatureRows, Vocabularies, build_tables};
 use crate::vocabulary::Vocabulary;
 
 /// The model's shape.
@@ -56,7 +56,7 @@ pub struct TwoTower {
     config: TwoTowerConfig,
     vocab: Vocabularies,
     items: ItemTable,
-    users: UserTable,
+    users: UserFeatureRows,
     vars: BTreeMap<String, Var>,
     device: Device,
 }
@@ -185,7 +185,7 @@ impl TwoTower {
     }
 
     /// The stored features of every user row, for exporting the query tower.
-    pub fn user_table(&self) -> &UserTable {
+    pub fn user_feature_rows(&self) -> &UserFeatureRows {
         &self.users
     }
 
@@ -387,7 +387,7 @@ fn tables_from_tensors(
     tables: &HashMap<String, Tensor>,
     names: Vec<String>,
     path: &Path,
-) -> Result<(ItemTable, UserTable)> {
+) -> Result<(ItemTable, UserFeatureRows)> {
     let get = |name: &str| {
         tables.get(name).ok_or_else(|| TrainerError::ModelFile {
             path: path.to_path_buf(),
@@ -421,5 +421,5 @@ fn tables_from_tensors(
     for u in 0..users {
         rows.extend(columns.iter().map(|c| c[u]));
     }
-    Ok((items, UserTable { names, rows }))
+    Ok((items, UserFeatureRows { names, rows }))
 }

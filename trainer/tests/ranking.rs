@@ -6,10 +6,9 @@
 
 use std::collections::HashMap;
 
-use recsys_model::{FeatureInput, Ranker, RankerFiles, Structure, UserContext};
-use recsys_trainer::ranking_export::{
-    CONFIG_FILE, ITEM_FEATURES_FILE, USER_FEATURES_FILE, WEIGHTS_FILE,
-};
+use recsys_bundle::RankerFiles;
+use recsys_bundle::layout::ranker_file::USER_FEATURES as USER_FEATURES_FILE;
+use recsys_model::{FeatureInput, Ranker, Structure, UserContext};
 use recsys_trainer::synthetic_ratings::PlantedRatings;
 use recsys_trainer::{
     Dataset, FeatureWidth, RankingFeature, RankingModel, RankingModelConfig, RankingOptimizer,
@@ -170,15 +169,7 @@ fn training_is_deterministic_for_a_seed() {
 }
 
 fn load(dir: &std::path::Path) -> Ranker {
-    let user_features = dir.join(USER_FEATURES_FILE);
-    Ranker::load(&RankerFiles {
-        bundle_dir: dir.to_path_buf(),
-        config: dir.join(CONFIG_FILE),
-        weights: dir.join(WEIGHTS_FILE),
-        item_features: dir.join(ITEM_FEATURES_FILE),
-        user_features: user_features.is_file().then_some(user_features),
-    })
-    .unwrap()
+    Ranker::load(&RankerFiles::in_dir(dir)).unwrap()
 }
 
 fn assert_close(got: &[f32], want: &[f32]) {

@@ -17,14 +17,14 @@ use crate::features::{FeatureInput, FeatureKind, FeatureSpec, Side};
 
 /// The stored user-side values, by user id.
 #[derive(Debug, Default)]
-pub(crate) struct UserTable {
+pub(crate) struct StoredUserFeatures {
     /// Feature name → column.
     columns: HashMap<String, usize>,
     /// User id → one value per column (`None`: the cell was empty).
     users: HashMap<String, Vec<Option<FeatureInput>>>,
 }
 
-impl UserTable {
+impl StoredUserFeatures {
     /// Reads `user_id<TAB>feature...`; every column must be a user-side feature of
     /// `specs` other than `user_id` itself, each at most once.
     pub fn load(path: &Path, specs: &[FeatureSpec]) -> Result<Self, ModelError> {
@@ -126,11 +126,11 @@ mod tests {
         ]
     }
 
-    fn load(text: &str) -> Result<UserTable, ModelError> {
+    fn load(text: &str) -> Result<StoredUserFeatures, ModelError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("user_features.tsv");
         std::fs::write(&path, text).unwrap();
-        UserTable::load(&path, &specs())
+        StoredUserFeatures::load(&path, &specs())
     }
 
     #[test]
