@@ -65,14 +65,11 @@ async fn search_replicas(
         replicas,
         deadline,
         hedge_after,
-        |channel, remaining| {
+        |node, remaining| {
             let mut grpc_request = tonic::Request::new(request.clone());
             grpc_request.set_timeout(remaining);
-            async move {
-                RetrievalServiceClient::new(channel)
-                    .search(grpc_request)
-                    .await
-            }
+            let mut client = RetrievalServiceClient::new(node.channel.clone());
+            async move { client.search(grpc_request).await }
         },
     )
     .await
@@ -89,6 +86,11 @@ async fn search_replicas(
 /// transport failure (`UNAVAILABLE`, or `CANCELLED`/`UNKNOWN` from a connection
 /// that broke mid-call) also leaves the node out of routing until a health check
 /// passes. The error is a lowercase reason for coverage.
+///
+/// `call` makes one attempt on the node it is given (usually a gRPC call on
+/// `node.channel`) with the time left; taking the node rather than only its channel
+/// lets the tests in `fanout/call_replicas_tests.rs` script each replica's answer
+/// and run this policy on a paused clock.
 pub async fn call_replicas<T, F, Fut>(
     clients: &NodeChannels,
     replicas: &[NodeRecord],
@@ -97,7 +99,7 @@ pub async fn call_replicas<T, F, Fut>(
     mut call: F,
 ) -> Result<T, String>
 where
-    F: FnMut(tonic::transport::Channel, std::time::Duration) -> Fut,
+    F: FnMut(&NodeHandle, std::time::Duration) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
     let order = clients.replica_order(replicas);
@@ -109,7 +111,7 @@ where
     let mut attempt = |replica: Result<Arc<NodeHandle>, String>| {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let call = replica.map(|node| {
-            let call = call(node.channel.clone(), remaining);
+            let call = call(&node, remaining);
             (node, call)
         });
         async move {
@@ -247,6 +249,9 @@ fn code_name(code: Code) -> &'static str {
         Code::Unauthenticated => "unauthenticated",
     }
 }
+
+#[cfg(test)]
+mod call_replicas_tests;
 
 #[cfg(test)]
 mod tests {

@@ -38,7 +38,8 @@ pub fn spawn(
     });
 }
 
-async fn check_all(clients: &NodeChannels, view: &ClusterView, interval: Duration) {
+/// One round: checks every node of `view` at once and records each verdict.
+pub(crate) async fn check_all(clients: &NodeChannels, view: &ClusterView, interval: Duration) {
     let addrs: FxHashSet<&str> = view
         .shards
         .iter()

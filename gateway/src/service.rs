@@ -286,10 +286,11 @@ impl Gateway {
             &view.ranking,
             deadline,
             self.shared.policy.hedge_after,
-            |channel, remaining| {
+            |node, remaining| {
                 let mut grpc_request = tonic::Request::new(request.clone());
                 grpc_request.set_timeout(remaining);
-                async move { RankingServiceClient::new(channel).rank(grpc_request).await }
+                let mut client = RankingServiceClient::new(node.channel.clone());
+                async move { client.rank(grpc_request).await }
             },
         )
         .await

@@ -69,6 +69,16 @@ fn user_features(
         .collect()
 }
 
+/// A full queue is back-pressure the gateway answers by falling back to retrieval
+/// order (and does not count against the node's health); a closed one means the
+/// node is going away, which the gateway retries elsewhere.
+fn queue_status(error: QueueError) -> Status {
+    match error {
+        QueueError::Full(_) => Status::resource_exhausted(error.to_string()),
+        QueueError::Closed => Status::unavailable(error.to_string()),
+    }
+}
+
 #[tonic::async_trait]
 impl RankingService for RankingNodeService {
     async fn rank(&self, request: Request<RankRequest>) -> Result<Response<RankResponse>, Status> {
@@ -98,16 +108,14 @@ impl RankingService for RankingNodeService {
             features: user_features(&request.user_features)?,
         };
         let items = request.item_ids;
-        let answer =
-            self.batcher
-                .submit(ranker.clone(), user, items)
-                .map_err(|error| match error {
-                    QueueError::Full(_) => Status::resource_exhausted(error.to_string()),
-                    QueueError::Closed => Status::unavailable(error.to_string()),
-                })?;
+        let answer = self
+            .batcher
+            .submit(ranker.clone(), user, items)
+            .map_err(queue_status)?;
+        // The reply is dropped unanswered only when the scoring pass panicked.
         let scored = answer
             .await
-            .map_err(|_| Status::internal("scoring thread ended without an answer"))?;
+            .map_err(|_| Status::internal("scoring pass failed without an answer"))?;
         match scored {
             Ok(scores) => Ok(Response::new(RankResponse {
                 scores: scores.scores,
@@ -119,5 +127,19 @@ impl RankingService for RankingNodeService {
             }
             Err(error) => Err(Status::internal(error.to_string())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn a_full_queue_is_resource_exhausted_and_a_closed_one_unavailable() {
+        let full = queue_status(QueueError::Full(4));
+        assert_eq!(full.code(), Code::ResourceExhausted);
+        assert_eq!(full.message(), "ranking queue full: 4 requests waiting");
+        assert_eq!(queue_status(QueueError::Closed).code(), Code::Unavailable);
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod compose;
 pub mod load;
+pub mod misbehaving;
 pub mod processes;
 
 use std::net::SocketAddr;

@@ -145,21 +145,28 @@ impl NodeProcess {
     /// `kill -TERM` and wait (at most `timeout`) for the process to exit by itself;
     /// returns whether it did.
     pub async fn terminate(&mut self, timeout: Duration) -> bool {
-        let Some(mut child) = self.child.take() else {
-            return true;
-        };
+        self.child.is_none() || self.terminate_with_status(timeout).await.is_some()
+    }
+
+    /// `kill -TERM` and wait (at most `timeout`) for the process to exit by itself;
+    /// its exit status, or `None` when it had to be killed (or was not running).
+    pub async fn terminate_with_status(
+        &mut self,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            if let Ok(Some(_)) = child.try_wait() {
-                return true;
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
             }
             if std::time::Instant::now() >= deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                return false;
+                return None;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -1,0 +1,194 @@
+//! Nodes that misbehave on purpose, for the gateway's failure tests: a ranking node
+//! that is slow, fails, or answers the wrong number of scores; a retrieval node
+//! whose bundle is still loading; a peer that accepts connections and never says a
+//! word. The first two implement the generated tonic server traits of
+//! `recsys-proto` and run on a real gRPC server with the health, reflection and
+//! metrics layers every node has (`recsys_server::grpc::standard_router`), so the
+//! gateway reaches them exactly as it reaches real nodes: nothing of the gateway
+//! is replaced.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use recsys_proto::v1::ranking_service_server::{RankingService, RankingServiceServer};
+use recsys_proto::v1::retrieval_service_server::{RetrievalService, RetrievalServiceServer};
+use recsys_proto::v1::{
+    InfoRequest, InfoResponse, RankRequest, RankResponse, SearchRequest, SearchResponse,
+};
+use recsys_server::grpc::{incoming, set_health, standard_router};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic::{Code, Request, Response, Status};
+use tonic_health::ServingStatus;
+
+/// The model version a well-behaved [`FakeRanker`] answers with.
+pub const FAKE_MODEL_VERSION: &str = "fake-ranker";
+
+/// The message of a [`RankerBehaviour::Fails`] status.
+pub const FAKE_FAILURE: &str = "fake ranker failure";
+
+/// How a [`FakeRanker`] answers.
+#[derive(Debug, Clone, Copy)]
+pub enum RankerBehaviour {
+    /// One score per candidate: the candidate's position, so a ranked answer is the
+    /// retrieval order reversed and cannot be mistaken for the fallback.
+    Good,
+    /// As `Good`, after this long.
+    Slow(Duration),
+    /// Fails with this code and [`FAKE_FAILURE`].
+    Fails(Code),
+    /// One score fewer than candidates.
+    WrongScoreCount,
+}
+
+/// A ranking node that behaves as told and counts its calls.
+#[derive(Debug, Clone)]
+pub struct FakeRanker {
+    behaviour: RankerBehaviour,
+    calls: Arc<AtomicUsize>,
+}
+
+impl FakeRanker {
+    pub fn new(behaviour: RankerBehaviour) -> Self {
+        Self {
+            behaviour,
+            calls: Arc::default(),
+        }
+    }
+
+    /// `Rank` calls that reached it so far.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+#[tonic::async_trait]
+impl RankingService for FakeRanker {
+    async fn rank(&self, request: Request<RankRequest>) -> Result<Response<RankResponse>, Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let candidates = request.get_ref().item_ids.len();
+        let mut scores: Vec<f32> = (0..candidates).map(|i| i as f32).collect();
+        match self.behaviour {
+            RankerBehaviour::Good => {}
+            RankerBehaviour::Slow(delay) => tokio::time::sleep(delay).await,
+            RankerBehaviour::Fails(code) => return Err(Status::new(code, FAKE_FAILURE)),
+            RankerBehaviour::WrongScoreCount => {
+                scores.pop();
+            }
+        }
+        Ok(Response::new(RankResponse {
+            scores,
+            model_version: FAKE_MODEL_VERSION.into(),
+            user_out_of_vocabulary: false,
+        }))
+    }
+}
+
+/// The message a [`LoadingShard`] refuses searches with: a real node's while its
+/// shard loads (`retrieval-node`'s `NodeError::NotReady`).
+pub const STILL_LOADING: &str = "shard not ready: the shard is still loading";
+
+/// A retrieval node whose shard never finishes loading: health `NOT_SERVING`,
+/// `Search` `UNAVAILABLE`, as a real node answers until its shard is in memory.
+#[derive(Debug, Clone, Default)]
+pub struct LoadingShard {
+    calls: Arc<AtomicUsize>,
+}
+
+impl LoadingShard {
+    /// `Search` calls that reached it so far.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+#[tonic::async_trait]
+impl RetrievalService for LoadingShard {
+    async fn search(&self, _: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Err(Status::unavailable(STILL_LOADING))
+    }
+
+    async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        Ok(Response::new(InfoResponse {
+            state: "loading".into(),
+            ..Default::default()
+        }))
+    }
+}
+
+/// Serves `ranker` on a free loopback port until `token` is cancelled, health `SERVING`.
+pub async fn serve_ranker(ranker: FakeRanker, token: &CancellationToken) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (health, router) = standard_router().unwrap();
+    let name = <RankingServiceServer<FakeRanker> as NamedService>::NAME;
+    set_health(&health, name, ServingStatus::Serving).await;
+    let serve = router
+        .add_service(RankingServiceServer::new(ranker))
+        .serve_with_incoming_shutdown(incoming(listener), token.clone().cancelled_owned());
+    tokio::spawn(async move { serve.await.expect("fake ranking node failed") });
+    addr
+}
+
+/// Serves `shard` on a free loopback port until `token` is cancelled, health `NOT_SERVING`.
+pub async fn serve_loading_shard(shard: LoadingShard, token: &CancellationToken) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (health, router) = standard_router().unwrap();
+    let name = <RetrievalServiceServer<LoadingShard> as NamedService>::NAME;
+    set_health(&health, name, ServingStatus::NotServing).await;
+    let serve = router
+        .add_service(RetrievalServiceServer::new(shard))
+        .serve_with_incoming_shutdown(incoming(listener), token.clone().cancelled_owned());
+    tokio::spawn(async move { serve.await.expect("loading retrieval node failed") });
+    addr
+}
+
+/// A peer that accepts TCP connections and never says a word: a hung machine.
+pub async fn black_hole(token: &CancellationToken) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let token = token.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((socket, _)) => held.push(socket),
+                    Err(_) => break,
+                },
+            }
+        }
+    });
+    addr
+}
+
+/// A real retrieval node for `shard` of the bundle in `bundle`, on a free loopback
+/// port until `token` is cancelled; waits until it is `SERVING`.
+pub async fn retrieval_node(
+    bundle: &std::path::Path,
+    shard: u32,
+    token: &CancellationToken,
+) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = recsys_retrieval_node::NodeConfig {
+        bundle_dir: bundle.to_path_buf(),
+        shard,
+        search_threads: 1,
+        limits: recsys_retrieval_node::SearchLimits::default(),
+        load_mode: recsys_retrieval_node::LoadMode::default(),
+        announce: None,
+    };
+    let serve = recsys_retrieval_node::run(listener, config, token.clone());
+    tokio::spawn(async move { serve.await.expect("retrieval node failed") });
+    recsys_local_cluster::wait_until_serving(addr, Duration::from_secs(60))
+        .await
+        .unwrap();
+    addr
+}
