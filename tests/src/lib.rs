@@ -11,6 +11,7 @@
 pub mod compose;
 pub mod load;
 pub mod processes;
+pub mod skip;
 
 use std::net::SocketAddr;
 use std::path::Path;
