@@ -75,8 +75,8 @@ async fn a_hung_shard_turns_into_coverage_at_the_deadline() {
     let gateway_addr = listener.local_addr().unwrap();
     let config = GatewayConfig {
         bundle_dir: bundle.path().to_path_buf(),
-        // Far beyond the client's deadline: a gateway that ignored the client's
-        // deadline would wait this long and fail the bound below by a wide margin.
+        // Far beyond the client's deadline, so that only the client's deadline can
+        // end the retrieval stage in time.
         policy: RequestPolicy {
             default_timeout: Duration::from_secs(60),
             ..RequestPolicy::default()
@@ -98,15 +98,17 @@ async fn a_hung_shard_turns_into_coverage_at_the_deadline() {
     let deadline = Duration::from_millis(300);
     let started = Instant::now();
     // The gateway budgets its retrieval from the client's deadline and answers with
-    // what arrived: an answer (not DEADLINE_EXCEEDED) whose coverage names the hung
-    // shard as "deadline exceeded" is the structural proof. Time is only measured,
-    // with a bound that a loaded 2-core machine meets and the 60 s default does not.
+    // what arrived: an answer whose coverage names the hung shard as "deadline
+    // exceeded" is the structural proof. A gateway that ignored the deadline gets
+    // cut by tonic's server-side grpc-timeout (CANCELLED "Timeout expired") and
+    // fails the unwrap; the 10 s bound only keeps a broken one from hanging the
+    // test. The time is measured, not asserted.
     let response = tokio::time::timeout(
         Duration::from_secs(10),
         recommend(&mut client, by_user("user-1", 10, false), deadline),
     )
     .await
-    .expect("no answer within 10 s: the client's deadline was not used")
+    .expect("no answer within 10 s")
     .unwrap();
     let elapsed = started.elapsed();
     eprintln!("measured: answered {elapsed:?} after a {deadline:?} deadline with one shard hung");
