@@ -5,7 +5,8 @@
 #   deploy/compose.sh up       images, `up -d`, then wait until every server is healthy
 #   deploy/compose.sh down     stop and remove the cluster and its bundle volume
 #   deploy/compose.sh test     up, the compose tests (tests/tests/compose.rs) through
-#                              the published gateway, down (also when they fail)
+#                              the published gateway, down (also when they fail);
+#                              without Docker it fails unless RECSYS_SKIP_DOCKER_TESTS=1
 #
 # env: IMAGES (offline: deploy/offline-images.sh, the default, needs no registry;
 #      docker: docker build of deploy/Dockerfile and deploy/etcd.Dockerfile;
@@ -14,6 +15,22 @@
 #      RECSYS_GATEWAY_PORT (50051), RECSYS_UP_TIMEOUT (seconds, 600).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# `test` without a Docker engine fails, unless RECSYS_SKIP_DOCKER_TESTS=1 says to
+# skip (.ci/run sets it only when it found no engine itself): then each compose
+# test is reported SKIPPED and appended to RECSYS_SKIP_LOG for CI's count.
+if [ "${1:-}" = test ] && ! docker info >/dev/null 2>&1; then
+  reason="no Docker engine ('docker info' failed)"
+  if [ "${RECSYS_SKIP_DOCKER_TESTS:-}" != 1 ]; then
+    echo "compose: $reason; set RECSYS_SKIP_DOCKER_TESTS=1 to skip the compose tests" >&2
+    exit 1
+  fi
+  for t in $(grep -A1 '^#\[ignore = "needs the compose cluster' tests/tests/compose.rs | grep -o 'fn [a-z0-9_]*' | cut -d' ' -f2); do
+    echo "SKIPPED: compose::$t: $reason"
+    if [ -n "${RECSYS_SKIP_LOG:-}" ]; then printf 'compose::%s\t%s\n' "$t" "$reason" >>"$RECSYS_SKIP_LOG"; fi
+  done
+  exit 0
+fi
 
 if [ -z "${COMPOSE:-}" ]; then
   if docker compose version >/dev/null 2>&1; then COMPOSE="docker compose"
@@ -88,7 +105,7 @@ test_cluster() {
   up
   RECSYS_TEST_GATEWAY=127.0.0.1:$RECSYS_GATEWAY_PORT \
   RECSYS_COMPOSE="$COMPOSE -f $file -p $project" \
-    cargo test -p recsys-tests --test compose -- --test-threads=1 --nocapture
+    cargo test -p recsys-tests --test compose -- --ignored --test-threads=1 --nocapture
 }
 
 case ${1:-} in

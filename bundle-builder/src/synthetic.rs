@@ -7,8 +7,8 @@
 
 use std::path::Path;
 
-use rand::{Rng, SeedableRng, rngs::StdRng};
-use rand_distr::{Distribution, StandardNormal};
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use recsys_model::planted::{self, QUALITY_BUCKETS};
 
 use recsys_bundle::{BundleError, Manifest, RankerSpec, UserEmbeddings};
@@ -58,6 +58,41 @@ pub struct SyntheticCatalog {
     pub user_cluster: Vec<u32>,
 }
 
+/// The catalog's random numbers, the same for a seed on every machine and every
+/// release: every Kubernetes pod and compose job builds its own copy of the bundle
+/// and they must agree bit for bit, as must the tests that recompute it.
+///
+/// `StdRng` may change algorithm in any `rand` release, and `rand`'s ranges and
+/// `rand_distr`'s normal sampler may change theirs (and the sampler calls `exp`
+/// and `ln`, whose last bit differs between libms). So: ChaCha8 from
+/// `rand_chacha`, whose stream for a seed is fixed by the algorithm, and only
+/// integer and exact float arithmetic on top of it.
+struct Stream(ChaCha8Rng);
+
+impl Stream {
+    fn new(seed: u64) -> Self {
+        Self(ChaCha8Rng::seed_from_u64(seed))
+    }
+
+    /// Uniform in `0..n` by Lemire's multiply-shift: `⌊x·n / 2⁶⁴⌋`, biased by at
+    /// most n/2⁶⁴, nothing at catalog sizes.
+    fn below(&mut self, n: usize) -> usize {
+        ((u128::from(self.0.next_u64()) * n as u128) >> 64) as usize
+    }
+
+    /// Approximately standard normal: the Irwin–Hall sum of 12 uniforms minus 6
+    /// (mean 0, variance 1, tails cut at ±6, which planted clusters never miss).
+    /// Each uniform is a 32-bit integer over 2³², so the sum is exact in f64.
+    fn gaussian(&mut self) -> f32 {
+        let mut sum = 0.0f64;
+        for _ in 0..6 {
+            let x = self.0.next_u64();
+            sum += (x >> 32) as f64 + (x & 0xffff_ffff) as f64;
+        }
+        (sum / 4_294_967_296.0 - 6.0) as f32
+    }
+}
+
 /// How far items scatter around their centre, relative to the centre's norm of ~1.
 const ITEM_SPREAD: f32 = 0.35;
 /// How far a user's taste strays from its cluster's centre.
@@ -71,13 +106,12 @@ pub fn generate(spec: &SyntheticSpec) -> Result<SyntheticCatalog, BundleError> {
             "items, dimensions and clusters must be positive",
         ));
     }
-    let mut rng = StdRng::seed_from_u64(spec.seed);
+    let mut rng = Stream::new(spec.seed);
     let dims = spec.dimensions;
     let scale = 1.0 / (dims as f32).sqrt();
-    let gaussian = |rng: &mut StdRng| -> f32 { StandardNormal.sample(rng) };
 
     let centres: Vec<f32> = (0..spec.clusters * dims)
-        .map(|_| gaussian(&mut rng) * scale)
+        .map(|_| rng.gaussian() * scale)
         .collect();
 
     let mut data = Vec::with_capacity(spec.items * dims);
@@ -85,14 +119,14 @@ pub fn generate(spec: &SyntheticSpec) -> Result<SyntheticCatalog, BundleError> {
     let mut item_quality = Vec::with_capacity(spec.items);
     let mut names = Vec::with_capacity(spec.items);
     for id in 0..spec.items {
-        let cluster = rng.random_range(0..spec.clusters);
+        let cluster = rng.below(spec.clusters);
         let centre = &centres[cluster * dims..(cluster + 1) * dims];
         data.extend(
             centre
                 .iter()
-                .map(|c| c + gaussian(&mut rng) * scale * ITEM_SPREAD),
+                .map(|c| c + rng.gaussian() * scale * ITEM_SPREAD),
         );
-        let quality = rng.random_range(0..QUALITY_BUCKETS);
+        let quality = rng.below(usize::from(QUALITY_BUCKETS)) as u8;
         item_cluster.push(cluster as u32);
         item_quality.push(quality);
         names.push(format!("item {id} (topic {cluster}, quality {quality})"));
@@ -107,7 +141,7 @@ pub fn generate(spec: &SyntheticSpec) -> Result<SyntheticCatalog, BundleError> {
         user_data.extend(
             centre
                 .iter()
-                .map(|c| c + gaussian(&mut rng) * scale * USER_SPREAD),
+                .map(|c| c + rng.gaussian() * scale * USER_SPREAD),
         );
         user_cluster.push(cluster as u32);
         user_ids.push(format!("user-{user}"));
@@ -182,6 +216,69 @@ mod tests {
         assert_eq!(a.user_cluster, b.user_cluster);
         let c = generate(&SyntheticSpec { seed: 8, ..spec }).unwrap();
         assert_ne!(a.items.data, c.items.data);
+    }
+
+    /// FNV-1a, 64 bits: a hash whose value no library release can change.
+    fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
+        bytes.iter().fold(hash, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    }
+
+    /// Every field of the catalog, in order.
+    fn catalog_hash(catalog: &SyntheticCatalog) -> u64 {
+        let mut h = 0xcbf2_9ce4_8422_2325;
+        for v in &catalog.items.data {
+            h = fnv1a(h, &v.to_le_bytes());
+        }
+        for id in &catalog.items.ids {
+            h = fnv1a(h, &id.to_le_bytes());
+        }
+        for name in catalog.items.names.iter().flatten() {
+            h = fnv1a(h, name.as_bytes());
+        }
+        for c in catalog.item_cluster.iter().chain(&catalog.user_cluster) {
+            h = fnv1a(h, &c.to_le_bytes());
+        }
+        h = fnv1a(h, &catalog.item_quality);
+        for v in catalog.users.data() {
+            h = fnv1a(h, &v.to_le_bytes());
+        }
+        for id in catalog.users.ids() {
+            h = fnv1a(h, id.as_bytes());
+        }
+        h
+    }
+
+    /// The catalog of deploy/docker-compose.yml and deploy/k8s (`recsys bundle
+    /// --synthetic --items=100000 --users=1000 --synthetic-dim=32 --clusters=32
+    /// --seed=7`), pinned: every pod builds its own copy, and the compose tests
+    /// recompute it to judge the answers. A change here changes what a deployed
+    /// cluster serves; update the value only with that intent.
+    #[test]
+    fn the_deployed_catalog_is_pinned() {
+        let spec = SyntheticSpec {
+            items: 100_000,
+            users: 1_000,
+            dimensions: 32,
+            clusters: 32,
+            seed: 7,
+        };
+        let catalog = generate(&spec).unwrap();
+        assert_eq!(
+            catalog.items.data[..3],
+            [0.18857598, -0.07265307, -0.10835591]
+        );
+        assert_eq!(catalog_hash(&catalog), 0xa79e_896e_d454_3ac4);
+        let small = generate(&SyntheticSpec {
+            items: 50,
+            users: 4,
+            dimensions: 4,
+            clusters: 3,
+            seed: 1,
+        })
+        .unwrap();
+        assert_eq!(catalog_hash(&small), 0xdd3a_2f00_e6a1_08e0);
     }
 
     #[test]

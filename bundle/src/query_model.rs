@@ -210,7 +210,8 @@ mod tests {
     #[test]
     fn save_load_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let table = UserEmbeddings::new(vec!["a".into(), "b".into()], 2, vec![1., 2., 3., 4.]).unwrap();
+        let table =
+            UserEmbeddings::new(vec!["a".into(), "b".into()], 2, vec![1., 2., 3., 4.]).unwrap();
         let (tensor, vocab) = (
             dir.path().join("q.safetensors"),
             dir.path().join("vocab/u.txt"),

@@ -29,8 +29,8 @@ use std::path::Path;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
-use crate::{BundleError, Vocabulary};
 use crate::lines::{f32_from_le_bytes, read_lines, write_lines};
+use crate::{BundleError, Vocabulary};
 
 /// The tower's directory inside a bundle.
 pub const QUERY_TOWER_DIR: &str = "query_tower";

@@ -119,6 +119,33 @@ impl IndexArgs {
     }
 }
 
+/// What `--check-config` can tell about `args` without reading or writing a
+/// file: a source is named, the index parameters parse, the shapes are positive.
+/// Returns a one-line description of the bundle that would be built.
+pub fn check(args: &BundleArgs) -> anyhow::Result<String> {
+    let source = match (&args.vectors, args.synthetic) {
+        (Some(vectors), _) => vectors.display().to_string(),
+        (None, true) => {
+            let spec = args.synthetic_spec.spec();
+            anyhow::ensure!(
+                spec.items > 0 && spec.dimensions > 0 && spec.clusters > 0,
+                "--items, --synthetic-dim and --clusters must be positive"
+            );
+            format!("synthetic {spec:?}")
+        }
+        (None, false) => anyhow::bail!("say what to index: --vectors FILE or --synthetic"),
+    };
+    anyhow::ensure!(args.index.shards > 0, "--shards must be at least 1");
+    let options = build_options(&args.index, args.version.clone(), &source)?;
+    Ok(format!(
+        "bundle {} from {source} into {} in {} shards, {:?}",
+        options.version,
+        args.out.display(),
+        options.shard_count,
+        options.params
+    ))
+}
+
 /// Builds the bundle `args` describe.
 pub fn run(args: BundleArgs) -> anyhow::Result<()> {
     let started = Instant::now();

@@ -25,6 +25,10 @@ struct Cli {
     command: Command,
     #[command(flatten)]
     runtime: recsys_server::runtime::RuntimeFlags,
+    /// Parse and validate the command line and environment, print what would be
+    /// done and exit without doing it: the deploy files' check.
+    #[arg(long, env = "RECSYS_CHECK_CONFIG", global = true)]
+    check_config: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -46,6 +50,16 @@ enum Command {
 fn main() {
     recsys_server::telemetry::init();
     let cli = Cli::parse();
+    if cli.check_config {
+        match check(&cli.command) {
+            Ok(what) => println!("recsys: configuration ok: {what}"),
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     // A command-line error is one readable line (with its causes), never a
     // backtrace, whatever RUST_BACKTRACE says.
     // `demo` and `serve` hold every node's search and ranking pools.
@@ -58,6 +72,15 @@ fn main() {
         eprintln!("error: {error:#}");
         std::process::exit(1);
     }
+}
+
+/// `--check-config`: the command line parsed (clap has checked every value by
+/// now); `bundle` is also validated as far as it can be without files.
+fn check(command: &Command) -> anyhow::Result<String> {
+    Ok(match command {
+        Command::Bundle(args) => bundle_cmd::check(args)?,
+        other => format!("{other:?}"),
+    })
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {

@@ -50,6 +50,13 @@ impl EtcdFlags {
             ));
         }
         let advertise = match &self.advertise_addr {
+            // Checked here, not at the first dial of some gateway: a node that
+            // registers an address nobody can parse is lost to the cluster.
+            Some(addr) if !is_host_port(addr) => {
+                return Err(DiscoveryError::Invalid(format!(
+                    "--advertise-addr {addr:?} is not host:port"
+                )));
+            }
             Some(addr) => addr.clone(),
             None if listen.ip().is_unspecified() => {
                 return Err(DiscoveryError::Invalid(format!(
@@ -68,5 +75,43 @@ impl EtcdFlags {
         options.drain_grace = Duration::from_millis(self.drain_grace_ms);
         options.drain_timeout = Duration::from_secs(self.drain_timeout);
         Ok(Some(options))
+    }
+}
+
+/// Whether `addr` is `host:port` with a non-empty host and a numeric port
+/// (`[v6]:port` included).
+fn is_host_port(addr: &str) -> bool {
+    addr.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && !host.contains(char::is_whitespace) && port.parse::<u16>().is_ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(advertise: Option<&str>) -> EtcdFlags {
+        EtcdFlags {
+            etcd: vec!["http://etcd:2379".into()],
+            cluster: "c".into(),
+            node_id: None,
+            advertise_addr: advertise.map(String::from),
+            lease_ttl: 10,
+            drain_grace_ms: 500,
+            drain_timeout: 10,
+        }
+    }
+
+    #[test]
+    fn advertise_addresses_must_be_host_and_port() {
+        let listen: SocketAddr = "0.0.0.0:7000".parse().unwrap_or_else(|e| panic!("{e}"));
+        for good in ["retrieval-0a:7000", "10.0.0.7:7000", "[::1]:7000"] {
+            assert!(flags(Some(good)).announce("r", listen).is_ok(), "{good}");
+        }
+        for bad in ["retrieval-0a", ":7000", "host:port", "host:70000", "a b:1"] {
+            assert!(flags(Some(bad)).announce("r", listen).is_err(), "{bad}");
+        }
+        // Listening on every interface needs an address to advertise.
+        assert!(flags(None).announce("r", listen).is_err());
     }
 }

@@ -127,8 +127,9 @@ async fn registered_node_appears_and_deregistered_node_disappears() {
     let ranker = register(&etcd, ranking("k0"));
     wait_for(&mut views, "r0 and k0", |v| has("r0")(v) && has("k0")(v)).await;
     let visible = started.elapsed();
+    // Only measured: `wait_for` bounds it by DEADLINE, and a loaded 2-core machine
+    // can take more than any tight bound while the watch is still correct.
     println!("measured: registration to visible in {visible:?}");
-    assert!(visible < Duration::from_secs(1), "took {visible:?}");
     {
         let view = views.borrow();
         assert_eq!(view.shard_count, 2);
@@ -329,28 +330,65 @@ async fn lost_lease_registers_again() {
     let node = register(&etcd, retrieval("a", 0));
     node.set_state(NodeState::Serving).await.ok();
     wait_for(&mut views, "a", has("a")).await;
+    wait_flag(&mut node.registered(), "a registered", true).await;
+    let key = node_key(CLUSTER, Role::Retrieval, "a");
+    // A long-lived etcd is far ahead in revisions of the wiped one that replaces
+    // it: a membership that resumed its watch from a revision it saw before the
+    // wipe would miss every event after it. Another node's state changes make them.
+    let busy = register(&etcd, retrieval("c", 1));
+    wait_flag(&mut busy.registered(), "c registered", true).await;
+    for _ in 0..25 {
+        busy.set_state(NodeState::Draining).await.unwrap();
+        busy.set_state(NodeState::Serving).await.unwrap();
+    }
+    busy.deregister().await;
+    wait_for(&mut views, "c gone", lacks("c")).await;
+    let old_lease = {
+        let mut client = etcd.client().await.unwrap();
+        client.get(key.as_str(), None).await.unwrap().kvs()[0].lease()
+    };
+    let mut connected = members.connected();
+    connected.borrow_and_update();
 
-    // A wiped etcd knows neither the key nor the lease.
+    // A wiped etcd knows neither the key nor the lease. The old membership keeps
+    // its last view, which still shows `a`: nothing below may be satisfied by it.
     etcd.restart_wiped().await.unwrap();
     let started = Instant::now();
     let mut client = etcd.client().await.unwrap();
-    let key = node_key(CLUSTER, Role::Retrieval, "a");
     let registered_again = loop {
         let found = client.get(key.as_str(), None).await.unwrap();
         if let Some(kv) = found.kvs().first() {
             assert_ne!(kv.lease(), 0, "the key is on a lease");
+            assert_ne!(kv.lease(), old_lease, "a lease the wiped etcd cannot know");
             break started.elapsed();
         }
         assert!(started.elapsed() < DEADLINE, "a never registered again");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    wait_for(&mut views, "a again", has("a")).await;
-    wait_flag(&mut members.connected(), "membership connected", true).await;
+
+    // A membership that starts now can only see `a` through the new registration.
+    let fresh = membership(&etcd);
+    let mut fresh_views = fresh.subscribe();
+    wait_for(&mut fresh_views, "a in a fresh membership", has("a")).await;
+
+    // The old membership noticed the wipe and watches the new etcd (whose
+    // revisions start again from 1): a node registered now reaches its view.
+    tokio::time::timeout(DEADLINE, connected.changed())
+        .await
+        .expect("the membership never noticed that etcd went away")
+        .unwrap();
+    wait_flag(&mut connected, "membership connected again", true).await;
+    let other = register(&etcd, retrieval("b", 1));
+    wait_for(&mut views, "a and b after the wipe", |v| {
+        has("a")(v) && has("b")(v)
+    })
+    .await;
     println!(
-        "measured: key back {registered_again:?} after the wiped restart, in the view after {:?}",
+        "measured: key back {registered_again:?} after the wiped restart, b in the old view after {:?}",
         started.elapsed()
     );
     wait_flag(&mut node.registered(), "a registered", true).await;
+    drop((other, fresh));
 }
 
 #[tokio::test]

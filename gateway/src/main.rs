@@ -66,48 +66,99 @@ struct Args {
     health_interval_ms: u64,
     #[command(flatten)]
     runtime: recsys_server::runtime::RuntimeFlags,
+    /// Parse and validate the flags and environment, print the configuration and
+    /// exit without binding, connecting or loading: the deploy files' check.
+    #[arg(long, env = "RECSYS_CHECK_CONFIG")]
+    check_config: bool,
+}
+
+/// Where the gateway learns its nodes.
+#[derive(Debug)]
+enum Discovery {
+    Etcd(EtcdOptions),
+    Static(StaticMembership),
+}
+
+impl Args {
+    /// Everything `serve` needs that can be checked without the network or the
+    /// bundle; `--check-config` runs exactly this, so it cannot drift from `serve`.
+    fn plan(&self) -> anyhow::Result<(Discovery, GatewayConfig)> {
+        let discovery = if !self.etcd.is_empty() {
+            Discovery::Etcd(EtcdOptions::new(self.etcd.clone(), self.cluster.clone()))
+        } else {
+            let spec = match &self.static_file {
+                Some(path) => StaticSpec::from_file(path)?,
+                None => StaticSpec::from_shard_flags(&self.shard, &[])
+                    .context("give the nodes with --etcd URL, --static FILE or --shard N=addr")?,
+            };
+            Discovery::Static(StaticMembership::new(&spec)?)
+        };
+        anyhow::ensure!(
+            self.top_k_probability > 0.0 && self.top_k_probability <= 1.0,
+            "--top-k-probability is {}, must be in (0, 1]",
+            self.top_k_probability
+        );
+        anyhow::ensure!(self.max_k > 0, "--max-k must be at least 1");
+        anyhow::ensure!(
+            self.max_retrieve_k >= self.max_k,
+            "--max-retrieve-k ({}) is below --max-k ({})",
+            self.max_retrieve_k,
+            self.max_k
+        );
+        anyhow::ensure!(
+            self.default_timeout_ms > 0,
+            "--default-timeout-ms must be positive"
+        );
+        anyhow::ensure!(
+            self.health_interval_ms > 0,
+            "--health-interval-ms must be positive"
+        );
+        let config = GatewayConfig {
+            bundle_dir: self.bundle.clone(),
+            policy: RequestPolicy {
+                limits: RecommendLimits {
+                    max_k: self.max_k,
+                    max_retrieve_k: self.max_retrieve_k,
+                    max_exclusions: self.max_exclusions,
+                },
+                default_timeout: Duration::from_millis(self.default_timeout_ms),
+                top_k_probability: self.top_k_probability,
+                hedge_after: (self.hedge_after_ms > 0)
+                    .then(|| Duration::from_millis(self.hedge_after_ms)),
+            },
+            connect_timeout: Duration::from_secs(1),
+            health_interval: Duration::from_millis(self.health_interval_ms),
+        };
+        Ok((discovery, config))
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     recsys_server::telemetry::init();
     let args = Args::parse();
+    if args.check_config {
+        let (discovery, config) = args.plan()?;
+        println!(
+            "gateway: configuration ok: listen {}, metrics {:?}, {discovery:?}, {config:?}",
+            args.listen, args.metrics_listen
+        );
+        return Ok(());
+    }
     args.runtime
         .build(recsys_server::runtime::IoRole::IoOnly)?
         .block_on(serve(args))
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
-    let membership: Arc<dyn Membership> = if !args.etcd.is_empty() {
-        tracing::info!(etcd = ?args.etcd, cluster = %args.cluster, "discovering nodes in etcd");
-        Arc::new(EtcdMembership::start(EtcdOptions::new(
-            args.etcd.clone(),
-            args.cluster.clone(),
-        )))
-    } else {
-        let spec = match &args.static_file {
-            Some(path) => StaticSpec::from_file(path)?,
-            None => StaticSpec::from_shard_flags(&args.shard, &[])
-                .context("give the nodes with --etcd URL, --static FILE or --shard N=addr")?,
-        };
-        Arc::new(StaticMembership::new(&spec)?)
+    let (discovery, config) = args.plan()?;
+    let membership: Arc<dyn Membership> = match discovery {
+        Discovery::Etcd(options) => {
+            tracing::info!(etcd = ?args.etcd, cluster = %args.cluster, "discovering nodes in etcd");
+            Arc::new(EtcdMembership::start(options))
+        }
+        Discovery::Static(membership) => Arc::new(membership),
     };
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    let config = GatewayConfig {
-        bundle_dir: args.bundle,
-        policy: RequestPolicy {
-            limits: RecommendLimits {
-                max_k: args.max_k,
-                max_retrieve_k: args.max_retrieve_k,
-                max_exclusions: args.max_exclusions,
-            },
-            default_timeout: Duration::from_millis(args.default_timeout_ms),
-            top_k_probability: args.top_k_probability,
-            hedge_after: (args.hedge_after_ms > 0)
-                .then(|| Duration::from_millis(args.hedge_after_ms)),
-        },
-        connect_timeout: Duration::from_secs(1),
-        health_interval: Duration::from_millis(args.health_interval_ms),
-    };
     let shutdown = recsys_server::shutdown::on_signal();
     if let Some(addr) = args.metrics_listen {
         recsys_server::metrics::spawn(addr, shutdown.clone()).await;

@@ -41,11 +41,43 @@ struct Args {
     allow_unknown_items: bool,
     #[command(flatten)]
     runtime: recsys_server::runtime::RuntimeFlags,
+    /// Parse and validate the flags and environment, print the configuration and
+    /// exit without binding, registering or loading: the deploy files' check.
+    #[arg(long, env = "RECSYS_CHECK_CONFIG")]
+    check_config: bool,
+}
+
+impl Args {
+    /// The node's configuration when it listens on `listen`: everything that can
+    /// be checked without the network or the bundle. `--check-config` runs exactly this.
+    fn config(&self, listen: SocketAddr) -> anyhow::Result<RankingConfig> {
+        anyhow::ensure!(
+            self.max_candidates > 0,
+            "--max-candidates must be at least 1"
+        );
+        Ok(RankingConfig {
+            bundle_dir: self.bundle.clone(),
+            threads: self.threads,
+            max_batch_rows: self.max_batch_rows,
+            max_queue: self.max_queue,
+            max_candidates: self.max_candidates,
+            allow_unknown_items: self.allow_unknown_items,
+            announce: self.etcd.announce("ranking", listen)?,
+        })
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     recsys_server::telemetry::init();
     let args = Args::parse();
+    if args.check_config {
+        let config = args.config(args.listen)?;
+        println!(
+            "ranking-node: configuration ok: listen {}, metrics {:?}, {config:?}",
+            args.listen, args.metrics_listen
+        );
+        return Ok(());
+    }
     args.runtime
         .build(recsys_server::runtime::IoRole::WithComputePools)?
         .block_on(serve(args))
@@ -53,15 +85,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    let config = RankingConfig {
-        bundle_dir: args.bundle,
-        threads: args.threads,
-        max_batch_rows: args.max_batch_rows,
-        max_queue: args.max_queue,
-        max_candidates: args.max_candidates,
-        allow_unknown_items: args.allow_unknown_items,
-        announce: args.etcd.announce("ranking", listener.local_addr()?)?,
-    };
+    let config = args.config(listener.local_addr()?)?;
     let shutdown = recsys_server::shutdown::on_signal();
     if let Some(addr) = args.metrics_listen {
         recsys_server::metrics::spawn(addr, shutdown.clone()).await;

@@ -45,11 +45,45 @@ struct Args {
     load_mode: LoadMode,
     #[command(flatten)]
     runtime: recsys_server::runtime::RuntimeFlags,
+    /// Parse and validate the flags and environment, print the configuration and
+    /// exit without binding, registering or loading: the deploy files' check.
+    #[arg(long, env = "RECSYS_CHECK_CONFIG")]
+    check_config: bool,
+}
+
+impl Args {
+    /// The node's configuration when it listens on `listen`: everything that can
+    /// be checked without the network or the bundle (the shard number is checked
+    /// against the bundle when it loads). `--check-config` runs exactly this.
+    fn config(&self, listen: SocketAddr) -> anyhow::Result<NodeConfig> {
+        anyhow::ensure!(self.max_k > 0, "--max-k must be at least 1");
+        Ok(NodeConfig {
+            bundle_dir: self.bundle.clone(),
+            shard: self.shard,
+            search_threads: self.search_threads,
+            limits: SearchLimits {
+                max_k: self.max_k,
+                max_exclusions: self.max_exclusions,
+            },
+            load_mode: self.load_mode,
+            announce: self
+                .etcd
+                .announce(&format!("retrieval-{}", self.shard), listen)?,
+        })
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     recsys_server::telemetry::init();
     let args = Args::parse();
+    if args.check_config {
+        let config = args.config(args.listen)?;
+        println!(
+            "retrieval-node: configuration ok: listen {}, metrics {:?}, {config:?}",
+            args.listen, args.metrics_listen
+        );
+        return Ok(());
+    }
     args.runtime
         .build(recsys_server::runtime::IoRole::WithComputePools)?
         .block_on(serve(args))
@@ -57,19 +91,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    let config = NodeConfig {
-        bundle_dir: args.bundle,
-        shard: args.shard,
-        search_threads: args.search_threads,
-        limits: SearchLimits {
-            max_k: args.max_k,
-            max_exclusions: args.max_exclusions,
-        },
-        load_mode: args.load_mode,
-        announce: args
-            .etcd
-            .announce(&format!("retrieval-{}", args.shard), listener.local_addr()?)?,
-    };
+    let config = args.config(listener.local_addr()?)?;
     let shutdown = recsys_server::shutdown::on_signal();
     if let Some(addr) = args.metrics_listen {
         recsys_server::metrics::spawn(addr, shutdown.clone()).await;

@@ -4,8 +4,8 @@
 //! `make compose-test` (deploy/compose.sh) brings the cluster up and sets
 //! `RECSYS_TEST_GATEWAY` (`host:port` of the published gateway) and
 //! `RECSYS_COMPOSE` (the compose command with its file and project, e.g.
-//! `docker compose -f /abs/deploy/docker-compose.yml -p recsys`); without them the
-//! compose tests skip.
+//! `docker compose -f /abs/deploy/docker-compose.yml -p recsys`); the compose
+//! tests are `#[ignore]`d and fail when run without them.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -15,20 +15,16 @@ pub const GATEWAY_VAR: &str = "RECSYS_TEST_GATEWAY";
 /// Variable holding the compose command line, split on whitespace.
 pub const COMPOSE_VAR: &str = "RECSYS_COMPOSE";
 
-/// The published gateway, or `None` (and a skip message naming `test`) when
-/// `RECSYS_TEST_GATEWAY` is unset.
-pub fn gateway(test: &str) -> Option<SocketAddr> {
+/// The published gateway. Panics naming `test` when `RECSYS_TEST_GATEWAY` is
+/// unset: the compose tests are `#[ignore]`d, so whoever runs them asked for them.
+pub fn gateway(test: &str) -> SocketAddr {
     match std::env::var(GATEWAY_VAR) {
-        Ok(addr) => Some(
-            addr.parse()
-                .unwrap_or_else(|e| panic!("{GATEWAY_VAR}={addr} is not host:port: {e}")),
+        Ok(addr) => addr
+            .parse()
+            .unwrap_or_else(|e| panic!("{GATEWAY_VAR}={addr} is not host:port: {e}")),
+        Err(_) => panic!(
+            "{test}: {GATEWAY_VAR} is not set; make compose-test starts the compose cluster and sets it"
         ),
-        Err(_) => {
-            eprintln!(
-                "skipped {test}: {GATEWAY_VAR} is not set (make compose-test starts the compose cluster and sets it)"
-            );
-            None
-        }
     }
 }
 
@@ -39,18 +35,15 @@ pub struct Compose {
 }
 
 impl Compose {
-    /// From `RECSYS_COMPOSE`, or `None` (and a skip message naming `test`).
-    pub fn from_env(test: &str) -> Option<Self> {
+    /// From `RECSYS_COMPOSE`; panics naming `test` when it is unset.
+    pub fn from_env(test: &str) -> Self {
         match std::env::var(COMPOSE_VAR) {
-            Ok(line) if !line.trim().is_empty() => Some(Self {
+            Ok(line) if !line.trim().is_empty() => Self {
                 command: line.split_whitespace().map(String::from).collect(),
-            }),
-            _ => {
-                eprintln!(
-                    "skipped {test}: {COMPOSE_VAR} is not set (the compose command with -f and -p; make compose-test sets it)"
-                );
-                None
-            }
+            },
+            _ => panic!(
+                "{test}: {COMPOSE_VAR} is not set (the compose command with -f and -p; make compose-test sets it)"
+            ),
         }
     }
 

@@ -75,7 +75,12 @@ async fn a_hung_shard_turns_into_coverage_at_the_deadline() {
     let gateway_addr = listener.local_addr().unwrap();
     let config = GatewayConfig {
         bundle_dir: bundle.path().to_path_buf(),
-        policy: RequestPolicy::default(),
+        // Far beyond the client's deadline, so that only the client's deadline can
+        // end the retrieval stage in time.
+        policy: RequestPolicy {
+            default_timeout: Duration::from_secs(60),
+            ..RequestPolicy::default()
+        },
         connect_timeout: Duration::from_secs(1),
         health_interval: Duration::from_secs(1),
     };
@@ -92,11 +97,21 @@ async fn a_hung_shard_turns_into_coverage_at_the_deadline() {
     let mut client = gateway_client(gateway_addr).await;
     let deadline = Duration::from_millis(300);
     let started = Instant::now();
-    let response = recommend(&mut client, by_user("user-1", 10, false), deadline)
-        .await
-        .unwrap();
+    // The gateway budgets its retrieval from the client's deadline and answers with
+    // what arrived: an answer whose coverage names the hung shard as "deadline
+    // exceeded" is the structural proof. A gateway that ignored the deadline gets
+    // cut by tonic's server-side grpc-timeout (CANCELLED "Timeout expired") and
+    // fails the unwrap; the 10 s bound only keeps a broken one from hanging the
+    // test. The time is measured, not asserted.
+    let response = tokio::time::timeout(
+        Duration::from_secs(10),
+        recommend(&mut client, by_user("user-1", 10, false), deadline),
+    )
+    .await
+    .expect("no answer within 10 s")
+    .unwrap();
     let elapsed = started.elapsed();
-    assert!(elapsed < deadline, "answered after {elapsed:?}");
+    eprintln!("measured: answered {elapsed:?} after a {deadline:?} deadline with one shard hung");
     let coverage = response.coverage.unwrap();
     assert_eq!((coverage.shards_asked, coverage.shards_answered), (4, 3));
     assert_eq!(coverage.reasons[0].shard, Some(3));

@@ -26,6 +26,9 @@ async fn metrics_count_calls_codes_shards_and_stages() {
     let metrics_addr = listener.local_addr().unwrap();
     tokio::spawn(recsys_server::metrics::serve(listener, token.clone()));
 
+    // The registry is per process and the cluster may have counted something while
+    // starting: every count below is the exact change across these requests.
+    let before = scrape(metrics_addr).await;
     let mut client = gateway_client(cluster.gateway_addr).await;
     let user = bundle.catalog.users.ids()[0].clone();
     for _ in 0..3 {
@@ -45,41 +48,43 @@ async fn metrics_count_calls_codes_shards_and_stages() {
     let text = scrape(metrics_addr).await;
     assert!(text.starts_with("HTTP/1.0 200"), "{text}");
     assert!(text.contains("text/plain; version=0.0.4"), "{text}");
-    // Other tests of this binary share the registry, hence the lower bounds.
-    let ok = value(
-        &text,
-        r#"recsys_grpc_server_handled_total{code="Ok",method="Recommend",service="recsys.v1.GatewayService"}"#,
-    );
-    assert!(ok >= 3.0, "{ok}");
-    let invalid = value(
-        &text,
-        r#"recsys_grpc_server_handled_total{code="InvalidArgument",method="Recommend",service="recsys.v1.GatewayService"}"#,
-    );
-    assert!(invalid >= 1.0, "{invalid}");
-    let searches = value(
-        &text,
+    // The series must be there after the requests; before them it may be absent (0).
+    let delta = |series: &str| value(&text, series) - metric_value(&before, series).unwrap_or(0.0);
+    let gateway = |code: &str| {
+        format!(
+            r#"recsys_grpc_server_handled_total{{code="{code}",method="Recommend",service="recsys.v1.GatewayService"}}"#
+        )
+    };
+    assert_eq!(delta(&gateway("Ok")), 3.0);
+    assert_eq!(delta(&gateway("InvalidArgument")), 1.0);
+    // Two shards, three valid requests; the invalid one reaches no node.
+    let searches = delta(
         r#"recsys_grpc_server_handled_total{code="Ok",method="Search",service="recsys.v1.RetrievalService"}"#,
     );
-    assert!(searches >= 6.0, "two shards, three requests: {searches}");
+    assert_eq!(searches, 6.0, "two shards, three requests");
     for shard in ["0", "1"] {
-        let answered = value(
-            &text,
-            &format!(r#"recsys_gateway_shard_answers_total{{outcome="answered",shard="{shard}"}}"#),
-        );
-        assert!(answered >= 3.0, "shard {shard}: {answered}");
-        let searched = value(
-            &text,
-            &format!(r#"recsys_retrieval_search_seconds_count{{mode="hnsw",shard="{shard}"}}"#),
-        );
-        assert!(searched >= 3.0, "shard {shard}: {searched}");
+        let answered = delta(&format!(
+            r#"recsys_gateway_shard_answers_total{{outcome="answered",shard="{shard}"}}"#
+        ));
+        assert_eq!(answered, 3.0, "shard {shard}");
+        let searched = delta(&format!(
+            r#"recsys_retrieval_search_seconds_count{{mode="hnsw",shard="{shard}"}}"#
+        ));
+        assert_eq!(searched, 3.0, "shard {shard}");
     }
-    let ranked_calls = value(&text, "recsys_ranking_score_seconds_count");
-    assert!(ranked_calls >= 3.0, "{ranked_calls}");
-    let total = value(
-        &text,
-        r#"recsys_gateway_stage_seconds_count{stage="total"}"#,
+    // One Rank call per ranked request, each in a pass of its own (they are sequential).
+    let rank_calls = delta(
+        r#"recsys_grpc_server_handled_total{code="Ok",method="Rank",service="recsys.v1.RankingService"}"#,
     );
-    assert!(total >= 3.0, "{total}");
+    assert_eq!(rank_calls, 3.0);
+    assert_eq!(delta("recsys_ranking_candidates_count"), 3.0);
+    assert_eq!(delta("recsys_ranking_score_seconds_count"), 3.0);
+    for stage in ["total", "retrieval", "ranking"] {
+        let count = delta(&format!(
+            r#"recsys_gateway_stage_seconds_count{{stage="{stage}"}}"#
+        ));
+        assert_eq!(count, 3.0, "stage {stage}");
+    }
 
     token.cancel();
     cluster.shutdown().await;

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use recsys_discovery::{EtcdMembership, EtcdOptions, EtcdServer, Membership};
 use recsys_local_cluster::{EtcdCluster, LocalCluster, LocalClusterOptions, wait_until_serving};
+use recsys_proto::v1::SearchRequest;
+use recsys_proto::v1::retrieval_service_client::RetrievalServiceClient;
 use recsys_tests::processes::{NodeProcess, RetrievalProcess, free_addr};
 use recsys_tests::*;
 
@@ -84,6 +86,24 @@ async fn a_node_of_another_bundle_is_not_routed_to() {
         assert_eq!(&answer.items, expected, "request {i}");
     }
     assert_eq!(searches(metrics).await, 0.0, "other-s0 was searched");
+    // A missing series also reads as 0: one search of our own must count exactly
+    // one, so the zero above was a count (right node, right series), not an absence.
+    let mut direct = RetrievalServiceClient::connect(format!("http://{}", stranger.addr))
+        .await
+        .unwrap();
+    direct
+        .search(SearchRequest {
+            query: vec![0.5; other.catalog.items.dimensions],
+            k: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        searches(metrics).await,
+        1.0,
+        "other-s0 counts searches at {metrics}: the gateway's would show here"
+    );
 
     // Once it leaves, the gauge goes back to zero.
     assert!(stranger.terminate(Duration::from_secs(15)).await);

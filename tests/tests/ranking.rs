@@ -151,7 +151,8 @@ async fn rank_validates_its_input() {
         .unwrap()
         .into_inner();
     assert!(stranger.user_out_of_vocabulary);
-    // Out of vocabulary: only the quality term is left.
+    // Out of vocabulary: only the quality term is left, for each of the three.
+    assert_eq!(stranger.scores.len(), 3, "{:?}", stranger.scores);
     for (row, score) in [1usize, 2, 3].iter().zip(&stranger.scores) {
         let quality = 0.3 * f32::from(bundle.catalog.item_quality[*row]) / 9.0;
         assert!((score - quality).abs() < 1e-5);

@@ -169,6 +169,13 @@ fn request(user: &str, features: Vec<(&str, Kind)>) -> RankRequest {
 }
 
 fn assert_scores(response: &RankResponse, expected: [f32; 3]) {
+    // One score per candidate: `zip` alone would pass an empty answer.
+    assert_eq!(
+        response.scores.len(),
+        expected.len(),
+        "{:?} vs {expected:?}",
+        response.scores
+    );
     for (got, want) in response.scores.iter().zip(expected) {
         assert!(
             (got - want).abs() < 1e-5,

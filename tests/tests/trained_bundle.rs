@@ -89,6 +89,8 @@ fn brute_force(model: &TwoTower, catalog: &CatalogIds, q: &[f32], k: usize) -> V
         .unwrap()
         .to_vec2::<f32>()
         .unwrap();
+    // One embedding per catalog id: `zip` alone would rank a truncated catalog.
+    assert_eq!(items.len(), catalog.ids.len(), "embeddings and catalog ids");
     let mut scored: Vec<(u64, f32)> = items
         .iter()
         .zip(&catalog.ids)
@@ -158,6 +160,11 @@ async fn served_bundle_answers_as_the_trainer() {
         .await
         .unwrap();
     let mut client = gateway_client(cluster.gateway_addr).await;
+    // The export numbers the vocabulary's items in order: as many ids as keys.
+    assert_eq!(
+        catalog.ids.len(),
+        model.vocabularies().item_id.values().len()
+    );
     let id_to_key: HashMap<u64, &String> = catalog
         .ids
         .iter()

@@ -65,9 +65,7 @@ impl RankingFeature {
     /// The side it belongs to.
     pub fn side(self) -> Side {
         match self {
-            Self::MovieId | Self::MovieTitle | Self::MovieGenres | Self::MovieYear => {
-                Side::Item
-            }
+            Self::MovieId | Self::MovieTitle | Self::MovieGenres | Self::MovieYear => Side::Item,
             _ => Side::User,
         }
     }

@@ -35,7 +35,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataset::{Dataset, Interaction};
 use crate::error::{Result, TrainerError};
-use crate::features::{FeatureChoice, ItemTable, Padded, UserFeatureRows, Vocabularies, build_tables};
+use crate::features::{
+    FeatureChoice, ItemTable, Padded, UserFeatureRows, Vocabularies, build_tables,
+};
 use crate::vocabulary::Vocabulary;
 
 /// The model's shape.

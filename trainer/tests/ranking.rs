@@ -232,6 +232,7 @@ fn an_exported_ranker_scores_as_the_trainer_with_only_the_user_id() {
         .unwrap();
     assert_close(&stored.scores, &alone.scores);
     let other = ranker.score(&with("c1"), &items, false).unwrap();
+    assert_eq!(other.scores.len(), alone.scores.len());
     assert!(
         other
             .scores
