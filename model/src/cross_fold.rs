@@ -59,7 +59,7 @@ impl CrossFold {
     /// Bytes the per-item table of a catalog of `items` would take under `model`,
     /// when the model has the foldable shape.
     pub(crate) fn table_bytes(model: &DcnV2, items: usize) -> Option<usize> {
-        let (_, deep) = model.single_cross_then_deep()?;
+        let deep = model.single_cross_then_deep()?.deep();
         let units = deep.weight().dims2().ok()?.0;
         Some((items + 1).saturating_mul(units).saturating_mul(4))
     }
@@ -75,9 +75,10 @@ impl CrossFold {
         item_rows: &[f32],
         unknown_row: &[f32],
     ) -> Result<Option<Self>, ModelError> {
-        let Some((cross, deep)) = model.single_cross_then_deep() else {
+        let Some(tail) = model.single_cross_then_deep() else {
             return Ok(None);
         };
+        let (cross, deep) = (tail.cross(), tail.deep());
         if user_cols.is_empty() || item_cols.is_empty() {
             return Ok(None);
         }

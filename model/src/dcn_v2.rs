@@ -344,20 +344,21 @@ impl DcnV2 {
         &self.cfg
     }
 
-    /// The cross stack alone: `x_L` for input `x0` of shape `(batch, input_dim)`.
-    pub fn cross_forward(&self, x0: &Tensor) -> candle_core::Result<Tensor> {
-        let mut x = x0.clone();
-        for layer in &self.cross {
-            x = layer.forward(x0, &x)?;
-        }
-        Ok(x)
+    /// Raw head output `(batch, 1)` for x0 of shape `(batch, input_dim)`: the
+    /// rating, or the logit (what a training loss and the TFRS fixtures take).
+    pub fn forward_raw(&self, x0: &Tensor) -> candle_core::Result<Tensor> {
+        let (_batch, _dim) = x0.dims2()?;
+        let cross = self.cross_forward(x0)?;
+        self.head_forward(x0, cross)
     }
 
-    /// The first cross layer when it is a plain `Cross`: its first product with x0
-    /// may then be computed by the caller ([`DcnV2::score_from`]).
-    pub fn first_cross(&self) -> Option<&CrossLayer> {
+    /// The first cross layer when it is a plain `Cross`, as a view that can score
+    /// given that layer's first product, computed by the caller (the ranker
+    /// precomputes its item-side part). `None` for DCN-Mix layers or no cross layer,
+    /// so a caller cannot take that path on a model of another shape.
+    pub fn first_cross(&self) -> Option<FirstCross<'_>> {
         match self.cross.first() {
-            Some(Cross::Single(layer)) => Some(layer),
+            Some(Cross::Single(layer)) => Some(FirstCross { model: self, layer }),
             _ => None,
         }
     }
@@ -366,44 +367,36 @@ impl DcnV2 {
     /// stacked in just that order (the TFRS DCN tutorial's shape): the deep layer's
     /// input is then a quadratic form of x0 that [`crate::ranker`] expands so most
     /// of it is computed once per item or once per request.
-    pub fn single_cross_then_deep(&self) -> Option<(&CrossLayer, &Linear)> {
+    pub fn single_cross_then_deep(&self) -> Option<CrossThenDeep<'_>> {
         match (self.cfg.structure, self.cross.as_slice(), self.deep.first()) {
-            (Structure::Stacked, [Cross::Single(layer)], Some(deep)) if layer.is_linear() => {
-                Some((layer, deep))
+            (Structure::Stacked, [Cross::Single(cross)], Some(deep)) if cross.is_linear() => {
+                Some(CrossThenDeep {
+                    model: self,
+                    cross,
+                    deep,
+                })
             }
             _ => None,
         }
     }
 
-    /// The first deep layer's output before its activation, given x0 and
-    /// `first = x0 · first_cross().first_weight()ᵀ`. Stacked models only.
-    pub fn first_deep_from(&self, x0: &Tensor, first: &Tensor) -> candle_core::Result<Tensor> {
-        let (Structure::Stacked, Some(deep)) = (self.cfg.structure, self.deep.first()) else {
-            return Err(candle_core::Error::Msg(
-                "first_deep_from needs a stacked model with a deep layer".into(),
-            ));
-        };
-        deep.forward(&self.cross_forward_from(x0, first)?)
-    }
-
-    /// Scores `(batch,)` given the first deep layer's output before its activation
-    /// (from [`DcnV2::first_deep_from`] or an expansion of it). Stacked models only.
-    pub fn score_from_first_deep(&self, pre: &Tensor) -> candle_core::Result<Tensor> {
-        let mut x = self.cfg.deep_activation.apply(pre)?;
-        for layer in self.deep.iter().skip(1) {
-            x = self.cfg.deep_activation.apply(&layer.forward(&x)?)?;
+    fn cross_forward(&self, x0: &Tensor) -> candle_core::Result<Tensor> {
+        let mut x = x0.clone();
+        for layer in &self.cross {
+            x = layer.forward(x0, &x)?;
         }
-        let raw = self.head.forward(&x)?.squeeze(1)?;
-        self.finish(raw)
+        Ok(x)
     }
 
-    fn cross_forward_from(&self, x0: &Tensor, first: &Tensor) -> candle_core::Result<Tensor> {
-        let Some(Cross::Single(layer)) = self.cross.first() else {
-            return Err(candle_core::Error::Msg(
-                "the first cross layer is not a plain Cross".into(),
-            ));
-        };
-        let mut x = layer.forward_from(x0, x0, first)?;
+    /// The cross stack with the first layer's product given; the caller holds a
+    /// [`FirstCross`], so the first layer is plain.
+    fn cross_forward_from(
+        &self,
+        first_layer: &CrossLayer,
+        x0: &Tensor,
+        first: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let mut x = first_layer.forward_from(x0, x0, first)?;
         for layer in &self.cross[1..] {
             x = layer.forward(x0, &x)?;
         }
@@ -418,13 +411,6 @@ impl DcnV2 {
         Ok(x)
     }
 
-    /// Raw head output `(batch, 1)`: the rating, or the logit.
-    pub fn forward_raw(&self, x0: &Tensor) -> candle_core::Result<Tensor> {
-        let (_batch, _dim) = x0.dims2()?;
-        let cross = self.cross_forward(x0)?;
-        self.head_forward(x0, cross)
-    }
-
     fn head_forward(&self, x0: &Tensor, cross: Tensor) -> candle_core::Result<Tensor> {
         let features = match self.cfg.structure {
             Structure::Stacked => self.deep_forward(&cross)?,
@@ -434,24 +420,81 @@ impl DcnV2 {
         self.head.forward(&features)
     }
 
-    /// Scores `(batch,)`: the raw output for regression, its sigmoid for a logit head.
-    pub fn score(&self, x0: &Tensor) -> candle_core::Result<Tensor> {
-        let raw = self.forward_raw(x0)?.squeeze(1)?;
-        self.finish(raw)
-    }
-
-    /// [`DcnV2::score`] given `first = x0 · first_cross().first_weight()ᵀ`,
-    /// computed by the caller (the ranker precomputes its item-side part).
-    pub fn score_from(&self, x0: &Tensor, first: &Tensor) -> candle_core::Result<Tensor> {
-        let cross = self.cross_forward_from(x0, first)?;
-        let raw = self.head_forward(x0, cross)?.squeeze(1)?;
-        self.finish(raw)
-    }
-
     fn finish(&self, raw: Tensor) -> candle_core::Result<Tensor> {
         match self.cfg.head {
             Head::Regression => Ok(raw),
             Head::Logit => candle_nn::ops::sigmoid(&raw),
         }
+    }
+}
+
+/// Scores `(batch,)` for x0 of shape `(batch, input_dim)`: the raw output for
+/// regression, its sigmoid for a logit head.
+impl Module for DcnV2 {
+    fn forward(&self, x0: &Tensor) -> candle_core::Result<Tensor> {
+        let raw = self.forward_raw(x0)?.squeeze(1)?;
+        self.finish(raw)
+    }
+}
+
+/// A model whose first cross layer is a plain `Cross` ([`DcnV2::first_cross`]).
+#[derive(Debug, Clone, Copy)]
+pub struct FirstCross<'a> {
+    model: &'a DcnV2,
+    layer: &'a CrossLayer,
+}
+
+impl<'a> FirstCross<'a> {
+    /// The layer.
+    pub fn layer(&self) -> &'a CrossLayer {
+        self.layer
+    }
+
+    /// The model's scores given `first = x0 · layer().first_weight()ᵀ`.
+    pub fn score_from(&self, x0: &Tensor, first: &Tensor) -> candle_core::Result<Tensor> {
+        let cross = self.model.cross_forward_from(self.layer, x0, first)?;
+        let raw = self.model.head_forward(x0, cross)?.squeeze(1)?;
+        self.model.finish(raw)
+    }
+}
+
+/// A stacked model of one plain, linear cross layer then deep layers
+/// ([`DcnV2::single_cross_then_deep`]): it can score from the first deep layer's
+/// pre-activation, which the ranker's fold computes.
+#[derive(Debug, Clone, Copy)]
+pub struct CrossThenDeep<'a> {
+    model: &'a DcnV2,
+    cross: &'a CrossLayer,
+    deep: &'a Linear,
+}
+
+impl<'a> CrossThenDeep<'a> {
+    /// The cross layer.
+    pub fn cross(&self) -> &'a CrossLayer {
+        self.cross
+    }
+
+    /// The first deep layer.
+    pub fn deep(&self) -> &'a Linear {
+        self.deep
+    }
+
+    /// The first deep layer's output before its activation, given x0 and
+    /// `first = x0 · cross().first_weight()ᵀ`.
+    pub fn first_deep_from(&self, x0: &Tensor, first: &Tensor) -> candle_core::Result<Tensor> {
+        self.deep
+            .forward(&self.model.cross_forward_from(self.cross, x0, first)?)
+    }
+
+    /// Scores `(batch,)` given the first deep layer's output before its
+    /// activation (from [`CrossThenDeep::first_deep_from`] or an expansion of it).
+    pub fn score_from_first_deep(&self, pre: &Tensor) -> candle_core::Result<Tensor> {
+        let model = self.model;
+        let mut x = model.cfg.deep_activation.apply(pre)?;
+        for layer in model.deep.iter().skip(1) {
+            x = model.cfg.deep_activation.apply(&layer.forward(&x)?)?;
+        }
+        let raw = model.head.forward(&x)?.squeeze(1)?;
+        model.finish(raw)
     }
 }

@@ -23,15 +23,18 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use recsys_bundle::Vocabulary;
 use serde::{Deserialize, Serialize};
+
+mod scoring;
 
 use crate::cross_fold::CrossFold;
 use crate::features::{Feature, ItemTable};
 use crate::stored_user_features::StoredUserFeatures;
 use crate::{DcnConfig, DcnV2, ModelError};
+use scoring::{FIRST_PRODUCT_BUDGET_BYTES, FirstProduct, ScoringPlan};
 
 pub use crate::features::{FeatureInput, FeatureKind, FeatureSpec, Normalization, Pooling, Side};
 
@@ -99,11 +102,8 @@ pub struct Ranker {
     items: ItemTable,
     /// Stored user-side values, the defaults of request features.
     users: StoredUserFeatures,
-    /// The item side of the first cross product, per item, when precomputed.
-    first: Option<FirstProduct>,
-    /// The first cross layer folded into the first deep layer, when the model has
-    /// that shape and the per-item table fits.
-    fold: Option<CrossFold>,
+    /// How requests go through the network, chosen once at load.
+    plan: ScoringPlan,
     device: Device,
 }
 
@@ -196,14 +196,18 @@ impl Ranker {
             )?,
             _ => None,
         };
+        let plan = match (fold, first) {
+            (Some(fold), first) => ScoringPlan::Folded { fold, first },
+            (None, Some(first)) => ScoringPlan::Precomputed(first),
+            (None, None) => ScoringPlan::Plain,
+        };
         Ok(Self {
             config,
             model,
             features,
             items,
             users,
-            first,
-            fold,
+            plan,
             device,
         })
     }
@@ -211,8 +215,7 @@ impl Ranker {
     /// The same ranker computing the first cross product from x0 in every request,
     /// as without the per-item precomputation: for measuring what it saves.
     pub fn without_precomputation(mut self) -> Self {
-        self.first = None;
-        self.fold = None;
+        self.plan = ScoringPlan::Plain;
         self
     }
 
@@ -220,18 +223,27 @@ impl Ranker {
     /// layer (the precomputed first product stays): for measuring the fold, and
     /// for checking it against the plain forward pass.
     pub fn without_fold(mut self) -> Self {
-        self.fold = None;
+        self.plan = match self.plan {
+            ScoringPlan::Folded {
+                first: Some(first), ..
+            } => ScoringPlan::Precomputed(first),
+            ScoringPlan::Folded { first: None, .. } => ScoringPlan::Plain,
+            plan => plan,
+        };
         self
     }
 
     /// Whether the item side of the first cross product is precomputed.
     pub fn precomputed(&self) -> bool {
-        self.first.is_some()
+        matches!(
+            self.plan,
+            ScoringPlan::Precomputed(_) | ScoringPlan::Folded { first: Some(_), .. }
+        )
     }
 
     /// Whether large requests take the folded path ([`crate::cross_fold`]).
     pub fn folded(&self) -> bool {
-        self.fold.is_some()
+        matches!(self.plan, ScoringPlan::Folded { .. })
     }
 
     /// The model version.
@@ -253,232 +265,6 @@ impl Ranker {
     pub fn knows_item(&self, item_id: u64) -> bool {
         self.items.position(item_id).is_some()
     }
-
-    /// Scores `items` for `user` in one batched forward pass. Blocking CPU work.
-    /// Items without features are refused, or scored with out-of-vocabulary
-    /// features when `allow_unknown_items`.
-    pub fn score(
-        &self,
-        user: &UserContext,
-        items: &[u64],
-        allow_unknown_items: bool,
-    ) -> Result<Scores, RankError> {
-        let mut batch = Batch::default();
-        let user_oov = self.encode(user, items, allow_unknown_items, &mut batch)?;
-        let scores = self.forward(batch)?;
-        Ok(Scores {
-            scores,
-            user_out_of_vocabulary: user_oov,
-        })
-    }
-
-    /// Scores several requests in one forward pass: concurrent small requests cost
-    /// one pass's fixed overhead instead of one each. A request that cannot be
-    /// scored (unknown items, a bad feature value) gets its own error and leaves
-    /// the others alone.
-    pub fn score_batch(
-        &self,
-        requests: &[(&UserContext, &[u64])],
-        allow_unknown_items: bool,
-    ) -> Vec<Result<Scores, RankError>> {
-        let mut batch = Batch::default();
-        let mut encoded = Vec::with_capacity(requests.len());
-        for (user, items) in requests {
-            let before = batch.rows;
-            match self.encode(user, items, allow_unknown_items, &mut batch) {
-                Ok(oov) => encoded.push(Ok((before, items.len(), oov))),
-                Err(error) => encoded.push(Err(error)),
-            }
-        }
-        let scores = match self.forward(batch) {
-            Ok(scores) => scores,
-            Err(error) => {
-                let reason = error.to_string();
-                return encoded
-                    .into_iter()
-                    .map(|e| {
-                        e.and_then(|_| Err(RankError::Model(ModelError::Weights(reason.clone()))))
-                    })
-                    .collect();
-            }
-        };
-        encoded
-            .into_iter()
-            .map(|e| {
-                e.map(|(start, n, oov)| Scores {
-                    scores: scores[start..start + n].to_vec(),
-                    user_out_of_vocabulary: oov,
-                })
-            })
-            .collect()
-    }
-
-    /// Appends the rows of `items` for `user` to `batch` (nothing on error);
-    /// returns whether the user id was out of vocabulary.
-    fn encode(
-        &self,
-        user: &UserContext,
-        items: &[u64],
-        allow_unknown_items: bool,
-        batch: &mut Batch,
-    ) -> Result<bool, RankError> {
-        // One look-up per candidate, shared by the unknown-item check and x0.
-        let candidates: Vec<Option<usize>> =
-            items.iter().map(|&id| self.items.position(id)).collect();
-        if !allow_unknown_items {
-            let unknown: Vec<u64> = items
-                .iter()
-                .zip(&candidates)
-                .filter(|(_, row)| row.is_none())
-                .map(|(id, _)| *id)
-                .collect();
-            if !unknown.is_empty() {
-                return Err(RankError::UnknownItems(unknown));
-            }
-        }
-        // The user side is the same for every candidate: encode it once, and copy
-        // it between the item-side slices.
-        let mut user_oov = false;
-        let mut user_side = Vec::new();
-        for feature in self.features.iter().filter(|f| f.spec.side == Side::User) {
-            let id;
-            let name = feature.spec.name.as_str();
-            // A value in the request wins over the stored one.
-            let input = if name == "user_id" {
-                id = FeatureInput::Value(user.user_id.clone());
-                Some(&id)
-            } else {
-                user.features
-                    .get(name)
-                    .or_else(|| self.users.get(&user.user_id, name))
-            };
-            let oov = feature
-                .encode_input(input, &mut user_side)
-                .map_err(RankError::BadFeature)?;
-            if feature.spec.name == "user_id" && oov {
-                user_oov = true;
-            }
-        }
-        if items.is_empty() {
-            return Ok(user_oov);
-        }
-        // On error the batch is put back as it was, so the other requests in it
-        // still score.
-        let lengths = (batch.x0.len(), batch.first.len(), batch.pre.len());
-        let result = match (&self.fold, &self.first) {
-            (Some(fold), _) if fold.pays_for(items.len()) => {
-                let mut rows = Vec::with_capacity(items.len() * self.items.width());
-                for position in &candidates {
-                    rows.extend_from_slice(self.item_side(*position));
-                }
-                fold.append(&user_side, rows, &candidates, &mut batch.pre)
-            }
-            (Some(_), _) => self.unfolded_first_deep(&user_side, &candidates, &mut batch.pre),
-            (None, first) => {
-                self.x0_rows(&user_side, &candidates, &mut batch.x0);
-                first.as_ref().map_or(Ok(()), |first| {
-                    first.append(&user_side, &candidates, &mut batch.first)
-                })
-            }
-        };
-        if let Err(error) = result {
-            batch.x0.truncate(lengths.0);
-            batch.first.truncate(lengths.1);
-            batch.pre.truncate(lengths.2);
-            return Err(error.into());
-        }
-        batch.rows += items.len();
-        Ok(user_oov)
-    }
-
-    /// The item side of x0 at a table position (`None`: the unknown row).
-    fn item_side(&self, position: Option<usize>) -> &[f32] {
-        position.map_or(self.items.unknown(), |p| self.items.row(p))
-    }
-
-    /// Appends the x0 rows of `candidates` to `x0`: the user side and each
-    /// candidate's item side, interleaved in feature order.
-    fn x0_rows(&self, user_side: &[f32], candidates: &[Option<usize>], x0: &mut Vec<f32>) {
-        x0.reserve(candidates.len() * self.config.dcn.input_dim);
-        for position in candidates {
-            let item_side = self.item_side(*position);
-            let (mut user_at, mut item_at) = (0, 0);
-            for feature in &self.features {
-                let width = feature.spec.dim;
-                match feature.spec.side {
-                    Side::User => {
-                        x0.extend_from_slice(&user_side[user_at..user_at + width]);
-                        user_at += width;
-                    }
-                    Side::Item => {
-                        x0.extend_from_slice(&item_side[item_at..item_at + width]);
-                        item_at += width;
-                    }
-                }
-            }
-        }
-    }
-
-    /// The first deep layer's pre-activation for a request too small to fold, by
-    /// the plain forward pass (with the precomputed first product when there is one).
-    fn unfolded_first_deep(
-        &self,
-        user_side: &[f32],
-        candidates: &[Option<usize>],
-        out: &mut Vec<f32>,
-    ) -> Result<(), ModelError> {
-        let dim = self.config.dcn.input_dim;
-        let mut x0 = Vec::new();
-        self.x0_rows(user_side, candidates, &mut x0);
-        let x0 = Tensor::from_vec(x0, (candidates.len(), dim), &self.device)?;
-        let first = match (&self.first, self.model.first_cross()) {
-            (Some(first), _) => {
-                let mut product = Vec::new();
-                first.append(user_side, candidates, &mut product)?;
-                Tensor::from_vec(product, (candidates.len(), first.out), &self.device)?
-            }
-            (None, Some(layer)) => x0.matmul(&layer.first_weight().t()?)?,
-            (None, None) => {
-                return Err(ModelError::Config(
-                    "a folded ranker has a plain first cross layer".into(),
-                ));
-            }
-        };
-        let pre = self.model.first_deep_from(&x0, &first)?;
-        out.extend(pre.flatten_all()?.to_vec1::<f32>()?);
-        Ok(())
-    }
-
-    /// One forward pass over every row of `batch`.
-    fn forward(&self, batch: Batch) -> Result<Vec<f32>, ModelError> {
-        if batch.rows == 0 {
-            return Ok(Vec::new());
-        }
-        if let Some(fold) = &self.fold {
-            let pre = Tensor::from_vec(batch.pre, (batch.rows, fold.units()), &self.device)?;
-            return Ok(self.model.score_from_first_deep(&pre)?.to_vec1::<f32>()?);
-        }
-        let dim = self.config.dcn.input_dim;
-        let x0 = Tensor::from_vec(batch.x0, (batch.rows, dim), &self.device)?;
-        let scores = match &self.first {
-            Some(first) => {
-                let product = Tensor::from_vec(batch.first, (batch.rows, first.out), &self.device)?;
-                self.model.score_from(&x0, &product)?
-            }
-            None => self.model.score(&x0)?,
-        };
-        Ok(scores.to_vec1::<f32>()?)
-    }
-}
-
-/// Rows of one forward pass: x0 and, when precomputed, the first cross product;
-/// or, for a folded ranker, the first deep layer's pre-activation.
-#[derive(Debug, Default)]
-struct Batch {
-    rows: usize,
-    x0: Vec<f32>,
-    first: Vec<f32>,
-    pre: Vec<f32>,
 }
 
 /// x0's column indices of the user-side and of the item-side features.
@@ -494,102 +280,6 @@ fn columns_by_side(features: &[Feature]) -> (Vec<u32>, Vec<u32>) {
         column += feature.spec.dim as u32;
     }
     (user_cols, item_cols)
-}
-
-/// Largest precomputed first product kept per ranker; a bigger catalogue scores
-/// without it.
-const FIRST_PRODUCT_BUDGET_BYTES: usize = 512 << 20;
-
-/// The first cross layer's first product split by x0's columns. The product
-/// (`W x0` at full rank, `U x0` at low rank) is linear, so
-/// `W x0 = W_user x0_user + W_item x0_item`: the item term is computed once per
-/// item at load and the user term once per request, which leaves the request a
-/// gather and an add where it had an `(n, dim) × (dim, out)` matmul (the hint of
-/// the ranking issue; one of the model's three largest matmuls in the TFRS
-/// tutorial).
-#[derive(Debug)]
-struct FirstProduct {
-    /// `[items, out]`, rows parallel to the item table's.
-    items: Vec<f32>,
-    /// The row of an item the table lacks.
-    unknown: Vec<f32>,
-    out: usize,
-    /// The product's weight on the user-side columns, `(out, user width)`; `None`
-    /// when every feature is the item's.
-    user_weight: Option<Tensor>,
-}
-
-impl FirstProduct {
-    fn new(
-        model: &DcnV2,
-        user_cols: &[u32],
-        item_cols: &[u32],
-        items: &ItemTable,
-    ) -> Result<Option<Self>, ModelError> {
-        let Some(layer) = model.first_cross() else {
-            return Ok(None);
-        };
-        let weight = layer.first_weight();
-        let (out, _dim) = weight.dims2()?;
-        if (items.len() + 1).saturating_mul(out).saturating_mul(4) > FIRST_PRODUCT_BUDGET_BYTES {
-            return Ok(None);
-        }
-        let device = weight.device();
-        let columns = |cols: &[u32]| -> candle_core::Result<Option<Tensor>> {
-            if cols.is_empty() {
-                return Ok(None);
-            }
-            let n = cols.len();
-            let picked = weight.index_select(&Tensor::from_slice(cols, n, device)?, 1)?;
-            Ok(Some(picked))
-        };
-        let user_weight = columns(user_cols)?.map(|w| w.contiguous()).transpose()?;
-        let item_weight_t = columns(item_cols)?
-            .map(|w| w.t().and_then(|t| t.contiguous()))
-            .transpose()?;
-        let width = items.width();
-        let project = |values: &[f32], rows: usize| -> candle_core::Result<Vec<f32>> {
-            match &item_weight_t {
-                Some(w) if rows > 0 => Tensor::from_slice(values, (rows, width), device)?
-                    .matmul(w)?
-                    .flatten_all()?
-                    .to_vec1::<f32>(),
-                _ => Ok(vec![0.0; rows * out]),
-            }
-        };
-        Ok(Some(Self {
-            items: project(items.values(), items.len())?,
-            unknown: project(items.unknown(), 1)?,
-            out,
-            user_weight,
-        }))
-    }
-
-    /// Appends `[candidates, out]` to `out`: each candidate's item term plus the
-    /// request's user term.
-    fn append(
-        &self,
-        user_side: &[f32],
-        candidates: &[Option<usize>],
-        out: &mut Vec<f32>,
-    ) -> Result<(), ModelError> {
-        let user_term = match &self.user_weight {
-            None => vec![0.0; self.out],
-            Some(weight) => {
-                let user = Tensor::from_slice(user_side, (user_side.len(), 1), weight.device())?;
-                weight.matmul(&user)?.flatten_all()?.to_vec1::<f32>()?
-            }
-        };
-        out.reserve(candidates.len() * self.out);
-        for position in candidates {
-            let item_term = match position {
-                Some(p) => &self.items[p * self.out..(p + 1) * self.out],
-                None => &self.unknown[..],
-            };
-            out.extend(item_term.iter().zip(&user_term).map(|(i, u)| i + u));
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
