@@ -1,0 +1,109 @@
+//! Errors of the ranking node and their one mapping to gRPC statuses.
+
+use recsys_model::RankError;
+
+use crate::batcher::QueueError;
+
+/// What can go wrong while running the node or answering `Rank`.
+#[derive(Debug, thiserror::Error)]
+pub enum RankingError {
+    /// The request breaks a limit; the message names the field and the limit.
+    #[error("{field}: {reason}")]
+    InvalidArgument {
+        /// The request field.
+        field: String,
+        /// What is wrong and what the limit is.
+        reason: String,
+    },
+    /// The ranker is not loaded (yet, or ever: the message says which file failed).
+    #[error("{0}")]
+    NotReady(String),
+    /// The scoring queue refused the request.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// The ranker could not score the request.
+    #[error(transparent)]
+    Rank(#[from] RankError),
+    /// The scoring pass ended without an answer (it panicked; the thread lives on).
+    #[error("scoring pass failed without an answer")]
+    NoAnswer,
+    /// The gRPC server failed.
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The scoring threads could not be started.
+    #[error("scoring threads: {0}")]
+    Threads(std::io::Error),
+    /// The reflection service could not be built.
+    #[error("reflection: {0}")]
+    Reflection(#[from] recsys_server::grpc::ReflectionError),
+}
+
+impl RankingError {
+    /// An invalid request field.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A full queue is back-pressure the gateway answers by falling back to retrieval
+/// order (and does not count against the node's health); a closed one, or a
+/// ranker not loaded, means this node cannot answer now, which the gateway
+/// retries elsewhere; input the ranker refuses is the caller's to fix.
+impl From<RankingError> for tonic::Status {
+    fn from(error: RankingError) -> Self {
+        let message = error.to_string();
+        match error {
+            RankingError::InvalidArgument { .. }
+            | RankingError::Rank(RankError::UnknownItems(_) | RankError::BadFeature(_)) => {
+                tonic::Status::invalid_argument(message)
+            }
+            RankingError::Queue(QueueError::Full(_)) => tonic::Status::resource_exhausted(message),
+            RankingError::Queue(QueueError::Closed) | RankingError::NotReady(_) => {
+                tonic::Status::unavailable(message)
+            }
+            RankingError::Rank(_)
+            | RankingError::NoAnswer
+            | RankingError::Transport(_)
+            | RankingError::Threads(_)
+            | RankingError::Reflection(_) => tonic::Status::internal(message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::{Code, Status};
+
+    #[test]
+    fn a_full_queue_is_resource_exhausted_and_a_closed_one_unavailable() {
+        let full = Status::from(RankingError::from(QueueError::Full(4)));
+        assert_eq!(full.code(), Code::ResourceExhausted);
+        assert_eq!(full.message(), "ranking queue full: 4 requests waiting");
+        let closed = Status::from(RankingError::from(QueueError::Closed));
+        assert_eq!(closed.code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn refused_input_is_invalid_and_a_model_failure_internal() {
+        let unknown = Status::from(RankingError::from(RankError::UnknownItems(vec![7])));
+        assert_eq!(unknown.code(), Code::InvalidArgument);
+        let bad = Status::from(RankingError::invalid(
+            "user_id",
+            "is 2000 bytes, the limit is 1024",
+        ));
+        assert_eq!(bad.code(), Code::InvalidArgument);
+        assert_eq!(bad.message(), "user_id: is 2000 bytes, the limit is 1024");
+        let model = RankError::Model(recsys_model::ModelError::Config("x".into()));
+        assert_eq!(
+            Status::from(RankingError::from(model)).code(),
+            Code::Internal
+        );
+        assert_eq!(Status::from(RankingError::NoAnswer).code(), Code::Internal);
+        let loading = Status::from(RankingError::NotReady("ranker still loading".into()));
+        assert_eq!(loading.code(), Code::Unavailable);
+    }
+}

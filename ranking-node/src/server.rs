@@ -1,0 +1,128 @@
+//! Running a ranking node: its configuration, loading the ranker off the async
+//! workers, and serving until shutdown with a drain.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use recsys_bundle::Manifest;
+use recsys_discovery::{AnnounceOptions, Announcer, Role, serve_and_drain};
+use recsys_model::Ranker;
+use recsys_proto::v1::ranking_service_server::RankingServiceServer;
+use recsys_server::grpc::{
+    incoming, not_serving_on_shutdown, pool_size, set_health, spawn_loader, standard_router,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic_health::ServingStatus;
+
+use crate::RankingError;
+use crate::batcher::{Batcher, BatcherConfig};
+use crate::service::{LoadState, RankingNodeService};
+
+/// How to run a ranking node.
+#[derive(Debug, Clone)]
+pub struct RankingConfig {
+    /// The bundle directory.
+    pub bundle_dir: PathBuf,
+    /// Scoring threads, each running one forward pass at a time (0 = one per core).
+    pub threads: usize,
+    /// Most candidates one forward pass takes from concurrent requests (0 = one
+    /// request per pass); see [`batcher`].
+    pub max_batch_rows: usize,
+    /// Most requests waiting for a scoring thread; more are refused with
+    /// `RESOURCE_EXHAUSTED`.
+    pub max_queue: usize,
+    /// Most candidates one `Rank` may carry.
+    pub max_candidates: usize,
+    /// Score unknown item ids with out-of-vocabulary features instead of refusing them.
+    pub allow_unknown_items: bool,
+    /// Registration in etcd (`None`: static membership).
+    pub announce: Option<AnnounceOptions>,
+}
+
+impl RankingConfig {
+    /// Defaults for `bundle_dir`: one scoring thread per core, batches of up to
+    /// 1024 candidates, 1024 waiting requests, 10 000 candidates per request,
+    /// unknown items refused.
+    pub fn new(bundle_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            bundle_dir: bundle_dir.into(),
+            threads: 0,
+            max_batch_rows: 1024,
+            max_queue: 1024,
+            max_candidates: 10_000,
+            allow_unknown_items: false,
+            announce: None,
+        }
+    }
+}
+
+/// The ranker, and the version of the bundle it came in (what the node registers
+/// as, so the gateway can tell it apart from nodes of another bundle).
+fn load(dir: &std::path::Path) -> Result<(Ranker, String), String> {
+    let manifest = Manifest::load(dir).map_err(|e| e.to_string())?;
+    let files = manifest.ranker_files(dir).ok_or_else(|| {
+        format!(
+            "{}: the bundle has no ranker",
+            dir.join("manifest.json").display()
+        )
+    })?;
+    let ranker = Ranker::load(&files).map_err(|e| e.to_string())?;
+    Ok((ranker, manifest.version))
+}
+
+/// Serves ranking on `listener` until `shutdown` is cancelled; with
+/// `config.announce`, registers in etcd once the ranker is loaded and drains
+/// before stopping.
+pub async fn run(
+    listener: TcpListener,
+    config: RankingConfig,
+    shutdown: CancellationToken,
+) -> Result<(), RankingError> {
+    let (health, router) = standard_router()?;
+    let name = <RankingServiceServer<RankingNodeService> as NamedService>::NAME;
+    set_health(&health, name, ServingStatus::NotServing).await;
+    let state = Arc::new(ArcSwap::from_pointee(LoadState::Loading));
+    let batcher = Batcher::start(BatcherConfig {
+        threads: pool_size(config.threads),
+        max_queue: config.max_queue,
+        max_batch_rows: config.max_batch_rows,
+        allow_unknown_items: config.allow_unknown_items,
+    })
+    .map_err(RankingError::Threads)?;
+    let service = RankingNodeService::new(state.clone(), Arc::new(batcher), &config);
+
+    let announcer = Announcer::new(config.announce.clone());
+    let ready_announcer = announcer.clone();
+    let (ready_state, failed_state) = (state.clone(), state.clone());
+    let dir = config.bundle_dir.clone();
+    spawn_loader(
+        health.clone(),
+        name,
+        shutdown.clone(),
+        "ranker",
+        move || load(&dir),
+        move |(ranker, bundle_version): (Ranker, String)| {
+            tracing::info!(
+                version = ranker.version(),
+                bundle_version,
+                items = ranker.items(),
+                "ranker ready"
+            );
+            ready_announcer.register(Role::Ranking, None, None, &bundle_version);
+            ready_state.store(Arc::new(LoadState::Ready(Arc::new(ranker))));
+        },
+        move |error| failed_state.store(Arc::new(LoadState::Failed(error))),
+    );
+    not_serving_on_shutdown(health, name, shutdown.clone());
+
+    tracing::info!(addr = ?listener.local_addr().ok(), "ranking node listening");
+    let stop = announcer.server_stop(shutdown);
+    let serve = router
+        .add_service(RankingServiceServer::new(service))
+        .serve_with_incoming_shutdown(incoming(listener), stop.clone().cancelled_owned());
+    serve_and_drain(&announcer, &stop, serve).await?;
+    Ok(())
+}
