@@ -17,8 +17,8 @@ demo: deps
 
 ## Everything CI checks: the vendored usearch is upstream plus its patch series,
 ## formatting, lints, unit, property and integration tests.
-# The node binaries first: the process tests start them, and one left from an
-# older build would be tested instead of this tree's.
+# The binaries first: the process tests start them, never build them, and refuse
+# one older than a source it is built from (local-cluster/src/binaries.rs).
 test: deps lint
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Training time of TFRS's basic retrieval tutorial: TFRS itself vs `recsys train
+# Training time of TFRS's basic retrieval tutorial: TFRS itself vs `recsys train retrieval
 # --preset tfrs-basic`, same data files, same settings, in the same run:
 #   bench/train_vs_tfrs.sh DATA_DIR [ROUNDS]
 # Rounds alternate TFRS (training metrics off, then on as the tutorial has them)
@@ -25,7 +25,7 @@ for round in $(seq "$rounds"); do
   "$venv/bin/python" bench/tfrs_retrieval_timing.py --data "$data" 2>/dev/null \
     | sed "s/^{/{\"round\": $round, \"load\": $load, /" | tee -a "$log"
   load="$(cut -d' ' -f1 /proc/loadavg)"
-  out="$("$recsys" train --data "$data" --preset tfrs-basic 2>/dev/null)"
+  out="$("$recsys" train retrieval --data "$data" --preset tfrs-basic 2>/dev/null)"
   seconds="$(echo "$out" | sed -n 's/^training \([0-9.]*\)s.*/\1/p')"
   epochs="$(echo "$out" | sed -n 's/^epoch [0-9]*\/[0-9]*: loss [0-9.]*, \([0-9.]*\)s$/\1/p' | paste -sd, -)"
   top100="$(echo "$out" | awk '/^test \(/ {print $NF}')"

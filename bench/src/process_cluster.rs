@@ -8,15 +8,21 @@
 //! and what is measured mixes their scheduling. Deployments (docker-compose,
 //! Kubernetes) run each server in its own process with its own runtime; this is
 //! that shape on one machine.
+//!
+//! Each server is a [`ServerProcess`], the harness the integration tests use
+//! too: exactly the flags below, none of the shell's `RECSYS_*` variables (they
+//! would change what is measured), the binaries next to this one and refused when
+//! older than their sources, so a measurement is never of an old build.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
 use recsys_bundle::Manifest;
-use recsys_local_cluster::{LocalCluster, LocalClusterOptions, wait_until_serving_polling};
+use recsys_local_cluster::{
+    LocalCluster, LocalClusterOptions, ServerCommand, ServerProcess, binaries_dir, workspace_binary,
+};
 
 /// How `overhead` and `load` run the servers.
 #[derive(Debug, Clone, clap::Args)]
@@ -109,8 +115,8 @@ pub struct ProcessCluster {
     pub shard_addrs: Vec<SocketAddr>,
     /// The bundle's manifest.
     pub manifest: Manifest,
-    /// Each server's name (for messages) and process.
-    children: Vec<(String, Child)>,
+    /// Every server, in start order (nodes, then the gateway).
+    servers: Vec<ServerProcess>,
     static_file: PathBuf,
 }
 
@@ -127,11 +133,16 @@ impl ProcessCluster {
             .with_context(|| format!("reading the bundle at {}", bundle.display()))?;
         let static_file =
             std::env::temp_dir().join(format!("recsys-bench-static-{}.json", std::process::id()));
+        let binaries = binaries_dir()?;
+        // Every binary checked before any starts: a stale one fails at once.
+        let [retrieval, ranking_node, gateway] = ["retrieval-node", "ranking-node", "gateway"]
+            .map(|name| workspace_binary(&binaries, name));
+        let (retrieval, ranking_node, gateway) = (retrieval?, ranking_node?, gateway?);
         let mut cluster = Self {
             gateway_addr: free_addr()?,
             shard_addrs: Vec::new(),
             manifest,
-            children: Vec::new(),
+            servers: Vec::new(),
             static_file,
         };
         let bundle_arg = bundle.display().to_string();
@@ -140,47 +151,37 @@ impl ProcessCluster {
             let addr = free_addr()?;
             let shard_arg = shard.to_string();
             let listen = addr.to_string();
-            cluster.spawn(
-                "retrieval-node",
-                &[
-                    "--bundle",
-                    &bundle_arg,
-                    "--shard",
-                    &shard_arg,
-                    "--listen",
-                    &listen,
-                    "--io-threads",
-                    &io_arg,
-                ],
-            )?;
+            let args = [
+                "--bundle",
+                &bundle_arg,
+                "--shard",
+                &shard_arg,
+                "--listen",
+                &listen,
+                "--io-threads",
+                &io_arg,
+            ];
+            cluster.spawn(ServerCommand::new(&retrieval, "retrieval-node", addr).args(args))?;
             cluster.shard_addrs.push(addr);
         }
         let mut ranking = Vec::new();
         if cluster.manifest.ranker.is_some() {
             let addr = free_addr()?;
             let listen = addr.to_string();
-            cluster.spawn(
-                "ranking-node",
-                &[
-                    "--bundle",
-                    &bundle_arg,
-                    "--listen",
-                    &listen,
-                    "--io-threads",
-                    &io_arg,
-                ],
-            )?;
+            let args = [
+                "--bundle",
+                &bundle_arg,
+                "--listen",
+                &listen,
+                "--io-threads",
+                &io_arg,
+            ];
+            cluster.spawn(ServerCommand::new(&ranking_node, "ranking-node", addr).args(args))?;
             ranking.push(addr);
         }
         // The gateway last, once the nodes serve: it would otherwise mark them
         // down at its first health check and log it.
-        let nodes: Vec<SocketAddr> = cluster
-            .shard_addrs
-            .iter()
-            .chain(&ranking)
-            .copied()
-            .collect();
-        cluster.wait_serving(&nodes).await?;
+        cluster.wait_serving().await?;
         let spec = serde_json::json!({
             "shards": cluster.shard_addrs.iter().map(|a| vec![a.to_string()]).collect::<Vec<_>>(),
             "ranking": ranking.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
@@ -190,89 +191,49 @@ impl ProcessCluster {
         let static_arg = cluster.static_file.display().to_string();
         let listen = cluster.gateway_addr.to_string();
         let io_arg = gateway_io_threads.to_string();
-        cluster.spawn(
-            "gateway",
-            &[
-                "--bundle",
-                &bundle_arg,
-                "--static",
-                &static_arg,
-                "--listen",
-                &listen,
-                "--io-threads",
-                &io_arg,
-            ],
-        )?;
-        cluster.wait_serving(&[cluster.gateway_addr]).await?;
+        let args = [
+            "--bundle",
+            &bundle_arg,
+            "--static",
+            &static_arg,
+            "--listen",
+            &listen,
+            "--io-threads",
+            &io_arg,
+        ];
+        let addr = cluster.gateway_addr;
+        cluster.spawn(ServerCommand::new(&gateway, "gateway", addr).args(args))?;
+        cluster.wait_serving().await?;
         // A server that could not bind its port exits; its port may then answer
         // for another server, so check that none has gone.
-        cluster.check_running()?;
+        for server in &mut cluster.servers {
+            server.check_running()?;
+        }
         Ok(cluster)
     }
 
     /// The children's process ids, in start order (nodes, then the gateway).
     pub fn pids(&self) -> Vec<u32> {
-        self.children.iter().map(|(_, child)| child.id()).collect()
+        self.servers.iter().filter_map(ServerProcess::pid).collect()
     }
 
-    /// Waits until every server at `addrs` reports SERVING, failing at once when
-    /// one of the processes has exited instead.
-    async fn wait_serving(&mut self, addrs: &[SocketAddr]) -> anyhow::Result<()> {
+    /// Waits until every server started so far reports SERVING, failing at once
+    /// when one has exited instead.
+    async fn wait_serving(&mut self) -> anyhow::Result<()> {
         const TIMEOUT: Duration = Duration::from_secs(60);
-        for addr in addrs {
-            let started = std::time::Instant::now();
-            loop {
-                let slice = Duration::from_millis(250);
-                match wait_until_serving_polling(*addr, slice, Duration::from_millis(5)).await {
-                    Ok(()) => break,
-                    Err((_, detail)) => {
-                        self.check_running()?;
-                        if started.elapsed() >= TIMEOUT {
-                            anyhow::bail!("{addr} not serving after {TIMEOUT:?}: {detail}");
-                        }
-                    }
-                }
-            }
+        for server in &mut self.servers {
+            // Polls often: what the benchmark measures starts once all serve.
+            server
+                .wait_serving_polling(TIMEOUT, Duration::from_millis(5))
+                .await?;
         }
         Ok(())
     }
 
-    /// Fails when a server process has exited.
-    fn check_running(&mut self) -> anyhow::Result<()> {
-        for (name, child) in &mut self.children {
-            if let Some(status) = child.try_wait()? {
-                anyhow::bail!(
-                    "{name} exited ({status}) before the cluster was up; its stderr is above"
-                );
-            }
-        }
-        Ok(())
-    }
-
-    fn spawn(&mut self, binary: &str, args: &[&str]) -> anyhow::Result<()> {
-        let path = sibling_binary(binary)?;
-        let mut command = Command::new(&path);
-        // Only the flags configure the servers: a `RECSYS_*` variable of the
-        // caller's shell (etcd, a metrics port, another top-k probability) would
-        // reach every one of them and change what is measured.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("RECSYS_") {
-                command.env_remove(key);
-            }
-        }
-        let child = command
-            .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {}", path.display()))?;
-        self.children
-            .push((format!("{binary} (pid {})", child.id()), child));
+    /// Starts a server with the log level of this process (`warn` by default).
+    fn spawn(&mut self, command: ServerCommand) -> anyhow::Result<()> {
+        let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+        self.servers.push(command.env("RUST_LOG", log).spawn()?);
         Ok(())
     }
 }
@@ -280,25 +241,11 @@ impl ProcessCluster {
 impl Drop for ProcessCluster {
     fn drop(&mut self) {
         // The gateway first, so that it does not log the nodes going away.
-        for (_, child) in self.children.iter_mut().rev() {
-            let _ = child.kill();
-            let _ = child.wait();
+        while let Some(mut server) = self.servers.pop() {
+            server.kill9();
         }
         let _ = std::fs::remove_file(&self.static_file);
     }
-}
-
-/// A workspace binary in the directory of this one (target/release/).
-fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("finding recsys-bench's own path")?;
-    let path = exe.with_file_name(name);
-    anyhow::ensure!(
-        path.exists(),
-        "{} is missing: build the servers first \
-         (cargo build --release -p recsys-gateway -p recsys-retrieval-node -p recsys-ranking-node)",
-        path.display()
-    );
-    Ok(path)
 }
 
 /// A free loopback port for a server process.

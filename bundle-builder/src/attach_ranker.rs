@@ -1,6 +1,6 @@
 //! Puts a ranker made elsewhere into a bundle: the "train in TFRS, serve here"
 //! path. `tools/tfrs_export` writes a ranker directory (`config.json`,
-//! `weights.safetensors`, `vocab/`, `item_features.tsv`), and `recsys train --task
+//! `weights.safetensors`, `vocab/`, `item_features.tsv`), and `recsys train
 //! ranking` the same plus `user_features.tsv`; this copies it under the
 //! bundle's `ranker/`, rewrites the vocabulary paths to be relative to the bundle
 //! (as the manifest's paths are), loads it once to prove it is whole, and names it

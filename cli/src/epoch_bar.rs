@@ -1,4 +1,4 @@
-//! The progress bar both `recsys train` tasks show: one bar per epoch with the
+//! The progress bar both `recsys train` models show: one bar per epoch with the
 //! batches done, the running mean of the batch losses and the elapsed time.
 
 use indicatif::{ProgressBar, ProgressStyle};

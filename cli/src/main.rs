@@ -43,8 +43,9 @@ enum Command {
     Query(query::QueryArgs),
     /// Ask a server's grpc.health.v1 whether it is SERVING (exit 0) or not (exit 1).
     Health(health::HealthArgs),
-    /// Train the two-tower retrieval model (top-k accuracies) or, with --task ranking, the DCN-V2 ranker (RMSE) on MovieLens.
-    Train(train::TrainArgs),
+    /// Train a model on MovieLens: `train retrieval` (the two-tower model, top-k accuracies) or `train ranking` (the DCN-V2 ranker, RMSE).
+    #[command(subcommand)]
+    Train(train::TrainCommand),
 }
 
 fn main() {

@@ -1,7 +1,11 @@
-//! `recsys train`: trains the two-tower retrieval model on MovieLens and prints
-//! TFRS's factorized top-k accuracies for the training and test sets.
+//! `recsys train retrieval`: trains the two-tower retrieval model on MovieLens and
+//! prints TFRS's factorized top-k accuracies for the training and test sets;
+//! `recsys train ranking` trains the DCN-V2 ranker ([`crate::train_ranking`]).
+//! One subcommand per model, so each model's flags are its own (`--preset`,
+//! `--epochs`, `--out` mean the model named) and its help lists only them; the
+//! data set, its split and the seed ([`DataArgs`]) are the same for both.
 //!
-//! Settings start from a preset: `recsys` (the default) or `tfrs-basic`, TFRS's
+//! Retrieval settings start from a preset: `recsys` (the default) or `tfrs-basic`, TFRS's
 //! basic retrieval tutorial (movie titles as item ids, ids only, 32 dimensions,
 //! batch 8192, Adagrad 0.1, 3 epochs); flags override single settings. Both
 //! split at random 80/20 with seed 42 (our own shuffle; see
@@ -12,7 +16,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 use recsys_trainer::evaluate::TFRS_KS;
 use recsys_trainer::{
     Dataset, FeatureChoice, OptimizerChoice, TopKAccuracy, TrainConfig, TrainEvent, TwoTower,
@@ -22,15 +26,37 @@ use recsys_trainer::{
 use crate::epoch_bar::EpochBar;
 use crate::train_export::ExportArgs;
 
-/// Options of `recsys train`.
+/// `recsys train`: which model.
+#[derive(Debug, Clone, Subcommand)]
+pub enum TrainCommand {
+    /// Train the two-tower retrieval model and print its factorized top-k accuracies.
+    Retrieval(TrainArgs),
+    /// Train the DCN-V2 ranker on ratings and print its RMSE.
+    Ranking(crate::train_ranking::RankingArgs),
+}
+
+/// The data set, its split and the seed: the same flags for either model.
 #[derive(Debug, Clone, Args)]
-pub struct TrainArgs {
+pub struct DataArgs {
     /// The data directory (MovieLens 100K: u.data, u.user, u.item; 1M: ratings.dat, users.dat, movies.dat).
     #[arg(long, env = "RECSYS_TRAIN_DATA")]
     pub data: PathBuf,
     /// The data set's format.
     #[arg(long, value_enum, default_value_t = Format::Ml100k, env = "RECSYS_TRAIN_FORMAT")]
     pub format: Format,
+    /// Seeds the split, the initial weights and the batch order.
+    #[arg(long, default_value_t = 42, env = "RECSYS_TRAIN_SEED")]
+    pub seed: u64,
+    /// Share of interactions used for training.
+    #[arg(long, default_value_t = 0.8, env = "RECSYS_TRAIN_FRACTION")]
+    pub train_fraction: f64,
+}
+
+/// Options of `recsys train retrieval`.
+#[derive(Debug, Clone, Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Starting settings; every flag below that is given overrides its value.
     #[arg(long, value_enum, default_value_t = Preset::Recsys, env = "RECSYS_TRAIN_PRESET")]
     pub preset: Preset,
@@ -46,9 +72,6 @@ pub struct TrainArgs {
     /// Embedding dimensions.
     #[arg(long, env = "RECSYS_TRAIN_DIM")]
     pub dim: Option<usize>,
-    /// Seeds the split, the initial weights and the batch order.
-    #[arg(long, default_value_t = 42, env = "RECSYS_TRAIN_SEED")]
-    pub seed: u64,
     /// Optimizer.
     #[arg(long, value_enum, env = "RECSYS_TRAIN_OPTIMIZER")]
     pub optimizer: Option<OptimizerArg>,
@@ -70,9 +93,6 @@ pub struct TrainArgs {
     /// Draw a new batch order every epoch (TFRS's tutorial keeps one).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", env = "RECSYS_TRAIN_RESHUFFLE")]
     pub reshuffle: Option<bool>,
-    /// Share of interactions used for training.
-    #[arg(long, default_value_t = 0.8, env = "RECSYS_TRAIN_FRACTION")]
-    pub train_fraction: f64,
     /// Hold out this share of the training set as a validation set: train on
     /// the rest and report validation instead of test figures, for choosing
     /// settings without looking at the test set.
@@ -83,21 +103,6 @@ pub struct TrainArgs {
     pub out: Option<PathBuf>,
     #[command(flatten)]
     pub export: ExportArgs,
-    /// What to train: the retrieval model or the DCN-V2 ranker.
-    #[arg(long, value_enum, default_value_t = Task::Retrieval, env = "RECSYS_TRAIN_TASK")]
-    pub task: Task,
-    /// The ranker's flags (`--task ranking`).
-    #[command(flatten)]
-    pub ranking: crate::train_ranking::RankingArgs,
-}
-
-/// What `recsys train` trains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Task {
-    /// The two-tower retrieval model.
-    Retrieval,
-    /// The DCN-V2 ranker on ratings (crate::train_ranking).
-    Ranking,
 }
 
 /// Named starting points for the model and training settings.
@@ -143,7 +148,7 @@ impl TrainArgs {
         let Settings {
             mut model,
             mut train,
-        } = self.preset.settings(self.seed);
+        } = self.preset.settings(self.data.seed);
         if let Some(dim) = self.dim {
             model.dim = dim;
         }
@@ -212,29 +217,35 @@ pub enum ItemKey {
     Id,
 }
 
-/// Loads, splits, trains, evaluates, prints.
-pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    if args.task == Task::Ranking {
-        return crate::train_ranking::run(&args, &args.ranking);
+/// Trains the model `command` names.
+pub fn run(command: TrainCommand) -> anyhow::Result<()> {
+    match command {
+        TrainCommand::Retrieval(args) => run_retrieval(args),
+        TrainCommand::Ranking(args) => crate::train_ranking::run(&args),
     }
+}
+
+/// Loads, splits, trains, evaluates, prints.
+fn run_retrieval(args: TrainArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    let seed = args.data.seed;
     // The export needs the items' own ids, so keep the data as loaded.
-    let raw = load_raw(&args)?;
+    let raw = load_raw(&args.data)?;
     let data = match args.item_key {
         ItemKey::Title => Cow::Owned(raw.keyed_by_title()),
         ItemKey::Id => Cow::Borrowed(&raw),
     };
-    let mut split = random_split(&data.interactions, args.train_fraction, args.seed)?;
+    let mut split = random_split(&data.interactions, args.data.train_fraction, seed)?;
     let held_out = match args.validation_fraction {
         // The training set's own split; the test set is dropped unseen.
         Some(fraction) => {
-            split = random_split(&split.train, 1.0 - fraction, args.seed)?;
+            split = random_split(&split.train, 1.0 - fraction, seed)?;
             "validation"
         }
         None => "test",
     };
     let settings = args.settings();
-    let model = TwoTower::new(settings.model, &data, args.seed)?;
+    let model = TwoTower::new(settings.model, &data, seed)?;
     println!(
         "{} interactions ({} train, {} {held_out}), {} users, {} items, loaded in {:.2?}",
         data.interactions.len(),
@@ -271,8 +282,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(out) = &args.export.bundle_out {
         let path = args
             .data
+            .data
             .canonicalize()
-            .unwrap_or_else(|_| args.data.clone());
+            .unwrap_or_else(|_| args.data.data.clone());
         let source = trained_source(&path);
         crate::train_export::export(&model, &raw, &source, &args.export, out)?;
     }
@@ -292,40 +304,43 @@ pub fn trained_source(data: &std::path::Path) -> String {
 }
 
 /// What `recsys demo --data` serves: the ranker trained with `recsys train
-/// --task ranking` defaults, then the retrieval model with `recsys train`
+/// ranking` defaults, then the retrieval model with `recsys train retrieval`
 /// defaults exported into `out` with that ranker attached.
 pub fn train_for_demo(data: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    // Parsed like a command line, so the defaults are the flags' own.
     #[derive(Debug, clap::Parser)]
-    struct Defaults {
-        #[command(flatten)]
-        args: TrainArgs,
+    struct Train {
+        #[command(subcommand)]
+        model: TrainCommand,
     }
-    let parse = |extra: &[&std::ffi::OsStr]| -> anyhow::Result<TrainArgs> {
-        let mut argv: Vec<&std::ffi::OsStr> =
-            vec!["train".as_ref(), "--data".as_ref(), data.as_os_str()];
+    let parse = |model: &str, extra: &[&std::ffi::OsStr]| -> anyhow::Result<TrainCommand> {
+        let mut argv: Vec<&std::ffi::OsStr> = vec![
+            "train".as_ref(),
+            model.as_ref(),
+            "--data".as_ref(),
+            data.as_os_str(),
+        ];
         argv.extend_from_slice(extra);
-        Ok(<Defaults as clap::Parser>::try_parse_from(argv)?.args)
+        Ok(<Train as clap::Parser>::try_parse_from(argv)?.model)
     };
     let mut ranker = out.as_os_str().to_owned();
     ranker.push("-ranker");
-    println!("\n== the ranker (recsys train --task ranking)");
-    run(parse(&[
-        "--task".as_ref(),
-        "ranking".as_ref(),
-        "--ranker-out".as_ref(),
-        &ranker,
-    ])?)?;
-    println!("\n== the retrieval model (recsys train), exported with the ranker");
-    run(parse(&[
-        "--bundle-out".as_ref(),
-        out.as_os_str(),
-        "--ranker".as_ref(),
-        &ranker,
-    ])?)
+    println!("\n== the ranker (recsys train ranking)");
+    run(parse("ranking", &["--out".as_ref(), &ranker])?)?;
+    println!("\n== the retrieval model (recsys train retrieval), exported with the ranker");
+    run(parse(
+        "retrieval",
+        &[
+            "--bundle-out".as_ref(),
+            out.as_os_str(),
+            "--ranker".as_ref(),
+            &ranker,
+        ],
+    )?)
 }
 
 /// The data set as the loader reads it, keyed by item id.
-pub(crate) fn load_raw(args: &TrainArgs) -> anyhow::Result<Dataset> {
+pub(crate) fn load_raw(args: &DataArgs) -> anyhow::Result<Dataset> {
     match args.format {
         Format::Ml100k => recsys_trainer::load_movielens_100k(&args.data),
         Format::Ml1m => recsys_trainer::load_movielens_1m(&args.data),
@@ -333,7 +348,7 @@ pub(crate) fn load_raw(args: &TrainArgs) -> anyhow::Result<Dataset> {
     .with_context(|| format!("loading {}", args.data.display()))
 }
 
-/// `recsys train`'s progress: the batches' summed loss, then a line per epoch.
+/// `recsys train retrieval`'s progress: the batches' summed loss, then a line per epoch.
 struct Progress(EpochBar);
 
 impl Progress {
@@ -375,5 +390,50 @@ fn print_table(rows: &[(&str, &TopKAccuracy)]) {
             print!("{a:>9.4}");
         }
         println!();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Train {
+        #[command(subcommand)]
+        model: TrainCommand,
+    }
+
+    fn parse(argv: &[&str]) -> Result<TrainCommand, clap::Error> {
+        Train::try_parse_from(std::iter::once("train").chain(argv.iter().copied())).map(|t| t.model)
+    }
+
+    #[test]
+    fn each_model_has_its_own_flags_and_the_shared_data_flags() {
+        let TrainCommand::Retrieval(r) =
+            parse(&["retrieval", "--data", "d", "--epochs", "2"]).unwrap()
+        else {
+            panic!("not retrieval");
+        };
+        assert_eq!((r.data.seed, r.data.train_fraction), (42, 0.8));
+        assert_eq!(r.epochs, Some(2));
+        assert_eq!(r.preset, Preset::Recsys);
+        let TrainCommand::Ranking(k) = parse(&[
+            "ranking", "--data", "d", "--preset", "tfrs-dcn", "--epochs", "3", "--seed", "7",
+        ])
+        .unwrap() else {
+            panic!("not ranking");
+        };
+        assert_eq!(k.data.seed, 7);
+        assert_eq!(k.epochs, Some(3));
+        assert_eq!(k.preset, crate::train_ranking::Preset::TfrsDcn);
+        // A flag of the other model is refused, not ignored.
+        assert!(parse(&["ranking", "--data", "d", "--bundle-out", "b"]).is_err());
+        assert!(parse(&["retrieval", "--data", "d", "--cross-layers", "2"]).is_err());
+        // A model must be named.
+        assert!(parse(&["--data", "d"]).is_err());
     }
 }

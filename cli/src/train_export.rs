@@ -1,4 +1,4 @@
-//! `recsys train --bundle-out DIR`: writes the trained two-tower model as a bundle
+//! `recsys train retrieval --bundle-out DIR`: writes the trained two-tower model as a bundle
 //! the cluster serves (`recsys_trainer::export`), optionally with a ranker, and
 //! says how to serve it.
 
@@ -21,7 +21,7 @@ pub struct ExportArgs {
     #[arg(long, default_value_t = 2, env = "RECSYS_TRAIN_SHARDS")]
     pub shards: u32,
     /// A ranker directory to serve with the exported bundle (what `recsys train
-    /// --task ranking --ranker-out` or tools/tfrs_export writes).
+    /// ranking --out` or tools/tfrs_export writes).
     #[arg(long, env = "RECSYS_TRAIN_RANKER")]
     pub ranker: Option<PathBuf>,
 }

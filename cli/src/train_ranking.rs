@@ -1,10 +1,12 @@
-//! `recsys train --task ranking`: trains the DCN-V2 ranker on MovieLens ratings
-//! from a preset (`--ranker-preset recsys`, the default; `tfrs-dcn`; `tfrs-basic-ranking`),
-//! prints per-epoch and final RMSE, and with `--ranker-out` writes the ranker
-//! layout that `recsys bundle --ranker DIR` puts into a bundle.
+//! `recsys train ranking`: trains the DCN-V2 ranker on MovieLens ratings from a
+//! preset (`--preset recsys`, the default; `tfrs-dcn`; `tfrs-basic-ranking`),
+//! prints per-epoch and final RMSE, and with `--out` writes the ranker layout
+//! that `recsys bundle --ranker DIR` puts into a bundle.
 //!
-//! `--ranker-*` flags override single settings of the preset; the data, format,
-//! seed and split fraction are `recsys train`'s own flags.
+//! The other flags override single settings of the preset; the data, format,
+//! seed and split fraction are the flags both models share
+//! ([`crate::train::DataArgs`]). The variables keep their `RECSYS_TRAIN_RANKER_`
+//! prefix: unlike flags, they have no subcommand to tell the two models apart.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -17,7 +19,7 @@ use recsys_trainer::{
 };
 
 use crate::epoch_bar::EpochBar;
-use crate::train::{TrainArgs, load_raw, seconds};
+use crate::train::{DataArgs, load_raw, seconds};
 
 /// The ranking presets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -30,62 +32,64 @@ pub enum Preset {
     TfrsBasicRanking,
 }
 
-/// Flags of `recsys train --task ranking`.
+/// Flags of `recsys train ranking`.
 #[derive(Debug, Clone, Args)]
 pub struct RankingArgs {
-    /// The ranking preset (`--preset` is the retrieval model's).
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Starting settings; every flag below that is given overrides its value.
     #[arg(
         long,
         value_enum,
         default_value_t = Preset::Recsys,
         env = "RECSYS_TRAIN_RANKER_PRESET"
     )]
-    pub ranker_preset: Preset,
+    pub preset: Preset,
     /// Write the trained ranker here (config.json, weights.safetensors, vocab/, item_features.tsv, user_features.tsv).
     #[arg(long, env = "RECSYS_TRAIN_RANKER_OUT")]
-    pub ranker_out: Option<PathBuf>,
+    pub out: Option<PathBuf>,
     /// Version recorded in the exported ranker (default: recsys-<preset>-seed<seed>).
     #[arg(long, env = "RECSYS_TRAIN_RANKER_VERSION")]
-    pub ranker_version: Option<String>,
+    pub model_version: Option<String>,
     /// Override the preset's most epochs.
     #[arg(long, env = "RECSYS_TRAIN_RANKER_EPOCHS")]
-    pub ranker_epochs: Option<usize>,
+    pub epochs: Option<usize>,
     /// Override the preset's batch size.
     #[arg(long, env = "RECSYS_TRAIN_RANKER_BATCH_SIZE")]
-    pub ranker_batch_size: Option<usize>,
+    pub batch_size: Option<usize>,
     /// Override the preset's learning rate.
     #[arg(long, env = "RECSYS_TRAIN_RANKER_LR")]
-    pub ranker_lr: Option<f64>,
+    pub lr: Option<f64>,
     /// Adam's decoupled weight decay (Adam presets only).
     #[arg(long, env = "RECSYS_TRAIN_RANKER_WEIGHT_DECAY")]
-    pub ranker_weight_decay: Option<f64>,
+    pub weight_decay: Option<f64>,
     /// Share of the training set held out for validation and early stopping (0: none).
     #[arg(long, env = "RECSYS_TRAIN_RANKER_VALIDATION")]
-    pub ranker_validation: Option<f64>,
+    pub validation: Option<f64>,
     /// Epochs without a better validation RMSE before stopping (0: never stop early).
     #[arg(long, env = "RECSYS_TRAIN_RANKER_PATIENCE")]
-    pub ranker_patience: Option<usize>,
+    pub patience: Option<usize>,
     /// Features in x0 order, comma-separated (movie_id, movie_title, movie_genres, movie_year, user_id, user_gender, user_zip_code, user_occupation_text, bucketized_user_age).
     #[arg(long, value_delimiter = ',', env = "RECSYS_TRAIN_RANKER_FEATURES")]
-    pub ranker_features: Option<Vec<String>>,
+    pub features: Option<Vec<String>>,
     /// Embedding width of every categorical and multi-hot feature.
     #[arg(long, env = "RECSYS_TRAIN_RANKER_DIM")]
-    pub ranker_dim: Option<usize>,
+    pub dim: Option<usize>,
     /// Cross layers.
     #[arg(long, env = "RECSYS_TRAIN_RANKER_CROSS_LAYERS")]
-    pub ranker_cross_layers: Option<usize>,
+    pub cross_layers: Option<usize>,
     /// Rank of the cross weights (0: full rank).
     #[arg(long, env = "RECSYS_TRAIN_RANKER_PROJECTION_DIM")]
-    pub ranker_projection_dim: Option<usize>,
+    pub projection_dim: Option<usize>,
     /// Deep layer widths, comma-separated (empty: none).
     #[arg(long, value_delimiter = ',', env = "RECSYS_TRAIN_RANKER_DEEP")]
-    pub ranker_deep: Option<Vec<usize>>,
+    pub deep: Option<Vec<usize>>,
     /// Parallel instead of stacked cross and deep parts.
     #[arg(long, env = "RECSYS_TRAIN_RANKER_PARALLEL")]
-    pub ranker_parallel: Option<bool>,
+    pub parallel: Option<bool>,
     /// Draw a new batch order every epoch.
     #[arg(long, env = "RECSYS_TRAIN_RANKER_RESHUFFLE")]
-    pub ranker_reshuffle: Option<bool>,
+    pub reshuffle: Option<bool>,
 }
 
 impl Preset {
@@ -99,72 +103,72 @@ impl Preset {
 }
 
 /// The preset with the flags' overrides.
-fn preset(args: &TrainArgs, r: &RankingArgs) -> anyhow::Result<RankingPreset> {
-    let mut p = RankingPreset::named(r.ranker_preset.name(), args.seed)
-        .with_context(|| format!("no preset {}", r.ranker_preset.name()))?;
+fn preset(r: &RankingArgs) -> anyhow::Result<RankingPreset> {
+    let mut p = RankingPreset::named(r.preset.name(), r.data.seed)
+        .with_context(|| format!("no preset {}", r.preset.name()))?;
     let t = &mut p.train;
-    if let Some(epochs) = r.ranker_epochs {
+    if let Some(epochs) = r.epochs {
         t.epochs = epochs;
     }
-    if let Some(batch) = r.ranker_batch_size {
+    if let Some(batch) = r.batch_size {
         t.batch_size = batch;
     }
     match &mut t.optimizer {
         RankingOptimizer::Adagrad { learning_rate } => {
-            if let Some(lr) = r.ranker_lr {
+            if let Some(lr) = r.lr {
                 *learning_rate = lr;
             }
             anyhow::ensure!(
-                r.ranker_weight_decay.is_none(),
-                "--ranker-weight-decay needs an Adam preset"
+                r.weight_decay.is_none(),
+                "--weight-decay needs an Adam preset"
             );
         }
         RankingOptimizer::Adam {
             learning_rate,
             weight_decay,
         } => {
-            if let Some(lr) = r.ranker_lr {
+            if let Some(lr) = r.lr {
                 *learning_rate = lr;
             }
-            if let Some(wd) = r.ranker_weight_decay {
+            if let Some(wd) = r.weight_decay {
                 *weight_decay = wd;
             }
         }
     }
-    if let Some(v) = r.ranker_validation {
+    if let Some(v) = r.validation {
         t.validation_fraction = v;
     }
-    if let Some(patience) = r.ranker_patience {
+    if let Some(patience) = r.patience {
         t.patience = (patience > 0).then_some(patience);
     }
-    if let Some(reshuffle) = r.ranker_reshuffle {
+    if let Some(reshuffle) = r.reshuffle {
         t.reshuffle_each_epoch = reshuffle;
     }
     let m = &mut p.model;
-    if let Some(names) = &r.ranker_features {
+    if let Some(names) = &r.features {
         m.features = names
             .iter()
             .map(|name| {
                 let feature: RankingFeature =
                     serde_json::from_value(serde_json::Value::from(name.trim()))
-                        .map_err(|_| anyhow::anyhow!("--ranker-features: no feature {name}"))?;
+                        .map_err(|_| anyhow::anyhow!("--features: no feature {name}"))?;
                 Ok(recsys_trainer::FeatureWidth { feature, dim: 32 })
             })
             .collect::<anyhow::Result<_>>()?;
     }
-    if let Some(dim) = r.ranker_dim {
+    if let Some(dim) = r.dim {
         m.features.iter_mut().for_each(|f| f.dim = dim);
     }
-    if let Some(layers) = r.ranker_cross_layers {
+    if let Some(layers) = r.cross_layers {
         m.cross_layers = layers;
     }
-    if let Some(rank) = r.ranker_projection_dim {
+    if let Some(rank) = r.projection_dim {
         m.projection_dim = (rank > 0).then_some(rank);
     }
-    if let Some(deep) = &r.ranker_deep {
+    if let Some(deep) = &r.deep {
         m.deep_units = deep.clone();
     }
-    if let Some(parallel) = r.ranker_parallel {
+    if let Some(parallel) = r.parallel {
         m.structure = if parallel {
             recsys_model::Structure::Parallel
         } else {
@@ -175,13 +179,14 @@ fn preset(args: &TrainArgs, r: &RankingArgs) -> anyhow::Result<RankingPreset> {
 }
 
 /// Loads, splits, trains, evaluates, prints, exports.
-pub fn run(args: &TrainArgs, r: &RankingArgs) -> anyhow::Result<()> {
+pub fn run(r: &RankingArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    let seed = r.data.seed;
     // The ranker keys items by MovieLens id (titles are a feature).
-    let data = load_raw(args)?;
-    let split = random_split(&data.interactions, args.train_fraction, args.seed)?;
-    let preset = preset(args, r)?;
-    let model = RankingModel::new(preset.model.clone(), &data, args.seed)?;
+    let data = load_raw(&r.data)?;
+    let split = random_split(&data.interactions, r.data.train_fraction, seed)?;
+    let preset = preset(r)?;
+    let model = RankingModel::new(preset.model.clone(), &data, seed)?;
     println!(
         "{} ratings ({} train, {} test), {} users, {} items, preset {}, loaded in {:.2?}",
         data.interactions.len(),
@@ -189,7 +194,7 @@ pub fn run(args: &TrainArgs, r: &RankingArgs) -> anyhow::Result<()> {
         split.test.len(),
         model.tables().users.values().len(),
         model.tables().items.values().len(),
-        r.ranker_preset.name(),
+        r.preset.name(),
         started.elapsed()
     );
     println!(
@@ -213,11 +218,11 @@ pub fn run(args: &TrainArgs, r: &RankingArgs) -> anyhow::Result<()> {
     let test_rmse = rmse(&model, &split.test, 8192)?;
     let evaluation = evaluation.elapsed();
     println!("RMSE train {train_rmse:.4} test {test_rmse:.4}");
-    if let Some(out) = &r.ranker_out {
+    if let Some(out) = &r.out {
         let version = r
-            .ranker_version
+            .model_version
             .clone()
-            .unwrap_or_else(|| format!("recsys-{}-seed{}", r.ranker_preset.name(), args.seed));
+            .unwrap_or_else(|| format!("recsys-{}-seed{}", r.preset.name(), seed));
         model
             .export(out, &version)
             .with_context(|| format!("writing the ranker to {}", out.display()))?;

@@ -3,6 +3,20 @@
 //! by static membership, or by etcd when given one (nodes register, the gateway
 //! watches). `recsys demo`, `recsys serve` and the integration tests all start
 //! clusters this way, so what the tests exercise is what users run.
+//!
+//! The same servers as processes of their own, for what only a process shows
+//! (`kill -9`, `SIGTERM`, one runtime per server), are [`ServerProcess`]es started
+//! from the workspace's binaries ([`workspace_binary`]): the one harness of the
+//! integration tests and of `recsys-bench --processes`. It lives here, next to the
+//! free port and the health poll it is built on, because both of its users
+//! already depend on this crate; a crate of its own would have had to take those
+//! two from here, or move them out from under the in-process cluster.
+
+mod binaries;
+mod process;
+
+pub use binaries::{binaries_dir, workspace_binary};
+pub use process::{ServerCommand, ServerProcess};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,6 +65,88 @@ pub enum ClusterError {
         waited: Duration,
         /// The last thing health checks said.
         detail: String,
+    },
+    /// A server process exited while it was expected to run.
+    #[error("{name} exited ({status}); its stderr is above")]
+    Exited {
+        /// The process's name and id.
+        name: String,
+        /// How it ended.
+        status: std::process::ExitStatus,
+    },
+    /// A server process was already killed or reaped here.
+    #[error("{name} is not running")]
+    NotRunning {
+        /// The process's name and id.
+        name: String,
+    },
+    /// A server process did not exit within its time after `SIGTERM`, and was killed.
+    #[error("{name} did not exit within {waited:?} of SIGTERM and was killed")]
+    NoExitAfterSigterm {
+        /// The process's name and id.
+        name: String,
+        /// How long it had.
+        waited: Duration,
+    },
+    /// `kill -TERM` could not be run.
+    #[error("cannot signal {name}: {source}")]
+    Signal {
+        /// The process's name and id.
+        name: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A server process's state could not be read.
+    #[error("cannot wait for {name}: {source}")]
+    Wait {
+        /// The process's name and id.
+        name: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A server binary could not be started.
+    #[error("cannot start {}: {source}", program.display())]
+    Spawn {
+        /// The binary.
+        program: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The running executable's own path is unknown, so its binaries cannot be found.
+    #[error("cannot find this executable's own path: {source}")]
+    OwnPath {
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A workspace binary is not built.
+    #[error("{} is missing: run `{rebuild}` first", path.display())]
+    BinaryMissing {
+        /// Where it should be.
+        path: PathBuf,
+        /// The command that builds it.
+        rebuild: String,
+    },
+    /// A workspace binary is older than a source it is built from.
+    #[error(
+        "{} is older than {}, which it is built from: run `{rebuild}` first",
+        binary.display(),
+        newer.display()
+    )]
+    StaleBinary {
+        /// The binary.
+        binary: PathBuf,
+        /// A source file changed (or removed) since it was built.
+        newer: PathBuf,
+        /// The command that rebuilds it.
+        rebuild: String,
+    },
+    /// Cargo's dep-info file of a binary could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    DepInfo {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
     },
     /// The etcd membership never showed every node.
     #[error(

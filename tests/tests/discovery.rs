@@ -16,7 +16,7 @@ use recsys_gateway::{GatewayConfig, RequestPolicy};
 use recsys_local_cluster::{EtcdCluster, LocalCluster, LocalClusterOptions, wait_until_serving};
 use recsys_proto::v1::{RecommendRequest, RecommendResponse};
 use recsys_tests::load::Load;
-use recsys_tests::processes::{NodeProcess, RetrievalProcess, free_addr};
+use recsys_tests::processes::{self, RetrievalProcess, ServerProcess, free_addr};
 use recsys_tests::*;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -35,7 +35,7 @@ fn bundle() -> &'static TestBundle {
 
 /// A `retrieval-node` process for `shard`, registered in `etcd` under `cluster`,
 /// with its metrics on `metrics`.
-fn node_process(etcd: &EtcdServer, cluster: &str, shard: u32, name: &str) -> NodeProcess {
+fn node_process(etcd: &EtcdServer, cluster: &str, shard: u32, name: &str) -> ServerProcess {
     node_process_with_metrics(etcd, cluster, shard, name, free_addr())
 }
 
@@ -45,8 +45,8 @@ fn node_process_with_metrics(
     shard: u32,
     name: &str,
     metrics: std::net::SocketAddr,
-) -> NodeProcess {
-    NodeProcess::retrieval(&RetrievalProcess {
+) -> ServerProcess {
+    processes::retrieval(&RetrievalProcess {
         bundle: bundle().path(),
         etcd: etcd.endpoint(),
         cluster,
@@ -120,19 +120,19 @@ async fn replicated_nodes(
     etcd: &EtcdServer,
     cluster: &str,
     view: &mut watch::Receiver<Arc<ClusterView>>,
-) -> Vec<Vec<NodeProcess>> {
+) -> Vec<Vec<ServerProcess>> {
     let mut nodes = Vec::new();
     for shard in 0..SHARDS {
-        let pair: Vec<NodeProcess> = ["a", "b"]
+        let pair: Vec<ServerProcess> = ["a", "b"]
             .iter()
             .map(|r| node_process(etcd, cluster, shard, &format!("s{shard}{r}")))
             .collect();
         nodes.push(pair);
     }
-    for node in nodes.iter().flatten() {
-        wait_until_serving(node.addr, Duration::from_secs(60))
+    for node in nodes.iter_mut().flatten() {
+        node.wait_serving(Duration::from_secs(60))
             .await
-            .unwrap_or_else(|e| panic!("{} not serving: {e:?}", node.name));
+            .unwrap_or_else(|e| panic!("{e}"));
     }
     wait_view(view, Duration::from_secs(10), |v| {
         v.shard_count == SHARDS && v.shards.iter().all(|r| r.len() == 2)
@@ -182,9 +182,7 @@ async fn a_registered_node_is_routed_to_and_a_deregistered_one_is_not() {
     // measured and printed; the bound only catches a node never routed to, since a
     // loaded 2-core machine can stretch a second.
     let mut node = node_process(&etcd, "routing", 0, "late-s0");
-    wait_until_serving(node.addr, Duration::from_secs(60))
-        .await
-        .unwrap();
+    node.wait_serving(Duration::from_secs(60)).await.unwrap();
     let serving = Instant::now();
     loop {
         let answer = recommend(&mut client, request(2), Duration::from_secs(5))
@@ -203,7 +201,7 @@ async fn a_registered_node_is_routed_to_and_a_deregistered_one_is_not() {
         "registration → first routed request: {:?} after SERVING",
         serving.elapsed()
     );
-    assert!(node.terminate(Duration::from_secs(15)).await);
+    node.terminate(Duration::from_secs(15)).await.unwrap();
     wait_view(&mut view, Duration::from_secs(5), |v| {
         replicas(v, 0).is_empty()
     })
@@ -217,7 +215,7 @@ struct Loaded {
     /// Kept alive: dropping it stops the watch that feeds `view`.
     _membership: EtcdMembership,
     view: watch::Receiver<Arc<ClusterView>>,
-    nodes: Vec<Vec<NodeProcess>>,
+    nodes: Vec<Vec<ServerProcess>>,
     token: CancellationToken,
     load: Load,
 }
@@ -273,11 +271,10 @@ async fn sigterm_of_a_replica_per_shard_under_load_fails_nothing() {
     let mut c = loaded("term").await;
     for pair in &mut c.nodes {
         let stopped = Instant::now();
-        assert!(
-            pair[0].terminate(Duration::from_secs(15)).await,
-            "{} did not exit",
-            pair[0].name
-        );
+        pair[0]
+            .terminate(Duration::from_secs(15))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         eprintln!(
             "{} drained and exited in {:?}",
             pair[0].name,
@@ -309,10 +306,8 @@ async fn etcd_down_under_load_fails_nothing_and_a_node_added_meanwhile_is_used()
     // A third replica of shard 0 starts while etcd is away: it serves but cannot
     // register until etcd returns.
     let late_metrics = free_addr();
-    let late = node_process_with_metrics(&c.etcd, "outage", 0, "late-s0", late_metrics);
-    wait_until_serving(late.addr, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let mut late = node_process_with_metrics(&c.etcd, "outage", 0, "late-s0", late_metrics);
+    late.wait_serving(Duration::from_secs(60)).await.unwrap();
     let outage_started = Instant::now();
     while outage_started.elapsed() < outage {
         // The load runs all along; this only paces the outage.

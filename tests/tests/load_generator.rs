@@ -64,7 +64,8 @@ fn load_refuses_a_window_that_is_not_positive() {
 #[test]
 fn overhead_runs_every_server_as_a_process_and_splits_the_time() {
     let bundle = synthetic_bundle(3_000, 20, 16, 2, 10);
-    // `--processes` starts the binaries next to recsys-bench: make sure they exist.
+    // `--processes` starts the binaries next to recsys-bench, which refuses missing
+    // or stale ones too; checked here, the failure names the binary in the test.
     for server in ["gateway", "retrieval-node", "ranking-node"] {
         binary(server);
     }

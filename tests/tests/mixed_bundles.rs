@@ -12,10 +12,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use recsys_discovery::{EtcdMembership, EtcdOptions, EtcdServer, Membership};
-use recsys_local_cluster::{EtcdCluster, LocalCluster, LocalClusterOptions, wait_until_serving};
+use recsys_local_cluster::{EtcdCluster, LocalCluster, LocalClusterOptions};
 use recsys_proto::v1::SearchRequest;
 use recsys_proto::v1::retrieval_service_client::RetrievalServiceClient;
-use recsys_tests::processes::{NodeProcess, RetrievalProcess, free_addr};
+use recsys_tests::processes::{self, RetrievalProcess, free_addr};
 use recsys_tests::*;
 
 const SHARDS: u32 = 2;
@@ -45,7 +45,7 @@ async fn a_node_of_another_bundle_is_not_routed_to() {
     }
 
     let metrics = free_addr();
-    let mut stranger = NodeProcess::retrieval(&RetrievalProcess {
+    let mut stranger = processes::retrieval(&RetrievalProcess {
         bundle: other.path(),
         etcd: etcd.endpoint(),
         cluster: "versions",
@@ -54,7 +54,8 @@ async fn a_node_of_another_bundle_is_not_routed_to() {
         metrics,
         lease_ttl_s: 2,
     });
-    wait_until_serving(stranger.addr, Duration::from_secs(60))
+    stranger
+        .wait_serving(Duration::from_secs(60))
         .await
         .unwrap();
     let membership = EtcdMembership::start(EtcdOptions::new(vec![etcd.endpoint()], "versions"));
@@ -106,7 +107,7 @@ async fn a_node_of_another_bundle_is_not_routed_to() {
     );
 
     // Once it leaves, the gauge goes back to zero.
-    assert!(stranger.terminate(Duration::from_secs(15)).await);
+    stranger.terminate(Duration::from_secs(15)).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while metric_value(&recsys_server::metrics::render(), gauge) != Some(0.0) {
         assert!(Instant::now() < deadline, "the gauge stayed up");

@@ -9,10 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use recsys_local_cluster::wait_until_serving;
 use recsys_proto::v1::RankRequest;
 use recsys_proto::v1::ranking_service_client::RankingServiceClient;
-use recsys_tests::processes::{NodeProcess, free_addr};
+use recsys_tests::processes::{self, free_addr};
 use recsys_tests::*;
 use tonic::Code;
 
@@ -46,10 +45,8 @@ async fn sigterm_under_load_answers_what_was_taken_then_exits() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut node = NodeProcess::spawn("ranking", "ranking-node", addr, &args);
-    wait_until_serving(addr, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let mut node = processes::spawn("ranking", "ranking-node", addr, &args);
+    node.wait_serving(Duration::from_secs(60)).await.unwrap();
 
     let answered = Arc::new(AtomicUsize::new(0));
     let terminated = Arc::new(AtomicBool::new(false));
@@ -108,9 +105,9 @@ async fn sigterm_under_load_answers_what_was_taken_then_exits() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let signalled = Instant::now();
-    let status = node.terminate_with_status(Duration::from_secs(30)).await;
+    let status = node.terminate(Duration::from_secs(30)).await;
     terminated.store(true, Ordering::SeqCst);
-    let status = status.expect("the node did not exit within 30 s of SIGTERM");
+    let status = status.unwrap_or_else(|e| panic!("{e}"));
     assert!(status.success(), "exit status {status}");
     eprintln!(
         "ranking node exited {:?} after SIGTERM",
