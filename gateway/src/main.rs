@@ -3,6 +3,7 @@
 #[global_allocator]
 static ALLOCATOR: recsys_server::allocator::Allocator = recsys_server::allocator::Allocator;
 
+use recsys_proto::limits;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,20 +44,20 @@ struct Args {
     /// Static membership as flags: N=addr[,addr...] per shard, repeatable.
     #[arg(long, env = "RECSYS_SHARDS", value_delimiter = ' ')]
     shard: Vec<String>,
-    /// Largest k.
+    /// Largest k (items in an answer).
     #[arg(long, env = "RECSYS_MAX_K", default_value_t = RecommendLimits::default().max_k)]
     max_k: u32,
-    /// Largest retrieve_k.
+    /// Largest retrieve_k (candidates retrieved); at most what every node accepts.
     #[arg(long, env = "RECSYS_MAX_RETRIEVE_K", default_value_t = RecommendLimits::default().max_retrieve_k)]
     max_retrieve_k: u32,
     /// Most excluded ids per request.
     #[arg(long, env = "RECSYS_MAX_EXCLUSIONS", default_value_t = RecommendLimits::default().max_exclusions)]
     max_exclusions: usize,
     /// Deadline (ms) for requests that carry none.
-    #[arg(long, env = "RECSYS_DEFAULT_TIMEOUT_MS", default_value_t = 2000)]
+    #[arg(long, env = "RECSYS_DEFAULT_TIMEOUT_MS", default_value_t = limits::DEFAULT_TIMEOUT.as_millis() as u64)]
     default_timeout_ms: u64,
     /// Per-shard probability of not truncating the global top-k (Vespa's top-k-probability).
-    #[arg(long, env = "RECSYS_TOP_K_PROBABILITY", default_value_t = 0.9999)]
+    #[arg(long, env = "RECSYS_TOP_K_PROBABILITY", default_value_t = limits::DEFAULT_TOP_K_PROBABILITY)]
     top_k_probability: f64,
     /// Hedge a node call to a second replica after this many ms without an answer (0: off).
     #[arg(long, env = "RECSYS_HEDGE_AFTER_MS", default_value_t = 0)]
@@ -99,6 +100,18 @@ impl Args {
             self.top_k_probability
         );
         anyhow::ensure!(self.max_k > 0, "--max-k must be at least 1");
+        anyhow::ensure!(
+            self.max_retrieve_k <= limits::MAX_RETRIEVE_K,
+            "--max-retrieve-k ({}) is above {}, the most a node searches or ranks: the gateway would accept requests its nodes refuse",
+            self.max_retrieve_k,
+            limits::MAX_RETRIEVE_K
+        );
+        anyhow::ensure!(
+            self.max_exclusions <= limits::MAX_EXCLUSIONS,
+            "--max-exclusions ({}) is above {}, the most a node takes",
+            self.max_exclusions,
+            limits::MAX_EXCLUSIONS
+        );
         anyhow::ensure!(
             self.max_retrieve_k >= self.max_k,
             "--max-retrieve-k ({}) is below --max-k ({})",

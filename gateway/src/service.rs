@@ -49,8 +49,8 @@ impl Default for RequestPolicy {
     fn default() -> Self {
         Self {
             limits: RecommendLimits::default(),
-            default_timeout: Duration::from_secs(2),
-            top_k_probability: 0.9999,
+            default_timeout: recsys_proto::limits::DEFAULT_TIMEOUT,
+            top_k_probability: recsys_proto::limits::DEFAULT_TOP_K_PROBABILITY,
             hedge_after: None,
         }
     }

@@ -1,6 +1,7 @@
 //! Request validation: every limit is named in the error, and nothing invalid
 //! reaches a shard.
 
+use recsys_proto::limits::{self, MAX_ID_BYTES};
 use recsys_proto::v1::{RecommendRequest, recommend_request::Query};
 
 use crate::GatewayError;
@@ -16,12 +17,13 @@ pub struct RecommendLimits {
     pub max_exclusions: usize,
 }
 
+/// The API's limits (`recsys_proto::limits`), which every node accepts.
 impl Default for RecommendLimits {
     fn default() -> Self {
         Self {
-            max_k: 1_000,
-            max_retrieve_k: 10_000,
-            max_exclusions: 10_000,
+            max_k: limits::MAX_K,
+            max_retrieve_k: limits::MAX_RETRIEVE_K,
+            max_exclusions: limits::MAX_EXCLUSIONS,
         }
     }
 }
@@ -51,10 +53,10 @@ pub fn validate(
         Some(Query::UserId(user_id)) if user_id.is_empty() => {
             return Err(GatewayError::invalid("user_id", "is empty"));
         }
-        Some(Query::UserId(user_id)) if user_id.len() > 1024 => {
+        Some(Query::UserId(user_id)) if user_id.len() > MAX_ID_BYTES => {
             return Err(GatewayError::invalid(
                 "user_id",
-                format!("is {} bytes, the limit is 1024", user_id.len()),
+                format!("is {} bytes, the limit is {MAX_ID_BYTES}", user_id.len()),
             ));
         }
         Some(Query::QueryEmbedding(embedding)) => {

@@ -4,6 +4,8 @@
 //! types; the descriptor set lets servers offer gRPC reflection so `grpcurl` works
 //! without the `.proto` files.
 
+pub mod limits;
+
 /// `package recsys.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod v1 {

@@ -34,7 +34,7 @@ struct Args {
     #[arg(long, env = "RECSYS_MAX_QUEUE", default_value_t = RankingConfig::new("").max_queue)]
     max_queue: usize,
     /// Most candidates per request.
-    #[arg(long, env = "RECSYS_MAX_CANDIDATES", default_value_t = 10_000)]
+    #[arg(long, env = "RECSYS_MAX_CANDIDATES", default_value_t = RankingConfig::new("").max_candidates)]
     max_candidates: usize,
     /// Score unknown item ids with out-of-vocabulary features instead of refusing them.
     #[arg(long, env = "RECSYS_ALLOW_UNKNOWN_ITEMS")]
@@ -51,9 +51,11 @@ impl Args {
     /// The node's configuration when it listens on `listen`: everything that can
     /// be checked without the network or the bundle. `--check-config` runs exactly this.
     fn config(&self, listen: SocketAddr) -> anyhow::Result<RankingConfig> {
+        let floor = recsys_proto::limits::MAX_RETRIEVE_K as usize;
         anyhow::ensure!(
-            self.max_candidates > 0,
-            "--max-candidates must be at least 1"
+            self.max_candidates >= floor,
+            "--max-candidates is {}, below {floor}: gateways retrieve up to that many candidates and would send requests this node refuses",
+            self.max_candidates
         );
         Ok(RankingConfig {
             bundle_dir: self.bundle.clone(),

@@ -52,7 +52,7 @@ impl RankingConfig {
             threads: 0,
             max_batch_rows: 1024,
             max_queue: 1024,
-            max_candidates: 10_000,
+            max_candidates: recsys_proto::limits::MAX_RETRIEVE_K as usize,
             allow_unknown_items: false,
             announce: None,
         }

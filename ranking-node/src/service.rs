@@ -40,11 +40,7 @@ impl RankingNodeService {
     }
 }
 
-/// Most values in one list-valued user feature.
-const MAX_LIST_VALUES: usize = 1024;
-
-/// Longest user id accepted.
-const MAX_ID_BYTES: usize = 1024;
+use recsys_proto::limits::{MAX_ID_BYTES, MAX_LIST_VALUES};
 
 /// The request's user features as the ranker takes them. Integers are values of a
 /// categorical feature (ids, buckets) or numbers, whichever the feature is; the

@@ -30,10 +30,11 @@ struct Args {
     /// Searches running at once (0 = one per core).
     #[arg(long, env = "RECSYS_SEARCH_THREADS", default_value_t = 0)]
     search_threads: usize,
-    /// Largest k a search may ask for.
-    #[arg(long, env = "RECSYS_MAX_K", default_value_t = SearchLimits::default().max_k)]
-    max_k: u32,
-    /// Most excluded ids per search.
+    /// Largest k a search may ask for: at least the API's retrieve_k limit, so a
+    /// node never refuses what a gateway accepts (`recsys_proto::limits`).
+    #[arg(long, env = "RECSYS_MAX_SEARCH_K", default_value_t = SearchLimits::default().max_k)]
+    max_search_k: u32,
+    /// Most excluded ids per search: at least the API's exclusion limit.
     #[arg(long, env = "RECSYS_MAX_EXCLUSIONS", default_value_t = SearchLimits::default().max_exclusions)]
     max_exclusions: usize,
     /// How to open the shard file: `packed` memory-maps it and copies vectors and
@@ -56,13 +57,23 @@ impl Args {
     /// be checked without the network or the bundle (the shard number is checked
     /// against the bundle when it loads). `--check-config` runs exactly this.
     fn config(&self, listen: SocketAddr) -> anyhow::Result<NodeConfig> {
-        anyhow::ensure!(self.max_k > 0, "--max-k must be at least 1");
+        use recsys_proto::limits::{MAX_EXCLUSIONS, MAX_RETRIEVE_K};
+        anyhow::ensure!(
+            self.max_search_k >= MAX_RETRIEVE_K,
+            "--max-search-k is {}, below {MAX_RETRIEVE_K}: gateways accept retrieve_k up to that and would send searches this node refuses",
+            self.max_search_k
+        );
+        anyhow::ensure!(
+            self.max_exclusions >= MAX_EXCLUSIONS,
+            "--max-exclusions is {}, below {MAX_EXCLUSIONS}: gateways accept that many and may send them all to one shard",
+            self.max_exclusions
+        );
         Ok(NodeConfig {
             bundle_dir: self.bundle.clone(),
             shard: self.shard,
             search_threads: self.search_threads,
             limits: SearchLimits {
-                max_k: self.max_k,
+                max_k: self.max_search_k,
                 max_exclusions: self.max_exclusions,
             },
             load_mode: self.load_mode,

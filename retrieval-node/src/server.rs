@@ -31,8 +31,8 @@ pub struct SearchLimits {
 impl Default for SearchLimits {
     fn default() -> Self {
         Self {
-            max_k: 10_000,
-            max_exclusions: 100_000,
+            max_k: recsys_proto::limits::MAX_RETRIEVE_K,
+            max_exclusions: recsys_proto::limits::MAX_EXCLUSIONS,
         }
     }
 }

@@ -344,6 +344,31 @@ fn check_config_refuses_what_the_servers_would() {
             ]),
             "top-k-probability",
         ),
+        // A gateway that would accept more than its nodes take, and nodes that
+        // would refuse what a gateway accepts (recsys_proto::limits).
+        (
+            argv("gateway"),
+            env(&[
+                ("RECSYS_BUNDLE", "/b"),
+                ("RECSYS_ETCD", "http://etcd:2379"),
+                ("RECSYS_MAX_RETRIEVE_K", "20000"),
+            ]),
+            "--max-retrieve-k",
+        ),
+        (
+            argv("retrieval-node"),
+            env(&[
+                ("RECSYS_BUNDLE", "/b"),
+                ("RECSYS_SHARD", "0"),
+                ("RECSYS_MAX_SEARCH_K", "100"),
+            ]),
+            "--max-search-k",
+        ),
+        (
+            argv("ranking-node"),
+            env(&[("RECSYS_BUNDLE", "/b"), ("RECSYS_MAX_CANDIDATES", "100")]),
+            "--max-candidates",
+        ),
         (
             vec!["recsys".into(), "bundle".into(), "--out=/b".into()],
             env(&[]),
