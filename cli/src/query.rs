@@ -112,9 +112,13 @@ pub fn print_response(response: &RecommendResponse) {
         if coverage.degraded {
             print!(" (degraded:");
             for reason in &coverage.reasons {
+                let stage = match reason.stage_kind() {
+                    recsys_proto::v1::Stage::Retrieval => "retrieval",
+                    recsys_proto::v1::Stage::Ranking => "ranking",
+                    recsys_proto::v1::Stage::Unspecified => "unspecified",
+                };
                 print!(
-                    " [{} shard {}: {}]",
-                    reason.stage,
+                    " [{stage} shard {}: {}]",
                     reason.shard.unwrap_or_default(),
                     reason.reason
                 );

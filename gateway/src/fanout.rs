@@ -14,14 +14,15 @@ use tokio::time::Instant;
 use tonic::Code;
 
 use crate::node_channels::{NodeChannels, NodeHandle};
+use crate::node_failure::{NodeFailure, code_name};
 
 /// The outcome of asking one shard.
 #[derive(Debug)]
 pub struct ShardAnswer {
     /// The shard asked.
     pub shard: u32,
-    /// The answer, or why there is none (lowercase, for coverage).
-    pub outcome: Result<SearchResponse, String>,
+    /// The answer, or why there is none.
+    pub outcome: Result<SearchResponse, NodeFailure>,
 }
 
 /// Which shard to ask, out of how many.
@@ -59,7 +60,7 @@ async fn search_replicas(
     request: SearchRequest,
     deadline: Instant,
     hedge_after: Option<std::time::Duration>,
-) -> Result<SearchResponse, String> {
+) -> Result<SearchResponse, NodeFailure> {
     let response = call_replicas(
         clients,
         replicas,
@@ -85,7 +86,7 @@ async fn search_replicas(
 /// a timed-out node would only time out again and the budget is spent). A
 /// transport failure (`UNAVAILABLE`, or `CANCELLED`/`UNKNOWN` from a connection
 /// that broke mid-call) also leaves the node out of routing until a health check
-/// passes. The error is a lowercase reason for coverage.
+/// passes. The error says why, for the retry rules' callers and for coverage.
 ///
 /// `call` makes one attempt on the node it is given (usually a gRPC call on
 /// `node.channel`) with the time left; taking the node rather than only its channel
@@ -97,7 +98,7 @@ pub async fn call_replicas<T, F, Fut>(
     deadline: Instant,
     hedge_after: Option<std::time::Duration>,
     mut call: F,
-) -> Result<T, String>
+) -> Result<T, NodeFailure>
 where
     F: FnMut(&NodeHandle, std::time::Duration) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -105,7 +106,7 @@ where
     let order = clients.replica_order(replicas);
     let mut order = order.into_iter().take(2);
     let Some(first) = order.next() else {
-        return Err("no replica available".into());
+        return Err(NodeFailure::NoReplica);
     };
     let mut spare = order.next();
     let mut attempt = |replica: Result<Arc<NodeHandle>, String>| {
@@ -127,7 +128,7 @@ where
     let hedge_at = hedge_after
         .map(|after| Instant::now() + after)
         .filter(|at| *at < deadline);
-    let mut last_error = String::new();
+    let mut last_error = NodeFailure::NoReplica;
     loop {
         let hedge_ready = spare.is_some() && hedge_at.is_some();
         tokio::select! {
@@ -138,29 +139,27 @@ where
                 };
                 match outcome {
                     Ok(response) => return Ok(response.into_inner()),
-                    Err(Attempt::Setup(reason)) => last_error = reason,
+                    Err(Attempt::Setup(reason)) => last_error = NodeFailure::Setup(reason),
                     // tonic enforces the grpc-timeout we set too, and may win the
                     // race against ours with CANCELLED "Timeout expired": the clock decides.
                     Err(Attempt::Failed(..)) if Instant::now() >= deadline => {
                         crate::metrics::node_call_failed("timeout");
-                        return Err("deadline exceeded".into());
+                        return Err(NodeFailure::DeadlineExceeded);
                     }
                     Err(Attempt::Failed(node, status)) => {
                         crate::metrics::node_call_failed(code_name(status.code()));
                         tracing::warn!(replica = %node.addr, code = ?status.code(), message = status.message(), "node call failed");
-                        let reason = format!("{}: {}", code_name(status.code()), status.message());
+                        let code = status.code();
+                        let failure = NodeFailure::from(status);
                         // CANCELLED before the deadline is a connection that broke
                         // mid-call (a node killed): worth the retry.
-                        if matches!(status.code(), Code::DeadlineExceeded | Code::InvalidArgument) {
-                            return Err(reason);
+                        if matches!(code, Code::DeadlineExceeded | Code::InvalidArgument) {
+                            return Err(failure);
                         }
-                        if matches!(
-                            status.code(),
-                            Code::Unavailable | Code::Cancelled | Code::Unknown
-                        ) {
+                        if matches!(code, Code::Unavailable | Code::Cancelled | Code::Unknown) {
                             node.mark_unhealthy();
                         }
-                        last_error = reason;
+                        last_error = failure;
                     }
                 }
                 match spare.take() {
@@ -177,7 +176,7 @@ where
             }
             _ = tokio::time::sleep_until(deadline) => {
                 crate::metrics::node_call_failed("timeout");
-                return Err("deadline exceeded".into());
+                return Err(NodeFailure::DeadlineExceeded);
             }
         }
     }
@@ -194,24 +193,24 @@ enum Attempt {
 /// Rejects answers whose parallel arrays disagree or that hold items of another
 /// shard (a node serving the wrong shard or bundle; the merge relies on shards
 /// holding disjoint ids); drops non-finite scores.
-fn check(mut response: SearchResponse, target: ShardTarget) -> Result<SearchResponse, String> {
+fn check(mut response: SearchResponse, target: ShardTarget) -> Result<SearchResponse, NodeFailure> {
     if response.item_ids.len() != response.scores.len() {
-        return Err(format!(
-            "malformed answer: {} ids and {} scores",
+        return Err(NodeFailure::Malformed(format!(
+            "{} ids and {} scores",
             response.item_ids.len(),
             response.scores.len()
-        ));
+        )));
     }
     if let Some(stray) = response
         .item_ids
         .iter()
         .find(|id| shard_of(**id, target.shard_count) != target.shard)
     {
-        return Err(format!(
-            "answer holds item {stray}, which belongs to shard {} of {}: the node serves another shard or bundle",
-            shard_of(*stray, target.shard_count),
-            target.shard_count
-        ));
+        return Err(NodeFailure::ForeignItem {
+            item: *stray,
+            belongs_to: shard_of(*stray, target.shard_count),
+            shard_count: target.shard_count,
+        });
     }
     if response.scores.iter().any(|s| !s.is_finite()) {
         let (ids, scores) = response
@@ -225,29 +224,6 @@ fn check(mut response: SearchResponse, target: ShardTarget) -> Result<SearchResp
         response.scores = scores;
     }
     Ok(response)
-}
-
-/// Lowercase gRPC code names for coverage reasons.
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "ok",
-        Code::Cancelled => "cancelled",
-        Code::Unknown => "unknown",
-        Code::InvalidArgument => "invalid argument",
-        Code::DeadlineExceeded => "deadline exceeded",
-        Code::NotFound => "not found",
-        Code::AlreadyExists => "already exists",
-        Code::PermissionDenied => "permission denied",
-        Code::ResourceExhausted => "resource exhausted",
-        Code::FailedPrecondition => "failed precondition",
-        Code::Aborted => "aborted",
-        Code::OutOfRange => "out of range",
-        Code::Unimplemented => "unimplemented",
-        Code::Internal => "internal",
-        Code::Unavailable => "unavailable",
-        Code::DataLoss => "data loss",
-        Code::Unauthenticated => "unauthenticated",
-    }
 }
 
 #[cfg(test)]
@@ -269,10 +245,9 @@ mod tests {
             scores: vec![0.5],
             ..Default::default()
         };
-        assert!(
-            check(bad, ONE_SHARD)
-                .unwrap_err()
-                .contains("2 ids and 1 scores")
+        assert_eq!(
+            check(bad, ONE_SHARD).unwrap_err().to_string(),
+            "malformed answer: 2 ids and 1 scores"
         );
         let nan = SearchResponse {
             item_ids: vec![1, 2, 3],
@@ -298,6 +273,7 @@ mod tests {
         };
         assert!(check(answer(vec![own]), target).is_ok());
         let err = check(answer(vec![own, foreign]), target).unwrap_err();
-        assert!(err.contains("another shard"), "{err}");
+        assert!(matches!(err, NodeFailure::ForeignItem { item, .. } if item == foreign));
+        assert!(err.to_string().contains("another shard"), "{err}");
     }
 }

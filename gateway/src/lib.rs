@@ -8,6 +8,7 @@
 
 pub mod bundle_filter;
 pub mod bundle_state;
+mod coverage;
 pub mod deadline;
 pub mod error;
 pub mod fanout;
@@ -15,6 +16,8 @@ pub mod health_check;
 pub mod merge;
 pub mod metrics;
 pub mod node_channels;
+pub mod node_failure;
+mod recommend;
 pub mod response_items;
 pub mod server;
 pub mod service;

@@ -179,7 +179,10 @@ async fn a_stopped_ranking_node_falls_back_to_retrieval_order() {
     assert!(coverage.degraded);
     assert_eq!(coverage.shards_answered, 4);
     assert!(
-        coverage.reasons.iter().any(|r| r.stage == "ranking"),
+        coverage
+            .reasons
+            .iter()
+            .any(|r| r.stage_kind() == recsys_proto::v1::Stage::Ranking),
         "{:?}",
         coverage.reasons
     );

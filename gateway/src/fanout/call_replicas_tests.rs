@@ -173,7 +173,8 @@ impl Harness {
         .await;
         let attempts = lock(&log).clone();
         Run {
-            outcome,
+            // The reasons clients see in coverage.
+            outcome: outcome.map_err(|failure| failure.to_string()),
             elapsed: start.elapsed(),
             attempts,
         }

@@ -1,0 +1,75 @@
+//! Why a node call gave no usable answer: the value that retry rules match on
+//! and that coverage reports, instead of a string decided at the failure site.
+
+use tonic::Code;
+
+/// Why asking a shard's or the ranking pool's replicas gave no usable answer.
+/// The display is the lowercase coverage reason clients see.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeFailure {
+    /// Membership lists no replica (or none is routable).
+    #[error("no replica available")]
+    NoReplica,
+    /// The call's share of the request deadline ran out.
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
+    /// The call could not be made (a replica's address is unusable).
+    #[error("{0}")]
+    Setup(String),
+    /// The node, or the transport to it, answered with an error status.
+    #[error("{}: {message}", code_name(*code))]
+    Status {
+        /// The gRPC code.
+        code: Code,
+        /// The node's message.
+        message: String,
+    },
+    /// The answer's parts disagree (ids against scores, scores against candidates).
+    #[error("malformed answer: {0}")]
+    Malformed(String),
+    /// A shard answered with an item of another shard: the node serves another
+    /// shard or bundle.
+    #[error(
+        "answer holds item {item}, which belongs to shard {belongs_to} of {shard_count}: the node serves another shard or bundle"
+    )]
+    ForeignItem {
+        /// The stray item.
+        item: u64,
+        /// Its shard.
+        belongs_to: u32,
+        /// Shards in the bundle.
+        shard_count: u32,
+    },
+}
+
+impl From<tonic::Status> for NodeFailure {
+    fn from(status: tonic::Status) -> Self {
+        Self::Status {
+            code: status.code(),
+            message: status.message().to_string(),
+        }
+    }
+}
+
+/// Lowercase gRPC code names for coverage reasons.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid argument",
+        Code::DeadlineExceeded => "deadline exceeded",
+        Code::NotFound => "not found",
+        Code::AlreadyExists => "already exists",
+        Code::PermissionDenied => "permission denied",
+        Code::ResourceExhausted => "resource exhausted",
+        Code::FailedPrecondition => "failed precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out of range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}

@@ -1,0 +1,344 @@
+//! The request path, one function per phase: validate and plan (with the
+//! query's encoding), fan out and merge, rank, respond. Failures are
+//! [`GatewayError`]s and [`NodeFailure`]s; the gRPC mapping happens once, at the
+//! service edge (`service.rs`, through `GatewayError`'s `From`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use recsys_bundle::shard_of;
+use recsys_discovery::ClusterView;
+use recsys_proto::v1::{
+    Coverage, RankRequest, RankResponse, RecommendRequest, RecommendResponse,
+    RecommendStreamResponse, SearchRequest, Stage, StageTimings,
+    ranking_service_client::RankingServiceClient, recommend_request::Query,
+};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::GatewayError;
+use crate::bundle_state::BundleState;
+use crate::coverage::{degraded, finish};
+use crate::deadline::{Budget, plan};
+use crate::fanout::{ShardTarget, call_replicas, search_shard};
+use crate::merge::{Candidate, TopK};
+use crate::node_failure::NodeFailure;
+use crate::response_items::{ranked_items, retrieval_items};
+use crate::service::Gateway;
+use crate::shard_k::per_shard_k_cached;
+use crate::validate::{Checked, validate};
+
+/// Where `RecommendStream` sends the running top-k after each shard.
+pub type PartialSender = mpsc::Sender<Result<RecommendStreamResponse, GatewayError>>;
+
+/// A valid request, encoded, with everything the later phases need decided.
+struct RequestPlan {
+    started: Instant,
+    bundle: Arc<BundleState>,
+    checked: Checked,
+    /// The user id for the ranker (empty for an embedding query).
+    user_id: String,
+    embedding: Vec<f32>,
+    encode_us: u64,
+    exact: bool,
+    shard_k: u32,
+    /// Each shard's exclusions (the ids that hash to it).
+    exclusions: Vec<Vec<u64>>,
+    view: Arc<ClusterView>,
+    with_ranking: bool,
+    budget: Budget,
+}
+
+/// What the fan-out gathered.
+struct Retrieved {
+    merged: Vec<Candidate>,
+    coverage: Coverage,
+    retrieval_us: u64,
+}
+
+impl Gateway {
+    /// The whole request path; `partial` receives the running top-k after each shard.
+    pub async fn recommend(
+        &self,
+        request: RecommendRequest,
+        timeout: Duration,
+        partial: Option<&PartialSender>,
+    ) -> Result<RecommendResponse, GatewayError> {
+        let plan = self.plan_request(&request, timeout)?;
+        let mut retrieved = self.fan_out_and_merge(&plan, partial).await?;
+        let ranking_started = Instant::now();
+        let ranked = if plan.with_ranking {
+            match self
+                .rank_candidates(&plan, &request, &retrieved.merged)
+                .await
+            {
+                Ok(response) => Some(response),
+                Err(failure) => {
+                    tracing::warn!(reason = %failure, "ranking failed, answering in retrieval order");
+                    retrieved
+                        .coverage
+                        .reasons
+                        .push(degraded(Stage::Ranking, None, failure));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let ranking_us = if plan.with_ranking {
+            ranking_started.elapsed().as_micros() as u64
+        } else {
+            0
+        };
+        Ok(respond(plan, retrieved, ranked, ranking_us))
+    }
+
+    /// Validate and plan: the bundle, the limits, the query's embedding, each
+    /// shard's `k'` and exclusions, the time budget of each stage.
+    fn plan_request(
+        &self,
+        request: &RecommendRequest,
+        timeout: Duration,
+    ) -> Result<RequestPlan, GatewayError> {
+        let started = Instant::now();
+        let bundle = self
+            .shared
+            .bundle
+            .load_full()
+            .ok_or_else(|| GatewayError::NotReady("the bundle is still loading".into()))?;
+        let manifest = &bundle.manifest;
+        let checked = validate(request, manifest.dimensions, &self.shared.policy.limits)?;
+        let query = request
+            .query
+            .as_ref()
+            .ok_or_else(|| GatewayError::invalid("query", "empty request"))?;
+        let embedding = bundle.encode(query, &request.user_features)?;
+        let encode_us = started.elapsed().as_micros() as u64;
+        let user_id = match query {
+            Query::UserId(user_id) => user_id.clone(),
+            Query::QueryEmbedding(_) => String::new(),
+        };
+
+        let options = request.options.unwrap_or_default();
+        let probability = if options.exact {
+            1.0
+        } else if options.top_k_probability > 0.0 {
+            f64::from(options.top_k_probability)
+        } else {
+            self.shared.policy.top_k_probability
+        };
+        let shard_count = manifest.shard_count;
+        let shard_k = per_shard_k_cached(checked.retrieve_k, shard_count, probability);
+        // Each shard only needs the exclusions that hash to it.
+        let mut exclusions = vec![Vec::new(); shard_count as usize];
+        for id in &request.exclude_item_ids {
+            exclusions[shard_of(*id, shard_count) as usize].push(*id);
+        }
+        let view = self.shared.view.borrow().clone();
+        let with_ranking = !options.skip_ranking && !view.ranking.is_empty();
+        Ok(RequestPlan {
+            started,
+            checked,
+            user_id,
+            embedding,
+            encode_us,
+            exact: options.exact,
+            shard_k,
+            exclusions,
+            with_ranking,
+            budget: plan(timeout, with_ranking),
+            view,
+            bundle,
+        })
+    }
+
+    /// Fan out and merge: every shard at once, each answer folded into the
+    /// bounded top-k as it arrives; a shard that fails becomes a coverage reason,
+    /// and no shard at all an error.
+    async fn fan_out_and_merge(
+        &self,
+        plan: &RequestPlan,
+        partial: Option<&PartialSender>,
+    ) -> Result<Retrieved, GatewayError> {
+        let manifest = &plan.bundle.manifest;
+        let shard_count = manifest.shard_count;
+        let retrieval_started = Instant::now();
+        let deadline = plan.started + plan.budget.retrieval;
+        let no_replicas = Vec::new();
+        let mut pending: FuturesUnordered<_> = plan
+            .exclusions
+            .iter()
+            .enumerate()
+            .map(|(shard, exclude_item_ids)| {
+                let replicas = plan.view.shards.get(shard).unwrap_or(&no_replicas);
+                let search = SearchRequest {
+                    query: plan.embedding.clone(),
+                    k: plan.shard_k,
+                    exclude_item_ids: exclude_item_ids.clone(),
+                    exact: plan.exact,
+                };
+                let target = ShardTarget {
+                    shard: shard as u32,
+                    shard_count,
+                };
+                search_shard(
+                    &self.shared.clients,
+                    target,
+                    replicas,
+                    search,
+                    deadline,
+                    self.shared.policy.hedge_after,
+                )
+            })
+            .collect();
+
+        let mut top = TopK::new(plan.checked.retrieve_k as usize);
+        let mut coverage = Coverage {
+            shards_asked: shard_count,
+            items_total: manifest.items,
+            ..Default::default()
+        };
+        while let Some(answer) = pending.next().await {
+            match answer.outcome {
+                Ok(response) => {
+                    let candidates: Vec<Candidate> = response
+                        .item_ids
+                        .iter()
+                        .zip(&response.scores)
+                        .map(|(&item_id, &score)| Candidate { item_id, score })
+                        .collect();
+                    top.merge(answer.shard, &candidates);
+                    coverage.shards_answered += 1;
+                    coverage.items_searched += response.items_searched;
+                    if let Some(sender) = partial {
+                        let running = RecommendStreamResponse {
+                            r#final: false,
+                            items: retrieval_items(
+                                top.sorted(),
+                                plan.checked.k,
+                                &plan.bundle.catalog,
+                            ),
+                            coverage: Some(finish(coverage.clone())),
+                            bundle_version: manifest.version.clone(),
+                            ..Default::default()
+                        };
+                        // A client that went away only loses the partial results.
+                        let _ = sender.send(Ok(running)).await;
+                    }
+                }
+                Err(failure) => {
+                    coverage
+                        .reasons
+                        .push(degraded(Stage::Retrieval, Some(answer.shard), failure));
+                }
+            }
+        }
+        if coverage.shards_answered == 0 {
+            let reasons: Vec<String> = coverage
+                .reasons
+                .iter()
+                .map(|r| format!("shard {}: {}", r.shard.unwrap_or_default(), r.reason))
+                .collect();
+            return Err(GatewayError::NoShardAnswered(reasons.join("; ")));
+        }
+        Ok(Retrieved {
+            merged: top.into_sorted(),
+            coverage,
+            retrieval_us: retrieval_started.elapsed().as_micros() as u64,
+        })
+    }
+
+    /// Rank: the merged candidates' ids to the ranking pool (one retry on
+    /// another node, none after a timeout); an answer whose scores do not match
+    /// the candidates is refused.
+    async fn rank_candidates(
+        &self,
+        plan: &RequestPlan,
+        request: &RecommendRequest,
+        merged: &[Candidate],
+    ) -> Result<RankResponse, NodeFailure> {
+        let rank = RankRequest {
+            user_id: plan.user_id.clone(),
+            user_features: request.user_features.clone(),
+            item_ids: merged.iter().map(|c| c.item_id).collect(),
+        };
+        let response = call_replicas(
+            &self.shared.clients,
+            &plan.view.ranking,
+            plan.started + plan.budget.ranking,
+            self.shared.policy.hedge_after,
+            |node, remaining| {
+                let mut grpc_request = tonic::Request::new(rank.clone());
+                grpc_request.set_timeout(remaining);
+                let channel = node.channel.clone();
+                async move { RankingServiceClient::new(channel).rank(grpc_request).await }
+            },
+        )
+        .await?;
+        if response.scores.len() != merged.len() {
+            return Err(NodeFailure::Malformed(format!(
+                "{} scores for {} candidates",
+                response.scores.len(),
+                merged.len()
+            )));
+        }
+        Ok(response)
+    }
+}
+
+/// Respond: the top `k` in ranking order (retrieval order when unranked), with
+/// coverage, stage timings and versions; records the stage metrics.
+fn respond(
+    plan: RequestPlan,
+    retrieved: Retrieved,
+    ranked: Option<RankResponse>,
+    ranking_us: u64,
+) -> RecommendResponse {
+    let coverage = finish(retrieved.coverage);
+    crate::metrics::stage("encode", Duration::from_micros(plan.encode_us));
+    crate::metrics::stage("retrieval", Duration::from_micros(retrieved.retrieval_us));
+    if plan.with_ranking {
+        crate::metrics::stage("ranking", Duration::from_micros(ranking_us));
+    }
+    if coverage.shards_answered < coverage.shards_asked {
+        crate::metrics::degraded("retrieval");
+    } else if coverage.degraded {
+        crate::metrics::degraded("ranking");
+    }
+    if coverage.degraded {
+        tracing::debug!(
+            answered = coverage.shards_answered,
+            asked = coverage.shards_asked,
+            reasons = coverage.reasons.len(),
+            "degraded answer"
+        );
+    }
+    let catalog = &plan.bundle.catalog;
+    let (items, model_version) = match &ranked {
+        Some(response) => (
+            ranked_items(&retrieved.merged, &response.scores, plan.checked.k, catalog),
+            response.model_version.clone(),
+        ),
+        None => (
+            retrieval_items(&retrieved.merged, plan.checked.k, catalog),
+            String::new(),
+        ),
+    };
+    let total = plan.started.elapsed();
+    crate::metrics::stage("total", total);
+    RecommendResponse {
+        items,
+        coverage: Some(coverage),
+        timings: Some(StageTimings {
+            encode_us: plan.encode_us,
+            retrieval_us: retrieved.retrieval_us,
+            ranking_us,
+            total_us: total.as_micros() as u64,
+        }),
+        bundle_version: plan.bundle.manifest.version.clone(),
+        model_version,
+        ranked: ranked.is_some(),
+    }
+}
