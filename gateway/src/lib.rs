@@ -6,23 +6,23 @@
 //! ([`merge`]). Slow or failed shards turn into coverage, not errors: when the
 //! deadline's retrieval budget is spent the gateway answers with what it has.
 
-pub mod bundle_filter;
+mod bundle_filter;
 pub mod bundle_state;
 mod coverage;
-pub mod deadline;
-pub mod error;
-pub mod fanout;
-pub mod health_check;
+mod deadline;
+mod error;
+mod fanout;
+mod health_check;
 pub mod merge;
-pub mod metrics;
+mod metrics;
 pub mod node_channels;
-pub mod node_failure;
+mod node_failure;
 mod recommend;
-pub mod response_items;
-pub mod server;
+mod response_items;
+mod server;
 pub mod service;
 pub mod shard_k;
-pub mod validate;
+mod validate;
 
 pub use error::GatewayError;
 pub use server::{GatewayConfig, run};

@@ -9,11 +9,11 @@
 //! its config (a tensor of the wrong shape, say) keeps the node there, and
 //! `Rank` says which tensor and which shapes.
 
-pub mod batcher;
+mod batcher;
 mod error;
-pub mod metrics;
+mod metrics;
 mod server;
-pub mod service;
+mod service;
 
 pub use error::RankingError;
 pub use server::{RankingConfig, run};

@@ -5,10 +5,10 @@
 //! top-k, and applies exclusions inside the graph traversal so excluded items never
 //! take a slot. Searches run on a sized blocking pool, never on the async workers.
 
-pub mod error;
-pub mod metrics;
-pub mod server;
-pub mod service;
+mod error;
+mod metrics;
+mod server;
+mod service;
 
 pub use error::NodeError;
 pub use recsys_index::{LoadMode, ShardIndex};
