@@ -11,6 +11,7 @@ use recsys_gateway::{GatewayConfig, RequestPolicy};
 use recsys_local_cluster::wait_until_serving;
 use recsys_proto::v1::{InfoRequest, retrieval_service_client::RetrievalServiceClient};
 use recsys_retrieval_node::{LoadMode, NodeConfig, SearchLimits};
+use recsys_tests::misbehaving::black_hole;
 use recsys_tests::*;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -28,26 +29,6 @@ async fn start_node(bundle: &std::path::Path, shard: u32, token: &CancellationTo
         announce: None,
     };
     tokio::spawn(recsys_retrieval_node::run(listener, config, token.clone()));
-    addr
-}
-
-/// A peer that accepts TCP connections and never says a word: a hung machine.
-async fn black_hole(token: &CancellationToken) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let token = token.clone();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        loop {
-            tokio::select! {
-                _ = token.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((socket, _)) => held.push(socket),
-                    Err(_) => break,
-                },
-            }
-        }
-    });
     addr
 }
 
