@@ -63,7 +63,7 @@ pub async fn run(
         name,
         shutdown.clone(),
         "gateway bundle",
-        move || BundleState::load(&bundle_dir).map_err(|e| e.to_string()),
+        move || BundleState::load(&bundle_dir),
         move |state: BundleState| {
             tracing::info!(
                 version = %state.manifest.version,

@@ -1,6 +1,9 @@
 //! Errors of the ranking node and their one mapping to gRPC statuses.
 
-use recsys_model::RankError;
+use std::path::PathBuf;
+
+use recsys_bundle::BundleError;
+use recsys_model::{ModelError, RankError};
 
 use crate::batcher::QueueError;
 
@@ -36,6 +39,20 @@ pub enum RankingError {
     /// The reflection service could not be built.
     #[error("reflection: {0}")]
     Reflection(#[from] recsys_server::grpc::ReflectionError),
+}
+
+/// Why the node's ranker could not be loaded; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum RankerLoadError {
+    /// The bundle's manifest could not be read.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// The bundle has no ranker.
+    #[error("{}: the bundle has no ranker", .0.display())]
+    NoRanker(PathBuf),
+    /// The ranker's files do not load (the message names the file and tensor).
+    #[error(transparent)]
+    Model(#[from] ModelError),
 }
 
 impl RankingError {

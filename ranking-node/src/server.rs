@@ -19,6 +19,7 @@ use tonic_health::ServingStatus;
 
 use crate::RankingError;
 use crate::batcher::{Batcher, BatcherConfig};
+use crate::error::RankerLoadError;
 use crate::service::{LoadState, RankingNodeService};
 
 /// How to run a ranking node.
@@ -61,15 +62,12 @@ impl RankingConfig {
 
 /// The ranker, and the version of the bundle it came in (what the node registers
 /// as, so the gateway can tell it apart from nodes of another bundle).
-fn load(dir: &std::path::Path) -> Result<(Ranker, String), String> {
-    let manifest = Manifest::load(dir).map_err(|e| e.to_string())?;
-    let files = manifest.ranker_files(dir).ok_or_else(|| {
-        format!(
-            "{}: the bundle has no ranker",
-            dir.join("manifest.json").display()
-        )
-    })?;
-    let ranker = Ranker::load(&files).map_err(|e| e.to_string())?;
+fn load(dir: &std::path::Path) -> Result<(Ranker, String), RankerLoadError> {
+    let manifest = Manifest::load(dir)?;
+    let files = manifest
+        .ranker_files(dir)
+        .ok_or_else(|| RankerLoadError::NoRanker(dir.join(recsys_bundle::MANIFEST_FILE)))?;
+    let ranker = Ranker::load(&files)?;
     Ok((ranker, manifest.version))
 }
 

@@ -15,7 +15,7 @@ use crate::batcher::Batcher;
 use crate::{RankingConfig, RankingError};
 
 /// Where loading the ranker stands.
-pub type LoadState = recsys_server::grpc::LoadState<Ranker>;
+pub type LoadState = recsys_server::grpc::LoadState<Ranker, crate::error::RankerLoadError>;
 
 /// The gRPC service of one ranking node.
 #[derive(Debug, Clone)]

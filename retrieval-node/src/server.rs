@@ -87,7 +87,7 @@ pub async fn run(
         name,
         shutdown.clone(),
         "shard",
-        move || ShardIndex::open_with(&bundle_dir, shard, mode).map_err(|e| e.to_string()),
+        move || ShardIndex::open_with(&bundle_dir, shard, mode),
         move |index| {
             tracing::info!(
                 shard = index.shard(),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use recsys_proto::v1::{
-    InfoRequest, InfoResponse, SearchRequest, SearchResponse,
+    InfoRequest, InfoResponse, LoadStatus, SearchRequest, SearchResponse,
     retrieval_service_server::RetrievalService,
 };
 use tokio::sync::Semaphore;
@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::{NodeError, SearchLimits, ShardIndex};
 
 /// Where loading the shard stands.
-pub type LoadState = recsys_server::grpc::LoadState<ShardIndex>;
+pub type LoadState = recsys_server::grpc::LoadState<ShardIndex, recsys_bundle::BundleError>;
 
 /// The gRPC service of one retrieval node.
 #[derive(Debug, Clone)]
@@ -38,7 +38,7 @@ impl RetrievalNodeService {
         match self.state.load().as_ref() {
             LoadState::Ready(index) => Ok(index.clone()),
             LoadState::Loading => Err(NodeError::NotReady("the shard is still loading".into())),
-            LoadState::Failed(reason) => Err(NodeError::NotReady(reason.clone())),
+            LoadState::Failed(reason) => Err(NodeError::NotReady(reason.to_string())),
         }
     }
 
@@ -140,6 +140,7 @@ impl RetrievalService for RetrievalNodeService {
         Ok(Response::new(response))
     }
 
+    #[allow(deprecated)] // `state`, the string, is still filled for older clients.
     async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
         let response = match self.state.load().as_ref() {
             LoadState::Ready(index) => InfoResponse {
@@ -152,14 +153,17 @@ impl RetrievalService for RetrievalNodeService {
                 quantization: index.quantization().as_str().into(),
                 state: "serving".into(),
                 load_error: String::new(),
+                load_status: LoadStatus::Serving.into(),
             },
             LoadState::Loading => InfoResponse {
                 state: "loading".into(),
+                load_status: LoadStatus::Loading.into(),
                 ..Default::default()
             },
             LoadState::Failed(reason) => InfoResponse {
                 state: "failed".into(),
-                load_error: reason.clone(),
+                load_error: reason.to_string(),
+                load_status: LoadStatus::Failed.into(),
                 ..Default::default()
             },
         };

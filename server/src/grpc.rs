@@ -53,9 +53,9 @@ pub use tonic_reflection::server::Error as ReflectionError;
 
 /// Loads a server's data on the blocking pool while the server already answers
 /// health checks: on success hands the value to `ready` and reports `SERVING`
-/// (unless shutdown has begun); on failure logs and hands the message to
+/// (unless shutdown has begun); on failure logs and hands the error to
 /// `failed`, and health stays `NOT_SERVING`. `what` names the data in logs.
-pub fn spawn_loader<T, L, R, F>(
+pub fn spawn_loader<T, E, L, R, F>(
     health: HealthReporter,
     service_name: &'static str,
     shutdown: tokio_util::sync::CancellationToken,
@@ -65,15 +65,18 @@ pub fn spawn_loader<T, L, R, F>(
     failed: F,
 ) where
     T: Send + 'static,
-    L: FnOnce() -> Result<T, String> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+    L: FnOnce() -> Result<T, E> + Send + 'static,
     R: FnOnce(T) + Send + 'static,
-    F: FnOnce(String) + Send + 'static,
+    F: FnOnce(LoadFailure<E>) + Send + 'static,
 {
     tokio::spawn(async move {
         let started = std::time::Instant::now();
-        let outcome = tokio::task::spawn_blocking(load)
-            .await
-            .unwrap_or_else(|e| Err(format!("loader failed: {e}")));
+        let outcome = match tokio::task::spawn_blocking(load).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(LoadFailure::Load(error)),
+            Err(join) => Err(LoadFailure::Panicked(join.to_string())),
+        };
         match outcome {
             Ok(value) => {
                 tracing::info!(
@@ -112,16 +115,27 @@ pub fn not_serving_on_shutdown(
     });
 }
 
+/// Why loading a server's data failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadFailure<E> {
+    /// The loader's own error; it names the file (and, for a ranker, the tensor).
+    #[error(transparent)]
+    Load(E),
+    /// The loader panicked (a bug, not bad data).
+    #[error("loader failed: {0}")]
+    Panicked(String),
+}
+
 /// Where loading a node's data (a shard, a ranker) stands; services read it per
 /// call and answer `UNAVAILABLE` until it is `Ready`.
 #[derive(Debug)]
-pub enum LoadState<T> {
+pub enum LoadState<T, E> {
     /// Being loaded.
     Loading,
     /// Loaded and serving.
     Ready(std::sync::Arc<T>),
-    /// Loading failed; the message names the file (and, for a ranker, the tensor).
-    Failed(String),
+    /// Loading failed.
+    Failed(LoadFailure<E>),
 }
 
 /// Size of a node's blocking work pool: `configured`, or one per core when 0.

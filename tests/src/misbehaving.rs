@@ -112,9 +112,11 @@ impl RetrievalService for LoadingShard {
         Err(Status::unavailable(STILL_LOADING))
     }
 
+    #[allow(deprecated)] // `state` is filled as a node fills it, for older clients.
     async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
         Ok(Response::new(InfoResponse {
             state: "loading".into(),
+            load_status: recsys_proto::v1::LoadStatus::Loading.into(),
             ..Default::default()
         }))
     }

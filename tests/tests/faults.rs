@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use recsys_discovery::{StaticMembership, StaticSpec};
 use recsys_gateway::{GatewayConfig, RequestPolicy};
 use recsys_local_cluster::wait_until_serving;
-use recsys_proto::v1::{InfoRequest, retrieval_service_client::RetrievalServiceClient};
+use recsys_proto::v1::{InfoRequest, LoadStatus, retrieval_service_client::RetrievalServiceClient};
 use recsys_retrieval_node::{LoadMode, NodeConfig, SearchLimits};
 use recsys_tests::misbehaving::black_hole;
 use recsys_tests::*;
@@ -113,7 +113,8 @@ async fn settled_info(addr: SocketAddr) -> recsys_proto::v1::InfoResponse {
     let started = Instant::now();
     loop {
         let info = node_info(addr).await;
-        if info.state != "loading" || started.elapsed() > Duration::from_secs(30) {
+        if info.load_status() != LoadStatus::Loading || started.elapsed() > Duration::from_secs(30)
+        {
             return info;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -159,7 +160,10 @@ async fn corrupt_or_missing_shard_files_keep_the_node_not_serving() {
     for shard in 0..3 {
         let addr = start_node(bundle.path(), shard, &token).await;
         let info = settled_info(addr).await;
-        assert_eq!(info.state, "failed", "shard {shard}");
+        assert_eq!(info.load_status(), LoadStatus::Failed, "shard {shard}");
+        #[allow(deprecated)] // the string kept for older clients must agree
+        let state = info.state.clone();
+        assert_eq!(state, "failed", "shard {shard}");
         let file = format!("shard-{shard}.usearch");
         assert!(
             info.load_error.contains(&file),
@@ -190,7 +194,7 @@ async fn a_missing_manifest_is_named() {
     let token = CancellationToken::new();
     let addr = start_node(dir.path(), 0, &token).await;
     let info = settled_info(addr).await;
-    assert_eq!(info.state, "failed");
+    assert_eq!(info.load_status(), LoadStatus::Failed);
     assert!(
         info.load_error.contains("manifest.json"),
         "{}",
