@@ -85,7 +85,7 @@ fn write_ranker(work: &std::path::Path) -> anyhow::Result<RankerFiles> {
     for (name, side, size) in FEATURES {
         let values: Vec<String> = (1..=size).map(|i| format!("{name}-{i}")).collect();
         std::fs::write(
-            work.join(format!("vocab/{name}.txt")),
+            work.join(recsys_bundle::layout::vocabulary_file(name)),
             values.join("\n") + "\n",
         )?;
         tensors.insert(
@@ -95,7 +95,7 @@ fn write_ranker(work: &std::path::Path) -> anyhow::Result<RankerFiles> {
         features.push(FeatureSpec::categorical(
             name,
             side,
-            &format!("vocab/{name}.txt"),
+            &recsys_bundle::layout::vocabulary_file(name),
             DIM,
         ));
     }

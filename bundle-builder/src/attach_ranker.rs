@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use recsys_bundle::layout::{RANKER_DIR, ranker_file};
+use recsys_bundle::layout::{self, RANKER_DIR, ranker_file};
 use recsys_bundle::{BundleError, Manifest, RankerSpec};
 use recsys_model::{Ranker, RankerConfig};
 
@@ -73,7 +73,7 @@ pub fn attach_ranker(
                 ),
             )
         })?;
-        let name = ranker_file::vocabulary(&feature.name);
+        let name = layout::vocabulary_file(&feature.name);
         let to = target.join(&name);
         if !(in_place && same_file(&from, &to)) {
             copy(&from, &to)?;

@@ -24,11 +24,12 @@ pub mod ranker_file {
     pub const ITEM_FEATURES: &str = "item_features.tsv";
     /// Stored user-side feature values, one user per line (optional).
     pub const USER_FEATURES: &str = "user_features.tsv";
+}
 
-    /// A feature's vocabulary: line i is the value of embedding row i + 1.
-    pub fn vocabulary(feature: &str) -> String {
-        format!("vocab/{feature}.txt")
-    }
+/// A feature's vocabulary inside a model directory (a ranker's, the query
+/// tower's): line i is the value of embedding row i + 1.
+pub fn vocabulary_file(feature: &str) -> String {
+    format!("vocab/{feature}.txt")
 }
 
 /// Where a ranker's files are, as absolute paths.

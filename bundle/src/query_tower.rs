@@ -210,7 +210,10 @@ impl QueryTower {
         let mut named: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
         let mut features = Vec::with_capacity(parts.tables.len());
         for table in &parts.tables {
-            let vocabulary = format!("{QUERY_TOWER_DIR}/vocab/{}.txt", table.name);
+            let vocabulary = format!(
+                "{QUERY_TOWER_DIR}/{}",
+                crate::layout::vocabulary_file(&table.name)
+            );
             write_lines(&bundle_dir.join(&vocabulary), &table.values)?;
             features.push(TowerFeature {
                 name: table.name.clone(),

@@ -20,7 +20,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use recsys_bundle::RankerSpec;
-use recsys_bundle::layout::{RANKER_DIR, ranker_file};
+use recsys_bundle::layout::{RANKER_DIR, vocabulary_file};
 
 use crate::dcn_v2::Head;
 use crate::ranker::{FeatureSpec, RankerConfig, Side};
@@ -125,7 +125,7 @@ pub fn write(
         Tensor::zeros(1, candle_core::DType::F32, &device)?,
     );
     let files = RankerSpec::attached(false).files(bundle_dir);
-    let vocabulary = |name: &str| format!("{RANKER_DIR}/{}", ranker_file::vocabulary(name));
+    let vocabulary = |name: &str| format!("{RANKER_DIR}/{}", vocabulary_file(name));
     let weights = files.weights;
     if let Some(parent) = weights.parent() {
         std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;

@@ -32,11 +32,11 @@ fn write_ranker(dir: &Path) {
     std::fs::create_dir_all(dir.join("vocab")).unwrap();
     let vocab = |name: &str, values: &[&str]| {
         std::fs::write(
-            dir.join(format!("vocab/{name}.txt")),
+            dir.join(recsys_bundle::layout::vocabulary_file(name)),
             values.join("\n") + "\n",
         )
         .unwrap();
-        format!("vocab/{name}.txt")
+        recsys_bundle::layout::vocabulary_file(name)
     };
     let user_id = FeatureSpec::categorical("user_id", Side::User, &vocab("user_id", &["u1"]), 1);
     let liked = FeatureSpec {

@@ -25,8 +25,9 @@ use crate::ranking_model::RankingModel;
 
 use recsys_bundle::layout::ranker_file::{
     CONFIG as CONFIG_FILE, ITEM_FEATURES as ITEM_FEATURES_FILE,
-    USER_FEATURES as USER_FEATURES_FILE, WEIGHTS as WEIGHTS_FILE, vocabulary as vocabulary_file,
+    USER_FEATURES as USER_FEATURES_FILE, WEIGHTS as WEIGHTS_FILE,
 };
+use recsys_bundle::layout::vocabulary_file;
 
 /// Writes `model` to `dir` (created when missing) as ranker `version`.
 pub fn export(model: &RankingModel, dir: &Path, version: &str) -> Result<()> {
