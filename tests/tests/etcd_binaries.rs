@@ -19,11 +19,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use etcd_client::GetOptions;
 use recsys_discovery::{EtcdServer, nodes_prefix};
+use recsys_local_cluster::ClusterError;
 use recsys_proto::v1::{RecommendRequest, gateway_service_client::GatewayServiceClient};
 use recsys_tests::processes::{ServerCommand, ServerProcess, binary, free_addr};
 use recsys_tests::*;
@@ -155,6 +156,15 @@ async fn check(
     Ok(())
 }
 
+/// How to start one server: its binary, its id, and its own variables.
+type Spec = (&'static str, String, Vec<(&'static str, String)>);
+
+/// The etcd key of node `id` (`rank` is the ranking node) in cluster `name`.
+fn node_key_of(name: &str, id: &str) -> String {
+    let role = if id == "rank" { "ranking" } else { "retrieval" };
+    format!("{}{role}/{id}", nodes_prefix(name))
+}
+
 /// etcd, shards 0 and 1 with replicas `a` and `b`, a ranking node and a gateway.
 struct Cluster {
     // Declared before etcd: the processes die first.
@@ -210,34 +220,82 @@ impl Cluster {
                 ("RECSYS_DRAIN_GRACE_MS", "100".to_string()),
             ]
         };
-        let mut retrieval = BTreeMap::new();
+        // Every node is started before any is waited for (they load in parallel);
+        // one that exits before SERVING is started again on fresh ports, at most
+        // twice: a port found free can be taken by another process before the
+        // server binds it. A server that fails for another reason fails thrice.
+        let start_all = async |specs: Vec<Spec>| {
+            let mut nodes: Vec<Node> = specs
+                .iter()
+                .map(|(binary_name, id, env)| spawn(binary_name, id, env))
+                .collect();
+            for ((binary_name, id, env), node) in specs.iter().zip(&mut nodes) {
+                let mut attempt = 1;
+                loop {
+                    match node.process.wait_serving(Duration::from_secs(60)).await {
+                        Ok(()) => break,
+                        Err(error @ ClusterError::Exited { .. }) if attempt < 3 => {
+                            eprintln!("{error}; starting it again:\n{}", tail(&node.log()));
+                            *node = spawn(binary_name, id, env);
+                            attempt += 1;
+                        }
+                        Err(error) => panic!("{error}\n{}", tail(&node.log())),
+                    }
+                }
+            }
+            specs
+                .into_iter()
+                .map(|(_, id, _)| id)
+                .zip(nodes)
+                .collect::<Vec<(String, Node)>>()
+        };
+        let mut specs = Vec::new();
         for shard in 0..SHARDS {
             for replica in ["a", "b"] {
                 let id = format!("s{shard}{replica}");
                 let mut env = node_env(&id);
                 env.push(("RECSYS_SHARD", shard.to_string()));
                 env.push(("RECSYS_SEARCH_THREADS", "1".into()));
-                retrieval.insert(id.clone(), spawn("retrieval-node", &id, &env));
+                specs.push(("retrieval-node", id, env));
             }
         }
         let mut env = node_env("rank");
         env.push(("RECSYS_RANK_THREADS", "1".into()));
-        let mut ranking = spawn("ranking-node", "rank", &env);
-        for node in retrieval.values_mut().chain([&mut ranking]) {
-            node.process
-                .wait_serving(Duration::from_secs(60))
+        specs.push(("ranking-node", "rank".into(), env));
+        let mut retrieval: BTreeMap<String, Node> = start_all(specs).await.into_iter().collect();
+        let ranking = retrieval.remove("rank").expect("started");
+        // The gateway lists etcd once at start: every node is registered first.
+        let keys: Vec<String> = retrieval
+            .keys()
+            .chain([&"rank".to_string()])
+            .map(|id| node_key_of(name, id))
+            .collect();
+        let registered = poll(SETTLE, async || {
+            let mut client = etcd.client().await.ok()?;
+            let prefix = nodes_prefix(name);
+            let listed = client
+                .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
                 .await
-                .unwrap_or_else(|e| panic!("{e}\n{}", tail(&node.log())));
-        }
+                .ok()?;
+            let present: Vec<String> = listed
+                .kvs()
+                .iter()
+                .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+                .collect();
+            keys.iter().all(|key| present.contains(key)).then_some(())
+        })
+        .await;
+        assert!(registered.is_some(), "not every node registered: {keys:?}");
+        let gateway_env = vec![
+            ("RECSYS_HEALTH_INTERVAL_MS", HEALTH_INTERVAL_MS.to_string()),
+            ("RECSYS_HEDGE_AFTER_MS", HEDGE_AFTER_MS.to_string()),
+        ];
+        let (_, gateway) = start_all(vec![("gateway", "gateway".into(), gateway_env)])
+            .await
+            .pop()
+            .expect("started");
         let mut cluster = Self {
-            gateway: spawn(
-                "gateway",
-                "gateway",
-                &[
-                    ("RECSYS_HEALTH_INTERVAL_MS", HEALTH_INTERVAL_MS.to_string()),
-                    ("RECSYS_HEDGE_AFTER_MS", HEDGE_AFTER_MS.to_string()),
-                ],
-            ),
+            gateway,
             retrieval,
             ranking,
             etcd,
@@ -245,13 +303,6 @@ impl Cluster {
             _logs: logs,
             expected: Vec::new(),
         };
-        cluster.wait_registered().await;
-        let gateway = &mut cluster.gateway;
-        gateway
-            .process
-            .wait_serving(Duration::from_secs(60))
-            .await
-            .unwrap_or_else(|e| panic!("{e}\n{}", tail(&gateway.log())));
         let users = bundle().catalog.users.ids();
         wait_for_answer(
             cluster.gateway.addr,
@@ -281,8 +332,7 @@ impl Cluster {
 
     /// The etcd key of node `id`.
     fn key(&self, id: &str) -> String {
-        let role = if id == "rank" { "ranking" } else { "retrieval" };
-        format!("{}{role}/{id}", nodes_prefix(&self.name))
+        node_key_of(&self.name, id)
     }
 
     fn node_ids(&self) -> Vec<String> {
@@ -391,6 +441,8 @@ struct CheckedLoad {
     stop: CancellationToken,
     strict: Arc<AtomicBool>,
     answered: Arc<AtomicU64>,
+    /// The last failure, for the message of a wait that timed out.
+    last_failure: Arc<Mutex<String>>,
     task: JoinHandle<LoadReport>,
 }
 
@@ -399,9 +451,11 @@ impl CheckedLoad {
         let stop = CancellationToken::new();
         let strict = Arc::new(AtomicBool::new(true));
         let answered = Arc::new(AtomicU64::new(0));
+        let last_failure = Arc::new(Mutex::new(String::from("none")));
         let mut client = gateway_client(gateway).await;
         let task = tokio::spawn({
             let (stop, strict, answered) = (stop.clone(), strict.clone(), answered.clone());
+            let last_failure = last_failure.clone();
             async move {
                 let mut report = LoadReport::default();
                 while !stop.is_cancelled() && report.sent < MAX_REQUESTS {
@@ -409,7 +463,11 @@ impl CheckedLoad {
                     let query = &expected[report.sent as usize % expected.len()];
                     report.sent += 1;
                     report.strict += u64::from(is_strict);
-                    match check(&mut client, query).await {
+                    let checked = check(&mut client, query).await;
+                    if let Err(why) = &checked {
+                        *last_failure.lock().unwrap() = why.clone();
+                    }
+                    match checked {
                         Ok(()) => {
                             answered.fetch_add(1, Ordering::SeqCst);
                         }
@@ -430,6 +488,7 @@ impl CheckedLoad {
             stop,
             strict,
             answered,
+            last_failure,
             task,
         };
         load.wait_answered(5).await;
@@ -443,7 +502,12 @@ impl CheckedLoad {
             (self.answered.load(Ordering::SeqCst) >= target).then_some(())
         })
         .await
-        .expect("the load got no correct answers");
+        .unwrap_or_else(|| {
+            panic!(
+                "the load got no {more} more correct answers; the last failure: {}",
+                self.last_failure.lock().unwrap()
+            )
+        });
     }
 
     fn set_strict(&self, strict: bool) {
@@ -459,7 +523,9 @@ impl CheckedLoad {
 /// etcd frozen for longer than a lease: every request meanwhile is answered in
 /// full (the gateway routes by its last view and the nodes serve without etcd),
 /// and afterwards every node is registered again on a new lease (etcd expired the
-/// old ones on waking up).
+/// old ones on waking up). Then etcd killed outright, which the gateway does see
+/// (a pause is too short for its keepalive to notice): still every request is
+/// answered in full from the last view.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_paused_under_load_costs_no_request_and_nodes_register_again() {
     let mut cluster = Cluster::start("pause").await;
@@ -503,6 +569,29 @@ async fn etcd_paused_under_load_costs_no_request_and_nodes_register_again() {
     // And the gateway answers in full again.
     load.set_strict(true);
     load.wait_answered(2 * QUERIES as u64).await;
+
+    // A pause shorter than the gateway's HTTP/2 keepalive never shows it an
+    // error; a crash does at once. It must keep routing by its last view.
+    let logged = cluster.gateway.log().lines().count();
+    cluster.etcd.stop().await.unwrap();
+    poll(SETTLE, async || {
+        find_line(
+            &cluster.gateway.log(),
+            logged,
+            "etcd membership unavailable, keeping the last view",
+            &[],
+        )
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "the gateway never noticed etcd was gone:\n{}",
+            tail(&cluster.gateway.log())
+        )
+    });
+    load.wait_answered(2 * QUERIES as u64).await;
+    cluster.etcd.restart().await.unwrap();
+    load.wait_answered(QUERIES as u64).await;
     let report = load.stop().await;
     cluster.assert_all_running();
     eprintln!(
