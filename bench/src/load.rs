@@ -79,7 +79,11 @@ pub async fn load(args: LoadArgs, io_threads: usize) -> anyhow::Result<()> {
     };
     let outcome = run_levels(args, addr, dim, io_threads).await;
     if let Some(cluster) = cluster {
-        cluster.shutdown().await;
+        // The run's own error first; a server that failed during it comes next.
+        let stopped = cluster.shutdown().await;
+        outcome?;
+        stopped?;
+        return Ok(());
     }
     outcome
 }

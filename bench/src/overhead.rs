@@ -205,7 +205,7 @@ pub async fn overhead(args: OverheadArgs, io_threads: usize) -> anyhow::Result<(
             "gateway_health_rtt_after_direct_median_us": median(hop_after_direct),
         })
     );
-    cluster.shutdown().await;
+    cluster.shutdown().await?;
     Ok(())
 }
 

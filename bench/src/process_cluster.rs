@@ -97,12 +97,13 @@ impl BenchCluster {
         }
     }
 
-    /// Stops every server.
-    pub async fn shutdown(self) {
+    /// Stops every server; an in-process one that failed says so.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
         match self {
-            Self::InProcess(c) => c.shutdown().await,
+            Self::InProcess(c) => c.shutdown().await?,
             Self::Processes(c) => drop(c),
         }
+        Ok(())
     }
 }
 

@@ -274,9 +274,9 @@ async fn start_and_serve(
         recsys_server::metrics::spawn(metrics_addr, shutdown.clone()).await;
         println!("  curl -s http://{metrics_addr}/metrics | grep ^recsys_");
         eprintln!("\nserving until Ctrl-C");
-        cluster.serve_until(shutdown).await;
+        cluster.serve_until(shutdown).await?;
     } else {
-        cluster.shutdown().await;
+        cluster.shutdown().await?;
     }
     Ok(())
 }

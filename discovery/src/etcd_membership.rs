@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::etcd::{connect, nodes_prefix, request};
+use crate::view::check_record;
 use crate::{ClusterView, DiscoveryError, Membership, NodeRecord};
 
 /// First retry delay after etcd failed.
@@ -292,10 +293,25 @@ impl Watcher {
     }
 }
 
-/// The record stored at `kv`, or `None` (logged) when it is not one.
+/// The record stored at `kv`, or `None` (logged) when it is not one or names
+/// shards no cluster can route by ([`check_record`]): either is ignored, like a
+/// key that is not there.
 fn parse(kv: &KeyValue) -> Option<NodeRecord> {
-    match serde_json::from_slice(kv.value()) {
-        Ok(node) => Some(node),
+    match serde_json::from_slice::<NodeRecord>(kv.value()) {
+        Ok(node) => match check_record(&node) {
+            Ok(()) => Some(node),
+            Err(reason) => {
+                warn!(
+                    key = %String::from_utf8_lossy(kv.key()),
+                    node_id = %node.node_id,
+                    shard = ?node.shard,
+                    shard_count = ?node.shard_count,
+                    %reason,
+                    "ignoring node registration",
+                );
+                None
+            }
+        },
         Err(error) => {
             warn!(
                 key = %String::from_utf8_lossy(kv.key()),

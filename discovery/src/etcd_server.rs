@@ -81,6 +81,12 @@ impl EtcdServer {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
+    /// The process id of the running etcd, for tests that pause it
+    /// (`kill -STOP`) rather than kill it.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// A client connected to this server.
     pub async fn client(&self) -> Result<Client, DiscoveryError> {
         Client::connect([self.endpoint()], None)

@@ -33,7 +33,7 @@ pub use etcd_server::EtcdServer;
 pub use node::{NodeRecord, NodeState, Role};
 pub use registration::{DEFAULT_LEASE_TTL, Registration, RegistrationOptions};
 pub use static_membership::{StaticMembership, StaticSpec};
-pub use view::ClusterView;
+pub use view::{ClusterView, InvalidRecord, MAX_SHARD_COUNT, check_record};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,59 @@
 //! A snapshot of the cluster: replicas of each shard and the ranking pool.
+//!
+//! Registrations are what anyone with write access to the prefix wrote, so their
+//! shard numbers are checked against [`MAX_SHARD_COUNT`] and each other before
+//! they size anything: a record claiming `shard_count: 4294967295` once made the
+//! view allocate a replica list per claimed shard (issue 18), which left the
+//! gateway up but answering nothing.
+
+use tracing::debug;
 
 use crate::{NodeRecord, NodeState, Role};
+
+/// The most shards a registration may claim. The view holds a replica list per
+/// shard, so this bounds what a registration can make it allocate (24 KiB); real
+/// clusters have tens of shards.
+pub const MAX_SHARD_COUNT: u32 = 1024;
+
+/// Why a registration cannot be routed to, whatever bundle the gateway serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidRecord {
+    /// A retrieval node that names no shard.
+    #[error("retrieval node without a shard")]
+    NoShard,
+    /// A shard count of 0 or above [`MAX_SHARD_COUNT`].
+    #[error("shard_count {0} is outside 1..={MAX_SHARD_COUNT}")]
+    ShardCount(u32),
+    /// A shard number not below the node's shard count (or, without one, not
+    /// below [`MAX_SHARD_COUNT`]).
+    #[error("shard {shard} is not below shard_count {shard_count}")]
+    ShardBeyondCount {
+        /// The shard claimed.
+        shard: u32,
+        /// The count it must be below.
+        shard_count: u32,
+    },
+}
+
+/// Checks that `node`'s shard fields can be routed by: a retrieval node names a
+/// shard below a shard count in `1..=MAX_SHARD_COUNT`. Ranking nodes have none to check.
+pub fn check_record(node: &NodeRecord) -> Result<(), InvalidRecord> {
+    if node.role != Role::Retrieval {
+        return Ok(());
+    }
+    let shard = node.shard.ok_or(InvalidRecord::NoShard)?;
+    let shard_count = match node.shard_count {
+        Some(count) if count == 0 || count > MAX_SHARD_COUNT => {
+            return Err(InvalidRecord::ShardCount(count));
+        }
+        Some(count) => count,
+        None => MAX_SHARD_COUNT,
+    };
+    if shard >= shard_count {
+        return Err(InvalidRecord::ShardBeyondCount { shard, shard_count });
+    }
+    Ok(())
+}
 
 /// Routable nodes at one moment, grouped for the gateway.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -14,12 +67,22 @@ pub struct ClusterView {
 }
 
 impl ClusterView {
-    /// Groups `nodes` by role and shard, keeping only serving ones. The shard count is
-    /// the largest `shard_count` any retrieval node reports.
+    /// Groups `nodes` by role and shard, keeping only serving ones that pass
+    /// [`check_record`] (the others are skipped before anything is sized by them).
+    /// The shard count is the largest `shard_count` any retrieval node reports.
     pub fn from_nodes(nodes: impl IntoIterator<Item = NodeRecord>) -> Self {
         let nodes: Vec<NodeRecord> = nodes
             .into_iter()
             .filter(|node| node.state == NodeState::Serving)
+            .filter(|node| match check_record(node) {
+                Ok(()) => true,
+                Err(reason) => {
+                    // Sources log bad registrations where they read them (etcd:
+                    // once per put); this only keeps them out of the view.
+                    debug!(node = %node.node_id, %reason, "node left out of the view");
+                    false
+                }
+            })
             .collect();
         let shard_count = nodes
             .iter()
@@ -103,6 +166,63 @@ mod tests {
         assert_eq!(ids, ["a", "b"]);
         assert!(view.shards[1].is_empty());
         assert_eq!(view.ranking.len(), 1);
+    }
+
+    #[test]
+    fn hostile_shard_numbers_never_size_the_view() {
+        let mut huge = node("huge", Role::Retrieval, Some(0), NodeState::Serving);
+        huge.shard_count = Some(u32::MAX);
+        let mut beyond = node("beyond", Role::Retrieval, Some(7), NodeState::Serving);
+        beyond.shard_count = Some(2);
+        let mut zero = node("zero", Role::Retrieval, Some(0), NodeState::Serving);
+        zero.shard_count = Some(0);
+        let mut shardless = node("shardless", Role::Retrieval, None, NodeState::Serving);
+        shardless.shard_count = Some(2);
+        let mut uncounted = node(
+            "uncounted",
+            Role::Retrieval,
+            Some(u32::MAX),
+            NodeState::Serving,
+        );
+        uncounted.shard_count = None;
+        assert_eq!(
+            check_record(&huge),
+            Err(InvalidRecord::ShardCount(u32::MAX))
+        );
+        assert_eq!(
+            check_record(&beyond),
+            Err(InvalidRecord::ShardBeyondCount {
+                shard: 7,
+                shard_count: 2
+            })
+        );
+        assert_eq!(check_record(&zero), Err(InvalidRecord::ShardCount(0)));
+        assert_eq!(check_record(&shardless), Err(InvalidRecord::NoShard));
+        assert!(matches!(
+            check_record(&uncounted),
+            Err(InvalidRecord::ShardBeyondCount { .. })
+        ));
+        let mut largest = node("largest", Role::Retrieval, Some(1), NodeState::Serving);
+        largest.shard_count = Some(MAX_SHARD_COUNT);
+        assert_eq!(check_record(&largest), Ok(()));
+
+        let view = ClusterView::from_nodes([
+            node("a", Role::Retrieval, Some(0), NodeState::Serving),
+            huge,
+            beyond,
+            zero,
+            shardless,
+            uncounted,
+            node("b", Role::Retrieval, Some(1), NodeState::Serving),
+            node("r", Role::Ranking, None, NodeState::Serving),
+        ]);
+        assert_eq!(view.shard_count, 2);
+        assert_eq!(view.shards.len(), 2);
+        let ids: Vec<_> = view.nodes().map(|n| n.node_id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "r"]);
+        let (kept, left_out) = view.for_bundle("v", 2);
+        assert_eq!(kept, view);
+        assert!(left_out.is_empty());
     }
 
     #[test]

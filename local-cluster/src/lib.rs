@@ -148,6 +148,29 @@ pub enum ClusterError {
         /// The cause.
         source: std::io::Error,
     },
+    /// An in-process server's task ended with an error.
+    #[error("{name} failed: {source}")]
+    ServerFailed {
+        /// Which server.
+        name: String,
+        /// Its error.
+        #[source]
+        source: ServerError,
+    },
+    /// An in-process server's task ended before it was asked to stop.
+    #[error("{name} stopped by itself before it was asked to")]
+    ServerEnded {
+        /// Which server.
+        name: String,
+    },
+    /// An in-process server's task panicked (or was aborted).
+    #[error("{name} panicked: {source}")]
+    ServerPanicked {
+        /// Which server.
+        name: String,
+        /// The panic, as the task's join error.
+        source: tokio::task::JoinError,
+    },
     /// The etcd membership never showed every node.
     #[error(
         "the etcd membership did not show {shards} shards and {ranking} ranking nodes within {waited:?}"
@@ -160,6 +183,20 @@ pub enum ClusterError {
         /// How long we waited.
         waited: Duration,
     },
+}
+
+/// What an in-process server's `run` failed with.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A retrieval node's.
+    #[error(transparent)]
+    Retrieval(#[from] NodeError),
+    /// A ranking node's.
+    #[error(transparent)]
+    Ranking(#[from] RankingError),
+    /// A gateway's.
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
 }
 
 /// How to start a local cluster.
@@ -227,20 +264,111 @@ impl LocalClusterOptions {
     }
 }
 
-/// One running server of the cluster.
+/// One server running as a task of this process, with its shutdown token and the
+/// task's result: a server that fails says so, by name, when it is waited for
+/// ([`Self::wait_serving`] fails as soon as the task ends), checked
+/// ([`Self::check`]) or stopped ([`Self::stop`]), instead of leaving its caller to
+/// time out on a port nobody serves.
 #[derive(Debug)]
 pub struct ServerHandle<E> {
     /// Where it listens.
     pub addr: SocketAddr,
+    name: String,
     token: CancellationToken,
-    task: JoinHandle<Result<(), E>>,
+    /// `None` once its result has been taken.
+    task: Option<JoinHandle<Result<(), E>>>,
 }
 
-impl<E> ServerHandle<E> {
-    /// Stops the server gracefully and waits for it to end.
-    pub async fn stop(self) {
+impl<E> ServerHandle<E>
+where
+    E: Into<ServerError> + Send + 'static,
+{
+    /// Spawns `server` (a `run` future, listening on `addr` and ending when
+    /// `token` is cancelled) on the current runtime, called `name` in errors.
+    pub fn spawn<Fut>(
+        name: impl Into<String>,
+        addr: SocketAddr,
+        token: CancellationToken,
+        server: Fut,
+    ) -> Self
+    where
+        Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    {
+        Self {
+            addr,
+            name: name.into(),
+            token,
+            task: Some(tokio::spawn(server)),
+        }
+    }
+
+    /// Its name in errors.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Waits until the server reports SERVING, at most `timeout`; fails at once,
+    /// with the server's own error, when its task ends first.
+    pub async fn wait_serving(&mut self, timeout: Duration) -> Result<(), ClusterError> {
+        let Some(task) = self.task.as_mut() else {
+            return Err(ClusterError::NotRunning {
+                name: self.name.clone(),
+            });
+        };
+        let ended = tokio::select! {
+            ready = wait_until_serving(self.addr, timeout) => {
+                return ready.map_err(|(waited, detail)| ClusterError::NotServing {
+                    what: self.name.clone(),
+                    addr: self.addr,
+                    waited,
+                    detail,
+                });
+            }
+            ended = task => ended,
+        };
+        self.task = None;
+        Err(self.ended(ended))
+    }
+
+    /// Fails when the server's task has ended (with its error, if any).
+    pub async fn check(&mut self) -> Result<(), ClusterError> {
+        match self.task.as_mut() {
+            Some(task) if task.is_finished() => {
+                let ended = task.await;
+                self.task = None;
+                Err(self.ended(ended))
+            }
+            Some(_) => Ok(()),
+            None => Err(ClusterError::NotRunning {
+                name: self.name.clone(),
+            }),
+        }
+    }
+
+    /// Stops the server gracefully and waits for it to end: its error if it
+    /// failed (before or while stopping) or panicked.
+    pub async fn stop(mut self) -> Result<(), ClusterError> {
         self.token.cancel();
-        let _ = self.task.await;
+        let Some(task) = self.task.take() else {
+            return Ok(());
+        };
+        match task.await {
+            Ok(Ok(())) => Ok(()),
+            ended => Err(self.ended(ended)),
+        }
+    }
+
+    /// What a task's result says about the server.
+    fn ended(&self, outcome: Result<Result<(), E>, tokio::task::JoinError>) -> ClusterError {
+        let name = self.name.clone();
+        match outcome {
+            Ok(Ok(())) => ClusterError::ServerEnded { name },
+            Ok(Err(error)) => ClusterError::ServerFailed {
+                name,
+                source: error.into(),
+            },
+            Err(source) => ClusterError::ServerPanicked { name, source },
+        }
     }
 }
 
@@ -257,31 +385,23 @@ pub struct LocalCluster {
     manifest: Manifest,
 }
 
-/// Binds `addr` and runs one server on it with its own shutdown token.
-async fn spawn<E, F, Fut>(addr: SocketAddr, run: F) -> Result<ServerHandle<E>, ClusterError>
+/// Binds `addr` and runs one server, called `name`, on it with its own shutdown token.
+async fn spawn<E, F, Fut>(
+    name: String,
+    addr: SocketAddr,
+    run: F,
+) -> Result<ServerHandle<E>, ClusterError>
 where
     F: FnOnce(TcpListener, CancellationToken) -> Fut,
     Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
-    E: Send + 'static,
+    E: Into<ServerError> + Send + 'static,
 {
     let bind_error = |source| ClusterError::Bind { addr, source };
     let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
     let addr = listener.local_addr().map_err(bind_error)?;
     let token = CancellationToken::new();
-    let task = tokio::spawn(run(listener, token.clone()));
-    Ok(ServerHandle { addr, token, task })
-}
-
-/// Waits for `what` at `addr` to report SERVING.
-async fn ready(addr: SocketAddr, what: String, timeout: Duration) -> Result<(), ClusterError> {
-    wait_until_serving(addr, timeout)
-        .await
-        .map_err(|(waited, detail)| ClusterError::NotServing {
-            what,
-            addr,
-            waited,
-            detail,
-        })
+    let server = run(listener, token.clone());
+    Ok(ServerHandle::spawn(name, addr, token, server))
 }
 
 impl LocalCluster {
@@ -293,7 +413,7 @@ impl LocalCluster {
         let mut nodes = Vec::with_capacity(manifest.shard_count as usize);
         for shard in 0..manifest.shard_count {
             let mut replicas = Vec::with_capacity(options.replicas);
-            for _ in 0..options.replicas.max(1) {
+            for replica in 0..options.replicas.max(1) {
                 let mut config = NodeConfig {
                     bundle_dir: options.bundle_dir.clone(),
                     shard,
@@ -302,7 +422,8 @@ impl LocalCluster {
                     load_mode: LoadMode::default(),
                     announce: None,
                 };
-                let handle = spawn(loopback, |listener, token| {
+                let name = format!("retrieval node {replica} of shard {shard}");
+                let handle = spawn(name, loopback, |listener, token| {
                     config.announce = options.announce(&format!("retrieval-{shard}"), &listener);
                     recsys_retrieval_node::run(listener, config, token)
                 })
@@ -315,23 +436,24 @@ impl LocalCluster {
             .ranking_nodes
             .unwrap_or(usize::from(manifest.ranker.is_some()));
         let mut rankers = Vec::with_capacity(ranking_nodes);
-        for _ in 0..ranking_nodes {
+        for index in 0..ranking_nodes {
             let mut config = RankingConfig::new(&options.bundle_dir);
-            let handle = spawn(loopback, |listener, token| {
-                config.announce = options.announce("ranking", &listener);
-                recsys_ranking_node::run(listener, config, token)
-            })
+            let handle = spawn(
+                format!("ranking node {index}"),
+                loopback,
+                |listener, token| {
+                    config.announce = options.announce("ranking", &listener);
+                    recsys_ranking_node::run(listener, config, token)
+                },
+            )
             .await?;
             rankers.push(Some(handle));
         }
-        for (shard, replicas) in nodes.iter().enumerate() {
-            for handle in replicas.iter().flatten() {
-                let what = format!("retrieval node for shard {shard}");
-                ready(handle.addr, what, options.ready_timeout).await?;
-            }
+        for handle in nodes.iter_mut().flatten().flatten() {
+            handle.wait_serving(options.ready_timeout).await?;
         }
-        for handle in rankers.iter().flatten() {
-            ready(handle.addr, "ranking node".into(), options.ready_timeout).await?;
+        for handle in rankers.iter_mut().flatten() {
+            handle.wait_serving(options.ready_timeout).await?;
         }
 
         let spec = StaticSpec {
@@ -368,11 +490,11 @@ impl LocalCluster {
             let expected = (manifest.shard_count, spec.ranking.len());
             wait_for_view(membership.as_ref(), expected, options.ready_timeout).await?;
         }
-        let gateway = spawn(options.gateway_addr, |listener, token| {
+        let mut gateway = spawn("gateway".into(), options.gateway_addr, |listener, token| {
             recsys_gateway::run(listener, config, membership, token)
         })
         .await?;
-        ready(gateway.addr, "gateway".into(), options.ready_timeout).await?;
+        gateway.wait_serving(options.ready_timeout).await?;
         Ok(Self {
             gateway_addr: gateway.addr,
             nodes,
@@ -396,15 +518,17 @@ impl LocalCluster {
             .map(|h| h.addr)
     }
 
-    /// Stops one retrieval node, as a crash of that machine would.
-    pub async fn stop_node(&mut self, shard: usize, replica: usize) {
-        if let Some(handle) = self
+    /// Stops one retrieval node, as a crash of that machine would; its error if it
+    /// had failed.
+    pub async fn stop_node(&mut self, shard: usize, replica: usize) -> Result<(), ClusterError> {
+        match self
             .nodes
             .get_mut(shard)
             .and_then(|replicas| replicas.get_mut(replica))
             .and_then(Option::take)
         {
-            handle.stop().await;
+            Some(handle) => handle.stop().await,
+            None => Ok(()),
         }
     }
 
@@ -418,28 +542,51 @@ impl LocalCluster {
         self.rankers.len()
     }
 
-    /// Stops one ranking node.
-    pub async fn stop_ranking_node(&mut self, index: usize) {
-        if let Some(handle) = self.rankers.get_mut(index).and_then(Option::take) {
-            handle.stop().await;
+    /// Stops one ranking node; its error if it had failed.
+    pub async fn stop_ranking_node(&mut self, index: usize) -> Result<(), ClusterError> {
+        match self.rankers.get_mut(index).and_then(Option::take) {
+            Some(handle) => handle.stop().await,
+            None => Ok(()),
         }
+    }
+
+    /// Fails, naming the server and its error, when a server of the cluster has
+    /// ended without being stopped.
+    pub async fn check(&mut self) -> Result<(), ClusterError> {
+        self.gateway.check().await?;
+        for handle in self.nodes.iter_mut().flatten().flatten() {
+            handle.check().await?;
+        }
+        for handle in self.rankers.iter_mut().flatten() {
+            handle.check().await?;
+        }
+        Ok(())
     }
 
     /// Waits until Ctrl-C or `token` is cancelled, then stops everything.
-    pub async fn serve_until(self, token: CancellationToken) {
+    pub async fn serve_until(self, token: CancellationToken) -> Result<(), ClusterError> {
         token.cancelled().await;
-        self.shutdown().await;
+        self.shutdown().await
     }
 
-    /// Stops the gateway, then every node.
-    pub async fn shutdown(self) {
-        self.gateway.stop().await;
+    /// Stops the gateway, then every node, and returns the first failure of any
+    /// server, during its life or its stop (the others are logged): a test that
+    /// ends with this sees a server that died, by name, instead of a timeout.
+    pub async fn shutdown(self) -> Result<(), ClusterError> {
+        let mut failures = Vec::new();
+        failures.extend(self.gateway.stop().await.err());
         for handle in self.nodes.into_iter().flatten().flatten() {
-            handle.stop().await;
+            failures.extend(handle.stop().await.err());
         }
         for handle in self.rankers.into_iter().flatten() {
-            handle.stop().await;
+            failures.extend(handle.stop().await.err());
         }
+        let mut failures = failures.into_iter();
+        let first = failures.next();
+        for error in failures {
+            tracing::error!(%error, "server failed");
+        }
+        first.map_or(Ok(()), Err)
     }
 }
 
@@ -522,4 +669,73 @@ async fn check_health(addr: SocketAddr) -> Result<ServingStatus, String> {
         .await
         .map_err(|status| format!("health check failed: {}", status.message()))?;
     Ok(response.into_inner().status())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn failing(name: &str) -> ServerHandle<GatewayError> {
+        let addr = free_loopback_addr().unwrap();
+        ServerHandle::spawn(name, addr, CancellationToken::new(), async {
+            Err(GatewayError::NoQueryModel)
+        })
+    }
+
+    #[tokio::test]
+    async fn a_server_that_fails_before_serving_says_why_instead_of_timing_out() {
+        let mut server = failing("doomed gateway");
+        // A health timeout far longer than the test's: only the task's end can end
+        // the wait in time.
+        let error = tokio::time::timeout(
+            Duration::from_secs(60),
+            server.wait_serving(Duration::from_secs(3600)),
+        )
+        .await
+        .expect("the wait ignored that the server had failed")
+        .unwrap_err();
+        assert!(
+            matches!(error, ClusterError::ServerFailed { .. }),
+            "{error}"
+        );
+        let message = error.to_string();
+        assert!(message.contains("doomed gateway failed"), "{message}");
+        assert!(message.contains("query model"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_failure_surfaces_at_check_and_at_stop() {
+        let mut server = failing("checked gateway");
+        let error = loop {
+            match server.check().await {
+                Ok(()) => tokio::task::yield_now().await,
+                Err(error) => break error,
+            }
+        };
+        assert!(
+            error.to_string().contains("checked gateway failed"),
+            "{error}"
+        );
+
+        let error = failing("stopped gateway").stop().await.unwrap_err();
+        assert!(
+            error.to_string().contains("stopped gateway failed"),
+            "{error}"
+        );
+
+        let addr = free_loopback_addr().unwrap();
+        let panicking = ServerHandle::<GatewayError>::spawn(
+            "panicking gateway",
+            addr,
+            CancellationToken::new(),
+            async { panic!("boom") },
+        );
+        let error = panicking.stop().await.unwrap_err();
+        assert!(
+            matches!(error, ClusterError::ServerPanicked { .. }),
+            "{error}"
+        );
+    }
 }

@@ -29,6 +29,7 @@ pub struct ServerCommand {
     addr: SocketAddr,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
+    stderr: Option<PathBuf>,
 }
 
 impl ServerCommand {
@@ -41,6 +42,7 @@ impl ServerCommand {
             addr,
             args: Vec::new(),
             env: Vec::new(),
+            stderr: None,
         }
     }
 
@@ -60,17 +62,28 @@ impl ServerCommand {
         self
     }
 
-    /// Starts the process (stdout discarded, stderr the caller's, so a failing
-    /// server's last words show above the failure); it is not serving yet.
+    /// Writes the server's stderr (its log) to the file at `path` instead of the
+    /// caller's: a test that reads what the server logged (a gateway's view
+    /// changes, a node's registrations) greps that file.
+    pub fn stderr_to(mut self, path: impl Into<PathBuf>) -> Self {
+        self.stderr = Some(path.into());
+        self
+    }
+
+    /// Starts the process (stdout discarded, stderr the caller's unless
+    /// [`Self::stderr_to`] names a file, so a failing server's last words show
+    /// above the failure); it is not serving yet.
     pub fn spawn(self) -> Result<ServerProcess, ClusterError> {
+        let spawn_error = |source| ClusterError::Spawn {
+            program: self.program.clone(),
+            source,
+        };
         let inherited = std::env::vars_os().map(|(key, _)| key);
-        let child = self
-            .command(inherited)
-            .spawn()
-            .map_err(|source| ClusterError::Spawn {
-                program: self.program.clone(),
-                source,
-            })?;
+        let mut command = self.command(inherited);
+        if let Some(path) = &self.stderr {
+            command.stderr(std::fs::File::create(path).map_err(spawn_error)?);
+        }
+        let child = command.spawn().map_err(spawn_error)?;
         Ok(ServerProcess {
             name: format!("{} (pid {})", self.name, child.id()),
             addr: self.addr,

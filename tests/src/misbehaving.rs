@@ -171,7 +171,9 @@ pub async fn black_hole(token: &CancellationToken) -> SocketAddr {
 }
 
 /// A real retrieval node for `shard` of the bundle in `bundle`, on a free loopback
-/// port until `token` is cancelled; waits until it is `SERVING`.
+/// port until `token` is cancelled; waits until it is `SERVING`, and fails at once
+/// with the node's own error if it ends before (a later failure of the node
+/// shows as its shard missing from the coverage the tests check).
 pub async fn retrieval_node(
     bundle: &std::path::Path,
     shard: u32,
@@ -188,9 +190,10 @@ pub async fn retrieval_node(
         announce: None,
     };
     let serve = recsys_retrieval_node::run(listener, config, token.clone());
-    tokio::spawn(async move { serve.await.expect("retrieval node failed") });
-    recsys_local_cluster::wait_until_serving(addr, Duration::from_secs(60))
+    let name = format!("retrieval node of shard {shard}");
+    let mut node = recsys_local_cluster::ServerHandle::spawn(name, addr, token.clone(), serve);
+    node.wait_serving(Duration::from_secs(60))
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
     addr
 }

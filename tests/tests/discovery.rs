@@ -12,8 +12,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use recsys_discovery::{ClusterView, EtcdMembership, EtcdOptions, EtcdServer, Membership};
+use recsys_gateway::GatewayError;
 use recsys_gateway::{GatewayConfig, RequestPolicy};
-use recsys_local_cluster::{EtcdCluster, LocalCluster, LocalClusterOptions, wait_until_serving};
+use recsys_local_cluster::{EtcdCluster, LocalCluster, LocalClusterOptions, ServerHandle};
 use recsys_proto::v1::{RecommendRequest, RecommendResponse};
 use recsys_tests::load::Load;
 use recsys_tests::processes::{self, RetrievalProcess, ServerProcess, free_addr};
@@ -80,12 +81,8 @@ fn replicas(view: &ClusterView, shard: usize) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A gateway in this process discovering through etcd.
-async fn gateway(
-    etcd: &EtcdServer,
-    cluster: &str,
-    token: &CancellationToken,
-) -> std::net::SocketAddr {
+/// A gateway in this process discovering through etcd, SERVING.
+async fn gateway(etcd: &EtcdServer, cluster: &str) -> ServerHandle<GatewayError> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let membership = Arc::new(EtcdMembership::start(EtcdOptions::new(
@@ -98,16 +95,14 @@ async fn gateway(
         connect_timeout: Duration::from_secs(1),
         health_interval: Duration::from_millis(500),
     };
-    tokio::spawn(recsys_gateway::run(
-        listener,
-        config,
-        membership,
-        token.clone(),
-    ));
-    wait_until_serving(addr, Duration::from_secs(30))
+    let token = CancellationToken::new();
+    let run = recsys_gateway::run(listener, config, membership, token.clone());
+    let mut gateway = ServerHandle::spawn("gateway", addr, token, run);
+    gateway
+        .wait_serving(Duration::from_secs(30))
         .await
-        .unwrap();
-    addr
+        .unwrap_or_else(|e| panic!("{e}"));
+    gateway
 }
 
 fn request(i: u64) -> RecommendRequest {
@@ -159,7 +154,7 @@ async fn a_registered_node_is_routed_to_and_a_deregistered_one_is_not() {
 
     // A graceful stop deregisters: shard 0 then has no replica, which the
     // gateway reports as coverage (not a connection error to a dead address).
-    cluster.stop_node(0, 0).await;
+    cluster.stop_node(0, 0).await.unwrap();
     let membership = EtcdMembership::start(EtcdOptions::new(vec![etcd.endpoint()], "routing"));
     let mut view = membership.subscribe();
     wait_view(&mut view, Duration::from_secs(5), |v| {
@@ -206,7 +201,7 @@ async fn a_registered_node_is_routed_to_and_a_deregistered_one_is_not() {
         replicas(v, 0).is_empty()
     })
     .await;
-    cluster.shutdown().await;
+    cluster.shutdown().await.unwrap();
 }
 
 /// etcd, two replicas per shard, a gateway and a steady load already answering.
@@ -216,7 +211,8 @@ struct Loaded {
     _membership: EtcdMembership,
     view: watch::Receiver<Arc<ClusterView>>,
     nodes: Vec<Vec<ServerProcess>>,
-    token: CancellationToken,
+    /// Stopped at the end of each test, which fails if it failed.
+    gateway: ServerHandle<GatewayError>,
     load: Load,
 }
 
@@ -225,20 +221,19 @@ async fn loaded(cluster: &str) -> Loaded {
     let membership = EtcdMembership::start(EtcdOptions::new(vec![etcd.endpoint()], cluster));
     let mut view = membership.subscribe();
     let nodes = replicated_nodes(&etcd, cluster, &mut view).await;
-    let token = CancellationToken::new();
-    let gateway = gateway(&etcd, cluster, &token).await;
+    let gateway = gateway(&etcd, cluster).await;
     // The load counts every failure, so it starts once the gateway has found the
     // nodes in etcd, not merely once it is SERVING.
     let full = |r: &RecommendResponse| full_coverage(r, SHARDS);
-    wait_for_answer(gateway, request(0), full, Duration::from_secs(30)).await;
-    let load = Load::start(gateway, 4, Duration::from_secs(2), request).await;
+    wait_for_answer(gateway.addr, request(0), full, Duration::from_secs(30)).await;
+    let load = Load::start(gateway.addr, 4, Duration::from_secs(2), request).await;
     assert!(load.wait_for_answers(50, Duration::from_secs(30)).await);
     Loaded {
         etcd,
         _membership: membership,
         view,
         nodes,
-        token,
+        gateway,
         load,
     }
 }
@@ -263,7 +258,7 @@ async fn kill_9_of_a_replica_per_shard_under_load_fails_nothing() {
     );
     assert_eq!(report.failed, 0, "{report:?}");
     assert_eq!(report.partial, 0, "{report:?}");
-    c.token.cancel();
+    c.gateway.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,7 +285,7 @@ async fn sigterm_of_a_replica_per_shard_under_load_fails_nothing() {
     eprintln!("SIGTERM under load: {report:?}");
     assert_eq!(report.failed, 0, "{report:?}");
     assert_eq!(report.partial, 0, "{report:?}");
-    c.token.cancel();
+    c.gateway.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -336,5 +331,5 @@ async fn etcd_down_under_load_fails_nothing_and_a_node_added_meanwhile_is_used()
     eprintln!("etcd down {outage:?} under load: {report:?}");
     assert_eq!(report.failed, 0, "{report:?}");
     assert_eq!(report.partial, 0, "{report:?}");
-    c.token.cancel();
+    c.gateway.stop().await.unwrap();
 }

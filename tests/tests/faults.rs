@@ -8,16 +8,21 @@ use std::time::{Duration, Instant};
 
 use recsys_discovery::{StaticMembership, StaticSpec};
 use recsys_gateway::{GatewayConfig, RequestPolicy};
-use recsys_local_cluster::wait_until_serving;
+use recsys_local_cluster::ServerHandle;
 use recsys_proto::v1::{InfoRequest, LoadStatus, retrieval_service_client::RetrievalServiceClient};
-use recsys_retrieval_node::{LoadMode, NodeConfig, SearchLimits};
+use recsys_retrieval_node::{LoadMode, NodeConfig, NodeError, SearchLimits};
 use recsys_tests::misbehaving::black_hole;
 use recsys_tests::*;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-async fn start_node(bundle: &std::path::Path, shard: u32, token: &CancellationToken) -> SocketAddr {
+/// A retrieval node in this process, not waited for; stopping it reports its error.
+async fn start_node(
+    bundle: &std::path::Path,
+    shard: u32,
+    token: &CancellationToken,
+) -> ServerHandle<NodeError> {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let config = NodeConfig {
@@ -28,8 +33,13 @@ async fn start_node(bundle: &std::path::Path, shard: u32, token: &CancellationTo
         load_mode: LoadMode::default(),
         announce: None,
     };
-    tokio::spawn(recsys_retrieval_node::run(listener, config, token.clone()));
-    addr
+    let run = recsys_retrieval_node::run(listener, config, token.clone());
+    ServerHandle::spawn(
+        format!("retrieval node of shard {shard}"),
+        addr,
+        token.clone(),
+        run,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,12 +47,14 @@ async fn a_hung_shard_turns_into_coverage_at_the_deadline() {
     let bundle = synthetic_bundle(4_000, 20, 16, 4, 21);
     let token = CancellationToken::new();
     let mut shards = Vec::new();
+    let mut nodes = Vec::new();
     for shard in 0..3 {
-        let addr = start_node(bundle.path(), shard, &token).await;
-        wait_until_serving(addr, Duration::from_secs(30))
+        let mut node = start_node(bundle.path(), shard, &token).await;
+        node.wait_serving(Duration::from_secs(30))
             .await
-            .unwrap();
-        shards.push(vec![addr.to_string()]);
+            .unwrap_or_else(|e| panic!("{e}"));
+        shards.push(vec![node.addr.to_string()]);
+        nodes.push(node);
     }
     shards.push(vec![black_hole(&token).await.to_string()]);
     let membership = Arc::new(
@@ -65,15 +77,12 @@ async fn a_hung_shard_turns_into_coverage_at_the_deadline() {
         connect_timeout: Duration::from_secs(1),
         health_interval: Duration::from_secs(1),
     };
-    tokio::spawn(recsys_gateway::run(
-        listener,
-        config,
-        membership,
-        token.clone(),
-    ));
-    wait_until_serving(gateway_addr, Duration::from_secs(30))
+    let run = recsys_gateway::run(listener, config, membership, token.clone());
+    let mut gateway = ServerHandle::spawn("gateway", gateway_addr, token.clone(), run);
+    gateway
+        .wait_serving(Duration::from_secs(30))
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
 
     let mut client = gateway_client(gateway_addr).await;
     let deadline = Duration::from_millis(300);
@@ -98,7 +107,10 @@ async fn a_hung_shard_turns_into_coverage_at_the_deadline() {
     assert_eq!(coverage.reasons[0].shard, Some(3));
     assert_eq!(coverage.reasons[0].reason, "deadline exceeded");
     assert_eq!(response.items.len(), 10);
-    token.cancel();
+    gateway.stop().await.unwrap();
+    for node in nodes {
+        node.stop().await.unwrap();
+    }
 }
 
 async fn node_info(addr: SocketAddr) -> recsys_proto::v1::InfoResponse {
@@ -157,8 +169,11 @@ async fn corrupt_or_missing_shard_files_keep_the_node_not_serving() {
     // Shard 2's file gone.
     std::fs::remove_file(bundle.path().join("shards/shard-2.usearch")).unwrap();
 
+    let mut nodes = Vec::new();
     for shard in 0..3 {
-        let addr = start_node(bundle.path(), shard, &token).await;
+        let node = start_node(bundle.path(), shard, &token).await;
+        let addr = node.addr;
+        nodes.push(node);
         let info = settled_info(addr).await;
         assert_eq!(info.load_status(), LoadStatus::Failed, "shard {shard}");
         #[allow(deprecated)] // the string kept for older clients must agree
@@ -185,20 +200,23 @@ async fn corrupt_or_missing_shard_files_keep_the_node_not_serving() {
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert!(status.message().contains(&file));
     }
-    token.cancel();
+    // A failed load keeps a node up and NOT_SERVING; its task never fails.
+    for node in nodes {
+        node.stop().await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_manifest_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let token = CancellationToken::new();
-    let addr = start_node(dir.path(), 0, &token).await;
-    let info = settled_info(addr).await;
+    let node = start_node(dir.path(), 0, &token).await;
+    let info = settled_info(node.addr).await;
     assert_eq!(info.load_status(), LoadStatus::Failed);
     assert!(
         info.load_error.contains("manifest.json"),
         "{}",
         info.load_error
     );
-    token.cancel();
+    node.stop().await.unwrap();
 }

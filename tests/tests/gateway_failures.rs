@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use recsys_discovery::{StaticMembership, StaticSpec};
 use recsys_gateway::{GatewayConfig, RequestPolicy};
-use recsys_local_cluster::wait_until_serving;
+use recsys_local_cluster::ServerHandle;
 use recsys_proto::v1::{RecommendOptions, RecommendRequest, RecommendResponse};
 use recsys_tests::misbehaving::*;
 use recsys_tests::*;
@@ -73,10 +73,12 @@ async fn gateway(
         health_interval: Duration::from_secs(60),
     };
     let serve = recsys_gateway::run(listener, config, membership, token.clone());
-    tokio::spawn(async move { serve.await.expect("gateway failed") });
-    wait_until_serving(addr, Duration::from_secs(60))
+    // Fails at once with the gateway's own error if it ends before SERVING.
+    let mut gateway = ServerHandle::spawn("gateway", addr, token.clone(), serve);
+    gateway
+        .wait_serving(Duration::from_secs(60))
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
     addr
 }
 

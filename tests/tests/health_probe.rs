@@ -7,7 +7,7 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use recsys_local_cluster::wait_until_serving;
+use recsys_local_cluster::ServerHandle;
 use recsys_retrieval_node::{LoadMode, NodeConfig, SearchLimits};
 use recsys_tests::processes::{binary, free_addr};
 use recsys_tests::*;
@@ -47,10 +47,11 @@ async fn recsys_health_exits_zero_only_for_serving() {
         load_mode: LoadMode::default(),
         announce: None,
     };
-    tokio::spawn(recsys_retrieval_node::run(listener, config, token.clone()));
-    wait_until_serving(addr, Duration::from_secs(30))
+    let run = recsys_retrieval_node::run(listener, config, token.clone());
+    let mut node = ServerHandle::spawn("retrieval node", addr, token.clone(), run);
+    node.wait_serving(Duration::from_secs(30))
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
     let at = |extra: &[&str]| {
         let mut args = vec!["--addr".to_string(), addr.to_string()];
         args.extend(extra.iter().map(|a| a.to_string()));
@@ -85,5 +86,5 @@ async fn recsys_health_exits_zero_only_for_serving() {
         "{}",
         text(&out.stderr)
     );
-    token.cancel();
+    node.stop().await.unwrap();
 }

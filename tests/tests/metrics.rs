@@ -87,5 +87,5 @@ async fn metrics_count_calls_codes_shards_and_stages() {
     }
 
     token.cancel();
-    cluster.shutdown().await;
+    cluster.shutdown().await.unwrap();
 }

@@ -113,5 +113,5 @@ async fn a_node_of_another_bundle_is_not_routed_to() {
         assert!(Instant::now() < deadline, "the gauge stayed up");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    cluster.shutdown().await;
+    cluster.shutdown().await.unwrap();
 }

@@ -86,7 +86,7 @@ async fn two_stage_recommend_follows_the_planted_ranker() {
         }
     }
     assert!(reordered > 0, "quality never changed the retrieval order");
-    cluster.shutdown().await;
+    cluster.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,7 +157,7 @@ async fn rank_validates_its_input() {
         let quality = 0.3 * f32::from(bundle.catalog.item_quality[*row]) / 9.0;
         assert!((score - quality).abs() < 1e-5);
     }
-    cluster.shutdown().await;
+    cluster.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,7 +167,7 @@ async fn a_stopped_ranking_node_falls_back_to_retrieval_order() {
         .await
         .unwrap();
     let mut client = gateway_client(cluster.gateway_addr).await;
-    cluster.stop_ranking_node(0).await;
+    cluster.stop_ranking_node(0).await.unwrap();
     let deadline = Duration::from_secs(2);
     let started = Instant::now();
     let response = recommend(&mut client, ranked("user-2", 10, 100), deadline)
@@ -196,7 +196,7 @@ async fn a_stopped_ranking_node_falls_back_to_retrieval_order() {
         .await
         .unwrap();
     assert_eq!(ids(&response), ids(&retrieval));
-    cluster.shutdown().await;
+    cluster.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use candle_core::{Device, Tensor};
 use recsys_bundle::IndexParams;
 use recsys_bundle_builder::{BuildOptions, ItemVectors, attach_ranker, build_bundle};
-use recsys_local_cluster::wait_until_serving;
+use recsys_local_cluster::ServerHandle;
 use recsys_model::dcn_v2::Head;
 use recsys_model::{
     Activation, DcnConfig, FeatureKind, FeatureSpec, Normalization, Pooling, RankerConfig, Side,
@@ -23,7 +23,7 @@ use recsys_proto::v1::{
     FeatureValue, RankRequest, RankResponse, StringList, feature_value::Kind,
     ranking_service_client::RankingServiceClient,
 };
-use recsys_ranking_node::RankingConfig;
+use recsys_ranking_node::{RankingConfig, RankingError};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -137,20 +137,23 @@ fn bundle_of(ids: &[u64], dim: usize, vectors: Vec<f32>) -> tempfile::TempDir {
     bundle
 }
 
-async fn ranking_node(bundle: &Path, token: &CancellationToken) -> RankingServiceClient<Channel> {
+/// A SERVING ranking node in this process and a client of it; stopping the node
+/// reports its error.
+async fn ranking_node(
+    bundle: &Path,
+) -> (ServerHandle<RankingError>, RankingServiceClient<Channel>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(recsys_ranking_node::run(
-        listener,
-        RankingConfig::new(bundle),
-        token.clone(),
-    ));
-    wait_until_serving(addr, Duration::from_secs(30))
+    let token = CancellationToken::new();
+    let run = recsys_ranking_node::run(listener, RankingConfig::new(bundle), token.clone());
+    let mut node = ServerHandle::spawn("ranking node", addr, token, run);
+    node.wait_serving(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let client = RankingServiceClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
-    RankingServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap()
+    (node, client)
 }
 
 fn value(kind: Kind) -> FeatureValue {
@@ -200,8 +203,7 @@ async fn multi_hot_and_numeric_features_score_as_worked_out() {
     let attached = attach_ranker(bundle.path(), source.path(), &ids).unwrap();
     assert_eq!(attached.unknown_items, 0);
 
-    let token = CancellationToken::new();
-    let mut client = ranking_node(bundle.path(), &token).await;
+    let (node, mut client) = ranking_node(bundle.path()).await;
 
     // Items: genres mean (action|comedy → 0.5 + 0.5 = 1; none → 0; drama and an
     // unknown genre → (2 + 0) / 2 per column = 2), popularity 5, missing (0), -1.
@@ -270,7 +272,7 @@ async fn multi_hot_and_numeric_features_score_as_worked_out() {
         "{}",
         status.message()
     );
-    token.cancel();
+    node.stop().await.unwrap();
 }
 
 #[test]

@@ -80,7 +80,7 @@ async fn exact_mode_matches_brute_force() {
         assert_eq!(coverage.items_searched, 100_000);
         assert!(!coverage.degraded);
     }
-    cluster.shutdown().await;
+    cluster.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,7 +119,7 @@ async fn hnsw_recall_at_100_is_at_least_095() {
     let recall = found as f64 / wanted as f64;
     eprintln!("recall@100 over {} users: {recall:.4}", users.len());
     assert!(recall >= 0.95, "recall@100 = {recall:.4}");
-    cluster.shutdown().await;
+    cluster.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,7 +149,7 @@ async fn user_recommendations_follow_the_planted_topics() {
         in_topic as f64 / total as f64 > 0.9,
         "{in_topic} of {total} in the user's topic"
     );
-    cluster.shutdown().await;
+    cluster.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,7 +192,7 @@ async fn excluded_items_never_appear_even_beyond_shard_size() {
             );
         }
     }
-    cluster.shutdown().await;
+    cluster.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,7 +276,7 @@ async fn bad_requests_get_invalid_argument_naming_field_and_limit() {
         .await
         .is_ok()
     );
-    cluster.shutdown().await;
+    cluster.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,7 +284,7 @@ async fn a_stopped_shard_gives_partial_coverage_within_the_deadline() {
     let bundle = big();
     let mut cluster = start(bundle).await;
     let mut client = gateway_client(cluster.gateway_addr).await;
-    cluster.stop_node(2, 0).await;
+    cluster.stop_node(2, 0).await.unwrap();
     let deadline = Duration::from_secs(2);
     for user in bundle.catalog.users.ids().iter().take(5) {
         let started = Instant::now();
@@ -306,7 +306,7 @@ async fn a_stopped_shard_gives_partial_coverage_within_the_deadline() {
                 .all(|item| shard_of(item.item_id, 4) != 2)
         );
     }
-    cluster.shutdown().await;
+    cluster.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -371,5 +371,5 @@ async fn stream_final_list_equals_recommend() {
         last.items.iter().map(|i| i.item_id).collect::<Vec<_>>(),
         ids(&unary)
     );
-    cluster.shutdown().await;
+    cluster.shutdown().await.unwrap();
 }

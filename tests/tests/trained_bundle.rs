@@ -287,5 +287,5 @@ async fn served_bundle_answers_as_the_trainer() {
         "{}",
         status.message()
     );
-    cluster.shutdown().await;
+    cluster.shutdown().await.unwrap();
 }
