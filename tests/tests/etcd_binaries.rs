@@ -454,6 +454,19 @@ struct LoadReport {
     loose_failed: u64,
 }
 
+impl LoadReport {
+    /// Every request sent while the load was strict was answered in full.
+    fn assert_no_strict_failure(&self) {
+        assert!(
+            self.strict_failures.is_empty(),
+            "{} of {} requests failed: {:?}",
+            self.strict_failed,
+            self.strict,
+            self.strict_failures
+        );
+    }
+}
+
 /// One client sending the check queries back to back (a few ms apart), at most
 /// [`MAX_REQUESTS`], until stopped; while `strict` is set every failure counts
 /// against the test, otherwise it is only counted.
@@ -618,13 +631,7 @@ async fn etcd_paused_under_load_costs_no_request_and_nodes_register_again() {
         "etcd paused {paused:?}: {} requests, {} while paused; {} failed after it woke, until the nodes registered again; leases {before:?} -> {after:?}",
         report.sent, report.strict, report.loose_failed
     );
-    assert!(
-        report.strict_failures.is_empty(),
-        "{} of {} requests failed: {:?}",
-        report.strict_failed,
-        report.strict,
-        report.strict_failures
-    );
+    report.assert_no_strict_failure();
     assert!(report.strict >= 20, "too few requests checked: {report:?}");
 }
 
@@ -689,13 +696,7 @@ async fn a_revoked_lease_drops_its_node_until_it_registers_again() {
     .expect("the gateway took s0a back into its view but never routed to it");
     let report = load.stop().await;
     cluster.assert_all_running();
-    assert!(
-        report.strict_failures.is_empty(),
-        "{} of {} requests failed: {:?}",
-        report.strict_failed,
-        report.strict,
-        report.strict_failures
-    );
+    report.assert_no_strict_failure();
 }
 
 /// A replica frozen (`SIGSTOP`) until the gateway's health check marks it
@@ -756,13 +757,7 @@ async fn a_frozen_replica_leaves_routing_and_returns_after_it_thaws() {
     .expect("the gateway marked s1a healthy but never routed to it again");
     let report = load.stop().await;
     cluster.assert_all_running();
-    assert!(
-        report.strict_failures.is_empty(),
-        "{} of {} requests failed: {:?}",
-        report.strict_failed,
-        report.strict,
-        report.strict_failures
-    );
+    report.assert_no_strict_failure();
 }
 
 /// Registrations nobody honest wrote, under the cluster's prefix: one claiming
