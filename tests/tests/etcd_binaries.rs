@@ -176,12 +176,19 @@ struct Cluster {
     _logs: tempfile::TempDir,
     /// The check queries and their answers from the healthy cluster.
     expected: Vec<Expected>,
+    /// One cluster at a time: seven processes per cluster, four tests at once,
+    /// on two cores, and the start-up deadlines become a lottery.
+    _serial: tokio::sync::MutexGuard<'static, ()>,
 }
+
+/// Held by the running [`Cluster`], so the tests of this file take turns.
+static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl Cluster {
     /// Starts everything, waits until every node is registered and the gateway
     /// answers with full coverage and ranking, and records the check answers.
     async fn start(name: &str) -> Self {
+        let serial = ONE_CLUSTER_AT_A_TIME.lock().await;
         let etcd = EtcdServer::start().await.unwrap_or_else(|e| panic!("{e}"));
         let logs = tempfile::tempdir().unwrap();
         let bundle_dir = bundle().path().display().to_string();
@@ -290,6 +297,7 @@ impl Cluster {
             .chain([&"rank".to_string()])
             .map(|id| node_key_of(name, id))
             .collect();
+        let missing = std::sync::Mutex::new(keys.clone());
         let registered = poll(SETTLE, async || {
             let mut client = etcd.client().await.ok()?;
             let prefix = nodes_prefix(name);
@@ -302,10 +310,21 @@ impl Cluster {
                 .iter()
                 .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
                 .collect();
-            keys.iter().all(|key| present.contains(key)).then_some(())
+            let absent: Vec<String> = keys
+                .iter()
+                .filter(|key| !present.contains(key))
+                .cloned()
+                .collect();
+            let done = absent.is_empty();
+            *missing.lock().unwrap_or_else(|e| e.into_inner()) = absent;
+            done.then_some(())
         })
         .await;
-        assert!(registered.is_some(), "not every node registered: {keys:?}");
+        assert!(
+            registered.is_some(),
+            "not every node registered within {SETTLE:?}; missing: {:?}",
+            missing.lock().unwrap_or_else(|e| e.into_inner())
+        );
         let gateway_env = vec![
             ("RECSYS_HEALTH_INTERVAL_MS", HEALTH_INTERVAL_MS.to_string()),
             ("RECSYS_HEDGE_AFTER_MS", HEDGE_AFTER_MS.to_string()),
@@ -322,6 +341,7 @@ impl Cluster {
             name: name.into(),
             _logs: logs,
             expected: Vec::new(),
+            _serial: serial,
         };
         let users = bundle().catalog.users.ids();
         wait_for_answer(
