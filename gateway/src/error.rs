@@ -28,6 +28,10 @@ pub enum GatewayError {
     /// Not one shard answered, so there is no partial answer to give.
     #[error("no shard answered: {0}")]
     NoShardAnswered(String),
+    /// Not one shard answered in the time the request left for retrieval: the
+    /// caller's deadline, not the cluster, is what fell short.
+    #[error("deadline exceeded before any shard answered: {0}")]
+    DeadlineExceeded(String),
     /// Loading the bundle failed.
     #[error(transparent)]
     Bundle(#[from] BundleError),
@@ -62,6 +66,7 @@ impl From<GatewayError> for tonic::Status {
             GatewayError::NotReady(_) | GatewayError::NoShardAnswered(_) => {
                 tonic::Status::unavailable(message)
             }
+            GatewayError::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(message),
             GatewayError::Bundle(_)
             | GatewayError::Discovery(_)
             | GatewayError::Transport(_)

@@ -42,6 +42,20 @@ pub enum NodeFailure {
     },
 }
 
+impl NodeFailure {
+    /// The call ran out of time (ours, or the node's view of the deadline).
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            Self::DeadlineExceeded
+                | Self::Status {
+                    code: Code::DeadlineExceeded,
+                    ..
+                }
+        )
+    }
+}
+
 impl From<tonic::Status> for NodeFailure {
     fn from(status: tonic::Status) -> Self {
         Self::Status {

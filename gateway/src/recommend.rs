@@ -200,6 +200,8 @@ impl Gateway {
             items_total: manifest.items,
             ..Default::default()
         };
+        // Whether every shard that failed ran out of time (and none answered).
+        let mut all_timed_out = true;
         while let Some(answer) = pending.next().await {
             match answer.outcome {
                 Ok(response) => {
@@ -229,6 +231,7 @@ impl Gateway {
                     }
                 }
                 Err(failure) => {
+                    all_timed_out &= failure.is_timeout();
                     coverage
                         .reasons
                         .push(degraded(Stage::Retrieval, Some(answer.shard), failure));
@@ -241,7 +244,12 @@ impl Gateway {
                 .iter()
                 .map(|r| format!("shard {}: {}", r.shard.unwrap_or_default(), r.reason))
                 .collect();
-            return Err(GatewayError::NoShardAnswered(reasons.join("; ")));
+            let reasons = reasons.join("; ");
+            return Err(if all_timed_out {
+                GatewayError::DeadlineExceeded(reasons)
+            } else {
+                GatewayError::NoShardAnswered(reasons)
+            });
         }
         Ok(Retrieved {
             merged: top.into_sorted(),

@@ -2,7 +2,7 @@
 //! reaches a shard.
 
 use recsys_proto::limits::{self, MAX_ID_BYTES};
-use recsys_proto::v1::{RecommendRequest, recommend_request::Query};
+use recsys_proto::v1::{RecommendRequest, feature_value::Kind, recommend_request::Query};
 
 use crate::GatewayError;
 
@@ -112,6 +112,22 @@ pub fn validate(
             ),
         ));
     }
+    // What a ranking node refuses is refused here, before any work: otherwise
+    // the answer would come back OK and unranked for the caller's own mistake.
+    for (name, value) in &request.user_features {
+        if let Some(Kind::StringList(list)) = &value.kind
+            && list.values.len() > limits::MAX_LIST_VALUES
+        {
+            return Err(GatewayError::invalid(
+                "user_features",
+                format!(
+                    "feature {name} has {} values, the limit is {}",
+                    list.values.len(),
+                    limits::MAX_LIST_VALUES
+                ),
+            ));
+        }
+    }
     if let Some(options) = &request.options {
         let p = options.top_k_probability;
         if !(0.0..=1.0).contains(&p) {
@@ -177,6 +193,22 @@ mod tests {
             ..Default::default()
         });
         assert!(message(r).contains("top_k_probability"));
+        // A list the ranking node would refuse is refused here, with its limit.
+        let mut r = embedding(vec![1.0, 0.0], 10);
+        let list = |n: usize| recsys_proto::v1::FeatureValue {
+            kind: Some(Kind::StringList(recsys_proto::v1::StringList {
+                values: vec!["g".into(); n],
+            })),
+        };
+        r.user_features
+            .insert("genres".into(), list(limits::MAX_LIST_VALUES + 1));
+        assert_eq!(
+            message(r.clone()),
+            "user_features: feature genres has 1025 values, the limit is 1024"
+        );
+        r.user_features
+            .insert("genres".into(), list(limits::MAX_LIST_VALUES));
+        assert!(validate(&r, 2, &RecommendLimits::default()).is_ok());
         let r = RecommendRequest {
             query: Some(Query::UserId(String::new())),
             k: 1,

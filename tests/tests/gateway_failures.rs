@@ -258,6 +258,37 @@ async fn a_failing_ranking_node_fails_over_to_the_second() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_shards_silent_past_the_deadline_is_deadline_exceeded() {
+    let token = CancellationToken::new();
+    // Every shard accepts and never answers: only the caller's deadline ends it.
+    let mut shards = Vec::new();
+    for _ in 0..SHARDS {
+        shards.push(vec![black_hole(&token).await]);
+    }
+    let gateway = gateway(&shards, &[], &token).await;
+    let mut client = gateway_client(gateway).await;
+    let mut request = tonic::Request::new(two_stage());
+    request.set_timeout(Duration::from_millis(500));
+    let started = Instant::now();
+    let status = tokio::time::timeout(BOUND, client.recommend(request))
+        .await
+        .unwrap_or_else(|_| panic!("no answer within {BOUND:?}"))
+        .unwrap_err();
+    assert!(started.elapsed() < BOUND);
+    // The gateway's own answer (sent just before tonic's timer would fire) names
+    // the shards; tonic's CANCELLED "Timeout expired" would mean it answered late.
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    let message = status.message();
+    for shard in 0..SHARDS {
+        assert!(
+            message.contains(&format!("shard {shard}: deadline exceeded")),
+            "{message}"
+        );
+    }
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_shards_down_is_unavailable_naming_every_shard() {
     let token = CancellationToken::new();
     let ranker = FakeRanker::new(RankerBehaviour::Good);
