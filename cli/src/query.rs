@@ -112,11 +112,7 @@ pub fn print_response(response: &RecommendResponse) {
         if coverage.degraded {
             print!(" (degraded:");
             for reason in &coverage.reasons {
-                let stage = match reason.stage_kind() {
-                    recsys_proto::v1::Stage::Retrieval => "retrieval",
-                    recsys_proto::v1::Stage::Ranking => "ranking",
-                    recsys_proto::v1::Stage::Unspecified => "unspecified",
-                };
+                let stage = reason.stage_kind().name();
                 print!(
                     " [{stage} shard {}: {}]",
                     reason.shard.unwrap_or_default(),

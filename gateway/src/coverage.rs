@@ -3,15 +3,6 @@
 
 use recsys_proto::v1::{Coverage, DegradedReason, Stage};
 
-/// The stage's name in the string field kept for older clients.
-fn stage_name(stage: Stage) -> &'static str {
-    match stage {
-        Stage::Retrieval => "retrieval",
-        Stage::Ranking => "ranking",
-        Stage::Unspecified => "",
-    }
-}
-
 /// A reason of `stage` (and `shard`, for retrieval) with `reason`'s text.
 #[allow(deprecated)] // `stage`, the string, is still filled for older clients.
 pub fn degraded(
@@ -20,7 +11,7 @@ pub fn degraded(
     reason: impl std::fmt::Display,
 ) -> DegradedReason {
     DegradedReason {
-        stage: stage_name(stage).into(),
+        stage: stage.name().into(),
         stage_kind: stage.into(),
         shard,
         reason: reason.to_string(),

@@ -5,6 +5,7 @@
 //! without the `.proto` files.
 
 pub mod limits;
+mod names;
 
 /// `package recsys.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

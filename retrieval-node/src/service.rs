@@ -142,7 +142,7 @@ impl RetrievalService for RetrievalNodeService {
 
     #[allow(deprecated)] // `state`, the string, is still filled for older clients.
     async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
-        let response = match self.state.load().as_ref() {
+        let mut response = match self.state.load().as_ref() {
             LoadState::Ready(index) => InfoResponse {
                 shard: index.shard(),
                 shard_count: index.shard_count(),
@@ -151,22 +151,20 @@ impl RetrievalService for RetrievalNodeService {
                 metric: index.metric().as_str().into(),
                 bundle_version: index.bundle_version().into(),
                 quantization: index.quantization().as_str().into(),
-                state: "serving".into(),
-                load_error: String::new(),
                 load_status: LoadStatus::Serving.into(),
+                ..Default::default()
             },
             LoadState::Loading => InfoResponse {
-                state: "loading".into(),
                 load_status: LoadStatus::Loading.into(),
                 ..Default::default()
             },
             LoadState::Failed(reason) => InfoResponse {
-                state: "failed".into(),
                 load_error: reason.to_string(),
                 load_status: LoadStatus::Failed.into(),
                 ..Default::default()
             },
         };
+        response.state = response.load_status().name().into();
         Ok(Response::new(response))
     }
 }

@@ -114,9 +114,10 @@ impl RetrievalService for LoadingShard {
 
     #[allow(deprecated)] // `state` is filled as a node fills it, for older clients.
     async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        let status = recsys_proto::v1::LoadStatus::Loading;
         Ok(Response::new(InfoResponse {
-            state: "loading".into(),
-            load_status: recsys_proto::v1::LoadStatus::Loading.into(),
+            state: status.name().into(),
+            load_status: status.into(),
             ..Default::default()
         }))
     }
