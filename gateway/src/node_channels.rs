@@ -204,11 +204,12 @@ impl NodeChannels {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use recsys_discovery::{NodeState, Role};
 
-    fn replica(addr: &str) -> NodeRecord {
+    /// A serving retrieval replica of shard 0 of 1 at `addr` (the fan-out tests use it too).
+    pub(crate) fn replica(addr: &str) -> NodeRecord {
         NodeRecord {
             node_id: addr.into(),
             addr: addr.into(),

@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use recsys_discovery::{ClusterView, NodeRecord, NodeState, Role};
+use recsys_discovery::{ClusterView, NodeRecord};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +18,7 @@ use tonic::{Code, Status};
 use tonic_health::ServingStatus;
 
 use super::call_replicas;
+use crate::node_channels::tests::replica;
 use crate::node_channels::{NodeChannels, NodeHandle};
 
 const MS: Duration = Duration::from_millis(1);
@@ -63,18 +64,6 @@ impl Drop for DropWatch {
         if !self.finished {
             lock(&self.log)[self.index].cancelled = true;
         }
-    }
-}
-
-fn replica(addr: &str) -> NodeRecord {
-    NodeRecord {
-        node_id: addr.into(),
-        addr: addr.into(),
-        role: Role::Retrieval,
-        shard: Some(0),
-        shard_count: Some(1),
-        bundle_version: String::new(),
-        state: NodeState::Serving,
     }
 }
 
