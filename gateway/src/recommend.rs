@@ -44,7 +44,8 @@ struct RequestPlan {
     encode_us: u64,
     exact: bool,
     shard_k: u32,
-    /// Each shard's exclusions (the ids that hash to it).
+    /// Each shard's exclusions (the ids that hash to it); moved into the
+    /// shards' requests by the fan-out.
     exclusions: Vec<Vec<u64>>,
     view: Arc<ClusterView>,
     with_ranking: bool,
@@ -66,8 +67,8 @@ impl Gateway {
         timeout: Duration,
         partial: Option<&PartialSender>,
     ) -> Result<RecommendResponse, GatewayError> {
-        let plan = self.plan_request(&request, timeout)?;
-        let mut retrieved = self.fan_out_and_merge(&plan, partial).await?;
+        let mut plan = self.plan_request(&request, timeout)?;
+        let mut retrieved = self.fan_out_and_merge(&mut plan, partial).await?;
         let ranking_started = Instant::now();
         let ranked = if plan.with_ranking {
             match self
@@ -159,24 +160,26 @@ impl Gateway {
     /// and no shard at all an error.
     async fn fan_out_and_merge(
         &self,
-        plan: &RequestPlan,
+        plan: &mut RequestPlan,
         partial: Option<&PartialSender>,
     ) -> Result<Retrieved, GatewayError> {
+        // Up to 10 000 ids: moved into the requests, not copied.
+        let exclusions = std::mem::take(&mut plan.exclusions);
+        let plan = &*plan;
         let manifest = &plan.bundle.manifest;
         let shard_count = manifest.shard_count;
         let retrieval_started = Instant::now();
         let deadline = plan.started + plan.budget.retrieval;
         let no_replicas = Vec::new();
-        let mut pending: FuturesUnordered<_> = plan
-            .exclusions
-            .iter()
+        let mut pending: FuturesUnordered<_> = exclusions
+            .into_iter()
             .enumerate()
             .map(|(shard, exclude_item_ids)| {
                 let replicas = plan.view.shards.get(shard).unwrap_or(&no_replicas);
                 let search = SearchRequest {
                     query: plan.embedding.clone(),
                     k: plan.shard_k,
-                    exclude_item_ids: exclude_item_ids.clone(),
+                    exclude_item_ids,
                     exact: plan.exact,
                 };
                 let target = ShardTarget {
