@@ -20,6 +20,7 @@ pub mod etcd_membership;
 pub mod etcd_server;
 #[cfg(feature = "flags")]
 pub mod flags;
+pub mod identity;
 pub mod node;
 pub mod registration;
 pub mod static_membership;
@@ -28,6 +29,7 @@ pub mod view;
 pub use announce::{AnnounceOptions, Announcer, serve_and_drain};
 pub use etcd::{node_key, nodes_prefix};
 pub use etcd_membership::{EtcdMembership, EtcdOptions};
+pub use identity::{GATEWAY_IDENTITY, node_identity};
 #[cfg(feature = "test-support")]
 pub use etcd_server::EtcdServer;
 pub use node::{NodeRecord, NodeState, Role};

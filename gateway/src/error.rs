@@ -44,6 +44,20 @@ pub enum GatewayError {
     /// The reflection service could not be built.
     #[error("reflection: {0}")]
     Reflection(#[from] recsys_server::grpc::ReflectionError),
+    /// The server's router could not be built (TLS material, reflection).
+    #[error(transparent)]
+    Router(#[from] recsys_server::grpc::RouterError),
+    /// The TLS material toward the nodes is unusable.
+    #[error("node tls: {0}")]
+    NodeTls(#[from] recsys_server::tls::TlsError),
+    /// The API key file is unusable at start.
+    #[error("api keys {}: {reason}", path.display())]
+    ApiKeys {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong, with the line.
+        reason: String,
+    },
 }
 
 impl GatewayError {
@@ -70,7 +84,10 @@ impl From<GatewayError> for tonic::Status {
             GatewayError::Bundle(_)
             | GatewayError::Discovery(_)
             | GatewayError::Transport(_)
-            | GatewayError::Reflection(_) => tonic::Status::internal(message),
+            | GatewayError::Reflection(_)
+            | GatewayError::Router(_)
+            | GatewayError::NodeTls(_)
+            | GatewayError::ApiKeys { .. } => tonic::Status::internal(message),
         }
     }
 }

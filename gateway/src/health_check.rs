@@ -40,18 +40,13 @@ pub fn spawn(
 
 /// One round: checks every node of `view` at once and records each verdict.
 pub(crate) async fn check_all(clients: &NodeChannels, view: &ClusterView, interval: Duration) {
-    let addrs: FxHashSet<&str> = view
-        .shards
-        .iter()
-        .flatten()
-        .chain(&view.ranking)
-        .map(|node| node.addr.as_str())
-        .collect();
+    let records: Vec<_> = view.shards.iter().flatten().chain(&view.ranking).collect();
+    let addrs: FxHashSet<&str> = records.iter().map(|node| node.addr.as_str()).collect();
     clients.retain(&addrs);
     let timeout = interval.min(Duration::from_secs(1));
-    let mut checks: FuturesUnordered<_> = addrs
+    let mut checks: FuturesUnordered<_> = records
         .iter()
-        .filter_map(|addr| clients.node(addr).ok())
+        .filter_map(|record| clients.node(record).ok())
         .map(|node| async move {
             let verdict = check(&node, timeout).await;
             (node, verdict)

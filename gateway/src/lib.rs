@@ -6,6 +6,7 @@
 //! ([`merge`]). Slow or failed shards turn into coverage, not errors: when the
 //! deadline's retrieval budget is spent the gateway answers with what it has.
 
+pub mod api_keys;
 mod bundle_filter;
 pub mod bundle_state;
 mod coverage;
@@ -16,6 +17,7 @@ mod health_check;
 pub mod merge;
 mod metrics;
 pub mod node_channels;
+pub mod node_identity;
 mod node_failure;
 mod recommend;
 mod response_items;
@@ -25,6 +27,7 @@ pub mod shard_k;
 mod validate;
 
 pub use error::GatewayError;
-pub use server::{GatewayConfig, run};
+pub use node_identity::NodeTlsFiles;
+pub use server::{GatewayConfig, GatewaySecurity, run};
 pub use service::RequestPolicy;
 pub use validate::RecommendLimits;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use recsys_discovery::{EtcdMembership, EtcdOptions, Membership, StaticMembership, StaticSpec};
-use recsys_gateway::{GatewayConfig, RecommendLimits, RequestPolicy, run};
+use recsys_gateway::{GatewayConfig, GatewaySecurity, NodeTlsFiles, RecommendLimits, RequestPolicy, run};
 
 /// Fans recommendation requests out to the retrieval shards and merges their answers.
 #[derive(Debug, Parser)]
@@ -65,6 +65,22 @@ struct Args {
     /// How often each node's grpc.health.v1 is checked (ms).
     #[arg(long, env = "RECSYS_HEALTH_INTERVAL_MS", default_value_t = 1000)]
     health_interval_ms: u64,
+    #[command(flatten)]
+    tls: recsys_server::tls::ServerTlsFlags,
+    /// PEM cluster CA that nodes' certificates must chain to: mutual TLS toward
+    /// the nodes, each node's certificate checked against its registration.
+    #[arg(long, env = "RECSYS_NODE_TLS_CA", requires_all = ["node_tls_cert", "node_tls_key"])]
+    node_tls_ca: Option<PathBuf>,
+    /// PEM client certificate the gateway presents to nodes.
+    #[arg(long, env = "RECSYS_NODE_TLS_CERT", requires = "node_tls_ca")]
+    node_tls_cert: Option<PathBuf>,
+    /// PEM key of --node-tls-cert.
+    #[arg(long, env = "RECSYS_NODE_TLS_KEY", requires = "node_tls_ca")]
+    node_tls_key: Option<PathBuf>,
+    /// File of accepted API keys (`NAME SHA256-HEX` per line, re-read while
+    /// running); calls without an accepted key get UNAUTHENTICATED.
+    #[arg(long, env = "RECSYS_API_KEYS")]
+    api_keys: Option<PathBuf>,
     #[command(flatten)]
     runtime: recsys_server::runtime::RuntimeFlags,
     /// Parse and validate the flags and environment, print the configuration and
@@ -141,6 +157,18 @@ impl Args {
             },
             connect_timeout: Duration::from_secs(1),
             health_interval: Duration::from_millis(self.health_interval_ms),
+            security: GatewaySecurity {
+                access: self.tls.access(self.listen)?,
+                node_tls: match (&self.node_tls_ca, &self.node_tls_cert, &self.node_tls_key) {
+                    (Some(ca), Some(cert), Some(key)) => Some(NodeTlsFiles {
+                        ca: ca.clone(),
+                        cert: cert.clone(),
+                        key: key.clone(),
+                    }),
+                    _ => None,
+                },
+                api_keys: self.api_keys.clone(),
+            },
         };
         Ok((discovery, config))
     }

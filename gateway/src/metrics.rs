@@ -102,3 +102,16 @@ pub fn degraded(stage: &'static str) {
 pub fn node_call_failed(code: &'static str) {
     NODE_CALL_FAILURES.with_label_values(&[code]).inc();
 }
+
+static NODE_IDENTITY_REJECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "recsys_gateway_node_identity_rejections_total",
+        "TLS handshakes with nodes whose certificate was refused, by reason: wrong_identity (valid, but not the role and shard the node registered), untrusted (not from the cluster CA), expired, other; such a node gets no traffic",
+        &["reason"],
+    )
+});
+
+/// Counts a node certificate refused during a handshake.
+pub fn node_identity_rejected(reason: &'static str) {
+    NODE_IDENTITY_REJECTIONS.with_label_values(&[reason]).inc();
+}

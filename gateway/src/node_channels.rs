@@ -8,14 +8,20 @@
 //! level or a health check are left out until a health check passes again
 //! (`health_check`), unless every replica is out, in which case all are tried,
 //! since a stale verdict must not cost an answer.
+//!
+//! With node TLS ([`NodeTls`]) each channel is mutual TLS and checks that the
+//! node's certificate names the identity of its registration (`node_identity`);
+//! a node that fails that check is left out even then.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use recsys_discovery::NodeRecord;
+use recsys_discovery::{NodeRecord, node_identity};
 use rustc_hash::{FxHashMap, FxHashSet};
 use tonic::transport::{Channel, Endpoint};
+
+use crate::node_identity::{IdentityCheck, NodeTls};
 
 /// HTTP/2 receive window per call on node channels. The protocol's default, 64 KiB,
 /// is less than one shard answer at a large `retrieve_k` (10 000 hits take 70–140
@@ -37,6 +43,8 @@ pub struct NodeHandle {
     pub channel: Channel,
     in_flight: AtomicUsize,
     healthy: AtomicBool,
+    /// With node TLS: the identity its certificate must name, and the verdict.
+    identity: Option<Arc<IdentityCheck>>,
 }
 
 impl NodeHandle {
@@ -48,6 +56,17 @@ impl NodeHandle {
     /// Whether the last health verdict was good (nodes start healthy).
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Whether the node's certificate was refused (wrong identity, not from the
+    /// cluster CA): such a node gets no traffic at all.
+    pub fn is_rejected(&self) -> bool {
+        self.identity.as_ref().is_some_and(|check| check.is_rejected())
+    }
+
+    /// The identity the node's certificate must name (node TLS only).
+    pub fn expected_identity(&self) -> Option<&str> {
+        self.identity.as_ref().map(|check| check.expected.as_str())
     }
 
     /// Records a health verdict; returns whether it changed.
@@ -91,6 +110,7 @@ pub struct NodeChannels {
     nodes: Mutex<FxHashMap<String, Arc<NodeHandle>>>,
     seed: AtomicUsize,
     connect_timeout: Duration,
+    tls: Option<Arc<NodeTls>>,
 }
 
 impl NodeChannels {
@@ -100,15 +120,23 @@ impl NodeChannels {
             nodes: Mutex::new(FxHashMap::default()),
             seed: AtomicUsize::new(0x9e37_79b9),
             connect_timeout,
+            tls: None,
         }
     }
 
-    /// The node at `addr` (`host:port`), its channel created on first use.
+    /// Mutual TLS toward every node, checking each node's certificate against its
+    /// registration; `None` keeps plaintext.
+    pub fn with_tls(mut self, tls: Option<Arc<NodeTls>>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// The node `record` registers, its channel created on first use.
     /// Connection happens on the first request, so a dead node fails that request
     /// quickly instead of blocking this call.
-    pub fn node(&self, addr: &str) -> Result<Arc<NodeHandle>, String> {
+    pub fn node(&self, record: &NodeRecord) -> Result<Arc<NodeHandle>, String> {
         let mut nodes = self.lock()?;
-        self.lookup(&mut nodes, addr)
+        self.lookup(&mut nodes, record)
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, FxHashMap<String, Arc<NodeHandle>>>, String> {
@@ -120,12 +148,24 @@ impl NodeChannels {
     fn lookup(
         &self,
         nodes: &mut FxHashMap<String, Arc<NodeHandle>>,
-        addr: &str,
+        record: &NodeRecord,
     ) -> Result<Arc<NodeHandle>, String> {
+        let addr = record.addr.as_str();
+        let expected = match &self.tls {
+            Some(_) => Some(node_identity(record.role, record.shard).ok_or_else(|| {
+                format!("node {addr} registers no shard, so no identity to check")
+            })?),
+            None => None,
+        };
         if let Some(node) = nodes.get(addr) {
-            return Ok(node.clone());
+            // The same address registered as another role or shard needs another
+            // check, hence another channel.
+            if node.expected_identity() == expected.as_deref() {
+                return Ok(node.clone());
+            }
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| format!("bad node address {addr:?}: {e}"))?
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
@@ -133,11 +173,19 @@ impl NodeChannels {
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_while_idle(true);
+        let (endpoint, identity) = match (&self.tls, expected) {
+            (Some(tls), Some(expected)) => {
+                let check = Arc::new(IdentityCheck::new(addr, expected));
+                (tls.secure(endpoint, check.clone())?, Some(check))
+            }
+            _ => (endpoint, None),
+        };
         let node = Arc::new(NodeHandle {
             addr: addr.to_string(),
             channel: endpoint.connect_lazy(),
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
+            identity,
         });
         nodes.insert(addr.to_string(), node.clone());
         Ok(node)
@@ -168,14 +216,16 @@ impl NodeChannels {
     /// with their handles (one lock for all of them): the less busy of two random
     /// healthy replicas first, the other second (the retry or hedge target), then
     /// the rest. Unhealthy replicas, and those whose address is unusable, come
-    /// last and only matter when no healthy one is left.
+    /// last and only matter when no healthy one is left. Nodes whose certificate
+    /// was refused are not listed at all.
     pub fn replica_order(&self, replicas: &[NodeRecord]) -> Vec<Result<Arc<NodeHandle>, String>> {
         let mut healthy = Vec::with_capacity(replicas.len());
         let mut unhealthy = Vec::new();
         match self.lock() {
             Ok(mut nodes) => {
                 for replica in replicas {
-                    match self.lookup(&mut nodes, &replica.addr) {
+                    match self.lookup(&mut nodes, replica) {
+                        Ok(node) if node.is_rejected() => {}
                         Ok(node) if node.is_healthy() => healthy.push(node),
                         other => unhealthy.push(other),
                     }
@@ -232,7 +282,7 @@ pub(crate) mod tests {
     async fn the_less_busy_of_two_goes_first_and_unhealthy_last() {
         let pool = NodeChannels::new(Duration::from_secs(1));
         let replicas = [replica("127.0.0.1:1"), replica("127.0.0.1:2")];
-        let busy = pool.node("127.0.0.1:1").unwrap();
+        let busy = pool.node(&replicas[0]).unwrap();
         let _calls: Vec<_> = (0..3).map(|_| busy.start_call()).collect();
         for _ in 0..20 {
             let order = addrs(&pool, &replicas);
@@ -241,7 +291,7 @@ pub(crate) mod tests {
         }
         drop(_calls);
         assert_eq!(busy.in_flight(), 0);
-        pool.node("127.0.0.1:2").unwrap().mark_unhealthy();
+        pool.node(&replicas[1]).unwrap().mark_unhealthy();
         for _ in 0..20 {
             let order = addrs(&pool, &replicas);
             assert_eq!(order[0], "127.0.0.1:1");

@@ -7,9 +7,8 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use recsys_discovery::Membership;
 use recsys_proto::v1::gateway_service_server::GatewayServiceServer;
-use recsys_server::grpc::{
-    incoming, not_serving_on_shutdown, set_health, spawn_loader, standard_router,
-};
+use recsys_server::grpc::{incoming, not_serving_on_shutdown, router_with, set_health, spawn_loader};
+use recsys_server::tls::ServerAccess;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -17,9 +16,11 @@ use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 
 use crate::GatewayError;
+use crate::api_keys::{ApiKeyCheck, ApiKeys};
 use crate::bundle_filter::BundleId;
 use crate::bundle_state::BundleState;
 use crate::node_channels::NodeChannels;
+use crate::node_identity::{NodeTls, NodeTlsFiles};
 use crate::service::{Gateway, GatewayShared, RequestPolicy};
 
 /// How to run a gateway.
@@ -33,6 +34,21 @@ pub struct GatewayConfig {
     pub connect_timeout: Duration,
     /// How often every node's health is checked.
     pub health_interval: Duration,
+    /// Who may call the gateway, and how it talks to its nodes.
+    pub security: GatewaySecurity,
+}
+
+/// TLS on both sides of the gateway and API keys; the default is plaintext
+/// everywhere with reflection, what `recsys demo` on loopback runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GatewaySecurity {
+    /// TLS (and client certificates) on the public listener, and reflection.
+    pub access: ServerAccess,
+    /// Mutual TLS toward the nodes, each node's certificate checked against its
+    /// registration (`node_identity`); `None`: plaintext.
+    pub node_tls: Option<NodeTlsFiles>,
+    /// File of accepted API key hashes (`api_keys`); `None`: no key asked for.
+    pub api_keys: Option<PathBuf>,
 }
 
 /// Serves the gateway on `listener` until `shutdown` is cancelled, routing by
@@ -43,7 +59,15 @@ pub async fn run(
     membership: Arc<dyn Membership>,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
-    let (health, router) = standard_router()?;
+    let (health, router) = router_with(&config.security.access)?;
+    let node_tls = match &config.security.node_tls {
+        Some(files) => Some(Arc::new(NodeTls::load(files)?)),
+        None => None,
+    };
+    let api_keys = match &config.security.api_keys {
+        Some(path) => Some(ApiKeys::watch(path, shutdown.clone())?),
+        None => None,
+    };
     let name = <GatewayServiceServer<Gateway> as NamedService>::NAME;
     set_health(&health, name, ServingStatus::NotServing).await;
 
@@ -52,7 +76,7 @@ pub async fn run(
     let shared = Arc::new(GatewayShared {
         bundle: ArcSwapOption::empty(),
         view: routed.clone(),
-        clients: Arc::new(NodeChannels::new(config.connect_timeout)),
+        clients: Arc::new(NodeChannels::new(config.connect_timeout).with_tls(node_tls)),
         policy: config.policy,
     });
 
@@ -87,9 +111,18 @@ pub async fn run(
         shutdown.clone(),
     );
 
-    tracing::info!(addr = ?listener.local_addr().ok(), "gateway listening");
+    tracing::info!(
+        addr = ?listener.local_addr().ok(),
+        tls = config.security.access.tls.is_some(),
+        node_tls = config.security.node_tls.is_some(),
+        api_keys = config.security.api_keys.is_some(),
+        "gateway listening"
+    );
     router
-        .add_service(GatewayServiceServer::new(Gateway::new(shared)))
+        .add_service(GatewayServiceServer::with_interceptor(
+            Gateway::new(shared),
+            ApiKeyCheck::new(api_keys),
+        ))
         .serve_with_incoming_shutdown(incoming(listener), shutdown.cancelled_owned())
         .await?;
     Ok(())

@@ -36,9 +36,9 @@ pub enum RankingError {
     /// The scoring threads could not be started.
     #[error("scoring threads: {0}")]
     Threads(std::io::Error),
-    /// The reflection service could not be built.
-    #[error("reflection: {0}")]
-    Reflection(#[from] recsys_server::grpc::ReflectionError),
+    /// The server's router could not be built (TLS material, reflection).
+    #[error(transparent)]
+    Router(#[from] recsys_server::grpc::RouterError),
 }
 
 /// Why the node's ranker could not be loaded; each names the file.
@@ -85,7 +85,7 @@ impl From<RankingError> for tonic::Status {
             | RankingError::NoAnswer
             | RankingError::Transport(_)
             | RankingError::Threads(_)
-            | RankingError::Reflection(_) => tonic::Status::internal(message),
+            | RankingError::Router(_) => tonic::Status::internal(message),
         }
     }
 }

@@ -10,8 +10,9 @@ use recsys_discovery::{AnnounceOptions, Announcer, Role, serve_and_drain};
 use recsys_model::Ranker;
 use recsys_proto::v1::ranking_service_server::RankingServiceServer;
 use recsys_server::grpc::{
-    incoming, not_serving_on_shutdown, pool_size, set_health, spawn_loader, standard_router,
+    incoming, not_serving_on_shutdown, pool_size, router_with, set_health, spawn_loader,
 };
+use recsys_server::tls::ServerAccess;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
@@ -41,6 +42,8 @@ pub struct RankingConfig {
     pub allow_unknown_items: bool,
     /// Registration in etcd (`None`: static membership).
     pub announce: Option<AnnounceOptions>,
+    /// TLS (and client certificates) on the listener, and reflection.
+    pub access: ServerAccess,
 }
 
 impl RankingConfig {
@@ -56,6 +59,7 @@ impl RankingConfig {
             max_candidates: recsys_proto::limits::MAX_RETRIEVE_K as usize,
             allow_unknown_items: false,
             announce: None,
+            access: ServerAccess::default(),
         }
     }
 }
@@ -79,7 +83,7 @@ pub async fn run(
     config: RankingConfig,
     shutdown: CancellationToken,
 ) -> Result<(), RankingError> {
-    let (health, router) = standard_router()?;
+    let (health, router) = router_with(&config.access)?;
     let name = <RankingServiceServer<RankingNodeService> as NamedService>::NAME;
     set_health(&health, name, ServingStatus::NotServing).await;
     let state = Arc::new(ArcSwap::from_pointee(LoadState::Loading));

@@ -28,9 +28,9 @@ pub enum NodeError {
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
-    /// The reflection service could not be built.
-    #[error("reflection: {0}")]
-    Reflection(#[from] recsys_server::grpc::ReflectionError),
+    /// The server's router could not be built (TLS material, reflection).
+    #[error(transparent)]
+    Router(#[from] recsys_server::grpc::RouterError),
 }
 
 impl From<recsys_index::SearchError> for NodeError {
@@ -61,7 +61,7 @@ impl From<NodeError> for tonic::Status {
             NodeError::InvalidArgument { .. } => tonic::Status::invalid_argument(message),
             NodeError::NotReady(_) | NodeError::PoolClosed => tonic::Status::unavailable(message),
             NodeError::Bundle(_) => tonic::Status::failed_precondition(message),
-            NodeError::Search(_) | NodeError::Transport(_) | NodeError::Reflection(_) => {
+            NodeError::Search(_) | NodeError::Transport(_) | NodeError::Router(_) => {
                 tonic::Status::internal(message)
             }
         }

@@ -45,6 +45,8 @@ struct Args {
     #[arg(long, env = "RECSYS_LOAD_MODE", value_enum, default_value_t = LoadMode::default())]
     load_mode: LoadMode,
     #[command(flatten)]
+    tls: recsys_server::tls::ServerTlsFlags,
+    #[command(flatten)]
     runtime: recsys_server::runtime::RuntimeFlags,
     /// Parse and validate the flags and environment, print the configuration and
     /// exit without binding, registering or loading: the deploy files' check.
@@ -80,6 +82,7 @@ impl Args {
             announce: self
                 .etcd
                 .announce(&format!("retrieval-{}", self.shard), listen)?,
+            access: self.tls.access(self.listen)?,
         })
     }
 }

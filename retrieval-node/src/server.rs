@@ -8,8 +8,9 @@ use arc_swap::ArcSwap;
 use recsys_discovery::{AnnounceOptions, Announcer, Role, serve_and_drain};
 use recsys_proto::v1::retrieval_service_server::RetrievalServiceServer;
 use recsys_server::grpc::{
-    incoming, not_serving_on_shutdown, pool_size, set_health, spawn_loader, standard_router,
+    incoming, not_serving_on_shutdown, pool_size, router_with, set_health, spawn_loader,
 };
+use recsys_server::tls::ServerAccess;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +53,8 @@ pub struct NodeConfig {
     pub load_mode: LoadMode,
     /// Registration in etcd (`None`: static membership, nothing to announce).
     pub announce: Option<AnnounceOptions>,
+    /// TLS (and client certificates) on the listener, and reflection.
+    pub access: ServerAccess,
 }
 
 /// Serves `config.shard` on `listener` until `shutdown` is cancelled; with
@@ -66,7 +69,7 @@ pub async fn run(
     config: NodeConfig,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
-    let (health, router) = standard_router()?;
+    let (health, router) = router_with(&config.access)?;
     let name = <RetrievalServiceServer<RetrievalNodeService> as NamedService>::NAME;
     set_health(&health, name, ServingStatus::NotServing).await;
 

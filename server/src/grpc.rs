@@ -6,25 +6,76 @@ use tonic::transport::Server;
 use tonic::transport::server::Router;
 use tonic_health::server::HealthReporter;
 
-/// The router every recsys server starts from: the metrics layer around its services.
-pub type StandardRouter =
-    Router<tower_layer::Stack<crate::metrics::GrpcMetricsLayer, tower_layer::Identity>>;
+use crate::tls::ServerAccess;
 
-/// A server router that already offers `grpc.health.v1` and reflection over the
-/// recsys and health protos (so `grpcurl` needs no `.proto` files) and counts every
-/// call in the Prometheus metrics ([`crate::metrics`]), and the
+/// The router every recsys server starts from: the metrics layer around its
+/// services, and inside it the client-certificate check ([`crate::tls`]), so
+/// refused calls are counted too.
+pub type StandardRouter = Router<
+    tower_layer::Stack<
+        crate::tls::ClientCertLayer,
+        tower_layer::Stack<crate::metrics::GrpcMetricsLayer, tower_layer::Identity>,
+    >,
+>;
+
+/// A plaintext server router that already offers `grpc.health.v1` and reflection
+/// over the recsys and health protos (so `grpcurl` needs no `.proto` files) and
+/// counts every call in the Prometheus metrics ([`crate::metrics`]), and the
 /// reporter that flips health statuses; every status starts unknown.
 pub fn standard_router() -> Result<(HealthReporter, StandardRouter), ReflectionError> {
+    finish(Server::builder(), false, true)
+}
+
+/// [`standard_router`] as `access` says: over TLS when it has TLS material (client
+/// certificates required when it names a client CA), reflection only when asked.
+pub fn router_with(
+    access: &ServerAccess,
+) -> Result<(HealthReporter, StandardRouter), RouterError> {
+    let mut builder = Server::builder();
+    if let Some(tls) = &access.tls {
+        builder = builder
+            .tls_config(tls.load()?)
+            .map_err(crate::tls::TlsError::from)?;
+    }
+    let client_cert_required = access
+        .tls
+        .as_ref()
+        .is_some_and(|tls| tls.client_ca.is_some());
+    Ok(finish(builder, client_cert_required, access.reflection)?)
+}
+
+/// Layers and the standard services on `builder`.
+fn finish(
+    builder: Server,
+    client_cert_required: bool,
+    reflection: bool,
+) -> Result<(HealthReporter, StandardRouter), ReflectionError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    let reflection_service = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(recsys_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let router = Server::builder()
+    let router = builder
         .layer(crate::metrics::GrpcMetricsLayer)
-        .add_service(health_service)
-        .add_service(reflection_service);
+        .layer(crate::tls::ClientCertLayer::new(client_cert_required))
+        .add_service(health_service);
+    let router = if reflection {
+        let reflection_service = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(recsys_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        router.add_service(reflection_service)
+    } else {
+        router
+    };
     Ok((health, router))
+}
+
+/// Why a server's router could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// The reflection service could not be built.
+    #[error("reflection: {0}")]
+    Reflection(#[from] ReflectionError),
+    /// The TLS material is unusable; the message names the file.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Connections accepted on `listener`, with Nagle's algorithm off: responses are

@@ -12,3 +12,4 @@ pub mod metrics;
 pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;

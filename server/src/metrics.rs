@@ -146,6 +146,19 @@ pub async fn spawn(addr: std::net::SocketAddr, shutdown: CancellationToken) {
     }
 }
 
+static UNAUTHENTICATED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "recsys_unauthenticated_total",
+        "calls refused with UNAUTHENTICATED, by reason: no_client_certificate, missing_api_key, unknown_api_key",
+        &["reason"],
+    )
+});
+
+/// Counts a call refused with `UNAUTHENTICATED`; `reason` is one of a few fixed names.
+pub fn count_unauthenticated(reason: &'static str) {
+    UNAUTHENTICATED.with_label_values(&[reason]).inc();
+}
+
 /// Tower layer that counts and times every gRPC call of a server.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GrpcMetricsLayer;

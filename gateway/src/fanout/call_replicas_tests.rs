@@ -105,7 +105,7 @@ impl Harness {
     }
 
     fn node(&self, addr: &str) -> Arc<NodeHandle> {
-        self.pool.node(addr).unwrap()
+        self.pool.node(&replica(addr)).unwrap()
     }
 
     /// Calls the replicas once; attempt `i` to replica `addr` follows `script(i, addr)`.
