@@ -24,6 +24,8 @@ pub struct HealthArgs {
     /// Deadline for connecting and answering together, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub timeout_ms: u64,
+    #[command(flatten)]
+    pub tls: recsys_server::tls::ClientTlsFlags,
 }
 
 /// Checks once; `Ok` only for `SERVING`.
@@ -34,7 +36,7 @@ pub async fn run(args: HealthArgs) -> anyhow::Result<()> {
     } else {
         format!("service {}", args.service)
     };
-    let status = tokio::time::timeout(timeout, check(&args.addr, &args.service))
+    let status = tokio::time::timeout(timeout, check(&args, &args.service))
         .await
         .map_err(|_| {
             anyhow::anyhow!(
@@ -53,11 +55,11 @@ pub async fn run(args: HealthArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn check(addr: &str, service: &str) -> anyhow::Result<ServingStatus> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .with_context(|| format!("bad address {addr}"))?
-        .connect()
-        .await
+async fn check(args: &HealthArgs, service: &str) -> anyhow::Result<ServingStatus> {
+    let addr = &args.addr;
+    let channel = args
+        .tls
+        .channel(addr)
         .with_context(|| format!("cannot connect to {addr}"))?;
     let response = HealthClient::new(channel)
         .check(HealthCheckRequest {

@@ -7,6 +7,7 @@
 static ALLOCATOR: recsys_server::allocator::Allocator = recsys_server::allocator::Allocator;
 
 mod bundle_cmd;
+mod certs;
 mod demo;
 mod epoch_bar;
 mod health;
@@ -43,6 +44,10 @@ enum Command {
     Query(query::QueryArgs),
     /// Ask a server's grpc.health.v1 whether it is SERVING (exit 0) or not (exit 1).
     Health(health::HealthArgs),
+    /// Write a development CA and the certificates of every role (PEM) into a directory.
+    Certs(certs::CertsArgs),
+    /// Make a gateway API key: the key on stdout, its `NAME SHA256` line for --api-keys on stderr or appended to a file.
+    ApiKey(certs::ApiKeyArgs),
     /// Train a model on MovieLens: `train retrieval` (the two-tower model, top-k accuracies) or `train ranking` (the DCN-V2 ranker, RMSE).
     #[command(subcommand)]
     Train(train::TrainCommand),
@@ -94,6 +99,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Query(args) => query::run(args).await,
         Command::Health(args) => health::run(args).await,
+        Command::Certs(args) => certs::run(&args),
+        Command::ApiKey(args) => certs::api_key(&args),
         Command::Train(args) => tokio::task::spawn_blocking(move || train::run(args)).await?,
     }
 }

@@ -36,6 +36,11 @@ pub struct QueryArgs {
     /// Deadline in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub timeout_ms: u64,
+    /// API key, sent as `authorization: Bearer KEY`, for gateways that ask for one.
+    #[arg(long, env = "RECSYS_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    #[command(flatten)]
+    pub tls: recsys_server::tls::ClientTlsFlags,
 }
 
 /// Runs the query and prints the answer.
@@ -62,16 +67,23 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
         }),
         ..Default::default()
     };
-    let endpoint = if args.gateway.contains("://") {
-        args.gateway.clone()
-    } else {
-        format!("http://{}", args.gateway)
-    };
-    let mut client = GatewayServiceClient::connect(endpoint.clone())
-        .await
-        .with_context(|| format!("cannot reach the gateway at {endpoint}"))?;
+    let addr = args
+        .gateway
+        .split_once("://")
+        .map_or(args.gateway.as_str(), |(_, addr)| addr);
+    let channel = args
+        .tls
+        .channel(addr)
+        .with_context(|| format!("cannot reach the gateway at {addr}"))?;
+    let mut client = GatewayServiceClient::new(channel);
     let mut grpc_request = tonic::Request::new(request);
     grpc_request.set_timeout(Duration::from_millis(args.timeout_ms));
+    if let Some(key) = &args.api_key {
+        let value = format!("Bearer {key}")
+            .parse()
+            .context("--api-key holds characters a header cannot")?;
+        grpc_request.metadata_mut().insert("authorization", value);
+    }
     let response = client
         .recommend(grpc_request)
         .await
