@@ -132,6 +132,12 @@ pub async fn serve(listener: TcpListener, shutdown: CancellationToken) -> std::i
 /// Binds `addr` and serves metrics there in the background; logs and carries on
 /// when it cannot bind, since metrics are never a reason not to serve.
 pub async fn spawn(addr: std::net::SocketAddr, shutdown: CancellationToken) {
+    if addr.ip().is_unspecified() {
+        // Metrics name every service, method and shard: serve them where the
+        // scraper is (loopback, a management network, the pod's address), not on
+        // every interface a host or container happens to have.
+        tracing::warn!(%addr, "metrics listen on every interface; name a loopback or management address instead");
+    }
     match TcpListener::bind(addr).await {
         Ok(listener) => {
             let bound = listener.local_addr().map_or(addr, |a| a);
