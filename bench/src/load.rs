@@ -95,14 +95,23 @@ async fn run_levels(
     dim: usize,
     io_threads: usize,
 ) -> anyhow::Result<()> {
+    // With --tls, a client of the cluster's CA presenting its client certificate.
+    let tls = match &args.shape.tls {
+        Some(dir) => Some(
+            recsys_local_cluster::ClusterTls { dir: dir.clone() }
+                .client("client")
+                .load()?,
+        ),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
-        channels.push(
-            Endpoint::from_shared(format!("http://{addr}"))?
-                .tcp_nodelay(true)
-                .connect()
-                .await?,
-        );
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?.tcp_nodelay(true);
+        if let Some(tls) = &tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        channels.push(endpoint.connect().await?);
     }
     let args = Arc::new(args);
     for &concurrency in &args.concurrency {
@@ -135,7 +144,7 @@ async fn run_levels(
         println!(
             "{}",
             serde_json::json!({
-                "event": "load", "gateway": addr, "processes": args.shape.processes, "io_threads": io_threads, "concurrency": concurrency,
+                "event": "load", "gateway": addr, "processes": args.shape.processes, "tls": args.shape.tls.is_some(), "io_threads": io_threads, "concurrency": concurrency,
                 "connections": channels.len(), "k": args.k, "rank": args.rank,
                 "seconds": args.seconds, "requests": latencies.len(),
                 "qps": latencies.len() as f64 / args.seconds,

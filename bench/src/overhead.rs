@@ -109,8 +109,7 @@ pub async fn overhead(args: OverheadArgs, io_threads: usize) -> anyhow::Result<(
     let cluster = BenchCluster::start(&args.bundle, &args.shape, io_threads).await?;
     let manifest = cluster.manifest().clone();
     let mut direct_round = DirectRound::connect(&cluster, args.k).await?;
-    let mut gateway =
-        GatewayServiceClient::connect(format!("http://{}", cluster.gateway_addr())).await?;
+    let mut gateway = GatewayServiceClient::new(cluster.gateway_channel().await?);
     let dim = manifest.dimensions;
     let query = |i: usize| -> Vec<f32> {
         (0..dim)
@@ -159,10 +158,7 @@ pub async fn overhead(args: OverheadArgs, io_threads: usize) -> anyhow::Result<(
     // The floor of the extra hop: a `grpc.health.v1` check to the gateway, on a
     // channel like the client's, timed the same way (no validation, fan-out,
     // merge or items).
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.gateway_addr()))?
-            .connect()
-            .await?;
+    let channel = cluster.gateway_channel().await?;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let check = tonic_health::pb::HealthCheckRequest::default();
     let (mut hop, mut hop_after_direct) = (Vec::new(), Vec::new());
@@ -188,6 +184,7 @@ pub async fn overhead(args: OverheadArgs, io_threads: usize) -> anyhow::Result<(
         serde_json::json!({
             "event": "gateway_overhead",
             "processes": matches!(cluster, BenchCluster::Processes(_)),
+            "tls": args.shape.tls.is_some(),
             "server_pids": cluster.pids(),
             // 0: each binary's own default.
             "io_threads": io_threads,
@@ -224,7 +221,9 @@ impl DirectRound {
     async fn connect(cluster: &BenchCluster, k: u32) -> anyhow::Result<Self> {
         let mut shards = Vec::new();
         for addr in cluster.shard_addrs() {
-            shards.push(RetrievalServiceClient::connect(format!("http://{addr}")).await?);
+            shards.push(RetrievalServiceClient::new(
+                cluster.node_channel(addr).await?,
+            ));
         }
         // What the gateway asks each shard for at its default probability (k
         // itself for one shard).

@@ -21,8 +21,11 @@ use std::time::Duration;
 use anyhow::Context;
 use recsys_bundle::Manifest;
 use recsys_local_cluster::{
-    LocalCluster, LocalClusterOptions, ServerCommand, ServerProcess, binaries_dir, workspace_binary,
+    ClusterTls, LocalCluster, LocalClusterOptions, ServerCommand, ServerProcess, binaries_dir,
+    workspace_binary,
 };
+use recsys_server::tls::ClientTls;
+use tonic::transport::{Channel, Endpoint};
 
 /// How `overhead` and `load` run the servers.
 #[derive(Debug, Clone, clap::Args)]
@@ -36,6 +39,11 @@ pub struct ClusterShape {
     /// the gateway's own default, one per core).
     #[arg(long, requires = "processes")]
     pub gateway_io_threads: Option<usize>,
+    /// TLS everywhere with the certificates of this `recsys certs` directory:
+    /// mutual TLS between the gateway and the nodes and from this client to the
+    /// gateway (in this process only).
+    #[arg(long, conflicts_with = "processes")]
+    pub tls: Option<PathBuf>,
 }
 
 /// The cluster a benchmark drives: in its own process, or as processes of their own.
@@ -59,8 +67,29 @@ impl BenchCluster {
             let gateway_io_threads = shape.gateway_io_threads.unwrap_or(io_threads);
             Self::Processes(ProcessCluster::start(bundle, io_threads, gateway_io_threads).await?)
         } else {
-            Self::InProcess(LocalCluster::start(LocalClusterOptions::new(bundle)).await?)
+            let mut options = LocalClusterOptions::new(bundle);
+            options.tls = shape.tls.clone().map(|dir| ClusterTls { dir });
+            Self::InProcess(LocalCluster::start(options).await?)
         })
+    }
+
+    /// The cluster's TLS, if on.
+    fn tls(&self) -> Option<&ClusterTls> {
+        match self {
+            Self::InProcess(c) => c.tls.as_ref(),
+            Self::Processes(_) => None,
+        }
+    }
+
+    /// A channel to the gateway as a client would open one (TLS with a client
+    /// certificate when the cluster has TLS), connected.
+    pub async fn gateway_channel(&self) -> anyhow::Result<Channel> {
+        channel(self.gateway_addr(), self.tls().map(|t| t.client("client"))).await
+    }
+
+    /// A channel to a node as the gateway opens one, connected.
+    pub async fn node_channel(&self, addr: SocketAddr) -> anyhow::Result<Channel> {
+        channel(addr, self.tls().map(|t| t.client("gateway-client"))).await
     }
 
     /// The bundle's manifest.
@@ -252,4 +281,17 @@ impl Drop for ProcessCluster {
 /// A free loopback port for a server process.
 fn free_addr() -> anyhow::Result<SocketAddr> {
     recsys_local_cluster::free_loopback_addr().context("binding 127.0.0.1:0")
+}
+
+/// A connected channel to `addr`, over TLS with `tls` when given, without Nagle.
+async fn channel(addr: SocketAddr, tls: Option<ClientTls>) -> anyhow::Result<Channel> {
+    let (scheme, tls) = match tls {
+        Some(tls) => ("https", Some(tls.load()?)),
+        None => ("http", None),
+    };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?.tcp_nodelay(true);
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint.connect().await?)
 }

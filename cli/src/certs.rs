@@ -103,13 +103,53 @@ pub fn run(args: &CertsArgs) -> anyhow::Result<()> {
     for shard in 0..args.shards {
         let identity = identity(Role::Retrieval, Some(shard))?;
         let file = format!("retrieval-shard-{shard}");
-        leaf(&args.out, &file, &issuer, &identity, &loopback, Usage::Server, validity)?;
+        leaf(
+            &args.out,
+            &file,
+            &issuer,
+            &identity,
+            &loopback,
+            Usage::Server,
+            validity,
+        )?;
     }
     let ranking = identity(Role::Ranking, None)?;
-    leaf(&args.out, "ranking", &issuer, &ranking, &loopback, Usage::Server, validity)?;
-    leaf(&args.out, "gateway", &issuer, "gateway", &loopback, Usage::Server, validity)?;
-    leaf(&args.out, "gateway-client", &issuer, GATEWAY_IDENTITY, &[], Usage::Client, validity)?;
-    leaf(&args.out, "client", &issuer, "client.recsys", &[], Usage::Client, validity)?;
+    leaf(
+        &args.out,
+        "ranking",
+        &issuer,
+        &ranking,
+        &loopback,
+        Usage::Server,
+        validity,
+    )?;
+    leaf(
+        &args.out,
+        "gateway",
+        &issuer,
+        "gateway",
+        &loopback,
+        Usage::Server,
+        validity,
+    )?;
+    leaf(
+        &args.out,
+        "gateway-client",
+        &issuer,
+        GATEWAY_IDENTITY,
+        &[],
+        Usage::Client,
+        validity,
+    )?;
+    leaf(
+        &args.out,
+        "client",
+        &issuer,
+        "client.recsys",
+        &[],
+        Usage::Client,
+        validity,
+    )?;
     println!(
         "{}: CA, {} retrieval shard certificates, ranking, gateway, gateway-client, client (valid {} days)",
         args.out.display(),
@@ -183,7 +223,8 @@ fn leaf(
 /// `DIR/NAME.pem` and `DIR/NAME.key`, the key readable by its owner only.
 fn write(dir: &Path, name: &str, cert: &str, key: &str) -> anyhow::Result<()> {
     let cert_path = dir.join(format!("{name}.pem"));
-    std::fs::write(&cert_path, cert).with_context(|| format!("cannot write {}", cert_path.display()))?;
+    std::fs::write(&cert_path, cert)
+        .with_context(|| format!("cannot write {}", cert_path.display()))?;
     let key_path = dir.join(format!("{name}.key"));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);

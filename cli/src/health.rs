@@ -59,7 +59,10 @@ async fn check(args: &HealthArgs, service: &str) -> anyhow::Result<ServingStatus
     let addr = &args.addr;
     let channel = args
         .tls
-        .channel(addr)
+        .endpoint(addr)
+        .with_context(|| format!("bad address or tls files for {addr}"))?
+        .connect()
+        .await
         .with_context(|| format!("cannot connect to {addr}"))?;
     let response = HealthClient::new(channel)
         .check(HealthCheckRequest {

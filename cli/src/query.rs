@@ -73,7 +73,10 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
         .map_or(args.gateway.as_str(), |(_, addr)| addr);
     let channel = args
         .tls
-        .channel(addr)
+        .endpoint(addr)
+        .with_context(|| format!("bad address or tls files for {addr}"))?
+        .connect()
+        .await
         .with_context(|| format!("cannot reach the gateway at {addr}"))?;
     let mut client = GatewayServiceClient::new(channel);
     let mut grpc_request = tonic::Request::new(request);

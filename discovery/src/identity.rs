@@ -24,7 +24,9 @@ pub const GATEWAY_IDENTITY: &str = "gateway.recsys";
 /// shard has no identity (it cannot be routed anyway).
 pub fn node_identity(role: Role, shard: Option<u32>) -> Option<String> {
     match (role, shard) {
-        (Role::Retrieval, Some(shard)) => Some(format!("retrieval-shard-{shard}.{IDENTITY_DOMAIN}")),
+        (Role::Retrieval, Some(shard)) => {
+            Some(format!("retrieval-shard-{shard}.{IDENTITY_DOMAIN}"))
+        }
         (Role::Retrieval, None) => None,
         (Role::Ranking, _) => Some(format!("ranking.{IDENTITY_DOMAIN}")),
     }

@@ -29,9 +29,9 @@ pub mod view;
 pub use announce::{AnnounceOptions, Announcer, serve_and_drain};
 pub use etcd::{node_key, nodes_prefix};
 pub use etcd_membership::{EtcdMembership, EtcdOptions};
-pub use identity::{GATEWAY_IDENTITY, node_identity};
 #[cfg(feature = "test-support")]
 pub use etcd_server::EtcdServer;
+pub use identity::{GATEWAY_IDENTITY, node_identity};
 pub use node::{NodeRecord, NodeState, Role};
 pub use registration::{DEFAULT_LEASE_TTL, Registration, RegistrationOptions};
 pub use static_membership::{StaticMembership, StaticSpec};

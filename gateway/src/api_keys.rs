@@ -208,7 +208,11 @@ mod tests {
         assert_eq!(keys.name_of("Secret"), None);
         assert_eq!(keys.len(), 1);
         assert!(KeySet::parse("alice").unwrap_err().contains("line 1"));
-        assert!(KeySet::parse("alice zz").unwrap_err().contains("hexadecimal"));
+        assert!(
+            KeySet::parse("alice zz")
+                .unwrap_err()
+                .contains("hexadecimal")
+        );
         assert!(KeySet::parse(&format!("a {hash} extra")).is_err());
     }
 

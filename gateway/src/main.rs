@@ -12,7 +12,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use recsys_discovery::{EtcdMembership, EtcdOptions, Membership, StaticMembership, StaticSpec};
-use recsys_gateway::{GatewayConfig, GatewaySecurity, NodeTlsFiles, RecommendLimits, RequestPolicy, run};
+use recsys_gateway::{
+    GatewayConfig, GatewaySecurity, NodeTlsFiles, RecommendLimits, RequestPolicy, run,
+};
 
 /// Fans recommendation requests out to the retrieval shards and merges their answers.
 #[derive(Debug, Parser)]

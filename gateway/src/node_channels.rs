@@ -61,7 +61,9 @@ impl NodeHandle {
     /// Whether the node's certificate was refused (wrong identity, not from the
     /// cluster CA): such a node gets no traffic at all.
     pub fn is_rejected(&self) -> bool {
-        self.identity.as_ref().is_some_and(|check| check.is_rejected())
+        self.identity
+            .as_ref()
+            .is_some_and(|check| check.is_rejected())
     }
 
     /// The identity the node's certificate must name (node TLS only).

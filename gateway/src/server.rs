@@ -7,7 +7,9 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use recsys_discovery::Membership;
 use recsys_proto::v1::gateway_service_server::GatewayServiceServer;
-use recsys_server::grpc::{incoming, not_serving_on_shutdown, router_with, set_health, spawn_loader};
+use recsys_server::grpc::{
+    incoming, not_serving_on_shutdown, router_with, set_health, spawn_loader,
+};
 use recsys_server::tls::ServerAccess;
 use tokio::net::TcpListener;
 use tokio::sync::watch;

@@ -13,10 +13,12 @@
 //! two from here, or move them out from under the in-process cluster.
 
 mod binaries;
+mod cluster_tls;
 mod process;
 mod server_handle;
 
 pub use binaries::{binaries_dir, workspace_binary};
+pub use cluster_tls::ClusterTls;
 pub use process::{ServerCommand, ServerProcess};
 pub use server_handle::{ServerError, ServerHandle};
 
@@ -32,6 +34,7 @@ use recsys_discovery::{
 use recsys_gateway::{GatewayConfig, GatewayError, RequestPolicy};
 use recsys_ranking_node::{RankingConfig, RankingError};
 use recsys_retrieval_node::{LoadMode, NodeConfig, NodeError, SearchLimits};
+use recsys_server::tls::ClientTls;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::pb::{
@@ -206,6 +209,8 @@ pub struct LocalClusterOptions {
     /// Discover through etcd instead of a static list: nodes register under
     /// this cluster name and the gateway watches it.
     pub etcd: Option<EtcdCluster>,
+    /// TLS everywhere, mutual inside and on the gateway, with these certificates.
+    pub tls: Option<ClusterTls>,
 }
 
 /// An etcd to register in.
@@ -247,6 +252,7 @@ impl LocalClusterOptions {
             policy: RequestPolicy::default(),
             ready_timeout: Duration::from_secs(60),
             etcd: None,
+            tls: None,
         }
     }
 }
@@ -256,6 +262,8 @@ impl LocalClusterOptions {
 pub struct LocalCluster {
     /// The gateway's address.
     pub gateway_addr: SocketAddr,
+    /// The certificates every server uses, when TLS is on.
+    pub tls: Option<ClusterTls>,
     /// `nodes[shard][replica]`; a stopped node's slot is `None`.
     nodes: Vec<Vec<Option<ServerHandle<NodeError>>>>,
     /// Ranking nodes; a stopped node's slot is `None`.
@@ -300,7 +308,9 @@ impl LocalCluster {
                     limits: SearchLimits::default(),
                     load_mode: LoadMode::default(),
                     announce: None,
-                    access: Default::default(),
+                    access: options.tls.as_ref().map_or_else(Default::default, |tls| {
+                        tls.server(&format!("retrieval-shard-{shard}"))
+                    }),
                 };
                 let name = format!("retrieval node {replica} of shard {shard}");
                 let handle = spawn(name, loopback, |listener, token| {
@@ -318,6 +328,9 @@ impl LocalCluster {
         let mut rankers = Vec::with_capacity(ranking_nodes);
         for index in 0..ranking_nodes {
             let mut config = RankingConfig::new(&options.bundle_dir);
+            if let Some(tls) = &options.tls {
+                config.access = tls.server("ranking");
+            }
             let handle = spawn(
                 format!("ranking node {index}"),
                 loopback,
@@ -329,10 +342,13 @@ impl LocalCluster {
             .await?;
             rankers.push(Some(handle));
         }
+        let node_probe = options.tls.as_ref().map(|tls| tls.client("gateway-client"));
         for handle in nodes.iter_mut().flatten().flatten() {
+            handle.probe = node_probe.clone();
             handle.wait_serving(options.ready_timeout).await?;
         }
         for handle in rankers.iter_mut().flatten() {
+            handle.probe = node_probe.clone();
             handle.wait_serving(options.ready_timeout).await?;
         }
 
@@ -365,7 +381,10 @@ impl LocalCluster {
             policy: options.policy,
             connect_timeout: Duration::from_secs(1),
             health_interval: Duration::from_secs(1),
-            security: Default::default(),
+            security: options
+                .tls
+                .as_ref()
+                .map_or_else(Default::default, ClusterTls::gateway),
         };
         if options.etcd.is_some() {
             let expected = (manifest.shard_count, spec.ranking.len());
@@ -375,9 +394,11 @@ impl LocalCluster {
             recsys_gateway::run(listener, config, membership, token)
         })
         .await?;
+        gateway.probe = options.tls.as_ref().map(|tls| tls.client("client"));
         gateway.wait_serving(options.ready_timeout).await?;
         Ok(Self {
             gateway_addr: gateway.addr,
+            tls: options.tls.clone(),
             nodes,
             rankers,
             gateway,
@@ -513,6 +534,15 @@ pub async fn wait_until_serving(
     wait_until_serving_polling(addr, timeout, Duration::from_millis(100)).await
 }
 
+/// [`wait_until_serving`] over TLS with `tls` when given.
+pub async fn wait_until_serving_with(
+    addr: SocketAddr,
+    tls: Option<&ClientTls>,
+    timeout: Duration,
+) -> Result<(), (Duration, String)> {
+    poll_health(addr, tls, timeout, Duration::from_millis(100)).await
+}
+
 /// [`wait_until_serving`] with the longest pause between two polls: the pauses
 /// double from 1 ms up to `max_delay`. A benchmark of start-up time passes 1 ms,
 /// so that the poll itself adds at most a millisecond to what it measures.
@@ -521,11 +551,20 @@ pub async fn wait_until_serving_polling(
     timeout: Duration,
     max_delay: Duration,
 ) -> Result<(), (Duration, String)> {
+    poll_health(addr, None, timeout, max_delay).await
+}
+
+async fn poll_health(
+    addr: SocketAddr,
+    tls: Option<&ClientTls>,
+    timeout: Duration,
+    max_delay: Duration,
+) -> Result<(), (Duration, String)> {
     let started = tokio::time::Instant::now();
     let mut detail = String::from("no answer yet");
     let mut delay = Duration::from_millis(1).min(max_delay);
     while started.elapsed() < timeout {
-        match check_health(addr).await {
+        match check_health(addr, tls).await {
             Ok(ServingStatus::Serving) => return Ok(()),
             Ok(status) => detail = format!("health is {status:?}"),
             Err(error) => detail = error,
@@ -536,10 +575,18 @@ pub async fn wait_until_serving_polling(
     Err((started.elapsed(), detail))
 }
 
-async fn check_health(addr: SocketAddr) -> Result<ServingStatus, String> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+async fn check_health(addr: SocketAddr, tls: Option<&ClientTls>) -> Result<ServingStatus, String> {
+    let (scheme, tls) = match tls {
+        Some(tls) => ("https", Some(tls.load().map_err(|e| e.to_string())?)),
+        None => ("http", None),
+    };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
         .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(1))
+        .connect_timeout(Duration::from_secs(1));
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).map_err(|e| e.to_string())?;
+    }
+    let channel = endpoint
         .connect()
         .await
         .map_err(|e| format!("cannot connect: {e}"))?;

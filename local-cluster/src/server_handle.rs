@@ -7,10 +7,11 @@ use std::time::Duration;
 use recsys_gateway::GatewayError;
 use recsys_ranking_node::RankingError;
 use recsys_retrieval_node::NodeError;
+use recsys_server::tls::ClientTls;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{ClusterError, wait_until_serving};
+use crate::{ClusterError, wait_until_serving_with};
 
 /// What an in-process server's `run` failed with.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,8 @@ pub struct ServerHandle<E> {
     token: CancellationToken,
     /// `None` once its result has been taken.
     task: Option<JoinHandle<Result<(), E>>>,
+    /// How to reach it for health checks when it serves TLS.
+    pub probe: Option<ClientTls>,
 }
 
 impl<E> ServerHandle<E>
@@ -61,6 +64,7 @@ where
             name: name.into(),
             token,
             task: Some(tokio::spawn(server)),
+            probe: None,
         }
     }
 
@@ -78,7 +82,7 @@ where
             });
         };
         let ended = tokio::select! {
-            ready = wait_until_serving(self.addr, timeout) => {
+            ready = wait_until_serving_with(self.addr, self.probe.as_ref(), timeout) => {
                 return ready.map_err(|(waited, detail)| ClusterError::NotServing {
                     what: self.name.clone(),
                     addr: self.addr,

@@ -28,9 +28,7 @@ pub fn standard_router() -> Result<(HealthReporter, StandardRouter), ReflectionE
 
 /// [`standard_router`] as `access` says: over TLS when it has TLS material (client
 /// certificates required when it names a client CA), reflection only when asked.
-pub fn router_with(
-    access: &ServerAccess,
-) -> Result<(HealthReporter, StandardRouter), RouterError> {
+pub fn router_with(access: &ServerAccess) -> Result<(HealthReporter, StandardRouter), RouterError> {
     let mut builder = Server::builder();
     if let Some(tls) = &access.tls {
         builder = builder

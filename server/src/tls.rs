@@ -211,11 +211,17 @@ impl ClientTls {
         Ok(config)
     }
 
+    /// An endpoint for `addr` (`host:port`) over TLS.
+    pub fn endpoint(&self, addr: &str) -> Result<tonic::transport::Endpoint, TlsError> {
+        Ok(
+            tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
+                .tls_config(self.load()?)?,
+        )
+    }
+
     /// A channel to `addr` (`host:port`) over TLS, connected on first use.
     pub fn channel(&self, addr: &str) -> Result<tonic::transport::Channel, TlsError> {
-        Ok(tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
-            .tls_config(self.load()?)?
-            .connect_lazy())
+        Ok(self.endpoint(addr)?.connect_lazy())
     }
 }
 
@@ -234,7 +240,11 @@ pub struct ClientTlsFlags {
     pub key: Option<PathBuf>,
     /// Name to check the server's certificate against, when the address is not
     /// that name.
-    #[arg(long = "tls-server-name", env = "RECSYS_CLIENT_TLS_SERVER_NAME", requires = "ca")]
+    #[arg(
+        long = "tls-server-name",
+        env = "RECSYS_CLIENT_TLS_SERVER_NAME",
+        requires = "ca"
+    )]
     pub server_name: Option<String>,
 }
 
@@ -249,13 +259,13 @@ impl ClientTlsFlags {
         })
     }
 
-    /// A channel to `addr` (`host:port`), over TLS when `--tls-ca` is given.
-    pub fn channel(&self, addr: &str) -> Result<tonic::transport::Channel, TlsError> {
+    /// An endpoint for `addr` (`host:port`), over TLS when `--tls-ca` is given.
+    pub fn endpoint(&self, addr: &str) -> Result<tonic::transport::Endpoint, TlsError> {
         match self.client_tls() {
-            Some(tls) => tls.channel(addr),
-            None => Ok(
-                tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect_lazy()
-            ),
+            Some(tls) => tls.endpoint(addr),
+            None => Ok(tonic::transport::Endpoint::from_shared(format!(
+                "http://{addr}"
+            ))?),
         }
     }
 }
@@ -268,9 +278,9 @@ pub fn read_pem(path: &Path, label: &str, what: &'static str) -> Result<Vec<u8>,
         source,
     })?;
     let text = String::from_utf8_lossy(&bytes);
-    let found = text
-        .lines()
-        .any(|line| line.starts_with("-----BEGIN ") && line.trim_end().ends_with(&format!("{label}-----")));
+    let found = text.lines().any(|line| {
+        line.starts_with("-----BEGIN ") && line.trim_end().ends_with(&format!("{label}-----"))
+    });
     if !found {
         return Err(TlsError::NoPem {
             path: path.to_path_buf(),

@@ -76,7 +76,8 @@ async fn a_black_hole_replica_is_hedged_around_with_full_coverage() {
     let clients = Arc::new(NodeChannels::new(Duration::from_secs(1)));
     let _busy: Vec<_> = real
         .iter()
-        .map(|addr| clients.node(addr).unwrap().start_call())
+        .zip(0..)
+        .map(|(addr, shard)| clients.node(&record(addr, shard)).unwrap().start_call())
         .collect();
     let shared = Arc::new(GatewayShared {
         bundle: ArcSwapOption::from_pointee(BundleState::load(bundle.path()).unwrap()),
@@ -141,7 +142,8 @@ async fn a_black_hole_replica_is_hedged_around_with_full_coverage() {
     let in_flight = |addrs: &[String]| {
         addrs
             .iter()
-            .map(|addr| clients.node(addr).unwrap().in_flight())
+            .zip(0..)
+            .map(|(addr, shard)| clients.node(&record(addr, shard)).unwrap().in_flight())
             .collect::<Vec<_>>()
     };
     assert_eq!(in_flight(&holes), [0, 0]);

@@ -213,7 +213,10 @@ async fn answers_end_to_end_over_mutual_tls_and_refuses_clients_without_certific
     let ca = certs.join("ca.pem");
     let node_client = ClientTls {
         ca: ca.clone(),
-        identity: Some((certs.join("gateway-client.pem"), certs.join("gateway-client.key"))),
+        identity: Some((
+            certs.join("gateway-client.pem"),
+            certs.join("gateway-client.key"),
+        )),
         server_name: None,
     };
     let mut nodes = Vec::new();
@@ -228,7 +231,9 @@ async fn answers_end_to_end_over_mutual_tls_and_refuses_clients_without_certific
     let gateway = tls_gateway(&certs, &addrs, &keys).await;
     let gateway_addr = gateway.addr.to_string();
 
-    let client = client_tls(&certs, true, None).channel(&gateway_addr).unwrap();
+    let client = client_tls(&certs, true, None)
+        .channel(&gateway_addr)
+        .unwrap();
     wait_full_answer(&client, KEY).await;
     for i in 0..20 {
         let response = call(&client, Some(KEY), request(i)).await.unwrap();
@@ -237,16 +242,23 @@ async fn answers_end_to_end_over_mutual_tls_and_refuses_clients_without_certific
     }
 
     // No client certificate: the handshake completes, every call is refused.
-    let no_cert = client_tls(&certs, false, None).channel(&gateway_addr).unwrap();
+    let no_cert = client_tls(&certs, false, None)
+        .channel(&gateway_addr)
+        .unwrap();
     let status = call(&no_cert, Some(KEY), request(0)).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-    assert!(status.message().contains("client certificate"), "{status:?}");
+    assert!(
+        status.message().contains("client certificate"),
+        "{status:?}"
+    );
 
     // A certificate, but no key or a wrong one.
     let status = call(&client, None, request(0)).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert!(status.message().contains("missing api key"), "{status:?}");
-    let status = call(&client, Some("guessed"), request(0)).await.unwrap_err();
+    let status = call(&client, Some("guessed"), request(0))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
 
     // Plaintext to a TLS node is no way around the gateway, and neither is TLS
@@ -316,7 +328,10 @@ async fn a_node_whose_certificate_does_not_match_its_registration_gets_no_traffi
     let ca = certs.join("ca.pem");
     let node_client = ClientTls {
         ca: ca.clone(),
-        identity: Some((certs.join("gateway-client.pem"), certs.join("gateway-client.key"))),
+        identity: Some((
+            certs.join("gateway-client.pem"),
+            certs.join("gateway-client.key"),
+        )),
         server_name: None,
     };
     let (mut good, _) = tls_node(0, &certs.join("retrieval-shard-0"), &ca);
@@ -330,8 +345,7 @@ async fn a_node_whose_certificate_does_not_match_its_registration_gets_no_traffi
     };
     wait_serving_tls(&mut impostor, &impostor_client, "impostor").await;
     // Serves shard 1 with shard 1's name, from another CA.
-    let (mut stranger, stranger_metrics) =
-        tls_node(1, &foreign.join("retrieval-shard-1"), &ca);
+    let (mut stranger, stranger_metrics) = tls_node(1, &foreign.join("retrieval-shard-1"), &ca);
     // It trusts our CA for clients, so our client certificate and its CA reach it.
     let stranger_client = ClientTls {
         ca: foreign.join("ca.pem"),
@@ -354,7 +368,10 @@ async fn a_node_whose_certificate_does_not_match_its_registration_gets_no_traffi
         let started = Instant::now();
         let mut answered = 0;
         while answered < 30 {
-            assert!(started.elapsed() < Duration::from_secs(30), "too few answers");
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "too few answers"
+            );
             let Ok(response) = call(&channel, Some(KEY), request(answered)).await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
@@ -364,7 +381,11 @@ async fn a_node_whose_certificate_does_not_match_its_registration_gets_no_traffi
             assert!(coverage.degraded, "{reason}: {coverage:?}");
             answered += 1;
         }
-        assert_eq!(searches(metrics).await, 0.0, "{reason}: the node was searched");
+        assert_eq!(
+            searches(metrics).await,
+            0.0,
+            "{reason}: the node was searched"
+        );
         gateway.stop().await.unwrap();
     }
     assert!(rejections("wrong_identity") > wrong_before);
