@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "recsys/v1/retrieval.proto",
         "recsys/v1/ranking.proto",
         "recsys/v1/gateway.proto",
+        "recsys/v1/catalog.proto",
     ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");
