@@ -26,6 +26,18 @@ impl BundleState {
     /// Loads the parts the gateway needs from the bundle in `dir`.
     pub fn load(dir: &Path) -> Result<Self, BundleError> {
         let manifest = Manifest::load(dir)?;
+        // Requests carry a query of the bundle's dimension, and the gateway
+        // decodes none larger than `recommend_request_max_bytes`, sized for this.
+        if manifest.dimensions > recsys_proto::limits::MAX_DIMENSIONS {
+            return Err(BundleError::corrupt(
+                dir.join("manifest.json"),
+                format!(
+                    "dimensions is {}, the limit is {}",
+                    manifest.dimensions,
+                    recsys_proto::limits::MAX_DIMENSIONS
+                ),
+            ));
+        }
         let catalog = match &manifest.catalog {
             Some(file) => Catalog::load(&Manifest::resolve(dir, file))?,
             None => Catalog::default(),

@@ -1,8 +1,9 @@
 //! Request validation: every limit is named in the error, and nothing invalid
 //! reaches a shard.
 
+use recsys_proto::checks::{check_embedding, check_user_features};
 use recsys_proto::limits::{self, MAX_ID_BYTES};
-use recsys_proto::v1::{RecommendRequest, feature_value::Kind, recommend_request::Query};
+use recsys_proto::v1::{RecommendRequest, recommend_request::Query};
 
 use crate::GatewayError;
 
@@ -60,25 +61,8 @@ pub fn validate(
             ));
         }
         Some(Query::QueryEmbedding(embedding)) => {
-            let values = &embedding.values;
-            if values.len() != dimensions {
-                return Err(GatewayError::invalid(
-                    "query_embedding",
-                    format!(
-                        "has {} values, the bundle's dimension is {dimensions}",
-                        values.len()
-                    ),
-                ));
-            }
-            if let Some(position) = values.iter().position(|v| !v.is_finite()) {
-                return Err(GatewayError::invalid(
-                    "query_embedding",
-                    format!(
-                        "value {position} is {}, values must be finite",
-                        values[position]
-                    ),
-                ));
-            }
+            check_embedding(&embedding.values, dimensions)
+                .map_err(|e| GatewayError::invalid("query_embedding", e.to_string()))?;
         }
         Some(Query::UserId(_)) => {}
     }
@@ -114,20 +98,8 @@ pub fn validate(
     }
     // What a ranking node refuses is refused here, before any work: otherwise
     // the answer would come back OK and unranked for the caller's own mistake.
-    for (name, value) in &request.user_features {
-        if let Some(Kind::StringList(list)) = &value.kind
-            && list.values.len() > limits::MAX_LIST_VALUES
-        {
-            return Err(GatewayError::invalid(
-                "user_features",
-                format!(
-                    "feature {name} has {} values, the limit is {}",
-                    list.values.len(),
-                    limits::MAX_LIST_VALUES
-                ),
-            ));
-        }
-    }
+    check_user_features(&request.user_features)
+        .map_err(|e| GatewayError::invalid("user_features", e.to_string()))?;
     if let Some(options) = &request.options {
         let p = options.top_k_probability;
         if !(0.0..=1.0).contains(&p) {
@@ -177,6 +149,11 @@ mod tests {
         );
         assert!(message(embedding(vec![1.0, f32::NAN], 1)).contains("value 1 is NaN"));
         assert!(message(embedding(vec![f32::NEG_INFINITY, 0.0], 1)).contains("value 0 is -inf"));
+        // Finite but enough to overflow a score: refused with the bound.
+        assert_eq!(
+            message(embedding(vec![3.4e38, 0.0], 1)),
+            "query_embedding: value 0 is 3.4e38, values must be finite and within ±1e6"
+        );
         assert!(
             message(embedding(vec![1.0, 0.0], 0)).contains("k: is 0, must be between 1 and 1000")
         );
@@ -196,9 +173,11 @@ mod tests {
         // A list the ranking node would refuse is refused here, with its limit.
         let mut r = embedding(vec![1.0, 0.0], 10);
         let list = |n: usize| recsys_proto::v1::FeatureValue {
-            kind: Some(Kind::StringList(recsys_proto::v1::StringList {
-                values: vec!["g".into(); n],
-            })),
+            kind: Some(recsys_proto::v1::feature_value::Kind::StringList(
+                recsys_proto::v1::StringList {
+                    values: vec!["g".into(); n],
+                },
+            )),
         };
         r.user_features
             .insert("genres".into(), list(limits::MAX_LIST_VALUES + 1));

@@ -189,6 +189,7 @@ pub async fn retrieval_node(
         limits: recsys_retrieval_node::SearchLimits::default(),
         load_mode: recsys_retrieval_node::LoadMode::default(),
         announce: None,
+        server_limits: Default::default(),
     };
     let serve = recsys_retrieval_node::run(listener, config, token.clone());
     let name = format!("retrieval node of shard {shard}");
