@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use recsys_bundle::query_tower::EncodeError;
+use recsys_bundle::ranker_inputs::RankerInputs;
 use recsys_bundle::{BundleError, Catalog, Manifest, QueryModel};
 use recsys_proto::v1::feature_value::Kind;
 use recsys_proto::v1::{FeatureValue, recommend_request::Query};
@@ -20,6 +21,9 @@ pub struct BundleState {
     pub catalog: Catalog,
     /// The query model, when the bundle has one.
     pub query_model: Option<QueryModel>,
+    /// The ranker's user-side request features, when the bundle has a ranker:
+    /// what `validate` checks values against.
+    pub ranker_inputs: Option<RankerInputs>,
 }
 
 impl BundleState {
@@ -59,7 +63,12 @@ impl BundleState {
                 ),
             ));
         }
+        let ranker_inputs = manifest
+            .ranker_files(dir)
+            .map(|files| RankerInputs::load(&files.config))
+            .transpose()?;
         Ok(Self {
+            ranker_inputs,
             manifest,
             catalog,
             query_model,

@@ -29,7 +29,7 @@ use crate::node_failure::NodeFailure;
 use crate::response_items::{ranked_items, retrieval_items};
 use crate::service::Gateway;
 use crate::shard_k::per_shard_k_cached;
-use crate::validate::{Checked, validate};
+use crate::validate::{Checked, check_ranker_kinds, validate};
 
 /// Where `RecommendStream` sends the running top-k after each shard.
 pub type PartialSender = mpsc::Sender<Result<RecommendStreamResponse, GatewayError>>;
@@ -117,6 +117,9 @@ impl Gateway {
         let options = request.options.unwrap_or_default();
         let with_ranking = !options.skip_ranking && !view.ranking.is_empty();
         let checked = validate(request, manifest.dimensions, &self.shared.policy.limits)?;
+        if with_ranking && let Some(inputs) = &bundle.ranker_inputs {
+            check_ranker_kinds(&request.user_features, inputs)?;
+        }
         let exact_slot = if options.exact {
             Some(self.shared.exact_searches.try_start()?)
         } else {

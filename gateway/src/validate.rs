@@ -3,7 +3,12 @@
 
 use recsys_proto::checks::{check_embedding, check_user_features};
 use recsys_proto::limits::{self, MAX_ID_BYTES};
-use recsys_proto::v1::{RecommendRequest, recommend_request::Query};
+use std::collections::HashMap;
+
+use recsys_bundle::ranker_inputs::{InputKind, RankerInputs};
+use recsys_proto::v1::{
+    FeatureValue, RecommendRequest, feature_value::Kind, recommend_request::Query,
+};
 
 use crate::GatewayError;
 
@@ -115,6 +120,82 @@ pub fn validate(
     })
 }
 
+/// Checks each user feature the ranker reads against its kind, as the ranking
+/// node would (`recsys_model::features`): a categorical feature takes one value
+/// (text or an integer), a multi-hot one text, an integer or a list, a numeric
+/// one a number (or text or an integer that parses as one) that stays finite
+/// in f32 once standardized. Features the ranker does not read pass.
+pub fn check_ranker_kinds(
+    features: &HashMap<String, FeatureValue>,
+    inputs: &RankerInputs,
+) -> Result<(), GatewayError> {
+    let mut names: Vec<&String> = features.keys().collect();
+    names.sort_unstable();
+    for name in names {
+        let (Some(input), Some(value)) = (inputs.get(name), features[name].kind.as_ref()) else {
+            continue;
+        };
+        let refused = |why: String| {
+            Err(GatewayError::invalid(
+                "user_features",
+                format!("feature {name}: {why}"),
+            ))
+        };
+        let number = match (input.kind, value) {
+            (InputKind::Categorical, Kind::StringValue(_) | Kind::IntValue(_))
+            | (
+                InputKind::MultiHot,
+                Kind::StringValue(_) | Kind::IntValue(_) | Kind::StringList(_),
+            ) => {
+                continue;
+            }
+            (InputKind::Categorical, _) => {
+                return refused(format!(
+                    "{} given, the feature is categorical (one value)",
+                    describe(value)
+                ));
+            }
+            (InputKind::MultiHot, _) => {
+                return refused(format!(
+                    "{} given, the feature is a list of values",
+                    describe(value)
+                ));
+            }
+            (InputKind::Numeric, Kind::FloatValue(x)) => f64::from(*x),
+            (InputKind::Numeric, Kind::IntValue(i)) => *i as f64,
+            (InputKind::Numeric, Kind::StringValue(text)) => match text.parse::<f64>() {
+                Ok(x) if x.is_finite() => x,
+                _ => {
+                    return refused(format!(
+                        "{text:?} is not a finite number, the feature is numeric"
+                    ));
+                }
+            },
+            (InputKind::Numeric, Kind::StringList(_)) => {
+                return refused("a list given, the feature needs a finite number".into());
+            }
+        };
+        let standardized = match input.normalization {
+            Some(n) => (number - n.mean) / n.std,
+            None => number,
+        } as f32;
+        if !standardized.is_finite() {
+            return refused(format!(
+                "{number} is out of range: standardized it does not fit in f32"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn describe(value: &Kind) -> &'static str {
+    match value {
+        Kind::StringValue(_) | Kind::IntValue(_) => "a single value",
+        Kind::FloatValue(_) => "a number",
+        Kind::StringList(_) => "a list",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +275,63 @@ mod tests {
             ..Default::default()
         };
         assert!(message(r).contains("user_id: is empty"));
+    }
+
+    #[test]
+    fn values_of_the_wrong_kind_for_the_ranker_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.json");
+        std::fs::write(
+            &config,
+            r#"{"features": [
+                {"name": "age", "side": "user", "kind": "numeric",
+                 "normalization": {"mean": 0.0, "std": 1e-40}},
+                {"name": "zip", "side": "user"},
+                {"name": "liked", "side": "user", "kind": "multi_hot"}
+            ]}"#,
+        )
+        .unwrap();
+        let inputs = RankerInputs::load(&config).unwrap();
+        let value = |kind| FeatureValue { kind: Some(kind) };
+        let check = |name: &str, kind| {
+            let features = HashMap::from([(name.to_string(), value(kind))]);
+            check_ranker_kinds(&features, &inputs).map_err(|e| e.to_string())
+        };
+        let list = || {
+            Kind::StringList(recsys_proto::v1::StringList {
+                values: vec!["a".into()],
+            })
+        };
+        assert!(check("zip", Kind::StringValue("94110".into())).is_ok());
+        assert!(check("zip", Kind::IntValue(94110)).is_ok());
+        assert!(check("liked", list()).is_ok());
+        assert!(check("other", list()).is_ok());
+        assert_eq!(
+            check("zip", list()).unwrap_err(),
+            "user_features: feature zip: a list given, the feature is categorical (one value)"
+        );
+        assert!(
+            check("liked", Kind::FloatValue(1.0))
+                .unwrap_err()
+                .contains("list of values")
+        );
+        assert!(
+            check("age", Kind::StringValue("old".into()))
+                .unwrap_err()
+                .contains("not a finite number")
+        );
+        assert!(
+            check("age", list())
+                .unwrap_err()
+                .contains("needs a finite number")
+        );
+        // 1 / 1e-40 overflows f32.
+        assert!(
+            check("age", Kind::FloatValue(1.0))
+                .unwrap_err()
+                .contains("does not fit in f32")
+        );
+        assert!(check("age", Kind::FloatValue(0.0)).is_ok());
     }
 
     #[test]
