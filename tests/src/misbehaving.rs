@@ -143,6 +143,8 @@ pub enum Lie {
     Excluded,
     /// Another bundle version.
     WrongVersion,
+    /// No answer at all, for longer than any test (a node stuck in a search).
+    Silent,
 }
 
 /// A retrieval node for one shard that answers with two of its shard's ids,
@@ -197,6 +199,7 @@ impl RetrievalService for LyingShard {
                 }
             }
             Lie::WrongVersion => bundle_version = format!("{}-other", self.version),
+            Lie::Silent => tokio::time::sleep(Duration::from_secs(600)).await,
         }
         Ok(Response::new(SearchResponse {
             item_ids,

@@ -555,10 +555,12 @@ async fn unknown_methods_of_known_services_add_no_series() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_searches_are_capped_and_can_be_disabled() {
     let token = CancellationToken::new();
-    // Shards that never answer: an exact search holds its slot for its deadline.
+    // Shards that take calls and never answer: an exact search holds its slot
+    // for its whole deadline.
     let mut shards = Vec::new();
-    for _ in 0..SHARDS {
-        shards.push(vec![black_hole(&token).await]);
+    for shard in 0..SHARDS {
+        let silent = LyingShard::new(Lie::Silent, shard, SHARDS, &version());
+        shards.push(vec![serve_lying_shard(silent, &token).await]);
     }
     let policy = RequestPolicy {
         max_exact_searches: 1,
@@ -583,8 +585,12 @@ async fn exact_searches_are_capped_and_can_be_disabled() {
                 refused = Some(status);
                 break;
             }
-            Err(status) => assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}"),
-            Ok(response) => panic!("black holes answered: {response:?}"),
+            // The gateway's answer or the client's own timer, whichever is first.
+            Err(status) => assert!(
+                matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+                "{status:?}"
+            ),
+            Ok(response) => panic!("silent shards answered: {response:?}"),
         }
     }
     let refused = refused.expect("never refused");
@@ -600,7 +606,10 @@ async fn exact_searches_are_capped_and_can_be_disabled() {
     )
     .await
     .unwrap_err();
-    assert_eq!(status.code(), Code::DeadlineExceeded);
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
     holder.abort();
 
     let disabled = RequestPolicy {
