@@ -29,6 +29,7 @@ pub mod lines;
 pub mod manifest;
 pub mod query_model;
 pub mod query_tower;
+pub mod ranker_inputs;
 pub mod sharding;
 pub mod vocabulary;
 

@@ -174,11 +174,17 @@ impl Manifest {
                 ));
             }
         }
-        let total: u64 = self.shards.iter().map(|entry| entry.items).sum();
-        if total != self.items {
+        // Checked: a sum that overflows would panic in a debug build and wrap in
+        // a release one.
+        let total = self
+            .shards
+            .iter()
+            .try_fold(0u64, |sum, entry| sum.checked_add(entry.items));
+        if total != Some(self.items) {
             return fail(format!(
-                "items is {} but the shards hold {total}",
-                self.items
+                "items is {} but the shards hold {}",
+                self.items,
+                total.map_or("more than 2^64".to_string(), |t| t.to_string())
             ));
         }
         Ok(())

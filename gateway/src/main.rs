@@ -62,6 +62,15 @@ struct Args {
     /// Hedge a node call to a second replica after this many ms without an answer (0: off).
     #[arg(long, env = "RECSYS_HEDGE_AFTER_MS", default_value_t = 0)]
     hedge_after_ms: u64,
+    /// The longest client deadline honoured (ms): longer ones are clamped to it.
+    #[arg(long, env = "RECSYS_MAX_TIMEOUT_MS", default_value_t = limits::DEFAULT_MAX_TIMEOUT.as_millis() as u64)]
+    max_timeout_ms: u64,
+    /// Exact (brute-force) searches running at once; more get
+    /// RESOURCE_EXHAUSTED. 0 disables exact searches (FAILED_PRECONDITION).
+    #[arg(long, env = "RECSYS_MAX_EXACT_SEARCHES", default_value_t = limits::DEFAULT_MAX_EXACT_SEARCHES)]
+    max_exact_searches: usize,
+    #[command(flatten)]
+    server_limits: recsys_server::limits::ServerLimitFlags,
     /// How often each node's grpc.health.v1 is checked (ms).
     #[arg(long, env = "RECSYS_HEALTH_INTERVAL_MS", default_value_t = 1000)]
     health_interval_ms: u64,
@@ -123,6 +132,12 @@ impl Args {
             "--default-timeout-ms must be positive"
         );
         anyhow::ensure!(
+            self.max_timeout_ms >= self.default_timeout_ms,
+            "--max-timeout-ms ({}) is below --default-timeout-ms ({})",
+            self.max_timeout_ms,
+            self.default_timeout_ms
+        );
+        anyhow::ensure!(
             self.health_interval_ms > 0,
             "--health-interval-ms must be positive"
         );
@@ -138,9 +153,15 @@ impl Args {
                 top_k_probability: self.top_k_probability,
                 hedge_after: (self.hedge_after_ms > 0)
                     .then(|| Duration::from_millis(self.hedge_after_ms)),
+                max_timeout: Duration::from_millis(self.max_timeout_ms),
+                max_exact_searches: self.max_exact_searches,
             },
             connect_timeout: Duration::from_secs(1),
             health_interval: Duration::from_millis(self.health_interval_ms),
+            server_limits: self
+                .server_limits
+                .limits()
+                .map_err(|reason| anyhow::anyhow!(reason))?,
         };
         Ok((discovery, config))
     }

@@ -8,10 +8,16 @@
 //! level or a health check are left out until a health check passes again
 //! (`health_check`), unless every replica is out, in which case all are tried,
 //! since a stale verdict must not cost an answer.
+//!
+//! A node whose answer breaks what any honest node guarantees (`answer_check`:
+//! duplicate or excluded ids, items of another shard, another bundle version)
+//! is quarantined instead: left out of routing altogether for [`QUARANTINE`],
+//! whatever its health checks say (a lying node answers them fine), or until it
+//! leaves the membership and registers again (its handle is dropped and made anew).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use recsys_discovery::NodeRecord;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -28,6 +34,11 @@ const STREAM_WINDOW_BYTES: u32 = 1 << 20;
 /// wait on each other's flow control.
 const CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
 
+/// How long a node whose answer broke the answer checks stays out of routing.
+/// Long enough that a lying node costs little (a shard's other replicas take
+/// its calls), short enough that a node fixed in place comes back on its own.
+pub const QUARANTINE: Duration = Duration::from_secs(300);
+
 /// What the gateway knows of one node address.
 #[derive(Debug)]
 pub struct NodeHandle {
@@ -37,9 +48,34 @@ pub struct NodeHandle {
     pub channel: Channel,
     in_flight: AtomicUsize,
     healthy: AtomicBool,
+    /// Until when the node is out of routing for a bad answer (`None`: never was).
+    quarantined_until: Mutex<Option<Instant>>,
 }
 
 impl NodeHandle {
+    /// Leaves the node out of routing for [`QUARANTINE`]: its answer broke a
+    /// guarantee no input can excuse.
+    pub fn quarantine(&self) {
+        let until = Instant::now().checked_add(QUARANTINE);
+        if let Ok(mut slot) = self.quarantined_until.lock() {
+            *slot = until;
+        }
+        tracing::warn!(
+            node = %self.addr,
+            seconds = QUARANTINE.as_secs(),
+            "node answered against the answer checks, left out of routing"
+        );
+    }
+
+    /// Whether the node is quarantined now.
+    pub fn is_quarantined(&self) -> bool {
+        self.quarantined_until
+            .lock()
+            .map(|slot| slot.is_some_and(|until| Instant::now() < until))
+            // A poisoned lock: a thread panicked while quarantining it.
+            .unwrap_or(true)
+    }
+
     /// Calls currently outstanding on this node.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
@@ -138,6 +174,7 @@ impl NodeChannels {
             channel: endpoint.connect_lazy(),
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
+            quarantined_until: Mutex::new(None),
         });
         nodes.insert(addr.to_string(), node.clone());
         Ok(node)
@@ -168,7 +205,8 @@ impl NodeChannels {
     /// with their handles (one lock for all of them): the less busy of two random
     /// healthy replicas first, the other second (the retry or hedge target), then
     /// the rest. Unhealthy replicas, and those whose address is unusable, come
-    /// last and only matter when no healthy one is left.
+    /// last and only matter when no healthy one is left. Quarantined replicas
+    /// are not listed at all.
     pub fn replica_order(&self, replicas: &[NodeRecord]) -> Vec<Result<Arc<NodeHandle>, String>> {
         let mut healthy = Vec::with_capacity(replicas.len());
         let mut unhealthy = Vec::new();
@@ -176,6 +214,7 @@ impl NodeChannels {
             Ok(mut nodes) => {
                 for replica in replicas {
                     match self.lookup(&mut nodes, &replica.addr) {
+                        Ok(node) if node.is_quarantined() => {}
                         Ok(node) if node.is_healthy() => healthy.push(node),
                         other => unhealthy.push(other),
                     }
@@ -241,6 +280,10 @@ pub(crate) mod tests {
         }
         drop(_calls);
         assert_eq!(busy.in_flight(), 0);
+        // Quarantined: not listed, even as a last resort.
+        busy.quarantine();
+        assert_eq!(addrs(&pool, &replicas), ["127.0.0.1:2"]);
+        *busy.quarantined_until.lock().unwrap() = None;
         pool.node("127.0.0.1:2").unwrap().mark_unhealthy();
         for _ in 0..20 {
             let order = addrs(&pool, &replicas);

@@ -4,12 +4,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use recsys_discovery::Membership;
 use recsys_proto::v1::gateway_service_server::GatewayServiceServer;
 use recsys_server::grpc::{
-    incoming, not_serving_on_shutdown, set_health, spawn_loader, standard_router,
+    incoming, not_serving_on_shutdown, set_health, spawn_loader, standard_router_with,
 };
+use recsys_server::limits::ServerLimits;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +33,8 @@ pub struct GatewayConfig {
     pub connect_timeout: Duration,
     /// How often every node's health is checked.
     pub health_interval: Duration,
+    /// Transport limits (HTTP/2 streams per connection).
+    pub server_limits: ServerLimits,
 }
 
 /// Serves the gateway on `listener` until `shutdown` is cancelled, routing by
@@ -43,18 +45,17 @@ pub async fn run(
     membership: Arc<dyn Membership>,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
-    let (health, router) = standard_router()?;
+    let (health, router) = standard_router_with(&config.server_limits)?;
     let name = <GatewayServiceServer<Gateway> as NamedService>::NAME;
     set_health(&health, name, ServingStatus::NotServing).await;
 
     let (bundle_id, own_bundle) = watch::channel(None);
     let routed = crate::bundle_filter::spawn(membership.subscribe(), own_bundle, shutdown.clone());
-    let shared = Arc::new(GatewayShared {
-        bundle: ArcSwapOption::empty(),
-        view: routed.clone(),
-        clients: Arc::new(NodeChannels::new(config.connect_timeout)),
-        policy: config.policy,
-    });
+    let shared = Arc::new(GatewayShared::new(
+        routed.clone(),
+        Arc::new(NodeChannels::new(config.connect_timeout)),
+        config.policy,
+    ));
 
     let loader = shared.clone();
     let bundle_dir = config.bundle_dir.clone();
@@ -89,7 +90,10 @@ pub async fn run(
 
     tracing::info!(addr = ?listener.local_addr().ok(), "gateway listening");
     router
-        .add_service(GatewayServiceServer::new(Gateway::new(shared)))
+        .add_service(
+            GatewayServiceServer::new(Gateway::new(shared))
+                .max_decoding_message_size(recsys_proto::limits::recommend_request_max_bytes()),
+        )
         .serve_with_incoming_shutdown(incoming(listener), shutdown.cancelled_owned())
         .await?;
     Ok(())

@@ -168,8 +168,13 @@ impl ShardIndex {
             Quantization::F16 => 2,
             Quantization::I8 => 1,
         };
-        let minimum = entry.items * manifest.dimensions as u64 * bytes_per_scalar;
-        if file_len < minimum {
+        // Checked: the manifest is a file anyone may have written, and an
+        // overflow would wrap to a small bound (or panic in a debug build).
+        let minimum = entry
+            .items
+            .checked_mul(manifest.dimensions as u64)
+            .and_then(|scalars| scalars.checked_mul(bytes_per_scalar));
+        if minimum.is_none_or(|minimum| file_len < minimum) {
             return Err(BundleError::corrupt(
                 &path,
                 format!(

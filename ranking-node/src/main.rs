@@ -40,6 +40,8 @@ struct Args {
     #[arg(long, env = "RECSYS_ALLOW_UNKNOWN_ITEMS")]
     allow_unknown_items: bool,
     #[command(flatten)]
+    server_limits: recsys_server::limits::ServerLimitFlags,
+    #[command(flatten)]
     runtime: recsys_server::runtime::RuntimeFlags,
     /// Parse and validate the flags and environment, print the configuration and
     /// exit without binding, registering or loading: the deploy files' check.
@@ -65,6 +67,10 @@ impl Args {
             max_candidates: self.max_candidates,
             allow_unknown_items: self.allow_unknown_items,
             announce: self.etcd.announce("ranking", listen)?,
+            server_limits: self
+                .server_limits
+                .limits()
+                .map_err(|reason| anyhow::anyhow!(reason))?,
         })
     }
 }

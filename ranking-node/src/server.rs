@@ -10,8 +10,9 @@ use recsys_discovery::{AnnounceOptions, Announcer, Role, serve_and_drain};
 use recsys_model::Ranker;
 use recsys_proto::v1::ranking_service_server::RankingServiceServer;
 use recsys_server::grpc::{
-    incoming, not_serving_on_shutdown, pool_size, set_health, spawn_loader, standard_router,
+    incoming, not_serving_on_shutdown, pool_size, set_health, spawn_loader, standard_router_with,
 };
+use recsys_server::limits::ServerLimits;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
@@ -41,6 +42,8 @@ pub struct RankingConfig {
     pub allow_unknown_items: bool,
     /// Registration in etcd (`None`: static membership).
     pub announce: Option<AnnounceOptions>,
+    /// Transport limits (HTTP/2 streams per connection).
+    pub server_limits: ServerLimits,
 }
 
 impl RankingConfig {
@@ -56,6 +59,7 @@ impl RankingConfig {
             max_candidates: recsys_proto::limits::MAX_RETRIEVE_K as usize,
             allow_unknown_items: false,
             announce: None,
+            server_limits: ServerLimits::default(),
         }
     }
 }
@@ -79,7 +83,7 @@ pub async fn run(
     config: RankingConfig,
     shutdown: CancellationToken,
 ) -> Result<(), RankingError> {
-    let (health, router) = standard_router()?;
+    let (health, router) = standard_router_with(&config.server_limits)?;
     let name = <RankingServiceServer<RankingNodeService> as NamedService>::NAME;
     set_health(&health, name, ServingStatus::NotServing).await;
     let state = Arc::new(ArcSwap::from_pointee(LoadState::Loading));
@@ -119,7 +123,11 @@ pub async fn run(
     tracing::info!(addr = ?listener.local_addr().ok(), "ranking node listening");
     let stop = announcer.server_stop(shutdown);
     let serve = router
-        .add_service(RankingServiceServer::new(service))
+        .add_service(
+            RankingServiceServer::new(service).max_decoding_message_size(
+                recsys_proto::limits::rank_request_max_bytes(config.max_candidates),
+            ),
+        )
         .serve_with_incoming_shutdown(incoming(listener), stop.clone().cancelled_owned());
     serve_and_drain(&announcer, &stop, serve).await?;
     Ok(())

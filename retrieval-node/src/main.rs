@@ -37,6 +37,12 @@ struct Args {
     /// Most excluded ids per search: at least the API's exclusion limit.
     #[arg(long, env = "RECSYS_MAX_EXCLUSIONS", default_value_t = SearchLimits::default().max_exclusions)]
     max_exclusions: usize,
+    /// Exact (brute-force) searches running at once; more get
+    /// RESOURCE_EXHAUSTED. 0 disables exact searches (FAILED_PRECONDITION).
+    #[arg(long, env = "RECSYS_MAX_EXACT_SEARCHES", default_value_t = SearchLimits::default().max_exact_searches)]
+    max_exact_searches: usize,
+    #[command(flatten)]
+    server_limits: recsys_server::limits::ServerLimitFlags,
     /// How to open the shard file: `packed` memory-maps it and copies vectors and
     /// base-layer links into one huge-page block per item (fastest searches),
     /// `hugepages` copies the file into huge-page memory, `view` memory-maps it
@@ -75,7 +81,12 @@ impl Args {
             limits: SearchLimits {
                 max_k: self.max_search_k,
                 max_exclusions: self.max_exclusions,
+                max_exact_searches: self.max_exact_searches,
             },
+            server_limits: self
+                .server_limits
+                .limits()
+                .map_err(|reason| anyhow::anyhow!(reason))?,
             load_mode: self.load_mode,
             announce: self
                 .etcd

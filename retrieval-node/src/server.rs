@@ -8,8 +8,9 @@ use arc_swap::ArcSwap;
 use recsys_discovery::{AnnounceOptions, Announcer, Role, serve_and_drain};
 use recsys_proto::v1::retrieval_service_server::RetrievalServiceServer;
 use recsys_server::grpc::{
-    incoming, not_serving_on_shutdown, pool_size, set_health, spawn_loader, standard_router,
+    incoming, not_serving_on_shutdown, pool_size, set_health, spawn_loader, standard_router_with,
 };
+use recsys_server::limits::ServerLimits;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +27,9 @@ pub struct SearchLimits {
     pub max_k: u32,
     /// Most excluded ids one search may carry.
     pub max_exclusions: usize,
+    /// Exact searches running at once; more are refused with
+    /// `RESOURCE_EXHAUSTED` (0 refuses every one with `FAILED_PRECONDITION`).
+    pub max_exact_searches: usize,
 }
 
 impl Default for SearchLimits {
@@ -33,6 +37,7 @@ impl Default for SearchLimits {
         Self {
             max_k: recsys_proto::limits::MAX_RETRIEVE_K,
             max_exclusions: recsys_proto::limits::MAX_EXCLUSIONS,
+            max_exact_searches: recsys_proto::limits::DEFAULT_MAX_EXACT_SEARCHES,
         }
     }
 }
@@ -52,6 +57,8 @@ pub struct NodeConfig {
     pub load_mode: LoadMode,
     /// Registration in etcd (`None`: static membership, nothing to announce).
     pub announce: Option<AnnounceOptions>,
+    /// Transport limits (HTTP/2 streams per connection).
+    pub server_limits: ServerLimits,
 }
 
 /// Serves `config.shard` on `listener` until `shutdown` is cancelled; with
@@ -66,7 +73,7 @@ pub async fn run(
     config: NodeConfig,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
-    let (health, router) = standard_router()?;
+    let (health, router) = standard_router_with(&config.server_limits)?;
     let name = <RetrievalServiceServer<RetrievalNodeService> as NamedService>::NAME;
     set_health(&health, name, ServingStatus::NotServing).await;
 
@@ -110,7 +117,11 @@ pub async fn run(
     tracing::info!(addr = ?listener.local_addr().ok(), shard = config.shard, "retrieval node listening");
     let stop = announcer.server_stop(shutdown);
     let serve = router
-        .add_service(RetrievalServiceServer::new(service))
+        .add_service(
+            RetrievalServiceServer::new(service).max_decoding_message_size(
+                recsys_proto::limits::search_request_max_bytes(config.limits.max_exclusions),
+            ),
+        )
         .serve_with_incoming_shutdown(incoming(listener), stop.clone().cancelled_owned());
     serve_and_drain(&announcer, &stop, serve).await?;
     Ok(())

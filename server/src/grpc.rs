@@ -2,26 +2,43 @@
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::{Stream, StreamExt, wrappers::TcpListenerStream};
-use tonic::transport::Server;
 use tonic::transport::server::Router;
 use tonic_health::server::HealthReporter;
 
-/// The router every recsys server starts from: the metrics layer around its services.
-pub type StandardRouter =
-    Router<tower_layer::Stack<crate::metrics::GrpcMetricsLayer, tower_layer::Identity>>;
+use crate::limits::ServerLimits;
+
+/// The router every recsys server starts from: the metrics layer around its
+/// services, and inside it the layer that blames the caller for bytes tonic
+/// cannot frame (so metrics count the code the caller saw).
+pub type StandardRouter = Router<
+    tower_layer::Stack<
+        crate::limits::CallerFaultLayer,
+        tower_layer::Stack<crate::metrics::GrpcMetricsLayer, tower_layer::Identity>,
+    >,
+>;
 
 /// A server router that already offers `grpc.health.v1` and reflection over the
 /// recsys and health protos (so `grpcurl` needs no `.proto` files) and counts every
 /// call in the Prometheus metrics ([`crate::metrics`]), and the
-/// reporter that flips health statuses; every status starts unknown.
+/// reporter that flips health statuses; every status starts unknown. The
+/// server has the default [`ServerLimits`].
 pub fn standard_router() -> Result<(HealthReporter, StandardRouter), ReflectionError> {
+    standard_router_with(&ServerLimits::default())
+}
+
+/// [`standard_router`] with the transport limits `limits`.
+pub fn standard_router_with(
+    limits: &ServerLimits,
+) -> Result<(HealthReporter, StandardRouter), ReflectionError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection_service = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(recsys_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let router = Server::builder()
+    let router = limits
+        .builder()
         .layer(crate::metrics::GrpcMetricsLayer)
+        .layer(crate::limits::CallerFaultLayer)
         .add_service(health_service)
         .add_service(reflection_service);
     Ok((health, router))
