@@ -379,6 +379,7 @@ mod tests {
             query_model: None,
             ranker: None,
             source: "unit vectors".into(),
+            files: Default::default(),
         }
         .save(dir)
         .unwrap();
