@@ -34,29 +34,25 @@ impl FileSet {
             path.strip_prefix(dir)
                 .is_some_and(|rest| rest.starts_with('/'))
         };
+        // The manifest may place a ranker's files outside `ranker/`.
+        let ranker_file = || {
+            manifest.ranker.as_ref().is_some_and(|spec| {
+                [&spec.config, &spec.weights, &spec.item_features]
+                    .into_iter()
+                    .chain(spec.user_features.as_ref())
+                    .any(|file| file == path)
+            })
+        };
         match self {
             Self::All => true,
             Self::Shard(shard) => manifest
                 .shard(shard)
                 .is_some_and(|entry| entry.file == path),
-            Self::Ranker => {
-                in_dir(RANKER_DIR)
-                    || manifest.ranker.as_ref().is_some_and(|spec| {
-                        [&spec.config, &spec.weights, &spec.item_features]
-                            .into_iter()
-                            .chain(spec.user_features.as_ref())
-                            .any(|file| file == path)
-                    })
-            }
+            Self::Ranker => in_dir(RANKER_DIR) || ranker_file(),
             Self::Gateway => {
                 !in_dir(RANKER_DIR)
                     && !manifest.shards.iter().any(|entry| entry.file == path)
-                    && !manifest.ranker.as_ref().is_some_and(|spec| {
-                        [&spec.config, &spec.weights, &spec.item_features]
-                            .into_iter()
-                            .chain(spec.user_features.as_ref())
-                            .any(|file| file == path)
-                    })
+                    && !ranker_file()
             }
         }
     }
