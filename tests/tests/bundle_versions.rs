@@ -189,6 +189,27 @@ async fn killing_the_builder_at_random_points_keeps_the_served_version() {
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
     assert_eq!(assert_root_sound(&root), "v9");
     serves_from_root(&root, "v9").await;
+    // The ranking node and the gateway take the root too.
+    for (name, binary, extra) in [
+        ("ranking from root", "ranking-node", vec![]),
+        (
+            "gateway from root",
+            "gateway",
+            vec!["--shard".to_string(), "0=127.0.0.1:1".to_string()],
+        ),
+    ] {
+        let addr = free_addr();
+        let mut args = vec![
+            "--bundle-root".to_string(),
+            root.display().to_string(),
+            "--listen".to_string(),
+            addr.to_string(),
+        ];
+        args.extend(extra);
+        let mut server = spawn(name, binary, addr, &args);
+        server.wait_serving(Duration::from_secs(60)).await.unwrap();
+        server.terminate(Duration::from_secs(10)).await.unwrap();
+    }
 
     // Versions are immutable: building an existing one again is refused, and
     // the pointer can go back to an older one.
