@@ -186,7 +186,9 @@ pub fn run(args: RetrievalArgs) -> anyhow::Result<()> {
         quantization.as_str()
     ));
     let mut build_seconds = None;
-    if args.rebuild || recsys_bundle::Manifest::load(&bundle).is_err() {
+    // A bundle cached before bundles were checksummed would not load in a node.
+    let cached = recsys_bundle::Manifest::load(&bundle).is_ok_and(|m| !m.files.is_empty());
+    if args.rebuild || !cached {
         let vectors = ItemVectors::new(Path::new("glove"), dim, items.to_vec(), None, None)?;
         let options = BuildOptions {
             params: IndexParams {

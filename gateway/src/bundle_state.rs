@@ -27,7 +27,7 @@ pub struct BundleState {
 }
 
 impl BundleState {
-    /// Loads the parts the gateway needs from the bundle in `dir`.
+    /// Verifies and loads the parts the gateway needs from the bundle in `dir`.
     pub fn load(dir: &Path) -> Result<Self, BundleError> {
         let manifest = Manifest::load(dir)?;
         // Requests carry a query of the bundle's dimension, and the gateway
@@ -42,6 +42,9 @@ impl BundleState {
                 ),
             ));
         }
+        // The catalog and the query model against their recorded checksums first:
+        // a corrupt file keeps the gateway NOT_SERVING with the file named.
+        recsys_bundle::verify_files(dir, &manifest, recsys_bundle::FileSet::Gateway)?;
         let catalog = match &manifest.catalog {
             Some(file) => Catalog::load(&Manifest::resolve(dir, file))?,
             None => Catalog::default(),

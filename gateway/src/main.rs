@@ -18,9 +18,9 @@ use recsys_gateway::{GatewayConfig, RecommendLimits, RequestPolicy, run};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Bundle directory (manifest, catalog, query model).
-    #[arg(long, env = "RECSYS_BUNDLE")]
-    bundle: PathBuf,
+    /// The bundle: a version directory (manifest, catalog, query model) or a root.
+    #[command(flatten)]
+    bundle: recsys_bundle::flags::BundleFlags,
     /// Address to listen on.
     #[arg(long, env = "RECSYS_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
@@ -142,7 +142,7 @@ impl Args {
             "--health-interval-ms must be positive"
         );
         let config = GatewayConfig {
-            bundle_dir: self.bundle.clone(),
+            bundle_dir: self.bundle.given(),
             policy: RequestPolicy {
                 limits: RecommendLimits {
                     max_k: self.max_k,
@@ -184,7 +184,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
-    let (discovery, config) = args.plan()?;
+    let (discovery, mut config) = args.plan()?;
+    config.bundle_dir = resolve_bundle(&args.bundle)?;
     let membership: Arc<dyn Membership> = match discovery {
         Discovery::Etcd(options) => {
             tracing::info!(etcd = ?args.etcd, cluster = %args.cluster, "discovering nodes in etcd");
@@ -199,4 +200,12 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }
     run(listener, config, membership, shutdown).await?;
     Ok(())
+}
+
+/// The version directory to serve: `--bundle` as given, or the version the
+/// `--bundle-root`'s CURRENT names (read once, at start).
+fn resolve_bundle(flags: &recsys_bundle::flags::BundleFlags) -> anyhow::Result<PathBuf> {
+    let resolved = flags.resolve()?;
+    tracing::info!(version = %resolved.version, dir = %resolved.dir.display(), "serving bundle version");
+    Ok(resolved.dir)
 }

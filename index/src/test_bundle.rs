@@ -65,6 +65,7 @@ pub(crate) fn bundle(dir: &Path) -> Vec<f32> {
         query_model: None,
         ranker: None,
         source: "unit vectors".into(),
+        files: Default::default(),
     }
     .save(dir)
     .unwrap();

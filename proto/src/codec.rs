@@ -21,8 +21,9 @@ use tonic::{Code, Status};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
 use crate::v1::{
-    InfoRequest, InfoResponse, RankRequest, RankResponse, RecommendRequest, RecommendResponse,
-    RecommendStreamResponse, SearchRequest, SearchResponse,
+    CatalogChangeResponse, DeleteItemsRequest, InfoRequest, InfoResponse, RankRequest,
+    RankResponse, RecommendRequest, RecommendResponse, RecommendStreamResponse, SearchRequest,
+    SearchResponse, UpsertItemsRequest,
 };
 
 /// Who is to blame when a message of this type does not decode, as a gRPC code.
@@ -43,9 +44,9 @@ macro_rules! blame {
 }
 
 // Requests are decoded by servers: bad bytes are the caller's.
-blame!(Code::InvalidArgument => RecommendRequest, SearchRequest, InfoRequest, RankRequest);
+blame!(Code::InvalidArgument => RecommendRequest, SearchRequest, InfoRequest, RankRequest, UpsertItemsRequest, DeleteItemsRequest);
 // Answers are decoded by clients: bad bytes are the server's.
-blame!(Code::Internal => RecommendResponse, RecommendStreamResponse, SearchResponse, InfoResponse, RankResponse);
+blame!(Code::Internal => RecommendResponse, RecommendStreamResponse, SearchResponse, InfoResponse, RankResponse, CatalogChangeResponse);
 
 /// [`ProstCodec`] with decode errors mapped by [`DecodeBlame`].
 #[derive(Debug, Clone)]

@@ -64,10 +64,13 @@ impl RankingConfig {
     }
 }
 
-/// The ranker, and the version of the bundle it came in (what the node registers
+/// The ranker, once its files pass their checksums, and the version of the bundle it came in (what the node registers
 /// as, so the gateway can tell it apart from nodes of another bundle).
 fn load(dir: &std::path::Path) -> Result<(Ranker, String), RankerLoadError> {
     let manifest = Manifest::load(dir)?;
+    // Every file of the ranker directory against its recorded checksum, before
+    // candle or the feature readers see a byte: a corrupt file is named here.
+    recsys_bundle::verify_files(dir, &manifest, recsys_bundle::FileSet::Ranker)?;
     let files = manifest
         .ranker_files(dir)
         .ok_or_else(|| RankerLoadError::NoRanker(dir.join(recsys_bundle::MANIFEST_FILE)))?;

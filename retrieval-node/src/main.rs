@@ -13,9 +13,9 @@ use recsys_retrieval_node::{LoadMode, NodeConfig, SearchLimits, run};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Bundle directory (holds manifest.json).
-    #[arg(long, env = "RECSYS_BUNDLE")]
-    bundle: PathBuf,
+    /// The bundle: a version directory (holds manifest.json) or a root.
+    #[command(flatten)]
+    bundle: recsys_bundle::flags::BundleFlags,
     /// Shard number to serve.
     #[arg(long, env = "RECSYS_SHARD")]
     shard: u32,
@@ -75,7 +75,7 @@ impl Args {
             self.max_exclusions
         );
         Ok(NodeConfig {
-            bundle_dir: self.bundle.clone(),
+            bundle_dir: self.bundle.given(),
             shard: self.shard,
             search_threads: self.search_threads,
             limits: SearchLimits {
@@ -113,11 +113,20 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    let config = args.config(listener.local_addr()?)?;
+    let mut config = args.config(listener.local_addr()?)?;
+    config.bundle_dir = resolve_bundle(&args.bundle)?;
     let shutdown = recsys_server::shutdown::on_signal();
     if let Some(addr) = args.metrics_listen {
         recsys_server::metrics::spawn(addr, shutdown.clone()).await;
     }
     run(listener, config, shutdown).await?;
     Ok(())
+}
+
+/// The version directory to serve: `--bundle` as given, or the version the
+/// `--bundle-root`'s CURRENT names (read once, at start).
+fn resolve_bundle(flags: &recsys_bundle::flags::BundleFlags) -> anyhow::Result<PathBuf> {
+    let resolved = flags.resolve()?;
+    tracing::info!(version = %resolved.version, dir = %resolved.dir.display(), "serving bundle version");
+    Ok(resolved.dir)
 }

@@ -61,6 +61,26 @@ pub struct NodeConfig {
     pub server_limits: ServerLimits,
 }
 
+/// Checks the shard's file against the manifest's size and checksum, then opens
+/// it: a torn, truncated or flipped file is refused here, naming the file, before
+/// usearch maps a byte of it. Reading the file through also brings it into the
+/// page cache that `view` and `packed` then map.
+fn open_verified(
+    dir: &std::path::Path,
+    shard: u32,
+    mode: LoadMode,
+) -> Result<ShardIndex, recsys_bundle::BundleError> {
+    let manifest = recsys_bundle::Manifest::load(dir)?;
+    let report = recsys_bundle::verify_files(dir, &manifest, recsys_bundle::FileSet::Shard(shard))?;
+    tracing::info!(
+        shard,
+        bytes = report.bytes,
+        verify_ms = report.elapsed.as_millis() as u64,
+        "shard file verified"
+    );
+    ShardIndex::open_with(dir, shard, mode)
+}
+
 /// Serves `config.shard` on `listener` until `shutdown` is cancelled; with
 /// `config.announce`, registers in etcd once the shard is loaded and drains before
 /// stopping (see `recsys_discovery::announce`).
@@ -94,7 +114,7 @@ pub async fn run(
         name,
         shutdown.clone(),
         "shard",
-        move || ShardIndex::open_with(&bundle_dir, shard, mode),
+        move || open_verified(&bundle_dir, shard, mode),
         move |index| {
             tracing::info!(
                 shard = index.shard(),
