@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "recsys/v1/retrieval.proto",
         "recsys/v1/ranking.proto",
         "recsys/v1/gateway.proto",
+        "recsys/v1/catalog.proto",
     ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");
@@ -21,6 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        // Prost's codec, but an undecodable request is INVALID_ARGUMENT (src/codec.rs).
+        .codec_path("crate::codec::RecsysCodec")
         .file_descriptor_set_path(out_dir.join("recsys_descriptor.bin"))
         .compile_protos(&protos, &["."])?;
     Ok(())

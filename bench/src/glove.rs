@@ -8,6 +8,7 @@ use clap::Args;
 use rayon::prelude::*;
 use recsys_bundle::{IndexParams, Metric, Quantization};
 use recsys_bundle_builder::{BuildOptions, ItemVectors, build_bundle};
+use recsys_index::{Hit, ItemChange, LiveShard, SearchError};
 use recsys_retrieval_node::{LoadMode, ShardIndex};
 
 /// Options of `recsys-bench retrieval`.
@@ -60,6 +61,12 @@ pub struct RetrievalArgs {
     /// `bench/interleave.py` alternates engines pass by pass this way.
     #[arg(long)]
     pub stdin: bool,
+    /// Also measure a live shard (the retrieval node's base index plus a mutable
+    /// part) in which this share of the items was upserted after the bundle was
+    /// built (the same vectors, so the ground truth holds): each pass is measured
+    /// on the packed-only shard and then on the live one, in the same run.
+    #[arg(long)]
+    pub live_fraction: Option<f64>,
 }
 
 const K: usize = 100;
@@ -179,7 +186,9 @@ pub fn run(args: RetrievalArgs) -> anyhow::Result<()> {
         quantization.as_str()
     ));
     let mut build_seconds = None;
-    if args.rebuild || recsys_bundle::Manifest::load(&bundle).is_err() {
+    // A bundle cached before bundles were checksummed would not load in a node.
+    let cached = recsys_bundle::Manifest::load(&bundle).is_ok_and(|m| !m.files.is_empty());
+    if args.rebuild || !cached {
         let vectors = ItemVectors::new(Path::new("glove"), dim, items.to_vec(), None, None)?;
         let options = BuildOptions {
             params: IndexParams {
@@ -229,37 +238,136 @@ pub fn run(args: RetrievalArgs) -> anyhow::Result<()> {
                 .map(Ok),
         )
     };
+    let live = match args.live_fraction {
+        Some(fraction) => Some(live_shard(&bundle, args.mode, items, dim, fraction)?),
+        None => None,
+    };
     for ef in efs {
         let ef = ef?;
         index.set_expansion_search(ef);
+        let pass = Pass {
+            queries,
+            dim,
+            truth: &truth,
+        };
+        let (recall, qps, per_cpu) = pass.measure(|query| index.search(query, K, &[], false))?;
+        println!(
+            "{}",
+            serde_json::json!({"engine": "recsys-usearch", "ef": ef, "mode": format!("{:?}", args.mode),
+                "recall_at_100": recall, "qps_one_thread": qps, "qps_per_cpu_second": per_cpu})
+        );
+        if let Some(live) = &live {
+            live.base().set_expansion_search(ef);
+            live.set_expansion_search(ef);
+            let (live_recall, live_qps, live_per_cpu) =
+                pass.measure(|query| live.search(query, K, &[], false))?;
+            println!(
+                "{}",
+                serde_json::json!({"engine": "recsys-live", "ef": ef, "mode": format!("{:?}", args.mode),
+                    "live_fraction": args.live_fraction, "recall_at_100": live_recall,
+                    "qps_one_thread": live_qps, "qps_per_cpu_second": live_per_cpu,
+                    "qps_ratio_to_packed_only": live_per_cpu / per_cpu})
+            );
+            for base in [true, false] {
+                let started = thread_cpu_seconds()?;
+                for query in queries.chunks_exact(dim) {
+                    live.search_halves(query, K, base)?;
+                }
+                let cpu = thread_cpu_seconds()? - started;
+                println!(
+                    "{}",
+                    serde_json::json!({"engine": "recsys-live", "ef": ef,
+                        "half": if base { "base without hidden" } else { "mutable part" },
+                        "qps_per_cpu_second": queries.len() as f64 / dim as f64 / cpu})
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One measurement pass over the held-out queries.
+struct Pass<'a> {
+    queries: &'a [f32],
+    dim: usize,
+    truth: &'a [Vec<u32>],
+}
+
+impl Pass<'_> {
+    /// Recall@100, queries per second and queries per CPU-second of `search`.
+    fn measure(
+        &self,
+        search: impl Fn(&[f32]) -> Result<Vec<Hit>, SearchError>,
+    ) -> anyhow::Result<(f64, f64, f64)> {
         // One warm-up pass so page faults of the memory-mapped file are not timed.
-        for query in queries.chunks_exact(dim).take(200) {
-            index.search(query, K, &[], false)?;
+        for query in self.queries.chunks_exact(self.dim).take(200) {
+            search(query)?;
         }
         let cpu_started = thread_cpu_seconds()?;
         let started = Instant::now();
-        let answers = queries
-            .chunks_exact(dim)
-            .map(|query| index.search(query, K, &[], false))
+        let answers = self
+            .queries
+            .chunks_exact(self.dim)
+            .map(&search)
             .collect::<Result<Vec<_>, _>>()?;
         let seconds = started.elapsed().as_secs_f64();
         let cpu_seconds = thread_cpu_seconds()? - cpu_started;
         let found: usize = answers
             .iter()
-            .zip(&truth)
+            .zip(self.truth)
             .map(|(hits, truth)| {
                 hits.iter()
                     .filter(|(id, _)| truth.contains(&(*id as u32)))
                     .count()
             })
             .sum();
-        println!(
-            "{}",
-            serde_json::json!({"engine": "recsys-usearch", "ef": ef, "mode": format!("{:?}", args.mode),
-                "recall_at_100": found as f64 / (truth.len() * K) as f64,
-                "qps_one_thread": args.queries as f64 / seconds,
-                "qps_per_cpu_second": args.queries as f64 / cpu_seconds})
-        );
+        let count = answers.len() as f64;
+        Ok((
+            found as f64 / (self.truth.len() * K) as f64,
+            count / seconds,
+            count / cpu_seconds,
+        ))
     }
-    Ok(())
+}
+
+/// Opens the bundle's shard again as a live shard and upserts every item whose
+/// row falls in the first `fraction` of a seeded shuffle, in batches of 1,000 (one
+/// log entry each), reporting the rate.
+fn live_shard(
+    bundle: &Path,
+    mode: LoadMode,
+    items: &[f32],
+    dim: usize,
+    fraction: f64,
+) -> anyhow::Result<LiveShard> {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&fraction),
+        "--live-fraction {fraction} is not between 0 and 1"
+    );
+    let live = LiveShard::new(ShardIndex::open_with(bundle, 0, mode)?, 0)?;
+    let mut rows: Vec<usize> = (0..items.len() / dim).collect();
+    rows.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(17));
+    rows.truncate((rows.len() as f64 * fraction).round() as usize);
+    let started = Instant::now();
+    for (revision, batch) in rows.chunks(1_000).enumerate() {
+        let changes: Vec<ItemChange> = batch
+            .iter()
+            .map(|&row| ItemChange::Upsert {
+                id: row as u64,
+                vector: items[row * dim..(row + 1) * dim].to_vec(),
+            })
+            .collect();
+        live.apply(revision as u64 + 1, &changes)?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let stats = live.stats();
+    println!(
+        "{}",
+        serde_json::json!({"engine": "recsys-live", "event": "upserted", "items": rows.len(),
+            "seconds": seconds, "items_per_second": rows.len() as f64 / seconds,
+            "delta": stats.delta, "hidden": stats.hidden})
+    );
+    Ok(live)
 }

@@ -3,8 +3,8 @@
 //! `weights.safetensors`, `vocab/`, `item_features.tsv`), and `recsys train
 //! ranking` the same plus `user_features.tsv`; this copies it under the
 //! bundle's `ranker/`, rewrites the vocabulary paths to be relative to the bundle
-//! (as the manifest's paths are), loads it once to prove it is whole, and names it
-//! in the manifest.
+//! (as the manifest's paths are), loads it once to prove it is whole, names it
+//! in the manifest and seals the bundle again (the ranker's files checksummed).
 
 use std::path::{Path, PathBuf};
 
@@ -92,7 +92,11 @@ pub fn attach_ranker(
     })?;
     let mut manifest = Manifest::load(bundle_dir)?;
     manifest.ranker = Some(spec);
-    manifest.save(bundle_dir)?;
+    // The ranker's files are new or rewritten: hash them anew.
+    manifest
+        .files
+        .retain(|path, _| !path.starts_with(&format!("{RANKER_DIR}/")));
+    crate::seal(bundle_dir, &mut manifest)?;
     Ok(AttachedRanker {
         version: ranker.version().to_string(),
         ranker_items: ranker.items(),

@@ -1,6 +1,8 @@
 //! Builds a bundle directory from item embeddings: hash-shards the items, builds one
 //! HNSW index per shard with all cores (`recsys_index::build_shard`), writes the catalog and the query
-//! model, and writes the manifest last.
+//! model, and seals the bundle (`crate::seal`: every file flushed and checksummed
+//! in the manifest, written last). It writes into the directory it is given; to
+//! build where no reader can see a half bundle, give it a `crate::Staging` path.
 
 use std::path::Path;
 
@@ -155,7 +157,7 @@ pub fn build_bundle(
         None => None,
     };
 
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         format_version: FORMAT_VERSION,
         version: options.version.clone(),
         dimensions: items.dimensions,
@@ -167,8 +169,9 @@ pub fn build_bundle(
         query_model,
         ranker: None,
         source: options.source.clone(),
+        files: Default::default(),
     };
-    manifest.save(dir)?;
+    crate::seal(dir, &mut manifest)?;
     tracing::info!(
         dir = %dir.display(),
         items = manifest.items,
@@ -226,5 +229,8 @@ mod tests {
             assert!(entry.items > 500, "shard {} is unbalanced", entry.shard);
         }
         assert!(dir.path().join("catalog.tsv").exists());
+        let (_, report) = recsys_bundle::verify_bundle(dir.path()).unwrap();
+        // 3 shards, the catalog, the user table and its vocabulary.
+        assert_eq!(report.files.len(), 6, "{:?}", report.files);
     }
 }

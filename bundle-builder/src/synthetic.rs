@@ -192,7 +192,7 @@ pub fn build_synthetic(
     planted::write(dir, &inputs, &version)
         .map_err(|e| BundleError::invalid("ranker", e.to_string()))?;
     manifest.ranker = Some(RankerSpec::attached(false));
-    manifest.save(dir)?;
+    crate::seal(dir, &mut manifest)?;
     Ok((catalog, manifest))
 }
 

@@ -20,19 +20,31 @@
 //! few microseconds). It links no index library and no tensor library, so the
 //! gateway that reads it stays small. The manifest is written last, so a
 //! directory without one is an unfinished build.
+//!
+//! Versions are immutable and verifiable: the manifest records every other
+//! file's size and checksum ([`digest`], checked by [`verify`]), and a bundle
+//! root ([`root`]) holds versions side by side with a pointer to the one to serve.
 
 pub mod catalog;
+pub mod digest;
+pub mod durable;
 pub mod error;
+#[cfg(feature = "flags")]
+pub mod flags;
 pub mod index_params;
 pub mod layout;
 pub mod lines;
 pub mod manifest;
 pub mod query_model;
 pub mod query_tower;
+pub mod ranker_inputs;
+pub mod root;
 pub mod sharding;
+pub mod verify;
 pub mod vocabulary;
 
 pub use catalog::Catalog;
+pub use digest::FileDigest;
 pub use error::BundleError;
 pub use index_params::{IndexParams, Metric, Quantization};
 pub use layout::{RankerFiles, shard_file};
@@ -41,5 +53,7 @@ pub use manifest::{
 };
 pub use query_model::{QueryModel, UserEmbeddings};
 pub use query_tower::{QueryTower, TowerParts, TowerSpec};
+pub use root::{BundleRoot, BundleSource, ResolvedBundle};
 pub use sharding::shard_of;
+pub use verify::{FileSet, VerifyReport, verify_bundle, verify_files};
 pub use vocabulary::Vocabulary;

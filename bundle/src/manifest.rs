@@ -1,16 +1,20 @@
 //! `manifest.json`: what a bundle holds and how its index was built.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::layout::{RANKER_DIR, RankerFiles, ranker_file};
-use crate::{BundleError, IndexParams};
+use crate::{BundleError, FileDigest, IndexParams};
 
 /// File name of the manifest inside a bundle directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
 /// The format version this build reads and writes; bumped on incompatible changes.
+/// The checksums (`files`) did not bump it: an older reader ignores the field, and
+/// this one reads an older manifest (without it) but refuses to serve from it
+/// ([`crate::verify`]).
 pub const FORMAT_VERSION: u32 = 1;
 
 /// One hash shard of the item index.
@@ -110,6 +114,12 @@ pub struct Manifest {
     pub ranker: Option<RankerSpec>,
     /// Where the items came from (`synthetic`, a file name), for people reading the bundle.
     pub source: String,
+    /// Every other file of the bundle (paths relative to it, `/`-separated) with
+    /// its size and checksum; written last by the builder (`seal`), checked by
+    /// `recsys bundle verify` and by every node before it loads a file. Empty in
+    /// manifests written before bundles were checksummed; nodes refuse those.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, FileDigest>,
 }
 
 impl Manifest {
@@ -123,14 +133,42 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// Writes `dir/manifest.json` through a temporary file, so readers never see half of it.
+    /// Writes `dir/manifest.json` through a flushed temporary file and a rename,
+    /// so readers never see half of it, even after a crash.
     pub fn save(&self, dir: &Path) -> Result<(), BundleError> {
         let path = dir.join(MANIFEST_FILE);
-        let tmp = dir.join(".manifest.json.tmp");
         let text = serde_json::to_string_pretty(self)
             .map_err(|e| BundleError::corrupt(&path, format!("cannot encode manifest: {e}")))?;
-        std::fs::write(&tmp, text + "\n").map_err(|e| BundleError::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| BundleError::io(&path, e))
+        crate::durable::write_atomic(&path, (text + "\n").as_bytes())
+    }
+
+    /// Every file the manifest names (shards, catalog, query model, ranker),
+    /// relative to the bundle: each must be listed in [`Manifest::files`].
+    /// The ranker's and the query tower's vocabularies are named inside their
+    /// configs, and are covered by the checks of their directories instead.
+    pub fn referenced_files(&self) -> Vec<String> {
+        let mut files: Vec<String> = self.shards.iter().map(|s| s.file.clone()).collect();
+        files.extend(self.catalog.iter().cloned());
+        match &self.query_model {
+            Some(QueryModelSpec::EmbeddingTable {
+                file, vocabulary, ..
+            }) => files.extend([file.clone(), vocabulary.clone()]),
+            Some(QueryModelSpec::Tower(tower)) => {
+                files.push(tower.weights.clone());
+                files.extend(tower.features.iter().map(|f| f.vocabulary.clone()));
+                files.extend(tower.users.iter().cloned());
+            }
+            None => {}
+        }
+        if let Some(ranker) = &self.ranker {
+            files.extend([
+                ranker.config.clone(),
+                ranker.weights.clone(),
+                ranker.item_features.clone(),
+            ]);
+            files.extend(ranker.user_features.iter().cloned());
+        }
+        files
     }
 
     /// The shard entry for `shard`.
@@ -174,13 +212,64 @@ impl Manifest {
                 ));
             }
         }
-        let total: u64 = self.shards.iter().map(|entry| entry.items).sum();
-        if total != self.items {
+        for (file, digest) in &self.files {
+            if !is_plain_relative(file) {
+                return fail(format!(
+                    "files lists {file:?}: paths must be relative and stay inside the bundle"
+                ));
+            }
+            if !digest.is_well_formed() {
+                return fail(format!(
+                    "files[{file}]: xxh3_128 must be 32 lowercase hex digits"
+                ));
+            }
+        }
+        // Checked: a sum that overflows would panic in a debug build and wrap in
+        // a release one.
+        let total = self
+            .shards
+            .iter()
+            .try_fold(0u64, |sum, entry| sum.checked_add(entry.items));
+        if total != Some(self.items) {
             return fail(format!(
-                "items is {} but the shards hold {total}",
-                self.items
+                "items is {} but the shards hold {}",
+                self.items,
+                total.map_or("more than 2^64".to_string(), |t| t.to_string())
             ));
         }
         Ok(())
+    }
+}
+
+/// A path that names a file inside the bundle: relative, no `..`, no empty or `.`
+/// components, `/`-separated, and not the manifest itself.
+fn is_plain_relative(path: &str) -> bool {
+    !path.is_empty()
+        && path != MANIFEST_FILE
+        && path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != ".." && !part.contains('\\'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_relative_paths_only() {
+        assert!(is_plain_relative("shards/shard-0.usearch"));
+        assert!(is_plain_relative("catalog.tsv"));
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a//b",
+            "./a",
+            "manifest.json",
+            "a\\b",
+        ] {
+            assert!(!is_plain_relative(bad), "{bad}");
+        }
     }
 }

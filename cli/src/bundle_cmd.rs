@@ -1,21 +1,60 @@
-//! `recsys bundle`: builds a bundle, with a progress bar.
+//! `recsys bundle`: builds a bundle, with a progress bar, into a plain directory
+//! (`--out`) or as a new version of a root (`--root`); `recsys bundle verify`,
+//! `activate` and `versions` check and manage built ones (`bundle_admin.rs`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use recsys_bundle::{IndexParams, Manifest, Metric, Quantization};
+use recsys_bundle::{BundleRoot, IndexParams, Manifest, Metric, Quantization};
 use recsys_bundle_builder::synthetic::{SyntheticSpec, build_synthetic as build_synthetic_bundle};
-use recsys_bundle_builder::{BuildEvent, BuildOptions, ItemVectors, build_bundle};
+use recsys_bundle_builder::{BuildEvent, BuildOptions, ItemVectors, Staging, build_bundle};
 
-/// Options of `recsys bundle`.
+/// `recsys bundle [build flags] | verify | activate | versions`.
+#[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct BundleCommand {
+    /// What to do with built bundles; without one, build a bundle.
+    #[command(subcommand)]
+    pub action: Option<BundleAction>,
+    #[command(flatten)]
+    pub build: BundleArgs,
+}
+
+/// The subcommands of `recsys bundle`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum BundleAction {
+    /// Check a bundle version: every file present with its recorded size and
+    /// checksum, nothing unlisted, the manifest consistent. Given a root, checks
+    /// every version in it. Exits 1 naming the first bad file.
+    Verify(crate::bundle_admin::VerifyArgs),
+    /// Point a root's CURRENT at one of its complete versions (atomically).
+    Activate(crate::bundle_admin::ActivateArgs),
+    /// List a root's complete versions, marking the current one.
+    Versions(crate::bundle_admin::VersionsArgs),
+}
+
+/// Options of `recsys bundle` (a build).
 #[derive(Debug, Clone, Args)]
 pub struct BundleArgs {
-    /// Output directory.
-    #[arg(long, env = "RECSYS_BUNDLE_OUT")]
-    pub out: PathBuf,
+    /// Output directory: built beside it, then swapped in.
+    #[arg(
+        long,
+        env = "RECSYS_BUNDLE_OUT",
+        required_unless_present = "root",
+        conflicts_with = "root"
+    )]
+    pub out: Option<PathBuf>,
+    /// Bundle root: build a new version ROOT/<version> (never rebuilding one
+    /// that exists) and point ROOT/CURRENT at it.
+    #[arg(long, env = "RECSYS_BUNDLE_OUT_ROOT")]
+    pub root: Option<PathBuf>,
+    /// With --root: leave CURRENT where it is (roll the new version out later
+    /// with `recsys bundle activate`).
+    #[arg(long, requires = "root")]
+    pub keep_current: bool,
     /// Item embeddings: raw little-endian f32 rows (needs --dim) or .npy (C or Fortran order).
     #[arg(long, conflicts_with = "synthetic")]
     pub vectors: Option<PathBuf>,
@@ -42,9 +81,10 @@ pub struct BundleArgs {
     /// Bundle version (default: derived from the source and the time).
     #[arg(long)]
     pub version: Option<String>,
-    /// Leave a complete bundle already in --out alone instead of rebuilding it: for
-    /// one-shot jobs (docker compose, Kubernetes) that run again on every start
-    /// while nodes may be serving from that directory.
+    /// Leave a complete bundle already in --out (or the version already in
+    /// --root) alone instead of rebuilding it: for one-shot jobs (docker compose,
+    /// Kubernetes) that run again on every start while nodes may be serving from
+    /// that directory.
     #[arg(long)]
     pub if_missing: bool,
 }
@@ -137,29 +177,128 @@ pub fn check(args: &BundleArgs) -> anyhow::Result<String> {
     };
     anyhow::ensure!(args.index.shards > 0, "--shards must be at least 1");
     let options = build_options(&args.index, args.version.clone(), &source)?;
+    let into = match (&args.out, &args.root) {
+        (Some(out), _) => out.display().to_string(),
+        (None, Some(root)) => {
+            recsys_bundle::root::check_version_name(&options.version)?;
+            format!("{}/{}", root.display(), options.version)
+        }
+        (None, None) => anyhow::bail!("say where to write: --out DIR or --root ROOT"),
+    };
     Ok(format!(
-        "bundle {} from {source} into {} in {} shards, {:?}",
-        options.version,
-        args.out.display(),
-        options.shard_count,
-        options.params
+        "bundle {} from {source} into {into} in {} shards, {:?}",
+        options.version, options.shard_count, options.params
     ))
 }
 
-/// Builds the bundle `args` describe.
-pub fn run(args: BundleArgs) -> anyhow::Result<()> {
+/// Runs `recsys bundle`: a build, or one of its subcommands.
+pub fn run_command(command: BundleCommand) -> anyhow::Result<()> {
+    match command.action {
+        None => run(command.build),
+        Some(BundleAction::Verify(args)) => crate::bundle_admin::verify(&args),
+        Some(BundleAction::Activate(args)) => crate::bundle_admin::activate(&args),
+        Some(BundleAction::Versions(args)) => crate::bundle_admin::versions(&args),
+    }
+}
+
+/// `--check-config` for `recsys bundle`.
+pub fn check_command(command: &BundleCommand) -> anyhow::Result<String> {
+    match &command.action {
+        None => check(&command.build),
+        Some(action) => Ok(format!("{action:?}")),
+    }
+}
+
+/// Where a build goes: a plain directory, or a new version of a root.
+enum Destination {
+    Dir(PathBuf),
+    Version { root: BundleRoot, activate: bool },
+}
+
+/// Builds the bundle `args` describe: into a staging directory, sealed, then
+/// renamed into place (and, in a root, made current unless `--keep-current`).
+pub fn run(mut args: BundleArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    if args.if_missing
-        && let Ok(manifest) = Manifest::load(&args.out)
-    {
-        println!(
-            "bundle {} already in {}: not rebuilt (--if-missing)",
-            manifest.version,
-            args.out.display()
-        );
+    let destination = match (&args.out, &args.root) {
+        (Some(out), None) => Destination::Dir(out.clone()),
+        (None, Some(root)) => Destination::Version {
+            root: BundleRoot::new(root),
+            activate: !args.keep_current,
+        },
+        _ => anyhow::bail!("say where to write: --out DIR or --root ROOT"),
+    };
+    // Fixed now: a root's directory is named by it before anything is built.
+    let version = args.version.take().unwrap_or_else(default_version);
+    args.version = Some(version.clone());
+    if args.if_missing && already_built(&destination, &version)? {
         return Ok(());
     }
-    let manifest = if let Some(vectors) = &args.vectors {
+    let staging = match &destination {
+        Destination::Dir(out) => Staging::dir(out)?,
+        Destination::Version { root, .. } => Staging::version(root.dir(), &version)?,
+    };
+    let out = staging.path().to_path_buf();
+    let manifest = build_into(&args, &out)?;
+    let dir = staging
+        .commit()
+        .context("moving the finished bundle into place")?;
+    if let Destination::Version {
+        root,
+        activate: true,
+    } = &destination
+    {
+        root.set_current(&version)?;
+        eprintln!(
+            "{} now names {version}",
+            root.dir().join("CURRENT").display()
+        );
+    }
+    println!(
+        "bundle {} written to {}: {} items of {} dimensions in {} shards ({:.1} s)",
+        manifest.version,
+        dir.display(),
+        manifest.items,
+        manifest.dimensions,
+        manifest.shard_count,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `--if-missing`: whether the bundle is already there (and, in a root, made
+/// current unless `--keep-current`), so nothing is to be built.
+fn already_built(destination: &Destination, version: &str) -> anyhow::Result<bool> {
+    match destination {
+        Destination::Dir(out) => match Manifest::load(out) {
+            Ok(manifest) if !manifest.files.is_empty() => {
+                println!(
+                    "bundle {} already in {}: not rebuilt (--if-missing)",
+                    manifest.version,
+                    out.display()
+                );
+                Ok(true)
+            }
+            _ => Ok(false),
+        },
+        Destination::Version { root, activate } => {
+            if root.complete(version).is_err() {
+                return Ok(false);
+            }
+            if *activate {
+                root.set_current(version)?;
+            }
+            println!(
+                "bundle {version} already in {}: not rebuilt (--if-missing)",
+                root.dir().display()
+            );
+            Ok(true)
+        }
+    }
+}
+
+/// Builds the bundle `args` describe into `out`, an empty staging directory.
+fn build_into(args: &BundleArgs, out: &Path) -> anyhow::Result<Manifest> {
+    Ok(if let Some(vectors) = &args.vectors {
         eprintln!("reading {}", vectors.display());
         let items = ItemVectors::read(
             vectors,
@@ -169,7 +308,7 @@ pub fn run(args: BundleArgs) -> anyhow::Result<()> {
         )?;
         let source = vectors.display().to_string();
         let manifest = build(
-            &args.out,
+            out,
             &items,
             None,
             &args.index,
@@ -177,29 +316,28 @@ pub fn run(args: BundleArgs) -> anyhow::Result<()> {
             &source,
         )?;
         match &args.ranker {
-            Some(ranker) => attach(&args.out, ranker, &items.ids)?,
+            Some(ranker) => attach(out, ranker, &items.ids)?,
             None => manifest,
         }
     } else if args.synthetic {
-        build_synthetic(
-            &args.out,
-            &args.synthetic_spec,
-            &args.index,
-            args.version.clone(),
-        )?
+        build_synthetic(out, &args.synthetic_spec, &args.index, args.version.clone())?
     } else {
         anyhow::bail!("say what to index: --vectors FILE or --synthetic");
-    };
-    println!(
-        "bundle {} written to {}: {} items of {} dimensions in {} shards ({:.1} s)",
-        manifest.version,
-        args.out.display(),
-        manifest.items,
-        manifest.dimensions,
-        manifest.shard_count,
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    })
+}
+
+/// Runs `build` on a staging directory beside `out` and swaps the finished,
+/// sealed bundle in: a reader of `out` sees the old bundle or the new one.
+pub(crate) fn into_dir<T>(
+    out: &Path,
+    build: impl FnOnce(&Path) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let staging = Staging::dir(out)?;
+    let value = build(staging.path())?;
+    staging
+        .commit()
+        .with_context(|| format!("moving the finished bundle into {}", out.display()))?;
+    Ok(value)
 }
 
 /// Adds the ranker in `ranker` to the bundle in `out`; returns the new manifest.
@@ -221,7 +359,7 @@ pub(crate) fn attach(out: &Path, ranker: &Path, items: &[u64]) -> anyhow::Result
     Ok(Manifest::load(out)?)
 }
 
-/// Builds a synthetic bundle.
+/// Builds a synthetic bundle into `out` (written in place: callers stage it).
 pub fn build_synthetic(
     out: &Path,
     spec: &SyntheticArgs,

@@ -79,9 +79,9 @@ pub struct DemoArgs {
 /// Options of `recsys serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// The bundle to serve.
-    #[arg(long, env = "RECSYS_BUNDLE")]
-    pub bundle: PathBuf,
+    /// The bundle to serve: a version directory, or a root's current version.
+    #[command(flatten)]
+    pub bundle: recsys_bundle::flags::BundleFlags,
     /// Where the gateway listens.
     #[arg(long, env = "RECSYS_GATEWAY_ADDR", default_value = "127.0.0.1:50051")]
     pub gateway_addr: SocketAddr,
@@ -107,7 +107,9 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         args.synthetic.seed
     );
     let cached = Manifest::load(&args.bundle_dir).ok().filter(|m| {
-        m.source == wanted_source
+        // A bundle built before checksums would not load: build it anew.
+        !m.files.is_empty()
+            && m.source == wanted_source
             && m.shard_count == args.index.shards
             && args.index.params().is_ok_and(|params| params == m.index)
     });
@@ -125,7 +127,9 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             );
             let started = std::time::Instant::now();
             let manifest = tokio::task::spawn_blocking(move || {
-                build_synthetic(&dir, &synthetic, &index, Some("demo-1".into()))
+                crate::bundle_cmd::into_dir(&dir, |staged| {
+                    build_synthetic(staged, &synthetic, &index, Some("demo-1".into()))
+                })
             })
             .await??;
             eprintln!(
@@ -161,9 +165,9 @@ async fn demo_trained(args: &DemoArgs, data: &std::path::Path) -> anyhow::Result
         .canonicalize()
         .with_context(|| format!("the data directory {}", data.display()))?;
     let dir = args.trained_bundle_dir.clone();
-    let cached = Manifest::load(&dir)
-        .ok()
-        .filter(|m| m.source == crate::train::trained_source(&data) && m.ranker.is_some());
+    let cached = Manifest::load(&dir).ok().filter(|m| {
+        !m.files.is_empty() && m.source == crate::train::trained_source(&data) && m.ranker.is_some()
+    });
     match cached {
         Some(manifest) if !args.rebuild => eprintln!(
             "using the bundle {} trained before in {} (--rebuild to train anew)",
@@ -192,10 +196,17 @@ async fn demo_trained(args: &DemoArgs, data: &std::path::Path) -> anyhow::Result
     .await
 }
 
-/// Serves an existing bundle.
+/// Serves an existing bundle: `--bundle DIR`, or the version `--bundle-root`'s
+/// CURRENT names (read once, at start).
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let bundle = args.bundle.resolve()?;
+    eprintln!(
+        "serving bundle version {} from {}",
+        bundle.version,
+        bundle.dir.display()
+    );
     start_and_serve(
-        args.bundle,
+        bundle.dir,
         args.gateway_addr,
         args.replicas,
         args.cluster.etcd(),

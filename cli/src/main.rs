@@ -6,6 +6,7 @@
 #[global_allocator]
 static ALLOCATOR: recsys_server::allocator::Allocator = recsys_server::allocator::Allocator;
 
+mod bundle_admin;
 mod bundle_cmd;
 mod certs;
 mod demo;
@@ -38,8 +39,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Serve an existing bundle on a local cluster (every shard and a gateway in this process).
     Serve(demo::ServeArgs),
-    /// Build a bundle from item embeddings (raw f32 or .npy) or a synthetic catalog.
-    Bundle(bundle_cmd::BundleArgs),
+    /// Build a bundle from item embeddings (raw f32 or .npy) or a synthetic catalog
+    /// (into --out DIR, or as a new version of --root ROOT); `bundle verify` checks one.
+    Bundle(bundle_cmd::BundleCommand),
     /// Ask a gateway for recommendations and print them as a table.
     Query(query::QueryArgs),
     /// Ask a server's grpc.health.v1 whether it is SERVING (exit 0) or not (exit 1).
@@ -84,7 +86,7 @@ fn main() {
 /// now); `bundle` is also validated as far as it can be without files.
 fn check(command: &Command) -> anyhow::Result<String> {
     Ok(match command {
-        Command::Bundle(args) => bundle_cmd::check(args)?,
+        Command::Bundle(args) => bundle_cmd::check_command(args)?,
         other => format!("{other:?}"),
     })
 }
@@ -94,7 +96,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Demo(args) => demo::demo(args).await,
         Command::Serve(args) => demo::serve(args).await,
         Command::Bundle(args) => {
-            tokio::task::spawn_blocking(move || bundle_cmd::run(args)).await??;
+            tokio::task::spawn_blocking(move || bundle_cmd::run_command(args)).await??;
             Ok(())
         }
         Command::Query(args) => query::run(args).await,

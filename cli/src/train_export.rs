@@ -44,12 +44,17 @@ pub fn export(
     };
     let bar = progress_bar(catalog.ids.len() as u64);
     let progress = |event| on_event(&bar, event);
-    let mut manifest = export_bundle(model, &catalog, out, &options, &progress)
-        .with_context(|| format!("exporting the model to {}", out.display()))?;
-    bar.finish_and_clear();
-    if let Some(ranker) = &args.ranker {
-        manifest = attach(out, ranker, &catalog.ids)?;
-    }
+    // Built beside `out` and swapped in sealed: an interrupted export leaves the
+    // previous bundle (or nothing), never half of one.
+    let manifest = crate::bundle_cmd::into_dir(out, |dir| {
+        let mut manifest = export_bundle(model, &catalog, dir, &options, &progress)
+            .with_context(|| format!("exporting the model to {}", out.display()))?;
+        bar.finish_and_clear();
+        if let Some(ranker) = &args.ranker {
+            manifest = attach(dir, ranker, &catalog.ids)?;
+        }
+        Ok(manifest)
+    })?;
     println!(
         "bundle {} written to {}: {} items in {} shards, query tower over {} users{}",
         manifest.version,

@@ -10,7 +10,7 @@ use std::time::Duration;
 /// Delays that double from `initial` up to `max`, each shortened by up to a quarter
 /// at random.
 #[derive(Debug, Clone)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     initial: Duration,
     max: Duration,
     next: Duration,
@@ -19,7 +19,7 @@ pub(crate) struct Backoff {
 
 impl Backoff {
     /// A backoff whose first delay is `initial` and whose delays never pass `max`.
-    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
+    pub fn new(initial: Duration, max: Duration) -> Self {
         Self {
             initial,
             max,
@@ -29,7 +29,7 @@ impl Backoff {
     }
 
     /// The delay to wait now; doubles the one after it.
-    pub(crate) fn next_delay(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         self.failures = self.failures.saturating_add(1);
         let delay = self.next;
         self.next = (self.next * 2).min(self.max);
@@ -41,19 +41,19 @@ impl Backoff {
     }
 
     /// Starts over from the initial delay, after a success.
-    pub(crate) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.next = self.initial.min(self.max);
         self.failures = 0;
     }
 
     /// Delays handed out since the last reset: the failures in a row.
-    pub(crate) fn failures(&self) -> u32 {
+    pub fn failures(&self) -> u32 {
         self.failures
     }
 
     /// Whether the latest failure is worth a warning: the 1st, 2nd, 4th, 8th... in a
     /// row, so an outage of minutes logs a handful of lines, not one per retry.
-    pub(crate) fn should_warn(&self) -> bool {
+    pub fn should_warn(&self) -> bool {
         self.failures.is_power_of_two()
     }
 }

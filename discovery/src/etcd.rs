@@ -37,7 +37,7 @@ pub fn node_key(cluster: &str, role: Role, node_id: &str) -> String {
 
 /// A client for `endpoints`. Connecting is lazy: this fails only on a malformed
 /// endpoint, and an etcd that is down shows up as errors of the later calls.
-pub(crate) async fn connect(endpoints: &[String]) -> Result<Client, DiscoveryError> {
+pub async fn connect(endpoints: &[String]) -> Result<Client, DiscoveryError> {
     let options = ConnectOptions::new()
         .with_connect_timeout(CONNECT_TIMEOUT)
         .with_keep_alive(HTTP2_KEEPALIVE_INTERVAL, HTTP2_KEEPALIVE_TIMEOUT);
@@ -45,7 +45,7 @@ pub(crate) async fn connect(endpoints: &[String]) -> Result<Client, DiscoveryErr
 }
 
 /// Runs one etcd call, failing it after [`REQUEST_TIMEOUT`].
-pub(crate) async fn request<T>(
+pub async fn request<T>(
     operation: &'static str,
     call: impl Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, DiscoveryError> {

@@ -33,6 +33,11 @@ pub struct EtcdFlags {
     pub drain_timeout: u64,
 }
 
+/// The longest lease TTL a node may ask for: a day. A crashed node stays
+/// registered for its TTL, so anything longer is a mistake, and etcd itself
+/// caps leases (`MaxLeaseTTL`, 9e9 s) far below what a u64 of seconds holds.
+pub const MAX_LEASE_TTL_SECS: u64 = 24 * 3600;
+
 impl EtcdFlags {
     /// The announce options of a `role` node listening on `listen`, or `None`
     /// without `--etcd`.
@@ -44,10 +49,11 @@ impl EtcdFlags {
         if self.etcd.is_empty() {
             return Ok(None);
         }
-        if self.lease_ttl == 0 {
-            return Err(DiscoveryError::Invalid(
-                "--lease-ttl must be at least 1 second".into(),
-            ));
+        if self.lease_ttl == 0 || self.lease_ttl > MAX_LEASE_TTL_SECS {
+            return Err(DiscoveryError::Invalid(format!(
+                "--lease-ttl is {}, must be between 1 and {MAX_LEASE_TTL_SECS} seconds",
+                self.lease_ttl
+            )));
         }
         let advertise = match &self.advertise_addr {
             // Checked here, not at the first dial of some gateway: a node that

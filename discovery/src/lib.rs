@@ -13,7 +13,7 @@
 //! integration tests.
 
 pub mod announce;
-mod backoff;
+pub mod backoff;
 pub mod etcd;
 pub mod etcd_membership;
 #[cfg(feature = "test-support")]
@@ -27,6 +27,7 @@ pub mod static_membership;
 pub mod view;
 
 pub use announce::{AnnounceOptions, Announcer, serve_and_drain};
+pub use backoff::Backoff;
 pub use etcd::{node_key, nodes_prefix};
 pub use etcd_membership::{EtcdMembership, EtcdOptions};
 #[cfg(feature = "test-support")]

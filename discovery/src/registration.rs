@@ -326,10 +326,10 @@ impl Keeper {
     /// returns why.
     async fn keep_alive(&self, mut lease: LiveLease) -> DiscoveryError {
         let period = self.ttl / 3;
-        let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
+        let mut ticks = tokio::time::interval_at(after(period), period);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         // The keepalive handshake just renewed the lease.
-        let mut expires = Instant::now() + self.ttl;
+        let mut expires = after(self.ttl);
         loop {
             tokio::select! {
                 _ = ticks.tick() => {
@@ -339,7 +339,8 @@ impl Keeper {
                 }
                 answer = lease.stream.message() => match answer {
                     Ok(Some(answer)) if answer.ttl() > 0 => {
-                        expires = Instant::now() + Duration::from_secs(answer.ttl().unsigned_abs());
+                        // etcd's answer, not ours: a TTL of 2^63 s must not overflow.
+                        expires = after(Duration::from_secs(answer.ttl().unsigned_abs()));
                     }
                     Ok(Some(_)) => return DiscoveryError::LeaseLost { lease: lease.id },
                     Ok(None) => return DiscoveryError::StreamClosed { operation: "lease keepalive" },
@@ -353,5 +354,25 @@ impl Keeper {
                 }
             }
         }
+    }
+}
+
+/// `Instant::now() + duration`, saturating at a year from now: a TTL read from
+/// etcd or a flag can be anything, and `Instant + Duration` panics on overflow.
+fn after(duration: Duration) -> Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    let now = Instant::now();
+    now.checked_add(duration.min(YEAR)).unwrap_or(now)
+}
+
+#[cfg(test)]
+mod after_tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_ttl_does_not_overflow() {
+        let far = after(Duration::from_secs(u64::MAX));
+        assert!(far > Instant::now());
+        assert!(after(Duration::from_secs(i64::MAX.unsigned_abs())) > Instant::now());
     }
 }

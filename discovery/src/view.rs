@@ -64,6 +64,8 @@ pub struct ClusterView {
     pub shards: Vec<Vec<NodeRecord>>,
     /// Serving ranking nodes.
     pub ranking: Vec<NodeRecord>,
+    /// Serving registrations left out because [`check_record`] refused them.
+    pub invalid: usize,
 }
 
 impl ClusterView {
@@ -71,6 +73,7 @@ impl ClusterView {
     /// [`check_record`] (the others are skipped before anything is sized by them).
     /// The shard count is the largest `shard_count` any retrieval node reports.
     pub fn from_nodes(nodes: impl IntoIterator<Item = NodeRecord>) -> Self {
+        let mut invalid = 0;
         let nodes: Vec<NodeRecord> = nodes
             .into_iter()
             .filter(|node| node.state == NodeState::Serving)
@@ -80,6 +83,7 @@ impl ClusterView {
                     // Sources log bad registrations where they read them (etcd:
                     // once per put); this only keeps them out of the view.
                     debug!(node = %node.node_id, %reason, "node left out of the view");
+                    invalid += 1;
                     false
                 }
             })
@@ -109,6 +113,7 @@ impl ClusterView {
             shard_count,
             shards,
             ranking,
+            invalid,
         }
     }
 
@@ -130,10 +135,9 @@ impl ClusterView {
                     || node.shard_count.is_none_or(|count| count == shard_count);
                 version_ok && shards_ok
             });
-        (
-            Self::from_nodes(kept.into_iter().cloned()),
-            left_out.into_iter().cloned().collect(),
-        )
+        let mut view = Self::from_nodes(kept.into_iter().cloned());
+        view.invalid = self.invalid;
+        (view, left_out.into_iter().cloned().collect())
     }
 }
 

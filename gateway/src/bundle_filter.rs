@@ -3,7 +3,10 @@
 //! bundle (a rolling upgrade half done, a node pointed at the wrong directory)
 //! would answer from other items or another model, and merging its answer would
 //! mix results silently. Such nodes are left out of the view the gateway routes
-//! by, logged once each, and counted in `recsys_gateway_mismatched_nodes`.
+//! by, logged once each, and counted in `recsys_gateway_mismatched_nodes`;
+//! registrations no cluster could route by (impossible shard numbers, refused
+//! by `recsys_discovery::check_record` before they size anything) in
+//! `recsys_gateway_invalid_registrations`.
 
 use std::sync::Arc;
 
@@ -38,6 +41,7 @@ pub fn spawn(
         let mut bundle_open = true;
         loop {
             let view = membership.borrow_and_update().clone();
+            metrics::invalid_registrations(view.invalid);
             let own = bundle.borrow_and_update().clone();
             let filtered = match own {
                 None => view,

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use recsys_bundle::query_tower::EncodeError;
+use recsys_bundle::ranker_inputs::RankerInputs;
 use recsys_bundle::{BundleError, Catalog, Manifest, QueryModel};
 use recsys_proto::v1::feature_value::Kind;
 use recsys_proto::v1::{FeatureValue, recommend_request::Query};
@@ -20,12 +21,30 @@ pub struct BundleState {
     pub catalog: Catalog,
     /// The query model, when the bundle has one.
     pub query_model: Option<QueryModel>,
+    /// The ranker's user-side request features, when the bundle has a ranker:
+    /// what `validate` checks values against.
+    pub ranker_inputs: Option<RankerInputs>,
 }
 
 impl BundleState {
-    /// Loads the parts the gateway needs from the bundle in `dir`.
+    /// Verifies and loads the parts the gateway needs from the bundle in `dir`.
     pub fn load(dir: &Path) -> Result<Self, BundleError> {
         let manifest = Manifest::load(dir)?;
+        // Requests carry a query of the bundle's dimension, and the gateway
+        // decodes none larger than `recommend_request_max_bytes`, sized for this.
+        if manifest.dimensions > recsys_proto::limits::MAX_DIMENSIONS {
+            return Err(BundleError::corrupt(
+                dir.join("manifest.json"),
+                format!(
+                    "dimensions is {}, the limit is {}",
+                    manifest.dimensions,
+                    recsys_proto::limits::MAX_DIMENSIONS
+                ),
+            ));
+        }
+        // The catalog and the query model against their recorded checksums first:
+        // a corrupt file keeps the gateway NOT_SERVING with the file named.
+        recsys_bundle::verify_files(dir, &manifest, recsys_bundle::FileSet::Gateway)?;
         let catalog = match &manifest.catalog {
             Some(file) => Catalog::load(&Manifest::resolve(dir, file))?,
             None => Catalog::default(),
@@ -47,7 +66,12 @@ impl BundleState {
                 ),
             ));
         }
+        let ranker_inputs = manifest
+            .ranker_files(dir)
+            .map(|files| RankerInputs::load(&files.config))
+            .transpose()?;
         Ok(Self {
+            ranker_inputs,
             manifest,
             catalog,
             query_model,

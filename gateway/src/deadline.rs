@@ -29,13 +29,19 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
-/// The time the request may take: the client's deadline, else `default`.
-pub fn request_timeout(metadata: &tonic::metadata::MetadataMap, default: Duration) -> Duration {
+/// The time the request may take: the client's deadline, else the policy's
+/// default, and never more than its `max_timeout` (a client asking for hours
+/// gets that much: it may wait, but its request does not hold a slot for it).
+pub fn request_timeout(
+    metadata: &tonic::metadata::MetadataMap,
+    policy: &crate::RequestPolicy,
+) -> Duration {
     metadata
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout)
-        .unwrap_or(default)
+        .unwrap_or(policy.default_timeout)
+        .min(policy.max_timeout)
 }
 
 /// When each stage must be done, measured from the request's start.
@@ -103,10 +109,37 @@ mod tests {
         );
     }
 
+    #[test]
+    fn long_deadlines_are_clamped() {
+        let policy = crate::RequestPolicy::default();
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        assert_eq!(request_timeout(&metadata, &policy), policy.default_timeout);
+        metadata.insert("grpc-timeout", "99999999H".parse().unwrap());
+        assert_eq!(request_timeout(&metadata, &policy), Duration::from_secs(30));
+        metadata.insert("grpc-timeout", "250m".parse().unwrap());
+        assert_eq!(
+            request_timeout(&metadata, &policy),
+            Duration::from_millis(250)
+        );
+    }
+
     proptest! {
         #[test]
         fn never_panics(value in "\\PC{0,12}") {
             let _ = parse_grpc_timeout(&value);
+        }
+
+        /// Whatever the header, the timeout is at most the cap, and the budget
+        /// built from it fits inside it.
+        #[test]
+        fn every_timeout_is_capped(digits in 0u64..100_000_000, unit in "[HMSmun]") {
+            let policy = crate::RequestPolicy::default();
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            metadata.insert("grpc-timeout", format!("{digits}{unit}").parse().unwrap());
+            let timeout = request_timeout(&metadata, &policy);
+            prop_assert!(timeout <= policy.max_timeout);
+            let budget = plan(timeout, true);
+            prop_assert!(budget.retrieval <= budget.ranking && budget.ranking <= timeout);
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Errors of the gateway and their one mapping to gRPC statuses.
 
 use recsys_bundle::BundleError;
+use recsys_server::exact_searches::ExactRefused;
 
 /// What can stop the gateway from answering.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,9 @@ pub enum GatewayError {
     /// caller's deadline, not the cluster, is what fell short.
     #[error("deadline exceeded before any shard answered: {0}")]
     DeadlineExceeded(String),
+    /// An exact search was refused: disabled, or too many running.
+    #[error("options.exact: {0}")]
+    ExactRefused(#[from] recsys_server::exact_searches::ExactRefused),
     /// Loading the bundle failed.
     #[error(transparent)]
     Bundle(#[from] BundleError),
@@ -81,6 +85,12 @@ impl From<GatewayError> for tonic::Status {
                 tonic::Status::unavailable(message)
             }
             GatewayError::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(message),
+            GatewayError::ExactRefused(ExactRefused::Busy(_)) => {
+                tonic::Status::resource_exhausted(message)
+            }
+            GatewayError::ExactRefused(ExactRefused::Disabled) => {
+                tonic::Status::failed_precondition(message)
+            }
             GatewayError::Bundle(_)
             | GatewayError::Discovery(_)
             | GatewayError::Transport(_)

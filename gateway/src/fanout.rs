@@ -5,14 +5,15 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use recsys_bundle::shard_of;
 use recsys_discovery::NodeRecord;
+use recsys_proto::limits;
 use recsys_proto::v1::{
     SearchRequest, SearchResponse, retrieval_service_client::RetrievalServiceClient,
 };
 use tokio::time::Instant;
 use tonic::Code;
 
+use crate::answer_check::{SearchExpectation, check_search};
 use crate::node_channels::{NodeChannels, NodeHandle};
 use crate::node_failure::{NodeFailure, code_name};
 
@@ -34,18 +35,29 @@ pub struct ShardTarget {
     pub shard_count: u32,
 }
 
-/// Asks a shard through its replicas until one answers, the retry is spent, or
-/// `deadline` passes.
+/// Asks a shard through its replicas until one answers with an answer that
+/// passes the checks (`answer_check`, against `version`), the retry is spent,
+/// or `deadline` passes.
 pub async fn search_shard(
     clients: &NodeChannels,
     target: ShardTarget,
     replicas: &[NodeRecord],
     request: SearchRequest,
+    version: &str,
     deadline: Instant,
     hedge_after: Option<std::time::Duration>,
 ) -> ShardAnswer {
     let started = Instant::now();
-    let outcome = search_replicas(clients, target, replicas, request, deadline, hedge_after).await;
+    let outcome = search_replicas(
+        clients,
+        target,
+        replicas,
+        request,
+        version,
+        deadline,
+        hedge_after,
+    )
+    .await;
     crate::metrics::shard_answer(target.shard, outcome.is_ok(), started.elapsed());
     ShardAnswer {
         shard: target.shard,
@@ -58,10 +70,16 @@ async fn search_replicas(
     target: ShardTarget,
     replicas: &[NodeRecord],
     request: SearchRequest,
+    version: &str,
     deadline: Instant,
     hedge_after: Option<std::time::Duration>,
 ) -> Result<SearchResponse, NodeFailure> {
-    let response = call_replicas(
+    let expected = SearchExpectation {
+        target,
+        excluded: &request.exclude_item_ids,
+        version,
+    };
+    call_replicas(
         clients,
         replicas,
         deadline,
@@ -69,14 +87,20 @@ async fn search_replicas(
         |node, remaining| {
             let mut grpc_request = tonic::Request::new(request.clone());
             grpc_request.set_timeout(remaining);
-            let mut client = RetrievalServiceClient::new(node.channel.clone());
+            let mut client = RetrievalServiceClient::new(node.channel.clone())
+                .max_decoding_message_size(SEARCH_RESPONSE_MAX_BYTES);
             async move { client.search(grpc_request).await }
         },
+        |response| check_search(response, &expected),
     )
     .await
-    .inspect_err(|reason| tracing::debug!(shard = target.shard, %reason, "shard gave no answer"))?;
-    check(response, target)
+    .inspect_err(|reason| tracing::debug!(shard = target.shard, %reason, "shard gave no answer"))
 }
+
+/// The largest shard answer the gateway decodes: one to a search of
+/// `MAX_RETRIEVE_K` (no shard is asked for more).
+const SEARCH_RESPONSE_MAX_BYTES: usize =
+    limits::search_response_max_bytes(limits::MAX_RETRIEVE_K as usize);
 
 /// Calls `replicas` in the order [`NodeChannels::replica_order`] gives until one
 /// answers. One more attempt goes to another replica: as a retry after an error,
@@ -92,16 +116,23 @@ async fn search_replicas(
 /// `node.channel`) with the time left; taking the node rather than only its channel
 /// lets the tests in `fanout/call_replicas_tests.rs` script each replica's answer
 /// and run this policy on a paused clock.
-pub async fn call_replicas<T, F, Fut>(
+///
+/// An answer must also pass `check` (`answer_check`): one that fails is
+/// counted, its node quarantined when the failure breaks a guarantee
+/// ([`NodeFailure::breaks_guarantee`]), and the call retried on the other
+/// replica as after an error.
+pub async fn call_replicas<T, F, Fut, C>(
     clients: &NodeChannels,
     replicas: &[NodeRecord],
     deadline: Instant,
     hedge_after: Option<std::time::Duration>,
     mut call: F,
+    mut check: C,
 ) -> Result<T, NodeFailure>
 where
     F: FnMut(&NodeHandle, std::time::Duration) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    C: FnMut(&T) -> Result<(), NodeFailure>,
 {
     let order = clients.replica_order(replicas);
     let mut order = order.into_iter().take(2);
@@ -120,7 +151,10 @@ where
             let in_flight = node.start_call();
             let outcome = call.await;
             drop(in_flight);
-            outcome.map_err(|status| Attempt::Failed(node, status))
+            match outcome {
+                Ok(response) => Ok((node, response.into_inner())),
+                Err(status) => Err(Attempt::Failed(node, status)),
+            }
         }
     };
     let mut attempts = FuturesUnordered::new();
@@ -138,7 +172,19 @@ where
                     return Err(last_error);
                 };
                 match outcome {
-                    Ok(response) => return Ok(response.into_inner()),
+                    Ok((node, response)) => match check(&response) {
+                        Ok(()) => return Ok(response),
+                        Err(failure) => {
+                            if let Some(label) = failure.refused_answer() {
+                                crate::metrics::refused_answer(label);
+                            }
+                            tracing::warn!(replica = %node.addr, reason = %failure, "node answer refused");
+                            if failure.breaks_guarantee() {
+                                node.quarantine();
+                            }
+                            last_error = failure;
+                        }
+                    },
                     Err(Attempt::Setup(reason)) => last_error = NodeFailure::Setup(reason),
                     // tonic enforces the grpc-timeout we set too, and may win the
                     // race against ours with CANCELLED "Timeout expired": the clock decides.
@@ -190,90 +236,5 @@ enum Attempt {
     Failed(Arc<NodeHandle>, tonic::Status),
 }
 
-/// Rejects answers whose parallel arrays disagree or that hold items of another
-/// shard (a node serving the wrong shard or bundle; the merge relies on shards
-/// holding disjoint ids); drops non-finite scores.
-fn check(mut response: SearchResponse, target: ShardTarget) -> Result<SearchResponse, NodeFailure> {
-    if response.item_ids.len() != response.scores.len() {
-        return Err(NodeFailure::Malformed(format!(
-            "{} ids and {} scores",
-            response.item_ids.len(),
-            response.scores.len()
-        )));
-    }
-    if let Some(stray) = response
-        .item_ids
-        .iter()
-        .find(|id| shard_of(**id, target.shard_count) != target.shard)
-    {
-        return Err(NodeFailure::ForeignItem {
-            item: *stray,
-            belongs_to: shard_of(*stray, target.shard_count),
-            shard_count: target.shard_count,
-        });
-    }
-    if response.scores.iter().any(|s| !s.is_finite()) {
-        let (ids, scores) = response
-            .item_ids
-            .iter()
-            .zip(&response.scores)
-            .filter(|(_, s)| s.is_finite())
-            .map(|(id, s)| (*id, *s))
-            .unzip();
-        response.item_ids = ids;
-        response.scores = scores;
-    }
-    Ok(response)
-}
-
 #[cfg(test)]
 mod call_replicas_tests;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const ONE_SHARD: ShardTarget = ShardTarget {
-        shard: 0,
-        shard_count: 1,
-    };
-
-    #[test]
-    fn malformed_answers_are_refused_and_nan_dropped() {
-        let bad = SearchResponse {
-            item_ids: vec![1, 2],
-            scores: vec![0.5],
-            ..Default::default()
-        };
-        assert_eq!(
-            check(bad, ONE_SHARD).unwrap_err().to_string(),
-            "malformed answer: 2 ids and 1 scores"
-        );
-        let nan = SearchResponse {
-            item_ids: vec![1, 2, 3],
-            scores: vec![0.5, f32::NAN, 0.1],
-            ..Default::default()
-        };
-        let ok = check(nan, ONE_SHARD).unwrap();
-        assert_eq!(ok.item_ids, vec![1, 3]);
-    }
-
-    #[test]
-    fn items_of_another_shard_are_refused() {
-        let target = ShardTarget {
-            shard: 1,
-            shard_count: 4,
-        };
-        let foreign = (0..100u64).find(|id| shard_of(*id, 4) != 1).unwrap();
-        let own = (0..100u64).find(|id| shard_of(*id, 4) == 1).unwrap();
-        let answer = |ids: Vec<u64>| SearchResponse {
-            scores: vec![0.5; ids.len()],
-            item_ids: ids,
-            ..Default::default()
-        };
-        assert!(check(answer(vec![own]), target).is_ok());
-        let err = check(answer(vec![own, foreign]), target).unwrap_err();
-        assert!(matches!(err, NodeFailure::ForeignItem { item, .. } if item == foreign));
-        assert!(err.to_string().contains("another shard"), "{err}");
-    }
-}

@@ -6,6 +6,7 @@
 //! ([`merge`]). Slow or failed shards turn into coverage, not errors: when the
 //! deadline's retrieval budget is spent the gateway answers with what it has.
 
+mod answer_check;
 pub mod api_keys;
 mod bundle_filter;
 pub mod bundle_state;

@@ -20,9 +20,9 @@ use recsys_gateway::{
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Bundle directory (manifest, catalog, query model).
-    #[arg(long, env = "RECSYS_BUNDLE")]
-    bundle: PathBuf,
+    /// The bundle: a version directory (manifest, catalog, query model) or a root.
+    #[command(flatten)]
+    bundle: recsys_bundle::flags::BundleFlags,
     /// Address to listen on.
     #[arg(long, env = "RECSYS_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
@@ -64,6 +64,15 @@ struct Args {
     /// Hedge a node call to a second replica after this many ms without an answer (0: off).
     #[arg(long, env = "RECSYS_HEDGE_AFTER_MS", default_value_t = 0)]
     hedge_after_ms: u64,
+    /// The longest client deadline honoured (ms): longer ones are clamped to it.
+    #[arg(long, env = "RECSYS_MAX_TIMEOUT_MS", default_value_t = limits::DEFAULT_MAX_TIMEOUT.as_millis() as u64)]
+    max_timeout_ms: u64,
+    /// Exact (brute-force) searches running at once; more get
+    /// RESOURCE_EXHAUSTED. 0 disables exact searches (FAILED_PRECONDITION).
+    #[arg(long, env = "RECSYS_MAX_EXACT_SEARCHES", default_value_t = limits::DEFAULT_MAX_EXACT_SEARCHES)]
+    max_exact_searches: usize,
+    #[command(flatten)]
+    server_limits: recsys_server::limits::ServerLimitFlags,
     /// How often each node's grpc.health.v1 is checked (ms).
     #[arg(long, env = "RECSYS_HEALTH_INTERVAL_MS", default_value_t = 1000)]
     health_interval_ms: u64,
@@ -141,11 +150,17 @@ impl Args {
             "--default-timeout-ms must be positive"
         );
         anyhow::ensure!(
+            self.max_timeout_ms >= self.default_timeout_ms,
+            "--max-timeout-ms ({}) is below --default-timeout-ms ({})",
+            self.max_timeout_ms,
+            self.default_timeout_ms
+        );
+        anyhow::ensure!(
             self.health_interval_ms > 0,
             "--health-interval-ms must be positive"
         );
         let config = GatewayConfig {
-            bundle_dir: self.bundle.clone(),
+            bundle_dir: self.bundle.given(),
             policy: RequestPolicy {
                 limits: RecommendLimits {
                     max_k: self.max_k,
@@ -156,6 +171,8 @@ impl Args {
                 top_k_probability: self.top_k_probability,
                 hedge_after: (self.hedge_after_ms > 0)
                     .then(|| Duration::from_millis(self.hedge_after_ms)),
+                max_timeout: Duration::from_millis(self.max_timeout_ms),
+                max_exact_searches: self.max_exact_searches,
             },
             connect_timeout: Duration::from_secs(1),
             health_interval: Duration::from_millis(self.health_interval_ms),
@@ -171,6 +188,10 @@ impl Args {
                 },
                 api_keys: self.api_keys.clone(),
             },
+            server_limits: self
+                .server_limits
+                .limits()
+                .map_err(|reason| anyhow::anyhow!(reason))?,
         };
         Ok((discovery, config))
     }
@@ -193,7 +214,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
-    let (discovery, config) = args.plan()?;
+    let (discovery, mut config) = args.plan()?;
+    config.bundle_dir = resolve_bundle(&args.bundle)?;
     let membership: Arc<dyn Membership> = match discovery {
         Discovery::Etcd(options) => {
             tracing::info!(etcd = ?args.etcd, cluster = %args.cluster, "discovering nodes in etcd");
@@ -208,4 +230,12 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }
     run(listener, config, membership, shutdown).await?;
     Ok(())
+}
+
+/// The version directory to serve: `--bundle` as given, or the version the
+/// `--bundle-root`'s CURRENT names (read once, at start).
+fn resolve_bundle(flags: &recsys_bundle::flags::BundleFlags) -> anyhow::Result<PathBuf> {
+    let resolved = flags.resolve()?;
+    tracing::info!(version = %resolved.version, dir = %resolved.dir.display(), "serving bundle version");
+    Ok(resolved.dir)
 }

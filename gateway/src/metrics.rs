@@ -48,6 +48,14 @@ static NODE_CALL_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+static REFUSED_ANSWERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "recsys_gateway_refused_answers_total",
+        "node answers the gateway refused, by the check they failed (malformed, foreign_item, duplicate_item, excluded_item, wrong_version, non_finite_score); all but non_finite_score also quarantine the node",
+        &["check"],
+    )
+});
+
 static HEDGES: LazyLock<IntCounter> = LazyLock::new(|| {
     counter(
         "recsys_gateway_hedged_calls_total",
@@ -62,9 +70,26 @@ static MISMATCHED_NODES: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
+static INVALID_REGISTRATIONS: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "recsys_gateway_invalid_registrations",
+        "serving registrations in the membership whose shard numbers no cluster can route by (a shard count outside 1..=1024, a shard not below it), ignored",
+    )
+});
+
+/// `count` registrations are ignored for impossible shard numbers.
+pub fn invalid_registrations(count: usize) {
+    INVALID_REGISTRATIONS.set(i64::try_from(count).unwrap_or(i64::MAX));
+}
+
 /// `count` nodes are left out for serving another bundle.
 pub fn mismatched_nodes(count: usize) {
     MISMATCHED_NODES.set(i64::try_from(count).unwrap_or(i64::MAX));
+}
+
+/// A node answer failed the answer check `check` (a constant label).
+pub fn refused_answer(check: &'static str) {
+    REFUSED_ANSWERS.with_label_values(&[check]).inc();
 }
 
 /// A call was hedged to a second replica.

@@ -12,10 +12,16 @@
 //! With node TLS ([`NodeTls`]) each channel is mutual TLS and checks that the
 //! node's certificate names the identity of its registration (`node_identity`);
 //! a node that fails that check is left out even then.
+//!
+//! A node whose answer breaks what any honest node guarantees (`answer_check`:
+//! duplicate or excluded ids, items of another shard, another bundle version)
+//! is quarantined instead: left out of routing altogether for [`QUARANTINE`],
+//! whatever its health checks say (a lying node answers them fine), or until it
+//! leaves the membership and registers again (its handle is dropped and made anew).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use recsys_discovery::{NodeRecord, node_identity};
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -34,6 +40,11 @@ const STREAM_WINDOW_BYTES: u32 = 1 << 20;
 /// wait on each other's flow control.
 const CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
 
+/// How long a node whose answer broke the answer checks stays out of routing.
+/// Long enough that a lying node costs little (a shard's other replicas take
+/// its calls), short enough that a node fixed in place comes back on its own.
+pub const QUARANTINE: Duration = Duration::from_secs(300);
+
 /// What the gateway knows of one node address.
 #[derive(Debug)]
 pub struct NodeHandle {
@@ -45,9 +56,34 @@ pub struct NodeHandle {
     healthy: AtomicBool,
     /// With node TLS: the identity its certificate must name, and the verdict.
     identity: Option<Arc<IdentityCheck>>,
+    /// Until when the node is out of routing for a bad answer (`None`: never was).
+    quarantined_until: Mutex<Option<Instant>>,
 }
 
 impl NodeHandle {
+    /// Leaves the node out of routing for [`QUARANTINE`]: its answer broke a
+    /// guarantee no input can excuse.
+    pub fn quarantine(&self) {
+        let until = Instant::now().checked_add(QUARANTINE);
+        if let Ok(mut slot) = self.quarantined_until.lock() {
+            *slot = until;
+        }
+        tracing::warn!(
+            node = %self.addr,
+            seconds = QUARANTINE.as_secs(),
+            "node answered against the answer checks, left out of routing"
+        );
+    }
+
+    /// Whether the node is quarantined now.
+    pub fn is_quarantined(&self) -> bool {
+        self.quarantined_until
+            .lock()
+            .map(|slot| slot.is_some_and(|until| Instant::now() < until))
+            // A poisoned lock: a thread panicked while quarantining it.
+            .unwrap_or(true)
+    }
+
     /// Calls currently outstanding on this node.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
@@ -188,6 +224,7 @@ impl NodeChannels {
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
             identity,
+            quarantined_until: Mutex::new(None),
         });
         nodes.insert(addr.to_string(), node.clone());
         Ok(node)
@@ -219,7 +256,7 @@ impl NodeChannels {
     /// healthy replicas first, the other second (the retry or hedge target), then
     /// the rest. Unhealthy replicas, and those whose address is unusable, come
     /// last and only matter when no healthy one is left. Nodes whose certificate
-    /// was refused are not listed at all.
+    /// was refused and quarantined replicas are not listed at all.
     pub fn replica_order(&self, replicas: &[NodeRecord]) -> Vec<Result<Arc<NodeHandle>, String>> {
         let mut healthy = Vec::with_capacity(replicas.len());
         let mut unhealthy = Vec::new();
@@ -227,7 +264,7 @@ impl NodeChannels {
             Ok(mut nodes) => {
                 for replica in replicas {
                     match self.lookup(&mut nodes, replica) {
-                        Ok(node) if node.is_rejected() => {}
+                        Ok(node) if node.is_rejected() || node.is_quarantined() => {}
                         Ok(node) if node.is_healthy() => healthy.push(node),
                         other => unhealthy.push(other),
                     }
@@ -293,6 +330,10 @@ pub(crate) mod tests {
         }
         drop(_calls);
         assert_eq!(busy.in_flight(), 0);
+        // Quarantined: not listed, even as a last resort.
+        busy.quarantine();
+        assert_eq!(addrs(&pool, &replicas), ["127.0.0.1:2"]);
+        *busy.quarantined_until.lock().unwrap() = None;
         pool.node(&replicas[1]).unwrap().mark_unhealthy();
         for _ in 0..20 {
             let order = addrs(&pool, &replicas);

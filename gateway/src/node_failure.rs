@@ -5,7 +5,7 @@ use tonic::Code;
 
 /// Why asking a shard's or the ranking pool's replicas gave no usable answer.
 /// The display is the lowercase coverage reason clients see.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum NodeFailure {
     /// Membership lists no replica (or none is routable).
     #[error("no replica available")]
@@ -40,9 +40,68 @@ pub enum NodeFailure {
         /// Shards in the bundle.
         shard_count: u32,
     },
+    /// A shard answered with the same item twice.
+    #[error("answer holds item {0} twice")]
+    DuplicateItem(u64),
+    /// A shard answered with an item the request excluded.
+    #[error("answer holds item {0}, which the request excluded")]
+    ExcludedItem(u64),
+    /// A shard answered from another bundle version than the gateway serves.
+    #[error("answer is of bundle version {answered:?}, the gateway serves {serving:?}")]
+    WrongVersion {
+        /// The answer's version (its first 64 characters).
+        answered: String,
+        /// The gateway's.
+        serving: String,
+    },
+    /// A shard answered with a NaN or infinite score.
+    #[error("answer holds a non-finite score: item {item} scored {score}")]
+    NonFiniteScore {
+        /// The item.
+        item: u64,
+        /// Its score.
+        score: f32,
+    },
+    /// The ranker scored a candidate NaN or infinite.
+    #[error("ranking answer holds a non-finite score: candidate {position} scored {score}")]
+    NonFiniteRankScore {
+        /// The candidate's position in the request.
+        position: usize,
+        /// Its score.
+        score: f32,
+    },
 }
 
 impl NodeFailure {
+    /// The answer broke a guarantee every honest node keeps whatever it is
+    /// asked (see `answer_check`): the node is quarantined.
+    pub fn breaks_guarantee(&self) -> bool {
+        matches!(
+            self,
+            Self::Malformed(_)
+                | Self::ForeignItem { .. }
+                | Self::DuplicateItem(_)
+                | Self::ExcludedItem(_)
+                | Self::WrongVersion { .. }
+        )
+    }
+
+    /// The answer check this answer failed, as a metric label (`None`: the
+    /// failure is not about an answer's content).
+    pub fn refused_answer(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::Malformed(_) => "malformed",
+            Self::ForeignItem { .. } => "foreign_item",
+            Self::DuplicateItem(_) => "duplicate_item",
+            Self::ExcludedItem(_) => "excluded_item",
+            Self::WrongVersion { .. } => "wrong_version",
+            Self::NonFiniteScore { .. } | Self::NonFiniteRankScore { .. } => "non_finite_score",
+            Self::NoReplica | Self::DeadlineExceeded | Self::Setup(_) | Self::Status { .. } => {
+                return None;
+            }
+        })
+    }
+
     /// The call ran out of time (ours, or the node's view of the deadline).
     pub fn is_timeout(&self) -> bool {
         matches!(

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::GatewayError;
+use crate::answer_check::check_rank;
 use crate::bundle_state::BundleState;
 use crate::coverage::{degraded, finish};
 use crate::deadline::{Budget, plan};
@@ -28,7 +29,7 @@ use crate::node_failure::NodeFailure;
 use crate::response_items::{ranked_items, retrieval_items};
 use crate::service::Gateway;
 use crate::shard_k::per_shard_k_cached;
-use crate::validate::{Checked, validate};
+use crate::validate::{Checked, check_ranker_kinds, validate};
 
 /// Where `RecommendStream` sends the running top-k after each shard.
 pub type PartialSender = mpsc::Sender<Result<RecommendStreamResponse, GatewayError>>;
@@ -50,6 +51,8 @@ struct RequestPlan {
     view: Arc<ClusterView>,
     with_ranking: bool,
     budget: Budget,
+    /// The slot of an exact search, held until the request ends.
+    _exact_slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// What the fan-out gathered.
@@ -110,7 +113,18 @@ impl Gateway {
             .load_full()
             .ok_or_else(|| GatewayError::NotReady("the bundle is still loading".into()))?;
         let manifest = &bundle.manifest;
+        let view = self.shared.view.borrow().clone();
+        let options = request.options.unwrap_or_default();
+        let with_ranking = !options.skip_ranking && !view.ranking.is_empty();
         let checked = validate(request, manifest.dimensions, &self.shared.policy.limits)?;
+        if with_ranking && let Some(inputs) = &bundle.ranker_inputs {
+            check_ranker_kinds(&request.user_features, inputs)?;
+        }
+        let exact_slot = if options.exact {
+            Some(self.shared.exact_searches.try_start()?)
+        } else {
+            None
+        };
         let query = request
             .query
             .as_ref()
@@ -122,7 +136,6 @@ impl Gateway {
             Query::QueryEmbedding(_) => String::new(),
         };
 
-        let options = request.options.unwrap_or_default();
         let probability = if options.exact {
             1.0
         } else if options.top_k_probability > 0.0 {
@@ -137,8 +150,6 @@ impl Gateway {
         for id in &request.exclude_item_ids {
             exclusions[shard_of(*id, shard_count) as usize].push(*id);
         }
-        let view = self.shared.view.borrow().clone();
-        let with_ranking = !options.skip_ranking && !view.ranking.is_empty();
         Ok(RequestPlan {
             started,
             checked,
@@ -152,6 +163,7 @@ impl Gateway {
             budget: plan(timeout, with_ranking),
             view,
             bundle,
+            _exact_slot: exact_slot,
         })
     }
 
@@ -191,6 +203,7 @@ impl Gateway {
                     target,
                     replicas,
                     search,
+                    &manifest.version,
                     deadline,
                     self.shared.policy.hedge_after,
                 )
@@ -262,8 +275,9 @@ impl Gateway {
     }
 
     /// Rank: the merged candidates' ids to the ranking pool (one retry on
-    /// another node, none after a timeout); an answer whose scores do not match
-    /// the candidates is refused.
+    /// another node, none after a timeout); an answer without one finite score
+    /// per candidate is refused (`answer_check`), and the answer falls back to
+    /// retrieval order with the reason in coverage.
     async fn rank_candidates(
         &self,
         plan: &RequestPlan,
@@ -275,7 +289,7 @@ impl Gateway {
             user_features: request.user_features.clone(),
             item_ids: merged.iter().map(|c| c.item_id).collect(),
         };
-        let response = call_replicas(
+        call_replicas(
             &self.shared.clients,
             &plan.view.ranking,
             plan.started + plan.budget.ranking,
@@ -283,21 +297,20 @@ impl Gateway {
             |node, remaining| {
                 let mut grpc_request = tonic::Request::new(rank.clone());
                 grpc_request.set_timeout(remaining);
-                let channel = node.channel.clone();
-                async move { RankingServiceClient::new(channel).rank(grpc_request).await }
+                let mut client = RankingServiceClient::new(node.channel.clone())
+                    .max_decoding_message_size(RANK_RESPONSE_MAX_BYTES);
+                async move { client.rank(grpc_request).await }
             },
+            |response| check_rank(response, merged.len()),
         )
-        .await?;
-        if response.scores.len() != merged.len() {
-            return Err(NodeFailure::Malformed(format!(
-                "{} scores for {} candidates",
-                response.scores.len(),
-                merged.len()
-            )));
-        }
-        Ok(response)
+        .await
     }
 }
+
+/// The largest ranking answer the gateway decodes: scores for `MAX_RETRIEVE_K`
+/// candidates (no more are sent).
+const RANK_RESPONSE_MAX_BYTES: usize =
+    recsys_proto::limits::rank_response_max_bytes(recsys_proto::limits::MAX_RETRIEVE_K as usize);
 
 /// Respond: the top `k` in ranking order (retrieval order when unranked), with
 /// coverage, stage timings and versions; records the stage metrics.

@@ -4,17 +4,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use recsys_discovery::Membership;
 use recsys_proto::v1::gateway_service_server::GatewayServiceServer;
 use recsys_server::grpc::{
     incoming, not_serving_on_shutdown, router_with, set_health, spawn_loader,
 };
+use recsys_server::limits::ServerLimits;
 use recsys_server::tls::ServerAccess;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
+use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 
 use crate::GatewayError;
@@ -38,6 +39,8 @@ pub struct GatewayConfig {
     pub health_interval: Duration,
     /// Who may call the gateway, and how it talks to its nodes.
     pub security: GatewaySecurity,
+    /// Transport limits (HTTP/2 streams per connection).
+    pub server_limits: ServerLimits,
 }
 
 /// TLS on both sides of the gateway and API keys; the default is plaintext
@@ -61,7 +64,7 @@ pub async fn run(
     membership: Arc<dyn Membership>,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
-    let (health, router) = router_with(&config.security.access)?;
+    let (health, router) = router_with(&config.security.access, &config.server_limits)?;
     let node_tls = match &config.security.node_tls {
         Some(files) => Some(Arc::new(NodeTls::load(files)?)),
         None => None,
@@ -75,12 +78,11 @@ pub async fn run(
 
     let (bundle_id, own_bundle) = watch::channel(None);
     let routed = crate::bundle_filter::spawn(membership.subscribe(), own_bundle, shutdown.clone());
-    let shared = Arc::new(GatewayShared {
-        bundle: ArcSwapOption::empty(),
-        view: routed.clone(),
-        clients: Arc::new(NodeChannels::new(config.connect_timeout).with_tls(node_tls)),
-        policy: config.policy,
-    });
+    let shared = Arc::new(GatewayShared::new(
+        routed.clone(),
+        Arc::new(NodeChannels::new(config.connect_timeout).with_tls(node_tls)),
+        config.policy,
+    ));
 
     let loader = shared.clone();
     let bundle_dir = config.bundle_dir.clone();
@@ -121,8 +123,9 @@ pub async fn run(
         "gateway listening"
     );
     router
-        .add_service(GatewayServiceServer::with_interceptor(
-            Gateway::new(shared),
+        .add_service(InterceptedService::new(
+            GatewayServiceServer::new(Gateway::new(shared))
+                .max_decoding_message_size(recsys_proto::limits::recommend_request_max_bytes()),
             ApiKeyCheck::new(api_keys),
         ))
         .serve_with_incoming_shutdown(incoming(listener), shutdown.cancelled_owned())

@@ -18,6 +18,8 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use recsys_server::exact_searches::ExactSearches;
+
 use crate::bundle_state::BundleState;
 use crate::deadline::request_timeout;
 use crate::node_channels::NodeChannels;
@@ -37,6 +39,11 @@ pub struct RequestPolicy {
     /// load exactly when nodes are slow, so it is for replicated clusters with
     /// headroom, set near the shard latency's p95.
     pub hedge_after: Option<Duration>,
+    /// The longest deadline honoured: a client's longer one is clamped to it.
+    pub max_timeout: Duration,
+    /// Exact searches (`options.exact`) running at once; more are refused
+    /// with `RESOURCE_EXHAUSTED`, and 0 refuses every one (`FAILED_PRECONDITION`).
+    pub max_exact_searches: usize,
 }
 
 impl Default for RequestPolicy {
@@ -46,6 +53,8 @@ impl Default for RequestPolicy {
             default_timeout: recsys_proto::limits::DEFAULT_TIMEOUT,
             top_k_probability: recsys_proto::limits::DEFAULT_TOP_K_PROBABILITY,
             hedge_after: None,
+            max_timeout: recsys_proto::limits::DEFAULT_MAX_TIMEOUT,
+            max_exact_searches: recsys_proto::limits::DEFAULT_MAX_EXACT_SEARCHES,
         }
     }
 }
@@ -61,6 +70,25 @@ pub struct GatewayShared {
     pub clients: Arc<NodeChannels>,
     /// Tunables.
     pub policy: RequestPolicy,
+    /// The cap on exact searches at once (`policy.max_exact_searches`).
+    pub exact_searches: ExactSearches,
+}
+
+impl GatewayShared {
+    /// Shared state routing by `view` through `clients`, with `policy`.
+    pub fn new(
+        view: watch::Receiver<Arc<ClusterView>>,
+        clients: Arc<NodeChannels>,
+        policy: RequestPolicy,
+    ) -> Self {
+        Self {
+            bundle: ArcSwapOption::empty(),
+            view,
+            clients,
+            exact_searches: ExactSearches::new(policy.max_exact_searches),
+            policy,
+        }
+    }
 }
 
 /// The gRPC service.
@@ -82,7 +110,7 @@ impl GatewayService for Gateway {
         &self,
         request: Request<RecommendRequest>,
     ) -> Result<Response<RecommendResponse>, Status> {
-        let timeout = request_timeout(request.metadata(), self.shared.policy.default_timeout);
+        let timeout = request_timeout(request.metadata(), &self.shared.policy);
         let response = Gateway::recommend(self, request.into_inner(), timeout, None).await?;
         Ok(Response::new(response))
     }
@@ -94,7 +122,7 @@ impl GatewayService for Gateway {
         &self,
         request: Request<RecommendRequest>,
     ) -> Result<Response<Self::RecommendStreamStream>, Status> {
-        let timeout = request_timeout(request.metadata(), self.shared.policy.default_timeout);
+        let timeout = request_timeout(request.metadata(), &self.shared.policy);
         let request = request.into_inner();
         let capacity = self
             .shared

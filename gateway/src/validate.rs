@@ -1,8 +1,14 @@
 //! Request validation: every limit is named in the error, and nothing invalid
 //! reaches a shard.
 
+use recsys_proto::checks::{check_embedding, check_user_features};
 use recsys_proto::limits::{self, MAX_ID_BYTES};
-use recsys_proto::v1::{RecommendRequest, feature_value::Kind, recommend_request::Query};
+use std::collections::HashMap;
+
+use recsys_bundle::ranker_inputs::{InputKind, RankerInputs};
+use recsys_proto::v1::{
+    FeatureValue, RecommendRequest, feature_value::Kind, recommend_request::Query,
+};
 
 use crate::GatewayError;
 
@@ -60,25 +66,8 @@ pub fn validate(
             ));
         }
         Some(Query::QueryEmbedding(embedding)) => {
-            let values = &embedding.values;
-            if values.len() != dimensions {
-                return Err(GatewayError::invalid(
-                    "query_embedding",
-                    format!(
-                        "has {} values, the bundle's dimension is {dimensions}",
-                        values.len()
-                    ),
-                ));
-            }
-            if let Some(position) = values.iter().position(|v| !v.is_finite()) {
-                return Err(GatewayError::invalid(
-                    "query_embedding",
-                    format!(
-                        "value {position} is {}, values must be finite",
-                        values[position]
-                    ),
-                ));
-            }
+            check_embedding(&embedding.values, dimensions)
+                .map_err(|e| GatewayError::invalid("query_embedding", e.to_string()))?;
         }
         Some(Query::UserId(_)) => {}
     }
@@ -114,20 +103,8 @@ pub fn validate(
     }
     // What a ranking node refuses is refused here, before any work: otherwise
     // the answer would come back OK and unranked for the caller's own mistake.
-    for (name, value) in &request.user_features {
-        if let Some(Kind::StringList(list)) = &value.kind
-            && list.values.len() > limits::MAX_LIST_VALUES
-        {
-            return Err(GatewayError::invalid(
-                "user_features",
-                format!(
-                    "feature {name} has {} values, the limit is {}",
-                    list.values.len(),
-                    limits::MAX_LIST_VALUES
-                ),
-            ));
-        }
-    }
+    check_user_features(&request.user_features)
+        .map_err(|e| GatewayError::invalid("user_features", e.to_string()))?;
     if let Some(options) = &request.options {
         let p = options.top_k_probability;
         if !(0.0..=1.0).contains(&p) {
@@ -141,6 +118,82 @@ pub fn validate(
         k: request.k,
         retrieve_k,
     })
+}
+
+/// Checks each user feature the ranker reads against its kind, as the ranking
+/// node would (`recsys_model::features`): a categorical feature takes one value
+/// (text or an integer), a multi-hot one text, an integer or a list, a numeric
+/// one a number (or text or an integer that parses as one) that stays finite
+/// in f32 once standardized. Features the ranker does not read pass.
+pub fn check_ranker_kinds(
+    features: &HashMap<String, FeatureValue>,
+    inputs: &RankerInputs,
+) -> Result<(), GatewayError> {
+    let mut names: Vec<&String> = features.keys().collect();
+    names.sort_unstable();
+    for name in names {
+        let (Some(input), Some(value)) = (inputs.get(name), features[name].kind.as_ref()) else {
+            continue;
+        };
+        let refused = |why: String| {
+            Err(GatewayError::invalid(
+                "user_features",
+                format!("feature {name}: {why}"),
+            ))
+        };
+        let number = match (input.kind, value) {
+            (InputKind::Categorical, Kind::StringValue(_) | Kind::IntValue(_))
+            | (
+                InputKind::MultiHot,
+                Kind::StringValue(_) | Kind::IntValue(_) | Kind::StringList(_),
+            ) => {
+                continue;
+            }
+            (InputKind::Categorical, _) => {
+                return refused(format!(
+                    "{} given, the feature is categorical (one value)",
+                    describe(value)
+                ));
+            }
+            (InputKind::MultiHot, _) => {
+                return refused(format!(
+                    "{} given, the feature is a list of values",
+                    describe(value)
+                ));
+            }
+            (InputKind::Numeric, Kind::FloatValue(x)) => f64::from(*x),
+            (InputKind::Numeric, Kind::IntValue(i)) => *i as f64,
+            (InputKind::Numeric, Kind::StringValue(text)) => match text.parse::<f64>() {
+                Ok(x) if x.is_finite() => x,
+                _ => {
+                    return refused(format!(
+                        "{text:?} is not a finite number, the feature is numeric"
+                    ));
+                }
+            },
+            (InputKind::Numeric, Kind::StringList(_)) => {
+                return refused("a list given, the feature needs a finite number".into());
+            }
+        };
+        let standardized = match input.normalization {
+            Some(n) => (number - n.mean) / n.std,
+            None => number,
+        } as f32;
+        if !standardized.is_finite() {
+            return refused(format!(
+                "{number} is out of range: standardized it does not fit in f32"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn describe(value: &Kind) -> &'static str {
+    match value {
+        Kind::StringValue(_) | Kind::IntValue(_) => "a single value",
+        Kind::FloatValue(_) => "a number",
+        Kind::StringList(_) => "a list",
+    }
 }
 
 #[cfg(test)]
@@ -177,6 +230,11 @@ mod tests {
         );
         assert!(message(embedding(vec![1.0, f32::NAN], 1)).contains("value 1 is NaN"));
         assert!(message(embedding(vec![f32::NEG_INFINITY, 0.0], 1)).contains("value 0 is -inf"));
+        // Finite but enough to overflow a score: refused with the bound.
+        assert_eq!(
+            message(embedding(vec![3.4e38, 0.0], 1)),
+            "query_embedding: value 0 is 3.4e38, values must be finite and within ±1e6"
+        );
         assert!(
             message(embedding(vec![1.0, 0.0], 0)).contains("k: is 0, must be between 1 and 1000")
         );
@@ -196,9 +254,11 @@ mod tests {
         // A list the ranking node would refuse is refused here, with its limit.
         let mut r = embedding(vec![1.0, 0.0], 10);
         let list = |n: usize| recsys_proto::v1::FeatureValue {
-            kind: Some(Kind::StringList(recsys_proto::v1::StringList {
-                values: vec!["g".into(); n],
-            })),
+            kind: Some(recsys_proto::v1::feature_value::Kind::StringList(
+                recsys_proto::v1::StringList {
+                    values: vec!["g".into(); n],
+                },
+            )),
         };
         r.user_features
             .insert("genres".into(), list(limits::MAX_LIST_VALUES + 1));
@@ -215,6 +275,63 @@ mod tests {
             ..Default::default()
         };
         assert!(message(r).contains("user_id: is empty"));
+    }
+
+    #[test]
+    fn values_of_the_wrong_kind_for_the_ranker_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.json");
+        std::fs::write(
+            &config,
+            r#"{"features": [
+                {"name": "age", "side": "user", "kind": "numeric",
+                 "normalization": {"mean": 0.0, "std": 1e-40}},
+                {"name": "zip", "side": "user"},
+                {"name": "liked", "side": "user", "kind": "multi_hot"}
+            ]}"#,
+        )
+        .unwrap();
+        let inputs = RankerInputs::load(&config).unwrap();
+        let value = |kind| FeatureValue { kind: Some(kind) };
+        let check = |name: &str, kind| {
+            let features = HashMap::from([(name.to_string(), value(kind))]);
+            check_ranker_kinds(&features, &inputs).map_err(|e| e.to_string())
+        };
+        let list = || {
+            Kind::StringList(recsys_proto::v1::StringList {
+                values: vec!["a".into()],
+            })
+        };
+        assert!(check("zip", Kind::StringValue("94110".into())).is_ok());
+        assert!(check("zip", Kind::IntValue(94110)).is_ok());
+        assert!(check("liked", list()).is_ok());
+        assert!(check("other", list()).is_ok());
+        assert_eq!(
+            check("zip", list()).unwrap_err(),
+            "user_features: feature zip: a list given, the feature is categorical (one value)"
+        );
+        assert!(
+            check("liked", Kind::FloatValue(1.0))
+                .unwrap_err()
+                .contains("list of values")
+        );
+        assert!(
+            check("age", Kind::StringValue("old".into()))
+                .unwrap_err()
+                .contains("not a finite number")
+        );
+        assert!(
+            check("age", list())
+                .unwrap_err()
+                .contains("needs a finite number")
+        );
+        // 1 / 1e-40 overflows f32.
+        assert!(
+            check("age", Kind::FloatValue(1.0))
+                .unwrap_err()
+                .contains("does not fit in f32")
+        );
+        assert!(check("age", Kind::FloatValue(0.0)).is_ok());
     }
 
     #[test]

@@ -10,10 +10,14 @@
 
 mod build;
 mod error;
+mod live_shard;
 mod options;
 mod shard_index;
+#[cfg(test)]
+mod test_bundle;
 
 pub use build::build_shard;
 pub use error::SearchError;
+pub use live_shard::{Applied, ChangeError, ItemChange, LiveShard, LiveStats};
 pub use options::usearch_options;
 pub use shard_index::{Hit, LoadMode, ShardIndex};

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use recsys_bundle::{BundleError, Manifest, Metric, Quantization};
+use recsys_bundle::{BundleError, IndexParams, Manifest, Metric, Quantization};
 use usearch::Index;
 
 use crate::SearchError;
@@ -20,6 +20,8 @@ pub struct ShardIndex {
     dimensions: usize,
     metric: Metric,
     quantization: Quantization,
+    /// The manifest's index parameters, which a live shard's mutable part copies.
+    params: IndexParams,
     items: u64,
     bundle_version: String,
 }
@@ -166,8 +168,13 @@ impl ShardIndex {
             Quantization::F16 => 2,
             Quantization::I8 => 1,
         };
-        let minimum = entry.items * manifest.dimensions as u64 * bytes_per_scalar;
-        if file_len < minimum {
+        // Checked: the manifest is a file anyone may have written, and an
+        // overflow would wrap to a small bound (or panic in a debug build).
+        let minimum = entry
+            .items
+            .checked_mul(manifest.dimensions as u64)
+            .and_then(|scalars| scalars.checked_mul(bytes_per_scalar));
+        if minimum.is_none_or(|minimum| file_len < minimum) {
             return Err(BundleError::corrupt(
                 &path,
                 format!(
@@ -212,6 +219,7 @@ impl ShardIndex {
             dimensions: manifest.dimensions,
             metric: params.metric,
             quantization: params.quantization,
+            params,
             items: entry.items,
             bundle_version: manifest.version,
         })
@@ -263,6 +271,11 @@ impl ShardIndex {
         self.quantization
     }
 
+    /// The index parameters the shard was built with.
+    pub fn params(&self) -> &IndexParams {
+        &self.params
+    }
+
     /// Version of the bundle the shard came from.
     pub fn bundle_version(&self) -> &str {
         &self.bundle_version
@@ -278,6 +291,19 @@ impl ShardIndex {
         excluded: &[u64],
         exact: bool,
     ) -> Result<Vec<Hit>, SearchError> {
+        self.search_hiding(query, k, excluded, &Hidden::default(), exact)
+    }
+
+    /// [`Self::search`] that also leaves out the items in `hidden`: the base items
+    /// a [`crate::LiveShard`] has deleted or replaced since the bundle was built.
+    pub(crate) fn search_hiding(
+        &self,
+        query: &[f32],
+        k: usize,
+        excluded: &[u64],
+        hidden: &Hidden,
+        exact: bool,
+    ) -> Result<Vec<Hit>, SearchError> {
         if query.len() != self.dimensions {
             return Err(SearchError::Dimensions {
                 expected: self.dimensions,
@@ -287,103 +313,51 @@ impl ShardIndex {
         if k == 0 || self.items == 0 {
             return Ok(Vec::new());
         }
+        let keep = |key: u64| excluded.binary_search(&key).is_err() && !hidden.contains(&key);
         let matches = if exact {
             // usearch's brute-force scan takes no filter: ask for enough extra items
             // that k survive the exclusions, then drop the excluded ones.
-            let wanted = (k + excluded.len()).min(self.items as usize);
+            let wanted = (k + excluded.len() + hidden.len()).min(self.items as usize);
             self.index.exact_search(query, wanted)
-        } else if excluded.is_empty() {
+        } else if excluded.is_empty() && hidden.is_empty() {
             self.index.search(query, k)
         } else {
             // The predicate runs inside the traversal, so excluded items never fill a slot.
-            self.index
-                .filtered_search(query, k, |key| excluded.binary_search(&key).is_err())
+            self.index.filtered_search(query, k, keep)
         }
         .map_err(|e| SearchError::Usearch(e.to_string()))?;
         let mut hits: Vec<Hit> = matches
             .keys
             .iter()
             .zip(&matches.distances)
-            .filter(|(key, _)| excluded.binary_search(key).is_err())
+            .filter(|(key, _)| keep(**key))
             .map(|(key, distance)| (*key, score_from_distance(self.metric, *distance)))
             .collect();
-        hits.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        sort_hits(&mut hits);
         hits.truncate(k);
         Ok(hits)
     }
+
+    /// Whether the bundle's shard holds `id`.
+    pub(crate) fn contains(&self, id: u64) -> bool {
+        self.index.contains(id)
+    }
+}
+
+/// Item ids left out of a search, hashed with rustc's fast hash: the predicate
+/// runs once per node the traversal visits.
+pub(crate) type Hidden = rustc_hash::FxHashSet<u64>;
+
+/// Orders hits best first, ties by the smaller id, so answers are deterministic.
+pub(crate) fn sort_hits(hits: &mut [Hit]) {
+    hits.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use recsys_bundle::{FORMAT_VERSION, IndexParams, ShardEntry, shard_file};
 
-    const DIM: usize = 24;
-    const ITEMS: usize = 3_000;
-
-    /// Deterministic pseudo-random unit vectors (a 64-bit LCG), so a failure reproduces.
-    fn unit_vectors(rows: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed;
-        let mut data: Vec<f32> = (0..rows * DIM)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect();
-        for row in data.chunks_mut(DIM) {
-            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-            row.iter_mut().for_each(|v| *v /= norm);
-        }
-        data
-    }
-
-    /// A one-shard bundle of unit vectors (ids = rows), written the way the bundle
-    /// builder writes one: the index file, then the manifest.
-    fn bundle(dir: &Path) -> Vec<f32> {
-        let data = unit_vectors(ITEMS, 7);
-        let params = IndexParams::default();
-        let file = shard_file(0);
-        std::fs::create_dir_all(dir.join("shards")).unwrap();
-        let ids: Vec<u64> = (0..ITEMS as u64).collect();
-        let order: Vec<usize> = (0..ITEMS).collect();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap();
-        crate::build_shard(
-            &dir.join(&file),
-            &params,
-            DIM,
-            &data,
-            &ids,
-            &order,
-            &pool,
-            &|_| {},
-        )
-        .unwrap();
-        Manifest {
-            format_version: FORMAT_VERSION,
-            version: "test".into(),
-            dimensions: DIM,
-            index: params,
-            shard_count: 1,
-            shards: vec![ShardEntry {
-                shard: 0,
-                file,
-                items: ITEMS as u64,
-            }],
-            items: ITEMS as u64,
-            catalog: None,
-            query_model: None,
-            ranker: None,
-            source: "unit vectors".into(),
-        }
-        .save(dir)
-        .unwrap();
-        data
-    }
+    use crate::test_bundle::{DIM, bundle, unit_vectors};
 
     /// The vendored usearch addresses a viewed file's vectors (memory-mapped or
     /// copied to huge pages) by arithmetic and a loaded one's through its pointer

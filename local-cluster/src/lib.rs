@@ -311,6 +311,7 @@ impl LocalCluster {
                     access: options.tls.as_ref().map_or_else(Default::default, |tls| {
                         tls.server(&format!("retrieval-shard-{shard}"))
                     }),
+                    server_limits: Default::default(),
                 };
                 let name = format!("retrieval node {replica} of shard {shard}");
                 let handle = spawn(name, loopback, |listener, token| {
@@ -385,6 +386,7 @@ impl LocalCluster {
                 .tls
                 .as_ref()
                 .map_or_else(Default::default, ClusterTls::gateway),
+            server_limits: Default::default(),
         };
         if options.etcd.is_some() {
             let expected = (manifest.shard_count, spec.ranking.len());

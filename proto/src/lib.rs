@@ -4,6 +4,8 @@
 //! types; the descriptor set lets servers offer gRPC reflection so `grpcurl` works
 //! without the `.proto` files.
 
+pub mod checks;
+pub mod codec;
 pub mod limits;
 mod names;
 

@@ -7,6 +7,10 @@
 //! more candidates than it retrieved. Servers may be configured to accept more
 //! than these, never less (their flags refuse it at start), so a request the
 //! gateway takes is never refused by a node for its size.
+//!
+//! The largest message each server decodes ([`recommend_request_max_bytes`] and
+//! its siblings) is computed from the same limits, so a message too large to be
+//! valid is refused by its length prefix before it is decoded into memory.
 
 use std::time::Duration;
 
@@ -26,9 +30,186 @@ pub const MAX_ID_BYTES: usize = 1024;
 /// Most values in one list-valued user feature.
 pub const MAX_LIST_VALUES: usize = 1024;
 
+/// Most entries in `user_features`.
+pub const MAX_USER_FEATURES: usize = 64;
+
+/// Longest user feature name, in bytes.
+pub const MAX_FEATURE_NAME_BYTES: usize = 128;
+
+/// Longest string user feature value (alone or in a list), in bytes.
+pub const MAX_FEATURE_VALUE_BYTES: usize = 1024;
+
+/// Most bytes all of `user_features` take: every name plus the encoded size of
+/// every value. Bounds the map as a whole, since [`MAX_USER_FEATURES`] lists of
+/// [`MAX_LIST_VALUES`] values of [`MAX_FEATURE_VALUE_BYTES`] each would be 64 MiB.
+pub const MAX_USER_FEATURES_BYTES: usize = 64 * 1024;
+
+/// Largest magnitude of a number in a request: every query embedding value and
+/// every numeric (float) user feature must be finite and within `±1e6`.
+///
+/// Why this bound: f32 scores are sums of `dimensions` products (inner product,
+/// cosine) or squared differences (l2). With |q| ≤ 1e6 and item values of any
+/// trained model (|x| ≪ 1e6), a 4096-dimension squared distance is at most
+/// 4096 · (2e6)² ≈ 1.6e16, twenty orders of magnitude below f32's 3.4e38, so a
+/// valid query cannot make a node answer `inf`. Embeddings of trained models sit
+/// within ±100; 1e6 leaves room for unnormalized ones.
+pub const MAX_VALUE_MAGNITUDE: f32 = 1e6;
+
+/// Most embedding dimensions a bundle may have; bounds the query in a request.
+pub const MAX_DIMENSIONS: usize = 4096;
+
 /// The deadline of a request that carries none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The longest deadline the gateway honours by default; a client asking for
+/// more gets this (its request is clamped, not refused): work the client has
+/// long stopped waiting for must not hold a slot for years.
+pub const DEFAULT_MAX_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// HTTP/2 streams one client connection may have open at once on any server,
+/// by default: above the gateway's fan-out per node connection under load,
+/// far below what would let one connection pin a server's memory.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
+
+/// Exact (brute-force) searches that may run at once, by default, at a gateway
+/// and at each retrieval node; more are refused with `RESOURCE_EXHAUSTED`. An
+/// exact search scans the whole shard on every shard.
+pub const DEFAULT_MAX_EXACT_SEARCHES: usize = 4;
 
 /// The default probability that a shard's `k'` holds every item of the global
 /// top `retrieve_k` that lives on it (Vespa's top-k probability).
 pub const DEFAULT_TOP_K_PROBABILITY: f64 = 0.9999;
+
+// Wire sizes, for the message size limits below. Each bound assumes the
+// costliest legal encoding (a repeated scalar written unpacked, a tag per value).
+
+/// A repeated `uint64` written unpacked: a tag byte and a varint of up to 10 bytes.
+const ID_WIRE_BYTES: usize = 11;
+/// A repeated `float` written unpacked: a tag byte and 4 bytes.
+const FLOAT_WIRE_BYTES: usize = 5;
+/// A map entry's framing: entry tag and length, key tag and length, value tag and length.
+const MAP_ENTRY_WIRE_BYTES: usize = 16;
+/// Everything else in a message (scalars, tags and lengths of the fields above),
+/// generously.
+const SLACK_BYTES: usize = 4 * 1024;
+
+/// The largest `user_features` map on the wire: [`MAX_USER_FEATURES_BYTES`] of
+/// names and encoded values plus each entry's framing.
+const fn user_features_wire_bytes() -> usize {
+    MAX_USER_FEATURES_BYTES + MAX_USER_FEATURES * MAP_ENTRY_WIRE_BYTES
+}
+
+/// The largest valid `RecommendRequest`: a user id or a query of
+/// [`MAX_DIMENSIONS`], the user features, [`MAX_EXCLUSIONS`] ids (about 200 KiB
+/// in all). A gateway decodes nothing larger.
+pub const fn recommend_request_max_bytes() -> usize {
+    MAX_ID_BYTES
+        + MAX_DIMENSIONS * FLOAT_WIRE_BYTES
+        + user_features_wire_bytes()
+        + MAX_EXCLUSIONS * ID_WIRE_BYTES
+        + SLACK_BYTES
+}
+
+/// The largest valid `SearchRequest` for a node that takes `max_exclusions`
+/// excluded ids: a query of [`MAX_DIMENSIONS`] and the ids.
+pub const fn search_request_max_bytes(max_exclusions: usize) -> usize {
+    MAX_DIMENSIONS * FLOAT_WIRE_BYTES + max_exclusions.saturating_mul(ID_WIRE_BYTES) + SLACK_BYTES
+}
+
+/// The largest valid `RankRequest` for a node that takes `max_candidates`:
+/// a user id, the user features and the candidate ids.
+pub const fn rank_request_max_bytes(max_candidates: usize) -> usize {
+    MAX_ID_BYTES
+        + user_features_wire_bytes()
+        + max_candidates.saturating_mul(ID_WIRE_BYTES)
+        + SLACK_BYTES
+}
+
+/// Longest bundle or model version string a node answer may carry.
+pub const MAX_VERSION_BYTES: usize = 1024;
+
+/// The largest valid `SearchResponse` to a search of up to `max_k` items:
+/// the ids, the scores and a version. A gateway decodes no larger answer.
+pub const fn search_response_max_bytes(max_k: usize) -> usize {
+    max_k.saturating_mul(ID_WIRE_BYTES + FLOAT_WIRE_BYTES) + MAX_VERSION_BYTES + SLACK_BYTES
+}
+
+/// The largest valid `RankResponse` for `candidates` candidates.
+pub const fn rank_response_max_bytes(candidates: usize) -> usize {
+    candidates.saturating_mul(FLOAT_WIRE_BYTES) + MAX_VERSION_BYTES + SLACK_BYTES
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1::{
+        FeatureValue, QueryEmbedding, RankRequest, RecommendRequest, SearchRequest, SearchResponse,
+        StringList, feature_value::Kind, recommend_request::Query,
+    };
+    use prost::Message;
+
+    /// The costliest request within every limit: varints at their longest, the
+    /// most features, each as large as the byte budget allows.
+    fn largest_features() -> std::collections::HashMap<String, FeatureValue> {
+        let mut features = std::collections::HashMap::new();
+        let mut budget = MAX_USER_FEATURES_BYTES;
+        for i in 0..MAX_USER_FEATURES {
+            let name = format!("{i:0>width$}", width = MAX_FEATURE_NAME_BYTES);
+            // One-byte values maximize the per-value framing against the budget.
+            let values = (budget.saturating_sub(name.len()) / 2).min(MAX_LIST_VALUES);
+            let value = FeatureValue {
+                kind: Some(Kind::StringList(StringList {
+                    values: vec!["x".into(); values],
+                })),
+            };
+            budget = budget.saturating_sub(name.len() + value.encoded_len());
+            features.insert(name, value);
+        }
+        features
+    }
+
+    #[test]
+    fn the_largest_valid_messages_fit_their_limits() {
+        let request = RecommendRequest {
+            query: Some(Query::QueryEmbedding(QueryEmbedding {
+                values: vec![1.0; MAX_DIMENSIONS],
+            })),
+            user_features: largest_features(),
+            k: MAX_K,
+            retrieve_k: MAX_RETRIEVE_K,
+            exclude_item_ids: vec![u64::MAX; MAX_EXCLUSIONS],
+            options: Some(Default::default()),
+        };
+        assert!(request.encoded_len() <= recommend_request_max_bytes());
+        let search = SearchRequest {
+            query: vec![1.0; MAX_DIMENSIONS],
+            k: MAX_RETRIEVE_K,
+            exclude_item_ids: vec![u64::MAX; MAX_EXCLUSIONS],
+            exact: true,
+        };
+        assert!(search.encoded_len() <= search_request_max_bytes(MAX_EXCLUSIONS));
+        let rank = RankRequest {
+            user_id: "u".repeat(MAX_ID_BYTES),
+            user_features: largest_features(),
+            item_ids: vec![u64::MAX; MAX_RETRIEVE_K as usize],
+        };
+        assert!(rank.encoded_len() <= rank_request_max_bytes(MAX_RETRIEVE_K as usize));
+        let answer = SearchResponse {
+            item_ids: vec![u64::MAX; MAX_RETRIEVE_K as usize],
+            scores: vec![1.0; MAX_RETRIEVE_K as usize],
+            shard: u32::MAX,
+            items_searched: u64::MAX,
+            bundle_version: "v".repeat(MAX_VERSION_BYTES),
+            search_us: u64::MAX,
+        };
+        assert!(answer.encoded_len() <= search_response_max_bytes(MAX_RETRIEVE_K as usize));
+    }
+
+    #[test]
+    fn four_mebibytes_of_one_byte_ids_is_over_the_gateway_limit() {
+        // The message: 4 MiB of one-byte exclusion ids decoded into a
+        // ~33 MB array before validation; now its length prefix refuses it.
+        assert!(recommend_request_max_bytes() < 256 * 1024);
+        assert!(4 << 20 > recommend_request_max_bytes());
+    }
+}

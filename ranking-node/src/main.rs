@@ -13,9 +13,9 @@ use recsys_ranking_node::RankingConfig;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Bundle directory (holds manifest.json and ranker/).
-    #[arg(long, env = "RECSYS_BUNDLE")]
-    bundle: PathBuf,
+    /// The bundle: a version directory (holds manifest.json and ranker/) or a root.
+    #[command(flatten)]
+    bundle: recsys_bundle::flags::BundleFlags,
     /// Address to listen on.
     #[arg(long, env = "RECSYS_LISTEN", default_value = "127.0.0.1:50071")]
     listen: SocketAddr,
@@ -42,6 +42,8 @@ struct Args {
     #[command(flatten)]
     tls: recsys_server::tls::ServerTlsFlags,
     #[command(flatten)]
+    server_limits: recsys_server::limits::ServerLimitFlags,
+    #[command(flatten)]
     runtime: recsys_server::runtime::RuntimeFlags,
     /// Parse and validate the flags and environment, print the configuration and
     /// exit without binding, registering or loading: the deploy files' check.
@@ -60,7 +62,7 @@ impl Args {
             self.max_candidates
         );
         Ok(RankingConfig {
-            bundle_dir: self.bundle.clone(),
+            bundle_dir: self.bundle.given(),
             threads: self.threads,
             max_batch_rows: self.max_batch_rows,
             max_queue: self.max_queue,
@@ -68,6 +70,10 @@ impl Args {
             allow_unknown_items: self.allow_unknown_items,
             announce: self.etcd.announce("ranking", listen)?,
             access: self.tls.access(self.listen)?,
+            server_limits: self
+                .server_limits
+                .limits()
+                .map_err(|reason| anyhow::anyhow!(reason))?,
         })
     }
 }
@@ -90,11 +96,20 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    let config = args.config(listener.local_addr()?)?;
+    let mut config = args.config(listener.local_addr()?)?;
+    config.bundle_dir = resolve_bundle(&args.bundle)?;
     let shutdown = recsys_server::shutdown::on_signal();
     if let Some(addr) = args.metrics_listen {
         recsys_server::metrics::spawn(addr, shutdown.clone()).await;
     }
     recsys_ranking_node::run(listener, config, shutdown).await?;
     Ok(())
+}
+
+/// The version directory to serve: `--bundle` as given, or the version the
+/// `--bundle-root`'s CURRENT names (read once, at start).
+fn resolve_bundle(flags: &recsys_bundle::flags::BundleFlags) -> anyhow::Result<PathBuf> {
+    let resolved = flags.resolve()?;
+    tracing::info!(version = %resolved.version, dir = %resolved.dir.display(), "serving bundle version");
+    Ok(resolved.dir)
 }

@@ -12,6 +12,7 @@ use recsys_proto::v1::ranking_service_server::RankingServiceServer;
 use recsys_server::grpc::{
     incoming, not_serving_on_shutdown, pool_size, router_with, set_health, spawn_loader,
 };
+use recsys_server::limits::ServerLimits;
 use recsys_server::tls::ServerAccess;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +45,8 @@ pub struct RankingConfig {
     pub announce: Option<AnnounceOptions>,
     /// TLS (and client certificates) on the listener, and reflection.
     pub access: ServerAccess,
+    /// Transport limits (HTTP/2 streams per connection).
+    pub server_limits: ServerLimits,
 }
 
 impl RankingConfig {
@@ -60,14 +63,18 @@ impl RankingConfig {
             allow_unknown_items: false,
             announce: None,
             access: ServerAccess::default(),
+            server_limits: ServerLimits::default(),
         }
     }
 }
 
-/// The ranker, and the version of the bundle it came in (what the node registers
+/// The ranker, once its files pass their checksums, and the version of the bundle it came in (what the node registers
 /// as, so the gateway can tell it apart from nodes of another bundle).
 fn load(dir: &std::path::Path) -> Result<(Ranker, String), RankerLoadError> {
     let manifest = Manifest::load(dir)?;
+    // Every file of the ranker directory against its recorded checksum, before
+    // candle or the feature readers see a byte: a corrupt file is named here.
+    recsys_bundle::verify_files(dir, &manifest, recsys_bundle::FileSet::Ranker)?;
     let files = manifest
         .ranker_files(dir)
         .ok_or_else(|| RankerLoadError::NoRanker(dir.join(recsys_bundle::MANIFEST_FILE)))?;
@@ -83,7 +90,7 @@ pub async fn run(
     config: RankingConfig,
     shutdown: CancellationToken,
 ) -> Result<(), RankingError> {
-    let (health, router) = router_with(&config.access)?;
+    let (health, router) = router_with(&config.access, &config.server_limits)?;
     let name = <RankingServiceServer<RankingNodeService> as NamedService>::NAME;
     set_health(&health, name, ServingStatus::NotServing).await;
     let state = Arc::new(ArcSwap::from_pointee(LoadState::Loading));
@@ -123,7 +130,11 @@ pub async fn run(
     tracing::info!(addr = ?listener.local_addr().ok(), "ranking node listening");
     let stop = announcer.server_stop(shutdown);
     let serve = router
-        .add_service(RankingServiceServer::new(service))
+        .add_service(
+            RankingServiceServer::new(service).max_decoding_message_size(
+                recsys_proto::limits::rank_request_max_bytes(config.max_candidates),
+            ),
+        )
         .serve_with_incoming_shutdown(incoming(listener), stop.clone().cancelled_owned());
     serve_and_drain(&announcer, &stop, serve).await?;
     Ok(())

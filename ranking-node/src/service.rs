@@ -40,35 +40,30 @@ impl RankingNodeService {
     }
 }
 
-use recsys_proto::limits::{MAX_ID_BYTES, MAX_LIST_VALUES};
+use recsys_proto::checks::check_user_features;
+use recsys_proto::limits::MAX_ID_BYTES;
 
-/// The request's user features as the ranker takes them. Integers are values of a
-/// categorical feature (ids, buckets) or numbers, whichever the feature is; the
-/// ranker checks each value against its feature's kind.
+/// The request's user features as the ranker takes them, once they are within
+/// the API's limits (`recsys_proto::checks`, the gateway's own check). Integers
+/// are values of a categorical feature (ids, buckets) or numbers, whichever the
+/// feature is; the ranker checks each value against its feature's kind.
 fn user_features(
     features: &HashMap<String, FeatureValue>,
 ) -> Result<HashMap<String, FeatureInput>, RankingError> {
-    features
+    check_user_features(features)
+        .map_err(|e| RankingError::invalid("user_features", e.to_string()))?;
+    Ok(features
         .iter()
         .filter_map(|(name, value)| {
             let input = match value.kind.as_ref()? {
-                Kind::StringValue(s) => Ok(FeatureInput::Value(s.clone())),
-                Kind::IntValue(i) => Ok(FeatureInput::Value(i.to_string())),
-                Kind::FloatValue(f) => Ok(FeatureInput::Number(f64::from(*f))),
-                Kind::StringList(list) if list.values.len() > MAX_LIST_VALUES => {
-                    Err(RankingError::invalid(
-                        format!("user_features[{name}]"),
-                        format!(
-                            "has {} values, the limit is {MAX_LIST_VALUES}",
-                            list.values.len()
-                        ),
-                    ))
-                }
-                Kind::StringList(list) => Ok(FeatureInput::Values(list.values.clone())),
+                Kind::StringValue(s) => FeatureInput::Value(s.clone()),
+                Kind::IntValue(i) => FeatureInput::Value(i.to_string()),
+                Kind::FloatValue(f) => FeatureInput::Number(f64::from(*f)),
+                Kind::StringList(list) => FeatureInput::Values(list.values.clone()),
             };
-            Some(input.map(|input| (name.clone(), input)))
+            Some((name.clone(), input))
         })
-        .collect()
+        .collect())
 }
 
 impl RankingNodeService {

@@ -1,6 +1,7 @@
 //! Errors of the retrieval node and their one mapping to gRPC statuses.
 
 use recsys_bundle::BundleError;
+use recsys_server::exact_searches::ExactRefused;
 
 /// What can go wrong while loading the shard or answering a search.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,9 @@ pub enum NodeError {
     /// usearch failed during a search.
     #[error("search failed: {0}")]
     Search(String),
+    /// An exact search was refused: disabled, or too many running.
+    #[error("exact: {0}")]
+    ExactRefused(#[from] ExactRefused),
     /// The search pool is gone (the node is shutting down).
     #[error("search pool closed")]
     PoolClosed,
@@ -61,6 +65,12 @@ impl From<NodeError> for tonic::Status {
             NodeError::InvalidArgument { .. } => tonic::Status::invalid_argument(message),
             NodeError::NotReady(_) | NodeError::PoolClosed => tonic::Status::unavailable(message),
             NodeError::Bundle(_) => tonic::Status::failed_precondition(message),
+            NodeError::ExactRefused(ExactRefused::Busy(_)) => {
+                tonic::Status::resource_exhausted(message)
+            }
+            NodeError::ExactRefused(ExactRefused::Disabled) => {
+                tonic::Status::failed_precondition(message)
+            }
             NodeError::Search(_) | NodeError::Transport(_) | NodeError::Router(_) => {
                 tonic::Status::internal(message)
             }

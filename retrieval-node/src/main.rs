@@ -13,9 +13,9 @@ use recsys_retrieval_node::{LoadMode, NodeConfig, SearchLimits, run};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Bundle directory (holds manifest.json).
-    #[arg(long, env = "RECSYS_BUNDLE")]
-    bundle: PathBuf,
+    /// The bundle: a version directory (holds manifest.json) or a root.
+    #[command(flatten)]
+    bundle: recsys_bundle::flags::BundleFlags,
     /// Shard number to serve.
     #[arg(long, env = "RECSYS_SHARD")]
     shard: u32,
@@ -37,6 +37,12 @@ struct Args {
     /// Most excluded ids per search: at least the API's exclusion limit.
     #[arg(long, env = "RECSYS_MAX_EXCLUSIONS", default_value_t = SearchLimits::default().max_exclusions)]
     max_exclusions: usize,
+    /// Exact (brute-force) searches running at once; more get
+    /// RESOURCE_EXHAUSTED. 0 disables exact searches (FAILED_PRECONDITION).
+    #[arg(long, env = "RECSYS_MAX_EXACT_SEARCHES", default_value_t = SearchLimits::default().max_exact_searches)]
+    max_exact_searches: usize,
+    #[command(flatten)]
+    server_limits: recsys_server::limits::ServerLimitFlags,
     /// How to open the shard file: `packed` memory-maps it and copies vectors and
     /// base-layer links into one huge-page block per item (fastest searches),
     /// `hugepages` copies the file into huge-page memory, `view` memory-maps it
@@ -71,13 +77,18 @@ impl Args {
             self.max_exclusions
         );
         Ok(NodeConfig {
-            bundle_dir: self.bundle.clone(),
+            bundle_dir: self.bundle.given(),
             shard: self.shard,
             search_threads: self.search_threads,
             limits: SearchLimits {
                 max_k: self.max_search_k,
                 max_exclusions: self.max_exclusions,
+                max_exact_searches: self.max_exact_searches,
             },
+            server_limits: self
+                .server_limits
+                .limits()
+                .map_err(|reason| anyhow::anyhow!(reason))?,
             load_mode: self.load_mode,
             announce: self
                 .etcd
@@ -105,11 +116,20 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    let config = args.config(listener.local_addr()?)?;
+    let mut config = args.config(listener.local_addr()?)?;
+    config.bundle_dir = resolve_bundle(&args.bundle)?;
     let shutdown = recsys_server::shutdown::on_signal();
     if let Some(addr) = args.metrics_listen {
         recsys_server::metrics::spawn(addr, shutdown.clone()).await;
     }
     run(listener, config, shutdown).await?;
     Ok(())
+}
+
+/// The version directory to serve: `--bundle` as given, or the version the
+/// `--bundle-root`'s CURRENT names (read once, at start).
+fn resolve_bundle(flags: &recsys_bundle::flags::BundleFlags) -> anyhow::Result<PathBuf> {
+    let resolved = flags.resolve()?;
+    tracing::info!(version = %resolved.version, dir = %resolved.dir.display(), "serving bundle version");
+    Ok(resolved.dir)
 }

@@ -10,6 +10,7 @@ use recsys_proto::v1::retrieval_service_server::RetrievalServiceServer;
 use recsys_server::grpc::{
     incoming, not_serving_on_shutdown, pool_size, router_with, set_health, spawn_loader,
 };
+use recsys_server::limits::ServerLimits;
 use recsys_server::tls::ServerAccess;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -27,6 +28,9 @@ pub struct SearchLimits {
     pub max_k: u32,
     /// Most excluded ids one search may carry.
     pub max_exclusions: usize,
+    /// Exact searches running at once; more are refused with
+    /// `RESOURCE_EXHAUSTED` (0 refuses every one with `FAILED_PRECONDITION`).
+    pub max_exact_searches: usize,
 }
 
 impl Default for SearchLimits {
@@ -34,6 +38,7 @@ impl Default for SearchLimits {
         Self {
             max_k: recsys_proto::limits::MAX_RETRIEVE_K,
             max_exclusions: recsys_proto::limits::MAX_EXCLUSIONS,
+            max_exact_searches: recsys_proto::limits::DEFAULT_MAX_EXACT_SEARCHES,
         }
     }
 }
@@ -55,6 +60,28 @@ pub struct NodeConfig {
     pub announce: Option<AnnounceOptions>,
     /// TLS (and client certificates) on the listener, and reflection.
     pub access: ServerAccess,
+    /// Transport limits (HTTP/2 streams per connection).
+    pub server_limits: ServerLimits,
+}
+
+/// Checks the shard's file against the manifest's size and checksum, then opens
+/// it: a torn, truncated or flipped file is refused here, naming the file, before
+/// usearch maps a byte of it. Reading the file through also brings it into the
+/// page cache that `view` and `packed` then map.
+fn open_verified(
+    dir: &std::path::Path,
+    shard: u32,
+    mode: LoadMode,
+) -> Result<ShardIndex, recsys_bundle::BundleError> {
+    let manifest = recsys_bundle::Manifest::load(dir)?;
+    let report = recsys_bundle::verify_files(dir, &manifest, recsys_bundle::FileSet::Shard(shard))?;
+    tracing::info!(
+        shard,
+        bytes = report.bytes,
+        verify_ms = report.elapsed.as_millis() as u64,
+        "shard file verified"
+    );
+    ShardIndex::open_with(dir, shard, mode)
 }
 
 /// Serves `config.shard` on `listener` until `shutdown` is cancelled; with
@@ -69,7 +96,7 @@ pub async fn run(
     config: NodeConfig,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
-    let (health, router) = router_with(&config.access)?;
+    let (health, router) = router_with(&config.access, &config.server_limits)?;
     let name = <RetrievalServiceServer<RetrievalNodeService> as NamedService>::NAME;
     set_health(&health, name, ServingStatus::NotServing).await;
 
@@ -90,7 +117,7 @@ pub async fn run(
         name,
         shutdown.clone(),
         "shard",
-        move || ShardIndex::open_with(&bundle_dir, shard, mode),
+        move || open_verified(&bundle_dir, shard, mode),
         move |index| {
             tracing::info!(
                 shard = index.shard(),
@@ -113,7 +140,11 @@ pub async fn run(
     tracing::info!(addr = ?listener.local_addr().ok(), shard = config.shard, "retrieval node listening");
     let stop = announcer.server_stop(shutdown);
     let serve = router
-        .add_service(RetrievalServiceServer::new(service))
+        .add_service(
+            RetrievalServiceServer::new(service).max_decoding_message_size(
+                recsys_proto::limits::search_request_max_bytes(config.limits.max_exclusions),
+            ),
+        )
         .serve_with_incoming_shutdown(incoming(listener), stop.clone().cancelled_owned());
     serve_and_drain(&announcer, &stop, serve).await?;
     Ok(())

@@ -4,10 +4,12 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use recsys_proto::checks::check_embedding;
 use recsys_proto::v1::{
     InfoRequest, InfoResponse, LoadStatus, SearchRequest, SearchResponse,
     retrieval_service_server::RetrievalService,
 };
+use recsys_server::exact_searches::ExactSearches;
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
@@ -22,6 +24,7 @@ pub struct RetrievalNodeService {
     state: Arc<ArcSwap<LoadState>>,
     pool: Arc<Semaphore>,
     limits: SearchLimits,
+    exact_searches: ExactSearches,
 }
 
 impl RetrievalNodeService {
@@ -30,6 +33,7 @@ impl RetrievalNodeService {
         Self {
             state,
             pool,
+            exact_searches: ExactSearches::new(limits.max_exact_searches),
             limits,
         }
     }
@@ -53,6 +57,12 @@ impl RetrievalNodeService {
         } = request;
         exclude_item_ids.sort_unstable();
         exclude_item_ids.dedup();
+        // Held until the search ends (moved into the blocking task below).
+        let exact_slot = if exact {
+            Some(self.exact_searches.try_start()?)
+        } else {
+            None
+        };
         let queued = std::time::Instant::now();
         let permit = self
             .pool
@@ -64,6 +74,7 @@ impl RetrievalNodeService {
         let searcher = index.clone();
         let (hits, elapsed) = tokio::task::spawn_blocking(move || {
             let _permit = permit;
+            let _exact_slot = exact_slot;
             let started = std::time::Instant::now();
             let hits = searcher.search(&query, k as usize, &exclude_item_ids, exact);
             (hits, started.elapsed())
@@ -102,14 +113,8 @@ pub fn validate(
             format!("has {} values, expected {dimensions}", request.query.len()),
         ));
     }
-    if let Some(position) = request.query.iter().position(|v| !v.is_finite()) {
-        return Err(NodeError::invalid(
-            "query",
-            format!(
-                "value {position} is {}, values must be finite",
-                request.query[position]
-            ),
-        ));
+    if let Err(error) = check_embedding(&request.query, dimensions) {
+        return Err(NodeError::invalid("query", error.to_string()));
     }
     if request.k == 0 || request.k > limits.max_k {
         return Err(NodeError::invalid(
@@ -187,12 +192,18 @@ mod tests {
         let limits = SearchLimits {
             max_k: 100,
             max_exclusions: 3,
+            max_exact_searches: 1,
         };
         let message = |r: SearchRequest| validate(&r, 2, &limits).unwrap_err().to_string();
         assert!(message(request(vec![], 1, 0)).contains("query: is empty, expected 2"));
         assert!(message(request(vec![1.0], 1, 0)).contains("query: has 1 values, expected 2"));
         assert!(message(request(vec![1.0, f32::NAN], 1, 0)).contains("value 1 is NaN"));
         assert!(message(request(vec![1.0, f32::INFINITY], 1, 0)).contains("finite"));
+        // The query: finite, but its scores would be inf.
+        assert_eq!(
+            message(request(vec![3.4e38, -3.4e38], 1, 0)),
+            "query: value 0 is 3.4e38, values must be finite and within ±1e6"
+        );
         assert!(
             message(request(vec![1.0, 0.0], 0, 0)).contains("k: is 0, must be between 1 and 100")
         );

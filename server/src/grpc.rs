@@ -6,30 +6,47 @@ use tonic::transport::Server;
 use tonic::transport::server::Router;
 use tonic_health::server::HealthReporter;
 
+use crate::limits::ServerLimits;
 use crate::tls::ServerAccess;
 
 /// The router every recsys server starts from: the metrics layer around its
-/// services, and inside it the client-certificate check ([`crate::tls`]), so
-/// refused calls are counted too.
+/// services; inside it the client-certificate check ([`crate::tls`]), so refused
+/// calls are counted too; and inside that the layer that blames the caller for
+/// bytes tonic cannot frame (so metrics count the code the caller saw).
 pub type StandardRouter = Router<
     tower_layer::Stack<
-        crate::tls::ClientCertLayer,
-        tower_layer::Stack<crate::metrics::GrpcMetricsLayer, tower_layer::Identity>,
+        crate::limits::CallerFaultLayer,
+        tower_layer::Stack<
+            crate::tls::ClientCertLayer,
+            tower_layer::Stack<crate::metrics::GrpcMetricsLayer, tower_layer::Identity>,
+        >,
     >,
 >;
 
 /// A plaintext server router that already offers `grpc.health.v1` and reflection
 /// over the recsys and health protos (so `grpcurl` needs no `.proto` files) and
 /// counts every call in the Prometheus metrics ([`crate::metrics`]), and the
-/// reporter that flips health statuses; every status starts unknown.
+/// reporter that flips health statuses; every status starts unknown. The
+/// server has the default [`ServerLimits`].
 pub fn standard_router() -> Result<(HealthReporter, StandardRouter), ReflectionError> {
-    finish(Server::builder(), false, true)
+    standard_router_with(&ServerLimits::default())
 }
 
-/// [`standard_router`] as `access` says: over TLS when it has TLS material (client
-/// certificates required when it names a client CA), reflection only when asked.
-pub fn router_with(access: &ServerAccess) -> Result<(HealthReporter, StandardRouter), RouterError> {
-    let mut builder = Server::builder();
+/// [`standard_router`] with the transport limits `limits`.
+pub fn standard_router_with(
+    limits: &ServerLimits,
+) -> Result<(HealthReporter, StandardRouter), ReflectionError> {
+    finish(limits.builder(), false, true)
+}
+
+/// [`standard_router_with`] as `access` says: over TLS when it has TLS material
+/// (client certificates required when it names a client CA), reflection only when
+/// asked.
+pub fn router_with(
+    access: &ServerAccess,
+    limits: &ServerLimits,
+) -> Result<(HealthReporter, StandardRouter), RouterError> {
+    let mut builder = limits.builder();
     if let Some(tls) = &access.tls {
         builder = builder
             .tls_config(tls.load()?)
@@ -52,6 +69,7 @@ fn finish(
     let router = builder
         .layer(crate::metrics::GrpcMetricsLayer)
         .layer(crate::tls::ClientCertLayer::new(client_cert_required))
+        .layer(crate::limits::CallerFaultLayer)
         .add_service(health_service);
     let router = if reflection {
         let reflection_service = tonic_reflection::server::Builder::configure()

@@ -7,7 +7,9 @@
 //! the gateway, retrieval and ranking nodes.
 
 pub mod allocator;
+pub mod exact_searches;
 pub mod grpc;
+pub mod limits;
 pub mod metrics;
 pub mod runtime;
 pub mod shutdown;

@@ -26,14 +26,22 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
-/// gRPC services whose calls get their own label values; anything else is counted
-/// under `other`, so a client sending random paths cannot blow up the label set.
-const KNOWN_SERVICES: &[&str] = &[
-    "recsys.v1.GatewayService",
-    "recsys.v1.RetrievalService",
-    "recsys.v1.RankingService",
-    "grpc.health.v1.Health",
-    "grpc.reflection.v1.ServerReflection",
+/// The gRPC methods whose calls get their own label values, by service; a call
+/// to any other service is counted under `other`/`other`, and to an unknown
+/// method of a known service under `unknown`, so a client sending random paths
+/// cannot add series (each label set is a series kept for the process's life).
+const KNOWN_METHODS: &[(&str, &[&str])] = &[
+    (
+        "recsys.v1.GatewayService",
+        &["Recommend", "RecommendStream"],
+    ),
+    ("recsys.v1.RetrievalService", &["Search", "Info"]),
+    ("recsys.v1.RankingService", &["Rank"]),
+    ("grpc.health.v1.Health", &["Check", "Watch"]),
+    (
+        "grpc.reflection.v1.ServerReflection",
+        &["ServerReflectionInfo"],
+    ),
 ];
 
 // Metrics are defined in `LazyLock` statics from constant names, labels and
@@ -207,25 +215,30 @@ where
                 Err(_) => "Transport",
             };
             GRPC_SECONDS
-                .with_label_values(&[service, method.as_str()])
+                .with_label_values(&[service, method])
                 .observe(started.elapsed().as_secs_f64());
-            GRPC_CALLS
-                .with_label_values(&[service, method.as_str(), code])
-                .inc();
+            GRPC_CALLS.with_label_values(&[service, method, code]).inc();
             response
         })
     }
 }
 
-/// `(service, method)` of a gRPC path `/package.Service/Method`, with unknown
-/// services folded into `other`.
-fn labels(path: &str) -> (&'static str, String) {
+/// `(service, method)` of a gRPC path `/package.Service/Method`: unknown
+/// services fold into `other`, unknown methods of known services into `unknown`.
+fn labels(path: &str) -> (&'static str, &'static str) {
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let service = parts.next().unwrap_or_default();
     let method = parts.next().unwrap_or_default();
-    match KNOWN_SERVICES.iter().find(|known| **known == service) {
-        Some(known) => (known, method.chars().take(64).collect()),
-        None => ("other", "other".to_string()),
+    match KNOWN_METHODS.iter().find(|(known, _)| *known == service) {
+        Some((known, methods)) => (
+            known,
+            methods
+                .iter()
+                .find(|m| **m == method)
+                .copied()
+                .unwrap_or("unknown"),
+        ),
+        None => ("other", "other"),
     }
 }
 
@@ -273,10 +286,39 @@ mod tests {
     fn labels_fold_unknown_services() {
         assert_eq!(
             labels("/recsys.v1.GatewayService/Recommend"),
-            ("recsys.v1.GatewayService", "Recommend".to_string())
+            ("recsys.v1.GatewayService", "Recommend")
         );
-        assert_eq!(labels("/evil.Service/x"), ("other", "other".to_string()));
-        assert_eq!(labels(""), ("other", "other".to_string()));
+        assert_eq!(labels("/evil.Service/x"), ("other", "other"));
+        assert_eq!(labels(""), ("other", "other"));
+        assert_eq!(
+            labels("/recsys.v1.RankingService/Rank0123"),
+            ("recsys.v1.RankingService", "unknown")
+        );
+        assert_eq!(
+            labels("/grpc.health.v1.Health/Check/extra"),
+            ("grpc.health.v1.Health", "unknown")
+        );
+    }
+
+    /// Every method of the recsys services has its own label: the list above
+    /// cannot fall behind the protos.
+    #[test]
+    fn every_recsys_method_is_known() {
+        use prost::Message;
+        let set =
+            prost_types::FileDescriptorSet::decode(recsys_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let mut seen = 0;
+        for file in &set.file {
+            for service in &file.service {
+                let name = format!("{}.{}", file.package(), service.name());
+                for method in &service.method {
+                    let path = format!("/{name}/{}", method.name());
+                    assert_eq!(labels(&path), (name.as_str(), method.name()), "{path}");
+                    seen += 1;
+                }
+            }
+        }
+        assert_eq!(seen, 5);
     }
 
     #[test]

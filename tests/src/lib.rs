@@ -12,6 +12,7 @@ pub mod compose;
 pub mod load;
 pub mod misbehaving;
 pub mod processes;
+pub mod raw_grpc;
 pub mod skip;
 
 use std::net::SocketAddr;

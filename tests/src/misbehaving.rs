@@ -1,7 +1,7 @@
 //! Nodes that misbehave on purpose, for the gateway's failure tests: a ranking node
-//! that is slow, fails, or answers the wrong number of scores; a retrieval node
-//! whose bundle is still loading; a peer that accepts connections and never says a
-//! word. The first two implement the generated tonic server traits of
+//! that is slow, fails, or answers the wrong number or non-finite scores; a
+//! retrieval node whose bundle is still loading, or one that lies in its answers
+//! (`LyingShard`); a peer that accepts connections and never says a word. The first two implement the generated tonic server traits of
 //! `recsys-proto` and run on a real gRPC server with the health, reflection and
 //! metrics layers every node has (`recsys_server::grpc::standard_router`), so the
 //! gateway reaches them exactly as it reaches real nodes: nothing of the gateway
@@ -42,6 +42,8 @@ pub enum RankerBehaviour {
     Fails(Code),
     /// One score fewer than candidates.
     WrongScoreCount,
+    /// A NaN score for the first candidate (a model that overflowed).
+    NonFinite,
 }
 
 /// A ranking node that behaves as told and counts its calls.
@@ -77,6 +79,11 @@ impl RankingService for FakeRanker {
             RankerBehaviour::Fails(code) => return Err(Status::new(code, FAKE_FAILURE)),
             RankerBehaviour::WrongScoreCount => {
                 scores.pop();
+            }
+            RankerBehaviour::NonFinite => {
+                if let Some(first) = scores.first_mut() {
+                    *first = f32::NAN;
+                }
             }
         }
         Ok(Response::new(RankResponse {
@@ -121,6 +128,108 @@ impl RetrievalService for LoadingShard {
             ..Default::default()
         }))
     }
+}
+
+/// How a [`LyingShard`] answers a search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lie {
+    /// An honest-looking answer (its shard's ids, finite scores, the version).
+    None,
+    /// One score is `+inf` (what a query of ±3.4e38 once made real nodes answer).
+    InfiniteScore,
+    /// The same id twice.
+    Duplicate,
+    /// The request's first excluded id among the hits.
+    Excluded,
+    /// Another bundle version.
+    WrongVersion,
+    /// No answer at all, for longer than any test (a node stuck in a search).
+    Silent,
+}
+
+/// A retrieval node for one shard that answers with two of its shard's ids,
+/// lying as told; it counts its calls.
+#[derive(Debug, Clone)]
+pub struct LyingShard {
+    lie: Lie,
+    ids: [u64; 2],
+    shard: u32,
+    version: String,
+    calls: Arc<AtomicUsize>,
+}
+
+impl LyingShard {
+    /// A node of `shard` of `shard_count` in bundle `version`.
+    pub fn new(lie: Lie, shard: u32, shard_count: u32, version: &str) -> Self {
+        let mut own = (0u64..).filter(|id| recsys_bundle::shard_of(*id, shard_count) == shard);
+        let ids = [own.next().unwrap(), own.next().unwrap()];
+        Self {
+            lie,
+            ids,
+            shard,
+            version: version.into(),
+            calls: Arc::default(),
+        }
+    }
+
+    /// `Search` calls that reached it so far.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+#[tonic::async_trait]
+impl RetrievalService for LyingShard {
+    async fn search(
+        &self,
+        request: Request<SearchRequest>,
+    ) -> Result<Response<SearchResponse>, Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let mut item_ids = self.ids.to_vec();
+        let mut scores = vec![0.9, 0.8];
+        let mut bundle_version = self.version.clone();
+        match self.lie {
+            Lie::None => {}
+            Lie::InfiniteScore => scores[0] = f32::INFINITY,
+            Lie::Duplicate => item_ids[1] = item_ids[0],
+            Lie::Excluded => {
+                if let Some(excluded) = request.get_ref().exclude_item_ids.first() {
+                    item_ids = vec![*excluded];
+                    scores = vec![0.9];
+                }
+            }
+            Lie::WrongVersion => bundle_version = format!("{}-other", self.version),
+            Lie::Silent => tokio::time::sleep(Duration::from_secs(600)).await,
+        }
+        Ok(Response::new(SearchResponse {
+            item_ids,
+            scores,
+            shard: self.shard,
+            items_searched: 2,
+            bundle_version,
+            search_us: 1,
+        }))
+    }
+
+    async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        Err(Status::unimplemented(
+            "a lying shard says nothing about itself",
+        ))
+    }
+}
+
+/// Serves `shard` on a free loopback port until `token` is cancelled, health `SERVING`.
+pub async fn serve_lying_shard(shard: LyingShard, token: &CancellationToken) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (health, router) = standard_router().unwrap();
+    let name = <RetrievalServiceServer<LyingShard> as NamedService>::NAME;
+    set_health(&health, name, ServingStatus::Serving).await;
+    let serve = router
+        .add_service(RetrievalServiceServer::new(shard))
+        .serve_with_incoming_shutdown(incoming(listener), token.clone().cancelled_owned());
+    tokio::spawn(async move { serve.await.expect("lying retrieval node failed") });
+    addr
 }
 
 /// Serves `ranker` on a free loopback port until `token` is cancelled, health `SERVING`.
@@ -190,6 +299,7 @@ pub async fn retrieval_node(
         load_mode: recsys_retrieval_node::LoadMode::default(),
         announce: None,
         access: Default::default(),
+        server_limits: Default::default(),
     };
     let serve = recsys_retrieval_node::run(listener, config, token.clone());
     let name = format!("retrieval node of shard {shard}");

@@ -47,6 +47,7 @@ async fn recsys_health_exits_zero_only_for_serving() {
         load_mode: LoadMode::default(),
         announce: None,
         access: Default::default(),
+        server_limits: Default::default(),
     };
     let run = recsys_retrieval_node::run(listener, config, token.clone());
     let mut node = ServerHandle::spawn("retrieval node", addr, token.clone(), run);

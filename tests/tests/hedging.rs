@@ -17,7 +17,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
 use recsys_discovery::{ClusterView, NodeRecord, NodeState, Role};
 use recsys_gateway::RequestPolicy;
 use recsys_gateway::bundle_state::BundleState;
@@ -79,16 +78,19 @@ async fn a_black_hole_replica_is_hedged_around_with_full_coverage() {
         .zip(0..)
         .map(|(addr, shard)| clients.node(&record(addr, shard)).unwrap().start_call())
         .collect();
-    let shared = Arc::new(GatewayShared {
-        bundle: ArcSwapOption::from_pointee(BundleState::load(bundle.path()).unwrap()),
+    let shared = GatewayShared::new(
         view,
-        clients: clients.clone(),
-        policy: RequestPolicy {
+        clients.clone(),
+        RequestPolicy {
             default_timeout: Duration::from_secs(10),
             hedge_after: Some(HEDGE_AFTER),
             ..RequestPolicy::default()
         },
-    });
+    );
+    shared
+        .bundle
+        .store(Some(Arc::new(BundleState::load(bundle.path()).unwrap())));
+    let shared = Arc::new(shared);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gateway = listener.local_addr().unwrap();
     let (health, router) = recsys_server::grpc::standard_router().unwrap();

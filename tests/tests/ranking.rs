@@ -209,6 +209,11 @@ async fn a_ranker_that_does_not_match_its_config_is_refused_by_name() {
     config["features"][2]["dim"] = 2.into();
     config["dcn"]["input_dim"] = (config["dcn"]["input_dim"].as_u64().unwrap() + 1).into();
     std::fs::write(&path, config.to_string()).unwrap();
+    // Sealed again, as a writer that got the config wrong would have: the
+    // checksums pass and the shapes are what refuses it.
+    let mut manifest = recsys_bundle::Manifest::load(bundle.path()).unwrap();
+    manifest.files.remove("ranker/config.json");
+    recsys_bundle_builder::seal(bundle.path(), &mut manifest).unwrap();
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

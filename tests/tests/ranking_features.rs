@@ -247,7 +247,7 @@ async fn multi_hot_and_numeric_features_score_as_worked_out() {
         ),
         (
             vec![("age", Kind::FloatValue(f32::NAN))],
-            "user_features[age]",
+            "user_features: feature age is NaN",
         ),
         (
             vec![("liked", Kind::FloatValue(1.0))],
@@ -268,7 +268,7 @@ async fn multi_hot_and_numeric_features_score_as_worked_out() {
     assert!(
         status
             .message()
-            .contains("user_features[liked]: has 1025 values, the limit is 1024"),
+            .contains("user_features: feature liked has 1025 values, the limit is 1024"),
         "{}",
         status.message()
     );

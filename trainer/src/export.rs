@@ -180,6 +180,6 @@ pub fn export_bundle(
     let spec = QueryTower::write(dir, &tower_parts(model)?)?;
     let mut manifest = recsys_bundle_builder::build_bundle(dir, &items, None, &build, progress)?;
     manifest.query_model = Some(QueryModelSpec::Tower(spec));
-    manifest.save(dir)?;
+    recsys_bundle_builder::seal(dir, &mut manifest)?;
     Ok(manifest)
 }

@@ -158,6 +158,7 @@ impl Harness {
                     outcome
                 }
             },
+            |_| Ok(()),
         )
         .await;
         let attempts = lock(&log).clone();
@@ -428,6 +429,7 @@ async fn a_failed_node_is_left_out_until_a_health_check_passes() {
         shard_count: 1,
         shards: vec![harness.replicas.clone()],
         ranking: Vec::new(),
+        invalid: 0,
     };
     // B looks busy, so of two healthy replicas A always goes first (the less
     // busy of two): the order below is decided by health alone.

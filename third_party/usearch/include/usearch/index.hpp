@@ -3971,6 +3971,9 @@ class index_gt {
         level_t const entry_level = levels[static_cast<std::size_t>(header.entry_slot)];
         if (entry_level < 0 || header.max_level > static_cast<std::uint64_t>(entry_level))
             return result.failed("File is corrupted: max level exceeds entry node level");
+        // recsys patch: a level outside [0, max level] would size a node's allocation wrong
+        if (char const* invalid = invalid_levels_(levels, header_size.value, header.max_level))
+            return result.failed(invalid);
 
         // Submit metadata
         config_.connectivity = header.connectivity;
@@ -4002,6 +4005,11 @@ class index_gt {
             nodes_[i] = node_t{node_bytes.data()};
             if (!progress(i + 1, header_size.value))
                 return result.failed("Terminated by user");
+        }
+        // recsys patch: no search may follow a link out of the graph
+        if (char const* invalid = invalid_links_(levels)) {
+            reset();
+            return result.failed(invalid);
         }
         return {};
     }
@@ -4187,6 +4195,11 @@ class index_gt {
             reset();
             return result.failed("File is corrupted: max level exceeds entry node level");
         }
+        // recsys patch: a level outside [0, max level] would misplace every later node
+        if (char const* invalid = invalid_levels_(levels, header_size.value, header.max_level)) {
+            reset();
+            return result.failed(invalid);
+        }
         offsets[0u] = first_offset.value;
         for (std::size_t i = 1; i < header_size.value; ++i) {
             checked_size_result_t next_offset = checked_add(offsets[i - 1], node_bytes_(levels[i - 1]));
@@ -4222,6 +4235,11 @@ class index_gt {
             nodes_[i] = node_t{(byte_t*)file.data() + offsets[i]};
             if (!progress(i + 1, header_size.value))
                 return result.failed("Terminated by user");
+        }
+        // recsys patch: no search may follow a link out of the mapped graph
+        if (char const* invalid = invalid_links_(levels)) {
+            reset();
+            return result.failed(invalid);
         }
         viewed_file_ = std::move(file);
         return {};
@@ -4386,6 +4404,58 @@ class index_gt {
     }
 
   private:
+    /**
+     *  @brief  recsys patch: the level table read from a file, checked before it sizes or
+     *          places any node. Every level must lie in `[0, max_level]`: a negative one
+     *          wraps `node_bytes_` around, a larger one claims lists the file may not hold.
+     *  @return Null when valid, otherwise the reason.
+     */
+    template <typename levels_at>
+    static char const* invalid_levels_(levels_at const& levels, std::size_t count, std::uint64_t max_level) noexcept {
+        for (std::size_t i = 0; i != count; ++i) {
+            level_t const level = levels[i];
+            if (level < 0 || static_cast<std::uint64_t>(level) > max_level)
+                return "File is corrupted: a node level is outside [0, max level]";
+        }
+        return nullptr;
+    }
+
+    /**
+     *  @brief  recsys patch: the links read from a file (loaded or viewed), checked before
+     *          any search follows them. Upstream trusts them: a slot past the member count
+     *          indexes `nodes_` out of bounds, and a neighbor linked on a level above its
+     *          own has its list read past its node's bytes. Every node must carry the level
+     *          of the level table, every list at most its level's connectivity, and every
+     *          neighbor must be a member present on the list's level. One pass over the
+     *          links (tens of milliseconds for 390k members with connectivity 16).
+     *  @return Null when valid, otherwise the reason.
+     */
+    template <typename levels_at> char const* invalid_links_(levels_at const& levels) const noexcept {
+        std::size_t const count = nodes_count_;
+        for (std::size_t i = 0; i != count; ++i) {
+            node_t node = nodes_[i];
+            level_t const level = node.level();
+            if (level != static_cast<level_t>(levels[i]))
+                return "File is corrupted: a node's level differs from the level table";
+            for (level_t on = 0; on <= level; ++on) {
+                neighbors_ref_t neighbors = neighbors_(node, on);
+                std::size_t const capacity = on ? config_.connectivity : config_.connectivity_base;
+                std::size_t const size = neighbors.size();
+                if (size > capacity)
+                    return "File is corrupted: a node lists more neighbors than its connectivity";
+                for (std::size_t j = 0; j != size; ++j) {
+                    std::size_t const slot = static_cast<std::size_t>(neighbors[j]);
+                    if (slot >= count)
+                        return "File is corrupted: a neighbor slot is past the member count";
+                    node_t neighbor = nodes_[slot];
+                    if (static_cast<level_t>(neighbor.level()) < on)
+                        return "File is corrupted: a neighbor is linked on a level above its own";
+                }
+            }
+        }
+        return nullptr;
+    }
+
     inline static precomputed_constants_t precompute_(index_config_t const& config) noexcept {
         precomputed_constants_t pre;
         pre.inverse_log_connectivity = 1.0 / std::log(static_cast<double>(config.connectivity));

@@ -1367,6 +1367,10 @@ class index_dense_gt {
                 return result.failed("Failed to allocate memory for the casts");
             casts_ = casts_punned_t::make(head.kind_scalar);
         }
+        // recsys patch: a row narrower than a vector would let distances read past
+        // each row's allocation
+        if (!config.exclude_vectors && matrix_cols != metric_.bytes_per_vector())
+            return result.failed("File is corrupted: the vectors matrix rows differ from the vector size");
 
         // Pull the actual proximity graph
         if (!typed_) {
@@ -1497,6 +1501,10 @@ class index_dense_gt {
             casts_ = casts_punned_t::make(head.kind_scalar);
             offset += sizeof(buffer);
         }
+        // recsys patch: a row narrower than a vector would let the last vectors reach
+        // past the matrix (and, for the last row, past the mapped file)
+        if (!config.exclude_vectors && matrix_cols != metric_.bytes_per_vector())
+            return result.failed("File is corrupted: the vectors matrix rows differ from the vector size");
 
         // Pull the actual proximity graph
         if (!typed_) {

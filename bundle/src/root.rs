@@ -1,0 +1,388 @@
+//! A bundle root: a directory of immutable bundle versions and a pointer to the
+//! one to serve.
+//!
+//! ```text
+//! ROOT/
+//!   CURRENT                 the version to serve: one line, its name
+//!   v1/                     a complete version (manifest.json with every file's checksum)
+//!   v2/
+//!   .tmp-v3-4711/           a build in progress (or killed): never loaded, removed by
+//!                           the next build once process 4711 is gone
+//! ```
+//!
+//! A builder writes a version into a `.tmp-` sibling, flushes every file, records
+//! their checksums in the manifest, and renames the directory into place
+//! (`recsys_bundle_builder::Staging`); only then may `CURRENT` name it, and
+//! `CURRENT` itself is replaced atomically ([`BundleRoot::set_current`]). So a
+//! build killed at any point leaves the earlier versions and the pointer as they
+//! were, and no half version is ever named.
+//!
+//! [`BundleSource`] is what a node is told to serve: one version directory
+//! (`--bundle`) or a root whose pointer it follows (`--bundle-root`). Today the
+//! pointer is read once at start; [`BundleSource::resolve`] is cheap and pure, so
+//! a node that watches for a change can call it again and compare
+//! [`ResolvedBundle::version`].
+
+use std::path::{Path, PathBuf};
+
+use crate::{BundleError, Manifest};
+
+/// The pointer file inside a root.
+pub const CURRENT_FILE: &str = "CURRENT";
+
+/// Prefix of a version being built inside a root.
+pub const STAGING_PREFIX: &str = ".tmp-";
+
+/// Longest version name accepted.
+pub const MAX_VERSION_LEN: usize = 128;
+
+/// Checks that `version` can name a directory inside a root: 1 to 128 ASCII
+/// letters, digits, `.`, `_` or `-`, not starting with `.` (hidden entries are
+/// the builder's own).
+pub fn check_version_name(version: &str) -> Result<(), BundleError> {
+    let ok = !version.is_empty()
+        && version.len() <= MAX_VERSION_LEN
+        && !version.starts_with('.')
+        && version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(BundleError::invalid(
+            "version",
+            format!(
+                "{version:?} cannot name a version directory: use 1 to {MAX_VERSION_LEN} ASCII letters, digits, '.', '_' or '-', not starting with '.'"
+            ),
+        ))
+    }
+}
+
+/// A bundle root directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleRoot {
+    dir: PathBuf,
+}
+
+/// A version chosen to be served: its name and its directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedBundle {
+    /// The version's name (the manifest's `version`).
+    pub version: String,
+    /// Its directory, holding `manifest.json`.
+    pub dir: PathBuf,
+}
+
+impl BundleRoot {
+    /// The root at `dir` (not read until asked).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The root's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The directory of `version` (whether or not it exists).
+    pub fn version_dir(&self, version: &str) -> Result<PathBuf, BundleError> {
+        check_version_name(version)?;
+        Ok(self.dir.join(version))
+    }
+
+    /// The version `CURRENT` names.
+    pub fn current(&self) -> Result<String, BundleError> {
+        let path = self.dir.join(CURRENT_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| BundleError::io(&path, e))?;
+        let version = text.trim();
+        check_version_name(version).map_err(|e| BundleError::corrupt(&path, e.to_string()))?;
+        Ok(version.to_string())
+    }
+
+    /// The version `CURRENT` names and its directory, after checking that the
+    /// directory holds a complete version of that name ([`BundleRoot::complete`]).
+    pub fn resolve_current(&self) -> Result<ResolvedBundle, BundleError> {
+        let version = self.current()?;
+        let dir = self.complete(&version)?;
+        Ok(ResolvedBundle { version, dir })
+    }
+
+    /// Checks that `version` is complete in this root (a directory whose manifest
+    /// loads, carries that version name and lists its files' checksums) and
+    /// returns its directory. Files are not hashed here: that is
+    /// [`crate::verify`]'s work, done by whoever reads them.
+    pub fn complete(&self, version: &str) -> Result<PathBuf, BundleError> {
+        let dir = self.version_dir(version)?;
+        let manifest = Manifest::load(&dir)?;
+        let manifest_path = dir.join(crate::MANIFEST_FILE);
+        if manifest.version != version {
+            return Err(BundleError::corrupt(
+                manifest_path,
+                format!(
+                    "names version {:?} but lies in the root's directory {version:?}",
+                    manifest.version
+                ),
+            ));
+        }
+        if manifest.files.is_empty() {
+            return Err(BundleError::corrupt(
+                manifest_path,
+                "lists no file checksums: not a complete version",
+            ));
+        }
+        Ok(dir)
+    }
+
+    /// Points `CURRENT` at `version`, which must be complete: written to a
+    /// temporary file, flushed, renamed over the old pointer, directory flushed.
+    pub fn set_current(&self, version: &str) -> Result<(), BundleError> {
+        self.complete(version)?;
+        crate::durable::write_atomic(
+            &self.dir.join(CURRENT_FILE),
+            format!("{version}\n").as_bytes(),
+        )
+    }
+
+    /// The complete versions in the root, sorted by name; builds in progress,
+    /// hidden entries and incomplete directories are left out.
+    pub fn versions(&self) -> Result<Vec<String>, BundleError> {
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| BundleError::io(&self.dir, e))?;
+        let mut versions = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| BundleError::io(&self.dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if check_version_name(&name).is_ok()
+                && entry.path().is_dir()
+                && self.complete(&name).is_ok()
+            {
+                versions.push(name);
+            }
+        }
+        versions.sort();
+        Ok(versions)
+    }
+
+    /// Where this process builds `version` before renaming it into place.
+    pub fn staging_dir(&self, version: &str) -> Result<PathBuf, BundleError> {
+        check_version_name(version)?;
+        Ok(self
+            .dir
+            .join(format!("{STAGING_PREFIX}{version}-{}", std::process::id())))
+    }
+
+    /// Removes what killed builds left: `.tmp-*-PID` directories whose process is
+    /// gone (a live one may be another build in progress). Returns what it removed.
+    pub fn clean_abandoned(&self) -> Result<Vec<PathBuf>, BundleError> {
+        clean_abandoned_in(&self.dir, STAGING_PREFIX)
+    }
+}
+
+/// Removes the entries of `dir` named `{prefix}...-PID` whose process is gone.
+pub fn clean_abandoned_in(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>, BundleError> {
+    let mut removed = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(error) => return Err(BundleError::io(dir, error)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| BundleError::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(prefix) else {
+            continue;
+        };
+        let pid = rest
+            .rsplit('-')
+            .next()
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if pid.is_some_and(process_alive) {
+            continue;
+        }
+        let path = entry.path();
+        let outcome = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        outcome.map_err(|e| BundleError::io(&path, e))?;
+        removed.push(path);
+    }
+    Ok(removed)
+}
+
+/// Whether process `pid` exists. Where that cannot be told (no `/proc`), every
+/// process counts as alive, so nothing that may be in use is removed.
+fn process_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    let proc = Path::new("/proc");
+    !proc.join("self").exists() || proc.join(pid.to_string()).exists()
+}
+
+/// What a node serves: one version directory, or the current version of a root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BundleSource {
+    /// A version directory (`--bundle DIR`), served as it is.
+    Dir(PathBuf),
+    /// A root (`--bundle-root ROOT`): the version `CURRENT` names.
+    Root(BundleRoot),
+}
+
+impl BundleSource {
+    /// From the two flags nodes take; exactly one must be given.
+    pub fn from_flags(
+        bundle: Option<PathBuf>,
+        bundle_root: Option<PathBuf>,
+    ) -> Result<Self, BundleError> {
+        match (bundle, bundle_root) {
+            (Some(dir), None) => Ok(Self::Dir(dir)),
+            (None, Some(root)) => Ok(Self::Root(BundleRoot::new(root))),
+            (Some(_), Some(_)) => Err(BundleError::invalid(
+                "bundle",
+                "give --bundle DIR or --bundle-root ROOT, not both",
+            )),
+            (None, None) => Err(BundleError::invalid(
+                "bundle",
+                "say what to serve: --bundle DIR or --bundle-root ROOT",
+            )),
+        }
+    }
+
+    /// The version directory to load now. For a directory, its manifest's
+    /// version (the manifest is read); for a root, what `CURRENT` names.
+    pub fn resolve(&self) -> Result<ResolvedBundle, BundleError> {
+        match self {
+            Self::Dir(dir) => Ok(ResolvedBundle {
+                version: Manifest::load(dir)?.version,
+                dir: dir.clone(),
+            }),
+            Self::Root(root) => root.resolve_current(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_names() {
+        for good in ["v1", "2026-12-06.1", "demo_1", &"a".repeat(MAX_VERSION_LEN)] {
+            check_version_name(good).unwrap();
+        }
+        for bad in [
+            "",
+            ".tmp-v1-1",
+            "..",
+            "a/b",
+            "v 1",
+            "CURRENT\n",
+            &"a".repeat(MAX_VERSION_LEN + 1),
+        ] {
+            assert!(check_version_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// A directory that looks like a sealed version named `version` (a manifest
+    /// that validates and lists one file); no shard is readable, which the
+    /// pointer logic never needs.
+    fn fake_version(root: &Path, version: &str) {
+        let dir = root.join(version);
+        std::fs::create_dir_all(dir.join("shards")).unwrap();
+        std::fs::write(dir.join("shards/shard-0.usearch"), b"x").unwrap();
+        let manifest = serde_json::json!({
+            "format_version": crate::FORMAT_VERSION,
+            "version": version,
+            "dimensions": 4,
+            "index": crate::IndexParams::default(),
+            "shard_count": 1,
+            "shards": [{"shard": 0, "file": "shards/shard-0.usearch", "items": 0}],
+            "items": 0,
+            "catalog": null,
+            "query_model": null,
+            "source": "test",
+            "files": {"shards/shard-0.usearch":
+                crate::FileDigest::of_file(&dir.join("shards/shard-0.usearch")).unwrap()},
+        });
+        std::fs::write(dir.join(crate::MANIFEST_FILE), manifest.to_string()).unwrap();
+    }
+
+    #[test]
+    fn current_pointer_round_trip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = BundleRoot::new(tmp.path());
+        assert!(matches!(root.current(), Err(BundleError::Io { .. })));
+        fake_version(tmp.path(), "v1");
+        fake_version(tmp.path(), "v2");
+        root.set_current("v1").unwrap();
+        assert_eq!(root.resolve_current().unwrap().dir, tmp.path().join("v1"));
+        root.set_current("v2").unwrap();
+        let resolved = BundleSource::Root(root.clone()).resolve().unwrap();
+        assert_eq!(resolved.version, "v2");
+        assert_eq!(root.versions().unwrap(), vec!["v1", "v2"]);
+    }
+
+    #[test]
+    fn incomplete_versions_are_never_named_or_listed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = BundleRoot::new(tmp.path());
+        fake_version(tmp.path(), "v1");
+        root.set_current("v1").unwrap();
+        // A directory without a manifest, one whose manifest lists no checksums,
+        // one whose manifest names another version, and a build in progress.
+        std::fs::create_dir_all(tmp.path().join("v2/shards")).unwrap();
+        fake_version(tmp.path(), "v3");
+        let v3 = tmp.path().join("v3").join(crate::MANIFEST_FILE);
+        let mut manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&v3).unwrap()).unwrap();
+        manifest["files"] = serde_json::json!({});
+        std::fs::write(&v3, manifest.to_string()).unwrap();
+        fake_version(tmp.path(), "v4");
+        std::fs::rename(tmp.path().join("v4"), tmp.path().join("v5")).unwrap();
+        fake_version(tmp.path(), ".tmp-v6-1");
+        for version in ["v2", "v3", "v5", "v7"] {
+            let error = root.set_current(version).unwrap_err();
+            assert!(error.to_string().contains(version), "{error}");
+        }
+        assert!(root.set_current(".tmp-v6-1").is_err());
+        assert_eq!(root.current().unwrap(), "v1");
+        assert_eq!(root.versions().unwrap(), vec!["v1"]);
+        // A pointer edited by hand to name an incomplete version resolves to an error.
+        std::fs::write(tmp.path().join(CURRENT_FILE), "v3\n").unwrap();
+        assert!(root.resolve_current().is_err());
+        std::fs::write(tmp.path().join(CURRENT_FILE), "../v1\n").unwrap();
+        let error = root.resolve_current().unwrap_err().to_string();
+        assert!(error.contains(CURRENT_FILE), "{error}");
+    }
+
+    #[test]
+    fn abandoned_builds_are_removed_live_ones_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = BundleRoot::new(tmp.path());
+        let own = root.staging_dir("v2").unwrap();
+        std::fs::create_dir_all(&own).unwrap();
+        // pid 0 is never a process that can own a directory.
+        let dead = tmp.path().join(format!("{STAGING_PREFIX}v1-0"));
+        std::fs::create_dir_all(dead.join("shards")).unwrap();
+        fake_version(tmp.path(), "v3");
+        let removed = root.clean_abandoned().unwrap();
+        if Path::new("/proc/self").exists() {
+            assert_eq!(removed, vec![dead.clone()]);
+            assert!(!dead.exists());
+        }
+        assert!(own.exists());
+        assert!(tmp.path().join("v3").exists());
+    }
+
+    #[test]
+    fn source_from_flags() {
+        let dir = PathBuf::from("b");
+        assert_eq!(
+            BundleSource::from_flags(Some(dir.clone()), None).unwrap(),
+            BundleSource::Dir(dir.clone())
+        );
+        assert!(BundleSource::from_flags(Some(dir.clone()), Some(dir.clone())).is_err());
+        assert!(BundleSource::from_flags(None, None).is_err());
+    }
+}

@@ -1,0 +1,331 @@
+//! A shard that takes item upserts and deletes while it serves: the bundle's
+//! packed, read-only index plus a small mutable index searched beside it.
+//!
+//! The layout is the segment style of Lucene, Milvus and Qdrant: the base is the
+//! immutable file of a bundle version (memory-mapped and packed, the fast path),
+//! and every change since the version was built lives in a second, in-memory
+//! usearch index (the *delta*). A delete or an upsert of a base item hides the
+//! base copy with a filter that runs inside the base's HNSW traversal (usearch's
+//! filtered search), so a hidden item never takes a slot of the k; an upserted
+//! item is added to the delta, replacing any earlier delta copy. A search asks
+//! both for k and merges the two lists. The next bundle version, compacted from
+//! the base and the change log, folds the delta back into a packed base.
+//!
+//! Changes come stamped with the revision of the ordered log they were read from
+//! (etcd's revision in the cluster); a shard applies each revision once and
+//! remembers the last, so replaying the log after a restart or a reconnection is
+//! harmless and every replica that has applied revision r holds the same items.
+
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use recsys_bundle::sharding::shard_of;
+use usearch::Index;
+
+use crate::options::{score_from_distance, usearch_options};
+use crate::shard_index::{Hidden, sort_hits};
+use crate::{Hit, SearchError, ShardIndex};
+
+/// One change to a shard's items.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ItemChange {
+    /// Adds the item, or replaces its vector if the shard has it.
+    Upsert {
+        /// Item id; must hash to this shard.
+        id: u64,
+        /// The item's embedding, of the shard's dimensions.
+        vector: Vec<f32>,
+    },
+    /// Removes the item; deleting an item the shard does not have is a no-op, so
+    /// a replayed delete is harmless.
+    Delete {
+        /// Item id; must hash to this shard.
+        id: u64,
+    },
+}
+
+impl ItemChange {
+    /// The item the change is about.
+    pub fn id(&self) -> u64 {
+        match self {
+            Self::Upsert { id, .. } | Self::Delete { id } => *id,
+        }
+    }
+}
+
+/// Why a batch of changes was refused. A refused batch changes nothing: the
+/// checks run before the first change is applied.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ChangeError {
+    /// The item belongs to another shard.
+    #[error("item {id} hashes to shard {actual}, not to this shard {expected}")]
+    ForeignItem {
+        /// The item.
+        id: u64,
+        /// This shard.
+        expected: u32,
+        /// The shard the item hashes to.
+        actual: u32,
+    },
+    /// An upsert's vector has the wrong length.
+    #[error("item {id} has {actual} dimensions, the shard has {expected}")]
+    Dimensions {
+        /// The item.
+        id: u64,
+        /// The shard's dimensions.
+        expected: usize,
+        /// The vector's.
+        actual: usize,
+    },
+    /// An upsert's vector holds NaN or an infinity.
+    #[error("item {id} has a non-finite value in its vector")]
+    NonFinite {
+        /// The item.
+        id: u64,
+    },
+    /// usearch refused to grow or change the mutable index.
+    #[error("mutable index: {0}")]
+    Usearch(String),
+}
+
+/// What [`LiveShard::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The batch was applied; the shard is now at its revision.
+    Changed,
+    /// The shard had already applied this revision: nothing changed.
+    Replayed,
+}
+
+/// Counts describing a live shard, for `Info` and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveStats {
+    /// Items a search can return.
+    pub items: u64,
+    /// Items in the base that changes have hidden (deleted or replaced).
+    pub hidden: u64,
+    /// Items in the mutable part.
+    pub delta: u64,
+    /// The last applied revision of the change log.
+    pub revision: u64,
+}
+
+/// The mutable part, behind one lock: searches read it, a batch of changes
+/// writes it. Batches are short (one log entry's changes), so a search waits at
+/// most for one batch.
+struct Mutable {
+    delta: Index,
+    /// Base items deleted or replaced, left out of the base's search.
+    hidden: Hidden,
+    revision: u64,
+}
+
+/// A serving shard: a bundle's [`ShardIndex`] and the changes applied on top.
+pub struct LiveShard {
+    base: ShardIndex,
+    mutable: RwLock<Mutable>,
+}
+
+impl std::fmt::Debug for LiveShard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveShard")
+            .field("base", &self.base)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl LiveShard {
+    /// Serves `base` as it is, with no changes yet; `revision` is the change-log
+    /// revision the bundle version already contains (its manifest says which).
+    pub fn new(base: ShardIndex, revision: u64) -> Result<Self, ChangeError> {
+        let delta = Index::new(&usearch_options(base.params(), base.dimensions()))
+            .map_err(|e| ChangeError::Usearch(e.to_string()))?;
+        delta.change_expansion_search(base.params().expansion_search);
+        Ok(Self {
+            base,
+            mutable: RwLock::new(Mutable {
+                delta,
+                hidden: Hidden::default(),
+                revision,
+            }),
+        })
+    }
+
+    /// The bundle's shard underneath.
+    pub fn base(&self) -> &ShardIndex {
+        &self.base
+    }
+
+    /// Overrides the search beam width (`ef`) of the mutable part; the base's is
+    /// set on [`Self::base`].
+    pub fn set_expansion_search(&self, expansion: usize) {
+        self.read().delta.change_expansion_search(expansion);
+    }
+
+    /// The last change-log revision applied (or contained in the bundle).
+    pub fn revision(&self) -> u64 {
+        self.read().revision
+    }
+
+    /// Counts for `Info` and metrics.
+    pub fn stats(&self) -> LiveStats {
+        let mutable = self.read();
+        let delta = mutable.delta.size() as u64;
+        let hidden = mutable.hidden.len() as u64;
+        LiveStats {
+            items: self.base.items().saturating_sub(hidden) + delta,
+            hidden,
+            delta,
+            revision: mutable.revision,
+        }
+    }
+
+    /// Applies one log entry's changes, in order, as revision `revision`. A
+    /// revision at or before the last applied one is skipped
+    /// ([`Applied::Replayed`]): the log is read in order, so it was applied. A
+    /// batch with a foreign item or a bad vector is refused before any change is
+    /// made.
+    pub fn apply(&self, revision: u64, changes: &[ItemChange]) -> Result<Applied, ChangeError> {
+        let mut mutable = self.write();
+        if revision <= mutable.revision {
+            return Ok(Applied::Replayed);
+        }
+        self.check(changes)?;
+        let upserts = changes
+            .iter()
+            .filter(|change| matches!(change, ItemChange::Upsert { .. }))
+            .count();
+        let delta = &mutable.delta;
+        let needed = delta.size() + upserts;
+        if needed > delta.capacity() {
+            // Doubling keeps the cost of growing amortized over many batches.
+            let capacity = needed.max(delta.capacity().saturating_mul(2)).max(1024);
+            delta
+                .reserve(capacity)
+                .map_err(|e| ChangeError::Usearch(e.to_string()))?;
+        }
+        for change in changes {
+            let id = change.id();
+            if mutable.delta.contains(id) {
+                mutable
+                    .delta
+                    .remove(id)
+                    .map_err(|e| ChangeError::Usearch(e.to_string()))?;
+            }
+            if self.base.contains(id) {
+                mutable.hidden.insert(id);
+            }
+            if let ItemChange::Upsert { id, vector } = change {
+                mutable
+                    .delta
+                    .add(*id, vector)
+                    .map_err(|e| ChangeError::Usearch(e.to_string()))?;
+            }
+        }
+        mutable.revision = revision;
+        Ok(Applied::Changed)
+    }
+
+    fn check(&self, changes: &[ItemChange]) -> Result<(), ChangeError> {
+        let (shard, shard_count) = (self.base.shard(), self.base.shard_count());
+        for change in changes {
+            let id = change.id();
+            let actual = shard_of(id, shard_count);
+            if actual != shard {
+                return Err(ChangeError::ForeignItem {
+                    id,
+                    expected: shard,
+                    actual,
+                });
+            }
+            if let ItemChange::Upsert { vector, .. } = change {
+                if vector.len() != self.base.dimensions() {
+                    return Err(ChangeError::Dimensions {
+                        id,
+                        expected: self.base.dimensions(),
+                        actual: vector.len(),
+                    });
+                }
+                if !vector.iter().all(|v| v.is_finite()) {
+                    return Err(ChangeError::NonFinite { id });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The `k` best items for `query` among the base's visible items and the
+    /// mutable part's, best first (ties: smaller id first), none in `excluded`
+    /// (sorted). Blocking CPU work: call from the search pool.
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        excluded: &[u64],
+        exact: bool,
+    ) -> Result<Vec<Hit>, SearchError> {
+        let mutable = self.read();
+        let mut hits = self
+            .base
+            .search_hiding(query, k, excluded, &mutable.hidden, exact)?;
+        let delta = &mutable.delta;
+        if delta.size() == 0 || k == 0 {
+            return Ok(hits);
+        }
+        let keep = |key: u64| excluded.binary_search(&key).is_err();
+        let matches = if exact {
+            delta.exact_search(query, (k + excluded.len()).min(delta.size()))
+        } else if excluded.is_empty() {
+            delta.search(query, k)
+        } else {
+            delta.filtered_search(query, k, keep)
+        }
+        .map_err(|e| SearchError::Usearch(e.to_string()))?;
+        let metric = self.base.metric();
+        hits.extend(
+            matches
+                .keys
+                .iter()
+                .zip(&matches.distances)
+                .filter(|(key, _)| keep(**key))
+                .map(|(key, distance)| (*key, score_from_distance(metric, *distance))),
+        );
+        sort_hits(&mut hits);
+        hits.truncate(k);
+        Ok(hits)
+    }
+
+    /// The two halves of [`Self::search`] on their own, for the benchmark that
+    /// says where a live shard's time goes: the base with the hidden items left
+    /// out, and the mutable part.
+    #[doc(hidden)]
+    pub fn search_halves(&self, query: &[f32], k: usize, base: bool) -> Result<usize, SearchError> {
+        let mutable = self.read();
+        if base {
+            Ok(self
+                .base
+                .search_hiding(query, k, &[], &mutable.hidden, false)?
+                .len())
+        } else {
+            Ok(mutable
+                .delta
+                .search(query, k)
+                .map_err(|e| SearchError::Usearch(e.to_string()))?
+                .keys
+                .len())
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Mutable> {
+        // A panic while applying leaves at worst a half-applied batch whose
+        // revision was not recorded; the log replays it, so the data is usable.
+        self.mutable.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Mutable> {
+        self.mutable.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests;

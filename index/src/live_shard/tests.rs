@@ -1,0 +1,193 @@
+//! A live shard against a model of what it should hold: a map from id to vector,
+//! changed by the same random upserts and deletes, searched by brute force.
+
+use std::collections::BTreeMap;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use recsys_bundle::{Manifest, Metric};
+
+use super::*;
+use crate::LoadMode;
+use crate::test_bundle::{DIM, ITEMS, bundle, unit_vectors};
+
+fn random_unit(rng: &mut StdRng) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..DIM).map(|_| rng.random::<f32>() - 0.5).collect();
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= norm);
+    v
+}
+
+/// The exact top k of `model` for `query`, ties by smaller id.
+fn brute_force(model: &BTreeMap<u64, Vec<f32>>, query: &[f32], k: usize) -> Vec<u64> {
+    let mut scored: Vec<(u64, f32)> = model
+        .iter()
+        .map(|(id, v)| (*id, Metric::Ip.score(query, v)))
+        .collect();
+    scored.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    scored.into_iter().take(k).map(|(id, _)| id).collect()
+}
+
+fn live(dir: &std::path::Path, mode: LoadMode) -> (LiveShard, BTreeMap<u64, Vec<f32>>) {
+    let data = bundle(dir);
+    let base = ShardIndex::open_with(dir, 0, mode).unwrap();
+    let model = data
+        .chunks(DIM)
+        .enumerate()
+        .map(|(id, v)| (id as u64, v.to_vec()))
+        .collect();
+    (LiveShard::new(base, 7).unwrap(), model)
+}
+
+/// Random batches of upserts (new ids and replacements of base and delta items)
+/// and deletes (of base items, delta items and ids never seen), applied to the
+/// shard and to the model: the exact search must then give the model's answer,
+/// deleted ids never come back from either search, and every upserted item is the
+/// first answer to its own vector.
+#[test]
+fn upserts_and_deletes_match_a_model_of_the_items() {
+    for mode in [LoadMode::Packed, LoadMode::Load] {
+        let dir = tempfile::tempdir().unwrap();
+        let (shard, mut model) = live(dir.path(), mode);
+        let mut rng = StdRng::seed_from_u64(42);
+        let mut deleted = std::collections::BTreeSet::new();
+        let mut revision = 7;
+        for _ in 0..60 {
+            let batch: Vec<ItemChange> = (0..rng.random_range(1..40))
+                .map(|_| {
+                    // Ids past ITEMS are new items; some batches touch an id twice.
+                    let id = rng.random_range(0..ITEMS as u64 + 400);
+                    if rng.random_bool(0.7) {
+                        ItemChange::Upsert {
+                            id,
+                            vector: random_unit(&mut rng),
+                        }
+                    } else {
+                        ItemChange::Delete { id }
+                    }
+                })
+                .collect();
+            revision += 1 + rng.random_range(0..3);
+            assert_eq!(shard.apply(revision, &batch).unwrap(), Applied::Changed);
+            for change in batch {
+                match change {
+                    ItemChange::Upsert { id, vector } => {
+                        deleted.remove(&id);
+                        model.insert(id, vector);
+                    }
+                    ItemChange::Delete { id } => {
+                        if model.remove(&id).is_some() {
+                            deleted.insert(id);
+                        }
+                    }
+                }
+            }
+        }
+        let stats = shard.stats();
+        assert_eq!(stats.items, model.len() as u64, "{stats:?}");
+        assert_eq!(stats.revision, revision);
+        for query in unit_vectors(30, 5).chunks(DIM) {
+            let exact: Vec<u64> = shard
+                .search(query, 25, &[], true)
+                .unwrap()
+                .iter()
+                .map(|hit| hit.0)
+                .collect();
+            assert_eq!(exact, brute_force(&model, query, 25), "{mode:?}");
+            let approximate = shard.search(query, 25, &[], false).unwrap();
+            assert_eq!(approximate.len(), 25);
+            assert!(approximate.iter().all(|hit| !deleted.contains(&hit.0)));
+            let ids: std::collections::BTreeSet<u64> =
+                approximate.iter().map(|hit| hit.0).collect();
+            assert_eq!(ids.len(), approximate.len(), "duplicate ids");
+        }
+        for (id, vector) in model.iter().filter(|(id, _)| **id >= ITEMS as u64) {
+            let first = shard.search(vector, 1, &[], false).unwrap();
+            assert_eq!(
+                first[0].0, *id,
+                "{mode:?}: upserted {id} not found by its vector"
+            );
+        }
+    }
+}
+
+/// Exclusions hold in both parts, and a replayed or older revision changes nothing.
+#[test]
+fn exclusions_hold_and_replays_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (shard, _) = live(dir.path(), LoadMode::Packed);
+    let query = unit_vectors(1, 3);
+    let new_item = ItemChange::Upsert {
+        id: 90_000,
+        vector: query.clone(),
+    };
+    assert_eq!(shard.apply(8, &[new_item]).unwrap(), Applied::Changed);
+    let first = shard.search(&query, 10, &[], false).unwrap();
+    assert_eq!(first[0].0, 90_000);
+    let mut excluded: Vec<u64> = first.iter().take(4).map(|hit| hit.0).collect();
+    excluded.sort_unstable();
+    for exact in [false, true] {
+        let second = shard.search(&query, 10, &excluded, exact).unwrap();
+        assert_eq!(second.len(), 10);
+        assert!(
+            second
+                .iter()
+                .all(|hit| excluded.binary_search(&hit.0).is_err())
+        );
+    }
+    let delete = ItemChange::Delete { id: 90_000 };
+    assert_eq!(
+        shard.apply(8, std::slice::from_ref(&delete)).unwrap(),
+        Applied::Replayed
+    );
+    assert_eq!(
+        shard.apply(3, std::slice::from_ref(&delete)).unwrap(),
+        Applied::Replayed
+    );
+    assert_eq!(shard.search(&query, 1, &[], false).unwrap()[0].0, 90_000);
+    assert_eq!(shard.apply(9, &[delete]).unwrap(), Applied::Changed);
+    assert_ne!(shard.search(&query, 1, &[], false).unwrap()[0].0, 90_000);
+}
+
+/// A batch with one bad change is refused whole: nothing in it is applied and the
+/// revision stays.
+#[test]
+fn a_bad_batch_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    bundle(dir.path());
+    // The same file declared as shard 0 of 2: about half the ids are foreign.
+    let mut manifest = Manifest::load(dir.path()).unwrap();
+    manifest.shard_count = 2;
+    let mut second = manifest.shards[0].clone();
+    second.shard = 1;
+    manifest.shards.push(second);
+    manifest.items *= 2;
+    manifest.save(dir.path()).unwrap();
+    let shard = LiveShard::new(ShardIndex::open(dir.path(), 0).unwrap(), 0).unwrap();
+    let own = (0..).find(|id| shard_of(*id, 2) == 0).unwrap();
+    let foreign = (0..).find(|id| shard_of(*id, 2) == 1).unwrap();
+    let good = ItemChange::Delete { id: own };
+    let cases = [
+        (ItemChange::Delete { id: foreign }, "shard"),
+        (
+            ItemChange::Upsert {
+                id: own,
+                vector: vec![0.5; DIM - 1],
+            },
+            "dimensions",
+        ),
+        (
+            ItemChange::Upsert {
+                id: own,
+                vector: vec![f32::NAN; DIM],
+            },
+            "non-finite",
+        ),
+    ];
+    for (bad, words) in cases {
+        let error = shard.apply(1, &[good.clone(), bad]).unwrap_err();
+        assert!(error.to_string().contains(words), "{error}");
+        assert_eq!(shard.stats().hidden, 0);
+        assert_eq!(shard.revision(), 0);
+    }
+}

@@ -1,0 +1,73 @@
+//! A small one-shard bundle of unit vectors for this crate's tests.
+
+use std::path::Path;
+
+use recsys_bundle::{FORMAT_VERSION, IndexParams, Manifest, ShardEntry, shard_file};
+
+pub(crate) const DIM: usize = 24;
+pub(crate) const ITEMS: usize = 3_000;
+
+/// Deterministic pseudo-random unit vectors (a 64-bit LCG), so a failure reproduces.
+pub(crate) fn unit_vectors(rows: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed;
+    let mut data: Vec<f32> = (0..rows * DIM)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect();
+    for row in data.chunks_mut(DIM) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        row.iter_mut().for_each(|v| *v /= norm);
+    }
+    data
+}
+
+/// A one-shard bundle of unit vectors (ids = rows), written the way the bundle
+/// builder writes one: the index file, then the manifest.
+pub(crate) fn bundle(dir: &Path) -> Vec<f32> {
+    let data = unit_vectors(ITEMS, 7);
+    let params = IndexParams::default();
+    let file = shard_file(0);
+    std::fs::create_dir_all(dir.join("shards")).unwrap();
+    let ids: Vec<u64> = (0..ITEMS as u64).collect();
+    let order: Vec<usize> = (0..ITEMS).collect();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    crate::build_shard(
+        &dir.join(&file),
+        &params,
+        DIM,
+        &data,
+        &ids,
+        &order,
+        &pool,
+        &|_| {},
+    )
+    .unwrap();
+    Manifest {
+        format_version: FORMAT_VERSION,
+        version: "test".into(),
+        dimensions: DIM,
+        index: params,
+        shard_count: 1,
+        shards: vec![ShardEntry {
+            shard: 0,
+            file,
+            items: ITEMS as u64,
+        }],
+        items: ITEMS as u64,
+        catalog: None,
+        query_model: None,
+        ranker: None,
+        source: "unit vectors".into(),
+        files: Default::default(),
+    }
+    .save(dir)
+    .unwrap();
+    data
+}
