@@ -66,6 +66,8 @@ struct Args {
     #[arg(long, env = "RECSYS_HEALTH_INTERVAL_MS", default_value_t = 1000)]
     health_interval_ms: u64,
     #[command(flatten)]
+    admission: recsys_server::admission::AdmissionFlags,
+    #[command(flatten)]
     runtime: recsys_server::runtime::RuntimeFlags,
     /// Parse and validate the flags and environment, print the configuration and
     /// exit without binding, connecting or loading: the deploy files' check.
@@ -141,6 +143,7 @@ impl Args {
             },
             connect_timeout: Duration::from_secs(1),
             health_interval: Duration::from_millis(self.health_interval_ms),
+            max_in_flight: self.admission.max_in_flight,
         };
         Ok((discovery, config))
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use recsys_discovery::Membership;
 use recsys_proto::v1::gateway_service_server::GatewayServiceServer;
+use recsys_server::admission::{Admission, AdmissionRole, resolve_limit};
 use recsys_server::grpc::{
     incoming, not_serving_on_shutdown, set_health, spawn_loader, standard_router,
 };
@@ -33,6 +34,9 @@ pub struct GatewayConfig {
     pub connect_timeout: Duration,
     /// How often every node's health is checked.
     pub health_interval: Duration,
+    /// Most requests in flight; more are refused with `RESOURCE_EXHAUSTED`
+    /// (0: the default per core, `recsys_server::admission`).
+    pub max_in_flight: usize,
 }
 
 /// Serves the gateway on `listener` until `shutdown` is cancelled, routing by
@@ -88,8 +92,10 @@ pub async fn run(
     );
 
     tracing::info!(addr = ?listener.local_addr().ok(), "gateway listening");
+    let limit = resolve_limit(AdmissionRole::Gateway, config.max_in_flight);
+    let admission = Admission::new(name, limit, &[]);
     router
-        .add_service(GatewayServiceServer::new(Gateway::new(shared)))
+        .add_service(admission.wrap(GatewayServiceServer::new(Gateway::new(shared))))
         .serve_with_incoming_shutdown(incoming(listener), shutdown.cancelled_owned())
         .await?;
     Ok(())

@@ -300,6 +300,7 @@ impl LocalCluster {
                     limits: SearchLimits::default(),
                     load_mode: LoadMode::default(),
                     announce: None,
+                    max_in_flight: 0,
                 };
                 let name = format!("retrieval node {replica} of shard {shard}");
                 let handle = spawn(name, loopback, |listener, token| {
@@ -364,6 +365,7 @@ impl LocalCluster {
             policy: options.policy,
             connect_timeout: Duration::from_secs(1),
             health_interval: Duration::from_secs(1),
+            max_in_flight: 0,
         };
         if options.etcd.is_some() {
             let expected = (manifest.shard_count, spec.ranking.len());

@@ -22,6 +22,9 @@ pub enum NodeError {
     /// usearch failed during a search.
     #[error("search failed: {0}")]
     Search(String),
+    /// The caller's deadline passed before the search could start.
+    #[error("the deadline passed before the search started")]
+    DeadlineExceeded,
     /// The search pool is gone (the node is shutting down).
     #[error("search pool closed")]
     PoolClosed,
@@ -61,6 +64,7 @@ impl From<NodeError> for tonic::Status {
             NodeError::InvalidArgument { .. } => tonic::Status::invalid_argument(message),
             NodeError::NotReady(_) | NodeError::PoolClosed => tonic::Status::unavailable(message),
             NodeError::Bundle(_) => tonic::Status::failed_precondition(message),
+            NodeError::DeadlineExceeded => tonic::Status::deadline_exceeded(message),
             NodeError::Search(_) | NodeError::Transport(_) | NodeError::Reflection(_) => {
                 tonic::Status::internal(message)
             }
