@@ -119,7 +119,7 @@ pub async fn run(
     Ok(())
 }
 
-/// Latencies (µs) of requests sent one at a time for a few seconds.
+/// Latencies (µs) of the requests answered OK, sent one at a time for a few seconds.
 async fn unloaded(
     args: &LoadArgs,
     channel: &Channel,
@@ -136,8 +136,10 @@ async fn unloaded(
         let mut request = tonic::Request::new(query(args, dim, *next_id));
         request.set_timeout(timeout);
         let started = Instant::now();
-        client.recommend(request).await?;
-        if started >= warm_until {
+        // A failure here (a deadline missed on a busy host) is not a latency;
+        // the level's own accounting shows how many there are under load.
+        let answered = client.recommend(request).await.is_ok();
+        if answered && started >= warm_until {
             latencies.push(started.elapsed().as_secs_f64() * 1e6);
         }
     }

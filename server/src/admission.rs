@@ -54,17 +54,18 @@ pub enum AdmissionRole {
 }
 
 impl AdmissionRole {
-    /// Default calls in flight per core. The gateway saturates its 2-vCPU host at
-    /// about 8 requests in flight (docs/benchmarks.md, "Overload"); 16 per core
-    /// keeps that much again as headroom for a burst, since more in flight only
-    /// queues: admitted latency stays within 3× of the unloaded p99. A node is
-    /// sized for two gateways at their limit (each request puts one call on every
-    /// shard and one on the ranking pool), so that nodes shed only when several
-    /// gateways overload them together.
+    /// Default calls in flight per core. The gateway's throughput on its 2-vCPU
+    /// host stops growing at about 8 requests in flight, and in open-loop
+    /// overload a limit of 8 answered as many requests as one of 32 with a
+    /// fifth of the admitted p99 (docs/benchmarks.md, "Overload"): past the knee
+    /// more in flight only queues. A node is sized for four gateways at their
+    /// limit (each request puts one call on every shard and one on the ranking
+    /// pool), so that a lone gateway sheds at the door and nodes shed only when
+    /// several gateways overload them together.
     pub const fn per_core(self) -> usize {
         match self {
-            Self::Gateway => 16,
-            Self::Retrieval | Self::Ranking => 32,
+            Self::Gateway => 4,
+            Self::Retrieval | Self::Ranking => 16,
         }
     }
 
@@ -78,8 +79,8 @@ impl AdmissionRole {
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub struct AdmissionFlags {
     /// Most calls the server works on at once; more are answered
-    /// RESOURCE_EXHAUSTED at once (0 = the server's default per core: 16 for the
-    /// gateway, 32 for a node). Health and reflection are never refused.
+    /// RESOURCE_EXHAUSTED at once (0 = the server's default per core: 4 for the
+    /// gateway, 16 for a node). Health and reflection are never refused.
     #[arg(long, env = "RECSYS_MAX_IN_FLIGHT", default_value_t = 0)]
     pub max_in_flight: usize,
 }
@@ -450,9 +451,9 @@ mod tests {
 
     #[test]
     fn defaults_scale_with_cores_and_a_configured_limit_wins() {
-        assert_eq!(AdmissionRole::Gateway.default_limit(2), 32);
-        assert_eq!(AdmissionRole::Retrieval.default_limit(0), 32);
+        assert_eq!(AdmissionRole::Gateway.default_limit(2), 8);
+        assert_eq!(AdmissionRole::Retrieval.default_limit(0), 16);
         assert_eq!(resolve_limit(AdmissionRole::Ranking, 5), 5);
-        assert!(resolve_limit(AdmissionRole::Gateway, 0) >= 16);
+        assert!(resolve_limit(AdmissionRole::Gateway, 0) >= 4);
     }
 }
