@@ -36,6 +36,11 @@ pub struct ClusterShape {
     /// the gateway's own default, one per core).
     #[arg(long, requires = "processes")]
     pub gateway_io_threads: Option<usize>,
+    /// With `--processes`: the gateway's admission limit, `--max-in-flight` (0:
+    /// its default per core; a huge number turns admission control off, the
+    /// overload benchmark's baseline).
+    #[arg(long, requires = "processes", default_value_t = 0)]
+    pub gateway_max_in_flight: usize,
 }
 
 /// The cluster a benchmark drives: in its own process, or as processes of their own.
@@ -57,7 +62,15 @@ impl BenchCluster {
     ) -> anyhow::Result<Self> {
         Ok(if shape.processes {
             let gateway_io_threads = shape.gateway_io_threads.unwrap_or(io_threads);
-            Self::Processes(ProcessCluster::start(bundle, io_threads, gateway_io_threads).await?)
+            Self::Processes(
+                ProcessCluster::start(
+                    bundle,
+                    io_threads,
+                    gateway_io_threads,
+                    shape.gateway_max_in_flight,
+                )
+                .await?,
+            )
         } else {
             Self::InProcess(LocalCluster::start(LocalClusterOptions::new(bundle)).await?)
         })
@@ -124,11 +137,13 @@ pub struct ProcessCluster {
 impl ProcessCluster {
     /// Starts the nodes and the gateway on `bundle`, the nodes with `io_threads`
     /// I/O threads and the gateway with `gateway_io_threads` (0: each binary's own
+    /// default) and the admission limit `gateway_max_in_flight` (0: its
     /// default), and waits until all report SERVING.
     pub async fn start(
         bundle: &Path,
         io_threads: usize,
         gateway_io_threads: usize,
+        gateway_max_in_flight: usize,
     ) -> anyhow::Result<Self> {
         let manifest = Manifest::load(bundle)
             .with_context(|| format!("reading the bundle at {}", bundle.display()))?;
@@ -192,6 +207,7 @@ impl ProcessCluster {
         let static_arg = cluster.static_file.display().to_string();
         let listen = cluster.gateway_addr.to_string();
         let io_arg = gateway_io_threads.to_string();
+        let limit_arg = gateway_max_in_flight.to_string();
         let args = [
             "--bundle",
             &bundle_arg,
@@ -201,6 +217,8 @@ impl ProcessCluster {
             &listen,
             "--io-threads",
             &io_arg,
+            "--max-in-flight",
+            &limit_arg,
         ];
         let addr = cluster.gateway_addr;
         cluster.spawn(ServerCommand::new(&gateway, "gateway", addr).args(args))?;

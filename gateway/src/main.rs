@@ -75,6 +75,8 @@ struct Args {
     #[arg(long, env = "RECSYS_HEALTH_INTERVAL_MS", default_value_t = 1000)]
     health_interval_ms: u64,
     #[command(flatten)]
+    admission: recsys_server::admission::AdmissionFlags,
+    #[command(flatten)]
     runtime: recsys_server::runtime::RuntimeFlags,
     /// Parse and validate the flags and environment, print the configuration and
     /// exit without binding, connecting or loading: the deploy files' check.
@@ -162,6 +164,7 @@ impl Args {
                 .server_limits
                 .limits()
                 .map_err(|reason| anyhow::anyhow!(reason))?,
+            max_in_flight: self.admission.max_in_flight,
         };
         Ok((discovery, config))
     }

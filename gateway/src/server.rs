@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use recsys_discovery::Membership;
 use recsys_proto::v1::gateway_service_server::GatewayServiceServer;
+use recsys_server::admission::{Admission, AdmissionRole, resolve_limit};
 use recsys_server::grpc::{
     incoming, not_serving_on_shutdown, set_health, spawn_loader, standard_router_with,
 };
@@ -35,6 +36,9 @@ pub struct GatewayConfig {
     pub health_interval: Duration,
     /// Transport limits (HTTP/2 streams per connection).
     pub server_limits: ServerLimits,
+    /// Most requests in flight; more are refused with `RESOURCE_EXHAUSTED`
+    /// (0: the default per core, `recsys_server::admission`).
+    pub max_in_flight: usize,
 }
 
 /// Serves the gateway on `listener` until `shutdown` is cancelled, routing by
@@ -89,10 +93,14 @@ pub async fn run(
     );
 
     tracing::info!(addr = ?listener.local_addr().ok(), "gateway listening");
+    let limit = resolve_limit(AdmissionRole::Gateway, config.max_in_flight);
+    let admission = Admission::new(name, limit, &[]);
     router
         .add_service(
-            GatewayServiceServer::new(Gateway::new(shared))
-                .max_decoding_message_size(recsys_proto::limits::recommend_request_max_bytes()),
+            admission.wrap(
+                GatewayServiceServer::new(Gateway::new(shared))
+                    .max_decoding_message_size(recsys_proto::limits::recommend_request_max_bytes()),
+            ),
         )
         .serve_with_incoming_shutdown(incoming(listener), shutdown.cancelled_owned())
         .await?;

@@ -301,6 +301,7 @@ impl LocalCluster {
                     load_mode: LoadMode::default(),
                     announce: None,
                     server_limits: Default::default(),
+                    max_in_flight: 0,
                 };
                 let name = format!("retrieval node {replica} of shard {shard}");
                 let handle = spawn(name, loopback, |listener, token| {
@@ -366,6 +367,7 @@ impl LocalCluster {
             connect_timeout: Duration::from_secs(1),
             health_interval: Duration::from_secs(1),
             server_limits: Default::default(),
+            max_in_flight: 0,
         };
         if options.etcd.is_some() {
             let expected = (manifest.shard_count, spec.ranking.len());

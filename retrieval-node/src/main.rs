@@ -51,6 +51,8 @@ struct Args {
     #[arg(long, env = "RECSYS_LOAD_MODE", value_enum, default_value_t = LoadMode::default())]
     load_mode: LoadMode,
     #[command(flatten)]
+    admission: recsys_server::admission::AdmissionFlags,
+    #[command(flatten)]
     runtime: recsys_server::runtime::RuntimeFlags,
     /// Parse and validate the flags and environment, print the configuration and
     /// exit without binding, registering or loading: the deploy files' check.
@@ -88,6 +90,7 @@ impl Args {
                 .limits()
                 .map_err(|reason| anyhow::anyhow!(reason))?,
             load_mode: self.load_mode,
+            max_in_flight: self.admission.max_in_flight,
             announce: self
                 .etcd
                 .announce(&format!("retrieval-{}", self.shard), listen)?,

@@ -287,6 +287,7 @@ async fn a_flipped_byte_or_a_truncated_file_keeps_the_node_not_serving() {
             load_mode: Default::default(),
             announce: None,
             server_limits: Default::default(),
+            max_in_flight: 0,
         };
         tokio::spawn(recsys_retrieval_node::run(listener, config, token.clone()));
         let info = || async {
@@ -341,6 +342,7 @@ async fn a_flipped_byte_or_a_truncated_file_keeps_the_node_not_serving() {
     .unwrap();
     let config = recsys_gateway::GatewayConfig {
         server_limits: Default::default(),
+        max_in_flight: 0,
         bundle_dir: dir.to_path_buf(),
         policy: recsys_gateway::RequestPolicy::default(),
         connect_timeout: Duration::from_secs(1),
@@ -381,6 +383,7 @@ async fn gateway_verdict(corrupt: &Path, addr: SocketAddr) -> i32 {
     .unwrap();
     let config = recsys_gateway::GatewayConfig {
         server_limits: Default::default(),
+        max_in_flight: 0,
         bundle_dir: good.path().to_path_buf(),
         policy: recsys_gateway::RequestPolicy::default(),
         connect_timeout: Duration::from_secs(1),

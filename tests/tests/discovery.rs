@@ -95,6 +95,7 @@ async fn gateway(etcd: &EtcdServer, cluster: &str) -> ServerHandle<GatewayError>
         connect_timeout: Duration::from_secs(1),
         health_interval: Duration::from_millis(500),
         server_limits: Default::default(),
+        max_in_flight: 0,
     };
     let token = CancellationToken::new();
     let run = recsys_gateway::run(listener, config, membership, token.clone());

@@ -67,6 +67,7 @@ async fn gateway_with(
         connect_timeout: Duration::from_secs(1),
         health_interval: Duration::from_secs(60),
         server_limits: Default::default(),
+        max_in_flight: 0,
     };
     let serve = recsys_gateway::run(listener, config, membership, token.clone());
     let mut gateway = ServerHandle::spawn("gateway", addr, token.clone(), serve);

@@ -33,6 +33,7 @@ async fn start_node(
         load_mode: LoadMode::default(),
         announce: None,
         server_limits: Default::default(),
+        max_in_flight: 0,
     };
     let run = recsys_retrieval_node::run(listener, config, token.clone());
     ServerHandle::spawn(
@@ -78,6 +79,7 @@ async fn a_hung_shard_turns_into_coverage_at_the_deadline() {
         connect_timeout: Duration::from_secs(1),
         health_interval: Duration::from_secs(1),
         server_limits: Default::default(),
+        max_in_flight: 0,
     };
     let run = recsys_gateway::run(listener, config, membership, token.clone());
     let mut gateway = ServerHandle::spawn("gateway", gateway_addr, token.clone(), run);
