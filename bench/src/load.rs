@@ -45,6 +45,19 @@ pub struct LoadArgs {
     /// Also rank (the default asks for retrieval only).
     #[arg(long)]
     pub rank: bool,
+    /// Open loop instead: send this many requests per second whatever the
+    /// answers, one level after the other (comma-separated), and report the share
+    /// answered, the latency of admitted and of refused requests, memory and the
+    /// recovery after each level (see `open_loop.rs`).
+    #[arg(long, value_delimiter = ',')]
+    pub rate: Vec<f64>,
+    /// Open loop: each request's deadline (ms).
+    #[arg(long, default_value_t = 1000)]
+    pub timeout_ms: u64,
+    /// Open loop: most requests the generator keeps outstanding; past it, it
+    /// counts requests it could not send instead of growing without bound.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_outstanding: usize,
 }
 
 /// What one client saw at one level.
@@ -77,7 +90,8 @@ pub async fn load(args: LoadArgs, io_threads: usize) -> anyhow::Result<()> {
         ),
         (None, None) => anyhow::bail!("give --bundle DIR or --gateway ADDR --dim D"),
     };
-    let outcome = run_levels(args, addr, dim, io_threads).await;
+    let pids = cluster.as_ref().map(BenchCluster::pids).unwrap_or_default();
+    let outcome = run_levels(args, addr, dim, io_threads, pids).await;
     if let Some(cluster) = cluster {
         // The run's own error first; a server that failed during it comes next.
         let stopped = cluster.shutdown().await;
@@ -94,6 +108,7 @@ async fn run_levels(
     addr: String,
     dim: usize,
     io_threads: usize,
+    pids: Vec<u32>,
 ) -> anyhow::Result<()> {
     // With --tls, a client of the cluster's CA presenting its client certificate.
     let tls = match &args.shape.tls {
@@ -114,6 +129,9 @@ async fn run_levels(
         channels.push(endpoint.connect().await?);
     }
     let args = Arc::new(args);
+    if !args.rate.is_empty() {
+        return crate::open_loop::run(args, channels, dim, pids).await;
+    }
     for &concurrency in &args.concurrency {
         let concurrency = concurrency.max(1);
         let warm_until = Instant::now() + Duration::from_secs(1);
@@ -171,23 +189,7 @@ async fn run_client(
     let mut i = (client as u64) << 32;
     while Instant::now() < stop_at {
         i += 1;
-        // A fresh pseudo-random query each time (values in [-0.5, 0.5)), so that
-        // repeated queries do not find their answers' cache lines warm.
-        let values = (0..dim as u64)
-            .map(|d| {
-                (splitmix64(i.wrapping_mul(0x1_0000_01b3) ^ d) >> 40) as f32 / (1u64 << 24) as f32
-                    - 0.5
-            })
-            .collect();
-        let request = RecommendRequest {
-            query: Some(Query::QueryEmbedding(QueryEmbedding { values })),
-            k: args.k,
-            options: Some(RecommendOptions {
-                skip_ranking: !args.rank,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let request = query(&args, dim, i);
         let started = Instant::now();
         let outcome = gateway.recommend(request).await;
         let done = Instant::now();
@@ -208,6 +210,25 @@ async fn run_client(
         }
     }
     tally
+}
+
+/// Request number `i`: a fresh pseudo-random query each time (values in
+/// [-0.5, 0.5)), so that repeated queries do not find their answers' cache lines warm.
+pub(crate) fn query(args: &LoadArgs, dim: usize, i: u64) -> RecommendRequest {
+    let values = (0..dim as u64)
+        .map(|d| {
+            (splitmix64(i.wrapping_mul(0x1_0000_01b3) ^ d) >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect();
+    RecommendRequest {
+        query: Some(Query::QueryEmbedding(QueryEmbedding { values })),
+        k: args.k,
+        options: Some(RecommendOptions {
+            skip_ranking: !args.rank,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// SplitMix64's output function: a cheap, well-mixed hash of a counter.

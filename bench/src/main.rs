@@ -8,7 +8,7 @@
 //! - `overhead`: gateway latency beyond the slowest shard, on a local cluster (in
 //!   this process, or with `--processes` each server a process of its own).
 //! - `load`: closed-loop load through a gateway, QPS and latency percentiles per
-//!   number of requests in flight.
+//!   number of requests in flight; with `--rate`, open-loop load (overload).
 //! - `ranking`: scoring latency of the TFRS DCN tutorial ranker, against
 //!   `bench/tfrs_dcn_timing.py` in the same run.
 
@@ -17,6 +17,7 @@ static ALLOCATOR: recsys_server::allocator::Allocator = recsys_server::allocator
 
 mod glove;
 mod load;
+mod open_loop;
 mod overhead;
 mod process_cluster;
 mod ranking;

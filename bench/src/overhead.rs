@@ -48,6 +48,7 @@ pub async fn cold_start(args: ColdStartArgs) -> anyhow::Result<()> {
             announce: None,
             access: Default::default(),
             server_limits: Default::default(),
+            max_in_flight: 0,
         };
         let started = Instant::now();
         let task = tokio::spawn(recsys_retrieval_node::run(listener, config, token.clone()));

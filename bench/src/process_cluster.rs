@@ -44,6 +44,11 @@ pub struct ClusterShape {
     /// gateway (in this process only).
     #[arg(long, conflicts_with = "processes")]
     pub tls: Option<PathBuf>,
+    /// With `--processes`: the gateway's admission limit, `--max-in-flight` (0:
+    /// its default per core; a huge number turns admission control off, the
+    /// overload benchmark's baseline).
+    #[arg(long, requires = "processes", default_value_t = 0)]
+    pub gateway_max_in_flight: usize,
 }
 
 /// The cluster a benchmark drives: in its own process, or as processes of their own.
@@ -65,7 +70,15 @@ impl BenchCluster {
     ) -> anyhow::Result<Self> {
         Ok(if shape.processes {
             let gateway_io_threads = shape.gateway_io_threads.unwrap_or(io_threads);
-            Self::Processes(ProcessCluster::start(bundle, io_threads, gateway_io_threads).await?)
+            Self::Processes(
+                ProcessCluster::start(
+                    bundle,
+                    io_threads,
+                    gateway_io_threads,
+                    shape.gateway_max_in_flight,
+                )
+                .await?,
+            )
         } else {
             let mut options = LocalClusterOptions::new(bundle);
             options.tls = shape.tls.clone().map(|dir| ClusterTls { dir });
@@ -153,11 +166,13 @@ pub struct ProcessCluster {
 impl ProcessCluster {
     /// Starts the nodes and the gateway on `bundle`, the nodes with `io_threads`
     /// I/O threads and the gateway with `gateway_io_threads` (0: each binary's own
+    /// default) and the admission limit `gateway_max_in_flight` (0: its
     /// default), and waits until all report SERVING.
     pub async fn start(
         bundle: &Path,
         io_threads: usize,
         gateway_io_threads: usize,
+        gateway_max_in_flight: usize,
     ) -> anyhow::Result<Self> {
         let manifest = Manifest::load(bundle)
             .with_context(|| format!("reading the bundle at {}", bundle.display()))?;
@@ -221,6 +236,7 @@ impl ProcessCluster {
         let static_arg = cluster.static_file.display().to_string();
         let listen = cluster.gateway_addr.to_string();
         let io_arg = gateway_io_threads.to_string();
+        let limit_arg = gateway_max_in_flight.to_string();
         let args = [
             "--bundle",
             &bundle_arg,
@@ -230,6 +246,8 @@ impl ProcessCluster {
             &listen,
             "--io-threads",
             &io_arg,
+            "--max-in-flight",
+            &limit_arg,
         ];
         let addr = cluster.gateway_addr;
         cluster.spawn(ServerCommand::new(&gateway, "gateway", addr).args(args))?;

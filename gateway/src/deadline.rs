@@ -1,33 +1,8 @@
-//! The request deadline, from the `grpc-timeout` header the client sends.
-//!
-//! tonic only enforces server-side timeouts it is configured with; the client's own
-//! deadline arrives as a header (`grpc-timeout: 250m`, gRPC over HTTP/2 spec:
-//! at most 8 digits and a unit H, M, S, m, u or n), so the gateway reads it to
-//! budget the retrieval stage and answer with what arrived before the client gives up.
+//! The request deadline, from the `grpc-timeout` header the client sends
+//! (parsed by `recsys_server::deadline`): the gateway reads it to budget the
+//! retrieval stage and answer with what arrived before the client gives up.
 
 use std::time::Duration;
-
-/// Parses a `grpc-timeout` value; `None` when it is malformed.
-pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    // ASCII only: slicing by bytes below must not split a character.
-    if !value.is_ascii() || value.len() < 2 || value.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = value.split_at(value.len() - 1);
-    if !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let amount: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(amount.checked_mul(3600)?),
-        "M" => Duration::from_secs(amount.checked_mul(60)?),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return None,
-    })
-}
 
 /// The time the request may take: the client's deadline, else the policy's
 /// default, and never more than its `max_timeout` (a client asking for hours
@@ -36,10 +11,7 @@ pub fn request_timeout(
     metadata: &tonic::metadata::MetadataMap,
     policy: &crate::RequestPolicy,
 ) -> Duration {
-    metadata
-        .get("grpc-timeout")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_grpc_timeout)
+    recsys_server::deadline::metadata_timeout(metadata)
         .unwrap_or(policy.default_timeout)
         .min(policy.max_timeout)
 }
@@ -78,23 +50,7 @@ pub fn plan(timeout: Duration, with_ranking: bool) -> Budget {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    #[test]
-    fn parses_every_unit() {
-        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_grpc_timeout("1S"), Some(Duration::from_secs(1)));
-        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_grpc_timeout("7u"), Some(Duration::from_micros(7)));
-        assert_eq!(parse_grpc_timeout("9n"), Some(Duration::from_nanos(9)));
-    }
-
-    #[test]
-    fn rejects_malformed_values() {
-        for bad in ["", "m", "10", "10x", "-1m", "123456789m", "1.5S", " 1S"] {
-            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
-        }
-    }
+    use recsys_server::deadline::parse_grpc_timeout;
 
     #[test]
     fn budget_keeps_a_reserve_and_splits_for_ranking() {

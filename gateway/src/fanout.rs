@@ -194,8 +194,14 @@ where
                     }
                     Err(Attempt::Failed(node, status)) => {
                         crate::metrics::node_call_failed(code_name(status.code()));
-                        tracing::warn!(replica = %node.addr, code = ?status.code(), message = status.message(), "node call failed");
                         let code = status.code();
+                        // A node shedding load is expected under overload, and a
+                        // line per refused call would add to it.
+                        if code == Code::ResourceExhausted {
+                            tracing::debug!(replica = %node.addr, message = status.message(), "node call refused");
+                        } else {
+                            tracing::warn!(replica = %node.addr, code = ?code, message = status.message(), "node call failed");
+                        }
                         let failure = NodeFailure::from(status);
                         // CANCELLED before the deadline is a connection that broke
                         // mid-call (a node killed): worth the retry.

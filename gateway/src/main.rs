@@ -93,6 +93,8 @@ struct Args {
     #[arg(long, env = "RECSYS_API_KEYS")]
     api_keys: Option<PathBuf>,
     #[command(flatten)]
+    admission: recsys_server::admission::AdmissionFlags,
+    #[command(flatten)]
     runtime: recsys_server::runtime::RuntimeFlags,
     /// Parse and validate the flags and environment, print the configuration and
     /// exit without binding, connecting or loading: the deploy files' check.
@@ -192,6 +194,7 @@ impl Args {
                 .server_limits
                 .limits()
                 .map_err(|reason| anyhow::anyhow!(reason))?,
+            max_in_flight: self.admission.max_in_flight,
         };
         Ok((discovery, config))
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use recsys_discovery::Membership;
 use recsys_proto::v1::gateway_service_server::GatewayServiceServer;
+use recsys_server::admission::{Admission, AdmissionRole, resolve_limit};
 use recsys_server::grpc::{
     incoming, not_serving_on_shutdown, router_with, set_health, spawn_loader,
 };
@@ -41,6 +42,9 @@ pub struct GatewayConfig {
     pub security: GatewaySecurity,
     /// Transport limits (HTTP/2 streams per connection).
     pub server_limits: ServerLimits,
+    /// Most requests in flight; more are refused with `RESOURCE_EXHAUSTED`
+    /// (0: the default per core, `recsys_server::admission`).
+    pub max_in_flight: usize,
 }
 
 /// TLS on both sides of the gateway and API keys; the default is plaintext
@@ -122,10 +126,16 @@ pub async fn run(
         api_keys = config.security.api_keys.is_some(),
         "gateway listening"
     );
+    let limit = resolve_limit(AdmissionRole::Gateway, config.max_in_flight);
+    let admission = Admission::new(name, limit, &[]);
+    // The API key is checked before admission, so calls without an accepted key
+    // never take a slot from the callers that have one.
     router
         .add_service(InterceptedService::new(
-            GatewayServiceServer::new(Gateway::new(shared))
-                .max_decoding_message_size(recsys_proto::limits::recommend_request_max_bytes()),
+            admission.wrap(
+                GatewayServiceServer::new(Gateway::new(shared))
+                    .max_decoding_message_size(recsys_proto::limits::recommend_request_max_bytes()),
+            ),
             ApiKeyCheck::new(api_keys),
         ))
         .serve_with_incoming_shutdown(incoming(listener), shutdown.cancelled_owned())

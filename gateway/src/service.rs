@@ -134,18 +134,26 @@ impl GatewayService for Gateway {
         let (sender, receiver) = mpsc::channel(capacity);
         let gateway = self.clone();
         tokio::spawn(async move {
-            let message = gateway
-                .recommend(request, timeout, Some(&sender))
-                .await
-                .map(|done| RecommendStreamResponse {
-                    r#final: true,
-                    items: done.items,
-                    coverage: done.coverage,
-                    timings: done.timings,
-                    bundle_version: done.bundle_version,
-                    model_version: done.model_version,
-                    ranked: done.ranked,
-                });
+            let work = gateway.recommend(request, timeout, Some(&sender));
+            let answer = tokio::select! {
+                answer = work => answer,
+                // The client dropped the stream (cancelled, or its deadline
+                // passed): dropping the request's future cancels the node calls
+                // still out and skips ranking, instead of finishing for nobody.
+                () = sender.closed() => {
+                    tracing::debug!("recommend stream cancelled by the client, fan-out stopped");
+                    return;
+                }
+            };
+            let message = answer.map(|done| RecommendStreamResponse {
+                r#final: true,
+                items: done.items,
+                coverage: done.coverage,
+                timings: done.timings,
+                bundle_version: done.bundle_version,
+                model_version: done.model_version,
+                ranked: done.ranked,
+            });
             let _ = sender.send(message).await;
         });
         let stream = ReceiverStream::new(receiver).map(|message| message.map_err(Status::from));

@@ -21,8 +21,8 @@ use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use recsys_bundle::sharding::shard_of;
 use usearch::Index;
 
-use crate::options::{score_from_distance, usearch_options};
-use crate::shard_index::{Hidden, sort_hits};
+use crate::options::usearch_options;
+use crate::shard_index::{Hidden, search_one, sort_hits};
 use crate::{Hit, SearchError, ShardIndex};
 
 /// One change to a shard's items.
@@ -272,24 +272,16 @@ impl LiveShard {
         if delta.size() == 0 || k == 0 {
             return Ok(hits);
         }
-        let keep = |key: u64| excluded.binary_search(&key).is_err();
-        let matches = if exact {
-            delta.exact_search(query, (k + excluded.len()).min(delta.size()))
-        } else if excluded.is_empty() {
-            delta.search(query, k)
-        } else {
-            delta.filtered_search(query, k, keep)
-        }
-        .map_err(|e| SearchError::Usearch(e.to_string()))?;
-        let metric = self.base.metric();
-        hits.extend(
-            matches
-                .keys
-                .iter()
-                .zip(&matches.distances)
-                .filter(|(key, _)| keep(**key))
-                .map(|(key, distance)| (*key, score_from_distance(metric, *distance))),
-        );
+        let scan = (k + excluded.len()).min(delta.size());
+        hits.extend(search_one(
+            delta,
+            self.base.metric(),
+            query,
+            k,
+            exact.then_some(scan),
+            !excluded.is_empty(),
+            |key| excluded.binary_search(&key).is_err(),
+        )?);
         sort_hits(&mut hits);
         hits.truncate(k);
         Ok(hits)

@@ -314,25 +314,19 @@ impl ShardIndex {
             return Ok(Vec::new());
         }
         let keep = |key: u64| excluded.binary_search(&key).is_err() && !hidden.contains(&key);
-        let matches = if exact {
-            // usearch's brute-force scan takes no filter: ask for enough extra items
-            // that k survive the exclusions, then drop the excluded ones.
-            let wanted = (k + excluded.len() + hidden.len()).min(self.items as usize);
-            self.index.exact_search(query, wanted)
-        } else if excluded.is_empty() && hidden.is_empty() {
-            self.index.search(query, k)
-        } else {
-            // The predicate runs inside the traversal, so excluded items never fill a slot.
-            self.index.filtered_search(query, k, keep)
-        }
-        .map_err(|e| SearchError::Usearch(e.to_string()))?;
-        let mut hits: Vec<Hit> = matches
-            .keys
-            .iter()
-            .zip(&matches.distances)
-            .filter(|(key, _)| keep(**key))
-            .map(|(key, distance)| (*key, score_from_distance(self.metric, *distance)))
-            .collect();
+        // usearch's brute-force scan takes no filter: ask for enough extra items
+        // that k survive the exclusions, then drop the excluded ones.
+        let scan = (k + excluded.len() + hidden.len()).min(self.items as usize);
+        let filtered = !(excluded.is_empty() && hidden.is_empty());
+        let mut hits = search_one(
+            &self.index,
+            self.metric,
+            query,
+            k,
+            exact.then_some(scan),
+            filtered,
+            keep,
+        )?;
         sort_hits(&mut hits);
         hits.truncate(k);
         Ok(hits)
@@ -342,6 +336,34 @@ impl ShardIndex {
     pub(crate) fn contains(&self, id: u64) -> bool {
         self.index.contains(id)
     }
+}
+
+/// One usearch index's `k` best for `query` that `keep` accepts, unsorted:
+/// exact when `scan` is given (scanning that many, since the brute-force scan
+/// takes no filter), else HNSW, with `keep` inside the traversal when `filtered`
+/// so that a refused item never takes a slot.
+pub(crate) fn search_one(
+    index: &Index,
+    metric: Metric,
+    query: &[f32],
+    k: usize,
+    scan: Option<usize>,
+    filtered: bool,
+    keep: impl Fn(u64) -> bool,
+) -> Result<Vec<Hit>, SearchError> {
+    let matches = match scan {
+        Some(scan) => index.exact_search(query, scan),
+        None if filtered => index.filtered_search(query, k, &keep),
+        None => index.search(query, k),
+    }
+    .map_err(|e| SearchError::Usearch(e.to_string()))?;
+    Ok(matches
+        .keys
+        .iter()
+        .zip(&matches.distances)
+        .filter(|(key, _)| keep(**key))
+        .map(|(key, distance)| (*key, score_from_distance(metric, *distance)))
+        .collect())
 }
 
 /// Item ids left out of a search, hashed with rustc's fast hash: the predicate

@@ -312,6 +312,7 @@ impl LocalCluster {
                         tls.server(&format!("retrieval-shard-{shard}"))
                     }),
                     server_limits: Default::default(),
+                    max_in_flight: 0,
                 };
                 let name = format!("retrieval node {replica} of shard {shard}");
                 let handle = spawn(name, loopback, |listener, token| {
@@ -387,6 +388,7 @@ impl LocalCluster {
                 .as_ref()
                 .map_or_else(Default::default, ClusterTls::gateway),
             server_limits: Default::default(),
+            max_in_flight: 0,
         };
         if options.etcd.is_some() {
             let expected = (manifest.shard_count, spec.ranking.len());

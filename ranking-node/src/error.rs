@@ -27,6 +27,9 @@ pub enum RankingError {
     /// The ranker could not score the request.
     #[error(transparent)]
     Rank(#[from] RankError),
+    /// The caller's deadline passed while the request waited for a scoring thread.
+    #[error(transparent)]
+    DeadlineExceeded(#[from] crate::batcher::Expired),
     /// The scoring pass ended without an answer (it panicked; the thread lives on).
     #[error("scoring pass failed without an answer")]
     NoAnswer,
@@ -77,7 +80,10 @@ impl From<RankingError> for tonic::Status {
             | RankingError::Rank(RankError::UnknownItems(_) | RankError::BadFeature(_)) => {
                 tonic::Status::invalid_argument(message)
             }
-            RankingError::Queue(QueueError::Full(_)) => tonic::Status::resource_exhausted(message),
+            RankingError::Queue(QueueError::Full { .. }) => {
+                tonic::Status::resource_exhausted(message)
+            }
+            RankingError::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(message),
             RankingError::Queue(QueueError::Closed) | RankingError::NotReady(_) => {
                 tonic::Status::unavailable(message)
             }
@@ -97,9 +103,21 @@ mod tests {
 
     #[test]
     fn a_full_queue_is_resource_exhausted_and_a_closed_one_unavailable() {
-        let full = Status::from(RankingError::from(QueueError::Full(4)));
+        let full = Status::from(RankingError::from(QueueError::Full {
+            requests: 4,
+            candidates: 10,
+            max_requests: 4,
+            max_candidates: 100,
+        }));
         assert_eq!(full.code(), Code::ResourceExhausted);
-        assert_eq!(full.message(), "ranking queue full: 4 requests waiting");
+        assert!(
+            full.message()
+                .starts_with("ranking queue full: 4 requests with 10 candidates waiting"),
+            "{}",
+            full.message()
+        );
+        let expired = Status::from(RankingError::from(crate::batcher::Expired));
+        assert_eq!(expired.code(), Code::DeadlineExceeded);
         let closed = Status::from(RankingError::from(QueueError::Closed));
         assert_eq!(closed.code(), Code::Unavailable);
     }

@@ -33,6 +33,12 @@ struct Args {
     /// Most requests waiting for a scoring thread; more get RESOURCE_EXHAUSTED.
     #[arg(long, env = "RECSYS_MAX_QUEUE", default_value_t = RankingConfig::new("").max_queue)]
     max_queue: usize,
+    /// Most candidates waiting for a scoring thread, over all requests; more get
+    /// RESOURCE_EXHAUSTED (a request alone in the queue is always taken).
+    #[arg(long, env = "RECSYS_MAX_QUEUE_CANDIDATES", default_value_t = RankingConfig::new("").max_queue_candidates)]
+    max_queue_candidates: usize,
+    #[command(flatten)]
+    admission: recsys_server::admission::AdmissionFlags,
     /// Most candidates per request.
     #[arg(long, env = "RECSYS_MAX_CANDIDATES", default_value_t = RankingConfig::new("").max_candidates)]
     max_candidates: usize,
@@ -66,6 +72,8 @@ impl Args {
             threads: self.threads,
             max_batch_rows: self.max_batch_rows,
             max_queue: self.max_queue,
+            max_queue_candidates: self.max_queue_candidates,
+            max_in_flight: self.admission.max_in_flight,
             max_candidates: self.max_candidates,
             allow_unknown_items: self.allow_unknown_items,
             announce: self.etcd.announce("ranking", listen)?,

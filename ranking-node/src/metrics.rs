@@ -1,12 +1,13 @@
 //! The ranking node's Prometheus series: candidates per call, time and requests
-//! per forward pass, and users scored through the out-of-vocabulary row. Scraped through
-//! `recsys_server::metrics`.
+//! per forward pass, users scored through the out-of-vocabulary row, the queue's
+//! length, requests dropped unscored, and scoring threads that died. Scraped
+//! through `recsys_server::metrics`.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use prometheus::{Histogram, HistogramOpts, IntCounter};
-use recsys_server::metrics::{counter, histogram, latency_histogram};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge};
+use recsys_server::metrics::{counter, counter_vec, gauge, histogram, latency_histogram};
 
 static SCORE_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     latency_histogram(
@@ -43,6 +44,51 @@ static OOV_USERS: LazyLock<IntCounter> = LazyLock::new(|| {
         "Rank calls whose user the ranker did not know (scored with the out-of-vocabulary row)",
     )
 });
+
+static QUEUED_REQUESTS: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "recsys_ranking_queued_requests",
+        "Rank requests waiting for a scoring thread",
+    )
+});
+
+static QUEUED_CANDIDATES: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "recsys_ranking_queued_candidates",
+        "candidates of the Rank requests waiting for a scoring thread",
+    )
+});
+
+static SKIPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "recsys_ranking_skipped_total",
+        "queued Rank requests dropped unscored, by reason: cancelled (the caller left) or expired (the deadline passed)",
+        &["reason"],
+    )
+});
+
+static THREADS_DIED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "recsys_ranking_threads_died_total",
+        "scoring threads that died (a panic outside a scoring pass) and were restarted",
+    )
+});
+
+/// The queue holds `requests` requests with `candidates` candidates in all.
+pub fn queued(requests: usize, candidates: usize) {
+    QUEUED_REQUESTS.set(i64::try_from(requests).unwrap_or(i64::MAX));
+    QUEUED_CANDIDATES.set(i64::try_from(candidates).unwrap_or(i64::MAX));
+}
+
+/// A queued request was dropped unscored; `reason` is `cancelled` or `expired`.
+pub fn skipped(reason: &'static str) {
+    SKIPPED.with_label_values(&[reason]).inc();
+}
+
+/// A scoring thread died and is being restarted.
+pub fn thread_died() {
+    THREADS_DIED.inc();
+}
 
 /// One forward pass scored `requests` requests, `rows` candidates in all, in `elapsed`.
 pub fn pass(requests: usize, _rows: usize, elapsed: Duration) {

@@ -9,18 +9,20 @@ use recsys_bundle::Manifest;
 use recsys_discovery::{AnnounceOptions, Announcer, Role, serve_and_drain};
 use recsys_model::Ranker;
 use recsys_proto::v1::ranking_service_server::RankingServiceServer;
+use recsys_server::admission::{Admission, AdmissionRole, resolve_limit};
 use recsys_server::grpc::{
     incoming, not_serving_on_shutdown, pool_size, router_with, set_health, spawn_loader,
 };
 use recsys_server::limits::ServerLimits;
 use recsys_server::tls::ServerAccess;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 
 use crate::RankingError;
-use crate::batcher::{Batcher, BatcherConfig};
+use crate::batcher::{Batcher, BatcherConfig, Workers};
 use crate::error::RankerLoadError;
 use crate::service::{LoadState, RankingNodeService};
 
@@ -37,6 +39,9 @@ pub struct RankingConfig {
     /// Most requests waiting for a scoring thread; more are refused with
     /// `RESOURCE_EXHAUSTED`.
     pub max_queue: usize,
+    /// Most candidates waiting for a scoring thread, over all requests; more
+    /// are refused with `RESOURCE_EXHAUSTED` (a request alone is always taken).
+    pub max_queue_candidates: usize,
     /// Most candidates one `Rank` may carry.
     pub max_candidates: usize,
     /// Score unknown item ids with out-of-vocabulary features instead of refusing them.
@@ -47,23 +52,29 @@ pub struct RankingConfig {
     pub access: ServerAccess,
     /// Transport limits (HTTP/2 streams per connection).
     pub server_limits: ServerLimits,
+    /// Most calls in flight; more are refused with `RESOURCE_EXHAUSTED` (0: the
+    /// default per core, `recsys_server::admission`).
+    pub max_in_flight: usize,
 }
 
 impl RankingConfig {
     /// Defaults for `bundle_dir`: one scoring thread per core, batches of up to
-    /// 1024 candidates, 1024 waiting requests, 10 000 candidates per request,
-    /// unknown items refused.
+    /// 1024 candidates, 1024 waiting requests holding at most 100 000 candidates
+    /// (ten requests of the most candidates, 800 kB of ids), 10 000 candidates
+    /// per request, unknown items refused, the admission limit's default.
     pub fn new(bundle_dir: impl Into<PathBuf>) -> Self {
         Self {
             bundle_dir: bundle_dir.into(),
             threads: 0,
             max_batch_rows: 1024,
             max_queue: 1024,
+            max_queue_candidates: 100_000,
             max_candidates: recsys_proto::limits::MAX_RETRIEVE_K as usize,
             allow_unknown_items: false,
             announce: None,
             access: ServerAccess::default(),
             server_limits: ServerLimits::default(),
+            max_in_flight: 0,
         }
     }
 }
@@ -82,6 +93,47 @@ fn load(dir: &std::path::Path) -> Result<(Ranker, String), RankerLoadError> {
     Ok((ranker, manifest.version))
 }
 
+/// How long a scoring thread that died waits before it starts again.
+const THREAD_RESTART_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Reports `NOT_SERVING` while a scoring thread is missing (it died and waits to
+/// be restarted) and `SERVING` again once every thread is back, if the ranker is
+/// loaded and shutdown has not begun: a node that cannot score at full strength
+/// should not take its full share of traffic.
+fn health_follows_workers(
+    health: tonic_health::server::HealthReporter,
+    name: &'static str,
+    mut workers: watch::Receiver<Workers>,
+    state: Arc<ArcSwap<LoadState>>,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = workers.changed() => if changed.is_err() { return },
+            }
+            let now = *workers.borrow_and_update();
+            // Until the ranker is loaded, the loader reports health.
+            if !matches!(state.load().as_ref(), LoadState::Ready(_)) || shutdown.is_cancelled() {
+                continue;
+            }
+            let status = if now.all_alive() {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            tracing::info!(
+                alive = now.alive,
+                threads = now.threads,
+                ?status,
+                "scoring threads changed"
+            );
+            set_health(&health, name, status).await;
+        }
+    });
+}
+
 /// Serves ranking on `listener` until `shutdown` is cancelled; with
 /// `config.announce`, registers in etcd once the ranker is loaded and drains
 /// before stopping.
@@ -97,10 +149,19 @@ pub async fn run(
     let batcher = Batcher::start(BatcherConfig {
         threads: pool_size(config.threads),
         max_queue: config.max_queue,
+        max_queue_candidates: config.max_queue_candidates,
         max_batch_rows: config.max_batch_rows,
         allow_unknown_items: config.allow_unknown_items,
+        restart_delay: THREAD_RESTART_DELAY,
     })
     .map_err(RankingError::Threads)?;
+    health_follows_workers(
+        health.clone(),
+        name,
+        batcher.workers(),
+        state.clone(),
+        shutdown.clone(),
+    );
     let service = RankingNodeService::new(state.clone(), Arc::new(batcher), &config);
 
     let announcer = Announcer::new(config.announce.clone());
@@ -129,12 +190,14 @@ pub async fn run(
 
     tracing::info!(addr = ?listener.local_addr().ok(), "ranking node listening");
     let stop = announcer.server_stop(shutdown);
+    let limit = resolve_limit(AdmissionRole::Ranking, config.max_in_flight);
+    let admission = Admission::new(name, limit, &[]);
     let serve = router
-        .add_service(
+        .add_service(admission.wrap(
             RankingServiceServer::new(service).max_decoding_message_size(
                 recsys_proto::limits::rank_request_max_bytes(config.max_candidates),
             ),
-        )
+        ))
         .serve_with_incoming_shutdown(incoming(listener), stop.clone().cancelled_owned());
     serve_and_drain(&announcer, &stop, serve).await?;
     Ok(())

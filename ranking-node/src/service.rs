@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use recsys_model::{FeatureInput, Ranker, UserContext};
@@ -68,7 +69,11 @@ fn user_features(
 
 impl RankingNodeService {
     /// Checks, scores on the batcher's threads, answers.
-    async fn rank(&self, request: RankRequest) -> Result<RankResponse, RankingError> {
+    async fn rank(
+        &self,
+        request: RankRequest,
+        deadline: Option<Instant>,
+    ) -> Result<RankResponse, RankingError> {
         let ranker = match self.state.load().as_ref() {
             LoadState::Ready(ranker) => ranker.clone(),
             LoadState::Loading => {
@@ -105,9 +110,10 @@ impl RankingNodeService {
         };
         let answer = self
             .batcher
-            .submit(ranker.clone(), user, request.item_ids)?;
+            .submit(ranker.clone(), user, request.item_ids, deadline)?;
         // The reply is dropped unanswered only when the scoring pass panicked.
-        let scores = answer.await.map_err(|_| RankingError::NoAnswer)??;
+        let outcome = answer.await.map_err(|_| RankingError::NoAnswer)?;
+        let scores = outcome.map_err(RankingError::DeadlineExceeded)??;
         Ok(RankResponse {
             scores: scores.scores,
             model_version: ranker.version().to_string(),
@@ -119,8 +125,11 @@ impl RankingNodeService {
 #[tonic::async_trait]
 impl RankingService for RankingNodeService {
     async fn rank(&self, request: Request<RankRequest>) -> Result<Response<RankResponse>, Status> {
+        // The queue drops the request unscored once the caller stops waiting.
+        let deadline = recsys_server::deadline::metadata_timeout(request.metadata())
+            .and_then(recsys_server::deadline::deadline_after);
         Ok(Response::new(
-            RankingNodeService::rank(self, request.into_inner()).await?,
+            RankingNodeService::rank(self, request.into_inner(), deadline).await?,
         ))
     }
 }

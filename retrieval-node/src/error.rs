@@ -26,6 +26,9 @@ pub enum NodeError {
     /// An exact search was refused: disabled, or too many running.
     #[error("exact: {0}")]
     ExactRefused(#[from] ExactRefused),
+    /// The caller's deadline passed before the search could start.
+    #[error("the deadline passed before the search started")]
+    DeadlineExceeded,
     /// The search pool is gone (the node is shutting down).
     #[error("search pool closed")]
     PoolClosed,
@@ -71,6 +74,7 @@ impl From<NodeError> for tonic::Status {
             NodeError::ExactRefused(ExactRefused::Disabled) => {
                 tonic::Status::failed_precondition(message)
             }
+            NodeError::DeadlineExceeded => tonic::Status::deadline_exceeded(message),
             NodeError::Search(_) | NodeError::Transport(_) | NodeError::Router(_) => {
                 tonic::Status::internal(message)
             }

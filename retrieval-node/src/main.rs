@@ -53,6 +53,8 @@ struct Args {
     #[command(flatten)]
     tls: recsys_server::tls::ServerTlsFlags,
     #[command(flatten)]
+    admission: recsys_server::admission::AdmissionFlags,
+    #[command(flatten)]
     runtime: recsys_server::runtime::RuntimeFlags,
     /// Parse and validate the flags and environment, print the configuration and
     /// exit without binding, registering or loading: the deploy files' check.
@@ -90,6 +92,7 @@ impl Args {
                 .limits()
                 .map_err(|reason| anyhow::anyhow!(reason))?,
             load_mode: self.load_mode,
+            max_in_flight: self.admission.max_in_flight,
             announce: self
                 .etcd
                 .announce(&format!("retrieval-{}", self.shard), listen)?,

@@ -1,11 +1,52 @@
 //! The retrieval node's Prometheus series: time waiting for the search pool and
-//! time searching, per shard and mode. Scraped through `recsys_server::metrics`.
+//! time searching, per shard and mode; searches waiting now, and searches not
+//! run because their deadline had passed. Scraped through `recsys_server::metrics`.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use prometheus::HistogramVec;
-use recsys_server::metrics::latency_histogram_vec;
+use prometheus::{HistogramVec, IntCounterVec, IntGauge, IntGaugeVec};
+use recsys_server::metrics::{counter_vec, gauge_vec, latency_histogram_vec};
+
+static WAITING: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "recsys_retrieval_waiting_searches",
+        "searches waiting for a slot on the search pool now, by shard (bounded by the admission limit)",
+        &["shard"],
+    )
+});
+
+static EXPIRED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "recsys_retrieval_expired_searches_total",
+        "searches not run because the caller's deadline passed before they could start, by shard",
+        &["shard"],
+    )
+});
+
+/// A search waiting for the pool; counted in the gauge until dropped.
+#[derive(Debug)]
+pub struct Waiting(IntGauge);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A search of `shard` starts waiting for the pool.
+pub fn waiting(shard: u32) -> Waiting {
+    let gauge = WAITING.with_label_values(&[shard.to_string().as_str()]);
+    gauge.inc();
+    Waiting(gauge)
+}
+
+/// A search of `shard` was not run: its deadline had passed.
+pub fn expired(shard: u32) {
+    EXPIRED
+        .with_label_values(&[shard.to_string().as_str()])
+        .inc();
+}
 
 static SEARCH_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     latency_histogram_vec(

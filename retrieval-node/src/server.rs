@@ -7,6 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use recsys_discovery::{AnnounceOptions, Announcer, Role, serve_and_drain};
 use recsys_proto::v1::retrieval_service_server::RetrievalServiceServer;
+use recsys_server::admission::{Admission, AdmissionRole, resolve_limit};
 use recsys_server::grpc::{
     incoming, not_serving_on_shutdown, pool_size, router_with, set_health, spawn_loader,
 };
@@ -62,6 +63,9 @@ pub struct NodeConfig {
     pub access: ServerAccess,
     /// Transport limits (HTTP/2 streams per connection).
     pub server_limits: ServerLimits,
+    /// Most calls in flight; more are refused with `RESOURCE_EXHAUSTED`, except
+    /// `Info` (0: the default per core, `recsys_server::admission`).
+    pub max_in_flight: usize,
 }
 
 /// Checks the shard's file against the manifest's size and checksum, then opens
@@ -139,12 +143,14 @@ pub async fn run(
 
     tracing::info!(addr = ?listener.local_addr().ok(), shard = config.shard, "retrieval node listening");
     let stop = announcer.server_stop(shutdown);
+    let limit = resolve_limit(AdmissionRole::Retrieval, config.max_in_flight);
+    let admission = Admission::new(name, limit, &["Info"]);
     let serve = router
-        .add_service(
+        .add_service(admission.wrap(
             RetrievalServiceServer::new(service).max_decoding_message_size(
                 recsys_proto::limits::search_request_max_bytes(config.limits.max_exclusions),
             ),
-        )
+        ))
         .serve_with_incoming_shutdown(incoming(listener), stop.clone().cancelled_owned());
     serve_and_drain(&announcer, &stop, serve).await?;
     Ok(())

@@ -2,6 +2,7 @@
 //! the blocking pool.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use recsys_proto::checks::check_embedding;
@@ -46,7 +47,16 @@ impl RetrievalNodeService {
         }
     }
 
-    async fn search(&self, request: SearchRequest) -> Result<SearchResponse, NodeError> {
+    /// Validates, waits for a slot on the search pool, searches. The searches
+    /// waiting for a slot are bounded by the admission limit around the service
+    /// (`recsys_server::admission`: every waiting search is a call in flight), and
+    /// a caller that leaves drops its wait. A search whose `deadline` has passed
+    /// by the time it would start is not run: `DEADLINE_EXCEEDED`.
+    async fn search(
+        &self,
+        request: SearchRequest,
+        deadline: Option<Instant>,
+    ) -> Result<SearchResponse, NodeError> {
         let index = self.ready()?;
         validate(&request, index.dimensions(), &self.limits)?;
         let SearchRequest {
@@ -63,24 +73,33 @@ impl RetrievalNodeService {
         } else {
             None
         };
-        let queued = std::time::Instant::now();
+        let queued = Instant::now();
+        let waiting = crate::metrics::waiting(index.shard());
         let permit = self
             .pool
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| NodeError::PoolClosed)?;
+        drop(waiting);
         let queued = queued.elapsed();
         let searcher = index.clone();
-        let (hits, elapsed) = tokio::task::spawn_blocking(move || {
+        let searched = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let _exact_slot = exact_slot;
-            let started = std::time::Instant::now();
+            let started = Instant::now();
+            if deadline.is_some_and(|deadline| deadline <= started) {
+                return None;
+            }
             let hits = searcher.search(&query, k as usize, &exclude_item_ids, exact);
-            (hits, started.elapsed())
+            Some((hits, started.elapsed()))
         })
         .await
         .map_err(|e| NodeError::Search(format!("search task failed: {e}")))?;
+        let Some((hits, elapsed)) = searched else {
+            crate::metrics::expired(index.shard());
+            return Err(NodeError::DeadlineExceeded);
+        };
         crate::metrics::search(index.shard(), exact, queued, elapsed);
         let hits = hits?;
         let (item_ids, scores) = hits.into_iter().unzip();
@@ -141,7 +160,9 @@ impl RetrievalService for RetrievalNodeService {
         &self,
         request: Request<SearchRequest>,
     ) -> Result<Response<SearchResponse>, Status> {
-        let response = RetrievalNodeService::search(self, request.into_inner()).await?;
+        let deadline = recsys_server::deadline::metadata_timeout(request.metadata())
+            .and_then(recsys_server::deadline::deadline_after);
+        let response = RetrievalNodeService::search(self, request.into_inner(), deadline).await?;
         Ok(Response::new(response))
     }
 

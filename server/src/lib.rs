@@ -6,7 +6,9 @@
 //! these here means health, reflection and TCP settings cannot drift apart between
 //! the gateway, retrieval and ranking nodes.
 
+pub mod admission;
 pub mod allocator;
+pub mod deadline;
 pub mod exact_searches;
 pub mod grpc;
 pub mod limits;

@@ -87,6 +87,15 @@ pub fn counter(name: &str, help: &str) -> IntCounter {
     register(IntCounter::new(name, help).expect("constant metric definition"))
 }
 
+/// A registered gauge, one series per label set.
+#[allow(clippy::expect_used)]
+pub fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::IntGaugeVec {
+    register(
+        prometheus::IntGaugeVec::new(Opts::new(name, help), labels)
+            .expect("constant metric definition"),
+    )
+}
+
 /// A registered gauge without labels.
 #[allow(clippy::expect_used)]
 pub fn gauge(name: &str, help: &str) -> IntGauge {

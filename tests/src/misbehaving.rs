@@ -1,7 +1,8 @@
 //! Nodes that misbehave on purpose, for the gateway's failure tests: a ranking node
 //! that is slow, fails, or answers the wrong number or non-finite scores; a
 //! retrieval node whose bundle is still loading, or one that lies in its answers
-//! (`LyingShard`); a peer that accepts connections and never says a word. The first two implement the generated tonic server traits of
+//! (`LyingShard`); one that holds every search until the test lets it answer,
+//! counting the searches whose caller left first (`GatedShard`); a peer that accepts connections and never says a word. The first two implement the generated tonic server traits of
 //! `recsys-proto` and run on a real gRPC server with the health, reflection and
 //! metrics layers every node has (`recsys_server::grpc::standard_router`), so the
 //! gateway reaches them exactly as it reaches real nodes: nothing of the gateway
@@ -128,6 +129,107 @@ impl RetrievalService for LoadingShard {
             ..Default::default()
         }))
     }
+}
+
+/// A retrieval node whose searches wait until the test opens its gate, then
+/// answer `items` (ids of the shard it stands for, best first). It counts the
+/// searches that arrived and those whose caller went away before the answer (the
+/// server dropped the handler: a cancelled call), which is how a test sees that
+/// the gateway stopped fanning out.
+#[derive(Debug, Clone)]
+pub struct GatedShard {
+    shard: u32,
+    bundle_version: Arc<str>,
+    items: Arc<Vec<u64>>,
+    gate: Arc<tokio::sync::Semaphore>,
+    calls: Arc<AtomicUsize>,
+    abandoned: Arc<AtomicUsize>,
+}
+
+impl GatedShard {
+    /// A closed gate in front of `items` of `shard`, answering as a node of
+    /// `bundle_version` does.
+    pub fn new(shard: u32, items: Vec<u64>, bundle_version: &str) -> Self {
+        Self {
+            shard,
+            bundle_version: bundle_version.into(),
+            items: Arc::new(items),
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+            calls: Arc::default(),
+            abandoned: Arc::default(),
+        }
+    }
+
+    /// Lets every waiting and later search answer.
+    pub fn open(&self) {
+        self.gate.close();
+    }
+
+    /// `Search` calls that reached it so far.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Searches dropped before they answered.
+    pub fn abandoned(&self) -> usize {
+        self.abandoned.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts a search as abandoned unless it is defused first.
+struct AbandonGuard(Option<Arc<AtomicUsize>>);
+
+impl Drop for AbandonGuard {
+    fn drop(&mut self) {
+        if let Some(counter) = self.0.take() {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl RetrievalService for GatedShard {
+    async fn search(
+        &self,
+        request: Request<SearchRequest>,
+    ) -> Result<Response<SearchResponse>, Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let mut guard = AbandonGuard(Some(self.abandoned.clone()));
+        // A closed semaphore is the open gate.
+        let _ = self.gate.acquire().await;
+        guard.0 = None;
+        let k = request.get_ref().k as usize;
+        let item_ids: Vec<u64> = self.items.iter().copied().take(k).collect();
+        let scores = (0..item_ids.len()).map(|i| 1.0 - i as f32 * 1e-3).collect();
+        Ok(Response::new(SearchResponse {
+            item_ids,
+            scores,
+            items_searched: self.items.len() as u64,
+            shard: self.shard,
+            bundle_version: self.bundle_version.to_string(),
+            search_us: 0,
+        }))
+    }
+
+    async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        Err(Status::unimplemented("a gated test shard has no info"))
+    }
+}
+
+/// Serves `shard` on a free loopback port until `token` is cancelled, health
+/// `SERVING`, with the admission layer every node has.
+pub async fn serve_gated_shard(shard: GatedShard, token: &CancellationToken) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (health, router) = standard_router().unwrap();
+    let name = <RetrievalServiceServer<GatedShard> as NamedService>::NAME;
+    set_health(&health, name, ServingStatus::Serving).await;
+    let admission = recsys_server::admission::Admission::new(name, 1024, &["Info"]);
+    let serve = router
+        .add_service(admission.wrap(RetrievalServiceServer::new(shard)))
+        .serve_with_incoming_shutdown(incoming(listener), token.clone().cancelled_owned());
+    tokio::spawn(async move { serve.await.expect("gated retrieval node failed") });
+    addr
 }
 
 /// How a [`LyingShard`] answers a search.
@@ -300,6 +402,7 @@ pub async fn retrieval_node(
         announce: None,
         access: Default::default(),
         server_limits: Default::default(),
+        max_in_flight: 0,
     };
     let serve = recsys_retrieval_node::run(listener, config, token.clone());
     let name = format!("retrieval node of shard {shard}");

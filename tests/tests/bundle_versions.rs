@@ -288,6 +288,7 @@ async fn a_flipped_byte_or_a_truncated_file_keeps_the_node_not_serving() {
             announce: None,
             access: Default::default(),
             server_limits: Default::default(),
+            max_in_flight: 0,
         };
         tokio::spawn(recsys_retrieval_node::run(listener, config, token.clone()));
         let info = || async {
@@ -343,6 +344,7 @@ async fn a_flipped_byte_or_a_truncated_file_keeps_the_node_not_serving() {
     let config = recsys_gateway::GatewayConfig {
         server_limits: Default::default(),
         security: Default::default(),
+        max_in_flight: 0,
         bundle_dir: dir.to_path_buf(),
         policy: recsys_gateway::RequestPolicy::default(),
         connect_timeout: Duration::from_secs(1),
@@ -384,6 +386,7 @@ async fn gateway_verdict(corrupt: &Path, addr: SocketAddr) -> i32 {
     let config = recsys_gateway::GatewayConfig {
         server_limits: Default::default(),
         security: Default::default(),
+        max_in_flight: 0,
         bundle_dir: good.path().to_path_buf(),
         policy: recsys_gateway::RequestPolicy::default(),
         connect_timeout: Duration::from_secs(1),

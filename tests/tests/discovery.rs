@@ -96,6 +96,7 @@ async fn gateway(etcd: &EtcdServer, cluster: &str) -> ServerHandle<GatewayError>
         health_interval: Duration::from_millis(500),
         security: Default::default(),
         server_limits: Default::default(),
+        max_in_flight: 0,
     };
     let token = CancellationToken::new();
     let run = recsys_gateway::run(listener, config, membership, token.clone());

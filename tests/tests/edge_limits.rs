@@ -68,6 +68,7 @@ async fn gateway_with(
         health_interval: Duration::from_secs(60),
         security: Default::default(),
         server_limits: Default::default(),
+        max_in_flight: 0,
     };
     let serve = recsys_gateway::run(listener, config, membership, token.clone());
     let mut gateway = ServerHandle::spawn("gateway", addr, token.clone(), serve);

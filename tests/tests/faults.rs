@@ -34,6 +34,7 @@ async fn start_node(
         announce: None,
         access: Default::default(),
         server_limits: Default::default(),
+        max_in_flight: 0,
     };
     let run = recsys_retrieval_node::run(listener, config, token.clone());
     ServerHandle::spawn(
@@ -80,6 +81,7 @@ async fn a_hung_shard_turns_into_coverage_at_the_deadline() {
         health_interval: Duration::from_secs(1),
         security: Default::default(),
         server_limits: Default::default(),
+        max_in_flight: 0,
     };
     let run = recsys_gateway::run(listener, config, membership, token.clone());
     let mut gateway = ServerHandle::spawn("gateway", gateway_addr, token.clone(), run);

@@ -73,6 +73,7 @@ async fn gateway(
         health_interval: Duration::from_secs(60),
         security: Default::default(),
         server_limits: Default::default(),
+        max_in_flight: 0,
     };
     let serve = recsys_gateway::run(listener, config, membership, token.clone());
     // Fails at once with the gateway's own error if it ends before SERVING.

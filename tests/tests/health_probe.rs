@@ -48,6 +48,7 @@ async fn recsys_health_exits_zero_only_for_serving() {
         announce: None,
         access: Default::default(),
         server_limits: Default::default(),
+        max_in_flight: 0,
     };
     let run = recsys_retrieval_node::run(listener, config, token.clone());
     let mut node = ServerHandle::spawn("retrieval node", addr, token.clone(), run);

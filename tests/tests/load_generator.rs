@@ -40,6 +40,45 @@ fn load_reports_every_level_with_answers_from_every_client() {
 }
 
 #[test]
+fn open_loop_accounts_for_every_request_sent() {
+    let bundle = synthetic_bundle(3_000, 20, 16, 2, 11);
+    let out = Command::new(binary("recsys-bench"))
+        .args(["--io-threads", "1", "load", "--bundle"])
+        .arg(bundle.path())
+        .args(["--rate", "200", "--seconds", "0.5", "--k", "10"])
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "recsys-bench load --rate failed: {stderr}"
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["event"], "unloaded");
+    let level = &lines[1];
+    assert_eq!(level["event"], "open_loop");
+    let count = |key: &str| level[key].as_u64().unwrap();
+    let other: u64 = level["other"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert!(count("sent") > 0, "{level}");
+    assert_eq!(
+        count("ok") + count("shed") + other,
+        count("sent"),
+        "{level}"
+    );
+    assert!(level["recovery_ms"].as_f64().is_some(), "{level}");
+}
+
+#[test]
 fn load_refuses_a_window_that_is_not_positive() {
     let out = Command::new(binary("recsys-bench"))
         .args([

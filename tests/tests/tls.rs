@@ -150,6 +150,7 @@ async fn tls_gateway(
             api_keys: Some(keys.to_path_buf()),
         },
         server_limits: Default::default(),
+        max_in_flight: 0,
     };
     let token = CancellationToken::new();
     let run = recsys_gateway::run(listener, config, membership, token.clone());
