@@ -37,6 +37,7 @@ const KNOWN_METHODS: &[(&str, &[&str])] = &[
     ),
     ("recsys.v1.RetrievalService", &["Search", "Info"]),
     ("recsys.v1.RankingService", &["Rank"]),
+    ("recsys.v1.CatalogService", &["UpsertItems", "DeleteItems"]),
     ("grpc.health.v1.Health", &["Check", "Watch"]),
     (
         "grpc.reflection.v1.ServerReflection",
