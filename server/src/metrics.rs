@@ -309,7 +309,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(seen, 5);
+        assert_eq!(seen, 7);
     }
 
     #[test]
