@@ -1,0 +1,430 @@
+//! Issue 18's bad-input test: over 10,000 generated malformed and adversarial
+//! requests against a whole cluster (gateway, two shards, a ranking node, all
+//! real servers on loopback), typed and as raw bytes, plus cancelled streams and
+//! concurrent bursts. Nothing may crash, no answer may be INTERNAL or UNKNOWN,
+//! no OK answer may break an invariant (more than k items, duplicates, excluded
+//! ids, non-finite scores), and a second round of the same kinds of traffic may
+//! neither grow resident memory by 50 MiB nor add a single metric series: what
+//! a hostile client sends must not accumulate.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use prost::Message;
+use recsys_local_cluster::{LocalCluster, LocalClusterOptions};
+use recsys_proto::limits::{
+    MAX_EXCLUSIONS, MAX_ID_BYTES, MAX_K, MAX_LIST_VALUES, MAX_RETRIEVE_K, MAX_USER_FEATURES,
+};
+use recsys_proto::v1::gateway_service_client::GatewayServiceClient;
+use recsys_proto::v1::ranking_service_client::RankingServiceClient;
+use recsys_proto::v1::retrieval_service_client::RetrievalServiceClient;
+use recsys_proto::v1::{
+    FeatureValue, QueryEmbedding, RankRequest, RecommendOptions, RecommendRequest,
+    RecommendResponse, SearchRequest, StringList, feature_value, recommend_request,
+};
+use recsys_tests::*;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+const DIMENSIONS: usize = 16;
+/// Loop turns of each round; with the bursts of 24, two rounds send about
+/// 22,000 requests.
+const PER_ROUND: usize = 2_600;
+
+/// xorshift64*: a reproducible stream of choices.
+struct Noise(u64);
+
+impl Noise {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    fn pick<T: Copy>(&mut self, values: &[T]) -> T {
+        values[self.below(values.len() as u64) as usize]
+    }
+
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next() as u8).collect()
+    }
+
+    /// A float that is usually fine and often not.
+    fn float(&mut self) -> f32 {
+        self.pick(&[
+            0.1,
+            -0.5,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            3.4e38,
+            -3.4e38,
+            1e6,
+            1.000_001e6,
+            f32::MIN_POSITIVE,
+            0.0,
+        ])
+    }
+
+    fn count(&mut self, limit: usize) -> usize {
+        self.pick(&[0, 1, 3, limit, limit + 1])
+    }
+
+    fn id(&mut self) -> u64 {
+        match self.below(3) {
+            0 => self.below(3_000),
+            1 => u64::MAX - self.below(3),
+            _ => self.next(),
+        }
+    }
+
+    fn string(&mut self) -> String {
+        let len = self.pick(&[0, 1, 8, MAX_ID_BYTES, MAX_ID_BYTES + 1, 70_000]);
+        match self.below(3) {
+            0 => "u".repeat(len),
+            1 => format!("user-{}", self.below(60)),
+            _ => String::from_utf8_lossy(&self.bytes(len.min(64))).into_owned(),
+        }
+    }
+
+    fn features(&mut self) -> std::collections::HashMap<String, FeatureValue> {
+        let names = [
+            "age",
+            "gender",
+            "occupation",
+            "zip",
+            "genres",
+            "unknown",
+            "",
+        ];
+        (0..self.count(MAX_USER_FEATURES).min(MAX_USER_FEATURES + 1))
+            .map(|i| {
+                let name = match self.below(4) {
+                    0 => format!("f{i}"),
+                    1 => "n".repeat(self.pick(&[1, 128, 129, 5_000])),
+                    _ => self.pick(&names).to_string(),
+                };
+                let kind = match self.below(4) {
+                    0 => feature_value::Kind::StringValue(self.string()),
+                    1 => feature_value::Kind::IntValue(self.next() as i64),
+                    2 => feature_value::Kind::FloatValue(self.float()),
+                    _ => feature_value::Kind::StringList(StringList {
+                        values: (0..self.count(MAX_LIST_VALUES))
+                            .map(|_| self.string())
+                            .collect(),
+                    }),
+                };
+                (name, FeatureValue { kind: Some(kind) })
+            })
+            .collect()
+    }
+
+    fn embedding(&mut self) -> Vec<f32> {
+        let len = self.pick(&[
+            DIMENSIONS,
+            DIMENSIONS,
+            0,
+            DIMENSIONS - 1,
+            DIMENSIONS + 1,
+            5_000,
+        ]);
+        let bad = self.below(3) == 0;
+        (0..len)
+            .map(|_| if bad { self.float() } else { 0.1 })
+            .collect()
+    }
+
+    fn recommend(&mut self) -> RecommendRequest {
+        let query = match self.below(3) {
+            0 => Some(recommend_request::Query::UserId(self.string())),
+            1 => Some(recommend_request::Query::QueryEmbedding(QueryEmbedding {
+                values: self.embedding(),
+            })),
+            _ => None,
+        };
+        RecommendRequest {
+            query,
+            user_features: if self.below(2) == 0 {
+                self.features()
+            } else {
+                Default::default()
+            },
+            k: self.pick(&[0, 1, 10, MAX_K, MAX_K + 1, u32::MAX]),
+            retrieve_k: self.pick(&[0, 5, 100, MAX_RETRIEVE_K, MAX_RETRIEVE_K + 1, u32::MAX]),
+            exclude_item_ids: (0..self.count(MAX_EXCLUSIONS)).map(|_| self.id()).collect(),
+            options: (self.below(2) == 0).then(|| RecommendOptions {
+                exact: self.below(8) == 0,
+                top_k_probability: self.pick(&[0.0, 0.5, 1.0, 2.0, -1.0, f32::NAN]),
+                skip_ranking: self.below(2) == 0,
+            }),
+        }
+    }
+
+    fn search(&mut self) -> SearchRequest {
+        SearchRequest {
+            query: self.embedding(),
+            k: self.pick(&[0, 1, 10, MAX_RETRIEVE_K, MAX_RETRIEVE_K + 1, u32::MAX]),
+            exclude_item_ids: (0..self.count(MAX_EXCLUSIONS)).map(|_| self.id()).collect(),
+            exact: self.below(8) == 0,
+        }
+    }
+
+    fn rank(&mut self) -> RankRequest {
+        RankRequest {
+            user_id: self.string(),
+            user_features: self.features(),
+            item_ids: (0..self.count(MAX_RETRIEVE_K as usize))
+                .map(|_| self.id())
+                .collect(),
+        }
+    }
+}
+
+/// The invariants of an OK answer.
+fn check_answer(response: &RecommendResponse, request: &RecommendRequest) {
+    assert!(response.items.len() <= request.k as usize, "more than k");
+    let mut seen = HashSet::new();
+    let excluded: HashSet<u64> = request.exclude_item_ids.iter().copied().collect();
+    for item in &response.items {
+        assert!(seen.insert(item.item_id), "duplicate {}", item.item_id);
+        assert!(
+            !excluded.contains(&item.item_id),
+            "excluded {}",
+            item.item_id
+        );
+        assert!(item.retrieval_score.is_finite(), "{item:?}");
+        assert!(item.ranking_score.is_none_or(f32::is_finite), "{item:?}");
+    }
+}
+
+fn tally(codes: &mut BTreeMap<String, usize>, what: &str, outcome: Result<(), Status>) {
+    let code = outcome.as_ref().map_or_else(Status::code, |()| Code::Ok);
+    assert!(
+        !matches!(code, Code::Internal | Code::Unknown),
+        "{what}: {outcome:?}"
+    );
+    *codes.entry(format!("{what} {code:?}")).or_insert(0) += 1;
+}
+
+struct Targets {
+    gateway: GatewayServiceClient<Channel>,
+    gateway_channel: Channel,
+    shard: RetrievalServiceClient<Channel>,
+    shard_channel: Channel,
+    ranking: RankingServiceClient<Channel>,
+    ranking_channel: Channel,
+}
+
+async fn channel(addr: std::net::SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// One round: typed adversarial requests to each server, raw byte mutations of
+/// valid messages, cancelled streams and concurrent bursts.
+async fn round(targets: &mut Targets, noise: &mut Noise) -> BTreeMap<String, usize> {
+    let mut codes = BTreeMap::new();
+    let timeout = Duration::from_secs(10);
+    let valid = by_embedding(vec![0.1; DIMENSIONS], 10, false);
+    let raw_bases = [
+        ("/recsys.v1.GatewayService/Recommend", valid.encode_to_vec()),
+        (
+            "/recsys.v1.RetrievalService/Search",
+            noise.search().encode_to_vec(),
+        ),
+        (
+            "/recsys.v1.RankingService/Rank",
+            noise.rank().encode_to_vec(),
+        ),
+    ];
+    for i in 0..PER_ROUND {
+        match i % 13 {
+            0..=4 => {
+                let request = noise.recommend();
+                let mut call = tonic::Request::new(request.clone());
+                call.set_timeout(timeout);
+                let outcome = targets.gateway.recommend(call).await;
+                if let Ok(response) = &outcome {
+                    check_answer(response.get_ref(), &request);
+                }
+                tally(&mut codes, "recommend", outcome.map(drop));
+            }
+            5 | 6 => {
+                let request = noise.search();
+                let k = request.k as usize;
+                let outcome = targets.shard.search(request).await;
+                if let Ok(response) = &outcome {
+                    let response = response.get_ref();
+                    assert!(response.item_ids.len() <= k);
+                    assert!(response.scores.iter().all(|s| s.is_finite()));
+                }
+                tally(&mut codes, "search", outcome.map(drop));
+            }
+            7 | 8 => {
+                let request = noise.rank();
+                let outcome = targets.ranking.rank(request.clone()).await;
+                if let Ok(response) = &outcome {
+                    let response = response.get_ref();
+                    assert_eq!(response.scores.len(), request.item_ids.len());
+                    assert!(response.scores.iter().all(|s| s.is_finite()));
+                }
+                tally(&mut codes, "rank", outcome.map(drop));
+            }
+            9 | 10 => {
+                let (path, base) = &raw_bases[noise.below(3) as usize];
+                let body = match noise.below(3) {
+                    0 => {
+                        let len = noise.below(300) as usize;
+                        noise.bytes(len)
+                    }
+                    1 => {
+                        let mut bytes = base.clone();
+                        for _ in 0..=noise.below(4) {
+                            let bit = noise.below(bytes.len() as u64 * 8) as usize;
+                            bytes[bit / 8] ^= 1 << (bit % 8);
+                        }
+                        bytes
+                    }
+                    _ => base[..noise.below(base.len() as u64) as usize].to_vec(),
+                };
+                let channel = match *path {
+                    p if p.contains("Gateway") => &targets.gateway_channel,
+                    p if p.contains("Retrieval") => &targets.shard_channel,
+                    _ => &targets.ranking_channel,
+                };
+                let outcome = raw_grpc::call(channel, path, body).await;
+                tally(&mut codes, "raw", outcome.map(drop));
+            }
+            11 => {
+                // A stream dropped after its first message, or before any.
+                let outcome = targets.gateway.recommend_stream(valid.clone()).await;
+                if let Ok(response) = outcome {
+                    let mut stream = response.into_inner();
+                    if noise.below(2) == 0 {
+                        let _ = stream.next().await;
+                    }
+                }
+                *codes.entry("stream dropped".into()).or_insert(0) += 1;
+            }
+            _ => {
+                // A burst of concurrent calls, valid and not: some may be shed
+                // (RESOURCE_EXHAUSTED), none may break.
+                let burst: Vec<_> = (0..24)
+                    .map(|_| {
+                        let request = noise.recommend();
+                        let mut client = targets.gateway.clone();
+                        tokio::spawn(async move {
+                            let outcome = client.recommend(request.clone()).await;
+                            if let Ok(response) = &outcome {
+                                check_answer(response.get_ref(), &request);
+                            }
+                            outcome.map(drop)
+                        })
+                    })
+                    .collect();
+                for call in burst {
+                    tally(&mut codes, "burst", call.await.unwrap());
+                }
+            }
+        }
+    }
+    codes
+}
+
+/// Resident memory of this process (which runs every server), in bytes.
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|value| value.parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// Metric series (sample lines) in the process's registry.
+fn series() -> usize {
+    recsys_server::metrics::render()
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_bad_requests_break_nothing_and_leave_nothing_behind() {
+    let bundle = synthetic_bundle(3_000, 60, DIMENSIONS, 2, 5);
+    let cluster = LocalCluster::start(LocalClusterOptions::new(bundle.path()))
+        .await
+        .unwrap();
+    let gateway_channel = channel(cluster.gateway_addr).await;
+    let shard_channel = channel(cluster.node_addr(1, 0).unwrap()).await;
+    let ranking_channel = channel(cluster.ranking_addr(0).unwrap()).await;
+    let mut targets = Targets {
+        gateway: GatewayServiceClient::new(gateway_channel.clone())
+            .max_decoding_message_size(64 << 20),
+        gateway_channel,
+        shard: RetrievalServiceClient::new(shard_channel.clone()),
+        shard_channel,
+        ranking: RankingServiceClient::new(ranking_channel.clone()),
+        ranking_channel,
+    };
+    // A ranked answer first: the cluster works before it is attacked.
+    let mut client = gateway_client(cluster.gateway_addr).await;
+    let answer = recommend(
+        &mut client,
+        ranked("user-1", 10, 50),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert!(answer.ranked, "{answer:?}");
+
+    let mut noise = Noise(0x5eed_1234_abcd_0001);
+    let first = round(&mut targets, &mut noise).await;
+    let (memory, series_after_first) = (resident_bytes(), series());
+    let second = round(&mut targets, &mut noise).await;
+    let total: usize = first.values().chain(second.values()).sum();
+    eprintln!("first round: {first:?}\nsecond round: {second:?}");
+    assert!(total >= 10_000, "{total}");
+    // Every kind of refusal happened, and so did answers: the generator reaches
+    // both sides of the checks.
+    for kind in [
+        "recommend Ok",
+        "recommend InvalidArgument",
+        "search InvalidArgument",
+    ] {
+        assert!(first.contains_key(kind), "no {kind} in {first:?}");
+    }
+    let grown = resident_bytes().saturating_sub(memory);
+    assert!(
+        grown < 50 << 20,
+        "resident memory grew {grown} bytes in round two"
+    );
+    assert_eq!(
+        series(),
+        series_after_first,
+        "round two added metric series"
+    );
+    // Still serving, and still ranked.
+    let answer = recommend(
+        &mut client,
+        ranked("user-1", 10, 50),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert!(answer.ranked && answer.items.len() == 10, "{answer:?}");
+    cluster.shutdown().await.unwrap();
+}
