@@ -14,6 +14,7 @@ pub mod misbehaving;
 pub mod processes;
 pub mod raw_grpc;
 pub mod skip;
+pub mod static_gateway;
 
 use std::net::SocketAddr;
 use std::path::Path;

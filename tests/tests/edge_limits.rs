@@ -10,18 +10,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use prost::Message;
-use recsys_discovery::{StaticMembership, StaticSpec};
 use recsys_gateway::{GatewayConfig, RequestPolicy};
-use recsys_local_cluster::ServerHandle;
 use recsys_proto::v1::retrieval_service_client::RetrievalServiceClient;
 use recsys_proto::v1::{FeatureValue, RecommendResponse, SearchRequest, feature_value::Kind};
 use recsys_tests::misbehaving::*;
+use recsys_tests::static_gateway::{gateway_config, serve_static_gateway};
 use recsys_tests::*;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -51,32 +49,11 @@ async fn gateway_with(
     policy: RequestPolicy,
     token: &CancellationToken,
 ) -> SocketAddr {
-    let text = |addrs: &[SocketAddr]| addrs.iter().map(|a| a.to_string()).collect();
-    let membership = Arc::new(
-        StaticMembership::new(&StaticSpec {
-            shards: shards.iter().map(|replicas| text(replicas)).collect(),
-            ranking: text(ranking),
-        })
-        .unwrap(),
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let config = GatewayConfig {
-        bundle_dir: bundle().path().to_path_buf(),
         policy,
-        connect_timeout: Duration::from_secs(1),
-        health_interval: Duration::from_secs(60),
-        security: Default::default(),
-        server_limits: Default::default(),
-        max_in_flight: 0,
+        ..gateway_config(bundle().path())
     };
-    let serve = recsys_gateway::run(listener, config, membership, token.clone());
-    let mut gateway = ServerHandle::spawn("gateway", addr, token.clone(), serve);
-    gateway
-        .wait_serving(Duration::from_secs(60))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    addr
+    serve_static_gateway(config, shards, ranking, token).await
 }
 
 async fn gateway(

@@ -12,16 +12,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use recsys_discovery::{StaticMembership, StaticSpec};
 use recsys_gateway::{GatewayConfig, RequestPolicy};
-use recsys_local_cluster::ServerHandle;
 use recsys_proto::v1::{RecommendOptions, RecommendRequest, RecommendResponse};
 use recsys_tests::misbehaving::*;
+use recsys_tests::static_gateway::{gateway_config, serve_static_gateway};
 use recsys_tests::*;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
@@ -53,36 +51,14 @@ async fn gateway(
     ranking: &[SocketAddr],
     token: &CancellationToken,
 ) -> SocketAddr {
-    let text = |addrs: &[SocketAddr]| addrs.iter().map(|a| a.to_string()).collect();
-    let membership = Arc::new(
-        StaticMembership::new(&StaticSpec {
-            shards: shards.iter().map(|replicas| text(replicas)).collect(),
-            ranking: text(ranking),
-        })
-        .unwrap(),
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let config = GatewayConfig {
-        bundle_dir: bundle().path().to_path_buf(),
         policy: RequestPolicy {
             default_timeout: BUDGET,
             ..RequestPolicy::default()
         },
-        connect_timeout: Duration::from_secs(1),
-        health_interval: Duration::from_secs(60),
-        security: Default::default(),
-        server_limits: Default::default(),
-        max_in_flight: 0,
+        ..gateway_config(bundle().path())
     };
-    let serve = recsys_gateway::run(listener, config, membership, token.clone());
-    // Fails at once with the gateway's own error if it ends before SERVING.
-    let mut gateway = ServerHandle::spawn("gateway", addr, token.clone(), serve);
-    gateway
-        .wait_serving(Duration::from_secs(60))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    addr
+    serve_static_gateway(config, shards, ranking, token).await
 }
 
 /// A real retrieval node for each shard.

@@ -11,17 +11,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use recsys_bundle::{Manifest, shard_of};
-use recsys_discovery::{StaticMembership, StaticSpec};
-use recsys_gateway::{GatewayConfig, RequestPolicy};
-use recsys_local_cluster::ServerHandle;
+use recsys_gateway::GatewayConfig;
 use recsys_proto::v1::RecommendRequest;
 use recsys_tests::misbehaving::{GatedShard, serve_gated_shard};
+use recsys_tests::static_gateway::{gateway_config, serve_static_gateway};
 use recsys_tests::*;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
@@ -68,34 +66,12 @@ async fn gateway(
     max_in_flight: usize,
     token: &CancellationToken,
 ) -> SocketAddr {
-    let membership = Arc::new(
-        StaticMembership::new(&StaticSpec {
-            shards: shards
-                .iter()
-                .map(|(_, addr)| vec![addr.to_string()])
-                .collect(),
-            ranking: Vec::new(),
-        })
-        .unwrap(),
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let config = GatewayConfig {
-        bundle_dir: bundle().path().to_path_buf(),
-        policy: RequestPolicy::default(),
-        connect_timeout: Duration::from_secs(1),
-        health_interval: Duration::from_secs(60),
-        security: Default::default(),
-        server_limits: Default::default(),
         max_in_flight,
+        ..gateway_config(bundle().path())
     };
-    let serve = recsys_gateway::run(listener, config, membership, token.clone());
-    let mut gateway = ServerHandle::spawn("gateway", addr, token.clone(), serve);
-    gateway
-        .wait_serving(Duration::from_secs(60))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    addr
+    let shards: Vec<Vec<SocketAddr>> = shards.iter().map(|(_, addr)| vec![*addr]).collect();
+    serve_static_gateway(config, &shards, &[], token).await
 }
 
 fn request() -> RecommendRequest {
