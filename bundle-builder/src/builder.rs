@@ -170,6 +170,7 @@ pub fn build_bundle(
         ranker: None,
         source: options.source.clone(),
         files: Default::default(),
+        log_revision: 0,
     };
     crate::seal(dir, &mut manifest)?;
     tracing::info!(

@@ -120,6 +120,15 @@ pub struct Manifest {
     /// manifests written before bundles were checksummed; nodes refuse those.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub files: BTreeMap<String, FileDigest>,
+    /// The revision of the cluster's item change log (`recsys-catalog-log`) this
+    /// version already contains: nodes serving it apply the log's entries after
+    /// it. 0 for a version built from a base alone.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub log_revision: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl Manifest {

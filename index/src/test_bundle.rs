@@ -66,6 +66,7 @@ pub(crate) fn bundle(dir: &Path) -> Vec<f32> {
         ranker: None,
         source: "unit vectors".into(),
         files: Default::default(),
+        log_revision: 0,
     }
     .save(dir)
     .unwrap();

@@ -4,12 +4,16 @@
 //! 390k-item shard is ready in milliseconds), answers `Search` with the shard-local
 //! top-k, and applies exclusions inside the graph traversal so excluded items never
 //! take a slot. Searches run on a sized blocking pool, never on the async workers.
+//! With etcd, the node follows its shard's part of the item change log and
+//! applies upserts and deletes on top of the bundle's shard (a [`LiveShard`]).
 
 mod error;
+mod item_changes;
 mod metrics;
 mod server;
 mod service;
 
 pub use error::NodeError;
-pub use recsys_index::{LoadMode, ShardIndex};
+pub use item_changes::changes_of;
+pub use recsys_index::{LiveShard, LoadMode, ShardIndex};
 pub use server::{NodeConfig, SearchLimits, run};

@@ -74,3 +74,33 @@ pub fn search(shard: u32, exact: bool, queued: Duration, searched: Duration) {
         .with_label_values(&[shard.as_str(), if exact { "exact" } else { "hnsw" }])
         .observe(searched.as_secs_f64());
 }
+
+static LOG_REVISION: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "recsys_retrieval_log_revision",
+        "the last item change log revision the shard has applied, by shard",
+        &["shard"],
+    )
+});
+
+static REFUSED_CHANGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "recsys_retrieval_refused_changes_total",
+        "item change log entries the shard refused (foreign items, bad vectors), by shard",
+        &["shard"],
+    )
+});
+
+/// `shard` has applied the change log up to `revision`.
+pub fn log_revision(shard: u32, revision: u64) {
+    LOG_REVISION
+        .with_label_values(&[shard.to_string().as_str()])
+        .set(i64::try_from(revision).unwrap_or(i64::MAX));
+}
+
+/// `shard` refused a change log entry.
+pub fn refused_change(shard: u32) {
+    REFUSED_CHANGES
+        .with_label_values(&[shard.to_string().as_str()])
+        .inc();
+}

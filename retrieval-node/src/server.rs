@@ -20,7 +20,7 @@ use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 
 use crate::service::{LoadState, RetrievalNodeService};
-use crate::{LoadMode, NodeError, ShardIndex};
+use crate::{LiveShard, LoadMode, NodeError, ShardIndex};
 
 /// Request limits; requests beyond them get `INVALID_ARGUMENT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +76,7 @@ fn open_verified(
     dir: &std::path::Path,
     shard: u32,
     mode: LoadMode,
-) -> Result<ShardIndex, recsys_bundle::BundleError> {
+) -> Result<LiveShard, recsys_bundle::BundleError> {
     let manifest = recsys_bundle::Manifest::load(dir)?;
     let report = recsys_bundle::verify_files(dir, &manifest, recsys_bundle::FileSet::Shard(shard))?;
     tracing::info!(
@@ -85,7 +85,11 @@ fn open_verified(
         verify_ms = report.elapsed.as_millis() as u64,
         "shard file verified"
     );
-    ShardIndex::open_with(dir, shard, mode)
+    let index = ShardIndex::open_with(dir, shard, mode)?;
+    // Changes applied on top start after the revision the version contains.
+    LiveShard::new(index, manifest.log_revision).map_err(|e| {
+        recsys_bundle::BundleError::index(dir.join(recsys_bundle::shard_file(shard)), e)
+    })
 }
 
 /// Serves `config.shard` on `listener` until `shutdown` is cancelled; with
@@ -116,16 +120,20 @@ pub async fn run(
     let (ready_state, failed_state) = (state.clone(), state.clone());
     let ready_announcer = announcer.clone();
     let (bundle_dir, shard, mode) = (config.bundle_dir.clone(), config.shard, config.load_mode);
+    // With etcd the node also applies its shard's item changes.
+    let (follow_log, follow_shutdown) = (config.announce.clone(), shutdown.clone());
     spawn_loader(
         health.clone(),
         name,
         shutdown.clone(),
         "shard",
         move || open_verified(&bundle_dir, shard, mode),
-        move |index| {
+        move |live| {
+            let index = live.base();
             tracing::info!(
                 shard = index.shard(),
                 items = index.items(),
+                log_revision = live.revision(),
                 mode = ?mode,
                 "shard ready"
             );
@@ -135,7 +143,16 @@ pub async fn run(
                 Some(index.shard_count()),
                 index.bundle_version(),
             );
-            ready_state.store(Arc::new(LoadState::Ready(Arc::new(index))));
+            let live = Arc::new(live);
+            if let Some(etcd) = &follow_log {
+                crate::item_changes::follow(
+                    etcd.endpoints.clone(),
+                    etcd.cluster.clone(),
+                    live.clone(),
+                    follow_shutdown.clone(),
+                );
+            }
+            ready_state.store(Arc::new(LoadState::Ready(live)));
         },
         move |error| failed_state.store(Arc::new(LoadState::Failed(error))),
     );

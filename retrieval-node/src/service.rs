@@ -14,10 +14,10 @@ use recsys_server::exact_searches::ExactSearches;
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
-use crate::{NodeError, SearchLimits, ShardIndex};
+use crate::{LiveShard, NodeError, SearchLimits};
 
 /// Where loading the shard stands.
-pub type LoadState = recsys_server::grpc::LoadState<ShardIndex, recsys_bundle::BundleError>;
+pub type LoadState = recsys_server::grpc::LoadState<LiveShard, recsys_bundle::BundleError>;
 
 /// The gRPC service of one retrieval node.
 #[derive(Debug, Clone)]
@@ -39,7 +39,7 @@ impl RetrievalNodeService {
         }
     }
 
-    fn ready(&self) -> Result<Arc<ShardIndex>, NodeError> {
+    fn ready(&self) -> Result<Arc<LiveShard>, NodeError> {
         match self.state.load().as_ref() {
             LoadState::Ready(index) => Ok(index.clone()),
             LoadState::Loading => Err(NodeError::NotReady("the shard is still loading".into())),
@@ -57,7 +57,8 @@ impl RetrievalNodeService {
         request: SearchRequest,
         deadline: Option<Instant>,
     ) -> Result<SearchResponse, NodeError> {
-        let index = self.ready()?;
+        let live = self.ready()?;
+        let index = live.base();
         validate(&request, index.dimensions(), &self.limits)?;
         let SearchRequest {
             query,
@@ -83,7 +84,7 @@ impl RetrievalNodeService {
             .map_err(|_| NodeError::PoolClosed)?;
         drop(waiting);
         let queued = queued.elapsed();
-        let searcher = index.clone();
+        let searcher = live.clone();
         let searched = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let _exact_slot = exact_slot;
@@ -107,7 +108,7 @@ impl RetrievalNodeService {
             item_ids,
             scores,
             shard: index.shard(),
-            items_searched: index.items(),
+            items_searched: live.stats().items,
             bundle_version: index.bundle_version().to_string(),
             search_us: elapsed.as_micros() as u64,
         })
@@ -169,17 +170,22 @@ impl RetrievalService for RetrievalNodeService {
     #[allow(deprecated)] // `state`, the string, is still filled for older clients.
     async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
         let mut response = match self.state.load().as_ref() {
-            LoadState::Ready(index) => InfoResponse {
-                shard: index.shard(),
-                shard_count: index.shard_count(),
-                items: index.items(),
-                dimensions: index.dimensions() as u32,
-                metric: index.metric().as_str().into(),
-                bundle_version: index.bundle_version().into(),
-                quantization: index.quantization().as_str().into(),
-                load_status: LoadStatus::Serving.into(),
-                ..Default::default()
-            },
+            LoadState::Ready(live) => {
+                let (index, stats) = (live.base(), live.stats());
+                InfoResponse {
+                    shard: index.shard(),
+                    shard_count: index.shard_count(),
+                    items: stats.items,
+                    log_revision: stats.revision,
+                    live_items: stats.delta,
+                    dimensions: index.dimensions() as u32,
+                    metric: index.metric().as_str().into(),
+                    bundle_version: index.bundle_version().into(),
+                    quantization: index.quantization().as_str().into(),
+                    load_status: LoadStatus::Serving.into(),
+                    ..Default::default()
+                }
+            }
             LoadState::Loading => InfoResponse {
                 load_status: LoadStatus::Loading.into(),
                 ..Default::default()

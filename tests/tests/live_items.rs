@@ -1,0 +1,239 @@
+//! Item upserts and deletes reaching serving retrieval nodes through the change
+//! log in a real etcd (issue 17): each node follows its shard's part of the log
+//! and applies it on top of its bundle version, every replica the same, across an
+//! etcd restart and a node restart.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use recsys_bundle::shard_of;
+use recsys_catalog_log::ChangeLog;
+use recsys_discovery::{AnnounceOptions, EtcdServer};
+use recsys_proto::v1::retrieval_service_client::RetrievalServiceClient;
+use recsys_proto::v1::{
+    InfoRequest, ItemChangeRecord, ItemUpsert, SearchRequest, ShardChangeRecord,
+    item_change_record::Change,
+};
+use recsys_tests::*;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const SHARDS: u32 = 2;
+const DIMENSIONS: usize = 16;
+const CLUSTER: &str = "live";
+/// Generous bound on a change becoming visible; a healthy run takes milliseconds.
+const VISIBLE: Duration = Duration::from_secs(30);
+
+/// A retrieval node of `shard` registered in (and following the log of) `etcd`.
+async fn node(
+    bundle: &TestBundle,
+    shard: u32,
+    replica: &str,
+    etcd: &EtcdServer,
+    token: &CancellationToken,
+) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let announce = AnnounceOptions::new(
+        vec![etcd.endpoint()],
+        CLUSTER,
+        format!("retrieval-{shard}-{replica}"),
+        addr.to_string(),
+    );
+    let config = recsys_retrieval_node::NodeConfig {
+        bundle_dir: bundle.path().to_path_buf(),
+        shard,
+        search_threads: 1,
+        limits: Default::default(),
+        load_mode: Default::default(),
+        announce: Some(announce),
+        access: Default::default(),
+        server_limits: Default::default(),
+        max_in_flight: 0,
+    };
+    tokio::spawn(recsys_retrieval_node::run(listener, config, token.clone()));
+    addr
+}
+
+async fn client(addr: SocketAddr) -> RetrievalServiceClient<tonic::transport::Channel> {
+    let deadline = tokio::time::Instant::now() + VISIBLE;
+    loop {
+        if let Ok(client) = RetrievalServiceClient::connect(format!("http://{addr}")).await {
+            return client;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The node's top ids for `query`, once it serves.
+async fn top(addr: SocketAddr, query: &[f32], k: u32) -> Option<Vec<u64>> {
+    let mut client = client(addr).await;
+    let request = SearchRequest {
+        query: query.to_vec(),
+        k,
+        exclude_item_ids: Vec::new(),
+        exact: false,
+    };
+    client
+        .search(request)
+        .await
+        .ok()
+        .map(|response| response.into_inner().item_ids)
+}
+
+/// Polls `check` on the node's answer until it holds, failing after [`VISIBLE`].
+async fn eventually(addr: SocketAddr, query: &[f32], what: &str, check: impl Fn(&[u64]) -> bool) {
+    let deadline = tokio::time::Instant::now() + VISIBLE;
+    loop {
+        if let Some(ids) = top(addr, query, 10).await
+            && check(&ids)
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr}: never {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn upsert(id: u64, vector: &[f32]) -> ItemChangeRecord {
+    ItemChangeRecord {
+        change: Some(Change::Upsert(ItemUpsert {
+            item_id: id,
+            embedding: vector.to_vec(),
+            ..Default::default()
+        })),
+    }
+}
+
+fn delete(id: u64) -> ItemChangeRecord {
+    ItemChangeRecord {
+        change: Some(Change::DeleteItemId(id)),
+    }
+}
+
+fn record(shard: u32, changes: Vec<ItemChangeRecord>) -> ShardChangeRecord {
+    ShardChangeRecord {
+        shard,
+        shard_count: SHARDS,
+        bundle_version: String::new(),
+        changes,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upserts_and_deletes_reach_every_replica_through_etcd() {
+    let mut etcd = EtcdServer::start().await.unwrap();
+    let bundle = synthetic_bundle(2_000, 10, DIMENSIONS, SHARDS, 31);
+    let token = CancellationToken::new();
+    let shard = 0;
+    let replica_a = node(&bundle, shard, "a", &etcd, &token).await;
+    let replica_b_token = token.child_token();
+    let replica_b = node(&bundle, shard, "b", &etcd, &replica_b_token).await;
+
+    // The best item of shard 0 for a query, to be deleted; a new item placed
+    // exactly at another query, to be found first.
+    let query = bundle.catalog.items.row(3).to_vec();
+    let best = bundle
+        .reference(&query, &[])
+        .into_iter()
+        .map(|(id, _)| id)
+        .find(|id| shard_of(*id, SHARDS) == shard)
+        .unwrap();
+    eventually(replica_a, &query, "served its best item", |ids| {
+        ids.first() == Some(&best)
+    })
+    .await;
+    let new_id = (1_000_000u64..)
+        .find(|id| shard_of(*id, SHARDS) == shard)
+        .unwrap();
+    let other_shard_id = (1_000_000u64..)
+        .find(|id| shard_of(*id, SHARDS) == 1)
+        .unwrap();
+    let new_vector: Vec<f32> = bundle
+        .catalog
+        .items
+        .row(7)
+        .iter()
+        .map(|v| v * 3.0)
+        .collect();
+
+    let log = ChangeLog::connect(&[etcd.endpoint()], CLUSTER)
+        .await
+        .unwrap();
+    log.append(&[
+        record(shard, vec![upsert(new_id, &new_vector), delete(best)]),
+        record(1, vec![upsert(other_shard_id, &new_vector)]),
+    ])
+    .await
+    .unwrap();
+    for replica in [replica_a, replica_b] {
+        eventually(replica, &query, "dropped the deleted item", |ids| {
+            !ids.contains(&best)
+        })
+        .await;
+        eventually(
+            replica,
+            &new_vector,
+            "found the upserted item first",
+            |ids| ids.first() == Some(&new_id) && !ids.contains(&other_shard_id),
+        )
+        .await;
+    }
+
+    // While etcd is down the nodes serve what they have; after it returns, and
+    // after a replica restarts from its bundle, the log brings everyone level.
+    etcd.stop().await.unwrap();
+    assert_eq!(top(replica_a, &new_vector, 1).await.unwrap(), vec![new_id]);
+    etcd.restart().await.unwrap();
+    replica_b_token.cancel();
+    let moved: Vec<f32> = bundle
+        .catalog
+        .items
+        .row(11)
+        .iter()
+        .map(|v| v * 3.0)
+        .collect();
+    log.append(&[record(shard, vec![upsert(new_id, &moved)])])
+        .await
+        .unwrap();
+    let replica_c = node(&bundle, shard, "c", &etcd, &token).await;
+    for replica in [replica_a, replica_c] {
+        eventually(replica, &moved, "moved the upserted item", |ids| {
+            ids.first() == Some(&new_id)
+        })
+        .await;
+        eventually(replica, &query, "kept the delete", |ids| {
+            !ids.contains(&best)
+        })
+        .await;
+    }
+    // Every replica at the same revision answers alike.
+    let revisions = {
+        let mut revisions = Vec::new();
+        for replica in [replica_a, replica_c] {
+            let info = client(replica).await.info(InfoRequest {}).await.unwrap();
+            let info = info.into_inner();
+            assert_eq!(info.live_items, 1);
+            revisions.push(info.log_revision);
+        }
+        revisions
+    };
+    assert_eq!(revisions[0], revisions[1]);
+    for row in 0..20 {
+        let query = bundle.catalog.items.row(row * 37).to_vec();
+        assert_eq!(
+            top(replica_a, &query, 10).await,
+            top(replica_c, &query, 10).await
+        );
+    }
+    token.cancel();
+}
