@@ -11,7 +11,9 @@ mod bundle_cmd;
 mod certs;
 mod demo;
 mod epoch_bar;
+mod gateway_client;
 mod health;
+mod items;
 mod query;
 mod train;
 mod train_export;
@@ -44,6 +46,10 @@ enum Command {
     Bundle(bundle_cmd::BundleCommand),
     /// Ask a gateway for recommendations and print them as a table.
     Query(query::QueryArgs),
+    /// Change items on a live cluster through the gateway (needs etcd):
+    /// `items upsert --vectors FILE`, `items delete --ids 1,2`; prints the revision.
+    #[command(subcommand)]
+    Items(items::ItemsCommand),
     /// Ask a server's grpc.health.v1 whether it is SERVING (exit 0) or not (exit 1).
     Health(health::HealthArgs),
     /// Write a development CA and the certificates of every role (PEM) into a directory.
@@ -100,6 +106,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Query(args) => query::run(args).await,
+        Command::Items(args) => items::run(args).await,
         Command::Health(args) => health::run(args).await,
         Command::Certs(args) => certs::run(&args),
         Command::ApiKey(args) => certs::api_key(&args),

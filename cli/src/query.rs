@@ -12,9 +12,8 @@ use recsys_proto::v1::{
 /// Options of `recsys query`.
 #[derive(Debug, Clone, Args)]
 pub struct QueryArgs {
-    /// Gateway address.
-    #[arg(long, env = "RECSYS_GATEWAY", default_value = "127.0.0.1:50051")]
-    pub gateway: String,
+    #[command(flatten)]
+    pub gateway: crate::gateway_client::GatewayFlags,
     /// Recommend for this user (known to the bundle's query model).
     #[arg(long, conflicts_with = "vector")]
     pub user_id: Option<String>,
@@ -36,11 +35,6 @@ pub struct QueryArgs {
     /// Deadline in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub timeout_ms: u64,
-    /// API key, sent as `authorization: Bearer KEY`, for gateways that ask for one.
-    #[arg(long, env = "RECSYS_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
-    #[command(flatten)]
-    pub tls: recsys_server::tls::ClientTlsFlags,
 }
 
 /// Runs the query and prints the answer.
@@ -67,30 +61,13 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
         }),
         ..Default::default()
     };
-    let addr = args
-        .gateway
-        .split_once("://")
-        .map_or(args.gateway.as_str(), |(_, addr)| addr);
-    let channel = args
-        .tls
-        .endpoint(addr)
-        .with_context(|| format!("bad address or tls files for {addr}"))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the gateway at {addr}"))?;
-    let mut client = GatewayServiceClient::new(channel);
-    let mut grpc_request = tonic::Request::new(request);
+    let mut client = GatewayServiceClient::new(args.gateway.connect().await?);
+    let mut grpc_request = args.gateway.request(request)?;
     grpc_request.set_timeout(Duration::from_millis(args.timeout_ms));
-    if let Some(key) = &args.api_key {
-        let value = format!("Bearer {key}")
-            .parse()
-            .context("--api-key holds characters a header cannot")?;
-        grpc_request.metadata_mut().insert("authorization", value);
-    }
     let response = client
         .recommend(grpc_request)
         .await
-        .map_err(|status| anyhow::anyhow!("{:?}: {}", status.code(), status.message()))?
+        .map_err(crate::gateway_client::refused)?
         .into_inner();
     print_response(&response);
     Ok(())

@@ -10,6 +10,7 @@ mod answer_check;
 pub mod api_keys;
 mod bundle_filter;
 pub mod bundle_state;
+mod catalog_service;
 mod coverage;
 mod deadline;
 mod error;
@@ -27,6 +28,7 @@ pub mod service;
 pub mod shard_k;
 mod validate;
 
+pub use catalog_service::ItemLogOptions;
 pub use error::GatewayError;
 pub use node_identity::NodeTlsFiles;
 pub use server::{GatewayConfig, GatewaySecurity, run};

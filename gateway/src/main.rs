@@ -195,6 +195,11 @@ impl Args {
                 .limits()
                 .map_err(|reason| anyhow::anyhow!(reason))?,
             max_in_flight: self.admission.max_in_flight,
+            // With etcd, item changes go to the cluster's change log there.
+            item_log: (!self.etcd.is_empty()).then(|| recsys_gateway::ItemLogOptions {
+                endpoints: self.etcd.clone(),
+                cluster: self.cluster.clone(),
+            }),
         };
         Ok((discovery, config))
     }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use recsys_discovery::Membership;
+use recsys_proto::v1::catalog_service_server::CatalogServiceServer;
 use recsys_proto::v1::gateway_service_server::GatewayServiceServer;
 use recsys_server::admission::{Admission, AdmissionRole, resolve_limit};
 use recsys_server::grpc::{
@@ -23,6 +24,7 @@ use crate::GatewayError;
 use crate::api_keys::{ApiKeyCheck, ApiKeys};
 use crate::bundle_filter::BundleId;
 use crate::bundle_state::BundleState;
+use crate::catalog_service::{Catalog, ItemLogOptions};
 use crate::node_channels::NodeChannels;
 use crate::node_identity::{NodeTls, NodeTlsFiles};
 use crate::service::{Gateway, GatewayShared, RequestPolicy};
@@ -45,6 +47,9 @@ pub struct GatewayConfig {
     /// Most requests in flight; more are refused with `RESOURCE_EXHAUSTED`
     /// (0: the default per core, `recsys_server::admission`).
     pub max_in_flight: usize,
+    /// The change log `CatalogService` appends item changes to (`None`: no etcd,
+    /// and the service refuses with `FAILED_PRECONDITION`).
+    pub item_log: Option<ItemLogOptions>,
 }
 
 /// TLS on both sides of the gateway and API keys; the default is plaintext
@@ -128,9 +133,18 @@ pub async fn run(
     );
     let limit = resolve_limit(AdmissionRole::Gateway, config.max_in_flight);
     let admission = Admission::new(name, limit, &[]);
-    // The API key is checked before admission, so calls without an accepted key
-    // never take a slot from the callers that have one.
+    // Item changes: behind the same API keys, outside admission control (an
+    // operator's call, not traffic), and decoded up to twice what one change-log
+    // entry may hold so that a call over it is refused by name, not by size.
+    let catalog = CatalogServiceServer::new(Catalog::new(shared.clone(), config.item_log.clone()))
+        .max_decoding_message_size(2 * recsys_catalog_log::limits::MAX_ENTRY_BYTES);
     router
+        .add_service(InterceptedService::new(
+            catalog,
+            ApiKeyCheck::new(api_keys.clone()),
+        ))
+        // The API key is checked before admission, so calls without an accepted
+        // key never take a slot from the callers that have one.
         .add_service(InterceptedService::new(
             admission.wrap(
                 GatewayServiceServer::new(Gateway::new(shared))

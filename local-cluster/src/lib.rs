@@ -389,6 +389,7 @@ impl LocalCluster {
                 .map_or_else(Default::default, ClusterTls::gateway),
             server_limits: Default::default(),
             max_in_flight: 0,
+            item_log: None,
         };
         if options.etcd.is_some() {
             let expected = (manifest.shard_count, spec.ranking.len());

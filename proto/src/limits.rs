@@ -139,6 +139,11 @@ pub const fn rank_response_max_bytes(candidates: usize) -> usize {
     candidates.saturating_mul(FLOAT_WIRE_BYTES) + MAX_VERSION_BYTES + SLACK_BYTES
 }
 
+/// Most items in one `UpsertItems` or `DeleteItems` call: one call is one entry
+/// of the cluster's change log in etcd, which refuses requests over 1.5 MiB by
+/// default; 4,096 upserts of 64 dimensions with short names fit in 1 MiB.
+pub const MAX_CATALOG_ITEMS: usize = 4096;
+
 #[cfg(test)]
 mod tests {
     use super::*;

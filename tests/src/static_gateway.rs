@@ -26,6 +26,7 @@ pub fn gateway_config(bundle_dir: &Path) -> GatewayConfig {
         security: Default::default(),
         server_limits: Default::default(),
         max_in_flight: 0,
+        item_log: None,
     }
 }
 

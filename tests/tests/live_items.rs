@@ -237,3 +237,208 @@ async fn upserts_and_deletes_reach_every_replica_through_etcd() {
     }
     token.cancel();
 }
+
+/// A gateway routing by the nodes' etcd registrations and appending item
+/// changes to the cluster's log there.
+async fn etcd_gateway(
+    bundle: &TestBundle,
+    etcd: &EtcdServer,
+    token: &CancellationToken,
+) -> SocketAddr {
+    use recsys_discovery::{EtcdMembership, EtcdOptions};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let membership = std::sync::Arc::new(EtcdMembership::start(EtcdOptions::new(
+        vec![etcd.endpoint()],
+        CLUSTER.to_string(),
+    )));
+    let config = recsys_gateway::GatewayConfig {
+        item_log: Some(recsys_gateway::ItemLogOptions {
+            endpoints: vec![etcd.endpoint()],
+            cluster: CLUSTER.into(),
+        }),
+        ..recsys_tests::static_gateway::gateway_config(bundle.path())
+    };
+    let serve = recsys_gateway::run(listener, config, membership, token.clone());
+    let mut gateway =
+        recsys_local_cluster::ServerHandle::spawn("gateway", addr, token.clone(), serve);
+    gateway
+        .wait_serving(VISIBLE)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    addr
+}
+
+/// The whole path a user takes: `UpsertItems` and `DeleteItems` on the gateway,
+/// then `Recommend` through the same gateway finds the new item and never the
+/// withdrawn one; bad calls are refused by name, and a gateway without etcd
+/// says what it needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_service_changes_what_recommend_answers() {
+    use recsys_proto::v1::catalog_service_client::CatalogServiceClient;
+    use recsys_proto::v1::{DeleteItemsRequest, UpsertItemsRequest};
+    use tonic::Code;
+
+    let mut etcd = EtcdServer::start().await.unwrap();
+    let bundle = synthetic_bundle(2_000, 10, DIMENSIONS, SHARDS, 33);
+    let token = CancellationToken::new();
+    for shard in 0..SHARDS {
+        node(&bundle, shard, "a", &etcd, &token).await;
+    }
+    let gateway = etcd_gateway(&bundle, &etcd, &token).await;
+    let mut recommend_client = gateway_client(gateway).await;
+    let mut catalog = CatalogServiceClient::connect(format!("http://{gateway}"))
+        .await
+        .unwrap();
+    let top_ids = |response: &recsys_proto::v1::RecommendResponse| ids(response);
+    let query = bundle.catalog.items.row(5).to_vec();
+    // Wait until both shards answer through the gateway.
+    let deadline = tokio::time::Instant::now() + VISIBLE;
+    let best = loop {
+        let request = by_embedding(query.clone(), 10, false);
+        if let Ok(response) = recommend(&mut recommend_client, request, VISIBLE).await
+            && full_coverage(&response, SHARDS)
+        {
+            break top_ids(&response)[0];
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cluster never served"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    let new_id = 5_000_000u64;
+    let new_vector: Vec<f32> = bundle
+        .catalog
+        .items
+        .row(9)
+        .iter()
+        .map(|v| v * 3.0)
+        .collect();
+    let upserted = catalog
+        .upsert_items(UpsertItemsRequest {
+            items: vec![ItemUpsert {
+                item_id: new_id,
+                embedding: new_vector.clone(),
+                name: "a new item".into(),
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(upserted.items, 1);
+    let deleted = catalog
+        .delete_items(DeleteItemsRequest {
+            item_ids: vec![best],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(deleted.revision > upserted.revision);
+    let deadline = tokio::time::Instant::now() + VISIBLE;
+    loop {
+        let first = recommend(
+            &mut recommend_client,
+            by_embedding(new_vector.clone(), 10, false),
+            VISIBLE,
+        )
+        .await
+        .unwrap();
+        let second = recommend(
+            &mut recommend_client,
+            by_embedding(query.clone(), 10, false),
+            VISIBLE,
+        )
+        .await
+        .unwrap();
+        if top_ids(&first).first() == Some(&new_id) && !top_ids(&second).contains(&best) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the changes never showed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The CLI does the same: `recsys items delete` prints the entry's revision.
+    let output = std::process::Command::new(recsys_tests::processes::binary("recsys"))
+        .args([
+            "items",
+            "delete",
+            "--gateway",
+            &gateway.to_string(),
+            "--ids",
+            "11,12",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let printed: u64 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(printed > deleted.revision, "{output:?}");
+
+    // Bad calls are refused by name; nothing is appended for them.
+    let refused = catalog
+        .upsert_items(UpsertItemsRequest {
+            items: vec![ItemUpsert {
+                item_id: 7,
+                embedding: vec![f32::NAN; DIMENSIONS],
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("items[0].embedding"),
+        "{refused:?}"
+    );
+    let refused = catalog
+        .delete_items(DeleteItemsRequest {
+            item_ids: (0..recsys_proto::limits::MAX_CATALOG_ITEMS as u64 + 1).collect(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().contains("4096"), "{refused:?}");
+    // etcd away: changes are refused as unavailable, reads go on.
+    etcd.stop().await.unwrap();
+    let refused = catalog
+        .delete_items(DeleteItemsRequest { item_ids: vec![1] })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    let answer = recommend(
+        &mut recommend_client,
+        by_embedding(new_vector.clone(), 10, false),
+        VISIBLE,
+    )
+    .await
+    .unwrap();
+    assert_eq!(top_ids(&answer)[0], new_id);
+    token.cancel();
+
+    // A gateway without etcd has no log to write to, and says so.
+    let token = CancellationToken::new();
+    let config = recsys_tests::static_gateway::gateway_config(bundle.path());
+    // Nothing listens on port 1: the gateway serves, its shards do not.
+    let nowhere: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let shards = vec![vec![nowhere]; SHARDS as usize];
+    let static_gateway =
+        recsys_tests::static_gateway::serve_static_gateway(config, &shards, &[], &token).await;
+    let mut catalog = CatalogServiceClient::connect(format!("http://{static_gateway}"))
+        .await
+        .unwrap();
+    let refused = catalog
+        .delete_items(DeleteItemsRequest { item_ids: vec![1] })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("--etcd"), "{refused:?}");
+    token.cancel();
+}

@@ -1,0 +1,192 @@
+//! `recsys.v1.CatalogService` on the gateway: item upserts and deletes, checked
+//! against the bundle the gateway serves and appended to the cluster's change log
+//! in etcd, one log entry per call, one record per shard the call touches.
+//!
+//! The call answers once etcd has committed the entry, with its revision; the
+//! retrieval replicas of each shard then apply it (`recsys-retrieval-node`'s
+//! follower). Without etcd there is no log to append to, and the service says so.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use recsys_bundle::shard_of;
+use recsys_catalog_log::{ChangeLog, LogError};
+use recsys_proto::checks::check_embedding;
+use recsys_proto::limits::{MAX_CATALOG_ITEMS, MAX_ID_BYTES};
+use recsys_proto::v1::catalog_service_server::CatalogService;
+use recsys_proto::v1::{
+    CatalogChangeResponse, DeleteItemsRequest, ItemChangeRecord, ShardChangeRecord,
+    UpsertItemsRequest, item_change_record::Change,
+};
+use tokio::sync::OnceCell;
+use tonic::{Request, Response, Status};
+
+use crate::service::GatewayShared;
+
+/// Where the gateway appends item changes: the etcd the cluster registers in.
+#[derive(Debug, Clone)]
+pub struct ItemLogOptions {
+    /// etcd client URLs.
+    pub endpoints: Vec<String>,
+    /// The cluster name (`/recsys/{cluster}/catalog/`).
+    pub cluster: String,
+}
+
+/// The service; cheap to clone.
+#[derive(Clone)]
+pub struct Catalog {
+    shared: Arc<GatewayShared>,
+    options: Option<ItemLogOptions>,
+    /// Connected on first use: connecting is lazy anyway, and a gateway whose
+    /// etcd is away must still start.
+    log: Arc<OnceCell<ChangeLog>>,
+}
+
+impl Catalog {
+    /// A service appending to the log `options` names (none: every call is
+    /// refused with `FAILED_PRECONDITION`).
+    pub fn new(shared: Arc<GatewayShared>, options: Option<ItemLogOptions>) -> Self {
+        Self {
+            shared,
+            options,
+            log: Arc::new(OnceCell::new()),
+        }
+    }
+
+    async fn log(&self) -> Result<&ChangeLog, Status> {
+        let Some(options) = &self.options else {
+            return Err(Status::failed_precondition(
+                "item changes need the cluster's etcd: start the gateway with --etcd",
+            ));
+        };
+        self.log
+            .get_or_try_init(|| ChangeLog::connect(&options.endpoints, &options.cluster))
+            .await
+            .map_err(log_status)
+    }
+
+    /// The bundle's shard count, dimensions and version.
+    fn bundle(&self) -> Result<(u32, usize, String), Status> {
+        let bundle = self
+            .shared
+            .bundle
+            .load_full()
+            .ok_or_else(|| Status::unavailable("the bundle is still loading"))?;
+        let manifest = &bundle.manifest;
+        Ok((
+            manifest.shard_count,
+            manifest.dimensions,
+            manifest.version.clone(),
+        ))
+    }
+
+    /// Appends `changes` (item id, change) as one log entry.
+    async fn append(
+        &self,
+        changes: Vec<(u64, Change)>,
+        shard_count: u32,
+        version: String,
+    ) -> Result<Response<CatalogChangeResponse>, Status> {
+        let items = changes.len() as u32;
+        let mut by_shard: BTreeMap<u32, Vec<ItemChangeRecord>> = BTreeMap::new();
+        for (id, change) in changes {
+            by_shard
+                .entry(shard_of(id, shard_count))
+                .or_default()
+                .push(ItemChangeRecord {
+                    change: Some(change),
+                });
+        }
+        let records: Vec<ShardChangeRecord> = by_shard
+            .into_iter()
+            .map(|(shard, changes)| ShardChangeRecord {
+                shard,
+                shard_count,
+                bundle_version: version.clone(),
+                changes,
+            })
+            .collect();
+        let revision = self
+            .log()
+            .await?
+            .append(&records)
+            .await
+            .map_err(log_status)?;
+        tracing::info!(
+            revision,
+            items,
+            shards = records.len(),
+            "item changes appended"
+        );
+        Ok(Response::new(CatalogChangeResponse { revision, items }))
+    }
+}
+
+/// A log error as the caller should see it.
+fn log_status(error: LogError) -> Status {
+    match &error {
+        LogError::TooLarge { .. } => Status::resource_exhausted(error.to_string()),
+        LogError::Etcd(_) => Status::unavailable(format!("the change log is unavailable: {error}")),
+        LogError::Malformed { .. } => Status::internal(error.to_string()),
+    }
+}
+
+fn check_count(field: &str, count: usize) -> Result<(), Status> {
+    if count == 0 || count > MAX_CATALOG_ITEMS {
+        return Err(Status::invalid_argument(format!(
+            "{field}: has {count} items, must be between 1 and {MAX_CATALOG_ITEMS}"
+        )));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl CatalogService for Catalog {
+    async fn upsert_items(
+        &self,
+        request: Request<UpsertItemsRequest>,
+    ) -> Result<Response<CatalogChangeResponse>, Status> {
+        let items = request.into_inner().items;
+        check_count("items", items.len())?;
+        let (shard_count, dimensions, version) = self.bundle()?;
+        for (i, item) in items.iter().enumerate() {
+            if item.embedding.len() != dimensions {
+                return Err(Status::invalid_argument(format!(
+                    "items[{i}].embedding: has {} values, expected {dimensions}",
+                    item.embedding.len()
+                )));
+            }
+            check_embedding(&item.embedding, dimensions).map_err(|error| {
+                Status::invalid_argument(format!("items[{i}].embedding: {error}"))
+            })?;
+            if item.name.len() > MAX_ID_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "items[{i}].name: is {} bytes, the limit is {MAX_ID_BYTES}",
+                    item.name.len()
+                )));
+            }
+            recsys_proto::checks::check_user_features(&item.features).map_err(|error| {
+                Status::invalid_argument(format!("items[{i}].features: {error}"))
+            })?;
+        }
+        let changes = items
+            .into_iter()
+            .map(|item| (item.item_id, Change::Upsert(item)))
+            .collect();
+        self.append(changes, shard_count, version).await
+    }
+
+    async fn delete_items(
+        &self,
+        request: Request<DeleteItemsRequest>,
+    ) -> Result<Response<CatalogChangeResponse>, Status> {
+        let ids = request.into_inner().item_ids;
+        check_count("item_ids", ids.len())?;
+        let (shard_count, _, version) = self.bundle()?;
+        let changes = ids
+            .into_iter()
+            .map(|id| (id, Change::DeleteItemId(id)))
+            .collect();
+        self.append(changes, shard_count, version).await
+    }
+}
