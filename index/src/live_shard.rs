@@ -19,6 +19,7 @@
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use recsys_bundle::sharding::shard_of;
+use rustc_hash::FxHashMap;
 use usearch::Index;
 
 use crate::options::usearch_options;
@@ -119,6 +120,45 @@ struct Mutable {
     revision: u64,
 }
 
+/// Threads inserting one batch into the mutable part: usearch takes concurrent
+/// insertions into a reserved index, and a batch is applied under the write
+/// lock, so its insertions are what searches wait for.
+const INSERT_THREADS: usize = 4;
+
+/// Adds `items` to `index`, split over up to [`INSERT_THREADS`] threads.
+fn insert_parallel(index: &Index, items: &[(u64, &[f32])]) -> Result<(), ChangeError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(INSERT_THREADS);
+    if threads <= 1 || items.len() < 64 {
+        return items.iter().try_for_each(|(id, vector)| {
+            index
+                .add(*id, vector)
+                .map_err(|e| ChangeError::Usearch(e.to_string()))
+        });
+    }
+    let chunk = items.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter().try_for_each(|(id, vector)| {
+                        index
+                            .add(*id, vector)
+                            .map_err(|e| ChangeError::Usearch(e.to_string()))
+                    })
+                })
+            })
+            .collect();
+        workers.into_iter().try_for_each(|worker| {
+            worker.join().unwrap_or_else(|_| {
+                Err(ChangeError::Usearch("an insertion thread panicked".into()))
+            })
+        })
+    })
+}
+
 /// A serving shard: a bundle's [`ShardIndex`] and the changes applied on top.
 pub struct LiveShard {
     base: ShardIndex,
@@ -204,8 +244,14 @@ impl LiveShard {
                 .reserve(capacity)
                 .map_err(|e| ChangeError::Usearch(e.to_string()))?;
         }
+        // Only each item's last change in the batch counts, so the removals can
+        // run first and the insertions (the HNSW work) in parallel after them.
+        let mut last: FxHashMap<u64, &ItemChange> = FxHashMap::default();
         for change in changes {
-            let id = change.id();
+            last.insert(change.id(), change);
+        }
+        let mut additions = Vec::with_capacity(last.len());
+        for (id, change) in last {
             if mutable.delta.contains(id) {
                 mutable
                     .delta
@@ -215,13 +261,11 @@ impl LiveShard {
             if self.base.contains(id) {
                 mutable.hidden.insert(id);
             }
-            if let ItemChange::Upsert { id, vector } = change {
-                mutable
-                    .delta
-                    .add(*id, vector)
-                    .map_err(|e| ChangeError::Usearch(e.to_string()))?;
+            if let ItemChange::Upsert { vector, .. } = change {
+                additions.push((id, vector.as_slice()));
             }
         }
+        insert_parallel(&mutable.delta, &additions)?;
         mutable.revision = revision;
         Ok(Applied::Changed)
     }

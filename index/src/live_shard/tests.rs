@@ -53,7 +53,8 @@ fn upserts_and_deletes_match_a_model_of_the_items() {
         let mut deleted = std::collections::BTreeSet::new();
         let mut revision = 7;
         for _ in 0..60 {
-            let batch: Vec<ItemChange> = (0..rng.random_range(1..40))
+            // Batches of 64 and more are inserted in parallel.
+            let batch: Vec<ItemChange> = (0..rng.random_range(1..200))
                 .map(|_| {
                     // Ids past ITEMS are new items; some batches touch an id twice.
                     let id = rng.random_range(0..ITEMS as u64 + 400);
