@@ -29,6 +29,12 @@ pub enum GatewayError {
     /// Not one shard answered, so there is no partial answer to give.
     #[error("no shard answered: {0}")]
     NoShardAnswered(String),
+    /// Not one shard answered because every replica asked refused the search
+    /// under its admission limit: answered `RESOURCE_EXHAUSTED`, as the nodes
+    /// did, so that clients back off instead of failing over to another gateway
+    /// that fans out to the same overloaded shards.
+    #[error("the shards are overloaded: {0}")]
+    ShardsOverloaded(String),
     /// Not one shard answered in the time the request left for retrieval: the
     /// caller's deadline, not the cluster, is what fell short.
     #[error("deadline exceeded before any shard answered: {0}")]
@@ -85,6 +91,7 @@ impl From<GatewayError> for tonic::Status {
                 tonic::Status::unavailable(message)
             }
             GatewayError::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(message),
+            GatewayError::ShardsOverloaded(_) => tonic::Status::resource_exhausted(message),
             GatewayError::ExactRefused(ExactRefused::Busy(_)) => {
                 tonic::Status::resource_exhausted(message)
             }

@@ -102,6 +102,19 @@ impl NodeFailure {
         })
     }
 
+    /// The node refused the call under its admission limit
+    /// (`RESOURCE_EXHAUSTED`): it is alive but overloaded, and a client should
+    /// back off rather than fail over.
+    pub fn is_overloaded(&self) -> bool {
+        matches!(
+            self,
+            Self::Status {
+                code: Code::ResourceExhausted,
+                ..
+            }
+        )
+    }
+
     /// The call ran out of time (ours, or the node's view of the deadline).
     pub fn is_timeout(&self) -> bool {
         matches!(

@@ -218,6 +218,8 @@ impl Gateway {
         };
         // Whether every shard that failed ran out of time (and none answered).
         let mut all_timed_out = true;
+        // Whether every shard that failed was refused under its admission limit.
+        let mut all_overloaded = true;
         while let Some(answer) = pending.next().await {
             match answer.outcome {
                 Ok(response) => {
@@ -248,6 +250,7 @@ impl Gateway {
                 }
                 Err(failure) => {
                     all_timed_out &= failure.is_timeout();
+                    all_overloaded &= failure.is_overloaded();
                     coverage
                         .reasons
                         .push(degraded(Stage::Retrieval, Some(answer.shard), failure));
@@ -263,6 +266,8 @@ impl Gateway {
             let reasons = reasons.join("; ");
             return Err(if all_timed_out {
                 GatewayError::DeadlineExceeded(reasons)
+            } else if all_overloaded {
+                GatewayError::ShardsOverloaded(reasons)
             } else {
                 GatewayError::NoShardAnswered(reasons)
             });

@@ -219,12 +219,22 @@ impl RetrievalService for GatedShard {
 /// Serves `shard` on a free loopback port until `token` is cancelled, health
 /// `SERVING`, with the admission layer every node has.
 pub async fn serve_gated_shard(shard: GatedShard, token: &CancellationToken) -> SocketAddr {
+    serve_gated_shard_admitting(shard, 1024, token).await
+}
+
+/// [`serve_gated_shard`] with an admission limit of `max_in_flight` searches:
+/// held searches fill it, and the next one is refused `RESOURCE_EXHAUSTED`.
+pub async fn serve_gated_shard_admitting(
+    shard: GatedShard,
+    max_in_flight: usize,
+    token: &CancellationToken,
+) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (health, router) = standard_router().unwrap();
     let name = <RetrievalServiceServer<GatedShard> as NamedService>::NAME;
     set_health(&health, name, ServingStatus::Serving).await;
-    let admission = recsys_server::admission::Admission::new(name, 1024, &["Info"]);
+    let admission = recsys_server::admission::Admission::new(name, max_in_flight, &["Info"]);
     let serve = router
         .add_service(admission.wrap(RetrievalServiceServer::new(shard)))
         .serve_with_incoming_shutdown(incoming(listener), token.clone().cancelled_owned());

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use recsys_bundle::{Manifest, shard_of};
 use recsys_gateway::GatewayConfig;
 use recsys_proto::v1::RecommendRequest;
-use recsys_tests::misbehaving::{GatedShard, serve_gated_shard};
+use recsys_tests::misbehaving::{GatedShard, serve_gated_shard, serve_gated_shard_admitting};
 use recsys_tests::static_gateway::{gateway_config, serve_static_gateway};
 use recsys_tests::*;
 use tokio_util::sync::CancellationToken;
@@ -215,5 +215,54 @@ async fn a_cancelled_call_stops_the_fan_out() {
     })
     .await;
     held_shard.open();
+    token.cancel();
+}
+
+#[tokio::test]
+async fn shards_that_all_shed_the_search_make_the_gateway_answer_resource_exhausted() {
+    let token = CancellationToken::new();
+    let version = Manifest::load(bundle().path()).unwrap().version;
+    // Every shard admits one search at a time and holds it: one request fills
+    // them all, and the next is refused by every shard.
+    let mut shards = Vec::new();
+    for shard in 0..SHARDS {
+        let items = (0..1_000u64)
+            .filter(|id| shard_of(*id, SHARDS) == shard)
+            .collect();
+        let node = GatedShard::new(shard, items, &version);
+        let addr = serve_gated_shard_admitting(node.clone(), 1, &token).await;
+        shards.push((node, addr));
+    }
+    let gateway = gateway(&shards, 0, &token).await;
+
+    let mut client = gateway_client(gateway).await;
+    let held = tokio::spawn(async move { recommend(&mut client, request(), LONG).await });
+    eventually("the held request reaching every shard", || {
+        shards.iter().all(|(node, _)| node.calls() == 1)
+    })
+    .await;
+
+    let mut client = gateway_client(gateway).await;
+    let status = recommend(&mut client, request(), LONG)
+        .await
+        .expect_err("a request the shards all refused was answered");
+    // Not UNAVAILABLE: the cluster is up, and failing over to another gateway
+    // would only add to the load on the same shards.
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("overloaded"),
+        "the refusal does not say the shards are overloaded: {}",
+        status.message()
+    );
+    assert!(
+        shards.iter().all(|(node, _)| node.calls() == 1),
+        "a refused search reached a shard"
+    );
+
+    for (node, _) in &shards {
+        node.open();
+    }
+    let answer = held.await.unwrap().expect("the held request failed");
+    assert!(full_coverage(&answer, SHARDS), "{:?}", answer.coverage);
     token.cancel();
 }
