@@ -29,8 +29,29 @@ impl Default for ServerLimits {
 
 impl ServerLimits {
     /// A tonic server builder with these limits.
+    ///
+    /// It also lets as many streams be reset by the client before the server
+    /// accepted them as the connection may have open at once
+    /// ([`Self::max_pending_accept_reset_streams`]). h2 counts those streams as a
+    /// reset flood (the HTTP/2 "rapid reset" attack, CVE-2023-44487) and, past its
+    /// default of 20, closes the whole connection with `ENHANCE_YOUR_CALM`, failing
+    /// every other call on it with `UNKNOWN`. Under overload that is what honest
+    /// clients do: their deadlines expire on calls the busy server has not picked
+    /// up yet, and a gateway's one connection to a node carries many such calls at
+    /// once. A client cannot have more streams open than
+    /// `max_concurrent_streams`, so resets past that are still a flood, and the
+    /// count stays bounded.
     pub fn builder(&self) -> Server {
-        Server::builder().max_concurrent_streams(Some(self.max_concurrent_streams))
+        Server::builder()
+            .max_concurrent_streams(Some(self.max_concurrent_streams))
+            .http2_max_pending_accept_reset_streams(Some(self.max_pending_accept_reset_streams()))
+    }
+
+    /// Streams the client reset before the server accepted them that one
+    /// connection may hold before h2 closes it as a reset flood: one per stream
+    /// it may have open (see [`Self::builder`]).
+    pub fn max_pending_accept_reset_streams(&self) -> usize {
+        usize::try_from(self.max_concurrent_streams).unwrap_or(usize::MAX)
     }
 }
 
