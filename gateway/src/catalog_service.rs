@@ -21,6 +21,7 @@ use recsys_proto::v1::{
 use tokio::sync::OnceCell;
 use tonic::{Request, Response, Status};
 
+use crate::bundle_state::ready_bundle;
 use crate::service::GatewayShared;
 
 /// Where the gateway appends item changes: the etcd the cluster registers in.
@@ -67,11 +68,7 @@ impl Catalog {
 
     /// The bundle's shard count, dimensions and version.
     fn bundle(&self) -> Result<(u32, usize, String), Status> {
-        let bundle = self
-            .shared
-            .bundle
-            .load_full()
-            .ok_or_else(|| Status::unavailable("the bundle is still loading"))?;
+        let bundle = ready_bundle(&self.shared.bundle.load()).map_err(Status::from)?;
         let manifest = &bundle.manifest;
         Ok((
             manifest.shard_count,

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::GatewayError;
 use crate::answer_check::check_rank;
-use crate::bundle_state::BundleState;
+use crate::bundle_state::{BundleState, ready_bundle};
 use crate::coverage::{degraded, finish};
 use crate::deadline::{Budget, plan};
 use crate::fanout::{ShardTarget, call_replicas, search_shard};
@@ -107,11 +107,7 @@ impl Gateway {
         timeout: Duration,
     ) -> Result<RequestPlan, GatewayError> {
         let started = Instant::now();
-        let bundle = self
-            .shared
-            .bundle
-            .load_full()
-            .ok_or_else(|| GatewayError::NotReady("the bundle is still loading".into()))?;
+        let bundle = ready_bundle(&self.shared.bundle.load())?;
         let manifest = &bundle.manifest;
         let view = self.shared.view.borrow().clone();
         let options = request.options.unwrap_or_default();

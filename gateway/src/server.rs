@@ -23,7 +23,7 @@ use tonic_health::ServingStatus;
 use crate::GatewayError;
 use crate::api_keys::{ApiKeyCheck, ApiKeys};
 use crate::bundle_filter::BundleId;
-use crate::bundle_state::BundleState;
+use crate::bundle_state::{BundleLoad, BundleState};
 use crate::catalog_service::{Catalog, ItemLogOptions};
 use crate::node_channels::NodeChannels;
 use crate::node_identity::{NodeTls, NodeTlsFiles};
@@ -94,6 +94,7 @@ pub async fn run(
     ));
 
     let loader = shared.clone();
+    let failed = shared.clone();
     let bundle_dir = config.bundle_dir.clone();
     spawn_loader(
         health.clone(),
@@ -112,9 +113,11 @@ pub async fn run(
                 version: state.manifest.version.clone(),
                 shard_count: state.manifest.shard_count,
             }));
-            loader.bundle.store(Some(Arc::new(state)));
+            loader
+                .bundle
+                .store(Arc::new(BundleLoad::Ready(Arc::new(state))));
         },
-        |_| {},
+        move |failure| failed.bundle.store(Arc::new(BundleLoad::Failed(failure))),
     );
     not_serving_on_shutdown(health, name, shutdown.clone());
     crate::health_check::spawn(

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::ArcSwap;
 use futures_util::Stream;
 use recsys_discovery::ClusterView;
 use recsys_proto::v1::{
@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 
 use recsys_server::exact_searches::ExactSearches;
 
-use crate::bundle_state::BundleState;
+use crate::bundle_state::BundleLoad;
 use crate::deadline::request_timeout;
 use crate::node_channels::NodeChannels;
 use crate::validate::RecommendLimits;
@@ -62,8 +62,8 @@ impl Default for RequestPolicy {
 /// State shared by every request.
 #[derive(Debug)]
 pub struct GatewayShared {
-    /// The bundle, once loaded.
-    pub bundle: ArcSwapOption<BundleState>,
+    /// The bundle: loading, loaded, or why its load failed.
+    pub bundle: ArcSwap<BundleLoad>,
     /// The latest cluster view.
     pub view: watch::Receiver<Arc<ClusterView>>,
     /// Channels to nodes, with their load and health.
@@ -82,7 +82,7 @@ impl GatewayShared {
         policy: RequestPolicy,
     ) -> Self {
         Self {
-            bundle: ArcSwapOption::empty(),
+            bundle: ArcSwap::from_pointee(BundleLoad::Loading),
             view,
             clients,
             exact_searches: ExactSearches::new(policy.max_exact_searches),
@@ -124,13 +124,10 @@ impl GatewayService for Gateway {
     ) -> Result<Response<Self::RecommendStreamStream>, Status> {
         let timeout = request_timeout(request.metadata(), &self.shared.policy);
         let request = request.into_inner();
-        let capacity = self
-            .shared
-            .bundle
-            .load()
-            .as_ref()
-            .map_or(1, |b| b.manifest.shard_count as usize)
-            + 1;
+        let capacity = match self.shared.bundle.load().as_ref() {
+            BundleLoad::Ready(bundle) => bundle.manifest.shard_count as usize,
+            BundleLoad::Loading | BundleLoad::Failed(_) => 1,
+        } + 1;
         let (sender, receiver) = mpsc::channel(capacity);
         let gateway = self.clone();
         tokio::spawn(async move {

@@ -6,7 +6,8 @@
 //!   verifies and serves; the next complete build cleans up what the killed
 //!   ones left;
 //! - a flipped byte or a truncated file keeps the node that reads it
-//!   NOT_SERVING, naming the file (retrieval, ranking, gateway);
+//!   NOT_SERVING, naming the file (retrieval, ranking, gateway), and the
+//!   gateway's `Recommend` says the load failed, not that it is still loading;
 //! - `recsys bundle verify` passes good bundles and roots and fails bad ones
 //!   naming the file.
 //!
@@ -27,12 +28,16 @@ use recsys_proto::v1::{
     ranking_service_client::RankingServiceClient, retrieval_service_client::RetrievalServiceClient,
 };
 use recsys_tests::processes::{binary, free_addr, spawn};
-use recsys_tests::synthetic_bundle;
+use recsys_tests::static_gateway::gateway_config;
+use recsys_tests::{by_embedding, gateway_client, recommend, synthetic_bundle};
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 const DIM: usize = 16;
+
+/// A client deadline no answer here needs.
+const WAIT: Duration = Duration::from_secs(30);
 
 /// `recsys bundle --root ROOT --synthetic ...` building `version`, as a command.
 fn build_command(root: &Path, version: &str, items: usize) -> Command {
@@ -361,6 +366,45 @@ async fn a_flipped_byte_or_a_truncated_file_keeps_the_node_not_serving() {
     // loader ample time to (wrongly) turn SERVING before asserting it did not.
     let verdict = gateway_verdict(dir, addr).await;
     assert_eq!(verdict, not_serving);
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_whose_bundle_failed_verification_names_the_file_in_recommend() {
+    let bundle = synthetic_bundle(2_000, 20, DIM, 2, 37);
+    let dir = bundle.path();
+    flip_a_byte(&dir.join("catalog.tsv"));
+    let token = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let membership = recsys_discovery::StaticMembership::new(
+        &recsys_discovery::StaticSpec::from_shard_flags(&["0=127.0.0.1:1".into()], &[]).unwrap(),
+    )
+    .unwrap();
+    tokio::spawn(recsys_gateway::run(
+        listener,
+        gateway_config(dir),
+        Arc::new(membership),
+        token.clone(),
+    ));
+    let recommend = || async {
+        let mut client = gateway_client(addr).await;
+        recommend(&mut client, by_embedding(vec![0.1; DIM], 5, false), WAIT)
+            .await
+            .expect_err("a gateway with a corrupt catalog answered")
+    };
+    // Before the fix the answer said "still loading" for ever.
+    settled(|| async { !recommend().await.message().contains("still loading") }).await;
+    let status = recommend().await;
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("failed to load")
+            && status.message().contains("catalog.tsv")
+            && status.message().contains("checksum mismatch"),
+        "the status does not name the file and what is wrong with it: {}",
+        status.message()
+    );
+    assert_eq!(health(addr).await, ServingStatus::NotServing as i32);
     token.cancel();
 }
 
