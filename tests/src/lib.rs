@@ -260,3 +260,42 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(series))
         .and_then(|rest| rest.trim().parse().ok())
 }
+
+/// What every OK answer must hold: at most `k` items, no id twice, none of
+/// `excluded`, every score finite.
+pub fn assert_answer_invariants(response: &RecommendResponse, k: u32, excluded: &[u64]) {
+    assert!(
+        response.items.len() <= k as usize,
+        "{} items",
+        response.items.len()
+    );
+    let mut seen = std::collections::HashSet::new();
+    for item in &response.items {
+        assert!(seen.insert(item.item_id), "item {} twice", item.item_id);
+        assert!(
+            !excluded.contains(&item.item_id),
+            "excluded {}",
+            item.item_id
+        );
+        assert!(item.retrieval_score.is_finite(), "{item:?}");
+        assert!(item.ranking_score.is_none_or(f32::is_finite), "{item:?}");
+    }
+}
+
+/// The `grpc.health.v1` status (the server as a whole) of the server at `addr`.
+pub async fn health_status(addr: SocketAddr) -> i32 {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    client
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}

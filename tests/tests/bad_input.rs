@@ -9,7 +9,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use prost::Message;
@@ -188,21 +188,9 @@ impl Noise {
     }
 }
 
-/// The invariants of an OK answer.
+/// The invariants of an OK answer to `request`.
 fn check_answer(response: &RecommendResponse, request: &RecommendRequest) {
-    assert!(response.items.len() <= request.k as usize, "more than k");
-    let mut seen = HashSet::new();
-    let excluded: HashSet<u64> = request.exclude_item_ids.iter().copied().collect();
-    for item in &response.items {
-        assert!(seen.insert(item.item_id), "duplicate {}", item.item_id);
-        assert!(
-            !excluded.contains(&item.item_id),
-            "excluded {}",
-            item.item_id
-        );
-        assert!(item.retrieval_score.is_finite(), "{item:?}");
-        assert!(item.ranking_score.is_none_or(f32::is_finite), "{item:?}");
-    }
+    assert_answer_invariants(response, request.k, &request.exclude_item_ids);
 }
 
 fn tally(codes: &mut BTreeMap<String, usize>, what: &str, outcome: Result<(), Status>) {

@@ -29,10 +29,9 @@ use recsys_proto::v1::{
 };
 use recsys_tests::processes::{binary, free_addr, spawn};
 use recsys_tests::static_gateway::gateway_config;
-use recsys_tests::{by_embedding, gateway_client, recommend, synthetic_bundle};
+use recsys_tests::{by_embedding, gateway_client, health_status, recommend, synthetic_bundle};
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
-use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 const DIM: usize = 16;
 
@@ -239,23 +238,6 @@ fn truncate(path: &Path) {
     std::fs::write(path, &bytes[..bytes.len() - 1]).unwrap();
 }
 
-async fn health(addr: SocketAddr) -> i32 {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = HealthClient::new(channel);
-    client
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-}
-
 /// Polls until `check` says the load is over (either way), at most 30 s.
 async fn settled<F, Fut>(mut check: F)
 where
@@ -308,7 +290,7 @@ async fn a_flipped_byte_or_a_truncated_file_keeps_the_node_not_serving() {
         let file = format!("shard-{shard}.usearch");
         assert!(info.load_error.contains(&file), "{}", info.load_error);
         assert!(info.load_error.contains(what), "{}", info.load_error);
-        assert_eq!(health(addr).await, not_serving);
+        assert_eq!(health_status(addr).await, not_serving);
     }
 
     // A ranking node: Rank answers UNAVAILABLE naming the weights file.
@@ -337,7 +319,7 @@ async fn a_flipped_byte_or_a_truncated_file_keeps_the_node_not_serving() {
         "{}",
         status.message()
     );
-    assert_eq!(health(addr).await, not_serving);
+    assert_eq!(health_status(addr).await, not_serving);
 
     // A gateway whose catalog is cut short never turns SERVING.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -404,7 +386,7 @@ async fn a_gateway_whose_bundle_failed_verification_names_the_file_in_recommend(
         "the status does not name the file and what is wrong with it: {}",
         status.message()
     );
-    assert_eq!(health(addr).await, ServingStatus::NotServing as i32);
+    assert_eq!(health_status(addr).await, ServingStatus::NotServing as i32);
     token.cancel();
 }
 
@@ -444,8 +426,8 @@ async fn gateway_verdict(corrupt: &Path, addr: SocketAddr) -> i32 {
         Arc::new(membership),
         token.clone(),
     ));
-    settled(|| async { health(good_addr).await == ServingStatus::Serving as i32 }).await;
-    let verdict = health(addr).await;
+    settled(|| async { health_status(good_addr).await == ServingStatus::Serving as i32 }).await;
+    let verdict = health_status(addr).await;
     token.cancel();
     verdict
 }

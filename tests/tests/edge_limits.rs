@@ -93,27 +93,6 @@ fn ids_on(shard: u32) -> Vec<u64> {
         .collect()
 }
 
-/// What every OK answer must hold: at most `k` items, no id twice, none of
-/// `excluded`, every score finite.
-fn assert_invariants(response: &RecommendResponse, k: u32, excluded: &[u64]) {
-    assert!(
-        response.items.len() <= k as usize,
-        "{} items",
-        response.items.len()
-    );
-    let mut seen = std::collections::HashSet::new();
-    for item in &response.items {
-        assert!(seen.insert(item.item_id), "item {} twice", item.item_id);
-        assert!(
-            !excluded.contains(&item.item_id),
-            "excluded {}",
-            item.item_id
-        );
-        assert!(item.retrieval_score.is_finite(), "{item:?}");
-        assert!(item.ranking_score.is_none_or(f32::is_finite), "{item:?}");
-    }
-}
-
 fn reasons(response: &RecommendResponse) -> Vec<String> {
     let coverage = response.coverage.as_ref().unwrap();
     coverage.reasons.iter().map(|r| r.reason.clone()).collect()
@@ -184,7 +163,7 @@ async fn queries_that_would_overflow_a_score_are_refused_by_gateway_and_node() {
         .unwrap();
         assert_eq!(response.items.len(), 10);
         assert!(full_coverage(&response, SHARDS));
-        assert_invariants(&response, 10, &[]);
+        assert_answer_invariants(&response, 10, &[]);
     }
     // A numeric user feature past the bound is refused at the gateway with its name.
     let mut request = by_user(&bundle().catalog.users.ids()[0], 10, false);
@@ -233,7 +212,7 @@ async fn a_shard_answering_infinite_scores_is_a_failed_shard_not_a_short_answer(
             "{reasons:?}"
         );
         assert!(reasons[0].ends_with("scored inf"), "{reasons:?}");
-        assert_invariants(&response, 10, &[]);
+        assert_answer_invariants(&response, 10, &[]);
         // Not quarantined: a score can overflow for a valid query on a large model.
         assert_eq!(liar.calls(), round);
     }
@@ -285,7 +264,7 @@ async fn lying_replicas_are_refused_quarantined_and_counted() {
                 response.coverage
             );
             assert!(!response.coverage.as_ref().unwrap().degraded);
-            assert_invariants(&response, 10, &excluded);
+            assert_answer_invariants(&response, 10, &excluded);
         }
         // Quarantined: never asked again, whatever its health says.
         for _ in 0..16 {
@@ -293,7 +272,7 @@ async fn lying_replicas_are_refused_quarantined_and_counted() {
                 .await
                 .unwrap();
             assert!(full_coverage(&response, SHARDS));
-            assert_invariants(&response, 10, &excluded);
+            assert_answer_invariants(&response, 10, &excluded);
         }
         assert_eq!(liar.calls(), 1, "{lie:?}");
         let metrics = recsys_server::metrics::render();
@@ -326,7 +305,7 @@ async fn a_non_finite_ranker_score_is_a_ranking_failure_in_coverage() {
         reasons(&response),
         ["ranking answer holds a non-finite score: candidate 0 scored NaN"]
     );
-    assert_invariants(&response, 10, &[]);
+    assert_answer_invariants(&response, 10, &[]);
     assert_eq!(ranker.calls(), 1);
     token.cancel();
 }
@@ -493,7 +472,7 @@ async fn random_and_bit_flipped_requests_get_no_internal_and_no_broken_answer() 
             && path.contains("Gateway")
         {
             let response = RecommendResponse::decode(bytes.as_slice()).unwrap();
-            assert_invariants(&response, recsys_proto::limits::MAX_K, &[]);
+            assert_answer_invariants(&response, recsys_proto::limits::MAX_K, &[]);
         }
         *codes.entry(format!("{code:?}")).or_insert(0) += 1;
     }

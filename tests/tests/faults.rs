@@ -15,7 +15,6 @@ use recsys_tests::misbehaving::black_hole;
 use recsys_tests::*;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 /// A retrieval node in this process, not waited for; stopping it reports its error.
 async fn start_node(
@@ -140,23 +139,6 @@ async fn settled_info(addr: SocketAddr) -> recsys_proto::v1::InfoResponse {
     }
 }
 
-async fn health(addr: SocketAddr) -> i32 {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = HealthClient::new(channel);
-    client
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_or_missing_shard_files_keep_the_node_not_serving() {
     let bundle = synthetic_bundle(2_000, 10, 16, 3, 22);
@@ -192,7 +174,7 @@ async fn corrupt_or_missing_shard_files_keep_the_node_not_serving() {
             "shard {shard}: {:?}",
             info.load_error
         );
-        assert_eq!(health(addr).await, not_serving);
+        assert_eq!(health_status(addr).await, not_serving);
         let mut client = RetrievalServiceClient::connect(format!("http://{addr}"))
             .await
             .unwrap();
