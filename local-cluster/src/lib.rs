@@ -389,7 +389,14 @@ impl LocalCluster {
                 .map_or_else(Default::default, ClusterTls::gateway),
             server_limits: Default::default(),
             max_in_flight: 0,
-            item_log: None,
+            // With etcd, `recsys items` can change the items of the running cluster.
+            item_log: options
+                .etcd
+                .as_ref()
+                .map(|etcd| recsys_gateway::ItemLogOptions {
+                    endpoints: etcd.endpoints.clone(),
+                    cluster: etcd.cluster.clone(),
+                }),
         };
         if options.etcd.is_some() {
             let expected = (manifest.shard_count, spec.ranking.len());
