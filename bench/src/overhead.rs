@@ -239,6 +239,7 @@ impl DirectRound {
         let k = self.shard_k;
         let calls = self.shards.iter_mut().map(|client| {
             client.search(SearchRequest {
+                min_log_revision: 0,
                 query: query.to_vec(),
                 k,
                 exclude_item_ids: vec![],

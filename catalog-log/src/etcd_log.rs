@@ -26,6 +26,20 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Entries a follower may hold for its consumer before it waits.
 const FOLLOW_BUFFER: usize = 1024;
 
+/// What [`ChangeLog::catch_up`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatchUp {
+    /// The shard has no entry in the range: it already holds every change.
+    Nothing,
+    /// The shard's last entry in the range is at this revision: apply it first.
+    Apply(u64),
+    /// The revision asked for is past etcd's current one.
+    Ahead {
+        /// etcd's current revision.
+        current: u64,
+    },
+}
+
 /// One shard's part of one log entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogEntry {
@@ -184,6 +198,34 @@ impl ChangeLog {
             entries.into_iter().map(|(_, _, entry)| entry).collect(),
             u64::try_from(snapshot).unwrap_or(0),
         ))
+    }
+
+    /// What a replica of `shard` that has applied `after` still needs before it
+    /// holds every change up to revision `up_to` (read your writes), in one
+    /// small etcd read.
+    pub async fn catch_up(&self, shard: u32, after: u64, up_to: u64) -> Result<CatchUp, LogError> {
+        if up_to <= after {
+            return Ok(CatchUp::Nothing);
+        }
+        let mut client = self.client.clone();
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_keys_only()
+            .with_sort(SortTarget::Create, SortOrder::Descend)
+            .with_min_create_revision(i64::try_from(after).unwrap_or(i64::MAX).saturating_add(1))
+            .with_max_create_revision(i64::try_from(up_to).unwrap_or(i64::MAX))
+            .with_limit(1);
+        let prefix = shard_prefix(&self.cluster, shard);
+        let page = request("get", client.get(prefix.as_str(), Some(options))).await?;
+        let current = header_revision(page.header(), "get")?;
+        if current < up_to {
+            // No call has answered a revision etcd has not reached yet.
+            return Ok(CatchUp::Ahead { current });
+        }
+        Ok(match page.kvs().first() {
+            Some(kv) => CatchUp::Apply(u64::try_from(kv.create_revision()).unwrap_or(0)),
+            None => CatchUp::Nothing,
+        })
     }
 
     /// Follows shard `shard`'s entries after `after`: the ones in the log now,

@@ -22,5 +22,5 @@ mod key;
 pub mod limits;
 
 pub use error::LogError;
-pub use etcd_log::{ChangeLog, LogEntry};
+pub use etcd_log::{CatchUp, ChangeLog, LogEntry};
 pub use key::{catalog_prefix, shard_prefix};

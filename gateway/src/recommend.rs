@@ -44,6 +44,8 @@ struct RequestPlan {
     embedding: Vec<f32>,
     encode_us: u64,
     exact: bool,
+    /// Read your writes: the change-log revision every shard must have applied.
+    min_revision: u64,
     shard_k: u32,
     /// Each shard's exclusions (the ids that hash to it); moved into the
     /// shards' requests by the fan-out.
@@ -153,6 +155,7 @@ impl Gateway {
             embedding,
             encode_us,
             exact: options.exact,
+            min_revision: request.min_revision,
             shard_k,
             exclusions,
             with_ranking,
@@ -189,6 +192,7 @@ impl Gateway {
                     k: plan.shard_k,
                     exclude_item_ids,
                     exact: plan.exact,
+                    min_log_revision: plan.min_revision,
                 };
                 let target = ShardTarget {
                     shard: shard as u32,

@@ -176,6 +176,7 @@ mod tests {
     #[test]
     fn the_largest_valid_messages_fit_their_limits() {
         let request = RecommendRequest {
+            min_revision: u64::MAX,
             query: Some(Query::QueryEmbedding(QueryEmbedding {
                 values: vec![1.0; MAX_DIMENSIONS],
             })),
@@ -187,6 +188,7 @@ mod tests {
         };
         assert!(request.encoded_len() <= recommend_request_max_bytes());
         let search = SearchRequest {
+            min_log_revision: u64::MAX,
             query: vec![1.0; MAX_DIMENSIONS],
             k: MAX_RETRIEVE_K,
             exclude_item_ids: vec![u64::MAX; MAX_EXCLUSIONS],

@@ -29,6 +29,17 @@ pub enum NodeError {
     /// The caller's deadline passed before the search could start.
     #[error("the deadline passed before the search started")]
     DeadlineExceeded,
+    /// The shard has not applied the change log as far as the caller asked
+    /// (`min_log_revision`) within the time it could wait.
+    #[error(
+        "min_log_revision: the shard has applied the item change log up to revision {applied}, not {wanted}"
+    )]
+    Behind {
+        /// The last revision applied.
+        applied: u64,
+        /// The revision asked for.
+        wanted: u64,
+    },
     /// The search pool is gone (the node is shutting down).
     #[error("search pool closed")]
     PoolClosed,
@@ -75,6 +86,7 @@ impl From<NodeError> for tonic::Status {
                 tonic::Status::failed_precondition(message)
             }
             NodeError::DeadlineExceeded => tonic::Status::deadline_exceeded(message),
+            NodeError::Behind { .. } => tonic::Status::failed_precondition(message),
             NodeError::Search(_) | NodeError::Transport(_) | NodeError::Router(_) => {
                 tonic::Status::internal(message)
             }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use recsys_catalog_log::{ChangeLog, LogEntry};
 use recsys_index::{ItemChange, LiveShard};
 use recsys_proto::v1::{ShardChangeRecord, item_change_record};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// The shard's changes in one log entry, in the order they were made.
@@ -31,22 +32,16 @@ pub fn changes_of(record: &ShardChangeRecord) -> Vec<ItemChange> {
         .collect()
 }
 
-/// Follows `shard`'s log on the etcd at `endpoints` and applies every entry
-/// after the shard's revision, until `shutdown`.
+/// Follows the shard's part of `log` and applies every entry
+/// after the shard's revision, until `shutdown`, publishing each revision
+/// reached on `applied` (searches asking for a revision wait on it).
 pub fn follow(
-    endpoints: Vec<String>,
-    cluster: String,
+    log: ChangeLog,
     live: Arc<LiveShard>,
+    applied: watch::Sender<u64>,
     shutdown: CancellationToken,
 ) {
     tokio::spawn(async move {
-        let log = match ChangeLog::connect(&endpoints, &cluster).await {
-            Ok(log) => log,
-            Err(error) => {
-                tracing::error!(%error, "cannot follow the item change log");
-                return;
-            }
-        };
         let shard = live.base().shard();
         let mut entries = log.follow(shard, live.revision(), shutdown.clone());
         tracing::info!(
@@ -57,6 +52,7 @@ pub fn follow(
         crate::metrics::log_revision(shard, live.revision());
         while let Some(entry) = entries.recv().await {
             apply(&live, entry).await;
+            applied.send_replace(live.revision());
         }
     });
 }

@@ -110,10 +110,22 @@ pub async fn run(
 
     let state = Arc::new(ArcSwap::from_pointee(LoadState::Loading));
     let threads = pool_size(config.search_threads);
+    let (applied, applied_now) = tokio::sync::watch::channel(0);
+    // Connecting is lazy: an etcd that is away only fails the calls.
+    let change_log = match &config.announce {
+        Some(etcd) => Some(
+            recsys_catalog_log::ChangeLog::connect(&etcd.endpoints, &etcd.cluster)
+                .await
+                .map_err(|e| NodeError::Search(format!("change log: {e}")))?,
+        ),
+        None => None,
+    };
     let service = RetrievalNodeService::new(
         state.clone(),
         Arc::new(Semaphore::new(threads)),
         config.limits,
+        applied_now,
+        change_log.clone(),
     );
 
     let announcer = Announcer::new(config.announce.clone());
@@ -121,7 +133,7 @@ pub async fn run(
     let ready_announcer = announcer.clone();
     let (bundle_dir, shard, mode) = (config.bundle_dir.clone(), config.shard, config.load_mode);
     // With etcd the node also applies its shard's item changes.
-    let (follow_log, follow_shutdown) = (config.announce.clone(), shutdown.clone());
+    let (follow_with, follow_shutdown) = (change_log.clone(), shutdown.clone());
     spawn_loader(
         health.clone(),
         name,
@@ -144,11 +156,12 @@ pub async fn run(
                 index.bundle_version(),
             );
             let live = Arc::new(live);
-            if let Some(etcd) = &follow_log {
+            applied.send_replace(live.revision());
+            if let Some(follow_with) = &follow_with {
                 crate::item_changes::follow(
-                    etcd.endpoints.clone(),
-                    etcd.cluster.clone(),
+                    follow_with.clone(),
                     live.clone(),
+                    applied.clone(),
                     follow_shutdown.clone(),
                 );
             }

@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use recsys_catalog_log::{CatchUp, ChangeLog};
 use recsys_proto::checks::check_embedding;
 use recsys_proto::v1::{
     InfoRequest, InfoResponse, LoadStatus, SearchRequest, SearchResponse,
     retrieval_service_server::RetrievalService,
 };
 use recsys_server::exact_searches::ExactSearches;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tonic::{Request, Response, Status};
 
 use crate::{LiveShard, NodeError, SearchLimits};
@@ -26,14 +27,30 @@ pub struct RetrievalNodeService {
     pool: Arc<Semaphore>,
     limits: SearchLimits,
     exact_searches: ExactSearches,
+    /// The last change-log revision the shard has applied.
+    applied: watch::Receiver<u64>,
+    /// The change log, with etcd: read to answer `min_log_revision`.
+    change_log: Option<ChangeLog>,
 }
 
+/// Longest a search waits for the shard to apply the revision it asks for.
+const MAX_REVISION_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl RetrievalNodeService {
-    /// A service answering from `state`, at most `pool` searches at a time.
-    pub fn new(state: Arc<ArcSwap<LoadState>>, pool: Arc<Semaphore>, limits: SearchLimits) -> Self {
+    /// A service answering from `state`, at most `pool` searches at a time;
+    /// `applied` follows the change-log revision the shard has applied.
+    pub fn new(
+        state: Arc<ArcSwap<LoadState>>,
+        pool: Arc<Semaphore>,
+        limits: SearchLimits,
+        applied: watch::Receiver<u64>,
+        change_log: Option<ChangeLog>,
+    ) -> Self {
         Self {
             state,
             pool,
+            applied,
+            change_log,
             exact_searches: ExactSearches::new(limits.max_exact_searches),
             limits,
         }
@@ -44,6 +61,52 @@ impl RetrievalNodeService {
             LoadState::Ready(index) => Ok(index.clone()),
             LoadState::Loading => Err(NodeError::NotReady("the shard is still loading".into())),
             LoadState::Failed(reason) => Err(NodeError::NotReady(reason.to_string())),
+        }
+    }
+
+    /// Waits until the shard holds every change up to revision `wanted`, at
+    /// most until `deadline` (or [`MAX_REVISION_WAIT`] without one). The log is
+    /// partitioned by shard, so the shard's own applied revision stops at its
+    /// last entry: one etcd read finds the shard's last entry up to `wanted`,
+    /// and only that one must be applied. Without the log, or when the wait runs
+    /// out, `FAILED_PRECONDITION`, so the gateway asks another replica.
+    async fn wait_for_revision(
+        &self,
+        shard: u32,
+        wanted: u64,
+        deadline: Option<Instant>,
+    ) -> Result<(), NodeError> {
+        let behind = || NodeError::Behind {
+            applied: *self.applied.borrow(),
+            wanted,
+        };
+        let limit = Instant::now() + MAX_REVISION_WAIT;
+        let until = deadline.map_or(limit, |deadline| deadline.min(limit));
+        let Some(log) = &self.change_log else {
+            return Err(behind());
+        };
+        let applied = *self.applied.borrow();
+        let needed = tokio::time::timeout_at(until.into(), log.catch_up(shard, applied, wanted))
+            .await
+            .map_err(|_| behind())?
+            .map_err(|error| {
+                tracing::warn!(%error, "cannot check the change log for min_log_revision");
+                behind()
+            })?;
+        let target = match needed {
+            CatchUp::Nothing => return Ok(()),
+            CatchUp::Apply(target) => target,
+            CatchUp::Ahead { .. } => return Err(behind()),
+        };
+        let mut applied = self.applied.clone();
+        match tokio::time::timeout_at(
+            until.into(),
+            applied.wait_for(|revision| *revision >= target),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(behind()),
         }
     }
 
@@ -65,7 +128,12 @@ impl RetrievalNodeService {
             k,
             mut exclude_item_ids,
             exact,
+            min_log_revision,
         } = request;
+        if min_log_revision > live.revision() {
+            self.wait_for_revision(index.shard(), min_log_revision, deadline)
+                .await?;
+        }
         exclude_item_ids.sort_unstable();
         exclude_item_ids.dedup();
         // Held until the search ends (moved into the blocking task below).
@@ -207,6 +275,7 @@ mod tests {
 
     fn request(query: Vec<f32>, k: u32, excluded: usize) -> SearchRequest {
         SearchRequest {
+            min_log_revision: 0,
             query,
             k,
             exclude_item_ids: (0..excluded as u64).collect(),

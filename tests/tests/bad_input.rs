@@ -151,6 +151,7 @@ impl Noise {
             _ => None,
         };
         RecommendRequest {
+            min_revision: 0,
             query,
             user_features: if self.below(2) == 0 {
                 self.features()
@@ -170,6 +171,7 @@ impl Noise {
 
     fn search(&mut self) -> SearchRequest {
         SearchRequest {
+            min_log_revision: self.pick(&[0, 0, 0, 1, u64::MAX]),
             query: self.embedding(),
             k: self.pick(&[0, 1, 10, MAX_RETRIEVE_K, MAX_RETRIEVE_K + 1, u32::MAX]),
             exclude_item_ids: (0..self.count(MAX_EXCLUSIONS)).map(|_| self.id()).collect(),
@@ -396,6 +398,7 @@ async fn ten_thousand_bad_requests_break_nothing_and_leave_nothing_behind() {
         assert!(first.contains_key(kind), "no {kind} in {first:?}");
     }
     let grown = resident_bytes().saturating_sub(memory);
+    eprintln!("resident memory grew {grown} bytes in round two");
     assert!(
         grown < 50 << 20,
         "resident memory grew {grown} bytes in round two"

@@ -343,6 +343,7 @@ async fn oversized_and_undecodable_requests_are_refused_before_decoding() {
     let mut node = RetrievalServiceClient::new(channel(shards[0][0]).await);
     let status = node
         .search(SearchRequest {
+            min_log_revision: 0,
             query: vec![0.1; DIMENSIONS],
             k: 10,
             exclude_item_ids: four_mebibytes_of_ids(),
@@ -416,6 +417,7 @@ async fn random_and_bit_flipped_requests_get_no_internal_and_no_broken_answer() 
     valid.exclude_item_ids = ids_on(0).into_iter().take(5).collect();
     let valid_bytes = valid.encode_to_vec();
     let search_bytes = SearchRequest {
+        min_log_revision: 0,
         query: vec![0.1; DIMENSIONS],
         k: 20,
         exclude_item_ids: ids_on(1).into_iter().take(5).collect(),

@@ -75,6 +75,7 @@ async fn client(addr: SocketAddr) -> RetrievalServiceClient<tonic::transport::Ch
 async fn top(addr: SocketAddr, query: &[f32], k: u32) -> Option<Vec<u64>> {
     let mut client = client(addr).await;
     let request = SearchRequest {
+        min_log_revision: 0,
         query: query.to_vec(),
         k,
         exclude_item_ids: Vec::new(),
@@ -337,31 +338,32 @@ async fn catalog_service_changes_what_recommend_answers() {
         .unwrap()
         .into_inner();
     assert!(deleted.revision > upserted.revision);
-    let deadline = tokio::time::Instant::now() + VISIBLE;
-    loop {
-        let first = recommend(
-            &mut recommend_client,
-            by_embedding(new_vector.clone(), 10, false),
-            VISIBLE,
-        )
+    // Read your writes: carrying the revision the delete answered, the very next
+    // request is answered only by replicas that have applied both changes.
+    let after = |values: Vec<f32>| {
+        let mut request = by_embedding(values, 10, false);
+        request.min_revision = deleted.revision;
+        request
+    };
+    let first = recommend(&mut recommend_client, after(new_vector.clone()), VISIBLE)
         .await
         .unwrap();
-        let second = recommend(
-            &mut recommend_client,
-            by_embedding(query.clone(), 10, false),
-            VISIBLE,
-        )
+    assert_eq!(top_ids(&first).first(), Some(&new_id), "{first:?}");
+    let second = recommend(&mut recommend_client, after(query.clone()), VISIBLE)
         .await
         .unwrap();
-        if top_ids(&first).first() == Some(&new_id) && !top_ids(&second).contains(&best) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the changes never showed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(!top_ids(&second).contains(&best), "{second:?}");
+    assert!(full_coverage(&second, SHARDS));
+    // A revision no replica has reached is refused, naming it, not answered stale.
+    let mut ahead = by_embedding(query.clone(), 10, false);
+    ahead.min_revision = deleted.revision + 1_000;
+    let refused = recommend(&mut recommend_client, ahead, VISIBLE)
+        .await
+        .unwrap_err();
+    assert!(
+        refused.message().contains("min_log_revision"),
+        "{refused:?}"
+    );
 
     // The CLI does the same: `recsys items delete` prints the entry's revision.
     let output = std::process::Command::new(recsys_tests::processes::binary("recsys"))
