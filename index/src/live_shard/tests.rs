@@ -102,11 +102,14 @@ fn upserts_and_deletes_match_a_model_of_the_items() {
                 approximate.iter().map(|hit| hit.0).collect();
             assert_eq!(ids.len(), approximate.len(), "duplicate ids");
         }
+        // HNSW is approximate, and a batch's insertions run in parallel, so the
+        // graph differs from run to run: an upserted item must be among the ten
+        // nearest to its own vector, not always the first.
         for (id, vector) in model.iter().filter(|(id, _)| **id >= ITEMS as u64) {
-            let first = shard.search(vector, 1, &[], false).unwrap();
-            assert_eq!(
-                first[0].0, *id,
-                "{mode:?}: upserted {id} not found by its vector"
+            let near = shard.search(vector, 10, &[], false).unwrap();
+            assert!(
+                near.iter().any(|hit| hit.0 == *id),
+                "{mode:?}: upserted {id} not found by its vector: {near:?}"
             );
         }
     }
