@@ -53,7 +53,6 @@ fn upserts_and_deletes_match_a_model_of_the_items() {
         let mut deleted = std::collections::BTreeSet::new();
         let mut revision = 7;
         for _ in 0..60 {
-            // Batches of 64 and more are inserted in parallel.
             let batch: Vec<ItemChange> = (0..rng.random_range(1..200))
                 .map(|_| {
                     // Ids past ITEMS are new items; some batches touch an id twice.
@@ -102,9 +101,8 @@ fn upserts_and_deletes_match_a_model_of_the_items() {
                 approximate.iter().map(|hit| hit.0).collect();
             assert_eq!(ids.len(), approximate.len(), "duplicate ids");
         }
-        // HNSW is approximate, and a batch's insertions run in parallel, so the
-        // graph differs from run to run: an upserted item must be among the ten
-        // nearest to its own vector, not always the first.
+        // HNSW is approximate: an upserted item must be among the ten nearest
+        // to its own vector (this caught lost items under parallel insertion).
         for (id, vector) in model.iter().filter(|(id, _)| **id >= ITEMS as u64) {
             let near = shard.search(vector, 10, &[], false).unwrap();
             assert!(
