@@ -3,7 +3,7 @@
 //! real servers on loopback), typed and as raw bytes, plus cancelled streams and
 //! concurrent bursts. Nothing may crash, no answer may be INTERNAL or UNKNOWN,
 //! no OK answer may break an invariant (more than k items, duplicates, excluded
-//! ids, non-finite scores), and a second round of the same kinds of traffic may
+//! ids, non-finite scores), and further rounds of the same kinds of traffic may
 //! neither grow resident memory by 50 MiB nor add a single metric series: what
 //! a hostile client sends must not accumulate.
 
@@ -30,8 +30,8 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 const DIMENSIONS: usize = 16;
-/// Loop turns of each round; with the bursts of 24, two rounds send about
-/// 22,000 requests.
+/// Loop turns of each round; with the bursts of 24, three rounds send about
+/// 33,000 requests.
 const PER_ROUND: usize = 2_600;
 
 /// xorshift64*: a reproducible stream of choices.
@@ -151,7 +151,7 @@ impl Noise {
             _ => None,
         };
         RecommendRequest {
-            min_revision: 0,
+            min_revision: self.pick(&[0, 0, 0, 1, u64::MAX]),
             query,
             user_features: if self.below(2) == 0 {
                 self.features()
@@ -383,9 +383,15 @@ async fn ten_thousand_bad_requests_break_nothing_and_leave_nothing_behind() {
 
     let mut noise = Noise(0x5eed_1234_abcd_0001);
     let first = round(&mut targets, &mut noise).await;
-    let (memory, series_after_first) = (resident_bytes(), series());
+    let (after_first, series_after_first) = (resident_bytes(), series());
     let second = round(&mut targets, &mut noise).await;
-    let total: usize = first.values().chain(second.values()).sum();
+    let after_second = resident_bytes();
+    let third = round(&mut targets, &mut noise).await;
+    let after_third = resident_bytes();
+    let total: usize = [&first, &second, &third]
+        .iter()
+        .flat_map(|round| round.values())
+        .sum();
     eprintln!("first round: {first:?}\nsecond round: {second:?}");
     assert!(total >= 10_000, "{total}");
     // Every kind of refusal happened, and so did answers: the generator reaches
@@ -397,16 +403,28 @@ async fn ten_thousand_bad_requests_break_nothing_and_leave_nothing_behind() {
     ] {
         assert!(first.contains_key(kind), "no {kind} in {first:?}");
     }
-    let grown = resident_bytes().saturating_sub(memory);
-    eprintln!("resident memory grew {grown} bytes in round two");
+    // The process's resident set moves by tens of MiB between rounds of the same
+    // traffic (the allocator keeps and returns pages); what must not happen is a
+    // trend: the third round may not end 50 MiB above the larger of the two
+    // before it.
+    let mib = |bytes: u64| bytes >> 20;
+    eprintln!(
+        "resident MiB after rounds: {} {} {}",
+        mib(after_first),
+        mib(after_second),
+        mib(after_third)
+    );
+    let baseline = after_first.max(after_second);
     assert!(
-        grown < 50 << 20,
-        "resident memory grew {grown} bytes in round two"
+        after_third < baseline + (50 << 20),
+        "resident memory grew from {} to {} MiB over three rounds",
+        mib(baseline),
+        mib(after_third)
     );
     assert_eq!(
         series(),
         series_after_first,
-        "round two added metric series"
+        "rounds two and three added metric series"
     );
     // Still serving, and still ranked.
     let answer = recommend(
