@@ -24,6 +24,7 @@ use recsys_proto::v1::{
     FeatureValue, QueryEmbedding, RankRequest, RecommendOptions, RecommendRequest,
     RecommendResponse, SearchRequest, StringList, feature_value, recommend_request,
 };
+use recsys_tests::noise::Noise;
 use recsys_tests::*;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
@@ -34,29 +35,20 @@ const DIMENSIONS: usize = 16;
 /// 33,000 requests.
 const PER_ROUND: usize = 2_600;
 
-/// xorshift64*: a reproducible stream of choices.
-struct Noise(u64);
+/// Requests and values that are usually fine and often not, drawn from [`Noise`].
+trait Adversarial {
+    fn float(&mut self) -> f32;
+    fn count(&mut self, limit: usize) -> usize;
+    fn id(&mut self) -> u64;
+    fn string(&mut self) -> String;
+    fn features(&mut self) -> std::collections::HashMap<String, FeatureValue>;
+    fn embedding(&mut self) -> Vec<f32>;
+    fn recommend(&mut self) -> RecommendRequest;
+    fn search(&mut self) -> SearchRequest;
+    fn rank(&mut self) -> RankRequest;
+}
 
-impl Noise {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn pick<T: Copy>(&mut self, values: &[T]) -> T {
-        values[self.below(values.len() as u64) as usize]
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
-
+impl Adversarial for Noise {
     /// A float that is usually fine and often not.
     fn float(&mut self) -> f32 {
         self.pick(&[
@@ -82,7 +74,7 @@ impl Noise {
         match self.below(3) {
             0 => self.below(3_000),
             1 => u64::MAX - self.below(3),
-            _ => self.next(),
+            _ => self.next_u64(),
         }
     }
 
@@ -114,7 +106,7 @@ impl Noise {
                 };
                 let kind = match self.below(4) {
                     0 => feature_value::Kind::StringValue(self.string()),
-                    1 => feature_value::Kind::IntValue(self.next() as i64),
+                    1 => feature_value::Kind::IntValue(self.next_u64() as i64),
                     2 => feature_value::Kind::FloatValue(self.float()),
                     _ => feature_value::Kind::StringList(StringList {
                         values: (0..self.count(MAX_LIST_VALUES))

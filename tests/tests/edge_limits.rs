@@ -18,6 +18,7 @@ use recsys_gateway::{GatewayConfig, RequestPolicy};
 use recsys_proto::v1::retrieval_service_client::RetrievalServiceClient;
 use recsys_proto::v1::{FeatureValue, RecommendResponse, SearchRequest, feature_value::Kind};
 use recsys_tests::misbehaving::*;
+use recsys_tests::noise::Noise;
 use recsys_tests::static_gateway::{gateway_config, serve_static_gateway};
 use recsys_tests::*;
 use tokio_util::sync::CancellationToken;
@@ -390,22 +391,6 @@ async fn oversized_and_undecodable_requests_are_refused_before_decoding() {
     token.cancel();
 }
 
-/// xorshift64*: reproducible noise without a dependency.
-struct Noise(u64);
-
-impl Noise {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_and_bit_flipped_requests_get_no_internal_and_no_broken_answer() {
     let token = CancellationToken::new();
@@ -443,21 +428,21 @@ async fn random_and_bit_flipped_requests_get_no_internal_and_no_broken_answer() 
         let body = match i % 4 {
             // Random bytes of a random length.
             0 => {
-                let len = (noise.next() % 256) as usize;
+                let len = (noise.next_u64() % 256) as usize;
                 noise.bytes(len)
             }
             // The valid message with a few bits flipped.
             1 | 2 => {
                 let mut bytes = base.clone();
-                for _ in 0..=(noise.next() % 4) {
-                    let bit = (noise.next() % (bytes.len() as u64 * 8)) as usize;
+                for _ in 0..=(noise.next_u64() % 4) {
+                    let bit = (noise.next_u64() % (bytes.len() as u64 * 8)) as usize;
                     bytes[bit / 8] ^= 1 << (bit % 8);
                 }
                 bytes
             }
             // The valid message cut short.
             _ => {
-                let cut = (noise.next() % base.len() as u64) as usize;
+                let cut = (noise.next_u64() % base.len() as u64) as usize;
                 base[..cut].to_vec()
             }
         };
