@@ -49,6 +49,9 @@ pub enum NodeError {
     /// The server's router could not be built (TLS material, reflection).
     #[error(transparent)]
     Router(#[from] recsys_server::grpc::RouterError),
+    /// The item change log could not be set up (a malformed etcd endpoint).
+    #[error("item change log: {0}")]
+    ChangeLog(#[from] recsys_catalog_log::LogError),
 }
 
 impl From<recsys_index::SearchError> for NodeError {
@@ -87,9 +90,10 @@ impl From<NodeError> for tonic::Status {
             }
             NodeError::DeadlineExceeded => tonic::Status::deadline_exceeded(message),
             NodeError::Behind { .. } => tonic::Status::failed_precondition(message),
-            NodeError::Search(_) | NodeError::Transport(_) | NodeError::Router(_) => {
-                tonic::Status::internal(message)
-            }
+            NodeError::Search(_)
+            | NodeError::Transport(_)
+            | NodeError::Router(_)
+            | NodeError::ChangeLog(_) => tonic::Status::internal(message),
         }
     }
 }

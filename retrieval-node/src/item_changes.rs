@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// The shard's changes in one log entry, in the order they were made.
-pub fn changes_of(record: &ShardChangeRecord) -> Vec<ItemChange> {
+fn changes_of(record: &ShardChangeRecord) -> Vec<ItemChange> {
     record
         .changes
         .iter()

@@ -14,6 +14,5 @@ mod server;
 mod service;
 
 pub use error::NodeError;
-pub use item_changes::changes_of;
 pub use recsys_index::{LiveShard, LoadMode, ShardIndex};
 pub use server::{NodeConfig, SearchLimits, run};

@@ -113,11 +113,9 @@ pub async fn run(
     let (applied, applied_now) = tokio::sync::watch::channel(0);
     // Connecting is lazy: an etcd that is away only fails the calls.
     let change_log = match &config.announce {
-        Some(etcd) => Some(
-            recsys_catalog_log::ChangeLog::connect(&etcd.endpoints, &etcd.cluster)
-                .await
-                .map_err(|e| NodeError::Search(format!("change log: {e}")))?,
-        ),
+        Some(etcd) => {
+            Some(recsys_catalog_log::ChangeLog::connect(&etcd.endpoints, &etcd.cluster).await?)
+        }
         None => None,
     };
     let service = RetrievalNodeService::new(
