@@ -139,6 +139,8 @@ impl ChangeLog {
         let mut entries = Vec::new();
         let mut snapshot = 0i64;
         let mut from = i64::try_from(after).unwrap_or(i64::MAX).saturating_add(1);
+        // Keys already read at revision `from`, where the next page starts.
+        let mut read_at_from: Vec<Vec<u8>> = Vec::new();
         loop {
             let mut options = GetOptions::new()
                 .with_prefix()
@@ -156,31 +158,28 @@ impl ChangeLog {
             let kvs = page.kvs();
             // A page boundary can fall inside one revision (an entry's parts for
             // several shards): the next page starts at that revision again and
-            // skips the keys already read. LIST_PAGE > MAX_TXN_OPS, so a page
-            // always ends past at least one whole revision.
+            // skips the keys already read there. LIST_PAGE > MAX_TXN_OPS, so a
+            // page always ends past at least one whole revision.
             let last = kvs.last().map_or(0, KeyValue::create_revision);
-            let before = entries.len();
+            let mut fresh = 0;
+            let mut read_at_last = Vec::new();
             for kv in kvs {
-                if entries
-                    .iter()
-                    .rev()
-                    .take_while(|entry: &&(i64, String, LogEntry)| entry.0 == kv.create_revision())
-                    .any(|entry| entry.1.as_bytes() == kv.key())
-                {
+                let revision = kv.create_revision();
+                if revision == from && read_at_from.iter().any(|key| key == kv.key()) {
                     continue;
                 }
+                fresh += 1;
+                if revision == last {
+                    read_at_last.push(kv.key().to_vec());
+                }
                 if let Some(entry) = decode(kv) {
-                    entries.push((
-                        kv.create_revision(),
-                        String::from_utf8_lossy(kv.key()).into_owned(),
-                        entry,
-                    ));
+                    entries.push(entry);
                 }
             }
             if !page.more() || kvs.is_empty() {
                 break;
             }
-            from = if entries.len() == before && last == from {
+            if fresh == 0 {
                 // A whole page of one revision already read: more keys in one
                 // transaction than etcd's default allows. Skip past it rather
                 // than loop; say so, because those keys are not applied.
@@ -189,15 +188,17 @@ impl ChangeLog {
                     revision = last,
                     "change log revision wider than a page, skipping the rest of it"
                 );
-                last.saturating_add(1)
+                from = last.saturating_add(1);
+                read_at_from.clear();
             } else {
-                last
-            };
+                if last != from {
+                    read_at_from.clear();
+                }
+                read_at_from.extend(read_at_last);
+                from = last;
+            }
         }
-        Ok((
-            entries.into_iter().map(|(_, _, entry)| entry).collect(),
-            u64::try_from(snapshot).unwrap_or(0),
-        ))
+        Ok((entries, u64::try_from(snapshot).unwrap_or(0)))
     }
 
     /// What a replica of `shard` that has applied `after` still needs before it

@@ -121,6 +121,31 @@ async fn limits_are_enforced_and_wide_entries_split() {
     assert_eq!(seen, (0..shards).collect::<Vec<_>>());
 }
 
+/// A listing whose page boundary falls inside one entry's parts reads every
+/// part once: 200 one-shard entries, then one entry over 128 shards, straddle the
+/// first page of `LIST_PAGE` keys.
+#[tokio::test]
+async fn a_page_boundary_inside_an_entry_loses_and_repeats_nothing() {
+    let etcd = EtcdServer::start().await.unwrap();
+    let log = ChangeLog::connect(&[etcd.endpoint()], "c").await.unwrap();
+    for id in 0..200 {
+        log.append(&[deletes(0, &[id])]).await.unwrap();
+    }
+    let wide: Vec<ShardChangeRecord> = (1..=MAX_TXN_OPS as u32)
+        .map(|shard| deletes(shard, &[7]))
+        .collect();
+    let revision = log.append(&wide).await.unwrap();
+    let (all, _) = log.read_all_after(0).await.unwrap();
+    assert_eq!(all.len(), 200 + MAX_TXN_OPS);
+    let mut wide_shards: Vec<u32> = all
+        .iter()
+        .filter(|entry| entry.revision == revision)
+        .map(|entry| entry.record.shard)
+        .collect();
+    wide_shards.sort_unstable();
+    assert_eq!(wide_shards, (1..=MAX_TXN_OPS as u32).collect::<Vec<_>>());
+}
+
 /// A follower sends what the log holds, then new entries as they commit; it
 /// survives etcd being killed and restarted and a compaction, and sends every
 /// entry once, in order.
