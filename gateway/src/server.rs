@@ -135,7 +135,7 @@ pub async fn run(
         "gateway listening"
     );
     let limit = resolve_limit(AdmissionRole::Gateway, config.max_in_flight);
-    let admission = Admission::new(name, limit, &[]);
+    let admission = Admission::with_mode(name, limit, &[], config.server_limits.admission);
     // Item changes: behind the same API keys, outside admission control (an
     // operator's call, not traffic), and decoded up to twice what one change-log
     // entry may hold so that a call over it is refused by name, not by size.

@@ -191,7 +191,7 @@ pub async fn run(
     tracing::info!(addr = ?listener.local_addr().ok(), "ranking node listening");
     let stop = announcer.server_stop(shutdown);
     let limit = resolve_limit(AdmissionRole::Ranking, config.max_in_flight);
-    let admission = Admission::new(name, limit, &[]);
+    let admission = Admission::with_mode(name, limit, &[], config.server_limits.admission);
     let serve = router
         .add_service(admission.wrap(
             RankingServiceServer::new(service).max_decoding_message_size(

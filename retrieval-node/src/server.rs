@@ -172,7 +172,7 @@ pub async fn run(
     tracing::info!(addr = ?listener.local_addr().ok(), shard = config.shard, "retrieval node listening");
     let stop = announcer.server_stop(shutdown);
     let limit = resolve_limit(AdmissionRole::Retrieval, config.max_in_flight);
-    let admission = Admission::new(name, limit, &["Info"]);
+    let admission = Admission::with_mode(name, limit, &["Info"], config.server_limits.admission);
     let serve = router
         .add_service(admission.wrap(
             RetrievalServiceServer::new(service).max_decoding_message_size(
