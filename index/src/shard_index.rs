@@ -313,10 +313,12 @@ impl ShardIndex {
         if k == 0 || self.items == 0 {
             return Ok(Vec::new());
         }
-        if !exact && excluded.is_empty() && !hidden.is_empty() {
-            if let Some(hits) = self.search_past_hidden(query, k, hidden)? {
-                return Ok(hits);
-            }
+        if !exact
+            && excluded.is_empty()
+            && !hidden.is_empty()
+            && let Some(hits) = self.search_past_hidden(query, k, hidden)?
+        {
+            return Ok(hits);
         }
         let keep = |key: u64| excluded.binary_search(&key).is_err() && !hidden.contains(&key);
         // usearch's brute-force scan takes no filter: ask for enough extra items
