@@ -82,17 +82,24 @@ impl Compose {
         }
     }
 
-    /// `compose exec -T` of `argv` in `service`'s container, with `env` added to
-    /// (or, empty, taken out of) the container's environment; its output.
-    pub fn exec(&self, service: &str, env: &[(&str, &str)], argv: &[&str]) -> Output {
+    /// `compose exec -T` of `argv` in `service`'s running container; its output.
+    pub fn exec(&self, service: &str, argv: &[&str]) -> Output {
         let (program, args) = self.command.split_first().expect("a compose command");
-        let mut command = Command::new(program);
-        command.args(args).args(["exec", "-T"]);
-        for (key, value) in env {
-            command.arg("-e").arg(format!("{key}={value}"));
-        }
-        command
-            .arg(service)
+        Command::new(program)
+            .args(args)
+            .args(["exec", "-T", service])
+            .args(argv)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+    }
+
+    /// `compose run --rm --no-deps -T SERVICE argv`: `argv` in a fresh container of
+    /// `service`'s image, volumes and network, without its dependencies; its output.
+    pub fn run_once(&self, service: &str, argv: &[&str]) -> Output {
+        let (program, args) = self.command.split_first().expect("a compose command");
+        Command::new(program)
+            .args(args)
+            .args(["run", "--rm", "--no-deps", "-T", service])
             .args(argv)
             .output()
             .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))

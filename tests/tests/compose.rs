@@ -294,8 +294,8 @@ fn said(output: &std::process::Output) -> String {
 /// TLS and mutual TLS end to end: the test's other clients present the CA's
 /// client certificate (`RECSYS_TEST_GATEWAY_TLS`) and get full answers, which the
 /// gateway can give only over mutual TLS to every node; a client without a
-/// certificate gets UNAUTHENTICATED, plaintext gets no answer, a node port asked
-/// without a certificate refuses too; etcd refuses a client without a
+/// certificate gets UNAUTHENTICATED, plaintext gets no answer, a node asked
+/// without a certificate refuses too and its certificate names its shard; etcd refuses a client without a
 /// certificate, and a node's etcd user may register but not write the change log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the compose cluster: make compose-test"]
@@ -341,25 +341,35 @@ async fn compose_runs_mutual_tls_and_etcd_auth_and_refuses_strangers() {
         "a plaintext client was answered"
     );
 
-    // A node, from inside the network: with the client certificate of the
-    // container's environment it is SERVING; without one it refuses.
-    let health = ["recsys", "health", "--addr", "127.0.0.1:7000"];
-    let with = compose.exec("retrieval-0a", &[], &health);
+    // A node, from inside the network (a one-off container of the `certs` job's
+    // image and volume): with a client certificate it is SERVING and proves
+    // shard 0's identity; without one it refuses; checked for shard 1's
+    // identity, its certificate fails.
+    let health = |server_name: &str, certificate: bool| {
+        let mut argv = vec![
+            "recsys",
+            "health",
+            "--addr=retrieval-0a:7000",
+            "--timeout-ms=5000",
+            "--tls-ca=/secrets/certs/ca.pem",
+        ];
+        let name = format!("--tls-server-name={server_name}");
+        argv.push(&name);
+        if certificate {
+            argv.extend([
+                "--tls-cert=/secrets/certs/client.pem",
+                "--tls-key=/secrets/certs/client.key",
+            ]);
+        }
+        compose.run_once("certs", &argv)
+    };
+    let with = health("retrieval-shard-0.recsys", true);
     assert!(with.status.success(), "{}", said(&with));
-    let without = compose.exec(
-        "retrieval-0a",
-        &[
-            ("RECSYS_CLIENT_TLS_CERT", ""),
-            ("RECSYS_CLIENT_TLS_KEY", ""),
-        ],
-        &health,
-    );
+    let without = health("retrieval-shard-0.recsys", false);
     assert!(!without.status.success(), "{}", said(&without));
-    assert!(
-        said(&without).contains("Unauthenticated"),
-        "{}",
-        said(&without)
-    );
+    assert!(said(&without).contains("Unauthenticated"), "{}", said(&without));
+    let other_shard = health("retrieval-shard-1.recsys", true);
+    assert!(!other_shard.status.success(), "{}", said(&other_shard));
 
     // etcd: no client certificate, no connection; with one but no login, no
     // access; a retrieval node's user registers but cannot touch the log.
@@ -378,7 +388,7 @@ async fn compose_runs_mutual_tls_and_etcd_auth_and_refuses_strangers() {
     };
     let run = |argv: Vec<String>| {
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        compose.exec("etcd", &[], &argv)
+        compose.exec("etcd", &argv)
     };
     let certificate = [
         "--cert=/secrets/certs/etcd-client.pem",
