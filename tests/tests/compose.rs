@@ -367,7 +367,11 @@ async fn compose_runs_mutual_tls_and_etcd_auth_and_refuses_strangers() {
     assert!(with.status.success(), "{}", said(&with));
     let without = health("retrieval-shard-0.recsys", false);
     assert!(!without.status.success(), "{}", said(&without));
-    assert!(said(&without).contains("Unauthenticated"), "{}", said(&without));
+    assert!(
+        said(&without).contains("Unauthenticated"),
+        "{}",
+        said(&without)
+    );
     let other_shard = health("retrieval-shard-1.recsys", true);
     assert!(!other_shard.status.success(), "{}", said(&other_shard));
 
