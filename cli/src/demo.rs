@@ -32,9 +32,11 @@ pub struct ClusterFlags {
 impl ClusterFlags {
     fn etcd(&self) -> Option<EtcdCluster> {
         (!self.etcd.is_empty()).then(|| EtcdCluster {
-            endpoints: self.etcd.clone(),
+            // `demo` and `serve` run on loopback: plaintext etcd, no auth.
+            etcd: recsys_discovery::EtcdAccess::plain(self.etcd.clone()),
             cluster: self.cluster.clone(),
             lease_ttl: recsys_discovery::DEFAULT_LEASE_TTL,
+            users: None,
         })
     }
 }
@@ -229,7 +231,7 @@ async fn start_and_serve(
     if let Some(etcd) = &etcd {
         eprintln!(
             "nodes register in etcd {} under /recsys/{}/nodes/",
-            etcd.endpoints.join(","),
+            etcd.etcd.endpoints.join(","),
             etcd.cluster
         );
     }

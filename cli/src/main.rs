@@ -11,6 +11,7 @@ mod bundle_cmd;
 mod certs;
 mod demo;
 mod epoch_bar;
+mod etcd_auth_cmd;
 mod gateway_client;
 mod health;
 mod items;
@@ -54,6 +55,9 @@ enum Command {
     Health(health::HealthArgs),
     /// Write a development CA and the certificates of every role (PEM) into a directory.
     Certs(certs::CertsArgs),
+    /// Set up etcd's users and roles for a cluster and turn its auth on.
+    #[command(subcommand)]
+    EtcdAuth(etcd_auth_cmd::EtcdAuthCommand),
     /// Make a gateway API key: the key on stdout, its `NAME SHA256` line for --api-keys on stderr or appended to a file.
     ApiKey(certs::ApiKeyArgs),
     /// Train a model on MovieLens: `train retrieval` (the two-tower model, top-k accuracies) or `train ranking` (the DCN-V2 ranker, RMSE).
@@ -110,6 +114,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Health(args) => health::run(args).await,
         Command::Certs(args) => certs::run(&args),
         Command::ApiKey(args) => certs::api_key(&args),
+        Command::EtcdAuth(args) => etcd_auth_cmd::run(args).await,
         Command::Train(args) => tokio::task::spawn_blocking(move || train::run(args)).await?,
     }
 }

@@ -13,13 +13,13 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::registration::{Registration, RegistrationOptions};
-use crate::{NodeRecord, NodeState, Role};
+use crate::{EtcdAccess, NodeRecord, NodeState, Role};
 
 /// Where and how a node registers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnnounceOptions {
-    /// etcd client URLs.
-    pub endpoints: Vec<String>,
+    /// The etcd to register in, and how to reach it.
+    pub etcd: EtcdAccess,
     /// The cluster name in `/recsys/{cluster}/nodes/`.
     pub cluster: String,
     /// The node's id; unique in the cluster.
@@ -37,13 +37,13 @@ pub struct AnnounceOptions {
 impl AnnounceOptions {
     /// Options with the default lease (10 s), grace (500 ms) and drain bound (10 s).
     pub fn new(
-        endpoints: Vec<String>,
+        etcd: impl Into<EtcdAccess>,
         cluster: impl Into<String>,
         node_id: impl Into<String>,
         advertise_addr: impl Into<String>,
     ) -> Self {
         Self {
-            endpoints,
+            etcd: etcd.into(),
             cluster: cluster.into(),
             node_id: node_id.into(),
             advertise_addr: advertise_addr.into(),
@@ -93,7 +93,7 @@ impl Announcer {
             state: NodeState::Serving,
         };
         let mut registration_options =
-            RegistrationOptions::new(options.endpoints.clone(), options.cluster.clone(), record);
+            RegistrationOptions::new(options.etcd.clone(), options.cluster.clone(), record);
         registration_options.lease_ttl = options.lease_ttl;
         let registration = Arc::new(Registration::start(registration_options));
         tracing::info!(key = registration.key(), "registering in etcd");

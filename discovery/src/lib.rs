@@ -15,6 +15,8 @@
 pub mod announce;
 pub mod backoff;
 pub mod etcd;
+pub mod etcd_access;
+pub mod etcd_auth;
 pub mod etcd_membership;
 #[cfg(feature = "test-support")]
 pub mod etcd_server;
@@ -29,9 +31,10 @@ pub mod view;
 pub use announce::{AnnounceOptions, Announcer, serve_and_drain};
 pub use backoff::Backoff;
 pub use etcd::{node_key, nodes_prefix};
+pub use etcd_access::{EtcdAccess, EtcdCredentials, EtcdTls};
 pub use etcd_membership::{EtcdMembership, EtcdOptions};
 #[cfg(feature = "test-support")]
-pub use etcd_server::EtcdServer;
+pub use etcd_server::{EtcdServer, EtcdServerTls};
 pub use identity::{GATEWAY_IDENTITY, node_identity};
 pub use node::{NodeRecord, NodeState, Role};
 pub use registration::{DEFAULT_LEASE_TTL, Registration, RegistrationOptions};
@@ -63,6 +66,20 @@ pub enum DiscoveryError {
         /// The client's error.
         source: etcd_client::Error,
     },
+    /// etcd refused a call for who the client is: auth is on and the user is
+    /// unknown, its password wrong, or its role lacks the permission.
+    #[error(
+        "etcd refused {operation}: {message} (check --etcd-user, its password file and its role; see `recsys etcd-auth`)"
+    )]
+    Denied {
+        /// The call.
+        operation: &'static str,
+        /// etcd's message, e.g. `etcdserver: permission denied`.
+        message: String,
+    },
+    /// The etcd access options do not fit together.
+    #[error("etcd access: {0}")]
+    EtcdConfig(String),
     /// An etcd call did not answer in time.
     #[error("etcd {operation} timed out after {after:?}")]
     Timeout {
@@ -129,6 +146,14 @@ pub enum DiscoveryError {
         /// The underlying error.
         source: std::io::Error,
     },
+}
+
+impl DiscoveryError {
+    /// Whether etcd refused the call for who the client is, or the access
+    /// options are wrong: a retry as the same user will not succeed.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Denied { .. } | Self::EtcdConfig(_))
+    }
 }
 
 /// A source of cluster views.

@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::etcd::{REQUEST_TIMEOUT, connect, node_key, request};
-use crate::{DiscoveryError, NodeRecord, NodeState};
+use crate::{DiscoveryError, EtcdAccess, NodeRecord, NodeState};
 
 /// Lease TTL when none is given: the issue's `--lease-ttl` default.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
@@ -36,8 +36,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// What to register and where.
 #[derive(Debug, Clone)]
 pub struct RegistrationOptions {
-    /// etcd client URLs, e.g. `http://127.0.0.1:2379`.
-    pub endpoints: Vec<String>,
+    /// The etcd to register in, and how to reach it.
+    pub etcd: EtcdAccess,
     /// The cluster name in `/recsys/{cluster}/nodes/`.
     pub cluster: String,
     /// The value to register; its role and id make the key.
@@ -49,9 +49,13 @@ pub struct RegistrationOptions {
 
 impl RegistrationOptions {
     /// Registers `record` in `cluster` with the default lease TTL.
-    pub fn new(endpoints: Vec<String>, cluster: impl Into<String>, record: NodeRecord) -> Self {
+    pub fn new(
+        etcd: impl Into<EtcdAccess>,
+        cluster: impl Into<String>,
+        record: NodeRecord,
+    ) -> Self {
         Self {
-            endpoints,
+            etcd: etcd.into(),
             cluster: cluster.into(),
             record,
             lease_ttl: DEFAULT_LEASE_TTL,
@@ -70,7 +74,7 @@ pub struct Registration {
 
 /// What the handle and the task both use.
 struct Shared {
-    endpoints: Vec<String>,
+    etcd: EtcdAccess,
     key: String,
     /// The record to put; `set_state` changes it at once, even while etcd is away.
     record: Mutex<NodeRecord>,
@@ -93,7 +97,7 @@ impl Registration {
             &options.record.node_id,
         );
         let shared = Arc::new(Shared {
-            endpoints: options.endpoints,
+            etcd: options.etcd,
             key,
             record: Mutex::new(options.record),
             lease: tokio::sync::Mutex::new(None),
@@ -199,7 +203,7 @@ impl Shared {
     /// malformed endpoint.
     async fn client(&self) -> Result<Client, DiscoveryError> {
         self.client
-            .get_or_try_init(|| connect(&self.endpoints))
+            .get_or_try_init(|| connect(&self.etcd))
             .await
             .cloned()
     }

@@ -28,8 +28,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use recsys_bundle::{BundleError, Manifest};
+use recsys_discovery::etcd_auth::ClusterUser;
 use recsys_discovery::{
-    AnnounceOptions, EtcdMembership, EtcdOptions, Membership, StaticMembership, StaticSpec,
+    AnnounceOptions, EtcdAccess, EtcdMembership, EtcdOptions, Membership, StaticMembership,
+    StaticSpec,
 };
 use recsys_gateway::{GatewayConfig, GatewayError, RequestPolicy};
 use recsys_ranking_node::{RankingConfig, RankingError};
@@ -216,21 +218,41 @@ pub struct LocalClusterOptions {
 /// An etcd to register in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdCluster {
-    /// etcd client URLs.
-    pub endpoints: Vec<String>,
+    /// The etcd and how to reach it (URLs, TLS; credentials come from `users`).
+    pub etcd: EtcdAccess,
     /// The cluster name in `/recsys/{cluster}/nodes/`.
     pub cluster: String,
     /// Lease TTL of the nodes' registrations.
     pub lease_ttl: Duration,
+    /// With etcd auth on: the directory of the password files
+    /// `recsys_discovery::etcd_auth::setup` wrote; every server logs in as the
+    /// user of its kind.
+    pub users: Option<PathBuf>,
+}
+
+impl EtcdCluster {
+    /// How a server of `kind` reaches etcd: as its own user when auth is on.
+    pub fn access_for(&self, kind: ClusterUser) -> EtcdAccess {
+        let credentials = self
+            .users
+            .as_ref()
+            .map(|dir| kind.credentials(&self.cluster, dir));
+        self.etcd.clone().with_credentials(credentials)
+    }
 }
 
 impl LocalClusterOptions {
     /// How a node listening on `listener` announces itself, if the cluster uses etcd.
-    fn announce(&self, role: &str, listener: &TcpListener) -> Option<AnnounceOptions> {
+    fn announce(
+        &self,
+        role: &str,
+        kind: ClusterUser,
+        listener: &TcpListener,
+    ) -> Option<AnnounceOptions> {
         let etcd = self.etcd.as_ref()?;
         let addr = listener.local_addr().ok()?;
         let mut options = AnnounceOptions::new(
-            etcd.endpoints.clone(),
+            etcd.access_for(kind),
             etcd.cluster.clone(),
             format!("{role}@{addr}"),
             addr.to_string(),
@@ -316,7 +338,11 @@ impl LocalCluster {
                 };
                 let name = format!("retrieval node {replica} of shard {shard}");
                 let handle = spawn(name, loopback, |listener, token| {
-                    config.announce = options.announce(&format!("retrieval-{shard}"), &listener);
+                    config.announce = options.announce(
+                        &format!("retrieval-{shard}"),
+                        ClusterUser::Retrieval,
+                        &listener,
+                    );
                     recsys_retrieval_node::run(listener, config, token)
                 })
                 .await?;
@@ -337,7 +363,7 @@ impl LocalCluster {
                 format!("ranking node {index}"),
                 loopback,
                 |listener, token| {
-                    config.announce = options.announce("ranking", &listener);
+                    config.announce = options.announce("ranking", ClusterUser::Ranking, &listener);
                     recsys_ranking_node::run(listener, config, token)
                 },
             )
@@ -373,7 +399,7 @@ impl LocalCluster {
         };
         let membership: Arc<dyn Membership> = match &options.etcd {
             Some(etcd) => Arc::new(EtcdMembership::start(EtcdOptions::new(
-                etcd.endpoints.clone(),
+                etcd.access_for(ClusterUser::Gateway),
                 etcd.cluster.clone(),
             ))),
             None => Arc::new(StaticMembership::new(&spec)?),
@@ -394,7 +420,7 @@ impl LocalCluster {
                 .etcd
                 .as_ref()
                 .map(|etcd| recsys_gateway::ItemLogOptions {
-                    endpoints: etcd.endpoints.clone(),
+                    etcd: etcd.access_for(ClusterUser::Gateway),
                     cluster: etcd.cluster.clone(),
                 }),
         };

@@ -111,10 +111,12 @@ pub async fn run(
     let state = Arc::new(ArcSwap::from_pointee(LoadState::Loading));
     let threads = pool_size(config.search_threads);
     let (applied, applied_now) = tokio::sync::watch::channel(0);
-    // Connecting is lazy: an etcd that is away only fails the calls.
+    // Connecting is lazy without an etcd user: an etcd that is away only fails
+    // the calls. With one, the login happens here, and a node started while its
+    // etcd is away exits (its supervisor restarts it).
     let change_log = match &config.announce {
         Some(etcd) => {
-            Some(recsys_catalog_log::ChangeLog::connect(&etcd.endpoints, &etcd.cluster).await?)
+            Some(recsys_catalog_log::ChangeLog::connect(&etcd.etcd, &etcd.cluster).await?)
         }
         None => None,
     };

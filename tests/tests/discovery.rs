@@ -145,9 +145,10 @@ async fn a_registered_node_is_routed_to_and_a_deregistered_one_is_not() {
     let etcd = EtcdServer::start().await.unwrap();
     let mut options = LocalClusterOptions::new(bundle().path());
     options.etcd = Some(EtcdCluster {
-        endpoints: vec![etcd.endpoint()],
+        etcd: etcd.access(),
         cluster: "routing".into(),
         lease_ttl: Duration::from_secs(LEASE_TTL_S),
+        users: None,
     });
     let mut cluster = LocalCluster::start(options).await.unwrap();
     let mut client = gateway_client(cluster.gateway_addr).await;

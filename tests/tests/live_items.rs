@@ -255,7 +255,7 @@ async fn etcd_gateway(
     )));
     let config = recsys_gateway::GatewayConfig {
         item_log: Some(recsys_gateway::ItemLogOptions {
-            endpoints: vec![etcd.endpoint()],
+            etcd: etcd.access(),
             cluster: CLUSTER.into(),
         }),
         ..recsys_tests::static_gateway::gateway_config(bundle.path())
