@@ -268,6 +268,7 @@ async fn a_flipped_byte_or_a_truncated_file_keeps_the_node_not_serving() {
         let addr = listener.local_addr().unwrap();
         let config = recsys_retrieval_node::NodeConfig {
             bundle_dir: dir.to_path_buf(),
+            versions: Default::default(),
             shard,
             search_threads: 1,
             limits: Default::default(),

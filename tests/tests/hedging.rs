@@ -43,6 +43,7 @@ fn record(addr: &str, shard: u32) -> NodeRecord {
         shard_count: Some(SHARDS),
         bundle_version: String::new(),
         state: NodeState::Serving,
+        versions: Vec::new(),
     }
 }
 

@@ -44,6 +44,7 @@ async fn node(
     );
     let config = recsys_retrieval_node::NodeConfig {
         bundle_dir: bundle.path().to_path_buf(),
+        versions: Default::default(),
         shard,
         search_threads: 1,
         limits: Default::default(),
