@@ -172,14 +172,17 @@ async fn wait_for_answers_of(seen: &Mutex<Seen>, version: &str) -> Duration {
 async fn assert_clean(seen: &Mutex<Seen>, order: &[&str]) {
     let seen = seen.lock().await;
     assert!(seen.failures.is_empty(), "failures: {:?}", seen.failures);
-    let mut switches: Vec<&str> = Vec::new();
+    // Runs of answers of one version, in order.
+    let mut runs: Vec<(&str, usize)> = Vec::new();
     for version in &seen.versions {
-        if switches.last() != Some(&version.as_str()) {
-            switches.push(version);
+        match runs.last_mut() {
+            Some((last, count)) if *last == version.as_str() => *count += 1,
+            _ => runs.push((version, 1)),
         }
     }
+    let switches: Vec<&str> = runs.iter().map(|(version, _)| *version).collect();
     assert_eq!(switches, order, "versions answered, in order");
-    assert!(seen.answers > 0);
+    eprintln!("{} answers, none failed: {runs:?}", seen.answers);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
