@@ -454,6 +454,8 @@ pub fn drive<T, E, L, C>(
 mod tests {
     use super::*;
 
+    type Check = Box<dyn Fn(&VersionSet<String>) -> bool>;
+
     #[tokio::test]
     async fn loads_beside_switches_and_retires() {
         let set = Arc::new(VersionSet::<String>::new());
@@ -482,8 +484,7 @@ mod tests {
             },
             shutdown.clone(),
         );
-        let until = |set: Arc<VersionSet<String>>,
-                     check: Box<dyn Fn(&VersionSet<String>) -> bool>| async move {
+        let until = |set: Arc<VersionSet<String>>, check: Check| async move {
             tokio::time::timeout(Duration::from_secs(10), async {
                 while !check(&set) {
                     tokio::time::sleep(Duration::from_millis(5)).await;

@@ -330,6 +330,7 @@ async fn a_flipped_byte_or_a_truncated_file_keeps_the_node_not_serving() {
     )
     .unwrap();
     let config = recsys_gateway::GatewayConfig {
+        versions: Default::default(),
         server_limits: Default::default(),
         security: Default::default(),
         max_in_flight: 0,
@@ -412,6 +413,7 @@ async fn gateway_verdict(corrupt: &Path, addr: SocketAddr) -> i32 {
     )
     .unwrap();
     let config = recsys_gateway::GatewayConfig {
+        versions: Default::default(),
         server_limits: Default::default(),
         security: Default::default(),
         max_in_flight: 0,
