@@ -538,4 +538,47 @@ mod tests {
         assert!(changes.load(Ordering::Relaxed) >= 5);
         shutdown.cancel();
     }
+
+    #[tokio::test]
+    async fn replace_drops_the_served_version_before_loading() {
+        let set = Arc::new(VersionSet::<String>::new());
+        let (desired_tx, desired) = watch::channel(Some("v1".to_string()));
+        let options = DriverOptions {
+            switch: SwitchMode::Replace,
+            // Side by side, v1 would stay for an hour.
+            retire_after: Duration::from_secs(3600),
+            tick: Duration::from_millis(10),
+            ..DriverOptions::default()
+        };
+        let shutdown = CancellationToken::new();
+        let held_while_loading = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (observed, watched) = (held_while_loading.clone(), set.clone());
+        drive(
+            set.clone(),
+            desired,
+            move |version: &str| {
+                if let Ok(mut seen) = observed.lock() {
+                    seen.push(watched.loaded().len());
+                }
+                Ok::<_, String>(version.to_string())
+            },
+            options,
+            |_| {},
+            shutdown.clone(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while set.primary_version().as_deref() != Some("v1") {
+            assert!(Instant::now() < deadline, "v1 never served");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        desired_tx.send_replace(Some("v2".into()));
+        while set.primary_version().as_deref() != Some("v2") {
+            assert!(Instant::now() < deadline, "v2 never served");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(set.loaded().len(), 1);
+        // Nothing was held while v2 loaded.
+        assert_eq!(*held_while_loading.lock().unwrap(), vec![0, 0]);
+        shutdown.cancel();
+    }
 }
