@@ -40,7 +40,9 @@ pub use node::{NodeRecord, NodeState, Role};
 pub use registration::{DEFAULT_LEASE_TTL, Registration, RegistrationOptions};
 pub use static_membership::{StaticMembership, StaticSpec};
 pub use version_state::{VersionPhase, VersionState};
-pub use versions::{DriverOptions, Gate, SwitchMode, Unavailable, VersionOptions, VersionSet};
+pub use versions::{
+    DriverOptions, Gate, SwitchMode, Unavailable, VersionOptions, VersionSet, replace_turn,
+};
 pub use view::{ClusterView, InvalidRecord, MAX_SHARD_COUNT, check_record};
 
 use std::sync::Arc;

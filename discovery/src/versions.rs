@@ -70,7 +70,8 @@ impl Default for VersionOptions {
 }
 
 impl VersionOptions {
-    /// The driver's options, with `switch_gate` and `retire_gate`.
+    /// The driver's options, with `switch_gate` and `retire_gate` (and the
+    /// replace gate open: set [`DriverOptions::replace_gate`] to take turns).
     pub fn driver(&self, switch_gate: Gate, retire_gate: Gate) -> DriverOptions {
         DriverOptions {
             switch: self.switch,
@@ -78,6 +79,7 @@ impl VersionOptions {
             tick: Duration::from_millis(100),
             switch_gate,
             retire_gate,
+            replace_gate: Arc::new(|_| true),
         }
     }
 }
@@ -269,12 +271,47 @@ impl<T> VersionSet<T> {
         self.update(|snapshot| snapshot.primary = Some(version.to_string()));
     }
 
-    fn idle_for(&self, version: &str) -> Option<Duration> {
+    /// How long since a request last asked for `version`, if it is loaded.
+    pub fn idle_for(&self, version: &str) -> Option<Duration> {
         let snapshot = self.snapshot.load();
         let loaded = snapshot.loaded.get(version)?;
         let used = loaded.last_used_ms.load(Ordering::Relaxed);
         Some(Duration::from_millis(self.now_ms().saturating_sub(used)))
     }
+}
+
+/// Whether node `me` may drop its version now to load `version` in place
+/// (`--switch replace`), given `peers`, the other registered replicas of its
+/// shard (or the other ranking nodes), so that the shard always keeps a
+/// replica answering the version gateways use:
+///
+/// - a peer already serves `version`: wait until the whole cluster can serve
+///   it (`cluster_ready`, so gateways switch) and this node's old version has
+///   gone unasked (`old_idle`);
+/// - no peer serves it yet: go first only if another peer is serving, and this
+///   node's id is the smallest of the replicas still to move;
+/// - no peer at all: nobody else could answer, so never (the node stays on its
+///   version; use side-by-side for a shard without replicas).
+pub fn replace_turn(
+    me: &str,
+    peers: &[crate::NodeRecord],
+    version: &str,
+    cluster_ready: bool,
+    old_idle: bool,
+) -> bool {
+    let peers: Vec<&crate::NodeRecord> = peers.iter().filter(|p| p.node_id != me).collect();
+    if peers.iter().any(|peer| peer.serves_version(version)) {
+        return cluster_ready && old_idle;
+    }
+    let someone_serves = peers.iter().any(|peer| {
+        peer.state == crate::NodeState::Serving
+            && (peer.versions.is_empty()
+                || peer
+                    .versions
+                    .iter()
+                    .any(|v| v.state == VersionPhase::Serving))
+    });
+    someone_serves && peers.iter().all(|peer| me < peer.node_id.as_str())
 }
 
 /// A test the driver asks before it acts, with the version concerned.
@@ -296,6 +333,10 @@ pub struct DriverOptions {
     pub switch_gate: Gate,
     /// May versions other than this desired one be dropped now?
     pub retire_gate: Gate,
+    /// `--switch replace`: may the served version be dropped now to load this
+    /// desired one? Replicas of a shard take turns, so the shard always has one
+    /// serving (`replace_turn`).
+    pub replace_gate: Gate,
 }
 
 impl std::fmt::Debug for DriverOptions {
@@ -316,6 +357,7 @@ impl Default for DriverOptions {
             tick: Duration::from_millis(200),
             switch_gate: Arc::new(|_| true),
             retire_gate: Arc::new(|_| true),
+            replace_gate: Arc::new(|_| true),
         }
     }
 }
@@ -391,8 +433,13 @@ pub fn drive<T, E, L, C>(
             if let Some(version) = &wanted {
                 let snapshot = set.snapshot.load_full();
                 let known = snapshot.states.contains_key(version);
-                if !snapshot.loaded.contains_key(version) && !known && loading.is_none() {
-                    if options.switch == SwitchMode::Replace {
+                let replace = options.switch == SwitchMode::Replace && !snapshot.loaded.is_empty();
+                if !snapshot.loaded.contains_key(version)
+                    && !known
+                    && loading.is_none()
+                    && (!replace || (options.replace_gate)(version))
+                {
+                    if replace {
                         for old in snapshot.loaded.keys() {
                             tracing::info!(version = %old, "dropping the served version before loading the next (--switch replace)");
                             set.remove(old);
@@ -580,5 +627,49 @@ mod tests {
         // Nothing was held while v2 loaded.
         assert_eq!(*held_while_loading.lock().unwrap(), vec![0, 0]);
         shutdown.cancel();
+    }
+
+    fn replica(id: &str, versions: &[(&str, VersionPhase)]) -> crate::NodeRecord {
+        crate::NodeRecord {
+            node_id: id.into(),
+            addr: format!("{id}:1"),
+            role: crate::Role::Retrieval,
+            shard: Some(0),
+            shard_count: Some(1),
+            bundle_version: versions
+                .first()
+                .map(|v| v.0.to_string())
+                .unwrap_or_default(),
+            state: crate::NodeState::Serving,
+            versions: versions
+                .iter()
+                .map(|(version, state)| VersionState {
+                    version: version.to_string(),
+                    state: *state,
+                    error: String::new(),
+                    shard_count: Some(1),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn replicas_replace_in_turns() {
+        use VersionPhase::{Loading, Serving};
+        let on_v1 = |id| replica(id, &[("v1", Serving)]);
+        // Nobody has v2: the smallest id goes first, while another serves.
+        let peers = [on_v1("a"), on_v1("b"), on_v1("c")];
+        assert!(replace_turn("a", &peers, "v2", false, true));
+        assert!(!replace_turn("b", &peers, "v2", false, true));
+        // a is loading v2 and serves nothing: b waits for it.
+        let peers = [replica("a", &[("v2", Loading)]), on_v1("b"), on_v1("c")];
+        assert!(!replace_turn("b", &peers, "v2", false, true));
+        // a serves v2: b goes once the cluster can switch and its v1 is unused.
+        let peers = [replica("a", &[("v2", Serving)]), on_v1("b"), on_v1("c")];
+        assert!(!replace_turn("b", &peers, "v2", false, true));
+        assert!(!replace_turn("b", &peers, "v2", true, false));
+        assert!(replace_turn("b", &peers, "v2", true, true));
+        // Alone, a node never drops what it serves.
+        assert!(!replace_turn("a", &[on_v1("a")], "v2", true, true));
     }
 }

@@ -83,6 +83,23 @@ pub async fn start(
     let cluster: Option<watch::Receiver<Arc<ClusterView>>> = etcd.map(|(endpoints, cluster)| {
         recsys_discovery::desired_version::cluster_view(endpoints, cluster, shutdown.clone())
     });
+    // `--switch replace`: the ranking nodes take turns.
+    let replace_gate: Gate = match (&cluster, &announce) {
+        (Some(view), Some(me)) => {
+            let (view, me, turn_set) = (view.clone(), me.node_id.clone(), set.clone());
+            let retire_after = options.retire_after;
+            Arc::new(move |version: &str| {
+                let view = view.borrow();
+                let ready = view.can_serve(version, view.shard_count, true);
+                let old_idle = turn_set
+                    .primary_version()
+                    .and_then(|old| turn_set.idle_for(&old))
+                    .is_none_or(|idle| idle >= retire_after);
+                recsys_discovery::replace_turn(&me, &view.ranking, version, ready, old_idle)
+            })
+        }
+        _ => Arc::new(|_| true),
+    };
     let gate_set = set.clone();
     let retire_gate: Gate = Arc::new(move |desired: &str| {
         let Some(view) = &cluster else {
@@ -109,12 +126,7 @@ pub async fn start(
         }
     };
     let switch_now: Gate = Arc::new(|_| true);
-    drive(
-        set,
-        desired,
-        load,
-        options.driver(switch_now, retire_gate),
-        changed,
-        shutdown,
-    );
+    let mut driver = options.driver(switch_now, retire_gate);
+    driver.replace_gate = replace_gate;
+    drive(set, desired, load, driver, changed, shutdown);
 }

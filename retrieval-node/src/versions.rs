@@ -112,6 +112,7 @@ pub async fn start(
     let cluster: Option<watch::Receiver<Arc<ClusterView>>> = etcd.map(|(endpoints, cluster)| {
         recsys_discovery::desired_version::cluster_view(endpoints, cluster, shutdown.clone())
     });
+    let replace_view = cluster.clone();
     let gate_set = set.clone();
     let retire_gate: recsys_discovery::Gate = Arc::new(move |desired: &str| {
         let Some(view) = &cluster else {
@@ -126,6 +127,29 @@ pub async fn start(
             .can_serve(desired, base.shard_count(), served.has_ranker)
     });
 
+    // `--switch replace`: the replicas of the shard take turns.
+    let replace_gate: recsys_discovery::Gate = match (&replace_view, &announce) {
+        (Some(view), Some(me)) => {
+            let (view, me, turn_set) = (view.clone(), me.node_id.clone(), set.clone());
+            let retire_after = options.retire_after;
+            Arc::new(move |version: &str| {
+                let view = view.borrow();
+                let peers = view.shards.get(shard as usize).cloned().unwrap_or_default();
+                let shard_count = peers
+                    .iter()
+                    .filter(|peer| peer.serves_version(version))
+                    .find_map(|peer| peer.shard_count_of(version))
+                    .unwrap_or(view.shard_count);
+                let ready = view.can_serve(version, shard_count, !view.ranking.is_empty());
+                let old_idle = turn_set
+                    .primary_version()
+                    .and_then(|old| turn_set.idle_for(&old))
+                    .is_none_or(|idle| idle >= retire_after);
+                recsys_discovery::versions::replace_turn(&me, &peers, version, ready, old_idle)
+            })
+        }
+        _ => Arc::new(|_| true),
+    };
     let handle = tokio::runtime::Handle::current();
     let follow_shutdown = shutdown.clone();
     let load = move |version: &str| -> Result<ServedShard, BundleError> {
@@ -170,14 +194,9 @@ pub async fn start(
         announcer.set_versions(&primary_name, states);
     };
     let switch_now: recsys_discovery::Gate = Arc::new(|_| true);
-    drive(
-        set,
-        desired,
-        load,
-        options.driver(switch_now, retire_gate),
-        changed,
-        shutdown,
-    );
+    let mut driver = options.driver(switch_now, retire_gate);
+    driver.replace_gate = replace_gate;
+    drive(set, desired, load, driver, changed, shutdown);
 }
 
 /// The versions to register: each with its shard count when loaded.

@@ -128,6 +128,9 @@ fn steady_load(
                         seen.failures
                             .push(format!("{named}: degraded: {coverage:?}"));
                     }
+                    if !response.ranked {
+                        seen.failures.push(format!("{named}: not ranked"));
+                    }
                     if response.items.is_empty() {
                         seen.failures.push(format!("{named}: no items"));
                     }
@@ -163,6 +166,17 @@ async fn wait_for_answers_of(seen: &Mutex<Seen>, version: &str) -> Duration {
                 seen.failures
             );
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits for `count` more answers: the version served after a switch goes on
+/// answering once the old one is dropped.
+async fn more_answers(seen: &Mutex<Seen>, count: usize) {
+    let from = seen.lock().await.answers;
+    let started = Instant::now();
+    while seen.lock().await.answers < from + count {
+        assert!(started.elapsed() < SWITCH_LIMIT, "the load stalled");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -210,6 +224,7 @@ async fn current_switch_in_one_process_under_load() {
     wait_for_answers_of(&seen, "v2").await;
     roots.set_current("v1").unwrap();
     wait_for_answers_of(&seen, "v1").await;
+    more_answers(&seen, 100).await;
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
     assert_clean(&seen, &["v1", "v2", "v1"]).await;
@@ -228,9 +243,12 @@ fn retrieval_args(
     etcd: &str,
     shard: u32,
     id: &str,
+    switch: &str,
 ) -> (std::net::SocketAddr, Vec<String>) {
     let addr = free_addr();
     let args = [
+        "--switch",
+        switch,
         "--bundle-root",
         &root.display().to_string(),
         "--shard",
@@ -257,19 +275,25 @@ fn retrieval_args(
     (addr, args)
 }
 
-async fn start_retrieval(root: &Path, etcd: &str, shard: u32, id: &str) -> ServerProcess {
-    let (addr, args) = retrieval_args(root, etcd, shard, id);
+async fn start_retrieval(
+    root: &Path,
+    etcd: &str,
+    shard: u32,
+    id: &str,
+    switch: &str,
+) -> ServerProcess {
+    let (addr, args) = retrieval_args(root, etcd, shard, id, switch);
     let mut node = spawn(id, "retrieval-node", addr, &args);
     node.wait_serving(Duration::from_secs(60)).await.unwrap();
     node
 }
 
-async fn start_processes(root: &Path, etcd: &str) -> Processes {
+async fn start_processes(root: &Path, etcd: &str, switch: &str) -> Processes {
     let mut retrieval = Vec::new();
     for shard in 0..SHARDS {
         for replica in ["a", "b"] {
             let id = format!("retrieval-{shard}{replica}");
-            let node = start_retrieval(root, etcd, shard, &id).await;
+            let node = start_retrieval(root, etcd, shard, &id, switch).await;
             retrieval.push((shard, id, node));
         }
     }
@@ -361,7 +385,7 @@ async fn rollout_kill_and_rollback_through_etcd_under_load() {
     BundleRoot::new(root.path()).set_current("v1").unwrap();
     let etcd_server = EtcdServer::start().await.unwrap();
     let etcd = etcd_server.endpoint();
-    let mut processes = start_processes(root.path(), &etcd).await;
+    let mut processes = start_processes(root.path(), &etcd, "side-by-side").await;
     // A first rollout records v1 as the desired version, so that a rollback
     // has somewhere to go.
     rollout(&etcd, &["--version", "v1"]);
@@ -379,7 +403,7 @@ async fn rollout_kill_and_rollback_through_etcd_under_load() {
     // In the middle of the rollout: one replica of shard 0 dies, and comes back.
     let (shard, id, victim) = &mut processes.retrieval[0];
     victim.kill9();
-    let restarted = start_retrieval(root.path(), &etcd, *shard, id).await;
+    let restarted = start_retrieval(root.path(), &etcd, *shard, id, "side-by-side").await;
     processes.retrieval[0].2 = restarted;
     wait_for_answers_of(&seen, "v2").await;
     // The restarted node serves the desired version, v2, like the others.
@@ -388,6 +412,7 @@ async fn rollout_kill_and_rollback_through_etcd_under_load() {
 
     rollout(&etcd, &["--rollback"]);
     wait_for_answers_of(&seen, "v1").await;
+    more_answers(&seen, 100).await;
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
     assert_clean(&seen, &["v1", "v2", "v1"]).await;
@@ -420,7 +445,7 @@ async fn a_version_that_fails_to_load_is_never_switched_to() {
     BundleRoot::new(root.path()).set_current("v1").unwrap();
     let etcd_server = EtcdServer::start().await.unwrap();
     let etcd = etcd_server.endpoint();
-    let mut processes = start_processes(root.path(), &etcd).await;
+    let mut processes = start_processes(root.path(), &etcd, "side-by-side").await;
 
     let seen = Arc::new(Mutex::new(Seen::default()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -453,4 +478,52 @@ async fn a_version_that_fails_to_load_is_never_switched_to() {
         node.check_running().unwrap();
     }
     processes.gateway.check_running().unwrap();
+}
+
+/// `--switch replace`: the two replicas of each shard drop v1 and load v2 in
+/// turns, so each shard always has a replica answering the version gateways
+/// use; no request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_switching_in_place_take_turns() {
+    let root = tempfile::tempdir().unwrap();
+    build_version(root.path(), "v1", 0);
+    build_version(root.path(), "v2", V2_OFFSET);
+    BundleRoot::new(root.path()).set_current("v1").unwrap();
+    let etcd_server = EtcdServer::start().await.unwrap();
+    let etcd = etcd_server.endpoint();
+    let mut processes = start_processes(root.path(), &etcd, "replace").await;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = steady_load(
+        gateway_client(processes.gateway.addr).await,
+        seen.clone(),
+        stop.clone(),
+    );
+    wait_for_answers_of(&seen, "v1").await;
+    rollout(&etcd, &["--version", "v2"]);
+    wait_for_answers_of(&seen, "v2").await;
+    // Every retrieval node ends up holding v2 alone.
+    let started = Instant::now();
+    loop {
+        let status = rollout(&etcd, &["--status"]);
+        let retrieval: Vec<&str> = status
+            .lines()
+            .filter(|l| l.contains("retrieval shard"))
+            .collect();
+        if retrieval.len() == 4
+            && retrieval
+                .iter()
+                .all(|l| l.contains("v2* (serving)") && !l.contains("v1"))
+        {
+            break;
+        }
+        assert!(started.elapsed() < SWITCH_LIMIT, "{status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    assert_clean(&seen, &["v1", "v2"]).await;
+    for (_, _, node) in &mut processes.retrieval {
+        node.check_running().unwrap();
+    }
 }
