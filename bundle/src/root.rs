@@ -308,7 +308,7 @@ impl BundleSource {
         match version {
             Ok(version) => Some(version),
             Err(error) => {
-                tracing::warn!(%error, "cannot read the version to serve");
+                tracing::debug!(%error, "cannot read the version to serve");
                 None
             }
         }

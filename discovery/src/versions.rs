@@ -245,9 +245,23 @@ impl<T> VersionSet<T> {
         self.update(|snapshot| {
             snapshot.loaded.insert(version.to_string(), loaded);
             snapshot.states.insert(version.to_string(), state);
+            snapshot.states.remove("");
             if snapshot.primary.is_none() {
                 snapshot.primary = Some(version.to_string());
             }
+        });
+    }
+
+    /// Records that no version could even be named (say the bundle directory
+    /// has no manifest), with `error` naming what is wrong: requests and `Info`
+    /// then say so instead of "still loading". Cleared by the first version
+    /// that loads.
+    pub fn fail_start(&self, error: String) {
+        self.set_state(VersionState {
+            version: String::new(),
+            state: VersionPhase::Failed,
+            error,
+            shard_count: None,
         });
     }
 

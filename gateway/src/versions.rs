@@ -46,6 +46,12 @@ pub async fn start(
         shutdown.clone(),
     )
     .await;
+    if desired.borrow().is_none()
+        && let Err(error) = source.resolve()
+    {
+        tracing::error!(%error, "no bundle version to serve");
+        set.fail_start(error.to_string());
+    }
     let gate_set = set.clone();
     let switch_gate: Gate = Arc::new(move |version: &str| {
         let Some((_, next)) = gate_set

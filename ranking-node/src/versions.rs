@@ -80,6 +80,12 @@ pub async fn start(
         shutdown.clone(),
     )
     .await;
+    if desired.borrow().is_none()
+        && let Err(error) = source.resolve()
+    {
+        tracing::error!(%error, "no bundle version to serve");
+        set.fail_start(error.to_string());
+    }
     let cluster: Option<watch::Receiver<Arc<ClusterView>>> = etcd.map(|(endpoints, cluster)| {
         recsys_discovery::desired_version::cluster_view(endpoints, cluster, shutdown.clone())
     });

@@ -106,6 +106,12 @@ pub async fn start(
         shutdown.clone(),
     )
     .await;
+    if desired.borrow().is_none()
+        && let Err(error) = source.resolve()
+    {
+        tracing::error!(%error, "no bundle version to serve");
+        set.fail_start(error.to_string());
+    }
 
     // With etcd, the cluster's registrations say when every shard serves the
     // new version; without, the node can only go by the requests it gets.

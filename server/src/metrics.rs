@@ -328,7 +328,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(seen, 7);
+        assert_eq!(seen, 8);
     }
 
     #[test]
