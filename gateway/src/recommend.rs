@@ -309,7 +309,7 @@ impl Gateway {
                     .max_decoding_message_size(RANK_RESPONSE_MAX_BYTES);
                 async move { client.rank(grpc_request).await }
             },
-            |response| check_rank(response, merged.len()),
+            |response| check_rank(response, merged.len(), &plan.bundle.manifest.version),
         )
         .await
     }

@@ -73,8 +73,8 @@ impl RankingNodeService {
         deadline: Option<Instant>,
     ) -> Result<RankResponse, RankingError> {
         // Looked up once: the whole request is scored by this version.
-        let ranker = match self.versions.get(&request.bundle_version) {
-            Ok((_, served)) => served.ranker.clone(),
+        let (bundle_version, ranker) = match self.versions.get(&request.bundle_version) {
+            Ok((version, served)) => (version, served.ranker.clone()),
             Err(Unavailable::Loading) => {
                 return Err(RankingError::NotReady("ranker still loading".into()));
             }
@@ -117,6 +117,7 @@ impl RankingNodeService {
         let outcome = answer.await.map_err(|_| RankingError::NoAnswer)?;
         let scores = outcome.map_err(RankingError::DeadlineExceeded)??;
         Ok(RankResponse {
+            bundle_version,
             scores: scores.scores,
             model_version: ranker.version().to_string(),
             user_out_of_vocabulary: scores.user_out_of_vocabulary,

@@ -88,6 +88,7 @@ impl RankingService for FakeRanker {
             }
         }
         Ok(Response::new(RankResponse {
+            bundle_version: String::new(),
             scores,
             model_version: FAKE_MODEL_VERSION.into(),
             user_out_of_vocabulary: false,
