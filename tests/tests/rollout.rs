@@ -102,6 +102,21 @@ struct Seen {
     versions: Vec<String>,
 }
 
+/// Waits until the gateway ranks: with etcd, it may list the nodes before the
+/// ranking node's registration is in (the load then starts from a cluster that
+/// ranks, so an unranked answer later is a rollout's fault).
+async fn wait_until_ranked(client: &mut GatewayServiceClient<Channel>) {
+    let started = Instant::now();
+    loop {
+        let answer = client.recommend(ranked("user-0", 10, 50)).await;
+        if answer.is_ok_and(|a| a.into_inner().ranked) {
+            return;
+        }
+        assert!(started.elapsed() < SWITCH_LIMIT, "the gateway never ranked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Sends ranked requests one after another until `stop`, checking each answer.
 fn steady_load(
     mut client: GatewayServiceClient<Channel>,
@@ -109,6 +124,7 @@ fn steady_load(
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        wait_until_ranked(&mut client).await;
         let mut i = 0usize;
         while !stop.load(Ordering::Relaxed) {
             let user = format!("user-{}", i % 40);
@@ -210,7 +226,8 @@ async fn current_switch_in_one_process_under_load() {
     let mut options = LocalClusterOptions::new(root.path());
     options.replicas = 1;
     options.versions.poll = Duration::from_millis(100);
-    options.versions.retire_after = Duration::from_millis(300);
+    // Longer than any request here can take between the gateway and a node.
+    options.versions.retire_after = Duration::from_secs(2);
     let cluster = LocalCluster::start(options).await.unwrap();
     let seen = Arc::new(Mutex::new(Seen::default()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -268,7 +285,7 @@ fn retrieval_args(
         "--lease-ttl",
         "2",
         "--retire-after-ms",
-        "500",
+        "2000",
     ]
     .map(String::from)
     .to_vec();
@@ -314,7 +331,7 @@ async fn start_processes(root: &Path, etcd: &str, switch: &str) -> Processes {
         "--lease-ttl",
         "2",
         "--retire-after-ms",
-        "500",
+        "2000",
     ]
     .map(String::from)
     .to_vec();
@@ -331,7 +348,7 @@ async fn start_processes(root: &Path, etcd: &str, switch: &str) -> Processes {
         "--cluster",
         "rollout",
         "--retire-after-ms",
-        "500",
+        "2000",
     ]
     .map(String::from)
     .to_vec();
