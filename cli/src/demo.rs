@@ -198,8 +198,10 @@ async fn demo_trained(args: &DemoArgs, data: &std::path::Path) -> anyhow::Result
     .await
 }
 
-/// Serves an existing bundle: `--bundle DIR`, or the version `--bundle-root`'s
-/// CURRENT names (read once, at start).
+/// Serves an existing bundle: `--bundle DIR`, or `--bundle-root ROOT`, whose
+/// versions every server follows: a change of `CURRENT` (`recsys bundle
+/// activate`), or with `--etcd` of the cluster's desired version (`recsys
+/// rollout`), is loaded beside the served version and switched to.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let bundle = args.bundle.resolve()?;
     eprintln!(
@@ -207,8 +209,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         bundle.version,
         bundle.dir.display()
     );
+    if args.bundle.bundle_root.is_some() {
+        eprintln!(
+            "following {}: `recsys bundle activate` or `recsys rollout` switches versions without a restart",
+            args.bundle.given().display()
+        );
+    }
     start_and_serve(
-        bundle.dir,
+        args.bundle.given(),
         args.gateway_addr,
         args.replicas,
         args.cluster.etcd(),
@@ -251,7 +259,7 @@ async fn start_and_serve(
 
     let endpoint = format!("http://{}", cluster.gateway_addr);
     let mut client = GatewayServiceClient::connect(endpoint).await?;
-    let users = sample_users(&bundle_dir, &manifest);
+    let users = sample_users(&cluster.bundle_dir(), &manifest);
     for user in &users {
         println!("\nrecommendations for {user}:");
         let mut request = tonic::Request::new(RecommendRequest {

@@ -16,6 +16,7 @@ mod gateway_client;
 mod health;
 mod items;
 mod query;
+mod rollout;
 mod train;
 mod train_export;
 mod train_ranking;
@@ -51,6 +52,9 @@ enum Command {
     /// `items upsert --vectors FILE`, `items delete --ids 1,2`; prints the revision.
     #[command(subcommand)]
     Items(items::ItemsCommand),
+    /// Roll a bundle version out to a cluster through etcd (`--version V`), roll
+    /// back to the previous one (`--rollback`), or show per node what it serves (`--status`).
+    Rollout(rollout::RolloutArgs),
     /// Ask a server's grpc.health.v1 whether it is SERVING (exit 0) or not (exit 1).
     Health(health::HealthArgs),
     /// Write a development CA and the certificates of every role (PEM) into a directory.
@@ -111,6 +115,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Query(args) => query::run(args).await,
         Command::Items(args) => items::run(args).await,
+        Command::Rollout(args) => rollout::run(args).await,
         Command::Health(args) => health::run(args).await,
         Command::Certs(args) => certs::run(&args),
         Command::ApiKey(args) => certs::api_key(&args),

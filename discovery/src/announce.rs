@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::registration::{Registration, RegistrationOptions};
-use crate::{EtcdAccess, NodeRecord, NodeState, Role};
+use crate::{EtcdAccess, NodeRecord, NodeState, Role, VersionState};
 
 /// Where and how a node registers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +60,8 @@ impl AnnounceOptions {
 pub struct Announcer {
     options: Option<AnnounceOptions>,
     registration: Mutex<Option<Arc<Registration>>>,
+    /// The versions the node holds, put with every registration.
+    versions: Mutex<Vec<VersionState>>,
 }
 
 impl Announcer {
@@ -68,6 +70,7 @@ impl Announcer {
         Arc::new(Self {
             options,
             registration: Mutex::new(None),
+            versions: Mutex::new(Vec::new()),
         })
     }
 
@@ -91,6 +94,11 @@ impl Announcer {
             shard_count,
             bundle_version: bundle_version.to_string(),
             state: NodeState::Serving,
+            versions: self
+                .versions
+                .lock()
+                .map(|versions| versions.clone())
+                .unwrap_or_default(),
         };
         let mut registration_options =
             RegistrationOptions::new(options.etcd.clone(), options.cluster.clone(), record);
@@ -100,6 +108,33 @@ impl Announcer {
         if let Ok(mut slot) = self.registration.lock() {
             *slot = Some(registration);
         }
+    }
+
+    /// Records the versions the node holds and its primary one, and puts them
+    /// in its registration if it has one (in the background: etcd being away
+    /// never holds up a switch). Without etcd it does nothing.
+    pub fn set_versions(&self, primary: &str, versions: Vec<VersionState>) {
+        if self.options.is_none() {
+            return;
+        }
+        if let Ok(mut slot) = self.versions.lock() {
+            slot.clone_from(&versions);
+        }
+        let Some(registration) = self.current() else {
+            return;
+        };
+        let primary = primary.to_string();
+        tokio::spawn(async move {
+            let update = registration.update(|record| {
+                if !primary.is_empty() {
+                    record.bundle_version = primary;
+                }
+                record.versions = versions;
+            });
+            if let Err(error) = update.await {
+                tracing::debug!(%error, "versions not put in etcd yet; the next registration carries them");
+            }
+        });
     }
 
     fn current(&self) -> Option<Arc<Registration>> {

@@ -135,6 +135,35 @@ impl EtcdFlags {
     }
 }
 
+/// How a server moves between bundle versions (`recsys rollout`, or a bundle
+/// root's `CURRENT` changing).
+#[derive(Debug, Clone, clap::Args)]
+pub struct VersionFlags {
+    /// side-by-side: load a new version beside the served one, then switch (two
+    /// versions in memory for a while); replace: drop the served one first (one
+    /// in memory, the node out of service while it loads: only for shards with
+    /// another replica).
+    #[arg(long = "switch", env = "RECSYS_SWITCH", value_enum, default_value_t = crate::SwitchMode::SideBySide)]
+    pub switch: crate::SwitchMode,
+    /// Milliseconds an old version must go unasked before it is dropped.
+    #[arg(long, env = "RECSYS_RETIRE_AFTER_MS", default_value_t = 5000)]
+    pub retire_after_ms: u64,
+    /// Milliseconds between two reads of the bundle root's CURRENT.
+    #[arg(long, env = "RECSYS_CURRENT_POLL_MS", default_value_t = 1000)]
+    pub current_poll_ms: u64,
+}
+
+impl VersionFlags {
+    /// The options the flags set.
+    pub fn options(&self) -> crate::VersionOptions {
+        crate::VersionOptions {
+            switch: self.switch,
+            retire_after: Duration::from_millis(self.retire_after_ms),
+            poll: Duration::from_millis(self.current_poll_ms.max(10)),
+        }
+    }
+}
+
 /// Whether `addr` is `host:port` with a non-empty host and a numeric port
 /// (`[v6]:port` included).
 fn is_host_port(addr: &str) -> bool {

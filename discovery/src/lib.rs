@@ -14,6 +14,7 @@
 
 pub mod announce;
 pub mod backoff;
+pub mod desired_version;
 pub mod etcd;
 pub mod etcd_access;
 pub mod etcd_auth;
@@ -26,6 +27,8 @@ pub mod identity;
 pub mod node;
 pub mod registration;
 pub mod static_membership;
+pub mod version_state;
+pub mod versions;
 pub mod view;
 
 pub use announce::{AnnounceOptions, Announcer, serve_and_drain};
@@ -39,6 +42,10 @@ pub use identity::{GATEWAY_IDENTITY, node_identity};
 pub use node::{NodeRecord, NodeState, Role};
 pub use registration::{DEFAULT_LEASE_TTL, Registration, RegistrationOptions};
 pub use static_membership::{StaticMembership, StaticSpec};
+pub use version_state::{VersionPhase, VersionState};
+pub use versions::{
+    DriverOptions, Gate, SwitchMode, Unavailable, VersionOptions, VersionSet, replace_turn,
+};
 pub use view::{ClusterView, InvalidRecord, MAX_SHARD_COUNT, check_record};
 
 use std::sync::Arc;
@@ -122,6 +129,27 @@ pub enum DiscoveryError {
     /// next registration.
     #[error("not registered with etcd")]
     NotRegistered,
+    /// Another rollout changed the desired version between our read and write.
+    #[error(
+        "another rollout changed the desired version meanwhile; look at --status and try again"
+    )]
+    ConcurrentRollout,
+    /// A rollback with no earlier version in the history.
+    #[error("no earlier version to roll back to: {key} holds {rollouts} rollout(s) in force")]
+    NoPreviousVersion {
+        /// The history key.
+        key: String,
+        /// Rollouts on the stack.
+        rollouts: usize,
+    },
+    /// The rollout history in etcd is not one.
+    #[error("{key} is not a rollout history: {reason}")]
+    BadHistory {
+        /// The history key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A record could not be encoded.
     #[error("node record encoding failed: {0}")]
     Encode(#[from] serde_json::Error),

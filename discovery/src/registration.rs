@@ -141,7 +141,13 @@ impl Registration {
     /// current lease can fail (etcd away, not registered), which the caller may log
     /// and otherwise ignore.
     pub async fn set_state(&self, state: NodeState) -> Result<(), DiscoveryError> {
-        self.shared.update_record(|record| record.state = state);
+        self.update(|record| record.state = state).await
+    }
+
+    /// Changes the record (say, the versions the node serves) and puts it, like
+    /// [`set_state`](Self::set_state): remembered at once, put when registered.
+    pub async fn update(&self, change: impl FnOnce(&mut NodeRecord)) -> Result<(), DiscoveryError> {
+        self.shared.update_record(change);
         let put = async {
             let lease = self.shared.lease.lock().await;
             let lease = (*lease).ok_or(DiscoveryError::NotRegistered)?;

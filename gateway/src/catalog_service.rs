@@ -68,7 +68,7 @@ impl Catalog {
 
     /// The bundle's shard count, dimensions and version.
     fn bundle(&self) -> Result<(u32, usize, String), Status> {
-        let bundle = ready_bundle(&self.shared.bundle.load()).map_err(Status::from)?;
+        let (_, bundle) = ready_bundle(&self.shared.versions, "").map_err(Status::from)?;
         let manifest = &bundle.manifest;
         Ok((
             manifest.shard_count,

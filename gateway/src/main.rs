@@ -36,6 +36,8 @@ struct Args {
     /// instead of a static list.
     #[command(flatten)]
     etcd: recsys_discovery::flags::EtcdAccessFlags,
+    #[command(flatten)]
+    versions: recsys_discovery::flags::VersionFlags,
     /// Cluster name in etcd: nodes are read from /recsys/{cluster}/nodes/.
     #[arg(long, env = "RECSYS_CLUSTER", default_value = "default")]
     cluster: String,
@@ -165,6 +167,7 @@ impl Args {
         );
         let config = GatewayConfig {
             bundle_dir: self.bundle.given(),
+            versions: self.versions.options(),
             policy: RequestPolicy {
                 limits: RecommendLimits {
                     max_k: self.max_k,
@@ -242,10 +245,11 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The version directory to serve: `--bundle` as given, or the version the
-/// `--bundle-root`'s CURRENT names (read once, at start).
+/// The directory to serve: `--bundle` as given, or the `--bundle-root`, whose
+/// versions the server then follows (its CURRENT, or the cluster's desired
+/// version in etcd). Checked here so that a wrong path fails at once.
 fn resolve_bundle(flags: &recsys_bundle::flags::BundleFlags) -> anyhow::Result<PathBuf> {
     let resolved = flags.resolve()?;
-    tracing::info!(version = %resolved.version, dir = %resolved.dir.display(), "serving bundle version");
-    Ok(resolved.dir)
+    tracing::info!(version = %resolved.version, dir = %resolved.dir.display(), "bundle version named at start");
+    Ok(flags.given())
 }

@@ -194,8 +194,11 @@ pub enum ClusterError {
 /// How to start a local cluster.
 #[derive(Debug, Clone)]
 pub struct LocalClusterOptions {
-    /// The bundle every node loads.
+    /// The bundle every node loads: a version directory, or a bundle root whose
+    /// versions every server follows.
     pub bundle_dir: PathBuf,
+    /// How servers move between versions of a bundle root.
+    pub versions: recsys_discovery::VersionOptions,
     /// Replicas per shard.
     pub replicas: usize,
     /// Searches at once per retrieval node (0 = one per core).
@@ -267,6 +270,7 @@ impl LocalClusterOptions {
     pub fn new(bundle_dir: impl Into<PathBuf>) -> Self {
         Self {
             bundle_dir: bundle_dir.into(),
+            versions: Default::default(),
             replicas: 1,
             search_threads: 0,
             ranking_nodes: None,
@@ -292,6 +296,8 @@ pub struct LocalCluster {
     rankers: Vec<Option<ServerHandle<RankingError>>>,
     gateway: ServerHandle<GatewayError>,
     manifest: Manifest,
+    /// The directory of the version served at start.
+    bundle_dir: PathBuf,
 }
 
 /// Binds `addr` and runs one server, called `name`, on it with its own shutdown token.
@@ -317,7 +323,8 @@ impl LocalCluster {
     /// Starts every shard, the ranking nodes and the gateway, and returns once all
     /// report SERVING.
     pub async fn start(options: LocalClusterOptions) -> Result<Self, ClusterError> {
-        let manifest = Manifest::load(&options.bundle_dir)?;
+        let first = recsys_bundle::BundleSource::at(&options.bundle_dir).resolve()?;
+        let manifest = Manifest::load(&first.dir)?;
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut nodes = Vec::with_capacity(manifest.shard_count as usize);
         for shard in 0..manifest.shard_count {
@@ -325,6 +332,7 @@ impl LocalCluster {
             for replica in 0..options.replicas.max(1) {
                 let mut config = NodeConfig {
                     bundle_dir: options.bundle_dir.clone(),
+                    versions: options.versions,
                     shard,
                     search_threads: options.search_threads,
                     limits: SearchLimits::default(),
@@ -356,6 +364,7 @@ impl LocalCluster {
         let mut rankers = Vec::with_capacity(ranking_nodes);
         for index in 0..ranking_nodes {
             let mut config = RankingConfig::new(&options.bundle_dir);
+            config.versions = options.versions;
             if let Some(tls) = &options.tls {
                 config.access = tls.server("ranking");
             }
@@ -406,6 +415,7 @@ impl LocalCluster {
         };
         let config = GatewayConfig {
             bundle_dir: options.bundle_dir.clone(),
+            versions: options.versions,
             policy: options.policy,
             connect_timeout: Duration::from_secs(1),
             health_interval: Duration::from_secs(1),
@@ -441,12 +451,18 @@ impl LocalCluster {
             rankers,
             gateway,
             manifest,
+            bundle_dir: first.dir,
         })
     }
 
-    /// The bundle's manifest.
+    /// The manifest of the version served at start.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// The directory of the version served at start.
+    pub fn bundle_dir(&self) -> PathBuf {
+        self.bundle_dir.clone()
     }
 
     /// Address of a retrieval node, if it runs.

@@ -14,6 +14,7 @@ mod error;
 mod metrics;
 mod server;
 mod service;
+pub mod versions;
 
 pub use error::RankingError;
 pub use server::{RankingConfig, run};

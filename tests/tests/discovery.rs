@@ -91,6 +91,7 @@ async fn gateway(etcd: &EtcdServer, cluster: &str) -> ServerHandle<GatewayError>
     )));
     let config = GatewayConfig {
         bundle_dir: bundle().path().to_path_buf(),
+        versions: Default::default(),
         policy: RequestPolicy::default(),
         connect_timeout: Duration::from_secs(1),
         health_interval: Duration::from_millis(500),
