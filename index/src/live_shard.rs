@@ -375,7 +375,7 @@ impl LiveShard {
 ///
 /// The delta holds a share p of the items, so about k·p of the k best with
 /// items spread at random; the narrow search asks for that plus four standard
-/// deviations and a few more, and at least half the full beam (a beam much
+/// deviations and a few more, and at least a quarter of the full beam (a beam much
 /// narrower than the base's would lose recall inside the delta). Both are at
 /// most the delta's size.
 fn delta_beams(k: usize, delta: usize, live: u64, ef: usize) -> (usize, usize) {
@@ -383,7 +383,7 @@ fn delta_beams(k: usize, delta: usize, live: u64, ef: usize) -> (usize, usize) {
     let p = (delta as f64 / live.max(1) as f64).clamp(0.0, 1.0);
     let mean = k as f64 * p;
     let expected = (mean + 4.0 * (mean * (1.0 - p)).sqrt()).ceil() as usize + 4;
-    let narrow = expected.max(ef / 2).min(full);
+    let narrow = expected.max(ef / 4).min(full);
     (narrow, full)
 }
 
