@@ -13,6 +13,7 @@ use recsys_proto::v1::{FeatureValue, recommend_request::Query};
 use recsys_server::grpc::LoadState;
 
 use crate::GatewayError;
+use crate::catalog_overlay::{CatalogOverlay, Names};
 
 /// Where loading the gateway's bundle stands; requests read it per call.
 pub type BundleLoad = LoadState<BundleState, BundleError>;
@@ -43,6 +44,8 @@ pub struct BundleState {
     /// The ranker's user-side request features, when the bundle has a ranker:
     /// what `validate` checks values against.
     pub ranker_inputs: Option<RankerInputs>,
+    /// Names of the items changed since the version was built (with etcd).
+    pub overlay: CatalogOverlay,
 }
 
 impl BundleState {
@@ -91,10 +94,16 @@ impl BundleState {
             .transpose()?;
         Ok(Self {
             ranker_inputs,
+            overlay: CatalogOverlay::new(manifest.log_revision),
             manifest,
             catalog,
             query_model,
         })
+    }
+
+    /// Item names: the catalog with the change log's names on top.
+    pub fn names(&self) -> Names<'_> {
+        self.overlay.names(&self.catalog)
     }
 
     /// The query embedding for a validated request.

@@ -96,6 +96,7 @@ pub async fn run(
     let loader = shared.clone();
     let failed = shared.clone();
     let bundle_dir = config.bundle_dir.clone();
+    let (follow_log, follow_shutdown) = (config.item_log.clone(), shutdown.clone());
     spawn_loader(
         health.clone(),
         name,
@@ -113,9 +114,12 @@ pub async fn run(
                 version: state.manifest.version.clone(),
                 shard_count: state.manifest.shard_count,
             }));
-            loader
-                .bundle
-                .store(Arc::new(BundleLoad::Ready(Arc::new(state))));
+            let state = Arc::new(state);
+            // With etcd the gateway names the items changed since the version.
+            if let Some(options) = follow_log {
+                crate::catalog_overlay::follow(options, &state, follow_shutdown);
+            }
+            loader.bundle.store(Arc::new(BundleLoad::Ready(state)));
         },
         move |failure| failed.bundle.store(Arc::new(BundleLoad::Failed(failure))),
     );

@@ -24,6 +24,7 @@ use tonic_health::ServingStatus;
 use crate::RankingError;
 use crate::batcher::{Batcher, BatcherConfig, Workers};
 use crate::error::RankerLoadError;
+use crate::item_overlay::ServingRanker;
 use crate::service::{LoadState, RankingNodeService};
 
 /// How to run a ranking node.
@@ -79,9 +80,10 @@ impl RankingConfig {
     }
 }
 
-/// The ranker, once its files pass their checksums, and the version of the bundle it came in (what the node registers
-/// as, so the gateway can tell it apart from nodes of another bundle).
-fn load(dir: &std::path::Path) -> Result<(Ranker, String), RankerLoadError> {
+/// The ranker, once its files pass their checksums, with the version of the
+/// bundle it came in (what the node registers as, so the gateway can tell it
+/// apart from nodes of another bundle) and the change-log revision it contains.
+fn load(dir: &std::path::Path) -> Result<ServingRanker, RankerLoadError> {
     let manifest = Manifest::load(dir)?;
     // Every file of the ranker directory against its recorded checksum, before
     // candle or the feature readers see a byte: a corrupt file is named here.
@@ -90,7 +92,12 @@ fn load(dir: &std::path::Path) -> Result<(Ranker, String), RankerLoadError> {
         .ranker_files(dir)
         .ok_or_else(|| RankerLoadError::NoRanker(dir.join(recsys_bundle::MANIFEST_FILE)))?;
     let ranker = Ranker::load(&files)?;
-    Ok((ranker, manifest.version))
+    // Item changes apply on top from the revision the version contains.
+    Ok(ServingRanker::new(
+        ranker,
+        manifest.version,
+        manifest.log_revision,
+    ))
 }
 
 /// How long a scoring thread that died waits before it starts again.
@@ -164,6 +171,16 @@ pub async fn run(
     );
     let service = RankingNodeService::new(state.clone(), Arc::new(batcher), &config);
 
+    // Connecting is lazy: an etcd that is away only fails the follower's calls.
+    let change_log = match &config.announce {
+        Some(etcd) => Some(
+            recsys_catalog_log::ChangeLog::connect(&etcd.endpoints, &etcd.cluster)
+                .await
+                .map_err(RankingError::ChangeLog)?,
+        ),
+        None => None,
+    };
+    let follow_shutdown = shutdown.clone();
     let announcer = Announcer::new(config.announce.clone());
     let ready_announcer = announcer.clone();
     let (ready_state, failed_state) = (state.clone(), state.clone());
@@ -174,15 +191,21 @@ pub async fn run(
         shutdown.clone(),
         "ranker",
         move || load(&dir),
-        move |(ranker, bundle_version): (Ranker, String)| {
+        move |serving: ServingRanker| {
             tracing::info!(
-                version = ranker.version(),
-                bundle_version,
-                items = ranker.items(),
+                version = serving.ranker().version(),
+                bundle_version = serving.bundle_version(),
+                items = serving.ranker().items(),
+                log_revision = serving.revision(),
                 "ranker ready"
             );
-            ready_announcer.register(Role::Ranking, None, None, &bundle_version);
-            ready_state.store(Arc::new(LoadState::Ready(Arc::new(ranker))));
+            ready_announcer.register(Role::Ranking, None, None, serving.bundle_version());
+            let serving = Arc::new(serving);
+            // With etcd the node also applies upserted items' features.
+            if let Some(log) = change_log {
+                crate::item_overlay::follow(log, serving.clone(), follow_shutdown);
+            }
+            ready_state.store(Arc::new(LoadState::Ready(serving)));
         },
         move |error| failed_state.store(Arc::new(LoadState::Failed(error))),
     );

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use recsys_model::{FeatureInput, Ranker, UserContext};
+use recsys_model::{FeatureInput, UserContext};
 use recsys_proto::v1::{
     FeatureValue, RankRequest, RankResponse, feature_value::Kind,
     ranking_service_server::RankingService,
@@ -15,14 +15,16 @@ use tonic::{Request, Response, Status};
 use crate::batcher::Batcher;
 use crate::{RankingConfig, RankingError};
 
+use crate::item_overlay::ServingRanker;
+
 /// Where loading the ranker stands.
-pub type LoadState = recsys_server::grpc::LoadState<Ranker, crate::error::RankerLoadError>;
+pub type LoadState = recsys_server::grpc::LoadState<ServingRanker, crate::error::RankerLoadError>;
 
 /// The gRPC service of one ranking node.
 #[derive(Debug, Clone)]
 pub struct RankingNodeService {
     state: Arc<ArcSwap<LoadState>>,
-    batcher: Arc<Batcher>,
+    batcher: Arc<Batcher<ServingRanker>>,
     max_candidates: usize,
 }
 
@@ -30,7 +32,7 @@ impl RankingNodeService {
     /// A service scoring with `state` on `batcher`'s threads.
     pub fn new(
         state: Arc<ArcSwap<LoadState>>,
-        batcher: Arc<Batcher>,
+        batcher: Arc<Batcher<ServingRanker>>,
         config: &RankingConfig,
     ) -> Self {
         Self {
@@ -53,7 +55,14 @@ fn user_features(
 ) -> Result<HashMap<String, FeatureInput>, RankingError> {
     check_user_features(features)
         .map_err(|e| RankingError::invalid("user_features", e.to_string()))?;
-    Ok(features
+    Ok(feature_inputs(features))
+}
+
+/// Feature values as the ranker takes them (an unset value is left out).
+pub(crate) fn feature_inputs(
+    features: &HashMap<String, FeatureValue>,
+) -> HashMap<String, FeatureInput> {
+    features
         .iter()
         .filter_map(|(name, value)| {
             let input = match value.kind.as_ref()? {
@@ -64,7 +73,7 @@ fn user_features(
             };
             Some((name.clone(), input))
         })
-        .collect())
+        .collect()
 }
 
 impl RankingNodeService {
@@ -104,6 +113,15 @@ impl RankingNodeService {
                 ),
             ));
         }
+        if request.min_log_revision > ranker.revision()
+            && !ranker.wait_for(request.min_log_revision, deadline).await
+        {
+            tracing::debug!(
+                wanted = request.min_log_revision,
+                applied = ranker.revision(),
+                "scoring before the item changes asked for are applied"
+            );
+        }
         let user = UserContext {
             user_id: request.user_id,
             features: user_features(&request.user_features)?,
@@ -116,7 +134,7 @@ impl RankingNodeService {
         let scores = outcome.map_err(RankingError::DeadlineExceeded)??;
         Ok(RankResponse {
             scores: scores.scores,
-            model_version: ranker.version().to_string(),
+            model_version: ranker.ranker().version().to_string(),
             user_out_of_vocabulary: scores.user_out_of_vocabulary,
         })
     }

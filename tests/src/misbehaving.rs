@@ -208,6 +208,7 @@ impl RetrievalService for GatedShard {
             shard: self.shard,
             bundle_version: self.bundle_version.to_string(),
             search_us: 0,
+            log_revision: 0,
         }))
     }
 
@@ -320,6 +321,7 @@ impl RetrievalService for LyingShard {
             items_searched: 2,
             bundle_version,
             search_us: 1,
+            log_revision: 0,
         }))
     }
 

@@ -178,6 +178,7 @@ impl Adversarial for Noise {
             item_ids: (0..self.count(MAX_RETRIEVE_K as usize))
                 .map(|_| self.id())
                 .collect(),
+            min_log_revision: self.pick(&[0, 0, 1, u64::MAX]),
         }
     }
 }
