@@ -9,7 +9,9 @@ static ALLOCATOR: recsys_server::allocator::Allocator = recsys_server::allocator
 mod bundle_admin;
 mod bundle_cmd;
 mod certs;
+mod compact;
 mod demo;
+mod demo_items;
 mod epoch_bar;
 mod gateway_client;
 mod health;
@@ -48,6 +50,7 @@ enum Command {
     Query(query::QueryArgs),
     /// Change items on a live cluster through the gateway (needs etcd):
     /// `items upsert --vectors FILE`, `items delete --ids 1,2`; prints the revision.
+    /// `items truncate --up-to REV` deletes the log a compacted version contains.
     #[command(subcommand)]
     Items(items::ItemsCommand),
     /// Ask a server's grpc.health.v1 whether it is SERVING (exit 0) or not (exit 1).
@@ -101,6 +104,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Demo(args) => demo::demo(args).await,
         Command::Serve(args) => demo::serve(args).await,
+        Command::Bundle(bundle_cmd::BundleCommand {
+            action: Some(bundle_cmd::BundleAction::Compact(args)),
+            ..
+        }) => compact::compact(args).await,
         Command::Bundle(args) => {
             tokio::task::spawn_blocking(move || bundle_cmd::run_command(args)).await??;
             Ok(())
