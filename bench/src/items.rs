@@ -55,6 +55,10 @@ pub struct ItemsArgs {
     /// Visibility probes per phase (idle, under load).
     #[arg(long, default_value_t = 200)]
     pub probes: usize,
+    /// Items per second of the background upserts during the second visibility
+    /// phase (in calls of `--batch`).
+    #[arg(long, default_value_t = 2_000.0)]
+    pub background_rate: f64,
 }
 
 /// Upserted vectors: random directions far out, so that an item is the best
@@ -119,8 +123,18 @@ async fn start_cluster(
     let mut shards = vec![Vec::new(); manifest.shard_count as usize];
     let common = |listen: &str, id: &str| -> Vec<String> {
         [
-            "--bundle", &bundle_arg, "--listen", listen, "--etcd", etcd, "--cluster", "bench",
-            "--node-id", id, "--io-threads", "1",
+            "--bundle",
+            &bundle_arg,
+            "--listen",
+            listen,
+            "--etcd",
+            etcd,
+            "--cluster",
+            "bench",
+            "--node-id",
+            id,
+            "--io-threads",
+            "1",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -171,17 +185,35 @@ async fn start_cluster(
     Ok((servers, shards, gateway))
 }
 
-/// Upserts `count` items from `first_id` in calls of `batch`, `concurrency` at
-/// a time; answers the time it took.
-async fn upsert_stream(
-    gateway: Channel,
-    vectors: Arc<std::sync::Mutex<Vectors>>,
+/// A stream of upserts.
+struct Stream {
+    /// The first item's id; the others follow.
     first_id: u64,
+    /// Items in all (ignored with `stop`).
     count: usize,
     batch: usize,
     concurrency: usize,
+    /// Upsert until this is set instead of `count` items.
     stop: Option<Arc<AtomicBool>>,
-) -> anyhow::Result<(Duration, u64)> {
+    /// Pause after each call (pacing).
+    pause: Duration,
+}
+
+/// Upserts the stream's items; answers the time it took, the items sent and
+/// the highest revision answered.
+async fn upsert_stream(
+    gateway: Channel,
+    vectors: Arc<std::sync::Mutex<Vectors>>,
+    stream: Stream,
+) -> anyhow::Result<(Duration, u64, u64)> {
+    let Stream {
+        first_id,
+        count,
+        batch,
+        concurrency,
+        stop,
+        pause,
+    } = stream;
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -190,14 +222,14 @@ async fn upsert_stream(
             (gateway.clone(), vectors.clone(), next.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut client = CatalogServiceClient::new(gateway);
-            let mut sent = 0u64;
+            let (mut sent, mut revision) = (0u64, 0u64);
             loop {
                 if stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
-                    return Ok::<u64, anyhow::Error>(sent);
+                    return Ok::<(u64, u64), anyhow::Error>((sent, revision));
                 }
                 let start = next.fetch_add(batch as u64, Ordering::Relaxed);
                 if stop.is_none() && start >= count as u64 {
-                    return Ok(sent);
+                    return Ok((sent, revision));
                 }
                 let items: Vec<ItemUpsert> = {
                     let mut vectors = vectors.lock().unwrap_or_else(|e| e.into_inner());
@@ -210,19 +242,57 @@ async fn upsert_stream(
                         })
                         .collect()
                 };
-                client
+                let answer = client
                     .upsert_items(UpsertItemsRequest { items })
                     .await
-                    .context("UpsertItems")?;
+                    .context("UpsertItems")?
+                    .into_inner();
+                revision = revision.max(answer.revision);
                 sent += batch as u64;
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
             }
         }));
     }
-    let mut sent = 0;
+    let (mut sent, mut revision) = (0, 0);
     for task in tasks {
-        sent += task.await??;
+        let (n, r) = task.await??;
+        sent += n;
+        revision = revision.max(r);
     }
-    Ok((started.elapsed(), sent))
+    Ok((started.elapsed(), sent, revision))
+}
+
+/// Waits until every replica has applied the log up to `revision` (a search
+/// carrying it answers once the replica holds it; one behind is refused and
+/// asked again); answers how long that took.
+async fn caught_up(
+    shards: &[Vec<SocketAddr>],
+    revision: u64,
+    dimensions: usize,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    for addr in shards.iter().flatten() {
+        let mut client = RetrievalServiceClient::new(channel(*addr).await?);
+        loop {
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(600),
+                "{addr} did not apply revision {revision} within 600 s"
+            );
+            let search = SearchRequest {
+                query: vec![1.0; dimensions],
+                k: 1,
+                exclude_item_ids: Vec::new(),
+                exact: false,
+                min_log_revision: revision,
+            };
+            if client.search(search).await.is_ok() {
+                break;
+            }
+        }
+    }
+    Ok(started.elapsed())
 }
 
 /// `probes` single upserts; for each, the milliseconds from the answer to every
@@ -303,7 +373,10 @@ pub async fn items(args: ItemsArgs) -> anyhow::Result<()> {
         "--batch must be between 1 and {}",
         recsys_proto::limits::MAX_CATALOG_ITEMS
     );
-    anyhow::ensure!(args.replicas > 0 && args.concurrency > 0, "--replicas and --concurrency must be positive");
+    anyhow::ensure!(
+        args.replicas > 0 && args.concurrency > 0,
+        "--replicas and --concurrency must be positive"
+    );
     let manifest = Manifest::load(&args.bundle)
         .with_context(|| format!("reading the bundle at {}", args.bundle.display()))?;
     let etcd = EtcdServer::start().await.context("starting etcd")?;
@@ -317,16 +390,21 @@ pub async fn items(args: ItemsArgs) -> anyhow::Result<()> {
     // Ids far above any bundle's.
     let base = 1u64 << 60;
 
-    let (elapsed, sent) = upsert_stream(
+    let (elapsed, sent, revision) = upsert_stream(
         channel.clone(),
         vectors.clone(),
-        base,
-        args.items,
-        args.batch,
-        args.concurrency,
-        None,
+        Stream {
+            first_id: base,
+            count: args.items,
+            batch: args.batch,
+            concurrency: args.concurrency,
+            stop: None,
+            pause: Duration::ZERO,
+        },
     )
     .await?;
+    // The backlog: from the last call answering to every replica holding it.
+    let drained = caught_up(&shards, revision, manifest.dimensions).await?;
     println!(
         "{}",
         serde_json::json!({
@@ -336,6 +414,7 @@ pub async fn items(args: ItemsArgs) -> anyhow::Result<()> {
             "concurrency": args.concurrency,
             "seconds": elapsed.as_secs_f64(),
             "items_per_s": sent as f64 / elapsed.as_secs_f64(),
+            "replicas_caught_up_after_s": drained.as_secs_f64(),
         })
     );
 
@@ -352,14 +431,22 @@ pub async fn items(args: ItemsArgs) -> anyhow::Result<()> {
     println!("{line}");
 
     let stop = Arc::new(AtomicBool::new(false));
+    anyhow::ensure!(
+        args.background_rate > 0.0,
+        "--background-rate must be positive"
+    );
+    let pause = Duration::from_secs_f64(args.batch as f64 / args.background_rate);
     let background = tokio::spawn(upsert_stream(
         channel.clone(),
         vectors.clone(),
-        base + (2 << 40),
-        usize::MAX,
-        args.batch,
-        1,
-        Some(stop.clone()),
+        Stream {
+            first_id: base + (2 << 40),
+            count: usize::MAX,
+            batch: args.batch,
+            concurrency: 1,
+            stop: Some(stop.clone()),
+            pause,
+        },
     ));
     let loaded = visibility(
         channel.clone(),
@@ -370,7 +457,7 @@ pub async fn items(args: ItemsArgs) -> anyhow::Result<()> {
     )
     .await;
     stop.store(true, Ordering::Relaxed);
-    let (elapsed, sent) = background.await??;
+    let (elapsed, sent, _) = background.await??;
     let loaded = loaded?;
     let mut line = summary(&loaded);
     line["phase"] = "visibility_under_load".into();

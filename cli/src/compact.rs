@@ -168,7 +168,10 @@ pub async fn compact(args: CompactArgs) -> anyhow::Result<()> {
     let (compacted, dir) = compacted;
     if !args.keep_current {
         root.set_current(&version)?;
-        eprintln!("{} now names {version}", root.dir().join("CURRENT").display());
+        eprintln!(
+            "{} now names {version}",
+            root.dir().join("CURRENT").display()
+        );
     }
     println!(
         "bundle {version} written to {}: {} items ({} upserted, {} deleted), log revision {revision} ({:.1} s)",
@@ -192,6 +195,9 @@ pub async fn truncate(args: TruncateArgs) -> anyhow::Result<()> {
         .truncate(args.up_to)
         .await
         .context("truncating the log")?;
-    println!("deleted {deleted} change log keys up to revision {}", args.up_to);
+    println!(
+        "deleted {deleted} change log keys up to revision {}",
+        args.up_to
+    );
     Ok(())
 }

@@ -318,12 +318,10 @@ async fn start_and_serve(
         && with_log
         && let Some(user) = users.first()
     {
-        let channel = tonic::transport::Endpoint::from_shared(format!(
-            "http://{}",
-            cluster.gateway_addr
-        ))?
-        .connect()
-        .await?;
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.gateway_addr))?
+                .connect()
+                .await?;
         if let Err(error) = crate::demo_items::show(channel, &bundle_dir, &manifest, user).await {
             println!("  item updates failed: {error:#}");
         }

@@ -154,7 +154,10 @@ pub async fn show(
         best.item_id, best.name, withdrawn.revision
     );
     let after = ask(&mut gateway, user, 10, withdrawn.revision, false).await?;
-    println!("\nrecommendations for {user} now (min_revision {}):", withdrawn.revision);
+    println!(
+        "\nrecommendations for {user} now (min_revision {}):",
+        withdrawn.revision
+    );
     print_response(&after);
     match after.items.iter().position(|i| i.item_id == NEW_ITEM_ID) {
         Some(rank) => println!("  the new item is number {}", rank + 1),
@@ -162,15 +165,15 @@ pub async fn show(
             // The ranker has never seen the new id (its id embedding is the
             // out-of-vocabulary row): retrieval alone shows where it landed.
             let retrieved = ask(&mut gateway, user, 5, withdrawn.revision, true).await?;
-            println!("  the ranker puts the new item below the top 10; retrieval alone (skip_ranking):");
+            println!(
+                "  the ranker puts the new item below the top 10; retrieval alone (skip_ranking):"
+            );
             print_response(&retrieved);
         }
     }
     if after.items.iter().any(|i| i.item_id == best.item_id) {
         anyhow::bail!("the withdrawn item {} is still recommended", best.item_id);
     }
-    println!(
-        "  try it: recsys items delete --gateway ADDR --ids {NEW_ITEM_ID}   (then ask again)"
-    );
+    println!("  try it: recsys items delete --gateway ADDR --ids {NEW_ITEM_ID}   (then ask again)");
     Ok(())
 }

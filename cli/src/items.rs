@@ -147,7 +147,12 @@ fn read_features(path: &Path) -> anyhow::Result<HashMap<u64, HashMap<String, Fea
             header.len()
         );
         let id: u64 = cells[0].parse().with_context(|| {
-            format!("{}: line {}: item_id {:?}", path.display(), number + 2, cells[0])
+            format!(
+                "{}: line {}: item_id {:?}",
+                path.display(),
+                number + 2,
+                cells[0]
+            )
         })?;
         let values = header[1..]
             .iter()

@@ -111,7 +111,10 @@ mod tests {
             })
             .collect();
         assert_eq!(got, [(2, "two", 0, None), (7, "", 1, None)]);
-        assert_eq!(retrieval_items(&merged, 10, &Names::of_catalog(&catalog())).len(), 3);
+        assert_eq!(
+            retrieval_items(&merged, 10, &Names::of_catalog(&catalog())).len(),
+            3
+        );
     }
 
     #[test]
@@ -124,6 +127,9 @@ mod tests {
             .map(|i| (i.item_id, i.name.as_str(), i.retrieval_rank))
             .collect();
         assert_eq!(got, [(4, "", 3), (1, "one", 0), (3, "", 2), (2, "two", 1)]);
-        assert_eq!(ranked_items(&merged, &scores, 1, &Names::of_catalog(&catalog()))[0].item_id, 4);
+        assert_eq!(
+            ranked_items(&merged, &scores, 1, &Names::of_catalog(&catalog()))[0].item_id,
+            4
+        );
     }
 }

@@ -396,8 +396,11 @@ mod tests {
             user_id: "u1".into(),
             ..Default::default()
         };
-        let requests: Vec<(&UserContext, &[u64])> =
-            vec![(&user, &[99, 20, 10, 30]), (&user, &[10, 30]), (&user, &[7])];
+        let requests: Vec<(&UserContext, &[u64])> = vec![
+            (&user, &[99, 20, 10, 30]),
+            (&user, &[10, 30]),
+            (&user, &[7]),
+        ];
         let scored = ranker.score_batch_with(&requests, false, &overlay);
         let with = scored[0].as_ref().unwrap();
         let without = ranker.score(&user, &[10, 30], false).unwrap();
@@ -409,11 +412,16 @@ mod tests {
         assert_eq!(scored[1].as_ref().unwrap().scores.len(), 2);
         assert!(matches!(&scored[2], Err(RankError::UnknownItems(ids)) if ids == &[7]));
         // A value of the wrong shape is refused, naming the item and feature.
-        let bad: HashMap<String, FeatureInput> =
-            [("quality".to_string(), FeatureInput::Values(vec!["1".into()]))]
-                .into_iter()
-                .collect();
+        let bad: HashMap<String, FeatureInput> = [(
+            "quality".to_string(),
+            FeatureInput::Values(vec!["1".into()]),
+        )]
+        .into_iter()
+        .collect();
         let error = ranker.item_row(5, &bad).unwrap_err().to_string();
-        assert!(error.contains("item 5") && error.contains("features[quality]"), "{error}");
+        assert!(
+            error.contains("item 5") && error.contains("features[quality]"),
+            "{error}"
+        );
     }
 }

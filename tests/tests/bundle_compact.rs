@@ -80,7 +80,13 @@ fn entry(changes: Vec<(u64, ItemChangeRecord)>) -> Vec<ShardChangeRecord> {
 }
 
 /// An in-process retrieval node of `shard` serving `dir` and following the log.
-async fn node(dir: &Path, shard: u32, id: &str, etcd: &EtcdServer, token: &CancellationToken) -> SocketAddr {
+async fn node(
+    dir: &Path,
+    shard: u32,
+    id: &str,
+    etcd: &EtcdServer,
+    token: &CancellationToken,
+) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let announce = AnnounceOptions::new(
@@ -120,7 +126,10 @@ async fn exact_top(addr: SocketAddr, query: &[f32], k: u32, revision: u64) -> Ve
                 return answer.into_inner().item_ids;
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "{addr} never answered");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} never answered"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -161,13 +170,20 @@ async fn compaction_folds_the_log_into_a_version_that_serves_alike() {
 
     // Changes: new items (named, with a quality), a base item moved and
     // renamed, base items deleted, and a new item added then deleted.
-    let log = ChangeLog::connect(&[etcd.endpoint()], CLUSTER).await.unwrap();
+    let log = ChangeLog::connect(&[etcd.endpoint()], CLUSTER)
+        .await
+        .unwrap();
     let far = |row: usize| -> Vec<f32> { items.row(row).iter().map(|v| v * 5.0).collect() };
     let new_ids: Vec<u64> = (0..6).map(|i| 9_000_000 + i).collect();
     let mut changes: Vec<(u64, ItemChangeRecord)> = new_ids
         .iter()
         .enumerate()
-        .map(|(i, &id)| (id, upsert(id, &far(100 + i * 50), &format!("new {id}"), "7")))
+        .map(|(i, &id)| {
+            (
+                id,
+                upsert(id, &far(100 + i * 50), &format!("new {id}"), "7"),
+            )
+        })
         .collect();
     let moved = items.ids[10];
     changes.push((moved, upsert(moved, &far(900), "moved", "2")));
@@ -179,8 +195,18 @@ async fn compaction_folds_the_log_into_a_version_that_serves_alike() {
 
     let endpoint = etcd.endpoint();
     let printed = run_recsys(&[
-        "bundle", "compact", "--root", &root_dir.path().display().to_string(),
-        "--from", "v1", "--version", "v2", "--etcd", &endpoint, "--cluster", CLUSTER,
+        "bundle",
+        "compact",
+        "--root",
+        &root_dir.path().display().to_string(),
+        "--from",
+        "v1",
+        "--version",
+        "v2",
+        "--etcd",
+        &endpoint,
+        "--cluster",
+        CLUSTER,
     ]);
     assert!(printed.contains("bundle v2"), "{printed}");
     assert_eq!(root.current().unwrap(), "v2");
@@ -198,9 +224,18 @@ async fn compaction_folds_the_log_into_a_version_that_serves_alike() {
     assert_eq!(names.name(items.ids[20]), None);
     let ranker = manifest.ranker.as_ref().unwrap();
     let table = std::fs::read_to_string(v2.join(&ranker.item_features)).unwrap();
-    assert!(table.lines().any(|l| l == format!("{0}\t{0}\t7", new_ids[0])), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l == format!("{0}\t{0}\t7", new_ids[0])),
+        "{table}"
+    );
     assert!(table.lines().any(|l| l == format!("{moved}\t{moved}\t2")));
-    assert!(!table.lines().any(|l| l.starts_with(&format!("{}\t", items.ids[20]))));
+    assert!(
+        !table
+            .lines()
+            .any(|l| l.starts_with(&format!("{}\t", items.ids[20])))
+    );
     let model = recsys_model::Ranker::load(&ranker.files(&v2)).unwrap();
     assert!(model.knows_item(new_ids[0]) && !model.knows_item(items.ids[21]));
     // The shards: new items where their vectors are, deleted ones gone.
@@ -231,15 +266,24 @@ async fn compaction_folds_the_log_into_a_version_that_serves_alike() {
     let contained = before.iter().filter(|e| e.revision <= compacted_at).count();
     assert!(contained >= 2);
     let printed = run_recsys(&[
-        "items", "truncate", "--up-to", &compacted_at.to_string(), "--etcd", &endpoint,
-        "--cluster", CLUSTER,
+        "items",
+        "truncate",
+        "--up-to",
+        &compacted_at.to_string(),
+        "--etcd",
+        &endpoint,
+        "--cluster",
+        CLUSTER,
     ]);
     assert!(
         printed.contains(&format!("deleted {contained} change log keys")),
         "{printed}"
     );
     let (left, _) = log.read_all_after(0).await.unwrap();
-    assert_eq!(left.iter().map(|e| e.revision).collect::<Vec<_>>(), [late_revision]);
+    assert_eq!(
+        left.iter().map(|e| e.revision).collect::<Vec<_>>(),
+        [late_revision]
+    );
 
     // A node of v2 needs only the late change: it answers exactly as the node
     // of v1 that applied everything.

@@ -17,8 +17,8 @@ use recsys_bundle::shard_of;
 use recsys_discovery::EtcdServer;
 use recsys_proto::v1::catalog_service_client::CatalogServiceClient;
 use recsys_proto::v1::feature_value::Kind;
-use recsys_proto::v1::retrieval_service_client::RetrievalServiceClient;
 use recsys_proto::v1::recommend_request::Query;
+use recsys_proto::v1::retrieval_service_client::RetrievalServiceClient;
 use recsys_proto::v1::{
     DeleteItemsRequest, FeatureValue, ItemUpsert, QueryEmbedding, RecommendRequest, SearchRequest,
     UpsertItemsRequest,
@@ -288,7 +288,10 @@ async fn ten_thousand_changes_while_replicas_are_killed_leave_every_replica_alik
         let shard = shard_of(id, SHARDS);
         for replica in ['a', 'b'] {
             let (ids, _) = search(replicas[&(shard, replica)].addr, &query, K, revision).await;
-            assert!(!ids.contains(&id), "deleted {id} found on s{shard}{replica}");
+            assert!(
+                !ids.contains(&id),
+                "deleted {id} found on s{shard}{replica}"
+            );
         }
     }
     // Every upserted item is found by its own vector, on every replica.

@@ -124,9 +124,7 @@ impl Ranker {
             .filter(|(_, plain)| !**plain)
             .map(|(request, _)| *request)
             .collect();
-        let mut batched = self
-            .score_batch(&batched, allow_unknown_items)
-            .into_iter();
+        let mut batched = self.score_batch(&batched, allow_unknown_items).into_iter();
         (0..requests.len())
             .map(|i| {
                 if plain[i] {
@@ -182,11 +180,14 @@ impl Ranker {
         let mut x0 = Vec::new();
         self.x0_rows_from(
             &user_side,
-            sides.iter().map(|side| side.unwrap_or(self.items.unknown())),
+            sides
+                .iter()
+                .map(|side| side.unwrap_or(self.items.unknown())),
             &mut x0,
         );
         let dim = self.config.dcn.input_dim;
-        let x0 = Tensor::from_vec(x0, (items.len(), dim), &self.device).map_err(ModelError::from)?;
+        let x0 =
+            Tensor::from_vec(x0, (items.len(), dim), &self.device).map_err(ModelError::from)?;
         let scores = self
             .model
             .forward(&x0)
