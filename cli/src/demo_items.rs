@@ -82,7 +82,7 @@ fn features_like(
         .skip(1)
         .filter(|(_, cell)| !cell.is_empty())
         .map(|(column, cell)| {
-            let kind = if cell == &source_text {
+            let kind = if *cell == source_text {
                 Kind::StringValue(id.to_string())
             } else if column.contains("title") {
                 Kind::StringValue(name.to_string())

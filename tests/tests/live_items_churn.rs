@@ -171,7 +171,7 @@ async fn ten_thousand_changes_while_replicas_are_killed_leave_every_replica_alik
     let base_ids: Vec<u64> = bundle.catalog.items.ids.clone();
     let mut truth: HashMap<u64, Option<Vec<f32>>> = HashMap::new();
     let mut names: HashMap<u64, String> = HashMap::new();
-    let mut noise = Noise(0x5eed_17);
+    let mut noise = Noise(0x005e_ed17);
     let mut next_id = 10_000_000u64;
     let mut revision = 0;
     let batches = CHANGES / BATCH;
