@@ -6,7 +6,7 @@ ARGS ?=
 # trains on it and serves the trained model instead of the synthetic bundle.
 DATA ?=
 
-.PHONY: deps demo test lint fmt bench bench-merge clean-demo images images-offline compose-up compose-down compose-test k8s-render
+.PHONY: deps demo test lint fmt bench bench-merge clean-demo images images-offline compose-up compose-down compose-test k8s-render k8s-secrets
 
 deps:
 	@scripts/install-deps.sh
@@ -48,7 +48,8 @@ images: deps
 	deploy/compose.sh images
 
 ## docker compose cluster (deploy/docker-compose.yml): etcd, 2 shards x 2 replicas,
-## 2 ranking nodes, gateway on 127.0.0.1:$(RECSYS_GATEWAY_PORT).
+## 2 ranking nodes, gateway on 127.0.0.1:$(RECSYS_GATEWAY_PORT); TLS, mutual TLS
+## and etcd auth on (certificates made at up; the client's in target/compose-certs).
 RECSYS_GATEWAY_PORT ?= 50051
 export RECSYS_GATEWAY_PORT
 
@@ -66,3 +67,8 @@ compose-test: deps
 ## The Kubernetes manifests as kubectl applies them.
 k8s-render:
 	kubectl kustomize deploy/k8s
+
+## The Secrets the manifests mount (certificates, etcd passwords), into the
+## current kubectl context; apply the manifests after.
+k8s-secrets:
+	deploy/k8s/secrets.sh

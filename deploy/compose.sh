@@ -2,7 +2,9 @@
 # Drives deploy/docker-compose.yml for the Makefile's compose-* targets.
 #
 #   deploy/compose.sh images   build the images (IMAGES=offline|docker|none)
-#   deploy/compose.sh up       images, `up -d`, then wait until every server is healthy
+#   deploy/compose.sh up       images, `up -d`, then wait until every server is healthy;
+#                              copies the CA and the client certificate the gateway
+#                              requires to $CERTS_OUT (target/compose-certs)
 #   deploy/compose.sh down     stop and remove the cluster and its bundle volume
 #   deploy/compose.sh test     up, the compose tests (tests/tests/compose.rs) through
 #                              the published gateway, down (also when they fail);
@@ -12,7 +14,8 @@
 #      docker: docker build of deploy/Dockerfile and deploy/etcd.Dockerfile;
 #      none: use the images present), COMPOSE (default `docker compose` when
 #      present, else docker-compose), COMPOSE_PROJECT (recsys),
-#      RECSYS_GATEWAY_PORT (50051), RECSYS_UP_TIMEOUT (seconds, 600).
+#      RECSYS_GATEWAY_PORT (50051), RECSYS_UP_TIMEOUT (seconds, 600),
+#      CERTS_OUT (target/compose-certs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,6 +44,7 @@ fi
 project=${COMPOSE_PROJECT:-recsys}
 file=$PWD/deploy/docker-compose.yml
 export RECSYS_GATEWAY_PORT=${RECSYS_GATEWAY_PORT:-50051}
+certs_out=${CERTS_OUT:-$PWD/target/compose-certs}
 dc() { $COMPOSE -f "$file" -p "$project" "$@"; }
 
 images() {
@@ -86,6 +90,18 @@ wait_healthy() {
   done
 }
 
+# The CA and the client certificate, out of the secrets volume (through the
+# running gateway container: the images have no shell to copy with).
+client_certs() {
+  rm -rf "$certs_out"
+  mkdir -p "$certs_out"
+  local f
+  for f in ca.pem client.pem client.key; do
+    docker cp "$(dc ps -q gateway):/secrets/certs/$f" "$certs_out/$f"
+  done
+  chmod 600 "$certs_out/client.key"
+}
+
 up() {
   images
   local started
@@ -93,7 +109,9 @@ up() {
   dc up -d
   wait_healthy "$started"
   dc logs bundle | grep -E 'bundle .* (written|already)' || true
-  echo "compose: gateway on 127.0.0.1:$RECSYS_GATEWAY_PORT"
+  client_certs
+  echo "compose: gateway on 127.0.0.1:$RECSYS_GATEWAY_PORT over TLS, client certificate required:"
+  echo "  recsys query --gateway 127.0.0.1:$RECSYS_GATEWAY_PORT --tls-ca $certs_out/ca.pem --tls-cert $certs_out/client.pem --tls-key $certs_out/client.key ..."
 }
 
 down() {
@@ -104,6 +122,7 @@ test_cluster() {
   trap down EXIT
   up
   RECSYS_TEST_GATEWAY=127.0.0.1:$RECSYS_GATEWAY_PORT \
+  RECSYS_TEST_GATEWAY_TLS=$certs_out \
   RECSYS_COMPOSE="$COMPOSE -f $file -p $project" \
     cargo test -p recsys-tests --test compose -- --ignored --test-threads=1 --nocapture
 }

@@ -8,7 +8,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --gid 65532 recsys \
  && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent --shell /sbin/nologin recsys \
- && mkdir -p /var/lib/etcd && chown 65532:65532 /var/lib/etcd
+ && mkdir -p /var/lib/etcd /secrets && chown 65532:65532 /var/lib/etcd /secrets
 USER 65532:65532
 WORKDIR /var/lib/etcd
 ENV ETCDCTL_API=3

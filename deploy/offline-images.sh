@@ -65,17 +65,19 @@ base_files() {
   printf 'hosts: files dns\n' >"$root/etc/nsswitch.conf"
 }
 
-# docker import of root filesystem $2 (owned by root) plus directory $3 owned by
-# the image user (may be empty), tagged $1, with the remaining args as --change.
+# docker import of root filesystem $2 (owned by root) plus the directories $3
+# (space-separated, may be empty) owned by the image user, tagged $1, with the
+# remaining args as --change. A named volume mounted on such a directory starts
+# owned by the image user, so the unprivileged jobs can write into it.
 import_image() {
   local tag=$1 root=$2 owned=$3; shift 3
-  local tarball=$stage/$(basename "$root").tar
+  local tarball=$stage/$(basename "$root").tar dir
   tar --numeric-owner --owner=0 --group=0 -C "$root" -cf "$tarball" .
-  if [ -n "$owned" ]; then
-    mkdir -p "$stage/owned/$owned"
-    tar --numeric-owner --owner=$uid --group=$uid -C "$stage/owned" -rf "$tarball" "./$owned"
+  for dir in $owned; do
+    mkdir -p "$stage/owned/$dir"
+    tar --numeric-owner --owner=$uid --group=$uid -C "$stage/owned" -rf "$tarball" "./$dir"
     rm -rf "$stage/owned"
-  fi
+  done
   local change=()
   for c in "$@"; do change+=(--change "$c"); done
   docker import "${change[@]}" "$tarball" "$tag" >/dev/null
@@ -100,7 +102,7 @@ recsys_image() {
   done
   copy_libraries "$root" "${paths[@]}"
   base_files "$root"
-  import_image "$recsys_image" "$root" bundle \
+  import_image "$recsys_image" "$root" "bundle secrets" \
     "USER $uid:$uid" "WORKDIR /" "ENV PATH=/usr/local/bin:/usr/bin:/bin" \
     'CMD ["recsys", "--help"]' "LABEL org.opencontainers.image.title=recsys recsys.image.build=offline recsys.image.profile=$profile"
 }
@@ -118,7 +120,7 @@ etcd_image() {
   install -m 0755 "$etcdctl" "$root/usr/bin/etcdctl"
   copy_libraries "$root" "$etcd" "$etcdctl"
   base_files "$root"
-  import_image "$etcd_image" "$root" var/lib/etcd \
+  import_image "$etcd_image" "$root" "var/lib/etcd secrets" \
     "USER $uid:$uid" "WORKDIR /var/lib/etcd" "ENV PATH=/usr/bin:/bin ETCDCTL_API=3" \
     'CMD ["etcd", "--data-dir", "/var/lib/etcd/data"]' "LABEL org.opencontainers.image.title=recsys-etcd recsys.image.build=offline"
 }

@@ -286,6 +286,7 @@ async fn caught_up(
                 exclude_item_ids: Vec::new(),
                 exact: false,
                 min_log_revision: revision,
+                bundle_version: String::new(),
             };
             if client.search(search).await.is_ok() {
                 break;
@@ -343,6 +344,7 @@ async fn visibility(
                     exclude_item_ids: Vec::new(),
                     exact: false,
                     min_log_revision: 0,
+                    bundle_version: String::new(),
                 };
                 let top = clients[shard][replica].search(search).await?.into_inner();
                 if top.item_ids.first() != Some(&id) {

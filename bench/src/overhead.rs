@@ -41,6 +41,7 @@ pub async fn cold_start(args: ColdStartArgs) -> anyhow::Result<()> {
         let token = CancellationToken::new();
         let config = NodeConfig {
             bundle_dir: args.bundle.clone(),
+            versions: Default::default(),
             shard: args.shard,
             search_threads: 1,
             limits: SearchLimits::default(),
@@ -244,6 +245,7 @@ impl DirectRound {
                 k,
                 exclude_item_ids: vec![],
                 exact: false,
+                bundle_version: String::new(),
             })
         });
         for result in join_all(calls).await {

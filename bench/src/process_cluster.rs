@@ -24,6 +24,7 @@ use recsys_local_cluster::{
     ClusterTls, LocalCluster, LocalClusterOptions, ServerCommand, ServerProcess, binaries_dir,
     workspace_binary,
 };
+use recsys_server::admission::AdmissionMode;
 use recsys_server::tls::ClientTls;
 use tonic::transport::{Channel, Endpoint};
 
@@ -49,6 +50,15 @@ pub struct ClusterShape {
     /// overload benchmark's baseline).
     #[arg(long, requires = "processes", default_value_t = 0)]
     pub gateway_max_in_flight: usize,
+    /// With `--processes`: the gateway's `--admission` (fixed or adaptive).
+    #[arg(long, requires = "processes", value_enum, default_value_t = AdmissionMode::Fixed)]
+    pub gateway_admission: AdmissionMode,
+    /// With `--processes`: run the servers on these CPUs only (`taskset -c`
+    /// list, e.g. `0`), so that a client pinned to the others (`taskset -c 1
+    /// recsys-bench ...`) does not take the servers' cores: on a small host the
+    /// load generator otherwise competes with what it measures.
+    #[arg(long, requires = "processes")]
+    pub server_cpus: Option<String>,
 }
 
 /// The cluster a benchmark drives: in its own process, or as processes of their own.
@@ -69,16 +79,14 @@ impl BenchCluster {
         io_threads: usize,
     ) -> anyhow::Result<Self> {
         Ok(if shape.processes {
-            let gateway_io_threads = shape.gateway_io_threads.unwrap_or(io_threads);
-            Self::Processes(
-                ProcessCluster::start(
-                    bundle,
-                    io_threads,
-                    gateway_io_threads,
-                    shape.gateway_max_in_flight,
-                )
-                .await?,
-            )
+            let options = ProcessOptions {
+                io_threads,
+                gateway_io_threads: shape.gateway_io_threads.unwrap_or(io_threads),
+                gateway_max_in_flight: shape.gateway_max_in_flight,
+                gateway_admission: shape.gateway_admission,
+                server_cpus: shape.server_cpus.clone(),
+            };
+            Self::Processes(ProcessCluster::start(bundle, &options).await?)
         } else {
             let mut options = LocalClusterOptions::new(bundle);
             options.tls = shape.tls.clone().map(|dir| ClusterTls { dir });
@@ -163,17 +171,39 @@ pub struct ProcessCluster {
     static_file: PathBuf,
 }
 
+/// How [`ProcessCluster::start`] runs the servers.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessOptions {
+    /// The nodes' I/O threads (0: each binary's own default).
+    pub io_threads: usize,
+    /// The gateway's I/O threads (0: its default).
+    pub gateway_io_threads: usize,
+    /// The gateway's admission limit (0: its default).
+    pub gateway_max_in_flight: usize,
+    /// The gateway's admission mode.
+    pub gateway_admission: AdmissionMode,
+    /// CPUs the servers run on (`taskset -c`), when pinned.
+    pub server_cpus: Option<String>,
+}
+
+impl ProcessOptions {
+    /// The command that starts `binary`: under `taskset` when pinned.
+    fn command(&self, binary: &Path, name: &str, addr: SocketAddr) -> ServerCommand {
+        match &self.server_cpus {
+            None => ServerCommand::new(binary, name, addr),
+            Some(cpus) => ServerCommand::new("taskset", name, addr).args([
+                "-c".into(),
+                cpus.clone(),
+                binary.display().to_string(),
+            ]),
+        }
+    }
+}
+
 impl ProcessCluster {
-    /// Starts the nodes and the gateway on `bundle`, the nodes with `io_threads`
-    /// I/O threads and the gateway with `gateway_io_threads` (0: each binary's own
-    /// default) and the admission limit `gateway_max_in_flight` (0: its
-    /// default), and waits until all report SERVING.
-    pub async fn start(
-        bundle: &Path,
-        io_threads: usize,
-        gateway_io_threads: usize,
-        gateway_max_in_flight: usize,
-    ) -> anyhow::Result<Self> {
+    /// Starts the nodes and the gateway on `bundle` as `options` says, and
+    /// waits until all report SERVING.
+    pub async fn start(bundle: &Path, options: &ProcessOptions) -> anyhow::Result<Self> {
         let manifest = Manifest::load(bundle)
             .with_context(|| format!("reading the bundle at {}", bundle.display()))?;
         let static_file =
@@ -191,7 +221,7 @@ impl ProcessCluster {
             static_file,
         };
         let bundle_arg = bundle.display().to_string();
-        let io_arg = io_threads.to_string();
+        let io_arg = options.io_threads.to_string();
         for shard in 0..cluster.manifest.shard_count {
             let addr = free_addr()?;
             let shard_arg = shard.to_string();
@@ -206,7 +236,11 @@ impl ProcessCluster {
                 "--io-threads",
                 &io_arg,
             ];
-            cluster.spawn(ServerCommand::new(&retrieval, "retrieval-node", addr).args(args))?;
+            cluster.spawn(
+                options
+                    .command(&retrieval, "retrieval-node", addr)
+                    .args(args),
+            )?;
             cluster.shard_addrs.push(addr);
         }
         let mut ranking = Vec::new();
@@ -221,7 +255,11 @@ impl ProcessCluster {
                 "--io-threads",
                 &io_arg,
             ];
-            cluster.spawn(ServerCommand::new(&ranking_node, "ranking-node", addr).args(args))?;
+            cluster.spawn(
+                options
+                    .command(&ranking_node, "ranking-node", addr)
+                    .args(args),
+            )?;
             ranking.push(addr);
         }
         // The gateway last, once the nodes serve: it would otherwise mark them
@@ -235,8 +273,12 @@ impl ProcessCluster {
             .with_context(|| format!("writing {}", cluster.static_file.display()))?;
         let static_arg = cluster.static_file.display().to_string();
         let listen = cluster.gateway_addr.to_string();
-        let io_arg = gateway_io_threads.to_string();
-        let limit_arg = gateway_max_in_flight.to_string();
+        let io_arg = options.gateway_io_threads.to_string();
+        let limit_arg = options.gateway_max_in_flight.to_string();
+        let admission_arg = match options.gateway_admission {
+            AdmissionMode::Fixed => "fixed",
+            AdmissionMode::Adaptive => "adaptive",
+        };
         let args = [
             "--bundle",
             &bundle_arg,
@@ -248,9 +290,11 @@ impl ProcessCluster {
             &io_arg,
             "--max-in-flight",
             &limit_arg,
+            "--admission",
+            admission_arg,
         ];
         let addr = cluster.gateway_addr;
-        cluster.spawn(ServerCommand::new(&gateway, "gateway", addr).args(args))?;
+        cluster.spawn(options.command(&gateway, "gateway", addr).args(args))?;
         cluster.wait_serving().await?;
         // A server that could not bind its port exits; its port may then answer
         // for another server, so check that none has gone.

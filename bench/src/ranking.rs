@@ -302,6 +302,7 @@ async fn run_grpc(args: RankingArgs, files: RankerFiles) -> anyhow::Result<()> {
             "node_threads": args.node_threads, "max_batch_rows": args.max_batch_rows, "rayon_threads": candle_core::utils::get_num_threads()})
     );
     let request = |batch: usize| RankRequest {
+        bundle_version: String::new(),
         user_id: USER_ID.into(),
         user_features: USER
             .into_iter()

@@ -249,6 +249,17 @@ impl BundleSource {
         }
     }
 
+    /// What `path` holds: a root when it has a `CURRENT` pointer, else a
+    /// version directory. Servers are configured with one path either way.
+    pub fn at(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        if path.join(CURRENT_FILE).is_file() {
+            Self::Root(BundleRoot::new(path))
+        } else {
+            Self::Dir(path)
+        }
+    }
+
     /// The version directory to load now. For a directory, its manifest's
     /// version (the manifest is read); for a root, what `CURRENT` names.
     pub fn resolve(&self) -> Result<ResolvedBundle, BundleError> {
@@ -258,6 +269,48 @@ impl BundleSource {
                 dir: dir.clone(),
             }),
             Self::Root(root) => root.resolve_current(),
+        }
+    }
+
+    /// The local directory of `version`, complete and ready to load: the one
+    /// place a server turns a version name into files, whether the version came
+    /// from `CURRENT` or from the cluster's desired version in etcd. (A root in
+    /// an object store fetches the version into a local cache here.) A single
+    /// directory (`--bundle`) holds only its own version.
+    pub fn locate(&self, version: &str) -> Result<PathBuf, BundleError> {
+        match self {
+            Self::Dir(dir) => {
+                let own = Manifest::load(dir)?.version;
+                if own == version {
+                    Ok(dir.clone())
+                } else {
+                    Err(BundleError::invalid(
+                        "version",
+                        format!(
+                            "{version:?} is not in {}, which holds {own:?} alone: serve a bundle root (--bundle-root) to switch versions",
+                            dir.display()
+                        ),
+                    ))
+                }
+            }
+            Self::Root(root) => root.complete(version),
+        }
+    }
+
+    /// The version to serve as the source says now (`CURRENT`, or the
+    /// directory's own), or `None` when it cannot be read at this moment:
+    /// what a server without etcd polls.
+    pub fn current_version(&self) -> Option<String> {
+        let version = match self {
+            Self::Dir(dir) => Manifest::load(dir).map(|manifest| manifest.version),
+            Self::Root(root) => root.current(),
+        };
+        match version {
+            Ok(version) => Some(version),
+            Err(error) => {
+                tracing::debug!(%error, "cannot read the version to serve");
+                None
+            }
         }
     }
 }

@@ -30,6 +30,6 @@ impl LogError {
     /// Whether the error means etcd is unavailable (a retry later may succeed),
     /// as opposed to a refused request.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Etcd(_))
+        matches!(self, Self::Etcd(error) if !error.is_refusal())
     }
 }

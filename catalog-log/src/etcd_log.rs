@@ -9,7 +9,7 @@ use etcd_client::{
 };
 use prost::Message;
 use recsys_discovery::etcd::{connect, request};
-use recsys_discovery::{Backoff, DiscoveryError};
+use recsys_discovery::{Backoff, DiscoveryError, EtcdAccess};
 use recsys_proto::v1::ShardChangeRecord;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -67,12 +67,14 @@ impl std::fmt::Debug for ChangeLog {
 }
 
 impl ChangeLog {
-    /// The log of `cluster` on the etcd at `endpoints`. Connecting is lazy: an
-    /// etcd that is down shows up as errors of the calls.
-    pub async fn connect(endpoints: &[String], cluster: &str) -> Result<Self, LogError> {
+    /// The log of `cluster` on the etcd `etcd` names (URLs, TLS, user). Connecting
+    /// is lazy without a user: an etcd that is down shows up as errors of the
+    /// calls; with one, the login happens here.
+    pub async fn connect(etcd: impl Into<EtcdAccess>, cluster: &str) -> Result<Self, LogError> {
+        let etcd = etcd.into();
         Ok(Self {
-            client: connect(endpoints).await?,
-            endpoints: endpoints.to_vec(),
+            client: connect(&etcd).await?,
+            endpoints: etcd.endpoints,
             cluster: cluster.to_string(),
         })
     }

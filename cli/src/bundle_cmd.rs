@@ -37,7 +37,8 @@ pub enum BundleAction {
     /// Build a new version from a version of the root plus the cluster's item
     /// change log up to now (vectors re-indexed, names and ranker features
     /// updated), recording the log revision it contains.
-    Compact(crate::compact::CompactArgs),
+    // Boxed: the etcd flags (TLS, user) make it the largest variant by far.
+    Compact(Box<crate::compact::CompactArgs>),
 }
 
 /// Options of `recsys bundle` (a build).

@@ -12,6 +12,13 @@
 //! | `gateway.pem`, `.key` | the gateway's public listener | the gateway (`--tls-cert`) |
 //! | `gateway-client.pem`, `.key` | identity `gateway.recsys`, client only | the gateway toward nodes (`--node-tls-cert`) |
 //! | `client.pem`, `.key` | a client certificate | `recsys query`, `recsys health`, the benchmarks |
+//! | `etcd.pem`, `.key` | identity `etcd.recsys`, server and client | etcd (`--cert-file`; etcd dials itself with it) |
+//! | `etcd-client.pem`, `.key` | identity `etcd-client.recsys`, client only | every process toward etcd (`--etcd-cert`) |
+//!
+//! The etcd client certificate only opens the TLS connection (etcd's
+//! `--client-cert-auth`); which keys a process may touch comes from the etcd
+//! user it logs in as (`recsys etcd-auth`). Its common name is no etcd user's, so
+//! it authenticates nobody by itself.
 //!
 //! A node certificate names its identity (role and shard,
 //! `recsys_discovery::node_identity`), which the gateway checks against the
@@ -150,8 +157,26 @@ pub fn run(args: &CertsArgs) -> anyhow::Result<()> {
         Usage::Client,
         validity,
     )?;
+    leaf(
+        &args.out,
+        "etcd",
+        &issuer,
+        "etcd.recsys",
+        &loopback,
+        Usage::ServerAndClient,
+        validity,
+    )?;
+    leaf(
+        &args.out,
+        "etcd-client",
+        &issuer,
+        "etcd-client.recsys",
+        &[],
+        Usage::Client,
+        validity,
+    )?;
     println!(
-        "{}: CA, {} retrieval shard certificates, ranking, gateway, gateway-client, client (valid {} days)",
+        "{}: CA, {} retrieval shard certificates, ranking, gateway, gateway-client, client, etcd, etcd-client (valid {} days)",
         args.out.display(),
         args.shards,
         args.days
@@ -167,6 +192,9 @@ fn identity(role: Role, shard: Option<u32>) -> anyhow::Result<String> {
 enum Usage {
     Server,
     Client,
+    /// etcd with `--client-cert-auth` dials its own gRPC gateway with its server
+    /// certificate, which then must be valid for client authentication too.
+    ServerAndClient,
 }
 
 /// Not-before a day ago (clock skew between hosts), not-after `days` from now.
@@ -212,6 +240,10 @@ fn leaf(
     params.extended_key_usages = match usage {
         Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
         Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        Usage::ServerAndClient => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
     };
     params.use_authority_key_identifier_extension = true;
     validity.apply(&mut params);

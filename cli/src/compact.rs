@@ -25,12 +25,13 @@ use recsys_proto::v1::item_change_record::Change;
 
 use crate::bundle_cmd::{default_version, on_event, progress_bar};
 
-/// The change log's etcd.
+/// The change log's etcd: its URLs, and TLS and the user toward it (an etcd
+/// with auth needs a user that may read, and for `truncate` delete, the log).
 #[derive(Debug, Clone, Args)]
 pub struct LogFlags {
-    /// etcd client URLs (comma-separated) holding the cluster's change log.
-    #[arg(long, env = "RECSYS_ETCD", value_delimiter = ',', required = true)]
-    pub etcd: Vec<String>,
+    /// etcd (`--etcd` client URLs holding the cluster's change log, TLS, user).
+    #[command(flatten)]
+    pub etcd: recsys_discovery::flags::EtcdAccessFlags,
     /// Cluster name: the log lives under /recsys/{cluster}/catalog/.
     #[arg(long, env = "RECSYS_CLUSTER", default_value = "default")]
     pub cluster: String,
@@ -38,9 +39,14 @@ pub struct LogFlags {
 
 impl LogFlags {
     async fn connect(&self) -> anyhow::Result<ChangeLog> {
-        ChangeLog::connect(&self.etcd, &self.cluster)
+        let etcd = self
+            .etcd
+            .access()?
+            .ok_or_else(|| anyhow::anyhow!("the change log needs --etcd URL"))?;
+        let endpoints = etcd.endpoints.clone();
+        ChangeLog::connect(etcd, &self.cluster)
             .await
-            .with_context(|| format!("connecting to the change log at {:?}", self.etcd))
+            .with_context(|| format!("connecting to the change log at {endpoints:?}"))
     }
 }
 

@@ -32,9 +32,11 @@ pub struct ClusterFlags {
 impl ClusterFlags {
     fn etcd(&self) -> Option<EtcdCluster> {
         (!self.etcd.is_empty()).then(|| EtcdCluster {
-            endpoints: self.etcd.clone(),
+            // `demo` and `serve` run on loopback: plaintext etcd, no auth.
+            etcd: recsys_discovery::EtcdAccess::plain(self.etcd.clone()),
             cluster: self.cluster.clone(),
             lease_ttl: recsys_discovery::DEFAULT_LEASE_TTL,
+            users: None,
         })
     }
 }
@@ -178,9 +180,11 @@ async fn live_items_etcd(
                 server.endpoint()
             );
             let cluster = EtcdCluster {
-                endpoints: vec![server.endpoint()],
+                // A private etcd on loopback: plaintext, no auth.
+                etcd: recsys_discovery::EtcdAccess::plain(vec![server.endpoint()]),
                 cluster: args.cluster.cluster.clone(),
                 lease_ttl: recsys_discovery::DEFAULT_LEASE_TTL,
+                users: None,
             };
             (Some(cluster), Some(server))
         }
@@ -236,8 +240,10 @@ async fn demo_trained(args: &DemoArgs, data: &std::path::Path) -> anyhow::Result
     .await
 }
 
-/// Serves an existing bundle: `--bundle DIR`, or the version `--bundle-root`'s
-/// CURRENT names (read once, at start).
+/// Serves an existing bundle: `--bundle DIR`, or `--bundle-root ROOT`, whose
+/// versions every server follows: a change of `CURRENT` (`recsys bundle
+/// activate`), or with `--etcd` of the cluster's desired version (`recsys
+/// rollout`), is loaded beside the served version and switched to.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let bundle = args.bundle.resolve()?;
     eprintln!(
@@ -245,8 +251,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         bundle.version,
         bundle.dir.display()
     );
+    if args.bundle.bundle_root.is_some() {
+        eprintln!(
+            "following {}: `recsys bundle activate` or `recsys rollout` switches versions without a restart",
+            args.bundle.given().display()
+        );
+    }
     start_and_serve(
-        bundle.dir,
+        args.bundle.given(),
         args.gateway_addr,
         args.replicas,
         args.cluster.etcd(),
@@ -272,7 +284,7 @@ async fn start_and_serve(
     if let Some(etcd) = &etcd {
         eprintln!(
             "nodes register in etcd {} under /recsys/{}/nodes/",
-            etcd.endpoints.join(","),
+            etcd.etcd.endpoints.join(","),
             etcd.cluster
         );
     }
@@ -292,7 +304,7 @@ async fn start_and_serve(
 
     let endpoint = format!("http://{}", cluster.gateway_addr);
     let mut client = GatewayServiceClient::connect(endpoint).await?;
-    let users = sample_users(&bundle_dir, &manifest);
+    let users = sample_users(&cluster.bundle_dir(), &manifest);
     for user in &users {
         println!("\nrecommendations for {user}:");
         let mut request = tonic::Request::new(RecommendRequest {

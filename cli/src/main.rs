@@ -13,10 +13,12 @@ mod compact;
 mod demo;
 mod demo_items;
 mod epoch_bar;
+mod etcd_auth_cmd;
 mod gateway_client;
 mod health;
 mod items;
 mod query;
+mod rollout;
 mod train;
 mod train_export;
 mod train_ranking;
@@ -53,10 +55,16 @@ enum Command {
     /// `items truncate --up-to REV` deletes the log a compacted version contains.
     #[command(subcommand)]
     Items(items::ItemsCommand),
+    /// Roll a bundle version out to a cluster through etcd (`--version V`), roll
+    /// back to the previous one (`--rollback`), or show per node what it serves (`--status`).
+    Rollout(rollout::RolloutArgs),
     /// Ask a server's grpc.health.v1 whether it is SERVING (exit 0) or not (exit 1).
     Health(health::HealthArgs),
     /// Write a development CA and the certificates of every role (PEM) into a directory.
     Certs(certs::CertsArgs),
+    /// Set up etcd's users and roles for a cluster and turn its auth on.
+    #[command(subcommand)]
+    EtcdAuth(etcd_auth_cmd::EtcdAuthCommand),
     /// Make a gateway API key: the key on stdout, its `NAME SHA256` line for --api-keys on stderr or appended to a file.
     ApiKey(certs::ApiKeyArgs),
     /// Train a model on MovieLens: `train retrieval` (the two-tower model, top-k accuracies) or `train ranking` (the DCN-V2 ranker, RMSE).
@@ -107,16 +115,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bundle(bundle_cmd::BundleCommand {
             action: Some(bundle_cmd::BundleAction::Compact(args)),
             ..
-        }) => compact::compact(args).await,
+        }) => compact::compact(*args).await,
         Command::Bundle(args) => {
             tokio::task::spawn_blocking(move || bundle_cmd::run_command(args)).await??;
             Ok(())
         }
         Command::Query(args) => query::run(args).await,
         Command::Items(args) => items::run(args).await,
+        Command::Rollout(args) => rollout::run(args).await,
         Command::Health(args) => health::run(args).await,
         Command::Certs(args) => certs::run(&args),
         Command::ApiKey(args) => certs::api_key(&args),
+        Command::EtcdAuth(args) => etcd_auth_cmd::run(args).await,
         Command::Train(args) => tokio::task::spawn_blocking(move || train::run(args)).await?,
     }
 }

@@ -13,13 +13,13 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::registration::{Registration, RegistrationOptions};
-use crate::{NodeRecord, NodeState, Role};
+use crate::{EtcdAccess, NodeRecord, NodeState, Role, VersionState};
 
 /// Where and how a node registers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnnounceOptions {
-    /// etcd client URLs.
-    pub endpoints: Vec<String>,
+    /// The etcd to register in, and how to reach it.
+    pub etcd: EtcdAccess,
     /// The cluster name in `/recsys/{cluster}/nodes/`.
     pub cluster: String,
     /// The node's id; unique in the cluster.
@@ -37,13 +37,13 @@ pub struct AnnounceOptions {
 impl AnnounceOptions {
     /// Options with the default lease (10 s), grace (500 ms) and drain bound (10 s).
     pub fn new(
-        endpoints: Vec<String>,
+        etcd: impl Into<EtcdAccess>,
         cluster: impl Into<String>,
         node_id: impl Into<String>,
         advertise_addr: impl Into<String>,
     ) -> Self {
         Self {
-            endpoints,
+            etcd: etcd.into(),
             cluster: cluster.into(),
             node_id: node_id.into(),
             advertise_addr: advertise_addr.into(),
@@ -60,6 +60,8 @@ impl AnnounceOptions {
 pub struct Announcer {
     options: Option<AnnounceOptions>,
     registration: Mutex<Option<Arc<Registration>>>,
+    /// The versions the node holds, put with every registration.
+    versions: Mutex<Vec<VersionState>>,
 }
 
 impl Announcer {
@@ -68,6 +70,7 @@ impl Announcer {
         Arc::new(Self {
             options,
             registration: Mutex::new(None),
+            versions: Mutex::new(Vec::new()),
         })
     }
 
@@ -91,15 +94,47 @@ impl Announcer {
             shard_count,
             bundle_version: bundle_version.to_string(),
             state: NodeState::Serving,
+            versions: self
+                .versions
+                .lock()
+                .map(|versions| versions.clone())
+                .unwrap_or_default(),
         };
         let mut registration_options =
-            RegistrationOptions::new(options.endpoints.clone(), options.cluster.clone(), record);
+            RegistrationOptions::new(options.etcd.clone(), options.cluster.clone(), record);
         registration_options.lease_ttl = options.lease_ttl;
         let registration = Arc::new(Registration::start(registration_options));
         tracing::info!(key = registration.key(), "registering in etcd");
         if let Ok(mut slot) = self.registration.lock() {
             *slot = Some(registration);
         }
+    }
+
+    /// Records the versions the node holds and its primary one, and puts them
+    /// in its registration if it has one (in the background: etcd being away
+    /// never holds up a switch). Without etcd it does nothing.
+    pub fn set_versions(&self, primary: &str, versions: Vec<VersionState>) {
+        if self.options.is_none() {
+            return;
+        }
+        if let Ok(mut slot) = self.versions.lock() {
+            slot.clone_from(&versions);
+        }
+        let Some(registration) = self.current() else {
+            return;
+        };
+        let primary = primary.to_string();
+        tokio::spawn(async move {
+            let update = registration.update(|record| {
+                if !primary.is_empty() {
+                    record.bundle_version = primary;
+                }
+                record.versions = versions;
+            });
+            if let Err(error) = update.await {
+                tracing::debug!(%error, "versions not put in etcd yet; the next registration carries them");
+            }
+        });
     }
 
     fn current(&self) -> Option<Arc<Registration>> {

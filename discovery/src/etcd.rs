@@ -9,9 +9,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::Client;
 
-use crate::{DiscoveryError, Role};
+use crate::{DiscoveryError, EtcdAccess, Role};
 
 /// Longest wait for one unary etcd call (get, put, grant, revoke, keepalive handshake).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -35,13 +35,17 @@ pub fn node_key(cluster: &str, role: Role, node_id: &str) -> String {
     format!("{}{role}/{node_id}", nodes_prefix(cluster))
 }
 
-/// A client for `endpoints`. Connecting is lazy: this fails only on a malformed
-/// endpoint, and an etcd that is down shows up as errors of the later calls.
-pub async fn connect(endpoints: &[String]) -> Result<Client, DiscoveryError> {
-    let options = ConnectOptions::new()
+/// A client of the etcd `access` names. Without credentials connecting is lazy:
+/// this fails only on a malformed endpoint or unreadable TLS files, and an etcd
+/// that is down shows up as errors of the later calls. With credentials it
+/// authenticates at once, so a wrong password or an etcd that is down fails here.
+pub async fn connect(access: &EtcdAccess) -> Result<Client, DiscoveryError> {
+    let options = access
+        .connect_options()
+        .await?
         .with_connect_timeout(CONNECT_TIMEOUT)
         .with_keep_alive(HTTP2_KEEPALIVE_INTERVAL, HTTP2_KEEPALIVE_TIMEOUT);
-    request("connect", Client::connect(endpoints, Some(options))).await
+    request("connect", Client::connect(&access.endpoints, Some(options))).await
 }
 
 /// Runs one etcd call, failing it after [`REQUEST_TIMEOUT`].
@@ -51,12 +55,33 @@ pub async fn request<T>(
 ) -> Result<T, DiscoveryError> {
     match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(source)) => Err(DiscoveryError::Etcd { operation, source }),
+        Ok(Err(source)) => Err(match refusal(&source) {
+            Some(message) => DiscoveryError::Denied { operation, message },
+            None => DiscoveryError::Etcd { operation, source },
+        }),
         Err(_) => Err(DiscoveryError::Timeout {
             operation,
             after: REQUEST_TIMEOUT,
         }),
     }
+}
+
+/// etcd's message when it refused a call for who the client is (auth on, and a
+/// wrong password, no user, an expired token, or a role without the permission),
+/// so that a misconfigured user reads as such rather than as an etcd outage.
+fn refusal(error: &etcd_client::Error) -> Option<String> {
+    let etcd_client::Error::GRpcStatus(status) = error else {
+        return None;
+    };
+    let message = status.message();
+    let refused = matches!(
+        status.code(),
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+    ) || message.contains("authentication failed")
+        || message.contains("user name is empty")
+        // An admin call by a client certificate's common name that is no user.
+        || message.contains("user name not found");
+    refused.then(|| message.to_string())
 }
 
 #[cfg(test)]

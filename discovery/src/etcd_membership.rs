@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 use crate::backoff::Backoff;
 use crate::etcd::{connect, nodes_prefix, request};
 use crate::view::check_record;
-use crate::{ClusterView, DiscoveryError, Membership, NodeRecord};
+use crate::{ClusterView, DiscoveryError, EtcdAccess, Membership, NodeRecord};
 
 /// First retry delay after etcd failed.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
@@ -34,8 +34,8 @@ const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
 /// Where and what to watch.
 #[derive(Debug, Clone)]
 pub struct EtcdOptions {
-    /// etcd client URLs, e.g. `http://127.0.0.1:2379`.
-    pub endpoints: Vec<String>,
+    /// The etcd to watch, and how to reach it.
+    pub etcd: EtcdAccess,
     /// The cluster name in `/recsys/{cluster}/nodes/`.
     pub cluster: String,
     /// Longest wait between attempts while etcd is away; short, so that the view
@@ -46,10 +46,10 @@ pub struct EtcdOptions {
 }
 
 impl EtcdOptions {
-    /// Watches `cluster` on `endpoints`, retrying at most every second.
-    pub fn new(endpoints: Vec<String>, cluster: impl Into<String>) -> Self {
+    /// Watches `cluster` on the etcd `etcd` names, retrying at most every second.
+    pub fn new(etcd: impl Into<EtcdAccess>, cluster: impl Into<String>) -> Self {
         Self {
-            endpoints,
+            etcd: etcd.into(),
             cluster: cluster.into(),
             max_backoff: Duration::from_secs(1),
             watch_gate: None,
@@ -176,7 +176,7 @@ impl Watcher {
         &mut self,
         backoff: &mut Backoff,
     ) -> Result<Infallible, DiscoveryError> {
-        let mut client = connect(&self.options.endpoints).await?;
+        let mut client = connect(&self.options.etcd).await?;
         let listed = request(
             "get",
             client.get(self.prefix.as_str(), Some(GetOptions::new().with_prefix())),

@@ -16,7 +16,22 @@ use tokio::process::{Child, Command};
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::DiscoveryError;
+use crate::etcd::{connect, request};
+use crate::{DiscoveryError, EtcdAccess, EtcdCredentials, EtcdTls};
+
+/// PEM files of an etcd with TLS: its server certificate, the CA its clients'
+/// certificates must chain to, and a client certificate for the test's own calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdServerTls {
+    /// The server certificate (with `127.0.0.1` among its names).
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// The CA of server and clients.
+    pub ca: PathBuf,
+    /// A client certificate and key of that CA.
+    pub client: (PathBuf, PathBuf),
+}
 
 /// Start attempts, each on fresh ports, before giving up.
 const START_ATTEMPTS: u32 = 3;
@@ -36,11 +51,22 @@ pub struct EtcdServer {
     dir: TempDir,
     client_port: u16,
     peer_port: u16,
+    tls: Option<EtcdServerTls>,
+    root: Option<EtcdCredentials>,
 }
 
 impl EtcdServer {
     /// Starts etcd on free loopback ports and waits until it serves reads.
     pub async fn start() -> Result<Self, DiscoveryError> {
+        Self::start_with(None).await
+    }
+
+    /// Starts etcd serving `https://` only and requiring client certificates of `tls.ca`.
+    pub async fn start_tls(tls: EtcdServerTls) -> Result<Self, DiscoveryError> {
+        Self::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<EtcdServerTls>) -> Result<Self, DiscoveryError> {
         let binary = find_etcd()?;
         let dir = tempfile::Builder::new()
             .prefix("recsys-etcd-")
@@ -56,6 +82,8 @@ impl EtcdServer {
             dir,
             client_port,
             peer_port,
+            tls,
+            root: None,
         };
         let mut reason = String::new();
         for attempt in 1..=START_ATTEMPTS {
@@ -76,9 +104,32 @@ impl EtcdServer {
         })
     }
 
-    /// The client URL, `http://127.0.0.1:PORT`.
+    /// The client URL, `http://127.0.0.1:PORT` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// How to reach this etcd (TLS with the test's client certificate when on),
+    /// as no user in particular.
+    pub fn access(&self) -> EtcdAccess {
+        EtcdAccess {
+            endpoints: vec![self.endpoint()],
+            tls: self.tls.as_ref().map(|tls| EtcdTls {
+                ca: tls.ca.clone(),
+                identity: Some(tls.client.clone()),
+            }),
+            credentials: None,
+        }
+    }
+
+    /// The root login [`client`](Self::client) uses once auth is on.
+    pub fn set_root(&mut self, root: EtcdCredentials) {
+        self.root = Some(root);
+    }
+
+    fn admin_access(&self) -> EtcdAccess {
+        self.access().with_credentials(self.root.clone())
     }
 
     /// The process id of the running etcd, for tests that pause it
@@ -87,14 +138,9 @@ impl EtcdServer {
         self.child.as_ref().and_then(Child::id)
     }
 
-    /// A client connected to this server.
+    /// A client connected to this server, as root once [`set_root`](Self::set_root) was called.
     pub async fn client(&self) -> Result<Client, DiscoveryError> {
-        Client::connect([self.endpoint()], None)
-            .await
-            .map_err(|source| DiscoveryError::Etcd {
-                operation: "connect",
-                source,
-            })
+        connect(&self.admin_access()).await
     }
 
     /// Kills etcd (SIGKILL, as a crash) and waits for it to exit. The data stays.
@@ -177,6 +223,7 @@ impl EtcdServer {
     async fn launch(&mut self) -> Result<(), String> {
         let client_url = self.endpoint();
         let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
+        let access = self.admin_access();
         let mut command = Command::new(&self.binary);
         command
             .arg("--name")
@@ -195,6 +242,17 @@ impl EtcdServer {
             .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
             .args(["--logger", "zap", "--log-level", "error", "--log-outputs"])
             .arg(self.log_file())
+            .args(self.tls.iter().flat_map(|tls| {
+                [
+                    "--cert-file".into(),
+                    tls.cert.clone().into_os_string(),
+                    "--key-file".into(),
+                    tls.key.clone().into_os_string(),
+                    "--trusted-ca-file".into(),
+                    tls.ca.clone().into_os_string(),
+                    "--client-cert-auth".into(),
+                ]
+            }))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -210,7 +268,7 @@ impl EtcdServer {
                 Ok(None) => {}
                 Err(e) => break format!("waiting for etcd: {e}"),
             }
-            if ready(&client_url).await {
+            if ready(&access).await {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -226,15 +284,16 @@ impl EtcdServer {
     }
 }
 
-/// Whether etcd at `url` answers a linearizable read within half a second.
-async fn ready(url: &str) -> bool {
+/// Whether etcd answers a linearizable read within half a second; a refusal for
+/// want of a login (auth on, no root login given yet) is an answer too.
+async fn ready(access: &EtcdAccess) -> bool {
     let probe = async {
-        let mut client = Client::connect([url], None).await?;
-        client.get("/", None).await
+        let mut client = connect(access).await?;
+        request("get", client.get("/", None)).await
     };
     matches!(
         tokio::time::timeout(Duration::from_millis(500), probe).await,
-        Ok(Ok(_))
+        Ok(Ok(_) | Err(DiscoveryError::Denied { .. }))
     )
 }
 

@@ -2,16 +2,68 @@
 //! binaries only: the libraries take [`AnnounceOptions`] and never see clap).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::{AnnounceOptions, DiscoveryError};
+use crate::{AnnounceOptions, DiscoveryError, EtcdAccess, EtcdCredentials, EtcdTls};
+
+/// How to reach etcd: `--etcd URL` and TLS and auth toward it. Every binary that
+/// talks to etcd flattens this one struct.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct EtcdAccessFlags {
+    /// etcd client URLs (comma-separated): `https://` with --etcd-ca.
+    #[arg(long, env = "RECSYS_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// PEM CA that etcd's server certificate chains to: TLS toward etcd.
+    #[arg(long, env = "RECSYS_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// PEM client certificate for an etcd with --client-cert-auth.
+    #[arg(long, env = "RECSYS_ETCD_CERT", requires_all = ["etcd_ca", "etcd_key"])]
+    pub etcd_cert: Option<PathBuf>,
+    /// PEM key of --etcd-cert.
+    #[arg(long, env = "RECSYS_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user to authenticate as (etcd with auth on; see `recsys etcd-auth`).
+    #[arg(long, env = "RECSYS_ETCD_USER", requires = "etcd_password_file")]
+    pub etcd_user: Option<String>,
+    /// File whose first line is --etcd-user's password (a file, so that the
+    /// password never shows in `ps`).
+    #[arg(long, env = "RECSYS_ETCD_PASSWORD_FILE", requires = "etcd_user")]
+    pub etcd_password_file: Option<PathBuf>,
+}
+
+impl EtcdAccessFlags {
+    /// The access the flags describe, or `None` without `--etcd`.
+    pub fn access(&self) -> Result<Option<EtcdAccess>, DiscoveryError> {
+        if self.etcd.is_empty() {
+            return Ok(None);
+        }
+        let access = EtcdAccess {
+            endpoints: self.etcd.clone(),
+            tls: self.etcd_ca.as_ref().map(|ca| EtcdTls {
+                ca: ca.clone(),
+                identity: self.etcd_cert.clone().zip(self.etcd_key.clone()),
+            }),
+            credentials: self
+                .etcd_user
+                .clone()
+                .zip(self.etcd_password_file.clone())
+                .map(|(user, password_file)| EtcdCredentials {
+                    user,
+                    password_file,
+                }),
+        };
+        access.check()?;
+        Ok(Some(access))
+    }
+}
 
 /// `--etcd URL --cluster NAME` and the registration tunables.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EtcdFlags {
-    /// etcd client URLs (comma-separated); registers the node there when given.
-    #[arg(long, env = "RECSYS_ETCD", value_delimiter = ',')]
-    pub etcd: Vec<String>,
+    /// etcd client URLs and TLS and auth toward it; registers the node there when given.
+    #[command(flatten)]
+    pub access: EtcdAccessFlags,
     /// Cluster name: nodes register under /recsys/{cluster}/nodes/.
     #[arg(long, env = "RECSYS_CLUSTER", default_value = "default")]
     pub cluster: String,
@@ -46,9 +98,9 @@ impl EtcdFlags {
         role: &str,
         listen: SocketAddr,
     ) -> Result<Option<AnnounceOptions>, DiscoveryError> {
-        if self.etcd.is_empty() {
+        let Some(access) = self.access.access()? else {
             return Ok(None);
-        }
+        };
         if self.lease_ttl == 0 || self.lease_ttl > MAX_LEASE_TTL_SECS {
             return Err(DiscoveryError::Invalid(format!(
                 "--lease-ttl is {}, must be between 1 and {MAX_LEASE_TTL_SECS} seconds",
@@ -75,12 +127,40 @@ impl EtcdFlags {
             .node_id
             .clone()
             .unwrap_or_else(|| format!("{role}@{advertise}"));
-        let mut options =
-            AnnounceOptions::new(self.etcd.clone(), self.cluster.clone(), node_id, advertise);
+        let mut options = AnnounceOptions::new(access, self.cluster.clone(), node_id, advertise);
         options.lease_ttl = Duration::from_secs(self.lease_ttl);
         options.drain_grace = Duration::from_millis(self.drain_grace_ms);
         options.drain_timeout = Duration::from_secs(self.drain_timeout);
         Ok(Some(options))
+    }
+}
+
+/// How a server moves between bundle versions (`recsys rollout`, or a bundle
+/// root's `CURRENT` changing).
+#[derive(Debug, Clone, clap::Args)]
+pub struct VersionFlags {
+    /// side-by-side: load a new version beside the served one, then switch (two
+    /// versions in memory for a while); replace: drop the served one first (one
+    /// in memory, the node out of service while it loads: only for shards with
+    /// another replica).
+    #[arg(long = "switch", env = "RECSYS_SWITCH", value_enum, default_value_t = crate::SwitchMode::SideBySide)]
+    pub switch: crate::SwitchMode,
+    /// Milliseconds an old version must go unasked before it is dropped.
+    #[arg(long, env = "RECSYS_RETIRE_AFTER_MS", default_value_t = 5000)]
+    pub retire_after_ms: u64,
+    /// Milliseconds between two reads of the bundle root's CURRENT.
+    #[arg(long, env = "RECSYS_CURRENT_POLL_MS", default_value_t = 1000)]
+    pub current_poll_ms: u64,
+}
+
+impl VersionFlags {
+    /// The options the flags set.
+    pub fn options(&self) -> crate::VersionOptions {
+        crate::VersionOptions {
+            switch: self.switch,
+            retire_after: Duration::from_millis(self.retire_after_ms),
+            poll: Duration::from_millis(self.current_poll_ms.max(10)),
+        }
     }
 }
 
@@ -98,7 +178,10 @@ mod tests {
 
     fn flags(advertise: Option<&str>) -> EtcdFlags {
         EtcdFlags {
-            etcd: vec!["http://etcd:2379".into()],
+            access: EtcdAccessFlags {
+                etcd: vec!["http://etcd:2379".into()],
+                ..EtcdAccessFlags::default()
+            },
             cluster: "c".into(),
             node_id: None,
             advertise_addr: advertise.map(String::from),

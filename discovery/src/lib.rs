@@ -14,7 +14,10 @@
 
 pub mod announce;
 pub mod backoff;
+pub mod desired_version;
 pub mod etcd;
+pub mod etcd_access;
+pub mod etcd_auth;
 pub mod etcd_membership;
 #[cfg(feature = "test-support")]
 pub mod etcd_server;
@@ -24,18 +27,25 @@ pub mod identity;
 pub mod node;
 pub mod registration;
 pub mod static_membership;
+pub mod version_state;
+pub mod versions;
 pub mod view;
 
 pub use announce::{AnnounceOptions, Announcer, serve_and_drain};
 pub use backoff::Backoff;
 pub use etcd::{node_key, nodes_prefix};
+pub use etcd_access::{EtcdAccess, EtcdCredentials, EtcdTls};
 pub use etcd_membership::{EtcdMembership, EtcdOptions};
 #[cfg(feature = "test-support")]
-pub use etcd_server::EtcdServer;
+pub use etcd_server::{EtcdServer, EtcdServerTls};
 pub use identity::{GATEWAY_IDENTITY, node_identity};
 pub use node::{NodeRecord, NodeState, Role};
 pub use registration::{DEFAULT_LEASE_TTL, Registration, RegistrationOptions};
 pub use static_membership::{StaticMembership, StaticSpec};
+pub use version_state::{VersionPhase, VersionState};
+pub use versions::{
+    DriverOptions, Gate, SwitchMode, Unavailable, VersionOptions, VersionSet, replace_turn,
+};
 pub use view::{ClusterView, InvalidRecord, MAX_SHARD_COUNT, check_record};
 
 use std::sync::Arc;
@@ -63,6 +73,20 @@ pub enum DiscoveryError {
         /// The client's error.
         source: etcd_client::Error,
     },
+    /// etcd refused a call for who the client is: auth is on and the user is
+    /// unknown, its password wrong, or its role lacks the permission.
+    #[error(
+        "etcd refused {operation}: {message} (check --etcd-user, its password file and its role; see `recsys etcd-auth`)"
+    )]
+    Denied {
+        /// The call.
+        operation: &'static str,
+        /// etcd's message, e.g. `etcdserver: permission denied`.
+        message: String,
+    },
+    /// The etcd access options do not fit together.
+    #[error("etcd access: {0}")]
+    EtcdConfig(String),
     /// An etcd call did not answer in time.
     #[error("etcd {operation} timed out after {after:?}")]
     Timeout {
@@ -105,6 +129,27 @@ pub enum DiscoveryError {
     /// next registration.
     #[error("not registered with etcd")]
     NotRegistered,
+    /// Another rollout changed the desired version between our read and write.
+    #[error(
+        "another rollout changed the desired version meanwhile; look at --status and try again"
+    )]
+    ConcurrentRollout,
+    /// A rollback with no earlier version in the history.
+    #[error("no earlier version to roll back to: {key} holds {rollouts} rollout(s) in force")]
+    NoPreviousVersion {
+        /// The history key.
+        key: String,
+        /// Rollouts on the stack.
+        rollouts: usize,
+    },
+    /// The rollout history in etcd is not one.
+    #[error("{key} is not a rollout history: {reason}")]
+    BadHistory {
+        /// The history key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A record could not be encoded.
     #[error("node record encoding failed: {0}")]
     Encode(#[from] serde_json::Error),
@@ -129,6 +174,14 @@ pub enum DiscoveryError {
         /// The underlying error.
         source: std::io::Error,
     },
+}
+
+impl DiscoveryError {
+    /// Whether etcd refused the call for who the client is, or the access
+    /// options are wrong: a retry as the same user will not succeed.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Denied { .. } | Self::EtcdConfig(_))
+    }
 }
 
 /// A source of cluster views.

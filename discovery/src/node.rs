@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::VersionState;
+
 /// What a node does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -55,6 +57,34 @@ pub struct NodeRecord {
     pub bundle_version: String,
     /// Whether to route to it.
     pub state: NodeState,
+    /// Every bundle version the node holds (loading, serving or failed), when it
+    /// serves several during a rollout; empty from nodes that predate rollouts,
+    /// which serve `bundle_version` alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<VersionState>,
+}
+
+impl NodeRecord {
+    /// Whether the node answers requests for bundle `version`: one of its
+    /// `versions` serving, or (older records) its `bundle_version`; a node that
+    /// names no version at all (static membership) is taken to serve any.
+    pub fn serves_version(&self, version: &str) -> bool {
+        if self.versions.is_empty() {
+            self.bundle_version.is_empty() || self.bundle_version == version
+        } else {
+            self.versions.iter().any(|state| state.serves(version))
+        }
+    }
+
+    /// The shard count the node serves `version` with: the version's own when
+    /// it says, else the record's.
+    pub fn shard_count_of(&self, version: &str) -> Option<u32> {
+        self.versions
+            .iter()
+            .find(|state| state.version == version)
+            .and_then(|state| state.shard_count)
+            .or(self.shard_count)
+    }
 }
 
 #[cfg(test)]

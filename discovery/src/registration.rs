@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::etcd::{REQUEST_TIMEOUT, connect, node_key, request};
-use crate::{DiscoveryError, NodeRecord, NodeState};
+use crate::{DiscoveryError, EtcdAccess, NodeRecord, NodeState};
 
 /// Lease TTL when none is given: the issue's `--lease-ttl` default.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
@@ -36,8 +36,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// What to register and where.
 #[derive(Debug, Clone)]
 pub struct RegistrationOptions {
-    /// etcd client URLs, e.g. `http://127.0.0.1:2379`.
-    pub endpoints: Vec<String>,
+    /// The etcd to register in, and how to reach it.
+    pub etcd: EtcdAccess,
     /// The cluster name in `/recsys/{cluster}/nodes/`.
     pub cluster: String,
     /// The value to register; its role and id make the key.
@@ -49,9 +49,13 @@ pub struct RegistrationOptions {
 
 impl RegistrationOptions {
     /// Registers `record` in `cluster` with the default lease TTL.
-    pub fn new(endpoints: Vec<String>, cluster: impl Into<String>, record: NodeRecord) -> Self {
+    pub fn new(
+        etcd: impl Into<EtcdAccess>,
+        cluster: impl Into<String>,
+        record: NodeRecord,
+    ) -> Self {
         Self {
-            endpoints,
+            etcd: etcd.into(),
             cluster: cluster.into(),
             record,
             lease_ttl: DEFAULT_LEASE_TTL,
@@ -70,7 +74,7 @@ pub struct Registration {
 
 /// What the handle and the task both use.
 struct Shared {
-    endpoints: Vec<String>,
+    etcd: EtcdAccess,
     key: String,
     /// The record to put; `set_state` changes it at once, even while etcd is away.
     record: Mutex<NodeRecord>,
@@ -93,7 +97,7 @@ impl Registration {
             &options.record.node_id,
         );
         let shared = Arc::new(Shared {
-            endpoints: options.endpoints,
+            etcd: options.etcd,
             key,
             record: Mutex::new(options.record),
             lease: tokio::sync::Mutex::new(None),
@@ -137,7 +141,13 @@ impl Registration {
     /// current lease can fail (etcd away, not registered), which the caller may log
     /// and otherwise ignore.
     pub async fn set_state(&self, state: NodeState) -> Result<(), DiscoveryError> {
-        self.shared.update_record(|record| record.state = state);
+        self.update(|record| record.state = state).await
+    }
+
+    /// Changes the record (say, the versions the node serves) and puts it, like
+    /// [`set_state`](Self::set_state): remembered at once, put when registered.
+    pub async fn update(&self, change: impl FnOnce(&mut NodeRecord)) -> Result<(), DiscoveryError> {
+        self.shared.update_record(change);
         let put = async {
             let lease = self.shared.lease.lock().await;
             let lease = (*lease).ok_or(DiscoveryError::NotRegistered)?;
@@ -199,7 +209,7 @@ impl Shared {
     /// malformed endpoint.
     async fn client(&self) -> Result<Client, DiscoveryError> {
         self.client
-            .get_or_try_init(|| connect(&self.endpoints))
+            .get_or_try_init(|| connect(&self.etcd))
             .await
             .cloned()
     }

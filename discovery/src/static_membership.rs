@@ -113,6 +113,7 @@ impl StaticSpec {
                         shard_count: Some(shard_count),
                         bundle_version: String::new(),
                         state: NodeState::Serving,
+                        versions: Vec::new(),
                     })
             });
         let ranking = self.ranking.iter().enumerate().map(|(i, addr)| NodeRecord {
@@ -123,6 +124,7 @@ impl StaticSpec {
             shard_count: None,
             bundle_version: String::new(),
             state: NodeState::Serving,
+            versions: Vec::new(),
         });
         ClusterView::from_nodes(retrieval.chain(ranking))
     }

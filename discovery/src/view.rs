@@ -125,19 +125,39 @@ impl ClusterView {
     /// The nodes that serve bundle `version` cut into `shard_count` shards, and
     /// those left out. A node of another bundle would answer from other items or
     /// another model (a rolling upgrade half done, a node pointed at the wrong
-    /// directory), so routing to it would mix results silently. Nodes that report
-    /// no version (static membership) are kept.
+    /// directory), so routing to it would mix results silently. A node serving
+    /// several versions during a rollout is kept for each of them
+    /// ([`NodeRecord::serves_version`]), with the shard count of that version.
+    /// Nodes that report no version (static membership) are kept.
     pub fn for_bundle(&self, version: &str, shard_count: u32) -> (Self, Vec<NodeRecord>) {
         let (kept, left_out): (Vec<&NodeRecord>, Vec<&NodeRecord>) =
             self.nodes().partition(|node| {
-                let version_ok = node.bundle_version.is_empty() || node.bundle_version == version;
                 let shards_ok = node.role != Role::Retrieval
-                    || node.shard_count.is_none_or(|count| count == shard_count);
-                version_ok && shards_ok
+                    || node
+                        .shard_count_of(version)
+                        .is_none_or(|count| count == shard_count);
+                node.serves_version(version) && shards_ok
             });
-        let mut view = Self::from_nodes(kept.into_iter().cloned());
+        let kept = kept.into_iter().map(|node| {
+            let mut node = node.clone();
+            if node.role == Role::Retrieval {
+                node.shard_count = node.shard_count_of(version);
+            }
+            node
+        });
+        let mut view = Self::from_nodes(kept);
         view.invalid = self.invalid;
         (view, left_out.into_iter().cloned().collect())
+    }
+
+    /// Whether a gateway may switch to bundle `version` of `shard_count` shards:
+    /// every shard has a serving replica of it, and, when the version has a ranker
+    /// (`needs_ranking`), so does the ranking pool.
+    pub fn can_serve(&self, version: &str, shard_count: u32, needs_ranking: bool) -> bool {
+        let (view, _) = self.for_bundle(version, shard_count);
+        view.shard_count == shard_count
+            && view.shards.iter().all(|replicas| !replicas.is_empty())
+            && (!needs_ranking || !view.ranking.is_empty())
     }
 }
 
@@ -154,6 +174,7 @@ mod tests {
             shard_count: shard.map(|_| 2),
             bundle_version: "v".into(),
             state,
+            versions: Vec::new(),
         }
     }
 

@@ -31,6 +31,7 @@ fn retrieval(id: &str, shard: u32) -> NodeRecord {
         shard_count: Some(2),
         bundle_version: "v1".into(),
         state: NodeState::Serving,
+        versions: Vec::new(),
     }
 }
 
@@ -43,6 +44,7 @@ fn ranking(id: &str) -> NodeRecord {
         shard_count: None,
         bundle_version: "v1".into(),
         state: NodeState::Serving,
+        versions: Vec::new(),
     }
 }
 

@@ -3,10 +3,11 @@
 //! A node registers itself in etcd, so an answer is only as trustworthy as
 //! whoever could write there. A search answer must hold as many scores as ids,
 //! no id twice, no excluded id, only ids that hash to the shard asked, only
-//! finite scores, and the bundle version the gateway serves; a ranking answer
-//! one finite score per candidate. An answer that fails is not used (the shard
-//! or ranking stage falls short, with the reason in coverage, and the call is
-//! retried on another replica) and is counted in
+//! finite scores, and the bundle version the request is answered by; a ranking
+//! answer one finite score per candidate and (when it names one) that version.
+//! An answer that fails is not used (the shard or ranking stage falls short,
+//! with the reason in coverage, and the call is retried on another replica)
+//! and is counted in
 //! `recsys_gateway_refused_answers_total` by check.
 //!
 //! Failures that no request can cause (duplicates, excluded or foreign ids,
@@ -83,7 +84,19 @@ pub fn check_search(
 }
 
 /// Checks a ranking answer for `candidates` candidates.
-pub fn check_rank(response: &RankResponse, candidates: usize) -> Result<(), NodeFailure> {
+/// A ranking answer also names the bundle version that scored, which must be
+/// the request's `version` (nodes before rollouts name none).
+pub fn check_rank(
+    response: &RankResponse,
+    candidates: usize,
+    version: &str,
+) -> Result<(), NodeFailure> {
+    if !response.bundle_version.is_empty() && response.bundle_version != version {
+        return Err(NodeFailure::WrongVersion {
+            answered: response.bundle_version.chars().take(64).collect(),
+            serving: version.to_string(),
+        });
+    }
     if response.scores.len() != candidates {
         return Err(NodeFailure::Malformed(format!(
             "{} scores for {candidates} candidates",
@@ -166,13 +179,20 @@ mod tests {
             scores: vec![0.1, f32::NEG_INFINITY],
             ..Default::default()
         };
-        let error = check_rank(&ranked, 2).unwrap_err();
+        let error = check_rank(&ranked, 2, "v").unwrap_err();
         assert!(!error.breaks_guarantee());
         assert_eq!(
             error.to_string(),
             "ranking answer holds a non-finite score: candidate 1 scored -inf"
         );
-        assert!(check_rank(&ranked, 3).unwrap_err().breaks_guarantee());
+        assert!(check_rank(&ranked, 3, "v").unwrap_err().breaks_guarantee());
+        let other = RankResponse {
+            scores: vec![0.1, 0.2],
+            bundle_version: "v0".into(),
+            ..Default::default()
+        };
+        assert!(check_rank(&other, 2, "v").unwrap_err().breaks_guarantee());
+        assert!(check_rank(&other, 2, "v0").is_ok());
     }
 
     #[test]

@@ -8,28 +8,25 @@ use std::sync::Arc;
 use recsys_bundle::query_tower::EncodeError;
 use recsys_bundle::ranker_inputs::RankerInputs;
 use recsys_bundle::{BundleError, Catalog, Manifest, QueryModel};
+use recsys_discovery::VersionSet;
 use recsys_proto::v1::feature_value::Kind;
 use recsys_proto::v1::{FeatureValue, recommend_request::Query};
-use recsys_server::grpc::LoadState;
 
 use crate::GatewayError;
 use crate::catalog_overlay::{CatalogOverlay, Names};
 
-/// Where loading the gateway's bundle stands; requests read it per call.
-pub type BundleLoad = LoadState<BundleState, BundleError>;
-
-/// The loaded bundle, or why there is none. A failed load is told apart from
-/// one still running, with the loader's reason (it names the file and what is
-/// wrong, e.g. a checksum mismatch): "still loading" would send an operator to
-/// wait for a gateway that will never serve.
-pub fn ready_bundle(load: &BundleLoad) -> Result<Arc<BundleState>, GatewayError> {
-    match load {
-        LoadState::Ready(bundle) => Ok(bundle.clone()),
-        LoadState::Loading => Err(GatewayError::NotReady("the bundle is still loading".into())),
-        LoadState::Failed(failure) => Err(GatewayError::NotReady(format!(
-            "the bundle failed to load: {failure}"
-        ))),
-    }
+/// The bundle version a request uses (`version`, or the primary when empty),
+/// or why there is none. A failed load is told apart from one still running,
+/// with the loader's reason (it names the file and what is wrong, e.g. a
+/// checksum mismatch): "still loading" would send an operator to wait for a
+/// gateway that will never serve.
+pub fn ready_bundle(
+    versions: &VersionSet<BundleState>,
+    version: &str,
+) -> Result<(String, Arc<BundleState>), GatewayError> {
+    versions
+        .get(version)
+        .map_err(|why| GatewayError::NotReady(why.to_string()))
 }
 
 /// The gateway's read-only view of its bundle.
@@ -45,7 +42,10 @@ pub struct BundleState {
     /// what `validate` checks values against.
     pub ranker_inputs: Option<RankerInputs>,
     /// Names of the items changed since the version was built (with etcd).
-    pub overlay: CatalogOverlay,
+    pub overlay: Arc<CatalogOverlay>,
+    /// Stops the overlay's follower when the version is dropped
+    /// (`catalog_overlay::follow`).
+    pub(crate) follow: Option<tokio_util::sync::DropGuard>,
 }
 
 impl BundleState {
@@ -94,7 +94,8 @@ impl BundleState {
             .transpose()?;
         Ok(Self {
             ranker_inputs,
-            overlay: CatalogOverlay::new(manifest.log_revision),
+            overlay: Arc::new(CatalogOverlay::new(manifest.log_revision)),
+            follow: None,
             manifest,
             catalog,
             query_model,

@@ -145,14 +145,17 @@ impl<'a> Names<'a> {
 }
 
 /// Follows every shard's part of the log `options` names after the version's
-/// revision and applies it to `bundle`'s overlay, until `shutdown` (or the
-/// version is dropped).
-pub fn follow(options: ItemLogOptions, bundle: &Arc<BundleState>, shutdown: CancellationToken) {
-    let after = bundle.overlay.revision();
-    bundle.overlay.following.store(true, Ordering::Relaxed);
-    let bundle = Arc::downgrade(bundle);
+/// revision and applies it to `bundle`'s overlay, until `shutdown`, which the
+/// bundle's own guard cancels when the version is dropped. Spawns on the
+/// current runtime.
+pub fn follow(options: ItemLogOptions, bundle: &mut BundleState, shutdown: CancellationToken) {
+    let overlay = bundle.overlay.clone();
+    let after = overlay.revision();
+    overlay.following.store(true, Ordering::Relaxed);
+    bundle.follow = Some(shutdown.clone().drop_guard());
+    let overlay = Arc::downgrade(&overlay);
     tokio::spawn(async move {
-        let log = match ChangeLog::connect(&options.endpoints, &options.cluster).await {
+        let log = match ChangeLog::connect(options.etcd, &options.cluster).await {
             Ok(log) => log,
             Err(error) => {
                 tracing::error!(%error, "cannot follow the item change log: items changed since the bundle keep no names");
@@ -163,10 +166,10 @@ pub fn follow(options: ItemLogOptions, bundle: &Arc<BundleState>, shutdown: Canc
         let mut entries = log.follow_all(after, shutdown);
         while let Some(batch) = recv_ready(&mut entries).await {
             // A version no longer served stops following.
-            let Some(bundle) = bundle.upgrade() else {
+            let Some(overlay) = overlay.upgrade() else {
                 return;
             };
-            bundle.overlay.apply(&batch);
+            overlay.apply(&batch);
         }
     });
 }

@@ -27,8 +27,8 @@ use crate::service::GatewayShared;
 /// Where the gateway appends item changes: the etcd the cluster registers in.
 #[derive(Debug, Clone)]
 pub struct ItemLogOptions {
-    /// etcd client URLs.
-    pub endpoints: Vec<String>,
+    /// The cluster's etcd and how to reach it.
+    pub etcd: recsys_discovery::EtcdAccess,
     /// The cluster name (`/recsys/{cluster}/catalog/`).
     pub cluster: String,
 }
@@ -61,14 +61,14 @@ impl Catalog {
             ));
         };
         self.log
-            .get_or_try_init(|| ChangeLog::connect(&options.endpoints, &options.cluster))
+            .get_or_try_init(|| ChangeLog::connect(&options.etcd, &options.cluster))
             .await
             .map_err(log_status)
     }
 
     /// The bundle's shard count, dimensions and version.
     fn bundle(&self) -> Result<(u32, usize, String), Status> {
-        let bundle = ready_bundle(&self.shared.bundle.load()).map_err(Status::from)?;
+        let (_, bundle) = ready_bundle(&self.shared.versions, "").map_err(Status::from)?;
         let manifest = &bundle.manifest;
         Ok((
             manifest.shard_count,
@@ -123,6 +123,11 @@ impl Catalog {
 fn log_status(error: LogError) -> Status {
     match &error {
         LogError::TooLarge { .. } => Status::resource_exhausted(error.to_string()),
+        // The gateway's own etcd user lacks the permission: its configuration,
+        // not the caller's request and not an outage.
+        LogError::Etcd(etcd) if etcd.is_refusal() => Status::failed_precondition(format!(
+            "the gateway may not write the change log: {error}"
+        )),
         LogError::Etcd(_) => Status::unavailable(format!("the change log is unavailable: {error}")),
         LogError::Malformed { .. } => Status::internal(error.to_string()),
     }

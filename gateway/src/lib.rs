@@ -8,7 +8,7 @@
 
 mod answer_check;
 pub mod api_keys;
-mod bundle_filter;
+pub mod bundle_filter;
 pub mod bundle_state;
 pub mod catalog_overlay;
 mod catalog_service;
@@ -28,6 +28,8 @@ mod server;
 pub mod service;
 pub mod shard_k;
 mod validate;
+mod version_probe;
+pub mod versions;
 
 pub use catalog_service::ItemLogOptions;
 pub use error::GatewayError;

@@ -32,19 +32,22 @@ struct Args {
     /// Static membership file (JSON: {"shards": [["addr", ...], ...], "ranking": [...]}).
     #[arg(long = "static", env = "RECSYS_STATIC", conflicts_with_all = ["shard", "etcd"])]
     static_file: Option<PathBuf>,
-    /// Discover nodes in etcd (comma-separated client URLs) instead of a static list.
-    #[arg(
-        long,
-        env = "RECSYS_ETCD",
-        value_delimiter = ',',
-        conflicts_with = "shard"
-    )]
-    etcd: Vec<String>,
+    /// Discover nodes in etcd (`--etcd` client URLs, TLS and auth toward it)
+    /// instead of a static list.
+    #[command(flatten)]
+    etcd: recsys_discovery::flags::EtcdAccessFlags,
+    #[command(flatten)]
+    versions: recsys_discovery::flags::VersionFlags,
     /// Cluster name in etcd: nodes are read from /recsys/{cluster}/nodes/.
     #[arg(long, env = "RECSYS_CLUSTER", default_value = "default")]
     cluster: String,
     /// Static membership as flags: N=addr[,addr...] per shard, repeatable.
-    #[arg(long, env = "RECSYS_SHARDS", value_delimiter = ' ')]
+    #[arg(
+        long,
+        env = "RECSYS_SHARDS",
+        value_delimiter = ' ',
+        conflicts_with = "etcd"
+    )]
     shard: Vec<String>,
     /// Largest k (items in an answer).
     #[arg(long, env = "RECSYS_MAX_K", default_value_t = RecommendLimits::default().max_k)]
@@ -113,8 +116,9 @@ impl Args {
     /// Everything `serve` needs that can be checked without the network or the
     /// bundle; `--check-config` runs exactly this, so it cannot drift from `serve`.
     fn plan(&self) -> anyhow::Result<(Discovery, GatewayConfig)> {
-        let discovery = if !self.etcd.is_empty() {
-            Discovery::Etcd(EtcdOptions::new(self.etcd.clone(), self.cluster.clone()))
+        let etcd = self.etcd.access()?;
+        let discovery = if let Some(etcd) = &etcd {
+            Discovery::Etcd(EtcdOptions::new(etcd, self.cluster.clone()))
         } else {
             let spec = match &self.static_file {
                 Some(path) => StaticSpec::from_file(path)?,
@@ -163,6 +167,7 @@ impl Args {
         );
         let config = GatewayConfig {
             bundle_dir: self.bundle.given(),
+            versions: self.versions.options(),
             policy: RequestPolicy {
                 limits: RecommendLimits {
                     max_k: self.max_k,
@@ -196,8 +201,8 @@ impl Args {
                 .map_err(|reason| anyhow::anyhow!(reason))?,
             max_in_flight: self.admission.max_in_flight,
             // With etcd, item changes go to the cluster's change log there.
-            item_log: (!self.etcd.is_empty()).then(|| recsys_gateway::ItemLogOptions {
-                endpoints: self.etcd.clone(),
+            item_log: etcd.map(|etcd| recsys_gateway::ItemLogOptions {
+                etcd,
                 cluster: self.cluster.clone(),
             }),
         };
@@ -226,7 +231,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.bundle_dir = resolve_bundle(&args.bundle)?;
     let membership: Arc<dyn Membership> = match discovery {
         Discovery::Etcd(options) => {
-            tracing::info!(etcd = ?args.etcd, cluster = %args.cluster, "discovering nodes in etcd");
+            tracing::info!(etcd = ?args.etcd.etcd, cluster = %args.cluster, "discovering nodes in etcd");
             Arc::new(EtcdMembership::start(options))
         }
         Discovery::Static(membership) => Arc::new(membership),
@@ -240,10 +245,11 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The version directory to serve: `--bundle` as given, or the version the
-/// `--bundle-root`'s CURRENT names (read once, at start).
+/// The directory to serve: `--bundle` as given, or the `--bundle-root`, whose
+/// versions the server then follows (its CURRENT, or the cluster's desired
+/// version in etcd). Checked here so that a wrong path fails at once.
 fn resolve_bundle(flags: &recsys_bundle::flags::BundleFlags) -> anyhow::Result<PathBuf> {
     let resolved = flags.resolve()?;
-    tracing::info!(version = %resolved.version, dir = %resolved.dir.display(), "serving bundle version");
-    Ok(resolved.dir)
+    tracing::info!(version = %resolved.version, dir = %resolved.dir.display(), "bundle version named at start");
+    Ok(flags.given())
 }

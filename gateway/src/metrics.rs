@@ -56,6 +56,20 @@ static REFUSED_ANSWERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+static BUNDLE_VERSIONS: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "recsys_gateway_bundle_versions",
+        "bundle versions the gateway holds: 2 while a rollout loads or retires one",
+    )
+});
+
+static BUNDLE_SWITCHES: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "recsys_gateway_bundle_switches_total",
+        "changes of the bundle version new requests are answered with",
+    )
+});
+
 static HEDGES: LazyLock<IntCounter> = LazyLock::new(|| {
     counter(
         "recsys_gateway_hedged_calls_total",
@@ -90,6 +104,21 @@ pub fn mismatched_nodes(count: usize) {
 /// A node answer failed the answer check `check` (a constant label).
 pub fn refused_answer(check: &'static str) {
     REFUSED_ANSWERS.with_label_values(&[check]).inc();
+}
+
+/// The gateway holds `held` versions and answers with `primary`; counts a
+/// switch when `primary` changed since the last call.
+pub fn bundle_versions(primary: Option<&str>, held: usize) {
+    static LAST: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    BUNDLE_VERSIONS.set(i64::try_from(held).unwrap_or(i64::MAX));
+    if let Ok(mut last) = LAST.lock()
+        && last.as_deref() != primary
+    {
+        if last.is_some() {
+            BUNDLE_SWITCHES.inc();
+        }
+        *last = primary.map(str::to_string);
+    }
 }
 
 /// A call was hedged to a second replica.

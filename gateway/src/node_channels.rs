@@ -307,6 +307,7 @@ pub(crate) mod tests {
             shard_count: Some(1),
             bundle_version: String::new(),
             state: NodeState::Serving,
+            versions: Vec::new(),
         }
     }
 

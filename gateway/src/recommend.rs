@@ -116,9 +116,10 @@ impl Gateway {
         timeout: Duration,
     ) -> Result<RequestPlan, GatewayError> {
         let started = Instant::now();
-        let bundle = ready_bundle(&self.shared.bundle.load())?;
+        // The version this request is answered by, end to end.
+        let (version, bundle) = ready_bundle(&self.shared.versions, "")?;
         let manifest = &bundle.manifest;
-        let view = self.shared.view.borrow().clone();
+        let view = self.shared.view_of(&version);
         let options = request.options.unwrap_or_default();
         let with_ranking = !options.skip_ranking && !view.ranking.is_empty();
         let checked = validate(request, manifest.dimensions, &self.shared.policy.limits)?;
@@ -200,6 +201,7 @@ impl Gateway {
                     exclude_item_ids,
                     exact: plan.exact,
                     min_log_revision: plan.min_revision,
+                    bundle_version: manifest.version.clone(),
                 };
                 let target = ShardTarget {
                     shard: shard as u32,
@@ -321,6 +323,7 @@ impl Gateway {
             user_id: plan.user_id.clone(),
             user_features: request.user_features.clone(),
             item_ids: merged.iter().map(|c| c.item_id).collect(),
+            bundle_version: plan.bundle.manifest.version.clone(),
             min_log_revision: log_revision,
         };
         call_replicas(
@@ -335,7 +338,7 @@ impl Gateway {
                     .max_decoding_message_size(RANK_RESPONSE_MAX_BYTES);
                 async move { client.rank(grpc_request).await }
             },
-            |response| check_rank(response, merged.len()),
+            |response| check_rank(response, merged.len(), &plan.bundle.manifest.version),
         )
         .await
     }

@@ -4,13 +4,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use recsys_discovery::Membership;
+use recsys_discovery::{Membership, VersionOptions};
 use recsys_proto::v1::catalog_service_server::CatalogServiceServer;
 use recsys_proto::v1::gateway_service_server::GatewayServiceServer;
 use recsys_server::admission::{Admission, AdmissionRole, resolve_limit};
-use recsys_server::grpc::{
-    incoming, not_serving_on_shutdown, router_with, set_health, spawn_loader,
-};
+use recsys_server::grpc::{incoming, not_serving_on_shutdown, router_with, set_health};
 use recsys_server::limits::ServerLimits;
 use recsys_server::tls::ServerAccess;
 use tokio::net::TcpListener;
@@ -22,8 +20,6 @@ use tonic_health::ServingStatus;
 
 use crate::GatewayError;
 use crate::api_keys::{ApiKeyCheck, ApiKeys};
-use crate::bundle_filter::BundleId;
-use crate::bundle_state::{BundleLoad, BundleState};
 use crate::catalog_service::{Catalog, ItemLogOptions};
 use crate::node_channels::NodeChannels;
 use crate::node_identity::{NodeTls, NodeTlsFiles};
@@ -32,8 +28,13 @@ use crate::service::{Gateway, GatewayShared, RequestPolicy};
 /// How to run a gateway.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
-    /// The bundle directory (manifest, catalog, query model).
+    /// The bundle (manifest, catalog, query model): a version directory, or a
+    /// bundle root whose versions the gateway follows (`versions.rs`).
     pub bundle_dir: PathBuf,
+    /// How the gateway moves between versions. With `item_log` (the cluster's
+    /// etcd) it follows the desired version there (`recsys rollout`), else the
+    /// bundle root's `CURRENT`.
+    pub versions: VersionOptions,
     /// Request tunables.
     pub policy: RequestPolicy,
     /// How long to wait for a TCP connection to a node.
@@ -85,44 +86,50 @@ pub async fn run(
     let name = <GatewayServiceServer<Gateway> as NamedService>::NAME;
     set_health(&health, name, ServingStatus::NotServing).await;
 
-    let (bundle_id, own_bundle) = watch::channel(None);
-    let routed = crate::bundle_filter::spawn(membership.subscribe(), own_bundle, shutdown.clone());
-    let shared = Arc::new(GatewayShared::new(
-        routed.clone(),
-        Arc::new(NodeChannels::new(config.connect_timeout).with_tls(node_tls)),
-        config.policy,
-    ));
-
-    let loader = shared.clone();
-    let failed = shared.clone();
-    let bundle_dir = config.bundle_dir.clone();
-    let (follow_log, follow_shutdown) = (config.item_log.clone(), shutdown.clone());
-    spawn_loader(
-        health.clone(),
-        name,
+    let clients = Arc::new(NodeChannels::new(config.connect_timeout).with_tls(node_tls));
+    let (bundles, held) = watch::channel(Vec::new());
+    // Static nodes say what they serve through `Info`; registered ones in etcd.
+    let probed = crate::version_probe::spawn(
+        clients.clone(),
+        membership.subscribe(),
+        config.health_interval.min(Duration::from_millis(500)),
         shutdown.clone(),
-        "gateway bundle",
-        move || BundleState::load(&bundle_dir),
-        move |state: BundleState| {
-            tracing::info!(
-                version = %state.manifest.version,
-                shards = state.manifest.shard_count,
-                users = state.query_model.as_ref().map_or(0, |m| m.known_users()),
-                "gateway bundle ready"
-            );
-            bundle_id.send_replace(Some(BundleId {
-                version: state.manifest.version.clone(),
-                shard_count: state.manifest.shard_count,
-            }));
-            let state = Arc::new(state);
-            // With etcd the gateway names the items changed since the version.
-            if let Some(options) = follow_log {
-                crate::catalog_overlay::follow(options, &state, follow_shutdown);
-            }
-            loader.bundle.store(Arc::new(BundleLoad::Ready(state)));
-        },
-        move |failure| failed.bundle.store(Arc::new(BundleLoad::Failed(failure))),
     );
+    let (routed, views) =
+        crate::bundle_filter::spawn(membership.subscribe(), held, probed, shutdown.clone());
+    let mut shared = GatewayShared::new(routed.clone(), clients, config.policy);
+    shared.views = Some(views.clone());
+    let shared = Arc::new(shared);
+
+    let (serving, mut serving_now) = watch::channel(false);
+    let (health_reporter, health_stop) = (health.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        loop {
+            let status = if *serving_now.borrow_and_update() {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            if !health_stop.is_cancelled() {
+                set_health(&health_reporter, name, status).await;
+            }
+            tokio::select! {
+                () = health_stop.cancelled() => return,
+                changed = serving_now.changed() => if changed.is_err() { return },
+            }
+        }
+    });
+    crate::versions::start(
+        shared.versions.clone(),
+        recsys_bundle::BundleSource::at(&config.bundle_dir),
+        config.item_log.clone(),
+        config.versions,
+        views,
+        bundles,
+        serving,
+        shutdown.clone(),
+    )
+    .await;
     not_serving_on_shutdown(health, name, shutdown.clone());
     crate::health_check::spawn(
         shared.clients.clone(),
@@ -139,7 +146,7 @@ pub async fn run(
         "gateway listening"
     );
     let limit = resolve_limit(AdmissionRole::Gateway, config.max_in_flight);
-    let admission = Admission::new(name, limit, &[]);
+    let admission = Admission::with_mode(name, limit, &[], config.server_limits.admission);
     // Item changes: behind the same API keys, outside admission control (an
     // operator's call, not traffic), and decoded up to twice what one change-log
     // entry may hold so that a call over it is refused by name, not by size.

@@ -6,9 +6,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use futures_util::Stream;
-use recsys_discovery::ClusterView;
+use recsys_discovery::{ClusterView, VersionSet};
 use recsys_proto::v1::{
     RecommendRequest, RecommendResponse, RecommendStreamResponse,
     gateway_service_server::GatewayService,
@@ -20,7 +19,8 @@ use tonic::{Request, Response, Status};
 
 use recsys_server::exact_searches::ExactSearches;
 
-use crate::bundle_state::BundleLoad;
+use crate::bundle_filter::VersionViews;
+use crate::bundle_state::BundleState;
 use crate::deadline::request_timeout;
 use crate::node_channels::NodeChannels;
 use crate::validate::RecommendLimits;
@@ -62,10 +62,14 @@ impl Default for RequestPolicy {
 /// State shared by every request.
 #[derive(Debug)]
 pub struct GatewayShared {
-    /// The bundle: loading, loaded, or why its load failed.
-    pub bundle: ArcSwap<BundleLoad>,
-    /// The latest cluster view.
+    /// The bundle versions held (loading, loaded, or why a load failed); a
+    /// request uses the primary one, looked up once at its start.
+    pub versions: Arc<VersionSet<BundleState>>,
+    /// The latest cluster view: every node routable for a version held.
     pub view: watch::Receiver<Arc<ClusterView>>,
+    /// The view of each version held, when the gateway keeps them
+    /// (`bundle_filter`); without, requests route by `view`.
+    pub views: Option<watch::Receiver<Arc<VersionViews>>>,
     /// Channels to nodes, with their load and health.
     pub clients: Arc<NodeChannels>,
     /// Tunables.
@@ -75,6 +79,14 @@ pub struct GatewayShared {
 }
 
 impl GatewayShared {
+    /// The view to route a request of `version` by.
+    pub fn view_of(&self, version: &str) -> Arc<ClusterView> {
+        match &self.views {
+            Some(views) => views.borrow().get(version),
+            None => self.view.borrow().clone(),
+        }
+    }
+
     /// Shared state routing by `view` through `clients`, with `policy`.
     pub fn new(
         view: watch::Receiver<Arc<ClusterView>>,
@@ -82,8 +94,9 @@ impl GatewayShared {
         policy: RequestPolicy,
     ) -> Self {
         Self {
-            bundle: ArcSwap::from_pointee(BundleLoad::Loading),
+            versions: Arc::new(VersionSet::new()),
             view,
+            views: None,
             clients,
             exact_searches: ExactSearches::new(policy.max_exact_searches),
             policy,
@@ -124,10 +137,12 @@ impl GatewayService for Gateway {
     ) -> Result<Response<Self::RecommendStreamStream>, Status> {
         let timeout = request_timeout(request.metadata(), &self.shared.policy);
         let request = request.into_inner();
-        let capacity = match self.shared.bundle.load().as_ref() {
-            BundleLoad::Ready(bundle) => bundle.manifest.shard_count as usize,
-            BundleLoad::Loading | BundleLoad::Failed(_) => 1,
-        } + 1;
+        let capacity = self
+            .shared
+            .versions
+            .primary()
+            .map_or(1, |(_, bundle)| bundle.manifest.shard_count as usize)
+            + 1;
         let (sender, receiver) = mpsc::channel(capacity);
         let gateway = self.clone();
         tokio::spawn(async move {

@@ -114,7 +114,12 @@ pub struct LiveStats {
 /// writes it. Batches are short (one log entry's changes), so a search waits at
 /// most for one batch.
 struct Mutable {
+    /// Its configured beam is 1: every search says how many results it wants,
+    /// which sets the beam (usearch searches with the larger of the two), so
+    /// that concurrent searches can use different beams.
     delta: Index,
+    /// The beam of a full search of the delta ([`LiveShard::set_expansion_search`]).
+    delta_ef: usize,
     /// Base items deleted or replaced, left out of the base's search.
     hidden: Hidden,
     revision: u64,
@@ -141,11 +146,13 @@ impl LiveShard {
     pub fn new(base: ShardIndex, revision: u64) -> Result<Self, ChangeError> {
         let delta = Index::new(&usearch_options(base.params(), base.dimensions()))
             .map_err(|e| ChangeError::Usearch(e.to_string()))?;
-        delta.change_expansion_search(base.params().expansion_search);
+        delta.change_expansion_search(1);
+        let delta_ef = base.params().expansion_search;
         Ok(Self {
             base,
             mutable: RwLock::new(Mutable {
                 delta,
+                delta_ef,
                 hidden: Hidden::default(),
                 revision,
             }),
@@ -160,7 +167,7 @@ impl LiveShard {
     /// Overrides the search beam width (`ef`) of the mutable part; the base's is
     /// set on [`Self::base`].
     pub fn set_expansion_search(&self, expansion: usize) {
-        self.read().delta.change_expansion_search(expansion);
+        self.write().delta_ef = expansion;
     }
 
     /// The last change-log revision applied (or contained in the bundle).
@@ -278,24 +285,48 @@ impl LiveShard {
         exact: bool,
     ) -> Result<Vec<Hit>, SearchError> {
         let mutable = self.read();
-        let mut hits = self
+        let base = self
             .base
             .search_hiding(query, k, excluded, &mutable.hidden, exact)?;
         let delta = &mutable.delta;
         if delta.size() == 0 || k == 0 {
-            return Ok(hits);
+            return Ok(base);
         }
-        let scan = (k + excluded.len()).min(delta.size());
-        hits.extend(search_one(
-            delta,
-            self.base.metric(),
-            query,
-            k,
-            exact.then_some(scan),
-            !excluded.is_empty(),
-            |key| excluded.binary_search(&key).is_err(),
-        )?);
-        sort_hits(&mut hits);
+        let search_delta = |wanted: usize| {
+            search_one(
+                delta,
+                self.base.metric(),
+                query,
+                wanted,
+                exact.then_some((k + excluded.len()).min(delta.size())),
+                !excluded.is_empty(),
+                |key| excluded.binary_search(&key).is_err(),
+            )
+        };
+        let merge = |delta_hits: Vec<Hit>| {
+            let mut hits = base.clone();
+            hits.extend(delta_hits);
+            sort_hits(&mut hits);
+            hits
+        };
+        let live = self
+            .base
+            .items()
+            .saturating_sub(mutable.hidden.len() as u64)
+            + delta.size() as u64;
+        let (narrow, full) = delta_beams(k, delta.size(), live, mutable.delta_ef);
+        let first = search_delta(narrow)?;
+        let returned = first.len();
+        let worst_delta = first.iter().map(|hit| hit.1).fold(f32::INFINITY, f32::min);
+        let mut hits = merge(first);
+        // If the delta's worst hit still made the k best, the delta may hold
+        // more of them (new items alike, near this query): search it fully.
+        if !exact && narrow < full && returned >= narrow {
+            let kth = hits.get(k - 1).map_or(f32::NEG_INFINITY, |hit| hit.1);
+            if worst_delta >= kth {
+                hits = merge(search_delta(full)?);
+            }
+        }
         hits.truncate(k);
         Ok(hits)
     }
@@ -312,9 +343,15 @@ impl LiveShard {
                 .search_hiding(query, k, &[], &mutable.hidden, false)?
                 .len())
         } else {
+            let live = self
+                .base
+                .items()
+                .saturating_sub(mutable.hidden.len() as u64)
+                + mutable.delta.size() as u64;
+            let (narrow, _) = delta_beams(k, mutable.delta.size(), live, mutable.delta_ef);
             Ok(mutable
                 .delta
-                .search(query, k)
+                .search(query, narrow)
                 .map_err(|e| SearchError::Usearch(e.to_string()))?
                 .keys
                 .len())
@@ -330,6 +367,24 @@ impl LiveShard {
     fn write(&self) -> RwLockWriteGuard<'_, Mutable> {
         self.mutable.write().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// How many results to ask of a delta of `delta` items, out of `live` items
+/// in the shard, for a search of `k` at a full beam of `ef`: a narrow first
+/// search, and the full one when the narrow one may have missed some.
+///
+/// The delta holds a share p of the items, so about k·p of the k best with
+/// items spread at random; the narrow search asks for that plus four standard
+/// deviations and a few more, and at least a quarter of the full beam (a beam much
+/// narrower than the base's would lose recall inside the delta). Both are at
+/// most the delta's size.
+fn delta_beams(k: usize, delta: usize, live: u64, ef: usize) -> (usize, usize) {
+    let full = k.max(ef).min(delta);
+    let p = (delta as f64 / live.max(1) as f64).clamp(0.0, 1.0);
+    let mean = k as f64 * p;
+    let expected = (mean + 4.0 * (mean * (1.0 - p)).sqrt()).ceil() as usize + 4;
+    let narrow = expected.max(ef / 4).min(full);
+    (narrow, full)
 }
 
 #[cfg(test)]

@@ -28,8 +28,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use recsys_bundle::{BundleError, Manifest};
+use recsys_discovery::etcd_auth::ClusterUser;
 use recsys_discovery::{
-    AnnounceOptions, EtcdMembership, EtcdOptions, Membership, StaticMembership, StaticSpec,
+    AnnounceOptions, EtcdAccess, EtcdMembership, EtcdOptions, Membership, StaticMembership,
+    StaticSpec,
 };
 use recsys_gateway::{GatewayConfig, GatewayError, RequestPolicy};
 use recsys_ranking_node::{RankingConfig, RankingError};
@@ -192,8 +194,11 @@ pub enum ClusterError {
 /// How to start a local cluster.
 #[derive(Debug, Clone)]
 pub struct LocalClusterOptions {
-    /// The bundle every node loads.
+    /// The bundle every node loads: a version directory, or a bundle root whose
+    /// versions every server follows.
     pub bundle_dir: PathBuf,
+    /// How servers move between versions of a bundle root.
+    pub versions: recsys_discovery::VersionOptions,
     /// Replicas per shard.
     pub replicas: usize,
     /// Searches at once per retrieval node (0 = one per core).
@@ -216,21 +221,41 @@ pub struct LocalClusterOptions {
 /// An etcd to register in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdCluster {
-    /// etcd client URLs.
-    pub endpoints: Vec<String>,
+    /// The etcd and how to reach it (URLs, TLS; credentials come from `users`).
+    pub etcd: EtcdAccess,
     /// The cluster name in `/recsys/{cluster}/nodes/`.
     pub cluster: String,
     /// Lease TTL of the nodes' registrations.
     pub lease_ttl: Duration,
+    /// With etcd auth on: the directory of the password files
+    /// `recsys_discovery::etcd_auth::setup` wrote; every server logs in as the
+    /// user of its kind.
+    pub users: Option<PathBuf>,
+}
+
+impl EtcdCluster {
+    /// How a server of `kind` reaches etcd: as its own user when auth is on.
+    pub fn access_for(&self, kind: ClusterUser) -> EtcdAccess {
+        let credentials = self
+            .users
+            .as_ref()
+            .map(|dir| kind.credentials(&self.cluster, dir));
+        self.etcd.clone().with_credentials(credentials)
+    }
 }
 
 impl LocalClusterOptions {
     /// How a node listening on `listener` announces itself, if the cluster uses etcd.
-    fn announce(&self, role: &str, listener: &TcpListener) -> Option<AnnounceOptions> {
+    fn announce(
+        &self,
+        role: &str,
+        kind: ClusterUser,
+        listener: &TcpListener,
+    ) -> Option<AnnounceOptions> {
         let etcd = self.etcd.as_ref()?;
         let addr = listener.local_addr().ok()?;
         let mut options = AnnounceOptions::new(
-            etcd.endpoints.clone(),
+            etcd.access_for(kind),
             etcd.cluster.clone(),
             format!("{role}@{addr}"),
             addr.to_string(),
@@ -245,6 +270,7 @@ impl LocalClusterOptions {
     pub fn new(bundle_dir: impl Into<PathBuf>) -> Self {
         Self {
             bundle_dir: bundle_dir.into(),
+            versions: Default::default(),
             replicas: 1,
             search_threads: 0,
             ranking_nodes: None,
@@ -270,6 +296,8 @@ pub struct LocalCluster {
     rankers: Vec<Option<ServerHandle<RankingError>>>,
     gateway: ServerHandle<GatewayError>,
     manifest: Manifest,
+    /// The directory of the version served at start.
+    bundle_dir: PathBuf,
 }
 
 /// Binds `addr` and runs one server, called `name`, on it with its own shutdown token.
@@ -295,7 +323,8 @@ impl LocalCluster {
     /// Starts every shard, the ranking nodes and the gateway, and returns once all
     /// report SERVING.
     pub async fn start(options: LocalClusterOptions) -> Result<Self, ClusterError> {
-        let manifest = Manifest::load(&options.bundle_dir)?;
+        let first = recsys_bundle::BundleSource::at(&options.bundle_dir).resolve()?;
+        let manifest = Manifest::load(&first.dir)?;
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut nodes = Vec::with_capacity(manifest.shard_count as usize);
         for shard in 0..manifest.shard_count {
@@ -303,6 +332,7 @@ impl LocalCluster {
             for replica in 0..options.replicas.max(1) {
                 let mut config = NodeConfig {
                     bundle_dir: options.bundle_dir.clone(),
+                    versions: options.versions,
                     shard,
                     search_threads: options.search_threads,
                     limits: SearchLimits::default(),
@@ -316,7 +346,11 @@ impl LocalCluster {
                 };
                 let name = format!("retrieval node {replica} of shard {shard}");
                 let handle = spawn(name, loopback, |listener, token| {
-                    config.announce = options.announce(&format!("retrieval-{shard}"), &listener);
+                    config.announce = options.announce(
+                        &format!("retrieval-{shard}"),
+                        ClusterUser::Retrieval,
+                        &listener,
+                    );
                     recsys_retrieval_node::run(listener, config, token)
                 })
                 .await?;
@@ -330,6 +364,7 @@ impl LocalCluster {
         let mut rankers = Vec::with_capacity(ranking_nodes);
         for index in 0..ranking_nodes {
             let mut config = RankingConfig::new(&options.bundle_dir);
+            config.versions = options.versions;
             if let Some(tls) = &options.tls {
                 config.access = tls.server("ranking");
             }
@@ -337,7 +372,7 @@ impl LocalCluster {
                 format!("ranking node {index}"),
                 loopback,
                 |listener, token| {
-                    config.announce = options.announce("ranking", &listener);
+                    config.announce = options.announce("ranking", ClusterUser::Ranking, &listener);
                     recsys_ranking_node::run(listener, config, token)
                 },
             )
@@ -373,13 +408,14 @@ impl LocalCluster {
         };
         let membership: Arc<dyn Membership> = match &options.etcd {
             Some(etcd) => Arc::new(EtcdMembership::start(EtcdOptions::new(
-                etcd.endpoints.clone(),
+                etcd.access_for(ClusterUser::Gateway),
                 etcd.cluster.clone(),
             ))),
             None => Arc::new(StaticMembership::new(&spec)?),
         };
         let config = GatewayConfig {
             bundle_dir: options.bundle_dir.clone(),
+            versions: options.versions,
             policy: options.policy,
             connect_timeout: Duration::from_secs(1),
             health_interval: Duration::from_secs(1),
@@ -394,7 +430,7 @@ impl LocalCluster {
                 .etcd
                 .as_ref()
                 .map(|etcd| recsys_gateway::ItemLogOptions {
-                    endpoints: etcd.endpoints.clone(),
+                    etcd: etcd.access_for(ClusterUser::Gateway),
                     cluster: etcd.cluster.clone(),
                 }),
         };
@@ -415,12 +451,18 @@ impl LocalCluster {
             rankers,
             gateway,
             manifest,
+            bundle_dir: first.dir,
         })
     }
 
-    /// The bundle's manifest.
+    /// The manifest of the version served at start.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// The directory of the version served at start.
+    pub fn bundle_dir(&self) -> PathBuf {
+        self.bundle_dir.clone()
     }
 
     /// Address of a retrieval node, if it runs.

@@ -23,7 +23,7 @@ use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 use crate::v1::{
     CatalogChangeResponse, DeleteItemsRequest, InfoRequest, InfoResponse, RankRequest,
     RankResponse, RecommendRequest, RecommendResponse, RecommendStreamResponse, SearchRequest,
-    SearchResponse, UpsertItemsRequest,
+    SearchResponse, UpsertItemsRequest, VersionInfo,
 };
 
 /// Who is to blame when a message of this type does not decode, as a gRPC code.
@@ -46,7 +46,7 @@ macro_rules! blame {
 // Requests are decoded by servers: bad bytes are the caller's.
 blame!(Code::InvalidArgument => RecommendRequest, SearchRequest, InfoRequest, RankRequest, UpsertItemsRequest, DeleteItemsRequest);
 // Answers are decoded by clients: bad bytes are the server's.
-blame!(Code::Internal => RecommendResponse, RecommendStreamResponse, SearchResponse, InfoResponse, RankResponse, CatalogChangeResponse);
+blame!(Code::Internal => RecommendResponse, RecommendStreamResponse, SearchResponse, InfoResponse, VersionInfo, RankResponse, CatalogChangeResponse);
 
 /// [`ProstCodec`] with decode errors mapped by [`DecodeBlame`].
 #[derive(Debug, Clone)]

@@ -193,12 +193,15 @@ mod tests {
             k: MAX_RETRIEVE_K,
             exclude_item_ids: vec![u64::MAX; MAX_EXCLUSIONS],
             exact: true,
+            // Version names are at most 128 bytes (`recsys_bundle::root::MAX_VERSION_LEN`).
+            bundle_version: "v".repeat(128),
         };
         assert!(search.encoded_len() <= search_request_max_bytes(MAX_EXCLUSIONS));
         let rank = RankRequest {
             user_id: "u".repeat(MAX_ID_BYTES),
             user_features: largest_features(),
             item_ids: vec![u64::MAX; MAX_RETRIEVE_K as usize],
+            bundle_version: "v".repeat(128),
             min_log_revision: u64::MAX,
         };
         assert!(rank.encoded_len() <= rank_request_max_bytes(MAX_RETRIEVE_K as usize));

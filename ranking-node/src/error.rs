@@ -21,6 +21,10 @@ pub enum RankingError {
     /// The ranker is not loaded (yet, or ever: the message says which file failed).
     #[error("{0}")]
     NotReady(String),
+    /// The request names a bundle version this node does not serve (a rollout
+    /// under way): FAILED_PRECONDITION, so the caller asks another node.
+    #[error("{0}")]
+    VersionNotServed(String),
     /// The scoring queue refused the request.
     #[error(transparent)]
     Queue(#[from] QueueError),
@@ -90,6 +94,7 @@ impl From<RankingError> for tonic::Status {
             RankingError::Queue(QueueError::Closed) | RankingError::NotReady(_) => {
                 tonic::Status::unavailable(message)
             }
+            RankingError::VersionNotServed(_) => tonic::Status::failed_precondition(message),
             RankingError::Rank(_)
             | RankingError::NoAnswer
             | RankingError::Transport(_)

@@ -15,6 +15,7 @@ mod item_overlay;
 mod metrics;
 mod server;
 mod service;
+pub mod versions;
 
 pub use error::RankingError;
 pub use server::{RankingConfig, run};

@@ -4,15 +4,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-use recsys_bundle::Manifest;
-use recsys_discovery::{AnnounceOptions, Announcer, Role, serve_and_drain};
-use recsys_model::Ranker;
+use recsys_discovery::{AnnounceOptions, Announcer, VersionOptions, VersionSet, serve_and_drain};
 use recsys_proto::v1::ranking_service_server::RankingServiceServer;
 use recsys_server::admission::{Admission, AdmissionRole, resolve_limit};
-use recsys_server::grpc::{
-    incoming, not_serving_on_shutdown, pool_size, router_with, set_health, spawn_loader,
-};
+use recsys_server::grpc::{incoming, not_serving_on_shutdown, pool_size, router_with, set_health};
 use recsys_server::limits::ServerLimits;
 use recsys_server::tls::ServerAccess;
 use tokio::net::TcpListener;
@@ -23,15 +18,16 @@ use tonic_health::ServingStatus;
 
 use crate::RankingError;
 use crate::batcher::{Batcher, BatcherConfig, Workers};
-use crate::error::RankerLoadError;
-use crate::item_overlay::ServingRanker;
-use crate::service::{LoadState, RankingNodeService};
+use crate::service::RankingNodeService;
 
 /// How to run a ranking node.
 #[derive(Debug, Clone)]
 pub struct RankingConfig {
-    /// The bundle directory.
+    /// The bundle: a version directory, or a bundle root whose versions the
+    /// node follows (`versions.rs`).
     pub bundle_dir: PathBuf,
+    /// How the node moves between versions.
+    pub versions: VersionOptions,
     /// Scoring threads, each running one forward pass at a time (0 = one per core).
     pub threads: usize,
     /// Most candidates one forward pass takes from concurrent requests (0 = one
@@ -66,6 +62,7 @@ impl RankingConfig {
     pub fn new(bundle_dir: impl Into<PathBuf>) -> Self {
         Self {
             bundle_dir: bundle_dir.into(),
+            versions: VersionOptions::default(),
             threads: 0,
             max_batch_rows: 1024,
             max_queue: 1024,
@@ -80,63 +77,49 @@ impl RankingConfig {
     }
 }
 
-/// The ranker, once its files pass their checksums, with the version of the
-/// bundle it came in (what the node registers as, so the gateway can tell it
-/// apart from nodes of another bundle) and the change-log revision it contains.
-fn load(dir: &std::path::Path) -> Result<ServingRanker, RankerLoadError> {
-    let manifest = Manifest::load(dir)?;
-    // Every file of the ranker directory against its recorded checksum, before
-    // candle or the feature readers see a byte: a corrupt file is named here.
-    recsys_bundle::verify_files(dir, &manifest, recsys_bundle::FileSet::Ranker)?;
-    let files = manifest
-        .ranker_files(dir)
-        .ok_or_else(|| RankerLoadError::NoRanker(dir.join(recsys_bundle::MANIFEST_FILE)))?;
-    let ranker = Ranker::load(&files)?;
-    // Item changes apply on top from the revision the version contains.
-    Ok(ServingRanker::new(
-        ranker,
-        manifest.version,
-        manifest.log_revision,
-    ))
-}
-
 /// How long a scoring thread that died waits before it starts again.
 const THREAD_RESTART_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Reports `NOT_SERVING` while a scoring thread is missing (it died and waits to
-/// be restarted) and `SERVING` again once every thread is back, if the ranker is
-/// loaded and shutdown has not begun: a node that cannot score at full strength
-/// should not take its full share of traffic.
-fn health_follows_workers(
+/// Reports `SERVING` while a ranker is loaded and every scoring thread runs,
+/// `NOT_SERVING` otherwise (while the first version loads, while a
+/// `--switch replace` node loads the next, and while a scoring thread that died
+/// waits to be restarted: a node that cannot score at full strength should not
+/// take its full share of traffic), until shutdown.
+fn health_follows(
     health: tonic_health::server::HealthReporter,
     name: &'static str,
     mut workers: watch::Receiver<Workers>,
-    state: Arc<ArcSwap<LoadState>>,
+    mut serving: watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) {
     tokio::spawn(async move {
+        let mut last = None;
         loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                changed = workers.changed() => if changed.is_err() { return },
-            }
-            let now = *workers.borrow_and_update();
-            // Until the ranker is loaded, the loader reports health.
-            if !matches!(state.load().as_ref(), LoadState::Ready(_)) || shutdown.is_cancelled() {
-                continue;
-            }
-            let status = if now.all_alive() {
+            let threads = *workers.borrow_and_update();
+            let loaded = *serving.borrow_and_update();
+            let status = if loaded && threads.all_alive() {
                 ServingStatus::Serving
             } else {
                 ServingStatus::NotServing
             };
-            tracing::info!(
-                alive = now.alive,
-                threads = now.threads,
-                ?status,
-                "scoring threads changed"
-            );
-            set_health(&health, name, status).await;
+            if last != Some(status) && !shutdown.is_cancelled() {
+                if last.is_some() {
+                    tracing::info!(
+                        alive = threads.alive,
+                        threads = threads.threads,
+                        loaded,
+                        ?status,
+                        "ranking node health changed"
+                    );
+                }
+                set_health(&health, name, status).await;
+                last = Some(status);
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = workers.changed() => if changed.is_err() { return },
+                changed = serving.changed() => if changed.is_err() { return },
+            }
         }
     });
 }
@@ -152,7 +135,7 @@ pub async fn run(
     let (health, router) = router_with(&config.access, &config.server_limits)?;
     let name = <RankingServiceServer<RankingNodeService> as NamedService>::NAME;
     set_health(&health, name, ServingStatus::NotServing).await;
-    let state = Arc::new(ArcSwap::from_pointee(LoadState::Loading));
+    let versions = Arc::new(VersionSet::new());
     let batcher = Batcher::start(BatcherConfig {
         threads: pool_size(config.threads),
         max_queue: config.max_queue,
@@ -162,59 +145,45 @@ pub async fn run(
         restart_delay: THREAD_RESTART_DELAY,
     })
     .map_err(RankingError::Threads)?;
-    health_follows_workers(
+    let (serving, serving_now) = watch::channel(false);
+    health_follows(
         health.clone(),
         name,
         batcher.workers(),
-        state.clone(),
+        serving_now,
         shutdown.clone(),
     );
-    let service = RankingNodeService::new(state.clone(), Arc::new(batcher), &config);
+    let service = RankingNodeService::new(versions.clone(), Arc::new(batcher), &config);
 
-    // Connecting is lazy: an etcd that is away only fails the follower's calls.
+    // With etcd, every loaded version applies upserted items' features from the
+    // change log (`item_overlay.rs`). Connecting is lazy without an etcd user:
+    // an etcd that is away only fails the followers' calls.
     let change_log = match &config.announce {
         Some(etcd) => Some(
-            recsys_catalog_log::ChangeLog::connect(&etcd.endpoints, &etcd.cluster)
+            recsys_catalog_log::ChangeLog::connect(&etcd.etcd, &etcd.cluster)
                 .await
                 .map_err(RankingError::ChangeLog)?,
         ),
         None => None,
     };
-    let follow_shutdown = shutdown.clone();
     let announcer = Announcer::new(config.announce.clone());
-    let ready_announcer = announcer.clone();
-    let (ready_state, failed_state) = (state.clone(), state.clone());
-    let dir = config.bundle_dir.clone();
-    spawn_loader(
-        health.clone(),
-        name,
+    crate::versions::start(
+        versions,
+        recsys_bundle::BundleSource::at(&config.bundle_dir),
+        config.announce.clone(),
+        announcer.clone(),
+        change_log,
+        config.versions,
+        serving,
         shutdown.clone(),
-        "ranker",
-        move || load(&dir),
-        move |serving: ServingRanker| {
-            tracing::info!(
-                version = serving.ranker().version(),
-                bundle_version = serving.bundle_version(),
-                items = serving.ranker().items(),
-                log_revision = serving.revision(),
-                "ranker ready"
-            );
-            ready_announcer.register(Role::Ranking, None, None, serving.bundle_version());
-            let serving = Arc::new(serving);
-            // With etcd the node also applies upserted items' features.
-            if let Some(log) = change_log {
-                crate::item_overlay::follow(log, serving.clone(), follow_shutdown);
-            }
-            ready_state.store(Arc::new(LoadState::Ready(serving)));
-        },
-        move |error| failed_state.store(Arc::new(LoadState::Failed(error))),
-    );
+    )
+    .await;
     not_serving_on_shutdown(health, name, shutdown.clone());
 
     tracing::info!(addr = ?listener.local_addr().ok(), "ranking node listening");
     let stop = announcer.server_stop(shutdown);
     let limit = resolve_limit(AdmissionRole::Ranking, config.max_in_flight);
-    let admission = Admission::new(name, limit, &[]);
+    let admission = Admission::with_mode(name, limit, &["Info"], config.server_limits.admission);
     let serve = router
         .add_service(admission.wrap(
             RankingServiceServer::new(service).max_decoding_message_size(

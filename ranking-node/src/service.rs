@@ -4,39 +4,36 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
+use recsys_discovery::{Unavailable, VersionSet};
 use recsys_model::{FeatureInput, UserContext};
 use recsys_proto::v1::{
-    FeatureValue, RankRequest, RankResponse, feature_value::Kind,
-    ranking_service_server::RankingService,
+    FeatureValue, InfoRequest, InfoResponse, LoadStatus, RankRequest, RankResponse, VersionInfo,
+    feature_value::Kind, ranking_service_server::RankingService,
 };
 use tonic::{Request, Response, Status};
 
 use crate::batcher::Batcher;
-use crate::{RankingConfig, RankingError};
-
 use crate::item_overlay::ServingRanker;
-
-/// Where loading the ranker stands.
-pub type LoadState = recsys_server::grpc::LoadState<ServingRanker, crate::error::RankerLoadError>;
+use crate::versions::ServedRanker;
+use crate::{RankingConfig, RankingError};
 
 /// The gRPC service of one ranking node.
 #[derive(Debug, Clone)]
 pub struct RankingNodeService {
-    state: Arc<ArcSwap<LoadState>>,
+    versions: Arc<VersionSet<ServedRanker>>,
     batcher: Arc<Batcher<ServingRanker>>,
     max_candidates: usize,
 }
 
 impl RankingNodeService {
-    /// A service scoring with `state` on `batcher`'s threads.
+    /// A service scoring with the rankers of `versions` on `batcher`'s threads.
     pub fn new(
-        state: Arc<ArcSwap<LoadState>>,
+        versions: Arc<VersionSet<ServedRanker>>,
         batcher: Arc<Batcher<ServingRanker>>,
         config: &RankingConfig,
     ) -> Self {
         Self {
-            state,
+            versions,
             batcher,
             max_candidates: config.max_candidates,
         }
@@ -83,15 +80,19 @@ impl RankingNodeService {
         request: RankRequest,
         deadline: Option<Instant>,
     ) -> Result<RankResponse, RankingError> {
-        let ranker = match self.state.load().as_ref() {
-            LoadState::Ready(ranker) => ranker.clone(),
-            LoadState::Loading => {
+        // Looked up once: the whole request is scored by this version.
+        let (bundle_version, ranker) = match self.versions.get(&request.bundle_version) {
+            Ok((version, served)) => (version, served.ranker.clone()),
+            Err(Unavailable::Loading) => {
                 return Err(RankingError::NotReady("ranker still loading".into()));
             }
-            LoadState::Failed(reason) => {
+            Err(Unavailable::Failed(reason)) => {
                 return Err(RankingError::NotReady(format!(
                     "ranker not loaded: {reason}"
                 )));
+            }
+            Err(not_served @ Unavailable::NotServed { .. }) => {
+                return Err(RankingError::VersionNotServed(not_served.to_string()));
             }
         };
         if request.item_ids.len() > self.max_candidates {
@@ -133,6 +134,7 @@ impl RankingNodeService {
         let outcome = answer.await.map_err(|_| RankingError::NoAnswer)?;
         let scores = outcome.map_err(RankingError::DeadlineExceeded)??;
         Ok(RankResponse {
+            bundle_version,
             scores: scores.scores,
             model_version: ranker.ranker().version().to_string(),
             user_out_of_vocabulary: scores.user_out_of_vocabulary,
@@ -149,5 +151,47 @@ impl RankingService for RankingNodeService {
         Ok(Response::new(
             RankingNodeService::rank(self, request.into_inner(), deadline).await?,
         ))
+    }
+
+    #[allow(deprecated)] // `state`, the string, is still filled for older clients.
+    async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        use recsys_discovery::VersionPhase;
+        let versions: Vec<VersionInfo> = self
+            .versions
+            .states()
+            .into_iter()
+            .map(|state| VersionInfo {
+                load_status: match state.state {
+                    VersionPhase::Loading => LoadStatus::Loading,
+                    VersionPhase::Serving => LoadStatus::Serving,
+                    VersionPhase::Failed => LoadStatus::Failed,
+                }
+                .into(),
+                version: state.version,
+                load_error: state.error,
+                shard_count: 0,
+            })
+            .collect();
+        let mut response = match self.versions.primary_version() {
+            Some(version) => InfoResponse {
+                bundle_version: version,
+                load_status: LoadStatus::Serving.into(),
+                ..Default::default()
+            },
+            None => match self.versions.get("") {
+                Err(Unavailable::Failed(reason)) => InfoResponse {
+                    load_error: reason,
+                    load_status: LoadStatus::Failed.into(),
+                    ..Default::default()
+                },
+                _ => InfoResponse {
+                    load_status: LoadStatus::Loading.into(),
+                    ..Default::default()
+                },
+            },
+        };
+        response.versions = versions;
+        response.state = response.load_status().name().into();
+        Ok(Response::new(response))
     }
 }

@@ -17,6 +17,10 @@ pub enum NodeError {
     /// The shard is not loaded (yet, or ever: the message says which file failed).
     #[error("shard not ready: {0}")]
     NotReady(String),
+    /// The request names a bundle version this node does not serve (a rollout
+    /// under way): FAILED_PRECONDITION, so the caller asks another replica.
+    #[error("{0}")]
+    VersionNotServed(String),
     /// The bundle could not be loaded.
     #[error(transparent)]
     Bundle(#[from] BundleError),
@@ -89,7 +93,9 @@ impl From<NodeError> for tonic::Status {
                 tonic::Status::failed_precondition(message)
             }
             NodeError::DeadlineExceeded => tonic::Status::deadline_exceeded(message),
-            NodeError::Behind { .. } => tonic::Status::failed_precondition(message),
+            NodeError::Behind { .. } | NodeError::VersionNotServed(_) => {
+                tonic::Status::failed_precondition(message)
+            }
             NodeError::Search(_)
             | NodeError::Transport(_)
             | NodeError::Router(_)

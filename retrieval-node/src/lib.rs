@@ -12,6 +12,7 @@ mod item_changes;
 mod metrics;
 mod server;
 mod service;
+pub mod versions;
 
 pub use error::NodeError;
 pub use recsys_index::{LiveShard, LoadMode, ShardIndex};

@@ -27,6 +27,8 @@ struct Args {
     metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     etcd: recsys_discovery::flags::EtcdFlags,
+    #[command(flatten)]
+    versions: recsys_discovery::flags::VersionFlags,
     /// Searches running at once (0 = one per core).
     #[arg(long, env = "RECSYS_SEARCH_THREADS", default_value_t = 0)]
     search_threads: usize,
@@ -80,6 +82,7 @@ impl Args {
         );
         Ok(NodeConfig {
             bundle_dir: self.bundle.given(),
+            versions: self.versions.options(),
             shard: self.shard,
             search_threads: self.search_threads,
             limits: SearchLimits {
@@ -129,10 +132,11 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The version directory to serve: `--bundle` as given, or the version the
-/// `--bundle-root`'s CURRENT names (read once, at start).
+/// The directory to serve: `--bundle` as given, or the `--bundle-root`, whose
+/// versions the node then follows (its CURRENT, or the cluster's desired
+/// version in etcd). Checked here so that a wrong path fails at once.
 fn resolve_bundle(flags: &recsys_bundle::flags::BundleFlags) -> anyhow::Result<PathBuf> {
     let resolved = flags.resolve()?;
-    tracing::info!(version = %resolved.version, dir = %resolved.dir.display(), "serving bundle version");
-    Ok(resolved.dir)
+    tracing::info!(version = %resolved.version, dir = %resolved.dir.display(), "bundle version named at start");
+    Ok(flags.given())
 }

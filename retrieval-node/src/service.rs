@@ -4,31 +4,27 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use recsys_catalog_log::{CatchUp, ChangeLog};
+use recsys_discovery::{Unavailable, VersionPhase, VersionSet};
 use recsys_proto::checks::check_embedding;
 use recsys_proto::v1::{
-    InfoRequest, InfoResponse, LoadStatus, SearchRequest, SearchResponse,
+    InfoRequest, InfoResponse, LoadStatus, SearchRequest, SearchResponse, VersionInfo,
     retrieval_service_server::RetrievalService,
 };
 use recsys_server::exact_searches::ExactSearches;
 use tokio::sync::{Semaphore, watch};
 use tonic::{Request, Response, Status};
 
-use crate::{LiveShard, NodeError, SearchLimits};
-
-/// Where loading the shard stands.
-pub type LoadState = recsys_server::grpc::LoadState<LiveShard, recsys_bundle::BundleError>;
+use crate::versions::ServedShard;
+use crate::{NodeError, SearchLimits};
 
 /// The gRPC service of one retrieval node.
 #[derive(Debug, Clone)]
 pub struct RetrievalNodeService {
-    state: Arc<ArcSwap<LoadState>>,
+    versions: Arc<VersionSet<ServedShard>>,
     pool: Arc<Semaphore>,
     limits: SearchLimits,
     exact_searches: ExactSearches,
-    /// The last change-log revision the shard has applied.
-    applied: watch::Receiver<u64>,
     /// The change log, with etcd: read to answer `min_log_revision`.
     change_log: Option<ChangeLog>,
 }
@@ -37,31 +33,33 @@ pub struct RetrievalNodeService {
 const MAX_REVISION_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl RetrievalNodeService {
-    /// A service answering from `state`, at most `pool` searches at a time;
-    /// `applied` follows the change-log revision the shard has applied.
+    /// A service answering from the versions in `versions`, at most `pool`
+    /// searches at a time.
     pub fn new(
-        state: Arc<ArcSwap<LoadState>>,
+        versions: Arc<VersionSet<ServedShard>>,
         pool: Arc<Semaphore>,
         limits: SearchLimits,
-        applied: watch::Receiver<u64>,
         change_log: Option<ChangeLog>,
     ) -> Self {
         Self {
-            state,
+            versions,
             pool,
-            applied,
             change_log,
             exact_searches: ExactSearches::new(limits.max_exact_searches),
             limits,
         }
     }
 
-    fn ready(&self) -> Result<Arc<LiveShard>, NodeError> {
-        match self.state.load().as_ref() {
-            LoadState::Ready(index) => Ok(index.clone()),
-            LoadState::Loading => Err(NodeError::NotReady("the shard is still loading".into())),
-            LoadState::Failed(reason) => Err(NodeError::NotReady(reason.to_string())),
-        }
+    /// The version a search answers from: the one it names, else the primary;
+    /// looked up once, so the whole search uses that one.
+    fn ready(&self, version: &str) -> Result<(String, Arc<ServedShard>), NodeError> {
+        self.versions.get(version).map_err(|why| match why {
+            Unavailable::Loading => NodeError::NotReady("the shard is still loading".into()),
+            Unavailable::Failed(reason) => NodeError::NotReady(reason),
+            not_served @ Unavailable::NotServed { .. } => {
+                NodeError::VersionNotServed(not_served.to_string())
+            }
+        })
     }
 
     /// Waits until the shard holds every change up to revision `wanted`, at
@@ -72,12 +70,13 @@ impl RetrievalNodeService {
     /// out, `FAILED_PRECONDITION`, so the gateway asks another replica.
     async fn wait_for_revision(
         &self,
+        applied: &watch::Receiver<u64>,
         shard: u32,
         wanted: u64,
         deadline: Option<Instant>,
     ) -> Result<(), NodeError> {
         let behind = || NodeError::Behind {
-            applied: *self.applied.borrow(),
+            applied: *applied.borrow(),
             wanted,
         };
         let limit = Instant::now() + MAX_REVISION_WAIT;
@@ -85,20 +84,21 @@ impl RetrievalNodeService {
         let Some(log) = &self.change_log else {
             return Err(behind());
         };
-        let applied = *self.applied.borrow();
-        let needed = tokio::time::timeout_at(until.into(), log.catch_up(shard, applied, wanted))
-            .await
-            .map_err(|_| behind())?
-            .map_err(|error| {
-                tracing::warn!(%error, "cannot check the change log for min_log_revision");
-                behind()
-            })?;
+        let applied_now = *applied.borrow();
+        let needed =
+            tokio::time::timeout_at(until.into(), log.catch_up(shard, applied_now, wanted))
+                .await
+                .map_err(|_| behind())?
+                .map_err(|error| {
+                    tracing::warn!(%error, "cannot check the change log for min_log_revision");
+                    behind()
+                })?;
         let target = match needed {
             CatchUp::Nothing => return Ok(()),
             CatchUp::Apply(target) => target,
             CatchUp::Ahead { .. } => return Err(behind()),
         };
-        let mut applied = self.applied.clone();
+        let mut applied = applied.clone();
         match tokio::time::timeout_at(
             until.into(),
             applied.wait_for(|revision| *revision >= target),
@@ -120,7 +120,8 @@ impl RetrievalNodeService {
         request: SearchRequest,
         deadline: Option<Instant>,
     ) -> Result<SearchResponse, NodeError> {
-        let live = self.ready()?;
+        let (version, served) = self.ready(&request.bundle_version)?;
+        let live = served.live.clone();
         let index = live.base();
         validate(&request, index.dimensions(), &self.limits)?;
         let SearchRequest {
@@ -129,9 +130,10 @@ impl RetrievalNodeService {
             mut exclude_item_ids,
             exact,
             min_log_revision,
+            bundle_version: _,
         } = request;
         if min_log_revision > live.revision() {
-            self.wait_for_revision(index.shard(), min_log_revision, deadline)
+            self.wait_for_revision(&served.applied, index.shard(), min_log_revision, deadline)
                 .await?;
         }
         exclude_item_ids.sort_unstable();
@@ -177,7 +179,7 @@ impl RetrievalNodeService {
             scores,
             shard: index.shard(),
             items_searched: live.stats().items,
-            bundle_version: index.bundle_version().to_string(),
+            bundle_version: version,
             search_us: elapsed.as_micros() as u64,
             // Read after the search: never lower than what the search saw.
             log_revision: live.revision(),
@@ -239,8 +241,23 @@ impl RetrievalService for RetrievalNodeService {
 
     #[allow(deprecated)] // `state`, the string, is still filled for older clients.
     async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
-        let mut response = match self.state.load().as_ref() {
-            LoadState::Ready(live) => {
+        let versions: Vec<VersionInfo> = crate::versions::registration_states(&self.versions)
+            .into_iter()
+            .map(|state| VersionInfo {
+                load_status: match state.state {
+                    VersionPhase::Loading => LoadStatus::Loading,
+                    VersionPhase::Serving => LoadStatus::Serving,
+                    VersionPhase::Failed => LoadStatus::Failed,
+                }
+                .into(),
+                version: state.version,
+                load_error: state.error,
+                shard_count: state.shard_count.unwrap_or(0),
+            })
+            .collect();
+        let mut response = match self.versions.primary() {
+            Some((version, served)) => {
+                let live = &served.live;
                 let (index, stats) = (live.base(), live.stats());
                 InfoResponse {
                     shard: index.shard(),
@@ -250,22 +267,25 @@ impl RetrievalService for RetrievalNodeService {
                     live_items: stats.delta,
                     dimensions: index.dimensions() as u32,
                     metric: index.metric().as_str().into(),
-                    bundle_version: index.bundle_version().into(),
+                    bundle_version: version,
                     quantization: index.quantization().as_str().into(),
                     load_status: LoadStatus::Serving.into(),
                     ..Default::default()
                 }
             }
-            LoadState::Loading => InfoResponse {
-                load_status: LoadStatus::Loading.into(),
-                ..Default::default()
-            },
-            LoadState::Failed(reason) => InfoResponse {
-                load_error: reason.to_string(),
-                load_status: LoadStatus::Failed.into(),
-                ..Default::default()
+            None => match self.versions.get("") {
+                Err(Unavailable::Failed(reason)) => InfoResponse {
+                    load_error: reason,
+                    load_status: LoadStatus::Failed.into(),
+                    ..Default::default()
+                },
+                _ => InfoResponse {
+                    load_status: LoadStatus::Loading.into(),
+                    ..Default::default()
+                },
             },
         };
+        response.versions = versions;
         response.state = response.load_status().name().into();
         Ok(Response::new(response))
     }
@@ -278,6 +298,7 @@ mod tests {
     fn request(query: Vec<f32>, k: u32, excluded: usize) -> SearchRequest {
         SearchRequest {
             min_log_revision: 0,
+            bundle_version: String::new(),
             query,
             k,
             exclude_item_ids: (0..excluded as u64).collect(),

@@ -8,9 +8,10 @@
 //! limit a call costs the server one header parse and a trailers-only answer, so
 //! overload degrades into fast refusals while the admitted calls keep the latency
 //! of a saturated, not a flooded, server. The limit is fixed, per core, with
-//! defaults measured with `recsys-bench load` (docs/benchmarks.md, "Overload");
-//! an adaptive limit (Netflix's concurrency-limits, Envoy's adaptive concurrency)
-//! would follow a host whose speed changes, and is not built.
+//! defaults measured with `recsys-bench load` (docs/benchmarks.md, "Overload"),
+//! or, with `--admission adaptive`, moves between one call per core and that
+//! ceiling with the latency of the admitted calls ([`crate::adaptive_limit`]),
+//! so that it follows a host whose speed or load changes.
 //!
 //! [`Admission::wrap`] puts the limit around one service (the gateway's, a node's)
 //! rather than the whole router, so `grpc.health.v1` and reflection are never
@@ -32,15 +33,28 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::LazyLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
+// tokio's clock, so that tests can run the adaptive limit on a paused clock.
+use tokio::time::Instant;
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 use tonic::server::NamedService;
 
+use crate::adaptive_limit::AdaptiveLimit;
 use crate::metrics::{counter_vec, gauge_vec};
+
+/// How a server's limit is set (`--admission`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum AdmissionMode {
+    /// The limit is `--max-in-flight` (or the role's default) at all times.
+    #[default]
+    Fixed,
+    /// The limit moves between one call per core and `--max-in-flight` (or the
+    /// role's default) with the latency admitted calls see.
+    Adaptive,
+}
 
 /// Which server a limit is for; each has its own default per core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,12 +157,18 @@ struct Series {
     shed: IntCounter,
     deadline_exceeded: IntCounter,
     in_flight: IntGauge,
+    limit: IntGauge,
 }
 
 #[derive(Debug)]
 struct Limiter {
     service: &'static str,
-    limit: usize,
+    /// The limit now: fixed, or moved by `adaptive`.
+    limit: AtomicUsize,
+    /// The adaptive limit's state, when the limit adapts. Samples that find it
+    /// locked are skipped rather than waited for: the limit needs a sample of
+    /// the calls, not every one.
+    adaptive: Option<Mutex<AdaptiveLimit>>,
     exempt: &'static [&'static str],
     in_flight: AtomicUsize,
     series: Series,
@@ -158,8 +178,9 @@ impl Limiter {
     /// A slot, unless `limit` calls already hold one.
     fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
         let mut current = self.in_flight.load(Ordering::Relaxed);
+        let limit = self.limit.load(Ordering::Relaxed);
         loop {
-            if current >= self.limit {
+            if current >= limit {
                 return None;
             }
             match self.in_flight.compare_exchange_weak(
@@ -173,9 +194,27 @@ impl Limiter {
             }
         }
         self.series.in_flight.inc();
+        if let Some(Ok(mut adaptive)) = self.adaptive.as_ref().map(Mutex::try_lock) {
+            adaptive.admitted(current + 1);
+        }
         Some(Permit {
             limiter: self.clone(),
         })
+    }
+
+    /// An admitted call answered after `started`: a sample for an adaptive limit.
+    fn finished(&self, started: Instant) {
+        let Some(Ok(mut adaptive)) = self.adaptive.as_ref().map(Mutex::try_lock) else {
+            return;
+        };
+        let now = Instant::now();
+        let latency = now.saturating_duration_since(started);
+        if let Some(limit) = adaptive.finished(latency, now.into_std()) {
+            self.limit.store(limit, Ordering::Relaxed);
+            self.series
+                .limit
+                .set(i64::try_from(limit).unwrap_or(i64::MAX));
+        }
     }
 
     fn is_exempt(&self, path: &str) -> bool {
@@ -207,21 +246,40 @@ impl Admission {
     /// A limit of `limit` calls (at least 1) in flight for `service` (its gRPC
     /// name, the metrics' label); calls to the methods in `exempt` are never refused.
     pub fn new(service: &'static str, limit: usize, exempt: &'static [&'static str]) -> Self {
+        Self::with_mode(service, limit, exempt, AdmissionMode::Fixed)
+    }
+
+    /// As [`Admission::new`], with `limit` the ceiling of an adaptive limit
+    /// when `mode` says so. The adaptive floor is one call per core: below it a
+    /// core would idle while calls are refused.
+    pub fn with_mode(
+        service: &'static str,
+        limit: usize,
+        exempt: &'static [&'static str],
+        mode: AdmissionMode,
+    ) -> Self {
         let limit = limit.max(1);
-        LIMIT
-            .with_label_values(&[service])
-            .set(i64::try_from(limit).unwrap_or(i64::MAX));
         let series = Series {
             admitted: ADMITTED.with_label_values(&[service]),
             shed: SHED.with_label_values(&[service]),
             deadline_exceeded: DEADLINE_EXCEEDED.with_label_values(&[service]),
             in_flight: IN_FLIGHT.with_label_values(&[service]),
+            limit: LIMIT.with_label_values(&[service]),
         };
-        tracing::info!(service, limit, "admission limit");
+        series.limit.set(i64::try_from(limit).unwrap_or(i64::MAX));
+        let adaptive = match mode {
+            AdmissionMode::Fixed => None,
+            AdmissionMode::Adaptive => {
+                let cores = std::thread::available_parallelism().map_or(1, usize::from);
+                Some(Mutex::new(AdaptiveLimit::new(cores, limit)))
+            }
+        };
+        tracing::info!(service, limit, ?mode, "admission limit");
         Self {
             limiter: Arc::new(Limiter {
                 service,
-                limit,
+                limit: AtomicUsize::new(limit),
+                adaptive,
                 exempt,
                 in_flight: AtomicUsize::new(0),
                 series,
@@ -229,9 +287,9 @@ impl Admission {
         }
     }
 
-    /// The limit.
+    /// The limit now.
     pub fn limit(&self) -> usize {
-        self.limiter.limit
+        self.limiter.limit.load(Ordering::Relaxed)
     }
 
     /// Calls holding a slot now.
@@ -283,21 +341,27 @@ where
         let Some(permit) = limiter.try_acquire() else {
             limiter.series.shed.inc();
             let status = tonic::Status::resource_exhausted(format!(
-                "{} is at its limit of {} calls in flight (--max-in-flight); retry later",
-                limiter.service, limiter.limit
+                "{} is at its limit of {} calls in flight (--max-in-flight, --admission); retry later",
+                limiter.service,
+                limiter.limit.load(Ordering::Relaxed)
             ));
             return Box::pin(std::future::ready(Ok(status.into_http())));
         };
         limiter.series.admitted.inc();
         let timeout = crate::deadline::header_timeout(request.headers());
+        let started = Instant::now();
         let response = self.inner.call(request);
         Box::pin(async move {
+            // The sample is the time to the response's headers: a unary call's
+            // whole handler, a stream's time to its first answer (how long it
+            // runs after that is the caller's business, not congestion).
             let response = match timeout {
                 None => response.await?,
                 Some(timeout) => match tokio::time::timeout(timeout, response).await {
                     Ok(response) => response?,
                     Err(_) => {
                         let limiter = &permit.limiter;
+                        limiter.finished(started);
                         limiter.series.deadline_exceeded.inc();
                         let status = tonic::Status::deadline_exceeded(format!(
                             "the caller's deadline of {timeout:?} passed before {} answered",
@@ -307,6 +371,7 @@ where
                     }
                 },
             };
+            permit.limiter.finished(started);
             Ok(response.map(|body| tonic::body::Body::new(Held { body, permit })))
         })
     }
@@ -447,6 +512,87 @@ mod tests {
         assert_eq!(grpc_status(&response), Some(tonic::Code::DeadlineExceeded));
         drop(response);
         assert_eq!(admission.in_flight(), 0);
+    }
+
+    /// A handler that answers after the milliseconds its path names.
+    #[derive(Clone)]
+    struct Slow;
+
+    impl NamedService for Slow {
+        const NAME: &'static str = "test.Slow";
+    }
+
+    impl Service<http::Request<()>> for Slow {
+        type Response = Response;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: http::Request<()>) -> Self::Future {
+            let millis: u64 = request
+                .uri()
+                .path()
+                .rsplit('/')
+                .next()
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(0);
+            Box::pin(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+                Ok(http::Response::new(tonic::body::Body::empty()))
+            })
+        }
+    }
+
+    /// Sends `calls` calls of `millis` ms at once; how many were shed.
+    async fn burst(service: &Admitted<Slow>, calls: usize, millis: u64) -> usize {
+        let pending: Vec<_> = (0..calls)
+            .map(|_| {
+                let mut service = service.clone();
+                tokio::spawn(async move { service.call(call(&millis.to_string())).await })
+            })
+            .collect();
+        let mut shed = 0;
+        for call in pending {
+            let response = call.await.unwrap().unwrap();
+            if grpc_status(&response) == Some(tonic::Code::ResourceExhausted) {
+                shed += 1;
+            }
+        }
+        shed
+    }
+
+    // On tokio's paused clock: the handlers' latencies are exact, whatever the
+    // machine's speed.
+    #[tokio::test(start_paused = true)]
+    async fn an_adaptive_limit_shrinks_when_latency_grows_and_grows_back_when_it_falls() {
+        let ceiling = 256;
+        let admission = Admission::with_mode("test.Slow", ceiling, &[], AdmissionMode::Adaptive);
+        let service = admission.wrap(Slow);
+        // Unloaded: one call at a time, 1 ms each.
+        for _ in 0..400 {
+            assert_eq!(burst(&service, 1, 1).await, 0);
+        }
+        assert_eq!(
+            admission.limit(),
+            ceiling,
+            "an unloaded server keeps its ceiling"
+        );
+        // Overload: every slot taken by calls twenty times slower.
+        let mut shed = 0;
+        for _ in 0..40 {
+            shed += burst(&service, ceiling, 20).await;
+        }
+        let shrunk = admission.limit();
+        assert!(shrunk < ceiling / 4, "limit {shrunk}");
+        assert!(shed > 0, "a limit below the ceiling sheds the excess");
+        // Fast again and using the whole limit: it grows back by one a window.
+        for _ in 0..400 {
+            burst(&service, shrunk + 2, 1).await;
+        }
+        assert!(admission.limit() > shrunk, "limit {}", admission.limit());
     }
 
     #[test]

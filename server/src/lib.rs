@@ -6,6 +6,7 @@
 //! these here means health, reflection and TCP settings cannot drift apart between
 //! the gateway, retrieval and ranking nodes.
 
+pub mod adaptive_limit;
 pub mod admission;
 pub mod allocator;
 pub mod deadline;

@@ -11,18 +11,24 @@ use std::task::{Context, Poll};
 
 use tonic::transport::Server;
 
+use crate::admission::AdmissionMode;
+
 /// Transport limits of one server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerLimits {
     /// HTTP/2 streams (calls) one connection may have open at once; a client
     /// opening more waits for one to finish (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`).
     pub max_concurrent_streams: u32,
+    /// Whether the admission limit (`--max-in-flight`) is fixed or adapts to
+    /// the latency of admitted calls below it.
+    pub admission: AdmissionMode,
 }
 
 impl Default for ServerLimits {
     fn default() -> Self {
         Self {
             max_concurrent_streams: recsys_proto::limits::DEFAULT_MAX_CONCURRENT_STREAMS,
+            admission: AdmissionMode::Fixed,
         }
     }
 }
@@ -62,6 +68,11 @@ pub struct ServerLimitFlags {
     /// streams would let one connection pin the server's memory).
     #[arg(long, env = "RECSYS_MAX_CONCURRENT_STREAMS", default_value_t = recsys_proto::limits::DEFAULT_MAX_CONCURRENT_STREAMS)]
     pub max_concurrent_streams: u32,
+    /// `fixed`: at most `--max-in-flight` calls at once. `adaptive`: the limit
+    /// moves between one call per core and `--max-in-flight` with the latency
+    /// of admitted calls, shrinking when it doubles (docs/benchmarks.md, "Overload").
+    #[arg(long, env = "RECSYS_ADMISSION", value_enum, default_value_t = AdmissionMode::Fixed)]
+    pub admission: AdmissionMode,
 }
 
 impl ServerLimitFlags {
@@ -72,6 +83,7 @@ impl ServerLimitFlags {
         }
         Ok(ServerLimits {
             max_concurrent_streams: self.max_concurrent_streams,
+            admission: self.admission,
         })
     }
 }
@@ -183,6 +195,7 @@ mod tests {
     fn zero_streams_is_refused() {
         let flags = ServerLimitFlags {
             max_concurrent_streams: 0,
+            admission: AdmissionMode::Fixed,
         };
         assert!(flags.limits().is_err());
     }

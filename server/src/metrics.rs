@@ -36,7 +36,7 @@ const KNOWN_METHODS: &[(&str, &[&str])] = &[
         &["Recommend", "RecommendStream"],
     ),
     ("recsys.v1.RetrievalService", &["Search", "Info"]),
-    ("recsys.v1.RankingService", &["Rank"]),
+    ("recsys.v1.RankingService", &["Rank", "Info"]),
     ("recsys.v1.CatalogService", &["UpsertItems", "DeleteItems"]),
     ("grpc.health.v1.Health", &["Check", "Watch"]),
     (
@@ -328,7 +328,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(seen, 7);
+        assert_eq!(seen, 8);
     }
 
     #[test]

@@ -120,6 +120,7 @@ async fn calls_reset_before_the_server_took_them_leave_the_connection_open() {
 fn the_reset_guard_follows_the_stream_limit() {
     let limits = ServerLimits {
         max_concurrent_streams: 64,
+        ..ServerLimits::default()
     };
     assert_eq!(limits.max_pending_accept_reset_streams(), 64);
 }

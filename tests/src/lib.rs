@@ -129,10 +129,25 @@ fn build_into(
     }
 }
 
+/// A client of the gateway at `addr`: plaintext, or over TLS with the CA and the
+/// `client` certificate of the `recsys certs` directory that
+/// [`compose::GATEWAY_TLS_VAR`] names (deploy/compose.sh sets it for the compose
+/// cluster, whose gateway requires a client certificate).
 pub async fn gateway_client(addr: SocketAddr) -> GatewayServiceClient<Channel> {
-    GatewayServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap()
+    match compose::gateway_tls() {
+        Some(tls) => {
+            let channel = tls
+                .endpoint(&addr.to_string())
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            GatewayServiceClient::new(channel)
+        }
+        None => GatewayServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap(),
+    }
 }
 
 /// A retrieval-only request (`skip_ranking`) for `k` items.

@@ -88,10 +88,19 @@ impl RankingService for FakeRanker {
             }
         }
         Ok(Response::new(RankResponse {
+            bundle_version: String::new(),
             scores,
             model_version: FAKE_MODEL_VERSION.into(),
             user_out_of_vocabulary: false,
         }))
+    }
+
+    /// Like a ranking node built before rollouts: it cannot say its versions.
+    async fn info(
+        &self,
+        _request: Request<recsys_proto::v1::InfoRequest>,
+    ) -> Result<Response<recsys_proto::v1::InfoResponse>, Status> {
+        Err(Status::unimplemented("a fake ranker has no Info"))
     }
 }
 
@@ -407,6 +416,7 @@ pub async fn retrieval_node(
     let addr = listener.local_addr().unwrap();
     let config = recsys_retrieval_node::NodeConfig {
         bundle_dir: bundle.to_path_buf(),
+        versions: Default::default(),
         shard,
         search_threads: 1,
         limits: recsys_retrieval_node::SearchLimits::default(),

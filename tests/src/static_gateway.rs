@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 pub fn gateway_config(bundle_dir: &Path) -> GatewayConfig {
     GatewayConfig {
         bundle_dir: bundle_dir.to_path_buf(),
+        versions: Default::default(),
         policy: RequestPolicy::default(),
         connect_timeout: Duration::from_secs(1),
         health_interval: Duration::from_secs(60),

@@ -163,6 +163,7 @@ impl Adversarial for Noise {
 
     fn search(&mut self) -> SearchRequest {
         SearchRequest {
+            bundle_version: String::new(),
             min_log_revision: self.pick(&[0, 0, 0, 1, u64::MAX]),
             query: self.embedding(),
             k: self.pick(&[0, 1, 10, MAX_RETRIEVE_K, MAX_RETRIEVE_K + 1, u32::MAX]),
@@ -173,6 +174,7 @@ impl Adversarial for Noise {
 
     fn rank(&mut self) -> RankRequest {
         RankRequest {
+            bundle_version: String::new(),
             user_id: self.string(),
             user_features: self.features(),
             item_ids: (0..self.count(MAX_RETRIEVE_K as usize))

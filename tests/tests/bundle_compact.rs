@@ -105,6 +105,7 @@ async fn node(
         access: Default::default(),
         server_limits: Default::default(),
         max_in_flight: 0,
+        versions: Default::default(),
     };
     tokio::spawn(recsys_retrieval_node::run(listener, config, token.clone()));
     addr
@@ -121,6 +122,7 @@ async fn exact_top(addr: SocketAddr, query: &[f32], k: u32, revision: u64) -> Ve
                 exclude_item_ids: Vec::new(),
                 exact: true,
                 min_log_revision: revision,
+                bundle_version: String::new(),
             };
             if let Ok(answer) = client.search(request).await {
                 return answer.into_inner().item_ids;

@@ -268,6 +268,7 @@ async fn a_flipped_byte_or_a_truncated_file_keeps_the_node_not_serving() {
         let addr = listener.local_addr().unwrap();
         let config = recsys_retrieval_node::NodeConfig {
             bundle_dir: dir.to_path_buf(),
+            versions: Default::default(),
             shard,
             search_threads: 1,
             limits: Default::default(),
@@ -329,6 +330,7 @@ async fn a_flipped_byte_or_a_truncated_file_keeps_the_node_not_serving() {
     )
     .unwrap();
     let config = recsys_gateway::GatewayConfig {
+        versions: Default::default(),
         server_limits: Default::default(),
         security: Default::default(),
         max_in_flight: 0,
@@ -411,6 +413,7 @@ async fn gateway_verdict(corrupt: &Path, addr: SocketAddr) -> i32 {
     )
     .unwrap();
     let config = recsys_gateway::GatewayConfig {
+        versions: Default::default(),
         server_limits: Default::default(),
         security: Default::default(),
         max_in_flight: 0,

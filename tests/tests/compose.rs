@@ -281,3 +281,159 @@ async fn compose_stopped_replicas_and_shard_fail_no_request() {
     assert_eq!(report.failed, 0, "{:?}", report.errors);
     assert_eq!(report.partial, 0, "{:?}", report.errors);
 }
+
+/// A command's output as one string, for the assertions' messages.
+fn said(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// TLS and mutual TLS end to end: the test's other clients present the CA's
+/// client certificate (`RECSYS_TEST_GATEWAY_TLS`) and get full answers, which the
+/// gateway can give only over mutual TLS to every node; a client without a
+/// certificate gets UNAUTHENTICATED, plaintext gets no answer, a node asked
+/// without a certificate refuses too and its certificate names its shard; etcd refuses a client without a
+/// certificate, and a node's etcd user may register but not write the change log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the compose cluster: make compose-test"]
+async fn compose_runs_mutual_tls_and_etcd_auth_and_refuses_strangers() {
+    let test = "compose_runs_mutual_tls_and_etcd_auth_and_refuses_strangers";
+    let gateway = gateway(test);
+    let compose = Compose::from_env(test);
+    let tls = recsys_tests::compose::gateway_tls().unwrap_or_else(|| {
+        panic!("{test}: RECSYS_TEST_GATEWAY_TLS is not set; make compose-test sets it")
+    });
+    wait_full_coverage(gateway, Duration::from_secs(60)).await;
+
+    // The gateway: TLS without a client certificate, and plaintext.
+    let no_certificate = recsys_server::tls::ClientTls {
+        identity: None,
+        ..tls.clone()
+    };
+    let channel = no_certificate
+        .endpoint(&gateway.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = recsys_proto::v1::gateway_service_client::GatewayServiceClient::new(channel)
+        .recommend(by_user("user-0", 10, false))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let plaintext = async {
+        let mut client = recsys_proto::v1::gateway_service_client::GatewayServiceClient::connect(
+            format!("http://{gateway}"),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        client
+            .recommend(by_user("user-0", 10, false))
+            .await
+            .map_err(|status| status.to_string())
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(10), plaintext).await;
+    assert!(
+        !matches!(outcome, Ok(Ok(_))),
+        "a plaintext client was answered"
+    );
+
+    // A node, from inside the network (a one-off container of the `certs` job's
+    // image and volume): with a client certificate it is SERVING and proves
+    // shard 0's identity; without one it refuses; checked for shard 1's
+    // identity, its certificate fails.
+    let health = |server_name: &str, certificate: bool| {
+        let mut argv = vec![
+            "recsys",
+            "health",
+            "--addr=retrieval-0a:7000",
+            "--timeout-ms=5000",
+            "--tls-ca=/secrets/certs/ca.pem",
+        ];
+        let name = format!("--tls-server-name={server_name}");
+        argv.push(&name);
+        if certificate {
+            argv.extend([
+                "--tls-cert=/secrets/certs/client.pem",
+                "--tls-key=/secrets/certs/client.key",
+            ]);
+        }
+        compose.run_once("certs", &argv)
+    };
+    let with = health("retrieval-shard-0.recsys", true);
+    assert!(with.status.success(), "{}", said(&with));
+    let without = health("retrieval-shard-0.recsys", false);
+    assert!(!without.status.success(), "{}", said(&without));
+    assert!(
+        said(&without).contains("Unauthenticated"),
+        "{}",
+        said(&without)
+    );
+    let other_shard = health("retrieval-shard-1.recsys", true);
+    assert!(!other_shard.status.success(), "{}", said(&other_shard));
+
+    // etcd: no client certificate, no connection; with one but no login, no
+    // access; a retrieval node's user registers but cannot touch the log.
+    let etcdctl = |extra: &[&str]| -> Vec<String> {
+        let mut argv: Vec<String> = [
+            "etcdctl",
+            "--endpoints=https://127.0.0.1:2379",
+            "--cacert=/secrets/certs/ca.pem",
+            "--dial-timeout=3s",
+            "--command-timeout=3s",
+        ]
+        .map(String::from)
+        .to_vec();
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        argv
+    };
+    let run = |argv: Vec<String>| {
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        compose.exec("etcd", &argv)
+    };
+    let certificate = [
+        "--cert=/secrets/certs/etcd-client.pem",
+        "--key=/secrets/certs/etcd-client.key",
+    ];
+    let no_certificate = run(etcdctl(&["get", "/recsys/compose/", "--prefix"]));
+    assert!(
+        !no_certificate.status.success(),
+        "{}",
+        said(&no_certificate)
+    );
+    let mut anonymous = certificate.to_vec();
+    anonymous.extend(["get", "/recsys/compose/", "--prefix", "--keys-only"]);
+    let anonymous = run(etcdctl(&anonymous));
+    assert!(
+        said(&anonymous).contains("permission denied") || said(&anonymous).contains("user name"),
+        "{}",
+        said(&anonymous)
+    );
+    let user = "recsys-compose-retrieval";
+    let password = compose.read_file("gateway", &format!("/secrets/etcd/{user}.password"));
+    let login = format!("--user={user}:{}", password.trim());
+    let as_node = |verb_and_key: &[&str]| {
+        let mut argv = certificate.to_vec();
+        argv.push(&login);
+        argv.extend(verb_and_key);
+        run(etcdctl(&argv))
+    };
+    let register = as_node(&["put", "/recsys/compose/nodes/retrieval/compose-test", "x"]);
+    assert!(register.status.success(), "{}", said(&register));
+    let delete = as_node(&["del", "/recsys/compose/nodes/retrieval/compose-test"]);
+    assert!(delete.status.success(), "{}", said(&delete));
+    for key in [
+        "/recsys/compose/catalog/shard-00000/compose-test",
+        "/recsys/compose/nodes/ranking/compose-test",
+    ] {
+        let denied = as_node(&["put", key, "x"]);
+        assert!(
+            said(&denied).contains("permission denied"),
+            "{key}: {}",
+            said(&denied)
+        );
+    }
+}

@@ -188,7 +188,7 @@ fn k8s_invocations() -> Vec<Invocation> {
     let mut invocations = Vec::new();
     for object in k8s_documents() {
         let kind = text(&object["kind"]);
-        if kind != "Deployment" && kind != "StatefulSet" {
+        if kind != "Deployment" && kind != "StatefulSet" && kind != "Job" {
             continue;
         }
         let name = text(&object["metadata"]["name"]);
@@ -217,6 +217,25 @@ fn k8s_invocations() -> Vec<Invocation> {
                 "{kind} {name}: container {:?} has no command",
                 container["name"]
             );
+            // Exec probes run in the container, with its environment.
+            for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+                let command: Vec<String> = container[probe]["exec"]["command"]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .map(|arg| expand(&text(arg), &env))
+                    .collect();
+                if !command.is_empty() {
+                    invocations.push(Invocation {
+                        what: format!(
+                            "{kind} {name}, container {} {probe}",
+                            text(&container["name"])
+                        ),
+                        argv: command,
+                        env: env.clone(),
+                    });
+                }
+            }
             invocations.push(Invocation {
                 what: format!("{kind} {name}, container {}", text(&container["name"])),
                 argv,
@@ -335,6 +354,25 @@ fn check_config_refuses_what_the_servers_would() {
         ),
         // No way to find nodes.
         (argv("gateway"), env(&[("RECSYS_BUNDLE", "/b")]), "--etcd"),
+        // An https etcd without the CA to check it by, a user without a password.
+        (
+            argv("gateway"),
+            env(&[
+                ("RECSYS_BUNDLE", "/b"),
+                ("RECSYS_ETCD", "https://etcd:2379"),
+            ]),
+            "--etcd-ca",
+        ),
+        (
+            argv("ranking-node"),
+            env(&[
+                ("RECSYS_BUNDLE", "/b"),
+                ("RECSYS_ETCD", "http://etcd:2379"),
+                ("RECSYS_ADVERTISE_ADDR", "ranking-a:7100"),
+                ("RECSYS_ETCD_USER", "recsys-c-ranking"),
+            ]),
+            "--etcd-password-file",
+        ),
         (
             argv("gateway"),
             env(&[

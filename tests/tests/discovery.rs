@@ -91,6 +91,7 @@ async fn gateway(etcd: &EtcdServer, cluster: &str) -> ServerHandle<GatewayError>
     )));
     let config = GatewayConfig {
         bundle_dir: bundle().path().to_path_buf(),
+        versions: Default::default(),
         policy: RequestPolicy::default(),
         connect_timeout: Duration::from_secs(1),
         health_interval: Duration::from_millis(500),
@@ -145,9 +146,10 @@ async fn a_registered_node_is_routed_to_and_a_deregistered_one_is_not() {
     let etcd = EtcdServer::start().await.unwrap();
     let mut options = LocalClusterOptions::new(bundle().path());
     options.etcd = Some(EtcdCluster {
-        endpoints: vec![etcd.endpoint()],
+        etcd: etcd.access(),
         cluster: "routing".into(),
         lease_ttl: Duration::from_secs(LEASE_TTL_S),
+        users: None,
     });
     let mut cluster = LocalCluster::start(options).await.unwrap();
     let mut client = gateway_client(cluster.gateway_addr).await;

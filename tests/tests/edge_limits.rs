@@ -344,6 +344,7 @@ async fn oversized_and_undecodable_requests_are_refused_before_decoding() {
     let mut node = RetrievalServiceClient::new(channel(shards[0][0]).await);
     let status = node
         .search(SearchRequest {
+            bundle_version: String::new(),
             min_log_revision: 0,
             query: vec![0.1; DIMENSIONS],
             k: 10,
@@ -402,6 +403,7 @@ async fn random_and_bit_flipped_requests_get_no_internal_and_no_broken_answer() 
     valid.exclude_item_ids = ids_on(0).into_iter().take(5).collect();
     let valid_bytes = valid.encode_to_vec();
     let search_bytes = SearchRequest {
+        bundle_version: String::new(),
         min_log_revision: 0,
         query: vec![0.1; DIMENSIONS],
         k: 20,

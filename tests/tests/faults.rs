@@ -26,6 +26,7 @@ async fn start_node(
     let addr = listener.local_addr().unwrap();
     let config = NodeConfig {
         bundle_dir: bundle.to_path_buf(),
+        versions: Default::default(),
         shard,
         search_threads: 1,
         limits: SearchLimits::default(),
@@ -70,6 +71,7 @@ async fn a_hung_shard_turns_into_coverage_at_the_deadline() {
     let gateway_addr = listener.local_addr().unwrap();
     let config = GatewayConfig {
         bundle_dir: bundle.path().to_path_buf(),
+        versions: Default::default(),
         // Far beyond the client's deadline, so that only the client's deadline can
         // end the retrieval stage in time.
         policy: RequestPolicy {

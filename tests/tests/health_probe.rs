@@ -41,6 +41,7 @@ async fn recsys_health_exits_zero_only_for_serving() {
     let addr = listener.local_addr().unwrap();
     let config = NodeConfig {
         bundle_dir: bundle.path().to_path_buf(),
+        versions: Default::default(),
         shard: 0,
         search_threads: 1,
         limits: SearchLimits::default(),

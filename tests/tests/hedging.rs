@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use recsys_discovery::{ClusterView, NodeRecord, NodeState, Role};
 use recsys_gateway::RequestPolicy;
-use recsys_gateway::bundle_state::{BundleLoad, BundleState};
+use recsys_gateway::bundle_state::BundleState;
 use recsys_gateway::node_channels::NodeChannels;
 use recsys_gateway::service::{Gateway, GatewayShared};
 use recsys_local_cluster::wait_until_serving;
@@ -43,6 +43,7 @@ fn record(addr: &str, shard: u32) -> NodeRecord {
         shard_count: Some(SHARDS),
         bundle_version: String::new(),
         state: NodeState::Serving,
+        versions: Vec::new(),
     }
 }
 
@@ -87,9 +88,18 @@ async fn a_black_hole_replica_is_hedged_around_with_full_coverage() {
             ..RequestPolicy::default()
         },
     );
-    shared.bundle.store(Arc::new(BundleLoad::Ready(Arc::new(
-        BundleState::load(bundle.path()).unwrap(),
-    ))));
+    let state = BundleState::load(bundle.path()).unwrap();
+    let version = state.manifest.version.clone();
+    shared.versions.insert(
+        &version,
+        state,
+        recsys_discovery::VersionState {
+            version: version.clone(),
+            state: recsys_discovery::VersionPhase::Serving,
+            error: String::new(),
+            shard_count: None,
+        },
+    );
     let shared = Arc::new(shared);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gateway = listener.local_addr().unwrap();

@@ -1,8 +1,10 @@
 //! The Kubernetes manifests (deploy/k8s) as `kubectl kustomize` renders them:
 //! the objects exist with their names and namespace, each shard is a StatefulSet
 //! of replicas behind a headless Service with a PodDisruptionBudget, every server
-//! is probed through grpc.health.v1 on the port it listens on and asks for
-//! resources, and every pod builds the same bundle and finds the same etcd.
+//! is probed through grpc.health.v1 (over mutual TLS) on the port it listens on
+//! and asks for resources, every pod builds the same bundle and finds the same
+//! etcd over TLS, and each logs in to etcd as its role's user with only its own
+//! certificate and password mounted.
 //! Where kubectl is not installed (scripts/install-deps.sh installs Debian's
 //! kubernetes-client) it says SKIPPED and is counted; under `CI=true` it fails
 //! unless `RECSYS_SKIP_KUBECTL_TESTS=1` (see `recsys_tests::skip`). The commands
@@ -100,11 +102,24 @@ fn check_probes_and_resources(kind: &str, name: &str, workload: &Value) {
         if let Some(listen) = env(container, "RECSYS_LISTEN") {
             assert_eq!(listen, format!("0.0.0.0:{grpc}"), "{what}");
         }
+        // kubelet's own grpc probe speaks plaintext only: over TLS the probes
+        // run `recsys health` (grpc.health.v1 over mutual TLS) or, for etcd,
+        // `etcdctl endpoint health`, against the port the server listens on.
         for probe in ["readinessProbe", "livenessProbe"] {
-            assert_eq!(
-                container[probe]["grpc"]["port"].as_u64(),
-                Some(grpc),
-                "{what}: {probe} is not grpc health on port {grpc}"
+            let command: Vec<&str> = container[probe]["exec"]["command"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{what}: {probe} is not an exec probe"))
+                .iter()
+                .map(|arg| arg.as_str().unwrap())
+                .collect();
+            let health = command[..2] == ["recsys", "health"]
+                && command.contains(&format!("--addr=127.0.0.1:{grpc}").as_str());
+            let etcd = command[0] == "etcdctl"
+                && command.contains(&format!("--endpoints=https://127.0.0.1:{grpc}").as_str())
+                && command.ends_with(&["endpoint", "health"]);
+            assert!(
+                health || etcd,
+                "{what}: {probe} is not a health check of port {grpc}: {command:?}"
             );
         }
         for resource in ["cpu", "memory"] {
@@ -131,6 +146,7 @@ fn kustomize_renders_the_cluster() {
         ("Namespace", NAMESPACE.into()),
         ("Service", "etcd".into()),
         ("StatefulSet", "etcd".into()),
+        ("Job", "etcd-auth".into()),
         ("Service", "ranking".into()),
         ("Deployment", "ranking".into()),
         ("Service", "gateway".into()),
@@ -190,7 +206,7 @@ fn kustomize_renders_the_cluster() {
     );
     // Every server finds the one etcd under one cluster name.
     assert_eq!(etcd_urls.len(), SHARDS as usize + 2);
-    assert!(etcd_urls.iter().all(|u| u == "http://etcd:2379"));
+    assert!(etcd_urls.iter().all(|u| u == "https://etcd:2379"));
     assert!(clusters.iter().all(|c| *c == clusters[0]));
     let etcd_service = get(&objects, "Service", "etcd");
     assert_eq!(etcd_service["spec"]["ports"][0]["port"], 2379);
@@ -258,4 +274,65 @@ fn kustomize_renders_the_cluster() {
         &budget["spec"]["selector"]["matchLabels"],
         &gateway["spec"]["template"]["metadata"]["labels"]
     ));
+
+    // Each server logs in to etcd as its role's user and is given only its own
+    // private keys: its certificate's, the etcd client's, and (the gateway) its
+    // client certificate toward the nodes. The CA's key is in no pod.
+    for (kind, name, role, cert) in [
+        (
+            "StatefulSet",
+            "retrieval-0",
+            "retrieval",
+            "retrieval-shard-0",
+        ),
+        (
+            "StatefulSet",
+            "retrieval-1",
+            "retrieval",
+            "retrieval-shard-1",
+        ),
+        ("Deployment", "ranking", "ranking", "ranking"),
+        ("Deployment", "gateway", "gateway", "gateway"),
+    ] {
+        let workload = get(&objects, kind, name);
+        let container = containers(workload).next().unwrap();
+        assert_eq!(
+            env(container, "RECSYS_ETCD_USER"),
+            Some(format!("recsys-recsys-{role}").as_str()),
+            "{name}"
+        );
+        assert_eq!(
+            env(container, "RECSYS_TLS_CERT"),
+            Some(format!("/tls/{cert}.pem").as_str())
+        );
+        let volumes = workload["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap();
+        let keys: Vec<&str> = volumes
+            .iter()
+            .filter(|v| v["secret"]["secretName"] == "recsys-tls")
+            .flat_map(|v| v["secret"]["items"].as_array().unwrap())
+            .map(|item| item["key"].as_str().unwrap())
+            .filter(|key| key.ends_with(".key"))
+            .collect();
+        let mut want = vec![format!("{cert}.key"), "etcd-client.key".to_string()];
+        if role == "gateway" {
+            want.push("gateway-client.key".into());
+        }
+        let mut keys: Vec<String> = keys.into_iter().map(String::from).collect();
+        keys.sort();
+        want.sort();
+        assert_eq!(keys, want, "{name}: private keys mounted");
+        let passwords: Vec<&str> = volumes
+            .iter()
+            .filter(|v| v["secret"]["secretName"] == "recsys-etcd-users")
+            .flat_map(|v| v["secret"]["items"].as_array().unwrap())
+            .map(|item| item["key"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            passwords,
+            [format!("recsys-recsys-{role}.password")],
+            "{name}: etcd passwords mounted"
+        );
+    }
 }

@@ -44,6 +44,7 @@ async fn node(
     );
     let config = recsys_retrieval_node::NodeConfig {
         bundle_dir: bundle.path().to_path_buf(),
+        versions: Default::default(),
         shard,
         search_threads: 1,
         limits: Default::default(),
@@ -75,6 +76,7 @@ async fn client(addr: SocketAddr) -> RetrievalServiceClient<tonic::transport::Ch
 async fn top(addr: SocketAddr, query: &[f32], k: u32) -> Option<Vec<u64>> {
     let mut client = client(addr).await;
     let request = SearchRequest {
+        bundle_version: String::new(),
         min_log_revision: 0,
         query: query.to_vec(),
         k,
@@ -255,7 +257,7 @@ async fn etcd_gateway(
     )));
     let config = recsys_gateway::GatewayConfig {
         item_log: Some(recsys_gateway::ItemLogOptions {
-            endpoints: vec![etcd.endpoint()],
+            etcd: etcd.access(),
             cluster: CLUSTER.into(),
         }),
         ..recsys_tests::static_gateway::gateway_config(bundle.path())

@@ -109,6 +109,8 @@ async fn search(addr: SocketAddr, query: &[f32], k: u32, revision: u64) -> (Vec<
         exclude_item_ids: Vec::new(),
         exact: false,
         min_log_revision: revision,
+        // The replica's primary version.
+        bundle_version: String::new(),
     });
     request.set_timeout(Duration::from_secs(10));
     let answer = retrieval_client(addr)

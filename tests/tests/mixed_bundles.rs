@@ -28,9 +28,10 @@ async fn a_node_of_another_bundle_is_not_routed_to() {
     let etcd = EtcdServer::start().await.unwrap();
     let mut options = LocalClusterOptions::new(own.path());
     options.etcd = Some(EtcdCluster {
-        endpoints: vec![etcd.endpoint()],
+        etcd: etcd.access(),
         cluster: "versions".into(),
         lease_ttl: Duration::from_secs(2),
+        users: None,
     });
     let cluster = LocalCluster::start(options).await.unwrap();
     let mut client = gateway_client(cluster.gateway_addr).await;

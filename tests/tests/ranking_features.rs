@@ -162,6 +162,7 @@ fn value(kind: Kind) -> FeatureValue {
 
 fn request(user: &str, features: Vec<(&str, Kind)>) -> RankRequest {
     RankRequest {
+        bundle_version: String::new(),
         user_id: user.into(),
         user_features: features
             .into_iter()

@@ -130,6 +130,7 @@ async fn tls_gateway(
     let membership: Arc<dyn Membership> = Arc::new(StaticMembership::new(&spec).unwrap());
     let config = GatewayConfig {
         bundle_dir: bundle().path().to_path_buf(),
+        versions: Default::default(),
         policy: RequestPolicy::default(),
         connect_timeout: Duration::from_secs(1),
         health_interval: Duration::from_millis(200),

@@ -193,3 +193,42 @@ fn a_bad_batch_changes_nothing() {
         assert_eq!(shard.revision(), 0);
     }
 }
+
+/// New items alike, all near one query: the delta holds most of that query's
+/// best items, far more than its share of the shard suggests, and the search
+/// must still find them (the narrow first search of the delta is widened).
+#[test]
+fn a_cluster_of_new_items_near_the_query_is_found_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (shard, mut model) = live(dir.path(), LoadMode::Packed);
+    let mut rng = StdRng::seed_from_u64(9);
+    let center = random_unit(&mut rng);
+    let batch: Vec<ItemChange> = (0..300)
+        .map(|i| {
+            let mut vector: Vec<f32> = center
+                .iter()
+                .map(|x| x + 0.05 * (rng.random::<f32>() - 0.5))
+                .collect();
+            let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+            vector.iter_mut().for_each(|x| *x /= norm);
+            ItemChange::Upsert {
+                id: ITEMS as u64 + i,
+                vector,
+            }
+        })
+        .collect();
+    shard.apply(8, &batch).unwrap();
+    for change in batch {
+        if let ItemChange::Upsert { id, vector } = change {
+            model.insert(id, vector);
+        }
+    }
+    let best = brute_force(&model, &center, 100);
+    assert!(
+        best.iter().all(|id| *id >= ITEMS as u64),
+        "the cluster is the answer"
+    );
+    let found = shard.search(&center, 100, &[], false).unwrap();
+    let overlap = found.iter().filter(|hit| best.contains(&hit.0)).count();
+    assert!(overlap >= 90, "found {overlap} of the 100 best");
+}

@@ -1,0 +1,220 @@
+//! The bundle versions a retrieval node serves, and how it moves between them.
+//!
+//! Each loaded version is a [`ServedShard`]: its own [`LiveShard`] (the version's
+//! packed shard plus the item changes since the revision that version's manifest
+//! records), following the change log on its own, so two versions served side
+//! by side during a rollout each apply the log from their own starting point.
+//! The node's desired version comes from etcd (`recsys rollout`) or its bundle
+//! root's `CURRENT` (`recsys_discovery::desired_version::follow_desired`), and
+//! `recsys_discovery::versions::drive` loads, switches and drops versions.
+//! With etcd, an old version is dropped only once every shard of the cluster
+//! serves the new one (so no gateway can still need it) and nothing has asked
+//! for it for `retire_after`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use recsys_bundle::{BundleError, BundleSource};
+use recsys_catalog_log::ChangeLog;
+use recsys_discovery::versions::drive;
+use recsys_discovery::{
+    AnnounceOptions, Announcer, ClusterView, Role, VersionOptions, VersionSet, VersionState,
+};
+use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::{LiveShard, LoadMode, ShardIndex};
+
+/// One version of the shard, as served.
+#[derive(Debug)]
+pub struct ServedShard {
+    /// The shard with the item changes applied so far.
+    pub live: Arc<LiveShard>,
+    /// The last change-log revision applied to it.
+    pub applied: watch::Receiver<u64>,
+    /// Whether the version has a ranker (a gateway then needs ranking nodes of
+    /// it too before it switches).
+    pub has_ranker: bool,
+    /// Stops following the change log when the version is dropped.
+    _follow: Option<DropGuard>,
+}
+
+/// Checks the shard's file against the manifest's size and checksum, then opens
+/// it: a torn, truncated or flipped file is refused here, naming the file, before
+/// usearch maps a byte of it. Reading the file through also brings it into the
+/// page cache that `view` and `packed` then map.
+fn open_verified(dir: &Path, shard: u32, mode: LoadMode) -> Result<(LiveShard, bool), BundleError> {
+    let manifest = recsys_bundle::Manifest::load(dir)?;
+    let report = recsys_bundle::verify_files(dir, &manifest, recsys_bundle::FileSet::Shard(shard))?;
+    tracing::info!(
+        shard,
+        version = %manifest.version,
+        bytes = report.bytes,
+        verify_ms = report.elapsed.as_millis() as u64,
+        "shard file verified"
+    );
+    let index = ShardIndex::open_with(dir, shard, mode)?;
+    // Changes applied on top start after the revision the version contains.
+    let live = LiveShard::new(index, manifest.log_revision)
+        .map_err(|e| BundleError::index(dir.join(recsys_bundle::shard_file(shard)), e))?;
+    Ok((live, manifest.ranker.is_some()))
+}
+
+/// What [`start`] needs.
+pub struct VersionsSetup {
+    /// Where versions are found.
+    pub source: BundleSource,
+    /// The shard served.
+    pub shard: u32,
+    /// How shard files are opened.
+    pub mode: LoadMode,
+    /// Registration in etcd, when the node has one.
+    pub announce: Option<AnnounceOptions>,
+    /// The node's announcer.
+    pub announcer: Arc<Announcer>,
+    /// The change log, with etcd.
+    pub change_log: Option<ChangeLog>,
+    /// Switch mode, retirement, polling.
+    pub options: VersionOptions,
+}
+
+/// Starts following the desired version into `set`; `serving` says whether the
+/// node has a version to answer from (its health).
+pub async fn start(
+    set: Arc<VersionSet<ServedShard>>,
+    setup: VersionsSetup,
+    serving: watch::Sender<bool>,
+    shutdown: CancellationToken,
+) {
+    let VersionsSetup {
+        source,
+        shard,
+        mode,
+        announce,
+        announcer,
+        change_log,
+        options,
+    } = setup;
+    let etcd = announce
+        .as_ref()
+        .map(|a| (a.etcd.clone(), a.cluster.clone()));
+    let polled = source.clone();
+    let desired = recsys_discovery::desired_version::follow_desired(
+        move || polled.current_version(),
+        etcd.clone(),
+        options.poll,
+        shutdown.clone(),
+    )
+    .await;
+    if desired.borrow().is_none()
+        && let Err(error) = source.resolve()
+    {
+        tracing::error!(%error, "no bundle version to serve");
+        set.fail_start(error.to_string());
+    }
+
+    // With etcd, the cluster's registrations say when every shard serves the
+    // new version; without, the node can only go by the requests it gets.
+    let cluster: Option<watch::Receiver<Arc<ClusterView>>> = etcd.map(|(etcd, cluster)| {
+        recsys_discovery::desired_version::cluster_view(etcd, cluster, shutdown.clone())
+    });
+    let replace_view = cluster.clone();
+    let gate_set = set.clone();
+    let retire_gate: recsys_discovery::Gate = Arc::new(move |desired: &str| {
+        let Some(view) = &cluster else {
+            return true;
+        };
+        let loaded = gate_set.loaded();
+        let Some((_, served)) = loaded.iter().find(|(version, _)| version == desired) else {
+            return false;
+        };
+        let base = served.live.base();
+        view.borrow()
+            .can_serve(desired, base.shard_count(), served.has_ranker)
+    });
+
+    // `--switch replace`: the replicas of the shard take turns.
+    let replace_gate: recsys_discovery::Gate = match (&replace_view, &announce) {
+        (Some(view), Some(me)) => {
+            let (view, me, turn_set) = (view.clone(), me.node_id.clone(), set.clone());
+            let retire_after = options.retire_after;
+            Arc::new(move |version: &str| {
+                let view = view.borrow();
+                let peers = view.shards.get(shard as usize).cloned().unwrap_or_default();
+                let shard_count = peers
+                    .iter()
+                    .filter(|peer| peer.serves_version(version))
+                    .find_map(|peer| peer.shard_count_of(version))
+                    .unwrap_or(view.shard_count);
+                let ready = view.can_serve(version, shard_count, !view.ranking.is_empty());
+                let old_idle = turn_set
+                    .primary_version()
+                    .and_then(|old| turn_set.idle_for(&old))
+                    .is_none_or(|idle| idle >= retire_after);
+                recsys_discovery::versions::replace_turn(&me, &peers, version, ready, old_idle)
+            })
+        }
+        _ => Arc::new(|_| true),
+    };
+    let handle = tokio::runtime::Handle::current();
+    let follow_shutdown = shutdown.clone();
+    let load = move |version: &str| -> Result<ServedShard, BundleError> {
+        let dir = source.locate(version)?;
+        let (live, has_ranker) = open_verified(&dir, shard, mode)?;
+        let live = Arc::new(live);
+        let (applied, applied_now) = watch::channel(live.revision());
+        let follow = change_log.as_ref().map(|log| {
+            let stop = follow_shutdown.child_token();
+            let _entered = handle.enter();
+            crate::item_changes::follow(log.clone(), live.clone(), applied, stop.clone());
+            stop.drop_guard()
+        });
+        Ok(ServedShard {
+            live,
+            applied: applied_now,
+            has_ranker,
+            _follow: follow,
+        })
+    };
+
+    let registered = std::sync::atomic::AtomicBool::new(false);
+    let changed = move |set: &VersionSet<ServedShard>| {
+        let primary = set.primary();
+        serving.send_replace(primary.is_some());
+        let states = registration_states(set);
+        let primary_name = primary.as_ref().map(|(v, _)| v.clone()).unwrap_or_default();
+        if let Some((version, served)) = &primary {
+            let base = served.live.base();
+            crate::metrics::log_revision(shard, served.live.revision());
+            if !registered.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                announcer.set_versions(version, states.clone());
+                announcer.register(
+                    Role::Retrieval,
+                    Some(base.shard()),
+                    Some(base.shard_count()),
+                    version,
+                );
+                return;
+            }
+        }
+        announcer.set_versions(&primary_name, states);
+    };
+    let switch_now: recsys_discovery::Gate = Arc::new(|_| true);
+    let mut driver = options.driver(switch_now, retire_gate);
+    driver.replace_gate = replace_gate;
+    drive(set, desired, load, driver, changed, shutdown);
+}
+
+/// The versions to register: each with its shard count when loaded.
+pub fn registration_states(set: &VersionSet<ServedShard>) -> Vec<VersionState> {
+    let loaded = set.loaded();
+    set.states()
+        .into_iter()
+        .map(|mut state| {
+            if let Some((_, served)) = loaded.iter().find(|(v, _)| *v == state.version) {
+                state.shard_count = Some(served.live.base().shard_count());
+            }
+            state
+        })
+        .collect()
+}
