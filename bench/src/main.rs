@@ -9,6 +9,9 @@
 //!   this process, or with `--processes` each server a process of its own).
 //! - `load`: closed-loop load through a gateway, QPS and latency percentiles per
 //!   number of requests in flight; with `--rate`, open-loop load (overload).
+//! - `items`: item upserts through the gateway into etcd's change log, on a
+//!   cluster of processes: items per second, and the time from `UpsertItems`
+//!   answering to the item being found on every replica.
 //! - `ranking`: scoring latency of the TFRS DCN tutorial ranker, against
 //!   `bench/tfrs_dcn_timing.py` in the same run.
 
@@ -16,6 +19,7 @@
 static ALLOCATOR: recsys_server::allocator::Allocator = recsys_server::allocator::Allocator;
 
 mod glove;
+mod items;
 mod load;
 mod open_loop;
 mod overhead;
@@ -45,6 +49,8 @@ enum Command {
     Overhead(overhead::OverheadArgs),
     /// Closed-loop load through a gateway: QPS and latency per concurrency.
     Load(load::LoadArgs),
+    /// Item upserts through the gateway and etcd: items/s, and time to visible on every replica.
+    Items(items::ItemsArgs),
     /// Ranking latency of the TFRS DCN tutorial ranker (run with RAYON_NUM_THREADS=1).
     Ranking(ranking::RankingArgs),
 }
@@ -60,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         Command::ColdStart(args) => runtime()?.block_on(overhead::cold_start(args)),
         Command::Overhead(args) => runtime()?.block_on(overhead::overhead(args, io_threads)),
         Command::Load(args) => runtime()?.block_on(load::load(args, io_threads)),
+        Command::Items(args) => runtime()?.block_on(items::items(args)),
         Command::Ranking(args) => ranking::run(args),
     }
 }

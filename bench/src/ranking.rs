@@ -314,6 +314,7 @@ async fn run_grpc(args: RankingArgs, files: RankerFiles) -> anyhow::Result<()> {
             })
             .collect(),
         item_ids: candidates(batch),
+        min_log_revision: 0,
     };
     // The floor of any call on this channel: a `grpc.health.v1` check (no
     // payload, no hand-off to a scoring thread), timed the same way.

@@ -84,52 +84,7 @@ pub fn build_bundle(
         std::fs::remove_file(&manifest_path).map_err(|e| BundleError::io(&manifest_path, e))?;
     }
 
-    let mut rows_of_shard: Vec<Vec<usize>> = vec![Vec::new(); options.shard_count as usize];
-    for (row, id) in items.ids.iter().enumerate() {
-        rows_of_shard[shard_of(*id, options.shard_count) as usize].push(row);
-    }
-
-    let threads = if options.threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        options.threads
-    };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("bundle-build-{i}"))
-        .build()
-        .map_err(|e| BundleError::invalid("threads", e.to_string()))?;
-
-    let mut shards = Vec::with_capacity(rows_of_shard.len());
-    for (shard, rows) in rows_of_shard.iter().enumerate() {
-        let shard = shard as u32;
-        let file = shard_file(shard);
-        let path = dir.join(&file);
-        progress(BuildEvent::ShardStarted {
-            shard,
-            items: rows.len() as u64,
-        });
-        // Near vectors in near slots: faster searches, a higher recall at the same
-        // beam, and a build that runs 3-4x faster (crate::locality, docs/benchmarks.md).
-        let order =
-            pool.install(|| crate::locality::locality_order(&items.data, items.dimensions, rows));
-        recsys_index::build_shard(
-            &path,
-            &options.params,
-            items.dimensions,
-            &items.data,
-            &items.ids,
-            &order,
-            &pool,
-            &|added| progress(BuildEvent::ItemsAdded { added }),
-        )?;
-        progress(BuildEvent::ShardSaved { shard });
-        shards.push(ShardEntry {
-            shard,
-            file,
-            items: rows.len() as u64,
-        });
-    }
+    let shards = build_shards(dir, items, options, progress)?;
 
     let catalog = match &items.names {
         Some(names) => {
@@ -180,6 +135,64 @@ pub fn build_bundle(
         "bundle written"
     );
     Ok(manifest)
+}
+
+/// Hash-shards `items` and writes one HNSW index per shard under `dir/shards/`
+/// (which must exist), each in locality order: the part of a build that
+/// `build_bundle` and `crate::compact` share.
+pub(crate) fn build_shards(
+    dir: &Path,
+    items: &ItemVectors,
+    options: &BuildOptions,
+    progress: &(dyn Fn(BuildEvent) + Sync),
+) -> Result<Vec<ShardEntry>, BundleError> {
+    let mut rows_of_shard: Vec<Vec<usize>> = vec![Vec::new(); options.shard_count as usize];
+    for (row, id) in items.ids.iter().enumerate() {
+        rows_of_shard[shard_of(*id, options.shard_count) as usize].push(row);
+    }
+
+    let threads = if options.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        options.threads
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("bundle-build-{i}"))
+        .build()
+        .map_err(|e| BundleError::invalid("threads", e.to_string()))?;
+
+    let mut shards = Vec::with_capacity(rows_of_shard.len());
+    for (shard, rows) in rows_of_shard.iter().enumerate() {
+        let shard = shard as u32;
+        let file = shard_file(shard);
+        let path = dir.join(&file);
+        progress(BuildEvent::ShardStarted {
+            shard,
+            items: rows.len() as u64,
+        });
+        // Near vectors in near slots: faster searches, a higher recall at the same
+        // beam, and a build that runs 3-4x faster (crate::locality, docs/benchmarks.md).
+        let order =
+            pool.install(|| crate::locality::locality_order(&items.data, items.dimensions, rows));
+        recsys_index::build_shard(
+            &path,
+            &options.params,
+            items.dimensions,
+            &items.data,
+            &items.ids,
+            &order,
+            &pool,
+            &|added| progress(BuildEvent::ItemsAdded { added }),
+        )?;
+        progress(BuildEvent::ShardSaved { shard });
+        shards.push(ShardEntry {
+            shard,
+            file,
+            items: rows.len() as u64,
+        });
+    }
+    Ok(shards)
 }
 
 #[cfg(test)]

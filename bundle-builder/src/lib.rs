@@ -13,6 +13,7 @@
 
 mod attach_ranker;
 mod builder;
+mod compact;
 pub mod locality;
 mod seal;
 mod staging;
@@ -21,6 +22,7 @@ pub mod vectors;
 
 pub use attach_ranker::{AttachedRanker, attach_ranker};
 pub use builder::{BuildEvent, BuildOptions, build_bundle};
+pub use compact::{CompactOptions, Compacted, ItemEdit, compact_bundle};
 pub use seal::seal;
 pub use staging::Staging;
 pub use vectors::ItemVectors;

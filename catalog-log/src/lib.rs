@@ -20,7 +20,9 @@ mod error;
 mod etcd_log;
 mod key;
 pub mod limits;
+mod revisions;
 
 pub use error::LogError;
 pub use etcd_log::{CatchUp, ChangeLog, LogEntry};
 pub use key::{catalog_prefix, shard_prefix};
+pub use revisions::recv_ready;

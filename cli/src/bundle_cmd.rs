@@ -34,6 +34,11 @@ pub enum BundleAction {
     Activate(crate::bundle_admin::ActivateArgs),
     /// List a root's complete versions, marking the current one.
     Versions(crate::bundle_admin::VersionsArgs),
+    /// Build a new version from a version of the root plus the cluster's item
+    /// change log up to now (vectors re-indexed, names and ranker features
+    /// updated), recording the log revision it contains.
+    // Boxed: the etcd flags (TLS, user) make it the largest variant by far.
+    Compact(Box<crate::compact::CompactArgs>),
 }
 
 /// Options of `recsys bundle` (a build).
@@ -198,6 +203,10 @@ pub fn run_command(command: BundleCommand) -> anyhow::Result<()> {
         Some(BundleAction::Verify(args)) => crate::bundle_admin::verify(&args),
         Some(BundleAction::Activate(args)) => crate::bundle_admin::activate(&args),
         Some(BundleAction::Versions(args)) => crate::bundle_admin::versions(&args),
+        // Reads etcd: `main` runs it on the runtime, never here.
+        Some(BundleAction::Compact(_)) => {
+            anyhow::bail!("recsys bundle compact runs on the async runtime")
+        }
     }
 }
 

@@ -72,6 +72,11 @@ pub struct DemoArgs {
     /// Print the samples and stop instead of serving (for scripts).
     #[arg(long)]
     pub no_serve: bool,
+    /// Skip the item updates the demo shows (a new item added, one withdrawn
+    /// while the cluster serves). They need etcd: without --etcd the demo starts
+    /// a private one when an `etcd` binary is on PATH.
+    #[arg(long)]
+    pub no_live_items: bool,
     #[command(flatten)]
     pub synthetic: SyntheticArgs,
     #[command(flatten)]
@@ -144,15 +149,50 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         }
     }
     let serving = (!args.no_serve).then_some(args.cluster.metrics_addr);
-    let etcd = args.cluster.etcd();
+    let (etcd, _private) = live_items_etcd(&args).await;
     start_and_serve(
         args.bundle_dir,
         args.gateway_addr,
         args.replicas,
         etcd,
         serving,
+        !args.no_live_items,
     )
     .await
+}
+
+/// The etcd the demo's cluster uses: `--etcd`'s, or for the item updates a
+/// private one (kept alive by the returned guard) when an `etcd` binary is on
+/// PATH, else none (static membership, no item updates).
+async fn live_items_etcd(
+    args: &DemoArgs,
+) -> (Option<EtcdCluster>, Option<recsys_discovery::EtcdServer>) {
+    if let Some(etcd) = args.cluster.etcd() {
+        return (Some(etcd), None);
+    }
+    if args.no_live_items {
+        return (None, None);
+    }
+    match recsys_discovery::EtcdServer::start().await {
+        Ok(server) => {
+            eprintln!(
+                "started a private etcd on {} for the item updates (--no-live-items to skip)",
+                server.endpoint()
+            );
+            let cluster = EtcdCluster {
+                // A private etcd on loopback: plaintext, no auth.
+                etcd: recsys_discovery::EtcdAccess::plain(vec![server.endpoint()]),
+                cluster: args.cluster.cluster.clone(),
+                lease_ttl: recsys_discovery::DEFAULT_LEASE_TTL,
+                users: None,
+            };
+            (Some(cluster), Some(server))
+        }
+        Err(error) => {
+            eprintln!("no item updates in this demo: they need etcd ({error})");
+            (None, None)
+        }
+    }
 }
 
 /// Trains on MovieLens (or reuses the bundle trained before), then serves it.
@@ -188,12 +228,14 @@ async fn demo_trained(args: &DemoArgs, data: &std::path::Path) -> anyhow::Result
         }
     }
     let serving = (!args.no_serve).then_some(args.cluster.metrics_addr);
+    let (etcd, _private) = live_items_etcd(args).await;
     start_and_serve(
         dir,
         args.gateway_addr,
         args.replicas,
-        args.cluster.etcd(),
+        etcd,
         serving,
+        !args.no_live_items,
     )
     .await
 }
@@ -221,6 +263,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.replicas,
         args.cluster.etcd(),
         Some(args.cluster.metrics_addr),
+        false,
     )
     .await
 }
@@ -231,7 +274,9 @@ async fn start_and_serve(
     replicas: usize,
     etcd: Option<EtcdCluster>,
     keep_serving: Option<SocketAddr>,
+    live_items: bool,
 ) -> anyhow::Result<()> {
+    let with_log = etcd.is_some();
     let started = std::time::Instant::now();
     let mut options = LocalClusterOptions::new(&bundle_dir);
     options.gateway_addr = gateway_addr;
@@ -279,6 +324,19 @@ async fn start_and_serve(
             "\nthe bundle has no query model: query it with embeddings of {} dimensions",
             manifest.dimensions
         );
+    }
+
+    if live_items
+        && with_log
+        && let Some(user) = users.first()
+    {
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.gateway_addr))?
+                .connect()
+                .await?;
+        if let Err(error) = crate::demo_items::show(channel, &bundle_dir, &manifest, user).await {
+            println!("  item updates failed: {error:#}");
+        }
     }
 
     let addr = cluster.gateway_addr;

@@ -2,14 +2,18 @@
 //! gateway's `CatalogService` (which appends them to the cluster's change log in
 //! etcd; the retrieval replicas apply them within moments).
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use recsys_bundle_builder::ItemVectors;
 use recsys_proto::limits::MAX_CATALOG_ITEMS;
 use recsys_proto::v1::catalog_service_client::CatalogServiceClient;
-use recsys_proto::v1::{DeleteItemsRequest, ItemUpsert, UpsertItemsRequest};
+use recsys_proto::v1::feature_value::Kind;
+use recsys_proto::v1::{
+    DeleteItemsRequest, FeatureValue, ItemUpsert, StringList, UpsertItemsRequest,
+};
 
 use crate::gateway_client::{GatewayFlags, refused};
 
@@ -21,6 +25,10 @@ pub enum ItemsCommand {
     Upsert(UpsertArgs),
     /// Withdraw items by id.
     Delete(DeleteArgs),
+    /// Delete the change log up to a revision (straight in etcd): the
+    /// `log_revision` of a compacted version (`recsys bundle compact`) that
+    /// every node serves. A node restarting on an older version would miss it.
+    Truncate(crate::compact::TruncateArgs),
 }
 
 /// Options of `recsys items upsert`.
@@ -40,6 +48,11 @@ pub struct UpsertArgs {
     /// Item names, one per line, parallel to the rows.
     #[arg(long)]
     pub names: Option<PathBuf>,
+    /// Ranker item features: a table as the bundle's `ranker/item_features.tsv`
+    /// (header `item_id<TAB>feature...`, one item per line, multi-hot values
+    /// joined by `|`); items it lacks are upserted without features.
+    #[arg(long)]
+    pub features: Option<PathBuf>,
     /// Items per call; each call is one change-log entry.
     #[arg(long, default_value_t = 1000)]
     pub batch: usize,
@@ -60,6 +73,7 @@ pub async fn run(command: ItemsCommand) -> anyhow::Result<()> {
     match command {
         ItemsCommand::Upsert(args) => upsert(args).await,
         ItemsCommand::Delete(args) => delete(args).await,
+        ItemsCommand::Truncate(args) => crate::compact::truncate(args).await,
     }
 }
 
@@ -76,6 +90,10 @@ async fn upsert(args: UpsertArgs) -> anyhow::Result<()> {
         args.names.as_deref(),
     )
     .with_context(|| format!("reading {}", args.vectors.display()))?;
+    let mut features = match &args.features {
+        Some(path) => read_features(path)?,
+        None => HashMap::new(),
+    };
     let mut client = CatalogServiceClient::new(args.gateway.connect().await?);
     let rows: Vec<usize> = (0..vectors.len()).collect();
     let mut revision = 0;
@@ -90,7 +108,7 @@ async fn upsert(args: UpsertArgs) -> anyhow::Result<()> {
                     .as_ref()
                     .map(|names| names[row].clone())
                     .unwrap_or_default(),
-                ..Default::default()
+                features: features.remove(&vectors.ids[row]).unwrap_or_default(),
             })
             .collect();
         let response = client
@@ -103,6 +121,56 @@ async fn upsert(args: UpsertArgs) -> anyhow::Result<()> {
     }
     println!("{revision}");
     Ok(())
+}
+
+/// Reads an item feature table: each item's features by name, a cell with `|`
+/// as a list of values, any other as one value (the ranker parses numbers).
+fn read_features(path: &Path) -> anyhow::Result<HashMap<u64, HashMap<String, FeatureValue>>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split('\t').collect();
+    anyhow::ensure!(
+        header.first() == Some(&"item_id"),
+        "{}: the header must start with item_id",
+        path.display()
+    );
+    let mut table = HashMap::new();
+    for (number, line) in lines.enumerate().filter(|(_, line)| !line.is_empty()) {
+        let cells: Vec<&str> = line.split('\t').collect();
+        anyhow::ensure!(
+            cells.len() == header.len(),
+            "{}: line {} has {} fields, the header {}",
+            path.display(),
+            number + 2,
+            cells.len(),
+            header.len()
+        );
+        let id: u64 = cells[0].parse().with_context(|| {
+            format!(
+                "{}: line {}: item_id {:?}",
+                path.display(),
+                number + 2,
+                cells[0]
+            )
+        })?;
+        let values = header[1..]
+            .iter()
+            .zip(&cells[1..])
+            .map(|(name, cell)| {
+                let kind = if cell.contains('|') {
+                    Kind::StringList(StringList {
+                        values: cell.split('|').map(str::to_string).collect(),
+                    })
+                } else {
+                    Kind::StringValue((*cell).to_string())
+                };
+                (name.to_string(), FeatureValue { kind: Some(kind) })
+            })
+            .collect();
+        table.insert(id, values);
+    }
+    Ok(table)
 }
 
 async fn delete(args: DeleteArgs) -> anyhow::Result<()> {

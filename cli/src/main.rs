@@ -9,7 +9,9 @@ static ALLOCATOR: recsys_server::allocator::Allocator = recsys_server::allocator
 mod bundle_admin;
 mod bundle_cmd;
 mod certs;
+mod compact;
 mod demo;
+mod demo_items;
 mod epoch_bar;
 mod etcd_auth_cmd;
 mod gateway_client;
@@ -50,6 +52,7 @@ enum Command {
     Query(query::QueryArgs),
     /// Change items on a live cluster through the gateway (needs etcd):
     /// `items upsert --vectors FILE`, `items delete --ids 1,2`; prints the revision.
+    /// `items truncate --up-to REV` deletes the log a compacted version contains.
     #[command(subcommand)]
     Items(items::ItemsCommand),
     /// Roll a bundle version out to a cluster through etcd (`--version V`), roll
@@ -109,6 +112,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Demo(args) => demo::demo(args).await,
         Command::Serve(args) => demo::serve(args).await,
+        Command::Bundle(bundle_cmd::BundleCommand {
+            action: Some(bundle_cmd::BundleAction::Compact(args)),
+            ..
+        }) => compact::compact(*args).await,
         Command::Bundle(args) => {
             tokio::task::spawn_blocking(move || bundle_cmd::run_command(args)).await??;
             Ok(())

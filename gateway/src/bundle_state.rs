@@ -13,6 +13,7 @@ use recsys_proto::v1::feature_value::Kind;
 use recsys_proto::v1::{FeatureValue, recommend_request::Query};
 
 use crate::GatewayError;
+use crate::catalog_overlay::{CatalogOverlay, Names};
 
 /// The bundle version a request uses (`version`, or the primary when empty),
 /// or why there is none. A failed load is told apart from one still running,
@@ -40,6 +41,11 @@ pub struct BundleState {
     /// The ranker's user-side request features, when the bundle has a ranker:
     /// what `validate` checks values against.
     pub ranker_inputs: Option<RankerInputs>,
+    /// Names of the items changed since the version was built (with etcd).
+    pub overlay: Arc<CatalogOverlay>,
+    /// Stops the overlay's follower when the version is dropped
+    /// (`catalog_overlay::follow`).
+    pub(crate) follow: Option<tokio_util::sync::DropGuard>,
 }
 
 impl BundleState {
@@ -88,10 +94,17 @@ impl BundleState {
             .transpose()?;
         Ok(Self {
             ranker_inputs,
+            overlay: Arc::new(CatalogOverlay::new(manifest.log_revision)),
+            follow: None,
             manifest,
             catalog,
             query_model,
         })
+    }
+
+    /// Item names: the catalog with the change log's names on top.
+    pub fn names(&self) -> Names<'_> {
+        self.overlay.names(&self.catalog)
     }
 
     /// The query embedding for a validated request.

@@ -10,6 +10,7 @@ mod answer_check;
 pub mod api_keys;
 pub mod bundle_filter;
 pub mod bundle_state;
+pub mod catalog_overlay;
 mod catalog_service;
 mod coverage;
 mod deadline;

@@ -169,3 +169,15 @@ static NODE_IDENTITY_REJECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub fn node_identity_rejected(reason: &'static str) {
     NODE_IDENTITY_REJECTIONS.with_label_values(&[reason]).inc();
 }
+
+static LOG_REVISION: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "recsys_gateway_log_revision",
+        "the last item change log revision whose names the gateway has applied",
+    )
+});
+
+/// The gateway has applied the change log's names up to `revision`.
+pub fn log_revision(revision: u64) {
+    LOG_REVISION.set(i64::try_from(revision).unwrap_or(i64::MAX));
+}

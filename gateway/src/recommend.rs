@@ -60,6 +60,8 @@ struct RequestPlan {
 /// What the fan-out gathered.
 struct Retrieved {
     merged: Vec<Candidate>,
+    /// The highest change-log revision the answering shards had applied.
+    log_revision: u64,
     coverage: Coverage,
     retrieval_us: u64,
 }
@@ -75,11 +77,15 @@ impl Gateway {
         let mut plan = self.plan_request(&request, timeout)?;
         let mut retrieved = self.fan_out_and_merge(&mut plan, partial).await?;
         let ranking_started = Instant::now();
+        // The answer may hold items changed up to `log_revision`: the names
+        // catch up beside the ranking call, which asks the same of its node.
+        let names = self.names_caught_up(&plan, retrieved.log_revision);
         let ranked = if plan.with_ranking {
-            match self
-                .rank_candidates(&plan, &request, &retrieved.merged)
-                .await
-            {
+            let (ranked, ()) = tokio::join!(
+                self.rank_candidates(&plan, &request, &retrieved.merged, retrieved.log_revision),
+                names
+            );
+            match ranked {
                 Ok(response) => Some(response),
                 Err(failure) => {
                     tracing::warn!(reason = %failure, "ranking failed, answering in retrieval order");
@@ -91,6 +97,7 @@ impl Gateway {
                 }
             }
         } else {
+            names.await;
             None
         };
         let ranking_us = if plan.with_ranking {
@@ -222,9 +229,11 @@ impl Gateway {
         let mut all_timed_out = true;
         // Whether every shard that failed was refused under its admission limit.
         let mut all_overloaded = true;
+        let mut log_revision = 0;
         while let Some(answer) = pending.next().await {
             match answer.outcome {
                 Ok(response) => {
+                    log_revision = log_revision.max(response.log_revision);
                     let candidates: Vec<Candidate> = response
                         .item_ids
                         .iter()
@@ -240,7 +249,7 @@ impl Gateway {
                             items: retrieval_items(
                                 top.sorted(),
                                 plan.checked.k,
-                                &plan.bundle.catalog,
+                                &plan.bundle.names(),
                             ),
                             coverage: Some(finish(coverage.clone())),
                             bundle_version: manifest.version.clone(),
@@ -275,10 +284,28 @@ impl Gateway {
             });
         }
         Ok(Retrieved {
+            log_revision,
             merged: top.into_sorted(),
             coverage,
             retrieval_us: retrieval_started.elapsed().as_micros() as u64,
         })
+    }
+
+    /// Waits, within the ranking budget, until the bundle's names hold every
+    /// item change up to `revision`; an answer named before is still answered.
+    async fn names_caught_up(&self, plan: &RequestPlan, revision: u64) {
+        let overlay = &plan.bundle.overlay;
+        if revision > overlay.revision()
+            && !overlay
+                .wait_for(revision, plan.started + plan.budget.ranking)
+                .await
+        {
+            tracing::debug!(
+                wanted = revision,
+                applied = overlay.revision(),
+                "naming before the item changes are applied"
+            );
+        }
     }
 
     /// Rank: the merged candidates' ids to the ranking pool (one retry on
@@ -290,12 +317,14 @@ impl Gateway {
         plan: &RequestPlan,
         request: &RecommendRequest,
         merged: &[Candidate],
+        log_revision: u64,
     ) -> Result<RankResponse, NodeFailure> {
         let rank = RankRequest {
             user_id: plan.user_id.clone(),
             user_features: request.user_features.clone(),
             item_ids: merged.iter().map(|c| c.item_id).collect(),
             bundle_version: plan.bundle.manifest.version.clone(),
+            min_log_revision: log_revision,
         };
         call_replicas(
             &self.shared.clients,
@@ -347,7 +376,7 @@ fn respond(
             "degraded answer"
         );
     }
-    let catalog = &plan.bundle.catalog;
+    let catalog = &plan.bundle.names();
     let (items, model_version) = match &ranked {
         Some(response) => (
             ranked_items(&retrieved.merged, &response.scores, plan.checked.k, catalog),

@@ -8,17 +8,17 @@
 //! them all second, so that the misses of different items overlap instead of
 //! queueing one behind the other with the allocation and copy of each item.
 
-use recsys_bundle::Catalog;
 use recsys_proto::v1::RecommendedItem;
 
+use crate::catalog_overlay::Names;
 use crate::merge::Candidate;
 
 /// The names of `ids` in order (empty where the catalog has none), with their
 /// bytes already brought into cache.
-pub fn names(catalog: &Catalog, ids: impl Iterator<Item = u64>) -> Vec<&str> {
+pub fn names<'a>(catalog: &'a Names<'_>, ids: impl Iterator<Item = u64>) -> Vec<&'a str> {
     // A loop of look-ups only: iterations are independent, so the CPU runs the
     // probes of several items at once.
-    let names: Vec<&str> = ids.map(|id| catalog.name(id).unwrap_or_default()).collect();
+    let names: Vec<&str> = ids.map(|id| catalog.name(id)).collect();
     // One load per name, independent of each other: the misses on the string
     // bytes all overlap, and the copies that follow hit the cache.
     let touched = names.iter().fold(0u8, |acc, name| {
@@ -29,7 +29,7 @@ pub fn names(catalog: &Catalog, ids: impl Iterator<Item = u64>) -> Vec<&str> {
 }
 
 /// The first `k` merged candidates as response items, in retrieval order.
-pub fn retrieval_items(merged: &[Candidate], k: u32, catalog: &Catalog) -> Vec<RecommendedItem> {
+pub fn retrieval_items(merged: &[Candidate], k: u32, catalog: &Names<'_>) -> Vec<RecommendedItem> {
     let merged = &merged[..merged.len().min(k as usize)];
     let names = names(catalog, merged.iter().map(|c| c.item_id));
     merged
@@ -52,7 +52,7 @@ pub fn ranked_items(
     merged: &[Candidate],
     scores: &[f32],
     k: u32,
-    catalog: &Catalog,
+    catalog: &Names<'_>,
 ) -> Vec<RecommendedItem> {
     let mut order: Vec<usize> = (0..merged.len().min(scores.len())).collect();
     // A non-finite score (a broken model) ranks last rather than first.
@@ -82,6 +82,7 @@ pub fn ranked_items(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use recsys_bundle::Catalog;
 
     fn catalog() -> Catalog {
         Catalog::from_pairs([(1, "one".to_string()), (2, "two".to_string())])
@@ -97,7 +98,7 @@ mod tests {
     #[test]
     fn retrieval_items_keep_order_names_and_ranks() {
         let merged = candidates(&[(2, 0.9), (7, 0.5), (1, 0.1)]);
-        let items = retrieval_items(&merged, 2, &catalog());
+        let items = retrieval_items(&merged, 2, &Names::of_catalog(&catalog()));
         let got: Vec<_> = items
             .iter()
             .map(|i| {
@@ -110,19 +111,25 @@ mod tests {
             })
             .collect();
         assert_eq!(got, [(2, "two", 0, None), (7, "", 1, None)]);
-        assert_eq!(retrieval_items(&merged, 10, &catalog()).len(), 3);
+        assert_eq!(
+            retrieval_items(&merged, 10, &Names::of_catalog(&catalog())).len(),
+            3
+        );
     }
 
     #[test]
     fn ranked_items_sort_by_score_then_retrieval_rank_and_nan_last() {
         let merged = candidates(&[(1, 0.9), (2, 0.8), (3, 0.7), (4, 0.6)]);
         let scores = [0.5, f32::NAN, 0.5, 0.9];
-        let items = ranked_items(&merged, &scores, 4, &catalog());
+        let items = ranked_items(&merged, &scores, 4, &Names::of_catalog(&catalog()));
         let got: Vec<_> = items
             .iter()
             .map(|i| (i.item_id, i.name.as_str(), i.retrieval_rank))
             .collect();
         assert_eq!(got, [(4, "", 3), (1, "one", 0), (3, "", 2), (2, "two", 1)]);
-        assert_eq!(ranked_items(&merged, &scores, 1, &catalog())[0].item_id, 4);
+        assert_eq!(
+            ranked_items(&merged, &scores, 1, &Names::of_catalog(&catalog()))[0].item_id,
+            4
+        );
     }
 }

@@ -122,10 +122,7 @@ pub async fn run(
     crate::versions::start(
         shared.versions.clone(),
         recsys_bundle::BundleSource::at(&config.bundle_dir),
-        config
-            .item_log
-            .as_ref()
-            .map(|log| (log.etcd.clone(), log.cluster.clone())),
+        config.item_log.clone(),
         config.versions,
         views,
         bundles,

@@ -22,22 +22,28 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bundle_filter::{BundleId, VersionViews};
 use crate::bundle_state::BundleState;
+use crate::catalog_service::ItemLogOptions;
 
 /// Starts following the desired version into `set`. `views` are the routing
 /// views per held version (`bundle_filter`), `bundles` where the held versions
 /// are published for it (primary first), `serving` whether the gateway has a
-/// version to answer with.
+/// version to answer with. With `item_log`, each loaded version names the
+/// items changed since it was built (`catalog_overlay`), following the log
+/// from its own revision.
 #[allow(clippy::too_many_arguments)]
 pub async fn start(
     set: Arc<VersionSet<BundleState>>,
     source: BundleSource,
-    etcd: Option<(recsys_discovery::EtcdAccess, String)>,
+    item_log: Option<ItemLogOptions>,
     options: VersionOptions,
     views: watch::Receiver<Arc<VersionViews>>,
     bundles: watch::Sender<Vec<BundleId>>,
     serving: watch::Sender<bool>,
     shutdown: CancellationToken,
 ) {
+    let etcd = item_log
+        .as_ref()
+        .map(|log| (log.etcd.clone(), log.cluster.clone()));
     let polled = source.clone();
     let desired = recsys_discovery::desired_version::follow_desired(
         move || polled.current_version(),
@@ -74,9 +80,22 @@ pub async fn start(
         )
     });
     let retire_now: Gate = Arc::new(|_| true);
+    let handle = tokio::runtime::Handle::current();
+    let follow_shutdown = shutdown.clone();
     let load = move |version: &str| -> Result<BundleState, BundleError> {
         let dir = source.locate(version)?;
-        let state = BundleState::load(&dir)?;
+        let mut state = BundleState::load(&dir)?;
+        // With etcd the version also names the items changed since it was
+        // built; the loader runs on the blocking pool, so the follower is
+        // spawned on the gateway's runtime explicitly.
+        if let Some(options) = &item_log {
+            let _entered = handle.enter();
+            crate::catalog_overlay::follow(
+                options.clone(),
+                &mut state,
+                follow_shutdown.child_token(),
+            );
+        }
         tracing::info!(
             version = %state.manifest.version,
             shards = state.manifest.shard_count,

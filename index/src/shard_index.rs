@@ -339,6 +339,45 @@ impl ShardIndex {
         Ok(hits)
     }
 
+    /// Every item's id and stored vector (read back as f32: exact for `f32`
+    /// shards, the quantized values for `f16` and `i8`), in no particular order:
+    /// what `recsys bundle compact` rebuilds a shard from. usearch has no key
+    /// iterator, so an exact scan as wide as the shard lists the keys. Blocking
+    /// CPU work, one pass over the shard.
+    pub fn export(&self) -> Result<(Vec<u64>, Vec<f32>), SearchError> {
+        let size = self.index.size();
+        if size == 0 {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        // Any finite query lists every key; a non-zero one keeps `cos` defined.
+        let query = vec![1.0f32; self.dimensions];
+        let matches = self
+            .index
+            .exact_search(&query, size)
+            .map_err(|e| SearchError::Usearch(e.to_string()))?;
+        let mut ids = matches.keys;
+        ids.sort_unstable();
+        let mut vectors = vec![0.0f32; ids.len() * self.dimensions];
+        for (id, out) in ids.iter().zip(vectors.chunks_exact_mut(self.dimensions)) {
+            let found = self
+                .index
+                .get(*id, out)
+                .map_err(|e| SearchError::Usearch(e.to_string()))?;
+            if found != 1 {
+                return Err(SearchError::Usearch(format!(
+                    "item {id} listed by the scan has {found} stored vectors"
+                )));
+            }
+        }
+        if ids.len() != size {
+            return Err(SearchError::Usearch(format!(
+                "the scan listed {} of the shard's {size} items",
+                ids.len()
+            )));
+        }
+        Ok((ids, vectors))
+    }
+
     /// The `k` best items not in `hidden` from an unfiltered search that asks for
     /// enough extra items to drop the hidden ones afterwards, or `None` when too
     /// many of them were hidden and the filtered traversal must run.

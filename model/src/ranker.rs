@@ -261,6 +261,40 @@ impl Ranker {
         self.users.len()
     }
 
+    /// The item side of x0 for an item that is not in the bundle's table (or
+    /// replaces its row): an item upserted while the cluster serves, with its
+    /// item features by name. A feature left out is missing (row 0, or the
+    /// mean); an item-side `item_id` feature defaults to the id itself.
+    pub fn item_row(
+        &self,
+        item_id: u64,
+        features: &HashMap<String, FeatureInput>,
+    ) -> Result<Vec<f32>, RankError> {
+        let mut row = Vec::with_capacity(self.items.width());
+        let own_id = FeatureInput::Value(item_id.to_string());
+        for feature in self.features.iter().filter(|f| f.spec.side == Side::Item) {
+            let name = feature.spec.name.as_str();
+            let input = features
+                .get(name)
+                .or((name == "item_id").then_some(&own_id));
+            feature.encode_input(input, &mut row).map_err(|why| {
+                RankError::BadFeature(format!(
+                    "item {item_id}: {}",
+                    why.replace("user_features[", "features[")
+                ))
+            })?;
+        }
+        Ok(row)
+    }
+
+    /// Names of the item-side features, in x0 order.
+    pub fn item_feature_names(&self) -> impl Iterator<Item = &str> {
+        self.features
+            .iter()
+            .filter(|f| f.spec.side == Side::Item)
+            .map(|f| f.spec.name.as_str())
+    }
+
     /// True when `item_id` has features.
     pub fn knows_item(&self, item_id: u64) -> bool {
         self.items.position(item_id).is_some()
@@ -335,5 +369,59 @@ mod tests {
         }
         assert!(matches!(&batch[1], Err(RankError::UnknownItems(ids)) if ids == &[99]));
         assert!(batch[2].as_ref().unwrap().user_out_of_vocabulary);
+    }
+
+    /// An item added while serving scores as a bundle item with the same
+    /// features would, through whichever plan; requests without one keep theirs.
+    #[test]
+    fn overlay_items_score_like_bundle_items_with_their_features() {
+        let dir = tempfile::tempdir().unwrap();
+        let ranker = planted_ranker(dir.path());
+        let features = |item: &str, quality: &str| -> HashMap<String, FeatureInput> {
+            [
+                ("item_id".to_string(), FeatureInput::from(item)),
+                ("quality".to_string(), FeatureInput::from(quality)),
+            ]
+            .into_iter()
+            .collect()
+        };
+        // 99 is new, with 10's features; 20 is replaced by 30's features.
+        let overlay: HashMap<u64, Vec<f32>> = [
+            (99, ranker.item_row(99, &features("10", "9")).unwrap()),
+            (20, ranker.item_row(20, &features("30", "3")).unwrap()),
+        ]
+        .into_iter()
+        .collect();
+        let user = UserContext {
+            user_id: "u1".into(),
+            ..Default::default()
+        };
+        let requests: Vec<(&UserContext, &[u64])> = vec![
+            (&user, &[99, 20, 10, 30]),
+            (&user, &[10, 30]),
+            (&user, &[7]),
+        ];
+        let scored = ranker.score_batch_with(&requests, false, &overlay);
+        let with = scored[0].as_ref().unwrap();
+        let without = ranker.score(&user, &[10, 30], false).unwrap();
+        let close = |a: f32, b: f32| (a - b).abs() < 1e-5;
+        assert!(close(with.scores[0], without.scores[0]), "{with:?}");
+        assert!(close(with.scores[1], without.scores[1]), "{with:?}");
+        assert!(close(with.scores[2], without.scores[0]));
+        assert!(close(with.scores[3], without.scores[1]));
+        assert_eq!(scored[1].as_ref().unwrap().scores.len(), 2);
+        assert!(matches!(&scored[2], Err(RankError::UnknownItems(ids)) if ids == &[7]));
+        // A value of the wrong shape is refused, naming the item and feature.
+        let bad: HashMap<String, FeatureInput> = [(
+            "quality".to_string(),
+            FeatureInput::Values(vec!["1".into()]),
+        )]
+        .into_iter()
+        .collect();
+        let error = ranker.item_row(5, &bad).unwrap_err().to_string();
+        assert!(
+            error.contains("item 5") && error.contains("features[quality]"),
+            "{error}"
+        );
     }
 }

@@ -202,6 +202,7 @@ mod tests {
             user_features: largest_features(),
             item_ids: vec![u64::MAX; MAX_RETRIEVE_K as usize],
             bundle_version: "v".repeat(128),
+            min_log_revision: u64::MAX,
         };
         assert!(rank.encoded_len() <= rank_request_max_bytes(MAX_RETRIEVE_K as usize));
         let answer = SearchResponse {
@@ -211,6 +212,7 @@ mod tests {
             items_searched: u64::MAX,
             bundle_version: "v".repeat(MAX_VERSION_BYTES),
             search_us: u64::MAX,
+            log_revision: u64::MAX,
         };
         assert!(answer.encoded_len() <= search_response_max_bytes(MAX_RETRIEVE_K as usize));
     }

@@ -46,6 +46,9 @@ pub enum RankingError {
     /// The server's router could not be built (TLS material, reflection).
     #[error(transparent)]
     Router(#[from] recsys_server::grpc::RouterError),
+    /// The item change log could not be set up (a malformed etcd endpoint).
+    #[error("item change log: {0}")]
+    ChangeLog(recsys_catalog_log::LogError),
 }
 
 /// Why the node's ranker could not be loaded; each names the file.
@@ -96,7 +99,8 @@ impl From<RankingError> for tonic::Status {
             | RankingError::NoAnswer
             | RankingError::Transport(_)
             | RankingError::Threads(_)
-            | RankingError::Router(_) => tonic::Status::internal(message),
+            | RankingError::Router(_)
+            | RankingError::ChangeLog(_) => tonic::Status::internal(message),
         }
     }
 }

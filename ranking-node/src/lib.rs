@@ -11,6 +11,7 @@
 
 mod batcher;
 mod error;
+mod item_overlay;
 mod metrics;
 mod server;
 mod service;

@@ -103,3 +103,27 @@ pub fn scored(candidates: usize, user_out_of_vocabulary: bool) {
         OOV_USERS.inc();
     }
 }
+
+static LOG_REVISION: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "recsys_ranking_log_revision",
+        "the last item change log revision whose item features the node has applied",
+    )
+});
+
+static REFUSED_CHANGES: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "recsys_ranking_refused_changes_total",
+        "upserted items whose features the ranker refused (a value of the wrong kind)",
+    )
+});
+
+/// The node has applied the change log up to `revision`.
+pub fn log_revision(revision: u64) {
+    LOG_REVISION.set(i64::try_from(revision).unwrap_or(i64::MAX));
+}
+
+/// The ranker refused an upserted item's features.
+pub fn refused_change() {
+    REFUSED_CHANGES.inc();
+}

@@ -155,12 +155,24 @@ pub async fn run(
     );
     let service = RankingNodeService::new(versions.clone(), Arc::new(batcher), &config);
 
+    // With etcd, every loaded version applies upserted items' features from the
+    // change log (`item_overlay.rs`). Connecting is lazy without an etcd user:
+    // an etcd that is away only fails the followers' calls.
+    let change_log = match &config.announce {
+        Some(etcd) => Some(
+            recsys_catalog_log::ChangeLog::connect(&etcd.etcd, &etcd.cluster)
+                .await
+                .map_err(RankingError::ChangeLog)?,
+        ),
+        None => None,
+    };
     let announcer = Announcer::new(config.announce.clone());
     crate::versions::start(
         versions,
         recsys_bundle::BundleSource::at(&config.bundle_dir),
         config.announce.clone(),
         announcer.clone(),
+        change_log,
         config.versions,
         serving,
         shutdown.clone(),

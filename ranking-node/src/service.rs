@@ -13,6 +13,7 @@ use recsys_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::batcher::Batcher;
+use crate::item_overlay::ServingRanker;
 use crate::versions::ServedRanker;
 use crate::{RankingConfig, RankingError};
 
@@ -20,7 +21,7 @@ use crate::{RankingConfig, RankingError};
 #[derive(Debug, Clone)]
 pub struct RankingNodeService {
     versions: Arc<VersionSet<ServedRanker>>,
-    batcher: Arc<Batcher>,
+    batcher: Arc<Batcher<ServingRanker>>,
     max_candidates: usize,
 }
 
@@ -28,7 +29,7 @@ impl RankingNodeService {
     /// A service scoring with the rankers of `versions` on `batcher`'s threads.
     pub fn new(
         versions: Arc<VersionSet<ServedRanker>>,
-        batcher: Arc<Batcher>,
+        batcher: Arc<Batcher<ServingRanker>>,
         config: &RankingConfig,
     ) -> Self {
         Self {
@@ -51,7 +52,14 @@ fn user_features(
 ) -> Result<HashMap<String, FeatureInput>, RankingError> {
     check_user_features(features)
         .map_err(|e| RankingError::invalid("user_features", e.to_string()))?;
-    Ok(features
+    Ok(feature_inputs(features))
+}
+
+/// Feature values as the ranker takes them (an unset value is left out).
+pub(crate) fn feature_inputs(
+    features: &HashMap<String, FeatureValue>,
+) -> HashMap<String, FeatureInput> {
+    features
         .iter()
         .filter_map(|(name, value)| {
             let input = match value.kind.as_ref()? {
@@ -62,7 +70,7 @@ fn user_features(
             };
             Some((name.clone(), input))
         })
-        .collect())
+        .collect()
 }
 
 impl RankingNodeService {
@@ -106,6 +114,15 @@ impl RankingNodeService {
                 ),
             ));
         }
+        if request.min_log_revision > ranker.revision()
+            && !ranker.wait_for(request.min_log_revision, deadline).await
+        {
+            tracing::debug!(
+                wanted = request.min_log_revision,
+                applied = ranker.revision(),
+                "scoring before the item changes asked for are applied"
+            );
+        }
         let user = UserContext {
             user_id: request.user_id,
             features: user_features(&request.user_features)?,
@@ -119,7 +136,7 @@ impl RankingNodeService {
         Ok(RankResponse {
             bundle_version,
             scores: scores.scores,
-            model_version: ranker.version().to_string(),
+            model_version: ranker.ranker().version().to_string(),
             user_out_of_vocabulary: scores.user_out_of_vocabulary,
         })
     }

@@ -3,32 +3,44 @@
 //! with a ranker per version. A `Rank` naming a version is scored by that
 //! version's ranker; the batcher takes the ranker with each request, so two
 //! versions share the scoring threads.
+//!
+//! Each loaded version is a [`ServingRanker`]: its ranker plus the item
+//! features upserted since the revision that version's manifest records,
+//! following the change log on its own (`item_overlay.rs`), so two versions
+//! served side by side during a rollout each apply the log from their own
+//! starting point, and a dropped version stops following.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use recsys_bundle::{BundleSource, Manifest};
+use recsys_catalog_log::ChangeLog;
 use recsys_discovery::versions::drive;
 use recsys_discovery::{
     AnnounceOptions, Announcer, ClusterView, Gate, Role, VersionOptions, VersionSet,
 };
 use recsys_model::Ranker;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::error::RankerLoadError;
+use crate::item_overlay::ServingRanker;
 
 /// One version's ranker, as served.
 #[derive(Debug)]
 pub struct ServedRanker {
-    /// The ranker.
-    pub ranker: Arc<Ranker>,
+    /// The ranker with the item changes applied so far.
+    pub ranker: Arc<ServingRanker>,
     /// Shards of the version's retrieval index (for the retire gate).
     pub shard_count: u32,
+    /// Stops following the change log when the version is dropped.
+    _follow: Option<DropGuard>,
 }
 
-/// The ranker, once its files pass their checksums.
-fn load(dir: &Path) -> Result<ServedRanker, RankerLoadError> {
+/// The ranker, once its files pass their checksums, and the shard count of
+/// its version. Item changes apply on top from the revision the version
+/// contains (`manifest.log_revision`).
+fn load(dir: &Path) -> Result<(ServingRanker, u32), RankerLoadError> {
     let manifest = Manifest::load(dir)?;
     // Every file of the ranker directory against its recorded checksum, before
     // candle or the feature readers see a byte: a corrupt file is named here.
@@ -41,12 +53,11 @@ fn load(dir: &Path) -> Result<ServedRanker, RankerLoadError> {
         version = ranker.version(),
         bundle_version = %manifest.version,
         items = ranker.items(),
+        log_revision = manifest.log_revision,
         "ranker ready"
     );
-    Ok(ServedRanker {
-        ranker: Arc::new(ranker),
-        shard_count: manifest.shard_count,
-    })
+    let serving = ServingRanker::new(ranker, manifest.version, manifest.log_revision);
+    Ok((serving, manifest.shard_count))
 }
 
 /// Why a version could not be loaded: the bundle's own error or the ranker's.
@@ -59,12 +70,15 @@ enum LocateOrLoad {
 }
 
 /// Starts following the desired version into `set`; `serving` says whether
-/// the node has a ranker to score with.
+/// the node has a ranker to score with. With `change_log`, each loaded version
+/// follows it from its own revision.
+#[allow(clippy::too_many_arguments)] // One call site, each argument a different thing.
 pub async fn start(
     set: Arc<VersionSet<ServedRanker>>,
     source: BundleSource,
     announce: Option<AnnounceOptions>,
     announcer: Arc<Announcer>,
+    change_log: Option<ChangeLog>,
     options: VersionOptions,
     serving: watch::Sender<bool>,
     shutdown: CancellationToken,
@@ -117,9 +131,26 @@ pub async fn start(
         };
         view.borrow().can_serve(desired, served.shard_count, true)
     });
+    let handle = tokio::runtime::Handle::current();
+    let follow_shutdown = shutdown.clone();
     let load = move |version: &str| -> Result<ServedRanker, LocateOrLoad> {
         let dir = source.locate(version)?;
-        Ok(load(&dir)?)
+        let (serving, shard_count) = load(&dir)?;
+        let serving = Arc::new(serving);
+        // With etcd the version also applies upserted items' features; the
+        // loader runs on the blocking pool, so the follower is spawned on the
+        // node's runtime explicitly.
+        let follow = change_log.as_ref().map(|log| {
+            let stop = follow_shutdown.child_token();
+            let _entered = handle.enter();
+            crate::item_overlay::follow(log.clone(), serving.clone(), stop.clone());
+            stop.drop_guard()
+        });
+        Ok(ServedRanker {
+            ranker: serving,
+            shard_count,
+            _follow: follow,
+        })
     };
     let registered = std::sync::atomic::AtomicBool::new(false);
     let changed = move |set: &VersionSet<ServedRanker>| {

@@ -181,6 +181,8 @@ impl RetrievalNodeService {
             items_searched: live.stats().items,
             bundle_version: version,
             search_us: elapsed.as_micros() as u64,
+            // Read after the search: never lower than what the search saw.
+            log_revision: live.revision(),
         })
     }
 }

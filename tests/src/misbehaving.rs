@@ -217,6 +217,7 @@ impl RetrievalService for GatedShard {
             shard: self.shard,
             bundle_version: self.bundle_version.to_string(),
             search_us: 0,
+            log_revision: 0,
         }))
     }
 
@@ -329,6 +330,7 @@ impl RetrievalService for LyingShard {
             items_searched: 2,
             bundle_version,
             search_us: 1,
+            log_revision: 0,
         }))
     }
 

@@ -169,6 +169,7 @@ fn request(user: &str, features: Vec<(&str, Kind)>) -> RankRequest {
             .map(|(name, kind)| (name.to_string(), value(kind)))
             .collect(),
         item_ids: vec![1, 2, 3],
+        min_log_revision: 0,
     }
 }
 

@@ -7,6 +7,8 @@
 //! from a per-item table (`FirstProduct`); or, for the TFRS tutorial's shape,
 //! the cross layer folded into the first deep layer ([`crate::cross_fold`]).
 
+use std::collections::HashMap;
+
 use candle_core::{Module, Tensor};
 
 use super::{FeatureInput, RankError, Ranker, Scores, Side, UserContext};
@@ -94,6 +96,136 @@ impl Ranker {
             .collect()
     }
 
+    /// [`Self::score_batch`] with the items upserted since the bundle was built:
+    /// `overlay` maps an id to its item-side row ([`Ranker::item_row`]) and
+    /// wins over the bundle's table. The per-item tables of the precomputed and
+    /// folded plans hold the bundle's items only, so a request with an overlay
+    /// item takes the plain forward pass (the reference the other plans are
+    /// checked against, equal up to rounding); the others keep their plan.
+    pub fn score_batch_with(
+        &self,
+        requests: &[(&UserContext, &[u64])],
+        allow_unknown_items: bool,
+        overlay: &HashMap<u64, Vec<f32>>,
+    ) -> Vec<Result<Scores, RankError>> {
+        if overlay.is_empty() {
+            return self.score_batch(requests, allow_unknown_items);
+        }
+        let plain: Vec<bool> = requests
+            .iter()
+            .map(|(_, items)| items.iter().any(|id| overlay.contains_key(id)))
+            .collect();
+        if !plain.contains(&true) {
+            return self.score_batch(requests, allow_unknown_items);
+        }
+        let batched: Vec<(&UserContext, &[u64])> = requests
+            .iter()
+            .zip(&plain)
+            .filter(|(_, plain)| !**plain)
+            .map(|(request, _)| *request)
+            .collect();
+        let mut batched = self.score_batch(&batched, allow_unknown_items).into_iter();
+        (0..requests.len())
+            .map(|i| {
+                if plain[i] {
+                    let (user, items) = requests[i];
+                    self.score_plain(user, items, allow_unknown_items, overlay)
+                } else {
+                    batched.next().unwrap_or_else(|| {
+                        Err(RankError::Model(ModelError::Config(
+                            "a batched request lost its scores".into(),
+                        )))
+                    })
+                }
+            })
+            .collect()
+    }
+
+    /// One request through the plain forward pass, items looked up in
+    /// `overlay` first.
+    fn score_plain(
+        &self,
+        user: &UserContext,
+        items: &[u64],
+        allow_unknown_items: bool,
+        overlay: &HashMap<u64, Vec<f32>>,
+    ) -> Result<Scores, RankError> {
+        let sides: Vec<Option<&[f32]>> = items
+            .iter()
+            .map(|id| {
+                overlay
+                    .get(id)
+                    .map(Vec::as_slice)
+                    .or_else(|| self.items.position(*id).map(|p| self.items.row(p)))
+            })
+            .collect();
+        if !allow_unknown_items {
+            let unknown: Vec<u64> = items
+                .iter()
+                .zip(&sides)
+                .filter(|(_, side)| side.is_none())
+                .map(|(id, _)| *id)
+                .collect();
+            if !unknown.is_empty() {
+                return Err(RankError::UnknownItems(unknown));
+            }
+        }
+        let (user_side, user_oov) = self.user_side(user)?;
+        if items.is_empty() {
+            return Ok(Scores {
+                scores: Vec::new(),
+                user_out_of_vocabulary: user_oov,
+            });
+        }
+        let mut x0 = Vec::new();
+        self.x0_rows_from(
+            &user_side,
+            sides
+                .iter()
+                .map(|side| side.unwrap_or(self.items.unknown())),
+            &mut x0,
+        );
+        let dim = self.config.dcn.input_dim;
+        let x0 =
+            Tensor::from_vec(x0, (items.len(), dim), &self.device).map_err(ModelError::from)?;
+        let scores = self
+            .model
+            .forward(&x0)
+            .and_then(|scores| scores.to_vec1::<f32>())
+            .map_err(ModelError::from)?;
+        Ok(Scores {
+            scores,
+            user_out_of_vocabulary: user_oov,
+        })
+    }
+
+    /// The user side of x0 for `user`, and whether the user id was out of
+    /// vocabulary.
+    fn user_side(&self, user: &UserContext) -> Result<(Vec<f32>, bool), RankError> {
+        let mut user_oov = false;
+        let mut user_side = Vec::new();
+        for feature in self.features.iter().filter(|f| f.spec.side == Side::User) {
+            let id;
+            let name = feature.spec.name.as_str();
+            // A value in the request wins over the stored one.
+            let input = if name == "user_id" {
+                id = FeatureInput::Value(user.user_id.clone());
+                Some(&id)
+            } else {
+                user.features
+                    .get(name)
+                    .or_else(|| self.users.get(&user.user_id, name))
+            };
+            let oov = feature
+                .encode_input(input, &mut user_side)
+                .map_err(RankError::BadFeature)?;
+            if feature.spec.name == "user_id" && oov {
+                user_oov = true;
+            }
+        }
+        Ok((user_side, user_oov))
+    }
+
     /// Appends the rows of `items` for `user` to `batch` (nothing on error);
     /// returns whether the user id was out of vocabulary.
     fn encode(
@@ -119,27 +251,7 @@ impl Ranker {
         }
         // The user side is the same for every candidate: encode it once, and copy
         // it between the item-side slices.
-        let mut user_oov = false;
-        let mut user_side = Vec::new();
-        for feature in self.features.iter().filter(|f| f.spec.side == Side::User) {
-            let id;
-            let name = feature.spec.name.as_str();
-            // A value in the request wins over the stored one.
-            let input = if name == "user_id" {
-                id = FeatureInput::Value(user.user_id.clone());
-                Some(&id)
-            } else {
-                user.features
-                    .get(name)
-                    .or_else(|| self.users.get(&user.user_id, name))
-            };
-            let oov = feature
-                .encode_input(input, &mut user_side)
-                .map_err(RankError::BadFeature)?;
-            if feature.spec.name == "user_id" && oov {
-                user_oov = true;
-            }
-        }
+        let (user_side, user_oov) = self.user_side(user)?;
         if items.is_empty() {
             return Ok(user_oov);
         }
@@ -185,8 +297,21 @@ impl Ranker {
     /// candidate's item side, interleaved in feature order.
     fn x0_rows(&self, user_side: &[f32], candidates: &[Option<usize>], x0: &mut Vec<f32>) {
         x0.reserve(candidates.len() * self.config.dcn.input_dim);
-        for position in candidates {
-            let item_side = self.item_side(*position);
+        self.x0_rows_from(
+            user_side,
+            candidates.iter().map(|position| self.item_side(*position)),
+            x0,
+        );
+    }
+
+    /// [`Self::x0_rows`] from the item-side rows themselves.
+    fn x0_rows_from<'a>(
+        &self,
+        user_side: &[f32],
+        item_sides: impl Iterator<Item = &'a [f32]>,
+        x0: &mut Vec<f32>,
+    ) {
+        for item_side in item_sides {
             let (mut user_at, mut item_at) = (0, 0);
             for feature in &self.features {
                 let width = feature.spec.dim;
