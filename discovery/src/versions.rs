@@ -252,6 +252,29 @@ impl<T> VersionSet<T> {
         });
     }
 
+    /// The version to serve, followed until `shutdown`
+    /// ([`crate::desired_version::follow_desired`]: etcd's desired version when
+    /// `etcd` is given, else what `current` answers, read every `poll`). When
+    /// neither names one at start, `resolve`'s error is recorded with
+    /// [`Self::fail_start`], so requests and `Info` say why nothing loads.
+    pub async fn follow_desired<R, E: Display>(
+        &self,
+        current: impl Fn() -> Option<String> + Send + 'static,
+        resolve: impl FnOnce() -> Result<R, E>,
+        etcd: Option<(crate::EtcdAccess, String)>,
+        poll: Duration,
+        shutdown: CancellationToken,
+    ) -> watch::Receiver<Option<String>> {
+        let desired = crate::desired_version::follow_desired(current, etcd, poll, shutdown).await;
+        if desired.borrow().is_none()
+            && let Err(error) = resolve()
+        {
+            tracing::error!(%error, "no bundle version to serve");
+            self.fail_start(error.to_string());
+        }
+        desired
+    }
+
     /// Records that no version could even be named (say the bundle directory
     /// has no manifest), with `error` naming what is wrong: requests and `Info`
     /// then say so instead of "still loading". Cleared by the first version

@@ -45,19 +45,15 @@ pub async fn start(
         .as_ref()
         .map(|log| (log.etcd.clone(), log.cluster.clone()));
     let polled = source.clone();
-    let desired = recsys_discovery::desired_version::follow_desired(
-        move || polled.current_version(),
-        etcd,
-        options.poll,
-        shutdown.clone(),
-    )
-    .await;
-    if desired.borrow().is_none()
-        && let Err(error) = source.resolve()
-    {
-        tracing::error!(%error, "no bundle version to serve");
-        set.fail_start(error.to_string());
-    }
+    let desired = set
+        .follow_desired(
+            move || polled.current_version(),
+            || source.resolve(),
+            etcd,
+            options.poll,
+            shutdown.clone(),
+        )
+        .await;
     let gate_set = set.clone();
     let switch_gate: Gate = Arc::new(move |version: &str| {
         let Some((_, next)) = gate_set

@@ -99,19 +99,15 @@ pub async fn start(
         .as_ref()
         .map(|a| (a.etcd.clone(), a.cluster.clone()));
     let polled = source.clone();
-    let desired = recsys_discovery::desired_version::follow_desired(
-        move || polled.current_version(),
-        etcd.clone(),
-        options.poll,
-        shutdown.clone(),
-    )
-    .await;
-    if desired.borrow().is_none()
-        && let Err(error) = source.resolve()
-    {
-        tracing::error!(%error, "no bundle version to serve");
-        set.fail_start(error.to_string());
-    }
+    let desired = set
+        .follow_desired(
+            move || polled.current_version(),
+            || source.resolve(),
+            etcd.clone(),
+            options.poll,
+            shutdown.clone(),
+        )
+        .await;
 
     // With etcd, the cluster's registrations say when every shard serves the
     // new version; without, the node can only go by the requests it gets.
