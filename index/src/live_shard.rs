@@ -178,12 +178,10 @@ impl LiveShard {
     /// Counts for `Info` and metrics.
     pub fn stats(&self) -> LiveStats {
         let mutable = self.read();
-        let delta = mutable.delta.size() as u64;
-        let hidden = mutable.hidden.len() as u64;
         LiveStats {
-            items: self.base.items().saturating_sub(hidden) + delta,
-            hidden,
-            delta,
+            items: self.live_items(&mutable),
+            hidden: mutable.hidden.len() as u64,
+            delta: mutable.delta.size() as u64,
             revision: mutable.revision,
         }
     }
@@ -309,12 +307,7 @@ impl LiveShard {
             sort_hits(&mut hits);
             hits
         };
-        let live = self
-            .base
-            .items()
-            .saturating_sub(mutable.hidden.len() as u64)
-            + delta.size() as u64;
-        let (narrow, full) = delta_beams(k, delta.size(), live, mutable.delta_ef);
+        let (narrow, full) = self.delta_beams(&mutable, k);
         let first = search_delta(narrow)?;
         let returned = first.len();
         let worst_delta = first.iter().map(|hit| hit.1).fold(f32::INFINITY, f32::min);
@@ -343,12 +336,7 @@ impl LiveShard {
                 .search_hiding(query, k, &[], &mutable.hidden, false)?
                 .len())
         } else {
-            let live = self
-                .base
-                .items()
-                .saturating_sub(mutable.hidden.len() as u64)
-                + mutable.delta.size() as u64;
-            let (narrow, _) = delta_beams(k, mutable.delta.size(), live, mutable.delta_ef);
+            let (narrow, _) = self.delta_beams(&mutable, k);
             Ok(mutable
                 .delta
                 .search(query, narrow)
@@ -356,6 +344,24 @@ impl LiveShard {
                 .keys
                 .len())
         }
+    }
+
+    /// Items a search can return: the base's not hidden, and the delta's.
+    fn live_items(&self, mutable: &Mutable) -> u64 {
+        self.base
+            .items()
+            .saturating_sub(mutable.hidden.len() as u64)
+            + mutable.delta.size() as u64
+    }
+
+    /// [`delta_beams`] for a search of `k` over this shard as it is now.
+    fn delta_beams(&self, mutable: &Mutable, k: usize) -> (usize, usize) {
+        delta_beams(
+            k,
+            mutable.delta.size(),
+            self.live_items(mutable),
+            mutable.delta_ef,
+        )
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Mutable> {
