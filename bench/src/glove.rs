@@ -281,6 +281,20 @@ pub fn run(args: RetrievalArgs) -> anyhow::Result<()> {
                         "qps_per_cpu_second": queries.len() as f64 / dim as f64 / cpu})
                 );
             }
+            // Both halves per query, as the live search runs them but without
+            // the merge: what alternating between the two indexes costs.
+            let started = thread_cpu_seconds()?;
+            for query in queries.chunks_exact(dim) {
+                live.search_halves(query, K, true)?;
+                live.search_halves(query, K, false)?;
+            }
+            let cpu = thread_cpu_seconds()? - started;
+            println!(
+                "{}",
+                serde_json::json!({"engine": "recsys-live", "ef": ef,
+                    "half": "both halves per query",
+                    "qps_per_cpu_second": queries.len() as f64 / dim as f64 / cpu})
+            );
         }
     }
     Ok(())

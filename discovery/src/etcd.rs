@@ -55,9 +55,10 @@ pub async fn request<T>(
 ) -> Result<T, DiscoveryError> {
     match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(source)) => Err(match refusal(&source) {
-            Some(message) => DiscoveryError::Denied { operation, message },
-            None => DiscoveryError::Etcd { operation, source },
+        Ok(Err(source)) => Err(match (refusal(&source), space_exceeded(&source)) {
+            (Some(message), _) => DiscoveryError::Denied { operation, message },
+            (None, Some(message)) => DiscoveryError::SpaceExceeded { operation, message },
+            (None, None) => DiscoveryError::Etcd { operation, source },
         }),
         Err(_) => Err(DiscoveryError::Timeout {
             operation,
@@ -82,6 +83,20 @@ fn refusal(error: &etcd_client::Error) -> Option<String> {
         // An admin call by a client certificate's common name that is no user.
         || message.contains("user name not found");
     refused.then(|| message.to_string())
+}
+
+/// etcd's message when its database is over quota: the NOSPACE alarm is raised
+/// and every write is refused until it is disarmed, which no retry changes.
+/// (etcd's other `RESOURCE_EXHAUSTED`, "too many requests", is a passing
+/// overload and stays an ordinary error.)
+fn space_exceeded(error: &etcd_client::Error) -> Option<String> {
+    let etcd_client::Error::GRpcStatus(status) = error else {
+        return None;
+    };
+    let message = status.message();
+    message
+        .contains("database space exceeded")
+        .then(|| message.to_string())
 }
 
 #[cfg(test)]

@@ -53,6 +53,8 @@ pub struct EtcdServer {
     peer_port: u16,
     tls: Option<EtcdServerTls>,
     root: Option<EtcdCredentials>,
+    /// `--quota-backend-bytes`, when a test wants etcd to fill up.
+    quota_bytes: Option<u64>,
 }
 
 impl EtcdServer {
@@ -66,7 +68,20 @@ impl EtcdServer {
         Self::start_with(Some(tls)).await
     }
 
+    /// Starts etcd with a database quota of `bytes` (`--quota-backend-bytes`),
+    /// for tests of what happens when it is full.
+    pub async fn start_with_quota(bytes: u64) -> Result<Self, DiscoveryError> {
+        Self::start_configured(None, Some(bytes)).await
+    }
+
     async fn start_with(tls: Option<EtcdServerTls>) -> Result<Self, DiscoveryError> {
+        Self::start_configured(tls, None).await
+    }
+
+    async fn start_configured(
+        tls: Option<EtcdServerTls>,
+        quota_bytes: Option<u64>,
+    ) -> Result<Self, DiscoveryError> {
         let binary = find_etcd()?;
         let dir = tempfile::Builder::new()
             .prefix("recsys-etcd-")
@@ -84,6 +99,7 @@ impl EtcdServer {
             peer_port,
             tls,
             root: None,
+            quota_bytes,
         };
         let mut reason = String::new();
         for attempt in 1..=START_ATTEMPTS {
@@ -242,6 +258,11 @@ impl EtcdServer {
             .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
             .args(["--logger", "zap", "--log-level", "error", "--log-outputs"])
             .arg(self.log_file())
+            .args(
+                self.quota_bytes
+                    .iter()
+                    .flat_map(|bytes| ["--quota-backend-bytes".to_string(), bytes.to_string()]),
+            )
             .args(self.tls.iter().flat_map(|tls| {
                 [
                     "--cert-file".into(),

@@ -84,6 +84,18 @@ pub enum DiscoveryError {
         /// etcd's message, e.g. `etcdserver: permission denied`.
         message: String,
     },
+    /// etcd's database reached its size quota (`--quota-backend-bytes`, 2 GiB
+    /// unless set): it raised its NOSPACE alarm and takes no more writes until
+    /// space is freed and the alarm disarmed. Reads go on.
+    #[error(
+        "etcd refused {operation}: its database is full ({message}); the limit is etcd's --quota-backend-bytes (2 GiB unless set): free space (recsys bundle compact, then recsys items truncate), then `etcdctl defrag` and `etcdctl alarm disarm`"
+    )]
+    SpaceExceeded {
+        /// The call.
+        operation: &'static str,
+        /// etcd's message, `etcdserver: mvcc: database space exceeded`.
+        message: String,
+    },
     /// The etcd access options do not fit together.
     #[error("etcd access: {0}")]
     EtcdConfig(String),

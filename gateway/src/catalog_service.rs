@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use recsys_bundle::shard_of;
 use recsys_catalog_log::{ChangeLog, LogError};
+use recsys_discovery::DiscoveryError;
 use recsys_proto::checks::check_embedding;
 use recsys_proto::limits::{MAX_CATALOG_ITEMS, MAX_ID_BYTES};
 use recsys_proto::v1::catalog_service_server::CatalogService;
@@ -122,7 +123,9 @@ impl Catalog {
 /// A log error as the caller should see it.
 fn log_status(error: LogError) -> Status {
     match &error {
-        LogError::TooLarge { .. } => Status::resource_exhausted(error.to_string()),
+        LogError::TooLarge { .. } | LogError::Etcd(DiscoveryError::SpaceExceeded { .. }) => {
+            Status::resource_exhausted(error.to_string())
+        }
         // The gateway's own etcd user lacks the permission: its configuration,
         // not the caller's request and not an outage.
         LogError::Etcd(etcd) if etcd.is_refusal() => Status::failed_precondition(format!(

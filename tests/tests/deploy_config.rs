@@ -307,6 +307,28 @@ fn compose_commands_and_environment_are_accepted() {
     );
 }
 
+/// etcd holds the change log, the desired versions and the users: its data dir
+/// is a named volume, which outlives the container.
+#[test]
+fn compose_keeps_etcds_data_on_a_named_volume() {
+    let path = deploy_dir().join("docker-compose.yml");
+    let file: Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mounts: Vec<String> = file["services"]["etcd"]["volumes"]
+        .as_sequence()
+        .expect("etcd volumes")
+        .iter()
+        .map(text)
+        .collect();
+    let data = mounts
+        .iter()
+        .find_map(|m| m.strip_suffix(":/var/lib/etcd"))
+        .unwrap_or_else(|| panic!("no volume at /var/lib/etcd: {mounts:?}"));
+    assert!(
+        file["volumes"].as_mapping().unwrap().contains_key(data),
+        "{data} is not a named volume"
+    );
+}
+
 #[test]
 fn kubernetes_commands_and_environment_are_accepted() {
     let invocations = k8s_invocations();

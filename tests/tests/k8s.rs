@@ -212,6 +212,22 @@ fn kustomize_renders_the_cluster() {
     assert_eq!(etcd_service["spec"]["ports"][0]["port"], 2379);
     let etcd = get(&objects, "StatefulSet", "etcd");
     assert_eq!(etcd["spec"]["replicas"], 1);
+    // etcd holds the change log and the desired versions: its data dir is on
+    // a claim of the StatefulSet, not an emptyDir a rescheduled pod loses.
+    let claims = etcd["spec"]["volumeClaimTemplates"].as_array().unwrap();
+    assert_eq!(claims[0]["metadata"]["name"], "data");
+    let mounts = etcd["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m["name"] == "data" && m["mountPath"] == "/var/lib/etcd")
+    );
+    let volumes = etcd["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap();
+    assert!(volumes.iter().all(|v| v["name"] != "data"), "{volumes:?}");
     assert!(selects(
         &etcd_service["spec"]["selector"],
         &etcd["spec"]["template"]["metadata"]["labels"]

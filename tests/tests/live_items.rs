@@ -446,3 +446,94 @@ async fn catalog_service_changes_what_recommend_answers() {
     assert!(refused.message().contains("--etcd"), "{refused:?}");
     token.cancel();
 }
+
+/// etcd's database has a size quota (`--quota-backend-bytes`). A change log that
+/// fills it is refused with RESOURCE_EXHAUSTED naming that limit and what frees
+/// it, not UNAVAILABLE (a retry never succeeds until an operator acts), and
+/// nothing etcd accepted before is lost: the last accepted change is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_log_past_etcds_quota_is_refused_by_name_and_keeps_what_it_took() {
+    use recsys_proto::v1::UpsertItemsRequest;
+    use recsys_proto::v1::catalog_service_client::CatalogServiceClient;
+    use tonic::Code;
+
+    // 2 MiB: a few dozen 40 KB entries fill it; the default is 2 GiB.
+    let etcd = EtcdServer::start_with_quota(2 << 20).await.unwrap();
+    let bundle = synthetic_bundle(1_000, 10, DIMENSIONS, SHARDS, 35);
+    let token = CancellationToken::new();
+    for shard in 0..SHARDS {
+        node(&bundle, shard, "a", &etcd, &token).await;
+    }
+    let gateway = etcd_gateway(&bundle, &etcd, &token).await;
+    let mut catalog = CatalogServiceClient::connect(format!("http://{gateway}"))
+        .await
+        .unwrap();
+    let batch = |call: u64| UpsertItemsRequest {
+        items: (0..500)
+            .map(|i| {
+                let id = 1_000_000 + call * 1_000 + i;
+                ItemUpsert {
+                    item_id: id,
+                    // A batch's first item is long, so that it is the best
+                    // match for its own direction under any metric.
+                    embedding: (0..DIMENSIONS as u64)
+                        .map(|d| {
+                            let bits = splitmix(id * DIMENSIONS as u64 + d);
+                            let unit = (bits >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                            if i == 0 { unit * 50.0 } else { unit }
+                        })
+                        .collect(),
+                    name: format!("item {id}"),
+                    ..Default::default()
+                }
+            })
+            .collect(),
+    };
+    let mut accepted = None;
+    let refused = 'fill: {
+        // 2 MiB in 40 KB entries (and their history): well under 400 calls.
+        for call in 0..400 {
+            match catalog.upsert_items(batch(call)).await {
+                Ok(answer) => accepted = Some((call, answer.into_inner().revision)),
+                Err(status) => break 'fill status,
+            }
+        }
+        panic!("etcd's 2 MiB quota never refused a change");
+    };
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("quota-backend-bytes"),
+        "{refused:?}"
+    );
+    let (call, revision) = accepted.expect("the first change fit in the quota");
+    // What was accepted is served: the last batch's first item by its own vector.
+    let last = batch(call).items.swap_remove(0);
+    let mut client = gateway_client(gateway).await;
+    let mut request = by_embedding(last.embedding.clone(), 5, false);
+    request.min_revision = revision;
+    // The replicas may still be inserting the backlog (a replica waits a
+    // second for a revision, then refuses naming it): ask until the deadline.
+    let started = std::time::Instant::now();
+    let answer = loop {
+        match recommend(&mut client, request.clone(), VISIBLE).await {
+            Ok(answer) => break answer,
+            Err(status) if started.elapsed() < VISIBLE => {
+                assert!(status.message().contains("min_log_revision"), "{status:?}");
+            }
+            Err(status) => panic!("{status:?}"),
+        }
+    };
+    assert_eq!(ids(&answer).first(), Some(&last.item_id), "{answer:?}");
+    // And a second refusal says the same: the alarm holds until disarmed.
+    let again = catalog.upsert_items(batch(999)).await.unwrap_err();
+    assert_eq!(again.code(), Code::ResourceExhausted, "{again:?}");
+    token.cancel();
+}
+
+/// SplitMix64: well-spread test values from a counter.
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
