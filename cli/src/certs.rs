@@ -10,8 +10,8 @@
 //! | `retrieval-shard-N.pem`, `.key` | identity `retrieval-shard-N.recsys` | retrieval nodes of shard N (`--tls-cert`) |
 //! | `ranking.pem`, `.key` | identity `ranking.recsys` | ranking nodes |
 //! | `gateway.pem`, `.key` | the gateway's public listener | the gateway (`--tls-cert`) |
-//! | `gateway-client.pem`, `.key` | identity `gateway.recsys`, client only | the gateway toward nodes (`--node-tls-cert`) |
-//! | `client.pem`, `.key` | a client certificate | `recsys query`, `recsys health`, the benchmarks |
+//! | `gateway-client.pem`, `.key` | identity `gateway.recsys`, client only; the only certificate nodes serve `Search` and `Rank` to | the gateway toward nodes (`--node-tls-cert`), benchmarks calling nodes directly |
+//! | `client.pem`, `.key` | identity `client.recsys`, client only; nodes answer it health and `Info` only (`PERMISSION_DENIED` otherwise) | `recsys query`, `recsys health`, the benchmarks toward the gateway |
 //! | `etcd.pem`, `.key` | identity `etcd.recsys`, server and client | etcd (`--cert-file`; etcd dials itself with it) |
 //! | `etcd-client.pem`, `.key` | identity `etcd-client.recsys`, client only | every process toward etcd (`--etcd-cert`) |
 //!

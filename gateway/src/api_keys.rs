@@ -183,13 +183,13 @@ impl Interceptor for ApiKeyCheck {
                     .and_then(|value| value.to_str().ok())
             });
         let Some(key) = key else {
-            recsys_server::metrics::count_unauthenticated("missing_api_key");
+            recsys_server::metrics::count_refused_caller("missing_api_key");
             return Err(Status::unauthenticated(
                 "missing api key: send `authorization: Bearer KEY` or `x-api-key: KEY`",
             ));
         };
         if keys.keys.load().name_of(key.trim()).is_none() {
-            recsys_server::metrics::count_unauthenticated("unknown_api_key");
+            recsys_server::metrics::count_refused_caller("unknown_api_key");
             return Err(Status::unauthenticated("api key not accepted"));
         }
         Ok(request)

@@ -8,6 +8,7 @@ use recsys_discovery::{Membership, VersionOptions};
 use recsys_proto::v1::catalog_service_server::CatalogServiceServer;
 use recsys_proto::v1::gateway_service_server::GatewayServiceServer;
 use recsys_server::admission::{Admission, AdmissionRole, resolve_limit};
+use recsys_server::callers::CallerPolicy;
 use recsys_server::grpc::{incoming, not_serving_on_shutdown, router_with, set_health};
 use recsys_server::limits::ServerLimits;
 use recsys_server::tls::ServerAccess;
@@ -74,7 +75,13 @@ pub async fn run(
     membership: Arc<dyn Membership>,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
-    let (health, router) = router_with(&config.security.access, &config.server_limits)?;
+    // The public side admits any client certificate of its CA; API keys say who
+    // the caller is.
+    let (health, router) = router_with(
+        &config.security.access,
+        &config.server_limits,
+        CallerPolicy::any_certificate(),
+    )?;
     let node_tls = match &config.security.node_tls {
         Some(files) => Some(Arc::new(NodeTls::load(files)?)),
         None => None,

@@ -4,9 +4,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use recsys_discovery::{AnnounceOptions, Announcer, VersionOptions, VersionSet, serve_and_drain};
+use recsys_discovery::{
+    AnnounceOptions, Announcer, GATEWAY_IDENTITY, VersionOptions, VersionSet, serve_and_drain,
+};
 use recsys_proto::v1::retrieval_service_server::RetrievalServiceServer;
 use recsys_server::admission::{Admission, AdmissionRole, resolve_limit};
+use recsys_server::callers::CallerPolicy;
 use recsys_server::grpc::{incoming, not_serving_on_shutdown, pool_size, router_with, set_health};
 use recsys_server::limits::ServerLimits;
 use recsys_server::tls::ServerAccess;
@@ -80,8 +83,13 @@ pub async fn run(
     config: NodeConfig,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
-    let (health, router) = router_with(&config.access, &config.server_limits)?;
     let name = <RetrievalServiceServer<RetrievalNodeService> as NamedService>::NAME;
+    // With client certificates, only the gateway searches: a client certificate of
+    // the same CA would otherwise reach the node past the gateway's keys, limits
+    // and checks. Health, reflection and `Info` stay open to the cluster's
+    // certificates, for probes and operators.
+    let callers = CallerPolicy::only(&[GATEWAY_IDENTITY], [format!("/{name}/Info")]);
+    let (health, router) = router_with(&config.access, &config.server_limits, callers)?;
     set_health(&health, name, ServingStatus::NotServing).await;
 
     let versions = Arc::new(VersionSet::new());

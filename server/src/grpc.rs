@@ -6,18 +6,20 @@ use tonic::transport::Server;
 use tonic::transport::server::Router;
 use tonic_health::server::HealthReporter;
 
+use crate::callers::{CallerPolicy, ClientCertLayer};
 use crate::limits::ServerLimits;
 use crate::tls::ServerAccess;
 
 /// The router every recsys server starts from: the metrics layer around its
-/// services; inside it the client-certificate check ([`crate::tls`]), so refused
-/// calls are counted too; and inside that the layer that blames the caller for
-/// bytes tonic cannot frame (so metrics count the code the caller saw).
+/// services; inside it the client-certificate and caller-identity check
+/// ([`crate::callers`]), so refused calls are counted too; and inside that the
+/// layer that blames the caller for bytes tonic cannot frame (so metrics count
+/// the code the caller saw).
 pub type StandardRouter = Router<
     tower_layer::Stack<
         crate::limits::CallerFaultLayer,
         tower_layer::Stack<
-            crate::tls::ClientCertLayer,
+            crate::callers::ClientCertLayer,
             tower_layer::Stack<crate::metrics::GrpcMetricsLayer, tower_layer::Identity>,
         >,
     >,
@@ -36,15 +38,16 @@ pub fn standard_router() -> Result<(HealthReporter, StandardRouter), ReflectionE
 pub fn standard_router_with(
     limits: &ServerLimits,
 ) -> Result<(HealthReporter, StandardRouter), ReflectionError> {
-    finish(limits.builder(), false, true)
+    finish(limits.builder(), None, true)
 }
 
 /// [`standard_router_with`] as `access` says: over TLS when it has TLS material
-/// (client certificates required when it names a client CA), reflection only when
-/// asked.
+/// (client certificates required when it names a client CA, and their identity
+/// checked against `callers`), reflection only when asked.
 pub fn router_with(
     access: &ServerAccess,
     limits: &ServerLimits,
+    callers: CallerPolicy,
 ) -> Result<(HealthReporter, StandardRouter), RouterError> {
     let mut builder = limits.builder();
     if let Some(tls) = &access.tls {
@@ -56,19 +59,25 @@ pub fn router_with(
         .tls
         .as_ref()
         .is_some_and(|tls| tls.client_ca.is_some());
-    Ok(finish(builder, client_cert_required, access.reflection)?)
+    let callers = client_cert_required.then_some(callers);
+    Ok(finish(builder, callers, access.reflection)?)
 }
 
-/// Layers and the standard services on `builder`.
+/// Layers and the standard services on `builder`; `callers` given: a client
+/// certificate is required and its identity checked against it.
 fn finish(
     builder: Server,
-    client_cert_required: bool,
+    callers: Option<CallerPolicy>,
     reflection: bool,
 ) -> Result<(HealthReporter, StandardRouter), ReflectionError> {
     let (health, health_service) = tonic_health::server::health_reporter();
+    let client_certs = match callers {
+        Some(policy) => ClientCertLayer::new(true, policy),
+        None => ClientCertLayer::new(false, CallerPolicy::any_certificate()),
+    };
     let router = builder
         .layer(crate::metrics::GrpcMetricsLayer)
-        .layer(crate::tls::ClientCertLayer::new(client_cert_required))
+        .layer(client_certs)
         .layer(crate::limits::CallerFaultLayer)
         .add_service(health_service);
     let router = if reflection {

@@ -9,6 +9,7 @@
 pub mod adaptive_limit;
 pub mod admission;
 pub mod allocator;
+pub mod callers;
 pub mod deadline;
 pub mod exact_searches;
 pub mod grpc;

@@ -170,17 +170,21 @@ pub async fn spawn(addr: std::net::SocketAddr, shutdown: CancellationToken) {
     }
 }
 
-static UNAUTHENTICATED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+// The name predates the identity check: the series counts every call refused for
+// who its caller is, and keeps its name so that dashboards and alerts keep working.
+static REFUSED_CALLERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "recsys_unauthenticated_total",
-        "calls refused with UNAUTHENTICATED, by reason: no_client_certificate, missing_api_key, unknown_api_key",
+        "calls refused for who the caller is, by reason: no_client_certificate, missing_api_key, unknown_api_key (UNAUTHENTICATED), identity_not_allowed (PERMISSION_DENIED: a client certificate whose identity the method does not admit)",
         &["reason"],
     )
 });
 
-/// Counts a call refused with `UNAUTHENTICATED`; `reason` is one of a few fixed names.
-pub fn count_unauthenticated(reason: &'static str) {
-    UNAUTHENTICATED.with_label_values(&[reason]).inc();
+/// Counts a call refused for who its caller is (`UNAUTHENTICATED`, or
+/// `PERMISSION_DENIED` for `identity_not_allowed`); `reason` is one of the few
+/// fixed names the help text lists.
+pub fn count_refused_caller(reason: &'static str) {
+    REFUSED_CALLERS.with_label_values(&[reason]).inc();
 }
 
 /// Tower layer that counts and times every gRPC call of a server.

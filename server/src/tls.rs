@@ -1,25 +1,23 @@
 //! TLS for every recsys gRPC server and its plain clients: the PEM files a server
-//! is given (`--tls-cert`, `--tls-key`, `--tls-ca`), what they turn into (tonic's
-//! rustls `ServerTlsConfig`), and the layer that refuses calls without a client
-//! certificate when a client CA is given.
+//! is given (`--tls-cert`, `--tls-key`, `--tls-ca`) and what they turn into
+//! (tonic's rustls `ServerTlsConfig`).
 //!
 //! With `--tls-ca` the server asks every client for a certificate and rustls checks
 //! any certificate offered against that CA during the handshake (a bad one never
 //! gets a connection). A client that offers none still completes the handshake,
-//! and [`ClientCertLayer`] answers each of its calls `UNAUTHENTICATED`: a clear
-//! status instead of the transport error (`UNAVAILABLE`, "connection reset") a
-//! refused handshake would give, so a client can tell "no certificate" from "server
-//! down".
+//! and [`crate::callers::ClientCertLayer`] answers each of its calls
+//! `UNAUTHENTICATED`: a clear status instead of the transport error
+//! (`UNAVAILABLE`, "connection reset") a refused handshake would give, so a client
+//! can tell "no certificate" from "server down". The same layer checks the
+//! certificate's identity against what the method admits (a node's data methods
+//! admit only the gateway).
 //!
 //! Plaintext stays the default: `make demo` on loopback needs no certificates.
 //! `recsys certs` writes a development CA and certificates for every role.
 
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 /// How long a TLS handshake may take before the server drops the connection, so a
@@ -288,77 +286,6 @@ pub fn read_pem(path: &Path, label: &str, what: &'static str) -> Result<Vec<u8>,
         });
     }
     Ok(bytes)
-}
-
-/// Tower layer that answers `UNAUTHENTICATED` to every call on a connection that
-/// presented no client certificate, when the server requires one (a `--tls-ca`).
-/// Off, it passes everything through; it is always in the router so that the
-/// router's type does not depend on configuration.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ClientCertLayer {
-    required: bool,
-}
-
-impl ClientCertLayer {
-    /// Requires a client certificate on every call when `required`.
-    pub fn new(required: bool) -> Self {
-        Self { required }
-    }
-}
-
-impl<S> tower_layer::Layer<S> for ClientCertLayer {
-    type Service = ClientCert<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        ClientCert {
-            inner,
-            required: self.required,
-        }
-    }
-}
-
-/// The service [`ClientCertLayer`] wraps around a server's routes.
-#[derive(Debug, Clone)]
-pub struct ClientCert<S> {
-    inner: S,
-    required: bool,
-}
-
-impl<S, B, RB> tower_service::Service<http::Request<B>> for ClientCert<S>
-where
-    S: tower_service::Service<http::Request<B>, Response = http::Response<RB>>,
-    S::Future: Send + 'static,
-    RB: Default + Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if self.required && !has_client_cert(&request) {
-            crate::metrics::count_unauthenticated("no_client_certificate");
-            let status = tonic::Status::unauthenticated(
-                "this server requires a client certificate signed by its cluster CA",
-            );
-            return Box::pin(std::future::ready(Ok(status.into_http())));
-        }
-        Box::pin(self.inner.call(request))
-    }
-}
-
-/// Whether the call's connection presented a certificate (rustls verified it
-/// against the client CA during the handshake, so presence is what is left).
-fn has_client_cert<B>(request: &http::Request<B>) -> bool {
-    request
-        .extensions()
-        .get::<TlsConnectInfo<TcpConnectInfo>>()
-        .and_then(|info| info.peer_certs())
-        .is_some_and(|certs| !certs.is_empty())
 }
 
 #[cfg(test)]

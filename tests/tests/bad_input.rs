@@ -1,11 +1,21 @@
 //! Issue 18's bad-input test: over 10,000 generated malformed and adversarial
-//! requests against a whole cluster (gateway, two shards, a ranking node, all
-//! real servers on loopback), typed and as raw bytes, plus cancelled streams and
-//! concurrent bursts. Nothing may crash, no answer may be INTERNAL or UNKNOWN,
-//! no OK answer may break an invariant (more than k items, duplicates, excluded
-//! ids, non-finite scores), and further rounds of the same kinds of traffic may
-//! neither grow resident memory by 50 MiB nor add a single metric series: what
-//! a hostile client sends must not accumulate.
+//! requests against a whole cluster (gateway, two shards, a ranking node, each
+//! the real binary in its own process on loopback), typed and as raw bytes, plus
+//! cancelled streams and concurrent bursts. Nothing may crash, no answer may be
+//! INTERNAL or UNKNOWN, no OK answer may break an invariant (more than k items,
+//! duplicates, excluded ids, non-finite scores), and further rounds of the same
+//! kinds of traffic may neither grow any server's resident memory by 50 MiB nor
+//! add a single metric series: what a hostile client sends must not accumulate.
+//!
+//! The servers run as processes so that what is measured is theirs, with the
+//! allocator the binaries install (`recsys_server::allocator`): with every
+//! server inside the test, the resident set was mostly this client's own
+//! requests (the generator builds messages of tens of MB that servers refuse on
+//! their length prefix) kept by glibc's per-thread arenas after they were freed,
+//! and moved by over 100 MiB between rounds on a loaded machine while the live
+//! heap stayed at 3 MiB.
+//!
+//! Needs the binaries (`cargo build --workspace --bins`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,7 +23,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use prost::Message;
-use recsys_local_cluster::{LocalCluster, LocalClusterOptions};
+use recsys_local_cluster::ServerProcess;
 use recsys_proto::limits::{
     MAX_EXCLUSIONS, MAX_ID_BYTES, MAX_K, MAX_LIST_VALUES, MAX_RETRIEVE_K, MAX_USER_FEATURES,
 };
@@ -25,6 +35,7 @@ use recsys_proto::v1::{
     RecommendResponse, SearchRequest, StringList, feature_value, recommend_request,
 };
 use recsys_tests::noise::Noise;
+use recsys_tests::processes::{free_addr, spawn};
 use recsys_tests::*;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
@@ -327,9 +338,127 @@ async fn round(targets: &mut Targets, noise: &mut Noise) -> BTreeMap<String, usi
     codes
 }
 
-/// Resident memory of this process (which runs every server), in bytes.
-fn resident_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+/// A server process and where it serves metrics.
+struct Server {
+    process: ServerProcess,
+    metrics: std::net::SocketAddr,
+}
+
+/// The cluster, one process per server: shards 0 and 1, the ranking node, the
+/// gateway.
+struct Cluster {
+    servers: Vec<Server>,
+}
+
+impl Cluster {
+    /// Two retrieval nodes, a ranking node and a gateway with static membership
+    /// on `bundle`, each SERVING.
+    async fn start(bundle: &std::path::Path, dir: &std::path::Path) -> Self {
+        let bundle_arg = bundle.display().to_string();
+        let mut servers = Vec::new();
+        let mut shard_addrs = Vec::new();
+        for shard in 0..2u32 {
+            let shard_arg = shard.to_string();
+            let server = Server::spawn(
+                &format!("shard {shard}"),
+                "retrieval-node",
+                &["--bundle", &bundle_arg, "--shard", &shard_arg],
+            );
+            shard_addrs.push(server.process.addr.to_string());
+            servers.push(server);
+        }
+        let ranking = Server::spawn("ranking", "ranking-node", &["--bundle", &bundle_arg]);
+        let ranking_addr = ranking.process.addr.to_string();
+        servers.push(ranking);
+        for server in &mut servers {
+            server.wait_serving().await;
+        }
+        let spec = serde_json::json!({
+            "shards": shard_addrs.iter().map(|a| vec![a]).collect::<Vec<_>>(),
+            "ranking": [ranking_addr],
+        });
+        let static_file = dir.join("static.json");
+        std::fs::write(&static_file, spec.to_string()).unwrap();
+        let static_arg = static_file.display().to_string();
+        let mut gateway = Server::spawn(
+            "gateway",
+            "gateway",
+            &["--bundle", &bundle_arg, "--static", &static_arg],
+        );
+        gateway.wait_serving().await;
+        servers.push(gateway);
+        Self { servers }
+    }
+
+    /// Where the gateway listens (started last).
+    fn gateway_addr(&self) -> std::net::SocketAddr {
+        self.servers[3].process.addr
+    }
+
+    /// Where shard 1's node listens.
+    fn shard_addr(&self) -> std::net::SocketAddr {
+        self.servers[1].process.addr
+    }
+
+    /// Where the ranking node listens.
+    fn ranking_addr(&self) -> std::net::SocketAddr {
+        self.servers[2].process.addr
+    }
+
+    /// Each server's name and resident memory in bytes; panics when one has
+    /// exited (a crash).
+    fn resident(&mut self) -> Vec<(String, u64)> {
+        self.servers
+            .iter_mut()
+            .map(|server| {
+                server
+                    .process
+                    .check_running()
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let pid = server.process.pid().unwrap();
+                (server.process.name.clone(), resident_bytes(pid))
+            })
+            .collect()
+    }
+
+    /// Every server's metric series, named by server.
+    async fn series(&self) -> std::collections::BTreeSet<String> {
+        let mut all = std::collections::BTreeSet::new();
+        for server in &self.servers {
+            let name = &server.process.name;
+            all.extend(series(&scrape(server.metrics).await).map(|s| format!("{name}: {s}")));
+        }
+        all
+    }
+}
+
+impl Server {
+    fn spawn(name: &str, binary: &str, args: &[&str]) -> Self {
+        let (addr, metrics) = (free_addr(), free_addr());
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        args.extend([
+            "--listen".into(),
+            addr.to_string(),
+            "--metrics-listen".into(),
+            metrics.to_string(),
+        ]);
+        Self {
+            process: spawn(name, binary, addr, &args),
+            metrics,
+        }
+    }
+
+    async fn wait_serving(&mut self) {
+        self.process
+            .wait_serving(Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// Resident memory of process `pid`, in bytes.
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kib: u64 = status
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
@@ -339,29 +468,29 @@ fn resident_bytes() -> u64 {
     kib * 1024
 }
 
-/// Metric series (sample lines) in the process's registry.
-fn series() -> std::collections::BTreeSet<String> {
-    recsys_server::metrics::render()
+/// Metric series (sample lines, without their values) of a `/metrics` scrape.
+fn series(scraped: &str) -> impl Iterator<Item = String> + '_ {
+    scraped
         .lines()
-        .filter(|line| !line.starts_with('#') && !line.is_empty())
-        // The series' name and labels, not its value.
+        // Past the HTTP headers, which end at the first empty line.
+        .skip_while(|line| !line.trim().is_empty())
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
         .map(|line| {
             line.rsplit_once(' ')
                 .map_or(line, |(series, _)| series)
                 .to_string()
         })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_bad_requests_break_nothing_and_leave_nothing_behind() {
     let bundle = synthetic_bundle(3_000, 60, DIMENSIONS, 2, 5);
-    let cluster = LocalCluster::start(LocalClusterOptions::new(bundle.path()))
-        .await
-        .unwrap();
-    let gateway_channel = channel(cluster.gateway_addr).await;
-    let shard_channel = channel(cluster.node_addr(1, 0).unwrap()).await;
-    let ranking_channel = channel(cluster.ranking_addr(0).unwrap()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(bundle.path(), dir.path()).await;
+    let gateway_addr = cluster.gateway_addr();
+    let gateway_channel = channel(gateway_addr).await;
+    let shard_channel = channel(cluster.shard_addr()).await;
+    let ranking_channel = channel(cluster.ranking_addr()).await;
     let mut targets = Targets {
         gateway: GatewayServiceClient::new(gateway_channel.clone())
             .max_decoding_message_size(64 << 20),
@@ -371,24 +500,28 @@ async fn ten_thousand_bad_requests_break_nothing_and_leave_nothing_behind() {
         ranking: RankingServiceClient::new(ranking_channel.clone()),
         ranking_channel,
     };
-    // A ranked answer first: the cluster works before it is attacked.
-    let mut client = gateway_client(cluster.gateway_addr).await;
-    let answer = recommend(
-        &mut client,
+    // A ranked answer first: the cluster works before it is attacked (the
+    // gateway health-checks the ranking node before it sends it work).
+    wait_for_answer(
+        gateway_addr,
         ranked("user-1", 10, 50),
-        Duration::from_secs(10),
+        |answer| answer.ranked,
+        Duration::from_secs(30),
     )
-    .await
-    .unwrap();
-    assert!(answer.ranked, "{answer:?}");
+    .await;
+    let mut client = gateway_client(gateway_addr).await;
 
     let mut noise = Noise(0x5eed_1234_abcd_0001);
+    // Round one is the warm-up: the same traffic as the rounds measured, so that
+    // what a server allocates once (pools, caches filled to their bound, the
+    // allocator's segments for its peak) is in the baseline and not counted as
+    // growth.
     let first = round(&mut targets, &mut noise).await;
-    let (after_first, series_after_first) = (resident_bytes(), series());
+    let (baseline, series_after_first) = (cluster.resident(), cluster.series().await);
     let second = round(&mut targets, &mut noise).await;
-    let after_second = resident_bytes();
+    let after_second = cluster.resident();
     let third = round(&mut targets, &mut noise).await;
-    let after_third = resident_bytes();
+    let after_third = cluster.resident();
     let total: usize = [&first, &second, &third]
         .iter()
         .flat_map(|round| round.values())
@@ -404,25 +537,36 @@ async fn ten_thousand_bad_requests_break_nothing_and_leave_nothing_behind() {
     ] {
         assert!(first.contains_key(kind), "no {kind} in {first:?}");
     }
-    // The process's resident set moves by tens of MiB between rounds of the same
-    // traffic (the allocator keeps and returns pages); what must not happen is a
-    // trend: the third round may not end 50 MiB above the larger of the two
-    // before it.
+    // No server may end round two or three 50 MiB above where it ended the
+    // warm-up round.
     let mib = |bytes: u64| bytes >> 20;
-    eprintln!(
-        "resident MiB after rounds: {} {} {}",
-        mib(after_first),
-        mib(after_second),
-        mib(after_third)
-    );
-    let baseline = after_first.max(after_second);
-    assert!(
-        after_third < baseline + (50 << 20),
-        "resident memory grew from {} to {} MiB over three rounds",
-        mib(baseline),
-        mib(after_third)
-    );
-    let added: Vec<String> = series().difference(&series_after_first).cloned().collect();
+    for (((name, base), (_, second)), (_, third)) in
+        baseline.iter().zip(&after_second).zip(&after_third)
+    {
+        eprintln!(
+            "{name}: resident MiB after rounds 1 2 3: {} {} {}",
+            mib(*base),
+            mib(*second),
+            mib(*third)
+        );
+    }
+    for (((name, base), (_, second)), (_, third)) in
+        baseline.iter().zip(&after_second).zip(&after_third)
+    {
+        let top = (*second).max(*third);
+        assert!(
+            top < base + (50 << 20),
+            "{name}: resident memory grew from {} MiB after the warm-up round to {} MiB",
+            mib(*base),
+            mib(top)
+        );
+    }
+    let added: Vec<String> = cluster
+        .series()
+        .await
+        .difference(&series_after_first)
+        .cloned()
+        .collect();
     assert!(
         added.is_empty(),
         "rounds two and three added metric series: {added:?}"
@@ -436,5 +580,5 @@ async fn ten_thousand_bad_requests_break_nothing_and_leave_nothing_behind() {
     .await
     .unwrap();
     assert!(answer.ranked && answer.items.len() == 10, "{answer:?}");
-    cluster.shutdown().await.unwrap();
+    cluster.resident();
 }

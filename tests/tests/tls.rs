@@ -3,8 +3,10 @@
 //! process with TLS on its public side, mutual TLS toward the nodes and an API key
 //! file. Covers the answer end to end over TLS, a node whose certificate does not
 //! match its registration (or comes from another CA) getting no traffic, the
-//! refusals a client without a certificate or key gets (`UNAUTHENTICATED`), and a
-//! key file rotated under a running gateway.
+//! refusals a client without a certificate or key gets (`UNAUTHENTICATED`), a
+//! key file rotated under a running gateway, and nodes (retrieval and ranking
+//! processes) that serve `Search` and `Rank` only to the gateway's certificate
+//! while health and `Info` stay open to the public client certificate.
 //!
 //! Needs the binaries (`cargo build --workspace --bins`).
 
@@ -57,17 +59,50 @@ fn certs(dir: &Path) -> PathBuf {
 }
 
 /// A `retrieval-node` process for `shard` over mutual TLS, presenting `cert`
-/// (`DIR/NAME.pem` and `.key`) and trusting `ca` for its clients.
+/// (`DIR/NAME.pem` and `.key`) and trusting `ca` for its clients; and where it
+/// serves metrics.
 fn tls_node(shard: u32, cert: &Path, ca: &Path) -> (ServerProcess, SocketAddr) {
+    let args = [
+        "--bundle".to_string(),
+        bundle().path().display().to_string(),
+        "--shard".into(),
+        shard.to_string(),
+    ];
+    tls_server("retrieval-node", &format!("node {shard}"), &args, cert, ca)
+}
+
+/// A `ranking-node` process over mutual TLS with `DIR/ranking.pem`.
+fn tls_ranking(certs: &Path) -> (ServerProcess, SocketAddr) {
+    let args = [
+        "--bundle".to_string(),
+        bundle().path().display().to_string(),
+        "--threads".into(),
+        "1".into(),
+    ];
+    tls_server(
+        "ranking-node",
+        "ranking",
+        &args,
+        &certs.join("ranking"),
+        &certs.join("ca.pem"),
+    )
+}
+
+/// `binary` with `args`, listening on a free port over mutual TLS with `cert`
+/// and `ca`, metrics on another; not serving yet.
+fn tls_server(
+    binary_name: &str,
+    name: &str,
+    args: &[String],
+    cert: &Path,
+    ca: &Path,
+) -> (ServerProcess, SocketAddr) {
     let addr = free_addr();
     let metrics = free_addr();
-    let process = ServerCommand::new(binary("retrieval-node"), format!("node {shard}"), addr)
+    let process = ServerCommand::new(binary(binary_name), name, addr)
+        .args(args.iter().cloned())
         .args([
-            "--bundle".to_string(),
-            bundle().path().display().to_string(),
-            "--shard".into(),
-            shard.to_string(),
-            "--listen".into(),
+            "--listen".to_string(),
             addr.to_string(),
             "--metrics-listen".into(),
             metrics.to_string(),
@@ -115,17 +150,19 @@ async fn wait_serving_tls(node: &mut ServerProcess, tls: &ClientTls, name: &str)
 }
 
 /// The gateway in this process: TLS with client certificates on its public
-/// side, mutual TLS toward `shards` (one address per shard), API keys from `keys`.
+/// side, mutual TLS toward `shards` (one address per shard) and `ranking`, API
+/// keys from `keys`.
 async fn tls_gateway(
     certs: &Path,
     shards: &[SocketAddr],
+    ranking: &[SocketAddr],
     keys: &Path,
 ) -> ServerHandle<GatewayError> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let spec = StaticSpec {
         shards: shards.iter().map(|a| vec![a.to_string()]).collect(),
-        ranking: vec![],
+        ranking: ranking.iter().map(ToString::to_string).collect(),
     };
     let membership: Arc<dyn Membership> = Arc::new(StaticMembership::new(&spec).unwrap());
     let config = GatewayConfig {
@@ -232,7 +269,7 @@ async fn answers_end_to_end_over_mutual_tls_and_refuses_clients_without_certific
     let keys = dir.path().join("api-keys");
     key_file(&keys, &[("first", KEY)]);
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
-    let gateway = tls_gateway(&certs, &addrs, &keys).await;
+    let gateway = tls_gateway(&certs, &addrs, &[], &keys).await;
     let gateway_addr = gateway.addr.to_string();
 
     let client = client_tls(&certs, true, None)
@@ -366,7 +403,7 @@ async fn a_node_whose_certificate_does_not_match_its_registration_gets_no_traffi
         (&impostor, impostor_metrics, "wrong_identity"),
         (&stranger, stranger_metrics, "untrusted"),
     ] {
-        let gateway = tls_gateway(&certs, &[good.addr, node.addr], &keys).await;
+        let gateway = tls_gateway(&certs, &[good.addr, node.addr], &[], &keys).await;
         let channel = client.channel(&gateway.addr.to_string()).unwrap();
         // Shard 0 answers from the start; the refused node never does.
         let started = Instant::now();
@@ -404,4 +441,142 @@ async fn a_node_whose_certificate_does_not_match_its_registration_gets_no_traffi
 fn certs_in(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     certs(dir)
+}
+
+/// A client of the cluster's CA presenting `DIR/NAME.pem`, checking the server
+/// by the name `server_name`.
+fn presenting(certs: &Path, name: &str, server_name: &str) -> ClientTls {
+    ClientTls {
+        ca: certs.join("ca.pem"),
+        identity: Some((
+            certs.join(format!("{name}.pem")),
+            certs.join(format!("{name}.key")),
+        )),
+        server_name: Some(server_name.into()),
+    }
+}
+
+/// Calls refused for the caller's identity, on the server whose metrics are at `metrics`.
+async fn identity_refusals(metrics: SocketAddr) -> f64 {
+    metric_value(
+        &scrape(metrics).await,
+        r#"recsys_unauthenticated_total{reason="identity_not_allowed"}"#,
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_serve_data_only_to_the_gateway_and_health_and_info_to_any_cluster_certificate() {
+    use recsys_proto::v1::ranking_service_client::RankingServiceClient;
+    use recsys_proto::v1::retrieval_service_client::RetrievalServiceClient;
+    use recsys_proto::v1::{InfoRequest, RankRequest, SearchRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs(dir.path());
+    let ca = certs.join("ca.pem");
+    // Health with the public client certificate: every node comes up SERVING.
+    let mut nodes = Vec::new();
+    for shard in 0..SHARDS {
+        let (mut node, metrics) =
+            tls_node(shard, &certs.join(format!("retrieval-shard-{shard}")), &ca);
+        let name = format!("retrieval-shard-{shard}.recsys");
+        wait_serving_tls(&mut node, &presenting(&certs, "client", &name), "node").await;
+        nodes.push((node, metrics));
+    }
+    let (mut ranking, ranking_metrics) = tls_ranking(&certs);
+    wait_serving_tls(
+        &mut ranking,
+        &presenting(&certs, "client", "ranking.recsys"),
+        "ranking",
+    )
+    .await;
+
+    // The public client certificate, straight to a node's data services: refused,
+    // the caller told which identity is needed and which it presented.
+    let node_addr = nodes[0].0.addr.to_string();
+    let public = presenting(&certs, "client", "retrieval-shard-0.recsys")
+        .channel(&node_addr)
+        .unwrap();
+    let search = SearchRequest {
+        query: vec![0.1; 32],
+        k: 10,
+        ..Default::default()
+    };
+    let before = identity_refusals(nodes[0].1).await;
+    let status = RetrievalServiceClient::new(public.clone())
+        .search(search.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    for name in ["gateway.recsys", "client.recsys"] {
+        assert!(status.message().contains(name), "{status:?}");
+    }
+    assert_eq!(identity_refusals(nodes[0].1).await, before + 1.0);
+    let ranking_addr = ranking.addr.to_string();
+    let public_ranking = presenting(&certs, "client", "ranking.recsys")
+        .channel(&ranking_addr)
+        .unwrap();
+    let rank = RankRequest {
+        user_id: bundle().catalog.users.ids()[0].clone(),
+        item_ids: vec![1, 2, 3],
+        ..Default::default()
+    };
+    let status = RankingServiceClient::new(public_ranking.clone())
+        .rank(rank.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("gateway.recsys"), "{status:?}");
+    assert!(identity_refusals(ranking_metrics).await >= 1.0);
+
+    // Info stays open to any certificate of the cluster; so does health (above).
+    let info = RetrievalServiceClient::new(public)
+        .info(InfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.shard, 0);
+    RankingServiceClient::new(public_ranking)
+        .info(InfoRequest {})
+        .await
+        .unwrap();
+
+    // The gateway's certificate is admitted, directly and through the gateway.
+    let as_gateway = presenting(&certs, "gateway-client", "retrieval-shard-0.recsys")
+        .channel(&node_addr)
+        .unwrap();
+    RetrievalServiceClient::new(as_gateway)
+        .search(search)
+        .await
+        .unwrap();
+    let keys = dir.path().join("api-keys");
+    key_file(&keys, &[("first", KEY)]);
+    let shards: Vec<SocketAddr> = nodes.iter().map(|(n, _)| n.addr).collect();
+    let gateway = tls_gateway(&certs, &shards, &[ranking.addr], &keys).await;
+    let client = client_tls(&certs, true, None)
+        .channel(&gateway.addr.to_string())
+        .unwrap();
+    wait_full_answer(&client, KEY).await;
+    let users = bundle().catalog.users.ids();
+    let started = Instant::now();
+    let response = loop {
+        // The gateway health-checks the ranking node before it sends it work.
+        let response = call(&client, Some(KEY), ranked(&users[1], 10, 50))
+            .await
+            .unwrap();
+        if response.ranked || started.elapsed() > Duration::from_secs(30) {
+            break response;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(response.ranked, "{response:?}");
+    assert!(full_coverage(&response, SHARDS), "{:?}", response.coverage);
+    assert_eq!(response.items.len(), 10);
+    assert!(searches(nodes[0].1).await >= 1.0);
+
+    gateway.stop().await.unwrap();
+    for (node, _) in &mut nodes {
+        node.kill9();
+    }
+    ranking.kill9();
 }
