@@ -337,9 +337,18 @@ impl Store {
         );
         let runtime = self.runtime.as_ref().ok_or(StoreError::Stopped)?;
         let (chunks_tx, mut chunks) = tokio::sync::mpsc::channel::<Chunk>(4);
+        let missing_url = url.clone();
         runtime.spawn(async move {
             let got = match client.get(&key).await {
                 Ok(got) => got,
+                Err(object_store::Error::NotFound { .. }) => {
+                    let missing = StoreError::NotFound {
+                        url: missing_url,
+                        why: "the manifest lists it but the store has no such object (an upload that did not finish, or a removed object)",
+                    };
+                    let _ = chunks_tx.send(Chunk::Failed(missing)).await;
+                    return;
+                }
                 Err(error) => {
                     let _ = chunks_tx.send(Chunk::Failed(failed(error))).await;
                     return;

@@ -80,27 +80,37 @@ fn retrieval(moto: &Moto, url: &str, cache: &Path, shard: u32) -> ServerProcess 
 }
 
 async fn info(addr: SocketAddr) -> InfoResponse {
-    let mut client = RetrievalServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    client.info(InfoRequest {}).await.unwrap().into_inner()
+    try_info(addr).await.unwrap()
 }
 
-/// Polls the node's Info until `check` holds, at most a minute.
+async fn try_info(addr: SocketAddr) -> Result<InfoResponse, String> {
+    let mut client = RetrievalServiceClient::connect(format!("http://{addr}"))
+        .await
+        .map_err(|error| error.to_string())?;
+    let response = client.info(InfoRequest {}).await;
+    response
+        .map(tonic::Response::into_inner)
+        .map_err(|status| status.to_string())
+}
+
+/// Polls the node's Info (once it listens) until `check` holds, at most a
+/// minute; fails at once if the process exits.
 async fn info_until(
-    addr: SocketAddr,
+    node: &mut ServerProcess,
     what: &str,
     check: impl Fn(&InfoResponse) -> bool,
 ) -> InfoResponse {
     let started = Instant::now();
     loop {
-        let now = info(addr).await;
-        if check(&now) {
-            return now;
-        }
+        node.check_running().unwrap();
+        let last = match try_info(node.addr).await {
+            Ok(now) if check(&now) => return now,
+            Ok(now) => format!("{now:?}"),
+            Err(error) => error,
+        };
         assert!(
             started.elapsed() < READY,
-            "{what}: never happened; last Info {now:?}"
+            "{what}: never happened; last Info {last}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -229,7 +239,7 @@ async fn an_unfinished_upload_is_never_loaded_and_the_node_says_why() {
         store
             .put_bytes("CURRENT", format!("{version}\n").into_bytes())
             .unwrap();
-        let now = info_until(node.addr, &format!("{version} failing"), |info| {
+        let now = info_until(&mut node, &format!("{version} failing"), |info| {
             info.versions
                 .iter()
                 .any(|v| v.version == version && v.load_status() == LoadStatus::Failed)
@@ -248,8 +258,8 @@ async fn an_unfinished_upload_is_never_loaded_and_the_node_says_why() {
 
     // A node started on the unfinished version serves nothing and says why.
     store.put_bytes("CURRENT", b"test-52\n".to_vec()).unwrap();
-    let fresh = retrieval(&moto, &url, &caches.path().join("b"), 0);
-    let now = info_until(fresh.addr, "the fresh node failing", |info| {
+    let mut fresh = retrieval(&moto, &url, &caches.path().join("b"), 0);
+    let now = info_until(&mut fresh, "the fresh node failing", |info| {
         info.load_status() == LoadStatus::Failed
     })
     .await;
@@ -292,9 +302,9 @@ async fn a_corrupted_object_is_refused_naming_the_file() {
     store.put_bytes(object, bytes).unwrap();
 
     let caches = tempfile::tempdir().unwrap();
-    let bad = retrieval(&moto, &url, &caches.path().join("shard-0"), 0);
+    let mut bad = retrieval(&moto, &url, &caches.path().join("shard-0"), 0);
     let mut good = retrieval(&moto, &url, &caches.path().join("shard-1"), 1);
-    let now = info_until(bad.addr, "the corrupt shard failing", |info| {
+    let now = info_until(&mut bad, "the corrupt shard failing", |info| {
         info.load_status() == LoadStatus::Failed
     })
     .await;
