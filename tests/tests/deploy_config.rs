@@ -206,12 +206,11 @@ fn k8s_invocations() -> Vec<Invocation> {
         for container in containers {
             let mut env = BTreeMap::new();
             for source in container["envFrom"].as_sequence().into_iter().flatten() {
-                let name = text(&source["configMapRef"]["name"]);
-                if name.is_empty() {
+                let Some(map) = source["configMapRef"]["name"].as_str() else {
                     continue;
-                }
-                let data = config_maps.get(&name).unwrap_or_else(|| {
-                    panic!("{kind} {name}: no ConfigMap {name} in the manifests")
+                };
+                let data = config_maps.get(map).unwrap_or_else(|| {
+                    panic!("{kind} {name}: no ConfigMap {map} in the manifests")
                 });
                 for (key, value) in data.as_mapping().into_iter().flatten() {
                     env.insert(text(key), text(value));
