@@ -209,11 +209,11 @@ impl BundleCache {
             };
             let Some(victim) = victim else {
                 let state = self.inner.state();
-                let held: Vec<&String> = state
+                let held: Vec<&str> = state
                     .versions
                     .iter()
-                    .filter(|(name, entry)| entry.pins > 0 || name.as_str() == version)
-                    .map(|(name, _)| name)
+                    .filter(|(name, entry)| entry.pins > 0 && name.as_str() != version)
+                    .map(|(name, _)| name.as_str())
                     .collect();
                 let own = state.versions.get(version).map_or(0, |entry| entry.bytes);
                 return Err(StoreError::CacheFull {
@@ -221,7 +221,7 @@ impl BundleCache {
                     version: version.to_string(),
                     needed: own.saturating_add(needed),
                     pinned: state.used().saturating_sub(own),
-                    held: format!("{held:?}"),
+                    held: held.join(", "),
                     limit,
                 });
             };

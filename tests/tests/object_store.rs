@@ -394,3 +394,80 @@ fn the_cache_keeps_within_its_bound() {
     store.delete("test-73/shards/shard-0.usearch").unwrap();
     root.fetch("test-73", FileSet::All).unwrap();
 }
+
+/// A node releases a version's files when it retires the version: with room
+/// for two versions of its shard and not three, it moves v1 → v2 → v3, which
+/// only fits once v1, retired, leaves the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_version_leaves_the_cache() {
+    let Some(moto) = Moto::start("a_retired_version_leaves_the_cache") else {
+        return;
+    };
+    moto.create_bucket(BUCKET);
+    let url = format!("s3://{BUCKET}/rolling");
+    let store = moto.store(&url);
+    let versions: Vec<_> = (81..84)
+        .map(|seed| synthetic_bundle(1_000, 10, DIM, 2, seed))
+        .collect();
+    for bundle in &versions {
+        recsys_bundle_store::publish(&store, bundle.path(), false).unwrap();
+    }
+    // What shard 0 fetches of a version: its index and the manifest.
+    let share = |bundle: &recsys_tests::TestBundle| {
+        let manifest = Manifest::load(bundle.path()).unwrap();
+        manifest.files[&recsys_bundle::shard_file(0)].bytes
+            + std::fs::metadata(bundle.path().join("manifest.json"))
+                .unwrap()
+                .len()
+    };
+    let largest = versions.iter().map(share).max().unwrap();
+    let bound = largest * 5 / 2;
+    store.put_bytes("CURRENT", b"test-81\n".to_vec()).unwrap();
+
+    let cache = tempfile::tempdir().unwrap();
+    let args = [
+        "--shard",
+        "0",
+        "--search-threads",
+        "1",
+        "--retire-after-ms",
+        "200",
+        "--bundle-cache-max-bytes",
+        &bound.to_string(),
+    ]
+    .map(String::from);
+    let mut node = from_store(&moto, "retrieval-node", &url, cache.path(), &args);
+    node.wait_serving(READY).await.unwrap();
+    for version in ["test-82", "test-83"] {
+        store
+            .put_bytes("CURRENT", format!("{version}\n").into_bytes())
+            .unwrap();
+        let now = info_until(&mut node, &format!("{version} served"), |info| {
+            info.bundle_version == version
+                || info
+                    .versions
+                    .iter()
+                    .any(|v| v.version == version && v.load_status() == LoadStatus::Failed)
+        })
+        .await;
+        assert_eq!(now.bundle_version, version, "{:?}", now.versions);
+        // The version before it is retired (nothing asks for it) and released.
+        info_until(&mut node, "the old version retired", |info| {
+            info.versions.len() == 1
+        })
+        .await;
+    }
+    let cached: Vec<String> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with('.'))
+        .collect();
+    assert!(!cached.contains(&"test-81".to_string()), "{cached:?}");
+    assert!(cached.contains(&"test-83".to_string()), "{cached:?}");
+    let used: u64 = files(cache.path())
+        .iter()
+        .filter(|file| !file.starts_with('.'))
+        .map(|file| std::fs::metadata(cache.path().join(file)).unwrap().len())
+        .sum();
+    assert!(used <= bound, "{used} > {bound}");
+}
