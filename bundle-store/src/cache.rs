@@ -194,21 +194,17 @@ impl BundleCache {
     /// the cache fits its bound, or fails naming the versions in the way.
     pub fn reserve(&self, version: &str, needed: u64) -> Result<(), StoreError> {
         let limit = self.inner.max_bytes;
-        loop {
-            let victim = {
-                let state = self.inner.state();
-                if state.used().saturating_add(needed) <= limit {
-                    return Ok(());
-                }
-                state
-                    .versions
-                    .iter()
-                    .filter(|(name, entry)| entry.pins == 0 && name.as_str() != version)
-                    .min_by_key(|(_, entry)| entry.last_used)
-                    .map(|(name, _)| name.clone())
-            };
+        // The lock is held while a victim's directory goes, so that nothing
+        // pins it between its choice and its removal.
+        let mut state = self.inner.state();
+        while state.used().saturating_add(needed) > limit {
+            let victim = state
+                .versions
+                .iter()
+                .filter(|(name, entry)| entry.pins == 0 && name.as_str() != version)
+                .min_by_key(|(_, entry)| entry.last_used)
+                .map(|(name, _)| name.clone());
             let Some(victim) = victim else {
-                let state = self.inner.state();
                 let held: Vec<&str> = state
                     .versions
                     .iter()
@@ -225,27 +221,14 @@ impl BundleCache {
                     limit,
                 });
             };
-            self.evict(&victim)?;
-        }
-    }
-
-    /// Removes `version` from the cache (it must not be pinned by anyone but
-    /// the caller, who says how many pins are its own).
-    fn evict(&self, version: &str) -> Result<(), StoreError> {
-        let path = self.version_dir(version)?;
-        tracing::info!(%version, dir = %path.display(), "evicting bundle version from the cache");
-        match std::fs::remove_dir_all(&path) {
-            Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => return Err(StoreError::io(&path, error)),
-        }
-        let mut state = self.inner.state();
-        if state
-            .versions
-            .get(version)
-            .is_some_and(|entry| entry.pins == 0)
-        {
-            state.versions.remove(version);
+            let path = self.version_dir(&victim)?;
+            tracing::info!(version = %victim, dir = %path.display(), "evicting bundle version from the cache");
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(StoreError::io(&path, error)),
+            }
+            state.versions.remove(&victim);
         }
         Ok(())
     }
