@@ -144,20 +144,34 @@ async fn a_published_version_is_served_from_the_store() {
             )
         })
         .collect();
-    let mut gateway_args = Vec::new();
-    for (shard, node) in nodes.iter().enumerate() {
-        gateway_args.extend(["--shard".to_string(), format!("{shard}={}", node.addr)]);
-    }
+    let mut ranking = from_store(
+        &moto,
+        "ranking-node",
+        &url,
+        &caches.path().join("ranking"),
+        &["--threads".to_string(), "1".to_string()],
+    );
+    let membership = caches.path().join("membership.json");
+    let shards: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|node| vec![node.addr.to_string()])
+        .collect();
+    std::fs::write(
+        &membership,
+        serde_json::json!({"shards": shards, "ranking": [ranking.addr.to_string()]}).to_string(),
+    )
+    .unwrap();
     let mut gateway = from_store(
         &moto,
         "gateway",
         &url,
         &caches.path().join("gateway"),
-        &gateway_args,
+        &["--static".to_string(), membership.display().to_string()],
     );
     for node in &mut nodes {
         node.wait_serving(READY).await.unwrap();
     }
+    ranking.wait_serving(READY).await.unwrap();
     gateway.wait_serving(READY).await.unwrap();
 
     let row = 7;
@@ -184,6 +198,15 @@ async fn a_published_version_is_served_from_the_store() {
         .collect();
     assert_eq!(recsys_tests::ids(&response), expected);
 
+    // Two stages: the ranking node scores with the version's ranker.
+    let ranked = recsys_tests::ranked("user-3", 10, 100);
+    wait_for_answer(gateway.addr, ranked.clone(), |r| r.ranked, READY).await;
+    let response = recsys_tests::recommend(&mut client, ranked, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(response.bundle_version, "test-41");
+    assert_eq!(response.items.len(), 10);
+
     // Each server fetched only what it reads.
     let cached = |name: &str| files(&caches.path().join(name).join("test-41"));
     assert_eq!(
@@ -194,6 +217,14 @@ async fn a_published_version_is_served_from_the_store() {
         cached("shard-1"),
         ["manifest.json", "shards/shard-1.usearch"]
     );
+    let ranking_files = cached("ranking");
+    assert!(
+        ranking_files
+            .iter()
+            .all(|file| file == "manifest.json" || file.starts_with("ranker/")),
+        "{ranking_files:?}"
+    );
+    assert!(ranking_files.len() > 2, "{ranking_files:?}");
     let gateway_files = cached("gateway");
     assert!(
         gateway_files
