@@ -4,7 +4,10 @@
 #   etcd (Debian's etcd-server) which the discovery tests start on loopback;
 #   etcdctl (etcd-client), which the offline etcd image carries for its healthcheck;
 #   kubectl (kubernetes-client) whose `kubectl kustomize` the manifest test renders with;
-#   docker-compose where a Docker engine has no compose plugin (make compose-test).
+#   docker-compose where a Docker engine has no compose plugin (make compose-test);
+#   moto's S3 server (PyPI moto[server]) in a venv under target/moto-venv, which
+#   the object store tests (tests/tests/object_store.rs) start on loopback
+#   (python3 with venv, Debian's python3-venv, to make it).
 # Uses apt-get (with sudo when not root); elsewhere it says exactly what to install.
 set -euo pipefail
 
@@ -23,7 +26,24 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+cd "$(dirname "$0")/.."
+moto_venv=target/moto-venv
+if [ ! -x "$moto_venv/bin/moto_server" ]; then
+  command -v python3 >/dev/null 2>&1 || need+=(python3)
+  python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
+fi
+
+install_moto() {
+  [ -x "$moto_venv/bin/moto_server" ] && return 0
+  echo "installing moto[server] into $moto_venv (the object store tests' S3 server)" >&2
+  rm -rf "$moto_venv"
+  python3 -m venv "$moto_venv"
+  "$moto_venv/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5,<6'
+  "$moto_venv/bin/moto_server" --help >/dev/null
+}
+
 if [ ${#need[@]} -eq 0 ]; then
+  install_moto
   exit 0
 fi
 
@@ -37,10 +57,12 @@ if command -v apt-get >/dev/null 2>&1; then
   fi
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  install_moto
 else
   echo "no apt-get here: install ${need[*]} with your package manager" >&2
   echo "(protoc: 'brew install protobuf' on macOS, 'dnf install protobuf-compiler' on Fedora;" >&2
   echo " etcd: 'brew install etcd', or a release binary on PATH; any etcd >= 3.4 works;" >&2
-  echo " kubectl: any kubectl >= 1.20, for 'kubectl kustomize')" >&2
+  echo " kubectl: any kubectl >= 1.20, for 'kubectl kustomize';" >&2
+  echo " python3 with venv, for moto's S3 server in target/moto-venv)" >&2
   exit 1
 fi

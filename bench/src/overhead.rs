@@ -40,7 +40,7 @@ pub async fn cold_start(args: ColdStartArgs) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
         let token = CancellationToken::new();
         let config = NodeConfig {
-            bundle_dir: args.bundle.clone(),
+            bundle: recsys_bundle::BundleSource::at(args.bundle.clone()),
             versions: Default::default(),
             shard: args.shard,
             search_threads: 1,

@@ -30,6 +30,15 @@ pub enum BundleError {
         /// What is wrong, lowercase.
         reason: String,
     },
+    /// A bundle root in an object store could not be read or written
+    /// (`recsys-bundle-store`): the object's URL and what went wrong.
+    #[error("{url}: {reason}")]
+    Remote {
+        /// The object (or root) concerned, `s3://bucket/prefix/...`.
+        url: String,
+        /// What went wrong, lowercase.
+        reason: String,
+    },
     /// The index library refused an operation on an index file.
     #[error("{path}: usearch: {message}")]
     Index {
@@ -62,6 +71,14 @@ impl BundleError {
         Self::Index {
             path: path.into(),
             message: error.to_string(),
+        }
+    }
+
+    /// A failure reading or writing `url` in an object store.
+    pub fn remote(url: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Remote {
+            url: url.into(),
+            reason: reason.into(),
         }
     }
 

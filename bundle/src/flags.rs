@@ -1,6 +1,7 @@
 //! The bundle flags every server binary takes (feature `flags`, so the library
 //! itself needs no clap): `--bundle DIR`, one version served as it is, or
-//! `--bundle-root ROOT`, the version its `CURRENT` pointer names.
+//! `--bundle-root ROOT`, the version its `CURRENT` pointer names (a root in an
+//! object store is opened by `recsys-bundle-store`'s flags).
 
 use std::path::PathBuf;
 
@@ -20,7 +21,9 @@ pub struct BundleFlags {
     )]
     pub bundle: Option<PathBuf>,
     /// Bundle root (versions side by side and a CURRENT pointer): serve the
-    /// version CURRENT names.
+    /// version CURRENT names. A directory, or s3://bucket/prefix in an
+    /// S3-compatible object store for the servers (with --bundle-cache and the
+    /// --s3-* flags).
     #[arg(long, env = "RECSYS_BUNDLE_ROOT")]
     pub bundle_root: Option<PathBuf>,
 }

@@ -23,7 +23,8 @@
 //!
 //! Versions are immutable and verifiable: the manifest records every other
 //! file's size and checksum ([`digest`], checked by [`verify`]), and a bundle
-//! root ([`root`]) holds versions side by side with a pointer to the one to serve.
+//! root ([`root`]) holds versions side by side with a pointer to the one to serve,
+//! on the local disk or in an object store ([`remote`]).
 
 pub mod catalog;
 pub mod digest;
@@ -38,6 +39,7 @@ pub mod manifest;
 pub mod query_model;
 pub mod query_tower;
 pub mod ranker_inputs;
+pub mod remote;
 pub mod root;
 pub mod sharding;
 pub mod verify;
@@ -53,6 +55,7 @@ pub use manifest::{
 };
 pub use query_model::{QueryModel, UserEmbeddings};
 pub use query_tower::{QueryTower, TowerParts, TowerSpec};
+pub use remote::{LocatedVersion, RemoteRoot, RemoteSource, VersionPin};
 pub use root::{BundleRoot, BundleSource, ResolvedBundle};
 pub use sharding::shard_of;
 pub use verify::{FileSet, VerifyReport, verify_bundle, verify_files};

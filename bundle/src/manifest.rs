@@ -136,9 +136,15 @@ impl Manifest {
     pub fn load(dir: &Path) -> Result<Self, BundleError> {
         let path = dir.join(MANIFEST_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| BundleError::io(&path, e))?;
-        let manifest: Manifest = serde_json::from_str(&text)
-            .map_err(|e| BundleError::corrupt(&path, format!("not a valid manifest: {e}")))?;
-        manifest.validate(&path)?;
+        Self::parse(&text, &path)
+    }
+
+    /// Parses and checks a manifest's text; errors name `origin` (the file,
+    /// or the object it was read from).
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, BundleError> {
+        let manifest: Manifest = serde_json::from_str(text)
+            .map_err(|e| BundleError::corrupt(origin, format!("not a valid manifest: {e}")))?;
+        manifest.validate(origin)?;
         Ok(manifest)
     }
 

@@ -18,13 +18,13 @@
 //! were, and no half version is ever named.
 //!
 //! [`BundleSource`] is what a node is told to serve: one version directory
-//! (`--bundle`) or a root whose pointer it follows (`--bundle-root`). Today the
-//! pointer is read once at start; [`BundleSource::resolve`] is cheap and pure, so
-//! a node that watches for a change can call it again and compare
-//! [`ResolvedBundle::version`].
+//! (`--bundle`), a root whose pointer it follows (`--bundle-root`), or such a
+//! root in an object store (`--bundle-root s3://...`, [`crate::remote`]), whose
+//! versions are fetched into a local cache before they load.
 
 use std::path::{Path, PathBuf};
 
+use crate::remote::{LocatedVersion, RemoteSource, is_remote_url};
 use crate::{BundleError, Manifest};
 
 /// The pointer file inside a root.
@@ -220,13 +220,45 @@ fn process_alive(pid: u32) -> bool {
     !proc.join("self").exists() || proc.join(pid.to_string()).exists()
 }
 
-/// What a node serves: one version directory, or the current version of a root.
+/// What a node serves: one version directory, or the current version of a
+/// root on the local disk or in an object store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BundleSource {
     /// A version directory (`--bundle DIR`), served as it is.
     Dir(PathBuf),
     /// A root (`--bundle-root ROOT`): the version `CURRENT` names.
     Root(BundleRoot),
+    /// A root in an object store (`--bundle-root s3://bucket/prefix`): its
+    /// versions are fetched into a local cache, verified, then loaded.
+    Remote(RemoteSource),
+}
+
+impl From<&Path> for BundleSource {
+    /// What `path` holds ([`BundleSource::at`]).
+    fn from(path: &Path) -> Self {
+        Self::at(path)
+    }
+}
+
+impl From<&PathBuf> for BundleSource {
+    /// What `path` holds ([`BundleSource::at`]).
+    fn from(path: &PathBuf) -> Self {
+        Self::at(path)
+    }
+}
+
+impl From<&str> for BundleSource {
+    /// What `path` holds ([`BundleSource::at`]).
+    fn from(path: &str) -> Self {
+        Self::at(path)
+    }
+}
+
+impl From<PathBuf> for BundleSource {
+    /// What `path` holds ([`BundleSource::at`]).
+    fn from(path: PathBuf) -> Self {
+        Self::at(path)
+    }
 }
 
 impl BundleSource {
@@ -236,6 +268,13 @@ impl BundleSource {
         bundle_root: Option<PathBuf>,
     ) -> Result<Self, BundleError> {
         match (bundle, bundle_root) {
+            (_, Some(root)) if is_remote_url(&root.to_string_lossy()) => Err(BundleError::invalid(
+                "bundle_root",
+                format!(
+                    "{} is in an object store, which this command does not read: give a local root",
+                    root.display()
+                ),
+            )),
             (Some(dir), None) => Ok(Self::Dir(dir)),
             (None, Some(root)) => Ok(Self::Root(BundleRoot::new(root))),
             (Some(_), Some(_)) => Err(BundleError::invalid(
@@ -269,20 +308,31 @@ impl BundleSource {
                 dir: dir.clone(),
             }),
             Self::Root(root) => root.resolve_current(),
+            Self::Remote(remote) => {
+                let version = remote.root.current()?;
+                let located = remote.root.fetch(&version, remote.files)?;
+                Ok(ResolvedBundle {
+                    version,
+                    dir: located.dir,
+                })
+            }
         }
     }
 
     /// The local directory of `version`, complete and ready to load: the one
     /// place a server turns a version name into files, whether the version came
-    /// from `CURRENT` or from the cluster's desired version in etcd. (A root in
-    /// an object store fetches the version into a local cache here.) A single
-    /// directory (`--bundle`) holds only its own version.
-    pub fn locate(&self, version: &str) -> Result<PathBuf, BundleError> {
+    /// from `CURRENT` or from the cluster's desired version in etcd. A root in
+    /// an object store fetches the files the server reads into its local cache
+    /// here, verified, and pins them there while the returned
+    /// [`LocatedVersion`] (its `pin`) is held; this blocks, so servers call it
+    /// from their loaders on the blocking pool. A single directory (`--bundle`)
+    /// holds only its own version.
+    pub fn locate(&self, version: &str) -> Result<LocatedVersion, BundleError> {
         match self {
             Self::Dir(dir) => {
                 let own = Manifest::load(dir)?.version;
                 if own == version {
-                    Ok(dir.clone())
+                    Ok(LocatedVersion::local(dir.clone()))
                 } else {
                     Err(BundleError::invalid(
                         "version",
@@ -293,7 +343,8 @@ impl BundleSource {
                     ))
                 }
             }
-            Self::Root(root) => root.complete(version),
+            Self::Root(root) => root.complete(version).map(LocatedVersion::local),
+            Self::Remote(remote) => remote.root.fetch(version, remote.files),
         }
     }
 
@@ -304,6 +355,7 @@ impl BundleSource {
         let version = match self {
             Self::Dir(dir) => Manifest::load(dir).map(|manifest| manifest.version),
             Self::Root(root) => root.current(),
+            Self::Remote(remote) => remote.root.current(),
         };
         match version {
             Ok(version) => Some(version),
@@ -437,5 +489,7 @@ mod tests {
         );
         assert!(BundleSource::from_flags(Some(dir.clone()), Some(dir.clone())).is_err());
         assert!(BundleSource::from_flags(None, None).is_err());
+        let error = BundleSource::from_flags(None, Some("s3://bucket/models".into())).unwrap_err();
+        assert!(error.to_string().contains("object store"), "{error}");
     }
 }

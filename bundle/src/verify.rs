@@ -28,6 +28,20 @@ pub enum FileSet {
 }
 
 impl FileSet {
+    /// Whether a process that checks this set also reads the file at `path`
+    /// (relative to the bundle), and so must have it on its disk: the set
+    /// itself, and for a gateway the ranker's config too (it reads the
+    /// request features the ranker takes from it). What a node fetches from a
+    /// bundle root in an object store (`recsys-bundle-store`).
+    pub fn reads(self, manifest: &Manifest, path: &str) -> bool {
+        self.contains(manifest, path)
+            || (self == Self::Gateway
+                && manifest
+                    .ranker
+                    .as_ref()
+                    .is_some_and(|spec| spec.config == path))
+    }
+
     /// Whether the file at `path` (relative to the bundle) belongs to the set.
     fn contains(self, manifest: &Manifest, path: &str) -> bool {
         let in_dir = |dir: &str| {

@@ -1,6 +1,7 @@
 //! `recsys bundle`: builds a bundle, with a progress bar, into a plain directory
 //! (`--out`) or as a new version of a root (`--root`); `recsys bundle verify`,
-//! `activate` and `versions` check and manage built ones (`bundle_admin.rs`).
+//! `activate` and `versions` check and manage built ones (`bundle_admin.rs`),
+//! `publish` uploads one to an object store (`bundle_publish.rs`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -12,7 +13,7 @@ use recsys_bundle::{BundleRoot, IndexParams, Manifest, Metric, Quantization};
 use recsys_bundle_builder::synthetic::{SyntheticSpec, build_synthetic as build_synthetic_bundle};
 use recsys_bundle_builder::{BuildEvent, BuildOptions, ItemVectors, Staging, build_bundle};
 
-/// `recsys bundle [build flags] | verify | activate | versions`.
+/// `recsys bundle [build flags] | verify | activate | versions | publish | compact`.
 #[derive(Debug, Clone, Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct BundleCommand {
@@ -34,6 +35,9 @@ pub enum BundleAction {
     Activate(crate::bundle_admin::ActivateArgs),
     /// List a root's complete versions, marking the current one.
     Versions(crate::bundle_admin::VersionsArgs),
+    /// Upload a built version to a root in an S3-compatible object store
+    /// (every file, the manifest last), optionally pointing its CURRENT at it.
+    Publish(crate::bundle_publish::PublishArgs),
     /// Build a new version from a version of the root plus the cluster's item
     /// change log up to now (vectors re-indexed, names and ranker features
     /// updated), recording the log revision it contains.
@@ -203,6 +207,7 @@ pub fn run_command(command: BundleCommand) -> anyhow::Result<()> {
         Some(BundleAction::Verify(args)) => crate::bundle_admin::verify(&args),
         Some(BundleAction::Activate(args)) => crate::bundle_admin::activate(&args),
         Some(BundleAction::Versions(args)) => crate::bundle_admin::versions(&args),
+        Some(BundleAction::Publish(args)) => crate::bundle_publish::publish(&args),
         // Reads etcd: `main` runs it on the runtime, never here.
         Some(BundleAction::Compact(_)) => {
             anyhow::bail!("recsys bundle compact runs on the async runtime")

@@ -8,6 +8,7 @@ static ALLOCATOR: recsys_server::allocator::Allocator = recsys_server::allocator
 
 mod bundle_admin;
 mod bundle_cmd;
+mod bundle_publish;
 mod certs;
 mod compact;
 mod demo;

@@ -4,6 +4,8 @@
 #   recsys-tls         a development CA and every certificate (`recsys certs`;
 #                      ca.key stays in $DIR, off the cluster)
 #   recsys-etcd-users  the etcd users' passwords (`recsys etcd-auth passwords`)
+#   recsys-s3          the object store's credentials, from AWS_ACCESS_KEY_ID and
+#                      AWS_SECRET_ACCESS_KEY when they are set (bundle-store.yaml)
 # A production cluster puts its own CA's certificates (cert-manager, Vault) with
 # the same names into recsys-tls instead.
 #
@@ -27,4 +29,11 @@ for f in "$dir"/certs/*.pem "$dir"/certs/*.key; do
 done
 kubectl -n "$namespace" create secret generic recsys-tls "${files[@]}" --dry-run=client -o yaml | kubectl apply -f -
 kubectl -n "$namespace" create secret generic recsys-etcd-users --from-file="$dir/etcd-users" --dry-run=client -o yaml | kubectl apply -f -
+if [ -n "${AWS_ACCESS_KEY_ID:-}" ] && [ -n "${AWS_SECRET_ACCESS_KEY:-}" ]; then
+  kubectl -n "$namespace" create secret generic recsys-s3 \
+    --from-literal=AWS_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID" \
+    --from-literal=AWS_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY" \
+    --dry-run=client -o yaml | kubectl apply -f -
+  echo "secrets: recsys-s3 from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+fi
 echo "secrets: recsys-tls and recsys-etcd-users in namespace $namespace (files in $dir)"

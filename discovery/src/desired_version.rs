@@ -317,16 +317,19 @@ fn replace(current: &mut Option<String>, value: Option<String>) -> bool {
 
 /// Follows what `resolve` answers, asked every `every` until `shutdown`: a
 /// bundle root's `CURRENT`, for servers without etcd. An answer of `None` (the
-/// pointer unreadable for a moment) keeps the last version.
+/// pointer unreadable for a moment) keeps the last version. `resolve` reads a
+/// file or an object store, so the polls after the first run on the blocking
+/// pool, never on an async worker.
 pub fn poll_desired<F>(
     every: Duration,
     resolve: F,
     shutdown: CancellationToken,
 ) -> watch::Receiver<Option<String>>
 where
-    F: Fn() -> Option<String> + Send + 'static,
+    F: Fn() -> Option<String> + Send + Sync + 'static,
 {
     let (sender, receiver) = watch::channel(resolve());
+    let resolve = std::sync::Arc::new(resolve);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -336,7 +339,12 @@ where
                 () = sender.closed() => return,
                 _ = tick.tick() => {}
             }
-            if let Some(version) = resolve() {
+            let polled = resolve.clone();
+            let answer = tokio::task::spawn_blocking(move || polled())
+                .await
+                .ok()
+                .flatten();
+            if let Some(version) = answer {
                 sender.send_if_modified(|current| replace(current, Some(version)));
             }
         }
@@ -387,7 +395,7 @@ pub async fn follow_desired<F>(
     shutdown: CancellationToken,
 ) -> watch::Receiver<Option<String>>
 where
-    F: Fn() -> Option<String> + Send + 'static,
+    F: Fn() -> Option<String> + Send + Sync + 'static,
 {
     let local = poll_desired(poll, current, shutdown.clone());
     match etcd {

@@ -259,7 +259,7 @@ impl<T> VersionSet<T> {
     /// [`Self::fail_start`], so requests and `Info` say why nothing loads.
     pub async fn follow_desired<R, E: Display>(
         &self,
-        current: impl Fn() -> Option<String> + Send + 'static,
+        current: impl Fn() -> Option<String> + Send + Sync + 'static,
         resolve: impl FnOnce() -> Result<R, E>,
         etcd: Option<(crate::EtcdAccess, String)>,
         poll: Duration,

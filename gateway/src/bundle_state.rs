@@ -46,6 +46,9 @@ pub struct BundleState {
     /// Stops the overlay's follower when the version is dropped
     /// (`catalog_overlay::follow`).
     pub(crate) follow: Option<tokio_util::sync::DropGuard>,
+    /// Keeps the version's files in the bundle cache (a root in an object
+    /// store) while it is held; released when the version is retired.
+    pub(crate) pin: recsys_bundle::VersionPin,
 }
 
 impl BundleState {
@@ -96,6 +99,7 @@ impl BundleState {
             ranker_inputs,
             overlay: Arc::new(CatalogOverlay::new(manifest.log_revision)),
             follow: None,
+            pin: recsys_bundle::VersionPin::none(),
             manifest,
             catalog,
             query_model,

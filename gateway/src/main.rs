@@ -23,6 +23,9 @@ struct Args {
     /// The bundle: a version directory (manifest, catalog, query model) or a root.
     #[command(flatten)]
     bundle: recsys_bundle::flags::BundleFlags,
+    /// The object store holding a `--bundle-root s3://...` and the local cache.
+    #[command(flatten)]
+    store: recsys_bundle_store::flags::StoreFlags,
     /// Address to listen on.
     #[arg(long, env = "RECSYS_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
@@ -165,8 +168,9 @@ impl Args {
             self.health_interval_ms > 0,
             "--health-interval-ms must be positive"
         );
+        self.store.check(&self.bundle)?;
         let config = GatewayConfig {
-            bundle_dir: self.bundle.given(),
+            bundle: recsys_bundle::BundleSource::at(self.bundle.given()),
             versions: self.versions.options(),
             policy: RequestPolicy {
                 limits: RecommendLimits {
@@ -228,7 +232,9 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(args: Args) -> anyhow::Result<()> {
     let (discovery, mut config) = args.plan()?;
-    config.bundle_dir = resolve_bundle(&args.bundle)?;
+    config.bundle = args
+        .store
+        .open(&args.bundle, recsys_bundle::FileSet::Gateway)?;
     let membership: Arc<dyn Membership> = match discovery {
         Discovery::Etcd(options) => {
             tracing::info!(etcd = ?args.etcd.etcd, cluster = %args.cluster, "discovering nodes in etcd");
@@ -243,13 +249,4 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }
     run(listener, config, membership, shutdown).await?;
     Ok(())
-}
-
-/// The directory to serve: `--bundle` as given, or the `--bundle-root`, whose
-/// versions the server then follows (its CURRENT, or the cluster's desired
-/// version in etcd). Checked here so that a wrong path fails at once.
-fn resolve_bundle(flags: &recsys_bundle::flags::BundleFlags) -> anyhow::Result<PathBuf> {
-    let resolved = flags.resolve()?;
-    tracing::info!(version = %resolved.version, dir = %resolved.dir.display(), "bundle version named at start");
-    Ok(flags.given())
 }

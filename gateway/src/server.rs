@@ -30,8 +30,9 @@ use crate::service::{Gateway, GatewayShared, RequestPolicy};
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     /// The bundle (manifest, catalog, query model): a version directory, or a
-    /// bundle root whose versions the gateway follows (`versions.rs`).
-    pub bundle_dir: PathBuf,
+    /// bundle root (on the disk or in an object store) whose versions the
+    /// gateway follows (`versions.rs`).
+    pub bundle: recsys_bundle::BundleSource,
     /// How the gateway moves between versions. With `item_log` (the cluster's
     /// etcd) it follows the desired version there (`recsys rollout`), else the
     /// bundle root's `CURRENT`.
@@ -128,7 +129,7 @@ pub async fn run(
     });
     crate::versions::start(
         shared.versions.clone(),
-        recsys_bundle::BundleSource::at(&config.bundle_dir),
+        config.bundle.clone(),
         config.item_log.clone(),
         config.versions,
         views,

@@ -79,8 +79,9 @@ pub async fn start(
     let handle = tokio::runtime::Handle::current();
     let follow_shutdown = shutdown.clone();
     let load = move |version: &str| -> Result<BundleState, BundleError> {
-        let dir = source.locate(version)?;
-        let mut state = BundleState::load(&dir)?;
+        let located = source.locate(version)?;
+        let mut state = BundleState::load(&located.dir)?;
+        state.pin = located.pin;
         // With etcd the version also names the items changed since it was
         // built; the loader runs on the blocking pool, so the follower is
         // spawned on the gateway's runtime explicitly.

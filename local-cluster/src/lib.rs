@@ -331,7 +331,7 @@ impl LocalCluster {
             let mut replicas = Vec::with_capacity(options.replicas);
             for replica in 0..options.replicas.max(1) {
                 let mut config = NodeConfig {
-                    bundle_dir: options.bundle_dir.clone(),
+                    bundle: recsys_bundle::BundleSource::at(&options.bundle_dir),
                     versions: options.versions,
                     shard,
                     search_threads: options.search_threads,
@@ -414,7 +414,7 @@ impl LocalCluster {
             None => Arc::new(StaticMembership::new(&spec)?),
         };
         let config = GatewayConfig {
-            bundle_dir: options.bundle_dir.clone(),
+            bundle: recsys_bundle::BundleSource::at(&options.bundle_dir),
             versions: options.versions,
             policy: options.policy,
             connect_timeout: Duration::from_secs(1),

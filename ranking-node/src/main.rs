@@ -4,7 +4,6 @@
 static ALLOCATOR: recsys_server::allocator::Allocator = recsys_server::allocator::Allocator;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use clap::Parser;
 use recsys_ranking_node::RankingConfig;
@@ -16,6 +15,9 @@ struct Args {
     /// The bundle: a version directory (holds manifest.json and ranker/) or a root.
     #[command(flatten)]
     bundle: recsys_bundle::flags::BundleFlags,
+    /// The object store holding a `--bundle-root s3://...` and the local cache.
+    #[command(flatten)]
+    store: recsys_bundle_store::flags::StoreFlags,
     /// Address to listen on.
     #[arg(long, env = "RECSYS_LISTEN", default_value = "127.0.0.1:50071")]
     listen: SocketAddr,
@@ -69,8 +71,9 @@ impl Args {
             "--max-candidates is {}, below {floor}: gateways retrieve up to that many candidates and would send requests this node refuses",
             self.max_candidates
         );
+        self.store.check(&self.bundle)?;
         Ok(RankingConfig {
-            bundle_dir: self.bundle.given(),
+            bundle: recsys_bundle::BundleSource::at(self.bundle.given()),
             versions: self.versions.options(),
             threads: self.threads,
             max_batch_rows: self.max_batch_rows,
@@ -108,20 +111,13 @@ fn main() -> anyhow::Result<()> {
 async fn serve(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let mut config = args.config(listener.local_addr()?)?;
-    config.bundle_dir = resolve_bundle(&args.bundle)?;
+    config.bundle = args
+        .store
+        .open(&args.bundle, recsys_bundle::FileSet::Ranker)?;
     let shutdown = recsys_server::shutdown::on_signal();
     if let Some(addr) = args.metrics_listen {
         recsys_server::metrics::spawn(addr, shutdown.clone()).await;
     }
     recsys_ranking_node::run(listener, config, shutdown).await?;
     Ok(())
-}
-
-/// The directory to serve: `--bundle` as given, or the `--bundle-root`, whose
-/// versions the server then follows (its CURRENT, or the cluster's desired
-/// version in etcd). Checked here so that a wrong path fails at once.
-fn resolve_bundle(flags: &recsys_bundle::flags::BundleFlags) -> anyhow::Result<PathBuf> {
-    let resolved = flags.resolve()?;
-    tracing::info!(version = %resolved.version, dir = %resolved.dir.display(), "bundle version named at start");
-    Ok(flags.given())
 }

@@ -1,7 +1,6 @@
 //! Running a ranking node: its configuration, loading the ranker off the async
 //! workers, and serving until shutdown with a drain.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use recsys_discovery::{
@@ -26,9 +25,9 @@ use crate::service::RankingNodeService;
 /// How to run a ranking node.
 #[derive(Debug, Clone)]
 pub struct RankingConfig {
-    /// The bundle: a version directory, or a bundle root whose versions the
-    /// node follows (`versions.rs`).
-    pub bundle_dir: PathBuf,
+    /// The bundle: a version directory, or a bundle root (on the disk or in
+    /// an object store) whose versions the node follows (`versions.rs`).
+    pub bundle: recsys_bundle::BundleSource,
     /// How the node moves between versions.
     pub versions: VersionOptions,
     /// Scoring threads, each running one forward pass at a time (0 = one per core).
@@ -58,13 +57,13 @@ pub struct RankingConfig {
 }
 
 impl RankingConfig {
-    /// Defaults for `bundle_dir`: one scoring thread per core, batches of up to
+    /// Defaults for `bundle` (a path: [`recsys_bundle::BundleSource::at`]): one scoring thread per core, batches of up to
     /// 1024 candidates, 1024 waiting requests holding at most 100 000 candidates
     /// (ten requests of the most candidates, 800 kB of ids), 10 000 candidates
     /// per request, unknown items refused, the admission limit's default.
-    pub fn new(bundle_dir: impl Into<PathBuf>) -> Self {
+    pub fn new(bundle: impl Into<recsys_bundle::BundleSource>) -> Self {
         Self {
-            bundle_dir: bundle_dir.into(),
+            bundle: bundle.into(),
             versions: VersionOptions::default(),
             threads: 0,
             max_batch_rows: 1024,
@@ -177,7 +176,7 @@ pub async fn run(
     let announcer = Announcer::new(config.announce.clone());
     crate::versions::start(
         versions,
-        recsys_bundle::BundleSource::at(&config.bundle_dir),
+        config.bundle.clone(),
         config.announce.clone(),
         announcer.clone(),
         change_log,

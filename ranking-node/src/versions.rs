@@ -35,6 +35,9 @@ pub struct ServedRanker {
     pub shard_count: u32,
     /// Stops following the change log when the version is dropped.
     _follow: Option<DropGuard>,
+    /// Keeps the version's files in the bundle cache (a root in an object
+    /// store) while it is served; released when the version is retired.
+    _pin: recsys_bundle::VersionPin,
 }
 
 /// The ranker, once its files pass their checksums, and the shard count of
@@ -130,8 +133,8 @@ pub async fn start(
     let handle = tokio::runtime::Handle::current();
     let follow_shutdown = shutdown.clone();
     let load = move |version: &str| -> Result<ServedRanker, LocateOrLoad> {
-        let dir = source.locate(version)?;
-        let (serving, shard_count) = load(&dir)?;
+        let located = source.locate(version)?;
+        let (serving, shard_count) = load(&located.dir)?;
         let serving = Arc::new(serving);
         // With etcd the version also applies upserted items' features; the
         // loader runs on the blocking pool, so the follower is spawned on the
@@ -146,6 +149,7 @@ pub async fn start(
             ranker: serving,
             shard_count,
             _follow: follow,
+            _pin: located.pin,
         })
     };
     let registered = std::sync::atomic::AtomicBool::new(false);

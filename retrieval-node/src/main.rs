@@ -4,7 +4,6 @@
 static ALLOCATOR: recsys_server::allocator::Allocator = recsys_server::allocator::Allocator;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use clap::Parser;
 use recsys_retrieval_node::{LoadMode, NodeConfig, SearchLimits, run};
@@ -16,6 +15,9 @@ struct Args {
     /// The bundle: a version directory (holds manifest.json) or a root.
     #[command(flatten)]
     bundle: recsys_bundle::flags::BundleFlags,
+    /// The object store holding a `--bundle-root s3://...` and the local cache.
+    #[command(flatten)]
+    store: recsys_bundle_store::flags::StoreFlags,
     /// Shard number to serve.
     #[arg(long, env = "RECSYS_SHARD")]
     shard: u32,
@@ -80,8 +82,9 @@ impl Args {
             "--max-exclusions is {}, below {MAX_EXCLUSIONS}: gateways accept that many and may send them all to one shard",
             self.max_exclusions
         );
+        self.store.check(&self.bundle)?;
         Ok(NodeConfig {
-            bundle_dir: self.bundle.given(),
+            bundle: recsys_bundle::BundleSource::at(self.bundle.given()),
             versions: self.versions.options(),
             shard: self.shard,
             search_threads: self.search_threads,
@@ -123,20 +126,13 @@ fn main() -> anyhow::Result<()> {
 async fn serve(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let mut config = args.config(listener.local_addr()?)?;
-    config.bundle_dir = resolve_bundle(&args.bundle)?;
+    config.bundle = args
+        .store
+        .open(&args.bundle, recsys_bundle::FileSet::Shard(args.shard))?;
     let shutdown = recsys_server::shutdown::on_signal();
     if let Some(addr) = args.metrics_listen {
         recsys_server::metrics::spawn(addr, shutdown.clone()).await;
     }
     run(listener, config, shutdown).await?;
     Ok(())
-}
-
-/// The directory to serve: `--bundle` as given, or the `--bundle-root`, whose
-/// versions the node then follows (its CURRENT, or the cluster's desired
-/// version in etcd). Checked here so that a wrong path fails at once.
-fn resolve_bundle(flags: &recsys_bundle::flags::BundleFlags) -> anyhow::Result<PathBuf> {
-    let resolved = flags.resolve()?;
-    tracing::info!(version = %resolved.version, dir = %resolved.dir.display(), "bundle version named at start");
-    Ok(flags.given())
 }

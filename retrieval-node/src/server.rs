@@ -1,7 +1,6 @@
 //! `run(listener, config, shutdown)`: the node's whole life, shared by the binary,
 //! the local cluster and the tests.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use recsys_discovery::{
@@ -47,9 +46,10 @@ impl Default for SearchLimits {
 /// How to run a retrieval node.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// The bundle: a version directory, served as it is, or a bundle root (it
-    /// holds `CURRENT`), whose versions the node follows (`versions.rs`).
-    pub bundle_dir: PathBuf,
+    /// The bundle: a version directory, served as it is, or a bundle root (on
+    /// the disk or in an object store), whose versions the node follows
+    /// (`versions.rs`).
+    pub bundle: recsys_bundle::BundleSource,
     /// How the node moves between versions.
     pub versions: VersionOptions,
     /// The shard to serve.
@@ -134,7 +134,7 @@ pub async fn run(
     crate::versions::start(
         versions,
         crate::versions::VersionsSetup {
-            source: recsys_bundle::BundleSource::at(&config.bundle_dir),
+            source: config.bundle.clone(),
             shard: config.shard,
             mode: config.load_mode,
             announce: config.announce.clone(),

@@ -37,6 +37,9 @@ pub struct ServedShard {
     pub has_ranker: bool,
     /// Stops following the change log when the version is dropped.
     _follow: Option<DropGuard>,
+    /// Keeps the version's files in the bundle cache (a root in an object
+    /// store) while it is served; released when the version is retired.
+    _pin: recsys_bundle::VersionPin,
 }
 
 /// Checks the shard's file against the manifest's size and checksum, then opens
@@ -155,8 +158,8 @@ pub async fn start(
     let handle = tokio::runtime::Handle::current();
     let follow_shutdown = shutdown.clone();
     let load = move |version: &str| -> Result<ServedShard, BundleError> {
-        let dir = source.locate(version)?;
-        let (live, has_ranker) = open_verified(&dir, shard, mode)?;
+        let located = source.locate(version)?;
+        let (live, has_ranker) = open_verified(&located.dir, shard, mode)?;
         let live = Arc::new(live);
         let (applied, applied_now) = watch::channel(live.revision());
         let follow = change_log.as_ref().map(|log| {
@@ -170,6 +173,7 @@ pub async fn start(
             applied: applied_now,
             has_ranker,
             _follow: follow,
+            _pin: located.pin,
         })
     };
 

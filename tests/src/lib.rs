@@ -11,6 +11,7 @@
 pub mod compose;
 pub mod load;
 pub mod misbehaving;
+pub mod moto;
 pub mod noise;
 pub mod processes;
 pub mod raw_grpc;

@@ -415,7 +415,7 @@ pub async fn retrieval_node(
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let config = recsys_retrieval_node::NodeConfig {
-        bundle_dir: bundle.to_path_buf(),
+        bundle: recsys_bundle::BundleSource::at(bundle.to_path_buf()),
         versions: Default::default(),
         shard,
         search_threads: 1,

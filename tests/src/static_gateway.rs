@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 /// only through a call the test makes. Change fields with struct update syntax.
 pub fn gateway_config(bundle_dir: &Path) -> GatewayConfig {
     GatewayConfig {
-        bundle_dir: bundle_dir.to_path_buf(),
+        bundle: recsys_bundle::BundleSource::at(bundle_dir.to_path_buf()),
         versions: Default::default(),
         policy: RequestPolicy::default(),
         connect_timeout: Duration::from_secs(1),

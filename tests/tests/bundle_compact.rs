@@ -96,7 +96,7 @@ async fn node(
         addr.to_string(),
     );
     let config = recsys_retrieval_node::NodeConfig {
-        bundle_dir: dir.to_path_buf(),
+        bundle: recsys_bundle::BundleSource::at(dir.to_path_buf()),
         shard,
         search_threads: 1,
         limits: Default::default(),

@@ -267,7 +267,7 @@ async fn a_flipped_byte_or_a_truncated_file_keeps_the_node_not_serving() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let config = recsys_retrieval_node::NodeConfig {
-            bundle_dir: dir.to_path_buf(),
+            bundle: recsys_bundle::BundleSource::at(dir.to_path_buf()),
             versions: Default::default(),
             shard,
             search_threads: 1,
@@ -335,7 +335,7 @@ async fn a_flipped_byte_or_a_truncated_file_keeps_the_node_not_serving() {
         security: Default::default(),
         max_in_flight: 0,
         item_log: None,
-        bundle_dir: dir.to_path_buf(),
+        bundle: recsys_bundle::BundleSource::at(dir.to_path_buf()),
         policy: recsys_gateway::RequestPolicy::default(),
         connect_timeout: Duration::from_secs(1),
         health_interval: Duration::from_secs(1),
@@ -418,7 +418,7 @@ async fn gateway_verdict(corrupt: &Path, addr: SocketAddr) -> i32 {
         security: Default::default(),
         max_in_flight: 0,
         item_log: None,
-        bundle_dir: good.path().to_path_buf(),
+        bundle: recsys_bundle::BundleSource::at(good.path().to_path_buf()),
         policy: recsys_gateway::RequestPolicy::default(),
         connect_timeout: Duration::from_secs(1),
         health_interval: Duration::from_secs(1),

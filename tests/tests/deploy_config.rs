@@ -186,7 +186,14 @@ fn expand(s: &str, env: &BTreeMap<String, String>) -> String {
 
 fn k8s_invocations() -> Vec<Invocation> {
     let mut invocations = Vec::new();
-    for object in k8s_documents() {
+    let documents = k8s_documents();
+    // `envFrom` ConfigMaps, by name (Secrets hold credentials no check needs).
+    let config_maps: BTreeMap<String, Value> = documents
+        .iter()
+        .filter(|object| text(&object["kind"]) == "ConfigMap")
+        .map(|object| (text(&object["metadata"]["name"]), object["data"].clone()))
+        .collect();
+    for object in documents {
         let kind = text(&object["kind"]);
         if kind != "Deployment" && kind != "StatefulSet" && kind != "Job" {
             continue;
@@ -198,6 +205,17 @@ fn k8s_invocations() -> Vec<Invocation> {
             .flat_map(|key| pod[*key].as_sequence().into_iter().flatten());
         for container in containers {
             let mut env = BTreeMap::new();
+            for source in container["envFrom"].as_sequence().into_iter().flatten() {
+                let Some(map) = source["configMapRef"]["name"].as_str() else {
+                    continue;
+                };
+                let data = config_maps.get(map).unwrap_or_else(|| {
+                    panic!("{kind} {name}: no ConfigMap {map} in the manifests")
+                });
+                for (key, value) in data.as_mapping().into_iter().flatten() {
+                    env.insert(text(key), text(value));
+                }
+            }
             for var in container["env"].as_sequence().into_iter().flatten() {
                 let key = text(&var["name"]);
                 let value = if let Some(value) = var.get("value") {

@@ -90,7 +90,7 @@ async fn gateway(etcd: &EtcdServer, cluster: &str) -> ServerHandle<GatewayError>
         cluster,
     )));
     let config = GatewayConfig {
-        bundle_dir: bundle().path().to_path_buf(),
+        bundle: recsys_bundle::BundleSource::at(bundle().path().to_path_buf()),
         versions: Default::default(),
         policy: RequestPolicy::default(),
         connect_timeout: Duration::from_secs(1),

@@ -25,7 +25,7 @@ async fn start_node(
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let config = NodeConfig {
-        bundle_dir: bundle.to_path_buf(),
+        bundle: recsys_bundle::BundleSource::at(bundle.to_path_buf()),
         versions: Default::default(),
         shard,
         search_threads: 1,
@@ -70,7 +70,7 @@ async fn a_hung_shard_turns_into_coverage_at_the_deadline() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gateway_addr = listener.local_addr().unwrap();
     let config = GatewayConfig {
-        bundle_dir: bundle.path().to_path_buf(),
+        bundle: recsys_bundle::BundleSource::at(bundle.path().to_path_buf()),
         versions: Default::default(),
         // Far beyond the client's deadline, so that only the client's deadline can
         // end the retrieval stage in time.

@@ -40,7 +40,7 @@ async fn recsys_health_exits_zero_only_for_serving() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let config = NodeConfig {
-        bundle_dir: bundle.path().to_path_buf(),
+        bundle: recsys_bundle::BundleSource::at(bundle.path().to_path_buf()),
         versions: Default::default(),
         shard: 0,
         search_threads: 1,

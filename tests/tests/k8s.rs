@@ -2,7 +2,8 @@
 //! the objects exist with their names and namespace, each shard is a StatefulSet
 //! of replicas behind a headless Service with a PodDisruptionBudget, every server
 //! is probed through grpc.health.v1 (over mutual TLS) on the port it listens on
-//! and asks for resources, every pod builds the same bundle and finds the same
+//! and asks for resources, one Job builds and publishes the bundle to the
+//! object store root every server reads (bundle-store.yaml), every server finds the same
 //! etcd over TLS, and each logs in to etcd as its role's user with only its own
 //! certificate and password mounted.
 //! Where kubectl is not installed (scripts/install-deps.sh installs Debian's
@@ -147,6 +148,8 @@ fn kustomize_renders_the_cluster() {
         ("Service", "etcd".into()),
         ("StatefulSet", "etcd".into()),
         ("Job", "etcd-auth".into()),
+        ("Job", "bundle-publish".into()),
+        ("ConfigMap", "recsys-bundle-store".into()),
         ("Service", "ranking".into()),
         ("Deployment", "ranking".into()),
         ("Service", "gateway".into()),
@@ -194,16 +197,48 @@ fn kustomize_renders_the_cluster() {
         }
     }
 
-    // Every pod that reads a bundle builds the same one, with as many shards as
-    // there are shard StatefulSets.
-    assert_eq!(bundle_commands.len(), SHARDS as usize + 2);
-    assert!(bundle_commands.iter().all(|c| *c == bundle_commands[0]));
+    // One Job builds the bundle, with as many shards as there are shard
+    // StatefulSets, and publishes it to the root every server reads from the
+    // object store (their ConfigMap), each into a cache of its own.
     assert!(
-        bundle_commands[0]
+        bundle_commands.is_empty(),
+        "servers build no bundle: {bundle_commands:?}"
+    );
+    let publish = get(&objects, "Job", "bundle-publish");
+    let build = publish["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .unwrap();
+    assert_eq!(build.len(), 1);
+    assert!(
+        build[0]["command"]
             .as_array()
             .unwrap()
             .contains(&Value::from(format!("--shards={SHARDS}")))
     );
+    let store = &get(&objects, "ConfigMap", "recsys-bundle-store")["data"];
+    let root = store["RECSYS_BUNDLE_ROOT"].as_str().unwrap();
+    assert!(root.starts_with("s3://"), "{root}");
+    let publish_command = &containers(publish).next().unwrap()["command"];
+    assert!(
+        publish_command
+            .as_array()
+            .unwrap()
+            .contains(&Value::from(format!("--to={root}"))),
+        "{publish_command}"
+    );
+    for ((kind, name), workload) in &objects {
+        if kind != "StatefulSet" && kind != "Deployment" || name == "etcd" {
+            continue;
+        }
+        let container = containers(workload).next().unwrap();
+        let from = container["envFrom"].as_array().unwrap();
+        assert!(
+            from.iter()
+                .any(|source| source["configMapRef"]["name"] == "recsys-bundle-store"),
+            "{kind} {name} does not read the bundle store's settings"
+        );
+        assert!(env(container, "RECSYS_BUNDLE").is_none(), "{kind} {name}");
+    }
     // Every server finds the one etcd under one cluster name.
     assert_eq!(etcd_urls.len(), SHARDS as usize + 2);
     assert!(etcd_urls.iter().all(|u| u == "https://etcd:2379"));

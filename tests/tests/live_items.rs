@@ -43,7 +43,7 @@ async fn node(
         addr.to_string(),
     );
     let config = recsys_retrieval_node::NodeConfig {
-        bundle_dir: bundle.path().to_path_buf(),
+        bundle: recsys_bundle::BundleSource::at(bundle.path().to_path_buf()),
         versions: Default::default(),
         shard,
         search_threads: 1,

@@ -166,7 +166,7 @@ async fn tls_gateway(
     };
     let membership: Arc<dyn Membership> = Arc::new(StaticMembership::new(&spec).unwrap());
     let config = GatewayConfig {
-        bundle_dir: bundle().path().to_path_buf(),
+        bundle: recsys_bundle::BundleSource::at(bundle().path().to_path_buf()),
         versions: Default::default(),
         policy: RequestPolicy::default(),
         connect_timeout: Duration::from_secs(1),
