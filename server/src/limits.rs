@@ -90,12 +90,15 @@ impl ServerLimitFlags {
 
 /// The messages tonic (0.14) answers with `INTERNAL` when a request's bytes
 /// cannot be framed or decoded, before any service code runs: a body that ends
-/// mid-message, a compressed-flag byte other than 0 or 1 or without an
-/// encoding, a health or reflection request prost cannot decode (ours go
-/// through `recsys_proto::codec`, which says `INVALID_ARGUMENT` itself).
-/// Pinned by the bad-input tests, which fail if tonic changes them.
+/// mid-message, a unary call's body that ends without any message (a caller
+/// that gave up before sending, as a gateway's cancelled fan-out can leave), a
+/// compressed-flag byte other than 0 or 1 or without an encoding, a health or
+/// reflection request prost cannot decode (ours go through
+/// `recsys_proto::codec`, which says `INVALID_ARGUMENT` itself). Pinned by the
+/// bad-input tests, which fail if tonic changes them.
 const CALLER_FAULTS: &[&str] = &[
     "Unexpected EOF decoding stream",
+    "Missing request message",
     "protocol error: received message with invalid compression flag",
     "protocol error: received message with compressed-flag but no grpc-encoding",
     "failed to decode Protobuf message",
@@ -183,6 +186,9 @@ mod tests {
         let mut truncated = headers("13", "Unexpected%20EOF%20decoding%20stream.");
         blame_caller(&mut truncated);
         assert_eq!(truncated["grpc-status"], "3");
+        let mut empty = headers("13", "Missing%20request%20message.");
+        blame_caller(&mut empty);
+        assert_eq!(empty["grpc-status"], "3");
         let mut ours = headers("13", "scoring%20pass%20failed");
         blame_caller(&mut ours);
         assert_eq!(ours["grpc-status"], "13");

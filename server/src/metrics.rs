@@ -228,6 +228,24 @@ where
                 Ok(response) => status_code(response.headers()),
                 Err(_) => "Transport",
             };
+            if matches!(code, "Internal" | "Unknown") {
+                // The server's own fault by definition (bad input has codes of
+                // its own): say which call and what, so that it can be found.
+                if let Ok(response) = &response {
+                    let message = response
+                        .headers()
+                        .get("grpc-message")
+                        // Percent-encoded; tonic escapes spaces most of all.
+                        .map(|value| String::from_utf8_lossy(value.as_bytes()).replace("%20", " "));
+                    tracing::error!(
+                        service,
+                        method,
+                        code,
+                        message,
+                        "answered with a server error"
+                    );
+                }
+            }
             GRPC_SECONDS
                 .with_label_values(&[service, method])
                 .observe(started.elapsed().as_secs_f64());

@@ -60,3 +60,22 @@ pub async fn call(channel: &Channel, path: &str, body: Vec<u8>) -> Result<Vec<u8
         .await
         .map(tonic::Response::into_inner)
 }
+
+/// One call of the unary method `path` whose request body ends without a
+/// message (the headers, then the end of the stream): what a client that gives
+/// up before sending, or a broken one, leaves a server with.
+pub async fn call_without_message(channel: &Channel, path: &str) -> Result<Vec<u8>, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let path = PathAndQuery::try_from(path.to_string())
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    grpc.client_streaming(
+        Request::new(tokio_stream::empty::<Vec<u8>>()),
+        path,
+        RawCodec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
