@@ -50,12 +50,7 @@ impl Decoder for RawCodec {
 
 /// One unary call of `path` (`/package.Service/Method`) with `body` as the message.
 pub async fn call(channel: &Channel, path: &str, body: Vec<u8>) -> Result<Vec<u8>, Status> {
-    let mut grpc = tonic::client::Grpc::new(channel.clone());
-    grpc.ready()
-        .await
-        .map_err(|e| Status::unavailable(e.to_string()))?;
-    let path = PathAndQuery::try_from(path.to_string())
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let (mut grpc, path) = ready(channel, path).await?;
     grpc.unary(Request::new(body), path, RawCodec)
         .await
         .map(tonic::Response::into_inner)
@@ -65,12 +60,7 @@ pub async fn call(channel: &Channel, path: &str, body: Vec<u8>) -> Result<Vec<u8
 /// message (the headers, then the end of the stream): what a client that gives
 /// up before sending, or a broken one, leaves a server with.
 pub async fn call_without_message(channel: &Channel, path: &str) -> Result<Vec<u8>, Status> {
-    let mut grpc = tonic::client::Grpc::new(channel.clone());
-    grpc.ready()
-        .await
-        .map_err(|e| Status::unavailable(e.to_string()))?;
-    let path = PathAndQuery::try_from(path.to_string())
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let (mut grpc, path) = ready(channel, path).await?;
     grpc.client_streaming(
         Request::new(tokio_stream::empty::<Vec<u8>>()),
         path,
@@ -78,4 +68,18 @@ pub async fn call_without_message(channel: &Channel, path: &str) -> Result<Vec<u
     )
     .await
     .map(tonic::Response::into_inner)
+}
+
+/// A client on `channel` ready for a call, and `path` as a request path.
+async fn ready(
+    channel: &Channel,
+    path: &str,
+) -> Result<(tonic::client::Grpc<Channel>, PathAndQuery), Status> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let path = PathAndQuery::try_from(path.to_string())
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok((grpc, path))
 }
