@@ -47,6 +47,12 @@ impl VersionViews {
     pub fn get(&self, version: &str) -> Arc<ClusterView> {
         self.by_version.get(version).cloned().unwrap_or_default()
     }
+
+    /// Whether the view of `version` has been worked out: until it has, a
+    /// request of that version would find no node at all.
+    pub fn holds(&self, version: &str) -> bool {
+        self.by_version.contains_key(version)
+    }
 }
 
 /// `node` with what it serves filled in from a probe, or (static membership,

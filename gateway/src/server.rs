@@ -111,9 +111,17 @@ pub async fn run(
 
     let (serving, mut serving_now) = watch::channel(false);
     let (health_reporter, health_stop) = (health.clone(), shutdown.clone());
+    let (health_versions, mut health_views) = (shared.versions.clone(), views.clone());
     tokio::spawn(async move {
         loop {
-            let status = if *serving_now.borrow_and_update() {
+            // SERVING once a version is loaded and its view worked out: the
+            // view follows the load on another task, and a request between the
+            // two would find no node for any shard ("no replica available").
+            let loaded = *serving_now.borrow_and_update();
+            let routed = health_versions
+                .primary_version()
+                .is_some_and(|version| health_views.borrow_and_update().holds(&version));
+            let status = if loaded && routed {
                 ServingStatus::Serving
             } else {
                 ServingStatus::NotServing
@@ -124,6 +132,7 @@ pub async fn run(
             tokio::select! {
                 () = health_stop.cancelled() => return,
                 changed = serving_now.changed() => if changed.is_err() { return },
+                changed = health_views.changed() => if changed.is_err() { return },
             }
         }
     });
