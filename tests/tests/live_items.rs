@@ -474,8 +474,8 @@ async fn a_change_log_past_etcds_quota_is_refused_by_name_and_keeps_what_it_took
                 let id = 1_000_000 + call * 1_000 + i;
                 ItemUpsert {
                     item_id: id,
-                    // A batch's first item is long, so that it is the best
-                    // match for its own direction under any metric.
+                    // A batch's first item is long, so that no short item
+                    // outscores it for its own direction.
                     embedding: (0..DIMENSIONS as u64)
                         .map(|d| {
                             let bits = splitmix(id * DIMENSIONS as u64 + d);
@@ -506,10 +506,13 @@ async fn a_change_log_past_etcds_quota_is_refused_by_name_and_keeps_what_it_took
         "{refused:?}"
     );
     let (call, revision) = accepted.expect("the first change fit in the quota");
-    // What was accepted is served: the last batch's first item by its own vector.
+    // What was accepted is served: the last batch's first item, by its own
+    // vector. The bundle scores by inner product, so another batch's long item
+    // may outscore it, but only those (at most one per call, under 400): it is
+    // among the best 500.
     let last = batch(call).items.swap_remove(0);
     let mut client = gateway_client(gateway).await;
-    let mut request = by_embedding(last.embedding.clone(), 5, false);
+    let mut request = by_embedding(last.embedding.clone(), 500, false);
     request.min_revision = revision;
     // The replicas may still be inserting the backlog (a replica waits a
     // second for a revision, then refuses naming it): ask until the deadline.
@@ -523,7 +526,7 @@ async fn a_change_log_past_etcds_quota_is_refused_by_name_and_keeps_what_it_took
             Err(status) => panic!("{status:?}"),
         }
     };
-    assert_eq!(ids(&answer).first(), Some(&last.item_id), "{answer:?}");
+    assert!(ids(&answer).contains(&last.item_id), "{answer:?}");
     // And a second refusal says the same: the alarm holds until disarmed.
     let again = catalog.upsert_items(batch(999)).await.unwrap_err();
     assert_eq!(again.code(), Code::ResourceExhausted, "{again:?}");
