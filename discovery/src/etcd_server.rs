@@ -60,22 +60,18 @@ pub struct EtcdServer {
 impl EtcdServer {
     /// Starts etcd on free loopback ports and waits until it serves reads.
     pub async fn start() -> Result<Self, DiscoveryError> {
-        Self::start_with(None).await
+        Self::start_configured(None, None).await
     }
 
     /// Starts etcd serving `https://` only and requiring client certificates of `tls.ca`.
     pub async fn start_tls(tls: EtcdServerTls) -> Result<Self, DiscoveryError> {
-        Self::start_with(Some(tls)).await
+        Self::start_configured(Some(tls), None).await
     }
 
     /// Starts etcd with a database quota of `bytes` (`--quota-backend-bytes`),
     /// for tests of what happens when it is full.
     pub async fn start_with_quota(bytes: u64) -> Result<Self, DiscoveryError> {
         Self::start_configured(None, Some(bytes)).await
-    }
-
-    async fn start_with(tls: Option<EtcdServerTls>) -> Result<Self, DiscoveryError> {
-        Self::start_configured(tls, None).await
     }
 
     async fn start_configured(

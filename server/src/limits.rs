@@ -158,12 +158,7 @@ fn blame_caller(headers: &mut http::HeaderMap) {
     if !internal {
         return;
     }
-    // grpc-message is percent-encoded; of the prefixes' bytes, tonic escapes
-    // only the space.
-    let caller_fault = headers
-        .get("grpc-message")
-        .and_then(|m| m.to_str().ok())
-        .map(|message| message.replace("%20", " "))
+    let caller_fault = crate::metrics::grpc_message(headers)
         .is_some_and(|message| CALLER_FAULTS.iter().any(|p| message.starts_with(p)));
     if caller_fault {
         headers.insert("grpc-status", http::HeaderValue::from_static("3"));

@@ -232,11 +232,7 @@ where
                 // The server's own fault by definition (bad input has codes of
                 // its own): say which call and what, so that it can be found.
                 if let Ok(response) = &response {
-                    let message = response
-                        .headers()
-                        .get("grpc-message")
-                        // Percent-encoded; tonic escapes spaces most of all.
-                        .map(|value| String::from_utf8_lossy(value.as_bytes()).replace("%20", " "));
+                    let message = grpc_message(response.headers());
                     tracing::error!(
                         service,
                         method,
@@ -285,6 +281,15 @@ fn status_code(headers: &http::HeaderMap) -> &'static str {
     };
     let code = tonic::Code::from_bytes(value.as_bytes());
     code_name(code)
+}
+
+/// The `grpc-message` of an answer, with its spaces put back: the header is
+/// percent-encoded, and of the characters our messages and tonic's use, only the
+/// space is escaped.
+pub(crate) fn grpc_message(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get("grpc-message")
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).replace("%20", " "))
 }
 
 fn code_name(code: tonic::Code) -> &'static str {
