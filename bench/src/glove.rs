@@ -63,10 +63,15 @@ pub struct RetrievalArgs {
     pub stdin: bool,
     /// Also measure a live shard (the retrieval node's base index plus a mutable
     /// part) in which this share of the items was upserted after the bundle was
-    /// built (the same vectors, so the ground truth holds): each pass is measured
-    /// on the packed-only shard and then on the live one, in the same run.
+    /// built (the same vectors, so the ground truth holds): each pass measures
+    /// the packed-only shard and the live one alternately, block by block.
     #[arg(long)]
     pub live_fraction: Option<f64>,
+    /// Search the live shard's mutable part as the changes left it, not the
+    /// packed copy a node makes once the change log pauses: what searches cost
+    /// while changes keep coming.
+    #[arg(long, requires = "live_fraction")]
+    pub live_unpacked: bool,
 }
 
 const K: usize = 100;
@@ -239,7 +244,14 @@ pub fn run(args: RetrievalArgs) -> anyhow::Result<()> {
         )
     };
     let live = match args.live_fraction {
-        Some(fraction) => Some(live_shard(&bundle, args.mode, items, dim, fraction)?),
+        Some(fraction) => Some(live_shard(
+            &bundle,
+            args.mode,
+            items,
+            dim,
+            fraction,
+            args.live_unpacked,
+        )?),
         None => None,
     };
     for ef in efs {
@@ -250,48 +262,76 @@ pub fn run(args: RetrievalArgs) -> anyhow::Result<()> {
             dim,
             truth: &truth,
         };
-        let (recall, qps, per_cpu) = pass.measure(|query| index.search(query, K, &[], false))?;
+        let Some(live) = &live else {
+            let (recall, qps, per_cpu) =
+                pass.measure(|query| index.search(query, K, &[], false))?;
+            println!(
+                "{}",
+                serde_json::json!({"engine": "recsys-usearch", "ef": ef, "mode": format!("{:?}", args.mode),
+                    "recall_at_100": recall, "qps_one_thread": qps, "qps_per_cpu_second": per_cpu})
+            );
+            continue;
+        };
+        live.base().set_expansion_search(ef);
+        live.set_expansion_search(ef);
+        let [(recall, per_cpu), (live_recall, live_per_cpu)] = pass.measure_alternating(
+            |query| index.search(query, K, &[], false),
+            |query| live.search(query, K, &[], false),
+        )?;
         println!(
             "{}",
             serde_json::json!({"engine": "recsys-usearch", "ef": ef, "mode": format!("{:?}", args.mode),
-                "recall_at_100": recall, "qps_one_thread": qps, "qps_per_cpu_second": per_cpu})
+                "recall_at_100": recall, "qps_per_cpu_second": per_cpu})
         );
-        if let Some(live) = &live {
-            live.base().set_expansion_search(ef);
-            live.set_expansion_search(ef);
-            let (live_recall, live_qps, live_per_cpu) =
-                pass.measure(|query| live.search(query, K, &[], false))?;
+        println!(
+            "{}",
+            serde_json::json!({"engine": "recsys-live", "ef": ef, "mode": format!("{:?}", args.mode),
+                "live_fraction": args.live_fraction, "recall_at_100": live_recall,
+                "qps_per_cpu_second": live_per_cpu,
+                "qps_ratio_to_packed_only": live_per_cpu / per_cpu})
+        );
+        // Where a live search's time goes: each half on its own, then both
+        // per query as the live search runs them but without the merge
+        // (what alternating between the two indexes costs).
+        for (half, halves) in [
+            ("base without hidden", &[true][..]),
+            ("mutable part", &[false]),
+            ("both halves per query", &[true, false]),
+        ] {
+            let started = thread_cpu_seconds()?;
+            for query in queries.chunks_exact(dim) {
+                for &base in halves {
+                    live.search_halves(query, K, base)?;
+                }
+            }
+            let cpu = thread_cpu_seconds()? - started;
             println!(
                 "{}",
-                serde_json::json!({"engine": "recsys-live", "ef": ef, "mode": format!("{:?}", args.mode),
-                    "live_fraction": args.live_fraction, "recall_at_100": live_recall,
-                    "qps_one_thread": live_qps, "qps_per_cpu_second": live_per_cpu,
-                    "qps_ratio_to_packed_only": live_per_cpu / per_cpu})
+                serde_json::json!({"engine": "recsys-live", "ef": ef, "half": half,
+                    "qps_per_cpu_second": queries.len() as f64 / dim as f64 / cpu})
             );
-            // Where a live search's time goes: each half on its own, then both
-            // per query as the live search runs them but without the merge
-            // (what alternating between the two indexes costs).
-            for (half, halves) in [
-                ("base without hidden", &[true][..]),
-                ("mutable part", &[false]),
-                ("both halves per query", &[true, false]),
-            ] {
-                let started = thread_cpu_seconds()?;
-                for query in queries.chunks_exact(dim) {
-                    for &base in halves {
-                        live.search_halves(query, K, base)?;
-                    }
-                }
-                let cpu = thread_cpu_seconds()? - started;
-                println!(
-                    "{}",
-                    serde_json::json!({"engine": "recsys-live", "ef": ef, "half": half,
-                        "qps_per_cpu_second": queries.len() as f64 / dim as f64 / cpu})
-                );
-            }
         }
     }
     Ok(())
+}
+
+/// One search of a pass, as [`Pass::measure_alternating`] holds two.
+type Search<'a> = dyn Fn(&[f32]) -> Result<Vec<Hit>, SearchError> + 'a;
+
+/// Queries per block of [`Pass::measure_alternating`]: about 20 ms of searching.
+const BLOCK: usize = 50;
+
+/// How many of `answers` are among the exact top-100 in `truth`, summed over queries.
+fn recalled(answers: &[Vec<Hit>], truth: &[Vec<u32>]) -> usize {
+    answers
+        .iter()
+        .zip(truth)
+        .map(|(hits, truth)| {
+            hits.iter()
+                .filter(|(id, _)| truth.contains(&(*id as u32)))
+                .count()
+        })
+        .sum()
 }
 
 /// One measurement pass over the held-out queries.
@@ -302,6 +342,47 @@ struct Pass<'a> {
 }
 
 impl Pass<'_> {
+    /// Recall@100 and queries per CPU-second of two searches over the same
+    /// queries, alternated in blocks of [`BLOCK`] queries (which goes first swaps
+    /// every block), with the CPU time of each block charged to its search.
+    ///
+    /// Why: a pass of one search after a pass of the other swung by ±25 % on a
+    /// shared 2-vCPU VM within minutes (docs/benchmarks.md, "Live shard"), so the
+    /// ratio of two whole passes was mostly the drift between them; blocks a few
+    /// milliseconds long see the same machine.
+    fn measure_alternating(
+        &self,
+        first: impl Fn(&[f32]) -> Result<Vec<Hit>, SearchError>,
+        second: impl Fn(&[f32]) -> Result<Vec<Hit>, SearchError>,
+    ) -> anyhow::Result<[(f64, f64); 2]> {
+        let searches: [&Search<'_>; 2] = [&first, &second];
+        for query in self.queries.chunks_exact(self.dim).take(200) {
+            for search in searches {
+                search(query)?;
+            }
+        }
+        let mut cpu = [0.0f64; 2];
+        let mut found = [0usize; 2];
+        let blocks = self
+            .queries
+            .chunks(BLOCK * self.dim)
+            .zip(self.truth.chunks(BLOCK));
+        for (block, (queries, truth)) in blocks.enumerate() {
+            for turn in 0..2 {
+                let which = (block + turn) % 2;
+                let started = thread_cpu_seconds()?;
+                let answers = queries
+                    .chunks_exact(self.dim)
+                    .map(searches[which])
+                    .collect::<Result<Vec<_>, _>>()?;
+                cpu[which] += thread_cpu_seconds()? - started;
+                found[which] += recalled(&answers, truth);
+            }
+        }
+        let count = self.truth.len() as f64;
+        Ok([0, 1].map(|which| (found[which] as f64 / (count * K as f64), count / cpu[which])))
+    }
+
     /// Recall@100, queries per second and queries per CPU-second of `search`.
     fn measure(
         &self,
@@ -320,15 +401,7 @@ impl Pass<'_> {
             .collect::<Result<Vec<_>, _>>()?;
         let seconds = started.elapsed().as_secs_f64();
         let cpu_seconds = thread_cpu_seconds()? - cpu_started;
-        let found: usize = answers
-            .iter()
-            .zip(self.truth)
-            .map(|(hits, truth)| {
-                hits.iter()
-                    .filter(|(id, _)| truth.contains(&(*id as u32)))
-                    .count()
-            })
-            .sum();
+        let found = recalled(&answers, self.truth);
         let count = answers.len() as f64;
         Ok((
             found as f64 / (self.truth.len() * K) as f64,
@@ -340,13 +413,15 @@ impl Pass<'_> {
 
 /// Opens the bundle's shard again as a live shard and upserts every item whose
 /// row falls in the first `fraction` of a seeded shuffle, in batches of 1,000 (one
-/// log entry each), reporting the rate.
+/// log entry each), reporting the rate; then packs the mutable part unless
+/// `unpacked`.
 fn live_shard(
     bundle: &Path,
     mode: LoadMode,
     items: &[f32],
     dim: usize,
     fraction: f64,
+    unpacked: bool,
 ) -> anyhow::Result<LiveShard> {
     use rand::SeedableRng;
     use rand::seq::SliceRandom;
@@ -370,12 +445,17 @@ fn live_shard(
         live.apply(revision as u64 + 1, &changes)?;
     }
     let seconds = started.elapsed().as_secs_f64();
+    // What a retrieval node does once the change log pauses.
+    let started = Instant::now();
+    let packed = !unpacked && live.pack_delta()?;
+    let pack_ms = started.elapsed().as_secs_f64() * 1e3;
     let stats = live.stats();
     println!(
         "{}",
         serde_json::json!({"engine": "recsys-live", "event": "upserted", "items": rows.len(),
             "seconds": seconds, "items_per_second": rows.len() as f64 / seconds,
-            "delta": stats.delta, "hidden": stats.hidden})
+            "delta": stats.delta, "hidden": stats.hidden, "delta_packed": packed,
+            "pack_ms": packed.then_some(pack_ms)})
     );
     Ok(live)
 }

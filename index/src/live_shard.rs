@@ -11,6 +11,13 @@
 //! both for k and merges the two lists. The next bundle version, compacted from
 //! the base and the change log, folds the delta back into a packed base.
 //!
+//! Between batches of changes the delta is also kept as a packed, read-only copy
+//! ([`LiveShard::pack_delta`]), searched instead of the delta while no change has
+//! come since: the packed layout is what makes the base fast, and searched
+//! beside the base, whose traversal evicts it from the cache on every query, an
+//! unpacked delta cost about twice its time alone (docs/benchmarks.md, "Live
+//! shard").
+//!
 //! Changes come stamped with the revision of the ordered log they were read from
 //! (etcd's revision in the cluster); a shard applies each revision once and
 //! remembers the last, so replaying the log after a restart or a reconnection is
@@ -23,7 +30,7 @@ use rustc_hash::FxHashMap;
 use usearch::Index;
 
 use crate::options::usearch_options;
-use crate::shard_index::{Hidden, search_one, sort_hits};
+use crate::shard_index::{Hidden, huge_page_memory, search_one, sort_hits, view_copy};
 use crate::{Hit, SearchError, ShardIndex};
 
 /// One change to a shard's items.
@@ -110,6 +117,16 @@ pub struct LiveStats {
     pub revision: u64,
 }
 
+/// A packed, read-only copy of the delta as it was after change `generation`.
+struct PackedDelta {
+    /// Declared before `buffer`, so dropped first: it reads the buffer.
+    index: Index,
+    /// The delta as usearch saved it, in huge pages, which `index` views.
+    #[expect(dead_code, reason = "read through the index's view, never by name")]
+    buffer: memmap2::MmapMut,
+    generation: u64,
+}
+
 /// The mutable part, behind one lock: searches read it, a batch of changes
 /// writes it. Batches are short (one log entry's changes), so a search waits at
 /// most for one batch.
@@ -123,6 +140,22 @@ struct Mutable {
     /// Base items deleted or replaced, left out of the base's search.
     hidden: Hidden,
     revision: u64,
+    /// Counts the batches that changed `delta` (a failed one too), so that a
+    /// packed copy made before a change is never searched after it.
+    generation: u64,
+    /// The delta packed, searched instead of it while `generation` matches.
+    packed: Option<PackedDelta>,
+}
+
+impl Mutable {
+    /// The index a search of the mutable part reads: the packed copy if it is
+    /// current, else the delta itself.
+    fn searched(&self) -> &Index {
+        match &self.packed {
+            Some(packed) if packed.generation == self.generation => &packed.index,
+            _ => &self.delta,
+        }
+    }
 }
 
 /// A serving shard: a bundle's [`ShardIndex`] and the changes applied on top.
@@ -155,6 +188,8 @@ impl LiveShard {
                 delta_ef,
                 hidden: Hidden::default(),
                 revision,
+                generation: 0,
+                packed: None,
             }),
         })
     }
@@ -197,6 +232,10 @@ impl LiveShard {
             return Ok(Applied::Replayed);
         }
         self.check(changes)?;
+        // From here the delta may change, even if a later step fails: the
+        // packed copy is out of date (and dropped once the lock is released).
+        mutable.generation += 1;
+        let stale = mutable.packed.take();
         let upserts = changes
             .iter()
             .filter(|change| matches!(change, ItemChange::Upsert { .. }))
@@ -241,7 +280,61 @@ impl LiveShard {
                 .map_err(|e| ChangeError::Usearch(e.to_string()))?;
         }
         mutable.revision = revision;
+        drop(mutable);
+        drop(stale);
         Ok(Applied::Changed)
+    }
+
+    /// Makes a packed, read-only copy of the mutable part as it is now, which
+    /// searches read instead of it until the next change. Returns whether it
+    /// made one: not when the part is empty or its packed copy is current, nor
+    /// when a change came while copying.
+    ///
+    /// Blocking CPU work that grows with the mutable part (about 13 ms for
+    /// 39,000 GloVe-50 items), and a second copy of it in memory while one is
+    /// current: the caller decides how often ([`crate`] users call it when the
+    /// change log pauses). Searches go on meanwhile; changes wait only for the
+    /// copy of the delta into a buffer.
+    pub fn pack_delta(&self) -> Result<bool, ChangeError> {
+        let usearch = |e: &dyn std::fmt::Display| ChangeError::Usearch(e.to_string());
+        let (buffer, generation) = {
+            let mutable = self.read();
+            let current = mutable
+                .packed
+                .as_ref()
+                .is_some_and(|packed| packed.generation == mutable.generation);
+            if mutable.delta.size() == 0 || current {
+                return Ok(false);
+            }
+            let len = mutable.delta.serialized_length();
+            let mut buffer = huge_page_memory(len).map_err(|e| {
+                ChangeError::Usearch(format!("{len} bytes for the packed delta: {e}"))
+            })?;
+            mutable
+                .delta
+                .save_to_buffer(&mut buffer[..len])
+                .map_err(|e| usearch(&e))?;
+            (buffer, mutable.generation)
+        };
+        let mut index = Index::new(&usearch_options(self.base.params(), self.base.dimensions()))
+            .map_err(|e| usearch(&e))?;
+        view_copy(&index, &buffer).map_err(|e| usearch(&e))?;
+        index.pack_base_layer().map_err(|e| usearch(&e))?;
+        // As the delta's: every search says how many results it wants.
+        index.change_expansion_search(1);
+        let packed = PackedDelta {
+            index,
+            buffer,
+            generation,
+        };
+        let mut mutable = self.write();
+        if mutable.generation != generation {
+            return Ok(false);
+        }
+        let old = mutable.packed.replace(packed);
+        drop(mutable);
+        drop(old);
+        Ok(true)
     }
 
     fn check(&self, changes: &[ItemChange]) -> Result<(), ChangeError> {
@@ -286,7 +379,7 @@ impl LiveShard {
         let base = self
             .base
             .search_hiding(query, k, excluded, &mutable.hidden, exact)?;
-        let delta = &mutable.delta;
+        let delta = mutable.searched();
         if delta.size() == 0 || k == 0 {
             return Ok(base);
         }
@@ -338,7 +431,7 @@ impl LiveShard {
         } else {
             let (narrow, _) = self.delta_beams(&mutable, k);
             Ok(mutable
-                .delta
+                .searched()
                 .search(query, narrow)
                 .map_err(|e| SearchError::Usearch(e.to_string()))?
                 .keys

@@ -70,26 +70,34 @@ fn huge_page_copy(path: &Path, len: u64) -> Result<memmap2::MmapMut, BundleError
     use std::io::Read;
     let len = usize::try_from(len)
         .map_err(|_| BundleError::corrupt(path, "file does not fit in memory"))?;
-    let mut memory =
-        memmap2::MmapMut::map_anon(len.max(1)).map_err(|e| BundleError::io(path, e))?;
-    #[cfg(target_os = "linux")]
-    if let Err(error) = memory.advise(memmap2::Advice::HugePage) {
-        // Still correct, only slower: say so once per shard.
-        tracing::warn!(file = %path.display(), %error, "no transparent huge pages for the shard");
-    }
+    let mut memory = huge_page_memory(len).map_err(|e| BundleError::io(path, e))?;
     std::fs::File::open(path)
         .and_then(|mut file| file.read_exact(&mut memory[..len]))
         .map_err(|e| BundleError::io(path, e))?;
     Ok(memory)
 }
 
+/// `len` bytes (at least one) of zeroed anonymous memory advised to use
+/// transparent huge pages: a search reads a few hundred random places of an
+/// index, and with 4 KiB pages most of them also miss the TLB.
+pub(crate) fn huge_page_memory(len: usize) -> std::io::Result<memmap2::MmapMut> {
+    let memory = memmap2::MmapMut::map_anon(len.max(1))?;
+    #[cfg(target_os = "linux")]
+    if let Err(error) = memory.advise(memmap2::Advice::HugePage) {
+        // Still correct, only slower.
+        tracing::debug!(%error, len, "no transparent huge pages");
+    }
+    Ok(memory)
+}
+
 /// Views `index` over `copy`, which the caller keeps alive, unwritten, for as long
-/// as the index ([`ShardIndex`] holds both and drops the index first).
+/// as the index ([`ShardIndex`] and the live shard's packed delta hold both and
+/// drop the index first).
 #[allow(unsafe_code)]
-fn view_copy(index: &Index, copy: &memmap2::MmapMut) -> Result<(), String> {
+pub(crate) fn view_copy(index: &Index, copy: &[u8]) -> Result<(), String> {
     // SAFETY: usearch reads the buffer for the index's lifetime; the caller's
     // contract above keeps the buffer valid and immutable for that long.
-    unsafe { index.view_from_buffer(&copy[..]) }.map_err(|e| e.to_string())
+    unsafe { index.view_from_buffer(copy) }.map_err(|e| e.to_string())
 }
 
 /// One result: item id and score (higher is better).
@@ -190,7 +198,7 @@ impl ShardIndex {
             LoadMode::View | LoadMode::Packed => index.view(path_str).map_err(|e| e.to_string()),
             LoadMode::Load => index.load(path_str).map_err(|e| e.to_string()),
             LoadMode::HugePages => {
-                view_copy(&index, memory.insert(huge_page_copy(&path, file_len)?))
+                view_copy(&index, &memory.insert(huge_page_copy(&path, file_len)?)[..])
             }
         }
         .map_err(|e| BundleError::corrupt(&path, format!("cannot open the index: {e}")))?;

@@ -69,6 +69,11 @@ fn upserts_and_deletes_match_a_model_of_the_items() {
                 .collect();
             revision += 1 + rng.random_range(0..3);
             assert_eq!(shard.apply(revision, &batch).unwrap(), Applied::Changed);
+            // As a node does when the log pauses: later batches must make the
+            // packed copy stale, never searched.
+            if rng.random_bool(0.3) {
+                assert!(shard.pack_delta().unwrap() || shard.stats().delta == 0);
+            }
             for change in batch {
                 match change {
                     ItemChange::Upsert { id, vector } => {
@@ -111,6 +116,61 @@ fn upserts_and_deletes_match_a_model_of_the_items() {
             );
         }
     }
+}
+
+/// The packed copy of the mutable part answers exactly as the part itself (the
+/// same graph, another layout); it is made once per change, and a change after it
+/// is seen at once, the copy left unsearched until the next pack.
+#[test]
+fn a_packed_delta_answers_as_the_delta_and_never_hides_a_later_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let (shard, _) = live(dir.path(), LoadMode::Packed);
+    assert!(!shard.pack_delta().unwrap(), "nothing to pack yet");
+    let mut rng = StdRng::seed_from_u64(5);
+    let upserts: Vec<ItemChange> = (0..300)
+        .map(|i| ItemChange::Upsert {
+            id: if i % 3 == 0 { i } else { ITEMS as u64 + i },
+            vector: random_unit(&mut rng),
+        })
+        .collect();
+    shard.apply(8, &upserts).unwrap();
+    let queries = unit_vectors(20, 11);
+    let answers = |shard: &LiveShard| -> Vec<Vec<Hit>> {
+        queries
+            .chunks(DIM)
+            .map(|query| shard.search(query, 30, &[], false).unwrap())
+            .collect()
+    };
+    let unpacked = answers(&shard);
+    assert!(shard.pack_delta().unwrap());
+    assert!(!shard.pack_delta().unwrap(), "the copy is current");
+    assert_eq!(answers(&shard), unpacked);
+
+    // Delete the best new item of the first query and add one at the query.
+    let first = &queries[..DIM];
+    let best_new = unpacked[0]
+        .iter()
+        .find(|hit| hit.0 >= ITEMS as u64)
+        .expect("a new item among the first query's 30")
+        .0;
+    let at_query = ITEMS as u64 + 1_000;
+    shard
+        .apply(
+            9,
+            &[
+                ItemChange::Delete { id: best_new },
+                ItemChange::Upsert {
+                    id: at_query,
+                    vector: first.to_vec(),
+                },
+            ],
+        )
+        .unwrap();
+    let after = shard.search(first, 30, &[], false).unwrap();
+    assert_eq!(after[0].0, at_query, "{after:?}");
+    assert!(after.iter().all(|hit| hit.0 != best_new), "{after:?}");
+    assert!(shard.pack_delta().unwrap());
+    assert_eq!(shard.search(first, 30, &[], false).unwrap(), after);
 }
 
 /// Exclusions hold in both parts, and a replayed or older revision changes nothing.
