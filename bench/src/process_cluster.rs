@@ -59,6 +59,12 @@ pub struct ClusterShape {
     /// load generator otherwise competes with what it measures.
     #[arg(long, requires = "processes")]
     pub server_cpus: Option<String>,
+    /// With `--processes`: run the gateway on these CPUs instead of
+    /// `--server-cpus`, as on a host of its own in front of the nodes (the
+    /// usual layout: Vespa's container nodes, Milvus' proxies), so that the
+    /// requests it refuses under overload cost the nodes' cores nothing.
+    #[arg(long, requires = "processes")]
+    pub gateway_cpus: Option<String>,
 }
 
 /// The cluster a benchmark drives: in its own process, or as processes of their own.
@@ -85,6 +91,7 @@ impl BenchCluster {
                 gateway_max_in_flight: shape.gateway_max_in_flight,
                 gateway_admission: shape.gateway_admission,
                 server_cpus: shape.server_cpus.clone(),
+                gateway_cpus: shape.gateway_cpus.clone(),
             };
             Self::Processes(ProcessCluster::start(bundle, &options).await?)
         } else {
@@ -184,12 +191,18 @@ pub struct ProcessOptions {
     pub gateway_admission: AdmissionMode,
     /// CPUs the servers run on (`taskset -c`), when pinned.
     pub server_cpus: Option<String>,
+    /// CPUs the gateway runs on, when not those of the other servers.
+    pub gateway_cpus: Option<String>,
 }
 
 impl ProcessOptions {
     /// The command that starts `binary`: under `taskset` when pinned.
     fn command(&self, binary: &Path, name: &str, addr: SocketAddr) -> ServerCommand {
-        match &self.server_cpus {
+        let cpus = match name {
+            "gateway" => self.gateway_cpus.as_ref().or(self.server_cpus.as_ref()),
+            _ => self.server_cpus.as_ref(),
+        };
+        match cpus {
             None => ServerCommand::new(binary, name, addr),
             Some(cpus) => ServerCommand::new("taskset", name, addr).args([
                 "-c".into(),
