@@ -210,6 +210,16 @@ impl LiveShard {
         self.read().revision
     }
 
+    /// Whether searches read a packed copy of the mutable part now
+    /// ([`Self::pack_delta`]).
+    pub fn delta_packed(&self) -> bool {
+        let mutable = self.read();
+        mutable
+            .packed
+            .as_ref()
+            .is_some_and(|packed| packed.generation == mutable.generation)
+    }
+
     /// Counts for `Info` and metrics.
     pub fn stats(&self) -> LiveStats {
         let mutable = self.read();

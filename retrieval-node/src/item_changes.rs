@@ -58,24 +58,42 @@ pub fn follow(
         crate::metrics::log_revision(shard, live.revision());
         let mut packer = Packer::default();
         loop {
-            let entry = match packer.due {
-                // Entries first: a pack waits for the log to pause.
-                Some(due) => tokio::select! {
-                    biased;
-                    entry = entries.recv() => entry,
-                    () = tokio::time::sleep_until(due) => {
-                        packer.pack(&live).await;
-                        continue;
+            let due = packer.due.filter(|_| packer.running.is_none());
+            tokio::select! {
+                // Entries first: a pack waits for the log to pause, and a pack
+                // running never holds up the entries after it.
+                biased;
+                entry = entries.recv() => {
+                    let Some(entry) = entry else { break };
+                    apply(&live, entry).await;
+                    applied.send_replace(live.revision());
+                    crate::metrics::delta_packed(shard, live.delta_packed());
+                    packer.changed();
+                }
+                finished = async {
+                    match packer.running.as_mut() {
+                        Some(task) => task.await,
+                        None => std::future::pending().await,
                     }
-                },
-                None => entries.recv().await,
-            };
-            let Some(entry) = entry else { break };
-            apply(&live, entry).await;
-            applied.send_replace(live.revision());
-            packer.changed();
+                }, if packer.running.is_some() => {
+                    packer.running = None;
+                    packer.finished(shard, finished);
+                    crate::metrics::delta_packed(shard, live.delta_packed());
+                }
+                () = tokio::time::sleep_until(due.unwrap_or_else(far_future)), if due.is_some() => {
+                    packer.start(&live);
+                }
+            }
+        }
+        if let Some(task) = packer.running.take() {
+            task.abort();
         }
     });
+}
+
+/// A time no timer reaches: the branch it stands in for is disabled anyway.
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
 /// How much longer than a pack took the follower waits before the next one:
@@ -83,13 +101,21 @@ pub fn follow(
 /// coming (a pack of 39,000 GloVe-50 items took 15-36 ms).
 const PACK_SPACING: u32 = 20;
 
-/// When to pack the mutable part next.
+/// What a pack task gives back: when it started, how long it took, what it did.
+type PackOutcome = (
+    tokio::time::Instant,
+    Duration,
+    Result<bool, recsys_index::ChangeError>,
+);
+
+/// When to pack the mutable part next, and the pack running, if any.
 #[derive(Default)]
 struct Packer {
     /// Set once a change was applied since the last pack: no sooner than this.
     due: Option<tokio::time::Instant>,
     /// The earliest time the next pack may start.
     allowed: Option<tokio::time::Instant>,
+    running: Option<tokio::task::JoinHandle<PackOutcome>>,
 }
 
 impl Packer {
@@ -98,25 +124,33 @@ impl Packer {
         self.due = Some(self.allowed.map_or(now, |allowed| allowed.max(now)));
     }
 
-    async fn pack(&mut self, live: &Arc<LiveShard>) {
+    /// Packs on the blocking pool; a change applied meanwhile makes the copy
+    /// stale and the pack says so ([`LiveShard::pack_delta`]).
+    fn start(&mut self, live: &Arc<LiveShard>) {
         self.due = None;
-        let shard = live.base().shard();
         let target = live.clone();
-        let started = tokio::time::Instant::now();
-        let packed = tokio::task::spawn_blocking(move || target.pack_delta()).await;
-        let took = started.elapsed();
-        self.allowed = Some(started + took.max(Duration::from_millis(1)) * PACK_SPACING);
-        match packed {
-            Ok(Ok(true)) => {
-                tracing::debug!(
-                    shard,
-                    ms = took.as_secs_f64() * 1e3,
-                    "packed the mutable part"
-                )
-            }
-            Ok(Ok(false)) => {}
-            Ok(Err(error)) => {
-                tracing::warn!(shard, %error, "packing the mutable part failed; searching it unpacked")
+        self.running = Some(tokio::task::spawn_blocking(move || {
+            let started = tokio::time::Instant::now();
+            let packed = target.pack_delta();
+            (started, started.elapsed(), packed)
+        }));
+    }
+
+    fn finished(&mut self, shard: u32, outcome: Result<PackOutcome, tokio::task::JoinError>) {
+        match outcome {
+            Ok((started, took, packed)) => {
+                self.allowed = Some(started + took.max(Duration::from_millis(1)) * PACK_SPACING);
+                match packed {
+                    Ok(true) => tracing::debug!(
+                        shard,
+                        ms = took.as_secs_f64() * 1e3,
+                        "packed the mutable part"
+                    ),
+                    Ok(false) => {}
+                    Err(error) => {
+                        tracing::warn!(shard, %error, "packing the mutable part failed; searching it unpacked")
+                    }
+                }
             }
             Err(error) => tracing::error!(shard, %error, "packing the mutable part failed"),
         }

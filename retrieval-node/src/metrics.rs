@@ -91,6 +91,21 @@ static REFUSED_CHANGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+static DELTA_PACKED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "recsys_retrieval_delta_packed",
+        "1 while the shard's searches read a packed copy of its mutable part (made once the change log pauses), 0 otherwise, by shard",
+        &["shard"],
+    )
+});
+
+/// Whether `shard`'s searches read a packed copy of its mutable part.
+pub fn delta_packed(shard: u32, packed: bool) {
+    DELTA_PACKED
+        .with_label_values(&[shard.to_string().as_str()])
+        .set(i64::from(packed));
+}
+
 /// `shard` has applied the change log up to `revision`.
 pub fn log_revision(shard: u32, revision: u64) {
     LOG_REVISION

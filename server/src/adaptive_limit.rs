@@ -18,7 +18,10 @@
 //! more than [`TAIL_SHARE`] of its calls took over [`TAIL_TOLERANCE`] times the
 //! baseline (the tail, which the mean hides) it shrinks by one; and when the
 //! window used the whole limit with neither, the limit grows by one (additive
-//! increase). A window in which the server never reached its limit
+//! increase). Only a window in which calls were refused shrinks it: without
+//! refusals the demand fits under the limit, slow calls are not queueing behind
+//! it (a replica failing over, a slow shard), and a smaller limit would only
+//! refuse calls that are being answered. A window in which the server never reached its limit
 //! says nothing about a larger one, and leaves it unchanged; one that stayed
 //! under half of it cannot blame slow calls on concurrency, and does not
 //! shrink it either (the work itself got slower, or something else did). The limit stays
@@ -71,6 +74,8 @@ pub struct AdaptiveLimit {
     window_count: u32,
     /// Calls of the window slower than [`TAIL_TOLERANCE`] times the baseline.
     window_tail: u32,
+    /// Whether a call was refused during the window.
+    window_refused: bool,
     /// The most calls in flight seen during the window (at admission).
     window_peak: usize,
     period_start: Option<Instant>,
@@ -95,6 +100,7 @@ impl AdaptiveLimit {
             window_sum: Duration::ZERO,
             window_count: 0,
             window_tail: 0,
+            window_refused: false,
             window_peak: 0,
             period_start: None,
             period_min: None,
@@ -121,6 +127,11 @@ impl AdaptiveLimit {
         }
     }
 
+    /// One call refused at the limit.
+    pub fn refused(&mut self) {
+        self.window_refused = true;
+    }
+
     /// One call admitted with `in_flight` calls (itself included) holding slots.
     pub fn admitted(&mut self, in_flight: usize) {
         self.window_peak = self.window_peak.max(in_flight);
@@ -143,16 +154,25 @@ impl AdaptiveLimit {
         let mean = self.window_sum / self.window_count;
         let tail = f64::from(self.window_tail) / f64::from(self.window_count);
         let peak = self.window_peak;
+        let refused = std::mem::take(&mut self.window_refused);
         self.window_start = Some(now);
         self.window_sum = Duration::ZERO;
         self.window_count = 0;
         self.window_tail = 0;
         self.window_peak = 0;
-        self.judge(mean, tail, peak, now)
+        self.judge(mean, tail, refused, peak, now)
     }
 
-    /// `tail`: the share of the window's calls in the tail.
-    fn judge(&mut self, mean: Duration, tail: f64, peak: usize, now: Instant) -> Option<usize> {
+    /// `tail`: the share of the window's calls in the tail; `refused`: whether
+    /// the limit refused a call during it.
+    fn judge(
+        &mut self,
+        mean: Duration,
+        tail: f64,
+        refused: bool,
+        peak: usize,
+        now: Instant,
+    ) -> Option<usize> {
         self.windows += 1;
         let period_start = *self.period_start.get_or_insert(now);
         if now.saturating_duration_since(period_start) >= BASELINE_PERIOD {
@@ -163,14 +183,14 @@ impl AdaptiveLimit {
         let baseline = self.baseline().unwrap_or(mean);
         let ratio = mean.as_secs_f64() / baseline.as_secs_f64().max(1e-9);
         let before = self.limit;
-        if ratio > TOLERANCE && peak.saturating_mul(2) >= before {
+        if refused && ratio > TOLERANCE && peak.saturating_mul(2) >= before {
             // Shrink toward the limit at which latency would be back within
             // tolerance, by at most half per window so one slow window (a GC
             // pause elsewhere, a page fault) cannot collapse the limit.
             let factor = (TOLERANCE / ratio).max(0.5);
             let shrunk = (before as f64 * factor).floor() as usize;
             self.limit = shrunk.min(before.saturating_sub(1)).max(self.floor);
-        } else if tail > TAIL_SHARE && peak.saturating_mul(2) >= before {
+        } else if refused && tail > TAIL_SHARE && peak.saturating_mul(2) >= before {
             self.limit = before.saturating_sub(1).max(self.floor);
         } else if peak >= before {
             self.limit = before.saturating_add(1).min(self.ceiling);
@@ -195,6 +215,10 @@ mod tests {
         let until = limit.windows() + windows as u64;
         while limit.windows() < until {
             limit.admitted(in_flight);
+            // Demand at the limit: the excess is refused.
+            if in_flight >= limit.limit() {
+                limit.refused();
+            }
             now += WINDOW / MIN_SAMPLES + Duration::from_micros(1);
             limit.finished(latency, now);
         }
@@ -243,6 +267,7 @@ mod tests {
             let mut i = 0;
             while limit.windows() == before {
                 limit.admitted(limit.limit());
+                limit.refused();
                 *now += WINDOW / MIN_SAMPLES + Duration::from_micros(1);
                 let latency = if slow && i == 0 { 6 * FAST } else { FAST };
                 limit.finished(latency, *now);
@@ -258,6 +283,21 @@ mod tests {
         assert_eq!(limit.limit(), 1);
         window(&mut limit, &mut now, false);
         assert_eq!(limit.limit(), 2, "no tail: grows again");
+    }
+
+    /// Slow calls with nothing refused (a replica failing over under a load the
+    /// limit admits whole) leave the limit: shrinking it would refuse calls
+    /// that are being answered.
+    #[test]
+    fn slow_windows_without_refusals_never_shrink_the_limit() {
+        let mut limit = AdaptiveLimit::new(1, 8);
+        let mut now = feed(&mut limit, Instant::now(), 2, FAST, 1);
+        for _ in 0..10 * MIN_SAMPLES {
+            limit.admitted(8);
+            now += WINDOW / MIN_SAMPLES + Duration::from_micros(1);
+            limit.finished(20 * FAST, now);
+        }
+        assert_eq!(limit.limit(), 8);
     }
 
     #[test]

@@ -340,6 +340,9 @@ where
         }
         let Some(permit) = limiter.try_acquire() else {
             limiter.series.shed.inc();
+            if let Some(Ok(mut adaptive)) = limiter.adaptive.as_ref().map(Mutex::try_lock) {
+                adaptive.refused();
+            }
             let status = tonic::Status::resource_exhausted(format!(
                 "{} is at its limit of {} calls in flight (--max-in-flight, --admission); retry later",
                 limiter.service,
@@ -580,10 +583,11 @@ mod tests {
             ceiling,
             "an unloaded server keeps its ceiling"
         );
-        // Overload: every slot taken by calls twenty times slower.
+        // Overload: more calls than slots, twenty times slower (a limit only
+        // shrinks while it refuses calls).
         let mut shed = 0;
         for _ in 0..40 {
-            shed += burst(&service, ceiling, 20).await;
+            shed += burst(&service, ceiling + ceiling / 4, 20).await;
         }
         let shrunk = admission.limit();
         assert!(shrunk < ceiling / 4, "limit {shrunk}");

@@ -191,6 +191,22 @@ async fn upserts_and_deletes_reach_every_replica_through_etcd() {
         )
         .await;
     }
+    // Once the log pauses, the follower packs the mutable part, and searches
+    // read the packed copy: still the same answers.
+    let packed = r#"recsys_retrieval_delta_packed{shard="0"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while metric_value(&recsys_server::metrics::render(), packed) != Some(1.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mutable part was never packed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for replica in [replica_a, replica_b] {
+        let ids = top(replica, &new_vector, 10).await.unwrap();
+        assert_eq!(ids.first(), Some(&new_id), "{ids:?}");
+        assert!(!top(replica, &query, 10).await.unwrap().contains(&best));
+    }
 
     // While etcd is down the nodes serve what they have; after it returns, and
     // after a replica restarts from its bundle, the log brings everyone level.
