@@ -318,6 +318,10 @@ pub fn run(args: RetrievalArgs) -> anyhow::Result<()> {
 /// One search of a pass, as [`Pass::measure_alternating`] holds two.
 type Search<'a> = dyn Fn(&[f32]) -> Result<Vec<Hit>, SearchError> + 'a;
 
+/// Queries searched before a measurement starts, so that page faults of the
+/// memory-mapped file are not timed.
+const WARM_UP: usize = 200;
+
 /// Queries per block of [`Pass::measure_alternating`]: about 20 ms of searching.
 const BLOCK: usize = 50;
 
@@ -356,7 +360,7 @@ impl Pass<'_> {
         second: impl Fn(&[f32]) -> Result<Vec<Hit>, SearchError>,
     ) -> anyhow::Result<[(f64, f64); 2]> {
         let searches: [&Search<'_>; 2] = [&first, &second];
-        for query in self.queries.chunks_exact(self.dim).take(200) {
+        for query in self.queries.chunks_exact(self.dim).take(WARM_UP) {
             for search in searches {
                 search(query)?;
             }
@@ -388,8 +392,7 @@ impl Pass<'_> {
         &self,
         search: impl Fn(&[f32]) -> Result<Vec<Hit>, SearchError>,
     ) -> anyhow::Result<(f64, f64, f64)> {
-        // One warm-up pass so page faults of the memory-mapped file are not timed.
-        for query in self.queries.chunks_exact(self.dim).take(200) {
+        for query in self.queries.chunks_exact(self.dim).take(WARM_UP) {
             search(query)?;
         }
         let cpu_started = thread_cpu_seconds()?;

@@ -151,17 +151,15 @@ impl Mutable {
     /// The index a search of the mutable part reads: the packed copy if it is
     /// current, else the delta itself.
     fn searched(&self) -> &Index {
-        match &self.packed {
-            Some(packed) if packed.generation == self.generation => &packed.index,
-            _ => &self.delta,
-        }
+        self.current_packed()
+            .map_or(&self.delta, |packed| &packed.index)
     }
 
-    /// Whether the packed copy is there and no change came since it was made.
-    fn packed_is_current(&self) -> bool {
+    /// The packed copy, if no change came since it was made.
+    fn current_packed(&self) -> Option<&PackedDelta> {
         self.packed
             .as_ref()
-            .is_some_and(|packed| packed.generation == self.generation)
+            .filter(|packed| packed.generation == self.generation)
     }
 }
 
@@ -220,7 +218,7 @@ impl LiveShard {
     /// Whether searches read a packed copy of the mutable part now
     /// ([`Self::pack_delta`]).
     pub fn delta_packed(&self) -> bool {
-        self.read().packed_is_current()
+        self.read().current_packed().is_some()
     }
 
     /// Counts for `Info` and metrics.
@@ -312,7 +310,7 @@ impl LiveShard {
         let usearch = |e: &dyn std::fmt::Display| ChangeError::Usearch(e.to_string());
         let (buffer, generation) = {
             let mutable = self.read();
-            if mutable.delta.size() == 0 || mutable.packed_is_current() {
+            if mutable.delta.size() == 0 || mutable.current_packed().is_some() {
                 return Ok(false);
             }
             let len = mutable.delta.serialized_length();

@@ -80,7 +80,12 @@ pub fn follow(
                     packer.finished(shard, finished);
                     crate::metrics::delta_packed(shard, live.delta_packed());
                 }
-                () = tokio::time::sleep_until(due.unwrap_or_else(far_future)), if due.is_some() => {
+                () = async {
+                    match due {
+                        Some(due) => tokio::time::sleep_until(due).await,
+                        None => std::future::pending().await,
+                    }
+                }, if due.is_some() => {
                     packer.start(&live);
                 }
             }
@@ -89,11 +94,6 @@ pub fn follow(
             task.abort();
         }
     });
-}
-
-/// A time no timer reaches: the branch it stands in for is disabled anyway.
-fn far_future() -> tokio::time::Instant {
-    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
 /// How much longer than a pack took the follower waits before the next one:

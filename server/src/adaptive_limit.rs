@@ -21,8 +21,8 @@
 //! increase). Only a window in which calls were refused shrinks it: without
 //! refusals the demand fits under the limit, slow calls are not queueing behind
 //! it (a replica failing over, a slow shard), and a smaller limit would only
-//! refuse calls that are being answered. A window in which the server never reached its limit
-//! says nothing about a larger one, and leaves it unchanged; one that stayed
+//! refuse calls that are being answered. A window in which the server never
+//! reached its limit says nothing about a larger one, and leaves it unchanged; one that stayed
 //! under half of it cannot blame slow calls on concurrency, and does not
 //! shrink it either (the work itself got slower, or something else did). The limit stays
 //! between a floor (never below what one core's worth of calls needs) and the
@@ -49,10 +49,12 @@ pub const BASELINE_PERIOD: Duration = Duration::from_secs(5);
 /// about one call per slot is allowed, which keeps the server busy.
 pub const TOLERANCE: f64 = 2.0;
 
-/// A call slower than this many times the baseline (mean) is in the tail. Four:
-/// an unloaded server's p99 is about one and a half times its mean, so this is
-/// about two and a half times the unloaded p99, inside the overload target of
-/// three with room for what the client's side of the wire adds.
+/// A call slower than this many times the baseline (mean) is in the tail. Two
+/// and a half: an unloaded server's p99 is about one and a half times its mean,
+/// so this is about 1.7 times the unloaded p99, which leaves room inside the
+/// overload target of three for what the gateway sees too late (the refusals
+/// queued ahead of a call, the wire, the client): with 4 and 3 the client saw
+/// 4.1 and 3.2 times at five times the saturating rate (docs/benchmarks.md).
 pub const TAIL_TOLERANCE: f64 = 2.5;
 
 /// The share of a window's calls that may be in the tail: one in a hundred, the
@@ -254,8 +256,8 @@ mod tests {
     }
 
     /// A mean within tolerance hides a tail: when more than one call in a hundred
-    /// takes over four times the baseline, the limit comes down one a window, and
-    /// a tail within budget lets it grow again.
+    /// takes over [`TAIL_TOLERANCE`] times the baseline while calls are refused,
+    /// the limit comes down one a window, and no tail lets it grow again.
     #[test]
     fn a_slow_tail_under_a_mean_in_tolerance_shrinks_the_limit_by_one() {
         let mut limit = AdaptiveLimit::new(1, 4);
