@@ -59,7 +59,15 @@ pub struct ItemsArgs {
     /// phase (in calls of `--batch`).
     #[arg(long, default_value_t = 2_000.0)]
     pub background_rate: f64,
+    /// The gateway's `--max-apply-lag-ms` (unset: its default). Writers here
+    /// honour its push-back: a refused call waits [`BACK_OFF`] and is sent again.
+    #[arg(long)]
+    pub max_apply_lag_ms: Option<u64>,
 }
+
+/// How long a writer waits after `RESOURCE_EXHAUSTED` (the gateway's push-back
+/// while replicas lag) before sending the same call again.
+const BACK_OFF: Duration = Duration::from_millis(20);
 
 /// Upserted vectors: random directions far out, so that an item is the best
 /// match of its own vector whatever the metric.
@@ -115,6 +123,7 @@ async fn start_cluster(
     manifest: &Manifest,
     replicas: usize,
     etcd: &str,
+    max_apply_lag_ms: Option<u64>,
 ) -> anyhow::Result<(Servers, Vec<Vec<SocketAddr>>, SocketAddr)> {
     let binaries = binaries_dir()?;
     let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
@@ -170,6 +179,9 @@ async fn start_cluster(
     // The gateway does not register: no node id.
     args.truncate(args.len() - 4);
     args.extend(["--io-threads".to_string(), "1".to_string()]);
+    if let Some(lag) = max_apply_lag_ms {
+        args.extend(["--max-apply-lag-ms".to_string(), lag.to_string()]);
+    }
     let binary = workspace_binary(&binaries, "gateway")?;
     servers.0.push(
         ServerCommand::new(binary, "gateway", gateway)
@@ -199,13 +211,45 @@ struct Stream {
     pause: Duration,
 }
 
-/// Upserts the stream's items; answers the time it took, the items sent and
-/// the highest revision answered.
+/// What a stream of upserts did.
+struct Streamed {
+    elapsed: Duration,
+    /// Items accepted.
+    sent: u64,
+    /// The highest revision answered.
+    revision: u64,
+    /// Calls refused by the gateway's push-back (each sent again).
+    refused: u64,
+}
+
+/// One `UpsertItems` call, sent again after [`BACK_OFF`] while the gateway
+/// pushes back (each refusal counted in `refused`).
+async fn upsert(
+    client: &mut CatalogServiceClient<Channel>,
+    items: Vec<ItemUpsert>,
+    refused: &AtomicU64,
+) -> anyhow::Result<recsys_proto::v1::CatalogChangeResponse> {
+    loop {
+        let request = UpsertItemsRequest {
+            items: items.clone(),
+        };
+        match client.upsert_items(request).await {
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                refused.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(BACK_OFF).await;
+            }
+            answer => return Ok(answer.context("UpsertItems")?.into_inner()),
+        }
+    }
+}
+
+/// Upserts the stream's items, each call sent again after [`BACK_OFF`] while
+/// the gateway pushes back.
 async fn upsert_stream(
     gateway: Channel,
     vectors: Arc<std::sync::Mutex<Vectors>>,
     stream: Stream,
-) -> anyhow::Result<(Duration, u64, u64)> {
+) -> anyhow::Result<Streamed> {
     let Stream {
         first_id,
         count,
@@ -215,11 +259,17 @@ async fn upsert_stream(
         pause,
     } = stream;
     let next = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (gateway, vectors, next, stop) =
-            (gateway.clone(), vectors.clone(), next.clone(), stop.clone());
+        let (gateway, vectors, next, stop, refused) = (
+            gateway.clone(),
+            vectors.clone(),
+            next.clone(),
+            stop.clone(),
+            refused.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut client = CatalogServiceClient::new(gateway);
             let (mut sent, mut revision) = (0u64, 0u64);
@@ -242,11 +292,7 @@ async fn upsert_stream(
                         })
                         .collect()
                 };
-                let answer = client
-                    .upsert_items(UpsertItemsRequest { items })
-                    .await
-                    .context("UpsertItems")?
-                    .into_inner();
+                let answer = upsert(&mut client, items, &refused).await?;
                 revision = revision.max(answer.revision);
                 sent += batch as u64;
                 if !pause.is_zero() {
@@ -261,7 +307,12 @@ async fn upsert_stream(
         sent += n;
         revision = revision.max(r);
     }
-    Ok((started.elapsed(), sent, revision))
+    Ok(Streamed {
+        elapsed: started.elapsed(),
+        sent,
+        revision,
+        refused: refused.load(Ordering::Relaxed),
+    })
 }
 
 /// Waits until every replica has applied the log up to `revision` (a search
@@ -318,16 +369,12 @@ async fn visibility(
     for probe in 0..probes as u64 {
         let id = first_id + probe;
         let vector = vectors.lock().unwrap_or_else(|e| e.into_inner()).next();
-        catalog
-            .upsert_items(UpsertItemsRequest {
-                items: vec![ItemUpsert {
-                    item_id: id,
-                    embedding: vector.clone(),
-                    ..Default::default()
-                }],
-            })
-            .await
-            .context("UpsertItems")?;
+        let item = ItemUpsert {
+            item_id: id,
+            embedding: vector.clone(),
+            ..Default::default()
+        };
+        upsert(&mut catalog, vec![item], &AtomicU64::new(0)).await?;
         let answered = Instant::now();
         let shard = shard_of(id, shards.len() as u32) as usize;
         let mut pending: Vec<usize> = (0..clients[shard].len()).collect();
@@ -382,8 +429,14 @@ pub async fn items(args: ItemsArgs) -> anyhow::Result<()> {
     let manifest = Manifest::load(&args.bundle)
         .with_context(|| format!("reading the bundle at {}", args.bundle.display()))?;
     let etcd = EtcdServer::start().await.context("starting etcd")?;
-    let (servers, shards, gateway) =
-        start_cluster(&args.bundle, &manifest, args.replicas, &etcd.endpoint()).await?;
+    let (servers, shards, gateway) = start_cluster(
+        &args.bundle,
+        &manifest,
+        args.replicas,
+        &etcd.endpoint(),
+        args.max_apply_lag_ms,
+    )
+    .await?;
     let channel = channel(gateway).await?;
     let vectors = Arc::new(std::sync::Mutex::new(Vectors {
         state: 0x1717_2026,
@@ -392,7 +445,12 @@ pub async fn items(args: ItemsArgs) -> anyhow::Result<()> {
     // Ids far above any bundle's.
     let base = 1u64 << 60;
 
-    let (elapsed, sent, revision) = upsert_stream(
+    let Streamed {
+        elapsed,
+        sent,
+        revision,
+        refused,
+    } = upsert_stream(
         channel.clone(),
         vectors.clone(),
         Stream {
@@ -416,6 +474,7 @@ pub async fn items(args: ItemsArgs) -> anyhow::Result<()> {
             "concurrency": args.concurrency,
             "seconds": elapsed.as_secs_f64(),
             "items_per_s": sent as f64 / elapsed.as_secs_f64(),
+            "calls_refused_for_lag": refused,
             "replicas_caught_up_after_s": drained.as_secs_f64(),
         })
     );
@@ -459,11 +518,13 @@ pub async fn items(args: ItemsArgs) -> anyhow::Result<()> {
     )
     .await;
     stop.store(true, Ordering::Relaxed);
-    let (elapsed, sent, _) = background.await??;
+    let background = background.await??;
     let loaded = loaded?;
     let mut line = summary(&loaded);
     line["phase"] = "visibility_under_load".into();
-    line["background_items_per_s"] = (sent as f64 / elapsed.as_secs_f64()).into();
+    line["background_items_per_s"] =
+        (background.sent as f64 / background.elapsed.as_secs_f64()).into();
+    line["background_calls_refused_for_lag"] = background.refused.into();
     println!("{line}");
     drop(servers);
     Ok(())

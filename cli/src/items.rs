@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -12,7 +13,8 @@ use recsys_proto::limits::MAX_CATALOG_ITEMS;
 use recsys_proto::v1::catalog_service_client::CatalogServiceClient;
 use recsys_proto::v1::feature_value::Kind;
 use recsys_proto::v1::{
-    DeleteItemsRequest, FeatureValue, ItemUpsert, StringList, UpsertItemsRequest,
+    CatalogChangeResponse, DeleteItemsRequest, FeatureValue, ItemUpsert, StringList,
+    UpsertItemsRequest,
 };
 
 use crate::gateway_client::{GatewayFlags, refused};
@@ -94,7 +96,7 @@ async fn upsert(args: UpsertArgs) -> anyhow::Result<()> {
         Some(path) => read_features(path)?,
         None => HashMap::new(),
     };
-    let mut client = CatalogServiceClient::new(args.gateway.connect().await?);
+    let client = CatalogServiceClient::new(args.gateway.connect().await?);
     let rows: Vec<usize> = (0..vectors.len()).collect();
     let mut revision = 0;
     for batch in rows.chunks(args.batch) {
@@ -111,16 +113,62 @@ async fn upsert(args: UpsertArgs) -> anyhow::Result<()> {
                 features: features.remove(&vectors.ids[row]).unwrap_or_default(),
             })
             .collect();
-        let response = client
-            .upsert_items(args.gateway.request(UpsertItemsRequest { items })?)
-            .await
-            .map_err(refused)?
-            .into_inner();
+        let request = UpsertItemsRequest { items };
+        let response = with_push_back(|| {
+            let mut client = client.clone();
+            let request = args.gateway.request(request.clone());
+            async move {
+                client
+                    .upsert_items(request?)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
+        })
+        .await?;
         revision = response.revision;
         eprintln!("upserted {} items at revision {revision}", response.items);
     }
     println!("{revision}");
     Ok(())
+}
+
+/// The longest the CLI keeps sending one call the gateway pushes back.
+const MAX_PUSH_BACK: Duration = Duration::from_secs(300);
+
+/// One item change call, sent again while the gateway pushes back (replicas
+/// behind the change log, `--max-apply-lag-ms` on the gateway), waiting 50 ms
+/// doubling to 2 s between tries, for at most [`MAX_PUSH_BACK`]. Any other
+/// refusal (etcd's quota, a bad item) is final.
+async fn with_push_back<F, Fut>(mut send: F) -> anyhow::Result<CatalogChangeResponse>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<tonic::Response<CatalogChangeResponse>>>,
+{
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(50);
+    let mut said = false;
+    loop {
+        let error = match send().await {
+            Ok(response) => return Ok(response.into_inner()),
+            Err(error) => error,
+        };
+        let pushed_back = error.downcast_ref::<tonic::Status>().is_some_and(|status| {
+            status.code() == tonic::Code::ResourceExhausted
+                && status.message().contains("--max-apply-lag-ms")
+        });
+        if !pushed_back || started.elapsed() > MAX_PUSH_BACK {
+            return Err(match error.downcast::<tonic::Status>() {
+                Ok(status) => refused(status),
+                Err(error) => error,
+            });
+        }
+        if !said {
+            eprintln!("the gateway pushes back (replicas are behind the change log); waiting");
+            said = true;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
 }
 
 /// Reads an item feature table: each item's features by name, a cell with `|`
@@ -174,20 +222,74 @@ fn read_features(path: &Path) -> anyhow::Result<HashMap<u64, HashMap<String, Fea
 }
 
 async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
-    let mut client = CatalogServiceClient::new(args.gateway.connect().await?);
+    let client = CatalogServiceClient::new(args.gateway.connect().await?);
     let mut revision = 0;
     for ids in args.ids.chunks(MAX_CATALOG_ITEMS) {
         let request = DeleteItemsRequest {
             item_ids: ids.to_vec(),
         };
-        let response = client
-            .delete_items(args.gateway.request(request)?)
-            .await
-            .map_err(refused)?
-            .into_inner();
+        let response = with_push_back(|| {
+            let mut client = client.clone();
+            let request = args.gateway.request(request.clone());
+            async move {
+                client
+                    .delete_items(request?)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
+        })
+        .await?;
         revision = response.revision;
         eprintln!("deleted {} items at revision {revision}", response.items);
     }
     println!("{revision}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    fn answer(revision: u64) -> anyhow::Result<tonic::Response<CatalogChangeResponse>> {
+        Ok(tonic::Response::new(CatalogChangeResponse {
+            revision,
+            items: 1,
+        }))
+    }
+
+    /// The gateway's push-back is waited out; its other refusals are final.
+    #[tokio::test(start_paused = true)]
+    async fn push_back_is_waited_out_and_other_refusals_are_final() {
+        let tries = Cell::new(0);
+        let lagging = || {
+            tries.set(tries.get() + 1);
+            let result = if tries.get() < 3 {
+                Err(tonic::Status::resource_exhausted(
+                    "item changes refused: ... (--max-apply-lag-ms 10000); retry",
+                )
+                .into())
+            } else {
+                answer(7)
+            };
+            async move { result }
+        };
+        assert_eq!(with_push_back(lagging).await.unwrap().revision, 7);
+        assert_eq!(tries.get(), 3);
+
+        let tries = Cell::new(0);
+        let full = || {
+            tries.set(tries.get() + 1);
+            async {
+                Err(tonic::Status::resource_exhausted("etcd is full: --quota-backend-bytes").into())
+            }
+        };
+        let refused = with_push_back(full).await.unwrap_err();
+        assert!(
+            refused.to_string().contains("quota-backend-bytes"),
+            "{refused}"
+        );
+        assert_eq!(tries.get(), 1);
+    }
 }

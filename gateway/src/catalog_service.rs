@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use recsys_bundle::shard_of;
 use recsys_catalog_log::{ChangeLog, LogError};
@@ -20,8 +21,10 @@ use recsys_proto::v1::{
     UpsertItemsRequest, item_change_record::Change,
 };
 use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::apply_lag::ApplyLag;
 use crate::bundle_state::ready_bundle;
 use crate::service::GatewayShared;
 
@@ -32,7 +35,15 @@ pub struct ItemLogOptions {
     pub etcd: recsys_discovery::EtcdAccess,
     /// The cluster name (`/recsys/{cluster}/catalog/`).
     pub cluster: String,
+    /// Refuse item changes once one accepted here has waited longer than this
+    /// for a serving retrieval replica to apply it (`apply_lag`); zero: never.
+    pub max_apply_lag: Duration,
 }
+
+/// `--max-apply-lag-ms`'s default: a replica restarted beside a steady writer
+/// catches up well within it (docs/benchmarks.md, "Item updates"), a writer
+/// faster than the replicas reaches it in seconds.
+pub const DEFAULT_MAX_APPLY_LAG: Duration = Duration::from_secs(10);
 
 /// The service; cheap to clone.
 #[derive(Clone)]
@@ -42,16 +53,28 @@ pub struct Catalog {
     /// Connected on first use: connecting is lazy anyway, and a gateway whose
     /// etcd is away must still start.
     log: Arc<OnceCell<ChangeLog>>,
+    /// Push-back while replicas fall behind.
+    lag: Arc<ApplyLag>,
 }
 
 impl Catalog {
     /// A service appending to the log `options` names (none: every call is
     /// refused with `FAILED_PRECONDITION`).
-    pub fn new(shared: Arc<GatewayShared>, options: Option<ItemLogOptions>) -> Self {
+    pub fn new(
+        shared: Arc<GatewayShared>,
+        options: Option<ItemLogOptions>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let max = options
+            .as_ref()
+            .map_or(Duration::ZERO, |options| options.max_apply_lag);
+        let lag = Arc::new(ApplyLag::new(max));
+        lag.spawn_probes(shared.view.clone(), shared.clients.clone(), shutdown);
         Self {
             shared,
             options,
             log: Arc::new(OnceCell::new()),
+            lag,
         }
     }
 
@@ -95,6 +118,8 @@ impl Catalog {
                     change: Some(change),
                 });
         }
+        let shards: Vec<u32> = by_shard.keys().copied().collect();
+        self.lag.check(&shards, shard_count)?;
         let records: Vec<ShardChangeRecord> = by_shard
             .into_iter()
             .map(|(shard, changes)| ShardChangeRecord {
@@ -110,6 +135,7 @@ impl Catalog {
             .append(&records)
             .await
             .map_err(log_status)?;
+        self.lag.appended(revision, &shards, shard_count);
         tracing::info!(
             revision,
             items,

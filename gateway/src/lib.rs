@@ -8,6 +8,7 @@
 
 mod answer_check;
 pub mod api_keys;
+mod apply_lag;
 pub mod bundle_filter;
 pub mod bundle_state;
 pub mod catalog_overlay;
@@ -31,7 +32,7 @@ mod validate;
 mod version_probe;
 pub mod versions;
 
-pub use catalog_service::ItemLogOptions;
+pub use catalog_service::{DEFAULT_MAX_APPLY_LAG, ItemLogOptions};
 pub use error::GatewayError;
 pub use node_identity::NodeTlsFiles;
 pub use server::{GatewayConfig, GatewaySecurity, run};

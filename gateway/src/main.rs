@@ -98,6 +98,12 @@ struct Args {
     /// running); calls without an accepted key get UNAUTHENTICATED.
     #[arg(long, env = "RECSYS_API_KEYS")]
     api_keys: Option<PathBuf>,
+    /// With etcd: refuse UpsertItems and DeleteItems (RESOURCE_EXHAUSTED) once a
+    /// change accepted here has waited longer than this for a serving retrieval
+    /// replica to apply it, so that writers back off and changes stay visible
+    /// within about this long; 0 never refuses.
+    #[arg(long, env = "RECSYS_MAX_APPLY_LAG_MS", default_value_t = recsys_gateway::DEFAULT_MAX_APPLY_LAG.as_millis() as u64)]
+    max_apply_lag_ms: u64,
     #[command(flatten)]
     admission: recsys_server::admission::AdmissionFlags,
     #[command(flatten)]
@@ -208,6 +214,7 @@ impl Args {
             item_log: etcd.map(|etcd| recsys_gateway::ItemLogOptions {
                 etcd,
                 cluster: self.cluster.clone(),
+                max_apply_lag: Duration::from_millis(self.max_apply_lag_ms),
             }),
         };
         Ok((discovery, config))

@@ -91,6 +91,30 @@ static INVALID_REGISTRATIONS: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
+static APPLY_LAG: LazyLock<prometheus::Gauge> = LazyLock::new(|| {
+    recsys_server::metrics::float_gauge(
+        "recsys_gateway_apply_lag_seconds",
+        "age of the oldest item change this gateway accepted that a serving retrieval replica has not applied (0: none pending); past --max-apply-lag-ms item changes are refused",
+    )
+});
+
+static APPLY_LAG_REFUSALS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "recsys_gateway_apply_lag_refusals_total",
+        "UpsertItems and DeleteItems calls refused with RESOURCE_EXHAUSTED because a replica lagged past --max-apply-lag-ms",
+    )
+});
+
+/// The oldest pending item change is `seconds` old.
+pub fn apply_lag(seconds: f64) {
+    APPLY_LAG.set(seconds);
+}
+
+/// An item change call was refused for the replicas' lag.
+pub fn apply_lag_refused() {
+    APPLY_LAG_REFUSALS.inc();
+}
+
 /// `count` registrations are ignored for impossible shard numbers.
 pub fn invalid_registrations(count: usize) {
     INVALID_REGISTRATIONS.set(i64::try_from(count).unwrap_or(i64::MAX));

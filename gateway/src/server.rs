@@ -167,8 +167,12 @@ pub async fn run(
     // Item changes: behind the same API keys, outside admission control (an
     // operator's call, not traffic), and decoded up to twice what one change-log
     // entry may hold so that a call over it is refused by name, not by size.
-    let catalog = CatalogServiceServer::new(Catalog::new(shared.clone(), config.item_log.clone()))
-        .max_decoding_message_size(2 * recsys_catalog_log::limits::MAX_ENTRY_BYTES);
+    let catalog = CatalogServiceServer::new(Catalog::new(
+        shared.clone(),
+        config.item_log.clone(),
+        shutdown.clone(),
+    ))
+    .max_decoding_message_size(2 * recsys_catalog_log::limits::MAX_ENTRY_BYTES);
     router
         .add_service(InterceptedService::new(
             catalog,

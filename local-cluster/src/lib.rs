@@ -432,6 +432,7 @@ impl LocalCluster {
                 .map(|etcd| recsys_gateway::ItemLogOptions {
                     etcd: etcd.access_for(ClusterUser::Gateway),
                     cluster: etcd.cluster.clone(),
+                    max_apply_lag: recsys_gateway::DEFAULT_MAX_APPLY_LAG,
                 }),
         };
         if options.etcd.is_some() {

@@ -102,6 +102,12 @@ pub fn gauge(name: &str, help: &str) -> IntGauge {
     register(IntGauge::new(name, help).expect("constant metric definition"))
 }
 
+/// A registered gauge of a fractional value (seconds), without labels.
+#[allow(clippy::expect_used)]
+pub fn float_gauge(name: &str, help: &str) -> prometheus::Gauge {
+    register(prometheus::Gauge::new(name, help).expect("constant metric definition"))
+}
+
 static GRPC_CALLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "recsys_grpc_server_handled_total",

@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 pub mod compose;
+pub mod live_cluster;
 pub mod load;
 pub mod misbehaving;
 pub mod moto;

@@ -16,7 +16,7 @@ use recsys_bundle::{BundleRoot, Catalog, Manifest, shard_of};
 use recsys_bundle_builder::synthetic::{SyntheticSpec, build_synthetic};
 use recsys_bundle_builder::{BuildOptions, Staging};
 use recsys_catalog_log::ChangeLog;
-use recsys_discovery::{AnnounceOptions, EtcdServer};
+use recsys_discovery::EtcdServer;
 use recsys_proto::v1::feature_value::Kind;
 use recsys_proto::v1::retrieval_service_client::RetrievalServiceClient;
 use recsys_proto::v1::{
@@ -24,7 +24,6 @@ use recsys_proto::v1::{
     item_change_record::Change,
 };
 use recsys_retrieval_node::{LoadMode, ShardIndex};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 const SHARDS: u32 = 2;
@@ -87,28 +86,7 @@ async fn node(
     etcd: &EtcdServer,
     token: &CancellationToken,
 ) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let announce = AnnounceOptions::new(
-        vec![etcd.endpoint()],
-        CLUSTER,
-        id.to_string(),
-        addr.to_string(),
-    );
-    let config = recsys_retrieval_node::NodeConfig {
-        bundle: recsys_bundle::BundleSource::at(dir.to_path_buf()),
-        shard,
-        search_threads: 1,
-        limits: Default::default(),
-        load_mode: Default::default(),
-        announce: Some(announce),
-        access: Default::default(),
-        server_limits: Default::default(),
-        max_in_flight: 0,
-        versions: Default::default(),
-    };
-    tokio::spawn(recsys_retrieval_node::run(listener, config, token.clone()));
-    addr
+    recsys_tests::live_cluster::retrieval_node(dir, shard, id, etcd, CLUSTER, token).await
 }
 
 /// The node's exact top `k` once it has applied the log up to `revision`.

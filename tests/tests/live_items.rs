@@ -10,14 +10,13 @@ use std::time::Duration;
 
 use recsys_bundle::shard_of;
 use recsys_catalog_log::ChangeLog;
-use recsys_discovery::{AnnounceOptions, EtcdServer};
+use recsys_discovery::EtcdServer;
 use recsys_proto::v1::retrieval_service_client::RetrievalServiceClient;
 use recsys_proto::v1::{
     InfoRequest, ItemChangeRecord, ItemUpsert, SearchRequest, ShardChangeRecord,
     item_change_record::Change,
 };
 use recsys_tests::*;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 const SHARDS: u32 = 2;
@@ -34,28 +33,8 @@ async fn node(
     etcd: &EtcdServer,
     token: &CancellationToken,
 ) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let announce = AnnounceOptions::new(
-        vec![etcd.endpoint()],
-        CLUSTER,
-        format!("retrieval-{shard}-{replica}"),
-        addr.to_string(),
-    );
-    let config = recsys_retrieval_node::NodeConfig {
-        bundle: recsys_bundle::BundleSource::at(bundle.path().to_path_buf()),
-        versions: Default::default(),
-        shard,
-        search_threads: 1,
-        limits: Default::default(),
-        load_mode: Default::default(),
-        announce: Some(announce),
-        access: Default::default(),
-        server_limits: Default::default(),
-        max_in_flight: 0,
-    };
-    tokio::spawn(recsys_retrieval_node::run(listener, config, token.clone()));
-    addr
+    let id = format!("retrieval-{shard}-{replica}");
+    live_cluster::retrieval_node(bundle.path(), shard, &id, etcd, CLUSTER, token).await
 }
 
 async fn client(addr: SocketAddr) -> RetrievalServiceClient<tonic::transport::Channel> {
@@ -258,34 +237,14 @@ async fn upserts_and_deletes_reach_every_replica_through_etcd() {
 }
 
 /// A gateway routing by the nodes' etcd registrations and appending item
-/// changes to the cluster's log there.
+/// changes to the cluster's log there, refusing them past `max_apply_lag`.
 async fn etcd_gateway(
     bundle: &TestBundle,
     etcd: &EtcdServer,
+    max_apply_lag: Duration,
     token: &CancellationToken,
 ) -> SocketAddr {
-    use recsys_discovery::{EtcdMembership, EtcdOptions};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let membership = std::sync::Arc::new(EtcdMembership::start(EtcdOptions::new(
-        vec![etcd.endpoint()],
-        CLUSTER.to_string(),
-    )));
-    let config = recsys_gateway::GatewayConfig {
-        item_log: Some(recsys_gateway::ItemLogOptions {
-            etcd: etcd.access(),
-            cluster: CLUSTER.into(),
-        }),
-        ..recsys_tests::static_gateway::gateway_config(bundle.path())
-    };
-    let serve = recsys_gateway::run(listener, config, membership, token.clone());
-    let mut gateway =
-        recsys_local_cluster::ServerHandle::spawn("gateway", addr, token.clone(), serve);
-    gateway
-        .wait_serving(VISIBLE)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    addr
+    live_cluster::etcd_gateway(bundle.path(), etcd, CLUSTER, max_apply_lag, VISIBLE, token).await
 }
 
 /// The whole path a user takes: `UpsertItems` and `DeleteItems` on the gateway,
@@ -304,7 +263,13 @@ async fn catalog_service_changes_what_recommend_answers() {
     for shard in 0..SHARDS {
         node(&bundle, shard, "a", &etcd, &token).await;
     }
-    let gateway = etcd_gateway(&bundle, &etcd, &token).await;
+    let gateway = etcd_gateway(
+        &bundle,
+        &etcd,
+        recsys_gateway::DEFAULT_MAX_APPLY_LAG,
+        &token,
+    )
+    .await;
     let mut recommend_client = gateway_client(gateway).await;
     let mut catalog = CatalogServiceClient::connect(format!("http://{gateway}"))
         .await
@@ -469,7 +434,6 @@ async fn catalog_service_changes_what_recommend_answers() {
 /// nothing etcd accepted before is lost: the last accepted change is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_log_past_etcds_quota_is_refused_by_name_and_keeps_what_it_took() {
-    use recsys_proto::v1::UpsertItemsRequest;
     use recsys_proto::v1::catalog_service_client::CatalogServiceClient;
     use tonic::Code;
 
@@ -480,31 +444,13 @@ async fn a_change_log_past_etcds_quota_is_refused_by_name_and_keeps_what_it_took
     for shard in 0..SHARDS {
         node(&bundle, shard, "a", &etcd, &token).await;
     }
-    let gateway = etcd_gateway(&bundle, &etcd, &token).await;
+    // No push-back: this floods etcd faster than debug replicas insert, and
+    // what it checks is etcd's refusal.
+    let gateway = etcd_gateway(&bundle, &etcd, Duration::ZERO, &token).await;
     let mut catalog = CatalogServiceClient::connect(format!("http://{gateway}"))
         .await
         .unwrap();
-    let batch = |call: u64| UpsertItemsRequest {
-        items: (0..500)
-            .map(|i| {
-                let id = 1_000_000 + call * 1_000 + i;
-                ItemUpsert {
-                    item_id: id,
-                    // A batch's first item is long, so that no short item
-                    // outscores it for its own direction.
-                    embedding: (0..DIMENSIONS as u64)
-                        .map(|d| {
-                            let bits = splitmix(id * DIMENSIONS as u64 + d);
-                            let unit = (bits >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-                            if i == 0 { unit * 50.0 } else { unit }
-                        })
-                        .collect(),
-                    name: format!("item {id}"),
-                    ..Default::default()
-                }
-            })
-            .collect(),
-    };
+    let batch = |call: u64| live_cluster::flood_batch(call, 500, DIMENSIONS);
     let mut accepted = None;
     let refused = 'fill: {
         // 2 MiB in 40 KB entries (and their history): well under 400 calls.
@@ -528,31 +474,11 @@ async fn a_change_log_past_etcds_quota_is_refused_by_name_and_keeps_what_it_took
     // among the best 500.
     let last = batch(call).items.swap_remove(0);
     let mut client = gateway_client(gateway).await;
-    let mut request = by_embedding(last.embedding.clone(), 500, false);
-    request.min_revision = revision;
-    // The replicas may still be inserting the backlog (a replica waits a
-    // second for a revision, then refuses naming it): ask until the deadline.
-    let started = std::time::Instant::now();
-    let answer = loop {
-        match recommend(&mut client, request.clone(), VISIBLE).await {
-            Ok(answer) => break answer,
-            Err(status) if started.elapsed() < VISIBLE => {
-                assert!(status.message().contains("min_log_revision"), "{status:?}");
-            }
-            Err(status) => panic!("{status:?}"),
-        }
-    };
+    let request = by_embedding(last.embedding.clone(), 500, false);
+    let answer = live_cluster::recommend_at(&mut client, request, revision, VISIBLE).await;
     assert!(ids(&answer).contains(&last.item_id), "{answer:?}");
     // And a second refusal says the same: the alarm holds until disarmed.
     let again = catalog.upsert_items(batch(999)).await.unwrap_err();
     assert_eq!(again.code(), Code::ResourceExhausted, "{again:?}");
     token.cancel();
-}
-
-/// SplitMix64: well-spread test values from a counter.
-fn splitmix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }

@@ -165,7 +165,7 @@ async fn ten_thousand_changes_while_replicas_are_killed_leave_every_replica_alik
     let ranking = start("ranking-node", "rank", dir, &etcd, logs_dir, &extra).await;
     let gateway = start("gateway", "gateway", dir, &etcd, logs_dir, &[]).await;
     let mut recommend_client = gateway_client(gateway.addr).await;
-    let mut catalog = CatalogServiceClient::connect(format!("http://{}", gateway.addr))
+    let catalog = CatalogServiceClient::connect(format!("http://{}", gateway.addr))
         .await
         .unwrap();
 
@@ -230,11 +230,13 @@ async fn ten_thousand_changes_while_replicas_are_killed_leave_every_replica_alik
                     features: quality(id),
                 });
             }
-            let answer = catalog
-                .upsert_items(UpsertItemsRequest { items })
-                .await
-                .unwrap()
-                .into_inner();
+            // A restarted replica replaying the log may hold writes back
+            // (`--max-apply-lag-ms`): send again, as a writer should.
+            let answer = live_cluster::until_accepted(SETTLE, || {
+                let (mut catalog, items) = (catalog.clone(), items.clone());
+                async move { catalog.upsert_items(UpsertItemsRequest { items }).await }
+            })
+            .await;
             revision = answer.revision;
         } else {
             let mut item_ids = Vec::with_capacity(BATCH);
@@ -246,11 +248,11 @@ async fn ten_thousand_changes_while_replicas_are_killed_leave_every_replica_alik
                     item_ids.push(id);
                 }
             }
-            let answer = catalog
-                .delete_items(DeleteItemsRequest { item_ids })
-                .await
-                .unwrap()
-                .into_inner();
+            let answer = live_cluster::until_accepted(SETTLE, || {
+                let (mut catalog, item_ids) = (catalog.clone(), item_ids.clone());
+                async move { catalog.delete_items(DeleteItemsRequest { item_ids }).await }
+            })
+            .await;
             revision = answer.revision;
         }
     }

@@ -502,3 +502,112 @@ async fn a_retired_version_leaves_the_cache() {
         .sum();
     assert!(used <= bound, "{used} > {bound}");
 }
+
+/// Parts 2 and 4 together: nodes and a gateway serving a root in the store
+/// follow the desired version in etcd (`recsys rollout`), not the store's
+/// `CURRENT` (which they start from while etcd names none): a rollout to a
+/// version published beside it switches every answer to that version's items,
+/// and a rollback switches them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_through_etcd_serves_versions_from_the_store() {
+    let Some(moto) = Moto::start("a_rollout_through_etcd_serves_versions_from_the_store") else {
+        return;
+    };
+    moto.create_bucket(BUCKET);
+    let url = format!("s3://{BUCKET}/etcd-rollout");
+    let store = moto.store(&url);
+    let versions: Vec<_> = [91, 92]
+        .map(|seed| synthetic_bundle(1_000, 10, DIM, 2, seed))
+        .into_iter()
+        .collect();
+    for bundle in &versions {
+        recsys_bundle_store::publish(&store, bundle.path(), false).unwrap();
+    }
+    // The store's pointer says one version; etcd will say another.
+    store.put_bytes("CURRENT", b"test-91\n".to_vec()).unwrap();
+    let etcd = recsys_discovery::EtcdServer::start().await.unwrap();
+    let cluster = ["--etcd", &etcd.endpoint(), "--cluster", "s3roll"].map(String::from);
+    let caches = tempfile::tempdir().unwrap();
+    let mut servers: Vec<ServerProcess> = (0..2u32)
+        .map(|shard| {
+            let mut args = vec![
+                "--shard".to_string(),
+                shard.to_string(),
+                "--search-threads".into(),
+                "1".into(),
+                "--node-id".into(),
+                format!("retrieval-{shard}"),
+                "--retire-after-ms".into(),
+                "200".into(),
+            ];
+            args.extend(cluster.clone());
+            let cache = caches.path().join(format!("shard-{shard}"));
+            from_store(&moto, "retrieval-node", &url, &cache, &args)
+        })
+        .collect();
+    let mut args = cluster.to_vec();
+    args.extend(["--retire-after-ms".to_string(), "200".to_string()]);
+    servers.push(from_store(
+        &moto,
+        "gateway",
+        &url,
+        &caches.path().join("gateway"),
+        &args,
+    ));
+    for server in &mut servers {
+        server.wait_serving(READY).await.unwrap();
+    }
+    let gateway = servers[2].addr;
+
+    // An exact search for one of a version's rows: that version's brute-force
+    // top ten, and the answer names the version.
+    let answers_from = |index: usize| {
+        let bundle = &versions[index];
+        let query = bundle.catalog.items.row(3).to_vec();
+        let expected: Vec<u64> = bundle
+            .reference(&query, &[])
+            .iter()
+            .take(10)
+            .map(|(id, _)| *id)
+            .collect();
+        let version = format!("test-{}", [91, 92][index]);
+        async move {
+            let request = by_embedding(query, 10, true);
+            let ready = |r: &recsys_proto::v1::RecommendResponse| {
+                r.bundle_version == version && full_coverage(r, 2)
+            };
+            wait_for_answer(gateway, request.clone(), ready, READY).await;
+            let mut client = recsys_tests::gateway_client(gateway).await;
+            let answer = recsys_tests::recommend(&mut client, request, Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert_eq!(answer.bundle_version, version);
+            assert_eq!(recsys_tests::ids(&answer), expected, "{version}");
+        }
+    };
+    answers_from(0).await;
+    let rollout = |action: &[&str]| {
+        let output = std::process::Command::new(binary("recsys"))
+            .args(["rollout", "--etcd", &etcd.endpoint(), "--cluster", "s3roll"])
+            .args(action)
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "recsys rollout {action:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    // A rollback goes back to an earlier rollout, so the first version is
+    // rolled out too (the nodes already serve it: nothing changes).
+    rollout(&["--version", "test-91"]);
+    answers_from(0).await;
+    rollout(&["--version", "test-92"]);
+    answers_from(1).await;
+    rollout(&["--rollback"]);
+    answers_from(0).await;
+    for server in &mut servers {
+        server.check_running().unwrap();
+    }
+}
