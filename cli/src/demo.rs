@@ -305,12 +305,39 @@ async fn start_and_serve(
     let endpoint = format!("http://{}", cluster.gateway_addr);
     let mut client = GatewayServiceClient::connect(endpoint).await?;
     let users = sample_users(&cluster.bundle_dir(), &manifest);
+    // The first answer's best item, for "items like it" below.
+    let mut liked: Option<(u64, String)> = None;
     for user in &users {
         println!("\nrecommendations for {user}:");
         let mut request = tonic::Request::new(RecommendRequest {
             query: Some(Query::UserId(user.clone())),
             k: 5,
             retrieve_k: 100,
+            ..Default::default()
+        });
+        request.set_timeout(Duration::from_secs(1));
+        match client.recommend(request).await {
+            Ok(response) => {
+                let response = response.into_inner();
+                if liked.is_none() {
+                    liked = response
+                        .items
+                        .first()
+                        .map(|item| (item.item_id, item.name.clone()));
+                }
+                print_response(&response);
+            }
+            Err(status) => println!("  failed: {}", status.message()),
+        }
+    }
+    if let Some((item, name)) = &liked {
+        println!(
+            "
+items like {name} (item {item}; its own vector is the query, retrieval order):"
+        );
+        let mut request = tonic::Request::new(RecommendRequest {
+            similar_to_item_id: Some(*item),
+            k: 5,
             ..Default::default()
         });
         request.set_timeout(Duration::from_secs(1));
@@ -348,6 +375,14 @@ async fn start_and_serve(
     println!(
         "  grpcurl -plaintext -d '{{\"user_id\": \"{example_user}\", \"k\": 10}}' {addr} recsys.v1.GatewayService/Recommend"
     );
+    if let Some((item, _)) = &liked {
+        println!(
+            "  cargo run -q -p recsys-cli -- query --gateway {addr} --similar-to {item} -k 10"
+        );
+        println!(
+            "  grpcurl -plaintext -d '{{\"similar_to_item_id\": {item}, \"k\": 10}}' {addr} recsys.v1.GatewayService/Recommend"
+        );
+    }
     if let Some(metrics_addr) = keep_serving {
         let shutdown = recsys_server::shutdown::on_signal();
         recsys_server::metrics::spawn(metrics_addr, shutdown.clone()).await;

@@ -18,8 +18,12 @@ pub struct QueryArgs {
     #[arg(long, conflicts_with = "vector")]
     pub user_id: Option<String>,
     /// Recommend for this query embedding: comma-separated floats.
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, conflicts_with = "similar_to")]
     pub vector: Option<String>,
+    /// Items like this one (its own vector is the query; it is left out). With
+    /// --user-id, ranked for that user; alone, in retrieval order.
+    #[arg(long)]
+    pub similar_to: Option<u64>,
     /// Items to return.
     #[arg(long, short, default_value_t = 10)]
     pub k: u32,
@@ -40,18 +44,22 @@ pub struct QueryArgs {
 /// Runs the query and prints the answer.
 pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
     let query = match (&args.user_id, &args.vector) {
-        (Some(user), None) => Query::UserId(user.clone()),
-        (None, Some(vector)) => Query::QueryEmbedding(QueryEmbedding {
+        (Some(user), None) => Some(Query::UserId(user.clone())),
+        (None, Some(vector)) => Some(Query::QueryEmbedding(QueryEmbedding {
             values: vector
                 .split(',')
                 .map(|v| v.trim().parse::<f32>())
                 .collect::<Result<_, _>>()
                 .context("--vector takes comma-separated numbers")?,
-        }),
-        _ => anyhow::bail!("say who to recommend for: --user-id ID or --vector 0.1,0.2,..."),
+        })),
+        (None, None) if args.similar_to.is_some() => None,
+        _ => anyhow::bail!(
+            "say who to recommend for: --user-id ID, --vector 0.1,0.2,... or --similar-to ITEM"
+        ),
     };
     let request = RecommendRequest {
-        query: Some(query),
+        query,
+        similar_to_item_id: args.similar_to,
         k: args.k,
         retrieve_k: args.retrieve_k,
         exclude_item_ids: args.exclude.clone(),

@@ -37,18 +37,21 @@ def main():
     parser.add_argument("--gateway", default="127.0.0.1:50051")
     parser.add_argument("--user-id")
     parser.add_argument("--vector", help="comma-separated query embedding")
+    parser.add_argument("--similar-to", type=int, help="items like this item id")
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--exact", action="store_true")
     args = parser.parse_args()
     pb, rpc = load_stubs()
 
     request = pb.RecommendRequest(k=args.k, options=pb.RecommendOptions(exact=args.exact))
+    if args.similar_to is not None:
+        request.similar_to_item_id = args.similar_to
     if args.user_id:
         request.user_id = args.user_id
     elif args.vector:
         request.query_embedding.values.extend(float(v) for v in args.vector.split(","))
-    else:
-        sys.exit("give --user-id or --vector")
+    elif args.similar_to is None:
+        sys.exit("give --user-id, --vector or --similar-to")
 
     with grpc.insecure_channel(args.gateway) as channel:
         try:

@@ -20,6 +20,16 @@ pub enum GatewayError {
         "user_id {0:?} is not known to the bundle's query model; send user_features or a query_embedding instead"
     )]
     UnknownUser(String),
+    /// `similar_to_item_id` names an item its shard does not hold.
+    #[error(
+        "similar_to_item_id: item {item} is not in bundle version {version:?} (never was, or a change deleted it)"
+    )]
+    UnknownItem {
+        /// The item asked about.
+        item: u64,
+        /// The version the request was answered from.
+        version: String,
+    },
     /// The bundle has no query model, so only embeddings are accepted.
     #[error("user_id: the bundle has no query model; send a query_embedding instead")]
     NoQueryModel,
@@ -85,7 +95,9 @@ impl From<GatewayError> for tonic::Status {
         let message = error.to_string();
         match error {
             GatewayError::InvalidArgument { .. } => tonic::Status::invalid_argument(message),
-            GatewayError::UnknownUser(_) => tonic::Status::not_found(message),
+            GatewayError::UnknownUser(_) | GatewayError::UnknownItem { .. } => {
+                tonic::Status::not_found(message)
+            }
             GatewayError::NoQueryModel => tonic::Status::failed_precondition(message),
             GatewayError::NotReady(_) | GatewayError::NoShardAnswered(_) => {
                 tonic::Status::unavailable(message)

@@ -28,6 +28,7 @@ mod response_items;
 mod server;
 pub mod service;
 pub mod shard_k;
+mod similar_items;
 mod validate;
 mod version_probe;
 pub mod versions;

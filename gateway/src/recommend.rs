@@ -29,6 +29,7 @@ use crate::node_failure::NodeFailure;
 use crate::response_items::{ranked_items, retrieval_items};
 use crate::service::Gateway;
 use crate::shard_k::per_shard_k_cached;
+use crate::similar_items::{SimilarTo, item_vector};
 use crate::validate::{Checked, check_ranker_kinds, validate};
 
 /// Where `RecommendStream` sends the running top-k after each shard.
@@ -75,6 +76,9 @@ impl Gateway {
         partial: Option<&PartialSender>,
     ) -> Result<RecommendResponse, GatewayError> {
         let mut plan = self.plan_request(&request, timeout)?;
+        if let Some(item) = request.similar_to_item_id {
+            self.query_from_item(&mut plan, item).await?;
+        }
         let mut retrieved = self.fan_out_and_merge(&mut plan, partial).await?;
         let ranking_started = Instant::now();
         // The answer may hold items changed up to `log_revision`: the names
@@ -121,8 +125,15 @@ impl Gateway {
         let manifest = &bundle.manifest;
         let view = self.shared.view_of(&version);
         let options = request.options.unwrap_or_default();
-        let with_ranking = !options.skip_ranking && !view.ranking.is_empty();
         let checked = validate(request, manifest.dimensions, &self.shared.policy.limits)?;
+        let user_id = match &request.query {
+            Some(Query::UserId(user_id)) => user_id.clone(),
+            Some(Query::QueryEmbedding(_)) | None => String::new(),
+        };
+        // Items like one item, for nobody in particular, are answered in
+        // retrieval order: there is no user to rank for.
+        let similar_for_nobody = request.similar_to_item_id.is_some() && user_id.is_empty();
+        let with_ranking = !options.skip_ranking && !view.ranking.is_empty() && !similar_for_nobody;
         if with_ranking && let Some(inputs) = &bundle.ranker_inputs {
             check_ranker_kinds(&request.user_features, inputs)?;
         }
@@ -131,16 +142,14 @@ impl Gateway {
         } else {
             None
         };
-        let query = request
-            .query
-            .as_ref()
-            .ok_or_else(|| GatewayError::invalid("query", "empty request"))?;
-        let embedding = bundle.encode(query, &request.user_features)?;
-        let encode_us = started.elapsed().as_micros() as u64;
-        let user_id = match query {
-            Query::UserId(user_id) => user_id.clone(),
-            Query::QueryEmbedding(_) => String::new(),
+        // A similar-items request's query is the item's vector, fetched from
+        // its shard next (`query_from_item`); the user, if any, only ranks.
+        let embedding = match (&request.query, request.similar_to_item_id) {
+            (_, Some(_)) => Vec::new(),
+            (Some(query), None) => bundle.encode(query, &request.user_features)?,
+            (None, None) => return Err(GatewayError::invalid("query", "empty request")),
         };
+        let encode_us = started.elapsed().as_micros() as u64;
 
         let probability = if options.exact {
             1.0
@@ -172,6 +181,27 @@ impl Gateway {
             bundle,
             _exact_slot: exact_slot,
         })
+    }
+
+    /// Makes `item`'s own vector the query and excludes the item from the
+    /// answer (`similar_items`); the fetch counts as the encode stage.
+    async fn query_from_item(&self, plan: &mut RequestPlan, item: u64) -> Result<(), GatewayError> {
+        let manifest = &plan.bundle.manifest;
+        let query = SimilarTo {
+            item,
+            version: &manifest.version,
+            shard_count: manifest.shard_count,
+            dimensions: manifest.dimensions,
+            min_revision: plan.min_revision,
+            deadline: plan.started + plan.budget.retrieval,
+        };
+        let (shard, vector) = item_vector(&self.shared.clients, &plan.view, &query).await?;
+        plan.embedding = vector;
+        if let Some(excluded) = plan.exclusions.get_mut(shard as usize) {
+            excluded.push(item);
+        }
+        plan.encode_us = plan.started.elapsed().as_micros() as u64;
+        Ok(())
     }
 
     /// Fan out and merge: every shard at once, each answer folded into the

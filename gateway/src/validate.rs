@@ -49,11 +49,19 @@ pub fn validate(
     dimensions: usize,
     limits: &RecommendLimits,
 ) -> Result<Checked, GatewayError> {
+    let similar = request.similar_to_item_id.is_some();
     match &request.query {
-        None => {
+        None if !similar => {
             return Err(GatewayError::invalid(
                 "query",
-                "empty request: set user_id or query_embedding",
+                "empty request: set user_id, query_embedding or similar_to_item_id",
+            ));
+        }
+        None => {}
+        Some(Query::QueryEmbedding(_)) if similar => {
+            return Err(GatewayError::invalid(
+                "similar_to_item_id",
+                "cannot be combined with query_embedding: the item's own vector is the query",
             ));
         }
         Some(Query::UserId(user_id)) if user_id.is_empty() => {
@@ -91,12 +99,18 @@ pub fn validate(
             ),
         ));
     }
-    if request.exclude_item_ids.len() > limits.max_exclusions {
+    // The item of a similar-items request is excluded too, and counts.
+    let excluded = request.exclude_item_ids.len() + usize::from(similar);
+    if excluded > limits.max_exclusions {
         return Err(GatewayError::invalid(
             "exclude_item_ids",
             format!(
-                "has {} ids, the limit is {}",
-                request.exclude_item_ids.len(),
+                "has {excluded} ids{}, the limit is {}",
+                if similar {
+                    " (similar_to_item_id counts as one)"
+                } else {
+                    ""
+                },
                 limits.max_exclusions
             ),
         ));

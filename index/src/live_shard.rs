@@ -372,6 +372,25 @@ impl LiveShard {
         Ok(())
     }
 
+    /// Item `id`'s vector as the shard serves it: an upserted one's from the
+    /// mutable part, a base one's unless a change hid it (deleted or replaced);
+    /// `None` for an item the shard does not hold.
+    pub fn vector(&self, id: u64) -> Result<Option<Vec<f32>>, SearchError> {
+        let mutable = self.read();
+        let mut vector = vec![0.0f32; self.base.dimensions()];
+        let found = mutable
+            .delta
+            .get(id, &mut vector)
+            .map_err(|e| SearchError::Usearch(e.to_string()))?;
+        if found == 1 {
+            return Ok(Some(vector));
+        }
+        if mutable.hidden.contains(&id) {
+            return Ok(None);
+        }
+        self.base.vector(id)
+    }
+
     /// The `k` best items for `query` among the base's visible items and the
     /// mutable part's, best first (ties: smaller id first), none in `excluded`
     /// (sorted). Blocking CPU work: call from the search pool.

@@ -347,6 +347,18 @@ impl ShardIndex {
         Ok(hits)
     }
 
+    /// Item `id`'s stored vector (read back as f32: exact for `f32` shards, the
+    /// quantized values for `f16` and `i8`), if the shard holds it: the query
+    /// of a "similar to this item" request.
+    pub fn vector(&self, id: u64) -> Result<Option<Vec<f32>>, SearchError> {
+        let mut vector = vec![0.0f32; self.dimensions];
+        let found = self
+            .index
+            .get(id, &mut vector)
+            .map_err(|e| SearchError::Usearch(e.to_string()))?;
+        Ok((found == 1).then_some(vector))
+    }
+
     /// Every item's id and stored vector (read back as f32: exact for `f32`
     /// shards, the quantized values for `f16` and `i8`), in no particular order:
     /// what `recsys bundle compact` rebuilds a shard from. usearch has no key

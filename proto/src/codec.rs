@@ -21,9 +21,9 @@ use tonic::{Code, Status};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
 use crate::v1::{
-    CatalogChangeResponse, DeleteItemsRequest, InfoRequest, InfoResponse, RankRequest,
-    RankResponse, RecommendRequest, RecommendResponse, RecommendStreamResponse, SearchRequest,
-    SearchResponse, UpsertItemsRequest, VersionInfo,
+    CatalogChangeResponse, DeleteItemsRequest, GetItemVectorRequest, GetItemVectorResponse,
+    InfoRequest, InfoResponse, RankRequest, RankResponse, RecommendRequest, RecommendResponse,
+    RecommendStreamResponse, SearchRequest, SearchResponse, UpsertItemsRequest, VersionInfo,
 };
 
 /// Who is to blame when a message of this type does not decode, as a gRPC code.
@@ -44,9 +44,9 @@ macro_rules! blame {
 }
 
 // Requests are decoded by servers: bad bytes are the caller's.
-blame!(Code::InvalidArgument => RecommendRequest, SearchRequest, InfoRequest, RankRequest, UpsertItemsRequest, DeleteItemsRequest);
+blame!(Code::InvalidArgument => RecommendRequest, SearchRequest, InfoRequest, RankRequest, UpsertItemsRequest, DeleteItemsRequest, GetItemVectorRequest);
 // Answers are decoded by clients: bad bytes are the server's.
-blame!(Code::Internal => RecommendResponse, RecommendStreamResponse, SearchResponse, InfoResponse, VersionInfo, RankResponse, CatalogChangeResponse);
+blame!(Code::Internal => RecommendResponse, RecommendStreamResponse, SearchResponse, InfoResponse, VersionInfo, RankResponse, CatalogChangeResponse, GetItemVectorResponse);
 
 /// [`ProstCodec`] with decode errors mapped by [`DecodeBlame`].
 #[derive(Debug, Clone)]

@@ -185,6 +185,7 @@ mod tests {
             retrieve_k: MAX_RETRIEVE_K,
             exclude_item_ids: vec![u64::MAX; MAX_EXCLUSIONS],
             options: Some(Default::default()),
+            similar_to_item_id: Some(u64::MAX),
         };
         assert!(request.encoded_len() <= recommend_request_max_bytes());
         let search = SearchRequest {

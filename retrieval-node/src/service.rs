@@ -8,8 +8,8 @@ use recsys_catalog_log::{CatchUp, ChangeLog};
 use recsys_discovery::{Unavailable, VersionPhase, VersionSet};
 use recsys_proto::checks::check_embedding;
 use recsys_proto::v1::{
-    InfoRequest, InfoResponse, LoadStatus, SearchRequest, SearchResponse, VersionInfo,
-    retrieval_service_server::RetrievalService,
+    GetItemVectorRequest, GetItemVectorResponse, InfoRequest, InfoResponse, LoadStatus,
+    SearchRequest, SearchResponse, VersionInfo, retrieval_service_server::RetrievalService,
 };
 use recsys_server::exact_searches::ExactSearches;
 use tokio::sync::{Semaphore, watch};
@@ -187,6 +187,31 @@ impl RetrievalNodeService {
     }
 }
 
+impl RetrievalNodeService {
+    /// One item's vector from the version asked for, once the shard has applied
+    /// `min_log_revision`. A lookup in memory: no pool slot.
+    async fn item_vector(
+        &self,
+        request: GetItemVectorRequest,
+        deadline: Option<Instant>,
+    ) -> Result<GetItemVectorResponse, NodeError> {
+        let (version, served) = self.ready(&request.bundle_version)?;
+        let live = &served.live;
+        if request.min_log_revision > live.revision() {
+            let shard = live.base().shard();
+            self.wait_for_revision(&served.applied, shard, request.min_log_revision, deadline)
+                .await?;
+        }
+        let vector = live.vector(request.item_id)?;
+        Ok(GetItemVectorResponse {
+            found: vector.is_some(),
+            vector: vector.unwrap_or_default(),
+            bundle_version: version,
+            log_revision: live.revision(),
+        })
+    }
+}
+
 /// Checks a request against the index and the limits; errors name the field and the limit.
 pub fn validate(
     request: &SearchRequest,
@@ -236,6 +261,16 @@ impl RetrievalService for RetrievalNodeService {
         let deadline = recsys_server::deadline::metadata_timeout(request.metadata())
             .and_then(recsys_server::deadline::deadline_after);
         let response = RetrievalNodeService::search(self, request.into_inner(), deadline).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn get_item_vector(
+        &self,
+        request: Request<GetItemVectorRequest>,
+    ) -> Result<Response<GetItemVectorResponse>, Status> {
+        let deadline = recsys_server::deadline::metadata_timeout(request.metadata())
+            .and_then(recsys_server::deadline::deadline_after);
+        let response = self.item_vector(request.into_inner(), deadline).await?;
         Ok(Response::new(response))
     }
 

@@ -16,7 +16,8 @@ use std::time::Duration;
 use recsys_proto::v1::ranking_service_server::{RankingService, RankingServiceServer};
 use recsys_proto::v1::retrieval_service_server::{RetrievalService, RetrievalServiceServer};
 use recsys_proto::v1::{
-    InfoRequest, InfoResponse, RankRequest, RankResponse, SearchRequest, SearchResponse,
+    GetItemVectorRequest, GetItemVectorResponse, InfoRequest, InfoResponse, RankRequest,
+    RankResponse, SearchRequest, SearchResponse,
 };
 use recsys_server::grpc::{incoming, set_health, standard_router};
 use tokio::net::TcpListener;
@@ -124,6 +125,14 @@ impl LoadingShard {
 
 #[tonic::async_trait]
 impl RetrievalService for LoadingShard {
+    /// A misbehaving shard is asked for searches only.
+    async fn get_item_vector(
+        &self,
+        _: Request<GetItemVectorRequest>,
+    ) -> Result<Response<GetItemVectorResponse>, Status> {
+        Err(Status::unimplemented("a misbehaving test shard"))
+    }
+
     async fn search(&self, _: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         Err(Status::unavailable(STILL_LOADING))
@@ -198,6 +207,14 @@ impl Drop for AbandonGuard {
 
 #[tonic::async_trait]
 impl RetrievalService for GatedShard {
+    /// A misbehaving shard is asked for searches only.
+    async fn get_item_vector(
+        &self,
+        _: Request<GetItemVectorRequest>,
+    ) -> Result<Response<GetItemVectorResponse>, Status> {
+        Err(Status::unimplemented("a misbehaving test shard"))
+    }
+
     async fn search(
         &self,
         request: Request<SearchRequest>,
@@ -302,6 +319,14 @@ impl LyingShard {
 
 #[tonic::async_trait]
 impl RetrievalService for LyingShard {
+    /// A misbehaving shard is asked for searches only.
+    async fn get_item_vector(
+        &self,
+        _: Request<GetItemVectorRequest>,
+    ) -> Result<Response<GetItemVectorResponse>, Status> {
+        Err(Status::unimplemented("a misbehaving test shard"))
+    }
+
     async fn search(
         &self,
         request: Request<SearchRequest>,

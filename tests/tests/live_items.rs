@@ -337,6 +337,33 @@ async fn catalog_service_changes_what_recommend_answers() {
         .unwrap();
     assert!(!top_ids(&second).contains(&best), "{second:?}");
     assert!(full_coverage(&second, SHARDS));
+    // Items like the new one start from its upserted vector: the answer to that
+    // vector, less the item; like the deleted one, there are none.
+    let exact = Some(recsys_proto::v1::RecommendOptions {
+        exact: true,
+        ..Default::default()
+    });
+    let similar = |item: u64| recsys_proto::v1::RecommendRequest {
+        similar_to_item_id: Some(item),
+        k: 10,
+        min_revision: deleted.revision,
+        options: exact,
+        ..Default::default()
+    };
+    let like_new = recommend(&mut recommend_client, similar(new_id), VISIBLE)
+        .await
+        .unwrap();
+    let mut by_vector = after(new_vector.clone());
+    by_vector.exclude_item_ids = vec![new_id];
+    by_vector.options = exact;
+    let by_vector = recommend(&mut recommend_client, by_vector, VISIBLE)
+        .await
+        .unwrap();
+    assert_eq!(top_ids(&like_new), top_ids(&by_vector));
+    let like_deleted = recommend(&mut recommend_client, similar(best), VISIBLE)
+        .await
+        .unwrap_err();
+    assert_eq!(like_deleted.code(), Code::NotFound, "{like_deleted:?}");
     // A revision no replica has reached is refused, naming it, not answered stale.
     let mut ahead = by_embedding(query.clone(), 10, false);
     ahead.min_revision = deleted.revision + 1_000;

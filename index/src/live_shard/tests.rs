@@ -106,6 +106,18 @@ fn upserts_and_deletes_match_a_model_of_the_items() {
                 approximate.iter().map(|hit| hit.0).collect();
             assert_eq!(ids.len(), approximate.len(), "duplicate ids");
         }
+        // The vector a shard serves for an id (the query of "similar to this
+        // item") is the model's, and a deleted id has none.
+        for (id, vector) in &model {
+            assert_eq!(
+                shard.vector(*id).unwrap().as_ref(),
+                Some(vector),
+                "{mode:?}: {id}"
+            );
+        }
+        for id in &deleted {
+            assert_eq!(shard.vector(*id).unwrap(), None, "{mode:?}: deleted {id}");
+        }
         // HNSW is approximate: an upserted item must be among the ten nearest
         // to its own vector (this caught lost items under parallel insertion).
         for (id, vector) in model.iter().filter(|(id, _)| **id >= ITEMS as u64) {
