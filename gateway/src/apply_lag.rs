@@ -19,6 +19,15 @@
 //! applied revision (`Info.log_revision`) every [`PROBE_INTERVAL`]; a replica
 //! that does not answer is left out (the health checks route around it), and
 //! with nothing pending nothing is asked.
+//!
+//! The age of the oldest waiting change alone lets a burst through: everything
+//! offered within the bound is accepted and then takes (offered ÷ insertion
+//! rate) times the bound to apply (measured: a background offering 8,000 items/s
+//! against replicas applying ~1,000 made new items visible after 6 s with a 1 s
+//! bound). So the gate also predicts: the changes waiting for a shard over the
+//! rate its slowest replica has been seen applying them (measured between
+//! probes while it had work; [`UNMEASURED_RATE`] until then), and refuses when
+//! that exceeds the bound too.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -43,17 +52,103 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 /// The longest an `Info` probe waits for a replica.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The apply rate assumed for a shard before one is measured, in item changes
+/// per second: a replica inserting into HNSW on a shared core (about 1,000 to
+/// 2,800 on two vCPUs with four replicas, docs/benchmarks.md). A faster shard
+/// is measured within a probe or two of having work.
+const UNMEASURED_RATE: f64 = 1_000.0;
+
+/// Weight of a new measurement in a shard's smoothed apply rate.
+const RATE_WEIGHT: f64 = 0.3;
+
 /// A shard of a bundle layout: (shard, shard count). Versions with another
 /// shard count have other shards.
 type ShardKey = (u32, u32);
 
-/// This gateway's changes not yet applied everywhere, and who is slowest.
+/// One append's part for a shard: its revision, when, and how many changes.
+#[derive(Debug, Clone, Copy)]
+struct Appended {
+    revision: u64,
+    at: Instant,
+    items: u64,
+}
+
+/// One shard's waiting changes and what the probes learnt of its replicas.
 #[derive(Debug, Default)]
-struct Pending {
-    /// Per shard, the revisions appended and when, oldest first.
-    changes: BTreeMap<ShardKey, VecDeque<(u64, Instant)>>,
-    /// Per shard, the replica furthest behind at the last probe and its revision.
-    slowest: BTreeMap<ShardKey, (String, u64)>,
+struct ShardLag {
+    /// This gateway's appends not yet applied by every replica, oldest first.
+    waiting: VecDeque<Appended>,
+    /// The replica furthest behind at the last probe, and its revision.
+    slowest: Option<(String, u64)>,
+    /// When the last probe answered, and whether changes were waiting then.
+    probed: Option<(Instant, bool)>,
+    /// Item changes per second the slowest replica applies (smoothed), once seen.
+    rate: Option<f64>,
+}
+
+impl ShardLag {
+    fn waiting_items(&self) -> u64 {
+        self.waiting.iter().map(|change| change.items).sum()
+    }
+
+    /// Why a change to this shard should wait, if it should.
+    fn refusal(&self, shard: u32, max: Duration) -> Option<String> {
+        let oldest = self.waiting.front()?;
+        let waited = oldest.at.elapsed();
+        if waited > max {
+            let who = match &self.slowest {
+                Some((addr, applied)) => {
+                    format!("replica {addr} of shard {shard} has applied up to revision {applied}")
+                }
+                None => format!("no replica of shard {shard} has answered how far it applied"),
+            };
+            return Some(format!(
+                "{who}, not revision {} accepted {:.1} s ago",
+                oldest.revision,
+                waited.as_secs_f64()
+            ));
+        }
+        let items = self.waiting_items();
+        let rate = self.rate.unwrap_or(UNMEASURED_RATE).max(1.0);
+        let to_apply = items as f64 / rate;
+        (to_apply > max.as_secs_f64()).then(|| {
+            format!(
+                "{items} item changes wait for the replicas of shard {shard}, about {to_apply:.1} s \
+                 at the {rate:.0} items/s they {}",
+                if self.rate.is_some() {
+                    "have been applying"
+                } else {
+                    "are assumed to apply until measured"
+                }
+            )
+        })
+    }
+
+    /// Takes off what the slowest replica, `addr`, has applied (`applied`) and
+    /// updates the shard's rate: measured only over an interval that began with
+    /// work waiting, since otherwise it would measure the writer, not the replicas.
+    fn probed(&mut self, addr: String, applied: u64, now: Instant) {
+        let mut drained = 0;
+        while self
+            .waiting
+            .front()
+            .is_some_and(|change| change.revision <= applied)
+        {
+            drained += self.waiting.pop_front().map_or(0, |change| change.items);
+        }
+        if let Some((before, true)) = self.probed {
+            let seconds = now.duration_since(before).as_secs_f64();
+            if seconds > 0.0 {
+                let sample = drained as f64 / seconds;
+                self.rate = Some(match self.rate {
+                    Some(rate) => rate + RATE_WEIGHT * (sample - rate),
+                    None => sample,
+                });
+            }
+        }
+        self.probed = Some((now, !self.waiting.is_empty()));
+        self.slowest = Some((addr, applied));
+    }
 }
 
 /// The gate; shared by the catalog service and its probing task.
@@ -61,75 +156,71 @@ struct Pending {
 pub struct ApplyLag {
     /// `Duration::ZERO`: never refuse (nothing is recorded or probed).
     max: Duration,
-    pending: Mutex<Pending>,
+    shards: Mutex<BTreeMap<ShardKey, ShardLag>>,
     wake: Notify,
 }
 
 impl ApplyLag {
-    /// A gate refusing changes once one has waited longer than `max` (zero: off).
+    /// A gate refusing changes once one has waited longer than `max`, or the
+    /// waiting ones would take longer to apply (zero: off).
     pub fn new(max: Duration) -> Self {
         Self {
             max,
-            pending: Mutex::new(Pending::default()),
+            shards: Mutex::new(BTreeMap::new()),
             wake: Notify::new(),
         }
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
-        // Every update leaves the maps whole, so a poisoned lock is consistent.
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    fn shards(&self) -> std::sync::MutexGuard<'_, BTreeMap<ShardKey, ShardLag>> {
+        // Every update leaves the map whole, so a poisoned lock is consistent.
+        self.shards.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `Ok` unless a replica of one of `shards` (of `shard_count`) has left a
-    /// change accepted here unapplied for longer than the bound: then
-    /// `RESOURCE_EXHAUSTED` naming the shard, the replica, how long, and the flag.
+    /// `Ok` unless, for one of `shards` (of `shard_count`), a change accepted
+    /// here has waited longer than the bound for a replica, or the changes
+    /// waiting would take longer than the bound to apply at the shard's rate:
+    /// then `RESOURCE_EXHAUSTED` naming the shard, why, and the flag.
     pub fn check(&self, shards: &[u32], shard_count: u32) -> Result<(), Status> {
         if self.max.is_zero() {
             return Ok(());
         }
-        let pending = self.pending();
+        let lags = self.shards();
         for &shard in shards {
-            let key = (shard, shard_count);
-            let Some(&(revision, at)) = pending.changes.get(&key).and_then(VecDeque::front) else {
+            let Some(why) = lags
+                .get(&(shard, shard_count))
+                .and_then(|lag| lag.refusal(shard, self.max))
+            else {
                 continue;
             };
-            let waited = at.elapsed();
-            if waited > self.max {
-                crate::metrics::apply_lag_refused();
-                let who = match pending.slowest.get(&key) {
-                    Some((addr, applied)) => {
-                        format!(
-                            "replica {addr} of shard {shard} has applied up to revision {applied}"
-                        )
-                    }
-                    None => format!("no replica of shard {shard} has answered how far it applied"),
-                };
-                return Err(Status::resource_exhausted(format!(
-                    "item changes refused: {who}, not revision {revision} accepted {:.1} s ago \
-                     (--max-apply-lag-ms {}); retry once the replicas catch up",
-                    waited.as_secs_f64(),
-                    self.max.as_millis()
-                )));
-            }
+            crate::metrics::apply_lag_refused();
+            return Err(Status::resource_exhausted(format!(
+                "item changes refused: {why} (--max-apply-lag-ms {}); retry once the replicas \
+                 catch up",
+                self.max.as_millis()
+            )));
         }
         Ok(())
     }
 
-    /// Records that `revision` holds changes to `shards` (of `shard_count`).
-    pub fn appended(&self, revision: u64, shards: &[u32], shard_count: u32) {
+    /// Records that `revision` holds `items` changes for each (shard, items)
+    /// of `shards` (of `shard_count`).
+    pub fn appended(&self, revision: u64, shards: &[(u32, u64)], shard_count: u32) {
         if self.max.is_zero() {
             return;
         }
-        let now = Instant::now();
-        let mut pending = self.pending();
-        for &shard in shards {
-            pending
-                .changes
-                .entry((shard, shard_count))
+        let at = Instant::now();
+        let mut lags = self.shards();
+        for &(shard, items) in shards {
+            lags.entry((shard, shard_count))
                 .or_default()
-                .push_back((revision, now));
+                .waiting
+                .push_back(Appended {
+                    revision,
+                    at,
+                    items,
+                });
         }
-        drop(pending);
+        drop(lags);
         self.wake.notify_one();
     }
 
@@ -148,16 +239,17 @@ impl ApplyLag {
         tokio::spawn(async move {
             loop {
                 let (shards, oldest) = {
-                    let mut pending = gate.pending();
-                    pending.changes.retain(|_, changes| !changes.is_empty());
-                    let oldest = pending
-                        .changes
-                        .values()
-                        .filter_map(|changes| changes.front())
+                    let lags = gate.shards();
+                    let waiting: Vec<(ShardKey, Instant)> = lags
+                        .iter()
+                        .filter_map(|(key, lag)| lag.waiting.front().map(|first| (*key, first.at)))
+                        .collect();
+                    let oldest = waiting
+                        .iter()
                         .map(|(_, at)| at.elapsed())
                         .max()
                         .unwrap_or_default();
-                    let shards: Vec<ShardKey> = pending.changes.keys().copied().collect();
+                    let shards: Vec<ShardKey> = waiting.into_iter().map(|(key, _)| key).collect();
                     (shards, oldest)
                 };
                 crate::metrics::apply_lag(oldest.as_secs_f64());
@@ -203,16 +295,11 @@ impl ApplyLag {
         let Some((addr, applied)) = slowest else {
             return;
         };
-        let mut pending = self.pending();
-        if let Some(changes) = pending.changes.get_mut(&key) {
-            while changes
-                .front()
-                .is_some_and(|(revision, _)| *revision <= applied)
-            {
-                changes.pop_front();
-            }
-        }
-        pending.slowest.insert(key, (addr, applied));
+        let now = Instant::now();
+        self.shards()
+            .entry(key)
+            .or_default()
+            .probed(addr, applied, now);
     }
 }
 
@@ -239,34 +326,80 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_change_left_unapplied_past_the_bound_refuses_its_shards_writes() {
         let gate = ApplyLag::new(Duration::from_secs(2));
-        gate.appended(40, &[0, 1], 2);
+        gate.appended(40, &[(0, 10), (1, 10)], 2);
         gate.check(&[0, 1], 2).unwrap();
         tokio::time::advance(Duration::from_secs(3)).await;
         let refused = gate.check(&[1], 2).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         assert!(
-            refused.message().contains("shard 1")
-                && refused.message().contains("--max-apply-lag-ms"),
+            refused.message().contains("no replica of shard 1")
+                && refused.message().contains("--max-apply-lag-ms 2000"),
             "{}",
             refused.message()
         );
         // Another layout's shard 1 is another shard.
         gate.check(&[1], 4).unwrap();
-        {
-            let mut pending = gate.pending();
-            pending.changes.get_mut(&(1, 2)).unwrap().clear();
-        }
+        gate.shards()
+            .get_mut(&(1, 2))
+            .unwrap()
+            .probed("10.0.0.1:1".into(), 40, Instant::now());
         gate.check(&[1], 2).unwrap();
         assert!(gate.check(&[0], 2).is_err(), "shard 0 still waits");
+    }
+
+    /// Changes accepted within the bound are refused once applying what waits
+    /// would take longer than the bound: at the assumed rate before a probe
+    /// has measured one, at the measured one after.
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_that_would_outlast_the_bound_refuses_before_it_ages() {
+        let gate = ApplyLag::new(Duration::from_secs(1));
+        gate.appended(1, &[(0, 600)], 1);
+        gate.check(&[0], 1).unwrap();
+        gate.appended(2, &[(0, 600)], 1);
+        // 1,200 waiting at the assumed 1,000 a second: 1.2 s.
+        let refused = gate.check(&[0], 1).unwrap_err();
+        assert!(
+            refused.message().contains("1200 item changes wait")
+                && refused.message().contains("assumed"),
+            "{}",
+            refused.message()
+        );
+        // A probe while both wait, and one 0.2 s later after the first was
+        // applied: 3,000 a second measured, so 600 waiting is 0.2 s.
+        let replica = || "10.0.0.1:1".to_string();
+        gate.shards()
+            .get_mut(&(0, 1))
+            .unwrap()
+            .probed(replica(), 0, Instant::now());
+        tokio::time::advance(Duration::from_millis(200)).await;
+        gate.shards()
+            .get_mut(&(0, 1))
+            .unwrap()
+            .probed(replica(), 1, Instant::now());
+        let rate = gate.shards()[&(0, 1)].rate.unwrap();
+        assert!((rate - 3_000.0).abs() < 1.0, "{rate}");
+        gate.check(&[0], 1).unwrap();
+        // A probe interval that began with nothing waiting measures nothing.
+        gate.shards()
+            .get_mut(&(0, 1))
+            .unwrap()
+            .probed(replica(), 2, Instant::now());
+        gate.appended(3, &[(0, 1)], 1);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        gate.shards()
+            .get_mut(&(0, 1))
+            .unwrap()
+            .probed(replica(), 3, Instant::now());
+        assert_eq!(gate.shards()[&(0, 1)].rate, Some(rate));
     }
 
     /// Off: nothing is recorded, nothing refused.
     #[tokio::test(start_paused = true)]
     async fn a_zero_bound_never_refuses() {
         let gate = ApplyLag::new(Duration::ZERO);
-        gate.appended(1, &[0], 1);
+        gate.appended(1, &[(0, 1_000_000)], 1);
         tokio::time::advance(Duration::from_secs(3600)).await;
         gate.check(&[0], 1).unwrap();
-        assert!(gate.pending().changes.is_empty());
+        assert!(gate.shards().is_empty());
     }
 }

@@ -119,6 +119,10 @@ impl Catalog {
                 });
         }
         let shards: Vec<u32> = by_shard.keys().copied().collect();
+        let per_shard: Vec<(u32, u64)> = by_shard
+            .iter()
+            .map(|(shard, changes)| (*shard, changes.len() as u64))
+            .collect();
         self.lag.check(&shards, shard_count)?;
         let records: Vec<ShardChangeRecord> = by_shard
             .into_iter()
@@ -135,7 +139,7 @@ impl Catalog {
             .append(&records)
             .await
             .map_err(log_status)?;
-        self.lag.appended(revision, &shards, shard_count);
+        self.lag.appended(revision, &per_shard, shard_count);
         tracing::info!(
             revision,
             items,

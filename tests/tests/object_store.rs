@@ -26,6 +26,16 @@ const DIM: usize = 16;
 const BUCKET: &str = "bundles";
 const READY: Duration = Duration::from_secs(60);
 
+/// Moto started for `test` with its bucket, the root `s3://BUCKET/{prefix}` in
+/// it and a client of that root; `None` when the moto tests are skipped.
+fn store_root(test: &str, prefix: &str) -> Option<(Moto, String, recsys_bundle_store::Store)> {
+    let moto = Moto::start(test)?;
+    moto.create_bucket(BUCKET);
+    let url = format!("s3://{BUCKET}/{prefix}");
+    let store = moto.store(&url);
+    Some((moto, url, store))
+}
+
 /// `recsys bundle publish --bundle DIR --to URL [--set-current]` against `moto`.
 fn publish(moto: &Moto, dir: &Path, url: &str, set_current: bool) {
     let mut command = std::process::Command::new(binary("recsys"));
@@ -240,13 +250,12 @@ async fn a_published_version_is_served_from_the_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unfinished_upload_is_never_loaded_and_the_node_says_why() {
-    let Some(moto) = Moto::start("an_unfinished_upload_is_never_loaded_and_the_node_says_why")
-    else {
+    let Some((moto, url, store)) = store_root(
+        "an_unfinished_upload_is_never_loaded_and_the_node_says_why",
+        "live",
+    ) else {
         return;
     };
-    moto.create_bucket(BUCKET);
-    let url = format!("s3://{BUCKET}/live");
-    let store = moto.store(&url);
     let v1 = synthetic_bundle(1_000, 10, DIM, 2, 51);
     publish(&moto, v1.path(), &url, true);
     // v2's upload stopped before its manifest (the last object publish writes).
@@ -318,12 +327,11 @@ async fn an_unfinished_upload_is_never_loaded_and_the_node_says_why() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_object_is_refused_naming_the_file() {
-    let Some(moto) = Moto::start("a_corrupted_object_is_refused_naming_the_file") else {
+    let Some((moto, url, store)) =
+        store_root("a_corrupted_object_is_refused_naming_the_file", "corrupt")
+    else {
         return;
     };
-    moto.create_bucket(BUCKET);
-    let url = format!("s3://{BUCKET}/corrupt");
-    let store = moto.store(&url);
     let bundle = synthetic_bundle(1_000, 10, DIM, 2, 61);
     publish(&moto, bundle.path(), &url, true);
     let object = "test-61/shards/shard-0.usearch";
@@ -364,12 +372,9 @@ async fn a_corrupted_object_is_refused_naming_the_file() {
 
 #[test]
 fn the_cache_keeps_within_its_bound() {
-    let Some(moto) = Moto::start("the_cache_keeps_within_its_bound") else {
+    let Some((moto, url, store)) = store_root("the_cache_keeps_within_its_bound", "cache") else {
         return;
     };
-    moto.create_bucket(BUCKET);
-    let url = format!("s3://{BUCKET}/cache");
-    let store = moto.store(&url);
     let versions: Vec<_> = (71..74)
         .map(|seed| synthetic_bundle(1_000, 10, DIM, 1, seed))
         .collect();
@@ -431,12 +436,10 @@ fn the_cache_keeps_within_its_bound() {
 /// only fits once v1, retired, leaves the cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retired_version_leaves_the_cache() {
-    let Some(moto) = Moto::start("a_retired_version_leaves_the_cache") else {
+    let Some((moto, url, store)) = store_root("a_retired_version_leaves_the_cache", "rolling")
+    else {
         return;
     };
-    moto.create_bucket(BUCKET);
-    let url = format!("s3://{BUCKET}/rolling");
-    let store = moto.store(&url);
     let versions: Vec<_> = (81..84)
         .map(|seed| synthetic_bundle(1_000, 10, DIM, 2, seed))
         .collect();
@@ -510,12 +513,12 @@ async fn a_retired_version_leaves_the_cache() {
 /// and a rollback switches them back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_through_etcd_serves_versions_from_the_store() {
-    let Some(moto) = Moto::start("a_rollout_through_etcd_serves_versions_from_the_store") else {
+    let Some((moto, url, store)) = store_root(
+        "a_rollout_through_etcd_serves_versions_from_the_store",
+        "etcd-rollout",
+    ) else {
         return;
     };
-    moto.create_bucket(BUCKET);
-    let url = format!("s3://{BUCKET}/etcd-rollout");
-    let store = moto.store(&url);
     let versions: Vec<_> = [91, 92]
         .map(|seed| synthetic_bundle(1_000, 10, DIM, 2, seed))
         .into_iter()
