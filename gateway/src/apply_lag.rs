@@ -91,8 +91,11 @@ impl ShardLag {
         self.waiting.iter().map(|change| change.items).sum()
     }
 
-    /// Why a change to this shard should wait, if it should.
-    fn refusal(&self, shard: u32, max: Duration) -> Option<String> {
+    /// Why a call of `adding` changes to this shard should wait, if it should:
+    /// a change has waited past `max`, or those waiting and the call's would
+    /// take longer than `max` to apply. With nothing waiting a call is always
+    /// taken, however large, so that every writer makes progress.
+    fn refusal(&self, shard: u32, adding: u64, max: Duration) -> Option<String> {
         let oldest = self.waiting.front()?;
         let waited = oldest.at.elapsed();
         if waited > max {
@@ -110,11 +113,11 @@ impl ShardLag {
         }
         let items = self.waiting_items();
         let rate = self.rate.unwrap_or(UNMEASURED_RATE).max(1.0);
-        let to_apply = items as f64 / rate;
+        let to_apply = (items + adding) as f64 / rate;
         (to_apply > max.as_secs_f64()).then(|| {
             format!(
-                "{items} item changes wait for the replicas of shard {shard}, about {to_apply:.1} s \
-                 at the {rate:.0} items/s they {}",
+                "{items} item changes wait for the replicas of shard {shard}, and with this \
+                 call's {adding} about {to_apply:.1} s at the {rate:.0} items/s they {}",
                 if self.rate.is_some() {
                     "have been applying"
                 } else {
@@ -176,19 +179,20 @@ impl ApplyLag {
         self.shards.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `Ok` unless, for one of `shards` (of `shard_count`), a change accepted
-    /// here has waited longer than the bound for a replica, or the changes
-    /// waiting would take longer than the bound to apply at the shard's rate:
-    /// then `RESOURCE_EXHAUSTED` naming the shard, why, and the flag.
-    pub fn check(&self, shards: &[u32], shard_count: u32) -> Result<(), Status> {
+    /// `Ok` unless, for one of `shards` (shard, changes the call adds to it; of
+    /// `shard_count`), a change accepted here has waited longer than the bound
+    /// for a replica, or the changes waiting and the call's would take longer
+    /// than the bound to apply at the shard's rate: then `RESOURCE_EXHAUSTED`
+    /// naming the shard, why, and the flag.
+    pub fn check(&self, shards: &[(u32, u64)], shard_count: u32) -> Result<(), Status> {
         if self.max.is_zero() {
             return Ok(());
         }
         let lags = self.shards();
-        for &shard in shards {
+        for &(shard, adding) in shards {
             let Some(why) = lags
                 .get(&(shard, shard_count))
-                .and_then(|lag| lag.refusal(shard, self.max))
+                .and_then(|lag| lag.refusal(shard, adding, self.max))
             else {
                 continue;
             };
@@ -327,9 +331,9 @@ mod tests {
     async fn a_change_left_unapplied_past_the_bound_refuses_its_shards_writes() {
         let gate = ApplyLag::new(Duration::from_secs(2));
         gate.appended(40, &[(0, 10), (1, 10)], 2);
-        gate.check(&[0, 1], 2).unwrap();
+        gate.check(&[(0, 10), (1, 10)], 2).unwrap();
         tokio::time::advance(Duration::from_secs(3)).await;
-        let refused = gate.check(&[1], 2).unwrap_err();
+        let refused = gate.check(&[(1, 10)], 2).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         assert!(
             refused.message().contains("no replica of shard 1")
@@ -338,13 +342,13 @@ mod tests {
             refused.message()
         );
         // Another layout's shard 1 is another shard.
-        gate.check(&[1], 4).unwrap();
+        gate.check(&[(1, 10)], 4).unwrap();
         gate.shards()
             .get_mut(&(1, 2))
             .unwrap()
             .probed("10.0.0.1:1".into(), 40, Instant::now());
-        gate.check(&[1], 2).unwrap();
-        assert!(gate.check(&[0], 2).is_err(), "shard 0 still waits");
+        gate.check(&[(1, 10)], 2).unwrap();
+        assert!(gate.check(&[(0, 10)], 2).is_err(), "shard 0 still waits");
     }
 
     /// Changes accepted within the bound are refused once applying what waits
@@ -353,11 +357,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_backlog_that_would_outlast_the_bound_refuses_before_it_ages() {
         let gate = ApplyLag::new(Duration::from_secs(1));
+        // Nothing waits: taken however large.
+        gate.check(&[(0, 5_000)], 1).unwrap();
         gate.appended(1, &[(0, 600)], 1);
-        gate.check(&[0], 1).unwrap();
+        gate.check(&[(0, 400)], 1).unwrap();
         gate.appended(2, &[(0, 600)], 1);
-        // 1,200 waiting at the assumed 1,000 a second: 1.2 s.
-        let refused = gate.check(&[0], 1).unwrap_err();
+        // 1,200 waiting and 1 more at the assumed 1,000 a second: 1.2 s.
+        let refused = gate.check(&[(0, 1)], 1).unwrap_err();
         assert!(
             refused.message().contains("1200 item changes wait")
                 && refused.message().contains("assumed"),
@@ -378,7 +384,8 @@ mod tests {
             .probed(replica(), 1, Instant::now());
         let rate = gate.shards()[&(0, 1)].rate.unwrap();
         assert!((rate - 3_000.0).abs() < 1.0, "{rate}");
-        gate.check(&[0], 1).unwrap();
+        gate.check(&[(0, 600)], 1).unwrap();
+        assert!(gate.check(&[(0, 3_000)], 1).is_err());
         // A probe interval that began with nothing waiting measures nothing.
         gate.shards()
             .get_mut(&(0, 1))
@@ -399,7 +406,7 @@ mod tests {
         let gate = ApplyLag::new(Duration::ZERO);
         gate.appended(1, &[(0, 1_000_000)], 1);
         tokio::time::advance(Duration::from_secs(3600)).await;
-        gate.check(&[0], 1).unwrap();
+        gate.check(&[(0, 1_000_000)], 1).unwrap();
         assert!(gate.shards().is_empty());
     }
 }

@@ -118,12 +118,11 @@ impl Catalog {
                     change: Some(change),
                 });
         }
-        let shards: Vec<u32> = by_shard.keys().copied().collect();
         let per_shard: Vec<(u32, u64)> = by_shard
             .iter()
             .map(|(shard, changes)| (*shard, changes.len() as u64))
             .collect();
-        self.lag.check(&shards, shard_count)?;
+        self.lag.check(&per_shard, shard_count)?;
         let records: Vec<ShardChangeRecord> = by_shard
             .into_iter()
             .map(|(shard, changes)| ShardChangeRecord {
