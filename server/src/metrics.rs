@@ -35,7 +35,10 @@ const KNOWN_METHODS: &[(&str, &[&str])] = &[
         "recsys.v1.GatewayService",
         &["Recommend", "RecommendStream"],
     ),
-    ("recsys.v1.RetrievalService", &["Search", "Info"]),
+    (
+        "recsys.v1.RetrievalService",
+        &["Search", "Info", "GetItemVector"],
+    ),
     ("recsys.v1.RankingService", &["Rank", "Info"]),
     ("recsys.v1.CatalogService", &["UpsertItems", "DeleteItems"]),
     ("grpc.health.v1.Health", &["Check", "Watch"]),
@@ -361,7 +364,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(seen, 8);
+        assert_eq!(seen, 9);
     }
 
     #[test]
