@@ -4,7 +4,9 @@
 //! whoever could write there. A search answer must hold as many scores as ids,
 //! no id twice, no excluded id, only ids that hash to the shard asked, only
 //! finite scores, and the bundle version the request is answered by; a ranking
-//! answer one finite score per candidate and (when it names one) that version.
+//! answer one finite score per candidate and (when it names one) that version;
+//! an item's vector (similar items) that version, and when found a finite
+//! vector of the version's dimensions.
 //! An answer that fails is not used (the shard or ranking stage falls short,
 //! with the reason in coverage, and the call is retried on another replica)
 //! and is counted in
@@ -18,7 +20,7 @@
 //! take nodes out of routing.
 
 use recsys_bundle::shard_of;
-use recsys_proto::v1::{RankResponse, SearchResponse};
+use recsys_proto::v1::{GetItemVectorResponse, RankResponse, SearchResponse};
 use rustc_hash::FxHashSet;
 
 use crate::fanout::ShardTarget;
@@ -48,12 +50,7 @@ pub fn check_search(
             response.scores.len()
         )));
     }
-    if response.bundle_version != expected.version {
-        return Err(NodeFailure::WrongVersion {
-            answered: response.bundle_version.chars().take(64).collect(),
-            serving: expected.version.to_string(),
-        });
-    }
+    check_version(&response.bundle_version, expected.version)?;
     if let Some(stray) = response
         .item_ids
         .iter()
@@ -83,6 +80,39 @@ pub fn check_search(
     Ok(())
 }
 
+/// Checks the answer to a similar-items lookup of `item` (`similar_items`):
+/// of `version`, and a found vector `dimensions` long and finite, since it
+/// becomes every shard's query.
+pub fn check_item_vector(
+    response: &GetItemVectorResponse,
+    item: u64,
+    version: &str,
+    dimensions: usize,
+) -> Result<(), NodeFailure> {
+    check_version(&response.bundle_version, version)?;
+    if response.found
+        && (response.vector.len() != dimensions
+            || response.vector.iter().any(|value| !value.is_finite()))
+    {
+        return Err(NodeFailure::Malformed(format!(
+            "item {item}'s vector has {} values (expected {dimensions}) or a non-finite one",
+            response.vector.len()
+        )));
+    }
+    Ok(())
+}
+
+/// An answer's bundle version must be the one the gateway serves.
+fn check_version(answered: &str, serving: &str) -> Result<(), NodeFailure> {
+    if answered == serving {
+        return Ok(());
+    }
+    Err(NodeFailure::WrongVersion {
+        answered: answered.chars().take(64).collect(),
+        serving: serving.to_string(),
+    })
+}
+
 /// Checks a ranking answer for `candidates` candidates.
 /// A ranking answer also names the bundle version that scored, which must be
 /// the request's `version` (nodes before rollouts name none).
@@ -91,11 +121,8 @@ pub fn check_rank(
     candidates: usize,
     version: &str,
 ) -> Result<(), NodeFailure> {
-    if !response.bundle_version.is_empty() && response.bundle_version != version {
-        return Err(NodeFailure::WrongVersion {
-            answered: response.bundle_version.chars().take(64).collect(),
-            serving: version.to_string(),
-        });
+    if !response.bundle_version.is_empty() {
+        check_version(&response.bundle_version, version)?;
     }
     if response.scores.len() != candidates {
         return Err(NodeFailure::Malformed(format!(
@@ -193,6 +220,33 @@ mod tests {
         };
         assert!(check_rank(&other, 2, "v").unwrap_err().breaks_guarantee());
         assert!(check_rank(&other, 2, "v0").is_ok());
+    }
+
+    /// An item's vector of another version, or one that could not be a
+    /// query, is refused (and so asked of another replica).
+    #[test]
+    fn item_vectors_of_another_version_or_unusable_are_refused() {
+        let answer = |version: &str, found: bool, vector: Vec<f32>| GetItemVectorResponse {
+            found,
+            vector,
+            bundle_version: version.into(),
+            log_revision: 0,
+        };
+        let check = |response: GetItemVectorResponse| check_item_vector(&response, 7, "v2", 3);
+        assert!(check(answer("v2", true, vec![0.1, 0.2, 0.3])).is_ok());
+        assert!(check(answer("v2", false, vec![])).is_ok());
+        assert!(matches!(
+            check(answer("v1", true, vec![0.1, 0.2, 0.3])),
+            Err(NodeFailure::WrongVersion { .. })
+        ));
+        assert!(matches!(
+            check(answer("v2", true, vec![0.1, 0.2])),
+            Err(NodeFailure::Malformed(_))
+        ));
+        assert!(matches!(
+            check(answer("v2", true, vec![0.1, f32::NAN, 0.3])),
+            Err(NodeFailure::Malformed(_))
+        ));
     }
 
     #[test]

@@ -6,19 +6,18 @@
 //! shard serves the item as the change log left it: an upserted item has its new
 //! vector, a deleted one none. The fetch goes through the same replica policy as
 //! a search (`call_replicas`: another replica after an error, the version and
-//! `min_revision` of the request), within the retrieval budget.
+//! `min_revision` of the request), within the retrieval budget, and the answer
+//! is checked as a search's is (`answer_check::check_item_vector`).
 
 use recsys_bundle::shard_of;
 use recsys_discovery::ClusterView;
-use recsys_proto::v1::{
-    GetItemVectorRequest, GetItemVectorResponse, retrieval_service_client::RetrievalServiceClient,
-};
+use recsys_proto::v1::{GetItemVectorRequest, retrieval_service_client::RetrievalServiceClient};
 use tokio::time::Instant;
 
 use crate::GatewayError;
+use crate::answer_check::check_item_vector;
 use crate::fanout::call_replicas;
 use crate::node_channels::NodeChannels;
-use crate::node_failure::NodeFailure;
 
 /// Where and how to look the item up.
 pub struct SimilarTo<'a> {
@@ -65,7 +64,7 @@ pub async fn item_vector(
             let mut client = RetrievalServiceClient::new(node.channel.clone());
             async move { client.get_item_vector(grpc_request).await }
         },
-        |response| check(response, query),
+        |response| check_item_vector(response, query.item, query.version, query.dimensions),
     )
     .await
     .map_err(|failure| {
@@ -81,70 +80,4 @@ pub async fn item_vector(
         });
     }
     Ok((shard, answer.vector))
-}
-
-/// A replica's answer must be of the version asked for, and a found vector as
-/// long as the version's and finite (it becomes every shard's query).
-fn check(response: &GetItemVectorResponse, query: &SimilarTo<'_>) -> Result<(), NodeFailure> {
-    if response.bundle_version != query.version {
-        return Err(NodeFailure::WrongVersion {
-            answered: response.bundle_version.chars().take(64).collect(),
-            serving: query.version.to_string(),
-        });
-    }
-    if response.found
-        && (response.vector.len() != query.dimensions
-            || response.vector.iter().any(|value| !value.is_finite()))
-    {
-        return Err(NodeFailure::Malformed(format!(
-            "item {}'s vector has {} values (expected {}) or a non-finite one",
-            query.item,
-            response.vector.len(),
-            query.dimensions
-        )));
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn query(version: &str) -> SimilarTo<'_> {
-        SimilarTo {
-            item: 7,
-            version,
-            shard_count: 2,
-            dimensions: 3,
-            min_revision: 0,
-            deadline: Instant::now(),
-        }
-    }
-
-    /// An answer of another version, or a vector that could not be a query, is
-    /// refused (and so asked of another replica).
-    #[test]
-    fn answers_of_another_version_or_with_a_bad_vector_are_refused() {
-        let answer = |version: &str, found: bool, vector: Vec<f32>| GetItemVectorResponse {
-            found,
-            vector,
-            bundle_version: version.into(),
-            log_revision: 0,
-        };
-        let q = query("v2");
-        assert!(check(&answer("v2", true, vec![0.1, 0.2, 0.3]), &q).is_ok());
-        assert!(check(&answer("v2", false, vec![]), &q).is_ok());
-        assert!(matches!(
-            check(&answer("v1", true, vec![0.1, 0.2, 0.3]), &q),
-            Err(NodeFailure::WrongVersion { .. })
-        ));
-        assert!(matches!(
-            check(&answer("v2", true, vec![0.1, 0.2]), &q),
-            Err(NodeFailure::Malformed(_))
-        ));
-        assert!(matches!(
-            check(&answer("v2", true, vec![0.1, f32::NAN, 0.3]), &q),
-            Err(NodeFailure::Malformed(_))
-        ));
-    }
 }

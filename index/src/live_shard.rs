@@ -30,7 +30,9 @@ use rustc_hash::FxHashMap;
 use usearch::Index;
 
 use crate::options::usearch_options;
-use crate::shard_index::{Hidden, huge_page_memory, search_one, sort_hits, view_copy};
+use crate::shard_index::{
+    Hidden, huge_page_memory, search_one, sort_hits, stored_vector, view_copy,
+};
 use crate::{Hit, SearchError, ShardIndex};
 
 /// One change to a shard's items.
@@ -377,12 +379,7 @@ impl LiveShard {
     /// `None` for an item the shard does not hold.
     pub fn vector(&self, id: u64) -> Result<Option<Vec<f32>>, SearchError> {
         let mutable = self.read();
-        let mut vector = vec![0.0f32; self.base.dimensions()];
-        let found = mutable
-            .delta
-            .get(id, &mut vector)
-            .map_err(|e| SearchError::Usearch(e.to_string()))?;
-        if found == 1 {
+        if let Some(vector) = stored_vector(&mutable.delta, id, self.base.dimensions())? {
             return Ok(Some(vector));
         }
         if mutable.hidden.contains(&id) {

@@ -351,12 +351,7 @@ impl ShardIndex {
     /// quantized values for `f16` and `i8`), if the shard holds it: the query
     /// of a "similar to this item" request.
     pub fn vector(&self, id: u64) -> Result<Option<Vec<f32>>, SearchError> {
-        let mut vector = vec![0.0f32; self.dimensions];
-        let found = self
-            .index
-            .get(id, &mut vector)
-            .map_err(|e| SearchError::Usearch(e.to_string()))?;
-        Ok((found == 1).then_some(vector))
+        stored_vector(&self.index, id, self.dimensions)
     }
 
     /// Every item's id and stored vector (read back as f32: exact for `f32`
@@ -474,6 +469,20 @@ pub(crate) fn search_one(
         .filter(|(key, _)| keep(**key))
         .map(|(key, distance)| (*key, score_from_distance(metric, *distance)))
         .collect())
+}
+
+/// Item `id`'s vector as `index` (of `dimensions`) stores it, read back as f32;
+/// `None` when the index does not hold it.
+pub(crate) fn stored_vector(
+    index: &Index,
+    id: u64,
+    dimensions: usize,
+) -> Result<Option<Vec<f32>>, SearchError> {
+    let mut vector = vec![0.0f32; dimensions];
+    let found = index
+        .get(id, &mut vector)
+        .map_err(|e| SearchError::Usearch(e.to_string()))?;
+    Ok((found == 1).then_some(vector))
 }
 
 /// Item ids left out of a search, hashed with rustc's fast hash: the predicate

@@ -62,6 +62,22 @@ impl RetrievalNodeService {
         })
     }
 
+    /// Returns once `served` has applied the change log up to `wanted` (at once
+    /// when it has), or why not ([`Self::wait_for_revision`]).
+    async fn caught_up(
+        &self,
+        served: &ServedShard,
+        wanted: u64,
+        deadline: Option<Instant>,
+    ) -> Result<(), NodeError> {
+        if wanted <= served.live.revision() {
+            return Ok(());
+        }
+        let shard = served.live.base().shard();
+        self.wait_for_revision(&served.applied, shard, wanted, deadline)
+            .await
+    }
+
     /// Waits until the shard holds every change up to revision `wanted`, at
     /// most until `deadline` (or [`MAX_REVISION_WAIT`] without one). The log is
     /// partitioned by shard, so the shard's own applied revision stops at its
@@ -132,10 +148,7 @@ impl RetrievalNodeService {
             min_log_revision,
             bundle_version: _,
         } = request;
-        if min_log_revision > live.revision() {
-            self.wait_for_revision(&served.applied, index.shard(), min_log_revision, deadline)
-                .await?;
-        }
+        self.caught_up(&served, min_log_revision, deadline).await?;
         exclude_item_ids.sort_unstable();
         exclude_item_ids.dedup();
         // Held until the search ends (moved into the blocking task below).
@@ -185,9 +198,7 @@ impl RetrievalNodeService {
             log_revision: live.revision(),
         })
     }
-}
 
-impl RetrievalNodeService {
     /// One item's vector from the version asked for, once the shard has applied
     /// `min_log_revision`. A lookup in memory: no pool slot.
     async fn item_vector(
@@ -196,12 +207,9 @@ impl RetrievalNodeService {
         deadline: Option<Instant>,
     ) -> Result<GetItemVectorResponse, NodeError> {
         let (version, served) = self.ready(&request.bundle_version)?;
+        self.caught_up(&served, request.min_log_revision, deadline)
+            .await?;
         let live = &served.live;
-        if request.min_log_revision > live.revision() {
-            let shard = live.base().shard();
-            self.wait_for_revision(&served.applied, shard, request.min_log_revision, deadline)
-                .await?;
-        }
         let vector = live.vector(request.item_id)?;
         Ok(GetItemVectorResponse {
             found: vector.is_some(),

@@ -317,3 +317,22 @@ pub async fn health_status(addr: SocketAddr) -> i32 {
         .into_inner()
         .status
 }
+
+/// The tests' retrieval node settings for shard `shard` of the bundle in
+/// `bundle_dir`: one search thread, default limits and load mode, plaintext,
+/// no registration. Change fields with struct update syntax (an `announce` to
+/// register in etcd); the one place a new node setting is added for the tests.
+pub fn node_config(bundle_dir: &Path, shard: u32) -> recsys_retrieval_node::NodeConfig {
+    recsys_retrieval_node::NodeConfig {
+        bundle: recsys_bundle::BundleSource::at(bundle_dir.to_path_buf()),
+        versions: Default::default(),
+        shard,
+        search_threads: 1,
+        limits: Default::default(),
+        load_mode: Default::default(),
+        announce: None,
+        access: Default::default(),
+        server_limits: Default::default(),
+        max_in_flight: 0,
+    }
+}

@@ -38,16 +38,8 @@ pub async fn retrieval_node(
         addr.to_string(),
     );
     let config = recsys_retrieval_node::NodeConfig {
-        bundle: recsys_bundle::BundleSource::at(dir.to_path_buf()),
-        versions: Default::default(),
-        shard,
-        search_threads: 1,
-        limits: Default::default(),
-        load_mode: Default::default(),
         announce: Some(announce),
-        access: Default::default(),
-        server_limits: Default::default(),
-        max_in_flight: 0,
+        ..crate::node_config(dir, shard)
     };
     tokio::spawn(recsys_retrieval_node::run(listener, config, token.clone()));
     addr

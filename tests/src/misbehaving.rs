@@ -439,18 +439,7 @@ pub async fn retrieval_node(
 ) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let config = recsys_retrieval_node::NodeConfig {
-        bundle: recsys_bundle::BundleSource::at(bundle.to_path_buf()),
-        versions: Default::default(),
-        shard,
-        search_threads: 1,
-        limits: recsys_retrieval_node::SearchLimits::default(),
-        load_mode: recsys_retrieval_node::LoadMode::default(),
-        announce: None,
-        access: Default::default(),
-        server_limits: Default::default(),
-        max_in_flight: 0,
-    };
+    let config = crate::node_config(bundle, shard);
     let serve = recsys_retrieval_node::run(listener, config, token.clone());
     let name = format!("retrieval node of shard {shard}");
     let mut node = recsys_local_cluster::ServerHandle::spawn(name, addr, token.clone(), serve);

@@ -266,18 +266,7 @@ async fn a_flipped_byte_or_a_truncated_file_keeps_the_node_not_serving() {
     for (shard, what) in [(0u32, "checksum mismatch"), (1, "truncated")] {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let config = recsys_retrieval_node::NodeConfig {
-            bundle: recsys_bundle::BundleSource::at(dir.to_path_buf()),
-            versions: Default::default(),
-            shard,
-            search_threads: 1,
-            limits: Default::default(),
-            load_mode: Default::default(),
-            announce: None,
-            access: Default::default(),
-            server_limits: Default::default(),
-            max_in_flight: 0,
-        };
+        let config = recsys_tests::node_config(dir, shard);
         tokio::spawn(recsys_retrieval_node::run(listener, config, token.clone()));
         let info = || async {
             let mut client = RetrievalServiceClient::connect(format!("http://{addr}"))

@@ -10,7 +10,7 @@ use recsys_discovery::{StaticMembership, StaticSpec};
 use recsys_gateway::{GatewayConfig, RequestPolicy};
 use recsys_local_cluster::ServerHandle;
 use recsys_proto::v1::{InfoRequest, LoadStatus, retrieval_service_client::RetrievalServiceClient};
-use recsys_retrieval_node::{LoadMode, NodeConfig, NodeError, SearchLimits};
+use recsys_retrieval_node::NodeError;
 use recsys_tests::misbehaving::black_hole;
 use recsys_tests::*;
 use tokio::net::TcpListener;
@@ -24,18 +24,7 @@ async fn start_node(
 ) -> ServerHandle<NodeError> {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let config = NodeConfig {
-        bundle: recsys_bundle::BundleSource::at(bundle.to_path_buf()),
-        versions: Default::default(),
-        shard,
-        search_threads: 1,
-        limits: SearchLimits::default(),
-        load_mode: LoadMode::default(),
-        announce: None,
-        access: Default::default(),
-        server_limits: Default::default(),
-        max_in_flight: 0,
-    };
+    let config = recsys_tests::node_config(bundle, shard);
     let run = recsys_retrieval_node::run(listener, config, token.clone());
     ServerHandle::spawn(
         format!("retrieval node of shard {shard}"),

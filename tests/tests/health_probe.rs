@@ -8,7 +8,6 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use recsys_local_cluster::ServerHandle;
-use recsys_retrieval_node::{LoadMode, NodeConfig, SearchLimits};
 use recsys_tests::processes::{binary, free_addr};
 use recsys_tests::*;
 use tokio::net::TcpListener;
@@ -39,18 +38,7 @@ async fn recsys_health_exits_zero_only_for_serving() {
     let token = CancellationToken::new();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let config = NodeConfig {
-        bundle: recsys_bundle::BundleSource::at(bundle.path().to_path_buf()),
-        versions: Default::default(),
-        shard: 0,
-        search_threads: 1,
-        limits: SearchLimits::default(),
-        load_mode: LoadMode::default(),
-        announce: None,
-        access: Default::default(),
-        server_limits: Default::default(),
-        max_in_flight: 0,
-    };
+    let config = recsys_tests::node_config(bundle.path(), 0);
     let run = recsys_retrieval_node::run(listener, config, token.clone());
     let mut node = ServerHandle::spawn("retrieval node", addr, token.clone(), run);
     node.wait_serving(Duration::from_secs(30))
