@@ -67,11 +67,29 @@ pub struct RetrievalArgs {
     /// the packed-only shard and the live one alternately, block by block.
     #[arg(long)]
     pub live_fraction: Option<f64>,
-    /// Search the live shard's mutable part as the changes left it, not the
-    /// packed copy a node makes once the change log pauses: what searches cost
-    /// while changes keep coming.
-    #[arg(long, requires = "live_fraction")]
-    pub live_unpacked: bool,
+    /// The live shard's state when measured: `folded` (the default), what a
+    /// node serves once the change log has been quiet for a second (base and
+    /// mutable part folded into one graph); `packed`, right after the log
+    /// pauses (the mutable part packed beside the base); `changing`, changes
+    /// that came after a fold (a tenth of them, in its tail); `unpacked`, what
+    /// searches cost while changes keep coming and no fold was made.
+    #[arg(long, value_enum, default_value_t = LiveState::Folded, requires = "live_fraction")]
+    pub live_state: LiveState,
+}
+
+/// How far a live shard's upkeep got before it is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LiveState {
+    /// The mutable part as the changes left it.
+    Unpacked,
+    /// The mutable part packed (`LiveShard::pack_delta`).
+    Packed,
+    /// Packed, then folded into a copy of the base (`LiveShard::fold`).
+    Folded,
+    /// Folded after nine tenths of the changes; the last tenth came after the
+    /// fold (searched from its tail): what searches cost while changes keep
+    /// coming once a node has folded.
+    Changing,
 }
 
 const K: usize = 100;
@@ -250,7 +268,7 @@ pub fn run(args: RetrievalArgs) -> anyhow::Result<()> {
             items,
             dim,
             fraction,
-            args.live_unpacked,
+            args.live_state,
         )?),
         None => None,
     };
@@ -416,15 +434,15 @@ impl Pass<'_> {
 
 /// Opens the bundle's shard again as a live shard and upserts every item whose
 /// row falls in the first `fraction` of a seeded shuffle, in batches of 1,000 (one
-/// log entry each), reporting the rate; then packs the mutable part unless
-/// `unpacked`.
+/// log entry each), reporting the rate; then packs and folds the mutable part
+/// as `state` says, reporting how long each took.
 fn live_shard(
     bundle: &Path,
     mode: LoadMode,
     items: &[f32],
     dim: usize,
     fraction: f64,
-    unpacked: bool,
+    state: LiveState,
 ) -> anyhow::Result<LiveShard> {
     use rand::SeedableRng;
     use rand::seq::SliceRandom;
@@ -436,29 +454,47 @@ fn live_shard(
     let mut rows: Vec<usize> = (0..items.len() / dim).collect();
     rows.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(17));
     rows.truncate((rows.len() as f64 * fraction).round() as usize);
+    // `changing`: the last tenth of the changes comes after the fold.
+    let after_fold = match state {
+        LiveState::Changing => rows.len() / 10,
+        _ => 0,
+    };
+    let (before, after) = rows.split_at(rows.len() - after_fold);
+    let mut revision = 0u64;
+    let mut upsert = |rows: &[usize]| -> anyhow::Result<f64> {
+        let started = Instant::now();
+        for batch in rows.chunks(1_000) {
+            let changes: Vec<ItemChange> = batch
+                .iter()
+                .map(|&row| ItemChange::Upsert {
+                    id: row as u64,
+                    vector: items[row * dim..(row + 1) * dim].to_vec(),
+                })
+                .collect();
+            revision += 1;
+            live.apply(revision, &changes)?;
+        }
+        Ok(started.elapsed().as_secs_f64())
+    };
+    let seconds = upsert(before)?;
+    // What a retrieval node does once the change log pauses, and once it has
+    // been quiet for a second.
     let started = Instant::now();
-    for (revision, batch) in rows.chunks(1_000).enumerate() {
-        let changes: Vec<ItemChange> = batch
-            .iter()
-            .map(|&row| ItemChange::Upsert {
-                id: row as u64,
-                vector: items[row * dim..(row + 1) * dim].to_vec(),
-            })
-            .collect();
-        live.apply(revision as u64 + 1, &changes)?;
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    // What a retrieval node does once the change log pauses.
-    let started = Instant::now();
-    let packed = !unpacked && live.pack_delta()?;
+    let packed = state != LiveState::Unpacked && live.pack_delta()?;
     let pack_ms = started.elapsed().as_secs_f64() * 1e3;
+    let started = Instant::now();
+    let folded = matches!(state, LiveState::Folded | LiveState::Changing) && live.fold(0)?;
+    let fold_ms = started.elapsed().as_secs_f64() * 1e3;
+    let tail_seconds = upsert(after)?;
     let stats = live.stats();
     println!(
         "{}",
         serde_json::json!({"engine": "recsys-live", "event": "upserted", "items": rows.len(),
-            "seconds": seconds, "items_per_second": rows.len() as f64 / seconds,
-            "delta": stats.delta, "hidden": stats.hidden, "delta_packed": packed,
-            "pack_ms": packed.then_some(pack_ms)})
+            "seconds": seconds, "items_per_second": before.len() as f64 / seconds,
+            "delta": stats.delta, "hidden": stats.hidden, "delta_packed": live.delta_packed(),
+            "pack_ms": packed.then_some(pack_ms), "folded": live.folded(),
+            "fold_ms": folded.then_some(fold_ms), "after_fold": after.len(),
+            "after_fold_items_per_second": (!after.is_empty()).then(|| after.len() as f64 / tail_seconds)})
     );
     Ok(live)
 }

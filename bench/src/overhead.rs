@@ -50,6 +50,7 @@ pub async fn cold_start(args: ColdStartArgs) -> anyhow::Result<()> {
             access: Default::default(),
             server_limits: Default::default(),
             max_in_flight: 0,
+            fold_min_items: recsys_retrieval_node::DEFAULT_FOLD_MIN_ITEMS,
         };
         let started = Instant::now();
         let task = tokio::spawn(recsys_retrieval_node::run(listener, config, token.clone()));

@@ -16,7 +16,9 @@
 //! come since: the packed layout is what makes the base fast, and searched
 //! beside the base, whose traversal evicts it from the cache on every query, an
 //! unpacked delta cost about twice its time alone (docs/benchmarks.md, "Live
-//! shard").
+//! shard"). Once the mutable part is large, a node also folds it and the base
+//! into one packed graph ([`LiveShard::fold`], `fold.rs`), searched alone,
+//! at the packed-only rate, until the next change.
 //!
 //! Changes come stamped with the revision of the ordered log they were read from
 //! (etcd's revision in the cluster); a shard applies each revision once and
@@ -34,6 +36,7 @@ use crate::shard_index::{
     Hidden, huge_page_memory, search_one, sort_hits, stored_vector, view_copy,
 };
 use crate::{Hit, SearchError, ShardIndex};
+use fold::{Folded, Tail};
 
 /// One change to a shard's items.
 #[derive(Debug, Clone, PartialEq)]
@@ -147,6 +150,13 @@ struct Mutable {
     generation: u64,
     /// The delta packed, searched instead of it while `generation` matches.
     packed: Option<PackedDelta>,
+    /// The base and the delta in one graph, searched instead of both while
+    /// `generation` matches, or beside `tail` while that follows it.
+    folded: Option<Folded>,
+    /// The changes since `folded` was made.
+    tail: Option<Tail>,
+    /// The changes since the fold being made began, which become its tail.
+    pending_tail: Option<Tail>,
 }
 
 impl Mutable {
@@ -162,6 +172,26 @@ impl Mutable {
         self.packed
             .as_ref()
             .filter(|packed| packed.generation == self.generation)
+    }
+
+    /// The fold, if no change came since it was made.
+    fn current_folded(&self) -> Option<&Folded> {
+        self.folded
+            .as_ref()
+            .filter(|folded| folded.generation == self.generation)
+    }
+
+    /// The fold searches read, and the tail of changes since it, if any.
+    fn fold_in_use(&self) -> Option<(&Folded, Option<&Tail>)> {
+        let folded = self.folded.as_ref()?;
+        if folded.generation == self.generation {
+            return Some((folded, None));
+        }
+        let tail = self
+            .tail
+            .as_ref()
+            .filter(|tail| tail.since == folded.generation)?;
+        Some((folded, Some(tail)))
     }
 }
 
@@ -197,6 +227,9 @@ impl LiveShard {
                 revision,
                 generation: 0,
                 packed: None,
+                folded: None,
+                tail: None,
+                pending_tail: None,
             }),
         })
     }
@@ -221,6 +254,12 @@ impl LiveShard {
     /// ([`Self::pack_delta`]).
     pub fn delta_packed(&self) -> bool {
         self.read().current_packed().is_some()
+    }
+
+    /// Whether searches read a fold of the base and the mutable part now
+    /// ([`Self::fold`]), with or without a tail of later changes.
+    pub fn folded(&self) -> bool {
+        self.read().fold_in_use().is_some()
     }
 
     /// Counts for `Info` and metrics.
@@ -248,53 +287,36 @@ impl LiveShard {
         // From here the delta may change, even if a later step fails: the
         // packed copy is out of date (and dropped once the lock is released).
         mutable.generation += 1;
-        let stale = mutable.packed.take();
-        let upserts = changes
-            .iter()
-            .filter(|change| matches!(change, ItemChange::Upsert { .. }))
-            .count();
-        let delta = &mutable.delta;
-        let needed = delta.size() + upserts;
-        if needed > delta.capacity() {
-            // Doubling keeps the cost of growing amortized over many batches.
-            let capacity = needed.max(delta.capacity().saturating_mul(2)).max(1024);
-            delta
-                .reserve(capacity)
-                .map_err(|e| ChangeError::Usearch(e.to_string()))?;
-        }
-        // Only each item's last change in the batch counts: the removals run
-        // first, then the insertions. One thread inserts: with usearch 2.26's
-        // concurrent insertion into a delta whose removed slots get reused, the
-        // model test found an upserted item unreachable by its own vector in
-        // about one run of ten; sequential insertion never did.
+        let stale_packed = mutable.packed.take();
+        // Only each item's last change in the batch counts.
         let mut last: FxHashMap<u64, &ItemChange> = FxHashMap::default();
         for change in changes {
             last.insert(change.id(), change);
         }
-        let mut additions = Vec::with_capacity(last.len());
-        for (id, change) in last {
-            if mutable.delta.contains(id) {
-                mutable
-                    .delta
-                    .remove(id)
-                    .map_err(|e| ChangeError::Usearch(e.to_string()))?;
-            }
-            if self.base.contains(id) {
-                mutable.hidden.insert(id);
-            }
-            if let ItemChange::Upsert { vector, .. } = change {
-                additions.push((id, vector.as_slice()));
+        // A fold (and one being made) stays in use with the changes since it
+        // in its tail; a tail that cannot take them retires its fold.
+        let mutable = &mut *mutable;
+        for tail in [&mut mutable.tail, &mut mutable.pending_tail] {
+            if let Some(kept) = tail.as_mut()
+                && let Err(error) = kept.record(&last)
+            {
+                tracing::warn!(%error, "the fold's tail refused a change; searching without the fold");
+                *tail = None;
             }
         }
-        for (id, vector) in additions {
-            mutable
-                .delta
-                .add(id, vector)
-                .map_err(|e| ChangeError::Usearch(e.to_string()))?;
+        let stale_fold = match (&mutable.folded, &mutable.tail) {
+            (Some(folded), Some(tail)) if tail.since == folded.generation => None,
+            _ => mutable.folded.take(),
+        };
+        for id in last.keys() {
+            if self.base.contains(*id) {
+                mutable.hidden.insert(*id);
+            }
         }
+        replace_items(&mutable.delta, &last)?;
         mutable.revision = revision;
-        drop(mutable);
-        drop(stale);
+        drop(stale_packed);
+        drop(stale_fold);
         Ok(Applied::Changed)
     }
 
@@ -399,45 +421,89 @@ impl LiveShard {
         exact: bool,
     ) -> Result<Vec<Hit>, SearchError> {
         let mutable = self.read();
+        let live = self.live_items(&mutable);
+        if !exact && let Some((folded, tail)) = mutable.fold_in_use() {
+            let ef = self.base.expansion_search();
+            let changed = tail.map(|tail| &tail.changed);
+            let hits = folded.search(self, query, k, excluded, ef, changed)?;
+            return match tail {
+                Some(tail) => self.beside(
+                    hits,
+                    &tail.delta,
+                    live,
+                    mutable.delta_ef,
+                    query,
+                    k,
+                    excluded,
+                    false,
+                ),
+                None => Ok(hits),
+            };
+        }
         let base = self
             .base
             .search_hiding(query, k, excluded, &mutable.hidden, exact)?;
-        let delta = mutable.searched();
-        if delta.size() == 0 || k == 0 {
-            return Ok(base);
+        self.beside(
+            base,
+            mutable.searched(),
+            live,
+            mutable.delta_ef,
+            query,
+            k,
+            excluded,
+            exact,
+        )
+    }
+
+    /// `hits`, the best of a graph the changes in `part` are not in, merged
+    /// with `part`'s own best: the `k` best of the shard's `live` items.
+    #[expect(clippy::too_many_arguments, reason = "one search's parameters")]
+    fn beside(
+        &self,
+        hits: Vec<Hit>,
+        part: &Index,
+        live: u64,
+        part_ef: usize,
+        query: &[f32],
+        k: usize,
+        excluded: &[u64],
+        exact: bool,
+    ) -> Result<Vec<Hit>, SearchError> {
+        if part.size() == 0 || k == 0 {
+            return Ok(hits);
         }
-        let search_delta = |wanted: usize| {
+        let search_part = |wanted: usize| {
             search_one(
-                delta,
+                part,
                 self.base.metric(),
                 query,
                 wanted,
-                exact.then_some((k + excluded.len()).min(delta.size())),
+                exact.then_some((k + excluded.len()).min(part.size())),
                 !excluded.is_empty(),
                 |key| excluded.binary_search(&key).is_err(),
             )
         };
-        let merge = |delta_hits: Vec<Hit>| {
-            let mut hits = base.clone();
-            hits.extend(delta_hits);
-            sort_hits(&mut hits);
-            hits
+        let merge = |part_hits: Vec<Hit>| {
+            let mut merged = hits.clone();
+            merged.extend(part_hits);
+            sort_hits(&mut merged);
+            merged
         };
-        let (narrow, full) = self.delta_beams(&mutable, k);
-        let first = search_delta(narrow)?;
+        let (narrow, full) = delta_beams(k, part.size(), live, part_ef);
+        let first = search_part(narrow)?;
         let returned = first.len();
-        let worst_delta = first.iter().map(|hit| hit.1).fold(f32::INFINITY, f32::min);
-        let mut hits = merge(first);
-        // If the delta's worst hit still made the k best, the delta may hold
+        let worst = first.iter().map(|hit| hit.1).fold(f32::INFINITY, f32::min);
+        let mut merged = merge(first);
+        // If the part's worst hit still made the k best, the part may hold
         // more of them (new items alike, near this query): search it fully.
         if !exact && narrow < full && returned >= narrow {
-            let kth = hits.get(k - 1).map_or(f32::NEG_INFINITY, |hit| hit.1);
-            if worst_delta >= kth {
-                hits = merge(search_delta(full)?);
+            let kth = merged.get(k - 1).map_or(f32::NEG_INFINITY, |hit| hit.1);
+            if worst >= kth {
+                merged = merge(search_part(full)?);
             }
         }
-        hits.truncate(k);
-        Ok(hits)
+        merged.truncate(k);
+        Ok(merged)
     }
 
     /// The two halves of [`Self::search`] on their own, for the benchmark that
@@ -491,6 +557,42 @@ impl LiveShard {
     }
 }
 
+/// Applies each item's last change of a batch to a mutable usearch index: an
+/// existing copy is removed, an upsert added. The removals run first, then the
+/// insertions, on one thread: with usearch 2.26's concurrent insertion into an
+/// index whose removed slots get reused, the model test found an upserted item
+/// unreachable by its own vector in about one run of ten; sequential insertion
+/// never did.
+pub(crate) fn replace_items(
+    index: &Index,
+    last: &FxHashMap<u64, &ItemChange>,
+) -> Result<(), ChangeError> {
+    let mut additions = Vec::with_capacity(last.len());
+    for (id, change) in last {
+        if index.contains(*id) {
+            index.remove(*id).map_err(usearch_error)?;
+        }
+        if let ItemChange::Upsert { vector, .. } = change {
+            additions.push((*id, vector.as_slice()));
+        }
+    }
+    let needed = index.size() + additions.len();
+    if needed > index.capacity() {
+        // Doubling keeps the cost of growing amortized over many batches.
+        let capacity = needed.max(index.capacity().saturating_mul(2)).max(1024);
+        index.reserve(capacity).map_err(usearch_error)?;
+    }
+    for (id, vector) in additions {
+        index.add(id, vector).map_err(usearch_error)?;
+    }
+    Ok(())
+}
+
+/// usearch's complaint about a change.
+pub(crate) fn usearch_error(error: impl std::fmt::Display) -> ChangeError {
+    ChangeError::Usearch(error.to_string())
+}
+
 /// How many results to ask of a delta of `delta` items, out of `live` items
 /// in the shard, for a search of `k` at a full beam of `ef`: a narrow first
 /// search, and the full one when the narrow one may have missed some.
@@ -509,5 +611,6 @@ fn delta_beams(k: usize, delta: usize, live: u64, ef: usize) -> (usize, usize) {
     (narrow, full)
 }
 
+mod fold;
 #[cfg(test)]
 mod tests;

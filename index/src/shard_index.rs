@@ -355,42 +355,25 @@ impl ShardIndex {
     }
 
     /// Every item's id and stored vector (read back as f32: exact for `f32`
-    /// shards, the quantized values for `f16` and `i8`), in no particular order:
-    /// what `recsys bundle compact` rebuilds a shard from. usearch has no key
-    /// iterator, so an exact scan as wide as the shard lists the keys. Blocking
-    /// CPU work, one pass over the shard.
+    /// shards, the quantized values for `f16` and `i8`), ids ascending: what
+    /// `recsys bundle compact` rebuilds a shard from ([`export_index`]).
     pub fn export(&self) -> Result<(Vec<u64>, Vec<f32>), SearchError> {
-        let size = self.index.size();
-        if size == 0 {
-            return Ok((Vec::new(), Vec::new()));
-        }
-        // Any finite query lists every key; a non-zero one keeps `cos` defined.
-        let query = vec![1.0f32; self.dimensions];
-        let matches = self
-            .index
-            .exact_search(&query, size)
+        export_index(&self.index, self.dimensions)
+    }
+
+    /// The index as usearch saves it: what a live shard's fold loads into a
+    /// copy it can insert into ([`crate::LiveShard::fold`]).
+    pub(crate) fn serialized(&self) -> Result<Vec<u8>, SearchError> {
+        let mut bytes = vec![0u8; self.index.serialized_length()];
+        self.index
+            .save_to_buffer(&mut bytes)
             .map_err(|e| SearchError::Usearch(e.to_string()))?;
-        let mut ids = matches.keys;
-        ids.sort_unstable();
-        let mut vectors = vec![0.0f32; ids.len() * self.dimensions];
-        for (id, out) in ids.iter().zip(vectors.chunks_exact_mut(self.dimensions)) {
-            let found = self
-                .index
-                .get(*id, out)
-                .map_err(|e| SearchError::Usearch(e.to_string()))?;
-            if found != 1 {
-                return Err(SearchError::Usearch(format!(
-                    "item {id} listed by the scan has {found} stored vectors"
-                )));
-            }
-        }
-        if ids.len() != size {
-            return Err(SearchError::Usearch(format!(
-                "the scan listed {} of the shard's {size} items",
-                ids.len()
-            )));
-        }
-        Ok((ids, vectors))
+        Ok(bytes)
+    }
+
+    /// The search beam width (`ef`) now in force.
+    pub(crate) fn expansion_search(&self) -> usize {
+        self.index.expansion_search()
     }
 
     /// The `k` best items not in `hidden` from an unfiltered search that asks for
@@ -410,37 +393,96 @@ impl ShardIndex {
         hidden: &Hidden,
     ) -> Result<Option<Vec<Hit>>, SearchError> {
         let items = usize::try_from(self.items).unwrap_or(usize::MAX);
-        let visible = items.saturating_sub(hidden.len());
-        let share = hidden.len() as f64 / items.max(1) as f64;
-        // The hidden ones expected among k' results, twice over, and a few more.
-        let margin = (2.0 * share * k as f64).ceil() as usize + 8;
-        let wanted = k
-            .saturating_add(margin)
-            .max(self.index.expansion_search())
-            .min(items);
-        let matches = self
-            .index
-            .search(query, wanted)
-            .map_err(|e| SearchError::Usearch(e.to_string()))?;
-        let mut hits: Vec<Hit> = matches
-            .keys
-            .iter()
-            .zip(&matches.distances)
-            .filter(|(key, _)| !hidden.contains(*key))
-            .map(|(key, distance)| (*key, score_from_distance(self.metric, *distance)))
-            .collect();
-        if hits.len() < k.min(visible) {
-            return Ok(None);
-        }
-        sort_hits(&mut hits);
-        hits.truncate(k);
-        Ok(Some(hits))
+        search_past_hidden(
+            &self.index,
+            self.metric,
+            items,
+            query,
+            k,
+            (|key| hidden.contains(&key), hidden.len()),
+            self.index.expansion_search(),
+        )
     }
 
     /// Whether the bundle's shard holds `id`.
     pub(crate) fn contains(&self, id: u64) -> bool {
         self.index.contains(id)
     }
+}
+
+/// [`ShardIndex::search_past_hidden`] on any index of `items` members searched
+/// with a beam of `ef`: the `k` best for which `hidden.0` is false (about
+/// `hidden.1` members are hidden) from an unfiltered search for enough extra,
+/// or `None` when too many of them were hidden.
+pub(crate) fn search_past_hidden(
+    index: &Index,
+    metric: Metric,
+    items: usize,
+    query: &[f32],
+    k: usize,
+    hidden: (impl Fn(u64) -> bool, usize),
+    ef: usize,
+) -> Result<Option<Vec<Hit>>, SearchError> {
+    let (is_hidden, hidden) = hidden;
+    let visible = items.saturating_sub(hidden);
+    let share = hidden as f64 / items.max(1) as f64;
+    // The hidden ones expected among k' results, twice over, and a few more.
+    let margin = (2.0 * share * k as f64).ceil() as usize + 8;
+    let wanted = k.saturating_add(margin).max(ef).min(items);
+    let matches = index
+        .search(query, wanted)
+        .map_err(|e| SearchError::Usearch(e.to_string()))?;
+    let mut hits: Vec<Hit> = matches
+        .keys
+        .iter()
+        .zip(&matches.distances)
+        .filter(|(key, _)| !is_hidden(**key))
+        .map(|(key, distance)| (*key, score_from_distance(metric, *distance)))
+        .collect();
+    if hits.len() < k.min(visible) {
+        return Ok(None);
+    }
+    sort_hits(&mut hits);
+    hits.truncate(k);
+    Ok(Some(hits))
+}
+
+/// Every key of `index` (of `dimensions`) and its stored vector, keys in
+/// ascending order: usearch has no key iterator, so an exact scan as wide as the
+/// index lists them. Blocking CPU work, one pass over the index.
+pub(crate) fn export_index(
+    index: &Index,
+    dimensions: usize,
+) -> Result<(Vec<u64>, Vec<f32>), SearchError> {
+    let size = index.size();
+    if size == 0 {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    // Any finite query lists every key; a non-zero one keeps `cos` defined.
+    let query = vec![1.0f32; dimensions];
+    let matches = index
+        .exact_search(&query, size)
+        .map_err(|e| SearchError::Usearch(e.to_string()))?;
+    let mut ids = matches.keys;
+    ids.sort_unstable();
+    let mut vectors = vec![0.0f32; ids.len() * dimensions];
+    for (id, out) in ids.iter().zip(vectors.chunks_exact_mut(dimensions)) {
+        let found = index
+            .get(*id, out)
+            .map_err(|e| SearchError::Usearch(e.to_string()))?;
+        if found != 1 {
+            return Err(SearchError::Usearch(format!(
+                "item {id} listed by the scan has {found} stored vectors"
+            )));
+        }
+    }
+    if ids.len() != size {
+        return Err(SearchError::Usearch(format!(
+            "the scan listed {} of the index's {size} items",
+            ids.len()
+        )));
+    }
+    Ok((ids, vectors))
 }
 
 /// One usearch index's `k` best for `query` that `keep` accepts, unsorted:

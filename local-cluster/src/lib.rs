@@ -343,6 +343,7 @@ impl LocalCluster {
                     }),
                     server_limits: Default::default(),
                     max_in_flight: 0,
+                    fold_min_items: recsys_retrieval_node::DEFAULT_FOLD_MIN_ITEMS,
                 };
                 let name = format!("retrieval node {replica} of shard {shard}");
                 let handle = spawn(name, loopback, |listener, token| {

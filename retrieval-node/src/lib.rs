@@ -16,4 +16,4 @@ pub mod versions;
 
 pub use error::NodeError;
 pub use recsys_index::{LiveShard, LoadMode, ShardIndex};
-pub use server::{NodeConfig, SearchLimits, run};
+pub use server::{DEFAULT_FOLD_MIN_ITEMS, NodeConfig, SearchLimits, run};

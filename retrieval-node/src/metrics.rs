@@ -99,11 +99,26 @@ static DELTA_PACKED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
+static FOLDED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "recsys_retrieval_folded",
+        "1 while the shard's searches read one graph folded from its base and mutable part (made once the change log has been quiet and the part is large), 0 otherwise, by shard",
+        &["shard"],
+    )
+});
+
 /// Whether `shard`'s searches read a packed copy of its mutable part.
 pub fn delta_packed(shard: u32, packed: bool) {
     DELTA_PACKED
         .with_label_values(&[shard.to_string().as_str()])
         .set(i64::from(packed));
+}
+
+/// Whether `shard`'s searches read a fold of its base and mutable part.
+pub fn folded(shard: u32, folded: bool) {
+    FOLDED
+        .with_label_values(&[shard.to_string().as_str()])
+        .set(i64::from(folded));
 }
 
 /// `shard` has applied the change log up to `revision`.

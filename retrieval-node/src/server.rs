@@ -69,7 +69,17 @@ pub struct NodeConfig {
     /// Most calls in flight; more are refused with `RESOURCE_EXHAUSTED`, except
     /// `Info` (0: the default per core, `recsys_server::admission`).
     pub max_in_flight: usize,
+    /// Fold the mutable part into a copy of the base once the change log has
+    /// been quiet and the part holds at least this many items (0: never);
+    /// [`DEFAULT_FOLD_MIN_ITEMS`].
+    pub fold_min_items: usize,
 }
+
+/// The mutable part's size from which a node folds it into the base: below a
+/// few per cent of a shard the two searches cost little more than one
+/// (docs/benchmarks.md, "Live shard"), and a fold costs an HNSW insertion per
+/// item and a second copy of the shard in memory.
+pub const DEFAULT_FOLD_MIN_ITEMS: usize = 10_000;
 
 /// Serves `config.shard` on `listener` until `shutdown` is cancelled; with
 /// `config.announce`, registers in etcd once the shard is loaded and drains before
@@ -140,6 +150,7 @@ pub async fn run(
             announce: config.announce.clone(),
             announcer: announcer.clone(),
             change_log,
+            fold_min_items: config.fold_min_items,
             options: config.versions,
         },
         serving,

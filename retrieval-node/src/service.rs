@@ -308,6 +308,7 @@ impl RetrievalService for RetrievalNodeService {
                     items: stats.items,
                     log_revision: stats.revision,
                     live_items: stats.delta,
+                    folded: live.folded(),
                     dimensions: index.dimensions() as u32,
                     metric: index.metric().as_str().into(),
                     bundle_version: version,

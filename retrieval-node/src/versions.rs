@@ -79,6 +79,8 @@ pub struct VersionsSetup {
     pub change_log: Option<ChangeLog>,
     /// Switch mode, retirement, polling.
     pub options: VersionOptions,
+    /// [`crate::NodeConfig::fold_min_items`].
+    pub fold_min_items: usize,
 }
 
 /// Starts following the desired version into `set`; `serving` says whether the
@@ -97,6 +99,7 @@ pub async fn start(
         announcer,
         change_log,
         options,
+        fold_min_items,
     } = setup;
     let etcd = announce
         .as_ref()
@@ -165,7 +168,13 @@ pub async fn start(
         let follow = change_log.as_ref().map(|log| {
             let stop = follow_shutdown.child_token();
             let _entered = handle.enter();
-            crate::item_changes::follow(log.clone(), live.clone(), applied, stop.clone());
+            crate::item_changes::follow(
+                log.clone(),
+                live.clone(),
+                applied,
+                fold_min_items,
+                stop.clone(),
+            );
             stop.drop_guard()
         });
         Ok(ServedShard {

@@ -320,7 +320,7 @@ pub async fn health_status(addr: SocketAddr) -> i32 {
 
 /// The tests' retrieval node settings for shard `shard` of the bundle in
 /// `bundle_dir`: one search thread, default limits and load mode, plaintext,
-/// no registration. Change fields with struct update syntax (an `announce` to
+/// no registration, folding any change once the log is quiet. Change fields with struct update syntax (an `announce` to
 /// register in etcd); the one place a new node setting is added for the tests.
 pub fn node_config(bundle_dir: &Path, shard: u32) -> recsys_retrieval_node::NodeConfig {
     recsys_retrieval_node::NodeConfig {
@@ -334,5 +334,7 @@ pub fn node_config(bundle_dir: &Path, shard: u32) -> recsys_retrieval_node::Node
         access: Default::default(),
         server_limits: Default::default(),
         max_in_flight: 0,
+        // Fold whatever changed, so every live test's quiet spells run the fold.
+        fold_min_items: 1,
     }
 }

@@ -186,6 +186,32 @@ async fn upserts_and_deletes_reach_every_replica_through_etcd() {
         assert_eq!(ids.first(), Some(&new_id), "{ids:?}");
         assert!(!top(replica, &query, 10).await.unwrap().contains(&best));
     }
+    // Once it has been quiet for a second, the follower folds the mutable
+    // part into a copy of the base (the tests' nodes fold from one item), and
+    // searches read the fold: still the same answers.
+    for replica in [replica_a, replica_b] {
+        let mut client = RetrievalServiceClient::connect(format!("http://{replica}"))
+            .await
+            .unwrap();
+        while !client
+            .info(InfoRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .folded
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{replica} never folded its mutable part"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for replica in [replica_a, replica_b] {
+        let ids = top(replica, &new_vector, 10).await.unwrap();
+        assert_eq!(ids.first(), Some(&new_id), "{ids:?}");
+        assert!(!top(replica, &query, 10).await.unwrap().contains(&best));
+    }
 
     // While etcd is down the nodes serve what they have; after it returns, and
     // after a replica restarts from its bundle, the log brings everyone level.

@@ -53,26 +53,19 @@ fn upserts_and_deletes_match_a_model_of_the_items() {
         let mut deleted = std::collections::BTreeSet::new();
         let mut revision = 7;
         for _ in 0..60 {
-            let batch: Vec<ItemChange> = (0..rng.random_range(1..200))
-                .map(|_| {
-                    // Ids past ITEMS are new items; some batches touch an id twice.
-                    let id = rng.random_range(0..ITEMS as u64 + 400);
-                    if rng.random_bool(0.7) {
-                        ItemChange::Upsert {
-                            id,
-                            vector: random_unit(&mut rng),
-                        }
-                    } else {
-                        ItemChange::Delete { id }
-                    }
-                })
-                .collect();
+            // Ids past ITEMS are new items; some batches touch an id twice.
+            let size = rng.random_range(1..200);
+            let batch = random_batch(&mut rng, size);
             revision += 1 + rng.random_range(0..3);
             assert_eq!(shard.apply(revision, &batch).unwrap(), Applied::Changed);
             // As a node does when the log pauses: later batches must make the
             // packed copy stale, never searched.
             if rng.random_bool(0.3) {
                 assert!(shard.pack_delta().unwrap() || shard.stats().delta == 0);
+            }
+            // And folds now and then: later batches go to the fold's tail.
+            if rng.random_bool(0.2) {
+                assert!(shard.fold(0).unwrap() || shard.stats().delta == 0);
             }
             for change in batch {
                 match change {
@@ -88,45 +81,75 @@ fn upserts_and_deletes_match_a_model_of_the_items() {
                 }
             }
         }
-        let stats = shard.stats();
-        assert_eq!(stats.items, model.len() as u64, "{stats:?}");
-        assert_eq!(stats.revision, revision);
-        for query in unit_vectors(30, 5).chunks(DIM) {
-            let exact: Vec<u64> = shard
-                .search(query, 25, &[], true)
-                .unwrap()
-                .iter()
-                .map(|hit| hit.0)
-                .collect();
-            assert_eq!(exact, brute_force(&model, query, 25), "{mode:?}");
-            let approximate = shard.search(query, 25, &[], false).unwrap();
-            assert_eq!(approximate.len(), 25);
-            assert!(approximate.iter().all(|hit| !deleted.contains(&hit.0)));
-            let ids: std::collections::BTreeSet<u64> =
-                approximate.iter().map(|hit| hit.0).collect();
-            assert_eq!(ids.len(), approximate.len(), "duplicate ids");
-        }
-        // The vector a shard serves for an id (the query of "similar to this
-        // item") is the model's, and a deleted id has none.
-        for (id, vector) in &model {
-            assert_eq!(
-                shard.vector(*id).unwrap().as_ref(),
-                Some(vector),
-                "{mode:?}: {id}"
-            );
-        }
-        for id in &deleted {
-            assert_eq!(shard.vector(*id).unwrap(), None, "{mode:?}: deleted {id}");
-        }
-        // HNSW is approximate: an upserted item must be among the ten nearest
-        // to its own vector (this caught lost items under parallel insertion).
-        for (id, vector) in model.iter().filter(|(id, _)| **id >= ITEMS as u64) {
-            let near = shard.search(vector, 10, &[], false).unwrap();
-            assert!(
-                near.iter().any(|hit| hit.0 == *id),
-                "{mode:?}: upserted {id} not found by its vector: {near:?}"
-            );
-        }
+        check_against_model(&shard, &model, &deleted, revision, &format!("{mode:?}"));
+        // Folded once the log pauses, the shard answers for the same items.
+        assert!(shard.fold(0).unwrap());
+        assert!(shard.folded());
+        check_against_model(
+            &shard,
+            &model,
+            &deleted,
+            revision,
+            &format!("{mode:?}, folded"),
+        );
+    }
+}
+
+/// What a shard must answer after the random changes of the model test.
+fn check_against_model(
+    shard: &LiveShard,
+    model: &BTreeMap<u64, Vec<f32>>,
+    deleted: &std::collections::BTreeSet<u64>,
+    revision: u64,
+    mode: &str,
+) {
+    let stats = shard.stats();
+    assert_eq!(stats.items, model.len() as u64, "{stats:?}");
+    assert_eq!(stats.revision, revision);
+    let (mut found, mut wanted) = (0, 0);
+    for query in unit_vectors(30, 5).chunks(DIM) {
+        let exact: Vec<u64> = shard
+            .search(query, 25, &[], true)
+            .unwrap()
+            .iter()
+            .map(|hit| hit.0)
+            .collect();
+        assert_eq!(exact, brute_force(model, query, 25), "{mode:?}");
+        let approximate = shard.search(query, 25, &[], false).unwrap();
+        assert_eq!(approximate.len(), 25);
+        found += approximate
+            .iter()
+            .filter(|hit| exact.contains(&hit.0))
+            .count();
+        wanted += exact.len();
+        assert!(approximate.iter().all(|hit| !deleted.contains(&hit.0)));
+        let ids: std::collections::BTreeSet<u64> = approximate.iter().map(|hit| hit.0).collect();
+        assert_eq!(ids.len(), approximate.len(), "duplicate ids");
+    }
+    assert!(
+        found * 10 >= wanted * 9,
+        "{mode}: recall {found} of {wanted}"
+    );
+    // The vector a shard serves for an id (the query of "similar to this
+    // item") is the model's, and a deleted id has none.
+    for (id, vector) in model {
+        assert_eq!(
+            shard.vector(*id).unwrap().as_ref(),
+            Some(vector),
+            "{mode:?}: {id}"
+        );
+    }
+    for id in deleted {
+        assert_eq!(shard.vector(*id).unwrap(), None, "{mode:?}: deleted {id}");
+    }
+    // HNSW is approximate: an upserted item must be among the ten nearest
+    // to its own vector (this caught lost items under parallel insertion).
+    for (id, vector) in model.iter().filter(|(id, _)| **id >= ITEMS as u64) {
+        let near = shard.search(vector, 10, &[], false).unwrap();
+        assert!(
+            near.iter().any(|hit| hit.0 == *id),
+            "{mode:?}: upserted {id} not found by its vector: {near:?}"
+        );
     }
 }
 
@@ -303,4 +326,132 @@ fn a_cluster_of_new_items_near_the_query_is_found_whole() {
     let found = shard.search(&center, 100, &[], false).unwrap();
     let overlap = found.iter().filter(|hit| best.contains(&hit.0)).count();
     assert!(overlap >= 90, "found {overlap} of the 100 best");
+}
+
+/// Random upserts (new ids and replacements) and deletes, as the model test's.
+fn random_batch(rng: &mut StdRng, size: usize) -> Vec<ItemChange> {
+    (0..size)
+        .map(|_| {
+            let id = rng.random_range(0..ITEMS as u64 + 400);
+            if rng.random_bool(0.7) {
+                ItemChange::Upsert {
+                    id,
+                    vector: random_unit(rng),
+                }
+            } else {
+                ItemChange::Delete { id }
+            }
+        })
+        .collect()
+}
+
+/// A fold is a function of the bundle and the changes alone: a replica that
+/// folded after every batch and one that never did answer alike once both
+/// folded the same revision (replicas must, whenever their log paused). A
+/// change after a fold is seen at once, and exclusions hold in the fold.
+#[test]
+fn replicas_that_fold_at_different_times_answer_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let (eager, _) = live(dir.path(), LoadMode::Packed);
+    let (late, _) = live(dir.path(), LoadMode::Packed);
+    assert!(!eager.fold(0).unwrap(), "nothing to fold yet");
+    let mut rng = StdRng::seed_from_u64(3);
+    for revision in 8..20 {
+        let batch = random_batch(&mut rng, 150);
+        eager.apply(revision, &batch).unwrap();
+        late.apply(revision, &batch).unwrap();
+        assert!(eager.fold(0).unwrap());
+        assert!(!eager.fold(0).unwrap(), "the fold is current");
+    }
+    assert!(!late.fold(usize::MAX).unwrap(), "below the size asked for");
+    assert!(late.fold(0).unwrap());
+    let queries = unit_vectors(40, 13);
+    for query in queries.chunks(DIM) {
+        assert_eq!(
+            eager.search(query, 30, &[], false).unwrap(),
+            late.search(query, 30, &[], false).unwrap()
+        );
+    }
+
+    // A new item at the first query, then a delete of the best one: each is
+    // seen at once (from the fold's tail), and by the next fold.
+    let first = &queries[..DIM];
+    let at_query = ITEMS as u64 + 5_000;
+    let upsert = ItemChange::Upsert {
+        id: at_query,
+        vector: first.to_vec(),
+    };
+    eager.apply(20, &[upsert]).unwrap();
+    assert!(eager.folded(), "the fold stays in use beside its tail");
+    assert_eq!(eager.search(first, 10, &[], false).unwrap()[0].0, at_query);
+    assert!(eager.fold(0).unwrap());
+    let folded = eager.search(first, 10, &[], false).unwrap();
+    assert_eq!(folded[0].0, at_query);
+    // Exclusions hold in the fold, and the answer stays full.
+    let mut excluded: Vec<u64> = folded.iter().take(4).map(|hit| hit.0).collect();
+    excluded.sort_unstable();
+    let second = eager.search(first, 10, &excluded, false).unwrap();
+    assert_eq!(second.len(), 10);
+    assert!(
+        second
+            .iter()
+            .all(|hit| excluded.binary_search(&hit.0).is_err())
+    );
+    eager
+        .apply(21, &[ItemChange::Delete { id: at_query }])
+        .unwrap();
+    assert_ne!(eager.search(first, 10, &[], false).unwrap()[0].0, at_query);
+    assert!(eager.fold(0).unwrap());
+    assert!(
+        eager
+            .search(first, 10, &[], false)
+            .unwrap()
+            .iter()
+            .all(|hit| hit.0 != at_query)
+    );
+}
+
+/// Changes applied while a fold is being made land in its tail: once it is
+/// in use, the shard answers for every change, made before, during or after.
+#[test]
+fn changes_during_a_fold_are_kept_in_its_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (shard, mut model) = live(dir.path(), LoadMode::Packed);
+    let mut rng = StdRng::seed_from_u64(21);
+    let mut deleted = std::collections::BTreeSet::new();
+    let mut record = |batch: &[ItemChange], model: &mut BTreeMap<u64, Vec<f32>>| {
+        for change in batch {
+            match change {
+                ItemChange::Upsert { id, vector } => {
+                    deleted.remove(id);
+                    model.insert(*id, vector.clone());
+                }
+                ItemChange::Delete { id } => {
+                    if model.remove(id).is_some() {
+                        deleted.insert(*id);
+                    }
+                }
+            }
+        }
+    };
+    let before = random_batch(&mut rng, 400);
+    shard.apply(8, &before).unwrap();
+    record(&before, &mut model);
+    let during: Vec<Vec<ItemChange>> = (0..20).map(|_| random_batch(&mut rng, 30)).collect();
+    std::thread::scope(|scope| {
+        let folding = scope.spawn(|| shard.fold(0).unwrap());
+        for (revision, batch) in (9..).zip(&during) {
+            shard.apply(revision, batch).unwrap();
+        }
+        assert!(folding.join().unwrap());
+    });
+    for batch in &during {
+        record(batch, &mut model);
+    }
+    assert!(shard.folded());
+    let after = random_batch(&mut rng, 50);
+    shard.apply(40, &after).unwrap();
+    record(&after, &mut model);
+    assert!(shard.folded());
+    check_against_model(&shard, &model, &deleted, 40, "fold with a tail");
 }
