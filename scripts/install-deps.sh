@@ -6,8 +6,10 @@
 #   kubectl (kubernetes-client) whose `kubectl kustomize` the manifest test renders with;
 #   docker-compose where a Docker engine has no compose plugin (make compose-test);
 #   moto's S3 server (PyPI moto[server]) in a venv under target/moto-venv, which
-#   the object store tests (tests/tests/object_store.rs) start on loopback
-#   (python3 with venv, Debian's python3-venv, to make it).
+#   the object store tests (tests/tests/object_store.rs) start on loopback;
+#   grpcio and grpcio-tools (PyPI) in a venv under target/example-venv, which
+#   the Python example's test (tests/tests/python_example.rs) runs it with
+#   (python3 with venv, Debian's python3-venv, to make both).
 # Uses apt-get (with sudo when not root); elsewhere it says exactly what to install.
 set -euo pipefail
 
@@ -28,7 +30,9 @@ fi
 
 cd "$(dirname "$0")/.."
 moto_venv=target/moto-venv
-if [ ! -x "$moto_venv/bin/moto_server" ]; then
+example_venv=target/example-venv
+example_ready() { "$example_venv/bin/python" -c 'import grpc, grpc_tools' >/dev/null 2>&1; }
+if [ ! -x "$moto_venv/bin/moto_server" ] || ! example_ready; then
   command -v python3 >/dev/null 2>&1 || need+=(python3)
   python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 fi
@@ -42,8 +46,18 @@ install_moto() {
   "$moto_venv/bin/moto_server" --help >/dev/null
 }
 
+install_example() {
+  example_ready && return 0
+  echo "installing grpcio and grpcio-tools into $example_venv (the Python example's test)" >&2
+  rm -rf "$example_venv"
+  python3 -m venv "$example_venv"
+  "$example_venv/bin/pip" install -q --disable-pip-version-check 'grpcio>=1.60' 'grpcio-tools>=1.60'
+  example_ready
+}
+
 if [ ${#need[@]} -eq 0 ]; then
   install_moto
+  install_example
   exit 0
 fi
 
@@ -58,11 +72,12 @@ if command -v apt-get >/dev/null 2>&1; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   install_moto
+  install_example
 else
   echo "no apt-get here: install ${need[*]} with your package manager" >&2
   echo "(protoc: 'brew install protobuf' on macOS, 'dnf install protobuf-compiler' on Fedora;" >&2
   echo " etcd: 'brew install etcd', or a release binary on PATH; any etcd >= 3.4 works;" >&2
   echo " kubectl: any kubectl >= 1.20, for 'kubectl kustomize';" >&2
-  echo " python3 with venv, for moto's S3 server in target/moto-venv)" >&2
+  echo " python3 with venv, for moto's S3 server in target/moto-venv and the Python example's grpcio in target/example-venv)" >&2
   exit 1
 fi

@@ -27,7 +27,9 @@ pub struct QueryArgs {
     /// Items to return.
     #[arg(long, short, default_value_t = 10)]
     pub k: u32,
-    /// Candidates to retrieve before ranking (0 = k).
+    /// Candidates to retrieve before ranking (0: the gateway's default, 100
+    /// unless it was started with --default-retrieve-k, when the answer is
+    /// ranked; k when it is not).
     #[arg(long, default_value_t = 0)]
     pub retrieve_k: u32,
     /// Item ids never to return, comma-separated.

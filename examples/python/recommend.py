@@ -58,8 +58,17 @@ def main():
             response = rpc.GatewayServiceStub(channel).Recommend(request, timeout=2.0)
         except grpc.RpcError as error:
             sys.exit(f"{error.code().name}: {error.details()}")
-    for item in response.items:
-        print(f"{item.retrieval_rank + 1:>4}  {item.item_id:>10}  {item.retrieval_score:>8.4f}  {item.name}")
+    if response.ranked:
+        print(f"ranked by {response.model_version} (bundle {response.bundle_version})")
+    else:
+        print(f"in retrieval order (bundle {response.bundle_version})")
+    print(f"{'rank':>4}  {'item':>10}  {'ranking':>8}  {'retrieval':>9}  {'(rank)':>6}  name")
+    for rank, item in enumerate(response.items, start=1):
+        ranking = f"{item.ranking_score:>8.4f}" if item.HasField("ranking_score") else f"{'-':>8}"
+        print(
+            f"{rank:>4}  {item.item_id:>10}  {ranking}  {item.retrieval_score:>9.4f}"
+            f"  {item.retrieval_rank + 1:>6}  {item.name}"
+        )
     c = response.coverage
     print(f"coverage {c.shards_answered}/{c.shards_asked} shards, degraded={c.degraded}")
 

@@ -58,6 +58,11 @@ struct Args {
     /// Largest retrieve_k (candidates retrieved); at most what every node accepts.
     #[arg(long, env = "RECSYS_MAX_RETRIEVE_K", default_value_t = RecommendLimits::default().max_retrieve_k)]
     max_retrieve_k: u32,
+    /// Candidates retrieved and ranked when a request leaves retrieve_k at 0:
+    /// each costs a forward pass of the ranker and widens every shard's
+    /// search. Unranked answers retrieve k.
+    #[arg(long, env = "RECSYS_DEFAULT_RETRIEVE_K", default_value_t = limits::DEFAULT_RETRIEVE_K)]
+    default_retrieve_k: u32,
     /// Most excluded ids per request.
     #[arg(long, env = "RECSYS_MAX_EXCLUSIONS", default_value_t = RecommendLimits::default().max_exclusions)]
     max_exclusions: usize,
@@ -161,6 +166,12 @@ impl Args {
             self.max_k
         );
         anyhow::ensure!(
+            self.default_retrieve_k <= self.max_retrieve_k,
+            "--default-retrieve-k ({}) is above --max-retrieve-k ({})",
+            self.default_retrieve_k,
+            self.max_retrieve_k
+        );
+        anyhow::ensure!(
             self.default_timeout_ms > 0,
             "--default-timeout-ms must be positive"
         );
@@ -190,6 +201,7 @@ impl Args {
                     .then(|| Duration::from_millis(self.hedge_after_ms)),
                 max_timeout: Duration::from_millis(self.max_timeout_ms),
                 max_exact_searches: self.max_exact_searches,
+                default_retrieve_k: self.default_retrieve_k,
             },
             connect_timeout: Duration::from_secs(1),
             health_interval: Duration::from_millis(self.health_interval_ms),

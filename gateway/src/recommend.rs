@@ -125,7 +125,7 @@ impl Gateway {
         let manifest = &bundle.manifest;
         let view = self.shared.view_of(&version);
         let options = request.options.unwrap_or_default();
-        let checked = validate(request, manifest.dimensions, &self.shared.policy.limits)?;
+        let mut checked = validate(request, manifest.dimensions, &self.shared.policy.limits)?;
         let user_id = match &request.query {
             Some(Query::UserId(user_id)) => user_id.clone(),
             Some(Query::QueryEmbedding(_)) | None => String::new(),
@@ -136,6 +136,14 @@ impl Gateway {
         let with_ranking = !options.skip_ranking && !view.ranking.is_empty() && !similar_for_nobody;
         if with_ranking && let Some(inputs) = &bundle.ranker_inputs {
             check_ranker_kinds(&request.user_features, inputs)?;
+        }
+        if with_ranking && request.retrieve_k == 0 {
+            // Two stages by default: rank more candidates than are returned.
+            let policy = &self.shared.policy;
+            checked.retrieve_k = policy
+                .default_retrieve_k
+                .min(policy.limits.max_retrieve_k)
+                .max(checked.k);
         }
         let exact_slot = if options.exact {
             Some(self.shared.exact_searches.try_start()?)

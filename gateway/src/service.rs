@@ -44,6 +44,11 @@ pub struct RequestPolicy {
     /// Exact searches (`options.exact`) running at once; more are refused
     /// with `RESOURCE_EXHAUSTED`, and 0 refuses every one (`FAILED_PRECONDITION`).
     pub max_exact_searches: usize,
+    /// Candidates retrieved for a ranked answer when a request leaves
+    /// `retrieve_k` at 0 (at least `k`, at most `limits.max_retrieve_k`), so
+    /// that a caller who sends only a user and `k` gets the two-stage answer;
+    /// an unranked answer retrieves `k`.
+    pub default_retrieve_k: u32,
 }
 
 impl Default for RequestPolicy {
@@ -55,6 +60,7 @@ impl Default for RequestPolicy {
             hedge_after: None,
             max_timeout: recsys_proto::limits::DEFAULT_MAX_TIMEOUT,
             max_exact_searches: recsys_proto::limits::DEFAULT_MAX_EXACT_SEARCHES,
+            default_retrieve_k: recsys_proto::limits::DEFAULT_RETRIEVE_K,
         }
     }
 }

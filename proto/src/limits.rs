@@ -76,6 +76,13 @@ pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// exact search scans the whole shard on every shard.
 pub const DEFAULT_MAX_EXACT_SEARCHES: usize = 4;
 
+/// Candidates a gateway retrieves for a ranked answer when the request leaves
+/// `retrieve_k` at 0: TFRS's tutorials retrieve 100 and rank them, and on the
+/// MovieLens demo the ranked top 10 of 100 differ from the retrieval top 10 in
+/// most answers. Its cost is the ranking stage's (one forward pass per
+/// candidate) and a wider search per shard; a caller may ask for fewer or more.
+pub const DEFAULT_RETRIEVE_K: u32 = 100;
+
 /// The default probability that a shard's `k'` holds every item of the global
 /// top `retrieve_k` that lives on it (Vespa's top-k probability).
 pub const DEFAULT_TOP_K_PROBABILITY: f64 = 0.9999;

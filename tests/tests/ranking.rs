@@ -84,6 +84,13 @@ async fn two_stage_recommend_follows_the_planted_ranker() {
         if ids(&response) != candidates[..10] {
             reordered += 1;
         }
+        // A caller who sends only the user and k gets the same two-stage
+        // answer: the gateway retrieves its default 100 and ranks them.
+        let plain = recommend(&mut client, ranked(user, 10, 0), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(plain.ranked);
+        assert_eq!(ids(&plain), ids(&response), "user {user}");
     }
     assert!(reordered > 0, "quality never changed the retrieval order");
     cluster.shutdown().await.unwrap();
