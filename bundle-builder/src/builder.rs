@@ -126,6 +126,7 @@ pub fn build_bundle(
         source: options.source.clone(),
         files: Default::default(),
         log_revision: 0,
+        user_history: None,
     };
     crate::seal(dir, &mut manifest)?;
     tracing::info!(

@@ -42,6 +42,7 @@ pub mod ranker_inputs;
 pub mod remote;
 pub mod root;
 pub mod sharding;
+pub mod user_history;
 pub mod verify;
 pub mod vocabulary;
 

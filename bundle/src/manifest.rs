@@ -125,6 +125,10 @@ pub struct Manifest {
     /// it. 0 for a version built from a base alone.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub log_revision: u64,
+    /// What each user already has (`crate::user_history`), left out of their
+    /// answers by default; absent in bundles built without interactions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_history: Option<String>,
 }
 
 fn is_zero(value: &u64) -> bool {
@@ -164,6 +168,7 @@ impl Manifest {
     pub fn referenced_files(&self) -> Vec<String> {
         let mut files: Vec<String> = self.shards.iter().map(|s| s.file.clone()).collect();
         files.extend(self.catalog.iter().cloned());
+        files.extend(self.user_history.iter().cloned());
         match &self.query_model {
             Some(QueryModelSpec::EmbeddingTable {
                 file, vocabulary, ..

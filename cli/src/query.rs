@@ -38,6 +38,10 @@ pub struct QueryArgs {
     /// Brute-force search instead of HNSW.
     #[arg(long)]
     pub exact: bool,
+    /// Also return items the user already has (by default the gateway leaves
+    /// out the user's interactions recorded in the bundle).
+    #[arg(long)]
+    pub include_seen: bool,
     /// Deadline in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub timeout_ms: u64,
@@ -67,6 +71,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
         exclude_item_ids: args.exclude.clone(),
         options: Some(RecommendOptions {
             exact: args.exact,
+            include_seen: args.include_seen,
             ..Default::default()
         }),
         ..Default::default()
@@ -122,6 +127,12 @@ pub fn print_response(response: &RecommendResponse) {
                 );
             }
             print!(")");
+        }
+        if response.seen_excluded > 0 {
+            print!(
+                "; {} items the user already has left out (--include-seen to keep them)",
+                response.seen_excluded
+            );
         }
         println!();
     }

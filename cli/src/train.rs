@@ -20,7 +20,8 @@ use clap::{Args, Subcommand, ValueEnum};
 use recsys_trainer::evaluate::TFRS_KS;
 use recsys_trainer::{
     Dataset, FeatureChoice, OptimizerChoice, TopKAccuracy, TrainConfig, TrainEvent, TwoTower,
-    TwoTowerConfig, factorized_top_k, popularity_top_k, random_split,
+    TwoTowerConfig, factorized_top_k, factorized_top_k_unseen, popularity_top_k,
+    popularity_top_k_unseen, random_split,
 };
 
 use crate::epoch_bar::EpochBar;
@@ -265,12 +266,18 @@ fn run_retrieval(args: TrainArgs) -> anyhow::Result<()> {
     let evaluation = Instant::now();
     let train_acc = factorized_top_k(&model, &split.train, &TFRS_KS, 4096)?;
     let test_acc = factorized_top_k(&model, &split.test, &TFRS_KS, 4096)?;
+    // As the cluster serves: each user's training items left out.
+    let unseen_acc = factorized_top_k_unseen(&model, &split.test, &split.train, &TFRS_KS, 4096)?;
     let evaluation = evaluation.elapsed();
     let popularity = popularity_top_k(&split.train, &split.test, &TFRS_KS);
+    let popularity_unseen =
+        popularity_top_k_unseen(&split.train, &split.test, &split.train, &TFRS_KS);
     print_table(&[
         ("train", &train_acc),
         (held_out, &test_acc),
         ("popularity", &popularity),
+        ("test, seen left out", &unseen_acc),
+        ("popularity, seen left out", &popularity_unseen),
     ]);
 
     if let Some(out) = &args.out {
@@ -379,13 +386,13 @@ pub(crate) fn seconds(d: Duration) -> String {
 }
 
 fn print_table(rows: &[(&str, &TopKAccuracy)]) {
-    print!("{:<20}", "factorized top-k");
+    print!("{:<34}", "factorized top-k");
     for k in TFRS_KS {
         print!("{:>9}", format!("top-{k}"));
     }
     println!();
     for (name, acc) in rows {
-        print!("{:<20}", format!("{name} ({})", acc.count));
+        print!("{:<34}", format!("{name} ({})", acc.count));
         for a in &acc.accuracy {
             print!("{a:>9.4}");
         }

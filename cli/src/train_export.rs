@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 use recsys_bundle::{IndexParams, Manifest};
-use recsys_trainer::{CatalogIds, Dataset, ExportOptions, TwoTower, catalog_ids, export_bundle};
+use recsys_trainer::{
+    CatalogIds, Dataset, ExportOptions, TwoTower, catalog_ids, export_bundle, user_history,
+};
 
 use crate::bundle_cmd::{attach, default_version, on_event, progress_bar};
 
@@ -34,7 +36,9 @@ pub fn export(
     args: &ExportArgs,
     out: &Path,
 ) -> anyhow::Result<(Manifest, CatalogIds)> {
-    let catalog = catalog_ids(model.vocabularies().item_id.values(), raw)?;
+    let keys = model.vocabularies().item_id.values();
+    let catalog = catalog_ids(keys, raw)?;
+    let history = user_history(keys, &catalog, raw);
     let options = ExportOptions {
         shards: args.shards,
         params: IndexParams::default(),
@@ -47,7 +51,7 @@ pub fn export(
     // Built beside `out` and swapped in sealed: an interrupted export leaves the
     // previous bundle (or nothing), never half of one.
     let manifest = crate::bundle_cmd::into_dir(out, |dir| {
-        let mut manifest = export_bundle(model, &catalog, dir, &options, &progress)
+        let mut manifest = export_bundle(model, &catalog, &history, dir, &options, &progress)
             .with_context(|| format!("exporting the model to {}", out.display()))?;
         bar.finish_and_clear();
         if let Some(ranker) = &args.ranker {
@@ -56,12 +60,13 @@ pub fn export(
         Ok(manifest)
     })?;
     println!(
-        "bundle {} written to {}: {} items in {} shards, query tower over {} users{}",
+        "bundle {} written to {}: {} items in {} shards, query tower over {} users, {} interactions left out of their answers{}",
         manifest.version,
         out.display(),
         manifest.items,
         manifest.shard_count,
         model.vocabularies().user_id.values().len(),
+        history.interactions(),
         if manifest.ranker.is_some() {
             ", with a ranker"
         } else {

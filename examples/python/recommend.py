@@ -40,10 +40,13 @@ def main():
     parser.add_argument("--similar-to", type=int, help="items like this item id")
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--exact", action="store_true")
+    parser.add_argument("--include-seen", action="store_true", help="also return items the user already has")
     args = parser.parse_args()
     pb, rpc = load_stubs()
 
-    request = pb.RecommendRequest(k=args.k, options=pb.RecommendOptions(exact=args.exact))
+    request = pb.RecommendRequest(
+        k=args.k, options=pb.RecommendOptions(exact=args.exact, include_seen=args.include_seen)
+    )
     if args.similar_to is not None:
         request.similar_to_item_id = args.similar_to
     if args.user_id:
@@ -71,6 +74,8 @@ def main():
         )
     c = response.coverage
     print(f"coverage {c.shards_answered}/{c.shards_asked} shards, degraded={c.degraded}")
+    if response.seen_excluded:
+        print(f"{response.seen_excluded} items the user already has left out (--include-seen to keep them)")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use recsys_bundle::query_tower::EncodeError;
 use recsys_bundle::ranker_inputs::RankerInputs;
+use recsys_bundle::user_history::UserHistory;
 use recsys_bundle::{BundleError, Catalog, Manifest, QueryModel};
 use recsys_discovery::VersionSet;
 use recsys_proto::v1::feature_value::Kind;
@@ -41,6 +42,9 @@ pub struct BundleState {
     /// The ranker's user-side request features, when the bundle has a ranker:
     /// what `validate` checks values against.
     pub ranker_inputs: Option<RankerInputs>,
+    /// What each user already has, left out of their answers by default
+    /// (empty when the bundle carries no history).
+    pub history: UserHistory,
     /// Names of the items changed since the version was built (with etcd).
     pub overlay: Arc<CatalogOverlay>,
     /// Stops the overlay's follower when the version is dropped
@@ -95,8 +99,13 @@ impl BundleState {
             .ranker_files(dir)
             .map(|files| RankerInputs::load(&files.config))
             .transpose()?;
+        let history = match &manifest.user_history {
+            Some(file) => UserHistory::load(&Manifest::resolve(dir, file))?,
+            None => UserHistory::default(),
+        };
         Ok(Self {
             ranker_inputs,
+            history,
             overlay: Arc::new(CatalogOverlay::new(manifest.log_revision)),
             follow: None,
             pin: recsys_bundle::VersionPin::none(),

@@ -51,6 +51,8 @@ struct RequestPlan {
     /// Each shard's exclusions (the ids that hash to it); moved into the
     /// shards' requests by the fan-out.
     exclusions: Vec<Vec<u64>>,
+    /// Items of the user's history among `exclusions`.
+    seen_excluded: u32,
     view: Arc<ClusterView>,
     with_ranking: bool,
     budget: Budget,
@@ -173,6 +175,20 @@ impl Gateway {
         for id in &request.exclude_item_ids {
             exclusions[shard_of(*id, shard_count) as usize].push(*id);
         }
+        // What the user already has is left out unless asked for, within the
+        // exclusions' limit (the caller's own ids first).
+        let seen: &[u64] = if options.include_seen {
+            &[]
+        } else {
+            bundle.history.items(&user_id)
+        };
+        let room = self.shared.policy.limits.max_exclusions.saturating_sub(
+            request.exclude_item_ids.len() + usize::from(request.similar_to_item_id.is_some()),
+        );
+        let seen = &seen[..seen.len().min(room)];
+        for id in seen {
+            exclusions[shard_of(*id, shard_count) as usize].push(*id);
+        }
         Ok(RequestPlan {
             started,
             checked,
@@ -183,6 +199,7 @@ impl Gateway {
             min_revision: request.min_revision,
             shard_k,
             exclusions,
+            seen_excluded: seen.len() as u32,
             with_ranking,
             budget: plan(timeout, with_ranking),
             view,
@@ -439,5 +456,6 @@ fn respond(
         bundle_version: plan.bundle.manifest.version.clone(),
         model_version,
         ranked: ranked.is_some(),
+        seen_excluded: plan.seen_excluded,
     }
 }

@@ -67,6 +67,7 @@ pub(crate) fn bundle(dir: &Path) -> Vec<f32> {
         source: "unit vectors".into(),
         files: Default::default(),
         log_revision: 0,
+        user_history: None,
     }
     .save(dir)
     .unwrap();

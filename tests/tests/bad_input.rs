@@ -168,6 +168,7 @@ impl Adversarial for Noise {
                 exact: self.below(8) == 0,
                 top_k_probability: self.pick(&[0.0, 0.5, 1.0, 2.0, -1.0, f32::NAN]),
                 skip_ranking: self.below(2) == 0,
+                include_seen: self.below(2) == 0,
             }),
             similar_to_item_id: (self.below(4) == 0).then(|| self.id()),
         }

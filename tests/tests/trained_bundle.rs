@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use recsys_bundle::user_history::UserHistory;
 use recsys_bundle::{IndexParams, QueryModelSpec};
 use recsys_local_cluster::{LocalCluster, LocalClusterOptions};
 use recsys_proto::v1::{FeatureValue, feature_value::Kind};
@@ -69,8 +70,10 @@ fn trained(data: &Dataset) -> TwoTower {
     model
 }
 
-fn export(model: &TwoTower, data: &Dataset, dir: &std::path::Path) -> CatalogIds {
-    let catalog = catalog_ids(model.vocabularies().item_id.values(), data).unwrap();
+fn export(model: &TwoTower, data: &Dataset, dir: &std::path::Path) -> (CatalogIds, UserHistory) {
+    let keys = model.vocabularies().item_id.values();
+    let catalog = catalog_ids(keys, data).unwrap();
+    let history = recsys_trainer::user_history(keys, &catalog, data);
     let options = ExportOptions {
         shards: 3,
         params: IndexParams::default(),
@@ -78,8 +81,17 @@ fn export(model: &TwoTower, data: &Dataset, dir: &std::path::Path) -> CatalogIds
         source: "planted".into(),
         threads: 2,
     };
-    export_bundle(model, &catalog, dir, &options, &|_| {}).unwrap();
-    catalog
+    export_bundle(model, &catalog, &history, dir, &options, &|_| {}).unwrap();
+    (catalog, history)
+}
+
+/// A retrieval-only request for `user` that keeps the items the user has.
+fn with_seen(user: &str, k: u32, exact: bool) -> recsys_proto::v1::RecommendRequest {
+    let mut request = by_user(user, k, exact);
+    if let Some(options) = request.options.as_mut() {
+        options.include_seen = true;
+    }
+    request
 }
 
 /// The catalog's ids ranked for the query `q` by the trainer's own tensors.
@@ -148,8 +160,17 @@ async fn served_bundle_answers_as_the_trainer() {
     let (data, spec) = data();
     let model = trained(&data);
     let dir = tempfile::tempdir().unwrap();
-    let catalog = export(&model, &data, dir.path());
+    let (catalog, history) = export(&model, &data, dir.path());
     let manifest = recsys_bundle::Manifest::load(dir.path()).unwrap();
+    assert!(manifest.user_history.is_some());
+    assert_eq!(history.interactions(), {
+        let pairs: std::collections::HashSet<(&str, &str)> = data
+            .interactions
+            .iter()
+            .map(|i| (i.user.as_str(), i.item.as_str()))
+            .collect();
+        pairs.len()
+    });
     assert!(matches!(
         manifest.query_model,
         Some(QueryModelSpec::Tower(_))
@@ -186,7 +207,7 @@ async fn served_bundle_answers_as_the_trainer() {
         for exact in [true, false] {
             let response = recommend(
                 &mut client,
-                by_user(&user, k as u32, exact),
+                with_seen(&user, k as u32, exact),
                 Duration::from_secs(5),
             )
             .await
@@ -209,6 +230,32 @@ async fn served_bundle_answers_as_the_trainer() {
             let coverage = response.coverage.unwrap();
             assert_eq!(coverage.shards_answered, 3);
         }
+        // By default the items the user already has are left out: the
+        // trainer's list past them.
+        let seen = history.items(&user);
+        assert!(!seen.is_empty(), "{user} has a history");
+        let unseen: Vec<(u64, f32)> = model
+            .recommend(&user, k + seen.len())
+            .unwrap()
+            .into_iter()
+            .map(|(key, score)| (key_to_id[&key], score))
+            .filter(|(id, _)| seen.binary_search(id).is_err())
+            .take(k)
+            .collect();
+        let response = recommend(
+            &mut client,
+            by_user(&user, k as u32, true),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.seen_excluded as usize, seen.len());
+        let got: Vec<(u64, f32)> = response
+            .items
+            .iter()
+            .map(|i| (i.item_id, i.retrieval_score))
+            .collect();
+        assert_same_top_k(&got, &unseen, &format!("{user} without what it has"));
         // The catalog names the items by their keys (the planted ids have no titles).
         in_cluster += want
             .iter()
@@ -254,7 +301,7 @@ async fn served_bundle_answers_as_the_trainer() {
         .zip(&segment_table[segment_row])
         .map(|(a, b)| a + b)
         .collect();
-    let mut request = by_user("u1", k as u32, true);
+    let mut request = with_seen("u1", k as u32, true);
     request.user_features = HashMap::from([("segment".to_string(), feature("s2"))]);
     let got = scored(&mut client, request).await;
     assert_same_top_k(&got, &brute_force(&model, &catalog, &q, k), "u1 as s2");

@@ -9,6 +9,8 @@
 //! hit at k when fewer than k catalog items score strictly higher. We count
 //! those items directly. A held-out item outside the vocabulary is a miss.
 
+use std::collections::{HashMap, HashSet};
+
 use crate::dataset::Interaction;
 use crate::error::Result;
 use crate::two_tower::TwoTower;
@@ -57,18 +59,47 @@ pub fn factorized_top_k(
     ks: &[usize],
     batch: usize,
 ) -> Result<TopKAccuracy> {
+    factorized_top_k_unseen(model, interactions, &[], ks, batch)
+}
+
+/// [`factorized_top_k`] with each user's items in `seen` (their training
+/// interactions) left out of the catalog they are ranked against, as the
+/// gateway leaves a user's history out of their answers (TFRS's
+/// `query_with_exclusions`).
+pub fn factorized_top_k_unseen(
+    model: &TwoTower,
+    interactions: &[Interaction],
+    seen: &[Interaction],
+    ks: &[usize],
+    batch: usize,
+) -> Result<TopKAccuracy> {
     let candidates = model.catalog_embeddings()?.t()?.contiguous()?;
     let pairs = model.encode(interactions);
+    let mut seen_by_user: HashMap<u32, HashSet<usize>> = HashMap::new();
+    for (user, item) in model.encode(seen) {
+        if let Some(column) = (item as usize).checked_sub(1) {
+            seen_by_user.entry(user).or_default().insert(column);
+        }
+    }
+    let no_items = HashSet::new();
     let mut hits = vec![0usize; ks.len()];
     for chunk in pairs.chunks(batch.max(1)) {
         let users: Vec<u32> = chunk.iter().map(|p| p.0).collect();
         let scores = model.query_embeddings(&users)?.matmul(&candidates)?;
         let scores = scores.to_vec2::<f32>()?;
-        for (row, &(_, item)) in scores.iter().zip(chunk) {
-            let Some(positive) = (item as usize).checked_sub(1).map(|i| row[i]) else {
+        for (row, &(user, item)) in scores.iter().zip(chunk) {
+            let Some(positive_column) = (item as usize).checked_sub(1) else {
                 continue;
             };
-            let above = row.iter().filter(|&&s| s > positive).count();
+            let positive = row[positive_column];
+            let seen = seen_by_user.get(&user).unwrap_or(&no_items);
+            let above = row
+                .iter()
+                .enumerate()
+                .filter(|&(column, &s)| {
+                    s > positive && (column == positive_column || !seen.contains(&column))
+                })
+                .count();
             for (h, &k) in hits.iter_mut().zip(ks) {
                 *h += usize::from(above < k);
             }
@@ -87,22 +118,44 @@ pub fn popularity_top_k(
     interactions: &[Interaction],
     ks: &[usize],
 ) -> TopKAccuracy {
-    let mut counts: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    popularity_top_k_unseen(train, interactions, &[], ks)
+}
+
+/// [`popularity_top_k`] with each user's items in `seen` left out of the list
+/// they get.
+pub fn popularity_top_k_unseen(
+    train: &[Interaction],
+    interactions: &[Interaction],
+    seen: &[Interaction],
+    ks: &[usize],
+) -> TopKAccuracy {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
     for i in train {
         *counts.entry(i.item.as_str()).or_default() += 1;
     }
     let mut order: Vec<(&str, usize)> = counts.into_iter().collect();
     order.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    let rank: std::collections::HashMap<&str, usize> = order
+    let rank: HashMap<&str, usize> = order
         .iter()
         .enumerate()
         .map(|(r, (item, _))| (*item, r))
         .collect();
+    // Each user's seen items' places in the list: an item moves up by those
+    // before it.
+    let mut seen_ranks: HashMap<&str, HashSet<usize>> = HashMap::new();
+    for i in seen {
+        if let Some(&r) = rank.get(i.item.as_str()) {
+            seen_ranks.entry(i.user.as_str()).or_default().insert(r);
+        }
+    }
     let mut hits = vec![0usize; ks.len()];
     for i in interactions {
         let Some(&r) = rank.get(i.item.as_str()) else {
             continue;
         };
+        let r = r - seen_ranks
+            .get(i.user.as_str())
+            .map_or(0, |ranks| ranks.iter().filter(|&&s| s < r).count());
         for (h, &k) in hits.iter_mut().zip(ks) {
             *h += usize::from(r < k);
         }
@@ -136,6 +189,14 @@ mod tests {
         assert_eq!(
             acc.accuracy,
             vec![1.0 / 3.0, 1.0 / 3.0, 2.0 / 3.0, 2.0 / 3.0]
+        );
+        // v has seen b and a: c moves up to first, b (seen and held out) keeps
+        // its place, e is unknown.
+        let seen = [rating("v", "b"), rating("v", "a")];
+        let acc = popularity_top_k_unseen(&train, &test, &seen, &[1, 2, 3, 10]);
+        assert_eq!(
+            acc.accuracy,
+            vec![2.0 / 3.0, 2.0 / 3.0, 2.0 / 3.0, 2.0 / 3.0]
         );
     }
 }

@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use recsys_bundle::query_tower::{TableParts, TowerParts, USER_ID_FEATURE};
+use recsys_bundle::user_history::{USER_HISTORY_FILE, UserHistory};
 use recsys_bundle::{IndexParams, Manifest, Metric, QueryModelSpec, QueryTower};
 use recsys_bundle_builder::{BuildEvent, BuildOptions, ItemVectors};
 
@@ -139,11 +140,38 @@ pub fn tower_parts(model: &TwoTower) -> Result<TowerParts> {
     })
 }
 
+/// Each user's interactions in `data` (keyed by item id, as loaded) as wire
+/// ids of `catalog`, whose entries are the model's item keys `keys` (item ids,
+/// or titles when the model was trained by title): what the gateway leaves out
+/// of that user's answers. Interactions with items the model does not know
+/// are left out.
+pub fn user_history(keys: &[String], catalog: &CatalogIds, data: &Dataset) -> UserHistory {
+    let wire: HashMap<&str, u64> = keys
+        .iter()
+        .map(String::as_str)
+        .zip(catalog.ids.iter().copied())
+        .collect();
+    let title: HashMap<&str, &str> = data
+        .items
+        .iter()
+        .filter_map(|item| Some((item.id.as_str(), item.title.as_deref()?)))
+        .collect();
+    UserHistory::from_pairs(data.interactions.iter().filter_map(|interaction| {
+        let item = interaction.item.as_str();
+        let id = wire
+            .get(item)
+            .or_else(|| title.get(item).and_then(|title| wire.get(title)))?;
+        Some((interaction.user.clone(), *id))
+    }))
+}
+
 /// Writes `model` as a bundle into `dir`: item embeddings into `options.shards`
-/// usearch files, the query tower, the catalog, and the manifest last.
+/// usearch files, the query tower, the catalog, each user's `history` (when
+/// any), and the manifest last.
 pub fn export_bundle(
     model: &TwoTower,
     catalog: &CatalogIds,
+    history: &UserHistory,
     dir: &Path,
     options: &ExportOptions,
     progress: &(dyn Fn(BuildEvent) + Sync),
@@ -180,6 +208,10 @@ pub fn export_bundle(
     let spec = QueryTower::write(dir, &tower_parts(model)?)?;
     let mut manifest = recsys_bundle_builder::build_bundle(dir, &items, None, &build, progress)?;
     manifest.query_model = Some(QueryModelSpec::Tower(spec));
+    if history.users() > 0 {
+        history.save(&dir.join(USER_HISTORY_FILE))?;
+        manifest.user_history = Some(USER_HISTORY_FILE.to_string());
+    }
     recsys_bundle_builder::seal(dir, &mut manifest)?;
     Ok(manifest)
 }

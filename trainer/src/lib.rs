@@ -42,8 +42,11 @@ pub mod vocabulary;
 
 pub use dataset::{Dataset, Interaction, Item, User};
 pub use error::{Result, TrainerError};
-pub use evaluate::{TopKAccuracy, factorized_top_k, popularity_top_k};
-pub use export::{CatalogIds, ExportOptions, catalog_ids, export_bundle};
+pub use evaluate::{
+    TopKAccuracy, factorized_top_k, factorized_top_k_unseen, popularity_top_k,
+    popularity_top_k_unseen,
+};
+pub use export::{CatalogIds, ExportOptions, catalog_ids, export_bundle, user_history};
 pub use features::FeatureChoice;
 pub use interactions_csv::load_interactions_csv;
 pub use movielens::{load_movielens_1m, load_movielens_100k};
