@@ -5,8 +5,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use recsys_proto::v1::{
-    QueryEmbedding, RecommendOptions, RecommendRequest, RecommendResponse,
-    gateway_service_client::GatewayServiceClient, recommend_request::Query,
+    QueryEmbedding, RecommendOptions, RecommendRequest, RecommendResponse, SessionMode,
+    SessionRequest, gateway_service_client::GatewayServiceClient, recommend_request::Query,
 };
 
 /// Options of `recsys query`.
@@ -42,6 +42,17 @@ pub struct QueryArgs {
     /// out the user's interactions recorded in the bundle).
     #[arg(long)]
     pub include_seen: bool,
+    /// Start a session: the answer carries a token (printed in hex) to pass
+    /// to --session-token next time.
+    #[arg(long)]
+    pub session: bool,
+    /// Continue a session with the token (hex) the last answer printed: its
+    /// items and the new candidates compete in one top-k.
+    #[arg(long, value_parser = parse_hex)]
+    pub session_token: Option<Vec<u8>>,
+    /// With --session-token: the next page instead (no shown item again).
+    #[arg(long, requires = "session_token")]
+    pub next_page: bool,
     /// Deadline in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub timeout_ms: u64,
@@ -74,6 +85,15 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
             include_seen: args.include_seen,
             ..Default::default()
         }),
+        session: (args.session || args.session_token.is_some()).then(|| SessionRequest {
+            token: args.session_token.clone().unwrap_or_default(),
+            mode: if args.next_page {
+                SessionMode::NextPage
+            } else {
+                SessionMode::Merge
+            }
+            .into(),
+        }),
         ..Default::default()
     };
     let mut client = GatewayServiceClient::new(args.gateway.connect().await?);
@@ -88,6 +108,22 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Bytes from hexadecimal digits (a session token as `recsys query` prints it).
+fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
+    let text = text.trim();
+    if !text.len().is_multiple_of(2) {
+        return Err("an odd number of hexadecimal digits".to_string());
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or_else(|| format!("not hexadecimal at digit {}", i + 1))
+        })
+        .collect()
+}
+
 /// Prints items as a table, then coverage and timings.
 pub fn print_response(response: &RecommendResponse) {
     println!(
@@ -98,13 +134,18 @@ pub fn print_response(response: &RecommendResponse) {
         let ranking = item
             .ranking_score
             .map_or_else(|| "-".to_string(), |s| format!("{s:.4}"));
+        let retrieval_rank = if item.from_session {
+            "session".to_string()
+        } else {
+            (item.retrieval_rank + 1).to_string()
+        };
         println!(
             "{:>4}  {:>10}  {:>9}  {:>9.4}  {:>8}  {}",
             rank + 1,
             item.item_id,
             ranking,
             item.retrieval_score,
-            item.retrieval_rank + 1,
+            retrieval_rank,
             item.name
         );
     }
@@ -149,6 +190,22 @@ pub fn print_response(response: &RecommendResponse) {
             } else {
                 "none (retrieval order)"
             }
+        );
+    }
+    if !response.session_token.is_empty() {
+        let hex: String = response
+            .session_token
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        println!(
+            "session ({}; token {} bytes): --session-token {hex}",
+            if response.session_note.is_empty() {
+                "merged"
+            } else {
+                response.session_note.as_str()
+            },
+            response.session_token.len()
         );
     }
 }

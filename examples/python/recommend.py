@@ -41,6 +41,9 @@ def main():
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--exact", action="store_true")
     parser.add_argument("--include-seen", action="store_true", help="also return items the user already has")
+    parser.add_argument("--session", action="store_true", help="start a session (prints its token)")
+    parser.add_argument("--session-token", help="continue the session with this token (hex)")
+    parser.add_argument("--next-page", action="store_true", help="with --session-token: the next page")
     args = parser.parse_args()
     pb, rpc = load_stubs()
 
@@ -49,6 +52,9 @@ def main():
     )
     if args.similar_to is not None:
         request.similar_to_item_id = args.similar_to
+    if args.session or args.session_token:
+        request.session.token = bytes.fromhex(args.session_token or "")
+        request.session.mode = pb.SESSION_MODE_NEXT_PAGE if args.next_page else pb.SESSION_MODE_MERGE
     if args.user_id:
         request.user_id = args.user_id
     elif args.vector:
@@ -68,14 +74,18 @@ def main():
     print(f"{'rank':>4}  {'item':>10}  {'ranking':>8}  {'retrieval':>9}  {'(rank)':>6}  name")
     for rank, item in enumerate(response.items, start=1):
         ranking = f"{item.ranking_score:>8.4f}" if item.HasField("ranking_score") else f"{'-':>8}"
+        retrieval_rank = "shown" if item.from_session else item.retrieval_rank + 1
         print(
             f"{rank:>4}  {item.item_id:>10}  {ranking}  {item.retrieval_score:>9.4f}"
-            f"  {item.retrieval_rank + 1:>6}  {item.name}"
+            f"  {retrieval_rank:>6}  {item.name}"
         )
     c = response.coverage
     print(f"coverage {c.shards_answered}/{c.shards_asked} shards, degraded={c.degraded}")
     if response.seen_excluded:
         print(f"{response.seen_excluded} items the user already has left out (--include-seen to keep them)")
+    if response.session_token:
+        note = response.session_note or "merged"
+        print(f"session ({note}; {len(response.session_token)} bytes): --session-token {response.session_token.hex()}")
 
 
 if __name__ == "__main__":

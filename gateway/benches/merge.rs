@@ -1,5 +1,7 @@
 //! Streaming merge of shard answers: 8 shards × k = 1000 into a top-1000.
-//! Target (issue 2): under 50 µs per merge.
+//! Target (issue 2): under 50 µs per merge. And a session's cost per request
+//! (issue 19): verify and read a token of k items, merge the answer into it,
+//! sign the next one.
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -45,5 +47,49 @@ fn merge(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, merge);
+fn session(c: &mut Criterion) {
+    use recsys_gateway::session::{SessionKeyring, SessionPlan};
+    use recsys_proto::v1::{
+        RecommendRequest, SessionMode, SessionRequest, recommend_request::Query,
+    };
+    let ring = SessionKeyring::random(std::time::Duration::from_secs(600));
+    let request = |token: Vec<u8>| RecommendRequest {
+        query: Some(Query::UserId("user-1".into())),
+        k: 100,
+        session: Some(SessionRequest {
+            token,
+            mode: SessionMode::Merge.into(),
+        }),
+        ..Default::default()
+    };
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut answer = |seed: u64| -> Vec<(u64, f32)> {
+        let mut list: Vec<(u64, f32)> = (0..100)
+            .map(|i| {
+                (
+                    seed * 1000 + i * 7 + rng.random_range(0..7),
+                    rng.random::<f32>(),
+                )
+            })
+            .collect();
+        list.sort_by(|a, b| b.1.total_cmp(&a.1));
+        list
+    };
+    let first = SessionPlan::open(&request(Vec::new()), &ring, "v1")
+        .unwrap()
+        .unwrap();
+    let (_, token, _) = first.finish(&answer(1), true, 100, |_| false);
+    println!("session token of 100 items: {} bytes", token.len());
+    let next = answer(2);
+    c.bench_function("session: open a 100-item token, merge 100, sign", |b| {
+        b.iter(|| {
+            let plan = SessionPlan::open(&request(token.clone()), &ring, "v1")
+                .unwrap()
+                .unwrap();
+            plan.finish(&next, true, 100, |_| false)
+        })
+    });
+}
+
+criterion_group!(benches, merge, session);
 criterion_main!(benches);

@@ -11,11 +11,11 @@
 //!
 //! The file is polled ([`POLL_INTERVAL`]) and swapped in whole when its bytes
 //! change; a file that has become unreadable or malformed keeps the previous keys
-//! (and says so in the log), since locking every client out is the worse failure.
+//! (and says so in the log), since locking every client out is the worse failure
+//! (`crate::watched_file`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap;
@@ -25,8 +25,7 @@ use tonic::{Request, Status};
 
 use crate::GatewayError;
 
-/// How often the key file is re-read.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+pub use crate::watched_file::POLL_INTERVAL;
 
 /// The accepted keys: SHA-256 of the key → the key's name.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -96,13 +95,6 @@ fn parse_hex(text: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-fn read(path: &Path) -> Result<(Vec<u8>, KeySet), String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| "not utf-8".to_string())?;
-    let keys = KeySet::parse(text)?;
-    Ok((bytes, keys))
-}
-
 /// The keys in force, shared by the interceptor and the task that re-reads the file.
 #[derive(Debug, Clone)]
 pub struct ApiKeys {
@@ -113,42 +105,12 @@ impl ApiKeys {
     /// Reads `path` (which must be valid now) and re-reads it every
     /// [`POLL_INTERVAL`] until `shutdown`.
     pub fn watch(path: &Path, shutdown: CancellationToken) -> Result<Self, GatewayError> {
-        let (mut last, keys) = read(path).map_err(|reason| GatewayError::ApiKeys {
-            path: path.to_path_buf(),
-            reason,
-        })?;
-        tracing::info!(file = %path.display(), keys = keys.len(), "api keys loaded");
-        let keys = Arc::new(ArcSwap::from_pointee(keys));
-        let shared = keys.clone();
-        let path: PathBuf = path.to_path_buf();
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(POLL_INTERVAL);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = ticks.tick() => {}
-                }
-                let reread = {
-                    let path = path.clone();
-                    tokio::task::spawn_blocking(move || read(&path)).await
-                };
-                match reread {
-                    Ok(Ok((bytes, keys))) if bytes != last => {
-                        tracing::info!(file = %path.display(), keys = keys.len(), "api keys reloaded");
-                        shared.store(Arc::new(keys));
-                        last = bytes;
-                    }
-                    Ok(Ok(_)) => {}
-                    Ok(Err(reason)) => {
-                        tracing::warn!(file = %path.display(), %reason, "api key file unusable, keeping the previous keys");
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "api key reload failed, keeping the previous keys");
-                    }
-                }
-            }
-        });
+        let keys = crate::watched_file::watch(path, "api keys", KeySet::parse, shutdown).map_err(
+            |reason| GatewayError::ApiKeys {
+                path: path.to_path_buf(),
+                reason,
+            },
+        )?;
         Ok(Self { keys })
     }
 }

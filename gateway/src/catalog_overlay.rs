@@ -133,6 +133,13 @@ impl<'a> Names<'a> {
         }
     }
 
+    /// Whether the change log deleted the item since the version was built.
+    pub fn deleted(&self, item_id: u64) -> bool {
+        self.overlay
+            .as_ref()
+            .is_some_and(|overlay| matches!(overlay.get(&item_id), Some(None)))
+    }
+
     /// The item's name (empty when it has none, or was deleted).
     pub fn name(&self, item_id: u64) -> &str {
         if let Some(overlay) = &self.overlay

@@ -78,6 +78,14 @@ pub enum GatewayError {
         /// What is wrong, with the line.
         reason: String,
     },
+    /// The session key file is unusable at start.
+    #[error("session keys {}: {reason}", path.display())]
+    SessionKeys {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong, with the line.
+        reason: String,
+    },
 }
 
 impl GatewayError {
@@ -116,7 +124,8 @@ impl From<GatewayError> for tonic::Status {
             | GatewayError::Reflection(_)
             | GatewayError::Router(_)
             | GatewayError::NodeTls(_)
-            | GatewayError::ApiKeys { .. } => tonic::Status::internal(message),
+            | GatewayError::ApiKeys { .. }
+            | GatewayError::SessionKeys { .. } => tonic::Status::internal(message),
         }
     }
 }

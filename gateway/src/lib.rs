@@ -27,11 +27,13 @@ mod recommend;
 mod response_items;
 mod server;
 pub mod service;
+pub mod session;
 pub mod shard_k;
 mod similar_items;
 mod validate;
 mod version_probe;
 pub mod versions;
+mod watched_file;
 
 pub use catalog_service::{DEFAULT_MAX_APPLY_LAG, ItemLogOptions};
 pub use error::GatewayError;

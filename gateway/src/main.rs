@@ -103,6 +103,16 @@ struct Args {
     /// running); calls without an accepted key get UNAUTHENTICATED.
     #[arg(long, env = "RECSYS_API_KEYS")]
     api_keys: Option<PathBuf>,
+    /// File of session token keys (`ID SECRET-HEX` per line, at least 16 bytes
+    /// of secret; the first line signs, every line verifies; re-read while
+    /// running, so keys rotate without a restart). Gateways that share the file
+    /// answer each other's sessions; without it each signs with a random key.
+    #[arg(long, env = "RECSYS_SESSION_KEYS")]
+    session_keys: Option<PathBuf>,
+    /// Seconds a session token stays good; an older one starts a new session
+    /// (the answer's session_note says so).
+    #[arg(long, env = "RECSYS_SESSION_TTL_SECS", default_value_t = recsys_gateway::session::DEFAULT_SESSION_TTL.as_secs())]
+    session_ttl_secs: u64,
     /// With etcd: refuse UpsertItems and DeleteItems (RESOURCE_EXHAUSTED) once a
     /// change accepted here has waited longer than this for a serving retrieval
     /// replica to apply it, so that writers back off and changes stay visible
@@ -202,6 +212,7 @@ impl Args {
                 max_timeout: Duration::from_millis(self.max_timeout_ms),
                 max_exact_searches: self.max_exact_searches,
                 default_retrieve_k: self.default_retrieve_k,
+                session_ttl: Duration::from_secs(self.session_ttl_secs),
             },
             connect_timeout: Duration::from_secs(1),
             health_interval: Duration::from_millis(self.health_interval_ms),
@@ -216,6 +227,7 @@ impl Args {
                     _ => None,
                 },
                 api_keys: self.api_keys.clone(),
+                session_keys: self.session_keys.clone(),
             },
             server_limits: self
                 .server_limits

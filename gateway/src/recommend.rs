@@ -26,8 +26,9 @@ use crate::deadline::{Budget, plan};
 use crate::fanout::{ShardTarget, call_replicas, search_shard};
 use crate::merge::{Candidate, TopK};
 use crate::node_failure::NodeFailure;
-use crate::response_items::{ranked_items, retrieval_items};
+use crate::response_items::{continue_session, ranked_items, retrieval_items};
 use crate::service::Gateway;
+use crate::session::SessionPlan;
 use crate::shard_k::per_shard_k_cached;
 use crate::similar_items::{SimilarTo, item_vector};
 use crate::validate::{Checked, check_ranker_kinds, validate};
@@ -53,6 +54,8 @@ struct RequestPlan {
     exclusions: Vec<Vec<u64>>,
     /// Items of the user's history among `exclusions`.
     seen_excluded: u32,
+    /// The session the request continues, if it asks for one.
+    session: Option<SessionPlan>,
     view: Arc<ClusterView>,
     with_ranking: bool,
     budget: Budget,
@@ -175,6 +178,19 @@ impl Gateway {
         for id in &request.exclude_item_ids {
             exclusions[shard_of(*id, shard_count) as usize].push(*id);
         }
+        let session = SessionPlan::open(request, &self.shared.sessions, &manifest.version)?;
+        let mut room = self.shared.policy.limits.max_exclusions.saturating_sub(
+            request.exclude_item_ids.len() + usize::from(request.similar_to_item_id.is_some()),
+        );
+        // A next page leaves out what the session was shown (the newest
+        // pages first, when they outnumber the exclusions' limit).
+        if let Some(session) = &session {
+            let shown = session.excluded_ids();
+            for (id, _) in shown.iter().rev().take(room) {
+                exclusions[shard_of(*id, shard_count) as usize].push(*id);
+            }
+            room = room.saturating_sub(shown.len());
+        }
         // What the user already has is left out unless asked for, within the
         // exclusions' limit (the caller's own ids first).
         let seen: &[u64] = if options.include_seen {
@@ -182,9 +198,6 @@ impl Gateway {
         } else {
             bundle.history.items(&user_id)
         };
-        let room = self.shared.policy.limits.max_exclusions.saturating_sub(
-            request.exclude_item_ids.len() + usize::from(request.similar_to_item_id.is_some()),
-        );
         let seen = &seen[..seen.len().min(room)];
         for id in seen {
             exclusions[shard_of(*id, shard_count) as usize].push(*id);
@@ -200,6 +213,7 @@ impl Gateway {
             shard_k,
             exclusions,
             seen_excluded: seen.len() as u32,
+            session,
             with_ranking,
             budget: plan(timeout, with_ranking),
             view,
@@ -442,6 +456,11 @@ fn respond(
             String::new(),
         ),
     };
+    let ranked_answer = ranked.is_some();
+    let (items, session_token, session_note) = match plan.session {
+        Some(session) => continue_session(session, items, ranked_answer, plan.checked.k, catalog),
+        None => (items, Vec::new(), String::new()),
+    };
     let total = plan.started.elapsed();
     crate::metrics::stage("total", total);
     RecommendResponse {
@@ -455,7 +474,9 @@ fn respond(
         }),
         bundle_version: plan.bundle.manifest.version.clone(),
         model_version,
-        ranked: ranked.is_some(),
+        ranked: ranked_answer,
         seen_excluded: plan.seen_excluded,
+        session_token,
+        session_note,
     }
 }

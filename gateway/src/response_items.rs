@@ -12,6 +12,7 @@ use recsys_proto::v1::RecommendedItem;
 
 use crate::catalog_overlay::Names;
 use crate::merge::Candidate;
+use crate::session::SessionPlan;
 
 /// The names of `ids` in order (empty where the catalog has none), with their
 /// bytes already brought into cache.
@@ -42,6 +43,7 @@ pub fn retrieval_items(merged: &[Candidate], k: u32, catalog: &Names<'_>) -> Vec
             retrieval_score: candidate.score,
             retrieval_rank: rank as u32,
             ranking_score: None,
+            from_session: false,
         })
         .collect()
 }
@@ -75,8 +77,47 @@ pub fn ranked_items(
             retrieval_score: merged[i].score,
             retrieval_rank: i as u32,
             ranking_score: Some(scores[i]),
+            from_session: false,
         })
         .collect()
+}
+
+/// The answer's `items` merged with what `session` was shown (or the next
+/// page of it), with the next token and the note (`crate::session`).
+pub fn continue_session(
+    session: SessionPlan,
+    items: Vec<RecommendedItem>,
+    ranked: bool,
+    k: u32,
+    catalog: &Names<'_>,
+) -> (Vec<RecommendedItem>, Vec<u8>, String) {
+    let score = |item: &RecommendedItem| match (ranked, item.ranking_score) {
+        (true, Some(score)) => score,
+        _ => item.retrieval_score,
+    };
+    let answer: Vec<(u64, f32)> = items
+        .iter()
+        .map(|item| (item.item_id, score(item)))
+        .collect();
+    let (merged, token, note) =
+        session.finish(&answer, ranked, k as usize, |id| catalog.deleted(id));
+    let mut by_id: std::collections::HashMap<u64, RecommendedItem> =
+        items.into_iter().map(|item| (item.item_id, item)).collect();
+    let items = merged
+        .into_iter()
+        .map(|(id, score, from_session)| match by_id.remove(&id) {
+            Some(item) if !from_session => item,
+            _ => RecommendedItem {
+                item_id: id,
+                name: catalog.name(id).to_string(),
+                retrieval_score: if ranked { 0.0 } else { score },
+                retrieval_rank: 0,
+                ranking_score: ranked.then_some(score),
+                from_session: true,
+            },
+        })
+        .collect();
+    (items, token, note)
 }
 
 #[cfg(test)]

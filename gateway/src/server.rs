@@ -66,6 +66,9 @@ pub struct GatewaySecurity {
     pub node_tls: Option<NodeTlsFiles>,
     /// File of accepted API key hashes (`api_keys`); `None`: no key asked for.
     pub api_keys: Option<PathBuf>,
+    /// File of session token keys (`session`); `None`: a random key of this
+    /// gateway's own, so sessions stay with it.
+    pub session_keys: Option<PathBuf>,
 }
 
 /// Serves the gateway on `listener` until `shutdown` is cancelled, routing by
@@ -107,6 +110,19 @@ pub async fn run(
         crate::bundle_filter::spawn(membership.subscribe(), held, probed, shutdown.clone());
     let mut shared = GatewayShared::new(routed.clone(), clients, config.policy);
     shared.views = Some(views.clone());
+    if let Some(path) = &config.security.session_keys {
+        let keys = crate::watched_file::watch(
+            path,
+            "session keys",
+            crate::session::SessionKeys::parse,
+            shutdown.clone(),
+        )
+        .map_err(|reason| GatewayError::SessionKeys {
+            path: path.clone(),
+            reason,
+        })?;
+        shared.sessions = crate::session::SessionKeyring::new(keys, config.policy.session_ttl);
+    }
     let shared = Arc::new(shared);
 
     let (serving, mut serving_now) = watch::channel(false);

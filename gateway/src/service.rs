@@ -23,6 +23,7 @@ use crate::bundle_filter::VersionViews;
 use crate::bundle_state::BundleState;
 use crate::deadline::request_timeout;
 use crate::node_channels::NodeChannels;
+use crate::session::SessionKeyring;
 use crate::validate::RecommendLimits;
 
 /// Tunables of request handling.
@@ -49,6 +50,8 @@ pub struct RequestPolicy {
     /// that a caller who sends only a user and `k` gets the two-stage answer;
     /// an unranked answer retrieves `k`.
     pub default_retrieve_k: u32,
+    /// How long a session token stays good (`session`).
+    pub session_ttl: Duration,
 }
 
 impl Default for RequestPolicy {
@@ -61,6 +64,7 @@ impl Default for RequestPolicy {
             max_timeout: recsys_proto::limits::DEFAULT_MAX_TIMEOUT,
             max_exact_searches: recsys_proto::limits::DEFAULT_MAX_EXACT_SEARCHES,
             default_retrieve_k: recsys_proto::limits::DEFAULT_RETRIEVE_K,
+            session_ttl: crate::session::DEFAULT_SESSION_TTL,
         }
     }
 }
@@ -82,6 +86,8 @@ pub struct GatewayShared {
     pub policy: RequestPolicy,
     /// The cap on exact searches at once (`policy.max_exact_searches`).
     pub exact_searches: ExactSearches,
+    /// The keys session tokens are signed with (`session`).
+    pub sessions: SessionKeyring,
 }
 
 impl GatewayShared {
@@ -105,6 +111,7 @@ impl GatewayShared {
             views: None,
             clients,
             exact_searches: ExactSearches::new(policy.max_exact_searches),
+            sessions: SessionKeyring::random(policy.session_ttl),
             policy,
         }
     }
@@ -171,6 +178,9 @@ impl GatewayService for Gateway {
                 bundle_version: done.bundle_version,
                 model_version: done.model_version,
                 ranked: done.ranked,
+                seen_excluded: done.seen_excluded,
+                session_token: done.session_token,
+                session_note: done.session_note,
             });
             let _ = sender.send(message).await;
         });

@@ -46,6 +46,7 @@ impl ClusterTls {
                 key: self.key("gateway-client"),
             }),
             api_keys: None,
+            session_keys: None,
         }
     }
 

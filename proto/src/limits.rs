@@ -114,8 +114,16 @@ pub const fn recommend_request_max_bytes() -> usize {
         + MAX_DIMENSIONS * FLOAT_WIRE_BYTES
         + user_features_wire_bytes()
         + MAX_EXCLUSIONS * ID_WIRE_BYTES
+        + MAX_SESSION_TOKEN_BYTES
         + SLACK_BYTES
 }
+
+/// Items a session token remembers: the newest, when pages add up past it.
+pub const MAX_SESSION_ITEMS: usize = 1000;
+
+/// Longest session token a gateway writes or reads: [`MAX_SESSION_ITEMS`]
+/// items of a 10-byte id and a 4-byte score, the header and the signature.
+pub const MAX_SESSION_TOKEN_BYTES: usize = MAX_SESSION_ITEMS * 14 + MAX_VERSION_BYTES + 128;
 
 /// The largest valid `SearchRequest` for a node that takes `max_exclusions`
 /// excluded ids: a query of [`MAX_DIMENSIONS`] and the ids.
@@ -193,6 +201,10 @@ mod tests {
             exclude_item_ids: vec![u64::MAX; MAX_EXCLUSIONS],
             options: Some(Default::default()),
             similar_to_item_id: Some(u64::MAX),
+            session: Some(crate::v1::SessionRequest {
+                token: vec![0xff; MAX_SESSION_TOKEN_BYTES],
+                mode: 1,
+            }),
         };
         assert!(request.encoded_len() <= recommend_request_max_bytes());
         let search = SearchRequest {

@@ -40,6 +40,11 @@ fn the_readme_table_matches_the_code() {
             rank_request_max_bytes(MAX_RETRIEVE_K as usize).to_string(),
         ),
         ("DEFAULT_TIMEOUT", secs(DEFAULT_TIMEOUT)),
+        ("MAX_SESSION_ITEMS", MAX_SESSION_ITEMS.to_string()),
+        (
+            "MAX_SESSION_TOKEN_BYTES",
+            MAX_SESSION_TOKEN_BYTES.to_string(),
+        ),
         ("DEFAULT_MAX_TIMEOUT", secs(DEFAULT_MAX_TIMEOUT)),
         (
             "DEFAULT_MAX_CONCURRENT_STREAMS",

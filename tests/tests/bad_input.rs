@@ -171,6 +171,14 @@ impl Adversarial for Noise {
                 include_seen: self.below(2) == 0,
             }),
             similar_to_item_id: (self.below(4) == 0).then(|| self.id()),
+            // A token of random bytes (never a valid signature), or none.
+            session: (self.below(4) == 0).then(|| recsys_proto::v1::SessionRequest {
+                token: {
+                    let len = self.count(64);
+                    self.bytes(len)
+                },
+                mode: self.pick(&[0, 1, 7, -1]),
+            }),
         }
     }
 

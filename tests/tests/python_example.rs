@@ -139,6 +139,61 @@ async fn the_python_example_prints_a_ranked_answer_for_a_user_and_k() {
         );
     }
 
+    // A session: the first page prints its token, the next page is new items.
+    let run = |args: Vec<String>| {
+        let python = python.clone();
+        tokio::task::spawn_blocking(move || {
+            example(
+                &python,
+                &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
+        })
+    };
+    let base = vec![
+        "--gateway".to_string(),
+        gateway.clone(),
+        "--user-id".to_string(),
+        user.clone(),
+        "-k".to_string(),
+        "5".to_string(),
+    ];
+    let (ok, first, stderr) = run([base.clone(), vec!["--session".into()]].concat())
+        .await
+        .unwrap();
+    assert!(ok, "{first}\n{stderr}");
+    let token = first
+        .lines()
+        .find_map(|line| line.split("--session-token ").nth(1))
+        .unwrap_or_else(|| panic!("no session token printed:\n{first}"))
+        .to_string();
+    let (ok, second, stderr) = run([
+        base.clone(),
+        vec!["--session-token".into(), token, "--next-page".into()],
+    ]
+    .concat())
+    .await
+    .unwrap();
+    assert!(ok, "{second}\n{stderr}");
+    let items = |stdout: &str| -> Vec<u64> {
+        stdout
+            .lines()
+            .skip_while(|line| !line.trim_start().starts_with("rank "))
+            .skip(1)
+            .take_while(|line| !line.starts_with("coverage"))
+            .map(|line| line.split_whitespace().nth(1).unwrap().parse().unwrap())
+            .collect()
+    };
+    let (page_one, page_two) = (items(&first), items(&second));
+    assert_eq!(
+        (page_one.len(), page_two.len()),
+        (5, 5),
+        "{first}\n{second}"
+    );
+    assert!(
+        page_two.iter().all(|id| !page_one.contains(id)),
+        "{first}\n{second}"
+    );
+
     // A bad request prints the gateway's reason, naming the field.
     let (ok, _, stderr) = tokio::task::spawn_blocking({
         let args = ["--gateway", &gateway, "--user-id", &user, "-k", "0"].map(str::to_owned);

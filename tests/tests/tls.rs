@@ -186,6 +186,7 @@ async fn tls_gateway(
                 key: certs.join("gateway-client.key"),
             }),
             api_keys: Some(keys.to_path_buf()),
+            session_keys: None,
         },
         server_limits: Default::default(),
         max_in_flight: 0,
