@@ -43,6 +43,7 @@ pub mod remote;
 pub mod root;
 pub mod sharding;
 pub mod user_history;
+pub mod varint;
 pub mod verify;
 pub mod vocabulary;
 

@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::BundleError;
+use crate::varint::{VarintError, put_varint, read_varint};
 
 /// The file's first bytes: magic and format version.
 const MAGIC: &[u8; 5] = b"RSUH\x01";
@@ -147,14 +148,6 @@ impl UserHistory {
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
 /// A cursor over the file's bytes that names the offset of what it refuses.
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -169,22 +162,10 @@ impl Reader<'_> {
 
     fn varint(&mut self) -> Result<u64, BundleError> {
         let start = self.at;
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let Some(&byte) = self.bytes.get(self.at) else {
-                return Err(self.error(start, "the file ends inside a number"));
-            };
-            self.at += 1;
-            let bits = u64::from(byte & 0x7f);
-            if shift == 63 && bits > 1 {
-                return Err(self.error(start, "a number past u64::MAX"));
-            }
-            value |= bits << shift;
-            if byte & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(self.error(start, "a number longer than ten bytes"))
+        read_varint(self.bytes, &mut self.at).map_err(|error| match error {
+            VarintError::Truncated => self.error(start, "the file ends inside a number"),
+            VarintError::Overflow => self.error(start, "a number past u64::MAX"),
+        })
     }
 
     /// A count of things that each take at least one of the bytes left.

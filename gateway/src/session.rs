@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use recsys_bundle::varint::{put_varint, read_varint};
 use recsys_proto::limits::{MAX_SESSION_ITEMS, MAX_SESSION_TOKEN_BYTES};
 use recsys_proto::v1::{RecommendRequest, recommend_request::Query};
 use ring::hmac;
@@ -262,14 +263,6 @@ impl Token {
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
 /// A cursor over a verified token's body.
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -301,19 +294,7 @@ impl Reader<'_> {
     }
 
     fn varint(&mut self) -> Result<u64, String> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = self.byte()?;
-            let bits = u64::from(byte & 0x7f);
-            if shift == 63 && bits > 1 {
-                return Err("holds a number past u64::MAX".to_string());
-            }
-            value |= bits << shift;
-            if byte & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err("holds a number longer than ten bytes".to_string())
+        read_varint(self.bytes, &mut self.at).map_err(|error| format!("is malformed: {error}"))
     }
 
     /// A count of things of at least `each` bytes, no more than the bytes left.
