@@ -30,6 +30,7 @@ pub mod catalog;
 pub mod digest;
 pub mod durable;
 pub mod error;
+pub mod filter;
 #[cfg(feature = "flags")]
 pub mod flags;
 pub mod index_params;
