@@ -369,7 +369,7 @@ impl Pass<'_> {
     /// every block), with the CPU time of each block charged to its search.
     ///
     /// Why: a pass of one search after a pass of the other swung by ±25 % on a
-    /// shared 2-vCPU VM within minutes (docs/benchmarks.md, "Live shard"), so the
+    /// shared 2-vCPU VM within minutes (docs/benchmarks-history.md, "Live shard"), so the
     /// ratio of two whole passes was mostly the drift between them; blocks a few
     /// milliseconds long see the same machine.
     fn measure_alternating(

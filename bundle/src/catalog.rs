@@ -3,7 +3,7 @@
 //! The gateway names every item it returns, so a look-up is on the serving path:
 //! with a 200 000-item catalog each one was a SipHash probe, a pointer chase to a
 //! separately allocated `String` and a read of its bytes, all cache misses
-//! (docs/benchmarks.md, "Gateway overhead"). Names therefore live in one text
+//! (docs/benchmarks-history.md, "Gateway overhead"). Names therefore live in one text
 //! arena addressed by offsets, and ids that are dense (synthetic catalogs, MovieLens
 //! ids) index a table directly; sparse ids (hashed keys) go through FxHash.
 

@@ -5,7 +5,7 @@
 //! files at rest and in transit (a torn write, a flipped bit, a truncated copy),
 //! not against someone who can write the bundle and would rewrite the manifest as
 //! well. XXH3 hashes at memory speed, so verifying a shard at load costs its read
-//! from the disk and little more (docs/benchmarks.md, "Bundle verification");
+//! from the disk and little more (docs/benchmarks-history.md, "Bundle verification");
 //! SHA-256 ran several times slower there.
 
 use std::io::Read;

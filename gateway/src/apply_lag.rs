@@ -3,13 +3,13 @@
 //! The gateway accepts a change once etcd has committed it; each replica then
 //! inserts it into its shard's HNSW graph, which is far slower than the append
 //! (68,000 items/s accepted against ~2,800 inserted per replica on two vCPUs,
-//! docs/benchmarks.md "Item updates"). A writer faster than the replicas would
-//! make "visible on every replica" later without bound. As Milvus refuses writes
-//! once a node's time tick lags, the gateway refuses `UpsertItems` and
-//! `DeleteItems` with `RESOURCE_EXHAUSTED` when a serving replica of a shard the
-//! call touches has left a change this gateway accepted unapplied for longer
-//! than `--max-apply-lag-ms`; writers back off and retry, and the lag, so the time
-//! to visibility, stays near that bound.
+//! docs/benchmarks-history.md, "Item upserts through the gateway and etcd"). A
+//! writer faster than the replicas would make "visible on every replica" later
+//! without bound. As Milvus refuses writes once a node's time tick lags, the
+//! gateway refuses `UpsertItems` and `DeleteItems` with `RESOURCE_EXHAUSTED`
+//! when a serving replica of a shard the call touches has left a change this
+//! gateway accepted unapplied for longer than `--max-apply-lag-ms`; writers back
+//! off and retry, and the lag, so the time to visibility, stays near that bound.
 //!
 //! Each gateway watches its own appends: replicas apply a shard's entries in
 //! revision order, so a replica that has applied this gateway's entry has

@@ -44,7 +44,7 @@ pub struct ItemLogOptions {
 /// `--max-apply-lag-ms`'s default: a replica restarted beside a steady writer
 /// catches up well within it, a writer faster than the replicas reaches it in
 /// seconds, and a 50,000-item burst still goes in at ~40,000 items/s
-/// (docs/benchmarks.md, "Session 14: push-back").
+/// (docs/benchmarks-history.md, "Session 14: push-back").
 pub const DEFAULT_MAX_APPLY_LAG: Duration = Duration::from_secs(10);
 
 /// The service; cheap to clone.

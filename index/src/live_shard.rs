@@ -15,7 +15,7 @@
 //! ([`LiveShard::pack_delta`]), searched instead of the delta while no change has
 //! come since: the packed layout is what makes the base fast, and searched
 //! beside the base, whose traversal evicts it from the cache on every query, an
-//! unpacked delta cost about twice its time alone (docs/benchmarks.md, "Live
+//! unpacked delta cost about twice its time alone (docs/benchmarks-history.md, "Live
 //! shard"). Once the mutable part is large, a node also folds it and the base
 //! into one packed graph ([`LiveShard::fold`], `fold.rs`), searched alone,
 //! at the packed-only rate, until the next change.

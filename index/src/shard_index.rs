@@ -383,7 +383,7 @@ impl ShardIndex {
     /// Why: a filtered traversal tests every candidate it measures, and reading a
     /// candidate's key is a cache miss the packed base layer otherwise avoids (a
     /// tenth of the items hidden cost a quarter of the search rate,
-    /// docs/benchmarks.md "Live shard"). The beam holds `ef` candidates anyway,
+    /// docs/benchmarks-history.md "Live shard"). The beam holds `ef` candidates anyway,
     /// so asking for up to `ef` results costs nothing more, and with a small
     /// share hidden at least `k` of them survive.
     fn search_past_hidden(

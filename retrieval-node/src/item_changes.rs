@@ -14,7 +14,7 @@
 //! change, about a tenth faster with a tenth of the shard changed. Once it has
 //! been quiet for a second and the part is large, it also folds the part into
 //! a copy of the base ([`LiveShard::fold`]), searched alone at the packed-only
-//! rate until the next change (docs/benchmarks.md, "Live shard").
+//! rate until the next change (docs/benchmarks-history.md, "Live shard").
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -77,7 +77,7 @@ pub struct NodeConfig {
 
 /// The mutable part's size from which a node folds it into the base: below a
 /// few per cent of a shard the two searches cost little more than one
-/// (docs/benchmarks.md, "Live shard"), and a fold costs an HNSW insertion per
+/// (docs/benchmarks-history.md, "Live shard"), and a fold costs an HNSW insertion per
 /// item and a second copy of the shard in memory.
 pub const DEFAULT_FOLD_MIN_ITEMS: usize = 10_000;
 

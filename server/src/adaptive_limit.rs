@@ -62,7 +62,7 @@ pub const TAIL_TOLERANCE: f64 = 2.5;
 /// second test beside the mean: at five times the saturating rate the refused
 /// calls take turns on the cores with the admitted ones, and with two in flight
 /// the mean stayed within [`TOLERANCE`] while the p99 reached four times the
-/// unloaded one (docs/benchmarks.md, "Overload").
+/// unloaded one (docs/benchmarks-history.md, "Overload").
 pub const TAIL_SHARE: f64 = 0.01;
 
 /// The limit's state: fed with finished calls, it says when the limit changes.

@@ -8,7 +8,7 @@
 //! limit a call costs the server one header parse and a trailers-only answer, so
 //! overload degrades into fast refusals while the admitted calls keep the latency
 //! of a saturated, not a flooded, server. The limit is fixed, per core, with
-//! defaults measured with `recsys-bench load` (docs/benchmarks.md, "Overload"),
+//! defaults measured with `recsys-bench load` (docs/benchmarks-history.md, "Overload"),
 //! or, with `--admission adaptive`, moves between one call per core and that
 //! ceiling with the latency of the admitted calls ([`crate::adaptive_limit`]),
 //! so that it follows a host whose speed or load changes.
@@ -71,7 +71,7 @@ impl AdmissionRole {
     /// Default calls in flight per core. The gateway's throughput on its 2-vCPU
     /// host stops growing at about 8 requests in flight, and in open-loop
     /// overload a limit of 8 answered as many requests as one of 32 with a
-    /// fifth of the admitted p99 (docs/benchmarks.md, "Overload"): past the knee
+    /// fifth of the admitted p99 (docs/benchmarks-history.md, "Overload"): past the knee
     /// more in flight only queues. A node is sized for four gateways at their
     /// limit (each request puts one call on every shard and one on the ranking
     /// pool), so that a lone gateway sheds at the door and nodes shed only when

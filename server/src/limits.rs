@@ -70,7 +70,7 @@ pub struct ServerLimitFlags {
     pub max_concurrent_streams: u32,
     /// `fixed`: at most `--max-in-flight` calls at once. `adaptive`: the limit
     /// moves between one call per core and `--max-in-flight` with the latency
-    /// of admitted calls, shrinking when it doubles (docs/benchmarks.md, "Overload").
+    /// of admitted calls, shrinking when it doubles (docs/benchmarks-history.md, "Overload").
     #[arg(long, env = "RECSYS_ADMISSION", value_enum, default_value_t = AdmissionMode::Fixed)]
     pub admission: AdmissionMode,
 }

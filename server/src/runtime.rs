@@ -7,7 +7,7 @@
 //! per core on top of them puts two runnable threads on every core under load, and
 //! at low load a loopback hop that lands on a sleeping worker wakes it on another
 //! core, which on small VMs costs tens of microseconds. Measured on 2 vCPUs
-//! (docs/benchmarks.md, "Gateway overhead"): half the cores (one thread) gave
+//! (docs/benchmarks-history.md, "Gateway overhead"): half the cores (one thread) gave
 //! 7–21 % more QPS at one request in flight, in a single-process cluster and with
 //! one process per server; the same at 4–16 in flight; at 32, between 11 % less
 //! and 2 % more in one process, and 2 % less to 7 % more with processes. The

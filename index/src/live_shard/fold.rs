@@ -4,7 +4,7 @@
 //! and the second costs about twice its time alone because the first evicts
 //! it from the cache: with a tenth of a 390k-item GloVe shard changed, a live
 //! shard searched at 0.74-0.79 of the packed-only rate even with the mutable
-//! part packed (docs/benchmarks.md, "Live shard"). A fold is the node-local
+//! part packed (docs/benchmarks-history.md, "Live shard"). A fold is the node-local
 //! form of `recsys bundle compact`: a copy of the base graph into which the
 //! mutable part's items are inserted, packed as the base is, and searched
 //! alone while no change has come since it was made. It is what Lucene's and
