@@ -127,6 +127,7 @@ pub fn build_bundle(
         files: Default::default(),
         log_revision: 0,
         user_history: None,
+        attributes: None,
     };
     crate::seal(dir, &mut manifest)?;
     tracing::info!(

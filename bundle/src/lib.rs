@@ -26,6 +26,7 @@
 //! root ([`root`]) holds versions side by side with a pointer to the one to serve,
 //! on the local disk or in an object store ([`remote`]).
 
+pub mod attributes;
 pub mod catalog;
 pub mod digest;
 pub mod durable;

@@ -129,6 +129,10 @@ pub struct Manifest {
     /// answers by default; absent in bundles built without interactions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_history: Option<String>,
+    /// Typed item attributes (`crate::attributes`), which filters and
+    /// diversity caps read; absent in bundles built without them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<String>,
 }
 
 fn is_zero(value: &u64) -> bool {
@@ -169,6 +173,7 @@ impl Manifest {
         let mut files: Vec<String> = self.shards.iter().map(|s| s.file.clone()).collect();
         files.extend(self.catalog.iter().cloned());
         files.extend(self.user_history.iter().cloned());
+        files.extend(self.attributes.iter().cloned());
         match &self.query_model {
             Some(QueryModelSpec::EmbeddingTable {
                 file, vocabulary, ..

@@ -8,7 +8,8 @@ use anyhow::Context;
 use clap::Args;
 use recsys_bundle::{IndexParams, Manifest};
 use recsys_trainer::{
-    CatalogIds, Dataset, ExportOptions, TwoTower, catalog_ids, export_bundle, user_history,
+    CatalogIds, Dataset, ExportOptions, TwoTower, catalog_ids, export_bundle, item_attributes,
+    user_history,
 };
 
 use crate::bundle_cmd::{attach, default_version, on_event, progress_bar};
@@ -39,6 +40,7 @@ pub fn export(
     let keys = model.vocabularies().item_id.values();
     let catalog = catalog_ids(keys, raw)?;
     let history = user_history(keys, &catalog, raw);
+    let attributes = item_attributes(keys, &catalog, raw)?;
     let options = ExportOptions {
         shards: args.shards,
         params: IndexParams::default(),
@@ -51,8 +53,16 @@ pub fn export(
     // Built beside `out` and swapped in sealed: an interrupted export leaves the
     // previous bundle (or nothing), never half of one.
     let manifest = crate::bundle_cmd::into_dir(out, |dir| {
-        let mut manifest = export_bundle(model, &catalog, &history, dir, &options, &progress)
-            .with_context(|| format!("exporting the model to {}", out.display()))?;
+        let mut manifest = export_bundle(
+            model,
+            &catalog,
+            &history,
+            attributes.as_ref(),
+            dir,
+            &options,
+            &progress,
+        )
+        .with_context(|| format!("exporting the model to {}", out.display()))?;
         bar.finish_and_clear();
         if let Some(ranker) = &args.ranker {
             manifest = attach(dir, ranker, &catalog.ids)?;

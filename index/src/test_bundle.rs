@@ -68,6 +68,7 @@ pub(crate) fn bundle(dir: &Path) -> Vec<f32> {
         files: Default::default(),
         log_revision: 0,
         user_history: None,
+        attributes: None,
     }
     .save(dir)
     .unwrap();

@@ -81,7 +81,17 @@ fn export(model: &TwoTower, data: &Dataset, dir: &std::path::Path) -> (CatalogId
         source: "planted".into(),
         threads: 2,
     };
-    export_bundle(model, &catalog, &history, dir, &options, &|_| {}).unwrap();
+    let attributes = recsys_trainer::item_attributes(keys, &catalog, data).unwrap();
+    export_bundle(
+        model,
+        &catalog,
+        &history,
+        attributes.as_ref(),
+        dir,
+        &options,
+        &|_| {},
+    )
+    .unwrap();
     (catalog, history)
 }
 

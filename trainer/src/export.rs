@@ -12,6 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
+use recsys_bundle::attributes::{ATTRIBUTES_FILE, ItemAttributes};
 use recsys_bundle::query_tower::{TableParts, TowerParts, USER_ID_FEATURE};
 use recsys_bundle::user_history::{USER_HISTORY_FILE, UserHistory};
 use recsys_bundle::{IndexParams, Manifest, Metric, QueryModelSpec, QueryTower};
@@ -165,13 +166,51 @@ pub fn user_history(keys: &[String], catalog: &CatalogIds, data: &Dataset) -> Us
     }))
 }
 
+/// The attributes of `catalog`'s items (the model's item keys `keys`) that
+/// `data` describes: `genre` (a keyword list) and `year` (an integer), as
+/// MovieLens gives them; `None` when no item has either.
+pub fn item_attributes(
+    keys: &[String],
+    catalog: &CatalogIds,
+    data: &Dataset,
+) -> Result<Option<ItemAttributes>> {
+    let by_key: HashMap<&str, &crate::dataset::Item> = data
+        .items
+        .iter()
+        .flat_map(|item| {
+            std::iter::once((item.id.as_str(), item))
+                .chain(item.title.as_deref().map(|title| (title, item)))
+        })
+        .collect();
+    let clean = |text: &str| text.replace(['\t', '\n', '\r', '|'], " ");
+    let mut tsv = String::from("id\tgenre:keyword_list\tyear:integer\n");
+    let mut any = false;
+    for (key, id) in keys.iter().zip(&catalog.ids) {
+        let Some(item) = by_key.get(key.as_str()) else {
+            continue;
+        };
+        let genres: Vec<String> = item.genres.iter().map(|g| clean(g)).collect();
+        any |= !genres.is_empty() || item.year.is_some();
+        let year = item.year.map(|year| year.to_string()).unwrap_or_default();
+        tsv.push_str(&format!("{id}\t{}\t{year}\n", genres.join("|")));
+    }
+    if !any {
+        return Ok(None);
+    }
+    Ok(Some(ItemAttributes::parse(
+        &tsv,
+        Path::new(ATTRIBUTES_FILE),
+    )?))
+}
+
 /// Writes `model` as a bundle into `dir`: item embeddings into `options.shards`
 /// usearch files, the query tower, the catalog, each user's `history` (when
-/// any), and the manifest last.
+/// any), the items' `attributes` (when given), and the manifest last.
 pub fn export_bundle(
     model: &TwoTower,
     catalog: &CatalogIds,
     history: &UserHistory,
+    attributes: Option<&ItemAttributes>,
     dir: &Path,
     options: &ExportOptions,
     progress: &(dyn Fn(BuildEvent) + Sync),
@@ -212,6 +251,89 @@ pub fn export_bundle(
         history.save(&dir.join(USER_HISTORY_FILE))?;
         manifest.user_history = Some(USER_HISTORY_FILE.to_string());
     }
+    if let Some(attributes) = attributes {
+        attributes.save(&dir.join(ATTRIBUTES_FILE))?;
+        manifest.attributes = Some(ATTRIBUTES_FILE.to_string());
+    }
     recsys_bundle_builder::seal(dir, &mut manifest)?;
     Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use recsys_bundle::filter::AttributeValue;
+
+    use super::*;
+    use crate::dataset::{Interaction, Item};
+
+    fn movie(id: &str, title: &str, year: Option<u16>, genres: &[&str]) -> Item {
+        Item {
+            id: id.into(),
+            title: Some(title.into()),
+            year,
+            genres: genres.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    /// A model keyed by title (as MovieLens trains by default) gets each
+    /// title's genres and year under the title's wire id; the history maps
+    /// ratings of ids through their titles.
+    #[test]
+    fn attributes_and_histories_follow_the_models_keys() {
+        let data = Dataset {
+            interactions: vec![
+                Interaction {
+                    user: "u1".into(),
+                    item: "7".into(),
+                    rating: Some(4.0),
+                    timestamp: None,
+                },
+                Interaction {
+                    user: "u1".into(),
+                    item: "unknown".into(),
+                    rating: None,
+                    timestamp: None,
+                },
+            ],
+            items: vec![
+                movie("7", "Heat (1995)", Some(1995), &["Action", "Crime|Drama"]),
+                movie("8", "Quiet (2001)", None, &[]),
+            ],
+            users: Vec::new(),
+        };
+        let keys = vec!["Heat (1995)".to_string(), "Quiet (2001)".to_string()];
+        let catalog = catalog_ids(&keys, &data).unwrap();
+        assert_eq!(catalog.ids, vec![7, 8]);
+        let attributes = item_attributes(&keys, &catalog, &data).unwrap().unwrap();
+        let crime_drama = ["Action".to_string(), "Crime Drama".to_string()];
+        assert_eq!(
+            attributes.value(7, "genre"),
+            Some(AttributeValue::KeywordList(&crime_drama))
+        );
+        assert_eq!(
+            attributes.value(7, "year"),
+            Some(AttributeValue::Integer(1995))
+        );
+        assert_eq!(attributes.value(8, "genre"), None);
+        assert_eq!(attributes.value(8, "year"), None);
+        let history = user_history(&keys, &catalog, &data);
+        assert_eq!(history.items("u1"), &[7]);
+        // Items with neither genres nor years: no attributes at all.
+        let bare = Dataset {
+            items: vec![movie("8", "Quiet (2001)", None, &[])],
+            ..data
+        };
+        assert!(
+            item_attributes(
+                &keys[1..],
+                &CatalogIds {
+                    ids: vec![8],
+                    names: vec![]
+                },
+                &bare
+            )
+            .unwrap()
+            .is_none()
+        );
+    }
 }

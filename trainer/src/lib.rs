@@ -46,7 +46,9 @@ pub use evaluate::{
     TopKAccuracy, factorized_top_k, factorized_top_k_unseen, popularity_top_k,
     popularity_top_k_unseen,
 };
-pub use export::{CatalogIds, ExportOptions, catalog_ids, export_bundle, user_history};
+pub use export::{
+    CatalogIds, ExportOptions, catalog_ids, export_bundle, item_attributes, user_history,
+};
 pub use features::FeatureChoice;
 pub use interactions_csv::load_interactions_csv;
 pub use movielens::{load_movielens_1m, load_movielens_100k};

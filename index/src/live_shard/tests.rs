@@ -61,9 +61,7 @@ fn upserts_and_deletes_match_a_model_of_the_items() {
             // As a node does when the log pauses: later batches must make the
             // packed copy stale, never searched.
             if rng.random_bool(0.3) {
-                assert!(
-                    shard.pack_delta().unwrap() || shard.stats().delta == 0 || shard.folded()
-                );
+                assert!(shard.pack_delta().unwrap() || shard.stats().delta == 0 || shard.folded());
             }
             // And folds now and then: later batches go to the fold's tail.
             if rng.random_bool(0.2) {

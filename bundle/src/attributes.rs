@@ -1,0 +1,456 @@
+//! Typed item attributes (issue 19): what filters ([`crate::filter`]) and
+//! diversity caps read. A bundle may carry them as `attributes.tsv`, a file a
+//! person can read and write: a header of `id` and `NAME:TYPE` columns, then
+//! one row per item.
+//!
+//! ```text
+//! id      genre:keyword_list   year:integer   rating:float   in_stock:boolean   language:keyword
+//! 42      Comedy|Romance       1994           4.5            true               en
+//! 43                           1990                          false              fr
+//! ```
+//!
+//! An empty cell is a missing value (which matches no comparison); a keyword
+//! list separates its keywords with `|`. Values are kept in columns (keywords
+//! as codes into a dictionary), so a filter evaluated inside an HNSW traversal
+//! reads a few integers per item, and the per-value counts that estimate a
+//! filter's selectivity come with the load.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::BundleError;
+use crate::filter::{AttributeType, AttributeValue};
+
+/// The file name the builders write, relative to the bundle.
+pub const ATTRIBUTES_FILE: &str = "attributes.tsv";
+
+/// Most attributes an item may have.
+pub const MAX_ATTRIBUTES: usize = 64;
+
+/// One attribute's values, one slot per item row.
+#[derive(Debug, Clone, PartialEq)]
+enum Column {
+    /// Codes into `dictionary`; `None` when missing.
+    Keyword {
+        dictionary: Vec<String>,
+        codes: Vec<Option<u32>>,
+    },
+    /// Each row's keywords are `values[offsets[row]..offsets[row + 1]]`.
+    KeywordList {
+        offsets: Vec<u32>,
+        values: Vec<String>,
+    },
+    Integer(Vec<Option<i64>>),
+    Float(Vec<Option<f64>>),
+    Boolean(Vec<Option<bool>>),
+}
+
+/// Every item's attributes, by column.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ItemAttributes {
+    schema: Vec<(String, AttributeType)>,
+    /// Item id → row.
+    rows: HashMap<u64, usize>,
+    ids: Vec<u64>,
+    columns: Vec<Column>,
+}
+
+fn type_name(kind: AttributeType) -> &'static str {
+    match kind {
+        AttributeType::Keyword => "keyword",
+        AttributeType::KeywordList => "keyword_list",
+        AttributeType::Integer => "integer",
+        AttributeType::Float => "float",
+        AttributeType::Boolean => "boolean",
+    }
+}
+
+fn parse_type(name: &str) -> Option<AttributeType> {
+    Some(match name {
+        "keyword" => AttributeType::Keyword,
+        "keyword_list" => AttributeType::KeywordList,
+        "integer" => AttributeType::Integer,
+        "float" => AttributeType::Float,
+        "boolean" => AttributeType::Boolean,
+        _ => return None,
+    })
+}
+
+impl ItemAttributes {
+    /// Reads the TSV text of `path` (named in errors, with the line).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, BundleError> {
+        let fail = |line: usize, reason: String| {
+            BundleError::corrupt(path, format!("line {line}: {reason}"))
+        };
+        let mut lines = text.lines().enumerate().map(|(i, line)| (i + 1, line));
+        let (_, header) = lines
+            .next()
+            .ok_or_else(|| fail(1, "no header (id, then NAME:TYPE columns)".into()))?;
+        let mut fields = header.split('\t');
+        if fields.next() != Some("id") {
+            return Err(fail(1, "the first column must be \"id\"".into()));
+        }
+        let mut schema = Vec::new();
+        for field in fields {
+            let (name, kind) = field
+                .split_once(':')
+                .ok_or_else(|| fail(1, format!("column {field:?} is not NAME:TYPE")))?;
+            let kind = parse_type(kind).ok_or_else(|| {
+                fail(
+                    1,
+                    format!(
+                        "column {name:?} has type {kind:?}; types are keyword, keyword_list, integer, float, boolean"
+                    ),
+                )
+            })?;
+            if name.is_empty() || schema.iter().any(|(seen, _)| seen == name) {
+                return Err(fail(
+                    1,
+                    format!("column name {name:?} is empty or repeated"),
+                ));
+            }
+            schema.push((name.to_string(), kind));
+        }
+        if schema.len() > MAX_ATTRIBUTES {
+            return Err(fail(
+                1,
+                format!("{} attributes, the limit is {MAX_ATTRIBUTES}", schema.len()),
+            ));
+        }
+        let mut builder = Builder::new(schema);
+        for (number, line) in lines {
+            if line.is_empty() {
+                continue;
+            }
+            builder.row(line).map_err(|reason| fail(number, reason))?;
+        }
+        Ok(builder.finish())
+    }
+
+    /// Reads the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, BundleError> {
+        let text = std::fs::read_to_string(path).map_err(|e| BundleError::io(path, e))?;
+        Self::parse(&text, path)
+    }
+
+    /// The TSV text, items in id order (the same attributes always make the
+    /// same file).
+    pub fn to_tsv(&self) -> String {
+        let mut out = String::from("id");
+        for (name, kind) in &self.schema {
+            out.push('\t');
+            out.push_str(name);
+            out.push(':');
+            out.push_str(type_name(*kind));
+        }
+        out.push('\n');
+        let mut ids = self.ids.clone();
+        ids.sort_unstable();
+        for id in ids {
+            out.push_str(&id.to_string());
+            let row = self.rows[&id];
+            for index in 0..self.schema.len() {
+                out.push('\t');
+                match self.value_at(row, index) {
+                    None => {}
+                    Some(AttributeValue::Keyword(value)) => out.push_str(value),
+                    Some(AttributeValue::KeywordList(values)) => out.push_str(&values.join("|")),
+                    Some(AttributeValue::Integer(value)) => out.push_str(&value.to_string()),
+                    Some(AttributeValue::Float(value)) => out.push_str(&format!("{value:?}")),
+                    Some(AttributeValue::Boolean(value)) => out.push_str(&value.to_string()),
+                }
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Writes the file at `path`.
+    pub fn save(&self, path: &Path) -> Result<(), BundleError> {
+        std::fs::write(path, self.to_tsv()).map_err(|e| BundleError::io(path, e))
+    }
+
+    /// The attributes and their types, in column order.
+    pub fn schema(&self) -> &[(String, AttributeType)] {
+        &self.schema
+    }
+
+    /// The type of `name`, if the items have it (what [`crate::filter::Filter::check`] asks).
+    pub fn type_of(&self, name: &str) -> Option<AttributeType> {
+        self.index_of(name).map(|index| self.schema[index].1)
+    }
+
+    /// Items with attributes.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether no item has attributes.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    fn index_of(&self, name: &str) -> Option<usize> {
+        self.schema.iter().position(|(known, _)| known == name)
+    }
+
+    /// Item `id`'s value of `name`, if it has one.
+    pub fn value(&self, id: u64, name: &str) -> Option<AttributeValue<'_>> {
+        let row = *self.rows.get(&id)?;
+        self.value_at(row, self.index_of(name)?)
+    }
+
+    fn value_at(&self, row: usize, index: usize) -> Option<AttributeValue<'_>> {
+        Some(match &self.columns[index] {
+            Column::Keyword { dictionary, codes } => {
+                AttributeValue::Keyword(&dictionary[codes[row]? as usize])
+            }
+            Column::KeywordList {
+                offsets, values, ..
+            } => {
+                let range = offsets[row] as usize..offsets[row + 1] as usize;
+                if range.is_empty() {
+                    return None;
+                }
+                AttributeValue::KeywordList(&values[range])
+            }
+            Column::Integer(values) => AttributeValue::Integer(values[row]?),
+            Column::Float(values) => AttributeValue::Float(values[row]?),
+            Column::Boolean(values) => AttributeValue::Boolean(values[row]?),
+        })
+    }
+
+    /// How many items have each value of keyword (or keyword list) attribute
+    /// `name`: the statistics a shard estimates a filter's selectivity from.
+    pub fn keyword_counts(&self, name: &str) -> Option<HashMap<&str, usize>> {
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        match &self.columns[self.index_of(name)?] {
+            Column::Keyword { dictionary, codes } => {
+                for code in codes.iter().flatten() {
+                    *counts
+                        .entry(dictionary[*code as usize].as_str())
+                        .or_default() += 1;
+                }
+            }
+            Column::KeywordList { values, .. } => {
+                for value in values {
+                    *counts.entry(value.as_str()).or_default() += 1;
+                }
+            }
+            _ => return None,
+        }
+        Some(counts)
+    }
+}
+
+/// Builds the columns row by row.
+struct Builder {
+    schema: Vec<(String, AttributeType)>,
+    rows: HashMap<u64, usize>,
+    ids: Vec<u64>,
+    columns: Vec<Column>,
+    /// Per keyword column: value → code.
+    codes: Vec<HashMap<String, u32>>,
+}
+
+impl Builder {
+    fn new(schema: Vec<(String, AttributeType)>) -> Self {
+        let columns = schema
+            .iter()
+            .map(|(_, kind)| match kind {
+                AttributeType::Keyword => Column::Keyword {
+                    dictionary: Vec::new(),
+                    codes: Vec::new(),
+                },
+                AttributeType::KeywordList => Column::KeywordList {
+                    offsets: vec![0],
+                    values: Vec::new(),
+                },
+                AttributeType::Integer => Column::Integer(Vec::new()),
+                AttributeType::Float => Column::Float(Vec::new()),
+                AttributeType::Boolean => Column::Boolean(Vec::new()),
+            })
+            .collect();
+        let codes = schema.iter().map(|_| HashMap::new()).collect();
+        Self {
+            schema,
+            rows: HashMap::new(),
+            ids: Vec::new(),
+            columns,
+            codes,
+        }
+    }
+
+    fn row(&mut self, line: &str) -> Result<(), String> {
+        let mut cells = line.split('\t');
+        let id = cells.next().unwrap_or_default();
+        let id: u64 = id
+            .parse()
+            .map_err(|_| format!("id {id:?} is not a number below 2^64"))?;
+        let cells: Vec<&str> = cells.collect();
+        if cells.len() != self.schema.len() {
+            return Err(format!(
+                "{} values for {} attributes",
+                cells.len(),
+                self.schema.len()
+            ));
+        }
+        if self.rows.insert(id, self.ids.len()).is_some() {
+            return Err(format!("item {id} is listed twice"));
+        }
+        self.ids.push(id);
+        for (index, cell) in cells.into_iter().enumerate() {
+            let name = &self.schema[index].0;
+            let bad = |kind: &str| format!("attribute {name:?}: {cell:?} is not {kind}");
+            match &mut self.columns[index] {
+                Column::Keyword { dictionary, codes } => codes.push(if cell.is_empty() {
+                    None
+                } else {
+                    Some(code(&mut self.codes[index], dictionary, cell))
+                }),
+                Column::KeywordList { offsets, values } => {
+                    values.extend(
+                        cell.split('|')
+                            .filter(|k| !k.is_empty())
+                            .map(str::to_string),
+                    );
+                    let end = u32::try_from(values.len())
+                        .map_err(|_| "more than 2^32 keywords in one column".to_string())?;
+                    offsets.push(end);
+                }
+                Column::Integer(values) => values.push(if cell.is_empty() {
+                    None
+                } else {
+                    Some(cell.parse().map_err(|_| bad("an integer"))?)
+                }),
+                Column::Float(values) => values.push(if cell.is_empty() {
+                    None
+                } else {
+                    let value: f64 = cell.parse().map_err(|_| bad("a number"))?;
+                    if !value.is_finite() {
+                        return Err(bad("a finite number"));
+                    }
+                    Some(value)
+                }),
+                Column::Boolean(values) => values.push(match cell {
+                    "" => None,
+                    "true" => Some(true),
+                    "false" => Some(false),
+                    _ => return Err(bad("true or false")),
+                }),
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> ItemAttributes {
+        ItemAttributes {
+            schema: self.schema,
+            rows: self.rows,
+            ids: self.ids,
+            columns: self.columns,
+        }
+    }
+}
+
+/// `value`'s code in `dictionary`, added if new.
+fn code(codes: &mut HashMap<String, u32>, dictionary: &mut Vec<String>, value: &str) -> u32 {
+    if let Some(code) = codes.get(value) {
+        return *code;
+    }
+    let code = dictionary.len() as u32;
+    dictionary.push(value.to_string());
+    codes.insert(value.to_string(), code);
+    code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::Filter;
+
+    const TSV: &str = "id\tgenre:keyword_list\tyear:integer\trating:float\tin_stock:boolean\tlanguage:keyword\n\
+        42\tComedy|Romance\t1994\t4.5\ttrue\ten\n\
+        43\t\t1990\t\tfalse\tfr\n\
+        44\tDrama\t2001\t3.0\t\ten\n";
+
+    fn path() -> &'static Path {
+        Path::new("attributes.tsv")
+    }
+
+    #[test]
+    fn the_file_reads_into_typed_columns_and_back() {
+        let attributes = ItemAttributes::parse(TSV, path()).unwrap();
+        assert_eq!(attributes.len(), 3);
+        assert_eq!(attributes.type_of("year"), Some(AttributeType::Integer));
+        assert_eq!(attributes.type_of("colour"), None);
+        assert_eq!(
+            attributes.value(42, "genre"),
+            Some(AttributeValue::KeywordList(&[
+                "Comedy".to_string(),
+                "Romance".to_string()
+            ]))
+        );
+        assert_eq!(attributes.value(43, "genre"), None);
+        assert_eq!(attributes.value(43, "rating"), None);
+        assert_eq!(attributes.value(44, "in_stock"), None);
+        assert_eq!(
+            attributes.value(43, "language"),
+            Some(AttributeValue::Keyword("fr"))
+        );
+        let counts = attributes.keyword_counts("language").unwrap();
+        assert_eq!((counts["en"], counts["fr"]), (2, 1));
+        assert!(attributes.keyword_counts("year").is_none());
+        let again = ItemAttributes::parse(&attributes.to_tsv(), path()).unwrap();
+        assert_eq!(again.to_tsv(), attributes.to_tsv());
+        assert_eq!(again.value(44, "rating"), Some(AttributeValue::Float(3.0)));
+    }
+
+    #[test]
+    fn a_filter_checks_and_matches_against_the_items() {
+        let attributes = ItemAttributes::parse(TSV, path()).unwrap();
+        let filter = Filter::parse(r#"genre in ["Comedy","Drama"] and year >= 1990"#).unwrap();
+        filter.check(&|name| attributes.type_of(name)).unwrap();
+        let matching: Vec<u64> = [42, 43, 44, 45]
+            .into_iter()
+            .filter(|id| filter.matches(&|name| attributes.value(*id, name)))
+            .collect();
+        assert_eq!(matching, vec![42, 44]);
+    }
+
+    proptest::proptest! {
+        /// Any text under a valid header reads or is refused, never a panic.
+        #[test]
+        fn any_rows_read_or_are_refused(rows in "[0-9a-z|.\t\n-]{0,200}") {
+            let text = format!("id\tg:keyword_list\ty:integer\tr:float\tb:boolean\tk:keyword\n{rows}");
+            if let Ok(attributes) = ItemAttributes::parse(&text, path()) {
+                let again = ItemAttributes::parse(&attributes.to_tsv(), path()).unwrap();
+                proptest::prop_assert_eq!(again.to_tsv(), attributes.to_tsv());
+            }
+        }
+    }
+
+    #[test]
+    fn bad_files_are_refused_by_line() {
+        for (text, words) in [
+            ("", "no header"),
+            ("item\tyear:integer\n", "must be \"id\""),
+            ("id\tyear\n", "NAME:TYPE"),
+            ("id\tyear:date\n", "types are"),
+            ("id\tyear:integer\tyear:float\n", "repeated"),
+            ("id\tyear:integer\nx\t1\n", "line 2: id \"x\""),
+            ("id\tyear:integer\n1\t1\t2\n", "2 values for 1 attributes"),
+            ("id\tyear:integer\n1\t1\n1\t2\n", "listed twice"),
+            (
+                "id\tyear:integer\n1\tnineteen\n",
+                "\"year\": \"nineteen\" is not an integer",
+            ),
+            ("id\trating:float\n1\tinf\n", "finite"),
+            ("id\tok:boolean\n1\tyes\n", "true or false"),
+        ] {
+            let error = ItemAttributes::parse(text, path()).unwrap_err().to_string();
+            assert!(error.contains(words), "{text:?}: {error}");
+            assert!(error.contains("attributes.tsv"), "{error}");
+        }
+    }
+}
