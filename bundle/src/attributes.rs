@@ -180,6 +180,11 @@ impl ItemAttributes {
         self.index_of(name).map(|index| self.schema[index].1)
     }
 
+    /// The items with attributes, in the file's order.
+    pub fn ids(&self) -> &[u64] {
+        &self.ids
+    }
+
     /// Items with attributes.
     pub fn len(&self) -> usize {
         self.ids.len()

@@ -13,6 +13,8 @@
 //!   vocab/user_id.txt          row i of the table belongs to line i
 //!   shards/shard-N.usearch     one HNSW index per hash shard (opened by recsys-index)
 //!   ranker/                    ranking model (layout: crate::layout), when present
+//!   user_history.bin           each user's items, left out of their answers (crate::user_history)
+//!   attributes.tsv             typed item attributes for filters (crate::attributes)
 //! ```
 //!
 //! This crate is the format only: paths, the manifest, the catalog, sharding, the

@@ -87,6 +87,11 @@ pub struct BundleArgs {
     /// it (config.json, weights.safetensors, vocab/, item_features.tsv).
     #[arg(long, conflicts_with = "synthetic")]
     pub ranker: Option<PathBuf>,
+    /// Typed item attributes for filters: a TSV of `id` and `NAME:TYPE`
+    /// columns (keyword, keyword_list with `|` between keywords, integer,
+    /// float, boolean), one row per item; an empty cell is a missing value.
+    #[arg(long, conflicts_with = "synthetic")]
+    pub attributes: Option<PathBuf>,
     /// Bundle version (default: derived from the source and the time).
     #[arg(long)]
     pub version: Option<String>,
@@ -329,8 +334,12 @@ fn build_into(args: &BundleArgs, out: &Path) -> anyhow::Result<Manifest> {
             args.version.clone(),
             &source,
         )?;
-        match &args.ranker {
+        let manifest = match &args.ranker {
             Some(ranker) => attach(out, ranker, &items.ids)?,
+            None => manifest,
+        };
+        match &args.attributes {
+            Some(file) => add_attributes(out, file, &items.ids, manifest)?,
             None => manifest,
         }
     } else if args.synthetic {
@@ -352,6 +361,42 @@ pub(crate) fn into_dir<T>(
         .commit()
         .with_context(|| format!("moving the finished bundle into {}", out.display()))?;
     Ok(value)
+}
+
+/// Adds the item attributes in `file` to the bundle in `out` (whose items
+/// are `items`), checked first: every row must be an item of the bundle.
+fn add_attributes(
+    out: &Path,
+    file: &Path,
+    items: &[u64],
+    mut manifest: Manifest,
+) -> anyhow::Result<Manifest> {
+    use recsys_bundle::attributes::{ATTRIBUTES_FILE, ItemAttributes};
+    let attributes = ItemAttributes::load(file)?;
+    let known: std::collections::HashSet<u64> = items.iter().copied().collect();
+    let mut ids: Vec<u64> = attributes.ids().to_vec();
+    ids.sort_unstable();
+    if let Some(stranger) = ids.iter().find(|id| !known.contains(id)) {
+        anyhow::bail!(
+            "{}: item {stranger} has attributes but is not among the bundle's items",
+            file.display()
+        );
+    }
+    attributes.save(&out.join(ATTRIBUTES_FILE))?;
+    manifest.attributes = Some(ATTRIBUTES_FILE.to_string());
+    recsys_bundle_builder::seal(out, &mut manifest)?;
+    let names: Vec<&str> = attributes
+        .schema()
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect();
+    eprintln!(
+        "attributes added for {} of {} items: {}",
+        attributes.len(),
+        items.len(),
+        names.join(", ")
+    );
+    Ok(manifest)
 }
 
 /// Adds the ranker in `ranker` to the bundle in `out`; returns the new manifest.
@@ -455,4 +500,63 @@ pub(crate) fn default_version() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     format!("v{secs}")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bundle: BundleCommand,
+    }
+
+    /// `recsys bundle --vectors FILE --attributes FILE`: the attributes land in
+    /// the bundle, named and checksummed; a row for an item the bundle does not
+    /// have is refused by id.
+    #[test]
+    fn attributes_are_added_to_a_bundle_built_from_vectors() {
+        let dir = tempfile::tempdir().unwrap();
+        let vectors = dir.path().join("items.f32");
+        let data: Vec<u8> = (0..40u32 * 4)
+            .flat_map(|i| ((i % 7) as f32 + 0.5).to_le_bytes())
+            .collect();
+        std::fs::write(&vectors, data).unwrap();
+        let attributes = dir.path().join("attributes.tsv");
+        std::fs::write(&attributes, "id\tcolour:keyword\n1\tred\n2\tblue\n").unwrap();
+        let out = dir.path().join("bundle");
+        let args = |attributes: &Path| {
+            Cli::parse_from([
+                "recsys",
+                "--vectors",
+                vectors.to_str().unwrap(),
+                "--dim",
+                "4",
+                "--out",
+                out.to_str().unwrap(),
+                "--attributes",
+                attributes.to_str().unwrap(),
+            ])
+            .bundle
+        };
+        run_command(args(&attributes)).unwrap();
+        let manifest = Manifest::load(&out).unwrap();
+        assert_eq!(manifest.attributes.as_deref(), Some("attributes.tsv"));
+        recsys_bundle::verify_bundle(&out).unwrap();
+        let read =
+            recsys_bundle::attributes::ItemAttributes::load(&out.join("attributes.tsv")).unwrap();
+        assert_eq!(
+            read.value(2, "colour"),
+            Some(recsys_bundle::filter::AttributeValue::Keyword("blue"))
+        );
+
+        std::fs::write(&attributes, "id\tcolour:keyword\n1\tred\n999\tblue\n").unwrap();
+        let error = run_command(args(&attributes)).unwrap_err().to_string();
+        assert!(error.contains("item 999"), "{error}");
+    }
 }
