@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use recsys_proto::v1::{
-    QueryEmbedding, RecommendOptions, RecommendRequest, RecommendResponse, SessionMode,
+    Diversity, QueryEmbedding, RecommendOptions, RecommendRequest, RecommendResponse, SessionMode,
     SessionRequest, gateway_service_client::GatewayServiceClient, recommend_request::Query,
 };
 
@@ -53,6 +53,10 @@ pub struct QueryArgs {
     /// With --session-token: the next page instead (no shown item again).
     #[arg(long, requires = "session_token")]
     pub next_page: bool,
+    /// At most N items of one value of an item attribute, as ATTRIBUTE=N
+    /// (e.g. genre=2), picked in ranking order from more candidates.
+    #[arg(long, value_parser = parse_cap)]
+    pub max_per_value: Option<(String, u32)>,
     /// Deadline in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub timeout_ms: u64,
@@ -85,6 +89,13 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
             include_seen: args.include_seen,
             ..Default::default()
         }),
+        diversity: args
+            .max_per_value
+            .clone()
+            .map(|(attribute, max_per_value)| Diversity {
+                attribute,
+                max_per_value,
+            }),
         session: (args.session || args.session_token.is_some()).then(|| SessionRequest {
             token: args.session_token.clone().unwrap_or_default(),
             mode: if args.next_page {
@@ -106,6 +117,15 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
         .into_inner();
     print_response(&response);
     Ok(())
+}
+
+/// `ATTRIBUTE=N` for --max-per-value.
+fn parse_cap(text: &str) -> Result<(String, u32), String> {
+    let (attribute, max) = text
+        .split_once('=')
+        .ok_or_else(|| "expected ATTRIBUTE=N, e.g. genre=2".to_string())?;
+    let max = max.parse().map_err(|_| format!("{max:?} is not a count"))?;
+    Ok((attribute.to_string(), max))
 }
 
 /// Bytes from hexadecimal digits (a session token as `recsys query` prints it).
@@ -191,6 +211,9 @@ pub fn print_response(response: &RecommendResponse) {
                 "none (retrieval order)"
             }
         );
+    }
+    if !response.diversity_note.is_empty() {
+        println!("diversity: {}", response.diversity_note);
     }
     if !response.session_token.is_empty() {
         let hex: String = response

@@ -44,6 +44,7 @@ def main():
     parser.add_argument("--session", action="store_true", help="start a session (prints its token)")
     parser.add_argument("--session-token", help="continue the session with this token (hex)")
     parser.add_argument("--next-page", action="store_true", help="with --session-token: the next page")
+    parser.add_argument("--max-per-value", help="ATTRIBUTE=N: at most N items of one value (e.g. genre=2)")
     args = parser.parse_args()
     pb, rpc = load_stubs()
 
@@ -52,6 +53,10 @@ def main():
     )
     if args.similar_to is not None:
         request.similar_to_item_id = args.similar_to
+    if args.max_per_value:
+        attribute, _, count = args.max_per_value.partition("=")
+        request.diversity.attribute = attribute
+        request.diversity.max_per_value = int(count)
     if args.session or args.session_token:
         request.session.token = bytes.fromhex(args.session_token or "")
         request.session.mode = pb.SESSION_MODE_NEXT_PAGE if args.next_page else pb.SESSION_MODE_MERGE
@@ -83,6 +88,8 @@ def main():
     print(f"coverage {c.shards_answered}/{c.shards_asked} shards, degraded={c.degraded}")
     if response.seen_excluded:
         print(f"{response.seen_excluded} items the user already has left out (--include-seen to keep them)")
+    if response.diversity_note:
+        print(f"diversity: {response.diversity_note}")
     if response.session_token:
         note = response.session_note or "merged"
         print(f"session ({note}; {len(response.session_token)} bytes): --session-token {response.session_token.hex()}")

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use recsys_bundle::attributes::ItemAttributes;
 use recsys_bundle::query_tower::EncodeError;
 use recsys_bundle::ranker_inputs::RankerInputs;
 use recsys_bundle::user_history::UserHistory;
@@ -45,6 +46,8 @@ pub struct BundleState {
     /// What each user already has, left out of their answers by default
     /// (empty when the bundle carries no history).
     pub history: UserHistory,
+    /// The items' typed attributes, which diversity caps read.
+    pub attributes: Option<ItemAttributes>,
     /// Names of the items changed since the version was built (with etcd).
     pub overlay: Arc<CatalogOverlay>,
     /// Stops the overlay's follower when the version is dropped
@@ -103,9 +106,15 @@ impl BundleState {
             Some(file) => UserHistory::load(&Manifest::resolve(dir, file))?,
             None => UserHistory::default(),
         };
+        let attributes = manifest
+            .attributes
+            .as_ref()
+            .map(|file| ItemAttributes::load(&Manifest::resolve(dir, file)))
+            .transpose()?;
         Ok(Self {
             ranker_inputs,
             history,
+            attributes,
             overlay: Arc::new(CatalogOverlay::new(manifest.log_revision)),
             follow: None,
             pin: recsys_bundle::VersionPin::none(),

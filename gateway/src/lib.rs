@@ -15,6 +15,7 @@ pub mod catalog_overlay;
 mod catalog_service;
 mod coverage;
 mod deadline;
+mod diversity;
 mod error;
 mod fanout;
 mod health_check;

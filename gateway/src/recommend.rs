@@ -23,6 +23,7 @@ use crate::answer_check::check_rank;
 use crate::bundle_state::{BundleState, ready_bundle};
 use crate::coverage::{degraded, finish};
 use crate::deadline::{Budget, plan};
+use crate::diversity::{CANDIDATES_PER_ITEM, Cap};
 use crate::fanout::{ShardTarget, call_replicas, search_shard};
 use crate::merge::{Candidate, TopK};
 use crate::node_failure::NodeFailure;
@@ -56,6 +57,8 @@ struct RequestPlan {
     seen_excluded: u32,
     /// The session the request continues, if it asks for one.
     session: Option<SessionPlan>,
+    /// The request's diversity cap, if any.
+    cap: Option<Cap>,
     view: Arc<ClusterView>,
     with_ranking: bool,
     budget: Budget,
@@ -150,6 +153,19 @@ impl Gateway {
                 .min(policy.limits.max_retrieve_k)
                 .max(checked.k);
         }
+        let cap = request
+            .diversity
+            .as_ref()
+            .map(|diversity| Cap::check(diversity, bundle.attributes.as_ref()))
+            .transpose()?;
+        if cap.is_some() && request.retrieve_k == 0 {
+            // A cap passes over candidates: have a few per item to give.
+            checked.retrieve_k = checked
+                .retrieve_k
+                .max(checked.k.saturating_mul(CANDIDATES_PER_ITEM))
+                .min(self.shared.policy.limits.max_retrieve_k)
+                .max(checked.k);
+        }
         let exact_slot = if options.exact {
             Some(self.shared.exact_searches.try_start()?)
         } else {
@@ -214,6 +230,7 @@ impl Gateway {
             exclusions,
             seen_excluded: seen.len() as u32,
             session,
+            cap,
             with_ranking,
             budget: plan(timeout, with_ranking),
             view,
@@ -446,15 +463,24 @@ fn respond(
         );
     }
     let catalog = &plan.bundle.names();
+    // With a cap, every candidate in order, then the cap picks k.
+    let listed = match plan.cap {
+        Some(_) => retrieved.merged.len() as u32,
+        None => plan.checked.k,
+    };
     let (items, model_version) = match &ranked {
         Some(response) => (
-            ranked_items(&retrieved.merged, &response.scores, plan.checked.k, catalog),
+            ranked_items(&retrieved.merged, &response.scores, listed, catalog),
             response.model_version.clone(),
         ),
         None => (
-            retrieval_items(&retrieved.merged, plan.checked.k, catalog),
+            retrieval_items(&retrieved.merged, listed, catalog),
             String::new(),
         ),
+    };
+    let (items, diversity_note) = match (&plan.cap, &plan.bundle.attributes) {
+        (Some(cap), Some(attributes)) => cap.apply(items, plan.checked.k as usize, attributes),
+        _ => (items, String::new()),
     };
     let ranked_answer = ranked.is_some();
     let (items, session_token, session_note) = match plan.session {
@@ -478,5 +504,6 @@ fn respond(
         seen_excluded: plan.seen_excluded,
         session_token,
         session_note,
+        diversity_note,
     }
 }

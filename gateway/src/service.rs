@@ -181,6 +181,7 @@ impl GatewayService for Gateway {
                 seen_excluded: done.seen_excluded,
                 session_token: done.session_token,
                 session_note: done.session_note,
+                diversity_note: done.diversity_note,
             });
             let _ = sender.send(message).await;
         });

@@ -115,6 +115,7 @@ pub const fn recommend_request_max_bytes() -> usize {
         + user_features_wire_bytes()
         + MAX_EXCLUSIONS * ID_WIRE_BYTES
         + MAX_SESSION_TOKEN_BYTES
+        + MAX_ID_BYTES
         + SLACK_BYTES
 }
 
@@ -204,6 +205,10 @@ mod tests {
             session: Some(crate::v1::SessionRequest {
                 token: vec![0xff; MAX_SESSION_TOKEN_BYTES],
                 mode: 1,
+            }),
+            diversity: Some(crate::v1::Diversity {
+                attribute: "a".repeat(MAX_ID_BYTES),
+                max_per_value: u32::MAX,
             }),
         };
         assert!(request.encoded_len() <= recommend_request_max_bytes());

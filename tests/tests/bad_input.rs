@@ -171,6 +171,10 @@ impl Adversarial for Noise {
                 include_seen: self.below(2) == 0,
             }),
             similar_to_item_id: (self.below(4) == 0).then(|| self.id()),
+            diversity: (self.below(4) == 0).then(|| recsys_proto::v1::Diversity {
+                attribute: self.string(),
+                max_per_value: self.pick(&[0, 1, 2, u32::MAX]),
+            }),
             // A token of random bytes (never a valid signature), or none.
             session: (self.below(4) == 0).then(|| recsys_proto::v1::SessionRequest {
                 token: {
