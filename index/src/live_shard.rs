@@ -333,6 +333,45 @@ impl LiveShard {
         self.base.vector(id)
     }
 
+    /// The `k` best for `query` of the items `ids` that the shard holds (ids it
+    /// does not hold, or that changes deleted, are skipped), best first (ties:
+    /// smaller id first), scored exactly: the scan a filtered search falls back
+    /// to when too few items match for the graph to find them (issue 19; as
+    /// Qdrant does). Blocking CPU work, one vector read per id.
+    pub fn search_among(
+        &self,
+        query: &[f32],
+        k: usize,
+        ids: &[u64],
+    ) -> Result<Vec<Hit>, SearchError> {
+        let dimensions = self.base.dimensions();
+        if query.len() != dimensions {
+            return Err(SearchError::Dimensions {
+                expected: dimensions,
+                actual: query.len(),
+            });
+        }
+        let metric = self.base.metric();
+        let mutable = self.read();
+        let mut hits = Vec::with_capacity(ids.len().min(k.saturating_mul(4)));
+        for &id in ids {
+            let vector = match stored_vector(&mutable.delta, id, dimensions)? {
+                Some(vector) => vector,
+                None if mutable.hidden.contains(&id) => continue,
+                None => match self.base.vector(id)? {
+                    Some(vector) => vector,
+                    None => continue,
+                },
+            };
+            hits.push((id, metric.score(query, &vector)));
+        }
+        drop(mutable);
+        sort_hits(&mut hits);
+        hits.dedup_by_key(|hit| hit.0);
+        hits.truncate(k);
+        Ok(hits)
+    }
+
     /// The `k` best items for `query` among the base's visible items and the
     /// mutable part's, best first (ties: smaller id first), none in `excluded`
     /// (sorted). Blocking CPU work: call from the search pool.

@@ -455,3 +455,48 @@ fn changes_during_a_fold_are_kept_in_its_tail() {
     assert!(shard.folded());
     check_against_model(&shard, &model, &deleted, 40, "fold with a tail");
 }
+
+/// The exact scan of given ids (a filtered search's fallback) scores what the
+/// shard serves now: upserted vectors, no deleted or unknown id, each once,
+/// as the model's brute force over the same ids.
+#[test]
+fn a_scan_of_given_ids_matches_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let (shard, mut model) = live(dir.path(), LoadMode::Packed);
+    let mut rng = StdRng::seed_from_u64(8);
+    for revision in 8..14 {
+        let batch = random_batch(&mut rng, 120);
+        shard.apply(revision, &batch).unwrap();
+        for change in batch {
+            match change {
+                ItemChange::Upsert { id, vector } => {
+                    model.insert(id, vector);
+                }
+                ItemChange::Delete { id } => {
+                    model.remove(&id);
+                }
+            }
+        }
+        if revision == 10 {
+            assert!(shard.fold(0).unwrap());
+        }
+    }
+    // Every other id up to past the new ones, some twice, some never held.
+    let mut ids: Vec<u64> = (0..ITEMS as u64 + 500).step_by(2).collect();
+    ids.extend([4, 6, 8, u64::MAX - 1]);
+    let subset: BTreeMap<u64, Vec<f32>> = model
+        .iter()
+        .filter(|(id, _)| ids.contains(id))
+        .map(|(id, v)| (*id, v.clone()))
+        .collect();
+    for query in unit_vectors(10, 19).chunks(DIM) {
+        let got: Vec<u64> = shard
+            .search_among(query, 15, &ids)
+            .unwrap()
+            .iter()
+            .map(|hit| hit.0)
+            .collect();
+        assert_eq!(got, brute_force(&subset, query, 15));
+    }
+    assert!(shard.search_among(&[0.0; 3], 5, &ids).is_err());
+}
