@@ -10,6 +10,7 @@
 
 mod build;
 mod error;
+mod index_reads;
 mod live_shard;
 mod options;
 mod shard_index;

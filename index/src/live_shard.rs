@@ -31,10 +31,9 @@ use recsys_bundle::sharding::shard_of;
 use rustc_hash::FxHashMap;
 use usearch::Index;
 
+use crate::index_reads::{Hidden, search_one, sort_hits, stored_vector};
 use crate::options::usearch_options;
-use crate::shard_index::{
-    Hidden, huge_page_memory, search_one, sort_hits, stored_vector, view_copy,
-};
+use crate::shard_index::{huge_page_memory, view_copy};
 use crate::{Hit, SearchError, ShardIndex};
 use changes::replace_items;
 pub(crate) use changes::usearch_error;
@@ -133,9 +132,7 @@ impl LiveShard {
     /// Serves `base` as it is, with no changes yet; `revision` is the change-log
     /// revision the bundle version already contains (its manifest says which).
     pub fn new(base: ShardIndex, revision: u64) -> Result<Self, ChangeError> {
-        let delta = Index::new(&usearch_options(base.params(), base.dimensions()))
-            .map_err(|e| ChangeError::Usearch(e.to_string()))?;
-        delta.change_expansion_search(1);
+        let delta = empty_index(&base)?;
         let delta_ef = base.params().expansion_search;
         Ok(Self {
             base,
@@ -250,7 +247,6 @@ impl LiveShard {
     /// pauses). Searches go on meanwhile; changes wait only for the copy of the
     /// delta into a buffer.
     pub fn pack_delta(&self) -> Result<bool, ChangeError> {
-        let usearch = |e: &dyn std::fmt::Display| ChangeError::Usearch(e.to_string());
         let (buffer, generation) = {
             let mutable = self.read();
             // Searches read a fold instead while one is in use: no copy needed.
@@ -260,22 +256,10 @@ impl LiveShard {
             {
                 return Ok(false);
             }
-            let len = mutable.delta.serialized_length();
-            let mut buffer = huge_page_memory(len).map_err(|e| {
-                ChangeError::Usearch(format!("{len} bytes for the packed delta: {e}"))
-            })?;
-            mutable
-                .delta
-                .save_to_buffer(&mut buffer[..len])
-                .map_err(|e| usearch(&e))?;
+            let buffer = save_to_huge_pages(&mutable.delta, "the packed delta")?;
             (buffer, mutable.generation)
         };
-        let mut index = Index::new(&usearch_options(self.base.params(), self.base.dimensions()))
-            .map_err(|e| usearch(&e))?;
-        view_copy(&index, &buffer).map_err(|e| usearch(&e))?;
-        index.pack_base_layer().map_err(|e| usearch(&e))?;
-        // As the delta's: every search says how many results it wants.
-        index.change_expansion_search(1);
+        let index = view_packed(&self.base, &buffer)?;
         let packed = PackedDelta {
             index,
             buffer,
@@ -323,7 +307,11 @@ impl LiveShard {
     /// mutable part, a base one's unless a change hid it (deleted or replaced);
     /// `None` for an item the shard does not hold.
     pub fn vector(&self, id: u64) -> Result<Option<Vec<f32>>, SearchError> {
-        let mutable = self.read();
+        self.served_vector(&self.read(), id)
+    }
+
+    /// [`Self::vector`] with the mutable part already read.
+    fn served_vector(&self, mutable: &Mutable, id: u64) -> Result<Option<Vec<f32>>, SearchError> {
         if let Some(vector) = stored_vector(&mutable.delta, id, self.base.dimensions())? {
             return Ok(Some(vector));
         }
@@ -344,26 +332,14 @@ impl LiveShard {
         k: usize,
         ids: &[u64],
     ) -> Result<Vec<Hit>, SearchError> {
-        let dimensions = self.base.dimensions();
-        if query.len() != dimensions {
-            return Err(SearchError::Dimensions {
-                expected: dimensions,
-                actual: query.len(),
-            });
-        }
+        self.base.check_query(query)?;
         let metric = self.base.metric();
         let mutable = self.read();
         let mut hits = Vec::with_capacity(ids.len().min(k.saturating_mul(4)));
         for &id in ids {
-            let vector = match stored_vector(&mutable.delta, id, dimensions)? {
-                Some(vector) => vector,
-                None if mutable.hidden.contains(&id) => continue,
-                None => match self.base.vector(id)? {
-                    Some(vector) => vector,
-                    None => continue,
-                },
-            };
-            hits.push((id, metric.score(query, &vector)));
+            if let Some(vector) = self.served_vector(&mutable, id)? {
+                hits.push((id, metric.score(query, &vector)));
+            }
         }
         drop(mutable);
         sort_hits(&mut hits);
@@ -517,6 +493,46 @@ impl LiveShard {
     fn write(&self) -> RwLockWriteGuard<'_, Mutable> {
         self.mutable.write().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// An empty in-memory index of `base`'s kind whose own beam is 1: every
+/// search says how many results it wants, which sets the beam (usearch
+/// searches with the larger of the two), so that concurrent searches can use
+/// different beams. The delta, a fold's tail and a fold in the making.
+pub(crate) fn empty_index(base: &ShardIndex) -> Result<Index, ChangeError> {
+    let index =
+        Index::new(&usearch_options(base.params(), base.dimensions())).map_err(usearch_error)?;
+    index.change_expansion_search(1);
+    Ok(index)
+}
+
+/// `index` as usearch saves it, in huge-page memory; `what` names it in errors.
+pub(crate) fn save_to_huge_pages(
+    index: &Index,
+    what: &str,
+) -> Result<memmap2::MmapMut, ChangeError> {
+    let len = index.serialized_length();
+    let mut buffer = huge_page_memory(len)
+        .map_err(|e| ChangeError::Usearch(format!("{len} bytes for {what}: {e}")))?;
+    index
+        .save_to_buffer(&mut buffer[..len])
+        .map_err(usearch_error)?;
+    Ok(buffer)
+}
+
+/// A read-only index of `base`'s kind over `buffer` ([`save_to_huge_pages`]),
+/// packed as the base is, its own beam 1 as [`empty_index`]'s. The caller
+/// keeps `buffer` alive, unwritten, for as long as the index.
+pub(crate) fn view_packed(
+    base: &ShardIndex,
+    buffer: &memmap2::MmapMut,
+) -> Result<Index, ChangeError> {
+    let mut index = empty_index(base)?;
+    view_copy(&index, buffer).map_err(usearch_error)?;
+    index.pack_base_layer().map_err(usearch_error)?;
+    // A view takes the file's settings: the beam again.
+    index.change_expansion_search(1);
+    Ok(index)
 }
 
 /// How many results to ask of a delta of `delta` items, out of `live` items

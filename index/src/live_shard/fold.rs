@@ -34,11 +34,11 @@ use memmap2::MmapMut;
 use rustc_hash::FxHashMap;
 use usearch::Index;
 
-use super::{ChangeError, ItemChange, LiveShard, replace_items, usearch_error};
-use crate::options::usearch_options;
-use crate::shard_index::{
-    Hidden, export_index, huge_page_memory, search_one, search_past_hidden, sort_hits, view_copy,
+use super::{
+    ChangeError, ItemChange, LiveShard, empty_index, replace_items, save_to_huge_pages,
+    usearch_error, view_packed,
 };
+use crate::index_reads::{Hidden, export_index, search_one, search_past_hidden, sort_hits};
 use crate::{Hit, SearchError};
 
 /// The base and the mutable part as they were after change `generation`, in
@@ -71,10 +71,7 @@ pub(super) struct Tail {
 impl Tail {
     /// An empty tail for a fold of generation `since` of `shard`.
     pub(super) fn new(shard: &LiveShard, since: u64) -> Result<Self, ChangeError> {
-        let base = shard.base();
-        let delta = Index::new(&usearch_options(base.params(), base.dimensions()))
-            .map_err(usearch_error)?;
-        delta.change_expansion_search(1);
+        let delta = empty_index(shard.base())?;
         Ok(Self {
             since,
             delta,
@@ -102,12 +99,7 @@ impl Folded {
         changed: Option<&Hidden>,
     ) -> Result<Vec<Hit>, SearchError> {
         let base = shard.base();
-        if query.len() != base.dimensions() {
-            return Err(SearchError::Dimensions {
-                expected: base.dimensions(),
-                actual: query.len(),
-            });
-        }
+        base.check_query(query)?;
         if k == 0 || self.members == 0 {
             return Ok(Vec::new());
         }
@@ -201,23 +193,19 @@ impl LiveShard {
         mut hidden: Vec<u64>,
         generation: u64,
     ) -> Result<Folded, ChangeError> {
-        let usearch = |e: &dyn std::fmt::Display| ChangeError::Usearch(e.to_string());
-        let options = usearch_options(self.base.params(), self.base.dimensions());
         let dimensions = self.base.dimensions();
-        let delta = Index::new(&options).map_err(|e| usearch(&e))?;
-        delta
-            .load_from_buffer(delta_bytes)
-            .map_err(|e| usearch(&e))?;
-        let (ids, vectors) = export_index(&delta, dimensions).map_err(|e| usearch(&e))?;
+        let delta = empty_index(&self.base)?;
+        delta.load_from_buffer(delta_bytes).map_err(usearch_error)?;
+        let (ids, vectors) = export_index(&delta, dimensions).map_err(usearch_error)?;
         drop(delta);
 
-        let merged = Index::new(&options).map_err(|e| usearch(&e))?;
+        let merged = empty_index(&self.base)?;
         merged
-            .load_from_buffer(&self.base.serialized().map_err(|e| usearch(&e))?)
-            .map_err(|e| usearch(&e))?;
+            .load_from_buffer(&self.base.serialized().map_err(usearch_error)?)
+            .map_err(usearch_error)?;
         merged
             .reserve(merged.size() + ids.len())
-            .map_err(|e| usearch(&e))?;
+            .map_err(usearch_error)?;
         // A replaced base item takes its new vector in its own slot (usearch
         // reuses the slot just freed), so the graph keeps one member for it and
         // no removed member that every search would have to test for. A deleted
@@ -229,15 +217,15 @@ impl LiveShard {
         let mut next = u64::MAX - 1;
         for id in hidden {
             if let Ok(row) = ids.binary_search(&id) {
-                let removed = merged.remove(id).map_err(|e| usearch(&e))?;
+                let removed = merged.remove(id).map_err(usearch_error)?;
                 if removed != 1 {
-                    return Err(usearch(&format!(
+                    return Err(usearch_error(format!(
                         "replaced base item {id}: removed {removed} members"
                     )));
                 }
                 merged
                     .add(id, &vectors[row * dimensions..(row + 1) * dimensions])
-                    .map_err(|e| usearch(&e))?;
+                    .map_err(usearch_error)?;
                 added[row] = true;
                 continue;
             }
@@ -245,14 +233,14 @@ impl LiveShard {
                 let candidate = next;
                 next = next
                     .checked_sub(1)
-                    .ok_or_else(|| usearch(&"no key left for an alias"))?;
+                    .ok_or_else(|| usearch_error("no key left for an alias"))?;
                 if !merged.contains(candidate) && ids.binary_search(&candidate).is_err() {
                     break candidate;
                 }
             };
-            let renamed = merged.rename(id, alias).map_err(|e| usearch(&e))?;
+            let renamed = merged.rename(id, alias).map_err(usearch_error)?;
             if renamed != 1 {
-                return Err(usearch(&format!(
+                return Err(usearch_error(format!(
                     "deleted base item {id}: renamed {renamed} members"
                 )));
             }
@@ -260,23 +248,14 @@ impl LiveShard {
         }
         for ((id, vector), added) in ids.iter().zip(vectors.chunks_exact(dimensions)).zip(added) {
             if !added {
-                merged.add(*id, vector).map_err(|e| usearch(&e))?;
+                merged.add(*id, vector).map_err(usearch_error)?;
             }
         }
         drop(vectors);
 
-        let len = merged.serialized_length();
-        let mut buffer = huge_page_memory(len)
-            .map_err(|e| usearch(&format!("{len} bytes for the folded shard: {e}")))?;
-        merged
-            .save_to_buffer(&mut buffer[..len])
-            .map_err(|e| usearch(&e))?;
+        let buffer = save_to_huge_pages(&merged, "the folded shard")?;
         drop(merged);
-        let mut index = Index::new(&options).map_err(|e| usearch(&e))?;
-        view_copy(&index, &buffer).map_err(|e| usearch(&e))?;
-        index.pack_base_layer().map_err(|e| usearch(&e))?;
-        // Every search says how many results it wants, which sets the beam.
-        index.change_expansion_search(1);
+        let index = view_packed(&self.base, &buffer)?;
         Ok(Folded {
             members: index.size(),
             index,
