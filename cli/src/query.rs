@@ -128,20 +128,11 @@ fn parse_cap(text: &str) -> Result<(String, u32), String> {
     Ok((attribute.to_string(), max))
 }
 
-/// Bytes from hexadecimal digits (a session token as `recsys query` prints it).
+/// A session token as `recsys query` prints it.
 fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
-    let text = text.trim();
-    if !text.len().is_multiple_of(2) {
-        return Err("an odd number of hexadecimal digits".to_string());
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            text.get(i..i + 2)
-                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-                .ok_or_else(|| format!("not hexadecimal at digit {}", i + 1))
-        })
-        .collect()
+    recsys_gateway::hex::decode(text.trim()).ok_or_else(|| {
+        "not a session token: expected an even number of hexadecimal digits".to_string()
+    })
 }
 
 /// Prints items as a table, then coverage and timings.
@@ -216,11 +207,7 @@ pub fn print_response(response: &RecommendResponse) {
         println!("diversity: {}", response.diversity_note);
     }
     if !response.session_token.is_empty() {
-        let hex: String = response
-            .session_token
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect();
+        let hex = recsys_gateway::hex::encode(&response.session_token);
         println!(
             "session ({}; token {} bytes): --session-token {hex}",
             if response.session_note.is_empty() {

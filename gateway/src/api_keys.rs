@@ -81,18 +81,11 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
 
 /// Lowercase hex of a hash, as the key file holds it.
 pub fn to_hex(hash: &[u8; 32]) -> String {
-    hash.iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::encode(hash)
 }
 
 fn parse_hex(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 || !text.is_ascii() {
-        return None;
-    }
-    let mut out = [0; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+    crate::hex::decode(text)?.try_into().ok()
 }
 
 /// The keys in force, shared by the interceptor and the task that re-reads the file.

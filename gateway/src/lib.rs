@@ -19,6 +19,7 @@ mod diversity;
 mod error;
 mod fanout;
 mod health_check;
+pub mod hex;
 pub mod merge;
 mod metrics;
 pub mod node_channels;

@@ -98,7 +98,7 @@ impl SessionKeys {
             let id: u32 = id
                 .parse()
                 .map_err(|_| format!("line {number}: the id {id:?} is not a number below 2^32"))?;
-            let secret = hex(secret).ok_or_else(|| {
+            let secret = crate::hex::decode(secret).ok_or_else(|| {
                 format!("line {number}: the secret is not an even number of hexadecimal digits")
             })?;
             if secret.len() < MIN_SECRET_BYTES {
@@ -127,16 +127,6 @@ impl SessionKeys {
             .iter()
             .find_map(|(key_id, key)| (*key_id == id).then_some(key))
     }
-}
-
-fn hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// The keys in force, swapped whole when the key file changes.
