@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::BundleError;
-use crate::varint::{VarintError, put_varint, read_varint};
+use crate::varint::{Cursor, VarintError, put_varint};
 
 /// The file's first bytes: magic and format version.
 const MAGIC: &[u8; 5] = b"RSUH\x01";
@@ -93,18 +93,20 @@ impl UserHistory {
 
     /// Reads [`Self::encode`]'s bytes; `path` names the file in errors.
     pub fn decode(bytes: &[u8], path: &Path) -> Result<Self, BundleError> {
-        let mut reader = Reader { bytes, at: 0, path };
         if !bytes.starts_with(MAGIC) {
             return Err(BundleError::corrupt(
                 path,
                 "not a user history file (no RSUH version 1 header)",
             ));
         }
-        reader.at = MAGIC.len();
+        let mut reader = Reader {
+            cursor: Cursor::new(bytes, MAGIC.len()),
+            path,
+        };
         let count = reader.count("users")?;
         let mut users = HashMap::with_capacity(count);
         for _ in 0..count {
-            let at = reader.at;
+            let at = reader.at();
             let length = reader.count("name length")?;
             let name = match std::str::from_utf8(reader.take(length)?) {
                 Ok(name) => name.to_string(),
@@ -113,7 +115,7 @@ impl UserHistory {
             let items = reader.count("items")?;
             let mut list: Vec<u64> = Vec::with_capacity(items);
             for _ in 0..items {
-                let at = reader.at;
+                let at = reader.at();
                 let value = reader.varint()?;
                 let item = match list.last() {
                     None => value,
@@ -130,8 +132,8 @@ impl UserHistory {
                 return Err(reader.error(at, "a user listed twice"));
             }
         }
-        if reader.at != bytes.len() {
-            return Err(reader.error(reader.at, "bytes after the last user"));
+        if !reader.cursor.is_done() {
+            return Err(reader.error(reader.at(), "bytes after the last user"));
         }
         Ok(Self { users })
     }
@@ -148,49 +150,54 @@ impl UserHistory {
     }
 }
 
-/// A cursor over the file's bytes that names the offset of what it refuses.
+/// A [`Cursor`] over the file's bytes whose refusals name the file and the
+/// offset.
 struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
+    cursor: Cursor<'a>,
     path: &'a Path,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    fn at(&self) -> usize {
+        self.cursor.at()
+    }
+
     fn error(&self, at: usize, what: &str) -> BundleError {
         BundleError::corrupt(self.path, format!("user history at byte {at}: {what}"))
     }
 
+    /// `error` at `at` in the words of this file; `what` names a count.
+    fn refused(&self, at: usize, error: VarintError, what: &str) -> BundleError {
+        match error {
+            VarintError::Truncated => self.error(at, "the file ends inside a number"),
+            VarintError::Overflow => self.error(at, "a number past u64::MAX"),
+            VarintError::TooMany { count, left } => self.error(
+                at,
+                &format!("{what} {count}, more than the {left} bytes left"),
+            ),
+        }
+    }
+
     fn varint(&mut self) -> Result<u64, BundleError> {
-        let start = self.at;
-        read_varint(self.bytes, &mut self.at).map_err(|error| match error {
-            VarintError::Truncated => self.error(start, "the file ends inside a number"),
-            VarintError::Overflow => self.error(start, "a number past u64::MAX"),
-        })
+        let at = self.at();
+        self.cursor
+            .varint()
+            .map_err(|error| self.refused(at, error, "a number"))
     }
 
     /// A count of things that each take at least one of the bytes left.
     fn count(&mut self, what: &str) -> Result<usize, BundleError> {
-        let at = self.at;
-        let count = self.varint()?;
-        let left = self.bytes.len() - self.at;
-        usize::try_from(count)
-            .ok()
-            .filter(|count| *count <= left)
-            .ok_or_else(|| {
-                self.error(
-                    at,
-                    &format!("{what} {count}, more than the {left} bytes left"),
-                )
-            })
+        let at = self.at();
+        self.cursor
+            .count(1)
+            .map_err(|error| self.refused(at, error, what))
     }
 
-    fn take(&mut self, length: usize) -> Result<&[u8], BundleError> {
-        let taken = self
-            .bytes
-            .get(self.at..self.at + length)
-            .ok_or_else(|| self.error(self.at, "the file ends inside a user id"))?;
-        self.at += length;
-        Ok(taken)
+    fn take(&mut self, length: usize) -> Result<&'a [u8], BundleError> {
+        let at = self.at();
+        self.cursor
+            .take(length)
+            .map_err(|_| self.error(at, "the file ends inside a user id"))
     }
 }
 

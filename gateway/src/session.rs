@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use recsys_bundle::varint::{put_varint, read_varint};
+use recsys_bundle::varint::{Cursor, VarintError, put_varint};
 use recsys_proto::limits::{MAX_SESSION_ITEMS, MAX_SESSION_TOKEN_BYTES};
 use recsys_proto::v1::{RecommendRequest, recommend_request::Query};
 use ring::hmac;
@@ -213,19 +213,23 @@ impl Token {
         let (body, tag) = bytes.split_at(bytes.len() - TAG_BYTES);
         hmac::verify(key, body, tag)
             .map_err(|_| "has a bad signature (forged, altered or cut short)".to_string())?;
-        let mut reader = Reader { bytes: body, at: 5 };
-        let issued_at = reader.u64()?;
-        let query = reader.u64()?;
-        let ranked = match reader.byte()? {
-            0 => false,
-            1 => true,
-            other => return Err(format!("has flags {other}")),
+        // Signed by this gateway's key, so only a bug makes these fail; still
+        // nothing is trusted.
+        let malformed = |error: VarintError| format!("is malformed: {error}");
+        let mut reader = Cursor::new(body, 5);
+        let issued_at = u64::from_le_bytes(reader.array().map_err(malformed)?);
+        let query = u64::from_le_bytes(reader.array().map_err(malformed)?);
+        let ranked = match reader.array::<1>().map_err(malformed)? {
+            [0] => false,
+            [1] => true,
+            [other] => return Err(format!("has flags {other}")),
         };
-        let length = reader.count(1)?;
-        let bundle_version = std::str::from_utf8(reader.take(length)?)
+        let length = reader.count(1).map_err(malformed)?;
+        let bundle_version = std::str::from_utf8(reader.take(length).map_err(malformed)?)
             .map_err(|_| "names a bundle version that is not UTF-8".to_string())?
             .to_string();
-        let count = reader.count(5)?;
+        // Each item takes at least a 1-byte id and a 4-byte score.
+        let count = reader.count(5).map_err(malformed)?;
         if count > MAX_SESSION_ITEMS {
             return Err(format!(
                 "holds {count} items, the limit is {MAX_SESSION_ITEMS}"
@@ -233,14 +237,14 @@ impl Token {
         }
         let mut items = Vec::with_capacity(count);
         for _ in 0..count {
-            let id = reader.varint()?;
-            let score = f32::from_le_bytes(reader.array()?);
+            let id = reader.varint().map_err(malformed)?;
+            let score = f32::from_le_bytes(reader.array().map_err(malformed)?);
             if !score.is_finite() {
                 return Err(format!("holds item {id} with a non-finite score"));
             }
             items.push((id, score));
         }
-        if reader.at != body.len() {
+        if !reader.is_done() {
             return Err("has bytes after its items".to_string());
         }
         Ok(Self {
@@ -250,51 +254,6 @@ impl Token {
             bundle_version,
             shown: Shown { items, ranked },
         })
-    }
-}
-
-/// A cursor over a verified token's body.
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl Reader<'_> {
-    fn take(&mut self, length: usize) -> Result<&[u8], String> {
-        let taken = self
-            .bytes
-            .get(self.at..self.at.saturating_add(length))
-            .ok_or_else(|| "is cut short".to_string())?;
-        self.at += length;
-        Ok(taken)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.take(N)?);
-        Ok(out)
-    }
-
-    fn byte(&mut self) -> Result<u8, String> {
-        Ok(self.array::<1>()?[0])
-    }
-
-    fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(self.array()?))
-    }
-
-    fn varint(&mut self) -> Result<u64, String> {
-        read_varint(self.bytes, &mut self.at).map_err(|error| format!("is malformed: {error}"))
-    }
-
-    /// A count of things of at least `each` bytes, no more than the bytes left.
-    fn count(&mut self, each: usize) -> Result<usize, String> {
-        let count = self.varint()?;
-        let left = self.bytes.len() - self.at;
-        usize::try_from(count)
-            .ok()
-            .filter(|count| count.saturating_mul(each) <= left)
-            .ok_or_else(|| format!("claims {count} entries in {left} bytes"))
     }
 }
 
