@@ -145,26 +145,23 @@ impl Gateway {
         if with_ranking && let Some(inputs) = &bundle.ranker_inputs {
             check_ranker_kinds(&request.user_features, inputs)?;
         }
-        if with_ranking && request.retrieve_k == 0 {
-            // Two stages by default: rank more candidates than are returned.
-            let policy = &self.shared.policy;
-            checked.retrieve_k = policy
-                .default_retrieve_k
-                .min(policy.limits.max_retrieve_k)
-                .max(checked.k);
-        }
         let cap = request
             .diversity
             .as_ref()
             .map(|diversity| Cap::check(diversity, bundle.attributes.as_ref()))
             .transpose()?;
-        if cap.is_some() && request.retrieve_k == 0 {
-            // A cap passes over candidates: have a few per item to give.
-            checked.retrieve_k = checked
-                .retrieve_k
-                .max(checked.k.saturating_mul(CANDIDATES_PER_ITEM))
-                .min(self.shared.policy.limits.max_retrieve_k)
-                .max(checked.k);
+        if request.retrieve_k == 0 {
+            // Two stages by default: rank more candidates than are returned;
+            // a cap passes over candidates, so have a few per item to give.
+            let policy = &self.shared.policy;
+            let mut wanted = checked.k;
+            if with_ranking {
+                wanted = wanted.max(policy.default_retrieve_k);
+            }
+            if cap.is_some() {
+                wanted = wanted.max(checked.k.saturating_mul(CANDIDATES_PER_ITEM));
+            }
+            checked.retrieve_k = wanted.min(policy.limits.max_retrieve_k).max(checked.k);
         }
         let exact_slot = if options.exact {
             Some(self.shared.exact_searches.try_start()?)
@@ -191,9 +188,12 @@ impl Gateway {
         let shard_k = per_shard_k_cached(checked.retrieve_k, shard_count, probability);
         // Each shard only needs the exclusions that hash to it.
         let mut exclusions = vec![Vec::new(); shard_count as usize];
-        for id in &request.exclude_item_ids {
-            exclusions[shard_of(*id, shard_count) as usize].push(*id);
-        }
+        let mut exclude = |id: u64| exclusions[shard_of(id, shard_count) as usize].push(id);
+        request
+            .exclude_item_ids
+            .iter()
+            .copied()
+            .for_each(&mut exclude);
         let session = SessionPlan::open(request, &self.shared.sessions, &manifest.version)?;
         let mut room = self.shared.policy.limits.max_exclusions.saturating_sub(
             request.exclude_item_ids.len() + usize::from(request.similar_to_item_id.is_some()),
@@ -202,9 +202,11 @@ impl Gateway {
         // pages first, when they outnumber the exclusions' limit).
         if let Some(session) = &session {
             let shown = session.excluded_ids();
-            for (id, _) in shown.iter().rev().take(room) {
-                exclusions[shard_of(*id, shard_count) as usize].push(*id);
-            }
+            shown
+                .iter()
+                .rev()
+                .take(room)
+                .for_each(|(id, _)| exclude(*id));
             room = room.saturating_sub(shown.len());
         }
         // What the user already has is left out unless asked for, within the
@@ -215,9 +217,7 @@ impl Gateway {
             bundle.history.items(&user_id)
         };
         let seen = &seen[..seen.len().min(room)];
-        for id in seen {
-            exclusions[shard_of(*id, shard_count) as usize].push(*id);
-        }
+        seen.iter().copied().for_each(&mut exclude);
         Ok(RequestPlan {
             started,
             checked,
