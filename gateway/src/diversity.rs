@@ -212,6 +212,12 @@ mod tests {
             let error = cap(attribute, max).unwrap_err().to_string();
             assert!(error.contains(words), "{error}");
         }
+        let long = "a".repeat(MAX_ID_BYTES + 1);
+        let error = cap(&long, 1).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("the limit is {MAX_ID_BYTES}")),
+            "{error}"
+        );
         let none = Cap::check(&Diversity::default(), None)
             .unwrap_err()
             .to_string();

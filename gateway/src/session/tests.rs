@@ -153,6 +153,12 @@ fn forged_cut_foreign_and_misplaced_tokens_are_refused_by_name() {
     let cut = good[..good.len() - 1].to_vec();
     assert!(refused(cut, "u", "v1").contains("bad signature"));
     assert!(refused(good[..10].to_vec(), "u", "v1").contains("cut short"));
+    let oversized = vec![FORMAT; MAX_SESSION_TOKEN_BYTES + 1];
+    let error = refused(oversized, "u", "v1");
+    assert!(
+        error.contains(&format!("the limit is {MAX_SESSION_TOKEN_BYTES}")),
+        "{error}"
+    );
     let other_key = token(&keyring(&format!("1 {SECRET_B}")), "u", &[(1, 0.9)]);
     assert!(refused(other_key, "u", "v1").contains("bad signature"));
     let unknown_key = token(&keyring(&format!("7 {SECRET_B}")), "u", &[(1, 0.9)]);
