@@ -12,14 +12,20 @@
 //! An empty cell is a missing value (which matches no comparison); a keyword
 //! list separates its keywords with `|`. Values are kept in columns (keywords
 //! as codes into a dictionary), so a filter evaluated inside an HNSW traversal
-//! reads a few integers per item, and the per-value counts that estimate a
-//! filter's selectivity come with the load.
+//! reads a few integers per item, and the per-value posting lists and sorted
+//! numbers that estimate a filter's selectivity and list its matching items
+//! ([`row_filter`]) come with the load.
 
 use std::collections::HashMap;
 use std::path::Path;
 
+use rustc_hash::FxHashMap;
+
 use crate::BundleError;
 use crate::filter::{AttributeType, AttributeValue};
+
+pub mod row_filter;
+pub use row_filter::RowFilter;
 
 /// The file name the builders write, relative to the bundle.
 pub const ATTRIBUTES_FILE: &str = "attributes.tsv";
@@ -35,24 +41,45 @@ enum Column {
         dictionary: Vec<String>,
         codes: Vec<Option<u32>>,
     },
-    /// Each row's keywords are `values[offsets[row]..offsets[row + 1]]`.
+    /// Each row's keywords are `values[offsets[row]..offsets[row + 1]]`,
+    /// and their codes into `dictionary` the same slice of `codes`.
     KeywordList {
         offsets: Vec<u32>,
         values: Vec<String>,
+        codes: Vec<u32>,
+        dictionary: Vec<String>,
     },
     Integer(Vec<Option<i64>>),
     Float(Vec<Option<f64>>),
     Boolean(Vec<Option<bool>>),
 }
 
+/// What a column's values are looked up by: the statistics a filter's
+/// selectivity is estimated from and its matching rows listed by.
+#[derive(Debug, Clone, PartialEq)]
+enum ColumnIndex {
+    /// Keyword, keyword list and boolean (code 0 false, 1 true) columns: the
+    /// rows holding each code, ascending, each row once, and the same rows'
+    /// item ids (listing one value's items then reads one array in order,
+    /// not an id per row from wherever it lies).
+    Postings {
+        rows: Vec<Vec<u32>>,
+        ids: Vec<Vec<u64>>,
+    },
+    /// Number columns: (value, row) of the rows with a value, by value.
+    Sorted(Vec<(f64, u32)>),
+}
+
 /// Every item's attributes, by column.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ItemAttributes {
     schema: Vec<(String, AttributeType)>,
-    /// Item id → row.
-    rows: HashMap<u64, usize>,
+    /// Item id → row, with the fast hash: a filtered search looks an item up
+    /// for every node its traversal measures.
+    rows: FxHashMap<u64, u32>,
     ids: Vec<u64>,
     columns: Vec<Column>,
+    index: Vec<ColumnIndex>,
 }
 
 fn type_name(kind: AttributeType) -> &'static str {
@@ -79,6 +106,16 @@ fn parse_type(name: &str) -> Option<AttributeType> {
 impl ItemAttributes {
     /// Reads the TSV text of `path` (named in errors, with the line).
     pub fn parse(text: &str, path: &Path) -> Result<Self, BundleError> {
+        Self::parse_where(text, path, |_| true)
+    }
+
+    /// Reads the rows of the items `keep` accepts (a retrieval node keeps its
+    /// shard's), checking every row.
+    pub fn parse_where(
+        text: &str,
+        path: &Path,
+        keep: impl Fn(u64) -> bool,
+    ) -> Result<Self, BundleError> {
         let fail = |line: usize, reason: String| {
             BundleError::corrupt(path, format!("line {line}: {reason}"))
         };
@@ -122,15 +159,22 @@ impl ItemAttributes {
             if line.is_empty() {
                 continue;
             }
-            builder.row(line).map_err(|reason| fail(number, reason))?;
+            builder
+                .row(line, &keep)
+                .map_err(|reason| fail(number, reason))?;
         }
         Ok(builder.finish())
     }
 
     /// Reads the file at `path`.
     pub fn load(path: &Path) -> Result<Self, BundleError> {
+        Self::load_where(path, |_| true)
+    }
+
+    /// Reads the rows of the file at `path` that `keep` accepts.
+    pub fn load_where(path: &Path, keep: impl Fn(u64) -> bool) -> Result<Self, BundleError> {
         let text = std::fs::read_to_string(path).map_err(|e| BundleError::io(path, e))?;
-        Self::parse(&text, path)
+        Self::parse_where(&text, path, keep)
     }
 
     /// The TSV text, items in id order (the same attributes always make the
@@ -148,7 +192,7 @@ impl ItemAttributes {
         ids.sort_unstable();
         for id in ids {
             out.push_str(&id.to_string());
-            let row = self.rows[&id];
+            let row = self.rows[&id] as usize;
             for index in 0..self.schema.len() {
                 out.push('\t');
                 match self.value_at(row, index) {
@@ -201,7 +245,7 @@ impl ItemAttributes {
 
     /// Item `id`'s value of `name`, if it has one.
     pub fn value(&self, id: u64, name: &str) -> Option<AttributeValue<'_>> {
-        let row = *self.rows.get(&id)?;
+        let row = *self.rows.get(&id)? as usize;
         self.value_at(row, self.index_of(name)?)
     }
 
@@ -251,7 +295,9 @@ impl ItemAttributes {
 /// Builds the columns row by row.
 struct Builder {
     schema: Vec<(String, AttributeType)>,
-    rows: HashMap<u64, usize>,
+    rows: FxHashMap<u64, u32>,
+    /// Every id seen, kept or not: a repeated one is refused either way.
+    seen: rustc_hash::FxHashSet<u64>,
     ids: Vec<u64>,
     columns: Vec<Column>,
     /// Per keyword column: value → code.
@@ -270,6 +316,8 @@ impl Builder {
                 AttributeType::KeywordList => Column::KeywordList {
                     offsets: vec![0],
                     values: Vec::new(),
+                    codes: Vec::new(),
+                    dictionary: Vec::new(),
                 },
                 AttributeType::Integer => Column::Integer(Vec::new()),
                 AttributeType::Float => Column::Float(Vec::new()),
@@ -279,14 +327,15 @@ impl Builder {
         let codes = schema.iter().map(|_| HashMap::new()).collect();
         Self {
             schema,
-            rows: HashMap::new(),
+            rows: FxHashMap::default(),
+            seen: rustc_hash::FxHashSet::default(),
             ids: Vec::new(),
             columns,
             codes,
         }
     }
 
-    fn row(&mut self, line: &str) -> Result<(), String> {
+    fn row(&mut self, line: &str, keep: &impl Fn(u64) -> bool) -> Result<(), String> {
         let mut cells = line.split('\t');
         let id = cells.next().unwrap_or_default();
         let id: u64 = id
@@ -300,10 +349,18 @@ impl Builder {
                 self.schema.len()
             ));
         }
-        if self.rows.insert(id, self.ids.len()).is_some() {
+        if !self.seen.insert(id) {
             return Err(format!("item {id} is listed twice"));
         }
-        self.ids.push(id);
+        let row = u32::try_from(self.ids.len()).map_err(|_| "more than 2^32 items".to_string())?;
+        let kept = keep(id);
+        if kept {
+            self.rows.insert(id, row);
+            self.ids.push(id);
+        }
+        if !kept {
+            return check_cells(&self.schema, &cells);
+        }
         for (index, cell) in cells.into_iter().enumerate() {
             let name = &self.schema[index].0;
             let bad = |kind: &str| format!("attribute {name:?}: {cell:?} is not {kind}");
@@ -313,12 +370,16 @@ impl Builder {
                 } else {
                     Some(code(&mut self.codes[index], dictionary, cell))
                 }),
-                Column::KeywordList { offsets, values } => {
-                    values.extend(
-                        cell.split('|')
-                            .filter(|k| !k.is_empty())
-                            .map(str::to_string),
-                    );
+                Column::KeywordList {
+                    offsets,
+                    values,
+                    codes,
+                    dictionary,
+                } => {
+                    for keyword in cell.split('|').filter(|k| !k.is_empty()) {
+                        values.push(keyword.to_string());
+                        codes.push(code(&mut self.codes[index], dictionary, keyword));
+                    }
                     let end = u32::try_from(values.len())
                         .map_err(|_| "more than 2^32 keywords in one column".to_string())?;
                     offsets.push(end);
@@ -349,12 +410,113 @@ impl Builder {
     }
 
     fn finish(self) -> ItemAttributes {
+        let index = self
+            .columns
+            .iter()
+            .map(|column| column_index(column, &self.ids))
+            .collect();
         ItemAttributes {
             schema: self.schema,
             rows: self.rows,
             ids: self.ids,
             columns: self.columns,
+            index,
         }
+    }
+}
+
+/// Checks the cells of a row that is not kept, as [`Builder::row`] would.
+fn check_cells(schema: &[(String, AttributeType)], cells: &[&str]) -> Result<(), String> {
+    for ((name, kind), cell) in schema.iter().zip(cells) {
+        if cell.is_empty() {
+            continue;
+        }
+        let bad = |what: &str| format!("attribute {name:?}: {cell:?} is not {what}");
+        match kind {
+            AttributeType::Keyword | AttributeType::KeywordList => {}
+            AttributeType::Integer => {
+                cell.parse::<i64>().map_err(|_| bad("an integer"))?;
+            }
+            AttributeType::Float => {
+                let value: f64 = cell.parse().map_err(|_| bad("a number"))?;
+                if !value.is_finite() {
+                    return Err(bad("a finite number"));
+                }
+            }
+            AttributeType::Boolean => {
+                if *cell != "true" && *cell != "false" {
+                    return Err(bad("true or false"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Calls its second argument with each code one row holds.
+type CodesOfRow<'a> = &'a dyn Fn(usize, &mut dyn FnMut(u32));
+
+/// The postings or sorted values of one column of the items `ids` (by row).
+fn column_index(column: &Column, ids: &[u64]) -> ColumnIndex {
+    let rows = ids.len();
+    let postings = |codes: usize, of_row: CodesOfRow<'_>| {
+        let mut postings = vec![Vec::new(); codes];
+        for row in 0..rows {
+            of_row(row, &mut |code| {
+                let list: &mut Vec<u32> = &mut postings[code as usize];
+                if list.last() != Some(&(row as u32)) {
+                    list.push(row as u32);
+                }
+            });
+        }
+        let ids = postings
+            .iter()
+            .map(|rows| rows.iter().map(|row| ids[*row as usize]).collect())
+            .collect();
+        ColumnIndex::Postings {
+            rows: postings,
+            ids,
+        }
+    };
+    let sorted = |mut values: Vec<(f64, u32)>| {
+        values.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        ColumnIndex::Sorted(values)
+    };
+    match column {
+        Column::Keyword { dictionary, codes } => postings(dictionary.len(), &|row, push| {
+            if let Some(code) = codes[row] {
+                push(code);
+            }
+        }),
+        Column::KeywordList {
+            offsets,
+            codes,
+            dictionary,
+            ..
+        } => postings(dictionary.len(), &|row, push| {
+            for code in &codes[offsets[row] as usize..offsets[row + 1] as usize] {
+                push(*code);
+            }
+        }),
+        Column::Boolean(values) => postings(2, &|row, push| {
+            if let Some(value) = values[row] {
+                push(u32::from(value));
+            }
+        }),
+        Column::Integer(values) => sorted(
+            values
+                .iter()
+                .enumerate()
+                .filter_map(|(row, v)| v.map(|v| (v as f64, row as u32)))
+                .collect(),
+        ),
+        Column::Float(values) => sorted(
+            values
+                .iter()
+                .enumerate()
+                .filter_map(|(row, v)| v.map(|v| (v, row as u32)))
+                .collect(),
+        ),
     }
 }
 
