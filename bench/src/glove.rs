@@ -11,9 +11,10 @@ use recsys_bundle_builder::{BuildOptions, ItemVectors, build_bundle};
 use recsys_index::{Hit, ItemChange, LiveShard, SearchError};
 use recsys_retrieval_node::{LoadMode, ShardIndex};
 
-/// Options of `recsys-bench retrieval`.
+/// The GloVe-50 split every retrieval benchmark uses, and where it keeps
+/// what it builds.
 #[derive(Debug, Clone, Args)]
-pub struct RetrievalArgs {
+pub struct GloveSplit {
     /// Directory written by shared/data/fetch.sh (holds glove-6B-50d/).
     #[arg(long)]
     pub data: PathBuf,
@@ -26,6 +27,13 @@ pub struct RetrievalArgs {
     /// Held-out queries.
     #[arg(long, default_value_t = 1_000)]
     pub queries: usize,
+}
+
+/// Options of `recsys-bench retrieval`.
+#[derive(Debug, Clone, Args)]
+pub struct RetrievalArgs {
+    #[command(flatten)]
+    pub split: GloveSplit,
     /// HNSW graph degree (default: the bundle builder's).
     #[arg(long, default_value_t = IndexParams::default().connectivity)]
     pub connectivity: usize,
@@ -92,11 +100,11 @@ pub enum LiveState {
     Changing,
 }
 
-const K: usize = 100;
+pub(crate) const K: usize = 100;
 
 /// Reads GloVe and L2-normalizes every row: GloVe is compared by angle
 /// (ann-benchmarks' glove-50-angular), which on unit vectors is inner product.
-fn load_glove(data: &Path) -> anyhow::Result<(usize, Vec<f32>)> {
+pub(crate) fn load_glove(data: &Path) -> anyhow::Result<(usize, Vec<f32>)> {
     let dir = data.join("glove-6B-50d");
     let mut vectors = recsys_bundle_builder::vectors::read_raw_f32(&dir.join("vectors.f32"), 50)
         .with_context(|| format!("run shared/data/fetch.sh {} first", data.display()))?;
@@ -130,7 +138,7 @@ fn ground_truth(items: &[f32], queries: &[f32], dim: usize) -> Vec<Vec<u32>> {
 /// CPU time this thread has run, from `/proc/thread-self/schedstat` (nanoseconds on the
 /// CPU first). On a machine shared with other jobs wall time mostly measures the
 /// scheduler's share; queries per CPU-second is the per-core figure the issue asks for.
-fn thread_cpu_seconds() -> anyhow::Result<f64> {
+pub(crate) fn thread_cpu_seconds() -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string("/proc/thread-self/schedstat")
         .context("reading /proc/thread-self/schedstat")?;
     let nanos: u64 = stat
@@ -154,21 +162,22 @@ fn write_f32(path: &Path, values: &[f32]) -> anyhow::Result<()> {
 
 /// Runs the benchmark and prints one JSON line per ef.
 pub fn run(args: RetrievalArgs) -> anyhow::Result<()> {
-    let (dim, all) = load_glove(&args.data)?;
+    let (dim, all) = load_glove(&args.split.data)?;
     let rows = all.len() / dim;
     anyhow::ensure!(
-        args.items + args.queries <= rows,
+        args.split.items + args.split.queries <= rows,
         "{} items + {} queries exceed the {rows} GloVe rows",
-        args.items,
-        args.queries
+        args.split.items,
+        args.split.queries
     );
-    let items = &all[..args.items * dim];
-    let queries = &all[args.items * dim..(args.items + args.queries) * dim];
-    std::fs::create_dir_all(&args.work)?;
+    let items = &all[..args.split.items * dim];
+    let queries = &all[args.split.items * dim..(args.split.items + args.split.queries) * dim];
+    std::fs::create_dir_all(&args.split.work)?;
 
-    let truth_path = args
-        .work
-        .join(format!("truth-{}-{}.u32", args.items, args.queries));
+    let truth_path = args.split.work.join(format!(
+        "truth-{}-{}.u32",
+        args.split.items, args.split.queries
+    ));
     let truth: Vec<Vec<u32>> = if truth_path.exists() {
         std::fs::read(&truth_path)?
             .chunks_exact(4 * K)
@@ -181,56 +190,34 @@ pub fn run(args: RetrievalArgs) -> anyhow::Result<()> {
     } else {
         eprintln!(
             "computing exact top-{K} of {} queries over {} items",
-            args.queries, args.items
+            args.split.queries, args.split.items
         );
         let truth = ground_truth(items, queries, dim);
         write_u32(&truth_path, truth.iter().flatten().copied())?;
         truth
     };
     write_f32(
-        &args
-            .work
-            .join(format!("queries-{}-{}.f32", args.items, args.queries)),
+        &args.split.work.join(format!(
+            "queries-{}-{}.f32",
+            args.split.items, args.split.queries
+        )),
         queries,
     )?;
 
     if let Some(path) = &args.write_order {
-        let rows: Vec<usize> = (0..args.items).collect();
+        let rows: Vec<usize> = (0..args.split.items).collect();
         let order = recsys_bundle_builder::locality::locality_order(items, dim, &rows);
         write_u32(path, order.into_iter().map(|row| row as u32))?;
     }
     let quantization = Quantization::parse(&args.quantization)?;
-    // "-local": built in the bundle builder's locality order (older bundles were not).
-    let bundle = args.work.join(format!(
-        "bundle-{}-m{}-efc{}-{}-local",
-        args.items,
-        args.connectivity,
-        args.expansion_add,
-        quantization.as_str()
-    ));
-    let mut build_seconds = None;
-    // A bundle cached before bundles were checksummed would not load in a node.
-    let cached = recsys_bundle::Manifest::load(&bundle).is_ok_and(|m| !m.files.is_empty());
-    if args.rebuild || !cached {
-        let vectors = ItemVectors::new(Path::new("glove"), dim, items.to_vec(), None, None)?;
-        let options = BuildOptions {
-            params: IndexParams {
-                metric: Metric::Ip,
-                quantization,
-                connectivity: args.connectivity,
-                expansion_add: args.expansion_add,
-                expansion_search: 64,
-            },
-            shard_count: 1,
-            version: "glove".into(),
-            source: "glove-6B-50d normalized".into(),
-            threads: 0,
-        };
-        eprintln!("building the index of {} items", args.items);
-        let started = Instant::now();
-        build_bundle(&bundle, &vectors, None, &options, &|_| {})?;
-        build_seconds = Some(started.elapsed().as_secs_f64());
-    }
+    let (bundle, build_seconds) = glove_bundle(
+        &args.split.work,
+        items,
+        dim,
+        quantization,
+        (args.connectivity, args.expansion_add),
+        args.rebuild,
+    )?;
 
     let started = Instant::now();
     let index = ShardIndex::open_with(&bundle, 0, args.mode)?;
@@ -238,7 +225,7 @@ pub fn run(args: RetrievalArgs) -> anyhow::Result<()> {
     eprintln!("simd: {}", index.hardware_acceleration());
     println!(
         "{}",
-        serde_json::json!({"engine": "recsys-usearch", "event": "index", "items": args.items,
+        serde_json::json!({"engine": "recsys-usearch", "event": "index", "items": args.split.items,
             "connectivity": args.connectivity, "expansion_add": args.expansion_add,
             "quantization": quantization.as_str(), "build_s": build_seconds, "open_ms": open_ms})
     );
@@ -333,8 +320,52 @@ pub fn run(args: RetrievalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The one-shard bundle of `items` (GloVe rows of `dim`) in `work`, built
+/// unless one with the same parameters (graph degree and construction beam
+/// in `graph`) is there or `rebuild` asks; with the seconds a build took.
+pub(crate) fn glove_bundle(
+    work: &Path,
+    items: &[f32],
+    dim: usize,
+    quantization: Quantization,
+    graph: (usize, usize),
+    rebuild: bool,
+) -> anyhow::Result<(PathBuf, Option<f64>)> {
+    let (connectivity, expansion_add) = graph;
+    let count = items.len() / dim;
+    // "-local": built in the bundle builder's locality order (older bundles were not).
+    let bundle = work.join(format!(
+        "bundle-{count}-m{connectivity}-efc{expansion_add}-{}-local",
+        quantization.as_str()
+    ));
+    let mut build_seconds = None;
+    // A bundle cached before bundles were checksummed would not load in a node.
+    let cached = recsys_bundle::Manifest::load(&bundle).is_ok_and(|m| !m.files.is_empty());
+    if rebuild || !cached {
+        let vectors = ItemVectors::new(Path::new("glove"), dim, items.to_vec(), None, None)?;
+        let options = BuildOptions {
+            params: IndexParams {
+                metric: Metric::Ip,
+                quantization,
+                connectivity,
+                expansion_add,
+                expansion_search: 64,
+            },
+            shard_count: 1,
+            version: "glove".into(),
+            source: "glove-6B-50d normalized".into(),
+            threads: 0,
+        };
+        eprintln!("building the index of {count} items");
+        let started = Instant::now();
+        build_bundle(&bundle, &vectors, None, &options, &|_| {})?;
+        build_seconds = Some(started.elapsed().as_secs_f64());
+    }
+    Ok((bundle, build_seconds))
+}
+
 /// One search of a pass, as [`Pass::measure_alternating`] holds two.
-type Search<'a> = dyn Fn(&[f32]) -> Result<Vec<Hit>, SearchError> + 'a;
+pub(crate) type Search<'a> = dyn Fn(&[f32]) -> Result<Vec<Hit>, SearchError> + 'a;
 
 /// Queries searched before a measurement starts, so that page faults of the
 /// memory-mapped file are not timed.
@@ -357,10 +388,10 @@ fn recalled(answers: &[Vec<Hit>], truth: &[Vec<u32>]) -> usize {
 }
 
 /// One measurement pass over the held-out queries.
-struct Pass<'a> {
-    queries: &'a [f32],
-    dim: usize,
-    truth: &'a [Vec<u32>],
+pub(crate) struct Pass<'a> {
+    pub(crate) queries: &'a [f32],
+    pub(crate) dim: usize,
+    pub(crate) truth: &'a [Vec<u32>],
 }
 
 impl Pass<'_> {
@@ -372,26 +403,36 @@ impl Pass<'_> {
     /// shared 2-vCPU VM within minutes (docs/benchmarks-history.md, "Live shard"), so the
     /// ratio of two whole passes was mostly the drift between them; blocks a few
     /// milliseconds long see the same machine.
-    fn measure_alternating(
+    pub(crate) fn measure_alternating(
         &self,
         first: impl Fn(&[f32]) -> Result<Vec<Hit>, SearchError>,
         second: impl Fn(&[f32]) -> Result<Vec<Hit>, SearchError>,
     ) -> anyhow::Result<[(f64, f64); 2]> {
-        let searches: [&Search<'_>; 2] = [&first, &second];
+        let measured = self.measure_rotating(&[&first, &second])?;
+        Ok([measured[0], measured[1]])
+    }
+
+    /// [`Self::measure_alternating`] of any number of searches: each block of
+    /// queries runs every search, the first one rotating block by block.
+    pub(crate) fn measure_rotating(
+        &self,
+        searches: &[&Search<'_>],
+    ) -> anyhow::Result<Vec<(f64, f64)>> {
         for query in self.queries.chunks_exact(self.dim).take(WARM_UP) {
             for search in searches {
                 search(query)?;
             }
         }
-        let mut cpu = [0.0f64; 2];
-        let mut found = [0usize; 2];
+        let n = searches.len();
+        let mut cpu = vec![0.0f64; n];
+        let mut found = vec![0usize; n];
         let blocks = self
             .queries
             .chunks(BLOCK * self.dim)
             .zip(self.truth.chunks(BLOCK));
         for (block, (queries, truth)) in blocks.enumerate() {
-            for turn in 0..2 {
-                let which = (block + turn) % 2;
+            for turn in 0..n {
+                let which = (block + turn) % n;
                 let started = thread_cpu_seconds()?;
                 let answers = queries
                     .chunks_exact(self.dim)
@@ -402,7 +443,9 @@ impl Pass<'_> {
             }
         }
         let count = self.truth.len() as f64;
-        Ok([0, 1].map(|which| (found[which] as f64 / (count * K as f64), count / cpu[which])))
+        Ok((0..n)
+            .map(|which| (found[which] as f64 / (count * K as f64), count / cpu[which]))
+            .collect())
     }
 
     /// Recall@100, queries per second and queries per CPU-second of `search`.

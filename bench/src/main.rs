@@ -4,6 +4,9 @@
 //!   queries) through the retrieval node's search path, one thread, recall@100 and
 //!   queries per second per `ef`; writes the ground truth and queries so that
 //!   `bench/hnswlib_glove.py` measures hnswlib on exactly the same task.
+//! - `filtered`: the same shard with synthetic attributes of known
+//!   selectivity: filtered recall@100 against the exact filtered top-100, and
+//!   QPS against the unfiltered search and the exact scan of the matching items.
 //! - `cold-start`: time from start to SERVING of a retrieval node on a bundle.
 //! - `overhead`: gateway latency beyond the slowest shard, on a local cluster (in
 //!   this process, or with `--processes` each server a process of its own).
@@ -18,6 +21,7 @@
 #[global_allocator]
 static ALLOCATOR: recsys_server::allocator::Allocator = recsys_server::allocator::Allocator;
 
+mod filtered;
 mod glove;
 mod items;
 mod load;
@@ -43,6 +47,10 @@ struct Cli {
 enum Command {
     /// Retrieval on GloVe-50: recall@100 and single-thread QPS per ef.
     Retrieval(glove::RetrievalArgs),
+    /// Attribute-filtered retrieval on GloVe-50: recall against the exact
+    /// filtered top-100 and QPS against the unfiltered search and the exact
+    /// scan of the matching items, per selectivity.
+    Filtered(filtered::FilteredArgs),
     /// Time for a retrieval node to reach SERVING on an existing bundle.
     ColdStart(overhead::ColdStartArgs),
     /// Gateway latency beyond the slowest shard.
@@ -63,6 +71,7 @@ fn main() -> anyhow::Result<()> {
     let io_threads = cli.runtime.io_threads;
     match cli.command {
         Command::Retrieval(args) => glove::run(args),
+        Command::Filtered(args) => filtered::run(args),
         Command::ColdStart(args) => runtime()?.block_on(overhead::cold_start(args)),
         Command::Overhead(args) => runtime()?.block_on(overhead::overhead(args, io_threads)),
         Command::Load(args) => runtime()?.block_on(load::load(args, io_threads)),

@@ -110,6 +110,15 @@ pub(crate) fn search_one(
         .collect())
 }
 
+/// Reads item `id`'s vector as `index` stores it into `out` (of the index's
+/// dimensions), as f32; false when the index does not hold it.
+pub(crate) fn read_vector(index: &Index, id: u64, out: &mut [f32]) -> Result<bool, SearchError> {
+    let found = index
+        .get(id, out)
+        .map_err(|e| SearchError::Usearch(e.to_string()))?;
+    Ok(found == 1)
+}
+
 /// Item `id`'s vector as `index` (of `dimensions`) stores it, read back as f32;
 /// `None` when the index does not hold it.
 pub(crate) fn stored_vector(
@@ -122,6 +131,36 @@ pub(crate) fn stored_vector(
         .get(id, &mut vector)
         .map_err(|e| SearchError::Usearch(e.to_string()))?;
     Ok((found == 1).then_some(vector))
+}
+
+/// What a search leaves out besides a live shard's hidden items: the caller's
+/// exclusions and, with an attribute filter, the items it does not match.
+#[derive(Clone, Copy)]
+pub(crate) struct Wanted<'a> {
+    /// Sorted ids never to return.
+    pub(crate) excluded: &'a [u64],
+    /// Whether an item matches the request's attribute filter, if it has one.
+    pub(crate) matches: Option<&'a (dyn Fn(u64) -> bool + Sync)>,
+}
+
+impl<'a> Wanted<'a> {
+    /// Every item but the `excluded` ones (sorted).
+    pub(crate) fn excluding(excluded: &'a [u64]) -> Self {
+        Self {
+            excluded,
+            matches: None,
+        }
+    }
+
+    /// Whether a search may return `id`.
+    pub(crate) fn keeps(&self, id: u64) -> bool {
+        self.excluded.binary_search(&id).is_err() && self.matches.is_none_or(|matches| matches(id))
+    }
+
+    /// Whether every item is wanted (no predicate needed in the traversal).
+    pub(crate) fn is_everything(&self) -> bool {
+        self.excluded.is_empty() && self.matches.is_none()
+    }
 }
 
 /// Item ids left out of a search, hashed with rustc's fast hash: the predicate

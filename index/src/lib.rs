@@ -19,6 +19,10 @@ mod test_bundle;
 
 pub use build::build_shard;
 pub use error::SearchError;
-pub use live_shard::{Applied, ChangeError, ItemChange, LiveShard, LiveStats};
+pub use live_shard::{
+    Applied, AttributeFilter, BLOCK_MAX_SHARE, BLOCK_MIN_ITEMS, ChangeError, FilteredHits,
+    ItemChange, LiveShard, LiveStats, POST_FILTER_SHARE, Route, SCAN_FACTOR, ShardAttributes,
+    ValueBlocks, scan_instead,
+};
 pub use options::usearch_options;
 pub use shard_index::{Hit, LoadMode, ShardIndex};

@@ -31,14 +31,20 @@ use recsys_bundle::sharding::shard_of;
 use rustc_hash::FxHashMap;
 use usearch::Index;
 
-use crate::index_reads::{Hidden, search_one, sort_hits, stored_vector};
+use crate::index_reads::{Hidden, Wanted, read_vector, search_one, sort_hits, stored_vector};
 use crate::options::usearch_options;
 use crate::shard_index::{huge_page_memory, view_copy};
 use crate::{Hit, SearchError, ShardIndex};
 use changes::replace_items;
 pub(crate) use changes::usearch_error;
 pub use changes::{Applied, ChangeError, ItemChange, LiveStats};
+pub use filtered::{
+    AttributeFilter, FilteredHits, POST_FILTER_SHARE, Route, SCAN_FACTOR, ShardAttributes,
+    scan_instead,
+};
 use fold::{Folded, Tail};
+use value_blocks::fast_score;
+pub use value_blocks::{BLOCK_MAX_SHARE, BLOCK_MIN_ITEMS, ValueBlocks};
 
 /// A packed, read-only copy of the delta as it was after change `generation`.
 struct PackedDelta {
@@ -334,18 +340,26 @@ impl LiveShard {
     ) -> Result<Vec<Hit>, SearchError> {
         self.base.check_query(query)?;
         let metric = self.base.metric();
+        let mut vector = vec![0.0f32; self.base.dimensions()];
         let mutable = self.read();
-        let mut hits = Vec::with_capacity(ids.len().min(k.saturating_mul(4)));
+        let mut hits = Vec::with_capacity(ids.len());
         for &id in ids {
-            if let Some(vector) = self.served_vector(&mutable, id)? {
-                hits.push((id, metric.score(query, &vector)));
+            // A changed base item is the mutable part's (or deleted); any
+            // other the base's, else one added since the bundle.
+            let found = if mutable.hidden.contains(&id) {
+                read_vector(&mutable.delta, id, &mut vector)?
+            } else {
+                self.base.read_vector(id, &mut vector)?
+                    || read_vector(&mutable.delta, id, &mut vector)?
+            };
+            if found {
+                hits.push((id, fast_score(metric, query, &vector)));
             }
         }
         drop(mutable);
-        sort_hits(&mut hits);
+        hits.sort_unstable_by_key(|hit| hit.0);
         hits.dedup_by_key(|hit| hit.0);
-        hits.truncate(k);
-        Ok(hits)
+        Ok(filtered::top_k(hits, k))
     }
 
     /// The `k` best items for `query` among the base's visible items and the
@@ -358,12 +372,24 @@ impl LiveShard {
         excluded: &[u64],
         exact: bool,
     ) -> Result<Vec<Hit>, SearchError> {
+        self.search_wanted(query, k, Wanted::excluding(excluded), exact)
+    }
+
+    /// [`Self::search`] of the items `wanted` keeps (exact: its exclusions
+    /// only, see [`ShardIndex::search_hiding`]).
+    fn search_wanted(
+        &self,
+        query: &[f32],
+        k: usize,
+        wanted: Wanted<'_>,
+        exact: bool,
+    ) -> Result<Vec<Hit>, SearchError> {
         let mutable = self.read();
         let live = self.live_items(&mutable);
         if !exact && let Some((folded, tail)) = mutable.fold_in_use() {
             let ef = self.base.expansion_search();
             let changed = tail.map(|tail| &tail.changed);
-            let hits = folded.search(self, query, k, excluded, ef, changed)?;
+            let hits = folded.search(self, query, k, wanted, ef, changed)?;
             return match tail {
                 Some(tail) => self.beside(
                     hits,
@@ -372,7 +398,7 @@ impl LiveShard {
                     mutable.delta_ef,
                     query,
                     k,
-                    excluded,
+                    wanted,
                     false,
                 ),
                 None => Ok(hits),
@@ -380,7 +406,7 @@ impl LiveShard {
         }
         let base = self
             .base
-            .search_hiding(query, k, excluded, &mutable.hidden, exact)?;
+            .search_hiding(query, k, wanted, &mutable.hidden, exact)?;
         self.beside(
             base,
             mutable.searched(),
@@ -388,7 +414,7 @@ impl LiveShard {
             mutable.delta_ef,
             query,
             k,
-            excluded,
+            wanted,
             exact,
         )
     }
@@ -404,21 +430,21 @@ impl LiveShard {
         part_ef: usize,
         query: &[f32],
         k: usize,
-        excluded: &[u64],
+        wanted: Wanted<'_>,
         exact: bool,
     ) -> Result<Vec<Hit>, SearchError> {
         if part.size() == 0 || k == 0 {
             return Ok(hits);
         }
-        let search_part = |wanted: usize| {
+        let search_part = |count: usize| {
             search_one(
                 part,
                 self.base.metric(),
                 query,
-                wanted,
-                exact.then_some((k + excluded.len()).min(part.size())),
-                !excluded.is_empty(),
-                |key| excluded.binary_search(&key).is_err(),
+                count,
+                exact.then_some((k + wanted.excluded.len()).min(part.size())),
+                !wanted.is_everything(),
+                |key| wanted.keeps(key),
             )
         };
         let merge = |part_hits: Vec<Hit>| {
@@ -453,7 +479,7 @@ impl LiveShard {
         if base {
             Ok(self
                 .base
-                .search_hiding(query, k, &[], &mutable.hidden, false)?
+                .search_hiding(query, k, Wanted::excluding(&[]), &mutable.hidden, false)?
                 .len())
         } else {
             let (narrow, _) = self.delta_beams(&mutable, k);
@@ -554,6 +580,8 @@ fn delta_beams(k: usize, delta: usize, live: u64, ef: usize) -> (usize, usize) {
 }
 
 mod changes;
+mod filtered;
 mod fold;
 #[cfg(test)]
 mod tests;
+mod value_blocks;

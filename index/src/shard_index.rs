@@ -8,7 +8,8 @@ use usearch::Index;
 
 use crate::SearchError;
 use crate::index_reads::{
-    Hidden, export_index, search_one, search_past_hidden, sort_hits, stored_vector,
+    Hidden, Wanted, export_index, read_vector, search_one, search_past_hidden, sort_hits,
+    stored_vector,
 };
 use crate::options::{metric_kind, scalar_kind, usearch_options};
 
@@ -302,16 +303,24 @@ impl ShardIndex {
         excluded: &[u64],
         exact: bool,
     ) -> Result<Vec<Hit>, SearchError> {
-        self.search_hiding(query, k, excluded, &Hidden::default(), exact)
+        self.search_hiding(
+            query,
+            k,
+            Wanted::excluding(excluded),
+            &Hidden::default(),
+            exact,
+        )
     }
 
     /// [`Self::search`] that also leaves out the items in `hidden`: the base items
     /// a [`crate::LiveShard`] has deleted or replaced since the bundle was built.
+    /// An exact search honours `wanted`'s exclusions, not its filter (a
+    /// filtered exact search scans the matching items instead).
     pub(crate) fn search_hiding(
         &self,
         query: &[f32],
         k: usize,
-        excluded: &[u64],
+        wanted: Wanted<'_>,
         hidden: &Hidden,
         exact: bool,
     ) -> Result<Vec<Hit>, SearchError> {
@@ -320,17 +329,17 @@ impl ShardIndex {
             return Ok(Vec::new());
         }
         if !exact
-            && excluded.is_empty()
+            && wanted.is_everything()
             && !hidden.is_empty()
             && let Some(hits) = self.search_past_hidden(query, k, hidden)?
         {
             return Ok(hits);
         }
-        let keep = |key: u64| excluded.binary_search(&key).is_err() && !hidden.contains(&key);
+        let keep = |key: u64| wanted.keeps(key) && !hidden.contains(&key);
         // usearch's brute-force scan takes no filter: ask for enough extra items
         // that k survive the exclusions, then drop the excluded ones.
-        let scan = (k + excluded.len() + hidden.len()).min(self.items as usize);
-        let filtered = !(excluded.is_empty() && hidden.is_empty());
+        let scan = (k + wanted.excluded.len() + hidden.len()).min(self.items as usize);
+        let filtered = !(wanted.is_everything() && hidden.is_empty());
         let mut hits = search_one(
             &self.index,
             self.metric,
@@ -361,6 +370,11 @@ impl ShardIndex {
     /// of a "similar to this item" request.
     pub fn vector(&self, id: u64) -> Result<Option<Vec<f32>>, SearchError> {
         stored_vector(&self.index, id, self.dimensions)
+    }
+
+    /// [`Self::vector`] into `out`: false when the shard does not hold `id`.
+    pub(crate) fn read_vector(&self, id: u64, out: &mut [f32]) -> Result<bool, SearchError> {
+        read_vector(&self.index, id, out)
     }
 
     /// Every item's id and stored vector (read back as f32: exact for `f32`

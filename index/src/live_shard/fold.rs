@@ -38,7 +38,7 @@ use super::{
     ChangeError, ItemChange, LiveShard, empty_index, replace_items, save_to_huge_pages,
     usearch_error, view_packed,
 };
-use crate::index_reads::{Hidden, export_index, search_one, search_past_hidden, sort_hits};
+use crate::index_reads::{Hidden, Wanted, export_index, search_one, search_past_hidden, sort_hits};
 use crate::{Hit, SearchError};
 
 /// The base and the mutable part as they were after change `generation`, in
@@ -94,7 +94,7 @@ impl Folded {
         shard: &LiveShard,
         query: &[f32],
         k: usize,
-        excluded: &[u64],
+        wanted: Wanted<'_>,
         ef: usize,
         changed: Option<&Hidden>,
     ) -> Result<Vec<Hit>, SearchError> {
@@ -107,7 +107,7 @@ impl Folded {
             self.aliases.contains(&key) || changed.is_some_and(|changed| changed.contains(&key))
         };
         let hidden_count = self.aliases.len() + changed.map_or(0, |changed| changed.len());
-        if excluded.is_empty()
+        if wanted.is_everything()
             && let Some(hits) = search_past_hidden(
                 &self.index,
                 base.metric(),
@@ -120,7 +120,7 @@ impl Folded {
         {
             return Ok(hits);
         }
-        let keep = |key: u64| excluded.binary_search(&key).is_err() && !hidden(key);
+        let keep = |key: u64| wanted.keeps(key) && !hidden(key);
         // The index's own beam is 1: asking for `ef` results sets the beam.
         let mut hits = search_one(
             &self.index,
