@@ -338,6 +338,7 @@ async fn caught_up(
                 exact: false,
                 min_log_revision: revision,
                 bundle_version: String::new(),
+                ..Default::default()
             };
             if client.search(search).await.is_ok() {
                 break;
@@ -392,6 +393,7 @@ async fn visibility(
                     exact: false,
                     min_log_revision: 0,
                     bundle_version: String::new(),
+                    ..Default::default()
                 };
                 let top = clients[shard][replica].search(search).await?.into_inner();
                 if top.item_ids.first() != Some(&id) {

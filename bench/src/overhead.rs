@@ -247,6 +247,7 @@ impl DirectRound {
                 exclude_item_ids: vec![],
                 exact: false,
                 bundle_version: String::new(),
+                ..Default::default()
             })
         });
         for result in join_all(calls).await {

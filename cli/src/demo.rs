@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use recsys_bundle::Manifest;
+use recsys_bundle::attributes::ItemAttributes;
+use recsys_bundle::filter::{AttributeType, Filter, Literal};
 use recsys_local_cluster::{EtcdCluster, LocalCluster, LocalClusterOptions};
 use recsys_proto::v1::{
     RecommendRequest, gateway_service_client::GatewayServiceClient, recommend_request::Query,
@@ -346,6 +348,21 @@ items like {name} (item {item}; its own vector is the query, retrieval order):"
             Err(status) => println!("  failed: {}", status.message()),
         }
     }
+    let filter = sample_filter(&cluster.bundle_dir(), &manifest);
+    if let (Some(expression), Some(user)) = (&filter, users.first()) {
+        println!("\nrecommendations for {user}, only items with {expression}:");
+        let mut request = tonic::Request::new(RecommendRequest {
+            query: Some(Query::UserId(user.clone())),
+            k: 5,
+            filter_expression: expression.clone(),
+            ..Default::default()
+        });
+        request.set_timeout(Duration::from_secs(1));
+        match client.recommend(request).await {
+            Ok(response) => print_response(&response.into_inner()),
+            Err(status) => println!("  failed: {}", status.message()),
+        }
+    }
     if users.is_empty() {
         println!(
             "\nthe bundle has no query model: query it with embeddings of {} dimensions",
@@ -383,6 +400,11 @@ items like {name} (item {item}; its own vector is the query, retrieval order):"
             "  grpcurl -plaintext -d '{{\"similar_to_item_id\": {item}, \"k\": 10}}' {addr} recsys.v1.GatewayService/Recommend"
         );
     }
+    if let Some(expression) = &filter {
+        println!(
+            "  cargo run -q -p recsys-cli -- query --gateway {addr} --user-id {example_user} -k 10 --filter '{expression}'"
+        );
+    }
     if let Some(metrics_addr) = keep_serving {
         let shutdown = recsys_server::shutdown::on_signal();
         recsys_server::metrics::spawn(metrics_addr, shutdown.clone()).await;
@@ -393,6 +415,26 @@ items like {name} (item {item}; its own vector is the query, retrieval order):"
         cluster.shutdown().await?;
     }
     Ok(())
+}
+
+/// A filter to show off on the bundle's attributes, if it has any: its first
+/// keyword attribute equal to its most common value (MovieLens: a genre).
+fn sample_filter(dir: &std::path::Path, manifest: &Manifest) -> Option<String> {
+    let file = manifest.attributes.as_ref()?;
+    let attributes = ItemAttributes::load(&Manifest::resolve(dir, file)).ok()?;
+    let (name, _) = attributes
+        .schema()
+        .iter()
+        .find(|(_, kind)| matches!(kind, AttributeType::Keyword | AttributeType::KeywordList))?;
+    let counts = attributes.keyword_counts(name)?;
+    let (value, _) = counts
+        .into_iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))?;
+    let filter = Filter::Eq {
+        attribute: name.clone(),
+        value: Literal::String(value.to_string()),
+    };
+    Some(filter.to_string())
 }
 
 /// A few user ids from the bundle's query model vocabulary.

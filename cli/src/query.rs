@@ -57,6 +57,16 @@ pub struct QueryArgs {
     /// (e.g. genre=2), picked in ranking order from more candidates.
     #[arg(long, value_parser = parse_cap)]
     pub max_per_value: Option<(String, u32)>,
+    /// Only items whose attributes match, e.g.
+    /// 'genre in ["Comedy", "Drama"] and year >= 1990' (operators `=`, `!=`,
+    /// `<`, `<=`, `>`, `>=`, `in [...]`, not, and, or, parentheses). Applied
+    /// inside each shard's search, so a selective filter still returns k items.
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Maximal marginal relevance with this λ (0 to 1) on the item vectors:
+    /// 1 is the ranking order, lower spreads the answer over unlike items.
+    #[arg(long)]
+    pub mmr_lambda: Option<f32>,
     /// Deadline in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub timeout_ms: u64,
@@ -89,13 +99,15 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
             include_seen: args.include_seen,
             ..Default::default()
         }),
-        diversity: args
-            .max_per_value
-            .clone()
-            .map(|(attribute, max_per_value)| Diversity {
+        filter_expression: args.filter.clone().unwrap_or_default(),
+        diversity: (args.max_per_value.is_some() || args.mmr_lambda.is_some()).then(|| {
+            let (attribute, max_per_value) = args.max_per_value.clone().unwrap_or_default();
+            Diversity {
                 attribute,
                 max_per_value,
-            }),
+                mmr_lambda: args.mmr_lambda,
+            }
+        }),
         session: (args.session || args.session_token.is_some()).then(|| SessionRequest {
             token: args.session_token.clone().unwrap_or_default(),
             mode: if args.next_page {

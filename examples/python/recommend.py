@@ -45,6 +45,20 @@ def main():
     parser.add_argument("--session-token", help="continue the session with this token (hex)")
     parser.add_argument("--next-page", action="store_true", help="with --session-token: the next page")
     parser.add_argument("--max-per-value", help="ATTRIBUTE=N: at most N items of one value (e.g. genre=2)")
+    parser.add_argument(
+        "--mmr-lambda",
+        type=float,
+        help="maximal marginal relevance on the item vectors: 1 keeps the ranking order, lower spreads the answer",
+    )
+    parser.add_argument(
+        "--filter",
+        help='only items whose attributes match, e.g. \'genre in ["Comedy", "Drama"] and year >= 1990\'',
+    )
+    parser.add_argument(
+        "--genre",
+        action="append",
+        help="only items of this genre (repeatable): the same filter built as a structured message",
+    )
     args = parser.parse_args()
     pb, rpc = load_stubs()
 
@@ -57,6 +71,15 @@ def main():
         attribute, _, count = args.max_per_value.partition("=")
         request.diversity.attribute = attribute
         request.diversity.max_per_value = int(count)
+    if args.mmr_lambda is not None:
+        request.diversity.mmr_lambda = args.mmr_lambda
+    if args.filter:
+        request.filter_expression = args.filter
+    if args.genre:
+        # The structured form: genre in [...], as messages rather than text.
+        request.filter.any_of.attribute = "genre"
+        for genre in args.genre:
+            request.filter.any_of.values.add(keyword=genre)
     if args.session or args.session_token:
         request.session.token = bytes.fromhex(args.session_token or "")
         request.session.mode = pb.SESSION_MODE_NEXT_PAGE if args.next_page else pb.SESSION_MODE_MERGE

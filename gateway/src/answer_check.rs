@@ -19,6 +19,7 @@
 //! large weights may overflow, and quarantining for it would let one caller
 //! take nodes out of routing.
 
+use recsys_bundle::attributes::{ItemAttributes, RowFilter};
 use recsys_bundle::shard_of;
 use recsys_proto::v1::{GetItemVectorResponse, RankResponse, SearchResponse};
 use rustc_hash::FxHashSet;
@@ -35,6 +36,10 @@ pub struct SearchExpectation<'a> {
     pub excluded: &'a [u64],
     /// The bundle version the gateway serves.
     pub version: &'a str,
+    /// With vectors asked for: their dimensions.
+    pub vectors: Option<usize>,
+    /// The request's filter: every item must match it.
+    pub filter: Option<(&'a ItemAttributes, &'a RowFilter)>,
 }
 
 /// Checks a shard's answer; see the module doc.
@@ -76,6 +81,31 @@ pub fn check_search(
         && let Some(excluded) = expected.excluded.iter().find(|id| seen.contains(id))
     {
         return Err(NodeFailure::ExcludedItem(*excluded));
+    }
+    if let Some((attributes, filter)) = expected.filter
+        && let Some(stray) = response
+            .item_ids
+            .iter()
+            .find(|id| !attributes.matches_id(filter, **id))
+    {
+        return Err(NodeFailure::Malformed(format!(
+            "item {stray} does not match the filter"
+        )));
+    }
+    if let Some(dimensions) = expected.vectors {
+        let wanted = response.item_ids.len() * dimensions;
+        if response.vectors.len() != wanted {
+            return Err(NodeFailure::Malformed(format!(
+                "{} vector values for {} items of {dimensions} dimensions",
+                response.vectors.len(),
+                response.item_ids.len()
+            )));
+        }
+        if response.vectors.iter().any(|v| !v.is_finite()) {
+            return Err(NodeFailure::Malformed(
+                "a vector value is not finite".into(),
+            ));
+        }
     }
     Ok(())
 }
@@ -163,6 +193,8 @@ mod tests {
             target: ONE_SHARD,
             excluded,
             version: "v1",
+            vectors: None,
+            filter: None,
         };
         check_search(response, &expected)
     }
@@ -261,6 +293,8 @@ mod tests {
             target,
             excluded: &[],
             version: "v1",
+            vectors: None,
+            filter: None,
         };
         assert!(check_search(&answer(vec![own], vec![0.5]), &expected).is_ok());
         let err = check_search(&answer(vec![own, foreign], vec![0.5, 0.4]), &expected).unwrap_err();

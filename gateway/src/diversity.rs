@@ -169,6 +169,7 @@ mod tests {
             &Diversity {
                 attribute: attribute.into(),
                 max_per_value: max,
+                mmr_lambda: None,
             },
             Some(&attributes()),
         )

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use recsys_bundle::attributes::{ItemAttributes, RowFilter};
 use recsys_discovery::NodeRecord;
 use recsys_proto::limits;
 use recsys_proto::v1::{
@@ -35,15 +36,24 @@ pub struct ShardTarget {
     pub shard_count: u32,
 }
 
+/// What a shard's answer must agree with besides the request itself.
+#[derive(Debug, Clone, Copy)]
+pub struct AnswerChecks<'a> {
+    /// The bundle version the request is answered by.
+    pub version: &'a str,
+    /// The request's filter, compiled against the bundle's attributes.
+    pub filter: Option<(&'a ItemAttributes, &'a RowFilter)>,
+}
+
 /// Asks a shard through its replicas until one answers with an answer that
-/// passes the checks (`answer_check`, against `version`), the retry is spent,
+/// passes the checks (`answer_check`, against `checks`), the retry is spent,
 /// or `deadline` passes.
 pub async fn search_shard(
     clients: &NodeChannels,
     target: ShardTarget,
     replicas: &[NodeRecord],
     request: SearchRequest,
-    version: &str,
+    checks: AnswerChecks<'_>,
     deadline: Instant,
     hedge_after: Option<std::time::Duration>,
 ) -> ShardAnswer {
@@ -53,7 +63,7 @@ pub async fn search_shard(
         target,
         replicas,
         request,
-        version,
+        checks,
         deadline,
         hedge_after,
     )
@@ -70,15 +80,25 @@ async fn search_replicas(
     target: ShardTarget,
     replicas: &[NodeRecord],
     request: SearchRequest,
-    version: &str,
+    checks: AnswerChecks<'_>,
     deadline: Instant,
     hedge_after: Option<std::time::Duration>,
 ) -> Result<SearchResponse, NodeFailure> {
+    let dimensions = request.query.len();
     let expected = SearchExpectation {
         target,
         excluded: &request.exclude_item_ids,
-        version,
+        version: checks.version,
+        vectors: request.return_vectors.then_some(dimensions),
+        filter: checks.filter,
     };
+    // Vectors, when asked for, make the answer larger by their size.
+    let max_bytes = SEARCH_RESPONSE_MAX_BYTES
+        + if request.return_vectors {
+            (request.k as usize).saturating_mul(dimensions) * 4 + 64
+        } else {
+            0
+        };
     call_replicas(
         clients,
         replicas,
@@ -88,7 +108,7 @@ async fn search_replicas(
             let mut grpc_request = tonic::Request::new(request.clone());
             grpc_request.set_timeout(remaining);
             let mut client = RetrievalServiceClient::new(node.channel.clone())
-                .max_decoding_message_size(SEARCH_RESPONSE_MAX_BYTES);
+                .max_decoding_message_size(max_bytes);
             async move { client.search(grpc_request).await }
         },
         |response| check_search(response, &expected),

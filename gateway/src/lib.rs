@@ -9,6 +9,7 @@
 mod answer_check;
 pub mod api_keys;
 mod apply_lag;
+mod attribute_filter;
 pub mod bundle_filter;
 pub mod bundle_state;
 pub mod catalog_overlay;
@@ -22,6 +23,7 @@ mod health_check;
 pub mod hex;
 pub mod merge;
 mod metrics;
+mod mmr;
 pub mod node_channels;
 mod node_failure;
 pub mod node_identity;

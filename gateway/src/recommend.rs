@@ -3,6 +3,7 @@
 //! [`GatewayError`]s and [`NodeFailure`]s; the gRPC mapping happens once, at the
 //! service edge (`service.rs`, through `GatewayError`'s `From`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,12 +21,15 @@ use tokio::time::Instant;
 
 use crate::GatewayError;
 use crate::answer_check::check_rank;
+use crate::attribute_filter::{RequestFilter, request_filter};
 use crate::bundle_state::{BundleState, ready_bundle};
 use crate::coverage::{degraded, finish};
 use crate::deadline::{Budget, plan};
 use crate::diversity::{CANDIDATES_PER_ITEM, Cap};
+use crate::fanout::AnswerChecks;
 use crate::fanout::{ShardTarget, call_replicas, search_shard};
 use crate::merge::{Candidate, TopK};
+use crate::mmr::{MAX_MMR_CANDIDATES, check_lambda};
 use crate::node_failure::NodeFailure;
 use crate::response_items::{continue_session, ranked_items, retrieval_items};
 use crate::service::Gateway;
@@ -59,6 +63,10 @@ struct RequestPlan {
     session: Option<SessionPlan>,
     /// The request's diversity cap, if any.
     cap: Option<Cap>,
+    /// The request's attribute filter.
+    filter: Option<RequestFilter>,
+    /// Maximal marginal relevance's λ, when asked for.
+    mmr: Option<f32>,
     view: Arc<ClusterView>,
     with_ranking: bool,
     budget: Budget,
@@ -69,6 +77,8 @@ struct RequestPlan {
 /// What the fan-out gathered.
 struct Retrieved {
     merged: Vec<Candidate>,
+    /// With MMR: the candidates' vectors.
+    vectors: HashMap<u64, Vec<f32>>,
     /// The highest change-log revision the answering shards had applied.
     log_revision: u64,
     coverage: Coverage,
@@ -145,11 +155,26 @@ impl Gateway {
         if with_ranking && let Some(inputs) = &bundle.ranker_inputs {
             check_ranker_kinds(&request.user_features, inputs)?;
         }
-        let cap = request
-            .diversity
-            .as_ref()
-            .map(|diversity| Cap::check(diversity, bundle.attributes.as_ref()))
+        let diversity = request.diversity.as_ref();
+        // A cap unless only MMR is asked for.
+        let cap = diversity
+            .filter(|d| !d.attribute.is_empty() || d.mmr_lambda.is_none())
+            .map(|d| Cap::check(d, bundle.attributes.as_ref()))
             .transpose()?;
+        let mmr = diversity
+            .and_then(|d| d.mmr_lambda)
+            .map(check_lambda)
+            .transpose()?;
+        if mmr.is_some() && checked.retrieve_k > MAX_MMR_CANDIDATES {
+            return Err(GatewayError::invalid(
+                "retrieve_k",
+                format!(
+                    "is {} with diversity.mmr_lambda, the limit is {MAX_MMR_CANDIDATES}",
+                    checked.retrieve_k
+                ),
+            ));
+        }
+        let filter = request_filter(request, bundle.attributes.as_ref())?;
         if request.retrieve_k == 0 {
             // Two stages by default: rank more candidates than are returned;
             // a cap passes over candidates, so have a few per item to give.
@@ -158,10 +183,15 @@ impl Gateway {
             if with_ranking {
                 wanted = wanted.max(policy.default_retrieve_k);
             }
-            if cap.is_some() {
+            if cap.is_some() || mmr.is_some() {
                 wanted = wanted.max(checked.k.saturating_mul(CANDIDATES_PER_ITEM));
             }
-            checked.retrieve_k = wanted.min(policy.limits.max_retrieve_k).max(checked.k);
+            let most = if mmr.is_some() {
+                policy.limits.max_retrieve_k.min(MAX_MMR_CANDIDATES)
+            } else {
+                policy.limits.max_retrieve_k
+            };
+            checked.retrieve_k = wanted.min(most).max(checked.k);
         }
         let exact_slot = if options.exact {
             Some(self.shared.exact_searches.try_start()?)
@@ -231,6 +261,8 @@ impl Gateway {
             seen_excluded: seen.len() as u32,
             session,
             cap,
+            filter,
+            mmr,
             with_ranking,
             budget: plan(timeout, with_ranking),
             view,
@@ -288,6 +320,12 @@ impl Gateway {
                     exact: plan.exact,
                     min_log_revision: plan.min_revision,
                     bundle_version: manifest.version.clone(),
+                    filter: plan
+                        .filter
+                        .as_ref()
+                        .map(|f| f.text.clone())
+                        .unwrap_or_default(),
+                    return_vectors: plan.mmr.is_some(),
                 };
                 let target = ShardTarget {
                     shard: shard as u32,
@@ -298,7 +336,14 @@ impl Gateway {
                     target,
                     replicas,
                     search,
-                    &manifest.version,
+                    AnswerChecks {
+                        version: &manifest.version,
+                        filter: plan
+                            .bundle
+                            .attributes
+                            .as_ref()
+                            .zip(plan.filter.as_ref().map(|f| &f.compiled)),
+                    },
                     deadline,
                     self.shared.policy.hedge_after,
                 )
@@ -316,10 +361,22 @@ impl Gateway {
         // Whether every shard that failed was refused under its admission limit.
         let mut all_overloaded = true;
         let mut log_revision = 0;
+        let mut vectors = HashMap::new();
+        let dimensions = plan.embedding.len();
         while let Some(answer) = pending.next().await {
             match answer.outcome {
                 Ok(response) => {
                     log_revision = log_revision.max(response.log_revision);
+                    if plan.mmr.is_some() && dimensions > 0 {
+                        // Checked: one row of `dimensions` per item.
+                        for (id, row) in response
+                            .item_ids
+                            .iter()
+                            .zip(response.vectors.chunks_exact(dimensions))
+                        {
+                            vectors.insert(*id, row.to_vec());
+                        }
+                    }
                     let candidates: Vec<Candidate> = response
                         .item_ids
                         .iter()
@@ -371,6 +428,7 @@ impl Gateway {
         }
         Ok(Retrieved {
             log_revision,
+            vectors,
             merged: top.into_sorted(),
             coverage,
             retrieval_us: retrieval_started.elapsed().as_micros() as u64,
@@ -463,10 +521,11 @@ fn respond(
         );
     }
     let catalog = &plan.bundle.names();
-    // With a cap, every candidate in order, then the cap picks k.
-    let listed = match plan.cap {
-        Some(_) => retrieved.merged.len() as u32,
-        None => plan.checked.k,
+    // With a cap or MMR, every candidate in order, then they pick k.
+    let listed = if plan.cap.is_some() || plan.mmr.is_some() {
+        retrieved.merged.len() as u32
+    } else {
+        plan.checked.k
     };
     let (items, model_version) = match &ranked {
         Some(response) => (
@@ -477,6 +536,18 @@ fn respond(
             retrieval_items(&retrieved.merged, listed, catalog),
             String::new(),
         ),
+    };
+    // MMR orders the candidates; a cap then picks k in that order.
+    let items = match plan.mmr {
+        Some(lambda) => {
+            let keep = if plan.cap.is_some() {
+                items.len()
+            } else {
+                plan.checked.k as usize
+            };
+            crate::mmr::reorder(items, &retrieved.vectors, lambda, keep)
+        }
+        None => items,
     };
     let (items, diversity_note) = match (&plan.cap, &plan.bundle.attributes) {
         (Some(cap), Some(attributes)) => cap.apply(items, plan.checked.k as usize, attributes),

@@ -116,8 +116,14 @@ pub const fn recommend_request_max_bytes() -> usize {
         + MAX_EXCLUSIONS * ID_WIRE_BYTES
         + MAX_SESSION_TOKEN_BYTES
         + MAX_ID_BYTES
+        + 3 * MAX_FILTER_BYTES
         + SLACK_BYTES
 }
+
+/// Longest attribute filter: its text form (`filter_expression`, or the
+/// structured `filter` written as text) in bytes; a structured filter's
+/// encoding may take twice that.
+pub const MAX_FILTER_BYTES: usize = 4096;
 
 /// Items a session token remembers: the newest, when pages add up past it.
 pub const MAX_SESSION_ITEMS: usize = 1000;
@@ -129,7 +135,10 @@ pub const MAX_SESSION_TOKEN_BYTES: usize = MAX_SESSION_ITEMS * 14 + MAX_VERSION_
 /// The largest valid `SearchRequest` for a node that takes `max_exclusions`
 /// excluded ids: a query of [`MAX_DIMENSIONS`] and the ids.
 pub const fn search_request_max_bytes(max_exclusions: usize) -> usize {
-    MAX_DIMENSIONS * FLOAT_WIRE_BYTES + max_exclusions.saturating_mul(ID_WIRE_BYTES) + SLACK_BYTES
+    MAX_DIMENSIONS * FLOAT_WIRE_BYTES
+        + max_exclusions.saturating_mul(ID_WIRE_BYTES)
+        + MAX_FILTER_BYTES
+        + SLACK_BYTES
 }
 
 /// The largest valid `RankRequest` for a node that takes `max_candidates`:
@@ -189,6 +198,23 @@ mod tests {
         features
     }
 
+    /// A structured filter as large as the gateway takes.
+    fn largest_filter() -> crate::v1::Filter {
+        use crate::v1::{AttributeEquals, AttributeLiteral, Filter, attribute_literal, filter};
+        let filter = |bytes| Filter {
+            kind: Some(filter::Kind::Equals(AttributeEquals {
+                attribute: "a".into(),
+                value: Some(AttributeLiteral {
+                    value: Some(attribute_literal::Value::Keyword("k".repeat(bytes))),
+                }),
+            })),
+        };
+        let overhead = filter(0).encoded_len() + 4;
+        let largest = filter(2 * MAX_FILTER_BYTES - overhead);
+        assert!(largest.encoded_len() <= 2 * MAX_FILTER_BYTES);
+        largest
+    }
+
     #[test]
     fn the_largest_valid_messages_fit_their_limits() {
         let request = RecommendRequest {
@@ -209,7 +235,12 @@ mod tests {
             diversity: Some(crate::v1::Diversity {
                 attribute: "a".repeat(MAX_ID_BYTES),
                 max_per_value: u32::MAX,
+                mmr_lambda: Some(1.0),
             }),
+            // The gateway takes a structured filter of up to twice
+            // MAX_FILTER_BYTES encoded, and the text besides.
+            filter: Some(largest_filter()),
+            filter_expression: "f".repeat(MAX_FILTER_BYTES),
         };
         assert!(request.encoded_len() <= recommend_request_max_bytes());
         let search = SearchRequest {
@@ -220,6 +251,8 @@ mod tests {
             exact: true,
             // Version names are at most 128 bytes (`recsys_bundle::root::MAX_VERSION_LEN`).
             bundle_version: "v".repeat(128),
+            filter: "f".repeat(MAX_FILTER_BYTES),
+            return_vectors: true,
         };
         assert!(search.encoded_len() <= search_request_max_bytes(MAX_EXCLUSIONS));
         let rank = RankRequest {
@@ -238,6 +271,11 @@ mod tests {
             bundle_version: "v".repeat(MAX_VERSION_BYTES),
             search_us: u64::MAX,
             log_revision: u64::MAX,
+            filter_matches: u64::MAX,
+            filter_scanned: true,
+            // Vectors come only when asked for; the gateway raises its limit
+            // for those calls by their size.
+            vectors: Vec::new(),
         };
         assert!(answer.encoded_len() <= search_response_max_bytes(MAX_RETRIEVE_K as usize));
     }

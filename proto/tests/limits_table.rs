@@ -41,6 +41,7 @@ fn the_readme_table_matches_the_code() {
         ),
         ("DEFAULT_TIMEOUT", secs(DEFAULT_TIMEOUT)),
         ("MAX_SESSION_ITEMS", MAX_SESSION_ITEMS.to_string()),
+        ("MAX_FILTER_BYTES", MAX_FILTER_BYTES.to_string()),
         (
             "MAX_SESSION_TOKEN_BYTES",
             MAX_SESSION_TOKEN_BYTES.to_string(),

@@ -34,6 +34,21 @@ impl Drop for Waiting {
     }
 }
 
+static FILTERED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "recsys_retrieval_filtered_searches_total",
+        "searches with an attribute filter, by shard and how the matching items were found (post_filter: an unfiltered search for k / share items, the matching kept; graph: the filter inside the HNSW traversal; scan: an exact scan of the matching items)",
+        &["shard", "path"],
+    )
+});
+
+/// A filtered search of `shard` ended, having taken `route`.
+pub fn filtered(shard: u32, route: &str) {
+    FILTERED
+        .with_label_values(&[shard.to_string().as_str(), route])
+        .inc();
+}
+
 /// A search of `shard` starts waiting for the pool.
 pub fn waiting(shard: u32) -> Waiting {
     let gauge = WAITING.with_label_values(&[shard.to_string().as_str()]);

@@ -4,9 +4,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use recsys_bundle::filter::Filter;
 use recsys_catalog_log::{CatchUp, ChangeLog};
 use recsys_discovery::{Unavailable, VersionPhase, VersionSet};
+use recsys_index::{AttributeFilter, Route, ShardAttributes};
 use recsys_proto::checks::check_embedding;
+use recsys_proto::limits::MAX_FILTER_BYTES;
 use recsys_proto::v1::{
     GetItemVectorRequest, GetItemVectorResponse, InfoRequest, InfoResponse, LoadStatus,
     SearchRequest, SearchResponse, VersionInfo, retrieval_service_server::RetrievalService,
@@ -147,7 +150,11 @@ impl RetrievalNodeService {
             exact,
             min_log_revision,
             bundle_version: _,
+            filter,
+            return_vectors,
         } = request;
+        let filter = checked_filter(&filter, served.attributes.as_deref())?;
+        let attributes = served.attributes.clone();
         self.caught_up(&served, min_log_revision, deadline).await?;
         exclude_item_ids.sort_unstable();
         exclude_item_ids.dedup();
@@ -175,7 +182,20 @@ impl RetrievalNodeService {
             if deadline.is_some_and(|deadline| deadline <= started) {
                 return None;
             }
-            let hits = searcher.search(&query, k as usize, &exclude_item_ids, exact);
+            let hits = match (&filter, &attributes) {
+                (Some(filter), Some(attributes)) => filtered_search(
+                    &searcher,
+                    &query,
+                    k,
+                    &exclude_item_ids,
+                    exact,
+                    filter,
+                    attributes,
+                ),
+                _ => searcher
+                    .search(&query, k as usize, &exclude_item_ids, exact)
+                    .map(|hits| (hits, None)),
+            };
             Some((hits, started.elapsed()))
         })
         .await
@@ -185,8 +205,16 @@ impl RetrievalNodeService {
             return Err(NodeError::DeadlineExceeded);
         };
         crate::metrics::search(index.shard(), exact, queued, elapsed);
-        let hits = hits?;
-        let (item_ids, scores) = hits.into_iter().unzip();
+        let (hits, filtered) = hits?;
+        if let Some((_, route)) = filtered {
+            crate::metrics::filtered(index.shard(), route.as_str());
+        }
+        let (item_ids, scores): (Vec<u64>, Vec<f32>) = hits.into_iter().unzip();
+        let vectors = if return_vectors {
+            stored_vectors(&live, &item_ids)?
+        } else {
+            Vec::new()
+        };
         Ok(SearchResponse {
             item_ids,
             scores,
@@ -196,6 +224,9 @@ impl RetrievalNodeService {
             search_us: elapsed.as_micros() as u64,
             // Read after the search: never lower than what the search saw.
             log_revision: live.revision(),
+            filter_matches: filtered.map_or(0, |(matches, _)| matches),
+            filter_scanned: filtered.is_some_and(|(_, route)| route == Route::Scan),
+            vectors,
         })
     }
 
@@ -218,6 +249,60 @@ impl RetrievalNodeService {
             log_revision: live.revision(),
         })
     }
+}
+
+/// The vectors of `ids` as the shard serves them, row after row. An id the
+/// search just returned that is gone now (deleted meanwhile) gets zeros.
+fn stored_vectors(live: &recsys_index::LiveShard, ids: &[u64]) -> Result<Vec<f32>, NodeError> {
+    let dimensions = live.base().dimensions();
+    let mut vectors = Vec::with_capacity(ids.len() * dimensions);
+    for id in ids {
+        match live.vector(*id)? {
+            Some(vector) => vectors.extend(vector),
+            None => vectors.extend(std::iter::repeat_n(0.0, dimensions)),
+        }
+    }
+    Ok(vectors)
+}
+
+/// A search's filter parsed and checked against the shard's attributes:
+/// `None` without one, `INVALID_ARGUMENT` naming the filter's problem (and the
+/// attribute) for one that cannot be used here.
+fn checked_filter(
+    text: &str,
+    attributes: Option<&ShardAttributes>,
+) -> Result<Option<Filter>, NodeError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let filter = Filter::parse(text).map_err(|e| NodeError::invalid("filter", e.to_string()))?;
+    let attributes = attributes
+        .ok_or_else(|| NodeError::invalid("filter", "the bundle has no item attributes"))?;
+    filter
+        .check(&|name| attributes.attributes().type_of(name))
+        .map_err(|e| NodeError::invalid("filter", e.to_string()))?;
+    Ok(Some(filter))
+}
+
+/// The hits of a filtered search, with the estimated matches and the way the
+/// search took.
+type FilteredAnswer = (Vec<recsys_index::Hit>, Option<(u64, Route)>);
+
+/// [`LiveShard::search_filtered`] with a checked filter.
+fn filtered_search(
+    shard: &recsys_index::LiveShard,
+    query: &[f32],
+    k: u32,
+    excluded: &[u64],
+    exact: bool,
+    filter: &Filter,
+    attributes: &ShardAttributes,
+) -> Result<FilteredAnswer, recsys_index::SearchError> {
+    let filter = AttributeFilter::new(attributes, filter)
+        .map_err(|e| recsys_index::SearchError::Usearch(format!("filter: {e}")))?;
+    let matches = filter.estimated_matches().round() as u64;
+    let answer = shard.search_filtered(query, k as usize, excluded, exact, &filter)?;
+    Ok((answer.hits, Some((matches, answer.route))))
 }
 
 /// Checks a request against the index and the limits; errors name the field and the limit.
@@ -245,6 +330,15 @@ pub fn validate(
         return Err(NodeError::invalid(
             "k",
             format!("is {}, must be between 1 and {}", request.k, limits.max_k),
+        ));
+    }
+    if request.filter.len() > MAX_FILTER_BYTES {
+        return Err(NodeError::invalid(
+            "filter",
+            format!(
+                "is {} bytes, the limit is {MAX_FILTER_BYTES}",
+                request.filter.len()
+            ),
         ));
     }
     if request.exclude_item_ids.len() > limits.max_exclusions {
@@ -347,6 +441,7 @@ mod tests {
             k,
             exclude_item_ids: (0..excluded as u64).collect(),
             exact: false,
+            ..Default::default()
         }
     }
 

@@ -14,7 +14,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use recsys_bundle::{BundleError, BundleSource};
+use recsys_bundle::attributes::ItemAttributes;
+use recsys_bundle::sharding::shard_of;
+use recsys_bundle::{BundleError, BundleSource, Manifest};
 use recsys_catalog_log::ChangeLog;
 use recsys_discovery::versions::drive;
 use recsys_discovery::{
@@ -24,6 +26,7 @@ use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::{LiveShard, LoadMode, ShardIndex};
+use recsys_index::ShardAttributes;
 
 /// One version of the shard, as served.
 #[derive(Debug)]
@@ -35,6 +38,9 @@ pub struct ServedShard {
     /// Whether the version has a ranker (a gateway then needs ranking nodes of
     /// it too before it switches).
     pub has_ranker: bool,
+    /// The attributes of the shard's items, when the bundle has them: what
+    /// filtered searches test, with the vector blocks of their values.
+    pub attributes: Option<Arc<ShardAttributes>>,
     /// Stops following the change log when the version is dropped.
     _follow: Option<DropGuard>,
     /// Keeps the version's files in the bundle cache (a root in an object
@@ -46,7 +52,7 @@ pub struct ServedShard {
 /// it: a torn, truncated or flipped file is refused here, naming the file, before
 /// usearch maps a byte of it. Reading the file through also brings it into the
 /// page cache that `view` and `packed` then map.
-fn open_verified(dir: &Path, shard: u32, mode: LoadMode) -> Result<(LiveShard, bool), BundleError> {
+fn open_verified(dir: &Path, shard: u32, mode: LoadMode) -> Result<Opened, BundleError> {
     let manifest = recsys_bundle::Manifest::load(dir)?;
     let report = recsys_bundle::verify_files(dir, &manifest, recsys_bundle::FileSet::Shard(shard))?;
     tracing::info!(
@@ -60,7 +66,38 @@ fn open_verified(dir: &Path, shard: u32, mode: LoadMode) -> Result<(LiveShard, b
     // Changes applied on top start after the revision the version contains.
     let live = LiveShard::new(index, manifest.log_revision)
         .map_err(|e| BundleError::index(dir.join(recsys_bundle::shard_file(shard)), e))?;
-    Ok((live, manifest.ranker.is_some()))
+    // The whole file is checked; only this shard's rows are kept.
+    let shard_count = manifest.shard_count;
+    let attributes = match &manifest.attributes {
+        Some(file) => {
+            let path = Manifest::resolve(dir, file);
+            let rows = ItemAttributes::load_where(&path, |id| shard_of(id, shard_count) == shard)?;
+            let started = std::time::Instant::now();
+            let attributes = ShardAttributes::new(rows, live.base())
+                .map_err(|e| BundleError::index(&path, e))?;
+            tracing::info!(
+                shard,
+                blocks = attributes.blocks().len(),
+                block_items = attributes.blocks().items(),
+                ms = started.elapsed().as_millis() as u64,
+                "attribute value blocks built"
+            );
+            Some(Arc::new(attributes))
+        }
+        None => None,
+    };
+    Ok(Opened {
+        live,
+        has_ranker: manifest.ranker.is_some(),
+        attributes,
+    })
+}
+
+/// A version's shard as [`open_verified`] opened it.
+struct Opened {
+    live: LiveShard,
+    has_ranker: bool,
+    attributes: Option<Arc<ShardAttributes>>,
 }
 
 /// What [`start`] needs.
@@ -162,7 +199,11 @@ pub async fn start(
     let follow_shutdown = shutdown.clone();
     let load = move |version: &str| -> Result<ServedShard, BundleError> {
         let located = source.locate(version)?;
-        let (live, has_ranker) = open_verified(&located.dir, shard, mode)?;
+        let Opened {
+            live,
+            has_ranker,
+            attributes,
+        } = open_verified(&located.dir, shard, mode)?;
         let live = Arc::new(live);
         let (applied, applied_now) = watch::channel(live.revision());
         let follow = change_log.as_ref().map(|log| {
@@ -181,6 +222,7 @@ pub async fn start(
             live,
             applied: applied_now,
             has_ranker,
+            attributes,
             _follow: follow,
             _pin: located.pin,
         })

@@ -49,6 +49,36 @@ impl TestBundle {
     pub fn reference(&self, query: &[f32], excluded: &[u64]) -> Vec<(u64, f64)> {
         brute_force(&self.catalog, query, excluded)
     }
+
+    /// Each item's entry of `values` (one per item row, as the catalog's
+    /// `item_cluster` and `item_quality`), by item id.
+    pub fn by_item<T: Copy>(&self, values: &[T]) -> std::collections::HashMap<u64, T> {
+        self.catalog
+            .items
+            .ids
+            .iter()
+            .copied()
+            .zip(values.iter().copied())
+            .collect()
+    }
+
+    /// The catalog's ground truth as an attributes file: each item's
+    /// `topic:keyword` (its cluster, as `topic-N`) and `quality:integer`, after
+    /// the columns `extra` (headers, tab-separated) whose cells `cells` writes.
+    pub fn topic_and_quality_tsv(&self, extra: &str, cells: impl Fn(u64) -> String) -> String {
+        let catalog = &self.catalog;
+        let mut tsv = format!("id\t{extra}topic:keyword\tquality:integer\n");
+        for ((id, topic), quality) in catalog
+            .items
+            .ids
+            .iter()
+            .zip(&catalog.item_cluster)
+            .zip(&catalog.item_quality)
+        {
+            tsv.push_str(&format!("{id}\t{}topic-{topic}\t{quality}\n", cells(*id)));
+        }
+        tsv
+    }
 }
 
 /// Every item of `catalog` scored in f64 (inner product) against `query`, best
@@ -233,6 +263,15 @@ pub fn full_coverage(response: &RecommendResponse, shards: u32) -> bool {
 /// Item ids of a response, in order.
 pub fn ids(response: &RecommendResponse) -> Vec<u64> {
     response.items.iter().map(|item| item.item_id).collect()
+}
+
+/// Adds `tsv` to `bundle` as its item attributes (`attributes.tsv`), sealed
+/// into the manifest as `recsys bundle --attributes` does.
+pub fn add_attributes(bundle: &TestBundle, tsv: &str) {
+    std::fs::write(bundle.path().join("attributes.tsv"), tsv).unwrap();
+    let mut manifest = recsys_bundle::Manifest::load(bundle.path()).unwrap();
+    manifest.attributes = Some("attributes.tsv".into());
+    recsys_bundle_builder::seal(bundle.path(), &mut manifest).unwrap();
 }
 
 /// A bundle built once per test process under `root` (an integration test passes

@@ -235,6 +235,7 @@ impl RetrievalService for GatedShard {
             bundle_version: self.bundle_version.to_string(),
             search_us: 0,
             log_revision: 0,
+            ..Default::default()
         }))
     }
 
@@ -356,6 +357,7 @@ impl RetrievalService for LyingShard {
             bundle_version,
             search_us: 1,
             log_revision: 0,
+            ..Default::default()
         }))
     }
 

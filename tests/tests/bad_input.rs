@@ -25,7 +25,8 @@ use std::time::Duration;
 use prost::Message;
 use recsys_local_cluster::ServerProcess;
 use recsys_proto::limits::{
-    MAX_EXCLUSIONS, MAX_ID_BYTES, MAX_K, MAX_LIST_VALUES, MAX_RETRIEVE_K, MAX_USER_FEATURES,
+    MAX_EXCLUSIONS, MAX_FILTER_BYTES, MAX_ID_BYTES, MAX_K, MAX_LIST_VALUES, MAX_RETRIEVE_K,
+    MAX_USER_FEATURES,
 };
 use recsys_proto::v1::gateway_service_client::GatewayServiceClient;
 use recsys_proto::v1::ranking_service_client::RankingServiceClient;
@@ -54,6 +55,8 @@ trait Adversarial {
     fn string(&mut self) -> String;
     fn features(&mut self) -> std::collections::HashMap<String, FeatureValue>;
     fn embedding(&mut self) -> Vec<f32>;
+    fn filter(&mut self, depth: u32) -> recsys_proto::v1::Filter;
+    fn expression(&mut self) -> String;
     fn recommend(&mut self) -> RecommendRequest;
     fn search(&mut self) -> SearchRequest;
     fn rank(&mut self) -> RankRequest;
@@ -145,6 +148,92 @@ impl Adversarial for Noise {
             .collect()
     }
 
+    /// A structured filter: deep, wide, empty, with odd values.
+    fn filter(&mut self, depth: u32) -> recsys_proto::v1::Filter {
+        use recsys_proto::v1::{
+            AttributeAnyOf, AttributeEquals, AttributeLiteral, AttributeRange, Filter, FilterList,
+            attribute_literal::Value, filter::Kind,
+        };
+        // Names and keywords stay small (a filter over the decoders' limits is
+        // refused before it is read), but some pass the id limit.
+        let word = |noise: &mut Self| {
+            let len = noise.pick(&[0, 1, 8, MAX_ID_BYTES + 1]);
+            "g".repeat(len)
+        };
+        let literal = |noise: &mut Self| AttributeLiteral {
+            value: match noise.below(5) {
+                0 => Some(Value::Keyword(word(noise))),
+                1 => Some(Value::Integer(noise.next_u64() as i64)),
+                2 => Some(Value::Number(f64::from(noise.float()))),
+                3 => Some(Value::Boolean(true)),
+                _ => None,
+            },
+        };
+        if depth == 0 && self.below(10) == 0 {
+            // A chain past the depth limit.
+            return (0..self.pick(&[31u32, 32, 33, 200])).fold(
+                Filter {
+                    kind: Some(Kind::Range(AttributeRange::default())),
+                },
+                |inner, _| Filter {
+                    kind: Some(Kind::Negated(Box::new(inner))),
+                },
+            );
+        }
+        // Lists only near the top, so a filter stays small.
+        let choice = if depth > 3 {
+            self.below(3)
+        } else {
+            self.below(7)
+        };
+        let kind = match choice {
+            0 => Some(Kind::Equals(AttributeEquals {
+                attribute: word(self),
+                value: Some(literal(self)),
+            })),
+            1 => Some(Kind::AnyOf(AttributeAnyOf {
+                attribute: word(self),
+                values: (0..self.count(3)).map(|_| literal(self)).collect(),
+            })),
+            2 => Some(Kind::Range(AttributeRange {
+                attribute: word(self),
+                min: Some(f64::from(self.float())),
+                max: (self.below(2) == 0).then(|| f64::from(self.float())),
+                min_exclusive: self.below(2) == 0,
+                max_exclusive: false,
+            })),
+            3 => Some(Kind::Negated(Box::new(self.filter(depth + 1)))),
+            4 => Some(Kind::All(FilterList {
+                filters: (0..self.count(4)).map(|_| self.filter(depth + 1)).collect(),
+            })),
+            5 => Some(Kind::Any(FilterList {
+                filters: (0..self.count(4)).map(|_| self.filter(depth + 1)).collect(),
+            })),
+            _ => None,
+        };
+        Filter { kind }
+    }
+
+    /// A text filter: valid, cut short, nested too deep, just over the size
+    /// limit (a request far over the decoders' limits is refused before it is
+    /// read, and that answer is pinned elsewhere), or noise.
+    fn expression(&mut self) -> String {
+        match self.below(5) {
+            0 => String::new(),
+            1 => r#"genre in ["Comedy", "Drama"] and year >= 1990"#.into(),
+            2 => "(".repeat(self.pick(&[1, 33, MAX_FILTER_BYTES + 1])),
+            3 => "year >= ".into(),
+            _ => {
+                let len = self.pick(&[1, 8, 64, MAX_FILTER_BYTES, MAX_FILTER_BYTES + 1]);
+                // Printable ASCII: exactly `len` bytes.
+                self.bytes(len)
+                    .iter()
+                    .map(|b| char::from(b % 95 + 32))
+                    .collect()
+            }
+        }
+    }
+
     fn recommend(&mut self) -> RecommendRequest {
         let query = match self.below(3) {
             0 => Some(recommend_request::Query::UserId(self.string())),
@@ -174,7 +263,14 @@ impl Adversarial for Noise {
             diversity: (self.below(4) == 0).then(|| recsys_proto::v1::Diversity {
                 attribute: self.string(),
                 max_per_value: self.pick(&[0, 1, 2, u32::MAX]),
+                mmr_lambda: self.pick(&[None, Some(0.5), Some(1.0), Some(-1.0), Some(f32::NAN)]),
             }),
+            filter: (self.below(6) == 0).then(|| self.filter(0)),
+            filter_expression: if self.below(4) == 0 {
+                self.expression()
+            } else {
+                String::new()
+            },
             // A token of random bytes (never a valid signature), or none.
             session: (self.below(4) == 0).then(|| recsys_proto::v1::SessionRequest {
                 token: {
@@ -194,6 +290,12 @@ impl Adversarial for Noise {
             k: self.pick(&[0, 1, 10, MAX_RETRIEVE_K, MAX_RETRIEVE_K + 1, u32::MAX]),
             exclude_item_ids: (0..self.count(MAX_EXCLUSIONS)).map(|_| self.id()).collect(),
             exact: self.below(8) == 0,
+            filter: if self.below(4) == 0 {
+                self.expression()
+            } else {
+                String::new()
+            },
+            return_vectors: self.below(4) == 0,
         }
     }
 

@@ -101,6 +101,7 @@ async fn exact_top(addr: SocketAddr, query: &[f32], k: u32, revision: u64) -> Ve
                 exact: true,
                 min_log_revision: revision,
                 bundle_version: String::new(),
+                ..Default::default()
             };
             if let Ok(answer) = client.search(request).await {
                 return answer.into_inner().item_ids;

@@ -10,7 +10,6 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use recsys_bundle::Manifest;
 use recsys_local_cluster::{LocalCluster, LocalClusterOptions};
 use recsys_proto::v1::{Diversity, RecommendRequest};
 use recsys_tests::*;
@@ -23,21 +22,8 @@ fn bundle() -> &'static TestBundle {
         let bundle = shared_bundle(&root, 5_000, 2, 43);
         // The catalog's ground truth as attributes, added and sealed as
         // `recsys bundle --attributes` does.
-        let catalog = &bundle.catalog;
-        let mut tsv = String::from("id\ttopic:keyword\tquality:integer\n");
-        for ((id, topic), quality) in catalog
-            .items
-            .ids
-            .iter()
-            .zip(&catalog.item_cluster)
-            .zip(&catalog.item_quality)
-        {
-            tsv.push_str(&format!("{id}\ttopic-{topic}\t{quality}\n"));
-        }
-        std::fs::write(bundle.path().join("attributes.tsv"), tsv).unwrap();
-        let mut manifest = Manifest::load(bundle.path()).unwrap();
-        manifest.attributes = Some("attributes.tsv".into());
-        recsys_bundle_builder::seal(bundle.path(), &mut manifest).unwrap();
+        let tsv = bundle.topic_and_quality_tsv("", |_| String::new());
+        add_attributes(&bundle, &tsv);
         bundle
     })
 }
@@ -47,6 +33,7 @@ fn capped(user: &str, k: u32, attribute: &str, max: u32) -> RecommendRequest {
         diversity: Some(Diversity {
             attribute: attribute.into(),
             max_per_value: max,
+            mmr_lambda: None,
         }),
         ..ranked(user, k, 0)
     }
@@ -55,22 +42,8 @@ fn capped(user: &str, k: u32, attribute: &str, max: u32) -> RecommendRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caps_hold_in_ranked_answers_and_a_short_answer_says_why() {
     let bundle = bundle();
-    let quality: HashMap<u64, u8> = bundle
-        .catalog
-        .items
-        .ids
-        .iter()
-        .copied()
-        .zip(bundle.catalog.item_quality.iter().copied())
-        .collect();
-    let topic: HashMap<u64, u32> = bundle
-        .catalog
-        .items
-        .ids
-        .iter()
-        .copied()
-        .zip(bundle.catalog.item_cluster.iter().copied())
-        .collect();
+    let quality = bundle.by_item(&bundle.catalog.item_quality);
+    let topic = bundle.by_item(&bundle.catalog.item_cluster);
     let cluster = LocalCluster::start(LocalClusterOptions::new(bundle.path()))
         .await
         .unwrap();
@@ -146,6 +119,103 @@ async fn caps_hold_in_ranked_answers_and_a_short_answer_says_why() {
         let status = recommend(&mut client, request, Duration::from_secs(5))
             .await
             .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(words), "{}", status.message());
+    }
+    cluster.shutdown().await.unwrap();
+}
+
+/// The mean cosine similarity of every pair of `ids`' vectors.
+fn mean_similarity(bundle: &TestBundle, ids: &[u64]) -> f64 {
+    let row = |id: u64| {
+        let position = bundle
+            .catalog
+            .items
+            .ids
+            .iter()
+            .position(|i| *i == id)
+            .unwrap();
+        let v: Vec<f64> = bundle
+            .catalog
+            .items
+            .row(position)
+            .iter()
+            .map(|x| f64::from(*x))
+            .collect();
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        v.into_iter().map(|x| x / norm).collect::<Vec<f64>>()
+    };
+    let vectors: Vec<Vec<f64>> = ids.iter().map(|id| row(*id)).collect();
+    let mut sum = 0.0;
+    let mut pairs = 0;
+    for i in 0..vectors.len() {
+        for j in i + 1..vectors.len() {
+            sum += vectors[i]
+                .iter()
+                .zip(&vectors[j])
+                .map(|(a, b)| a * b)
+                .sum::<f64>();
+            pairs += 1;
+        }
+    }
+    sum / f64::from(pairs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maximal_marginal_relevance_spreads_the_answer_over_unlike_items() {
+    let bundle = bundle();
+    let cluster = LocalCluster::start(LocalClusterOptions::new(bundle.path()))
+        .await
+        .unwrap();
+    let mut client = gateway_client(cluster.gateway_addr).await;
+    let timeout = Duration::from_secs(5);
+    let mmr = |user: &str, lambda: f32| RecommendRequest {
+        diversity: Some(Diversity {
+            attribute: String::new(),
+            max_per_value: 0,
+            mmr_lambda: Some(lambda),
+        }),
+        ..ranked(user, 10, 40)
+    };
+    let (mut plain_similarity, mut mmr_similarity) = (0.0, 0.0);
+    for user in bundle.catalog.users.ids().iter().take(6) {
+        let plain = recommend(&mut client, ranked(user, 10, 40), timeout)
+            .await
+            .unwrap();
+        // λ = 1 is the ranking order.
+        let same = recommend(&mut client, mmr(user, 1.0), timeout)
+            .await
+            .unwrap();
+        assert_eq!(ids(&same), ids(&plain), "{user}");
+        let spread = recommend(&mut client, mmr(user, 0.3), timeout)
+            .await
+            .unwrap();
+        assert!(spread.ranked);
+        assert_eq!(spread.items.len(), 10);
+        assert_eq!(spread.items[0].item_id, plain.items[0].item_id, "{user}");
+        let mut distinct = ids(&spread);
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 10);
+        plain_similarity += mean_similarity(bundle, &ids(&plain));
+        mmr_similarity += mean_similarity(bundle, &ids(&spread));
+    }
+    assert!(
+        mmr_similarity < plain_similarity,
+        "MMR {mmr_similarity} vs plain {plain_similarity}"
+    );
+    let user = bundle.catalog.users.ids()[0].clone();
+    for (request, words) in [
+        (mmr(&user, 1.5), "diversity.mmr_lambda"),
+        (
+            RecommendRequest {
+                retrieve_k: 2_000,
+                ..mmr(&user, 0.5)
+            },
+            "retrieve_k: is 2000 with diversity.mmr_lambda",
+        ),
+    ] {
+        let status = recommend(&mut client, request, timeout).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         assert!(status.message().contains(words), "{}", status.message());
     }

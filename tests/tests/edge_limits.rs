@@ -350,6 +350,7 @@ async fn oversized_and_undecodable_requests_are_refused_before_decoding() {
             k: 10,
             exclude_item_ids: four_mebibytes_of_ids(),
             exact: false,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -409,6 +410,7 @@ async fn random_and_bit_flipped_requests_get_no_internal_and_no_broken_answer() 
         k: 20,
         exclude_item_ids: ids_on(1).into_iter().take(5).collect(),
         exact: false,
+        ..Default::default()
     }
     .encode_to_vec();
     let mut noise = Noise(0x9e37_79b9_7f4a_7c15);

@@ -61,6 +61,7 @@ async fn top(addr: SocketAddr, query: &[f32], k: u32) -> Option<Vec<u64>> {
         k,
         exclude_item_ids: Vec::new(),
         exact: false,
+        ..Default::default()
     };
     client
         .search(request)

@@ -111,6 +111,7 @@ async fn search(addr: SocketAddr, query: &[f32], k: u32, revision: u64) -> (Vec<
         min_log_revision: revision,
         // The replica's primary version.
         bundle_version: String::new(),
+        ..Default::default()
     });
     request.set_timeout(Duration::from_secs(10));
     let answer = retrieval_client(addr)

@@ -30,7 +30,20 @@ fn bundle() -> &'static TestBundle {
     static BUNDLE: OnceLock<TestBundle> = OnceLock::new();
     BUNDLE.get_or_init(|| {
         let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-example");
-        shared_bundle(&root, 5_000, 2, 23)
+        let bundle = shared_bundle(&root, 5_000, 2, 23);
+        // Each item's topic as its one genre, for the example's filters.
+        let mut tsv = String::from("id\tgenre:keyword_list\n");
+        for (id, topic) in bundle
+            .catalog
+            .items
+            .ids
+            .iter()
+            .zip(&bundle.catalog.item_cluster)
+        {
+            tsv.push_str(&format!("{id}\ttopic-{topic}\n"));
+        }
+        add_attributes(&bundle, &tsv);
+        bundle
     })
 }
 
@@ -193,6 +206,59 @@ async fn the_python_example_prints_a_ranked_answer_for_a_user_and_k() {
         page_two.iter().all(|id| !page_one.contains(id)),
         "{first}\n{second}"
     );
+
+    // Filters, as text and as the structured message: only matching items.
+    let genre = bundle.by_item(&bundle.catalog.item_cluster);
+    for (extra, allowed) in [
+        (vec!["--filter", "genre = \"topic-1\""], vec![1u32]),
+        (vec!["--genre", "topic-2", "--genre", "topic-3"], vec![2, 3]),
+    ] {
+        let args = [base.clone(), extra.iter().map(|s| s.to_string()).collect()].concat();
+        let (ok, stdout, stderr) = run(args).await.unwrap();
+        assert!(ok, "{extra:?}: {stdout}\n{stderr}");
+        let printed = items(&stdout);
+        assert_eq!(printed.len(), 5, "{extra:?}: {stdout}");
+        assert!(
+            printed.iter().all(|id| allowed.contains(&genre[id])),
+            "{extra:?}: {stdout}"
+        );
+    }
+
+    // Similar items (never the item itself), a cap, and MMR.
+    let item = page_one[0];
+    let (ok, stdout, stderr) = run(vec![
+        "--gateway".into(),
+        gateway.clone(),
+        "--similar-to".into(),
+        item.to_string(),
+        "-k".into(),
+        "5".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(ok, "{stdout}\n{stderr}");
+    let similar = items(&stdout);
+    assert_eq!(similar.len(), 5, "{stdout}");
+    assert!(!similar.contains(&item), "{stdout}");
+    let (ok, stdout, stderr) = run([
+        base.clone(),
+        vec!["--max-per-value".into(), "genre=1".into()],
+    ]
+    .concat())
+    .await
+    .unwrap();
+    assert!(ok, "{stdout}\n{stderr}");
+    let capped = items(&stdout);
+    let mut genres: Vec<u32> = capped.iter().map(|id| genre[id]).collect();
+    genres.sort_unstable();
+    genres.dedup();
+    assert_eq!(genres.len(), capped.len(), "one per genre: {stdout}");
+    let (ok, stdout, stderr) =
+        run([base.clone(), vec!["--mmr-lambda".into(), "0.3".into()]].concat())
+            .await
+            .unwrap();
+    assert!(ok, "{stdout}\n{stderr}");
+    assert_eq!(items(&stdout).len(), 5, "{stdout}");
 
     // A bad request prints the gateway's reason, naming the field.
     let (ok, _, stderr) = tokio::task::spawn_blocking({
