@@ -353,30 +353,39 @@ impl Builder {
             return Err(format!("item {id} is listed twice"));
         }
         let row = u32::try_from(self.ids.len()).map_err(|_| "more than 2^32 items".to_string())?;
-        let kept = keep(id);
-        if kept {
-            self.rows.insert(id, row);
-            self.ids.push(id);
+        // Every row is checked, kept or not.
+        let values = self
+            .schema
+            .iter()
+            .zip(&cells)
+            .map(|((name, kind), cell)| parse_cell(name, *kind, cell))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !keep(id) {
+            return Ok(());
         }
-        if !kept {
-            return check_cells(&self.schema, &cells);
-        }
-        for (index, cell) in cells.into_iter().enumerate() {
-            let name = &self.schema[index].0;
-            let bad = |kind: &str| format!("attribute {name:?}: {cell:?} is not {kind}");
-            match &mut self.columns[index] {
-                Column::Keyword { dictionary, codes } => codes.push(if cell.is_empty() {
-                    None
-                } else {
-                    Some(code(&mut self.codes[index], dictionary, cell))
-                }),
-                Column::KeywordList {
-                    offsets,
-                    values,
-                    codes,
-                    dictionary,
-                } => {
-                    for keyword in cell.split('|').filter(|k| !k.is_empty()) {
+        self.rows.insert(id, row);
+        self.ids.push(id);
+        for (index, value) in values.into_iter().enumerate() {
+            match (&mut self.columns[index], value) {
+                (Column::Keyword { dictionary, codes }, Cell::Text(cell)) => {
+                    codes.push(Some(code(&mut self.codes[index], dictionary, cell)));
+                }
+                (Column::Keyword { codes, .. }, _) => codes.push(None),
+                (
+                    Column::KeywordList {
+                        offsets,
+                        values,
+                        codes,
+                        dictionary,
+                    },
+                    cell,
+                ) => {
+                    let text = if let Cell::Text(text) = cell {
+                        text
+                    } else {
+                        ""
+                    };
+                    for keyword in text.split('|').filter(|k| !k.is_empty()) {
                         values.push(keyword.to_string());
                         codes.push(code(&mut self.codes[index], dictionary, keyword));
                     }
@@ -384,25 +393,17 @@ impl Builder {
                         .map_err(|_| "more than 2^32 keywords in one column".to_string())?;
                     offsets.push(end);
                 }
-                Column::Integer(values) => values.push(if cell.is_empty() {
-                    None
-                } else {
-                    Some(cell.parse().map_err(|_| bad("an integer"))?)
+                (Column::Integer(values), cell) => values.push(match cell {
+                    Cell::Integer(v) => Some(v),
+                    _ => None,
                 }),
-                Column::Float(values) => values.push(if cell.is_empty() {
-                    None
-                } else {
-                    let value: f64 = cell.parse().map_err(|_| bad("a number"))?;
-                    if !value.is_finite() {
-                        return Err(bad("a finite number"));
-                    }
-                    Some(value)
+                (Column::Float(values), cell) => values.push(match cell {
+                    Cell::Float(v) => Some(v),
+                    _ => None,
                 }),
-                Column::Boolean(values) => values.push(match cell {
-                    "" => None,
-                    "true" => Some(true),
-                    "false" => Some(false),
-                    _ => return Err(bad("true or false")),
+                (Column::Boolean(values), cell) => values.push(match cell {
+                    Cell::Boolean(v) => Some(v),
+                    _ => None,
                 }),
             }
         }
@@ -425,32 +426,37 @@ impl Builder {
     }
 }
 
-/// Checks the cells of a row that is not kept, as [`Builder::row`] would.
-fn check_cells(schema: &[(String, AttributeType)], cells: &[&str]) -> Result<(), String> {
-    for ((name, kind), cell) in schema.iter().zip(cells) {
-        if cell.is_empty() {
-            continue;
-        }
-        let bad = |what: &str| format!("attribute {name:?}: {cell:?} is not {what}");
-        match kind {
-            AttributeType::Keyword | AttributeType::KeywordList => {}
-            AttributeType::Integer => {
-                cell.parse::<i64>().map_err(|_| bad("an integer"))?;
-            }
-            AttributeType::Float => {
-                let value: f64 = cell.parse().map_err(|_| bad("a number"))?;
-                if !value.is_finite() {
-                    return Err(bad("a finite number"));
-                }
-            }
-            AttributeType::Boolean => {
-                if *cell != "true" && *cell != "false" {
-                    return Err(bad("true or false"));
-                }
-            }
-        }
+/// One cell of the file, read as its column's type says.
+enum Cell<'a> {
+    Missing,
+    Text(&'a str),
+    Integer(i64),
+    Float(f64),
+    Boolean(bool),
+}
+
+/// Reads `cell` of attribute `name` of type `kind`; an empty cell is missing.
+fn parse_cell<'a>(name: &str, kind: AttributeType, cell: &'a str) -> Result<Cell<'a>, String> {
+    if cell.is_empty() {
+        return Ok(Cell::Missing);
     }
-    Ok(())
+    let bad = |what: &str| format!("attribute {name:?}: {cell:?} is not {what}");
+    Ok(match kind {
+        AttributeType::Keyword | AttributeType::KeywordList => Cell::Text(cell),
+        AttributeType::Integer => Cell::Integer(cell.parse().map_err(|_| bad("an integer"))?),
+        AttributeType::Float => {
+            let value: f64 = cell.parse().map_err(|_| bad("a number"))?;
+            if !value.is_finite() {
+                return Err(bad("a finite number"));
+            }
+            Cell::Float(value)
+        }
+        AttributeType::Boolean => match cell {
+            "true" => Cell::Boolean(true),
+            "false" => Cell::Boolean(false),
+            _ => return Err(bad("true or false")),
+        },
+    })
 }
 
 /// Calls its second argument with each code one row holds.
@@ -532,92 +538,4 @@ fn code(codes: &mut HashMap<String, u32>, dictionary: &mut Vec<String>, value: &
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::filter::Filter;
-
-    const TSV: &str = "id\tgenre:keyword_list\tyear:integer\trating:float\tin_stock:boolean\tlanguage:keyword\n\
-        42\tComedy|Romance\t1994\t4.5\ttrue\ten\n\
-        43\t\t1990\t\tfalse\tfr\n\
-        44\tDrama\t2001\t3.0\t\ten\n";
-
-    fn path() -> &'static Path {
-        Path::new("attributes.tsv")
-    }
-
-    #[test]
-    fn the_file_reads_into_typed_columns_and_back() {
-        let attributes = ItemAttributes::parse(TSV, path()).unwrap();
-        assert_eq!(attributes.len(), 3);
-        assert_eq!(attributes.type_of("year"), Some(AttributeType::Integer));
-        assert_eq!(attributes.type_of("colour"), None);
-        assert_eq!(
-            attributes.value(42, "genre"),
-            Some(AttributeValue::KeywordList(&[
-                "Comedy".to_string(),
-                "Romance".to_string()
-            ]))
-        );
-        assert_eq!(attributes.value(43, "genre"), None);
-        assert_eq!(attributes.value(43, "rating"), None);
-        assert_eq!(attributes.value(44, "in_stock"), None);
-        assert_eq!(
-            attributes.value(43, "language"),
-            Some(AttributeValue::Keyword("fr"))
-        );
-        let counts = attributes.keyword_counts("language").unwrap();
-        assert_eq!((counts["en"], counts["fr"]), (2, 1));
-        assert!(attributes.keyword_counts("year").is_none());
-        let again = ItemAttributes::parse(&attributes.to_tsv(), path()).unwrap();
-        assert_eq!(again.to_tsv(), attributes.to_tsv());
-        assert_eq!(again.value(44, "rating"), Some(AttributeValue::Float(3.0)));
-    }
-
-    #[test]
-    fn a_filter_checks_and_matches_against_the_items() {
-        let attributes = ItemAttributes::parse(TSV, path()).unwrap();
-        let filter = Filter::parse(r#"genre in ["Comedy","Drama"] and year >= 1990"#).unwrap();
-        filter.check(&|name| attributes.type_of(name)).unwrap();
-        let matching: Vec<u64> = [42, 43, 44, 45]
-            .into_iter()
-            .filter(|id| filter.matches(&|name| attributes.value(*id, name)))
-            .collect();
-        assert_eq!(matching, vec![42, 44]);
-    }
-
-    proptest::proptest! {
-        /// Any text under a valid header reads or is refused, never a panic.
-        #[test]
-        fn any_rows_read_or_are_refused(rows in "[0-9a-z|.\t\n-]{0,200}") {
-            let text = format!("id\tg:keyword_list\ty:integer\tr:float\tb:boolean\tk:keyword\n{rows}");
-            if let Ok(attributes) = ItemAttributes::parse(&text, path()) {
-                let again = ItemAttributes::parse(&attributes.to_tsv(), path()).unwrap();
-                proptest::prop_assert_eq!(again.to_tsv(), attributes.to_tsv());
-            }
-        }
-    }
-
-    #[test]
-    fn bad_files_are_refused_by_line() {
-        for (text, words) in [
-            ("", "no header"),
-            ("item\tyear:integer\n", "must be \"id\""),
-            ("id\tyear\n", "NAME:TYPE"),
-            ("id\tyear:date\n", "types are"),
-            ("id\tyear:integer\tyear:float\n", "repeated"),
-            ("id\tyear:integer\nx\t1\n", "line 2: id \"x\""),
-            ("id\tyear:integer\n1\t1\t2\n", "2 values for 1 attributes"),
-            ("id\tyear:integer\n1\t1\n1\t2\n", "listed twice"),
-            (
-                "id\tyear:integer\n1\tnineteen\n",
-                "\"year\": \"nineteen\" is not an integer",
-            ),
-            ("id\trating:float\n1\tinf\n", "finite"),
-            ("id\tok:boolean\n1\tyes\n", "true or false"),
-        ] {
-            let error = ItemAttributes::parse(text, path()).unwrap_err().to_string();
-            assert!(error.contains(words), "{text:?}: {error}");
-            assert!(error.contains("attributes.tsv"), "{error}");
-        }
-    }
-}
+mod tests;
