@@ -14,16 +14,15 @@
 use std::fmt::Write as _;
 
 use clap::Args;
-use rayon::prelude::*;
 use recsys_bundle::attributes::ItemAttributes;
 use recsys_bundle::filter::Filter;
-use recsys_bundle::{IndexParams, Metric, Quantization};
+use recsys_bundle::{IndexParams, Quantization};
 use recsys_index::{
     AttributeFilter, LiveShard, POST_FILTER_SHARE, Route, SCAN_FACTOR, ShardAttributes,
 };
 use recsys_retrieval_node::{LoadMode, ShardIndex};
 
-use crate::glove::{GloveSplit, K, Pass, glove_bundle, load_glove};
+use crate::glove::{GloveSplit, K, Pass, glove_bundle, ground_truth_among, load_glove};
 
 /// Options of `recsys-bench filtered`.
 #[derive(Debug, Clone, Args)]
@@ -65,29 +64,6 @@ fn attributes(items: usize, shares: &[f64]) -> anyhow::Result<ItemAttributes> {
         &text,
         std::path::Path::new("synthetic attributes"),
     )?)
-}
-
-/// The exact top-100 of every query among the `matching` rows.
-fn filtered_truth(items: &[f32], queries: &[f32], dim: usize, matching: &[u64]) -> Vec<Vec<u32>> {
-    queries
-        .par_chunks(dim)
-        .map(|query| {
-            let mut scored: Vec<(f32, u32)> = matching
-                .iter()
-                .map(|&row| {
-                    let item = &items[row as usize * dim..(row as usize + 1) * dim];
-                    (Metric::Ip.score(query, item), row as u32)
-                })
-                .collect();
-            let k = K.min(scored.len());
-            if k < scored.len() {
-                scored.select_nth_unstable_by(k, |a, b| b.0.total_cmp(&a.0));
-            }
-            let mut top = scored[..k].to_vec();
-            top.sort_by(|a, b| b.0.total_cmp(&a.0));
-            top.into_iter().map(|(_, row)| row).collect()
-        })
-        .collect()
 }
 
 /// Runs the measurement and prints one JSON line per selectivity and ef.
@@ -136,7 +112,7 @@ pub fn run(args: FilteredArgs) -> anyhow::Result<()> {
     );
     // The unfiltered search's truth is the exact top-100 of every item.
     let every: Vec<u64> = (0..args.split.items as u64).collect();
-    let truth_all = filtered_truth(items, queries, dim, &every);
+    let truth_all = ground_truth_among(items, queries, dim, &every);
     for (column, share) in args.selectivity.iter().enumerate() {
         let filter = Filter::parse(&format!("s{column} = true"))?;
         let filter = AttributeFilter::new(&shard_attributes, &filter)?;
@@ -145,7 +121,7 @@ pub fn run(args: FilteredArgs) -> anyhow::Result<()> {
             .copied()
             .filter(|id| filter.matches(*id))
             .collect();
-        let truth = filtered_truth(items, queries, dim, &matching);
+        let truth = ground_truth_among(items, queries, dim, &matching);
         let pass = Pass {
             queries,
             dim,

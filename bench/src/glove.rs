@@ -119,18 +119,36 @@ pub(crate) fn load_glove(data: &Path) -> anyhow::Result<(usize, Vec<f32>)> {
 
 /// Exact top-100 ids of every query by inner product, with all cores.
 fn ground_truth(items: &[f32], queries: &[f32], dim: usize) -> Vec<Vec<u32>> {
+    let every: Vec<u64> = (0..(items.len() / dim) as u64).collect();
+    ground_truth_among(items, queries, dim, &every)
+}
+
+/// Exact top-100 rows (fewer when fewer are given) of every query among the
+/// item `rows`, by inner product, with all cores: the truth a filtered search
+/// is measured against.
+pub(crate) fn ground_truth_among(
+    items: &[f32],
+    queries: &[f32],
+    dim: usize,
+    rows: &[u64],
+) -> Vec<Vec<u32>> {
     queries
         .par_chunks(dim)
         .map(|query| {
-            let mut scored: Vec<(f32, u32)> = items
-                .chunks_exact(dim)
-                .enumerate()
-                .map(|(row, item)| (Metric::Ip.score(query, item), row as u32))
+            let mut scored: Vec<(f32, u32)> = rows
+                .iter()
+                .map(|&row| {
+                    let item = &items[row as usize * dim..(row as usize + 1) * dim];
+                    (Metric::Ip.score(query, item), row as u32)
+                })
                 .collect();
-            scored.select_nth_unstable_by(K, |a, b| b.0.total_cmp(&a.0));
-            let mut top: Vec<(f32, u32)> = scored[..K].to_vec();
+            let k = K.min(scored.len());
+            if k < scored.len() {
+                scored.select_nth_unstable_by(k, |a, b| b.0.total_cmp(&a.0));
+            }
+            let mut top: Vec<(f32, u32)> = scored[..k].to_vec();
             top.sort_by(|a, b| b.0.total_cmp(&a.0));
-            top.into_iter().map(|(_, id)| id).collect()
+            top.into_iter().map(|(_, row)| row).collect()
         })
         .collect()
 }
