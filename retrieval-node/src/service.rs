@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use recsys_bundle::attributes::RowFilter;
 use recsys_bundle::filter::Filter;
 use recsys_catalog_log::{CatchUp, ChangeLog};
 use recsys_discovery::{Unavailable, VersionPhase, VersionSet};
@@ -182,7 +183,7 @@ impl RetrievalNodeService {
             if deadline.is_some_and(|deadline| deadline <= started) {
                 return None;
             }
-            let hits = match (&filter, &attributes) {
+            let hits = match (filter, &attributes) {
                 (Some(filter), Some(attributes)) => filtered_search(
                     &searcher,
                     &query,
@@ -265,41 +266,42 @@ fn stored_vectors(live: &recsys_index::LiveShard, ids: &[u64]) -> Result<Vec<f32
     Ok(vectors)
 }
 
-/// A search's filter parsed and checked against the shard's attributes:
-/// `None` without one, `INVALID_ARGUMENT` naming the filter's problem (and the
-/// attribute) for one that cannot be used here.
+/// A search's filter parsed and compiled against the shard's attributes (once,
+/// before the search waits for the pool): `None` without one,
+/// `INVALID_ARGUMENT` naming the filter's problem (and the attribute) for one
+/// that cannot be used here.
 fn checked_filter(
     text: &str,
     attributes: Option<&ShardAttributes>,
-) -> Result<Option<Filter>, NodeError> {
+) -> Result<Option<RowFilter>, NodeError> {
     if text.is_empty() {
         return Ok(None);
     }
     let filter = Filter::parse(text).map_err(|e| NodeError::invalid("filter", e.to_string()))?;
     let attributes = attributes
         .ok_or_else(|| NodeError::invalid("filter", "the bundle has no item attributes"))?;
-    filter
-        .check(&|name| attributes.attributes().type_of(name))
+    let compiled = attributes
+        .attributes()
+        .compile(&filter)
         .map_err(|e| NodeError::invalid("filter", e.to_string()))?;
-    Ok(Some(filter))
+    Ok(Some(compiled))
 }
 
 /// The hits of a filtered search, with the estimated matches and the way the
 /// search took.
 type FilteredAnswer = (Vec<recsys_index::Hit>, Option<(u64, Route)>);
 
-/// [`LiveShard::search_filtered`] with a checked filter.
+/// [`LiveShard::search_filtered`] with a filter compiled against `attributes`.
 fn filtered_search(
     shard: &recsys_index::LiveShard,
     query: &[f32],
     k: u32,
     excluded: &[u64],
     exact: bool,
-    filter: &Filter,
+    filter: RowFilter,
     attributes: &ShardAttributes,
 ) -> Result<FilteredAnswer, recsys_index::SearchError> {
-    let filter = AttributeFilter::new(attributes, filter)
-        .map_err(|e| recsys_index::SearchError::Usearch(format!("filter: {e}")))?;
+    let filter = AttributeFilter::compiled(attributes, filter);
     let matches = filter.estimated_matches().round() as u64;
     let answer = shard.search_filtered(query, k as usize, excluded, exact, &filter)?;
     Ok((answer.hits, Some((matches, answer.route))))

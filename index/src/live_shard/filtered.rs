@@ -105,15 +105,20 @@ impl<'a> AttributeFilter<'a> {
     /// Checks `filter` against the shard's attributes (unknown attributes and
     /// type mismatches are refused by name) and estimates its matches.
     pub fn new(shard: &'a ShardAttributes, filter: &Filter) -> Result<Self, FilterError> {
+        Ok(Self::compiled(shard, shard.attributes.compile(filter)?))
+    }
+
+    /// A filter `shard`'s attributes already compiled (and so checked), with
+    /// its estimated matches.
+    pub fn compiled(shard: &'a ShardAttributes, compiled: RowFilter) -> Self {
         let attributes = &shard.attributes;
-        let compiled = attributes.compile(filter)?;
         let matches = attributes.estimate(&compiled);
-        Ok(Self {
+        Self {
             shard,
             attributes,
             compiled,
             matches,
-        })
+        }
     }
 
     /// The block a scan of the matching items can read, if any.
