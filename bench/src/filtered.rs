@@ -91,6 +91,7 @@ pub fn run(args: FilteredArgs) -> anyhow::Result<()> {
         dim,
         Quantization::F32,
         (defaults.connectivity, defaults.expansion_add),
+        1,
         false,
     )?;
     let live = LiveShard::new(ShardIndex::open_with(&bundle, 0, LoadMode::Packed)?, 0)?;

@@ -29,6 +29,80 @@ pub struct GloveSplit {
     pub queries: usize,
 }
 
+/// The split read and checked: items, held-out queries, their exact top-100.
+pub(crate) struct OpenSplit {
+    pub(crate) dim: usize,
+    all: Vec<f32>,
+    items: usize,
+    queries: usize,
+    /// Each query's exact top-100 item rows, best first.
+    pub(crate) truth: Vec<Vec<u32>>,
+}
+
+impl OpenSplit {
+    /// The item rows, row-major.
+    pub(crate) fn items(&self) -> &[f32] {
+        &self.all[..self.items * self.dim]
+    }
+
+    /// The held-out queries, row-major.
+    pub(crate) fn queries(&self) -> &[f32] {
+        &self.all[self.items * self.dim..(self.items + self.queries) * self.dim]
+    }
+}
+
+impl GloveSplit {
+    /// Reads GloVe, splits it, and reads the exact top-100 of the queries from
+    /// `work` (computing and keeping it the first time); writes the queries
+    /// there too, for the Python peers.
+    pub(crate) fn open(&self) -> anyhow::Result<OpenSplit> {
+        let (dim, all) = load_glove(&self.data)?;
+        let rows = all.len() / dim;
+        anyhow::ensure!(
+            self.items + self.queries <= rows,
+            "{} items + {} queries exceed the {rows} GloVe rows",
+            self.items,
+            self.queries
+        );
+        let mut split = OpenSplit {
+            dim,
+            all,
+            items: self.items,
+            queries: self.queries,
+            truth: Vec::new(),
+        };
+        std::fs::create_dir_all(&self.work)?;
+        let truth_path = self
+            .work
+            .join(format!("truth-{}-{}.u32", self.items, self.queries));
+        split.truth = if truth_path.exists() {
+            std::fs::read(&truth_path)?
+                .chunks_exact(4 * K)
+                .map(|row| {
+                    row.chunks_exact(4)
+                        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect()
+                })
+                .collect()
+        } else {
+            eprintln!(
+                "computing exact top-{K} of {} queries over {} items",
+                self.queries, self.items
+            );
+            let truth = ground_truth(split.items(), split.queries(), dim);
+            write_u32(&truth_path, truth.iter().flatten().copied())?;
+            truth
+        };
+        write_f32(
+            &self
+                .work
+                .join(format!("queries-{}-{}.f32", self.items, self.queries)),
+            split.queries(),
+        )?;
+        Ok(split)
+    }
+}
+
 /// Options of `recsys-bench retrieval`.
 #[derive(Debug, Clone, Args)]
 pub struct RetrievalArgs {
@@ -180,47 +254,8 @@ fn write_f32(path: &Path, values: &[f32]) -> anyhow::Result<()> {
 
 /// Runs the benchmark and prints one JSON line per ef.
 pub fn run(args: RetrievalArgs) -> anyhow::Result<()> {
-    let (dim, all) = load_glove(&args.split.data)?;
-    let rows = all.len() / dim;
-    anyhow::ensure!(
-        args.split.items + args.split.queries <= rows,
-        "{} items + {} queries exceed the {rows} GloVe rows",
-        args.split.items,
-        args.split.queries
-    );
-    let items = &all[..args.split.items * dim];
-    let queries = &all[args.split.items * dim..(args.split.items + args.split.queries) * dim];
-    std::fs::create_dir_all(&args.split.work)?;
-
-    let truth_path = args.split.work.join(format!(
-        "truth-{}-{}.u32",
-        args.split.items, args.split.queries
-    ));
-    let truth: Vec<Vec<u32>> = if truth_path.exists() {
-        std::fs::read(&truth_path)?
-            .chunks_exact(4 * K)
-            .map(|row| {
-                row.chunks_exact(4)
-                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect()
-            })
-            .collect()
-    } else {
-        eprintln!(
-            "computing exact top-{K} of {} queries over {} items",
-            args.split.queries, args.split.items
-        );
-        let truth = ground_truth(items, queries, dim);
-        write_u32(&truth_path, truth.iter().flatten().copied())?;
-        truth
-    };
-    write_f32(
-        &args.split.work.join(format!(
-            "queries-{}-{}.f32",
-            args.split.items, args.split.queries
-        )),
-        queries,
-    )?;
+    let split = args.split.open()?;
+    let (dim, items, queries, truth) = (split.dim, split.items(), split.queries(), &split.truth);
 
     if let Some(path) = &args.write_order {
         let rows: Vec<usize> = (0..args.split.items).collect();
@@ -234,6 +269,7 @@ pub fn run(args: RetrievalArgs) -> anyhow::Result<()> {
         dim,
         quantization,
         (args.connectivity, args.expansion_add),
+        1,
         args.rebuild,
     )?;
 
@@ -283,7 +319,7 @@ pub fn run(args: RetrievalArgs) -> anyhow::Result<()> {
         let pass = Pass {
             queries,
             dim,
-            truth: &truth,
+            truth,
         };
         let Some(live) = &live else {
             let (recall, qps, per_cpu) =
@@ -338,27 +374,37 @@ pub fn run(args: RetrievalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The one-shard bundle of `items` (GloVe rows of `dim`) in `work`, built
-/// unless one with the same parameters (graph degree and construction beam
-/// in `graph`) is there or `rebuild` asks; with the seconds a build took.
+/// The bundle of `items` (GloVe rows of `dim`) in `work` cut into `shards`,
+/// built unless one with the same parameters (graph degree and construction
+/// beam in `graph`) is there or `rebuild` asks; with the seconds a build took.
+/// Its fixed beam is the builder's default.
 pub(crate) fn glove_bundle(
     work: &Path,
     items: &[f32],
     dim: usize,
     quantization: Quantization,
     graph: (usize, usize),
+    shards: u32,
     rebuild: bool,
 ) -> anyhow::Result<(PathBuf, Option<f64>)> {
     let (connectivity, expansion_add) = graph;
     let count = items.len() / dim;
     // "-local": built in the bundle builder's locality order (older bundles were not).
+    let shards_part = if shards > 1 {
+        format!("-s{shards}")
+    } else {
+        String::new()
+    };
     let bundle = work.join(format!(
-        "bundle-{count}-m{connectivity}-efc{expansion_add}-{}-local",
+        "bundle-{count}-m{connectivity}-efc{expansion_add}-{}-local{shards_part}",
         quantization.as_str()
     ));
     let mut build_seconds = None;
-    // A bundle cached before bundles were checksummed would not load in a node.
-    let cached = recsys_bundle::Manifest::load(&bundle).is_ok_and(|m| !m.files.is_empty());
+    // A bundle cached before bundles were checksummed would not load in a node,
+    // and one from before search depths were measured would not follow a
+    // recall target.
+    let cached = recsys_bundle::Manifest::load(&bundle)
+        .is_ok_and(|m| !m.files.is_empty() && m.shards.iter().all(|s| s.search_depths.is_some()));
     if rebuild || !cached {
         let vectors = ItemVectors::new(Path::new("glove"), dim, items.to_vec(), None, None)?;
         let options = BuildOptions {
@@ -367,14 +413,14 @@ pub(crate) fn glove_bundle(
                 quantization,
                 connectivity,
                 expansion_add,
-                expansion_search: 64,
+                expansion_search: IndexParams::default().expansion_search,
             },
-            shard_count: 1,
+            shard_count: shards,
             version: "glove".into(),
             source: "glove-6B-50d normalized".into(),
             threads: 0,
         };
-        eprintln!("building the index of {count} items");
+        eprintln!("building the index of {count} items in {shards} shard(s)");
         let started = Instant::now();
         build_bundle(&bundle, &vectors, None, &options, &|_| {})?;
         build_seconds = Some(started.elapsed().as_secs_f64());

@@ -29,6 +29,7 @@ mod open_loop;
 mod overhead;
 mod process_cluster;
 mod ranking;
+mod shards;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -61,6 +62,10 @@ enum Command {
     Items(items::ItemsArgs),
     /// Ranking latency of the TFRS DCN tutorial ranker (run with RAYON_NUM_THREADS=1).
     Ranking(ranking::RankingArgs),
+    /// One client through a gateway over GloVe-50 in 1 and N shards (each
+    /// server a process): recall@100, rate and where the time goes, per
+    /// recall target.
+    Shards(shards::ShardsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -77,5 +82,6 @@ fn main() -> anyhow::Result<()> {
         Command::Load(args) => runtime()?.block_on(load::load(args, io_threads)),
         Command::Items(args) => runtime()?.block_on(items::items(args)),
         Command::Ranking(args) => ranking::run(args),
+        Command::Shards(args) => runtime()?.block_on(shards::run(args)),
     }
 }

@@ -92,6 +92,7 @@ impl BenchCluster {
                 gateway_admission: shape.gateway_admission,
                 server_cpus: shape.server_cpus.clone(),
                 gateway_cpus: shape.gateway_cpus.clone(),
+                gateway_recall_target: None,
             };
             Self::Processes(ProcessCluster::start(bundle, &options).await?)
         } else {
@@ -193,6 +194,8 @@ pub struct ProcessOptions {
     pub server_cpus: Option<String>,
     /// CPUs the gateway runs on, when not those of the other servers.
     pub gateway_cpus: Option<String>,
+    /// The gateway's `--recall-target`, when not its default.
+    pub gateway_recall_target: Option<f32>,
 }
 
 impl ProcessOptions {
@@ -219,8 +222,13 @@ impl ProcessCluster {
     pub async fn start(bundle: &Path, options: &ProcessOptions) -> anyhow::Result<Self> {
         let manifest = Manifest::load(bundle)
             .with_context(|| format!("reading the bundle at {}", bundle.display()))?;
-        let static_file =
-            std::env::temp_dir().join(format!("recsys-bench-static-{}.json", std::process::id()));
+        // One file per cluster: a benchmark may run several side by side.
+        static CLUSTERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let nth = CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let static_file = std::env::temp_dir().join(format!(
+            "recsys-bench-static-{}-{nth}.json",
+            std::process::id()
+        ));
         let binaries = binaries_dir()?;
         // Every binary checked before any starts: a stale one fails at once.
         let [retrieval, ranking_node, gateway] = ["retrieval-node", "ranking-node", "gateway"]
@@ -307,7 +315,11 @@ impl ProcessCluster {
             admission_arg,
         ];
         let addr = cluster.gateway_addr;
-        cluster.spawn(options.command(&gateway, "gateway", addr).args(args))?;
+        let mut command = options.command(&gateway, "gateway", addr).args(args);
+        if let Some(target) = options.gateway_recall_target {
+            command = command.args(["--recall-target".to_string(), target.to_string()]);
+        }
+        cluster.spawn(command)?;
         cluster.wait_serving().await?;
         // A server that could not bind its port exits; its port may then answer
         // for another server, so check that none has gone.
@@ -359,7 +371,7 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
 }
 
 /// A connected channel to `addr`, over TLS with `tls` when given, without Nagle.
-async fn channel(addr: SocketAddr, tls: Option<ClientTls>) -> anyhow::Result<Channel> {
+pub(crate) async fn channel(addr: SocketAddr, tls: Option<ClientTls>) -> anyhow::Result<Channel> {
     let (scheme, tls) = match tls {
         Some(tls) => ("https", Some(tls.load()?)),
         None => ("http", None),

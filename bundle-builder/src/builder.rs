@@ -11,6 +11,8 @@ use recsys_bundle::{
     ShardEntry, UserEmbeddings, shard_file, shard_of,
 };
 
+use recsys_index::ShardProgress;
+
 use crate::ItemVectors;
 
 /// What to build.
@@ -47,6 +49,14 @@ pub enum BuildEvent {
     ShardSaved {
         /// The shard.
         shard: u32,
+    },
+    /// The shard's search depths are being measured with items held out of its
+    /// graph (`recsys_index::build_shard`): seconds on a large shard.
+    MeasuringDepths {
+        /// The shard.
+        shard: u32,
+        /// Held-out queries it runs at each beam.
+        queries: u32,
     },
 }
 
@@ -177,7 +187,7 @@ pub(crate) fn build_shards(
         // beam, and a build that runs 3-4x faster (crate::locality, docs/benchmarks.md).
         let order =
             pool.install(|| crate::locality::locality_order(&items.data, items.dimensions, rows));
-        recsys_index::build_shard(
+        let built = recsys_index::build_shard(
             &path,
             &options.params,
             items.dimensions,
@@ -185,13 +195,19 @@ pub(crate) fn build_shards(
             &items.ids,
             &order,
             &pool,
-            &|added| progress(BuildEvent::ItemsAdded { added }),
+            &|event| match event {
+                ShardProgress::Added(added) => progress(BuildEvent::ItemsAdded { added }),
+                ShardProgress::MeasuringDepths { queries } => {
+                    progress(BuildEvent::MeasuringDepths { shard, queries })
+                }
+            },
         )?;
         progress(BuildEvent::ShardSaved { shard });
         shards.push(ShardEntry {
             shard,
             file,
             items: rows.len() as u64,
+            search_depths: built.search_depths,
         });
     }
     Ok(shards)

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::layout::{RANKER_DIR, RankerFiles, ranker_file};
+use crate::search_depth::SearchDepths;
 use crate::{BundleError, FileDigest, IndexParams};
 
 /// File name of the manifest inside a bundle directory.
@@ -26,6 +27,11 @@ pub struct ShardEntry {
     pub file: String,
     /// Items in the shard.
     pub items: u64,
+    /// The beams that reached each recall target on this shard, measured by
+    /// the builder ([`crate::search_depth`]); absent in bundles built before
+    /// it, whose searches use [`IndexParams::expansion_search`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search_depths: Option<SearchDepths>,
 }
 
 /// How the gateway turns a `user_id` into a query embedding.
@@ -235,6 +241,11 @@ impl Manifest {
                     "shard at position {position} has number {}",
                     entry.shard
                 ));
+            }
+            if let Some(depths) = &entry.search_depths
+                && let Err(reason) = depths.check()
+            {
+                return fail(format!("shard {position}'s search_depths: {reason}"));
             }
         }
         for (file, digest) in &self.files {

@@ -491,6 +491,9 @@ pub(crate) fn on_event(bar: &ProgressBar, event: BuildEvent) {
         BuildEvent::ShardStarted { shard, .. } => bar.set_message(format!("shard {shard}")),
         BuildEvent::ItemsAdded { added } => bar.inc(added),
         BuildEvent::ShardSaved { .. } => {}
+        BuildEvent::MeasuringDepths { shard, queries } => bar.set_message(format!(
+            "shard {shard}: measuring search depths ({queries} queries)"
+        )),
     }
 }
 

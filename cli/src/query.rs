@@ -38,6 +38,10 @@ pub struct QueryArgs {
     /// Brute-force search instead of HNSW.
     #[arg(long)]
     pub exact: bool,
+    /// The recall@k each shard's HNSW search aims for, in (0, 1] (default:
+    /// the gateway's, 0.95): higher searches deeper and slower.
+    #[arg(long)]
+    pub recall_target: Option<f32>,
     /// Also return items the user already has (by default the gateway leaves
     /// out the user's interactions recorded in the bundle).
     #[arg(long)]
@@ -97,6 +101,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
         options: Some(RecommendOptions {
             exact: args.exact,
             include_seen: args.include_seen,
+            recall_target: args.recall_target.unwrap_or(0.0),
             ..Default::default()
         }),
         filter_expression: args.filter.clone().unwrap_or_default(),

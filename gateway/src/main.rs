@@ -72,6 +72,11 @@ struct Args {
     /// Per-shard probability of not truncating the global top-k (Vespa's top-k-probability).
     #[arg(long, env = "RECSYS_TOP_K_PROBABILITY", default_value_t = limits::DEFAULT_TOP_K_PROBABILITY)]
     top_k_probability: f64,
+    /// The recall@k each shard's HNSW search aims for when a request names
+    /// none: the shard searches with the narrowest beam its bundle's builder
+    /// measured to reach it (0: every search uses the bundle's fixed beam).
+    #[arg(long, env = "RECSYS_RECALL_TARGET", default_value_t = limits::DEFAULT_RECALL_TARGET)]
+    recall_target: f32,
     /// Hedge a node call to a second replica after this many ms without an answer (0: off).
     #[arg(long, env = "RECSYS_HEDGE_AFTER_MS", default_value_t = 0)]
     hedge_after_ms: u64,
@@ -156,6 +161,11 @@ impl Args {
             "--top-k-probability is {}, must be in (0, 1]",
             self.top_k_probability
         );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.recall_target),
+            "--recall-target is {}, must be in [0, 1] (0: the bundle's fixed beam)",
+            self.recall_target
+        );
         anyhow::ensure!(self.max_k > 0, "--max-k must be at least 1");
         anyhow::ensure!(
             self.max_retrieve_k <= limits::MAX_RETRIEVE_K,
@@ -207,6 +217,7 @@ impl Args {
                 },
                 default_timeout: Duration::from_millis(self.default_timeout_ms),
                 top_k_probability: self.top_k_probability,
+                recall_target: self.recall_target,
                 hedge_after: (self.hedge_after_ms > 0)
                     .then(|| Duration::from_millis(self.hedge_after_ms)),
                 max_timeout: Duration::from_millis(self.max_timeout_ms),

@@ -54,6 +54,8 @@ struct RequestPlan {
     /// Read your writes: the change-log revision every shard must have applied.
     min_revision: u64,
     shard_k: u32,
+    /// The recall each shard's search aims for (0: the bundle's fixed beam).
+    recall_target: f32,
     /// Each shard's exclusions (the ids that hash to it); moved into the
     /// shards' requests by the fan-out.
     exclusions: Vec<Vec<u64>>,
@@ -83,6 +85,9 @@ struct Retrieved {
     log_revision: u64,
     coverage: Coverage,
     retrieval_us: u64,
+    /// The longest in-index time and the widest beam of the shards that answered.
+    search_us: u64,
+    search_ef: u32,
 }
 
 impl Gateway {
@@ -214,6 +219,11 @@ impl Gateway {
         } else {
             self.shared.policy.top_k_probability
         };
+        let recall_target = if options.recall_target > 0.0 {
+            options.recall_target
+        } else {
+            self.shared.policy.recall_target
+        };
         let shard_count = manifest.shard_count;
         let shard_k = per_shard_k_cached(checked.retrieve_k, shard_count, probability);
         // Each shard only needs the exclusions that hash to it.
@@ -257,6 +267,7 @@ impl Gateway {
             exact: options.exact,
             min_revision: request.min_revision,
             shard_k,
+            recall_target,
             exclusions,
             seen_excluded: seen.len() as u32,
             session,
@@ -326,6 +337,8 @@ impl Gateway {
                         .map(|f| f.text.clone())
                         .unwrap_or_default(),
                     return_vectors: plan.mmr.is_some(),
+                    recall_target: plan.recall_target,
+                    recall_at: plan.checked.retrieve_k.div_ceil(shard_count.max(1)),
                 };
                 let target = ShardTarget {
                     shard: shard as u32,
@@ -361,12 +374,15 @@ impl Gateway {
         // Whether every shard that failed was refused under its admission limit.
         let mut all_overloaded = true;
         let mut log_revision = 0;
+        let (mut search_us, mut search_ef) = (0, 0);
         let mut vectors = HashMap::new();
         let dimensions = plan.embedding.len();
         while let Some(answer) = pending.next().await {
             match answer.outcome {
                 Ok(response) => {
                     log_revision = log_revision.max(response.log_revision);
+                    search_us = search_us.max(response.search_us);
+                    search_ef = search_ef.max(response.search_ef);
                     if plan.mmr.is_some() && dimensions > 0 {
                         // Checked: one row of `dimensions` per item.
                         for (id, row) in response
@@ -432,6 +448,8 @@ impl Gateway {
             merged: top.into_sorted(),
             coverage,
             retrieval_us: retrieval_started.elapsed().as_micros() as u64,
+            search_us,
+            search_ef,
         })
     }
 
@@ -568,6 +586,8 @@ fn respond(
             retrieval_us: retrieved.retrieval_us,
             ranking_us,
             total_us: total.as_micros() as u64,
+            search_us: retrieved.search_us,
+            search_ef: retrieved.search_ef,
         }),
         bundle_version: plan.bundle.manifest.version.clone(),
         model_version,

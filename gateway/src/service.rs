@@ -35,6 +35,9 @@ pub struct RequestPolicy {
     pub default_timeout: Duration,
     /// Default per-shard top-k probability for approximate searches (see `shard_k`).
     pub top_k_probability: f64,
+    /// The recall@k each shard's search aims for when a request names none
+    /// (`RecommendOptions.recall_target`); 0: the bundle's fixed beam.
+    pub recall_target: f32,
     /// Send a node call to a second replica when the first has not answered after
     /// this long (`None`: only retry after an error). Off by default: a hedge adds
     /// load exactly when nodes are slow, so it is for replicated clusters with
@@ -60,6 +63,7 @@ impl Default for RequestPolicy {
             limits: RecommendLimits::default(),
             default_timeout: recsys_proto::limits::DEFAULT_TIMEOUT,
             top_k_probability: recsys_proto::limits::DEFAULT_TOP_K_PROBABILITY,
+            recall_target: recsys_proto::limits::DEFAULT_RECALL_TARGET,
             hedge_after: None,
             max_timeout: recsys_proto::limits::DEFAULT_MAX_TIMEOUT,
             max_exact_searches: recsys_proto::limits::DEFAULT_MAX_EXACT_SEARCHES,

@@ -127,6 +127,13 @@ pub fn validate(
                 format!("is {p}, must be between 0 and 1 (0 means the default)"),
             ));
         }
+        let target = options.recall_target;
+        if !(0.0..=1.0).contains(&target) {
+            return Err(GatewayError::invalid(
+                "options.recall_target",
+                format!("is {target}, must be between 0 and 1 (0 means the default)"),
+            ));
+        }
     }
     Ok(Checked {
         k: request.k,
@@ -265,6 +272,14 @@ mod tests {
             ..Default::default()
         });
         assert!(message(r).contains("top_k_probability"));
+        for target in [-0.5, 1.5, f32::NAN] {
+            let mut r = embedding(vec![1.0, 0.0], 10);
+            r.options = Some(RecommendOptions {
+                recall_target: target,
+                ..Default::default()
+            });
+            assert!(message(r).contains("options.recall_target: is"), "{target}");
+        }
         // A list the ranking node would refuse is refused here, with its limit.
         let mut r = embedding(vec![1.0, 0.0], 10);
         let list = |n: usize| recsys_proto::v1::FeatureValue {

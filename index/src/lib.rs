@@ -9,6 +9,7 @@
 //! out of the gateway's and the trainer's dependency graphs.
 
 mod build;
+mod depth;
 mod error;
 mod index_reads;
 mod live_shard;
@@ -17,7 +18,8 @@ mod shard_index;
 #[cfg(test)]
 mod test_bundle;
 
-pub use build::build_shard;
+pub use build::{BuiltShard, ShardProgress, build_shard};
+pub use depth::{DEPTH_QUERIES, MAX_MEASURED_EF};
 pub use error::SearchError;
 pub use live_shard::{
     Applied, AttributeFilter, BLOCK_MAX_SHARE, BLOCK_MIN_ITEMS, ChangeError, FilteredHits,

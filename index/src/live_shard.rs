@@ -64,8 +64,6 @@ struct Mutable {
     /// which sets the beam (usearch searches with the larger of the two), so
     /// that concurrent searches can use different beams.
     delta: Index,
-    /// The beam of a full search of the delta ([`LiveShard::set_expansion_search`]).
-    delta_ef: usize,
     /// Base items deleted or replaced, left out of the base's search.
     hidden: Hidden,
     revision: u64,
@@ -139,12 +137,10 @@ impl LiveShard {
     /// revision the bundle version already contains (its manifest says which).
     pub fn new(base: ShardIndex, revision: u64) -> Result<Self, ChangeError> {
         let delta = empty_index(&base)?;
-        let delta_ef = base.params().expansion_search;
         Ok(Self {
             base,
             mutable: RwLock::new(Mutable {
                 delta,
-                delta_ef,
                 hidden: Hidden::default(),
                 revision,
                 generation: 0,
@@ -161,10 +157,11 @@ impl LiveShard {
         &self.base
     }
 
-    /// Overrides the search beam width (`ef`) of the mutable part; the base's is
-    /// set on [`Self::base`].
+    /// Overrides the search beam width (`ef`) of searches without a recall
+    /// target, in the base and the mutable part alike
+    /// ([`ShardIndex::set_expansion_search`]).
     pub fn set_expansion_search(&self, expansion: usize) {
-        self.write().delta_ef = expansion;
+        self.base.set_expansion_search(expansion);
     }
 
     /// The last change-log revision applied (or contained in the bundle).
@@ -372,51 +369,48 @@ impl LiveShard {
         excluded: &[u64],
         exact: bool,
     ) -> Result<Vec<Hit>, SearchError> {
-        self.search_wanted(query, k, Wanted::excluding(excluded), exact)
+        let ef = self.base.expansion_search();
+        self.search_wanted(query, k, Wanted::excluding(excluded), exact, ef)
+    }
+
+    /// [`Self::search`] with a beam of `ef` in every part of the shard (what
+    /// [`ShardIndex::depth_for`] says a recall target needs) instead of the
+    /// default; exact searches ignore it.
+    pub fn search_at(
+        &self,
+        query: &[f32],
+        k: usize,
+        excluded: &[u64],
+        exact: bool,
+        ef: usize,
+    ) -> Result<Vec<Hit>, SearchError> {
+        self.search_wanted(query, k, Wanted::excluding(excluded), exact, ef.max(1))
     }
 
     /// [`Self::search`] of the items `wanted` keeps (exact: its exclusions
-    /// only, see [`ShardIndex::search_hiding`]).
+    /// only, see [`ShardIndex::search_hiding`]) with a beam of `ef`.
     fn search_wanted(
         &self,
         query: &[f32],
         k: usize,
         wanted: Wanted<'_>,
         exact: bool,
+        ef: usize,
     ) -> Result<Vec<Hit>, SearchError> {
         let mutable = self.read();
         let live = self.live_items(&mutable);
         if !exact && let Some((folded, tail)) = mutable.fold_in_use() {
-            let ef = self.base.expansion_search();
             let changed = tail.map(|tail| &tail.changed);
             let hits = folded.search(self, query, k, wanted, ef, changed)?;
             return match tail {
-                Some(tail) => self.beside(
-                    hits,
-                    &tail.delta,
-                    live,
-                    mutable.delta_ef,
-                    query,
-                    k,
-                    wanted,
-                    false,
-                ),
+                Some(tail) => self.beside(hits, &tail.delta, live, ef, query, k, wanted, false),
                 None => Ok(hits),
             };
         }
         let base = self
             .base
-            .search_hiding(query, k, wanted, &mutable.hidden, exact)?;
-        self.beside(
-            base,
-            mutable.searched(),
-            live,
-            mutable.delta_ef,
-            query,
-            k,
-            wanted,
-            exact,
-        )
+            .search_hiding(query, k, wanted, &mutable.hidden, exact, ef)?;
+        self.beside(base, mutable.searched(), live, ef, query, k, wanted, exact)
     }
 
     /// `hits`, the best of a graph the changes in `part` are not in, merged
@@ -477,9 +471,10 @@ impl LiveShard {
     pub fn search_halves(&self, query: &[f32], k: usize, base: bool) -> Result<usize, SearchError> {
         let mutable = self.read();
         if base {
+            let ef = self.base.expansion_search();
             Ok(self
                 .base
-                .search_hiding(query, k, Wanted::excluding(&[]), &mutable.hidden, false)?
+                .search_hiding(query, k, Wanted::excluding(&[]), &mutable.hidden, false, ef)?
                 .len())
         } else {
             let (narrow, _) = self.delta_beams(&mutable, k);
@@ -506,7 +501,7 @@ impl LiveShard {
             k,
             mutable.delta.size(),
             self.live_items(mutable),
-            mutable.delta_ef,
+            self.base.expansion_search(),
         )
     }
 

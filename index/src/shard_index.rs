@@ -2,8 +2,9 @@
 //! exact search.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use recsys_bundle::{BundleError, IndexParams, Manifest, Metric, Quantization};
+use recsys_bundle::{BundleError, IndexParams, Manifest, Metric, Quantization, SearchDepths};
 use usearch::Index;
 
 use crate::SearchError;
@@ -28,6 +29,14 @@ pub struct ShardIndex {
     params: IndexParams,
     items: u64,
     bundle_version: String,
+    /// The beam of a search that names no recall target: the manifest's
+    /// `expansion_search` until [`Self::set_expansion_search`]. usearch's own
+    /// beam is 1 and every search asks for at least this many results, which
+    /// sets the beam (usearch searches with the larger), so that concurrent
+    /// searches can use different beams ([`Self::depth_for`]).
+    ef: AtomicUsize,
+    /// The beams measured per `k` and recall target, when the builder did.
+    depths: Option<SearchDepths>,
 }
 
 impl std::fmt::Debug for ShardIndex {
@@ -222,8 +231,10 @@ impl ShardIndex {
                 .pack_base_layer()
                 .map_err(|e| BundleError::index(&path, format!("packing the base layer: {e}")))?;
         }
-        index.change_expansion_search(params.expansion_search);
+        index.change_expansion_search(1);
         Ok(Self {
+            ef: AtomicUsize::new(params.expansion_search.max(1)),
+            depths: entry.search_depths.clone(),
             index,
             memory,
             shard,
@@ -237,10 +248,26 @@ impl ShardIndex {
         })
     }
 
-    /// Overrides the HNSW search beam width (`ef`) the manifest set; searches use at
-    /// least `k` whatever this is.
+    /// Overrides the HNSW search beam width (`ef`) the manifest set for searches
+    /// without a recall target; searches use at least `k` whatever this is.
     pub fn set_expansion_search(&self, expansion: usize) {
-        self.index.change_expansion_search(expansion);
+        self.ef.store(expansion.max(1), Ordering::Relaxed);
+    }
+
+    /// The beam for `k` results: the smallest the builder measured to reach
+    /// recall `target` at that `k` on this shard ([`SearchDepths::ef_for`]),
+    /// or, without a target or a measured table (bundles built before), the
+    /// default beam. Never below `k`.
+    pub fn depth_for(&self, k: usize, target: Option<f32>) -> usize {
+        target
+            .and_then(|target| self.depths.as_ref()?.ef_for(k, target))
+            .unwrap_or_else(|| self.expansion_search())
+            .max(k)
+    }
+
+    /// The beams measured on this shard, when the builder measured them.
+    pub fn search_depths(&self) -> Option<&SearchDepths> {
+        self.depths.as_ref()
     }
 
     /// usearch's description of the SIMD kernels in use, for benchmark reports.
@@ -309,6 +336,7 @@ impl ShardIndex {
             Wanted::excluding(excluded),
             &Hidden::default(),
             exact,
+            self.expansion_search(),
         )
     }
 
@@ -323,6 +351,7 @@ impl ShardIndex {
         wanted: Wanted<'_>,
         hidden: &Hidden,
         exact: bool,
+        ef: usize,
     ) -> Result<Vec<Hit>, SearchError> {
         self.check_query(query)?;
         if k == 0 || self.items == 0 {
@@ -331,7 +360,7 @@ impl ShardIndex {
         if !exact
             && wanted.is_everything()
             && !hidden.is_empty()
-            && let Some(hits) = self.search_past_hidden(query, k, hidden)?
+            && let Some(hits) = self.search_past_hidden(query, k, hidden, ef)?
         {
             return Ok(hits);
         }
@@ -340,11 +369,12 @@ impl ShardIndex {
         // that k survive the exclusions, then drop the excluded ones.
         let scan = (k + wanted.excluded.len() + hidden.len()).min(self.items as usize);
         let filtered = !(wanted.is_everything() && hidden.is_empty());
+        // Asking for `ef` results sets the beam (the index's own is 1).
         let mut hits = search_one(
             &self.index,
             self.metric,
             query,
-            k,
+            k.max(ef),
             exact.then_some(scan),
             filtered,
             keep,
@@ -396,7 +426,7 @@ impl ShardIndex {
 
     /// The search beam width (`ef`) now in force.
     pub(crate) fn expansion_search(&self) -> usize {
-        self.index.expansion_search()
+        self.ef.load(Ordering::Relaxed)
     }
 
     /// The `k` best items not in `hidden` from an unfiltered search that asks for
@@ -414,6 +444,7 @@ impl ShardIndex {
         query: &[f32],
         k: usize,
         hidden: &Hidden,
+        ef: usize,
     ) -> Result<Option<Vec<Hit>>, SearchError> {
         let items = usize::try_from(self.items).unwrap_or(usize::MAX);
         search_past_hidden(
@@ -423,7 +454,7 @@ impl ShardIndex {
             query,
             k,
             (|key| hidden.contains(&key), hidden.len()),
-            self.index.expansion_search(),
+            ef,
         )
     }
 

@@ -38,7 +38,7 @@ pub(crate) fn bundle(dir: &Path) -> Vec<f32> {
         .num_threads(1)
         .build()
         .unwrap();
-    crate::build_shard(
+    let built = crate::build_shard(
         &dir.join(&file),
         &params,
         DIM,
@@ -49,6 +49,7 @@ pub(crate) fn bundle(dir: &Path) -> Vec<f32> {
         &|_| {},
     )
     .unwrap();
+    let search_depths = built.search_depths;
     Manifest {
         format_version: FORMAT_VERSION,
         version: "test".into(),
@@ -59,6 +60,7 @@ pub(crate) fn bundle(dir: &Path) -> Vec<f32> {
             shard: 0,
             file,
             items: ITEMS as u64,
+            search_depths,
         }],
         items: ITEMS as u64,
         catalog: None,

@@ -87,6 +87,11 @@ pub const DEFAULT_RETRIEVE_K: u32 = 100;
 /// top `retrieve_k` that lives on it (Vespa's top-k probability).
 pub const DEFAULT_TOP_K_PROBABILITY: f64 = 0.9999;
 
+/// The default recall@k each shard's HNSW search aims for
+/// (`RecommendOptions.recall_target`): each shard searches with the narrowest
+/// beam its builder measured to reach it at the `k` asked of it.
+pub const DEFAULT_RECALL_TARGET: f32 = 0.95;
+
 // Wire sizes, for the message size limits below. Each bound assumes the
 // costliest legal encoding (a repeated scalar written unpacked, a tag per value).
 
@@ -253,6 +258,8 @@ mod tests {
             bundle_version: "v".repeat(128),
             filter: "f".repeat(MAX_FILTER_BYTES),
             return_vectors: true,
+            recall_target: 0.0,
+            recall_at: 0,
         };
         assert!(search.encoded_len() <= search_request_max_bytes(MAX_EXCLUSIONS));
         let rank = RankRequest {
@@ -276,6 +283,7 @@ mod tests {
             // Vectors come only when asked for; the gateway raises its limit
             // for those calls by their size.
             vectors: Vec::new(),
+            search_ef: 0,
         };
         assert!(answer.encoded_len() <= search_response_max_bytes(MAX_RETRIEVE_K as usize));
     }

@@ -153,7 +153,12 @@ impl RetrievalNodeService {
             bundle_version: _,
             filter,
             return_vectors,
+            recall_target,
+            recall_at,
         } = request;
+        // The depth is looked up for the items the target is about.
+        let recall_at = if recall_at == 0 { k } else { recall_at.min(k) };
+        let recall_target = (recall_target > 0.0).then_some(recall_target);
         let filter = checked_filter(&filter, served.attributes.as_deref())?;
         let attributes = served.attributes.clone();
         self.caught_up(&served, min_log_revision, deadline).await?;
@@ -183,6 +188,15 @@ impl RetrievalNodeService {
             if deadline.is_some_and(|deadline| deadline <= started) {
                 return None;
             }
+            // Filtered searches keep the bundle's beam: their routes are
+            // chosen from it (`recsys_index::Route`).
+            let ef = searcher
+                .base()
+                .depth_for(
+                    recall_at as usize,
+                    recall_target.filter(|_| filter.is_none()),
+                )
+                .max(k as usize);
             let hits = match (filter, &attributes) {
                 (Some(filter), Some(attributes)) => filtered_search(
                     &searcher,
@@ -194,14 +208,14 @@ impl RetrievalNodeService {
                     attributes,
                 ),
                 _ => searcher
-                    .search(&query, k as usize, &exclude_item_ids, exact)
+                    .search_at(&query, k as usize, &exclude_item_ids, exact, ef)
                     .map(|hits| (hits, None)),
             };
-            Some((hits, started.elapsed()))
+            Some((hits, started.elapsed(), if exact { 0 } else { ef }))
         })
         .await
         .map_err(|e| NodeError::Search(format!("search task failed: {e}")))?;
-        let Some((hits, elapsed)) = searched else {
+        let Some((hits, elapsed, ef)) = searched else {
             crate::metrics::expired(index.shard());
             return Err(NodeError::DeadlineExceeded);
         };
@@ -228,6 +242,7 @@ impl RetrievalNodeService {
             filter_matches: filtered.map_or(0, |(matches, _)| matches),
             filter_scanned: filtered.is_some_and(|(_, route)| route == Route::Scan),
             vectors,
+            search_ef: u32::try_from(ef).unwrap_or(u32::MAX),
         })
     }
 
@@ -332,6 +347,13 @@ pub fn validate(
         return Err(NodeError::invalid(
             "k",
             format!("is {}, must be between 1 and {}", request.k, limits.max_k),
+        ));
+    }
+    let target = request.recall_target;
+    if !(0.0..=1.0).contains(&target) {
+        return Err(NodeError::invalid(
+            "recall_target",
+            format!("is {target}, must be between 0 and 1 (0 means the bundle's beam)"),
         ));
     }
     if request.filter.len() > MAX_FILTER_BYTES {
@@ -470,5 +492,13 @@ mod tests {
         assert!(message(request(vec![1.0, 0.0], 101, 0)).contains("between 1 and 100"));
         assert!(message(request(vec![1.0, 0.0], 1, 4)).contains("the limit is 3"));
         assert!(validate(&request(vec![1.0, 0.0], 100, 3), 2, &limits).is_ok());
+        for target in [-0.1, 1.01, f32::NAN] {
+            let mut r = request(vec![1.0, 0.0], 1, 0);
+            r.recall_target = target;
+            assert!(message(r).starts_with("recall_target: is"), "{target}");
+        }
+        let mut r = request(vec![1.0, 0.0], 1, 0);
+        r.recall_target = 0.95;
+        assert!(validate(&r, 2, &limits).is_ok());
     }
 }

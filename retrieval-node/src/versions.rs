@@ -63,6 +63,7 @@ fn open_verified(dir: &Path, shard: u32, mode: LoadMode) -> Result<Opened, Bundl
         "shard file verified"
     );
     let index = ShardIndex::open_with(dir, shard, mode)?;
+    log_depths(&index);
     // Changes applied on top start after the revision the version contains.
     let live = LiveShard::new(index, manifest.log_revision)
         .map_err(|e| BundleError::index(dir.join(recsys_bundle::shard_file(shard)), e))?;
@@ -91,6 +92,39 @@ fn open_verified(dir: &Path, shard: u32, mode: LoadMode) -> Result<Opened, Bundl
         has_ranker: manifest.ranker.is_some(),
         attributes,
     })
+}
+
+/// Says at load what the shard's measured search depths promise: the beam
+/// for 100 results at 0.95, and any `k` whose recall tops out below a target
+/// (a graph that needs more links, `--connectivity`), once per shard.
+fn log_depths(index: &ShardIndex) {
+    let Some(depths) = index.search_depths() else {
+        tracing::info!(
+            shard = index.shard(),
+            "no measured search depths (a bundle built before them): every search uses the bundle's beam"
+        );
+        return;
+    };
+    tracing::info!(
+        shard = index.shard(),
+        queries = depths.queries,
+        beam_k100_r095 = index.depth_for(100, Some(0.95)),
+        fixed_beam = index.depth_for(1, None),
+        "search depths measured by the builder"
+    );
+    let short: Vec<String> = depths
+        .rows
+        .iter()
+        .filter(|row| row.best_permille > 0 && row.best_permille < 990)
+        .map(|row| format!("k {}: {:.3}", row.k, f64::from(row.best_permille) / 1000.0))
+        .collect();
+    if !short.is_empty() {
+        tracing::warn!(
+            shard = index.shard(),
+            best_recall = %short.join(", "),
+            "recall stops growing below 0.99 at these k on this shard's graph; searches aiming higher use the beam where it stopped (a larger --connectivity builds a better connected graph)"
+        );
+    }
 }
 
 /// A version's shard as [`open_verified`] opened it.

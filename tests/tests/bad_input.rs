@@ -258,6 +258,7 @@ impl Adversarial for Noise {
                 top_k_probability: self.pick(&[0.0, 0.5, 1.0, 2.0, -1.0, f32::NAN]),
                 skip_ranking: self.below(2) == 0,
                 include_seen: self.below(2) == 0,
+                recall_target: self.pick(&[0.0, 0.5, 0.95, 1.0, 1.5, -1.0, f32::NAN]),
             }),
             similar_to_item_id: (self.below(4) == 0).then(|| self.id()),
             diversity: (self.below(4) == 0).then(|| recsys_proto::v1::Diversity {
@@ -296,6 +297,8 @@ impl Adversarial for Noise {
                 String::new()
             },
             return_vectors: self.below(4) == 0,
+            recall_target: self.pick(&[0.0, 0.5, 0.95, 1.0, 1.5, -1.0, f32::NAN]),
+            recall_at: self.pick(&[0, 1, 25, u32::MAX]),
         }
     }
 

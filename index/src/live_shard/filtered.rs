@@ -242,7 +242,7 @@ impl LiveShard {
                 excluded,
                 matches: Some(&matches),
             };
-            let hits = self.search_wanted(query, k, wanted, false)?;
+            let hits = self.search_wanted(query, k, wanted, false, ef)?;
             // Short of k: fewer matched than estimated, or the graph did not
             // reach them; the scan finds every one.
             if hits.len() >= k || route == Route::Graph {
