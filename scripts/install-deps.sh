@@ -9,7 +9,9 @@
 #   the object store tests (tests/tests/object_store.rs) start on loopback;
 #   grpcio and grpcio-tools (PyPI) in a venv under target/example-venv, which
 #   the Python example's test (tests/tests/python_example.rs) runs it with
-#   (python3 with venv, Debian's python3-venv, to make both).
+#   (python3 with venv, Debian's python3-venv, to make both);
+#   DejaVu Sans (Debian's fonts-dejavu-core), which `recsys-bench load --report`
+#   labels its PNG plots with (and its test renders one).
 # Uses apt-get (with sudo when not root); elsewhere it says exactly what to install.
 set -euo pipefail
 
@@ -18,6 +20,7 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || [ -x /usr/bin/etcdctl ] || need+=(etcd-client)
 command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 if command -v docker >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1 \
   && ! command -v docker-compose >/dev/null 2>&1; then
   need+=(docker-compose)

@@ -51,6 +51,12 @@ pub struct LoadArgs {
     /// recovery after each level (see `open_loop.rs`).
     #[arg(long, value_delimiter = ',')]
     pub rate: Vec<f64>,
+    /// Also write a report into this directory: `load.json` (every level's
+    /// numbers, per second and as a latency histogram) and two PNG plots,
+    /// throughput and latency over time and the latency histogram (closed
+    /// loop only).
+    #[arg(long, conflicts_with = "rate")]
+    pub report: Option<PathBuf>,
     /// Open loop: each request's deadline (ms).
     #[arg(long, default_value_t = 1000)]
     pub timeout_ms: u64,
@@ -64,6 +70,10 @@ pub struct LoadArgs {
 #[derive(Debug, Default)]
 struct ClientTally {
     latencies_us: Vec<f64>,
+    /// When each answer in `latencies_us` came, in seconds after the warm-up.
+    ended_s: Vec<f64>,
+    /// When each error came, likewise.
+    errors_s: Vec<f64>,
     errors: u64,
     first_error: Option<String>,
 }
@@ -132,6 +142,7 @@ async fn run_levels(
     if !args.rate.is_empty() {
         return crate::open_loop::run(args, channels, dim, pids).await;
     }
+    let mut levels = Vec::new();
     for &concurrency in &args.concurrency {
         let concurrency = concurrency.max(1);
         let warm_until = Instant::now() + Duration::from_secs(1);
@@ -150,10 +161,19 @@ async fn run_levels(
             })
             .collect();
         let mut latencies = Vec::new();
+        let (mut samples, mut error_times) = (Vec::new(), Vec::new());
         let (mut errors, mut first_error) = (0, None);
         for client in clients {
             let tally = client.await?;
+            samples.extend(
+                tally
+                    .ended_s
+                    .iter()
+                    .copied()
+                    .zip(tally.latencies_us.iter().copied()),
+            );
             latencies.extend(tally.latencies_us);
+            error_times.extend(tally.errors_s);
             errors += tally.errors;
             first_error = first_error.or(tally.first_error);
         }
@@ -170,6 +190,27 @@ async fn run_levels(
                 "errors": errors, "first_error": first_error,
             })
         );
+        levels.push(crate::report::LevelSamples {
+            label: format!("{concurrency} in flight"),
+            seconds: args.seconds,
+            samples,
+            error_times,
+        });
+    }
+    if let Some(dir) = &args.report {
+        let run = serde_json::json!({
+            "gateway": addr, "processes": args.shape.processes, "io_threads": io_threads,
+            "connections": channels.len(), "k": args.k, "rank": args.rank,
+            "bundle": args.bundle, "concurrency": args.concurrency,
+        });
+        let title = format!(
+            "recsys-bench load: k = {}{}, {} s per level",
+            args.k,
+            if args.rank { ", ranked" } else { "" },
+            args.seconds
+        );
+        crate::report::write_report(dir, &title, run, &levels)?;
+        eprintln!("report written to {}", dir.display());
     }
     Ok(())
 }
@@ -200,11 +241,15 @@ async fn run_client(
             break;
         }
         match outcome {
-            Ok(_) => tally
-                .latencies_us
-                .push((done - started).as_secs_f64() * 1e6),
+            Ok(_) => {
+                tally
+                    .latencies_us
+                    .push((done - started).as_secs_f64() * 1e6);
+                tally.ended_s.push((done - warm_until).as_secs_f64());
+            }
             Err(status) => {
                 tally.errors += 1;
+                tally.errors_s.push((done - warm_until).as_secs_f64());
                 tally.first_error.get_or_insert_with(|| status.to_string());
             }
         }

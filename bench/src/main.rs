@@ -29,6 +29,7 @@ mod open_loop;
 mod overhead;
 mod process_cluster;
 mod ranking;
+mod report;
 mod shards;
 mod stats;
 
