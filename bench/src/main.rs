@@ -30,6 +30,7 @@ mod overhead;
 mod process_cluster;
 mod ranking;
 mod report;
+mod scale;
 mod shards;
 mod stats;
 
@@ -67,6 +68,10 @@ enum Command {
     /// server a process): recall@100, rate and where the time goes, per
     /// recall target.
     Shards(shards::ShardsArgs),
+    /// A synthetic catalog of 1M-10M items in 1-8 shards, each server a
+    /// process: build time, memory per item, cold start, recall, latency,
+    /// QPS at saturation; JSON lines and a PNG.
+    Scale(scale::ScaleArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -84,5 +89,6 @@ fn main() -> anyhow::Result<()> {
         Command::Items(args) => runtime()?.block_on(items::items(args)),
         Command::Ranking(args) => ranking::run(args),
         Command::Shards(args) => runtime()?.block_on(shards::run(args)),
+        Command::Scale(args) => runtime()?.block_on(scale::run(args)),
     }
 }

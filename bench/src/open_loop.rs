@@ -266,7 +266,7 @@ async fn recover(
 }
 
 /// Resident memory (kB) of each process in `pids` that is still there.
-fn rss_kb(pids: &[u32]) -> BTreeMap<u32, u64> {
+pub(crate) fn rss_kb(pids: &[u32]) -> BTreeMap<u32, u64> {
     pids.iter()
         .filter_map(|&pid| {
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

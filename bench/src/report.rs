@@ -155,7 +155,7 @@ pub fn write_report(
 }
 
 /// Registers [`FONT`] as the plots' sans-serif, once per process.
-fn register_font() -> anyhow::Result<()> {
+pub(crate) fn register_font() -> anyhow::Result<()> {
     static REGISTERED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     REGISTERED
         .get_or_init(|| {
@@ -172,7 +172,7 @@ fn register_font() -> anyhow::Result<()> {
 }
 
 /// A distinct colour per level.
-fn colour(i: usize) -> RGBColor {
+pub(crate) fn colour(i: usize) -> RGBColor {
     const COLOURS: [RGBColor; 8] = [
         RGBColor(31, 119, 180),
         RGBColor(255, 127, 14),

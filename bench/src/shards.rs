@@ -13,8 +13,6 @@ use std::time::Instant;
 use clap::Args;
 use recsys_bundle::{IndexParams, Quantization};
 use recsys_proto::v1::gateway_service_client::GatewayServiceClient as GatewayClient;
-use recsys_proto::v1::recommend_request::Query;
-use recsys_proto::v1::{QueryEmbedding, RecommendOptions, RecommendRequest};
 use tonic::transport::Channel;
 
 use crate::glove::{GloveSplit, K, glove_bundle};
@@ -136,17 +134,7 @@ async fn ask(
     client: &mut GatewayClient<Channel>,
     query: &[f32],
 ) -> anyhow::Result<(Sample, Vec<u64>)> {
-    let request = RecommendRequest {
-        query: Some(Query::QueryEmbedding(QueryEmbedding {
-            values: query.to_vec(),
-        })),
-        k: K as u32,
-        options: Some(RecommendOptions {
-            skip_ranking: true,
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let request = crate::scale::request(query);
     let started = Instant::now();
     let response = client.recommend(request).await?.into_inner();
     let client_us = started.elapsed().as_secs_f64() * 1e6;

@@ -112,17 +112,28 @@ fn log_depths(index: &ShardIndex) {
         fixed_beam = index.depth_for(1, None),
         "search depths measured by the builder"
     );
-    let short: Vec<String> = depths
-        .rows
-        .iter()
-        .filter(|row| row.best_permille > 0 && row.best_permille < 990)
-        .map(|row| format!("k {}: {:.3}", row.k, f64::from(row.best_permille) / 1000.0))
-        .collect();
+    // Below the default target is worth a warning; below 0.99 only a note.
+    let topping_out = |below: u16| -> Vec<String> {
+        depths
+            .rows
+            .iter()
+            .filter(|row| row.best_permille > 0 && row.best_permille < below)
+            .map(|row| format!("k {}: {:.3}", row.k, f64::from(row.best_permille) / 1000.0))
+            .collect()
+    };
+    let default_target = (recsys_proto::limits::DEFAULT_RECALL_TARGET * 1000.0).round() as u16;
+    let short = topping_out(default_target);
     if !short.is_empty() {
         tracing::warn!(
             shard = index.shard(),
             best_recall = %short.join(", "),
-            "recall stops growing below 0.99 at these k on this shard's graph; searches aiming higher use the beam where it stopped (a larger --connectivity builds a better connected graph)"
+            "recall stops growing below the default target at these k on this shard's graph; searches aiming higher use the beam where it stopped (a larger --connectivity builds a better connected graph)"
+        );
+    } else if !topping_out(990).is_empty() {
+        tracing::info!(
+            shard = index.shard(),
+            best_recall = %topping_out(990).join(", "),
+            "recall stops growing below 0.99 at these k on this shard's graph"
         );
     }
 }
