@@ -34,8 +34,8 @@ pub struct DepthRow {
 /// Beams measured on one shard, by `k` (ascending) and recall target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SearchDepths {
-    /// Held-out queries measured: items of the shard, each left out of its own
-    /// answer and of the exact answer it was compared with.
+    /// Held-out queries measured: items of the shard kept out of its graph
+    /// while it was measured (and inserted after).
     pub queries: u32,
     /// The targets, in thousandths of recall@k, ascending.
     pub recall_permille: Vec<u16>,

@@ -27,7 +27,7 @@ use usearch::Index;
 
 /// Held-out queries per shard: enough that the mean recall@100 is steady to
 /// about a point, few enough that measuring costs seconds on 1M items.
-pub const DEPTH_QUERIES: usize = 200;
+pub(crate) const DEPTH_QUERIES: usize = 200;
 
 /// Fewest held-out queries worth a table: a shard of fewer than ten times
 /// this many items gets none (and searches with the fixed beam).
@@ -43,8 +43,9 @@ pub(crate) fn held_out_count(items: usize) -> usize {
 /// The `k` measured; requests between two are interpolated.
 const K_GRID: [usize; 14] = [1, 5, 10, 20, 30, 50, 70, 100, 150, 200, 300, 500, 700, 1000];
 
-/// The deepest beam tried; a target not met by it gets it.
-pub const MAX_MEASURED_EF: usize = 4096;
+/// The deepest beam tried; a target not met by it gets the plateau's beam
+/// ([`PLATEAU`]).
+const MAX_MEASURED_EF: usize = 4096;
 
 /// Each beam tried is this much wider than the last (and at least one wider).
 const EF_GROWTH: f64 = 1.15;
@@ -216,7 +217,7 @@ mod tests {
         // No target, or a target on a shard without a table: the fixed beam.
         assert_eq!(shard.depth_for(10, None), shard.params().expansion_search);
         // Queries the measurement never saw, from the same distribution: the
-        // beam for a target reaches about it (the measurement's bound errs deep).
+        // beam for a target reaches about it.
         let queries = unit_vectors(200, 11);
         for k in [10, 50, 100] {
             for target in [0.9f32, 0.95, 0.99] {

@@ -19,7 +19,6 @@ mod shard_index;
 mod test_bundle;
 
 pub use build::{BuiltShard, ShardProgress, build_shard};
-pub use depth::{DEPTH_QUERIES, MAX_MEASURED_EF};
 pub use error::SearchError;
 pub use live_shard::{
     Applied, AttributeFilter, BLOCK_MAX_SHARE, BLOCK_MIN_ITEMS, ChangeError, FilteredHits,

@@ -369,8 +369,7 @@ impl LiveShard {
         excluded: &[u64],
         exact: bool,
     ) -> Result<Vec<Hit>, SearchError> {
-        let ef = self.base.expansion_search();
-        self.search_wanted(query, k, Wanted::excluding(excluded), exact, ef)
+        self.search_at(query, k, excluded, exact, self.base.expansion_search())
     }
 
     /// [`Self::search`] with a beam of `ef` in every part of the shard (what

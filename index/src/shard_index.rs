@@ -424,8 +424,8 @@ impl ShardIndex {
         Ok(bytes)
     }
 
-    /// The search beam width (`ef`) now in force.
-    pub(crate) fn expansion_search(&self) -> usize {
+    /// The search beam width (`ef`) of searches without a recall target.
+    pub fn expansion_search(&self) -> usize {
         self.ef.load(Ordering::Relaxed)
     }
 

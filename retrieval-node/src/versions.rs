@@ -109,7 +109,7 @@ fn log_depths(index: &ShardIndex) {
         shard = index.shard(),
         queries = depths.queries,
         beam_k100_r095 = index.depth_for(100, Some(0.95)),
-        fixed_beam = index.depth_for(1, None),
+        fixed_beam = index.expansion_search(),
         "search depths measured by the builder"
     );
     // Below the default target is worth a warning; below 0.99 only a note.
@@ -123,16 +123,17 @@ fn log_depths(index: &ShardIndex) {
     };
     let default_target = (recsys_proto::limits::DEFAULT_RECALL_TARGET * 1000.0).round() as u16;
     let short = topping_out(default_target);
+    let below_highest = topping_out(990);
     if !short.is_empty() {
         tracing::warn!(
             shard = index.shard(),
             best_recall = %short.join(", "),
             "recall stops growing below the default target at these k on this shard's graph; searches aiming higher use the beam where it stopped (a larger --connectivity builds a better connected graph)"
         );
-    } else if !topping_out(990).is_empty() {
+    } else if !below_highest.is_empty() {
         tracing::info!(
             shard = index.shard(),
-            best_recall = %topping_out(990).join(", "),
+            best_recall = %below_highest.join(", "),
             "recall stops growing below 0.99 at these k on this shard's graph"
         );
     }
