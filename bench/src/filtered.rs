@@ -22,7 +22,8 @@ use recsys_index::{
 };
 use recsys_retrieval_node::{LoadMode, ShardIndex};
 
-use crate::glove::{GloveSplit, K, Pass, glove_bundle, ground_truth_among, load_glove};
+use crate::glove::Pass;
+use crate::glove_split::{GloveSplit, K, glove_bundle, ground_truth_among};
 
 /// Options of `recsys-bench filtered`.
 #[derive(Debug, Clone, Args)]
@@ -68,22 +69,14 @@ fn attributes(items: usize, shares: &[f64]) -> anyhow::Result<ItemAttributes> {
 
 /// Runs the measurement and prints one JSON line per selectivity and ef.
 pub fn run(args: FilteredArgs) -> anyhow::Result<()> {
-    let (dim, all) = load_glove(&args.split.data)?;
-    anyhow::ensure!(
-        (args.split.items + args.split.queries) * dim <= all.len(),
-        "{} items + {} queries exceed the GloVe rows",
-        args.split.items,
-        args.split.queries
-    );
+    let split = args.split.open()?;
+    let (dim, items, queries) = (split.dim, split.items(), split.queries());
     for share in &args.selectivity {
         anyhow::ensure!(
             *share > 0.0 && *share <= 1.0,
             "--selectivity {share} is not in (0, 1]"
         );
     }
-    let items = &all[..args.split.items * dim];
-    let queries = &all[args.split.items * dim..(args.split.items + args.split.queries) * dim];
-    std::fs::create_dir_all(&args.split.work)?;
     let defaults = IndexParams::default();
     let (bundle, _) = glove_bundle(
         &args.split.work,
@@ -111,9 +104,10 @@ pub fn run(args: FilteredArgs) -> anyhow::Result<()> {
             "block_items": shard_attributes.blocks().items(),
             "build_s": started.elapsed().as_secs_f64()})
     );
-    // The unfiltered search's truth is the exact top-100 of every item.
+    // The unfiltered search's truth is the exact top-100 of every item (the
+    // split's own, kept in the work directory).
     let every: Vec<u64> = (0..args.split.items as u64).collect();
-    let truth_all = ground_truth_among(items, queries, dim, &every);
+    let truth_all = &split.truth;
     for (column, share) in args.selectivity.iter().enumerate() {
         let filter = Filter::parse(&format!("s{column} = true"))?;
         let filter = AttributeFilter::new(&shard_attributes, &filter)?;
@@ -170,7 +164,7 @@ pub fn run(args: FilteredArgs) -> anyhow::Result<()> {
             let unfiltered_recall = Pass {
                 queries,
                 dim,
-                truth: &truth_all,
+                truth: truth_all,
             }
             .measure_rotating(&[&unfiltered])?[0]
                 .0;

@@ -23,6 +23,7 @@ static ALLOCATOR: recsys_server::allocator::Allocator = recsys_server::allocator
 
 mod filtered;
 mod glove;
+mod glove_split;
 mod items;
 mod load;
 mod open_loop;

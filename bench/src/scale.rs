@@ -25,7 +25,7 @@ use recsys_proto::v1::{QueryEmbedding, RecommendOptions, RecommendRequest};
 use serde_json::json;
 use tonic::transport::Channel;
 
-use crate::glove::{K, ground_truth_among};
+use crate::glove_split::{K, ground_truth_among};
 use crate::process_cluster::{ProcessCluster, ProcessOptions};
 use crate::stats::percentile;
 

@@ -15,7 +15,7 @@ use recsys_bundle::{IndexParams, Quantization};
 use recsys_proto::v1::gateway_service_client::GatewayServiceClient as GatewayClient;
 use tonic::transport::Channel;
 
-use crate::glove::{GloveSplit, K, glove_bundle};
+use crate::glove_split::{GloveSplit, K, glove_bundle};
 use crate::process_cluster::{ProcessCluster, ProcessOptions};
 use crate::stats::percentile;
 
