@@ -171,6 +171,18 @@ pub(crate) fn register_font() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)
 }
 
+/// The series' labels in a box, the same on every plot.
+pub(crate) fn legend<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, BitMapBackend<'a>, CT>,
+) -> anyhow::Result<()> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
 /// A distinct colour per level.
 pub(crate) fn colour(i: usize) -> RGBColor {
     const COLOURS: [RGBColor; 8] = [
@@ -240,11 +252,7 @@ fn plot_over_time(path: &Path, title: &str, levels: &[LevelSamples]) -> anyhow::
             ))?;
         }
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    legend(&mut chart)?;
 
     let latency_max = seconds
         .iter()
@@ -332,11 +340,7 @@ fn plot_histogram(
             .label(level.label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    legend(&mut chart)?;
     root.present()?;
     Ok(())
 }

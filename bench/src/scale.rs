@@ -395,11 +395,7 @@ fn plot(path: &Path, points: &[Point]) -> anyhow::Result<()> {
                 chart.draw_series(LineSeries::new(series(thin), colour.stroke_width(1)))?;
             }
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
+        crate::report::legend(&mut chart)?;
     }
     root.present()?;
     Ok(())
