@@ -187,8 +187,9 @@ pub async fn overhead(args: OverheadArgs, io_threads: usize) -> anyhow::Result<(
         "{}",
         serde_json::json!({
             "event": "gateway_overhead",
-            "processes": matches!(cluster, BenchCluster::Processes(_)),
+            "processes": matches!(cluster, BenchCluster::Processes(..)),
             "tls": args.shape.tls.is_some(),
+            "trace": args.shape.trace,
             "server_pids": cluster.pids(),
             // 0: each binary's own default.
             "io_threads": io_threads,

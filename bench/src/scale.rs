@@ -26,8 +26,8 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 use crate::glove_split::{K, ground_truth_among};
-use crate::process_cluster::{ProcessCluster, ProcessOptions};
 use crate::stats::percentile;
+use recsys_local_cluster::{ProcessCluster, ProcessOptions};
 
 /// Options of `recsys-bench scale`.
 #[derive(Debug, Clone, Args)]

@@ -16,8 +16,8 @@ use recsys_proto::v1::gateway_service_client::GatewayServiceClient as GatewayCli
 use tonic::transport::Channel;
 
 use crate::glove_split::{GloveSplit, K, glove_bundle};
-use crate::process_cluster::{ProcessCluster, ProcessOptions};
 use crate::stats::percentile;
+use recsys_local_cluster::{ProcessCluster, ProcessOptions};
 
 /// Options of `recsys-bench shards`.
 #[derive(Debug, Clone, Args)]

@@ -74,7 +74,7 @@ enum Command {
 }
 
 fn main() {
-    recsys_server::telemetry::init();
+    let _telemetry = recsys_server::telemetry::init("recsys");
     let cli = Cli::parse();
     if cli.check_config {
         match check(&cli.command) {

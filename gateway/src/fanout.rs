@@ -11,8 +11,10 @@ use recsys_proto::limits;
 use recsys_proto::v1::{
     SearchRequest, SearchResponse, retrieval_service_client::RetrievalServiceClient,
 };
+use recsys_server::trace_context;
 use tokio::time::Instant;
 use tonic::Code;
+use tracing::Instrument;
 
 use crate::answer_check::{SearchExpectation, check_search};
 use crate::node_channels::{NodeChannels, NodeHandle};
@@ -58,6 +60,14 @@ pub async fn search_shard(
     hedge_after: Option<std::time::Duration>,
 ) -> ShardAnswer {
     let started = Instant::now();
+    let span = tracing::debug_span!(
+        target: trace_context::TARGET,
+        "shard_search",
+        shard = target.shard,
+        k = request.k,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    );
     let outcome = search_replicas(
         clients,
         target,
@@ -67,7 +77,11 @@ pub async fn search_shard(
         deadline,
         hedge_after,
     )
+    .instrument(span.clone())
     .await;
+    if let Err(failure) = &outcome {
+        trace_context::fail(&span, failure);
+    }
     crate::metrics::shard_answer(target.shard, outcome.is_ok(), started.elapsed());
     ShardAnswer {
         shard: target.shard,
@@ -107,6 +121,7 @@ async fn search_replicas(
         |node, remaining| {
             let mut grpc_request = tonic::Request::new(request.clone());
             grpc_request.set_timeout(remaining);
+            trace_context::inject(grpc_request.metadata_mut());
             let mut client = RetrievalServiceClient::new(node.channel.clone())
                 .max_decoding_message_size(max_bytes);
             async move { client.search(grpc_request).await }

@@ -257,7 +257,7 @@ impl Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    recsys_server::telemetry::init();
+    let _telemetry = recsys_server::telemetry::init("recsys-gateway");
     let args = Args::parse();
     if args.check_config {
         let (discovery, config) = args.plan()?;

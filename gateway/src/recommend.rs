@@ -16,8 +16,10 @@ use recsys_proto::v1::{
     RecommendStreamResponse, SearchRequest, Stage, StageTimings,
     ranking_service_client::RankingServiceClient, recommend_request::Query,
 };
+use recsys_server::trace_context;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::GatewayError;
 use crate::answer_check::check_rank;
@@ -102,14 +104,29 @@ impl Gateway {
         if let Some(item) = request.similar_to_item_id {
             self.query_from_item(&mut plan, item).await?;
         }
-        let mut retrieved = self.fan_out_and_merge(&mut plan, partial).await?;
+        let retrieve = tracing::debug_span!(
+            target: trace_context::TARGET,
+            "retrieve",
+            shards = plan.bundle.manifest.shard_count,
+            retrieve_k = plan.checked.retrieve_k,
+        );
+        let mut retrieved = self
+            .fan_out_and_merge(&mut plan, partial)
+            .instrument(retrieve)
+            .await?;
         let ranking_started = Instant::now();
         // The answer may hold items changed up to `log_revision`: the names
         // catch up beside the ranking call, which asks the same of its node.
         let names = self.names_caught_up(&plan, retrieved.log_revision);
         let ranked = if plan.with_ranking {
+            let rank = tracing::debug_span!(
+                target: trace_context::TARGET,
+                "rank",
+                candidates = retrieved.merged.len(),
+            );
             let (ranked, ()) = tokio::join!(
-                self.rank_candidates(&plan, &request, &retrieved.merged, retrieved.log_revision),
+                self.rank_candidates(&plan, &request, &retrieved.merged, retrieved.log_revision)
+                    .instrument(rank),
                 names
             );
             match ranked {
@@ -496,6 +513,7 @@ impl Gateway {
             |node, remaining| {
                 let mut grpc_request = tonic::Request::new(rank.clone());
                 grpc_request.set_timeout(remaining);
+                trace_context::inject(grpc_request.metadata_mut());
                 let mut client = RankingServiceClient::new(node.channel.clone())
                     .max_decoding_message_size(RANK_RESPONSE_MAX_BYTES);
                 async move { client.rank(grpc_request).await }

@@ -18,6 +18,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use recsys_server::exact_searches::ExactSearches;
+use recsys_server::trace_context;
+use tracing::Instrument;
 
 use crate::bundle_filter::VersionViews;
 use crate::bundle_state::BundleState;
@@ -141,7 +143,11 @@ impl GatewayService for Gateway {
         request: Request<RecommendRequest>,
     ) -> Result<Response<RecommendResponse>, Status> {
         let timeout = request_timeout(request.metadata(), &self.shared.policy);
-        let response = Gateway::recommend(self, request.into_inner(), timeout, None).await?;
+        let span = request_span(&request);
+        let response = Gateway::recommend(self, request.into_inner(), timeout, None)
+            .instrument(span.clone())
+            .await
+            .inspect_err(|error| trace_context::fail(&span, error))?;
         Ok(Response::new(response))
     }
 
@@ -153,6 +159,7 @@ impl GatewayService for Gateway {
         request: Request<RecommendRequest>,
     ) -> Result<Response<Self::RecommendStreamStream>, Status> {
         let timeout = request_timeout(request.metadata(), &self.shared.policy);
+        let span = request_span(&request);
         let request = request.into_inner();
         let capacity = self
             .shared
@@ -162,7 +169,8 @@ impl GatewayService for Gateway {
             + 1;
         let (sender, receiver) = mpsc::channel(capacity);
         let gateway = self.clone();
-        tokio::spawn(async move {
+        let task_span = span.clone();
+        let task = async move {
             let work = gateway.recommend(request, timeout, Some(&sender));
             let answer = tokio::select! {
                 answer = work => answer,
@@ -187,9 +195,30 @@ impl GatewayService for Gateway {
                 session_note: done.session_note,
                 diversity_note: done.diversity_note,
             });
+            if let Err(error) = &message {
+                trace_context::fail(&span, error);
+            }
             let _ = sender.send(message).await;
-        });
+        };
+        tokio::spawn(task.instrument(task_span));
         let stream = ReceiverStream::new(receiver).map(|message| message.map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// The span of one `Recommend`/`RecommendStream` call: a child of the client's
+/// span when its call carries a `traceparent`.
+fn request_span(request: &Request<RecommendRequest>) -> tracing::Span {
+    let message = request.get_ref();
+    let span = tracing::debug_span!(
+        target: trace_context::TARGET,
+        "recommend",
+        otel.kind = "server",
+        k = message.k,
+        retrieve_k = message.retrieve_k,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    );
+    trace_context::adopt_parent(&span, request.metadata());
+    span
 }

@@ -61,6 +61,7 @@ pub async fn item_vector(
         |node, remaining| {
             let mut grpc_request = tonic::Request::new(request.clone());
             grpc_request.set_timeout(remaining);
+            recsys_server::trace_context::inject(grpc_request.metadata_mut());
             let mut client = RetrievalServiceClient::new(node.channel.clone());
             async move { client.get_item_vector(grpc_request).await }
         },

@@ -15,12 +15,16 @@
 mod binaries;
 mod cluster_tls;
 mod process;
+mod process_cluster;
 mod server_handle;
+mod trace_collector;
 
 pub use binaries::{binaries_dir, workspace_binary};
 pub use cluster_tls::ClusterTls;
 pub use process::{ServerCommand, ServerProcess};
+pub use process_cluster::{ProcessCluster, ProcessOptions};
 pub use server_handle::{ServerError, ServerHandle};
+pub use trace_collector::{CollectedSpan, TraceCollector};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -107,6 +111,14 @@ pub enum ClusterError {
     Wait {
         /// The process's name and id.
         name: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A process cluster's static membership file could not be written.
+    #[error("cannot write {}: {source}", path.display())]
+    StaticFile {
+        /// The file.
+        path: PathBuf,
         /// The cause.
         source: std::io::Error,
     },

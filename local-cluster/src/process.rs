@@ -6,7 +6,8 @@
 //! A server starts with exactly the flags and variables its caller gives, and
 //! none of the caller's `RECSYS_*` variables: every flag of our binaries is also a
 //! `RECSYS_*` variable, so a developer's exported `RECSYS_ETCD` or
-//! `RECSYS_TOP_K_PROBABILITY` would otherwise change what is tested or measured.
+//! `RECSYS_TOP_K_PROBABILITY` would otherwise change what is tested or measured;
+//! nor its `OTEL_*` ones, which would turn the trace export on.
 //! Readiness is the health service reporting SERVING within a deadline, and a
 //! process that exits meanwhile fails the wait at once, by name, instead of
 //! after the deadline. Dropping a [`ServerProcess`] kills it, so a failing test
@@ -95,7 +96,8 @@ impl ServerCommand {
     fn command(&self, inherited: impl Iterator<Item = OsString>) -> Command {
         let mut command = Command::new(&self.program);
         for key in inherited {
-            if key.to_string_lossy().starts_with("RECSYS_") {
+            let name = key.to_string_lossy();
+            if name.starts_with("RECSYS_") || name.starts_with("OTEL_") {
                 command.env_remove(key);
             }
         }
@@ -281,7 +283,13 @@ mod tests {
 
     #[test]
     fn only_the_given_variables_reach_the_server_never_the_callers_recsys_ones() {
-        let inherited = ["PATH", "RECSYS_ETCD", "RECSYS_MAX_K"].map(OsString::from);
+        let inherited = [
+            "PATH",
+            "RECSYS_ETCD",
+            "RECSYS_MAX_K",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ]
+        .map(OsString::from);
         let command = ServerCommand::new("gateway", "gateway", free())
             .env("RECSYS_MAX_K", "10")
             .env("RUST_LOG", "warn")
@@ -294,6 +302,10 @@ mod tests {
             })
             .collect();
         assert!(envs.contains(&("RECSYS_ETCD".into(), None)), "{envs:?}");
+        assert!(
+            envs.contains(&("OTEL_EXPORTER_OTLP_ENDPOINT".into(), None)),
+            "{envs:?}"
+        );
         assert!(
             envs.contains(&("RECSYS_MAX_K".into(), Some("10".into()))),
             "{envs:?}"

@@ -34,6 +34,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use recsys_model::{RankError, Ranker, Scores, UserContext};
+use recsys_server::trace_context;
 use tokio::sync::{oneshot, watch};
 
 /// What a scorer gives back for one request.
@@ -76,6 +77,9 @@ struct Job<S> {
     /// When the caller stops waiting (`None`: it sent no deadline).
     deadline: Option<Instant>,
     reply: oneshot::Sender<Reply>,
+    /// The caller's span: the batch that scores the job is its child or linked
+    /// to it (`trace_context`).
+    span: tracing::Span,
 }
 
 struct Queue<S> {
@@ -243,6 +247,7 @@ impl<S: BatchScorer> Batcher<S> {
             items,
             deadline,
             reply,
+            span: tracing::Span::current(),
         });
         crate::metrics::queued(queue.jobs.len(), queue.candidates);
         drop(queue);
@@ -391,6 +396,9 @@ fn score<S: BatchScorer>(batch: Vec<Job<S>>, allow_unknown_items: bool) {
     let Some(ranker) = batch.first().map(|job| job.ranker.clone()) else {
         return;
     };
+    let rows: usize = batch.iter().map(|job| job.items.len()).sum();
+    let span = batch_span(&batch, rows);
+    let _entered = span.enter();
     let started = Instant::now();
     let requests: Vec<(&UserContext, &[u64])> = batch
         .iter()
@@ -418,7 +426,6 @@ fn score<S: BatchScorer>(batch: Vec<Job<S>>, allow_unknown_items: bool) {
         }
     };
     let elapsed = started.elapsed();
-    let rows: usize = batch.iter().map(|job| job.items.len()).sum();
     crate::metrics::pass(batch.len(), rows, elapsed);
     for (job, outcome) in batch.into_iter().zip(outcomes) {
         if let Ok(scores) = &outcome {
@@ -427,6 +434,23 @@ fn score<S: BatchScorer>(batch: Vec<Job<S>>, allow_unknown_items: bool) {
         // The caller may have gone (deadline, cancellation): nothing to do then.
         let _ = job.reply.send(Ok(outcome));
     }
+}
+
+/// The span of one scoring pass: a child of its first request's span, linked
+/// to the others it scores with it.
+fn batch_span<S>(batch: &[Job<S>], rows: usize) -> tracing::Span {
+    let parent = batch.first().map(|job| job.span.clone());
+    let span = tracing::debug_span!(
+        target: trace_context::TARGET,
+        parent: parent.and_then(|span| span.id()),
+        "ranking_batch",
+        requests = batch.len(),
+        rows,
+    );
+    for job in batch.iter().skip(1) {
+        trace_context::link(&span, &job.span);
+    }
+    span
 }
 
 #[cfg(test)]
@@ -457,6 +481,7 @@ mod tests {
             items: vec![1; rows],
             deadline: None,
             reply,
+            span: tracing::Span::none(),
         };
         (job, receiver)
     }

@@ -10,7 +10,9 @@ use recsys_proto::v1::{
     FeatureValue, InfoRequest, InfoResponse, LoadStatus, RankRequest, RankResponse, VersionInfo,
     feature_value::Kind, ranking_service_server::RankingService,
 };
+use recsys_server::trace_context;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::batcher::Batcher;
 use crate::item_overlay::ServingRanker;
@@ -148,8 +150,20 @@ impl RankingService for RankingNodeService {
         // The queue drops the request unscored once the caller stops waiting.
         let deadline = recsys_server::deadline::metadata_timeout(request.metadata())
             .and_then(recsys_server::deadline::deadline_after);
+        let span = tracing::debug_span!(
+            target: trace_context::TARGET,
+            "rank",
+            otel.kind = "server",
+            candidates = request.get_ref().item_ids.len(),
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
+        trace_context::adopt_parent(&span, request.metadata());
         Ok(Response::new(
-            RankingNodeService::rank(self, request.into_inner(), deadline).await?,
+            RankingNodeService::rank(self, request.into_inner(), deadline)
+                .instrument(span.clone())
+                .await
+                .inspect_err(|error| trace_context::fail(&span, error))?,
         ))
     }
 

@@ -117,7 +117,7 @@ impl Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    recsys_server::telemetry::init();
+    let _telemetry = recsys_server::telemetry::init("recsys-retrieval-node");
     let args = Args::parse();
     if args.check_config {
         let config = args.config(args.listen)?;

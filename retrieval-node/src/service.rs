@@ -16,8 +16,10 @@ use recsys_proto::v1::{
     SearchRequest, SearchResponse, VersionInfo, retrieval_service_server::RetrievalService,
 };
 use recsys_server::exact_searches::ExactSearches;
+use recsys_server::trace_context;
 use tokio::sync::{Semaphore, watch};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::versions::ServedShard;
 use crate::{NodeError, SearchLimits};
@@ -181,6 +183,7 @@ impl RetrievalNodeService {
         drop(waiting);
         let queued = queued.elapsed();
         let searcher = live.clone();
+        let request_span = tracing::Span::current();
         let searched = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let _exact_slot = exact_slot;
@@ -188,6 +191,16 @@ impl RetrievalNodeService {
             if deadline.is_some_and(|deadline| deadline <= started) {
                 return None;
             }
+            let span = tracing::debug_span!(
+                target: trace_context::TARGET,
+                parent: &request_span,
+                "index_search",
+                shard = searcher.base().shard(),
+                ef = tracing::field::Empty,
+                filtered = filter.is_some(),
+                exact,
+            )
+            .entered();
             // Filtered searches keep the bundle's beam: their routes are
             // chosen from it (`recsys_index::Route`).
             let ef = searcher
@@ -197,6 +210,7 @@ impl RetrievalNodeService {
                     recall_target.filter(|_| filter.is_none()),
                 )
                 .max(k as usize);
+            span.record("ef", ef);
             let hits = match (filter, &attributes) {
                 (Some(filter), Some(attributes)) => filtered_search(
                     &searcher,
@@ -386,7 +400,19 @@ impl RetrievalService for RetrievalNodeService {
     ) -> Result<Response<SearchResponse>, Status> {
         let deadline = recsys_server::deadline::metadata_timeout(request.metadata())
             .and_then(recsys_server::deadline::deadline_after);
-        let response = RetrievalNodeService::search(self, request.into_inner(), deadline).await?;
+        let span = tracing::debug_span!(
+            target: trace_context::TARGET,
+            "search",
+            otel.kind = "server",
+            k = request.get_ref().k,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
+        trace_context::adopt_parent(&span, request.metadata());
+        let response = RetrievalNodeService::search(self, request.into_inner(), deadline)
+            .instrument(span.clone())
+            .await
+            .inspect_err(|error| trace_context::fail(&span, error))?;
         Ok(Response::new(response))
     }
 

@@ -19,3 +19,4 @@ pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
+pub mod trace_context;
