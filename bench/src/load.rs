@@ -182,7 +182,7 @@ async fn run_levels(
         println!(
             "{}",
             serde_json::json!({
-                "event": "load", "gateway": addr, "processes": args.shape.processes, "tls": args.shape.tls.is_some(), "trace": args.shape.trace, "io_threads": io_threads, "concurrency": concurrency,
+                "event": "load", "gateway": addr, "processes": args.shape.processes, "tls": args.shape.tls.is_some(), "trace": args.shape.trace, "trace_sample": args.shape.trace_sample, "io_threads": io_threads, "concurrency": concurrency,
                 "connections": channels.len(), "k": args.k, "rank": args.rank,
                 "seconds": args.seconds, "requests": latencies.len(),
                 "qps": latencies.len() as f64 / args.seconds,

@@ -17,6 +17,10 @@
 //!   answering to the item being found on every replica.
 //! - `ranking`: scoring latency of the TFRS DCN tutorial ranker, against
 //!   `bench/tfrs_dcn_timing.py` in the same run.
+//! - `shards`, `scale`: GloVe-50 in 1 and N shards; a synthetic 1M-10M catalog.
+//! - `two-stage`: a retrieve-and-rank request's CPU through a cluster of
+//!   processes against its kernels' in-process sum, and its tail at half the
+//!   saturating rate.
 
 #[global_allocator]
 static ALLOCATOR: recsys_server::allocator::Allocator = recsys_server::allocator::Allocator;
@@ -34,6 +38,7 @@ mod report;
 mod scale;
 mod shards;
 mod stats;
+mod two_stage;
 
 use clap::{Parser, Subcommand};
 use recsys_server::runtime::IoRole;
@@ -63,7 +68,8 @@ enum Command {
     Load(load::LoadArgs),
     /// Item upserts through the gateway and etcd: items/s, and time to visible on every replica.
     Items(items::ItemsArgs),
-    /// Ranking latency of the TFRS DCN tutorial ranker (run with RAYON_NUM_THREADS=1).
+    /// Ranking latency of the TFRS DCN tutorial ranker (one thread per matrix
+    /// product, as a ranking node, unless RAYON_NUM_THREADS is set).
     Ranking(ranking::RankingArgs),
     /// One client through a gateway over GloVe-50 in 1 and N shards (each
     /// server a process): recall@100, rate and where the time goes, per
@@ -73,10 +79,19 @@ enum Command {
     /// process: build time, memory per item, cold start, recall, latency,
     /// QPS at saturation; JSON lines and a PNG.
     Scale(scale::ScaleArgs),
+    /// A two-stage request (GloVe-50 retrieval, DCN tutorial ranker) through
+    /// a cluster of processes: CPU per request at saturation against the sum
+    /// of its in-process kernels, and p50/p99 at half the saturating rate.
+    TwoStage(two_stage::TwoStageArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The ranking benchmarks score as a ranking node does: one thread per
+    // matrix product unless RAYON_NUM_THREADS says otherwise (`kernel_threads`).
+    if matches!(cli.command, Command::Ranking(_) | Command::TwoStage(_)) {
+        recsys_server::kernel_threads::one_per_product_by_default();
+    }
     // Only the commands that start servers need a runtime; they hold the nodes'
     // search pools too.
     let runtime = || cli.runtime.build(IoRole::WithComputePools);
@@ -91,5 +106,6 @@ fn main() -> anyhow::Result<()> {
         Command::Ranking(args) => ranking::run(args),
         Command::Shards(args) => runtime()?.block_on(shards::run(args)),
         Command::Scale(args) => runtime()?.block_on(scale::run(args)),
+        Command::TwoStage(args) => runtime()?.block_on(two_stage::run(args)),
     }
 }

@@ -64,6 +64,10 @@ pub struct ClusterShape {
     /// costs when on; the spans received are counted on stderr at the end.
     #[arg(long, requires = "processes")]
     pub trace: bool,
+    /// With `--trace`: the share of requests traced (the servers'
+    /// `OTEL_TRACES_SAMPLER=parentbased_traceidratio` with this ratio).
+    #[arg(long, requires = "trace", default_value_t = 1.0)]
+    pub trace_sample: f64,
 }
 
 /// The cluster a benchmark drives: in its own process, or as processes of their own.
@@ -89,10 +93,20 @@ impl BenchCluster {
             } else {
                 None
             };
-            let env = collector
+            let mut env: Vec<(String, String)> = collector
                 .iter()
                 .map(|c| ("OTEL_EXPORTER_OTLP_ENDPOINT".to_string(), c.endpoint()))
                 .collect();
+            if shape.trace && shape.trace_sample < 1.0 {
+                env.push((
+                    "OTEL_TRACES_SAMPLER".into(),
+                    "parentbased_traceidratio".into(),
+                ));
+                env.push((
+                    "OTEL_TRACES_SAMPLER_ARG".into(),
+                    shape.trace_sample.to_string(),
+                ));
+            }
             let options = ProcessOptions {
                 io_threads,
                 gateway_io_threads: shape.gateway_io_threads.unwrap_or(io_threads),

@@ -5,8 +5,8 @@
 //! 100K vocabulary sizes, 32-d embeddings (x0 = 192), one full-rank cross layer,
 //! Dense 192 → Dense 192 → 1, random weights. Each call scores N candidate
 //! movies of one user through `Ranker::score`, feature lookup included.
-//! Run with `RAYON_NUM_THREADS=1` so candle's matmuls use one thread, as TFRS's
-//! side uses one intra-op thread.
+//! candle's products use one thread, as a ranking node's do and as TFRS's side
+//! uses one intra-op thread (`RAYON_NUM_THREADS` overrides it).
 //!
 //! `--grpc` measures the same calls through a ranking node's `Rank`: the ranker
 //! goes into a bundle with `attach_ranker` (the path an exported TFRS ranker
@@ -76,7 +76,13 @@ const FEATURES: [(&str, Side, usize); 6] = [
 ];
 const DIM: usize = 32;
 
-fn write_ranker(work: &std::path::Path) -> anyhow::Result<RankerFiles> {
+/// Writes the tutorial-shaped ranker into `work`, with an item table that
+/// gives each of `items` a movie (id 1 to 1682 are the movies themselves;
+/// larger ids cycle through them).
+pub(crate) fn write_ranker(
+    work: &std::path::Path,
+    items: impl IntoIterator<Item = u64>,
+) -> anyhow::Result<RankerFiles> {
     std::fs::create_dir_all(work.join("vocab"))?;
     // candle cannot seed its CPU generator; the values do not change the timing.
     let device = Device::Cpu;
@@ -142,11 +148,12 @@ fn write_ranker(work: &std::path::Path) -> anyhow::Result<RankerFiles> {
         work.join("config.json"),
         serde_json::to_string_pretty(&config)?,
     )?;
-    let mut items = String::from("item_id\tmovie_id\n");
-    for movie in 1..=MOVIES {
-        items.push_str(&format!("{movie}\tmovie_id-{movie}\n"));
+    let mut table = String::from("item_id\tmovie_id\n");
+    for item in items {
+        let movie = item.saturating_sub(1) % MOVIES + 1;
+        table.push_str(&format!("{item}\tmovie_id-{movie}\n"));
     }
-    std::fs::write(work.join("item_features.tsv"), items)?;
+    std::fs::write(work.join("item_features.tsv"), table)?;
     Ok(RankerFiles {
         bundle_dir: work.to_path_buf(),
         config: work.join("config.json"),
@@ -157,13 +164,26 @@ fn write_ranker(work: &std::path::Path) -> anyhow::Result<RankerFiles> {
 }
 
 /// The user of every call.
-const USER: [(&str, &str); 4] = [
+pub(crate) const USER: [(&str, &str); 4] = [
     ("user_gender", "user_gender-1"),
     ("user_zip_code", "user_zip_code-100"),
     ("user_occupation_text", "user_occupation_text-5"),
     ("bucketized_user_age", "bucketized_user_age-3"),
 ];
 const USER_ID: &str = "user_id-42";
+
+/// [`USER`] as a request's `user_features`.
+pub(crate) fn user_features() -> HashMap<String, recsys_proto::v1::FeatureValue> {
+    use recsys_proto::v1::{FeatureValue, feature_value::Kind};
+    USER.into_iter()
+        .map(|(k, v)| {
+            let value = FeatureValue {
+                kind: Some(Kind::StringValue(v.into())),
+            };
+            (k.to_string(), value)
+        })
+        .collect()
+}
 
 /// `batch` candidate ids, cycling through the catalogue.
 fn candidates(batch: usize) -> Vec<u64> {
@@ -174,7 +194,8 @@ const MOVIES: u64 = 1682;
 
 /// Runs the benchmark and prints one JSON line per batch size.
 pub fn run(args: RankingArgs) -> anyhow::Result<()> {
-    let files = write_ranker(&args.work.join("ranker")).context("writing the benchmark ranker")?;
+    let files = write_ranker(&args.work.join("ranker"), 1..=MOVIES)
+        .context("writing the benchmark ranker")?;
     if args.grpc {
         return tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -276,8 +297,8 @@ fn node_passes() -> (f64, f64) {
 }
 
 async fn run_grpc(args: RankingArgs, files: RankerFiles) -> anyhow::Result<()> {
+    use recsys_proto::v1::RankRequest;
     use recsys_proto::v1::ranking_service_client::RankingServiceClient;
-    use recsys_proto::v1::{FeatureValue, RankRequest, feature_value::Kind};
 
     let bundle = write_bundle(&args.work, &files)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -304,15 +325,7 @@ async fn run_grpc(args: RankingArgs, files: RankerFiles) -> anyhow::Result<()> {
     let request = |batch: usize| RankRequest {
         bundle_version: String::new(),
         user_id: USER_ID.into(),
-        user_features: USER
-            .into_iter()
-            .map(|(k, v)| {
-                let value = FeatureValue {
-                    kind: Some(Kind::StringValue(v.into())),
-                };
-                (k.to_string(), value)
-            })
-            .collect(),
+        user_features: user_features(),
         item_ids: candidates(batch),
         min_log_revision: 0,
     };

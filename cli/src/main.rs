@@ -74,8 +74,14 @@ enum Command {
 }
 
 fn main() {
-    let _telemetry = recsys_server::telemetry::init("recsys");
     let cli = Cli::parse();
+    // A cluster in this process scores like a ranking node: one thread per
+    // matrix product (`kernel_threads`), set before anything starts a thread.
+    // Not for `demo`, which may train first, where the products are large.
+    if matches!(cli.command, Command::Serve(_)) {
+        recsys_server::kernel_threads::one_per_product_by_default();
+    }
+    let _telemetry = recsys_server::telemetry::init("recsys");
     if cli.check_config {
         match check(&cli.command) {
             Ok(what) => println!("recsys: configuration ok: {what}"),

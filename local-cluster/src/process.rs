@@ -7,7 +7,9 @@
 //! none of the caller's `RECSYS_*` variables: every flag of our binaries is also a
 //! `RECSYS_*` variable, so a developer's exported `RECSYS_ETCD` or
 //! `RECSYS_TOP_K_PROBABILITY` would otherwise change what is tested or measured;
-//! nor its `OTEL_*` ones, which would turn the trace export on.
+//! nor its `OTEL_*` ones, which would turn the trace export on, nor the thread
+//! counts of candle's matrix products (`RAYON_NUM_THREADS`,
+//! `CANDLE_NUM_THREADS`), which the servers choose themselves.
 //! Readiness is the health service reporting SERVING within a deadline, and a
 //! process that exits meanwhile fails the wait at once, by name, instead of
 //! after the deadline. Dropping a [`ServerProcess`] kills it, so a failing test
@@ -97,7 +99,11 @@ impl ServerCommand {
         let mut command = Command::new(&self.program);
         for key in inherited {
             let name = key.to_string_lossy();
-            if name.starts_with("RECSYS_") || name.starts_with("OTEL_") {
+            if name.starts_with("RECSYS_")
+                || name.starts_with("OTEL_")
+                || name == "RAYON_NUM_THREADS"
+                || name == "CANDLE_NUM_THREADS"
+            {
                 command.env_remove(key);
             }
         }

@@ -23,3 +23,10 @@ pub use dcn_v2::{Activation, CrossLayer, CrossThenDeep, DcnConfig, DcnV2, FirstC
 pub use error::ModelError;
 pub use features::{FeatureInput, FeatureKind, FeatureSpec, Normalization, Pooling, Side};
 pub use ranker::{RankError, Ranker, RankerConfig, RankerFiles, Scores, UserContext};
+
+/// Threads one matrix product of a forward pass runs on: candle's setting
+/// (`CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`, else one per physical
+/// core). Serving processes set one (`recsys_server::kernel_threads`).
+pub fn threads_per_product() -> usize {
+    candle_core::utils::get_num_threads()
+}

@@ -93,6 +93,8 @@ impl Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Before anything starts a thread (see kernel_threads).
+    recsys_server::kernel_threads::one_per_product_by_default();
     let _telemetry = recsys_server::telemetry::init("recsys-ranking-node");
     let args = Args::parse();
     if args.check_config {
@@ -109,6 +111,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
+    tracing::info!(
+        threads_per_product = recsys_model::threads_per_product(),
+        "scoring threads split no matrix product unless RAYON_NUM_THREADS says so"
+    );
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let mut config = args.config(listener.local_addr()?)?;
     config.bundle = args

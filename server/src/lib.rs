@@ -13,6 +13,7 @@ pub mod callers;
 pub mod deadline;
 pub mod exact_searches;
 pub mod grpc;
+pub mod kernel_threads;
 pub mod limits;
 pub mod metrics;
 pub mod runtime;
