@@ -33,7 +33,7 @@ use recsys_bundle::{Manifest, Quantization};
 use recsys_local_cluster::{ProcessCluster, ProcessOptions};
 use recsys_model::{Ranker, UserContext};
 use recsys_proto::v1::{
-    FeatureValue, QueryEmbedding, RecommendOptions, RecommendRequest,
+    FeatureValue, QueryEmbedding, RecommendOptions, RecommendRequest, StageTimings,
     gateway_service_client::GatewayServiceClient, recommend_request::Query,
 };
 use recsys_retrieval_node::{LoadMode, ShardIndex};
@@ -123,6 +123,7 @@ pub async fn run(args: TwoStageArgs) -> anyhow::Result<()> {
             "p99_us": percentile(&saturated.latencies_us, 0.99),
             "cpu_us_per_request": cluster_cpu_us,
             "cpu_us_per_request_by_process": saturated.cpu_us_by_process(),
+            "stages": saturated.stages(),
         })
     );
     let rate = saturated.qps(args.seconds) / 2.0;
@@ -139,6 +140,7 @@ pub async fn run(args: TwoStageArgs) -> anyhow::Result<()> {
             "unranked": half.unranked, "p50_us": p50, "p99_us": p99,
             "p99_over_p50": p99 / p50,
             "cpu_us_per_request": half.cpu_us_per_request(),
+            "stages": half.stages(),
         })
     );
     drop(cluster);
@@ -337,6 +339,8 @@ struct Run {
     unranked: u64,
     /// CPU seconds each server process spent during the run.
     cpu_s: Vec<f64>,
+    /// Sums of the answers' stage timings (see [`Run::stages`]).
+    stage_us: [f64; 4],
 }
 
 impl Run {
@@ -354,24 +358,65 @@ impl Run {
         self.cpu_s.iter().map(|s| s / n * 1e6).collect()
     }
 
-    fn record(&mut self, outcome: Result<(f64, bool), tonic::Status>) {
+    fn record(&mut self, outcome: Result<Answer, tonic::Status>) {
         match outcome {
-            Ok((us, ranked)) => {
-                self.latencies_us.push(us);
-                self.unranked += u64::from(!ranked);
+            Ok(answer) => {
+                self.latencies_us.push(answer.us);
+                self.unranked += u64::from(!answer.ranked);
+                let t = answer.timings;
+                for (sum, us) in self.stage_us.iter_mut().zip([
+                    t.total_us,
+                    t.retrieval_us,
+                    t.search_us,
+                    t.ranking_us,
+                ]) {
+                    *sum += us as f64;
+                }
             }
             Err(_) => self.errors += 1,
         }
     }
+
+    /// The mean wall time of the gateway's stages, as its answers report them:
+    /// whole request, retrieval, the shard's time inside its index, ranking.
+    fn stages(&self) -> serde_json::Value {
+        let n = self.latencies_us.len().max(1) as f64;
+        let [total, retrieval, search, ranking] = self.stage_us.map(|sum| sum / n);
+        serde_json::json!({
+            "gateway_total_us": total, "retrieval_us": retrieval,
+            "in_index_search_us": search, "ranking_us": ranking,
+        })
+    }
+
+    fn absorb(&mut self, other: Run) {
+        self.latencies_us.extend(other.latencies_us);
+        self.errors += other.errors;
+        self.unranked += other.unranked;
+        for (sum, more) in self.stage_us.iter_mut().zip(other.stage_us) {
+            *sum += more;
+        }
+    }
+}
+
+/// One answer: its latency at the client, whether it was ranked, and the
+/// gateway's stage timings.
+struct Answer {
+    us: f64,
+    ranked: bool,
+    timings: StageTimings,
 }
 
 async fn call(
     mut client: GatewayServiceClient<Channel>,
     request: RecommendRequest,
-) -> Result<(f64, bool), tonic::Status> {
+) -> Result<Answer, tonic::Status> {
     let started = Instant::now();
     let answer = client.recommend(request).await?.into_inner();
-    Ok((started.elapsed().as_secs_f64() * 1e6, answer.ranked))
+    Ok(Answer {
+        us: started.elapsed().as_secs_f64() * 1e6,
+        ranked: answer.ranked,
+        timings: answer.timings.unwrap_or_default(),
+    })
 }
 
 fn cpu_of(pids: &[u32]) -> anyhow::Result<Vec<f64>> {
@@ -414,10 +459,7 @@ async fn closed_loop(
     let after = cpu_of(pids)?;
     let mut total = Run::default();
     for client in clients {
-        let run = client.await?;
-        total.latencies_us.extend(run.latencies_us);
-        total.errors += run.errors;
-        total.unranked += run.unranked;
+        total.absorb(client.await?);
     }
     total.latencies_us.sort_by(f64::total_cmp);
     total.cpu_s = after.iter().zip(&before).map(|(a, b)| a - b).collect();

@@ -198,6 +198,10 @@ pub enum Format {
     /// MovieLens 1M.
     #[value(name = "ml-1m")]
     Ml1m,
+    /// A generic CSV directory: interactions.csv (user,item and optionally
+    /// rating or label, timestamp), items.csv and users.csv when present
+    /// (`recsys_trainer::interactions_csv`).
+    Csv,
 }
 
 /// Optimizers.
@@ -351,6 +355,14 @@ pub(crate) fn load_raw(args: &DataArgs) -> anyhow::Result<Dataset> {
     match args.format {
         Format::Ml100k => recsys_trainer::load_movielens_100k(&args.data),
         Format::Ml1m => recsys_trainer::load_movielens_1m(&args.data),
+        Format::Csv => {
+            let present = |name: &str| Some(args.data.join(name)).filter(|p| p.exists());
+            recsys_trainer::load_interactions_csv(
+                &args.data.join("interactions.csv"),
+                present("items.csv").as_deref(),
+                present("users.csv").as_deref(),
+            )
+        }
     }
     .with_context(|| format!("loading {}", args.data.display()))
 }

@@ -1,7 +1,9 @@
 //! `recsys train ranking`: trains the DCN-V2 ranker on MovieLens ratings from a
 //! preset (`--preset recsys`, the default; `tfrs-dcn`; `tfrs-basic-ranking`),
 //! prints per-epoch and final RMSE, and with `--out` writes the ranker layout
-//! that `recsys bundle --ranker DIR` puts into a bundle.
+//! that `recsys bundle --ranker DIR` puts into a bundle. `--objective click`
+//! trains it on clicks instead (`recsys_trainer::click`): AUC, log loss and
+//! calibration beside the popularity baseline, a probability served.
 //!
 //! The other flags override single settings of the preset; the data, format,
 //! seed and split fraction are the flags both models share
@@ -13,9 +15,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use recsys_trainer::click::{self, Objective};
 use recsys_trainer::{
-    RankingEvent, RankingFeature, RankingModel, RankingOptimizer, RankingPreset, random_split,
-    rmse, train_ranking,
+    RankingEvent, RankingFeature, RankingModel, RankingOptimizer, RankingPreset,
+    predict_interactions, random_split, ranking_metric, train_ranking,
 };
 
 use crate::epoch_bar::EpochBar;
@@ -90,6 +93,39 @@ pub struct RankingArgs {
     /// Draw a new batch order every epoch.
     #[arg(long, env = "RECSYS_TRAIN_RANKER_RESHUFFLE")]
     pub reshuffle: Option<bool>,
+    /// What the ranker predicts: `rating` (MSE, RMSE) or `click` (every rating
+    /// a click, `--negatives` unrated movies per click as non-clicks; binary
+    /// cross-entropy; AUC, log loss and calibration against popularity; the
+    /// served score is the click probability).
+    #[arg(long, value_enum, default_value_t = ObjectiveArg::Rating, env = "RECSYS_TRAIN_RANKER_OBJECTIVE")]
+    pub objective: ObjectiveArg,
+    /// With `--objective click`: non-clicks sampled per click, seeded (0: the
+    /// data's own labels, which must be 0 or 1, e.g. a CSV's label column).
+    #[arg(long, default_value_t = 4, env = "RECSYS_TRAIN_RANKER_NEGATIVES")]
+    pub negatives: usize,
+    /// With `--objective click`: also train the preset as a rating model on
+    /// the rated training split and report the AUC of its predicted ratings
+    /// used as click scores (a second training run).
+    #[arg(long, env = "RECSYS_TRAIN_RANKER_RATING_BASELINE")]
+    pub rating_baseline: bool,
+}
+
+/// `--objective`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ObjectiveArg {
+    /// Star ratings.
+    Rating,
+    /// Clicks (implicit feedback).
+    Click,
+}
+
+impl ObjectiveArg {
+    fn objective(self) -> Objective {
+        match self {
+            Self::Rating => Objective::Rating,
+            Self::Click => Objective::Click,
+        }
+    }
 }
 
 impl Preset {
@@ -145,6 +181,7 @@ fn preset(r: &RankingArgs) -> anyhow::Result<RankingPreset> {
         t.reshuffle_each_epoch = reshuffle;
     }
     let m = &mut p.model;
+    m.objective = r.objective.objective();
     if let Some(names) = &r.features {
         m.features = names
             .iter()
@@ -201,23 +238,39 @@ pub fn run(r: &RankingArgs) -> anyhow::Result<()> {
         "model {}",
         serde_json::to_string(&preset).unwrap_or_default()
     );
+    let objective = preset.model.objective;
+    let rated_train =
+        (objective == Objective::Click && r.rating_baseline).then(|| split.train.clone());
+    let (train, test) = match objective {
+        Objective::Rating => (split.train, split.test),
+        Objective::Click => click_examples(&data, split.train, split.test, r.negatives, seed)?,
+    };
     let training = Instant::now();
-    let mut progress = Progress::new(preset.train.epochs);
-    let report = train_ranking(&model, &split.train, &preset.train, &mut |e| progress.on(e))?;
+    let mut progress = Progress::new(preset.train.epochs, objective);
+    let report = train_ranking(&model, &train, &preset.train, &mut |e| progress.on(e))?;
     let training = training.elapsed();
     if report.validated_on > 0 {
         println!(
-            "kept epoch {} of {} (best validation RMSE on {} held-out training ratings)",
+            "kept epoch {} of {} (best validation {} on {} held-out training examples)",
             report.best_epoch + 1,
             report.epochs.len(),
+            objective.metric_name(),
             report.validated_on
         );
     }
     let evaluation = Instant::now();
-    let train_rmse = rmse(&model, &split.train, 8192)?;
-    let test_rmse = rmse(&model, &split.test, 8192)?;
+    match objective {
+        Objective::Rating => {
+            let train_rmse = ranking_metric(&model, &train, 8192)?;
+            let test_rmse = ranking_metric(&model, &test, 8192)?;
+            println!("RMSE train {train_rmse:.4} test {test_rmse:.4}");
+        }
+        Objective::Click => print_click_evaluation(&model, &train, &test)?,
+    }
     let evaluation = evaluation.elapsed();
-    println!("RMSE train {train_rmse:.4} test {test_rmse:.4}");
+    if let Some(rated) = rated_train {
+        rating_baseline(&preset, &data, &rated, &test, seed)?;
+    }
     if let Some(out) = &r.out {
         let version = r
             .model_version
@@ -237,31 +290,123 @@ pub fn run(r: &RankingArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The ranker's progress: the running RMSE per batch, then a line per epoch.
-struct Progress(EpochBar);
+/// Click examples: every rating of each split a click, with `negatives`
+/// sampled non-clicks per click (distinct seeded streams for the two splits,
+/// never an item the user rated anywhere); with 0, the data's own 0/1 labels.
+fn click_examples(
+    data: &recsys_trainer::Dataset,
+    train: Vec<recsys_trainer::Interaction>,
+    test: Vec<recsys_trainer::Interaction>,
+    negatives: usize,
+    seed: u64,
+) -> anyhow::Result<(
+    Vec<recsys_trainer::Interaction>,
+    Vec<recsys_trainer::Interaction>,
+)> {
+    if negatives == 0 {
+        click::labels(&train).context("--negatives 0 takes the data's labels")?;
+        click::labels(&test).context("--negatives 0 takes the data's labels")?;
+        return Ok((train, test));
+    }
+    let seen = click::seen_by_user(&data.interactions);
+    let mut catalog: Vec<String> = data.items.iter().map(|item| item.id.clone()).collect();
+    if catalog.is_empty() {
+        catalog = seen.values().flatten().cloned().collect();
+        catalog.sort_unstable();
+        catalog.dedup();
+    }
+    let train = click::with_sampled_negatives(&train, &seen, &catalog, negatives, seed, 10)?;
+    let test = click::with_sampled_negatives(&test, &seen, &catalog, negatives, seed, 11)?;
+    println!(
+        "click examples: {} train, {} test ({negatives} sampled non-clicks per click)",
+        train.len(),
+        test.len()
+    );
+    Ok((train, test))
+}
+
+/// AUC, log loss and calibration on the test split, the model beside the
+/// popularity baseline (each item's smoothed click rate in training).
+fn print_click_evaluation(
+    model: &RankingModel,
+    train: &[recsys_trainer::Interaction],
+    test: &[recsys_trainer::Interaction],
+) -> anyhow::Result<()> {
+    let labels = click::labels(test)?;
+    let model_metrics = click::click_metrics(&predict_interactions(model, test, 8192)?, &labels)?;
+    let popularity = click::click_metrics(&click::popularity_probabilities(train, test), &labels)?;
+    for (name, m) in [("model", &model_metrics), ("popularity", &popularity)] {
+        println!(
+            "{name:>10}: test AUC {:.4}, log loss {:.4}, mean predicted {:.4} against an observed click rate of {:.4}",
+            m.auc, m.log_loss, m.mean_predicted, m.observed_rate
+        );
+    }
+    let buckets: Vec<String> = model_metrics
+        .calibration
+        .iter()
+        .map(|(predicted, observed, _)| format!("{predicted:.3}/{observed:.3}"))
+        .collect();
+    println!(
+        "calibration (predicted/observed by decile of the model's score): {}",
+        buckets.join(" ")
+    );
+    Ok(())
+}
+
+/// The same preset trained on the rated training split as a rating model, its
+/// predicted ratings used as click scores on the click test set: the AUC a
+/// team gets by reusing the rating ranker for clicks.
+fn rating_baseline(
+    preset: &RankingPreset,
+    data: &recsys_trainer::Dataset,
+    rated: &[recsys_trainer::Interaction],
+    test: &[recsys_trainer::Interaction],
+    seed: u64,
+) -> anyhow::Result<()> {
+    let mut config = preset.model.clone();
+    config.objective = Objective::Rating;
+    let model = RankingModel::new(config, data, seed)?;
+    let started = Instant::now();
+    println!("training the rating model for the baseline");
+    let mut progress = Progress::new(preset.train.epochs, Objective::Rating);
+    train_ranking(&model, rated, &preset.train, &mut |e| progress.on(e))?;
+    let scores = predict_interactions(&model, test, 8192)?;
+    let m = click::click_metrics(&scores, &click::labels(test)?)?;
+    println!(
+        "rating model as click score: test AUC {:.4} (trained in {:.1}s)",
+        m.auc,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The ranker's progress: the running loss and metric per batch, then a line per epoch.
+struct Progress(EpochBar, Objective);
 
 impl Progress {
-    fn new(epochs: usize) -> Self {
-        Self(EpochBar::new(epochs))
+    fn new(epochs: usize, objective: Objective) -> Self {
+        Self(EpochBar::new(epochs), objective)
     }
 
     fn on(&mut self, event: RankingEvent) {
+        let objective = self.1;
+        let name = objective.metric_name();
         match event {
             RankingEvent::EpochStarted { epoch, steps } => self.0.start(epoch, steps),
-            RankingEvent::Step { loss } => self
-                .0
-                .step(loss, |mse| format!("loss {mse:.4} RMSE {:.4}", mse.sqrt())),
+            RankingEvent::Step { loss } => self.0.step(loss, |mean| {
+                format!("loss {mean:.4} {name} {:.4}", objective.metric(mean))
+            }),
             RankingEvent::EpochFinished(report) => {
                 self.0.finish();
                 let validation = report
-                    .validation_rmse
-                    .map(|v| format!(", validation RMSE {v:.4}"))
+                    .validation_metric
+                    .map(|v| format!(", validation {name} {v:.4}"))
                     .unwrap_or_default();
                 println!(
-                    "epoch {}/{}: train RMSE {:.4}{validation}, {}",
+                    "epoch {}/{}: train {name} {:.4}{validation}, {}",
                     report.epoch + 1,
                     self.0.epochs(),
-                    report.train_rmse,
+                    report.train_metric,
                     seconds(report.elapsed)
                 );
             }

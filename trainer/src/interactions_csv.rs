@@ -1,7 +1,7 @@
 //! A generic interactions CSV, for data that is not MovieLens.
 //!
 //! ```text
-//! interactions.csv   header with user,item and optionally rating,timestamp (any order, more columns ignored)
+//! interactions.csv   header with user,item and optionally rating (or label: a 0/1 click),timestamp (any order, more columns ignored)
 //! items.csv          header with item and optionally title,year,genres (genres joined by "|")
 //! users.csv          header with user; every other column is a categorical user feature
 //! ```
@@ -84,7 +84,9 @@ fn read_interactions(path: &Path) -> Result<Vec<Interaction>> {
     let table = Table::read(path)?;
     let user = table.column("user")?;
     let item = table.column("item")?;
-    let rating = table.optional("rating");
+    // A click label stands where a rating would (`recsys train ranking
+    // --objective click --negatives 0`).
+    let rating = table.optional("rating").or_else(|| table.optional("label"));
     let timestamp = table.optional("timestamp");
     let mut out = Vec::new();
     table.for_each(|record| {

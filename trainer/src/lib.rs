@@ -13,11 +13,14 @@
 //!
 //! The ranker: [`ranking_features`] turns the data set into the ranker's feature
 //! columns, [`ranking_model`] is `recsys_model::DcnV2` over trainable
-//! embeddings, fitted to ratings by [`ranking_train`] (MSE, RMSE reported) from
+//! embeddings, fitted to ratings by [`ranking_train`] (MSE, RMSE reported), or
+//! to clicks with sampled negatives ([`click`]: cross-entropy; AUC, log loss and
+//! calibration reported), from
 //! a [`ranking_preset`], and written in the served ranker layout by
 //! [`ranking_export`]. [`synthetic_ratings`] plants a rating function for tests.
 
 pub mod adagrad;
+pub mod click;
 pub mod dataset;
 pub mod error;
 pub mod evaluate;
@@ -56,8 +59,8 @@ pub use ranking_features::RankingFeature;
 pub use ranking_model::{FeatureWidth, RankingModel, RankingModelConfig};
 pub use ranking_preset::RankingPreset;
 pub use ranking_train::{
-    RankingEpoch, RankingEvent, RankingOptimizer, RankingReport, RankingTrainConfig, rmse,
-    train_ranking,
+    RankingEpoch, RankingEvent, RankingOptimizer, RankingReport, RankingTrainConfig,
+    predict_interactions, ranking_metric, train_ranking,
 };
 pub use split::{Split, last_n_per_user, random_split, time_cutoff};
 pub use text_file::Encoding;

@@ -27,6 +27,7 @@ use rand_chacha::ChaCha8Rng;
 use recsys_model::{DcnConfig, DcnV2, Structure};
 use serde::{Deserialize, Serialize};
 
+use crate::click::Objective;
 use crate::dataset::{Dataset, Interaction};
 use crate::error::{Result, TrainerError};
 use crate::ranking_features::{ColumnValues, FeatureTables, RankingFeature};
@@ -54,6 +55,10 @@ pub struct RankingModelConfig {
     pub structure: Structure,
     /// Units of each ReLU deep layer.
     pub deep_units: Vec<usize>,
+    /// What it predicts: ratings (the default, and what configs written before
+    /// there was a choice mean) or clicks.
+    #[serde(default)]
+    pub objective: Objective,
 }
 
 impl RankingModelConfig {
@@ -77,7 +82,7 @@ impl RankingModelConfig {
             structure: self.structure,
             deep_units: self.deep_units.clone(),
             deep_activation: recsys_model::Activation::Relu,
-            head: recsys_model::dcn_v2::Head::Regression,
+            head: self.objective.head(),
             experts: None,
         }
     }
@@ -291,7 +296,8 @@ impl RankingModel {
         Ok(self.dcn.forward_raw(&x0)?.squeeze(1)?)
     }
 
-    /// Predicted ratings of (user id, item id) pairs, in batches of 4096.
+    /// The served scores of (user id, item id) pairs, in batches of 4096:
+    /// predicted ratings, or click probabilities for the click objective.
     pub fn predict(&self, pairs: &[(&str, &str)]) -> Result<Vec<f32>> {
         let mut out = Vec::with_capacity(pairs.len());
         for chunk in pairs.chunks(4096) {
@@ -303,7 +309,12 @@ impl RankingModel {
                 .iter()
                 .map(|(_, i)| self.tables.items.lookup(i))
                 .collect();
-            out.extend(self.forward(&users, &items)?.to_vec1::<f32>()?);
+            let raw = self.forward(&users, &items)?;
+            let served = match self.config.objective {
+                Objective::Rating => raw,
+                Objective::Click => candle_nn::ops::sigmoid(&raw)?,
+            };
+            out.extend(served.to_vec1::<f32>()?);
         }
         Ok(out)
     }

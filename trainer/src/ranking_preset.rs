@@ -55,6 +55,7 @@ impl RankingPreset {
                 projection_dim: None,
                 structure: Structure::Stacked,
                 deep_units: vec![256, 64],
+                objective: crate::click::Objective::Rating,
             },
             train: RankingTrainConfig {
                 epochs: 3,
@@ -78,6 +79,7 @@ impl RankingPreset {
                 projection_dim: None,
                 structure: Structure::Stacked,
                 deep_units: vec![192, 192],
+                objective: crate::click::Objective::Rating,
             },
             train: RankingTrainConfig {
                 epochs: 8,
@@ -109,6 +111,7 @@ impl RankingPreset {
                 projection_dim: None,
                 structure: Structure::Stacked,
                 deep_units: vec![192, 192],
+                objective: crate::click::Objective::Rating,
             },
             train: RankingTrainConfig {
                 epochs: 30,

@@ -1,5 +1,8 @@
 //! Fits a [`RankingModel`] to ratings with the mean squared error, as
-//! `tfrs.tasks.Ranking(loss=MeanSquaredError())`, and measures it by RMSE.
+//! `tfrs.tasks.Ranking(loss=MeanSquaredError())`, and measures it by RMSE; or,
+//! for the click objective ([`crate::click`]), to 0/1 labels with the binary
+//! cross-entropy of the logit, as `tfrs.tasks.Ranking(loss=BinaryCrossentropy(
+//! from_logits=True))`, measured by log loss.
 //!
 //! Batches follow TFRS's tutorials, `train.shuffle(100_000).batch(8192).cache()`:
 //! one shuffled order kept for every epoch unless `reshuffle_each_epoch`.
@@ -20,6 +23,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::click::Objective;
 use crate::dataset::Interaction;
 use crate::error::{Result, TrainerError};
 use crate::optimizer::Stepper;
@@ -75,7 +79,7 @@ pub enum RankingEvent {
     },
     /// A batch was trained on.
     Step {
-        /// The batch's mean squared error.
+        /// The batch's mean loss (squared error, or cross-entropy for clicks).
         loss: f32,
     },
     /// An epoch ended.
@@ -87,11 +91,12 @@ pub enum RankingEvent {
 pub struct RankingEpoch {
     /// 0-based epoch.
     pub epoch: usize,
-    /// RMSE over the epoch's batches as they were trained on (Keras's running
-    /// `RMSE` metric).
-    pub train_rmse: f64,
-    /// RMSE of the validation slice after the epoch.
-    pub validation_rmse: Option<f64>,
+    /// The objective's metric ([`Objective::metric`]: RMSE for ratings, log loss
+    /// for clicks) over the epoch's batches as they were trained on (Keras's
+    /// running metric).
+    pub train_metric: f64,
+    /// The same metric on the validation slice after the epoch.
+    pub validation_metric: Option<f64>,
     /// Wall time of the epoch.
     pub elapsed: Duration,
 }
@@ -128,6 +133,7 @@ pub fn train_ranking(
             reason: format!("{} is not within [0, 1)", config.validation_fraction),
         });
     }
+    let objective = model.config().objective;
     let all = model.encode(train)?;
     let (fit, validation) = carve_validation(&all, config.validation_fraction, config.seed);
     if fit.is_empty() {
@@ -165,7 +171,7 @@ pub fn train_ranking(
             let labels =
                 candle_core::Tensor::from_slice(&b.ratings, b.len(), &candle_core::Device::Cpu)?;
             let predictions = model.forward(&b.users, &b.items)?;
-            let loss = (predictions - labels)?.sqr()?.mean_all()?;
+            let loss = objective.loss(&predictions, &labels)?;
             optimizer.backward_step(&loss)?;
             let loss = loss.to_scalar::<f32>()?;
             if !loss.is_finite() {
@@ -177,21 +183,21 @@ pub fn train_ranking(
             squared += f64::from(loss) * batch.len() as f64;
             on_event(RankingEvent::Step { loss });
         }
-        let validation_rmse = if validation.is_empty() {
+        let validation_metric = if validation.is_empty() {
             None
         } else {
-            Some(rmse_encoded(model, &validation, 4096)?)
+            Some(metric_encoded(model, &validation, 4096)?)
         };
         let report = RankingEpoch {
             epoch,
-            train_rmse: (squared / fit.len() as f64).sqrt(),
-            validation_rmse,
+            train_metric: objective.metric(squared / fit.len() as f64),
+            validation_metric,
             elapsed: started.elapsed(),
         };
-        tracing::debug!(epoch, train_rmse = report.train_rmse, "epoch finished");
+        tracing::debug!(epoch, train_metric = report.train_metric, "epoch finished");
         on_event(RankingEvent::EpochFinished(report.clone()));
         epochs.push(report);
-        if let Some(v) = validation_rmse {
+        if let Some(v) = validation_metric {
             if best.as_ref().is_none_or(|(b, _, _)| v < *b) {
                 best = Some((v, epoch, model.snapshot()?));
             } else if let (Some(patience), Some((_, at, _))) = (config.patience, &best)
@@ -230,26 +236,70 @@ fn carve_validation(all: &Encoded, fraction: f64, seed: u64) -> (Encoded, Encode
     (all.pick(fit), all.pick(held_out))
 }
 
-/// Root mean squared error of the model's predicted ratings on `interactions`.
-pub fn rmse(model: &RankingModel, interactions: &[Interaction], batch_size: usize) -> Result<f64> {
+/// The objective's metric on `interactions`: the RMSE of the predicted
+/// ratings, or the log loss of the predicted click probabilities.
+pub fn ranking_metric(
+    model: &RankingModel,
+    interactions: &[Interaction],
+    batch_size: usize,
+) -> Result<f64> {
     let encoded = model.encode(interactions)?;
     if encoded.is_empty() {
         return Err(TrainerError::Empty("no interactions to evaluate"));
     }
-    rmse_encoded(model, &encoded, batch_size)
+    metric_encoded(model, &encoded, batch_size)
 }
 
-fn rmse_encoded(model: &RankingModel, encoded: &Encoded, batch_size: usize) -> Result<f64> {
-    let mut squared = 0.0f64;
+/// The served scores of `interactions` (ratings, or click probabilities).
+pub fn predict_interactions(
+    model: &RankingModel,
+    interactions: &[Interaction],
+    batch_size: usize,
+) -> Result<Vec<f32>> {
+    let pairs: Vec<(&str, &str)> = interactions
+        .iter()
+        .map(|i| (i.user.as_str(), i.item.as_str()))
+        .collect();
+    let mut out = Vec::with_capacity(pairs.len());
+    for chunk in pairs.chunks(batch_size.max(1)) {
+        out.extend(model.predict(chunk)?);
+    }
+    Ok(out)
+}
+
+fn raw_outputs(model: &RankingModel, encoded: &Encoded, batch_size: usize) -> Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(encoded.len());
     let all: Vec<usize> = (0..encoded.len()).collect();
     for chunk in all.chunks(batch_size.max(1)) {
         let b = encoded.pick(chunk);
-        let predictions = model.forward(&b.users, &b.items)?.to_vec1::<f32>()?;
-        squared += predictions
-            .iter()
-            .zip(&b.ratings)
-            .map(|(p, r)| f64::from(p - r).powi(2))
-            .sum::<f64>();
+        out.extend(model.forward(&b.users, &b.items)?.to_vec1::<f32>()?);
     }
-    Ok((squared / encoded.len() as f64).sqrt())
+    Ok(out)
+}
+
+fn metric_encoded(model: &RankingModel, encoded: &Encoded, batch_size: usize) -> Result<f64> {
+    let raw = raw_outputs(model, encoded, batch_size)?;
+    let n = encoded.len() as f64;
+    Ok(match model.config().objective {
+        Objective::Rating => {
+            let squared: f64 = raw
+                .iter()
+                .zip(&encoded.ratings)
+                .map(|(p, r)| f64::from(p - r).powi(2))
+                .sum();
+            (squared / n).sqrt()
+        }
+        Objective::Click => {
+            // ln(1 + e^-|z|) + max(z, 0) - z y, in f64.
+            let loss: f64 = raw
+                .iter()
+                .zip(&encoded.ratings)
+                .map(|(&z, &y)| {
+                    let (z, y) = (f64::from(z), f64::from(y));
+                    z.max(0.0) - z * y + (-z.abs()).exp().ln_1p()
+                })
+                .sum();
+            loss / n
+        }
+    })
 }

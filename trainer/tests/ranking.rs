@@ -12,7 +12,7 @@ use recsys_model::{FeatureInput, Ranker, Structure, UserContext};
 use recsys_trainer::synthetic_ratings::PlantedRatings;
 use recsys_trainer::{
     Dataset, FeatureWidth, RankingFeature, RankingModel, RankingModelConfig, RankingOptimizer,
-    RankingTrainConfig, random_split, rmse, train_ranking,
+    RankingTrainConfig, random_split, ranking_metric, train_ranking,
 };
 
 const PLANTED: PlantedRatings = PlantedRatings {
@@ -34,6 +34,7 @@ fn small(features: &[RankingFeature], cross_layers: usize) -> RankingModelConfig
         projection_dim: None,
         structure: Structure::Stacked,
         deep_units: vec![16, 16],
+        objective: Default::default(),
     }
 }
 
@@ -90,9 +91,9 @@ fn the_ranker_fits_a_planted_rating_function() {
     let labels: Vec<f32> = split.test.iter().map(|i| i.rating.unwrap()).collect();
     let spread = std_dev(&labels);
     let model = RankingModel::new(small(&dcn_features(), 1), &data, 1).unwrap();
-    let before = rmse(&model, &split.test, 512).unwrap();
+    let before = ranking_metric(&model, &split.test, 512).unwrap();
     let report = train_ranking(&model, &split.train, &training(1, 40), &mut |_| {}).unwrap();
-    let test = rmse(&model, &split.test, 512).unwrap();
+    let test = ranking_metric(&model, &split.test, 512).unwrap();
     // The noise alone leaves 0.2 / √3 ≈ 0.12; chance (the mean) leaves the spread.
     assert!(spread > 0.8, "labels spread {spread}");
     assert!(
@@ -100,7 +101,7 @@ fn the_ranker_fits_a_planted_rating_function() {
         "test RMSE {test} (before training {before}, spread {spread}, {:?})",
         report.epochs.last()
     );
-    let train = report.epochs.last().unwrap().train_rmse;
+    let train = report.epochs.last().unwrap().train_metric;
     assert!(train < 0.4 * spread, "train RMSE {train}");
 }
 
@@ -128,7 +129,7 @@ fn early_stopping_keeps_the_best_validation_epoch() {
     let validation: Vec<f64> = report
         .epochs
         .iter()
-        .map(|e| e.validation_rmse.unwrap())
+        .map(|e| e.validation_metric.unwrap())
         .collect();
     let best = validation
         .iter()

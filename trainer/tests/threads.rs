@@ -71,6 +71,7 @@ fn train_and_write(out: &Path) {
         projection_dim: None,
         structure: Structure::Stacked,
         deep_units: vec![32, 16],
+        objective: Default::default(),
     };
     let ranker = RankingModel::new(config, &ratings, 7).unwrap();
     let training = RankingTrainConfig {
