@@ -7,12 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${1:-3}"
-venv=target/tfrs-venv
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check tensorflow-cpu==2.21.0 \
-    tf-keras==2.21.0 tensorflow-recommenders==0.7.7 numpy
-fi
+. bench/tfrs_venv.sh
 scripts/install-deps.sh
 cargo build -q --release -p recsys-bench
 target_dir="${CARGO_TARGET_DIR:-target}"

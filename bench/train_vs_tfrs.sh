@@ -9,12 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 data="${1:?usage: bench/train_vs_tfrs.sh DATA_DIR [ROUNDS]}"
 rounds="${2:-3}"
-venv=target/tfrs-venv
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check tensorflow-cpu==2.21.0 \
-    tf-keras==2.21.0 tensorflow-recommenders==0.7.7 numpy
-fi
+. bench/tfrs_venv.sh
 cargo build -q --release -p recsys-cli
 recsys="${CARGO_TARGET_DIR:-target}/release/recsys"
 log="$(mktemp)"

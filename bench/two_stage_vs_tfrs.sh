@@ -10,12 +10,7 @@ cd "$(dirname "$0")/.."
 data="${1:?usage: bench/two_stage_vs_tfrs.sh DATA [ROUNDS]}"
 rounds="${2:-3}"
 work="${WORK:-target/bench-glove}"
-venv=target/tfrs-venv
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check tensorflow-cpu==2.21.0 \
-    tf-keras==2.21.0 tensorflow-recommenders==0.7.7 numpy
-fi
+. bench/tfrs_venv.sh
 scripts/install-deps.sh
 cargo build -q --release -p recsys-bench -p recsys-gateway -p recsys-retrieval-node -p recsys-ranking-node
 target_dir="${CARGO_TARGET_DIR:-target}"

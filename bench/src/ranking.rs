@@ -272,12 +272,23 @@ fn write_bundle(work: &std::path::Path, ranker: &RankerFiles) -> anyhow::Result<
         threads: 1,
     };
     recsys_bundle_builder::build_bundle(&dir, &items, None, &options, &|_| {})?;
+    attach(&dir, ranker, &ids)?;
+    Ok(dir)
+}
+
+/// Puts the ranker written by [`write_ranker`] into the bundle at `dir`, whose
+/// items are `ids`.
+pub(crate) fn attach(
+    dir: &std::path::Path,
+    ranker: &RankerFiles,
+    ids: &[u64],
+) -> anyhow::Result<()> {
     let ranker_dir = ranker
         .config
         .parent()
         .context("the ranker config has no directory")?;
-    recsys_bundle_builder::attach_ranker(&dir, ranker_dir, &ids)?;
-    Ok(dir)
+    recsys_bundle_builder::attach_ranker(dir, ranker_dir, ids)?;
+    Ok(())
 }
 
 /// Forward passes the node in this process has run, and their total seconds (its

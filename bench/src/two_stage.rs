@@ -177,11 +177,7 @@ fn ranked_bundle(plain: &Path, work: &Path, rebuild: bool) -> anyhow::Result<Pat
     copy_dir(plain, &dir)?;
     let ids: Vec<u64> = (0..Manifest::load(&dir)?.items).collect();
     let files = crate::ranking::write_ranker(&work.join("two-stage-ranker"), ids.iter().copied())?;
-    let ranker_dir = files
-        .config
-        .parent()
-        .context("the ranker config has no directory")?;
-    recsys_bundle_builder::attach_ranker(&dir, ranker_dir, &ids)?;
+    crate::ranking::attach(&dir, &files, &ids)?;
     Ok(dir)
 }
 
