@@ -88,12 +88,7 @@ pub enum LiveState {
 pub(crate) fn thread_cpu_seconds() -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string("/proc/thread-self/schedstat")
         .context("reading /proc/thread-self/schedstat")?;
-    let nanos: u64 = stat
-        .split_whitespace()
-        .next()
-        .context("empty schedstat")?
-        .parse()
-        .context("schedstat is not a number")?;
+    let nanos = crate::stats::schedstat_nanos(&stat).context("schedstat is not a number")?;
     Ok(nanos as f64 * 1e-9)
 }
 

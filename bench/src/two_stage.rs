@@ -272,7 +272,9 @@ fn kernels(
 }
 
 /// CPU time of every thread of process `pid` so far, from each thread's
-/// `schedstat` (nanoseconds on the CPU): finer than `/proc/PID/stat`'s ticks.
+/// `schedstat` ([`crate::stats::schedstat_nanos`]): for another process, over
+/// a run of seconds; this process's kernels are timed with
+/// `CLOCK_PROCESS_CPUTIME_ID` instead.
 fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let dir = format!("/proc/{pid}/task");
     let mut nanos = 0u64;
@@ -282,10 +284,7 @@ fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
         let Ok(stat) = std::fs::read_to_string(&path) else {
             continue;
         };
-        nanos += stat
-            .split_whitespace()
-            .next()
-            .and_then(|n| n.parse::<u64>().ok())
+        nanos += crate::stats::schedstat_nanos(&stat)
             .with_context(|| format!("{} is not a schedstat", path.display()))?;
     }
     Ok(nanos as f64 * 1e-9)

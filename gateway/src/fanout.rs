@@ -14,7 +14,6 @@ use recsys_proto::v1::{
 use recsys_server::trace_context;
 use tokio::time::Instant;
 use tonic::Code;
-use tracing::Instrument;
 
 use crate::answer_check::{SearchExpectation, check_search};
 use crate::node_channels::{NodeChannels, NodeHandle};
@@ -68,20 +67,19 @@ pub async fn search_shard(
         otel.status_code = tracing::field::Empty,
         otel.status_description = tracing::field::Empty,
     );
-    let outcome = search_replicas(
-        clients,
-        target,
-        replicas,
-        request,
-        checks,
-        deadline,
-        hedge_after,
+    let outcome = trace_context::in_span(
+        span,
+        search_replicas(
+            clients,
+            target,
+            replicas,
+            request,
+            checks,
+            deadline,
+            hedge_after,
+        ),
     )
-    .instrument(span.clone())
     .await;
-    if let Err(failure) = &outcome {
-        trace_context::fail(&span, failure);
-    }
     crate::metrics::shard_answer(target.shard, outcome.is_ok(), started.elapsed());
     ShardAnswer {
         shard: target.shard,

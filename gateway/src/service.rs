@@ -144,10 +144,11 @@ impl GatewayService for Gateway {
     ) -> Result<Response<RecommendResponse>, Status> {
         let timeout = request_timeout(request.metadata(), &self.shared.policy);
         let span = request_span(&request);
-        let response = Gateway::recommend(self, request.into_inner(), timeout, None)
-            .instrument(span.clone())
-            .await
-            .inspect_err(|error| trace_context::fail(&span, error))?;
+        let response = trace_context::in_span(
+            span,
+            Gateway::recommend(self, request.into_inner(), timeout, None),
+        )
+        .await?;
         Ok(Response::new(response))
     }
 

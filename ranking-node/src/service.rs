@@ -12,7 +12,6 @@ use recsys_proto::v1::{
 };
 use recsys_server::trace_context;
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
 use crate::batcher::Batcher;
 use crate::item_overlay::ServingRanker;
@@ -160,10 +159,11 @@ impl RankingService for RankingNodeService {
         );
         trace_context::adopt_parent(&span, request.metadata());
         Ok(Response::new(
-            RankingNodeService::rank(self, request.into_inner(), deadline)
-                .instrument(span.clone())
-                .await
-                .inspect_err(|error| trace_context::fail(&span, error))?,
+            trace_context::in_span(
+                span,
+                RankingNodeService::rank(self, request.into_inner(), deadline),
+            )
+            .await?,
         ))
     }
 

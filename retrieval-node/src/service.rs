@@ -19,7 +19,6 @@ use recsys_server::exact_searches::ExactSearches;
 use recsys_server::trace_context;
 use tokio::sync::{Semaphore, watch};
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
 use crate::versions::ServedShard;
 use crate::{NodeError, SearchLimits};
@@ -409,10 +408,11 @@ impl RetrievalService for RetrievalNodeService {
             otel.status_description = tracing::field::Empty,
         );
         trace_context::adopt_parent(&span, request.metadata());
-        let response = RetrievalNodeService::search(self, request.into_inner(), deadline)
-            .instrument(span.clone())
-            .await
-            .inspect_err(|error| trace_context::fail(&span, error))?;
+        let response = trace_context::in_span(
+            span,
+            RetrievalNodeService::search(self, request.into_inner(), deadline),
+        )
+        .await?;
         Ok(Response::new(response))
     }
 

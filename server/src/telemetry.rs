@@ -45,13 +45,6 @@ struct TraceExport {
     runtime: tokio::runtime::Runtime,
 }
 
-impl Telemetry {
-    /// Whether spans are exported.
-    pub fn exporting(&self) -> bool {
-        self.export.is_some()
-    }
-}
-
 impl Drop for Telemetry {
     fn drop(&mut self) {
         if let Some(export) = self.export.take() {
@@ -81,22 +74,14 @@ fn log_filter() -> EnvFilter {
 /// embedded use) installs nothing and returns a guard that does nothing.
 pub fn init(service: &str) -> Telemetry {
     if !otlp_configured(|name| std::env::var(name).ok()) {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(log_filter())
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_writer(std::io::stderr)
-            .try_init();
-        return Telemetry::default();
+        return log_only();
     }
     let export = match start_export(service) {
         Ok(export) => export,
         Err(error) => {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(log_filter())
-                .with_writer(std::io::stderr)
-                .try_init();
+            let telemetry = log_only();
             tracing::error!(%error, "trace export not started, serving without it");
-            return Telemetry::default();
+            return telemetry;
         }
     };
     let tracer = export.provider.tracer("recsys");
@@ -128,6 +113,16 @@ pub fn init(service: &str) -> Telemetry {
     Telemetry {
         export: Some(export),
     }
+}
+
+/// The stderr log alone, filtered as a whole (no trace layer).
+fn log_only() -> Telemetry {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(log_filter())
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+    Telemetry::default()
 }
 
 /// The exporter, built on a runtime of its own (tonic's channel spawns its

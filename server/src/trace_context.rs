@@ -69,6 +69,20 @@ pub fn link(span: &tracing::Span, other: &tracing::Span) {
     span.add_link(other.context().span().span_context().clone());
 }
 
+/// Runs `work` inside `span` and marks the span failed when `work` fails: how
+/// each traced stage (a server's call, a shard's search) wraps its future.
+pub async fn in_span<T, E: std::fmt::Display>(
+    span: tracing::Span,
+    work: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    use tracing::Instrument;
+    let outcome = work.instrument(span.clone()).await;
+    if let Err(error) = &outcome {
+        fail(&span, error);
+    }
+    outcome
+}
+
 /// Marks `span` failed with `reason` (`otel.status_code`, declared on the span
 /// as `tracing::field::Empty`, with `otel.status_description`).
 pub fn fail(span: &tracing::Span, reason: &dyn std::fmt::Display) {
