@@ -58,9 +58,13 @@ fn node_process_with_metrics(
     })
 }
 
-/// Waits until `view` satisfies `done`, at most `timeout`; returns how long it took.
+/// Waits until `view` satisfies `done`, at most `timeout`; returns how long it
+/// took. On a timeout the panic also lists what etcd itself holds under the
+/// cluster's prefix, which tells a registration that never landed from a watch
+/// that missed it.
 async fn wait_view(
     view: &mut watch::Receiver<Arc<ClusterView>>,
+    etcd: &EtcdServer,
     timeout: Duration,
     done: impl Fn(&ClusterView) -> bool,
 ) -> Duration {
@@ -69,9 +73,32 @@ async fn wait_view(
         .await
         .map(|_| ());
     if reached.is_err() {
-        panic!("view not reached within {timeout:?}: {:?}", *view.borrow());
+        panic!(
+            "view not reached within {timeout:?}: {:?}\netcd holds: {:?}",
+            *view.borrow(),
+            registered_keys(etcd).await
+        );
     }
     started.elapsed()
+}
+
+/// Every key under `/recsys/` with its lease, or why etcd did not say.
+async fn registered_keys(etcd: &EtcdServer) -> Result<Vec<(String, i64)>, String> {
+    let mut client = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let listing = client
+        .get(
+            "/recsys/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(listing
+        .kvs()
+        .iter()
+        .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.lease()))
+        .collect())
 }
 
 fn replicas(view: &ClusterView, shard: usize) -> Vec<String> {
@@ -134,7 +161,10 @@ async fn replicated_nodes(
             .await
             .unwrap_or_else(|e| panic!("{e}"));
     }
-    wait_view(view, Duration::from_secs(10), |v| {
+    // Generous: four debug-build nodes starting at once on two loaded cores
+    // register on a lease of LEASE_TTL_S, and a CI machine's etcd may take
+    // seconds per write; what this waits for is the view, not its speed.
+    wait_view(view, etcd, Duration::from_secs(30), |v| {
         v.shard_count == SHARDS && v.shards.iter().all(|r| r.len() == 2)
     })
     .await;
@@ -163,7 +193,7 @@ async fn a_registered_node_is_routed_to_and_a_deregistered_one_is_not() {
     cluster.stop_node(0, 0).await.unwrap();
     let membership = EtcdMembership::start(EtcdOptions::new(vec![etcd.endpoint()], "routing"));
     let mut view = membership.subscribe();
-    wait_view(&mut view, Duration::from_secs(5), |v| {
+    wait_view(&mut view, &etcd, Duration::from_secs(15), |v| {
         replicas(v, 0).is_empty()
     })
     .await;
@@ -203,7 +233,7 @@ async fn a_registered_node_is_routed_to_and_a_deregistered_one_is_not() {
         serving.elapsed()
     );
     node.terminate(Duration::from_secs(15)).await.unwrap();
-    wait_view(&mut view, Duration::from_secs(5), |v| {
+    wait_view(&mut view, &etcd, Duration::from_secs(15), |v| {
         replicas(v, 0).is_empty()
     })
     .await;
@@ -251,9 +281,12 @@ async fn kill_9_of_a_replica_per_shard_under_load_fails_nothing() {
     for pair in &mut c.nodes {
         pair[0].kill9();
     }
-    let removed = wait_view(&mut c.view, Duration::from_secs(LEASE_TTL_S * 5), |v| {
-        v.shards.iter().all(|r| r.len() == 1)
-    })
+    let removed = wait_view(
+        &mut c.view,
+        &c.etcd,
+        Duration::from_secs(LEASE_TTL_S * 5),
+        |v| v.shards.iter().all(|r| r.len() == 1),
+    )
     .await;
     eprintln!("kill -9 → removed from routing: {removed:?} (lease TTL {LEASE_TTL_S} s)");
     assert!(c.load.wait_for_answers(50, Duration::from_secs(30)).await);
@@ -282,7 +315,7 @@ async fn sigterm_of_a_replica_per_shard_under_load_fails_nothing() {
             stopped.elapsed()
         );
     }
-    wait_view(&mut c.view, Duration::from_secs(5), |v| {
+    wait_view(&mut c.view, &c.etcd, Duration::from_secs(15), |v| {
         v.shards.iter().all(|r| r.len() == 1)
     })
     .await;
@@ -316,7 +349,7 @@ async fn etcd_down_under_load_fails_nothing_and_a_node_added_meanwhile_is_used()
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     c.etcd.restart().await.unwrap();
-    let caught_up = wait_view(&mut c.view, Duration::from_secs(10), |v| {
+    let caught_up = wait_view(&mut c.view, &c.etcd, Duration::from_secs(30), |v| {
         replicas(v, 0).iter().any(|id| id == "late-s0")
     })
     .await;
