@@ -141,6 +141,7 @@ pub(crate) fn write_ranker(
             deep_activation: Activation::Relu,
             head: Head::Regression,
             experts: None,
+            heads: Vec::new(),
         },
         features,
     };
@@ -339,6 +340,7 @@ async fn run_grpc(args: RankingArgs, files: RankerFiles) -> anyhow::Result<()> {
         user_features: user_features(),
         item_ids: candidates(batch),
         min_log_revision: 0,
+        head_weights: Default::default(),
     };
     // The floor of any call on this channel: a `grpc.health.v1` check (no
     // payload, no hand-off to a scoring thread), timed the same way.

@@ -50,6 +50,20 @@ pub struct RankerInput {
 #[derive(Deserialize)]
 struct Config {
     features: Vec<RankerInput>,
+    #[serde(default)]
+    dcn: Network,
+}
+
+/// The network's part of the config: only the heads' names.
+#[derive(Default, Deserialize)]
+struct Network {
+    #[serde(default)]
+    heads: Vec<NamedHead>,
+}
+
+#[derive(Deserialize)]
+struct NamedHead {
+    name: String,
 }
 
 /// The ranker's user-side request features, from its config file.
@@ -57,6 +71,9 @@ struct Config {
 pub struct RankerInputs {
     /// Every user-side feature but `user_id` (the request's own field).
     pub features: Vec<RankerInput>,
+    /// A multi-objective ranker's head names, which a request may weigh;
+    /// empty for a single output.
+    pub heads: Vec<String>,
 }
 
 impl RankerInputs {
@@ -71,6 +88,7 @@ impl RankerInputs {
                 .into_iter()
                 .filter(|f| f.side == "user" && f.name != "user_id")
                 .collect(),
+            heads: parsed.dcn.heads.into_iter().map(|h| h.name).collect(),
         })
     }
 
@@ -105,6 +123,17 @@ mod tests {
         assert_eq!(inputs.get("age").unwrap().kind, InputKind::Numeric);
         assert_eq!(inputs.get("liked").unwrap().kind, InputKind::MultiHot);
         assert!(inputs.get("genre").is_none());
+        assert!(inputs.heads.is_empty());
+        std::fs::write(
+            &path,
+            r#"{"dcn": {"heads": [{"name": "rating", "kind": "regression", "weight": 0.2},
+                {"name": "click", "kind": "logit", "weight": 1.0}]}, "features": []}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            RankerInputs::load(&path).unwrap().heads,
+            ["rating", "click"]
+        );
         std::fs::write(&path, "{").unwrap();
         assert!(RankerInputs::load(&path).is_err());
     }

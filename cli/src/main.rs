@@ -22,6 +22,7 @@ mod query;
 mod rollout;
 mod train;
 mod train_export;
+mod train_heads;
 mod train_ranking;
 
 use clap::{Parser, Subcommand};

@@ -17,7 +17,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use recsys_trainer::click::{self, Objective};
 use recsys_trainer::{
-    RankingEvent, RankingFeature, RankingModel, RankingOptimizer, RankingPreset,
+    RankingEvent, RankingFeature, RankingModel, RankingOptimizer, RankingPreset, TrainedHead,
     predict_interactions, random_split, ranking_metric, train_ranking,
 };
 
@@ -96,9 +96,26 @@ pub struct RankingArgs {
     /// What the ranker predicts: `rating` (MSE, RMSE) or `click` (every rating
     /// a click, `--negatives` unrated movies per click as non-clicks; binary
     /// cross-entropy; AUC, log loss and calibration against popularity; the
-    /// served score is the click probability).
-    #[arg(long, value_enum, default_value_t = ObjectiveArg::Rating, env = "RECSYS_TRAIN_RANKER_OBJECTIVE")]
-    pub objective: ObjectiveArg,
+    /// served score is the click probability). Both, `rating,click`: one
+    /// network with a head each, trained on the weighted sum of their losses
+    /// (`--loss-weights`), served ordered by the weighted sum of their scores
+    /// (`--head-weights`), each head evaluated as its own model would be.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "rating",
+        env = "RECSYS_TRAIN_RANKER_OBJECTIVE"
+    )]
+    pub objective: Vec<ObjectiveArg>,
+    /// With several objectives: each one's loss weight, in `--objective` order.
+    #[arg(long, value_delimiter = ',', env = "RECSYS_TRAIN_RANKER_LOSS_WEIGHTS")]
+    pub loss_weights: Option<Vec<f64>>,
+    /// With several objectives: each head's weight in the served combined
+    /// score, in `--objective` order (default 0.2 for rating, which puts 5
+    /// stars at 1, and 1 for click); requests may override them.
+    #[arg(long, value_delimiter = ',', env = "RECSYS_TRAIN_RANKER_HEAD_WEIGHTS")]
+    pub head_weights: Option<Vec<f64>>,
     /// With `--objective click`: non-clicks sampled per click, seeded (0: the
     /// data's own labels, which must be 0 or 1, e.g. a CSV's label column).
     #[arg(long, default_value_t = 4, env = "RECSYS_TRAIN_RANKER_NEGATIVES")]
@@ -126,6 +143,41 @@ impl ObjectiveArg {
             Self::Click => Objective::Click,
         }
     }
+}
+
+/// The heads of `--objective a,b` with their weights; none for one objective.
+fn heads(r: &RankingArgs) -> anyhow::Result<Vec<TrainedHead>> {
+    if r.objective.len() < 2 {
+        anyhow::ensure!(
+            r.loss_weights.is_none() && r.head_weights.is_none(),
+            "--loss-weights and --head-weights need several objectives (--objective rating,click)"
+        );
+        return Ok(Vec::new());
+    }
+    let n = r.objective.len();
+    let loss_weights = r.loss_weights.clone().unwrap_or_else(|| vec![1.0; n]);
+    let head_weights = r.head_weights.clone().unwrap_or_else(|| {
+        r.objective
+            .iter()
+            .map(|o| match o {
+                ObjectiveArg::Rating => 0.2,
+                ObjectiveArg::Click => 1.0,
+            })
+            .collect()
+    });
+    anyhow::ensure!(
+        loss_weights.len() == n && head_weights.len() == n,
+        "--loss-weights and --head-weights take one weight per objective ({n})"
+    );
+    Ok(r.objective
+        .iter()
+        .zip(loss_weights.into_iter().zip(head_weights))
+        .map(|(o, (loss_weight, weight))| TrainedHead {
+            objective: o.objective(),
+            loss_weight,
+            weight,
+        })
+        .collect())
 }
 
 impl Preset {
@@ -181,7 +233,11 @@ fn preset(r: &RankingArgs) -> anyhow::Result<RankingPreset> {
         t.reshuffle_each_epoch = reshuffle;
     }
     let m = &mut p.model;
-    m.objective = r.objective.objective();
+    m.heads = heads(r)?;
+    m.objective = r
+        .objective
+        .first()
+        .map_or(Objective::Rating, |o| o.objective());
     if let Some(names) = &r.features {
         m.features = names
             .iter()
@@ -239,14 +295,16 @@ pub fn run(r: &RankingArgs) -> anyhow::Result<()> {
         serde_json::to_string(&preset).unwrap_or_default()
     );
     let objective = preset.model.objective;
+    let multi = !preset.model.heads.is_empty();
     let rated_train =
         (objective == Objective::Click && r.rating_baseline).then(|| split.train.clone());
     let (train, test) = match objective {
+        _ if multi => multi_objective_examples(&data, split.train, split.test, r.negatives, seed)?,
         Objective::Rating => (split.train, split.test),
         Objective::Click => click_examples(&data, split.train, split.test, r.negatives, seed)?,
     };
     let training = Instant::now();
-    let mut progress = Progress::new(preset.train.epochs, objective);
+    let mut progress = Progress::new(preset.train.epochs, &model);
     let report = train_ranking(&model, &train, &preset.train, &mut |e| progress.on(e))?;
     let training = training.elapsed();
     if report.validated_on > 0 {
@@ -254,12 +312,13 @@ pub fn run(r: &RankingArgs) -> anyhow::Result<()> {
             "kept epoch {} of {} (best validation {} on {} held-out training examples)",
             report.best_epoch + 1,
             report.epochs.len(),
-            objective.metric_name(),
+            model.metric_name(),
             report.validated_on
         );
     }
     let evaluation = Instant::now();
     match objective {
+        _ if multi => crate::train_heads::print_evaluation(&model, &train, &test)?,
         Objective::Rating => {
             let train_rmse = ranking_metric(&model, &train, 8192)?;
             let test_rmse = ranking_metric(&model, &test, 8192)?;
@@ -308,13 +367,7 @@ fn click_examples(
         click::labels(&test).context("--negatives 0 takes the data's labels")?;
         return Ok((train, test));
     }
-    let seen = click::seen_by_user(&data.interactions);
-    let mut catalog: Vec<String> = data.items.iter().map(|item| item.id.clone()).collect();
-    if catalog.is_empty() {
-        catalog = seen.values().flatten().cloned().collect();
-        catalog.sort_unstable();
-        catalog.dedup();
-    }
+    let (seen, catalog) = seen_and_catalog(data);
     let train = click::with_sampled_negatives(&train, &seen, &catalog, negatives, seed, 10)?;
     let test = click::with_sampled_negatives(&test, &seen, &catalog, negatives, seed, 11)?;
     println!(
@@ -323,6 +376,61 @@ fn click_examples(
         test.len()
     );
     Ok((train, test))
+}
+
+/// Multi-objective examples: every rating of each split a click that keeps
+/// its stars, with `negatives` sampled unrated non-clicks per click (the
+/// very ones [`click_examples`] draws, so the heads meet the single-objective
+/// models on the same test set).
+fn multi_objective_examples(
+    data: &recsys_trainer::Dataset,
+    train: Vec<recsys_trainer::Interaction>,
+    test: Vec<recsys_trainer::Interaction>,
+    negatives: usize,
+    seed: u64,
+) -> anyhow::Result<(
+    Vec<recsys_trainer::Interaction>,
+    Vec<recsys_trainer::Interaction>,
+)> {
+    anyhow::ensure!(
+        negatives > 0,
+        "several objectives learn clicks from sampled non-clicks: --negatives must be at least 1"
+    );
+    let (seen, catalog) = seen_and_catalog(data);
+    let with_negatives = |split: Vec<recsys_trainer::Interaction>, stream| {
+        let drawn = click::sampled_negatives(&split, &seen, &catalog, negatives, seed, stream)?;
+        anyhow::ensure!(
+            split.iter().all(|i| i.rating.is_some()),
+            "several objectives need a rating for every interaction of the data"
+        );
+        Ok::<_, anyhow::Error>(split.into_iter().chain(drawn).collect::<Vec<_>>())
+    };
+    let train = with_negatives(train, 10)?;
+    let test = with_negatives(test, 11)?;
+    println!(
+        "rated clicks and non-clicks: {} train, {} test ({negatives} sampled non-clicks per click)",
+        train.len(),
+        test.len()
+    );
+    Ok((train, test))
+}
+
+/// Who rated what, and the items to draw non-clicks from (the catalog, or
+/// every rated item when the data has no item list).
+fn seen_and_catalog(
+    data: &recsys_trainer::Dataset,
+) -> (
+    std::collections::HashMap<String, std::collections::HashSet<String>>,
+    Vec<String>,
+) {
+    let seen = click::seen_by_user(&data.interactions);
+    let mut catalog: Vec<String> = data.items.iter().map(|item| item.id.clone()).collect();
+    if catalog.is_empty() {
+        catalog = seen.values().flatten().cloned().collect();
+        catalog.sort_unstable();
+        catalog.dedup();
+    }
+    (seen, catalog)
 }
 
 /// AUC, log loss and calibration on the test split, the model beside the
@@ -368,7 +476,7 @@ fn rating_baseline(
     let model = RankingModel::new(config, data, seed)?;
     let started = Instant::now();
     println!("training the rating model for the baseline");
-    let mut progress = Progress::new(preset.train.epochs, Objective::Rating);
+    let mut progress = Progress::new(preset.train.epochs, &model);
     train_ranking(&model, rated, &preset.train, &mut |e| progress.on(e))?;
     let scores = predict_interactions(&model, test, 8192)?;
     let m = click::click_metrics(&scores, &click::labels(test)?)?;
@@ -381,20 +489,20 @@ fn rating_baseline(
 }
 
 /// The ranker's progress: the running loss and metric per batch, then a line per epoch.
-struct Progress(EpochBar, Objective);
+struct Progress<'a>(EpochBar, &'a RankingModel);
 
-impl Progress {
-    fn new(epochs: usize, objective: Objective) -> Self {
-        Self(EpochBar::new(epochs), objective)
+impl<'a> Progress<'a> {
+    fn new(epochs: usize, model: &'a RankingModel) -> Self {
+        Self(EpochBar::new(epochs), model)
     }
 
     fn on(&mut self, event: RankingEvent) {
-        let objective = self.1;
-        let name = objective.metric_name();
+        let model = self.1;
+        let name = model.metric_name();
         match event {
             RankingEvent::EpochStarted { epoch, steps } => self.0.start(epoch, steps),
             RankingEvent::Step { loss } => self.0.step(loss, |mean| {
-                format!("loss {mean:.4} {name} {:.4}", objective.metric(mean))
+                format!("loss {mean:.4} {name} {:.4}", model.metric_of_loss(mean))
             }),
             RankingEvent::EpochFinished(report) => {
                 self.0.finish();

@@ -166,6 +166,15 @@ pub fn check_rank(
             score: response.scores[position],
         });
     }
+    // Head scores are shown, not ordered by: a count that does not match is a
+    // broken answer, a non-finite value is passed on as it is.
+    if response.head_scores.len() != candidates * response.heads.len() {
+        return Err(NodeFailure::Malformed(format!(
+            "{} head scores for {candidates} candidates and {} heads",
+            response.head_scores.len(),
+            response.heads.len()
+        )));
+    }
     Ok(())
 }
 

@@ -38,7 +38,7 @@ use crate::service::Gateway;
 use crate::session::SessionPlan;
 use crate::shard_k::per_shard_k_cached;
 use crate::similar_items::{SimilarTo, item_vector};
-use crate::validate::{Checked, check_ranker_kinds, validate};
+use crate::validate::{Checked, check_head_weights, check_ranker_kinds, validate};
 
 /// Where `RecommendStream` sends the running top-k after each shard.
 pub type PartialSender = mpsc::Sender<Result<RecommendStreamResponse, GatewayError>>;
@@ -176,6 +176,7 @@ impl Gateway {
         let with_ranking = !options.skip_ranking && !view.ranking.is_empty() && !similar_for_nobody;
         if with_ranking && let Some(inputs) = &bundle.ranker_inputs {
             check_ranker_kinds(&request.user_features, inputs)?;
+            check_head_weights(&request.head_weights, inputs)?;
         }
         let diversity = request.diversity.as_ref();
         // A cap unless only MMR is asked for.
@@ -504,6 +505,7 @@ impl Gateway {
             item_ids: merged.iter().map(|c| c.item_id).collect(),
             bundle_version: plan.bundle.manifest.version.clone(),
             min_log_revision: log_revision,
+            head_weights: request.head_weights.clone(),
         };
         call_replicas(
             &self.shared.clients,
@@ -563,14 +565,23 @@ fn respond(
     } else {
         plan.checked.k
     };
-    let (items, model_version) = match &ranked {
+    let ranked_answer = ranked.is_some();
+    let (items, model_version, heads) = match ranked {
         Some(response) => (
-            ranked_items(&retrieved.merged, &response.scores, listed, catalog),
-            response.model_version.clone(),
+            ranked_items(
+                &retrieved.merged,
+                &response.scores,
+                (response.heads.len(), &response.head_scores),
+                listed,
+                catalog,
+            ),
+            response.model_version,
+            response.heads,
         ),
         None => (
             retrieval_items(&retrieved.merged, listed, catalog),
             String::new(),
+            Vec::new(),
         ),
     };
     // MMR orders the candidates; a cap then picks k in that order.
@@ -589,7 +600,6 @@ fn respond(
         (Some(cap), Some(attributes)) => cap.apply(items, plan.checked.k as usize, attributes),
         _ => (items, String::new()),
     };
-    let ranked_answer = ranked.is_some();
     let (items, session_token, session_note) = match plan.session {
         Some(session) => continue_session(session, items, ranked_answer, plan.checked.k, catalog),
         None => (items, Vec::new(), String::new()),
@@ -614,5 +624,6 @@ fn respond(
         session_token,
         session_note,
         diversity_note,
+        heads,
     }
 }

@@ -44,15 +44,19 @@ pub fn retrieval_items(merged: &[Candidate], k: u32, catalog: &Names<'_>) -> Vec
             retrieval_rank: rank as u32,
             ranking_score: None,
             from_session: false,
+            head_scores: Vec::new(),
         })
         .collect()
 }
 
 /// The `k` candidates with the best ranking scores (ties: better retrieval rank),
-/// with both scores and the retrieval rank. `scores` is parallel to `merged`.
+/// with both scores, the retrieval rank and, from a multi-objective ranker,
+/// the head scores. `scores` is parallel to `merged`; `head_scores` holds
+/// `heads` values per candidate (none for a single-output ranker).
 pub fn ranked_items(
     merged: &[Candidate],
     scores: &[f32],
+    (heads, head_scores): (usize, &[f32]),
     k: u32,
     catalog: &Names<'_>,
 ) -> Vec<RecommendedItem> {
@@ -78,6 +82,10 @@ pub fn ranked_items(
             retrieval_rank: i as u32,
             ranking_score: Some(scores[i]),
             from_session: false,
+            head_scores: head_scores
+                .get(i * heads..(i + 1) * heads)
+                .unwrap_or_default()
+                .to_vec(),
         })
         .collect()
 }
@@ -114,6 +122,7 @@ pub fn continue_session(
                 retrieval_rank: 0,
                 ranking_score: ranked.then_some(score),
                 from_session: true,
+                head_scores: Vec::new(),
             },
         })
         .collect();
@@ -162,14 +171,27 @@ mod tests {
     fn ranked_items_sort_by_score_then_retrieval_rank_and_nan_last() {
         let merged = candidates(&[(1, 0.9), (2, 0.8), (3, 0.7), (4, 0.6)]);
         let scores = [0.5, f32::NAN, 0.5, 0.9];
-        let items = ranked_items(&merged, &scores, 4, &Names::of_catalog(&catalog()));
+        let items = ranked_items(
+            &merged,
+            &scores,
+            (0, &[]),
+            4,
+            &Names::of_catalog(&catalog()),
+        );
         let got: Vec<_> = items
             .iter()
             .map(|i| (i.item_id, i.name.as_str(), i.retrieval_rank))
             .collect();
         assert_eq!(got, [(4, "", 3), (1, "one", 0), (3, "", 2), (2, "two", 1)]);
         assert_eq!(
-            ranked_items(&merged, &scores, 1, &Names::of_catalog(&catalog()))[0].item_id,
+            ranked_items(
+                &merged,
+                &scores,
+                (0, &[]),
+                1,
+                &Names::of_catalog(&catalog())
+            )[0]
+            .item_id,
             4
         );
     }

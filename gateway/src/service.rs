@@ -195,6 +195,7 @@ impl GatewayService for Gateway {
                 session_token: done.session_token,
                 session_note: done.session_note,
                 diversity_note: done.diversity_note,
+                heads: done.heads,
             });
             if let Err(error) = &message {
                 trace_context::fail(&span, error);

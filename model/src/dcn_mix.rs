@@ -145,6 +145,7 @@ mod tests {
             deep_activation: Activation::Relu,
             head: crate::dcn_v2::Head::Regression,
             experts: mix,
+            heads: Vec::new(),
         }
     }
 

@@ -21,9 +21,18 @@
 //! | `cross.{i}.u`, `cross.{i}.v` (low rank) | `(r, dim)`, `(dim, r)` |
 //! | `cross.{i}.bias` (when `use_bias`) | `(dim)` |
 //! | `deep.{j}.weight`, `deep.{j}.bias` | `(units_j, in_j)`, `(units_j)` |
-//! | `head.weight`, `head.bias` | `(1, in)`, `(1)` |
+//! | `head.weight`, `head.bias` | `(heads, in)`, `(heads)` |
 //!
 //! With `experts` set, every cross layer is a DCN-Mix layer ([`crate::dcn_mix`]).
+//!
+//! A multi-objective model (TFRS's multitask tutorial: one shared network, one
+//! output per task) declares its outputs in `heads`; they share everything up
+//! to the head, which is one `Linear` with a row per head, so the extra heads
+//! cost a few dot products. Each head's score is its output (regression) or
+//! the output's sigmoid (logit), and the *combined* score, by which candidates
+//! are ordered, is the weighted sum `Σ weight_h · score_h`. Without `heads`
+//! the model has the one output `head` describes, and its score is the
+//! combined score.
 
 use candle_core::{Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
@@ -78,6 +87,28 @@ pub enum Head {
     Logit,
 }
 
+/// One output of a multi-objective model ([`DcnConfig::heads`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeadSpec {
+    /// What callers call it (`rating`, `click`...): unique in the model, and the
+    /// key of a per-request weight.
+    pub name: String,
+    /// What the output means.
+    pub kind: Head,
+    /// Its score's weight in the combined score (finite, at least 0).
+    pub weight: f64,
+}
+
+/// Largest weight a head may have, in the config or in a request: combined
+/// scores stay well within `f32` whatever the heads' scales. The API's limit
+/// (`recsys_proto::limits::MAX_HEAD_WEIGHT`, checked equal by the ranking node).
+pub const MAX_HEAD_WEIGHT: f64 = 1e6;
+
+/// Most heads a model may declare (`recsys_proto::limits::MAX_HEADS`), and the
+/// longest head name in bytes (a request feature name's limit).
+pub const MAX_HEADS: usize = 16;
+const MAX_HEAD_NAME_BYTES: usize = 128;
+
 /// Shape of a DCN-V2 model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DcnConfig {
@@ -111,6 +142,10 @@ pub struct DcnConfig {
     /// ([`crate::dcn_mix`]) instead of one `Cross`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub experts: Option<MixConfig>,
+    /// The outputs of a multi-objective model, in `head.weight` row order; empty
+    /// for the single output `head` describes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub heads: Vec<HeadSpec>,
 }
 
 fn default_true() -> bool {
@@ -161,7 +196,51 @@ impl DcnConfig {
                 "deep layers need at least one unit".into(),
             ));
         }
+        if self.heads.len() > MAX_HEADS {
+            return Err(ModelError::Config(format!(
+                "{} heads, the limit is {MAX_HEADS}",
+                self.heads.len()
+            )));
+        }
+        for (i, head) in self.heads.iter().enumerate() {
+            if head.name.is_empty() || head.name.len() > MAX_HEAD_NAME_BYTES {
+                return Err(ModelError::Config(format!(
+                    "heads[{i}]: a name is 1 to {MAX_HEAD_NAME_BYTES} bytes"
+                )));
+            }
+            if self.heads[..i].iter().any(|h| h.name == head.name) {
+                return Err(ModelError::Config(format!(
+                    "heads: {:?} is named twice",
+                    head.name
+                )));
+            }
+            if !(0.0..=MAX_HEAD_WEIGHT).contains(&head.weight) {
+                return Err(ModelError::Config(format!(
+                    "heads: {:?} has weight {}, must be within [0, {MAX_HEAD_WEIGHT}]",
+                    head.name, head.weight
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// The model's outputs: `heads`, or the one output `head` describes, named
+    /// `score` with weight 1.
+    pub fn outputs(&self) -> Vec<HeadSpec> {
+        if self.heads.is_empty() {
+            vec![HeadSpec {
+                name: "score".into(),
+                kind: self.head,
+                weight: 1.0,
+            }]
+        } else {
+            self.heads.clone()
+        }
+    }
+
+    /// True for a multi-objective model (one that declares `heads`).
+    pub fn is_multi_head(&self) -> bool {
+        !self.heads.is_empty()
     }
 }
 
@@ -294,6 +373,19 @@ pub struct DcnV2 {
     cross: Vec<Cross>,
     deep: Vec<Linear>,
     head: Linear,
+    /// How the head's raw outputs become scores.
+    activation: HeadActivation,
+    /// `(heads, 1)`: the combined score's weights, for a multi-objective model.
+    weights: Option<Tensor>,
+}
+
+/// The heads' activations: one for all, or a 0/1 mask `(1, heads)` of the
+/// logit heads when they differ.
+#[derive(Debug, Clone)]
+enum HeadActivation {
+    Identity,
+    Sigmoid,
+    Mixed(Tensor),
 }
 
 impl DcnV2 {
@@ -327,16 +419,57 @@ impl DcnV2 {
             }
         };
         let vb_head = vb.pp("head");
+        let outputs = cfg.outputs();
         let head = Linear::new(
-            vb_head.get((1, head_in), "weight")?,
-            Some(vb_head.get(1, "bias")?),
+            vb_head.get((outputs.len(), head_in), "weight")?,
+            Some(vb_head.get(outputs.len(), "bias")?),
         );
+        let device = head.weight().device();
+        let activation = if outputs.iter().all(|h| h.kind == Head::Regression) {
+            HeadActivation::Identity
+        } else if outputs.iter().all(|h| h.kind == Head::Logit) {
+            HeadActivation::Sigmoid
+        } else {
+            let mask: Vec<f32> = outputs
+                .iter()
+                .map(|h| if h.kind == Head::Logit { 1.0 } else { 0.0 })
+                .collect();
+            HeadActivation::Mixed(Tensor::from_vec(mask, (1, outputs.len()), device)?)
+        };
+        let weights = if cfg.is_multi_head() {
+            let weights: Vec<f32> = outputs.iter().map(|h| h.weight as f32).collect();
+            Some(Tensor::from_vec(weights, (outputs.len(), 1), device)?)
+        } else {
+            None
+        };
         Ok(Self {
             cfg: cfg.clone(),
             cross,
             deep,
             head,
+            activation,
+            weights,
         })
+    }
+
+    /// Outputs per row: the heads of a multi-objective model, else 1.
+    pub fn outputs(&self) -> usize {
+        self.head.weight().dim(0).unwrap_or(1)
+    }
+
+    /// Every head's score `(batch, heads)` for x0 of shape `(batch, input_dim)`.
+    pub fn head_scores(&self, x0: &Tensor) -> candle_core::Result<Tensor> {
+        let raw = self.forward_raw(x0)?;
+        self.activate(raw)
+    }
+
+    /// The combined scores `(batch,)` of head scores `(batch, heads)`, with the
+    /// config's weights: the one head's score for a single-output model.
+    pub fn combine(&self, scores: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.weights {
+            None => scores.squeeze(1),
+            Some(weights) => scores.matmul(weights)?.squeeze(1),
+        }
     }
 
     /// The config.
@@ -344,8 +477,8 @@ impl DcnV2 {
         &self.cfg
     }
 
-    /// Raw head output `(batch, 1)` for x0 of shape `(batch, input_dim)`: the
-    /// rating, or the logit (what a training loss and the TFRS fixtures take).
+    /// Raw head outputs `(batch, heads)` for x0 of shape `(batch, input_dim)`:
+    /// the rating, or the logit (what a training loss and the TFRS fixtures take).
     pub fn forward_raw(&self, x0: &Tensor) -> candle_core::Result<Tensor> {
         let (_batch, _dim) = x0.dims2()?;
         let cross = self.cross_forward(x0)?;
@@ -420,20 +553,25 @@ impl DcnV2 {
         self.head.forward(&features)
     }
 
-    fn finish(&self, raw: Tensor) -> candle_core::Result<Tensor> {
-        match self.cfg.head {
-            Head::Regression => Ok(raw),
-            Head::Logit => candle_nn::ops::sigmoid(&raw),
+    /// Head scores `(batch, heads)` of raw outputs: each head's own activation.
+    fn activate(&self, raw: Tensor) -> candle_core::Result<Tensor> {
+        match &self.activation {
+            HeadActivation::Identity => Ok(raw),
+            HeadActivation::Sigmoid => candle_nn::ops::sigmoid(&raw),
+            // raw + mask ⊙ (sigmoid(raw) − raw): the sigmoid where the mask is 1.
+            HeadActivation::Mixed(mask) => {
+                let sigmoid = candle_nn::ops::sigmoid(&raw)?;
+                raw.add(&(sigmoid - &raw)?.broadcast_mul(mask)?)
+            }
         }
     }
 }
 
-/// Scores `(batch,)` for x0 of shape `(batch, input_dim)`: the raw output for
-/// regression, its sigmoid for a logit head.
+/// Combined scores `(batch,)` for x0 of shape `(batch, input_dim)`: for one
+/// output, the raw output (regression) or its sigmoid (logit).
 impl Module for DcnV2 {
     fn forward(&self, x0: &Tensor) -> candle_core::Result<Tensor> {
-        let raw = self.forward_raw(x0)?.squeeze(1)?;
-        self.finish(raw)
+        self.combine(&self.head_scores(x0)?)
     }
 }
 
@@ -450,11 +588,11 @@ impl<'a> FirstCross<'a> {
         self.layer
     }
 
-    /// The model's scores given `first = x0 · layer().first_weight()ᵀ`.
-    pub fn score_from(&self, x0: &Tensor, first: &Tensor) -> candle_core::Result<Tensor> {
+    /// The model's head scores `(batch, heads)` given
+    /// `first = x0 · layer().first_weight()ᵀ`.
+    pub fn head_scores_from(&self, x0: &Tensor, first: &Tensor) -> candle_core::Result<Tensor> {
         let cross = self.model.cross_forward_from(self.layer, x0, first)?;
-        let raw = self.model.head_forward(x0, cross)?.squeeze(1)?;
-        self.model.finish(raw)
+        self.model.activate(self.model.head_forward(x0, cross)?)
     }
 }
 
@@ -486,15 +624,14 @@ impl<'a> CrossThenDeep<'a> {
             .forward(&self.model.cross_forward_from(self.cross, x0, first)?)
     }
 
-    /// Scores `(batch,)` given the first deep layer's output before its
-    /// activation (from [`CrossThenDeep::first_deep_from`] or an expansion of it).
-    pub fn score_from_first_deep(&self, pre: &Tensor) -> candle_core::Result<Tensor> {
+    /// Head scores `(batch, heads)` given the first deep layer's output before
+    /// its activation (from [`CrossThenDeep::first_deep_from`] or an expansion of it).
+    pub fn head_scores_from_first_deep(&self, pre: &Tensor) -> candle_core::Result<Tensor> {
         let model = self.model;
         let mut x = model.cfg.deep_activation.apply(pre)?;
         for layer in model.deep.iter().skip(1) {
             x = model.cfg.deep_activation.apply(&layer.forward(&x)?)?;
         }
-        let raw = model.head.forward(&x)?.squeeze(1)?;
-        model.finish(raw)
+        model.activate(model.head.forward(&x)?)
     }
 }

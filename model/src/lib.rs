@@ -19,7 +19,10 @@ pub mod ranker;
 mod stored_user_features;
 
 pub use dcn_mix::{MixConfig, MixCrossLayer};
-pub use dcn_v2::{Activation, CrossLayer, CrossThenDeep, DcnConfig, DcnV2, FirstCross, Structure};
+pub use dcn_v2::{
+    Activation, CrossLayer, CrossThenDeep, DcnConfig, DcnV2, FirstCross, Head, HeadSpec,
+    MAX_HEAD_WEIGHT, MAX_HEADS, Structure,
+};
 pub use error::ModelError;
 pub use features::{FeatureInput, FeatureKind, FeatureSpec, Normalization, Pooling, Side};
 pub use ranker::{RankError, Ranker, RankerConfig, RankerFiles, Scores, UserContext};

@@ -148,6 +148,7 @@ pub fn write(
             deep_activation: Activation::Relu,
             head: Head::Regression,
             experts: None,
+            heads: Vec::new(),
         },
         features: vec![
             feature("user_id", Side::User, d),

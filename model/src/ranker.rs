@@ -28,6 +28,7 @@ use candle_nn::VarBuilder;
 use recsys_bundle::Vocabulary;
 use serde::{Deserialize, Serialize};
 
+mod heads;
 mod scoring;
 
 use crate::cross_fold::CrossFold;
@@ -64,8 +65,12 @@ pub struct UserContext {
 /// Scores for one request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scores {
-    /// One per candidate, in request order.
+    /// One per candidate, in request order: the combined score of a
+    /// multi-objective ranker ([`Ranker::heads`]).
     pub scores: Vec<f32>,
+    /// A multi-objective ranker's head scores, candidate by candidate, each
+    /// candidate's in [`Ranker::heads`] order; empty for a single output.
+    pub head_scores: Vec<f32>,
     /// True when the user id was not in the vocabulary.
     pub user_out_of_vocabulary: bool,
 }
@@ -79,6 +84,9 @@ pub enum RankError {
     /// A request feature whose value does not fit the feature's kind.
     #[error("{0}")]
     BadFeature(String),
+    /// Per-request head weights the ranker cannot take.
+    #[error("{0}")]
+    HeadWeights(String),
     /// The model failed.
     #[error(transparent)]
     Model(#[from] ModelError),

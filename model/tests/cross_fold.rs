@@ -126,6 +126,7 @@ fn write_ranker(dir: &Path, shape: &Shape, seed: u64) -> Ranker {
             deep_activation: Activation::Relu,
             head: recsys_model::dcn_v2::Head::Regression,
             experts: None,
+            heads: Vec::new(),
         },
         features: specs,
     };

@@ -83,6 +83,7 @@ fn config(case: &Value, input_dim: usize) -> Option<DcnConfig> {
         deep_activation: Activation::Relu,
         head: recsys_model::dcn_v2::Head::Regression,
         experts: None,
+        heads: Vec::new(),
     })
 }
 

@@ -92,6 +92,15 @@ pub const DEFAULT_TOP_K_PROBABILITY: f64 = 0.9999;
 /// beam its builder measured to reach it at the `k` asked of it.
 pub const DEFAULT_RECALL_TARGET: f32 = 0.95;
 
+/// Most heads a multi-objective ranker may have, and so most entries of a
+/// request's `head_weights`.
+pub const MAX_HEADS: usize = 16;
+
+/// Largest weight of a head's score in a request's `head_weights` (and in a
+/// ranker's config, `recsys_model::MAX_HEAD_WEIGHT`): combined scores stay well
+/// within `f32` whatever the heads' scales.
+pub const MAX_HEAD_WEIGHT: f64 = 1e6;
+
 // Wire sizes, for the message size limits below. Each bound assumes the
 // costliest legal encoding (a repeated scalar written unpacked, a tag per value).
 
@@ -104,6 +113,12 @@ const MAP_ENTRY_WIRE_BYTES: usize = 16;
 /// Everything else in a message (scalars, tags and lengths of the fields above),
 /// generously.
 const SLACK_BYTES: usize = 4 * 1024;
+
+/// The largest `head_weights` map on the wire: [`MAX_HEADS`] names of up to
+/// [`MAX_FEATURE_NAME_BYTES`] and a float each.
+const fn head_weights_wire_bytes() -> usize {
+    MAX_HEADS * (MAX_FEATURE_NAME_BYTES + FLOAT_WIRE_BYTES + MAP_ENTRY_WIRE_BYTES)
+}
 
 /// The largest `user_features` map on the wire: [`MAX_USER_FEATURES_BYTES`] of
 /// names and encoded values plus each entry's framing.
@@ -122,6 +137,7 @@ pub const fn recommend_request_max_bytes() -> usize {
         + MAX_SESSION_TOKEN_BYTES
         + MAX_ID_BYTES
         + 3 * MAX_FILTER_BYTES
+        + head_weights_wire_bytes()
         + SLACK_BYTES
 }
 
@@ -152,6 +168,7 @@ pub const fn rank_request_max_bytes(max_candidates: usize) -> usize {
     MAX_ID_BYTES
         + user_features_wire_bytes()
         + max_candidates.saturating_mul(ID_WIRE_BYTES)
+        + head_weights_wire_bytes()
         + SLACK_BYTES
 }
 
@@ -164,9 +181,13 @@ pub const fn search_response_max_bytes(max_k: usize) -> usize {
     max_k.saturating_mul(ID_WIRE_BYTES + FLOAT_WIRE_BYTES) + MAX_VERSION_BYTES + SLACK_BYTES
 }
 
-/// The largest valid `RankResponse` for `candidates` candidates.
+/// The largest valid `RankResponse` for `candidates` candidates: a combined
+/// score and [`MAX_HEADS`] head scores each, the head names, a version.
 pub const fn rank_response_max_bytes(candidates: usize) -> usize {
-    candidates.saturating_mul(FLOAT_WIRE_BYTES) + MAX_VERSION_BYTES + SLACK_BYTES
+    candidates.saturating_mul(FLOAT_WIRE_BYTES * (1 + MAX_HEADS))
+        + MAX_HEADS * (MAX_FEATURE_NAME_BYTES + 2)
+        + MAX_VERSION_BYTES
+        + SLACK_BYTES
 }
 
 /// Most items in one `UpsertItems` or `DeleteItems` call: one call is one entry
@@ -220,6 +241,13 @@ mod tests {
         largest
     }
 
+    /// [`MAX_HEADS`] weights of the longest names.
+    fn largest_head_weights() -> std::collections::HashMap<String, f32> {
+        (0..MAX_HEADS)
+            .map(|i| (format!("{i:0>width$}", width = MAX_FEATURE_NAME_BYTES), 1e6))
+            .collect()
+    }
+
     #[test]
     fn the_largest_valid_messages_fit_their_limits() {
         let request = RecommendRequest {
@@ -246,6 +274,7 @@ mod tests {
             // MAX_FILTER_BYTES encoded, and the text besides.
             filter: Some(largest_filter()),
             filter_expression: "f".repeat(MAX_FILTER_BYTES),
+            head_weights: largest_head_weights(),
         };
         assert!(request.encoded_len() <= recommend_request_max_bytes());
         let search = SearchRequest {
@@ -268,8 +297,20 @@ mod tests {
             item_ids: vec![u64::MAX; MAX_RETRIEVE_K as usize],
             bundle_version: "v".repeat(128),
             min_log_revision: u64::MAX,
+            head_weights: largest_head_weights(),
         };
         assert!(rank.encoded_len() <= rank_request_max_bytes(MAX_RETRIEVE_K as usize));
+        let ranked = crate::v1::RankResponse {
+            scores: vec![1.0; MAX_RETRIEVE_K as usize],
+            model_version: "m".repeat(MAX_VERSION_BYTES),
+            user_out_of_vocabulary: true,
+            bundle_version: "v".repeat(128),
+            heads: (0..MAX_HEADS)
+                .map(|i| format!("{i:0>width$}", width = MAX_FEATURE_NAME_BYTES))
+                .collect(),
+            head_scores: vec![1.0; MAX_RETRIEVE_K as usize * MAX_HEADS],
+        };
+        assert!(ranked.encoded_len() <= rank_response_max_bytes(MAX_RETRIEVE_K as usize));
         let answer = SearchResponse {
             item_ids: vec![u64::MAX; MAX_RETRIEVE_K as usize],
             scores: vec![1.0; MAX_RETRIEVE_K as usize],

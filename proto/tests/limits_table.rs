@@ -40,6 +40,8 @@ fn the_readme_table_matches_the_code() {
             rank_request_max_bytes(MAX_RETRIEVE_K as usize).to_string(),
         ),
         ("DEFAULT_TIMEOUT", secs(DEFAULT_TIMEOUT)),
+        ("MAX_HEADS", MAX_HEADS.to_string()),
+        ("MAX_HEAD_WEIGHT", format!("{MAX_HEAD_WEIGHT:e}")),
         ("MAX_SESSION_ITEMS", MAX_SESSION_ITEMS.to_string()),
         ("MAX_FILTER_BYTES", MAX_FILTER_BYTES.to_string()),
         (

@@ -649,6 +649,7 @@ mod tests {
                 .map(|(_, items)| {
                     Ok(Scores {
                         scores: items.iter().map(|&id| id as f32).collect(),
+                        head_scores: Vec::new(),
                         user_out_of_vocabulary: false,
                     })
                 })
@@ -880,6 +881,7 @@ mod tests {
                 .map(|(_, items)| {
                     Ok(Scores {
                         scores: items.iter().map(|&id| id as f32).collect(),
+                        head_scores: Vec::new(),
                         user_out_of_vocabulary: false,
                     })
                 })

@@ -84,9 +84,9 @@ impl From<RankingError> for tonic::Status {
         let message = error.to_string();
         match error {
             RankingError::InvalidArgument { .. }
-            | RankingError::Rank(RankError::UnknownItems(_) | RankError::BadFeature(_)) => {
-                tonic::Status::invalid_argument(message)
-            }
+            | RankingError::Rank(
+                RankError::UnknownItems(_) | RankError::BadFeature(_) | RankError::HeadWeights(_),
+            ) => tonic::Status::invalid_argument(message),
             RankingError::Queue(QueueError::Full { .. }) => {
                 tonic::Status::resource_exhausted(message)
             }
@@ -149,5 +149,19 @@ mod tests {
         assert_eq!(Status::from(RankingError::NoAnswer).code(), Code::Internal);
         let loading = Status::from(RankingError::NotReady("ranker still loading".into()));
         assert_eq!(loading.code(), Code::Unavailable);
+        let weights = RankError::HeadWeights("head_weights[x]: no such head".into());
+        let weights = Status::from(RankingError::from(weights));
+        assert_eq!(weights.code(), Code::InvalidArgument);
+        assert_eq!(weights.message(), "head_weights[x]: no such head");
+    }
+
+    /// The model's head limits are the API's, which the gateway checks first.
+    #[test]
+    fn head_limits_are_the_apis() {
+        assert_eq!(
+            recsys_model::MAX_HEAD_WEIGHT,
+            recsys_proto::limits::MAX_HEAD_WEIGHT
+        );
+        assert_eq!(recsys_model::MAX_HEADS, recsys_proto::limits::MAX_HEADS);
     }
 }

@@ -124,6 +124,13 @@ impl RankingNodeService {
                 "scoring before the item changes asked for are applied"
             );
         }
+        // Checked before the pass, which they do not change: they only
+        // recombine its head scores.
+        let weights = if request.head_weights.is_empty() {
+            Vec::new()
+        } else {
+            ranker.ranker().head_weights(&request.head_weights)?
+        };
         let user = UserContext {
             user_id: request.user_id,
             features: user_features(&request.user_features)?,
@@ -133,12 +140,20 @@ impl RankingNodeService {
             .submit(ranker.clone(), user, request.item_ids, deadline)?;
         // The reply is dropped unanswered only when the scoring pass panicked.
         let outcome = answer.await.map_err(|_| RankingError::NoAnswer)?;
-        let scores = outcome.map_err(RankingError::DeadlineExceeded)??;
+        let mut scores = outcome.map_err(RankingError::DeadlineExceeded)??;
+        ranker.ranker().reweigh(&mut scores, &weights);
         Ok(RankResponse {
             bundle_version,
             scores: scores.scores,
             model_version: ranker.ranker().version().to_string(),
             user_out_of_vocabulary: scores.user_out_of_vocabulary,
+            heads: ranker
+                .ranker()
+                .heads()
+                .iter()
+                .map(|h| h.name.clone())
+                .collect(),
+            head_scores: scores.head_scores,
         })
     }
 }

@@ -93,6 +93,7 @@ impl RankingService for FakeRanker {
             scores,
             model_version: FAKE_MODEL_VERSION.into(),
             user_out_of_vocabulary: false,
+            ..Default::default()
         }))
     }
 

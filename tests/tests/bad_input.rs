@@ -60,6 +60,7 @@ trait Adversarial {
     fn recommend(&mut self) -> RecommendRequest;
     fn search(&mut self) -> SearchRequest;
     fn rank(&mut self) -> RankRequest;
+    fn head_weights(&mut self) -> std::collections::HashMap<String, f32>;
 }
 
 impl Adversarial for Noise {
@@ -280,6 +281,7 @@ impl Adversarial for Noise {
                 },
                 mode: self.pick(&[0, 1, 7, -1]),
             }),
+            head_weights: self.head_weights(),
         }
     }
 
@@ -311,7 +313,21 @@ impl Adversarial for Noise {
                 .map(|_| self.id())
                 .collect(),
             min_log_revision: self.pick(&[0, 0, 1, u64::MAX]),
+            head_weights: self.head_weights(),
         }
+    }
+
+    // Head weights of arbitrary names and values (the fuzzed bundles' rankers
+    // have one output, so any entry is refused).
+    fn head_weights(&mut self) -> std::collections::HashMap<String, f32> {
+        (0..self.pick(&[0, 0, 0, 1, 3]))
+            .map(|_| {
+                (
+                    self.string(),
+                    self.pick(&[0.0, 1.0, -1.0, 1e7, f32::NAN, f32::INFINITY]),
+                )
+            })
+            .collect()
     }
 }
 

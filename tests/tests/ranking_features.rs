@@ -106,6 +106,7 @@ fn write_ranker(dir: &Path) {
             deep_activation: Activation::Relu,
             head: Head::Regression,
             experts: None,
+            heads: Vec::new(),
         },
         features: vec![user_id, liked, age, genres, popularity],
     };
@@ -170,6 +171,7 @@ fn request(user: &str, features: Vec<(&str, Kind)>) -> RankRequest {
             .collect(),
         item_ids: vec![1, 2, 3],
         min_log_revision: 0,
+        head_weights: Default::default(),
     }
 }
 

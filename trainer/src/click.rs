@@ -57,6 +57,14 @@ impl Objective {
         }
     }
 
+    /// Its name: a multi-objective ranker's head name, and the flag's value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Rating => "rating",
+            Self::Click => "click",
+        }
+    }
+
     /// The metric's name in progress lines.
     pub fn metric_name(self) -> &'static str {
         match self {
@@ -91,6 +99,26 @@ pub fn with_sampled_negatives(
             ..p.clone()
         })
         .collect();
+    let negatives = sampled_negatives(positives, seen, catalog, per_positive, seed, stream)?;
+    out.extend(negatives.into_iter().map(|n| Interaction {
+        rating: Some(0.0),
+        ..n
+    }));
+    Ok(out)
+}
+
+/// The non-clicks [`with_sampled_negatives`] draws (the same ones, for the
+/// same arguments), unrated: a multi-objective ranker's negatives, beside
+/// positives that keep their stars.
+pub fn sampled_negatives(
+    positives: &[Interaction],
+    seen: &HashMap<String, HashSet<String>>,
+    catalog: &[String],
+    per_positive: usize,
+    seed: u64,
+    stream: u64,
+) -> Result<Vec<Interaction>> {
+    let mut out = Vec::with_capacity(positives.len() * per_positive);
     if per_positive == 0 {
         return Ok(out);
     }
@@ -116,7 +144,7 @@ pub fn with_sampled_negatives(
             out.push(Interaction {
                 user: positive.user.clone(),
                 item: item.clone(),
-                rating: Some(0.0),
+                rating: None,
                 timestamp: positive.timestamp,
             });
         }

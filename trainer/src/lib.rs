@@ -29,6 +29,7 @@ pub mod features;
 pub mod in_batch_softmax;
 pub mod interactions_csv;
 pub mod movielens;
+pub mod multi_objective;
 mod optimizer;
 pub mod ranking_export;
 pub mod ranking_features;
@@ -55,6 +56,7 @@ pub use export::{
 pub use features::FeatureChoice;
 pub use interactions_csv::load_interactions_csv;
 pub use movielens::{load_movielens_1m, load_movielens_100k};
+pub use multi_objective::TrainedHead;
 pub use ranking_features::RankingFeature;
 pub use ranking_model::{FeatureWidth, RankingModel, RankingModelConfig};
 pub use ranking_preset::RankingPreset;

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::click::Objective;
 use crate::dataset::{Dataset, Interaction};
 use crate::error::{Result, TrainerError};
+use crate::multi_objective::TrainedHead;
 use crate::ranking_features::{ColumnValues, FeatureTables, RankingFeature};
 use recsys_model::{FeatureKind, Side};
 
@@ -59,6 +60,11 @@ pub struct RankingModelConfig {
     /// there was a choice mean) or clicks.
     #[serde(default)]
     pub objective: Objective,
+    /// A multi-objective ranker's heads ([`crate::multi_objective`]), one per
+    /// objective; empty for the single output `objective` names (which is then
+    /// ignored otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub heads: Vec<TrainedHead>,
 }
 
 impl RankingModelConfig {
@@ -84,6 +90,7 @@ impl RankingModelConfig {
             deep_activation: recsys_model::Activation::Relu,
             head: self.objective.head(),
             experts: None,
+            heads: self.heads.iter().map(TrainedHead::spec).collect(),
         }
     }
 }
@@ -117,8 +124,12 @@ pub struct Encoded {
     pub users: Vec<u32>,
     /// Item entity rows.
     pub items: Vec<u32>,
-    /// Ratings.
+    /// Labels: ratings, or 0/1 clicks (a multi-objective model's click labels).
     pub ratings: Vec<f32>,
+    /// A multi-objective model's star ratings (0 where unrated); empty otherwise.
+    pub stars: Vec<f32>,
+    /// 1 where `stars` holds a rating, 0 elsewhere; empty when `stars` is.
+    pub rated: Vec<f32>,
 }
 
 impl Encoded {
@@ -138,8 +149,18 @@ impl Encoded {
             users: picked.iter().map(|&i| self.users[i]).collect(),
             items: picked.iter().map(|&i| self.items[i]).collect(),
             ratings: picked.iter().map(|&i| self.ratings[i]).collect(),
+            stars: pick_from(&self.stars, picked),
+            rated: pick_from(&self.rated, picked),
         }
     }
+}
+
+/// `values` at `picked`, or nothing for no values.
+fn pick_from(values: &[f32], picked: &[usize]) -> Vec<f32> {
+    if values.is_empty() {
+        return Vec::new();
+    }
+    picked.iter().map(|&i| values[i]).collect()
 }
 
 impl RankingModel {
@@ -151,6 +172,7 @@ impl RankingModel {
                 reason: "a ranker needs at least one feature".into(),
             });
         }
+        crate::multi_objective::check_heads(&config.heads)?;
         if let Some(f) = config.features.iter().find(|f| f.dim == 0) {
             return Err(TrainerError::InvalidConfig {
                 field: "features",
@@ -236,8 +258,13 @@ impl RankingModel {
     }
 
     /// Entity rows and ratings of `interactions`; unknown ids are row 0. Every
-    /// interaction needs a rating.
+    /// interaction needs a rating, except for a multi-objective model
+    /// ([`crate::multi_objective`]): there a rated interaction is a click with
+    /// its stars, an unrated one a non-click.
     pub fn encode(&self, interactions: &[Interaction]) -> Result<Encoded> {
+        if !self.config.heads.is_empty() {
+            return Ok(self.encode_multi(interactions));
+        }
         let mut encoded = Encoded::default();
         for (index, i) in interactions.iter().enumerate() {
             let rating = i.rating.ok_or(TrainerError::MissingRating { index })?;
@@ -290,33 +317,62 @@ impl RankingModel {
         Ok(Tensor::cat(&parts, D::Minus1)?)
     }
 
-    /// Predicted ratings `[n]` of (user row, item row) pairs, differentiable.
+    /// Raw outputs `[n, heads]` (the rating, or the logit, per head) of
+    /// (user row, item row) pairs, differentiable.
+    pub fn forward_raw(&self, users: &[u32], items: &[u32]) -> Result<Tensor> {
+        Ok(self.dcn.forward_raw(&self.x0(users, items)?)?)
+    }
+
+    /// Predicted ratings (or logits) `[n]` of (user row, item row) pairs,
+    /// differentiable: the single output, or a multi-objective model's first head.
     pub fn forward(&self, users: &[u32], items: &[u32]) -> Result<Tensor> {
-        let x0 = self.x0(users, items)?;
-        Ok(self.dcn.forward_raw(&x0)?.squeeze(1)?)
+        Ok(self
+            .forward_raw(users, items)?
+            .narrow(1, 0, 1)?
+            .squeeze(1)?)
     }
 
     /// The served scores of (user id, item id) pairs, in batches of 4096:
-    /// predicted ratings, or click probabilities for the click objective.
+    /// predicted ratings, click probabilities for the click objective, the
+    /// combined score of a multi-objective model.
     pub fn predict(&self, pairs: &[(&str, &str)]) -> Result<Vec<f32>> {
+        use candle_core::Module;
         let mut out = Vec::with_capacity(pairs.len());
         for chunk in pairs.chunks(4096) {
-            let users: Vec<u32> = chunk
-                .iter()
-                .map(|(u, _)| self.tables.users.lookup(u))
-                .collect();
-            let items: Vec<u32> = chunk
-                .iter()
-                .map(|(_, i)| self.tables.items.lookup(i))
-                .collect();
-            let raw = self.forward(&users, &items)?;
-            let served = match self.config.objective {
-                Objective::Rating => raw,
-                Objective::Click => candle_nn::ops::sigmoid(&raw)?,
-            };
-            out.extend(served.to_vec1::<f32>()?);
+            let x0 = self.x0_of_ids(chunk)?;
+            out.extend(self.dcn.forward(&x0)?.to_vec1::<f32>()?);
         }
         Ok(out)
+    }
+
+    /// Each head's served scores of (user id, item id) pairs, head by head (a
+    /// single output is one head), in batches of 4096.
+    pub fn predict_heads(&self, pairs: &[(&str, &str)]) -> Result<Vec<Vec<f32>>> {
+        let heads = self.dcn.outputs();
+        let mut out = vec![Vec::with_capacity(pairs.len()); heads];
+        for chunk in pairs.chunks(4096) {
+            let x0 = self.x0_of_ids(chunk)?;
+            let scores = self.dcn.head_scores(&x0)?.to_vec2::<f32>()?;
+            for row in scores {
+                for (head, score) in out.iter_mut().zip(row) {
+                    head.push(score);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// x0 of (user id, item id) pairs; unknown ids are row 0.
+    fn x0_of_ids(&self, pairs: &[(&str, &str)]) -> Result<Tensor> {
+        let users: Vec<u32> = pairs
+            .iter()
+            .map(|(u, _)| self.tables.users.lookup(u))
+            .collect();
+        let items: Vec<u32> = pairs
+            .iter()
+            .map(|(_, i)| self.tables.items.lookup(i))
+            .collect();
+        self.x0(&users, &items)
     }
 
     /// A copy of every variable's value, to [`RankingModel::restore`] later.

@@ -56,6 +56,7 @@ impl RankingPreset {
                 structure: Structure::Stacked,
                 deep_units: vec![256, 64],
                 objective: crate::click::Objective::Rating,
+                heads: Vec::new(),
             },
             train: RankingTrainConfig {
                 epochs: 3,
@@ -80,6 +81,7 @@ impl RankingPreset {
                 structure: Structure::Stacked,
                 deep_units: vec![192, 192],
                 objective: crate::click::Objective::Rating,
+                heads: Vec::new(),
             },
             train: RankingTrainConfig {
                 epochs: 8,
@@ -112,6 +114,7 @@ impl RankingPreset {
                 structure: Structure::Stacked,
                 deep_units: vec![192, 192],
                 objective: crate::click::Objective::Rating,
+                heads: Vec::new(),
             },
             train: RankingTrainConfig {
                 epochs: 30,

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::click::Objective;
 use crate::dataset::Interaction;
 use crate::error::{Result, TrainerError};
+use crate::multi_objective::log_loss_of_logit;
 use crate::optimizer::Stepper;
 use crate::ranking_model::{Encoded, RankingModel};
 
@@ -133,7 +134,6 @@ pub fn train_ranking(
             reason: format!("{} is not within [0, 1)", config.validation_fraction),
         });
     }
-    let objective = model.config().objective;
     let all = model.encode(train)?;
     let (fit, validation) = carve_validation(&all, config.validation_fraction, config.seed);
     if fit.is_empty() {
@@ -167,11 +167,7 @@ pub fn train_ranking(
         let started = Instant::now();
         let mut squared = 0.0f64;
         for batch in order.chunks(config.batch_size) {
-            let b = fit.pick(batch);
-            let labels =
-                candle_core::Tensor::from_slice(&b.ratings, b.len(), &candle_core::Device::Cpu)?;
-            let predictions = model.forward(&b.users, &b.items)?;
-            let loss = objective.loss(&predictions, &labels)?;
+            let loss = model.batch_loss(&fit.pick(batch))?;
             optimizer.backward_step(&loss)?;
             let loss = loss.to_scalar::<f32>()?;
             if !loss.is_finite() {
@@ -190,7 +186,7 @@ pub fn train_ranking(
         };
         let report = RankingEpoch {
             epoch,
-            train_metric: objective.metric(squared / fit.len() as f64),
+            train_metric: model.metric_of_loss(squared / fit.len() as f64),
             validation_metric,
             elapsed: started.elapsed(),
         };
@@ -267,18 +263,23 @@ pub fn predict_interactions(
     Ok(out)
 }
 
+/// Raw outputs `[n × heads]`, row-major.
 fn raw_outputs(model: &RankingModel, encoded: &Encoded, batch_size: usize) -> Result<Vec<f32>> {
     let mut out = Vec::with_capacity(encoded.len());
     let all: Vec<usize> = (0..encoded.len()).collect();
     for chunk in all.chunks(batch_size.max(1)) {
         let b = encoded.pick(chunk);
-        out.extend(model.forward(&b.users, &b.items)?.to_vec1::<f32>()?);
+        let raw = model.forward_raw(&b.users, &b.items)?;
+        out.extend(raw.flatten_all()?.to_vec1::<f32>()?);
     }
     Ok(out)
 }
 
 fn metric_encoded(model: &RankingModel, encoded: &Encoded, batch_size: usize) -> Result<f64> {
     let raw = raw_outputs(model, encoded, batch_size)?;
+    if !model.config().heads.is_empty() {
+        return Ok(model.multi_metric(&raw, encoded));
+    }
     let n = encoded.len() as f64;
     Ok(match model.config().objective {
         Objective::Rating => {
@@ -290,14 +291,10 @@ fn metric_encoded(model: &RankingModel, encoded: &Encoded, batch_size: usize) ->
             (squared / n).sqrt()
         }
         Objective::Click => {
-            // ln(1 + e^-|z|) + max(z, 0) - z y, in f64.
             let loss: f64 = raw
                 .iter()
                 .zip(&encoded.ratings)
-                .map(|(&z, &y)| {
-                    let (z, y) = (f64::from(z), f64::from(y));
-                    z.max(0.0) - z * y + (-z.abs()).exp().ln_1p()
-                })
+                .map(|(&z, &y)| log_loss_of_logit(f64::from(z), f64::from(y)))
                 .sum();
             loss / n
         }

@@ -47,6 +47,7 @@ fn config() -> RankingModelConfig {
         structure: Structure::Stacked,
         deep_units: vec![16, 16],
         objective: Objective::Click,
+        heads: Vec::new(),
     }
 }
 

@@ -35,6 +35,7 @@ fn small(features: &[RankingFeature], cross_layers: usize) -> RankingModelConfig
         structure: Structure::Stacked,
         deep_units: vec![16, 16],
         objective: Default::default(),
+        heads: Vec::new(),
     }
 }
 

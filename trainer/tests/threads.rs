@@ -72,6 +72,7 @@ fn train_and_write(out: &Path) {
         structure: Structure::Stacked,
         deep_units: vec![32, 16],
         objective: Default::default(),
+        heads: Vec::new(),
     };
     let ranker = RankingModel::new(config, &ratings, 7).unwrap();
     let training = RankingTrainConfig {

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{Module, Tensor};
+use candle_core::Tensor;
 
 use super::{FeatureInput, RankError, Ranker, Scores, Side, UserContext};
 use crate::cross_fold::CrossFold;
@@ -48,9 +48,10 @@ impl Ranker {
     ) -> Result<Scores, RankError> {
         let mut batch = Batch::default();
         let user_oov = self.encode(user, items, allow_unknown_items, &mut batch)?;
-        let scores = self.forward(batch)?;
+        let (scores, head_scores) = self.split_heads(self.forward(batch)?);
         Ok(Scores {
             scores,
+            head_scores,
             user_out_of_vocabulary: user_oov,
         })
     }
@@ -73,6 +74,7 @@ impl Ranker {
                 Err(error) => encoded.push(Err(error)),
             }
         }
+        let heads = self.model.outputs();
         let scores = match self.forward(batch) {
             Ok(scores) => scores,
             Err(error) => {
@@ -88,9 +90,14 @@ impl Ranker {
         encoded
             .into_iter()
             .map(|e| {
-                e.map(|(start, n, oov)| Scores {
-                    scores: scores[start..start + n].to_vec(),
-                    user_out_of_vocabulary: oov,
+                e.map(|(start, n, oov)| {
+                    let (scores, head_scores) =
+                        self.split_heads(scores[start * heads..(start + n) * heads].to_vec());
+                    Scores {
+                        scores,
+                        head_scores,
+                        user_out_of_vocabulary: oov,
+                    }
                 })
             })
             .collect()
@@ -174,6 +181,7 @@ impl Ranker {
         if items.is_empty() {
             return Ok(Scores {
                 scores: Vec::new(),
+                head_scores: Vec::new(),
                 user_out_of_vocabulary: user_oov,
             });
         }
@@ -188,13 +196,15 @@ impl Ranker {
         let dim = self.config.dcn.input_dim;
         let x0 =
             Tensor::from_vec(x0, (items.len(), dim), &self.device).map_err(ModelError::from)?;
-        let scores = self
+        let flat = self
             .model
-            .forward(&x0)
-            .and_then(|scores| scores.to_vec1::<f32>())
+            .head_scores(&x0)
+            .and_then(|scores| scores.flatten_all()?.to_vec1::<f32>())
             .map_err(ModelError::from)?;
+        let (scores, head_scores) = self.split_heads(flat);
         Ok(Scores {
             scores,
+            head_scores,
             user_out_of_vocabulary: user_oov,
         })
     }
@@ -366,7 +376,8 @@ impl Ranker {
         })
     }
 
-    /// One forward pass over every row of `batch`, as the plan encoded them.
+    /// One forward pass over every row of `batch`, as the plan encoded them:
+    /// `(rows, heads)` head scores, row-major.
     fn forward(&self, batch: Batch) -> Result<Vec<f32>, ModelError> {
         if batch.rows == 0 {
             return Ok(Vec::new());
@@ -375,7 +386,7 @@ impl Ranker {
         let scores = match &self.plan {
             ScoringPlan::Folded { fold, .. } => {
                 let pre = Tensor::from_vec(batch.pre, (batch.rows, fold.units()), &self.device)?;
-                self.cross_then_deep()?.score_from_first_deep(&pre)?
+                self.cross_then_deep()?.head_scores_from_first_deep(&pre)?
             }
             ScoringPlan::Precomputed(first) => {
                 let view = self.model.first_cross().ok_or_else(|| {
@@ -385,14 +396,14 @@ impl Ranker {
                 })?;
                 let x0 = Tensor::from_vec(batch.x0, (batch.rows, dim), &self.device)?;
                 let product = Tensor::from_vec(batch.first, (batch.rows, first.out), &self.device)?;
-                view.score_from(&x0, &product)?
+                view.head_scores_from(&x0, &product)?
             }
             ScoringPlan::Plain => {
                 let x0 = Tensor::from_vec(batch.x0, (batch.rows, dim), &self.device)?;
-                self.model.forward(&x0)?
+                self.model.head_scores(&x0)?
             }
         };
-        Ok(scores.to_vec1::<f32>()?)
+        Ok(scores.flatten_all()?.to_vec1::<f32>()?)
     }
 }
 
