@@ -341,6 +341,7 @@ async fn run_grpc(args: RankingArgs, files: RankerFiles) -> anyhow::Result<()> {
         item_ids: candidates(batch),
         min_log_revision: 0,
         head_weights: Default::default(),
+        ranker_variant: String::new(),
     };
     // The floor of any call on this channel: a `grpc.health.v1` check (no
     // payload, no hand-off to a scoring thread), timed the same way.

@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use recsys_bundle::layout::{self, RANKER_DIR, ranker_file};
+use recsys_bundle::ranker_variants::{check_variant_name, variant_dir};
 use recsys_bundle::{BundleError, Manifest, RankerSpec};
 use recsys_model::{Ranker, RankerConfig};
 
@@ -32,12 +33,42 @@ pub fn attach_ranker(
     source: &Path,
     items: &[u64],
 ) -> Result<AttachedRanker, BundleError> {
+    attach_ranker_variant(bundle_dir, source, items, None)
+}
+
+/// [`attach_ranker`] as the ranker variant `variant` (`rankers/{variant}/`,
+/// `recsys_bundle::ranker_variants`) when given, beside the bundle's own
+/// ranker, which it needs. A variant attached again replaces the one before.
+pub fn attach_ranker_variant(
+    bundle_dir: &Path,
+    source: &Path,
+    items: &[u64],
+    variant: Option<&str>,
+) -> Result<AttachedRanker, BundleError> {
+    let dir = match variant {
+        Some(name) => {
+            check_variant_name(name).map_err(|reason| BundleError::Invalid {
+                field: "variant",
+                reason,
+            })?;
+            if Manifest::load(bundle_dir)?.ranker.is_none() {
+                return Err(BundleError::Invalid {
+                    field: "variant",
+                    reason: format!(
+                        "{name}: the bundle has no ranker yet; attach its default ranker first"
+                    ),
+                });
+            }
+            variant_dir(name)
+        }
+        None => RANKER_DIR.to_string(),
+    };
     let config_path = source.join(ranker_file::CONFIG);
     let text =
         std::fs::read_to_string(&config_path).map_err(|e| BundleError::io(&config_path, e))?;
     let mut config: RankerConfig = serde_json::from_str(&text)
         .map_err(|e| BundleError::corrupt(&config_path, format!("not a ranker config: {e}")))?;
-    let target = bundle_dir.join(RANKER_DIR);
+    let target = bundle_dir.join(&dir);
     std::fs::create_dir_all(&target).map_err(|e| BundleError::io(&target, e))?;
     // The exporter may have written straight into the bundle: copying a file onto
     // itself would truncate it.
@@ -78,24 +109,29 @@ pub fn attach_ranker(
         if !(in_place && same_file(&from, &to)) {
             copy(&from, &to)?;
         }
-        feature.vocabulary = format!("{RANKER_DIR}/{name}");
+        feature.vocabulary = format!("{dir}/{name}");
     }
     let config_out = target.join(ranker_file::CONFIG);
     let text = serde_json::to_string_pretty(&config)
         .map_err(|e| BundleError::corrupt(&config_out, format!("cannot encode: {e}")))?;
     std::fs::write(&config_out, text + "\n").map_err(|e| BundleError::io(&config_out, e))?;
 
-    let spec = RankerSpec::attached(user_features);
+    let spec = RankerSpec::attached_in(&dir, user_features);
     let ranker = Ranker::load(&spec.files(bundle_dir)).map_err(|e| BundleError::Invalid {
         field: "ranker",
         reason: e.to_string(),
     })?;
     let mut manifest = Manifest::load(bundle_dir)?;
-    manifest.ranker = Some(spec);
+    match variant {
+        Some(name) => {
+            manifest.ranker_variants.insert(name.to_string(), spec);
+        }
+        None => manifest.ranker = Some(spec),
+    }
     // The ranker's files are new or rewritten: hash them anew.
     manifest
         .files
-        .retain(|path, _| !path.starts_with(&format!("{RANKER_DIR}/")));
+        .retain(|path, _| !path.starts_with(&format!("{dir}/")));
     crate::seal(bundle_dir, &mut manifest)?;
     Ok(AttachedRanker {
         version: ranker.version().to_string(),

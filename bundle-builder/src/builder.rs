@@ -138,6 +138,8 @@ pub fn build_bundle(
         log_revision: 0,
         user_history: None,
         attributes: None,
+        ranker_variants: Default::default(),
+        ranker_shares: Default::default(),
     };
     crate::seal(dir, &mut manifest)?;
     tracing::info!(

@@ -242,11 +242,17 @@ pub fn compact_bundle(
     // Files carried over unchanged: everything but the shards, the catalog and
     // the ranker's item features, which are written anew.
     let catalog = with_names.then(|| "catalog.tsv".to_string());
-    let item_features = base.ranker.as_ref().map(|r| r.item_features.clone());
+    // Every ranker's: the default's and each variant's.
+    let item_features: Vec<String> = base
+        .ranker
+        .iter()
+        .chain(base.ranker_variants.values())
+        .map(|r| r.item_features.clone())
+        .collect();
     for path in base.files.keys() {
         let rewritten = base.shards.iter().any(|s| &s.file == path)
             || base.catalog.as_ref() == Some(path)
-            || item_features.as_ref() == Some(path);
+            || item_features.contains(path);
         if rewritten {
             continue;
         }
@@ -259,7 +265,7 @@ pub fn compact_bundle(
     if let (Some(file), Some(names)) = (&catalog, &vectors.names) {
         Catalog::write(&dir.join(file), &vectors.ids, names)?;
     }
-    if let Some(path) = &item_features {
+    for path in &item_features {
         rewrite_item_features(
             &from.join(path),
             &dir.join(path),

@@ -20,7 +20,7 @@ mod staging;
 pub mod synthetic;
 pub mod vectors;
 
-pub use attach_ranker::{AttachedRanker, attach_ranker};
+pub use attach_ranker::{AttachedRanker, attach_ranker, attach_ranker_variant};
 pub use builder::{BuildEvent, BuildOptions, build_bundle};
 pub use compact::{CompactOptions, Compacted, ItemEdit, compact_bundle};
 pub use seal::seal;

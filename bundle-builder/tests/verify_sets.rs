@@ -100,3 +100,35 @@ fn a_manifest_without_checksums_or_missing_one_is_refused() {
     let error = verify_files(dir.path(), &bundle(dir.path()), FileSet::Shard(7)).unwrap_err();
     assert!(error.to_string().contains("not 7"), "{error}");
 }
+
+#[test]
+fn a_ranker_variants_files_are_the_rankers_and_only_its_config_reaches_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    bundle(dir.path());
+    let own = dir.path().join("ranker");
+    recsys_bundle_builder::attach_ranker_variant(dir.path(), &own, &[], Some("b")).unwrap();
+    let manifest = Manifest::load(dir.path()).unwrap();
+    assert_eq!(manifest.variant_names(), ["default", "b"]);
+    for (file, expected) in [
+        (
+            "rankers/b/weights.safetensors",
+            vec![FileSet::All, FileSet::Ranker],
+        ),
+        ("rankers/b/config.json", vec![FileSet::All, FileSet::Ranker]),
+    ] {
+        let path = dir.path().join(file);
+        let good = std::fs::read(&path).unwrap();
+        flip(&path);
+        assert_eq!(failing(dir.path(), &manifest, file), expected, "{file}");
+        std::fs::write(&path, good).unwrap();
+    }
+    // The gateway fetches the variant's config (its request features and heads).
+    assert!(FileSet::Gateway.reads(&manifest, "rankers/b/config.json"));
+    assert!(!FileSet::Gateway.reads(&manifest, "rankers/b/weights.safetensors"));
+    // A variant needs a name fit for a directory, and the bundle's own ranker.
+    for bad in ["default", "../x", "B"] {
+        let error = recsys_bundle_builder::attach_ranker_variant(dir.path(), &own, &[], Some(bad))
+            .unwrap_err();
+        assert!(error.to_string().contains("variant"), "{bad}: {error}");
+    }
+}

@@ -43,6 +43,7 @@ pub mod manifest;
 pub mod query_model;
 pub mod query_tower;
 pub mod ranker_inputs;
+pub mod ranker_variants;
 pub mod remote;
 pub mod root;
 pub mod search_depth;
@@ -62,6 +63,7 @@ pub use manifest::{
 };
 pub use query_model::{QueryModel, UserEmbeddings};
 pub use query_tower::{QueryTower, TowerParts, TowerSpec};
+pub use ranker_variants::{DEFAULT_VARIANT, Shares};
 pub use remote::{LocatedVersion, RemoteRoot, RemoteSource, VersionPin};
 pub use root::{BundleRoot, BundleSource, ResolvedBundle};
 pub use search_depth::{DepthRow, SearchDepths};

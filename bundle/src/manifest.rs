@@ -73,7 +73,13 @@ impl RankerSpec {
     /// The spec of a ranker directory attached under the bundle's
     /// [`RANKER_DIR`], with or without stored user features.
     pub fn attached(user_features: bool) -> Self {
-        let path = |file: &str| format!("{RANKER_DIR}/{file}");
+        Self::attached_in(RANKER_DIR, user_features)
+    }
+
+    /// The spec of a ranker directory attached at `dir` (relative to the
+    /// bundle: [`RANKER_DIR`], or a variant's directory).
+    pub fn attached_in(dir: &str, user_features: bool) -> Self {
+        let path = |file: &str| format!("{dir}/{file}");
         Self {
             config: path(ranker_file::CONFIG),
             weights: path(ranker_file::WEIGHTS),
@@ -139,6 +145,15 @@ pub struct Manifest {
     /// diversity caps read; absent in bundles built without them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attributes: Option<String>,
+    /// Further rankers by variant name (`crate::ranker_variants`), each under
+    /// `rankers/{name}/`; the bundle's own ranker is the variant `default`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ranker_variants: BTreeMap<String, RankerSpec>,
+    /// Traffic share of each variant (weights by name, `default` included);
+    /// empty: everything to the default. A gateway's `--ranker-shares` file
+    /// overrides them while it runs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ranker_shares: BTreeMap<String, f64>,
 }
 
 fn is_zero(value: &u64) -> bool {
@@ -191,7 +206,7 @@ impl Manifest {
             }
             None => {}
         }
-        if let Some(ranker) = &self.ranker {
+        for ranker in self.ranker.iter().chain(self.ranker_variants.values()) {
             files.extend([
                 ranker.config.clone(),
                 ranker.weights.clone(),
@@ -259,6 +274,9 @@ impl Manifest {
                     "files[{file}]: xxh3_128 must be 32 lowercase hex digits"
                 ));
             }
+        }
+        if let Err(reason) = self.check_variants() {
+            return fail(reason);
         }
         // Checked: a sum that overflows would panic in a debug build and wrap in
         // a release one.

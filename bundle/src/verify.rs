@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::layout::RANKER_DIR;
+use crate::ranker_variants::VARIANTS_DIR;
 use crate::{BundleError, MANIFEST_FILE, Manifest};
 
 /// Which of a bundle's files a process reads, and so checks at load.
@@ -38,8 +39,9 @@ impl FileSet {
             || (self == Self::Gateway
                 && manifest
                     .ranker
-                    .as_ref()
-                    .is_some_and(|spec| spec.config == path))
+                    .iter()
+                    .chain(manifest.ranker_variants.values())
+                    .any(|spec| spec.config == path))
     }
 
     /// Whether the file at `path` (relative to the bundle) belongs to the set.
@@ -50,21 +52,26 @@ impl FileSet {
         };
         // The manifest may place a ranker's files outside `ranker/`.
         let ranker_file = || {
-            manifest.ranker.as_ref().is_some_and(|spec| {
-                [&spec.config, &spec.weights, &spec.item_features]
-                    .into_iter()
-                    .chain(spec.user_features.as_ref())
-                    .any(|file| file == path)
-            })
+            manifest
+                .ranker
+                .iter()
+                .chain(manifest.ranker_variants.values())
+                .any(|spec| {
+                    [&spec.config, &spec.weights, &spec.item_features]
+                        .into_iter()
+                        .chain(spec.user_features.as_ref())
+                        .any(|file| file == path)
+                })
         };
         match self {
             Self::All => true,
             Self::Shard(shard) => manifest
                 .shard(shard)
                 .is_some_and(|entry| entry.file == path),
-            Self::Ranker => in_dir(RANKER_DIR) || ranker_file(),
+            Self::Ranker => in_dir(RANKER_DIR) || in_dir(VARIANTS_DIR) || ranker_file(),
             Self::Gateway => {
                 !in_dir(RANKER_DIR)
+                    && !in_dir(VARIANTS_DIR)
                     && !manifest.shards.iter().any(|entry| entry.file == path)
                     && !ranker_file()
             }

@@ -87,6 +87,21 @@ pub struct BundleArgs {
     /// it (config.json, weights.safetensors, vocab/, item_features.tsv).
     #[arg(long, conflicts_with = "synthetic")]
     pub ranker: Option<PathBuf>,
+    /// A further ranker as an A/B variant, `NAME=DIR` (repeatable): served
+    /// beside `--ranker` (the variant `default`) to the users the gateway
+    /// assigns to it (`--ranker-shares`).
+    #[arg(long, value_name = "NAME=DIR", requires = "ranker")]
+    pub ranker_variant: Vec<String>,
+    /// Traffic shares of the variants, `default=0.9,NAME=0.1` (weights,
+    /// normalized); a gateway's `--ranker-shares FILE` overrides them while it
+    /// runs. Without: everything to `default`.
+    #[arg(
+        long,
+        value_name = "NAME=WEIGHT,...",
+        value_delimiter = ',',
+        requires = "ranker"
+    )]
+    pub ranker_shares: Vec<String>,
     /// Typed item attributes for filters: a TSV of `id` and `NAME:TYPE`
     /// columns (keyword, keyword_list with `|` between keywords, integer,
     /// float, boolean), one row per item; an empty cell is a missing value.
@@ -335,7 +350,10 @@ fn build_into(args: &BundleArgs, out: &Path) -> anyhow::Result<Manifest> {
             &source,
         )?;
         let manifest = match &args.ranker {
-            Some(ranker) => attach(out, ranker, &items.ids)?,
+            Some(ranker) => {
+                attach(out, ranker, &items.ids)?;
+                attach_variants(out, &args.ranker_variant, &args.ranker_shares, &items.ids)?
+            }
             None => manifest,
         };
         match &args.attributes {
@@ -416,6 +434,54 @@ pub(crate) fn attach(out: &Path, ranker: &Path, items: &[u64]) -> anyhow::Result
         );
     }
     Ok(Manifest::load(out)?)
+}
+
+/// Adds each `NAME=DIR` ranker variant to the bundle in `out` and records the
+/// `NAME=WEIGHT` shares; returns the new manifest.
+fn attach_variants(
+    out: &Path,
+    variants: &[String],
+    shares: &[String],
+    items: &[u64],
+) -> anyhow::Result<Manifest> {
+    for variant in variants {
+        let (name, dir) = variant
+            .split_once('=')
+            .with_context(|| format!("--ranker-variant {variant:?}: NAME=DIR"))?;
+        let attached =
+            recsys_bundle_builder::attach_ranker_variant(out, Path::new(dir), items, Some(name))
+                .with_context(|| format!("adding the ranker variant {name} in {dir}"))?;
+        eprintln!(
+            "ranker variant {name}: {} added, features for {} items",
+            attached.version, attached.ranker_items
+        );
+    }
+    let mut manifest = Manifest::load(out)?;
+    if shares.is_empty() {
+        return Ok(manifest);
+    }
+    let mut weights = std::collections::BTreeMap::new();
+    for share in shares {
+        let (name, weight) = share
+            .split_once('=')
+            .with_context(|| format!("--ranker-shares {share:?}: NAME=WEIGHT"))?;
+        let weight: f64 = weight
+            .parse()
+            .with_context(|| format!("--ranker-shares {share:?}: the weight is a number"))?;
+        weights.insert(name.to_string(), weight);
+    }
+    manifest.ranker_shares = weights;
+    let shares = manifest
+        .shares()
+        .map_err(|e| anyhow::anyhow!("--ranker-shares: {e}"))?;
+    recsys_bundle_builder::seal(out, &mut manifest)?;
+    let described: Vec<String> = shares
+        .shares()
+        .iter()
+        .map(|(name, share)| format!("{name} {:.1} %", share * 100.0))
+        .collect();
+    eprintln!("ranker shares: {}", described.join(", "));
+    Ok(manifest)
 }
 
 /// Builds a synthetic bundle into `out` (written in place: callers stage it).

@@ -43,6 +43,11 @@ pub struct BundleState {
     /// The ranker's user-side request features, when the bundle has a ranker:
     /// what `validate` checks values against.
     pub ranker_inputs: Option<RankerInputs>,
+    /// The same for each ranker variant but the default, by name.
+    pub variant_inputs: std::collections::BTreeMap<String, RankerInputs>,
+    /// The traffic shares the manifest records (everything to the default
+    /// without them); a `--ranker-shares` file overrides them.
+    pub shares: recsys_bundle::Shares,
     /// What each user already has, left out of their answers by default
     /// (empty when the bundle carries no history).
     pub history: UserHistory,
@@ -102,6 +107,13 @@ impl BundleState {
             .ranker_files(dir)
             .map(|files| RankerInputs::load(&files.config))
             .transpose()?;
+        let mut variant_inputs = std::collections::BTreeMap::new();
+        for (name, spec) in &manifest.ranker_variants {
+            variant_inputs.insert(name.clone(), RankerInputs::load(&spec.files(dir).config)?);
+        }
+        let shares = manifest
+            .shares()
+            .map_err(|e| BundleError::corrupt(dir.join("manifest.json"), e))?;
         let history = match &manifest.user_history {
             Some(file) => UserHistory::load(&Manifest::resolve(dir, file))?,
             None => UserHistory::default(),
@@ -113,6 +125,8 @@ impl BundleState {
             .transpose()?;
         Ok(Self {
             ranker_inputs,
+            variant_inputs,
+            shares,
             history,
             attributes,
             overlay: Arc::new(CatalogOverlay::new(manifest.log_revision)),
@@ -180,4 +194,15 @@ fn categorical_features(
         out.insert(name.to_string(), value);
     }
     Ok(out)
+}
+
+impl BundleState {
+    /// The request features and heads of variant `name`'s ranker.
+    pub fn inputs_of(&self, variant: &str) -> Option<&RankerInputs> {
+        if variant == recsys_bundle::DEFAULT_VARIANT {
+            self.ranker_inputs.as_ref()
+        } else {
+            self.variant_inputs.get(variant)
+        }
+    }
 }

@@ -86,6 +86,14 @@ pub enum GatewayError {
         /// What is wrong, with the line.
         reason: String,
     },
+    /// The ranker shares file is unusable at start.
+    #[error("ranker shares {}: {reason}", path.display())]
+    RankerShares {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl GatewayError {
@@ -125,7 +133,8 @@ impl From<GatewayError> for tonic::Status {
             | GatewayError::Router(_)
             | GatewayError::NodeTls(_)
             | GatewayError::ApiKeys { .. }
-            | GatewayError::SessionKeys { .. } => tonic::Status::internal(message),
+            | GatewayError::SessionKeys { .. }
+            | GatewayError::RankerShares { .. } => tonic::Status::internal(message),
         }
     }
 }

@@ -27,6 +27,7 @@ mod mmr;
 pub mod node_channels;
 mod node_failure;
 pub mod node_identity;
+pub mod ranker_shares;
 mod recommend;
 mod response_items;
 mod server;

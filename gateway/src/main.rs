@@ -114,6 +114,12 @@ struct Args {
     /// answer each other's sessions; without it each signs with a random key.
     #[arg(long, env = "RECSYS_SESSION_KEYS")]
     session_keys: Option<PathBuf>,
+    /// A JSON file of ranker variant traffic shares, `{"default": 0.9,
+    /// "NAME": 0.1}` (and an optional `"salt"`), re-read while the gateway
+    /// runs: shares change without a restart. Without it, the bundle's own
+    /// (`recsys bundle --ranker-shares`).
+    #[arg(long, env = "RECSYS_RANKER_SHARES")]
+    ranker_shares: Option<PathBuf>,
     /// Seconds a session token stays good; an older one starts a new session
     /// (the answer's session_note says so).
     #[arg(long, env = "RECSYS_SESSION_TTL_SECS", default_value_t = recsys_gateway::session::DEFAULT_SESSION_TTL.as_secs())]
@@ -251,6 +257,7 @@ impl Args {
                 cluster: self.cluster.clone(),
                 max_apply_lag: Duration::from_millis(self.max_apply_lag_ms),
             }),
+            ranker_shares: self.ranker_shares.clone(),
         };
         Ok((discovery, config))
     }

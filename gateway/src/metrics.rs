@@ -56,6 +56,22 @@ static REFUSED_ANSWERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+static VARIANT_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    latency_histogram_vec(
+        "recsys_gateway_variant_seconds",
+        "time to answer a ranked Recommend, by the ranker variant (A/B arm) its user is assigned to",
+        &["variant"],
+    )
+});
+
+static VARIANT_ANSWERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "recsys_gateway_variant_answers_total",
+        "Recommend answers by the ranker variant their user is assigned to and outcome: ranked, or degraded (a shard missing, or retrieval order returned)",
+        &["variant", "outcome"],
+    )
+});
+
 static BUNDLE_VERSIONS: LazyLock<IntGauge> = LazyLock::new(|| {
     gauge(
         "recsys_gateway_bundle_versions",
@@ -204,4 +220,14 @@ static LOG_REVISION: LazyLock<IntGauge> = LazyLock::new(|| {
 /// The gateway has applied the change log's names up to `revision`.
 pub fn log_revision(revision: u64) {
     LOG_REVISION.set(i64::try_from(revision).unwrap_or(i64::MAX));
+}
+
+/// One answer to a user assigned to `variant`: its time, and whether it fell
+/// short (a shard missing, or unranked).
+pub fn variant_answer(variant: &str, elapsed: Duration, degraded: bool) {
+    VARIANT_SECONDS
+        .with_label_values(&[variant])
+        .observe(elapsed.as_secs_f64());
+    let outcome = if degraded { "degraded" } else { "ranked" };
+    VARIANT_ANSWERS.with_label_values(&[variant, outcome]).inc();
 }

@@ -73,6 +73,8 @@ struct RequestPlan {
     mmr: Option<f32>,
     view: Arc<ClusterView>,
     with_ranking: bool,
+    /// The ranker variant (A/B arm) that ranks; empty without ranking.
+    variant: String,
     budget: Budget,
     /// The slot of an exact search, held until the request ends.
     _exact_slot: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -174,7 +176,14 @@ impl Gateway {
         // retrieval order: there is no user to rank for.
         let similar_for_nobody = request.similar_to_item_id.is_some() && user_id.is_empty();
         let with_ranking = !options.skip_ranking && !view.ranking.is_empty() && !similar_for_nobody;
-        if with_ranking && let Some(inputs) = &bundle.ranker_inputs {
+        // The A/B arm whose ranker ranks, by the user's assignment.
+        let variant = if with_ranking {
+            let file = self.shared.ranker_shares.as_ref().map(|f| f.load_full());
+            crate::ranker_shares::variant_of(&user_id, &bundle, file.as_deref())
+        } else {
+            String::new()
+        };
+        if with_ranking && let Some(inputs) = bundle.inputs_of(&variant) {
             check_ranker_kinds(&request.user_features, inputs)?;
             check_head_weights(&request.head_weights, inputs)?;
         }
@@ -293,6 +302,7 @@ impl Gateway {
             filter,
             mmr,
             with_ranking,
+            variant,
             budget: plan(timeout, with_ranking),
             view,
             bundle,
@@ -506,6 +516,7 @@ impl Gateway {
             bundle_version: plan.bundle.manifest.version.clone(),
             min_log_revision: log_revision,
             head_weights: request.head_weights.clone(),
+            ranker_variant: plan.variant.clone(),
         };
         call_replicas(
             &self.shared.clients,
@@ -540,6 +551,7 @@ fn respond(
     ranking_us: u64,
 ) -> RecommendResponse {
     let coverage = finish(retrieved.coverage);
+    let coverage_degraded = coverage.degraded;
     crate::metrics::stage("encode", Duration::from_micros(plan.encode_us));
     crate::metrics::stage("retrieval", Duration::from_micros(retrieved.retrieval_us));
     if plan.with_ranking {
@@ -606,6 +618,9 @@ fn respond(
     };
     let total = plan.started.elapsed();
     crate::metrics::stage("total", total);
+    if plan.with_ranking {
+        crate::metrics::variant_answer(&plan.variant, total, coverage_degraded);
+    }
     RecommendResponse {
         items,
         coverage: Some(coverage),
@@ -625,5 +640,10 @@ fn respond(
         session_note,
         diversity_note,
         heads,
+        ranker_variant: if ranked_answer {
+            plan.variant
+        } else {
+            String::new()
+        },
     }
 }

@@ -53,6 +53,9 @@ pub struct GatewayConfig {
     /// The change log `CatalogService` appends item changes to (`None`: no etcd,
     /// and the service refuses with `FAILED_PRECONDITION`).
     pub item_log: Option<ItemLogOptions>,
+    /// A shares file (`ranker_shares.rs`) overriding the bundle's ranker
+    /// variant shares, re-read while the gateway runs.
+    pub ranker_shares: Option<PathBuf>,
 }
 
 /// TLS on both sides of the gateway and API keys; the default is plaintext
@@ -122,6 +125,19 @@ pub async fn run(
             reason,
         })?;
         shared.sessions = crate::session::SessionKeyring::new(keys, config.policy.session_ttl);
+    }
+    if let Some(path) = &config.ranker_shares {
+        let shares = crate::watched_file::watch(
+            path,
+            "ranker shares",
+            crate::ranker_shares::SharesFile::parse,
+            shutdown.clone(),
+        )
+        .map_err(|reason| GatewayError::RankerShares {
+            path: path.clone(),
+            reason,
+        })?;
+        shared.ranker_shares = Some(shares);
     }
     let shared = Arc::new(shared);
 

@@ -94,6 +94,9 @@ pub struct GatewayShared {
     pub exact_searches: ExactSearches,
     /// The keys session tokens are signed with (`session`).
     pub sessions: SessionKeyring,
+    /// A shares file overriding the bundles' ranker variant shares
+    /// (`ranker_shares`), as last read.
+    pub ranker_shares: Option<Arc<arc_swap::ArcSwap<crate::ranker_shares::SharesFile>>>,
 }
 
 impl GatewayShared {
@@ -119,6 +122,7 @@ impl GatewayShared {
             exact_searches: ExactSearches::new(policy.max_exact_searches),
             sessions: SessionKeyring::random(policy.session_ttl),
             policy,
+            ranker_shares: None,
         }
     }
 }
@@ -196,6 +200,7 @@ impl GatewayService for Gateway {
                 session_note: done.session_note,
                 diversity_note: done.diversity_note,
                 heads: done.heads,
+                ranker_variant: done.ranker_variant,
             });
             if let Err(error) = &message {
                 trace_context::fail(&span, error);

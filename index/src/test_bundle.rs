@@ -71,6 +71,8 @@ pub(crate) fn bundle(dir: &Path) -> Vec<f32> {
         log_revision: 0,
         user_history: None,
         attributes: None,
+        ranker_variants: Default::default(),
+        ranker_shares: Default::default(),
     }
     .save(dir)
     .unwrap();

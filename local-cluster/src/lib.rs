@@ -228,6 +228,8 @@ pub struct LocalClusterOptions {
     pub etcd: Option<EtcdCluster>,
     /// TLS everywhere, mutual inside and on the gateway, with these certificates.
     pub tls: Option<ClusterTls>,
+    /// The gateway's ranker shares file (`--ranker-shares`), re-read while it runs.
+    pub ranker_shares: Option<PathBuf>,
 }
 
 /// An etcd to register in.
@@ -291,6 +293,7 @@ impl LocalClusterOptions {
             ready_timeout: Duration::from_secs(60),
             etcd: None,
             tls: None,
+            ranker_shares: None,
         }
     }
 }
@@ -447,6 +450,7 @@ impl LocalCluster {
                     cluster: etcd.cluster.clone(),
                     max_apply_lag: recsys_gateway::DEFAULT_MAX_APPLY_LAG,
                 }),
+            ranker_shares: options.ranker_shares.clone(),
         };
         if options.etcd.is_some() {
             let expected = (manifest.shard_count, spec.ranking.len());

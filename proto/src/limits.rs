@@ -298,6 +298,7 @@ mod tests {
             bundle_version: "v".repeat(128),
             min_log_revision: u64::MAX,
             head_weights: largest_head_weights(),
+            ranker_variant: "v".repeat(64),
         };
         assert!(rank.encoded_len() <= rank_request_max_bytes(MAX_RETRIEVE_K as usize));
         let ranked = crate::v1::RankResponse {

@@ -25,6 +25,9 @@ pub enum RankingError {
     /// under way): FAILED_PRECONDITION, so the caller asks another node.
     #[error("{0}")]
     VersionNotServed(String),
+    /// The request names a ranker variant its bundle version does not carry.
+    #[error("{0}")]
+    VariantNotServed(String),
     /// The scoring queue refused the request.
     #[error(transparent)]
     Queue(#[from] QueueError),
@@ -94,7 +97,9 @@ impl From<RankingError> for tonic::Status {
             RankingError::Queue(QueueError::Closed) | RankingError::NotReady(_) => {
                 tonic::Status::unavailable(message)
             }
-            RankingError::VersionNotServed(_) => tonic::Status::failed_precondition(message),
+            RankingError::VersionNotServed(_) | RankingError::VariantNotServed(_) => {
+                tonic::Status::failed_precondition(message)
+            }
             RankingError::Rank(_)
             | RankingError::NoAnswer
             | RankingError::Transport(_)

@@ -83,7 +83,21 @@ impl RankingNodeService {
     ) -> Result<RankResponse, RankingError> {
         // Looked up once: the whole request is scored by this version.
         let (bundle_version, ranker) = match self.versions.get(&request.bundle_version) {
-            Ok((version, served)) => (version, served.ranker.clone()),
+            Ok((version, served)) => match request.ranker_variant.as_str() {
+                "" | recsys_bundle::DEFAULT_VARIANT => (version, served.ranker.clone()),
+                name => match served.variants.get(name) {
+                    Some(ranker) => (version, ranker.clone()),
+                    None => {
+                        return Err(RankingError::VariantNotServed(format!(
+                            "ranker_variant: bundle version {version} has no variant {name:?} (it has {})",
+                            std::iter::once(recsys_bundle::DEFAULT_VARIANT)
+                                .chain(served.variants.keys().map(String::as_str))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )));
+                    }
+                },
+            },
             Err(Unavailable::Loading) => {
                 return Err(RankingError::NotReady("ranker still loading".into()));
             }

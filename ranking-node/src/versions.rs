@@ -10,6 +10,7 @@
 //! served side by side during a rollout each apply the log from their own
 //! starting point, and a dropped version stops following.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -31,6 +32,9 @@ use crate::item_overlay::ServingRanker;
 pub struct ServedRanker {
     /// The ranker with the item changes applied so far.
     pub ranker: Arc<ServingRanker>,
+    /// The version's ranker variants by name (A/B arms beside `ranker`, the
+    /// `default`), each with its own item changes applied.
+    pub variants: BTreeMap<String, Arc<ServingRanker>>,
     /// Shards of the version's retrieval index (for the retire gate).
     pub shard_count: u32,
     /// Stops following the change log when the version is dropped.
@@ -43,24 +47,46 @@ pub struct ServedRanker {
 /// The ranker, once its files pass their checksums, and the shard count of
 /// its version. Item changes apply on top from the revision the version
 /// contains (`manifest.log_revision`).
-fn load(dir: &Path) -> Result<(ServingRanker, u32), RankerLoadError> {
+fn load(dir: &Path) -> Result<Loaded, RankerLoadError> {
     let manifest = Manifest::load(dir)?;
-    // Every file of the ranker directory against its recorded checksum, before
+    // Every file of the ranker directories against its recorded checksum, before
     // candle or the feature readers see a byte: a corrupt file is named here.
     recsys_bundle::verify_files(dir, &manifest, recsys_bundle::FileSet::Ranker)?;
-    let files = manifest
-        .ranker_files(dir)
-        .ok_or_else(|| RankerLoadError::NoRanker(dir.join(recsys_bundle::MANIFEST_FILE)))?;
-    let ranker = Ranker::load(&files)?;
-    tracing::info!(
-        version = ranker.version(),
-        bundle_version = %manifest.version,
-        items = ranker.items(),
-        log_revision = manifest.log_revision,
-        "ranker ready"
-    );
-    let serving = ServingRanker::new(ranker, manifest.version, manifest.log_revision);
-    Ok((serving, manifest.shard_count))
+    let mut rankers = Vec::new();
+    for variant in manifest.variant_names() {
+        let files = manifest
+            .variant_files(dir, variant)
+            .ok_or_else(|| RankerLoadError::NoRanker(dir.join(recsys_bundle::MANIFEST_FILE)))?;
+        let ranker = Ranker::load(&files)?;
+        tracing::info!(
+            variant,
+            version = ranker.version(),
+            bundle_version = %manifest.version,
+            items = ranker.items(),
+            log_revision = manifest.log_revision,
+            "ranker ready"
+        );
+        let serving = ServingRanker::new(ranker, manifest.version.clone(), manifest.log_revision);
+        rankers.push((variant.to_string(), serving));
+    }
+    if rankers.is_empty() {
+        return Err(RankerLoadError::NoRanker(
+            dir.join(recsys_bundle::MANIFEST_FILE),
+        ));
+    }
+    let default = rankers.remove(0).1;
+    Ok(Loaded {
+        default,
+        variants: rankers,
+        shard_count: manifest.shard_count,
+    })
+}
+
+/// A version's rankers as loaded, before they follow the change log.
+struct Loaded {
+    default: ServingRanker,
+    variants: Vec<(String, ServingRanker)>,
+    shard_count: u32,
 }
 
 /// Why a version could not be loaded: the bundle's own error or the ranker's.
@@ -134,20 +160,28 @@ pub async fn start(
     let follow_shutdown = shutdown.clone();
     let load = move |version: &str| -> Result<ServedRanker, LocateOrLoad> {
         let located = source.locate(version)?;
-        let (serving, shard_count) = load(&located.dir)?;
-        let serving = Arc::new(serving);
-        // With etcd the version also applies upserted items' features; the
-        // loader runs on the blocking pool, so the follower is spawned on the
-        // node's runtime explicitly.
+        let loaded = load(&located.dir)?;
+        let serving = Arc::new(loaded.default);
+        let variants: BTreeMap<String, Arc<ServingRanker>> = loaded
+            .variants
+            .into_iter()
+            .map(|(name, ranker)| (name, Arc::new(ranker)))
+            .collect();
+        // With etcd the version also applies upserted items' features, in
+        // every variant; the loader runs on the blocking pool, so the
+        // followers are spawned on the node's runtime explicitly.
         let follow = change_log.as_ref().map(|log| {
             let stop = follow_shutdown.child_token();
             let _entered = handle.enter();
-            crate::item_overlay::follow(log.clone(), serving.clone(), stop.clone());
+            for ranker in std::iter::once(&serving).chain(variants.values()) {
+                crate::item_overlay::follow(log.clone(), ranker.clone(), stop.clone());
+            }
             stop.drop_guard()
         });
         Ok(ServedRanker {
             ranker: serving,
-            shard_count,
+            variants,
+            shard_count: loaded.shard_count,
             _follow: follow,
             _pin: located.pin,
         })

@@ -18,6 +18,7 @@ pub mod processes;
 pub mod raw_grpc;
 pub mod skip;
 pub mod static_gateway;
+pub mod trained_ranker;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -28,6 +28,7 @@ pub fn gateway_config(bundle_dir: &Path) -> GatewayConfig {
         server_limits: Default::default(),
         max_in_flight: 0,
         item_log: None,
+        ranker_shares: None,
     }
 }
 

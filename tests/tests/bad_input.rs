@@ -314,6 +314,11 @@ impl Adversarial for Noise {
                 .collect(),
             min_log_revision: self.pick(&[0, 0, 1, u64::MAX]),
             head_weights: self.head_weights(),
+            ranker_variant: if self.below(4) == 0 {
+                self.string()
+            } else {
+                String::new()
+            },
         }
     }
 

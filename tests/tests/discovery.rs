@@ -126,6 +126,7 @@ async fn gateway(etcd: &EtcdServer, cluster: &str) -> ServerHandle<GatewayError>
         server_limits: Default::default(),
         max_in_flight: 0,
         item_log: None,
+        ranker_shares: None,
     };
     let token = CancellationToken::new();
     let run = recsys_gateway::run(listener, config, membership, token.clone());

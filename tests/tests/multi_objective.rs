@@ -7,105 +7,36 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
 use std::time::Duration;
 
-use recsys_bundle::IndexParams;
-use recsys_bundle_builder::{BuildOptions, ItemVectors, attach_ranker, build_bundle};
+use recsys_bundle_builder::attach_ranker;
 use recsys_local_cluster::{LocalCluster, LocalClusterOptions};
-use recsys_model::Structure;
 use recsys_proto::v1::recommend_request::Query;
 use recsys_proto::v1::{QueryEmbedding, RecommendRequest, RecommendResponse};
+use recsys_tests::trained_ranker::{DIM, PLANTED, export_planted_ranker, items_bundle};
 use recsys_tests::*;
-use recsys_trainer::click::{self, Objective};
-use recsys_trainer::synthetic_ratings::PlantedRatings;
-use recsys_trainer::{
-    FeatureWidth, RankingFeature, RankingModel, RankingModelConfig, RankingOptimizer,
-    RankingTrainConfig, TrainedHead, train_ranking,
-};
+use recsys_trainer::click::Objective;
+use recsys_trainer::{RankingModel, TrainedHead};
 use tonic::Code;
 
-const PLANTED: PlantedRatings = PlantedRatings {
-    users: 30,
-    items: 40,
-    clusters: 3,
-    ratings_per_user: 15,
-    noise: 0.2,
-    seed: 12,
-};
-const DIM: usize = 4;
-
-/// A two-head ranker trained briefly on the planted ratings with sampled
-/// non-clicks, exported into `dir`.
-fn export_two_heads(dir: &Path) -> RankingModel {
-    use RankingFeature::*;
-    let data = PLANTED.draw();
-    let config = RankingModelConfig {
-        features: [MovieId, UserId, MovieGenres]
-            .into_iter()
-            .map(|feature| FeatureWidth { feature, dim: 8 })
-            .collect(),
-        cross_layers: 1,
-        projection_dim: None,
-        structure: Structure::Stacked,
-        deep_units: vec![16],
-        objective: Objective::Rating,
-        heads: vec![
-            TrainedHead {
-                objective: Objective::Rating,
-                loss_weight: 1.0,
-                weight: 0.2,
-            },
-            TrainedHead {
-                objective: Objective::Click,
-                loss_weight: 1.0,
-                weight: 1.0,
-            },
-        ],
-    };
-    let seen = click::seen_by_user(&data.interactions);
-    let catalog: Vec<String> = data.items.iter().map(|i| i.id.clone()).collect();
-    let mut examples = data.interactions.clone();
-    examples
-        .extend(click::sampled_negatives(&data.interactions, &seen, &catalog, 2, 3, 10).unwrap());
-    let model = RankingModel::new(config, &data, 3).unwrap();
-    let training = RankingTrainConfig {
-        epochs: 5,
-        batch_size: 64,
-        seed: 3,
-        optimizer: RankingOptimizer::Adam {
-            learning_rate: 0.01,
-            weight_decay: 0.0,
-        },
-        validation_fraction: 0.0,
-        patience: None,
-        reshuffle_each_epoch: false,
-    };
-    train_ranking(&model, &examples, &training, &mut |_| {}).unwrap();
-    model.export(dir, "two-heads-test").unwrap();
-    model
-}
-
-/// A two-shard bundle of the planted items with arbitrary vectors and the
-/// two-head ranker attached.
+/// A two-shard bundle of the planted items with a two-head ranker (rating,
+/// click) trained briefly and attached.
 fn bundle(ids: &[u64]) -> (tempfile::TempDir, RankingModel) {
-    let bundle = tempfile::tempdir().unwrap();
-    let vectors: Vec<f32> = ids
-        .iter()
-        .flat_map(|&id| (0..DIM).map(move |d| ((id * 7 + d as u64 * 13) % 11) as f32 / 11.0))
-        .collect();
-    let items =
-        ItemVectors::new(Path::new("test"), DIM, vectors, Some(ids.to_vec()), None).unwrap();
-    let options = BuildOptions {
-        params: IndexParams::default(),
-        shard_count: 2,
-        version: "heads".into(),
-        source: "test".into(),
-        threads: 1,
-    };
-    build_bundle(bundle.path(), &items, None, &options, &|_| {}).unwrap();
+    let bundle = items_bundle(ids, 2, "heads");
     let source = tempfile::tempdir().unwrap();
-    let model = export_two_heads(source.path());
+    let heads = vec![
+        TrainedHead {
+            objective: Objective::Rating,
+            loss_weight: 1.0,
+            weight: 0.2,
+        },
+        TrainedHead {
+            objective: Objective::Click,
+            loss_weight: 1.0,
+            weight: 1.0,
+        },
+    ];
+    let model = export_planted_ranker(source.path(), heads, 3, "two-heads-test");
     let attached = attach_ranker(bundle.path(), source.path(), ids).unwrap();
     assert_eq!(attached.unknown_items, 0);
     (bundle, model)

@@ -172,6 +172,7 @@ fn request(user: &str, features: Vec<(&str, Kind)>) -> RankRequest {
         item_ids: vec![1, 2, 3],
         min_log_revision: 0,
         head_weights: Default::default(),
+        ranker_variant: String::new(),
     }
 }
 

@@ -191,6 +191,7 @@ async fn tls_gateway(
         server_limits: Default::default(),
         max_in_flight: 0,
         item_log: None,
+        ranker_shares: None,
     };
     let token = CancellationToken::new();
     let run = recsys_gateway::run(listener, config, membership, token.clone());
