@@ -31,9 +31,10 @@ use crate::train_export::ExportArgs;
 #[derive(Debug, Clone, Subcommand)]
 pub enum TrainCommand {
     /// Train the two-tower retrieval model and print its factorized top-k accuracies.
-    Retrieval(TrainArgs),
-    /// Train the DCN-V2 ranker on ratings and print its RMSE.
-    Ranking(crate::train_ranking::RankingArgs),
+    Retrieval(Box<TrainArgs>),
+    /// Train the DCN-V2 ranker (ratings, clicks or both) and print its metrics
+    /// (both boxed: their flags are a few hundred bytes each).
+    Ranking(Box<crate::train_ranking::RankingArgs>),
 }
 
 /// The data set, its split and the seed: the same flags for either model.
@@ -225,7 +226,7 @@ pub enum ItemKey {
 /// Trains the model `command` names.
 pub fn run(command: TrainCommand) -> anyhow::Result<()> {
     match command {
-        TrainCommand::Retrieval(args) => run_retrieval(args),
+        TrainCommand::Retrieval(args) => run_retrieval(*args),
         TrainCommand::Ranking(args) => crate::train_ranking::run(&args),
     }
 }

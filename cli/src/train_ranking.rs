@@ -120,6 +120,33 @@ pub struct RankingArgs {
     /// data's own labels, which must be 0 or 1, e.g. a CSV's label column).
     #[arg(long, default_value_t = 4, env = "RECSYS_TRAIN_RANKER_NEGATIVES")]
     pub negatives: usize,
+    /// With `--objective click`: learn from what the cluster showed instead of
+    /// sampled negatives: the gateway's impression log (`--impression-log`
+    /// directory) joined with `--events`, every item shown a click when the
+    /// user clicked it afterwards, else a non-click. `--data` still gives the
+    /// users' and items' features.
+    #[arg(long, requires = "events", env = "RECSYS_TRAIN_RANKER_IMPRESSIONS")]
+    pub impressions: Option<PathBuf>,
+    /// With `--impressions`: a CSV of `user,item,time,event` (time in seconds
+    /// since the epoch) of what users did after they were shown items.
+    #[arg(long, requires = "impressions", env = "RECSYS_TRAIN_RANKER_EVENTS")]
+    pub events: Option<PathBuf>,
+    /// With `--impressions`: the events that count as a click, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "click",
+        env = "RECSYS_TRAIN_RANKER_CLICK_EVENTS"
+    )]
+    pub click_events: Vec<String>,
+    /// With `--impressions`: how long after an impression a click still
+    /// counts, in hours.
+    #[arg(
+        long,
+        default_value_t = 24.0,
+        env = "RECSYS_TRAIN_RANKER_CLICK_WINDOW_H"
+    )]
+    pub click_window_h: f64,
     /// With `--objective click`: also train the preset as a rating model on
     /// the rated training split and report the AUC of its predicted ratings
     /// used as click scores (a second training run).
@@ -276,7 +303,10 @@ pub fn run(r: &RankingArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let seed = r.data.seed;
     // The ranker keys items by MovieLens id (titles are a feature).
-    let data = load_raw(&r.data)?;
+    let mut data = load_raw(&r.data)?;
+    if let (Some(log), Some(events)) = (&r.impressions, &r.events) {
+        data.interactions = labelled_impressions(r, log, events)?;
+    }
     let split = random_split(&data.interactions, r.data.train_fraction, seed)?;
     let preset = preset(r)?;
     let model = RankingModel::new(preset.model.clone(), &data, seed)?;
@@ -301,6 +331,8 @@ pub fn run(r: &RankingArgs) -> anyhow::Result<()> {
     let (train, test) = match objective {
         _ if multi => multi_objective_examples(&data, split.train, split.test, r.negatives, seed)?,
         Objective::Rating => (split.train, split.test),
+        // The log's impressions are labelled already: no sampled negatives.
+        Objective::Click if r.impressions.is_some() => (split.train, split.test),
         Objective::Click => click_examples(&data, split.train, split.test, r.negatives, seed)?,
     };
     let training = Instant::now();
@@ -376,6 +408,36 @@ fn click_examples(
         test.len()
     );
     Ok((train, test))
+}
+
+/// The impressions in the log directory `log`, labelled by the clicks in
+/// `events` (`recsys_trainer::impressions`).
+fn labelled_impressions(
+    r: &RankingArgs,
+    log: &std::path::Path,
+    events: &std::path::Path,
+) -> anyhow::Result<Vec<recsys_trainer::Interaction>> {
+    use recsys_trainer::impressions::{label_impressions, read_events, read_impressions};
+    anyhow::ensure!(
+        r.objective.len() == 1 && r.objective[0] == ObjectiveArg::Click,
+        "--impressions trains a click ranker: use it with --objective click"
+    );
+    anyhow::ensure!(
+        r.click_window_h.is_finite() && r.click_window_h > 0.0,
+        "--click-window-h must be a positive number of hours"
+    );
+    let shown = read_impressions(log)?;
+    let events = read_events(events)?;
+    let window_ms = (r.click_window_h * 3_600_000.0) as u64;
+    let labelled = label_impressions(&shown, &events, &r.click_events, window_ms);
+    let clicks = labelled.iter().filter(|i| i.rating == Some(1.0)).count();
+    println!(
+        "impressions: {} items shown, {clicks} clicked ({:.1} %), from {}",
+        labelled.len(),
+        100.0 * clicks as f64 / labelled.len().max(1) as f64,
+        log.display()
+    );
+    Ok(labelled)
 }
 
 /// Multi-objective examples: every rating of each split a click that keeps

@@ -86,6 +86,14 @@ pub enum GatewayError {
         /// What is wrong, with the line.
         reason: String,
     },
+    /// The impression log's directory is unusable at start.
+    #[error("impression log {}: {reason}", path.display())]
+    ImpressionLog {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// The ranker shares file is unusable at start.
     #[error("ranker shares {}: {reason}", path.display())]
     RankerShares {
@@ -134,7 +142,8 @@ impl From<GatewayError> for tonic::Status {
             | GatewayError::NodeTls(_)
             | GatewayError::ApiKeys { .. }
             | GatewayError::SessionKeys { .. }
-            | GatewayError::RankerShares { .. } => tonic::Status::internal(message),
+            | GatewayError::RankerShares { .. }
+            | GatewayError::ImpressionLog { .. } => tonic::Status::internal(message),
         }
     }
 }

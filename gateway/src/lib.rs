@@ -21,6 +21,7 @@ mod error;
 mod fanout;
 mod health_check;
 pub mod hex;
+pub mod impression_log;
 pub mod merge;
 mod metrics;
 mod mmr;

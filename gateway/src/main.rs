@@ -120,6 +120,20 @@ struct Args {
     /// (`recsys bundle --ranker-shares`).
     #[arg(long, env = "RECSYS_RANKER_SHARES")]
     ranker_shares: Option<PathBuf>,
+    /// Log what every answer showed (request id, time, user and features,
+    /// items with positions and scores, versions, ranker variant) as JSON
+    /// lines into files in this directory, one directory per gateway; off the
+    /// request path, never failing one. `*.jsonl` files are complete; the one
+    /// being written ends in `.partial`.
+    #[arg(long, env = "RECSYS_IMPRESSION_LOG")]
+    impression_log: Option<PathBuf>,
+    /// Close an impression log file once it holds this many bytes.
+    #[arg(long, default_value_t = 64 << 20, env = "RECSYS_IMPRESSION_LOG_MAX_BYTES")]
+    impression_log_max_bytes: u64,
+    /// ... or once its first record is this many seconds old: at most this
+    /// much is lost to a `kill -9`.
+    #[arg(long, default_value_t = 60, env = "RECSYS_IMPRESSION_LOG_MAX_AGE_S")]
+    impression_log_max_age_s: u64,
     /// Seconds a session token stays good; an older one starts a new session
     /// (the answer's session_note says so).
     #[arg(long, env = "RECSYS_SESSION_TTL_SECS", default_value_t = recsys_gateway::session::DEFAULT_SESSION_TTL.as_secs())]
@@ -258,6 +272,12 @@ impl Args {
                 max_apply_lag: Duration::from_millis(self.max_apply_lag_ms),
             }),
             ranker_shares: self.ranker_shares.clone(),
+            impression_log: self.impression_log.as_ref().map(|dir| {
+                let mut options = recsys_gateway::impression_log::ImpressionLogOptions::new(dir);
+                options.max_file_bytes = self.impression_log_max_bytes.max(1);
+                options.max_file_age = Duration::from_secs(self.impression_log_max_age_s.max(1));
+                options
+            }),
         };
         Ok((discovery, config))
     }

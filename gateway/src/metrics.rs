@@ -72,6 +72,21 @@ static VARIANT_ANSWERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+static IMPRESSIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "recsys_gateway_impressions_total",
+        "answers offered to the impression log: logged, dropped_queue_full (the writer fell behind), dropped_stopped (the log stopped)",
+        &["outcome"],
+    )
+});
+
+static IMPRESSION_LOG_STOPPED: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "recsys_gateway_impression_log_stopped",
+        "1 once a write of the impression log failed (a full disk) and logging stopped; serving goes on",
+    )
+});
+
 static BUNDLE_VERSIONS: LazyLock<IntGauge> = LazyLock::new(|| {
     gauge(
         "recsys_gateway_bundle_versions",
@@ -230,4 +245,14 @@ pub fn variant_answer(variant: &str, elapsed: Duration, degraded: bool) {
         .observe(elapsed.as_secs_f64());
     let outcome = if degraded { "degraded" } else { "ranked" };
     VARIANT_ANSWERS.with_label_values(&[variant, outcome]).inc();
+}
+
+/// An answer offered to the impression log, by what became of it.
+pub fn impression(outcome: &'static str) {
+    IMPRESSIONS.with_label_values(&[outcome]).inc();
+}
+
+/// Whether the impression log has stopped.
+pub fn impression_log_stopped(stopped: bool) {
+    IMPRESSION_LOG_STOPPED.set(i64::from(stopped));
 }

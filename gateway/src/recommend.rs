@@ -30,6 +30,7 @@ use crate::deadline::{Budget, plan};
 use crate::diversity::{CANDIDATES_PER_ITEM, Cap};
 use crate::fanout::AnswerChecks;
 use crate::fanout::{ShardTarget, call_replicas, search_shard};
+use crate::impression_log::Impression;
 use crate::merge::{Candidate, TopK};
 use crate::mmr::{MAX_MMR_CANDIDATES, check_lambda};
 use crate::node_failure::NodeFailure;
@@ -151,7 +152,11 @@ impl Gateway {
         } else {
             0
         };
-        Ok(respond(plan, retrieved, ranked, ranking_us))
+        let response = respond(plan, retrieved, ranked, ranking_us);
+        if let Some(log) = &self.shared.impressions {
+            log.record(Impression::of(&request, &response, log.request_id()));
+        }
+        Ok(response)
     }
 
     /// Validate and plan: the bundle, the limits, the query's embedding, each

@@ -56,6 +56,8 @@ pub struct GatewayConfig {
     /// A shares file (`ranker_shares.rs`) overriding the bundle's ranker
     /// variant shares, re-read while the gateway runs.
     pub ranker_shares: Option<PathBuf>,
+    /// Where to log what every answer showed (`impression_log.rs`); `None`: no log.
+    pub impression_log: Option<crate::impression_log::ImpressionLogOptions>,
 }
 
 /// TLS on both sides of the gateway and API keys; the default is plaintext
@@ -138,6 +140,15 @@ pub async fn run(
             reason,
         })?;
         shared.ranker_shares = Some(shares);
+    }
+    if let Some(options) = &config.impression_log {
+        let log = crate::impression_log::ImpressionLog::start(options.clone()).map_err(|e| {
+            GatewayError::ImpressionLog {
+                path: options.dir.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        shared.impressions = Some(log);
     }
     let shared = Arc::new(shared);
 

@@ -97,6 +97,8 @@ pub struct GatewayShared {
     /// A shares file overriding the bundles' ranker variant shares
     /// (`ranker_shares`), as last read.
     pub ranker_shares: Option<Arc<arc_swap::ArcSwap<crate::ranker_shares::SharesFile>>>,
+    /// Where every answer is logged, when configured.
+    pub impressions: Option<crate::impression_log::ImpressionLog>,
 }
 
 impl GatewayShared {
@@ -123,6 +125,7 @@ impl GatewayShared {
             sessions: SessionKeyring::random(policy.session_ttl),
             policy,
             ranker_shares: None,
+            impressions: None,
         }
     }
 }

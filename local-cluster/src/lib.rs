@@ -230,6 +230,8 @@ pub struct LocalClusterOptions {
     pub tls: Option<ClusterTls>,
     /// The gateway's ranker shares file (`--ranker-shares`), re-read while it runs.
     pub ranker_shares: Option<PathBuf>,
+    /// The gateway's impression log (`--impression-log`).
+    pub impression_log: Option<recsys_gateway::impression_log::ImpressionLogOptions>,
 }
 
 /// An etcd to register in.
@@ -294,6 +296,7 @@ impl LocalClusterOptions {
             etcd: None,
             tls: None,
             ranker_shares: None,
+            impression_log: None,
         }
     }
 }
@@ -451,6 +454,7 @@ impl LocalCluster {
                     max_apply_lag: recsys_gateway::DEFAULT_MAX_APPLY_LAG,
                 }),
             ranker_shares: options.ranker_shares.clone(),
+            impression_log: options.impression_log.clone(),
         };
         if options.etcd.is_some() {
             let expected = (manifest.shard_count, spec.ranking.len());

@@ -29,6 +29,7 @@ pub fn gateway_config(bundle_dir: &Path) -> GatewayConfig {
         max_in_flight: 0,
         item_log: None,
         ranker_shares: None,
+        impression_log: None,
     }
 }
 

@@ -74,6 +74,7 @@ async fn a_hung_shard_turns_into_coverage_at_the_deadline() {
         max_in_flight: 0,
         item_log: None,
         ranker_shares: None,
+        impression_log: None,
     };
     let run = recsys_gateway::run(listener, config, membership, token.clone());
     let mut gateway = ServerHandle::spawn("gateway", gateway_addr, token.clone(), run);

@@ -192,6 +192,7 @@ async fn tls_gateway(
         max_in_flight: 0,
         item_log: None,
         ranker_shares: None,
+        impression_log: None,
     };
     let token = CancellationToken::new();
     let run = recsys_gateway::run(listener, config, membership, token.clone());

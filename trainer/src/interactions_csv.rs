@@ -34,13 +34,13 @@ pub fn load_interactions_csv(
 }
 
 /// A CSV file's header and its data lines split into cells.
-struct Table {
+pub(crate) struct Table {
     file: TextFile,
     header: Vec<String>,
 }
 
 impl Table {
-    fn read(path: &Path) -> Result<Self> {
+    pub(crate) fn read(path: &Path) -> Result<Self> {
         let file = TextFile::read(path, Encoding::Utf8)?;
         let (line, text) = file
             .lines()
@@ -54,7 +54,7 @@ impl Table {
         Ok(Self { file, header })
     }
 
-    fn column(&self, name: &str) -> Result<usize> {
+    pub(crate) fn column(&self, name: &str) -> Result<usize> {
         self.optional(name)
             .ok_or_else(|| TrainerError::MissingColumn {
                 path: self.file.path.clone(),
@@ -67,7 +67,7 @@ impl Table {
     }
 
     /// Calls `f` with each data line as a record whose fields are named by the header.
-    fn for_each(&self, mut f: impl FnMut(&Record<'_>) -> Result<()>) -> Result<()> {
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&Record<'_>) -> Result<()>) -> Result<()> {
         let names: Vec<&str> = self.header.iter().map(String::as_str).collect();
         for (line, text) in self.file.lines().skip(1) {
             let cells = split_csv(text)

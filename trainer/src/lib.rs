@@ -26,6 +26,7 @@ pub mod error;
 pub mod evaluate;
 pub mod export;
 pub mod features;
+pub mod impressions;
 pub mod in_batch_softmax;
 pub mod interactions_csv;
 pub mod movielens;

@@ -1,0 +1,136 @@
+//! The loop the impression log closes (issue 20, part 4), on synthetic data:
+//! a ranker trained by the trainer is served by a cluster whose gateway logs
+//! every answer; what users then click (a planted taste) is joined with the
+//! log, and a click ranker trained on "shown and clicked" against "shown and
+//! not clicked" learns the taste.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use recsys_bundle_builder::attach_ranker;
+use recsys_gateway::impression_log::ImpressionLogOptions;
+use recsys_local_cluster::{LocalCluster, LocalClusterOptions};
+use recsys_model::Structure;
+use recsys_proto::v1::RecommendRequest;
+use recsys_proto::v1::recommend_request::Query;
+use recsys_tests::trained_ranker::{PLANTED, export_planted_ranker, items_bundle};
+use recsys_tests::*;
+use recsys_trainer::click::{self, Objective};
+use recsys_trainer::impressions::{Event, label_impressions, read_impressions};
+use recsys_trainer::{
+    FeatureWidth, RankingFeature, RankingModel, RankingModelConfig, RankingOptimizer,
+    RankingTrainConfig, predict_interactions, train_ranking,
+};
+
+const USERS: usize = 30;
+
+/// Whether user `u{n}` clicks item `id`: its genre is the user's taste (the
+/// planted ratings' rule, `PlantedRatings::rating`).
+fn clicks(user: &str, id: u64) -> bool {
+    let n: usize = user.trim_start_matches('u').parse().unwrap();
+    n % PLANTED.clusters == (id as usize - 1) % PLANTED.clusters
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_answers_are_logged_and_train_a_click_ranker() {
+    // Train and serve.
+    let ids: Vec<u64> = (1..=PLANTED.items as u64).collect();
+    let bundle = items_bundle(&ids, 2, "logged");
+    let source = tempfile::tempdir().unwrap();
+    export_planted_ranker(source.path(), Vec::new(), 3, "first-ranker");
+    attach_ranker(bundle.path(), source.path(), &ids).unwrap();
+    let log_dir = tempfile::tempdir().unwrap();
+    let mut log = ImpressionLogOptions::new(log_dir.path());
+    log.max_file_age = Duration::from_millis(200);
+    let mut options = LocalClusterOptions::new(bundle.path());
+    options.impression_log = Some(log);
+    let cluster = LocalCluster::start(options).await.unwrap();
+    let mut client = gateway_client(cluster.gateway_addr).await;
+    let mut answers = 0;
+    for u in 0..USERS {
+        for like in [1, 12, 23, 34] {
+            let request = RecommendRequest {
+                query: Some(Query::UserId(format!("u{u}"))),
+                similar_to_item_id: Some(like),
+                k: 10,
+                retrieve_k: 39,
+                ..Default::default()
+            };
+            let answer = recommend(&mut client, request, Duration::from_secs(10))
+                .await
+                .unwrap();
+            assert!(answer.ranked);
+            answers += 1;
+        }
+    }
+    // Log: every answer reaches a complete file (the last one by age).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let shown = loop {
+        let shown = read_impressions(log_dir.path()).unwrap_or_default();
+        if shown.len() == answers * 10 {
+            break shown;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} shown items logged",
+            shown.len(),
+            answers * 10
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    cluster.shutdown().await.unwrap();
+
+    // The users click what fits their taste, a second after they saw it.
+    let events: Vec<Event> = shown
+        .iter()
+        .filter(|s| clicks(&s.user, s.item.parse().unwrap()))
+        .map(|s| Event {
+            user: s.user.clone(),
+            item: s.item.clone(),
+            time_ms: s.time_ms + 1_000,
+            event: "click".into(),
+        })
+        .collect();
+    let labelled = label_impressions(&shown, &events, &["click".into()], 3_600_000);
+    let positives = labelled.iter().filter(|i| i.rating == Some(1.0)).count();
+    assert!(positives > 0 && positives < labelled.len(), "{positives}");
+
+    // Train again, on what was shown.
+    let data = PLANTED.draw();
+    let config = RankingModelConfig {
+        features: [
+            RankingFeature::MovieId,
+            RankingFeature::UserId,
+            RankingFeature::MovieGenres,
+        ]
+        .into_iter()
+        .map(|feature| FeatureWidth { feature, dim: 8 })
+        .collect(),
+        cross_layers: 1,
+        projection_dim: None,
+        structure: Structure::Stacked,
+        deep_units: vec![16],
+        objective: Objective::Click,
+        heads: Vec::new(),
+    };
+    let model = RankingModel::new(config, &data, 5).unwrap();
+    let training = RankingTrainConfig {
+        epochs: 30,
+        batch_size: 128,
+        seed: 5,
+        optimizer: RankingOptimizer::Adam {
+            learning_rate: 0.01,
+            weight_decay: 0.0,
+        },
+        validation_fraction: 0.0,
+        patience: None,
+        reshuffle_each_epoch: true,
+    };
+    train_ranking(&model, &labelled, &training, &mut |_| {}).unwrap();
+    let scores = predict_interactions(&model, &labelled, 512).unwrap();
+    let auc = click::click_metrics(&scores, &click::labels(&labelled).unwrap())
+        .unwrap()
+        .auc;
+    assert!(auc > 0.8, "AUC {auc} on the logged impressions");
+}
