@@ -108,7 +108,10 @@ pub struct RankingArgs {
         env = "RECSYS_TRAIN_RANKER_OBJECTIVE"
     )]
     pub objective: Vec<ObjectiveArg>,
-    /// With several objectives: each one's loss weight, in `--objective` order.
+    /// With several objectives: each one's loss weight, in `--objective`
+    /// order (default 1 for rating, 3 for click: the single models' validation
+    /// MSE is about three times their log loss, and equal weights let the
+    /// rating loss steer the shared network; docs/quality.md).
     #[arg(long, value_delimiter = ',', env = "RECSYS_TRAIN_RANKER_LOSS_WEIGHTS")]
     pub loss_weights: Option<Vec<f64>>,
     /// With several objectives: each head's weight in the served combined
@@ -182,7 +185,15 @@ fn heads(r: &RankingArgs) -> anyhow::Result<Vec<TrainedHead>> {
         return Ok(Vec::new());
     }
     let n = r.objective.len();
-    let loss_weights = r.loss_weights.clone().unwrap_or_else(|| vec![1.0; n]);
+    let loss_weights = r.loss_weights.clone().unwrap_or_else(|| {
+        r.objective
+            .iter()
+            .map(|o| match o {
+                ObjectiveArg::Rating => 1.0,
+                ObjectiveArg::Click => 3.0,
+            })
+            .collect()
+    });
     let head_weights = r.head_weights.clone().unwrap_or_else(|| {
         r.objective
             .iter()

@@ -619,7 +619,10 @@ async fn etcd_paused_under_load_costs_no_request_and_nodes_register_again() {
             logs.join("\n---\n")
         );
     };
-    // And the gateway answers in full again.
+    // And the gateway answers in full again: once it has seen the new
+    // registrations and health-checked the nodes (a second at most), which
+    // follows etcd's listing above by a moment; from then on nothing may fail.
+    load.wait_answered(QUERIES as u64).await;
     load.set_strict(true);
     load.wait_answered(2 * QUERIES as u64).await;
 
