@@ -392,6 +392,12 @@ pub fn run(r: &RankingArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Training and test examples.
+type Examples = (
+    Vec<recsys_trainer::Interaction>,
+    Vec<recsys_trainer::Interaction>,
+);
+
 /// Click examples: every rating of each split a click, with `negatives`
 /// sampled non-clicks per click (distinct seeded streams for the two splits,
 /// never an item the user rated anywhere); with 0, the data's own 0/1 labels.
@@ -401,10 +407,7 @@ fn click_examples(
     test: Vec<recsys_trainer::Interaction>,
     negatives: usize,
     seed: u64,
-) -> anyhow::Result<(
-    Vec<recsys_trainer::Interaction>,
-    Vec<recsys_trainer::Interaction>,
-)> {
+) -> anyhow::Result<Examples> {
     if negatives == 0 {
         click::labels(&train).context("--negatives 0 takes the data's labels")?;
         click::labels(&test).context("--negatives 0 takes the data's labels")?;
@@ -461,10 +464,7 @@ fn multi_objective_examples(
     test: Vec<recsys_trainer::Interaction>,
     negatives: usize,
     seed: u64,
-) -> anyhow::Result<(
-    Vec<recsys_trainer::Interaction>,
-    Vec<recsys_trainer::Interaction>,
-)> {
+) -> anyhow::Result<Examples> {
     anyhow::ensure!(
         negatives > 0,
         "several objectives learn clicks from sampled non-clicks: --negatives must be at least 1"

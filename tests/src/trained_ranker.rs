@@ -36,21 +36,9 @@ pub fn export_planted_ranker(
     seed: u64,
     version: &str,
 ) -> RankingModel {
-    use RankingFeature::*;
     let data = PLANTED.draw();
     let multi = !heads.is_empty();
-    let config = RankingModelConfig {
-        features: [MovieId, UserId, MovieGenres]
-            .into_iter()
-            .map(|feature| FeatureWidth { feature, dim: 8 })
-            .collect(),
-        cross_layers: 1,
-        projection_dim: None,
-        structure: Structure::Stacked,
-        deep_units: vec![16],
-        objective: Objective::Rating,
-        heads,
-    };
+    let config = planted_config(Objective::Rating, heads);
     let mut examples = data.interactions.clone();
     if multi {
         let seen = click::seen_by_user(&data.interactions);
@@ -61,8 +49,39 @@ pub fn export_planted_ranker(
     }
     let model = RankingModel::new(config, &data, seed).expect("a valid ranker config");
     let training = RankingTrainConfig {
-        epochs: 5,
         batch_size: 64,
+        reshuffle_each_epoch: false,
+        ..planted_training(5, seed)
+    };
+    train_ranking(&model, &examples, &training, &mut |_| {}).expect("training runs");
+    model.export(dir, version).expect("the export is written");
+    model
+}
+
+/// The small network the tests train on the planted data: item, user and
+/// genre embeddings of 8, one cross layer, one deep layer of 16.
+pub fn planted_config(objective: Objective, heads: Vec<TrainedHead>) -> RankingModelConfig {
+    use RankingFeature::*;
+    RankingModelConfig {
+        features: [MovieId, UserId, MovieGenres]
+            .into_iter()
+            .map(|feature| FeatureWidth { feature, dim: 8 })
+            .collect(),
+        cross_layers: 1,
+        projection_dim: None,
+        structure: Structure::Stacked,
+        deep_units: vec![16],
+        objective,
+        heads,
+    }
+}
+
+/// `epochs` of Adam at 0.01 in batches of 128 from `seed`, a new order each
+/// epoch, no validation slice.
+pub fn planted_training(epochs: usize, seed: u64) -> RankingTrainConfig {
+    RankingTrainConfig {
+        epochs,
+        batch_size: 128,
         seed,
         optimizer: RankingOptimizer::Adam {
             learning_rate: 0.01,
@@ -70,11 +89,8 @@ pub fn export_planted_ranker(
         },
         validation_fraction: 0.0,
         patience: None,
-        reshuffle_each_epoch: false,
-    };
-    train_ranking(&model, &examples, &training, &mut |_| {}).expect("training runs");
-    model.export(dir, version).expect("the export is written");
-    model
+        reshuffle_each_epoch: true,
+    }
 }
 
 /// A bundle of items `ids` in `shards` shards with arbitrary `DIM`-wide

@@ -11,17 +11,15 @@ use std::time::{Duration, Instant};
 use recsys_bundle_builder::attach_ranker;
 use recsys_gateway::impression_log::ImpressionLogOptions;
 use recsys_local_cluster::{LocalCluster, LocalClusterOptions};
-use recsys_model::Structure;
 use recsys_proto::v1::RecommendRequest;
 use recsys_proto::v1::recommend_request::Query;
-use recsys_tests::trained_ranker::{PLANTED, export_planted_ranker, items_bundle};
+use recsys_tests::trained_ranker::{
+    PLANTED, export_planted_ranker, items_bundle, planted_config, planted_training,
+};
 use recsys_tests::*;
 use recsys_trainer::click::{self, Objective};
 use recsys_trainer::impressions::{Event, label_impressions, read_impressions};
-use recsys_trainer::{
-    FeatureWidth, RankingFeature, RankingModel, RankingModelConfig, RankingOptimizer,
-    RankingTrainConfig, predict_interactions, train_ranking,
-};
+use recsys_trainer::{RankingModel, predict_interactions, train_ranking};
 
 const USERS: usize = 30;
 
@@ -98,35 +96,8 @@ async fn served_answers_are_logged_and_train_a_click_ranker() {
 
     // Train again, on what was shown.
     let data = PLANTED.draw();
-    let config = RankingModelConfig {
-        features: [
-            RankingFeature::MovieId,
-            RankingFeature::UserId,
-            RankingFeature::MovieGenres,
-        ]
-        .into_iter()
-        .map(|feature| FeatureWidth { feature, dim: 8 })
-        .collect(),
-        cross_layers: 1,
-        projection_dim: None,
-        structure: Structure::Stacked,
-        deep_units: vec![16],
-        objective: Objective::Click,
-        heads: Vec::new(),
-    };
-    let model = RankingModel::new(config, &data, 5).unwrap();
-    let training = RankingTrainConfig {
-        epochs: 30,
-        batch_size: 128,
-        seed: 5,
-        optimizer: RankingOptimizer::Adam {
-            learning_rate: 0.01,
-            weight_decay: 0.0,
-        },
-        validation_fraction: 0.0,
-        patience: None,
-        reshuffle_each_epoch: true,
-    };
+    let model = RankingModel::new(planted_config(Objective::Click, Vec::new()), &data, 5).unwrap();
+    let training = planted_training(30, 5);
     train_ranking(&model, &labelled, &training, &mut |_| {}).unwrap();
     let scores = predict_interactions(&model, &labelled, 512).unwrap();
     let auc = click::click_metrics(&scores, &click::labels(&labelled).unwrap())
