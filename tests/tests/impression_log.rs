@@ -2,15 +2,16 @@
 //! a ranker trained by the trainer is served by a cluster whose gateway logs
 //! every answer; what users then click (a planted taste) is joined with the
 //! log, and a click ranker trained on "shown and clicked" against "shown and
-//! not clicked" learns the taste.
+//! not clicked" learns the taste. And a gateway process killed while it
+//! writes leaves nothing a reader chokes on.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 
 use recsys_bundle_builder::attach_ranker;
-use recsys_gateway::impression_log::ImpressionLogOptions;
-use recsys_local_cluster::{LocalCluster, LocalClusterOptions};
+use recsys_gateway::impression_log::{ImpressionLog, ImpressionLogOptions};
+use recsys_local_cluster::{LocalCluster, LocalClusterOptions, ProcessCluster, ProcessOptions};
 use recsys_proto::v1::RecommendRequest;
 use recsys_proto::v1::recommend_request::Query;
 use recsys_tests::trained_ranker::{
@@ -104,4 +105,74 @@ async fn served_answers_are_logged_and_train_a_click_ranker() {
         .unwrap()
         .auc;
     assert!(auc > 0.8, "AUC {auc} on the logged impressions");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_while_it_writes_leaves_only_whole_records() {
+    let bundle = synthetic_bundle(2_000, 40, 8, 2, 13);
+    let log_dir = tempfile::tempdir().unwrap();
+    let options = ProcessOptions {
+        env: vec![
+            (
+                "RECSYS_IMPRESSION_LOG".into(),
+                log_dir.path().display().to_string(),
+            ),
+            ("RECSYS_IMPRESSION_LOG_MAX_AGE_S".into(), "1".into()),
+        ],
+        ..ProcessOptions::default()
+    };
+    let cluster = ProcessCluster::start(bundle.path(), &options)
+        .await
+        .unwrap();
+    let mut client = gateway_client(cluster.gateway_addr).await;
+    let users = bundle.catalog.users.ids();
+    // Answers until one file is complete and the next is being written.
+    let names = || -> Vec<String> {
+        std::fs::read_dir(log_dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for user in users.iter().take(20) {
+            recommend(&mut client, ranked(user, 10, 50), Duration::from_secs(10))
+                .await
+                .unwrap();
+        }
+        let now = names();
+        if now.iter().any(|n| n.ends_with(".jsonl")) && now.iter().any(|n| n.ends_with(".partial"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no complete and open file together: {now:?}"
+        );
+    }
+    let gateway = *cluster.pids().last().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &gateway.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // Readers take the complete files, every line whole.
+    let complete = read_impressions(log_dir.path()).unwrap();
+    assert!(!complete.is_empty());
+    // The next gateway on the directory completes the open file up to its
+    // last whole line: nothing written is lost, no half record kept.
+    drop(ImpressionLog::start(ImpressionLogOptions::new(log_dir.path())).unwrap());
+    let recovered = read_impressions(log_dir.path()).unwrap();
+    assert!(
+        recovered.len() >= complete.len(),
+        "{} < {}",
+        recovered.len(),
+        complete.len()
+    );
+    assert!(
+        !names().iter().any(|n| n.ends_with(".partial")),
+        "{:?}",
+        names()
+    );
+    drop(cluster);
 }
