@@ -141,57 +141,25 @@ pub fn validate(
     })
 }
 
-/// Checks a request's head weights against the ranker's heads, as the ranking
-/// node would ([`recsys_proto::limits::MAX_HEAD_WEIGHT`]): only heads the
-/// ranker has, each weight within `[0, MAX_HEAD_WEIGHT]`, not all 0. Refused
-/// here rather than answered in retrieval order for the caller's own mistake.
+/// Checks a request's head weights against the ranker's heads as the ranking
+/// node will (`recsys_bundle::ranker_inputs::head_weights`, with the API's
+/// [`recsys_proto::limits::MAX_HEAD_WEIGHT`]): refused here rather than
+/// answered in retrieval order for the caller's own mistake.
 pub fn check_head_weights(
     weights: &HashMap<String, f32>,
     inputs: &RankerInputs,
 ) -> Result<(), GatewayError> {
     use recsys_proto::limits::{MAX_HEAD_WEIGHT, MAX_HEADS};
-    if weights.is_empty() {
-        return Ok(());
-    }
-    if inputs.heads.is_empty() {
-        return Err(GatewayError::invalid(
-            "head_weights",
-            "the bundle's ranker has a single output, no heads to weigh",
-        ));
-    }
+    // A bound before the names are sorted: no ranker has more heads.
     if weights.len() > MAX_HEADS {
         return Err(GatewayError::invalid(
             "head_weights",
             format!("{} entries, the limit is {MAX_HEADS}", weights.len()),
         ));
     }
-    let mut names: Vec<&String> = weights.keys().collect();
-    names.sort_unstable();
-    for name in names {
-        if !inputs.heads.contains(name) {
-            return Err(GatewayError::invalid(
-                "head_weights",
-                format!(
-                    "the ranker has no head {name:?} (it has {})",
-                    inputs.heads.join(", ")
-                ),
-            ));
-        }
-        let weight = f64::from(weights[name]);
-        if !(0.0..=MAX_HEAD_WEIGHT).contains(&weight) {
-            return Err(GatewayError::invalid(
-                "head_weights",
-                format!("{name}: {weight} is not within [0, {MAX_HEAD_WEIGHT}]"),
-            ));
-        }
-    }
-    if weights.len() == inputs.heads.len() && weights.values().all(|&w| w == 0.0) {
-        return Err(GatewayError::invalid(
-            "head_weights",
-            "every head weighs 0, which ranks nothing",
-        ));
-    }
-    Ok(())
+    recsys_bundle::ranker_inputs::head_weights(&inputs.heads, weights, MAX_HEAD_WEIGHT)
+        .map(|_| ())
+        .map_err(|reason| GatewayError::invalid("head_weights", reason))
 }
 
 /// Checks each user feature the ranker reads against its kind, as the ranking

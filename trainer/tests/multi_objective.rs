@@ -230,7 +230,7 @@ fn an_exported_two_head_ranker_serves_every_head_as_trained() {
     for (weights, refused) in [
         (
             HashMap::from([("watch_time".to_string(), 1.0)]),
-            "no such head",
+            "the ranker has no head \"watch_time\" (it has rating, click)",
         ),
         (HashMap::from([("click".to_string(), -1.0)]), "not within"),
         (

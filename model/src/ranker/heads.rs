@@ -21,46 +21,17 @@ impl Ranker {
     }
 
     /// The combined score's weights, head by head: the config's, with
-    /// `overrides` (by head name) in their place. An unknown head, a weight
-    /// that is not finite or not within `[0, MAX_HEAD_WEIGHT]`, weights that are
-    /// all 0, or overrides for a single-output ranker are refused, naming the
-    /// head and the limit.
+    /// `overrides` (by head name) in their place. Refused, naming the field
+    /// and the limit, as the gateway refuses them
+    /// (`recsys_bundle::ranker_inputs::head_weights`).
     pub fn head_weights(&self, overrides: &HashMap<String, f32>) -> Result<Vec<f64>, RankError> {
-        let heads = self.heads();
-        if heads.is_empty() && !overrides.is_empty() {
-            return Err(RankError::HeadWeights(format!(
-                "head_weights: ranker {} has a single output, no heads to weigh",
-                self.version()
-            )));
-        }
-        let mut names: Vec<&String> = overrides.keys().collect();
-        names.sort();
-        for name in names {
-            if !heads.iter().any(|h| &h.name == name) {
-                let known: Vec<&str> = heads.iter().map(|h| h.name.as_str()).collect();
-                return Err(RankError::HeadWeights(format!(
-                    "head_weights[{name}]: ranker {} has no such head (it has {})",
-                    self.version(),
-                    known.join(", ")
-                )));
-            }
-            let weight = f64::from(overrides[name]);
-            if !(0.0..=MAX_HEAD_WEIGHT).contains(&weight) {
-                return Err(RankError::HeadWeights(format!(
-                    "head_weights[{name}]: {weight} is not within [0, {MAX_HEAD_WEIGHT}]"
-                )));
-            }
-        }
-        let weights: Vec<f64> = heads
+        let heads: Vec<(String, f64)> = self
+            .heads()
             .iter()
-            .map(|h| overrides.get(&h.name).map_or(h.weight, |&w| f64::from(w)))
+            .map(|h| (h.name.clone(), h.weight))
             .collect();
-        if !weights.is_empty() && weights.iter().all(|&w| w == 0.0) {
-            return Err(RankError::HeadWeights(
-                "head_weights: every head weighs 0, which ranks nothing".into(),
-            ));
-        }
-        Ok(weights)
+        recsys_bundle::ranker_inputs::head_weights(&heads, overrides, MAX_HEAD_WEIGHT)
+            .map_err(|reason| RankError::HeadWeights(format!("head_weights: {reason}")))
     }
 
     /// `scores` with its combined scores recomputed from its head scores with
