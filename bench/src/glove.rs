@@ -116,17 +116,23 @@ pub fn run(args: RetrievalArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let index = ShardIndex::open_with(&bundle, 0, args.mode)?;
     let open_ms = started.elapsed().as_secs_f64() * 1e3;
+    let engine = if index.coded() {
+        "recsys-coded"
+    } else {
+        "recsys-usearch"
+    };
     eprintln!("simd: {}", index.hardware_acceleration());
     println!(
         "{}",
-        serde_json::json!({"engine": "recsys-usearch", "event": "index", "items": args.split.items,
+        serde_json::json!({"engine": engine, "event": "index", "items": args.split.items,
             "connectivity": args.connectivity, "expansion_add": args.expansion_add,
-            "quantization": quantization.as_str(), "build_s": build_seconds, "open_ms": open_ms})
+            "quantization": quantization.as_str(), "build_s": build_seconds, "open_ms": open_ms,
+            "coded_bytes": index.coded_bytes()})
     );
     let efs: Box<dyn Iterator<Item = anyhow::Result<usize>>> = if args.stdin {
         println!(
             "{}",
-            serde_json::json!({"engine": "recsys-usearch", "event": "ready"})
+            serde_json::json!({"engine": engine, "event": "ready"})
         );
         Box::new(std::io::stdin().lines().map(|line| {
             let line = line.context("reading an ef from stdin")?;
@@ -166,7 +172,7 @@ pub fn run(args: RetrievalArgs) -> anyhow::Result<()> {
                 pass.measure(|query| index.search(query, K, &[], false))?;
             println!(
                 "{}",
-                serde_json::json!({"engine": "recsys-usearch", "ef": ef, "mode": format!("{:?}", args.mode),
+                serde_json::json!({"engine": engine, "ef": ef, "mode": format!("{:?}", args.mode),
                     "recall_at_100": recall, "qps_one_thread": qps, "qps_per_cpu_second": per_cpu})
             );
             continue;

@@ -9,6 +9,7 @@
 //! out of the gateway's and the trainer's dependency graphs.
 
 mod build;
+mod coded_graph;
 mod depth;
 mod error;
 mod index_reads;

@@ -8,6 +8,7 @@ use recsys_bundle::{BundleError, IndexParams, Manifest, Metric, Quantization, Se
 use usearch::Index;
 
 use crate::SearchError;
+use crate::coded_graph::CodedGraph;
 use crate::index_reads::{
     Hidden, Wanted, export_index, read_vector, search_one, search_past_hidden, sort_hits,
     stored_vector,
@@ -37,6 +38,11 @@ pub struct ShardIndex {
     ef: AtomicUsize,
     /// The beams measured per `k` and recall target, when the builder did.
     depths: Option<SearchDepths>,
+    /// The base layer coded for a walk on 4-bit codes ([`Self::code_base_layer`]),
+    /// which unfiltered searches then take. Reads `index`'s vectors in place:
+    /// sound because `index` never changes once opened (a viewed index is
+    /// immutable, and packing happens before coding, in `open_with`).
+    coded: Option<CodedGraph>,
 }
 
 impl std::fmt::Debug for ShardIndex {
@@ -75,6 +81,11 @@ pub enum LoadMode {
     /// 390k-item shard still reaches SERVING in 80-240 ms.
     #[default]
     Packed,
+    /// `packed`, then the base layer coded for a walk on 4-bit codes with
+    /// exact re-scoring of what it finds (ScaNN's lookup-table scoring on
+    /// usearch's graph, `coded_graph.rs`), which unfiltered searches take.
+    /// Costs about 1 KB more per item (M 32) and a coding pass at load.
+    Coded,
 }
 
 /// The bytes of `path` in anonymous memory advised to use transparent huge pages
@@ -208,7 +219,9 @@ impl ShardIndex {
             .map_err(|e| BundleError::index(&path, e))?;
         let mut memory = None;
         match mode {
-            LoadMode::View | LoadMode::Packed => index.view(path_str).map_err(|e| e.to_string()),
+            LoadMode::View | LoadMode::Packed | LoadMode::Coded => {
+                index.view(path_str).map_err(|e| e.to_string())
+            }
             LoadMode::Load => index.load(path_str).map_err(|e| e.to_string()),
             LoadMode::HugePages => {
                 view_copy(&index, &memory.insert(huge_page_copy(&path, file_len)?)[..])
@@ -225,16 +238,17 @@ impl ShardIndex {
                 ),
             ));
         }
-        if mode == LoadMode::Packed {
+        if matches!(mode, LoadMode::Packed | LoadMode::Coded) {
             // The file is fine by now; what can fail here is memory, not the bundle.
             index
                 .pack_base_layer()
                 .map_err(|e| BundleError::index(&path, format!("packing the base layer: {e}")))?;
         }
         index.change_expansion_search(1);
-        Ok(Self {
+        let mut opened = Self {
             ef: AtomicUsize::new(params.expansion_search.max(1)),
             depths: entry.search_depths.clone(),
+            coded: None,
             index,
             memory,
             shard,
@@ -245,7 +259,18 @@ impl ShardIndex {
             params,
             items: entry.items,
             bundle_version: manifest.version,
-        })
+        };
+        if mode == LoadMode::Coded {
+            let started = std::time::Instant::now();
+            let bytes = opened.code_base_layer()?;
+            tracing::info!(
+                shard,
+                bytes,
+                ms = started.elapsed().as_millis() as u64,
+                "base layer coded for the 4-bit walk"
+            );
+        }
+        Ok(opened)
     }
 
     /// Overrides the HNSW search beam width (`ef`) the manifest set for searches
@@ -364,6 +389,13 @@ impl ShardIndex {
         {
             return Ok(hits);
         }
+        if !exact
+            && wanted.is_everything()
+            && hidden.is_empty()
+            && let Some(coded) = &self.coded
+        {
+            return coded.search(&self.index, query, k, ef);
+        }
         let keep = |key: u64| wanted.keeps(key) && !hidden.contains(&key);
         // usearch's brute-force scan takes no filter: ask for enough extra items
         // that k survive the exclusions, then drop the excluded ones.
@@ -422,6 +454,29 @@ impl ShardIndex {
             .save_to_buffer(&mut bytes)
             .map_err(|e| SearchError::Usearch(e.to_string()))?;
         Ok(bytes)
+    }
+
+    /// Codes the base layer for a walk on 4-bit codes with exact re-scoring
+    /// (`coded_graph.rs`), which every later unfiltered search with nothing
+    /// hidden takes instead of usearch's own walk; returns the bytes it holds.
+    /// Needs a viewed or packed `f32` shard; an error says why another is not.
+    pub fn code_base_layer(&mut self) -> Result<usize, BundleError> {
+        let graph = CodedGraph::build(&self.index, self.metric).map_err(|e| {
+            BundleError::invalid("search", format!("cannot code the base layer: {e}"))
+        })?;
+        let bytes = graph.memory_bytes();
+        self.coded = Some(graph);
+        Ok(bytes)
+    }
+
+    /// Whether searches walk the coded base layer ([`Self::code_base_layer`]).
+    pub fn coded(&self) -> bool {
+        self.coded.is_some()
+    }
+
+    /// The bytes the coded base layer holds beyond usearch's index (0 uncoded).
+    pub fn coded_bytes(&self) -> usize {
+        self.coded.as_ref().map_or(0, CodedGraph::memory_bytes)
     }
 
     /// The search beam width (`ef`) of searches without a recall target.

@@ -65,11 +65,12 @@ fn patch(path: &Path, at: usize, bytes: &[u8]) {
     std::fs::write(path, content).unwrap();
 }
 
-const MODES: [LoadMode; 4] = [
+const MODES: [LoadMode; 5] = [
     LoadMode::View,
     LoadMode::Load,
     LoadMode::HugePages,
     LoadMode::Packed,
+    LoadMode::Coded,
 ];
 
 fn refused_by_every_mode(dir: &Path, path: &Path, expected: &str) {

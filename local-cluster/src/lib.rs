@@ -232,6 +232,8 @@ pub struct LocalClusterOptions {
     pub ranker_shares: Option<PathBuf>,
     /// The gateway's impression log (`--impression-log`).
     pub impression_log: Option<recsys_gateway::impression_log::ImpressionLogOptions>,
+    /// How every retrieval node opens its shard (`--load-mode`).
+    pub load_mode: LoadMode,
 }
 
 /// An etcd to register in.
@@ -297,6 +299,7 @@ impl LocalClusterOptions {
             tls: None,
             ranker_shares: None,
             impression_log: None,
+            load_mode: LoadMode::default(),
         }
     }
 }
@@ -354,7 +357,7 @@ impl LocalCluster {
                     shard,
                     search_threads: options.search_threads,
                     limits: SearchLimits::default(),
-                    load_mode: LoadMode::default(),
+                    load_mode: options.load_mode,
                     announce: None,
                     access: options.tls.as_ref().map_or_else(Default::default, |tls| {
                         tls.server(&format!("retrieval-shard-{shard}"))

@@ -310,6 +310,34 @@ void NativeIndex::view_from_buffer(rust::Slice<uint8_t const> buffer) const {
 
 void NativeIndex::pack_base_layer() { index_->pack_base_layer().error.raise(); } // recsys patch
 
+// recsys patch: a compressed-code walk of the base layer.
+size_t NativeIndex::base_layer_entry_f32(rust::Slice<float const> query) const {
+    if (query.size() != index_->dimensions())
+        throw std::invalid_argument("Query dimensions don't match the index");
+    auto result = index_->base_layer_entry(query.data());
+    result.error.raise();
+    return result.cluster.member.slot;
+}
+
+size_t NativeIndex::base_neighbors(size_t slot, rust::Slice<uint32_t> out) const {
+    return index_->base_neighbors(slot, out.data(), out.size());
+}
+
+uint64_t NativeIndex::slot_key(size_t slot) const {
+    if (slot >= index_->size())
+        throw std::out_of_range("No such slot");
+    return index_->slot_key(slot);
+}
+
+void NativeIndex::vectors_matrix(rust::Slice<size_t> out) const {
+    if (out.size() < 3)
+        throw std::invalid_argument("vectors_matrix writes three values");
+    std::uintptr_t matrix = 0;
+    std::size_t stride = 0, rows = 0;
+    index_->vectors_matrix(matrix, stride, rows);
+    out[0] = matrix, out[1] = stride, out[2] = rows;
+}
+
 std::unique_ptr<NativeIndex> wrap(index_t&& index) {
     std::unique_ptr<index_t> punned_ptr;
     punned_ptr.reset(new index_t(std::move(index)));

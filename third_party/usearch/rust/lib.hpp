@@ -132,6 +132,11 @@ class NativeIndex {
     void load_from_buffer(rust::Slice<uint8_t const> buffer) const;
     void view_from_buffer(rust::Slice<uint8_t const> buffer) const;
     void pack_base_layer(); // recsys patch: not `const`, Rust calls it with `&mut Index`
+    // recsys patch: what a compressed-code walk of the base layer needs (see index_dense.hpp).
+    size_t base_layer_entry_f32(rust::Slice<float const> query) const;
+    size_t base_neighbors(size_t slot, rust::Slice<uint32_t> out) const;
+    uint64_t slot_key(size_t slot) const;
+    void vectors_matrix(rust::Slice<size_t> out) const;
 
   private:
     std::unique_ptr<index_dense_t> index_;

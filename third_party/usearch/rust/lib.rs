@@ -567,6 +567,11 @@ pub mod ffi {
         pub fn load_from_buffer(self: &NativeIndex, buffer: &[u8]) -> Result<()>;
         pub fn view_from_buffer(self: &NativeIndex, buffer: &[u8]) -> Result<()>;
         pub fn pack_base_layer(self: Pin<&mut NativeIndex>) -> Result<()>;
+        // recsys patch: what a compressed-code walk of the base layer needs.
+        pub fn base_layer_entry_f32(self: &NativeIndex, query: &[f32]) -> Result<usize>;
+        pub fn base_neighbors(self: &NativeIndex, slot: usize, out: &mut [u32]) -> usize;
+        pub fn slot_key(self: &NativeIndex, slot: usize) -> Result<u64>;
+        pub fn vectors_matrix(self: &NativeIndex, out: &mut [usize]) -> Result<()>;
     }
 }
 
@@ -1842,6 +1847,33 @@ impl Index {
     /// means no search can run while it does (`Index` is `Sync`, every search takes `&self`).
     pub fn pack_base_layer(&mut self) -> Result<(), cxx::Exception> {
         self.inner.pin_mut().pack_base_layer()
+    }
+
+    /// recsys patch: the base-layer slot HNSW's greedy descent through the upper levels
+    /// reaches for `query`, where a walk of the base layer of one's own starts.
+    pub fn base_layer_entry(&self, query: &[f32]) -> Result<usize, cxx::Exception> {
+        self.inner.base_layer_entry_f32(query)
+    }
+
+    /// recsys patch: copies slot's base-layer neighbours (slots) into `out` and returns
+    /// how many the slot has, which may exceed `out.len()`.
+    pub fn base_neighbors(&self, slot: usize, out: &mut [u32]) -> usize {
+        self.inner.base_neighbors(slot, out)
+    }
+
+    /// recsys patch: the key stored in `slot`.
+    pub fn slot_key(&self, slot: usize) -> Result<u64, cxx::Exception> {
+        self.inner.slot_key(slot)
+    }
+
+    /// recsys patch: `(address, stride, rows)` of the matrix holding every slot's vector,
+    /// when a viewed or packed index has one (`rows == 0` otherwise). The address stays
+    /// valid until the index is changed, reset, viewed again or packed: a caller reading
+    /// through it must hold the index unchanged for as long.
+    pub fn vectors_matrix(&self) -> Result<(usize, usize, usize), cxx::Exception> {
+        let mut out = [0usize; 3];
+        self.inner.vectors_matrix(&mut out)?;
+        Ok((out[0], out[1], out[2]))
     }
 }
 

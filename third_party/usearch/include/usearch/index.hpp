@@ -2756,6 +2756,17 @@ class index_gt {
         packed_base_rows_ = packed ? rows : 0;
         return true;
     }
+
+    /// @brief recsys patch: copies up to `capacity` of slot's base-layer neighbours to `out`,
+    ///        for a caller that lays the graph out its own way (a compressed-code traversal).
+    /// @return How many the slot has (may exceed `capacity`; only `capacity` are written).
+    std::size_t base_neighbors(std::size_t slot, compressed_slot_t* out, std::size_t capacity) const noexcept {
+        neighbors_ref_t links = neighbors_base_at_(slot);
+        std::size_t const count = links.size();
+        for (std::size_t i = 0; i != count && i != capacity; ++i)
+            out[i] = links[i];
+        return count;
+    }
     explicit operator bool() const noexcept { return config_.is_valid(); }
 
     /**

@@ -1940,6 +1940,35 @@ class index_dense_gt {
     };
 
     /**
+     *  @brief recsys patch: the base-layer entry for `query`, the slot HNSW's greedy descent through
+     *         the upper levels ends on, for a caller that walks the base layer its own way.
+     *  @return The slot, or an error if the index is empty or no search context is free.
+     */
+    cluster_result_t base_layer_entry(f32_t const* query, std::size_t thread = any_thread()) const {
+        return cluster_(query, 1, thread, casts_.from.f32);
+    }
+
+    /// @brief recsys patch: slot's base-layer neighbours; see `index_gt::base_neighbors`.
+    std::size_t base_neighbors(std::size_t slot, compressed_slot_t* out, std::size_t capacity) const noexcept {
+        return slot < typed_->size() ? typed_->base_neighbors(slot, out, capacity) : 0;
+    }
+
+    /// @brief recsys patch: the key stored in `slot` (`slot < size()`).
+    vector_key_t slot_key(std::size_t slot) const noexcept { return vector_key_t(typed_->at(slot).key); }
+
+    /**
+     *  @brief recsys patch: where slot `i`'s vector starts, `matrix + i * stride`, when every vector
+     *         sits in one matrix (a viewed or packed index); `rows` is 0 otherwise. Valid until the
+     *         index is changed, reset, viewed again or packed.
+     */
+    void vectors_matrix(std::uintptr_t& matrix, std::size_t& stride, std::size_t& rows) const noexcept {
+        bool const whole = vectors_matrix_ && vectors_matrix_rows_ == typed_->size();
+        matrix = whole ? reinterpret_cast<std::uintptr_t>(vectors_matrix_) : 0;
+        stride = whole ? vectors_matrix_stride_ : 0;
+        rows = whole ? vectors_matrix_rows_ : 0;
+    }
+
+    /**
      *  @brief recsys patch: copies a viewed index's vectors and base-layer links into one block
      *         per slot, `[vector | links]` at a fixed stride rounded up to cache lines, the layout
      *         hnswlib uses. A query's base-layer search then finds a node's links by arithmetic
