@@ -14,7 +14,9 @@ import time
 import hnswlib
 import numpy as np
 
-K = 100
+import glove_split
+
+K = glove_split.K
 
 
 def main():
@@ -35,12 +37,7 @@ def main():
     a = p.parse_args()
 
     work = pathlib.Path(a.work)
-    vectors = np.fromfile(pathlib.Path(a.data) / "glove-6B-50d" / "vectors.f32", dtype="<f4").reshape(-1, 50)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    vectors = vectors / np.where(norms > 0, norms, 1)
-    items = np.ascontiguousarray(vectors[: a.items], dtype=np.float32)
-    queries = np.fromfile(work / f"queries-{a.items}-{a.queries}.f32", dtype="<f4").reshape(-1, 50)
-    truth = np.fromfile(work / f"truth-{a.items}-{a.queries}.u32", dtype="<u4").reshape(-1, K)
+    items, queries, truth = glove_split.load(a.data, work, a.items, a.queries)
 
     # The built index is kept beside recsys-bench's bundles, so that repeated runs only search.
     suffix = "-ordered" if a.order else ""
@@ -79,8 +76,7 @@ def main():
         labels, _ = index.knn_query(queries, k=K)
         seconds = time.perf_counter() - started
         cpu_seconds = time.thread_time() - cpu_started
-        found = sum(len(set(row.tolist()) & set(t.tolist())) for row, t in zip(labels, truth))
-        print(json.dumps({"engine": "hnswlib", "ef": ef, "recall_at_100": found / truth.size,
+        print(json.dumps({"engine": "hnswlib", "ef": ef, "recall_at_100": glove_split.recall(labels, truth),
                           "qps_one_thread": len(queries) / seconds,
                           "qps_per_cpu_second": len(queries) / cpu_seconds}), flush=True)
 

@@ -18,9 +18,11 @@ import sys
 import time
 
 import numpy as np
+
+import glove_split
 import scann
 
-K = 100
+K = glove_split.K
 
 
 def main():
@@ -38,12 +40,7 @@ def main():
     a = p.parse_args()
 
     work = pathlib.Path(a.work)
-    vectors = np.fromfile(pathlib.Path(a.data) / "glove-6B-50d" / "vectors.f32", dtype="<f4").reshape(-1, 50)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    vectors = vectors / np.where(norms > 0, norms, 1)
-    items = np.ascontiguousarray(vectors[: a.items], dtype=np.float32)
-    queries = np.fromfile(work / f"queries-{a.items}-{a.queries}.f32", dtype="<f4").reshape(-1, 50)
-    truth = np.fromfile(work / f"truth-{a.items}-{a.queries}.u32", dtype="<u4").reshape(-1, K)
+    items, queries, truth = glove_split.load(a.data, work, a.items, a.queries)
 
     saved = (work / f"scann-{len(items)}-l{a.leaves_total}").resolve()
     build_s = None
@@ -81,8 +78,7 @@ def main():
         labels = [search(q) for q in queries]
         seconds = time.perf_counter() - started
         cpu_seconds = time.thread_time() - cpu_started
-        found = sum(len(set(row.tolist()) & set(t.tolist())) for row, t in zip(labels, truth))
-        line = {"engine": "scann", "ef": leaves, "reorder": a.reorder, "recall_at_100": found / truth.size,
+        line = {"engine": "scann", "ef": leaves, "reorder": a.reorder, "recall_at_100": glove_split.recall(labels, truth),
                 "qps_one_thread": len(queries) / seconds, "qps_per_cpu_second": len(queries) / cpu_seconds}
         if a.batched:
             cpu_started = time.thread_time()
