@@ -618,6 +618,47 @@ mod tests {
         assert!(agreement >= 0.99, "{agreement} of usearch's answers found");
     }
 
+    /// Every metric's margin (ip, cos and l2 each bound the coding error their
+    /// own way) keeps the walk usearch's, on vectors of unequal lengths.
+    #[test]
+    fn every_metric_answers_as_usearchs_walk_does() {
+        use recsys_bundle::{IndexParams, Metric};
+        for metric in [Metric::Ip, Metric::Cos, Metric::L2] {
+            let dir = tempfile::tempdir().unwrap();
+            let params = IndexParams {
+                metric,
+                connectivity: 12,
+                ..IndexParams::default()
+            };
+            crate::test_bundle::bundle_with(dir.path(), params);
+            let plain = ShardIndex::open_with(dir.path(), 0, LoadMode::Packed).unwrap();
+            let coded = ShardIndex::open_with(dir.path(), 0, LoadMode::Coded).unwrap();
+            plain.set_expansion_search(24);
+            coded.set_expansion_search(24);
+            let queries = unit_vectors(100, 11);
+            let (mut same, mut all) = (0, 0);
+            for query in queries.chunks_exact(DIM) {
+                let a = plain.search(query, 10, &[], false).unwrap();
+                let b = coded.search(query, 10, &[], false).unwrap();
+                for (x, y) in a.iter().zip(&b) {
+                    if x.0 == y.0 {
+                        assert!((x.1 - y.1).abs() < 1e-4, "{metric:?}: scores {x:?} {y:?}");
+                    }
+                }
+                same += b
+                    .iter()
+                    .filter(|hit| a.iter().any(|h| h.0 == hit.0))
+                    .count();
+                all += a.len();
+            }
+            let agreement = same as f64 / all as f64;
+            assert!(
+                agreement >= 0.99,
+                "{metric:?}: {agreement} of usearch's answers found"
+            );
+        }
+    }
+
     #[test]
     fn a_loaded_shard_cannot_be_coded_and_says_why() {
         let dir = tempfile::tempdir().unwrap();

@@ -260,7 +260,8 @@ impl ShardIndex {
             items: entry.items,
             bundle_version: manifest.version,
         };
-        if mode == LoadMode::Coded {
+        // An empty shard has nothing to code, and no search reaches a walk.
+        if mode == LoadMode::Coded && opened.items > 0 {
             let started = std::time::Instant::now();
             let bytes = opened.code_base_layer()?;
             tracing::info!(

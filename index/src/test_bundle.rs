@@ -28,8 +28,20 @@ pub(crate) fn unit_vectors(rows: usize, seed: u64) -> Vec<f32> {
 /// A one-shard bundle of unit vectors (ids = rows), written the way the bundle
 /// builder writes one: the index file, then the manifest.
 pub(crate) fn bundle(dir: &Path) -> Vec<f32> {
-    let data = unit_vectors(ITEMS, 7);
-    let params = IndexParams::default();
+    bundle_with(dir, IndexParams::default())
+}
+
+/// [`bundle`] with other index parameters (another metric, say); the same
+/// vectors, scaled by each row's id (1 to 2) so that inner product, cosine and
+/// squared distance order them differently.
+pub(crate) fn bundle_with(dir: &Path, params: IndexParams) -> Vec<f32> {
+    let mut data = unit_vectors(ITEMS, 7);
+    if params != IndexParams::default() {
+        for (row, vector) in data.chunks_mut(DIM).enumerate() {
+            let scale = 1.0 + row as f32 / ITEMS as f32;
+            vector.iter_mut().for_each(|v| *v *= scale);
+        }
+    }
     let file = shard_file(0);
     std::fs::create_dir_all(dir.join("shards")).unwrap();
     let ids: Vec<u64> = (0..ITEMS as u64).collect();
