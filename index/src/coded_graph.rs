@@ -40,10 +40,9 @@ use crate::shard_index::Hit;
 pub(crate) struct CodedGraph {
     codebook: Codebook,
     metric: Metric,
-    /// Slot `s`'s groups are `groups[s]..groups[s + 1]` (each [`GROUP`] links).
-    groups: Vec<u32>,
-    /// Slot `s`'s neighbour count.
-    counts: Vec<u16>,
+    /// Slot `s`'s first group (each [`GROUP`] links) and neighbour count, in
+    /// one word so that an expansion reads one place: `first << 16 | count`.
+    nodes: Vec<u64>,
     /// Every group's block, `stride` bytes each: its codes
     /// (`group_bytes(pairs)` bytes), then its [`GROUP`] links (slots as native
     /// `u32`, `u32::MAX` as padding). In huge-page memory: a walk reads a few
@@ -183,11 +182,10 @@ impl CodedGraph {
         };
         let margin_sigmas = MARGIN_SIGMAS;
         let mut keys = Vec::with_capacity(rows);
-        let mut groups = Vec::with_capacity(rows + 1);
-        let mut counts = Vec::with_capacity(rows);
+        let mut nodes = Vec::with_capacity(rows);
         let mut links: Vec<u32> = Vec::new();
         let mut neighbours = vec![0u32; index.connectivity() * 2 + 1];
-        groups.push(0u32);
+        let mut total = 0usize;
         for slot in 0..rows {
             keys.push(index.slot_key(slot).map_err(|e| e.to_string())?);
             let count = index.base_neighbors(slot, &mut neighbours);
@@ -201,11 +199,12 @@ impl CodedGraph {
             let used = count.div_ceil(GROUP);
             links.extend_from_slice(&neighbours[..count]);
             links.resize(links.len() + used * GROUP - count, u32::MAX);
-            counts
-                .push(u16::try_from(count).map_err(|_| format!("slot {slot} has {count} links"))?);
-            groups.push(groups[slot] + used as u32);
+            if count > 0xffff {
+                return Err(format!("slot {slot} has {count} links"));
+            }
+            nodes.push(((total as u64) << 16) | count as u64);
+            total += used;
         }
-        let total = groups[rows] as usize;
         let codes_len = group_bytes(pairs);
         let stride = (codes_len + GROUP * 4).div_ceil(64) * 64;
         let mut blocks = crate::shard_index::huge_page_memory(total * stride)
@@ -234,8 +233,7 @@ impl CodedGraph {
         Ok(Self {
             codebook,
             metric,
-            groups,
-            counts,
+            nodes,
             blocks,
             stride,
             keys,
@@ -247,7 +245,7 @@ impl CodedGraph {
 
     /// Bytes held beyond usearch's own: what the node's memory grows by.
     pub(crate) fn memory_bytes(&self) -> usize {
-        self.groups.len() * 4 + self.counts.len() * 2 + self.blocks.len() + self.keys.len() * 8
+        self.nodes.len() * 8 + self.blocks.len() + self.keys.len() * 8
     }
 
     /// The `k` best items for `query`, best first with exact scores: usearch's
@@ -310,7 +308,7 @@ impl CodedGraph {
                     self.prefetch(slot_of(*next) as usize);
                 }
                 let slot = slot_of(candidate) as usize;
-                let (first_group, count) = (self.groups[slot] as usize, self.counts[slot] as usize);
+                let (first_group, count) = self.node(slot);
                 let codes_len = group_bytes(pairs);
                 // Every neighbour that may enter the beam, its vector's load
                 // started; measured after all groups are scanned, so that the
@@ -347,6 +345,15 @@ impl CodedGraph {
                         continue;
                     }
                     let found = entry(distance, neighbour);
+                    // Better than every waiting candidate: expanded next, so
+                    // start loading its block now rather than when it is popped.
+                    if scratch
+                        .candidates
+                        .peek()
+                        .is_none_or(|Reverse(top)| found < *top)
+                    {
+                        self.prefetch(neighbour as usize);
+                    }
                     scratch.candidates.push(Reverse(found));
                     scratch.beam.push(found);
                     if scratch.beam.len() > ef {
@@ -413,14 +420,21 @@ impl CodedGraph {
         }
     }
 
+    /// Slot `slot`'s first group and neighbour count.
+    fn node(&self, slot: usize) -> (usize, usize) {
+        let word = self.nodes[slot];
+        ((word >> 16) as usize, (word & 0xffff) as usize)
+    }
+
     /// Starts loading the blocks of the node expanded next.
     #[allow(unsafe_code)]
     fn prefetch(&self, slot: usize) {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-            let first = self.groups[slot] as usize * self.stride;
-            let last = (self.groups[slot + 1] as usize * self.stride).min(self.blocks.len());
+            let (first_group, count) = self.node(slot);
+            let first = first_group * self.stride;
+            let last = ((first_group + count.div_ceil(GROUP)) * self.stride).min(self.blocks.len());
             let base = self.blocks.as_ptr();
             for at in (first..last).step_by(64) {
                 // SAFETY: a prefetch never faults, and `at` is inside `blocks`.
