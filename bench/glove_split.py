@@ -10,6 +10,14 @@ K = 100
 DIM = 50
 
 
+def add_arguments(parser):
+    """The task's options, named as `recsys-bench retrieval` names them."""
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--work", default="target/bench-glove")
+    parser.add_argument("--items", type=int, default=390_000)
+    parser.add_argument("--queries", type=int, default=1_000)
+
+
 def load(data, work, items, queries):
     """Returns (items, queries, truth) as float32, float32 and uint32 arrays."""
     work = pathlib.Path(work)

@@ -21,10 +21,7 @@ K = glove_split.K
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True)
-    p.add_argument("--work", default="target/bench-glove")
-    p.add_argument("--items", type=int, default=390_000)
-    p.add_argument("--queries", type=int, default=1_000)
+    glove_split.add_arguments(p)
     p.add_argument("--M", type=int, default=16)
     p.add_argument("--ef-construction", type=int, default=128)
     p.add_argument("--ef", default="100,128,160,200,256,320")

@@ -27,10 +27,7 @@ K = glove_split.K
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True)
-    p.add_argument("--work", default="target/bench-glove")
-    p.add_argument("--items", type=int, default=390_000)
-    p.add_argument("--queries", type=int, default=1_000)
+    glove_split.add_arguments(p)
     p.add_argument("--leaves-total", type=int, default=2_000)
     p.add_argument("--leaves", default="30,40,60,90", help="leaves searched per pass (without --stdin)")
     p.add_argument("--reorder", type=int, default=300, help="candidates re-scored exactly")

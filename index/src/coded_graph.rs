@@ -604,6 +604,30 @@ mod tests {
         }
     }
 
+    /// The share of usearch's own top-10 that the coded walk finds on the
+    /// bundle in `dir`, both at a beam of 24; where both find an item, its
+    /// score must agree.
+    fn agreement_with_usearch(dir: &std::path::Path, queries: &[f32]) -> f64 {
+        let plain = ShardIndex::open_with(dir, 0, LoadMode::Packed).unwrap();
+        let coded = ShardIndex::open_with(dir, 0, LoadMode::Coded).unwrap();
+        assert!(coded.coded() && !plain.coded());
+        plain.set_expansion_search(24);
+        coded.set_expansion_search(24);
+        let (mut same, mut all) = (0, 0);
+        for query in queries.chunks_exact(DIM) {
+            let a = plain.search(query, 10, &[], false).unwrap();
+            let b = coded.search(query, 10, &[], false).unwrap();
+            for hit in &b {
+                if let Some(h) = a.iter().find(|h| h.0 == hit.0) {
+                    assert!((h.1 - hit.1).abs() < 1e-4, "scores {h:?} {hit:?}");
+                    same += 1;
+                }
+            }
+            all += a.len();
+        }
+        same as f64 / all as f64
+    }
+
     /// The beam holds exact distances, so the coded walk differs from
     /// usearch's own on the same graph only where the codes skipped a
     /// neighbour that would have entered the beam: with the default margin,
@@ -612,23 +636,7 @@ mod tests {
     fn the_coded_walk_answers_as_usearchs_walk_does() {
         let dir = tempfile::tempdir().unwrap();
         bundle(dir.path());
-        let plain = ShardIndex::open_with(dir.path(), 0, LoadMode::Packed).unwrap();
-        let coded = ShardIndex::open_with(dir.path(), 0, LoadMode::Coded).unwrap();
-        assert!(coded.coded() && !plain.coded());
-        plain.set_expansion_search(24);
-        coded.set_expansion_search(24);
-        let queries = unit_vectors(200, 5);
-        let (mut same, mut all) = (0, 0);
-        for query in queries.chunks_exact(DIM) {
-            let a = plain.search(query, 10, &[], false).unwrap();
-            let b = coded.search(query, 10, &[], false).unwrap();
-            same += b
-                .iter()
-                .filter(|hit| a.iter().any(|h| h.0 == hit.0))
-                .count();
-            all += a.len();
-        }
-        let agreement = same as f64 / all as f64;
+        let agreement = agreement_with_usearch(dir.path(), &unit_vectors(200, 5));
         assert!(agreement >= 0.99, "{agreement} of usearch's answers found");
     }
 
@@ -645,27 +653,7 @@ mod tests {
                 ..IndexParams::default()
             };
             crate::test_bundle::bundle_with(dir.path(), params);
-            let plain = ShardIndex::open_with(dir.path(), 0, LoadMode::Packed).unwrap();
-            let coded = ShardIndex::open_with(dir.path(), 0, LoadMode::Coded).unwrap();
-            plain.set_expansion_search(24);
-            coded.set_expansion_search(24);
-            let queries = unit_vectors(100, 11);
-            let (mut same, mut all) = (0, 0);
-            for query in queries.chunks_exact(DIM) {
-                let a = plain.search(query, 10, &[], false).unwrap();
-                let b = coded.search(query, 10, &[], false).unwrap();
-                for (x, y) in a.iter().zip(&b) {
-                    if x.0 == y.0 {
-                        assert!((x.1 - y.1).abs() < 1e-4, "{metric:?}: scores {x:?} {y:?}");
-                    }
-                }
-                same += b
-                    .iter()
-                    .filter(|hit| a.iter().any(|h| h.0 == hit.0))
-                    .count();
-                all += a.len();
-            }
-            let agreement = same as f64 / all as f64;
+            let agreement = agreement_with_usearch(dir.path(), &unit_vectors(100, 11));
             assert!(
                 agreement >= 0.99,
                 "{metric:?}: {agreement} of usearch's answers found"
