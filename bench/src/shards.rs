@@ -18,6 +18,7 @@ use tonic::transport::Channel;
 use crate::glove_split::{GloveSplit, K, glove_bundle};
 use crate::stats::percentile;
 use recsys_local_cluster::{ProcessCluster, ProcessOptions};
+use recsys_retrieval_node::LoadMode;
 
 /// Options of `recsys-bench shards`.
 #[derive(Debug, Clone, Args)]
@@ -32,6 +33,10 @@ pub struct ShardsArgs {
     /// every search used before depths were measured.
     #[arg(long, value_delimiter = ',', default_value = "0,0.95")]
     pub recall_targets: Vec<f32>,
+    /// How the retrieval nodes open their shards: one cluster per shard
+    /// count, target and mode (`coded` walks the graph on 4-bit codes).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "packed")]
+    pub load_modes: Vec<LoadMode>,
     /// Passes over the queries per cluster and target, alternated.
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
@@ -55,6 +60,7 @@ struct Sample {
 struct Config {
     shards: u32,
     target: f32,
+    mode: LoadMode,
     client: GatewayClient<Channel>,
     samples: Vec<Sample>,
     rates: Vec<f64>,
@@ -80,20 +86,25 @@ pub async fn run(args: ShardsArgs) -> anyhow::Result<()> {
             eprintln!("built {shards} shard(s) in {seconds:.1} s");
         }
         for &target in &args.recall_targets {
-            let options = ProcessOptions {
-                gateway_recall_target: Some(target),
-                ..ProcessOptions::default()
-            };
-            let cluster = ProcessCluster::start(&bundle, &options).await?;
-            let channel = crate::process_cluster::channel(cluster.gateway_addr, None).await?;
-            clusters.push(cluster);
-            configs.push(Config {
-                shards,
-                target,
-                client: GatewayClient::new(channel),
-                samples: Vec::new(),
-                rates: Vec::new(),
-            });
+            for &mode in &args.load_modes {
+                let options = ProcessOptions {
+                    gateway_recall_target: Some(target),
+                    // The retrieval nodes read it; the other servers ignore it.
+                    env: vec![("RECSYS_LOAD_MODE".into(), mode_name(mode))],
+                    ..ProcessOptions::default()
+                };
+                let cluster = ProcessCluster::start(&bundle, &options).await?;
+                let channel = crate::process_cluster::channel(cluster.gateway_addr, None).await?;
+                clusters.push(cluster);
+                configs.push(Config {
+                    shards,
+                    target,
+                    mode,
+                    client: GatewayClient::new(channel),
+                    samples: Vec::new(),
+                    rates: Vec::new(),
+                });
+            }
         }
     }
     let queries: Vec<&[f32]> = split.queries().chunks_exact(split.dim).collect();
@@ -151,6 +162,15 @@ async fn ask(
     Ok((sample, ids))
 }
 
+/// `mode` as the nodes' `--load-mode` spells it.
+fn mode_name(mode: LoadMode) -> String {
+    use clap::ValueEnum;
+    mode.to_possible_value().map_or_else(
+        || format!("{mode:?}").to_lowercase(),
+        |v| v.get_name().to_owned(),
+    )
+}
+
 /// The median of `values`.
 fn median(values: impl Iterator<Item = f64>) -> f64 {
     let mut sorted: Vec<f64> = values.collect();
@@ -160,9 +180,10 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
 
 fn report(configs: &[Config], answers: usize) {
     eprintln!(
-        "{:>6} {:>6} {:>9} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "{:>6} {:>6} {:>7} {:>9} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "shards",
         "target",
+        "mode",
         "recall",
         "QPS",
         "vs 1",
@@ -172,17 +193,17 @@ fn report(configs: &[Config], answers: usize) {
         "search",
         "beam"
     );
-    let one_shard = |target: f32| {
+    let one_shard = |target: f32, mode: LoadMode| {
         configs
             .iter()
-            .find(|c| c.shards == 1 && c.target == target)
+            .find(|c| c.shards == 1 && c.target == target && c.mode == mode)
             .map(|c| median(c.rates.iter().copied()))
     };
     for config in configs {
         let recall =
             config.samples.iter().map(|s| s.recalled).sum::<usize>() as f64 / (answers * K) as f64;
         let rate = median(config.rates.iter().copied());
-        let versus = one_shard(config.target).map(|one| rate / one);
+        let versus = one_shard(config.target, config.mode).map(|one| rate / one);
         let p50 = |f: fn(&Sample) -> f64| median(config.samples.iter().map(f));
         let (client, gateway, retrieval, search) = (
             p50(|s| s.client_us),
@@ -193,9 +214,10 @@ fn report(configs: &[Config], answers: usize) {
         let beam = config.samples.iter().map(|s| s.search_ef).sum::<f64>()
             / config.samples.len().max(1) as f64;
         eprintln!(
-            "{:>6} {:>6} {:>9.4} {:>8.0} {:>7} {:>7.0}us {:>7.0}us {:>7.0}us {:>7.0}us {:>9.1}",
+            "{:>6} {:>6} {:>7} {:>9.4} {:>8.0} {:>7} {:>7.0}us {:>7.0}us {:>7.0}us {:>7.0}us {:>9.1}",
             config.shards,
             config.target,
+            mode_name(config.mode),
             recall,
             rate,
             versus.map_or("-".into(), |v| format!("{v:.3}")),
@@ -209,6 +231,7 @@ fn report(configs: &[Config], answers: usize) {
             "{}",
             serde_json::json!({
                 "shards": config.shards, "recall_target": config.target,
+                "load_mode": mode_name(config.mode),
                 "recall_at_100": recall, "qps_median": rate, "qps_passes": config.rates,
                 "qps_vs_one_shard": versus,
                 "p50_us": {"client": client, "gateway_total": gateway,

@@ -63,7 +63,7 @@ pub(crate) struct CodedGraph {
 
 /// The default of `margin_sigmas`: on GloVe-50 (1-d subspaces) 0.6 to 3 all
 /// keep the exact walk's recall@100 to 0.0002 and measure within noise of one
-/// another (docs/benchmarks-history.md, "Coded walk").
+/// another (docs/benchmarks-history.md, "Retrieval against ScaNN").
 pub(crate) const MARGIN_SIGMAS: f32 = 1.0;
 
 /// Where usearch keeps a viewed index's vectors.

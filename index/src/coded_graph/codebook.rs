@@ -14,7 +14,7 @@ pub(crate) const SUB_DIMS: usize = 2;
 /// Dimensions per subspace. 1 (every dimension its own 16 levels) keeps the
 /// walk's recall that of the exact walk at every beam on GloVe-50; 2 (ScaNN's
 /// setting) halves the codes' memory and loses about 0.005 of recall@100 at
-/// the same beam (docs/benchmarks-history.md, "Coded walk").
+/// the same beam (docs/benchmarks-history.md, "Retrieval against ScaNN").
 const WIDTH: usize = 1;
 /// Rows the centroids are trained on: enough for 16 points in 2-d (ScaNN
 /// trains on a sample too), few enough that a shard's load stays short.
