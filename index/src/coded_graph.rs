@@ -109,6 +109,47 @@ impl Matrix {
     }
 }
 
+/// Slots whose links one thread copies at load.
+const LINK_CHUNK: usize = 4096;
+
+/// A run of slots' keys, neighbour counts and links padded to whole groups.
+struct Links {
+    keys: Vec<u64>,
+    counts: Vec<u16>,
+    links: Vec<u32>,
+}
+
+impl Links {
+    /// Copies `slots` of `index` (of `rows` slots), checking every link.
+    fn copy(index: &Index, slots: std::ops::Range<usize>, rows: usize) -> Result<Self, String> {
+        let mut out = Self {
+            keys: Vec::with_capacity(slots.len()),
+            counts: Vec::with_capacity(slots.len()),
+            links: Vec::new(),
+        };
+        let mut neighbours = vec![0u32; index.connectivity() * 2 + 1];
+        for slot in slots {
+            out.keys
+                .push(index.slot_key(slot).map_err(|e| e.to_string())?);
+            let count = index.base_neighbors(slot, &mut neighbours);
+            if count > neighbours.len() {
+                neighbours.resize(count, 0);
+                index.base_neighbors(slot, &mut neighbours);
+            }
+            if let Some(bad) = neighbours[..count].iter().find(|&&n| n as usize >= rows) {
+                return Err(format!("slot {slot} links to slot {bad} of {rows}"));
+            }
+            let count16 =
+                u16::try_from(count).map_err(|_| format!("slot {slot} has {count} links"))?;
+            out.counts.push(count16);
+            out.links.extend_from_slice(&neighbours[..count]);
+            let padded = out.links.len() + count.div_ceil(GROUP) * GROUP - count;
+            out.links.resize(padded, u32::MAX);
+        }
+        Ok(out)
+    }
+}
+
 /// Per-thread buffers, kept between searches.
 #[derive(Default)]
 struct Scratch {
@@ -181,29 +222,30 @@ impl CodedGraph {
                 .sum()
         };
         let margin_sigmas = MARGIN_SIGMAS;
+        // Each chunk of slots copies its keys and padded links on its own
+        // thread; the chunks are then laid end to end.
+        let chunks: Vec<Result<Links, String>> = {
+            use rayon::prelude::*;
+            (0..rows.div_ceil(LINK_CHUNK))
+                .into_par_iter()
+                .map(|chunk| {
+                    let slots = chunk * LINK_CHUNK..((chunk + 1) * LINK_CHUNK).min(rows);
+                    Links::copy(index, slots, rows)
+                })
+                .collect()
+        };
         let mut keys = Vec::with_capacity(rows);
         let mut nodes = Vec::with_capacity(rows);
         let mut links: Vec<u32> = Vec::new();
-        let mut neighbours = vec![0u32; index.connectivity() * 2 + 1];
         let mut total = 0usize;
-        for slot in 0..rows {
-            keys.push(index.slot_key(slot).map_err(|e| e.to_string())?);
-            let count = index.base_neighbors(slot, &mut neighbours);
-            if count > neighbours.len() {
-                neighbours.resize(count, 0);
-                index.base_neighbors(slot, &mut neighbours);
+        for chunk in chunks {
+            let chunk = chunk?;
+            keys.extend_from_slice(&chunk.keys);
+            for &count in &chunk.counts {
+                nodes.push(((total as u64) << 16) | u64::from(count));
+                total += usize::from(count).div_ceil(GROUP);
             }
-            if let Some(bad) = neighbours[..count].iter().find(|&&n| n as usize >= rows) {
-                return Err(format!("slot {slot} links to slot {bad} of {rows}"));
-            }
-            let used = count.div_ceil(GROUP);
-            links.extend_from_slice(&neighbours[..count]);
-            links.resize(links.len() + used * GROUP - count, u32::MAX);
-            if count > 0xffff {
-                return Err(format!("slot {slot} has {count} links"));
-            }
-            nodes.push(((total as u64) << 16) | count as u64);
-            total += used;
+            links.extend_from_slice(&chunk.links);
         }
         let codes_len = group_bytes(pairs);
         let stride = (codes_len + GROUP * 4).div_ceil(64) * 64;

@@ -26,13 +26,17 @@ pub(crate) fn pack_group<'a>(
     codes: impl Fn(usize) -> Option<&'a [u8]>,
     out: &mut [u8],
 ) {
-    out[..group_bytes(pairs)].fill(0);
-    for i in 0..GROUP {
-        let Some(code) = codes(i) else { continue };
-        let (byte, shift) = (i % 16, if i < 16 { 0 } else { 4 });
-        for (s, &c) in code.iter().enumerate() {
-            let at = (s / 2) * 32 + (s % 2) * 16 + byte;
-            out[at] |= (c & 0x0f) << shift;
+    // Byte by byte, each written once: a shard's load packs every group.
+    let vectors: [Option<&[u8]>; GROUP] = std::array::from_fn(&codes);
+    let code = |i: usize, s: usize| -> u8 {
+        vectors[i].and_then(|c| c.get(s)).copied().unwrap_or(0) & 0x0f
+    };
+    for (p, chunk) in out[..group_bytes(pairs)].chunks_exact_mut(32).enumerate() {
+        for half in 0..2 {
+            let s = 2 * p + half;
+            for byte in 0..16 {
+                chunk[half * 16 + byte] = code(byte, s) | code(byte + 16, s) << 4;
+            }
         }
     }
 }
