@@ -53,7 +53,8 @@ struct Args {
     /// (memory shared with the page cache and other nodes on the host), `load`
     /// reads it into the heap; `coded` is `packed` plus each item's neighbours'
     /// 4-bit codes, so a search measures only the neighbours that may enter
-    /// its beam (fastest; about 1.6 KB more per item, seconds more at start).
+    /// its beam (fastest; f32 shards only; about 1.6 KB more per item,
+    /// seconds more at start).
     #[arg(long, env = "RECSYS_LOAD_MODE", value_enum, default_value_t = LoadMode::default())]
     load_mode: LoadMode,
     /// Once the item change log has been quiet for a second, fold the shard's
