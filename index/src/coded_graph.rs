@@ -34,6 +34,7 @@ use usearch::Index;
 use self::codebook::{Codebook, Table};
 use self::fast_scan::{GROUP, group_bytes, pack_group, scan};
 use crate::SearchError;
+use crate::live_shard::fast_score;
 use crate::shard_index::Hit;
 
 /// The codes and links of a shard's base layer; see the module.
@@ -56,12 +57,10 @@ pub(crate) struct CodedGraph {
     vectors: Matrix,
     /// The mean squared distance between a vector and its coded form.
     coding_error: f32,
-    /// How many standard deviations of coding error a neighbour's coded
-    /// distance may lie beyond the beam's worst and still be measured.
-    margin_sigmas: f32,
 }
 
-/// The default of `margin_sigmas`: on GloVe-50 (1-d subspaces) 0.6 to 3 all
+/// How many standard deviations of coding error a neighbour's coded
+/// distance may lie beyond the beam's worst and still be measured: on GloVe-50 (1-d subspaces) 0.6 to 3 all
 /// keep the exact walk's recall@100 to 0.0002 and measure within noise of one
 /// another (docs/benchmarks-history.md, "Retrieval against ScaNN").
 pub(crate) const MARGIN_SIGMAS: f32 = 1.0;
@@ -83,7 +82,9 @@ impl Matrix {
         if slot < self.rows {
             use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
             let first = self.address + slot * self.stride;
-            for line in (first..first + self.dims * 4).step_by(64) {
+            // Every cache line the vector touches, the first one included
+            // when the vector does not start on a line (a viewed file's rows).
+            for line in (first & !63..first + self.dims * 4).step_by(64) {
                 // SAFETY: a prefetch never faults; the address is inside the matrix.
                 unsafe { _mm_prefetch::<_MM_HINT_T0>(line as *const i8) };
             }
@@ -210,7 +211,7 @@ impl CodedGraph {
             rows,
             dims,
         };
-        let codebook = Codebook::train(rows, dims, metric, |slot| vectors.row(slot).to_vec());
+        let codebook = Codebook::train(rows, dims, metric, |slot| vectors.row(slot));
         let subspaces = codebook.subspaces();
         let pairs = codebook.pairs();
         let mut own = vec![0u8; rows * subspaces];
@@ -221,7 +222,6 @@ impl CodedGraph {
                 .map(|(slot, out)| f64::from(codebook.encode(vectors.row(slot), out)))
                 .sum()
         };
-        let margin_sigmas = MARGIN_SIGMAS;
         // Each chunk of slots copies its keys and padded links on its own
         // thread; the chunks are then laid end to end.
         let chunks: Vec<Result<Links, String>> = {
@@ -281,7 +281,6 @@ impl CodedGraph {
             keys,
             vectors,
             coding_error: (total_error / rows as f64) as f32,
-            margin_sigmas,
         })
     }
 
@@ -293,7 +292,7 @@ impl CodedGraph {
     /// The `k` best items for `query`, best first with exact scores: usearch's
     /// base-layer walk with a beam of `ef`, except that a neighbour is measured
     /// (its vector read) only when its coded distance says it may enter the
-    /// beam: within `margin_sigmas` standard deviations of the coding error of
+    /// beam: within [`MARGIN_SIGMAS`] standard deviations of the coding error of
     /// the beam's worst. The beam holds exact distances, so the codes only
     /// decide what is skipped, never the order.
     pub(crate) fn search(
@@ -309,8 +308,10 @@ impl CodedGraph {
         let table = self.codebook.table(query, self.metric);
         let pairs = self.codebook.pairs();
         let ef = ef.max(k).max(1);
-        let measure = Measure::new(self.metric, query);
-        let limit_for = self.limits(&table, &measure);
+        // The beam orders by distance, here the negated score: for ip and cos
+        // what the codes' table sums stand for, for l2 the squared distance.
+        let distance = |slot: u32| -fast_score(self.metric, query, self.vectors.row(slot as usize));
+        let limit_for = self.limits(&table, query);
         SCRATCH.with(|scratch| {
             let scratch = &mut *scratch.borrow_mut();
             let words = self.keys.len().div_ceil(64);
@@ -331,7 +332,7 @@ impl CodedGraph {
                 !seen
             };
             let start = start as u32;
-            let first = entry(measure.distance(self.vectors.row(start as usize)), start);
+            let first = entry(distance(start), start);
             visit(start);
             scratch.candidates.push(Reverse(first));
             scratch.beam.push(first);
@@ -382,7 +383,7 @@ impl CodedGraph {
                     }
                 }
                 for &neighbour in &survivors[..kept] {
-                    let distance = measure.distance(self.vectors.row(neighbour as usize));
+                    let distance = distance(neighbour);
                     if scratch.beam.len() >= ef && distance >= worst {
                         continue;
                     }
@@ -421,7 +422,7 @@ impl CodedGraph {
                 .drain()
                 .map(|e| {
                     let slot = slot_of(e) as usize;
-                    (self.keys[slot], measure.score(distance_of(e)))
+                    (self.keys[slot], -distance_of(e))
                 })
                 .collect();
             crate::index_reads::sort_hits(&mut hits);
@@ -431,29 +432,22 @@ impl CodedGraph {
     }
 
     /// The coded sum past which a neighbour cannot beat a beam whose worst
-    /// distance is `worst`, short of a coding error of `margin_sigmas`
+    /// distance is `worst`, short of a coding error of [`MARGIN_SIGMAS`]
     /// standard deviations (plus the table's rounding).
-    fn limits<'a>(
-        &'a self,
-        table: &'a Table,
-        measure: &'a Measure<'_>,
-    ) -> impl Fn(f32) -> u16 + 'a {
-        // The table's sums stand for `offset + units / scale` in its distance,
-        // which is usearch's distance less 1 for ip and cos.
-        let shift = match self.metric {
-            Metric::Ip | Metric::Cos => 1.0,
-            Metric::L2 => 0.0,
-        };
+    fn limits<'a>(&'a self, table: &'a Table, query: &[f32]) -> impl Fn(f32) -> u16 + 'a {
         // A coded vector's error per dimension, and so along a query's direction.
-        let sigma = self.margin_sigmas * (self.coding_error / self.codebook.dims() as f32).sqrt();
+        let sigma = MARGIN_SIGMAS * (self.coding_error / self.codebook.dims() as f32).sqrt();
+        let query_norm = query.iter().map(|v| v * v).sum::<f32>().sqrt();
         let rounding = self.codebook.subspaces() as f32 * 0.5;
+        // The table's sums stand for `offset + units / scale` in the beam's
+        // distance (the negated score; the squared distance for l2).
         move |worst: f32| {
             let spread = match self.metric {
-                Metric::Ip => measure.norm * sigma,
+                Metric::Ip => query_norm * sigma,
                 Metric::Cos => sigma,
                 Metric::L2 => 2.0 * worst.max(0.0).sqrt() * sigma + self.coding_error,
             };
-            let units = (worst - shift + spread - table.offset) * table.scale + rounding;
+            let units = (worst + spread - table.offset) * table.scale + rounding;
             if units.is_nan() || units >= f32::from(u16::MAX) {
                 u16::MAX
             } else {
@@ -488,228 +482,5 @@ impl CodedGraph {
     }
 }
 
-/// The inner product, with AVX2 and FMA where the CPU has them (checked once
-/// per call; the check is a cached load).
-#[allow(unsafe_code)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: AVX2 and FMA are present (checked just above) and both
-        // slices hold `n` floats, which is all the kernel reads.
-        return unsafe { dot_avx2(a.as_ptr(), b.as_ptr(), n) };
-    }
-    a[..n].iter().zip(&b[..n]).map(|(x, y)| x * y).sum()
-}
-
-/// # Safety
-/// Needs AVX2 and FMA, and `a` and `b` readable for `n` floats.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(unsafe_code)]
-unsafe fn dot_avx2(a: *const f32, b: *const f32, n: usize) -> f32 {
-    use std::arch::x86_64::*;
-    let (mut first, mut second) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut i = 0;
-    // SAFETY (all loads): `i + 8 <= n` or `i + 16 <= n`, within the caller's `n`.
-    while i + 16 <= n {
-        unsafe {
-            first = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(b.add(i)), first);
-            second = _mm256_fmadd_ps(
-                _mm256_loadu_ps(a.add(i + 8)),
-                _mm256_loadu_ps(b.add(i + 8)),
-                second,
-            );
-        }
-        i += 16;
-    }
-    if i + 8 <= n {
-        unsafe {
-            first = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(b.add(i)), first);
-        }
-        i += 8;
-    }
-    let sum = _mm256_add_ps(first, second);
-    let half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
-    let pair = _mm_add_ps(half, _mm_movehl_ps(half, half));
-    let mut total = _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)));
-    while i < n {
-        // SAFETY: `i < n`.
-        total += unsafe { *a.add(i) * *b.add(i) };
-        i += 1;
-    }
-    total
-}
-
-/// usearch's distance to a query under a metric, and the score it stands for.
-struct Measure<'q> {
-    metric: Metric,
-    query: &'q [f32],
-    /// The query's length (cosine divides by it; the ip margin scales with it).
-    norm: f32,
-}
-
-impl<'q> Measure<'q> {
-    fn new(metric: Metric, query: &'q [f32]) -> Self {
-        let norm = dot(query, query).sqrt();
-        Self {
-            metric,
-            query,
-            norm,
-        }
-    }
-
-    /// 1 - dot for ip, 1 - cosine for cos, the squared difference for l2.
-    fn distance(&self, vector: &[f32]) -> f32 {
-        match self.metric {
-            Metric::Ip => 1.0 - dot(self.query, vector),
-            Metric::Cos => {
-                let norm = dot(vector, vector).sqrt() * self.norm;
-                if norm > 0.0 {
-                    1.0 - dot(self.query, vector) / norm
-                } else {
-                    1.0
-                }
-            }
-            Metric::L2 => self
-                .query
-                .iter()
-                .zip(vector)
-                .map(|(a, b)| (a - b) * (a - b))
-                .sum(),
-        }
-    }
-
-    /// The score every other crate sees (`options::score_from_distance`).
-    fn score(&self, distance: f32) -> f32 {
-        crate::options::score_from_distance(self.metric, distance)
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use crate::test_bundle::{DIM, ITEMS, bundle, unit_vectors};
-    use crate::{LoadMode, ShardIndex};
-
-    /// The exact top `k` of `query` by inner product over `data` (ids = rows).
-    fn exact(data: &[f32], query: &[f32], k: usize) -> Vec<(u64, f32)> {
-        let mut all: Vec<(u64, f32)> = data
-            .chunks_exact(DIM)
-            .enumerate()
-            .map(|(id, row)| (id as u64, super::dot(query, row)))
-            .collect();
-        crate::index_reads::sort_hits(&mut all);
-        all.truncate(k);
-        all
-    }
-
-    #[test]
-    fn the_coded_walk_finds_the_exact_neighbours_with_exact_scores() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = bundle(dir.path());
-        for mode in [LoadMode::Packed, LoadMode::View, LoadMode::HugePages] {
-            let mut shard = ShardIndex::open_with(dir.path(), 0, mode).unwrap();
-            let bytes = shard.code_base_layer().unwrap();
-            assert!(shard.coded());
-            shard.set_expansion_search(200);
-            // Codes and links: more than the links alone, less than the vectors twice.
-            assert!(
-                bytes > ITEMS * 16 * 4 && bytes < ITEMS * DIM * 4 * 8,
-                "{bytes} bytes"
-            );
-            let queries = unit_vectors(50, 99);
-            let (mut found, mut wanted) = (0, 0);
-            for query in queries.chunks_exact(DIM) {
-                let hits = shard.search(query, 10, &[], false).unwrap();
-                let truth = exact(&data, query, 10);
-                assert_eq!(hits.len(), 10);
-                for pair in hits.windows(2) {
-                    assert!(pair[0].1 >= pair[1].1, "best first: {hits:?}");
-                }
-                for (id, score) in &hits {
-                    let row = &data[*id as usize * DIM..][..DIM];
-                    assert!(
-                        (score - super::dot(query, row)).abs() < 1e-5,
-                        "exact scores"
-                    );
-                }
-                found += hits
-                    .iter()
-                    .filter(|h| truth.iter().any(|t| t.0 == h.0))
-                    .count();
-                wanted += truth.len();
-                // The same answer again: per-thread buffers are reset between searches.
-                assert_eq!(shard.search(query, 10, &[], false).unwrap(), hits);
-            }
-            let recall = found as f64 / wanted as f64;
-            assert!(recall >= 0.9, "{mode:?}: recall@10 {recall}");
-        }
-    }
-
-    /// The share of usearch's own top-10 that the coded walk finds on the
-    /// bundle in `dir`, both at a beam of 24; where both find an item, its
-    /// score must agree.
-    fn agreement_with_usearch(dir: &std::path::Path, queries: &[f32]) -> f64 {
-        let plain = ShardIndex::open_with(dir, 0, LoadMode::Packed).unwrap();
-        let coded = ShardIndex::open_with(dir, 0, LoadMode::Coded).unwrap();
-        assert!(coded.coded() && !plain.coded());
-        plain.set_expansion_search(24);
-        coded.set_expansion_search(24);
-        let (mut same, mut all) = (0, 0);
-        for query in queries.chunks_exact(DIM) {
-            let a = plain.search(query, 10, &[], false).unwrap();
-            let b = coded.search(query, 10, &[], false).unwrap();
-            for hit in &b {
-                if let Some(h) = a.iter().find(|h| h.0 == hit.0) {
-                    assert!((h.1 - hit.1).abs() < 1e-4, "scores {h:?} {hit:?}");
-                    same += 1;
-                }
-            }
-            all += a.len();
-        }
-        same as f64 / all as f64
-    }
-
-    /// The beam holds exact distances, so the coded walk differs from
-    /// usearch's own on the same graph only where the codes skipped a
-    /// neighbour that would have entered the beam: with the default margin,
-    /// next to never. A narrow beam makes every wrongly skipped node show.
-    #[test]
-    fn the_coded_walk_answers_as_usearchs_walk_does() {
-        let dir = tempfile::tempdir().unwrap();
-        bundle(dir.path());
-        let agreement = agreement_with_usearch(dir.path(), &unit_vectors(200, 5));
-        assert!(agreement >= 0.99, "{agreement} of usearch's answers found");
-    }
-
-    /// Every metric's margin (ip, cos and l2 each bound the coding error their
-    /// own way) keeps the walk usearch's, on vectors of unequal lengths.
-    #[test]
-    fn every_metric_answers_as_usearchs_walk_does() {
-        use recsys_bundle::{IndexParams, Metric};
-        for metric in [Metric::Ip, Metric::Cos, Metric::L2] {
-            let dir = tempfile::tempdir().unwrap();
-            let params = IndexParams {
-                metric,
-                connectivity: 12,
-                ..IndexParams::default()
-            };
-            crate::test_bundle::bundle_with(dir.path(), params);
-            let agreement = agreement_with_usearch(dir.path(), &unit_vectors(100, 11));
-            assert!(
-                agreement >= 0.99,
-                "{metric:?}: {agreement} of usearch's answers found"
-            );
-        }
-    }
-
-    #[test]
-    fn a_loaded_shard_cannot_be_coded_and_says_why() {
-        let dir = tempfile::tempdir().unwrap();
-        bundle(dir.path());
-        let mut shard = ShardIndex::open_with(dir.path(), 0, LoadMode::Load).unwrap();
-        let error = shard.code_base_layer().unwrap_err().to_string();
-        assert!(error.contains("viewed index"), "{error}");
-        assert!(!shard.coded());
-    }
-}
+mod tests;

@@ -43,7 +43,7 @@ pub use filtered::{
     scan_instead,
 };
 use fold::{Folded, Tail};
-use value_blocks::fast_score;
+pub(crate) use value_blocks::fast_score;
 pub use value_blocks::{BLOCK_MAX_SHARE, BLOCK_MIN_ITEMS, ValueBlocks};
 
 /// A packed, read-only copy of the delta as it was after change `generation`.

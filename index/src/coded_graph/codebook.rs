@@ -5,6 +5,8 @@
 //! distance is the sum of one entry per subspace: ScaNN's and FAISS' "fast scan",
 //! whose tables fit a SIMD register (`fast_scan.rs`).
 
+use std::borrow::Cow;
+
 use recsys_bundle::Metric;
 
 /// Centroids per subspace: what 4 bits address.
@@ -54,11 +56,11 @@ impl Codebook {
     /// Trains the centroids on up to [`TRAINING_ROWS`] of the `rows` vectors
     /// (spread evenly over the shard; deterministic, so every replica codes a
     /// shard alike).
-    pub(crate) fn train(
+    pub(crate) fn train<'a>(
         rows: usize,
         dims: usize,
         metric: Metric,
-        row: impl Fn(usize) -> Vec<f32> + Sync,
+        row: impl Fn(usize) -> &'a [f32] + Sync,
     ) -> Self {
         let width = WIDTH;
         let subspaces = dims.div_ceil(width);
@@ -67,7 +69,7 @@ impl Codebook {
         let sample: Vec<Vec<f32>> = (0..rows)
             .step_by(step)
             .take(TRAINING_ROWS)
-            .map(|i| prepared(row(i), normalize))
+            .map(|i| prepared(row(i), normalize).into_owned())
             .collect();
         let centroids = {
             use rayon::prelude::*;
@@ -105,16 +107,10 @@ impl Codebook {
     /// `vector`'s codes, one per subspace (`0..16`), into `out`; returns the
     /// squared distance between the (prepared) vector and its coded form.
     pub(crate) fn encode(&self, vector: &[f32], out: &mut [u8]) -> f32 {
-        let prepared_copy;
-        let vector = if self.normalize {
-            prepared_copy = prepared(vector.to_vec(), true);
-            &prepared_copy[..]
-        } else {
-            vector
-        };
+        let vector = prepared(vector, self.normalize);
         let mut error = 0.0;
         for (s, code) in out.iter_mut().enumerate().take(self.subspaces) {
-            let point = sub_vector(vector, s, self.width);
+            let point = sub_vector(&vector, s, self.width);
             let centroids = &self.centroids[s * CENTROIDS..(s + 1) * CENTROIDS];
             let j = nearest(centroids, point);
             error += squared(centroids[j], point);
@@ -126,7 +122,7 @@ impl Codebook {
     /// `query`'s table under `metric`; see [`Table`].
     pub(crate) fn table(&self, query: &[f32], metric: Metric) -> Table {
         debug_assert_eq!(query.len(), self.dims);
-        let query = prepared(query.to_vec(), self.normalize);
+        let query = prepared(query, self.normalize);
         let mut partial = vec![0f32; self.subspaces * CENTROIDS];
         for s in 0..self.subspaces {
             let q = sub_vector(&query, s, self.width);
@@ -168,14 +164,16 @@ impl Codebook {
 }
 
 /// Cosine shards are coded on unit vectors; the others as stored.
-fn prepared(mut vector: Vec<f32>, normalize: bool) -> Vec<f32> {
-    if normalize {
-        let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if norm > 0.0 {
-            vector.iter_mut().for_each(|v| *v /= norm);
-        }
+fn prepared(vector: &[f32], normalize: bool) -> Cow<'_, [f32]> {
+    if !normalize {
+        return Cow::Borrowed(vector);
     }
-    vector
+    let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        Cow::Owned(vector.iter().map(|v| v / norm).collect())
+    } else {
+        Cow::Borrowed(vector)
+    }
 }
 
 fn sub_vector(vector: &[f32], s: usize, width: usize) -> [f32; SUB_DIMS] {
@@ -284,7 +282,7 @@ mod tests {
     #[test]
     fn codes_are_the_nearest_centroids_and_tables_sum_like_the_float_distance() {
         let data = rows(2_000, 7);
-        let book = Codebook::train(data.len(), 7, Metric::L2, |i| data[i].clone());
+        let book = Codebook::train(data.len(), 7, Metric::L2, |i| &data[i]);
         let subspaces = 7usize.div_ceil(WIDTH);
         assert_eq!(book.subspaces(), subspaces);
         assert_eq!(book.pairs(), subspaces.div_ceil(2));
@@ -339,8 +337,8 @@ mod tests {
     #[test]
     fn training_is_deterministic() {
         let data = rows(500, 4);
-        let a = Codebook::train(data.len(), 4, Metric::Ip, |i| data[i].clone());
-        let b = Codebook::train(data.len(), 4, Metric::Ip, |i| data[i].clone());
+        let a = Codebook::train(data.len(), 4, Metric::Ip, |i| &data[i]);
+        let b = Codebook::train(data.len(), 4, Metric::Ip, |i| &data[i]);
         assert_eq!(a.centroids, b.centroids);
     }
 }
