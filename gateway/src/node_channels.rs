@@ -220,7 +220,8 @@ impl NodeChannels {
         };
         let node = Arc::new(NodeHandle {
             addr: addr.to_string(),
-            channel: endpoint.connect_lazy(),
+            channel: endpoint
+                .connect_with_connector_lazy(recsys_server::coalesced_writes::Connector),
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
             identity,

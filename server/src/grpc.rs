@@ -3,7 +3,9 @@
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::{Stream, StreamExt, wrappers::TcpListenerStream};
 use tonic::transport::Server;
-use tonic::transport::server::Router;
+use tonic::transport::server::{Connected, Router, TcpConnectInfo};
+
+use crate::coalesced_writes::CoalescedWrites;
 use tonic_health::server::HealthReporter;
 
 use crate::callers::{CallerPolicy, ClientCertLayer};
@@ -105,12 +107,24 @@ pub enum RouterError {
 
 /// Connections accepted on `listener`, with Nagle's algorithm off: responses are
 /// small and latency-bound, and a delayed ACK would add 40 ms to a hop.
-pub fn incoming(listener: TcpListener) -> impl Stream<Item = std::io::Result<TcpStream>> {
+/// Each gathers what one turn of the runtime flushes into one write
+/// ([`CoalescedWrites`]): a response's headers, message and trailers.
+pub fn incoming(
+    listener: TcpListener,
+) -> impl Stream<Item = std::io::Result<CoalescedWrites<TcpStream>>> {
     TcpListenerStream::new(listener).map(|stream| {
         let stream = stream?;
         stream.set_nodelay(true)?;
-        Ok(stream)
+        Ok(CoalescedWrites::new(stream))
     })
+}
+
+impl Connected for CoalescedWrites<TcpStream> {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.get_ref().connect_info()
+    }
 }
 
 /// Sets both the named service and the whole server (`""`) to `status`, since

@@ -10,6 +10,7 @@ pub mod adaptive_limit;
 pub mod admission;
 pub mod allocator;
 pub mod callers;
+pub mod coalesced_writes;
 pub mod deadline;
 pub mod exact_searches;
 pub mod grpc;
