@@ -41,6 +41,11 @@ pub struct ScaleArgs {
     /// Embedding dimensions.
     #[arg(long, default_value_t = 64)]
     pub dim: usize,
+    /// Graph degree (HNSW `M`) of the shards. Shards of 5M items and more reach
+    /// recall@100 0.95 only with a wider graph than the default 32 (their depth
+    /// tables find no beam for it at M 32; docs/benchmarks.md, "Scale").
+    #[arg(long, default_value_t = IndexParams::default().connectivity)]
+    pub connectivity: usize,
     /// Clusters of the synthetic catalog.
     #[arg(long, default_value_t = 1000)]
     pub clusters: usize,
@@ -69,6 +74,8 @@ pub struct ScaleArgs {
 struct Point {
     items: usize,
     shards: u32,
+    /// The graph degree the shards were built with.
+    connectivity: usize,
     build_s: Option<f64>,
     file_bytes: u64,
     rss_bytes: u64,
@@ -90,6 +97,10 @@ fn point_of(line: &serde_json::Value) -> anyhow::Result<Point> {
     Ok(Point {
         items: number("items")? as usize,
         shards: number("shards")? as u32,
+        // Entries written before the flag existed were all built at M 32.
+        connectivity: line["connectivity"]
+            .as_u64()
+            .map_or(IndexParams::default().connectivity, |m| m as usize),
         build_s: line["build_s"].as_f64(),
         file_bytes: number("file_bytes")? as u64,
         rss_bytes: number("rss_bytes")? as u64,
@@ -149,6 +160,7 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
             let point = measure(&args, &catalog.items, &queries, &truth, items, shards).await?;
             let line = json!({
                 "items": point.items, "shards": point.shards, "dim": args.dim,
+                "connectivity": point.connectivity,
                 "build_s": point.build_s, "file_bytes": point.file_bytes,
                 "rss_bytes": point.rss_bytes, "formula_bytes": point.formula_bytes,
                 "rss_bytes_per_item": point.rss_bytes as f64 / items as f64,
@@ -185,11 +197,17 @@ async fn measure(
 ) -> anyhow::Result<Point> {
     let params = IndexParams {
         metric: Metric::Ip,
+        connectivity: args.connectivity,
         ..IndexParams::default()
+    };
+    let degree = if args.connectivity == IndexParams::default().connectivity {
+        String::new()
+    } else {
+        format!("-m{}", args.connectivity)
     };
     let bundle = args
         .work
-        .join(format!("bundle-{count}-d{}-s{shards}", args.dim));
+        .join(format!("bundle-{count}-d{}-s{shards}{degree}", args.dim));
     let cached = recsys_bundle::Manifest::load(&bundle).is_ok_and(|m| !m.files.is_empty());
     let mut build_s = None;
     if args.rebuild || !cached {
@@ -264,6 +282,7 @@ async fn measure(
     Ok(Point {
         items: count,
         shards,
+        connectivity: args.connectivity,
         build_s,
         file_bytes,
         rss_bytes,
@@ -335,7 +354,9 @@ fn plot(path: &Path, points: &[Point]) -> anyhow::Result<()> {
     root.fill(&WHITE)?;
     let root = root.titled("recsys-bench scale", ("sans-serif", 22))?;
     let panels = root.split_evenly((2, 2));
-    let mut sizes: Vec<usize> = points.iter().map(|p| p.items).collect();
+    // One line per catalog size and graph degree.
+    let mut sizes: Vec<(usize, usize)> = points.iter().map(|p| (p.items, p.connectivity)).collect();
+    sizes.sort_unstable();
     sizes.dedup();
     let max_shards = points.iter().map(|p| p.shards).max().unwrap_or(1) as f64;
     type Pick = fn(&Point) -> Option<f64>;
@@ -380,14 +401,18 @@ fn plot(path: &Path, points: &[Point]) -> anyhow::Result<()> {
             let series = |pick: Pick| {
                 points
                     .iter()
-                    .filter(|p| p.items == *size)
+                    .filter(|p| (p.items, p.connectivity) == *size)
                     .filter_map(move |p| Some((f64::from(p.shards), pick(p)?)))
             };
             let colour = crate::report::colour(i);
             let style = colour.stroke_width(3);
             chart
                 .draw_series(LineSeries::new(series(main), style))?
-                .label(format!("{size} items"))
+                .label(if size.1 == IndexParams::default().connectivity {
+                    format!("{} items", size.0)
+                } else {
+                    format!("{} items, M {}", size.0, size.1)
+                })
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
             chart
                 .draw_series(series(main).map(|(x, y)| Circle::new((x, y), 4, colour.filled())))?;
@@ -411,6 +436,7 @@ mod tests {
         let point = |items: usize, shards: u32| Point {
             items,
             shards,
+            connectivity: 32,
             build_s: Some(10.0 * f64::from(shards)),
             file_bytes: items as u64 * 600,
             rss_bytes: items as u64 * 1200,
