@@ -221,7 +221,7 @@ impl NodeChannels {
         let node = Arc::new(NodeHandle {
             addr: addr.to_string(),
             channel: endpoint
-                .connect_with_connector_lazy(recsys_server::coalesced_writes::Connector),
+                .connect_with_connector_lazy(recsys_server::coalesced_writes::Connector::default()),
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
             identity,

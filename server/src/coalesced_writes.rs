@@ -157,13 +157,34 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<T> {
 }
 
 /// A connector for tonic's `Endpoint::connect_with_connector_lazy`: TCP with
-/// Nagle's algorithm off, writes coalesced. tonic puts its TLS (when the
-/// endpoint has it) and connect timeout around it as around its own.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Connector;
+/// Nagle's algorithm off, the stream wrapped by `wrap` (by default
+/// [`CoalescedWrites::new`]). tonic puts its TLS (when the endpoint has it) and
+/// connect timeout around it as around its own.
+#[derive(Debug, Clone, Copy)]
+pub struct Connector<W = CoalescedWrites<TcpStream>> {
+    wrap: fn(TcpStream) -> W,
+}
 
-impl tower_service::Service<http::Uri> for Connector {
-    type Response = hyper_util::rt::TokioIo<CoalescedWrites<TcpStream>>;
+impl Default for Connector {
+    fn default() -> Self {
+        Self {
+            wrap: CoalescedWrites::new,
+        }
+    }
+}
+
+impl<W> Connector<W> {
+    /// A connector whose connections are `wrap` of the TCP stream.
+    pub fn with(wrap: fn(TcpStream) -> W) -> Self {
+        Self { wrap }
+    }
+}
+
+impl<W> tower_service::Service<http::Uri> for Connector<W>
+where
+    W: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    type Response = hyper_util::rt::TokioIo<W>;
     type Error = io::Error;
     type Future =
         Pin<Box<dyn std::future::Future<Output = io::Result<Self::Response>> + Send + 'static>>;
@@ -173,6 +194,7 @@ impl tower_service::Service<http::Uri> for Connector {
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let wrap = self.wrap;
         Box::pin(async move {
             let host = uri.host().ok_or_else(|| {
                 io::Error::new(io::ErrorKind::InvalidInput, format!("no host in {uri}"))
@@ -188,7 +210,7 @@ impl tower_service::Service<http::Uri> for Connector {
                 });
             let stream = TcpStream::connect((host, port)).await?;
             stream.set_nodelay(true)?;
-            Ok(hyper_util::rt::TokioIo::new(CoalescedWrites::new(stream)))
+            Ok(hyper_util::rt::TokioIo::new(wrap(stream)))
         })
     }
 }
@@ -196,7 +218,6 @@ impl tower_service::Service<http::Uri> for Connector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -258,10 +279,15 @@ mod tests {
         assert_eq!(&got[3 + big.len()..], b"tail");
     }
 
-    /// A socket that counts the writes reaching it.
+    /// Writes that reached the client's and the server's sockets (only the
+    /// test below counts).
+    static CLIENT_WRITES: AtomicUsize = AtomicUsize::new(0);
+    static SERVER_WRITES: AtomicUsize = AtomicUsize::new(0);
+
+    /// A socket that counts the writes reaching it in `writes`.
     struct Counting {
         inner: TcpStream,
-        writes: Arc<AtomicUsize>,
+        writes: &'static AtomicUsize,
     }
 
     impl AsyncRead for Counting {
@@ -301,32 +327,6 @@ mod tests {
         fn connect_info(&self) {}
     }
 
-    /// [`Connector`] over a [`Counting`] socket.
-    #[derive(Clone)]
-    struct CountingConnector(Arc<AtomicUsize>);
-
-    impl tower_service::Service<http::Uri> for CountingConnector {
-        type Response = hyper_util::rt::TokioIo<CoalescedWrites<Counting>>;
-        type Error = io::Error;
-        type Future =
-            Pin<Box<dyn std::future::Future<Output = io::Result<Self::Response>> + Send + 'static>>;
-
-        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, uri: http::Uri) -> Self::Future {
-            let writes = self.0.clone();
-            Box::pin(async move {
-                let port = uri.port_u16().unwrap_or(80);
-                let inner = TcpStream::connect(("127.0.0.1", port)).await?;
-                inner.set_nodelay(true)?;
-                let counting = Counting { inner, writes };
-                Ok(hyper_util::rt::TokioIo::new(CoalescedWrites::new(counting)))
-            })
-        }
-    }
-
     /// What the wrapper is for: a unary gRPC call on an open connection is one
     /// write each way. h2 alone makes two of each (HEADERS, then DATA from the
     /// client; HEADERS and the message, then trailers from the server).
@@ -335,12 +335,10 @@ mod tests {
         use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server_writes = Arc::new(AtomicUsize::new(0));
-        let counted = server_writes.clone();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(move |s| {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
             let inner = s?;
             inner.set_nodelay(true)?;
-            let writes = counted.clone();
+            let writes = &SERVER_WRITES;
             Ok::<_, io::Error>(CoalescedWrites::new(Counting { inner, writes }))
         });
         let (_health, service) = tonic_health::server::health_reporter();
@@ -349,10 +347,13 @@ mod tests {
                 .add_service(service)
                 .serve_with_incoming(incoming),
         );
-        let client_writes = Arc::new(AtomicUsize::new(0));
+        let connector = Connector::with(|inner| {
+            let writes = &CLIENT_WRITES;
+            CoalescedWrites::new(Counting { inner, writes })
+        });
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .unwrap()
-            .connect_with_connector(CountingConnector(client_writes.clone()))
+            .connect_with_connector(connector)
             .await
             .unwrap();
         let mut client = HealthClient::new(channel);
@@ -362,15 +363,15 @@ mod tests {
         // The first call also carries the connection's preface and settings.
         client.check(ask.clone()).await.unwrap();
         let before = (
-            client_writes.load(Ordering::Relaxed),
-            server_writes.load(Ordering::Relaxed),
+            CLIENT_WRITES.load(Ordering::Relaxed),
+            SERVER_WRITES.load(Ordering::Relaxed),
         );
         const CALLS: usize = 20;
         for _ in 0..CALLS {
             client.check(ask.clone()).await.unwrap();
         }
-        let client_calls = client_writes.load(Ordering::Relaxed) - before.0;
-        let server_calls = server_writes.load(Ordering::Relaxed) - before.1;
+        let client_calls = CLIENT_WRITES.load(Ordering::Relaxed) - before.0;
+        let server_calls = SERVER_WRITES.load(Ordering::Relaxed) - before.1;
         assert_eq!(client_calls, CALLS, "client writes for {CALLS} calls");
         assert_eq!(server_calls, CALLS, "server writes for {CALLS} calls");
     }
