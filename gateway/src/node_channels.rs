@@ -206,7 +206,6 @@ impl NodeChannels {
         let endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| format!("bad node address {addr:?}: {e}"))?
             .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true)
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -220,6 +219,8 @@ impl NodeChannels {
         };
         let node = Arc::new(NodeHandle {
             addr: addr.to_string(),
+            // TCP with Nagle's algorithm off and one write per message (the
+            // endpoint's own TCP settings are for tonic's connector, unused).
             channel: endpoint
                 .connect_with_connector_lazy(recsys_server::coalesced_writes::Connector::default()),
             in_flight: AtomicUsize::new(0),

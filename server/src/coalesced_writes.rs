@@ -19,9 +19,9 @@
 //! by then in one go. Netty's flush consolidation and Node's cork/uncork do the
 //! same at the end of an event-loop turn. Nothing waits on a timer: a flush
 //! with nothing behind it costs one extra poll of the connection task. A
-//! buffer past [`HIGH_WATER`] is written without the yield, and a write that
-//! large on an empty buffer goes straight to the socket, so big messages are
-//! not copied.
+//! write that would take the buffer past [`HIGH_WATER`] first writes the
+//! buffer out, and a write larger than that goes straight to the socket, so
+//! big messages are not copied.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -30,8 +30,9 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Bytes past which the buffer is written at once rather than held for the
-/// yield: a frame this large fills segments on its own.
+/// The most the buffer holds: a write that would take it further writes it
+/// out first, and a larger write bypasses it (a frame this large fills
+/// segments on its own).
 pub const HIGH_WATER: usize = 16 * 1024;
 
 /// `T` with its writes gathered until a flush, and that flush deferred by one
@@ -96,19 +97,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for CoalescedWrites<T> {
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<T> {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        if this.pending() + data.len() > HIGH_WATER {
-            ready!(this.poll_write_out(cx))?;
-            if data.len() > HIGH_WATER {
-                return Pin::new(&mut this.inner).poll_write(cx, data);
-            }
-        }
-        this.buf.extend_from_slice(data);
-        Poll::Ready(Ok(data.len()))
+        self.poll_write_vectored(cx, &[IoSlice::new(data)])
     }
 
     fn poll_write_vectored(
@@ -137,7 +130,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<T> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.pending() > 0 {
-            if !this.yielded && this.pending() <= HIGH_WATER {
+            // (The buffer never holds more than HIGH_WATER: a write that would
+            // take it past writes it out first.)
+            if !this.yielded {
                 // Run again after the tasks already queued: what they send
                 // joins this write.
                 this.yielded = true;

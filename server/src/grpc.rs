@@ -4,11 +4,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::{Stream, StreamExt, wrappers::TcpListenerStream};
 use tonic::transport::Server;
 use tonic::transport::server::{Connected, Router, TcpConnectInfo};
-
-use crate::coalesced_writes::CoalescedWrites;
 use tonic_health::server::HealthReporter;
 
 use crate::callers::{CallerPolicy, ClientCertLayer};
+use crate::coalesced_writes::CoalescedWrites;
 use crate::limits::ServerLimits;
 use crate::tls::ServerAccess;
 
