@@ -99,7 +99,7 @@ pub fn run(args: RetrievalArgs) -> anyhow::Result<()> {
 
     if let Some(path) = &args.write_order {
         let rows: Vec<usize> = (0..args.split.items).collect();
-        let order = recsys_bundle_builder::locality::locality_order(items, dim, &rows);
+        let order = recsys_bundle_builder::locality::insertion_order(items, dim, &rows);
         write_u32(path, order.into_iter().map(|row| row as u32))?;
     }
     let quantization = Quantization::parse(&args.quantization)?;

@@ -41,9 +41,9 @@ pub struct ScaleArgs {
     /// Embedding dimensions.
     #[arg(long, default_value_t = 64)]
     pub dim: usize,
-    /// Graph degree (HNSW `M`) of the shards. Shards of 5M items and more reach
-    /// recall@100 0.95 only with a wider graph than the default 32 (their depth
-    /// tables find no beam for it at M 32; docs/benchmarks.md, "Scale").
+    /// Graph degree (HNSW `M`) of the shards. (A wider graph was once tried for
+    /// the recall of 5M-item shards and did not help; the insertion order did:
+    /// docs/benchmarks.md, "Scale".)
     #[arg(long, default_value_t = IndexParams::default().connectivity)]
     pub connectivity: usize,
     /// Clusters of the synthetic catalog.

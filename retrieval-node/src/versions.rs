@@ -128,7 +128,7 @@ fn log_depths(index: &ShardIndex) {
         tracing::warn!(
             shard = index.shard(),
             best_recall = %short.join(", "),
-            "recall stops growing below the default target at these k on this shard's graph; searches aiming higher use the beam where it stopped (a larger --connectivity builds a better connected graph)"
+            "recall stops growing below the default target at these k on this shard's graph; searches aiming higher use the beam where it stopped (a bundle built before the builder inserted a random skeleton first gets a better connected graph when rebuilt; else try a larger --connectivity)"
         );
     } else if !below_highest.is_empty() {
         tracing::info!(
