@@ -30,11 +30,16 @@ pub const SKELETON_PERMILLE: u64 = 20;
 pub fn insertion_order(vectors: &[f32], dim: usize, rows: &[usize]) -> Vec<usize> {
     let (mut order, rest): (Vec<usize>, Vec<usize>) = locality_order(vectors, dim, rows)
         .into_iter()
-        .partition(|&row| mix(row as u64) % 1000 < SKELETON_PERMILLE);
+        .partition(|&row| in_skeleton(row));
     // Sorted by the hash that picked them: a random order over the whole shard.
     order.sort_unstable_by_key(|&row| mix(row as u64));
     order.extend(rest);
     order
+}
+
+/// Whether `row` is one of the [`SKELETON_PERMILLE`] inserted first.
+fn in_skeleton(row: usize) -> bool {
+    mix(row as u64) % 1000 < SKELETON_PERMILLE
 }
 
 /// A 64-bit mix of `x` (splitmix64's finalizer): the skeleton's pick and order.
@@ -148,7 +153,7 @@ mod tests {
         // About 2 % of the rows come first, picked at random ...
         let skeleton: Vec<usize> = order
             .iter()
-            .take_while(|&&row| mix(row as u64) % 1000 < SKELETON_PERMILLE)
+            .take_while(|&&row| in_skeleton(row))
             .copied()
             .collect();
         assert!(
@@ -159,7 +164,7 @@ mod tests {
         // ... spanning every cluster within their first half, where the
         // locality order's first rows come from one cluster ...
         let clusters_among = |rows: &[usize]| {
-            let mut seen = [false; 10];
+            let mut seen = vec![false; clusters];
             for &row in rows {
                 seen[row / per_cluster] = true;
             }
