@@ -69,8 +69,19 @@ pub fn ranked_items(
             f32::NEG_INFINITY
         }
     };
-    order.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
-    order.truncate(k as usize);
+    // A total order (ties broken by retrieval rank), so selecting the best k
+    // and sorting only them gives the full sort's first k: a two-stage request
+    // ranks hundreds of candidates for an answer of ten.
+    let by_score = |a: &usize, b: &usize| key(*b).total_cmp(&key(*a)).then(a.cmp(b));
+    let k = (k as usize).min(order.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    if k < order.len() {
+        order.select_nth_unstable_by(k - 1, by_score);
+        order.truncate(k);
+    }
+    order.sort_unstable_by(by_score);
     let names = names(catalog, order.iter().map(|&i| merged[i].item_id));
     order
         .into_iter()
@@ -132,6 +143,7 @@ pub fn continue_session(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use recsys_bundle::Catalog;
 
     fn catalog() -> Catalog {
@@ -194,5 +206,31 @@ mod tests {
             .item_id,
             4
         );
+    }
+
+    proptest! {
+        /// The selection of the best k gives the full stable sort's first k,
+        /// ties and NaNs included.
+        #[test]
+        fn ranked_items_are_the_full_sorts_first_k(
+            scores in prop::collection::vec(
+                prop_oneof![(0u8..4).prop_map(|s| f32::from(s) / 4.0), prop::num::f32::ANY],
+                0..40,
+            ),
+            k in 0u32..50,
+        ) {
+            let merged = candidates(
+                &scores.iter().enumerate().map(|(i, _)| (i as u64, 0.0)).collect::<Vec<_>>(),
+            );
+            let key = |s: f32| if s.is_finite() { s } else { f32::NEG_INFINITY };
+            let mut expected: Vec<usize> = (0..scores.len()).collect();
+            expected.sort_by(|&a, &b| key(scores[b]).total_cmp(&key(scores[a])));
+            expected.truncate(k as usize);
+            let got: Vec<usize> = ranked_items(&merged, &scores, (0, &[]), k, &Names::of_catalog(&catalog()))
+                .iter()
+                .map(|i| i.retrieval_rank as usize)
+                .collect();
+            prop_assert_eq!(got, expected);
+        }
     }
 }
