@@ -9,7 +9,11 @@
 //! - **kernels**: the same request's search (the node's `LiveShard::search_at`
 //!   at the beam its depth table gives) and forward pass (`Ranker::score`) in
 //!   this process, one after the other, on the same queries: CPU time of every
-//!   thread of this process (candle may use several), per request.
+//!   thread of this process (candle may use several), per request. Each stage
+//!   is timed over every query at once, the caches warm with that stage alone
+//!   (the sum); then both stages request by request, as one process serving
+//!   the request runs them (`per_request_cpu_us`), each finding the caches as
+//!   the other left them.
 //! - **cluster**: the gateway, the retrieval node and the ranking node, each a
 //!   process (`ProcessCluster`), driven closed-loop at `--concurrency` requests
 //!   in flight for `--seconds`: the CPU time the three processes spent (every
@@ -202,6 +206,10 @@ struct Kernels {
     ef: usize,
     search_cpu_us: f64,
     rank_cpu_us: f64,
+    /// Both stages request by request (search, then rank its candidates), as
+    /// one process serving the request runs them: each stage finds the caches
+    /// as the other left them.
+    per_request_cpu_us: f64,
 }
 
 impl Kernels {
@@ -210,6 +218,7 @@ impl Kernels {
             "event": "kernels", "queries": self.queries, "ef": self.ef,
             "search_cpu_us": self.search_cpu_us, "rank_cpu_us": self.rank_cpu_us,
             "sum_cpu_us": self.search_cpu_us + self.rank_cpu_us,
+            "per_request_cpu_us": self.per_request_cpu_us,
             "candle_threads": candle_core::utils::get_num_threads(),
         })
     }
@@ -217,7 +226,7 @@ impl Kernels {
 
 /// Searches and ranks every query twice (the first pass warms caches), timing
 /// the second: the node's search at the gateway's depth, the ranker on its
-/// candidates.
+/// candidates; then once more request by request, both stages in turn.
 fn kernels(
     bundle: &Path,
     args: &TwoStageArgs,
@@ -262,12 +271,21 @@ fn kernels(
         }
         rank_s = started.elapsed().as_secs_f64();
     }
+    let started = cpu_time::ProcessTime::now();
+    for query in queries.chunks_exact(dim) {
+        let hits = shard.search_at(query, retrieve_k, &[], false, ef)?;
+        let ids: Vec<u64> = hits.iter().map(|hit| hit.0).collect();
+        let scores = ranker.score(&user, &ids, false)?;
+        anyhow::ensure!(scores.scores.len() == ids.len(), "a score per candidate");
+    }
+    let per_request_s = started.elapsed().as_secs_f64();
     let n = (queries.len() / dim) as f64;
     Ok(Kernels {
         queries: queries.len() / dim,
         ef,
         search_cpu_us: search_s / n * 1e6,
         rank_cpu_us: rank_s / n * 1e6,
+        per_request_cpu_us: per_request_s / n * 1e6,
     })
 }
 
