@@ -14,6 +14,8 @@
 
 mod binaries;
 mod cluster_tls;
+mod error;
+mod options;
 mod process;
 mod process_cluster;
 mod server_handle;
@@ -21,6 +23,8 @@ mod trace_collector;
 
 pub use binaries::{binaries_dir, workspace_binary};
 pub use cluster_tls::ClusterTls;
+pub use error::ClusterError;
+pub use options::{EtcdCluster, LocalClusterOptions};
 pub use process::{ServerCommand, ServerProcess};
 pub use process_cluster::{ProcessCluster, ProcessOptions};
 pub use server_handle::{ServerError, ServerHandle};
@@ -31,278 +35,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use recsys_bundle::{BundleError, Manifest};
+use recsys_bundle::Manifest;
 use recsys_discovery::etcd_auth::ClusterUser;
-use recsys_discovery::{
-    AnnounceOptions, EtcdAccess, EtcdMembership, EtcdOptions, Membership, StaticMembership,
-    StaticSpec,
-};
-use recsys_gateway::{GatewayConfig, GatewayError, RequestPolicy};
+use recsys_discovery::{EtcdMembership, EtcdOptions, Membership, StaticMembership, StaticSpec};
+use recsys_gateway::{GatewayConfig, GatewayError};
 use recsys_ranking_node::{RankingConfig, RankingError};
-use recsys_retrieval_node::{LoadMode, NodeConfig, NodeError, SearchLimits};
+use recsys_retrieval_node::{NodeConfig, NodeError, SearchLimits};
 use recsys_server::tls::ClientTls;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
-
-/// Why a local cluster could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum ClusterError {
-    /// The bundle could not be read.
-    #[error(transparent)]
-    Bundle(#[from] BundleError),
-    /// A port could not be bound.
-    #[error("cannot bind {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The membership is unusable.
-    #[error(transparent)]
-    Discovery(#[from] recsys_discovery::DiscoveryError),
-    /// A server did not report SERVING in time.
-    #[error("{what} at {addr} did not become SERVING within {waited:?}: {detail}")]
-    NotServing {
-        /// Which server.
-        what: String,
-        /// Its address.
-        addr: SocketAddr,
-        /// How long we waited.
-        waited: Duration,
-        /// The last thing health checks said.
-        detail: String,
-    },
-    /// A server process exited while it was expected to run.
-    #[error("{name} exited ({status}); its stderr is above")]
-    Exited {
-        /// The process's name and id.
-        name: String,
-        /// How it ended.
-        status: std::process::ExitStatus,
-    },
-    /// A server process was already killed or reaped here.
-    #[error("{name} is not running")]
-    NotRunning {
-        /// The process's name and id.
-        name: String,
-    },
-    /// A server process did not exit within its time after `SIGTERM`, and was killed.
-    #[error("{name} did not exit within {waited:?} of SIGTERM and was killed")]
-    NoExitAfterSigterm {
-        /// The process's name and id.
-        name: String,
-        /// How long it had.
-        waited: Duration,
-    },
-    /// `kill -TERM` could not be run.
-    #[error("cannot signal {name}: {source}")]
-    Signal {
-        /// The process's name and id.
-        name: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// A server process's state could not be read.
-    #[error("cannot wait for {name}: {source}")]
-    Wait {
-        /// The process's name and id.
-        name: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// A process cluster's static membership file could not be written.
-    #[error("cannot write {}: {source}", path.display())]
-    StaticFile {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// A server binary could not be started.
-    #[error("cannot start {}: {source}", program.display())]
-    Spawn {
-        /// The binary.
-        program: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The running executable's own path is unknown, so its binaries cannot be found.
-    #[error("cannot find this executable's own path: {source}")]
-    OwnPath {
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// A workspace binary is not built.
-    #[error("{} is missing: run `{rebuild}` first", path.display())]
-    BinaryMissing {
-        /// Where it should be.
-        path: PathBuf,
-        /// The command that builds it.
-        rebuild: String,
-    },
-    /// A workspace binary is older than a source it is built from.
-    #[error(
-        "{} is older than {}, which it is built from: run `{rebuild}` first",
-        binary.display(),
-        newer.display()
-    )]
-    StaleBinary {
-        /// The binary.
-        binary: PathBuf,
-        /// A source file changed (or removed) since it was built.
-        newer: PathBuf,
-        /// The command that rebuilds it.
-        rebuild: String,
-    },
-    /// Cargo's dep-info file of a binary could not be read.
-    #[error("cannot read {}: {source}", path.display())]
-    DepInfo {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// An in-process server's task ended with an error.
-    #[error("{name} failed: {source}")]
-    ServerFailed {
-        /// Which server.
-        name: String,
-        /// Its error.
-        #[source]
-        source: ServerError,
-    },
-    /// An in-process server's task ended before it was asked to stop.
-    #[error("{name} stopped by itself before it was asked to")]
-    ServerEnded {
-        /// Which server.
-        name: String,
-    },
-    /// An in-process server's task panicked (or was aborted).
-    #[error("{name} panicked: {source}")]
-    ServerPanicked {
-        /// Which server.
-        name: String,
-        /// The panic, as the task's join error.
-        source: tokio::task::JoinError,
-    },
-    /// The etcd membership never showed every node.
-    #[error(
-        "the etcd membership did not show {shards} shards and {ranking} ranking nodes within {waited:?}"
-    )]
-    MembershipIncomplete {
-        /// Shards expected.
-        shards: u32,
-        /// Ranking nodes expected.
-        ranking: usize,
-        /// How long we waited.
-        waited: Duration,
-    },
-}
-
-/// How to start a local cluster.
-#[derive(Debug, Clone)]
-pub struct LocalClusterOptions {
-    /// The bundle every node loads: a version directory, or a bundle root whose
-    /// versions every server follows.
-    pub bundle_dir: PathBuf,
-    /// How servers move between versions of a bundle root.
-    pub versions: recsys_discovery::VersionOptions,
-    /// Replicas per shard.
-    pub replicas: usize,
-    /// Searches at once per retrieval node (0 = one per core).
-    pub search_threads: usize,
-    /// Ranking nodes; `None` starts one when the bundle has a ranker.
-    pub ranking_nodes: Option<usize>,
-    /// Where the gateway listens; port 0 picks a free one.
-    pub gateway_addr: SocketAddr,
-    /// Gateway request tunables.
-    pub policy: RequestPolicy,
-    /// How long to wait for every server to report SERVING.
-    pub ready_timeout: Duration,
-    /// Discover through etcd instead of a static list: nodes register under
-    /// this cluster name and the gateway watches it.
-    pub etcd: Option<EtcdCluster>,
-    /// TLS everywhere, mutual inside and on the gateway, with these certificates.
-    pub tls: Option<ClusterTls>,
-    /// The gateway's ranker shares file (`--ranker-shares`), re-read while it runs.
-    pub ranker_shares: Option<PathBuf>,
-    /// The gateway's impression log (`--impression-log`).
-    pub impression_log: Option<recsys_gateway::impression_log::ImpressionLogOptions>,
-    /// How every retrieval node opens its shard (`--load-mode`).
-    pub load_mode: LoadMode,
-}
-
-/// An etcd to register in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EtcdCluster {
-    /// The etcd and how to reach it (URLs, TLS; credentials come from `users`).
-    pub etcd: EtcdAccess,
-    /// The cluster name in `/recsys/{cluster}/nodes/`.
-    pub cluster: String,
-    /// Lease TTL of the nodes' registrations.
-    pub lease_ttl: Duration,
-    /// With etcd auth on: the directory of the password files
-    /// `recsys_discovery::etcd_auth::setup` wrote; every server logs in as the
-    /// user of its kind.
-    pub users: Option<PathBuf>,
-}
-
-impl EtcdCluster {
-    /// How a server of `kind` reaches etcd: as its own user when auth is on.
-    pub fn access_for(&self, kind: ClusterUser) -> EtcdAccess {
-        let credentials = self
-            .users
-            .as_ref()
-            .map(|dir| kind.credentials(&self.cluster, dir));
-        self.etcd.clone().with_credentials(credentials)
-    }
-}
-
-impl LocalClusterOptions {
-    /// How a node listening on `listener` announces itself, if the cluster uses etcd.
-    fn announce(
-        &self,
-        role: &str,
-        kind: ClusterUser,
-        listener: &TcpListener,
-    ) -> Option<AnnounceOptions> {
-        let etcd = self.etcd.as_ref()?;
-        let addr = listener.local_addr().ok()?;
-        let mut options = AnnounceOptions::new(
-            etcd.access_for(kind),
-            etcd.cluster.clone(),
-            format!("{role}@{addr}"),
-            addr.to_string(),
-        );
-        options.lease_ttl = etcd.lease_ttl;
-        Some(options)
-    }
-}
-
-impl LocalClusterOptions {
-    /// One replica per shard, gateway on a free loopback port.
-    pub fn new(bundle_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            bundle_dir: bundle_dir.into(),
-            versions: Default::default(),
-            replicas: 1,
-            search_threads: 0,
-            ranking_nodes: None,
-            gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            policy: RequestPolicy::default(),
-            ready_timeout: Duration::from_secs(60),
-            etcd: None,
-            tls: None,
-            ranker_shares: None,
-            impression_log: None,
-            load_mode: LoadMode::default(),
-        }
-    }
-}
 
 /// A running cluster.
 #[derive(Debug)]
