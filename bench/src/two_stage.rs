@@ -253,30 +253,35 @@ fn kernels(
             .map(|(k, v)| (k.to_string(), v.into()))
             .collect(),
     };
+    // The two kernels, each as the node runs it; every timed loop below calls these.
+    let search = |query: &[f32]| -> anyhow::Result<Vec<u64>> {
+        let hits = shard.search_at(query, retrieve_k, &[], false, ef)?;
+        Ok(hits.iter().map(|hit| hit.0).collect())
+    };
+    let rank = |ids: &[u64]| -> anyhow::Result<()> {
+        let scores = ranker.score(&user, ids, false)?;
+        anyhow::ensure!(scores.scores.len() == ids.len(), "a score per candidate");
+        Ok(())
+    };
     // Each stage over every query at once, timed as a whole, twice (the first
     // pass warms caches): the CPU time of every thread of this process.
     let (mut search_s, mut rank_s) = (0.0, 0.0);
     for _pass in 0..2 {
         let started = cpu_time::ProcessTime::now();
-        let mut candidates = Vec::with_capacity(queries.len() / dim);
-        for query in queries.chunks_exact(dim) {
-            let hits = shard.search_at(query, retrieve_k, &[], false, ef)?;
-            candidates.push(hits.iter().map(|hit| hit.0).collect::<Vec<u64>>());
-        }
+        let candidates = queries
+            .chunks_exact(dim)
+            .map(search)
+            .collect::<anyhow::Result<Vec<_>>>()?;
         search_s = started.elapsed().as_secs_f64();
         let started = cpu_time::ProcessTime::now();
         for ids in &candidates {
-            let scores = ranker.score(&user, ids, false)?;
-            anyhow::ensure!(scores.scores.len() == ids.len(), "a score per candidate");
+            rank(ids)?;
         }
         rank_s = started.elapsed().as_secs_f64();
     }
     let started = cpu_time::ProcessTime::now();
     for query in queries.chunks_exact(dim) {
-        let hits = shard.search_at(query, retrieve_k, &[], false, ef)?;
-        let ids: Vec<u64> = hits.iter().map(|hit| hit.0).collect();
-        let scores = ranker.score(&user, &ids, false)?;
-        anyhow::ensure!(scores.scores.len() == ids.len(), "a score per candidate");
+        rank(&search(query)?)?;
     }
     let per_request_s = started.elapsed().as_secs_f64();
     let n = (queries.len() / dim) as f64;

@@ -73,12 +73,10 @@ pub fn ranked_items(
     // and sorting only them gives the full sort's first k: a two-stage request
     // ranks hundreds of candidates for an answer of ten.
     let by_score = |a: &usize, b: &usize| key(*b).total_cmp(&key(*a)).then(a.cmp(b));
-    let k = (k as usize).min(order.len());
-    if k == 0 {
-        return Vec::new();
-    }
+    let k = k as usize;
     if k < order.len() {
-        order.select_nth_unstable_by(k - 1, by_score);
+        // Everything before index k then ranks above what is at k.
+        order.select_nth_unstable_by(k, by_score);
         order.truncate(k);
     }
     order.sort_unstable_by(by_score);
